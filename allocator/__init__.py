@@ -1,0 +1,56 @@
+"""A zsmalloc-style allocator for objects of 1..4096 bytes, over real pages.
+
+Standalone: no I/O, nothing about compression.  ``ZsPool`` is the allocator;
+``create(name)`` builds it or one of the kernel's older baselines (zbud, z3fold)
+behind the same interface.  The design is told in allocator/README.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from allocator.arena import PAGE_SIZE
+from allocator.classes import ClassSpec, ClassTable, fit_class_sizes
+from allocator.errors import AllocatorError, InvalidHandleError, PoolFullError
+from allocator.mapping import MapMode
+from allocator.stats import FULLNESS_LABELS, ClassStats, Fullness, PoolStats
+from allocator.zsmalloc import ZsPool
+
+__all__ = [
+    "ALLOCATORS",
+    "FULLNESS_LABELS",
+    "PAGE_SIZE",
+    "AllocatorError",
+    "ClassSpec",
+    "ClassStats",
+    "ClassTable",
+    "Fullness",
+    "InvalidHandleError",
+    "MapMode",
+    "PoolFullError",
+    "PoolStats",
+    "ZsPool",
+    "create",
+    "fit_class_sizes",
+]
+
+ALLOCATORS = ("zsmalloc", "zbud", "z3fold")
+
+
+def create(name: str, **options: Any) -> Any:
+    """A pool of allocator ``name`` ("zsmalloc", "zbud" or "z3fold").
+
+    Raises:
+        ValueError: an unknown allocator name.
+    """
+    if name == "zsmalloc":
+        return ZsPool(**options)
+    if name == "zbud":
+        from allocator.zbud import ZbudPool
+
+        return ZbudPool(**options)
+    if name == "z3fold":
+        from allocator.z3fold import Z3foldPool
+
+        return Z3foldPool(**options)
+    raise ValueError(f"unknown allocator {name!r}; choose one of {', '.join(ALLOCATORS)}")

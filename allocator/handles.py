@@ -1,0 +1,116 @@
+"""Handles: opaque names for objects, kept apart from where the objects are.
+
+A handle is ``generation << SLOT_BITS | slot``.  The slot indexes a table whose
+entry holds the object's current *location* (which zspage, which object in it);
+compaction rewrites the entry, never the handle, so a handle stays valid while
+its object moves (the kernel's handle is likewise a pointer to a word holding
+the location).  Each slot also keeps a generation, drawn at random whenever the
+slot is issued: a handle whose generation does not match is stale or forged, so
+a freed handle can never reach the object that reuses its slot, and handles
+cannot be walked by counting.
+
+Handles stay below 2**52 so they survive a round trip through JSON and a double.
+
+The table is two flat arrays (8 + 4 bytes a slot): no Python object per handle.
+Free slots are chained through the location array itself (negative entries).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from array import array
+
+from allocator.errors import InvalidHandleError
+
+__all__ = ["GEN_BITS", "SLOT_BITS", "SLOT_MASK", "HandleTable"]
+
+SLOT_BITS = 28
+GEN_BITS = 24
+SLOT_MASK = (1 << SLOT_BITS) - 1
+_GEN_LIMIT = 1 << GEN_BITS
+
+
+class HandleTable:
+    """Issues handles and maps them to locations.
+
+    A location is any non-negative int below 2**62 chosen by the allocator.
+    """
+
+    __slots__ = ("_free", "_gen", "_loc", "_rng", "live")
+
+    def __init__(self, seed: int | None = None) -> None:
+        # Slot 0 is never issued: it terminates the free chain.
+        self._loc = array("q", [0])
+        self._gen = array("I", [0])
+        self._free = 0
+        self._rng = random.Random(seed if seed is not None else os.urandom(16))
+        self.live = 0
+
+    def alloc(self, location: int) -> int:
+        """Issue a handle for an object at ``location``."""
+        slot = self._free
+        loc = self._loc
+        if slot:
+            self._free = -1 - loc[slot]
+            loc[slot] = location
+        else:
+            slot = len(loc)
+            if slot > SLOT_MASK:
+                raise MemoryError("handle table full")
+            loc.append(location)
+            self._gen.append(0)
+        # A new generation, never the one just retired: 1..2**24-1, random.
+        gen = self._gen[slot] + 1 + self._rng.getrandbits(GEN_BITS - 1)
+        gen = gen % _GEN_LIMIT or 1
+        self._gen[slot] = gen
+        self.live += 1
+        return gen << SLOT_BITS | slot
+
+    def slot(self, handle: int) -> int:
+        """The slot of a live handle.
+
+        Raises:
+            InvalidHandleError: freed, never issued, or not a handle.
+        """
+        try:
+            slot = handle & SLOT_MASK
+            if slot and slot < len(self._loc) and self._gen[slot] == handle >> SLOT_BITS:
+                if self._loc[slot] >= 0:
+                    return slot
+        except TypeError:
+            pass
+        raise InvalidHandleError(f"no live object for handle {handle!r}")
+
+    def location(self, handle: int) -> int:
+        """Where a live handle's object is now.
+
+        Raises:
+            InvalidHandleError: freed, never issued, or not a handle.
+        """
+        return self._loc[self.slot(handle)]
+
+    def location_of_slot(self, slot: int) -> int:
+        return self._loc[slot]
+
+    def relocate(self, slot: int, location: int) -> None:
+        """Record that the object of ``slot`` now lives at ``location``."""
+        self._loc[slot] = location
+
+    def release(self, slot: int) -> None:
+        """Retire a live slot; its handle becomes invalid at once."""
+        # Bump the generation now, not at reuse, so the stale handle fails
+        # even before the slot is issued again.
+        self._gen[slot] = (self._gen[slot] % (_GEN_LIMIT - 1)) + 1
+        self._loc[slot] = -1 - self._free
+        self._free = slot
+        self.live -= 1
+
+    def live_slots(self) -> list[int]:
+        """Every live slot (for invariant checks; O(table size))."""
+        return [s for s in range(1, len(self._loc)) if self._loc[s] >= 0]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the table's arrays."""
+        return self._loc.itemsize * len(self._loc) + self._gen.itemsize * len(self._gen)

@@ -1,0 +1,739 @@
+"""ZsPool: a zsmalloc-style allocator over real pages.
+
+See allocator/README.md for the design in prose.  In brief:
+
+* Objects are rounded up to a size class (:mod:`allocator.classes`) and packed
+  back to back in *zspages*: 1..chain_size pages from the arena, linked in a
+  fixed order but not contiguous in memory.  An object may straddle the boundary
+  between two pages of its zspage.
+* A free slot's first 64-bit word is the free-list link (``next << 1``); an
+  allocated slot's first word is its header, ``handle_slot << 1 | 1``, which
+  tells compaction who owns the object (the kernel's OBJ_ALLOCATED_TAG).  Huge
+  classes, and tables built without a header, keep the owner in a small per-zspage
+  array instead.
+* A handle names a slot of the handle table (:mod:`allocator.handles`), which
+  holds the object's location ``zspage_id << LOC_SHIFT | obj_idx``.
+* Every zspage sits on one of its class's 12 fullness lists; allocation takes
+  the head of the fullest non-full list.  Emptied zspages are released at once
+  (as the kernel does) or kept, up to ``empty_cache`` per class, ready for reuse.
+
+Locking: one re-entrant lock per pool, held by every public operation and for the
+whole life of an open mapping, so compaction never moves a mapped object.
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+
+from allocator.arena import DEFAULT_ARENA_PAGES, PAGE_SHIFT, PAGE_SIZE, PageArena
+from allocator.classes import ClassSpec, ClassTable
+from allocator.errors import AllocatorError, PoolFullError
+from allocator.handles import SLOT_MASK, HandleTable
+from allocator.mapping import MapMode, ObjectMapping
+from allocator.stats import ClassStats, Fullness, PoolStats, fullness_group
+
+__all__ = ["SizeClass", "ZsPage", "ZsPool"]
+
+# Location = zspage id << LOC_SHIFT | object index.  A zspage holds at most
+# 16 pages * 4096 / 16 bytes = 4096 objects, so 12 bits suffice.
+LOC_SHIFT = 12
+_IDX_MASK = (1 << LOC_SHIFT) - 1
+# End of a zspage's free list (no object index reaches it).
+_END = _IDX_MASK + 1
+_N_GROUPS = len(Fullness)
+# Bits of the EMPTY..RATIO_99 groups in SizeClass.nonfull.
+_NONFULL_BITS = (1 << Fullness.FULL) - 1
+
+
+class ZsPage:
+    """One zspage: its pages, its free list head and how many slots are used."""
+
+    __slots__ = (
+        "cls",
+        "fullness",
+        "freeobj",
+        "gtab",
+        "inuse",
+        "next",
+        "objs",
+        "owners",
+        "pages",
+        "prev",
+        "zid",
+    )
+
+    def __init__(self, zid: int, cls: SizeClass, pages: tuple[int, ...], objs: int) -> None:
+        self.zid = zid
+        self.cls = cls
+        self.pages = pages
+        self.objs = objs
+        # inuse -> fullness group; shared with every full-length zspage of the class.
+        self.gtab = cls.gtab if objs == cls.objs_per_zspage else _group_table(objs)
+        self.inuse = 0
+        self.freeobj = 0
+        self.fullness = Fullness.EMPTY
+        self.prev: ZsPage | None = None
+        self.next: ZsPage | None = None
+        self.owners: array[int] | None = None if cls.header else array("I", bytes(4 * objs))
+
+
+class SizeClass:
+    """A size class: its shape, its fullness lists and its counters."""
+
+    __slots__ = (
+        "capacity",
+        "counts",
+        "empties",
+        "gtab",
+        "header",
+        "heads",
+        "huge",
+        "index",
+        "nonfull",
+        "objs_allocated",
+        "objs_per_zspage",
+        "objs_used",
+        "pages_per_zspage",
+        "pages_used",
+        "size",
+        "slot_off",
+        "slot_page",
+        "slot_split",
+    )
+
+    def __init__(self, spec: ClassSpec, header: int) -> None:
+        self.index = spec.index
+        self.size = spec.size
+        self.pages_per_zspage = spec.pages_per_zspage
+        self.objs_per_zspage = spec.objs_per_zspage
+        self.huge = spec.huge
+        # Huge objects fill their page: the owner lives beside the zspage instead.
+        self.header = 0 if spec.huge else header
+        self.capacity = self.size - self.header
+        self.gtab = _group_table(self.objs_per_zspage)
+        self.heads: list[ZsPage | None] = [None] * _N_GROUPS
+        self.counts = [0] * _N_GROUPS
+        self.nonfull = 0
+        self.empties = 0
+        self.objs_allocated = 0
+        self.objs_used = 0
+        self.pages_used = 0
+        # Where slot i starts (page within the zspage, offset in that page) and
+        # how many of its data bytes fit before the page ends.
+        offs = [i * self.size for i in range(self.objs_per_zspage)]
+        self.slot_page = array("H", [o >> PAGE_SHIFT for o in offs])
+        self.slot_off = array("H", [o & (PAGE_SIZE - 1) for o in offs])
+        self.slot_split = array(
+            "H",
+            [min(self.capacity, PAGE_SIZE - (o & (PAGE_SIZE - 1)) - self.header) for o in offs],
+        )
+
+
+def _group_table(objs: int) -> bytes:
+    return bytes(fullness_group(n, objs) for n in range(objs + 1))
+
+
+def _insert_zspage(cls: SizeClass, z: ZsPage, group: int) -> None:
+    head = cls.heads[group]
+    z.prev = None
+    z.next = head
+    if head is not None:
+        head.prev = z
+    cls.heads[group] = z
+    z.fullness = Fullness(group)
+    cls.counts[group] += 1
+    cls.nonfull |= (1 << group) & _NONFULL_BITS
+
+
+def _remove_zspage(cls: SizeClass, z: ZsPage) -> None:
+    group = z.fullness
+    if z.prev is not None:
+        z.prev.next = z.next
+    else:
+        cls.heads[group] = z.next
+    if z.next is not None:
+        z.next.prev = z.prev
+    z.prev = z.next = None
+    cls.counts[group] -= 1
+    if cls.heads[group] is None:
+        cls.nonfull &= ~(1 << group)
+
+
+class ZsPool:
+    """A zsmalloc-style pool of objects of 1..4096 bytes.
+
+    Args:
+        chain_size: longest zspage in pages (kernel default 8; 4..16, or 1..16).
+        max_pages: page budget; past it ``malloc`` raises PoolFullError.
+        empty_cache: emptied zspages kept per class, ready for reuse (0: release
+            at once, as the kernel does).
+        short_zspages: when the budget cannot supply a whole zspage, build a
+            shorter one for the class rather than fail.
+        header: in-object header bytes, 8 (kernel) or 0.
+        class_step: distance between class sizes (kernel: 16).
+        class_sizes: explicit class sizes (header included) instead of a step.
+        merge_classes: merge classes of equal shape (kernel: yes).
+        seed: seed for handle generations (default: unpredictable).
+        arena_pages: address space reserved for pages (default 64 GiB, or max_pages).
+    """
+
+    def __init__(
+        self,
+        chain_size: int = 8,
+        max_pages: int | None = None,
+        *,
+        empty_cache: int = 0,
+        short_zspages: bool = False,
+        header: int = 8,
+        class_step: int = 16,
+        class_sizes: list[int] | None = None,
+        merge_classes: bool = True,
+        seed: int | None = None,
+        arena_pages: int | None = None,
+    ) -> None:
+        if max_pages is not None and max_pages < 0:
+            raise ValueError("max_pages must be >= 0 or None")
+        if empty_cache < 0:
+            raise ValueError("empty_cache must be >= 0")
+        self.table = ClassTable.build(
+            chain_size=chain_size,
+            step=class_step,
+            header=header,
+            sizes=class_sizes,
+            merge=merge_classes,
+        )
+        self.max_pages = max_pages
+        self.empty_cache = empty_cache
+        self.short_zspages = short_zspages
+        self.classes = tuple(SizeClass(spec, header) for spec in self.table.classes)
+        # Object length -> class, the table's lookup resolved to objects.
+        self._class_of = [self.classes[i] for i in self.table.lookup]
+        capacity = arena_pages or (max_pages if max_pages else DEFAULT_ARENA_PAGES)
+        self._arena = PageArena(max(capacity, 1))
+        self._buf = self._arena.buf
+        self._words = self._arena.words
+        self._handles = HandleTable(seed)
+        self._zspages: list[ZsPage | None] = []
+        self._free_zids: list[int] = []
+        self._lock = threading.RLock()
+        self._mapped: dict[int, int] = {}
+        self._span_buf: bytearray | None = bytearray(PAGE_SIZE)
+        self.pages_max = 0
+        self.pages_compacted = 0
+        self.alloc_failures = 0
+
+    # -- properties -------------------------------------------------------------
+
+    @property
+    def chain_size(self) -> int:
+        return self.table.chain_size
+
+    @property
+    def huge_class_size(self) -> int:
+        """Smallest object length stored in a huge (one object per page) class."""
+        return self.table.huge_class_size
+
+    @property
+    def pages(self) -> int:
+        return self._arena.pages_held
+
+    @property
+    def total_size_bytes(self) -> int:
+        """Pages held x 4096 (zs_get_total_pages << PAGE_SHIFT)."""
+        return self._arena.pages_held << PAGE_SHIFT
+
+    @property
+    def objs_used(self) -> int:
+        return self._handles.live
+
+    def capacity(self, size: int) -> int:
+        """Bytes a mapping of an object of ``size`` bytes offers (its slot's data)."""
+        return self._class_of[self._check_size(size)].capacity
+
+    # -- zspage life ---------------------------------------------------------------
+
+    def _new_zspage(self, cls: SizeClass) -> ZsPage:
+        """Build a zspage for ``cls`` from fresh pages; raises PoolFullError."""
+        npages = cls.pages_per_zspage
+        objs = cls.objs_per_zspage
+        if self.max_pages is not None:
+            room = self.max_pages - self._arena.pages_held
+            if room < npages:
+                room += self._shrink_empty_cache(npages - room)
+            if room < npages:
+                # Shorter zspage: the review's idea of using what is left
+                # rather than failing outright.
+                if self.short_zspages and room > 0 and room * PAGE_SIZE >= cls.size:
+                    npages = room
+                    objs = room * PAGE_SIZE // cls.size
+                else:
+                    self.alloc_failures += 1
+                    raise PoolFullError(
+                        f"page budget of {self.max_pages} pages spent: a zspage of class "
+                        f"{cls.size} needs {npages}, {max(room, 0)} left"
+                    )
+        pages = tuple(self._arena.alloc_page() for _ in range(npages))
+        if self._free_zids:
+            zid = self._free_zids.pop()
+        else:
+            zid = len(self._zspages)
+            self._zspages.append(None)
+        z = ZsPage(zid, cls, pages, objs)
+        self._zspages[zid] = z
+        # Chain every slot into the free list, in order, inside the slots.
+        words = self._words
+        slot_page, slot_off = cls.slot_page, cls.slot_off
+        for i in range(objs):
+            addr = (pages[slot_page[i]] << PAGE_SHIFT) + slot_off[i]
+            words[addr >> 3] = (i + 1 if i + 1 < objs else _END) << 1
+        cls.objs_allocated += objs
+        cls.pages_used += npages
+        if self._arena.pages_held > self.pages_max:
+            self.pages_max = self._arena.pages_held
+        _insert_zspage(cls, z, Fullness.EMPTY)
+        cls.empties += 1
+        return z
+
+    def _free_zspage(self, cls: SizeClass, z: ZsPage) -> int:
+        """Release an empty zspage that is on no list; returns pages released."""
+        for pfn in z.pages:
+            self._arena.free_page(pfn)
+        cls.objs_allocated -= z.objs
+        cls.pages_used -= len(z.pages)
+        self._zspages[z.zid] = None
+        self._free_zids.append(z.zid)
+        return len(z.pages)
+
+    def _shrink_empty_cache(self, want: int) -> int:
+        """Release cached empty zspages until ``want`` pages are freed."""
+        freed = 0
+        for cls in self.classes:
+            while cls.empties and freed < want:
+                z = cls.heads[Fullness.EMPTY]
+                assert z is not None
+                _remove_zspage(cls, z)
+                cls.empties -= 1
+                freed += self._free_zspage(cls, z)
+            if freed >= want:
+                break
+        return freed
+
+    def _regroup(self, cls: SizeClass, z: ZsPage, group: int) -> None:
+        """Move ``z`` to ``group``, releasing or caching it if it went empty."""
+        if z.fullness == Fullness.EMPTY:
+            cls.empties -= 1
+        _remove_zspage(cls, z)
+        if group == Fullness.EMPTY:
+            if cls.empties >= self.empty_cache:
+                self._free_zspage(cls, z)
+                return
+            cls.empties += 1
+        _insert_zspage(cls, z, group)
+
+    # -- malloc / free -------------------------------------------------------------
+
+    @staticmethod
+    def _check_size(size: int) -> int:
+        if type(size) is not int or not 0 < size <= PAGE_SIZE:
+            raise ValueError(f"object size must be an int in 1..{PAGE_SIZE}, not {size!r}")
+        return size
+
+    def malloc(self, size: int) -> int:
+        """Allocate an object of ``size`` bytes and return its handle.
+
+        Raises:
+            ValueError: size outside 1..4096.
+            PoolFullError: the page budget cannot supply a zspage.
+        """
+        if type(size) is not int or not 0 < size <= PAGE_SIZE:
+            self._check_size(size)
+        cls = self._class_of[size]
+        with self._lock:
+            nonfull = cls.nonfull
+            if nonfull:
+                z = cls.heads[nonfull.bit_length() - 1]
+                assert z is not None
+            else:
+                z = self._new_zspage(cls)
+            idx = z.freeobj
+            handle = self._handles.alloc(z.zid << LOC_SHIFT | idx)
+            word = ((z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx]) >> 3
+            words = self._words
+            z.freeobj = words[word] >> 1
+            if z.owners is None:
+                words[word] = (handle & SLOT_MASK) << 1 | 1
+            else:
+                z.owners[idx] = handle & SLOT_MASK
+            inuse = z.inuse = z.inuse + 1
+            cls.objs_used += 1
+            group = z.gtab[inuse]
+            if group != z.fullness:
+                self._regroup(cls, z, group)
+            return handle
+
+    def free(self, handle: int) -> None:
+        """Free the object of ``handle``; the handle is invalid from now on.
+
+        Raises:
+            InvalidHandleError: freed, never issued, or not a handle.
+            AllocatorError: the object is mapped right now.
+        """
+        with self._lock:
+            slot = self._handles.slot(handle)
+            if self._mapped and slot in self._mapped:
+                raise AllocatorError("cannot free an object while it is mapped")
+            loc = self._handles.location_of_slot(slot)
+            self._handles.release(slot)
+            z = self._zspages[loc >> LOC_SHIFT]
+            assert z is not None
+            self._obj_free(z, loc & _IDX_MASK)
+
+    def _obj_free(self, z: ZsPage, idx: int) -> None:
+        cls = z.cls
+        word = ((z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx]) >> 3
+        self._words[word] = z.freeobj << 1
+        if z.owners is not None:
+            z.owners[idx] = 0
+        z.freeobj = idx
+        inuse = z.inuse = z.inuse - 1
+        cls.objs_used -= 1
+        group = z.gtab[inuse]
+        if group != z.fullness:
+            self._regroup(cls, z, group)
+
+    # -- object access -------------------------------------------------------------
+
+    def _locate(self, handle: int) -> tuple[SizeClass, int, int]:
+        """(class, data address, bytes before the page ends) of a live handle."""
+        loc = self._handles.location(handle)
+        z = self._zspages[loc >> LOC_SHIFT]
+        assert z is not None
+        cls = z.cls
+        idx = loc & _IDX_MASK
+        addr = (z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx] + cls.header
+        return cls, addr, cls.slot_split[idx]
+
+    def _second_page(self, handle: int) -> int:
+        """Address of the start of the page a spanning object continues on."""
+        loc = self._handles.location(handle)
+        z = self._zspages[loc >> LOC_SHIFT]
+        assert z is not None
+        return z.pages[z.cls.slot_page[loc & _IDX_MASK] + 1] << PAGE_SHIFT
+
+    def obj_write(self, handle: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` into the object, from its start (zs_obj_write).
+
+        Raises:
+            InvalidHandleError: not a live handle.
+            ValueError: ``data`` is longer than the object's slot.
+        """
+        n = len(data)
+        with self._lock:
+            cls, addr, split = self._locate(handle)
+            if n > cls.capacity:
+                raise ValueError(f"{n} bytes do not fit a {cls.capacity}-byte slot")
+            buf = self._buf
+            if n <= split:
+                buf[addr : addr + n] = data
+            else:
+                buf[addr : addr + split] = data[:split]
+                second = self._second_page(handle)
+                buf[second : second + n - split] = data[split:]
+
+    def obj_read(self, handle: int, size: int | None = None) -> bytes:
+        """A copy of the object's first ``size`` bytes (default: its whole slot).
+
+        Raises:
+            InvalidHandleError: not a live handle.
+            ValueError: ``size`` is larger than the object's slot.
+        """
+        with self._lock:
+            cls, addr, split = self._locate(handle)
+            n = cls.capacity if size is None else size
+            if not 0 <= n <= cls.capacity:
+                raise ValueError(f"cannot read {n} bytes of a {cls.capacity}-byte slot")
+            buf = self._buf
+            if n <= split:
+                return buf[addr : addr + n].tobytes()
+            second = self._second_page(handle)
+            return buf[addr : addr + split].tobytes() + buf[second : second + n - split].tobytes()
+
+    def map(self, handle: int, mode: MapMode = MapMode.RW) -> ObjectMapping:
+        """A context manager giving a view of the object (see ObjectMapping)."""
+        return ObjectMapping(self, handle, mode)
+
+    def _map_begin(self, handle: int, mode: MapMode) -> memoryview:
+        self._lock.acquire()
+        try:
+            cls, addr, split = self._locate(handle)
+            n = cls.capacity
+            if n <= split:
+                view = self._buf[addr : addr + n]
+            else:
+                spare, self._span_buf = self._span_buf, None
+                view = memoryview(spare if spare is not None else bytearray(PAGE_SIZE))[:n]
+                if mode & MapMode.RO:
+                    second = self._second_page(handle)
+                    view[:split] = self._buf[addr : addr + split]
+                    view[split:] = self._buf[second : second + n - split]
+            slot = self._handles.slot(handle)
+            self._mapped[slot] = self._mapped.get(slot, 0) + 1
+            return view if mode & MapMode.WO else view.toreadonly()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _map_end(self, handle: int, mode: MapMode, view: memoryview) -> None:
+        try:
+            slot = self._handles.slot(handle)
+            left = self._mapped[slot] - 1
+            if left:
+                self._mapped[slot] = left
+            else:
+                del self._mapped[slot]
+            if view.obj is not self._arena._map:
+                if mode & MapMode.WO:
+                    _, addr, split = self._locate(handle)
+                    second = self._second_page(handle)
+                    self._buf[addr : addr + split] = view[:split]
+                    self._buf[second : second + len(view) - split] = view[split:]
+                spare = view.obj
+                view.release()
+                if isinstance(spare, bytearray) and len(spare) == PAGE_SIZE:
+                    self._span_buf = spare
+            else:
+                view.release()
+        finally:
+            self._lock.release()
+
+    # -- compaction ----------------------------------------------------------------
+
+    def compact(self) -> int:
+        """Move objects from sparse zspages into dense ones; release what empties.
+
+        Per class, largest first: the fullest non-full zspage receives objects
+        from the emptiest until it is full or the source is empty, as the
+        kernel's __zs_compact does.  Cached empty zspages are released too.
+        Mapped objects pin the pool: compaction then does nothing.
+
+        Returns:
+            pages released (also added to ``pages_compacted``).
+        """
+        with self._lock:
+            if self._mapped:
+                return 0
+            freed = self._shrink_empty_cache(1 << 62)
+            for cls in reversed(self.classes):
+                freed += self._compact_class(cls)
+            self.pages_compacted += freed
+            return freed
+
+    @staticmethod
+    def _freeable(cls: SizeClass) -> int:
+        wasted = (cls.objs_allocated - cls.objs_used) // cls.objs_per_zspage
+        return wasted * cls.pages_per_zspage
+
+    def _isolate(self, cls: SizeClass, groups: range) -> ZsPage | None:
+        for group in groups:
+            z = cls.heads[group]
+            if z is not None:
+                _remove_zspage(cls, z)
+                return z
+        return None
+
+    def _putback(self, cls: SizeClass, z: ZsPage) -> None:
+        group = z.gtab[z.inuse]
+        _insert_zspage(cls, z, group)
+        if group == Fullness.EMPTY:
+            cls.empties += 1
+
+    def _compact_class(self, cls: SizeClass) -> int:
+        freed = 0
+        fullest_first = range(Fullness.RATIO_99, Fullness.EMPTY, -1)
+        emptiest_first = range(Fullness.RATIO_10, Fullness.FULL)
+        dst: ZsPage | None = None
+        while self._freeable(cls):
+            if dst is None:
+                dst = self._isolate(cls, fullest_first)
+                if dst is None:
+                    break
+            src = self._isolate(cls, emptiest_first)
+            if src is None:
+                break
+            self._migrate(cls, src, dst)
+            if src.inuse == 0:
+                freed += self._free_zspage(cls, src)
+            else:
+                self._putback(cls, src)
+            if dst.inuse == dst.objs:
+                self._putback(cls, dst)
+                dst = None
+        if dst is not None:
+            self._putback(cls, dst)
+        return freed
+
+    def _migrate(self, cls: SizeClass, src: ZsPage, dst: ZsPage) -> None:
+        """Move objects of ``src`` into ``dst``, in slot order, until either limit."""
+        words = self._words
+        buf = self._buf
+        for idx in range(src.objs):
+            word = ((src.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx]) >> 3
+            if src.owners is None:
+                head = words[word]
+                if not head & 1:
+                    continue
+                owner = head >> 1
+            else:
+                owner = src.owners[idx]
+                if not owner:
+                    continue
+            data = self._slot_bytes(src, idx)
+            # obj_malloc on dst, keeping the same owner.
+            didx = dst.freeobj
+            dword = ((dst.pages[cls.slot_page[didx]] << PAGE_SHIFT) + cls.slot_off[didx]) >> 3
+            dst.freeobj = words[dword] >> 1
+            if dst.owners is None:
+                words[dword] = owner << 1 | 1
+            else:
+                dst.owners[didx] = owner
+            dst.inuse += 1
+            daddr = (dword << 3) + cls.header
+            split = cls.slot_split[didx]
+            buf[daddr : daddr + split] = data[:split]
+            if split < cls.capacity:
+                second = dst.pages[cls.slot_page[didx] + 1] << PAGE_SHIFT
+                buf[second : second + cls.capacity - split] = data[split:]
+            self._handles.relocate(owner, dst.zid << LOC_SHIFT | didx)
+            # obj_free on src; counters of the class do not change overall.
+            words[word] = src.freeobj << 1
+            if src.owners is not None:
+                src.owners[idx] = 0
+            src.freeobj = idx
+            src.inuse -= 1
+            if dst.inuse == dst.objs or src.inuse == 0:
+                break
+
+    def _slot_bytes(self, z: ZsPage, idx: int) -> bytes:
+        cls = z.cls
+        addr = (z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx] + cls.header
+        split = cls.slot_split[idx]
+        first = self._buf[addr : addr + split].tobytes()
+        if split == cls.capacity:
+            return first
+        second = z.pages[cls.slot_page[idx] + 1] << PAGE_SHIFT
+        return first + self._buf[second : second + cls.capacity - split].tobytes()
+
+    # -- figures -------------------------------------------------------------------
+
+    def class_stats(self) -> list[ClassStats]:
+        """One row per distinct class, the kernel's debugfs ``classes`` columns."""
+        with self._lock:
+            return [
+                ClassStats(
+                    index=cls.index,
+                    size=cls.size,
+                    pages_per_zspage=cls.pages_per_zspage,
+                    objs_per_zspage=cls.objs_per_zspage,
+                    zspages=tuple(cls.counts),
+                    objs_allocated=cls.objs_allocated,
+                    objs_used=cls.objs_used,
+                    pages_used=cls.pages_used,
+                    freeable=self._freeable(cls),
+                )
+                for cls in self.classes
+            ]
+
+    def stats(self) -> PoolStats:
+        """The pool's summary figures."""
+        with self._lock:
+            return PoolStats(
+                pages=self._arena.pages_held,
+                pages_max=self.pages_max,
+                max_pages=self.max_pages,
+                objs_used=self._handles.live,
+                objs_allocated=sum(c.objs_allocated for c in self.classes),
+                zspages=len(self._zspages) - len(self._free_zids),
+                pages_compacted=self.pages_compacted,
+                alloc_failures=self.alloc_failures,
+                handle_table_bytes=self._handles.nbytes,
+            )
+
+    def check_invariants(self) -> None:
+        """Walk every structure and raise AssertionError at the first inconsistency.
+
+        O(pool size): for tests and debugging, not for production paths.
+        """
+        with self._lock:
+            self._check_invariants()
+
+    def _check_invariants(self) -> None:
+        words = self._words
+        owners_seen: dict[int, int] = {}
+        total_pages = 0
+        for cls in self.classes:
+            objs_allocated = objs_used = pages = empties = 0
+            for group in range(_N_GROUPS):
+                n = 0
+                prev = None
+                z = cls.heads[group]
+                while z is not None:
+                    _check(z.cls is cls, "zspage on another class's list")
+                    _check(z.prev is prev, "broken list link")
+                    _check(z.fullness == group, "zspage fullness differs from its list")
+                    _check(
+                        fullness_group(z.inuse, z.objs) == group, "zspage in the wrong group"
+                    )
+                    _check(self._zspages[z.zid] is z, "zspage id table out of step")
+                    n += 1
+                    objs_allocated += z.objs
+                    objs_used += z.inuse
+                    pages += len(z.pages)
+                    empties += z.inuse == 0
+                    free = set()
+                    idx = z.freeobj
+                    while idx != _END:
+                        _check(0 <= idx < z.objs and idx not in free, "corrupt free list")
+                        free.add(idx)
+                        word = (
+                            (z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx]
+                        ) >> 3
+                        _check(z.owners is not None or not words[word] & 1, "free slot tagged")
+                        idx = words[word] >> 1
+                    _check(len(free) == z.objs - z.inuse, "free list length != free slots")
+                    for i in range(z.objs):
+                        if i in free:
+                            continue
+                        if z.owners is None:
+                            word = ((z.pages[cls.slot_page[i]] << PAGE_SHIFT) + cls.slot_off[i])
+                            owner = words[word >> 3]
+                            _check(owner & 1 == 1, "allocated slot without its tag")
+                            owner >>= 1
+                        else:
+                            owner = z.owners[i]
+                        _check(owner not in owners_seen, "two objects claim one handle")
+                        owners_seen[owner] = z.zid << LOC_SHIFT | i
+                    prev = z
+                    z = z.next
+                _check(n == cls.counts[group], "fullness count != list length")
+                _check(bool(cls.nonfull >> group & 1) == (n > 0 and group < Fullness.FULL),
+                       "nonfull mask out of step")
+            _check(objs_allocated == cls.objs_allocated, "objs_allocated out of step")
+            _check(objs_used == cls.objs_used, "objs_used out of step")
+            _check(pages == cls.pages_used, "pages_used out of step")
+            _check(empties == cls.empties, "empty zspage count out of step")
+            _check(cls.empties <= self.empty_cache, "more empty zspages than the cache holds")
+            total_pages += pages
+        _check(total_pages == self._arena.pages_held, "pages held != pages in zspages")
+        live = self._handles.live_slots()
+        _check(len(live) == self._handles.live == len(owners_seen), "live handles != objects")
+        for slot in live:
+            _check(owners_seen.get(slot) == self._handles.location_of_slot(slot),
+                   "handle table points elsewhere than its object")
+        if self.max_pages is not None:
+            _check(self._arena.pages_held <= self.max_pages, "page budget exceeded")
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise AssertionError(what)

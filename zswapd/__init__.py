@@ -1,0 +1,7 @@
+"""zswapd: a userspace emulator of Linux compressed swap (zswap / zram)."""
+
+from __future__ import annotations
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"
