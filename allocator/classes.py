@@ -170,9 +170,14 @@ class ClassTable:
             objs = pages * PAGE_SIZE // size
             if not largest_non_huge and not (pages == 1 and objs == 1):
                 largest_non_huge = size
-            if merge and prev is not None and (prev.pages_per_zspage, prev.objs_per_zspage) == (
-                pages,
-                objs,
+            if (
+                merge
+                and prev is not None
+                and (prev.pages_per_zspage, prev.objs_per_zspage)
+                == (
+                    pages,
+                    objs,
+                )
             ):
                 owner_of_index[i] = prev
                 continue

@@ -37,20 +37,22 @@ class HandleTable:
     A location is any non-negative int below 2**62 chosen by the allocator.
     """
 
-    __slots__ = ("_free", "_gen", "_loc", "_rng", "live")
+    __slots__ = ("_free", "_gen", "_loc", "_randbits", "live")
 
     def __init__(self, seed: int | None = None) -> None:
         # Slot 0 is never issued: it terminates the free chain.
         self._loc = array("q", [0])
         self._gen = array("I", [0])
         self._free = 0
-        self._rng = random.Random(seed if seed is not None else os.urandom(16))
+        rng = random.Random(seed if seed is not None else os.urandom(16))
+        self._randbits = rng.getrandbits
         self.live = 0
 
     def alloc(self, location: int) -> int:
         """Issue a handle for an object at ``location``."""
         slot = self._free
         loc = self._loc
+        gen = self._gen
         if slot:
             self._free = -1 - loc[slot]
             loc[slot] = location
@@ -59,13 +61,13 @@ class HandleTable:
             if slot > SLOT_MASK:
                 raise MemoryError("handle table full")
             loc.append(location)
-            self._gen.append(0)
-        # A new generation, never the one just retired: 1..2**24-1, random.
-        gen = self._gen[slot] + 1 + self._rng.getrandbits(GEN_BITS - 1)
-        gen = gen % _GEN_LIMIT or 1
-        self._gen[slot] = gen
+            gen.append(1)
+        # A fresh random generation, never the one just retired (release bumped
+        # it, and 0 is never used): 1..2**24-1.
+        g = (gen[slot] + self._randbits(GEN_BITS - 1)) % _GEN_LIMIT or 1
+        gen[slot] = g
         self.live += 1
-        return gen << SLOT_BITS | slot
+        return g << SLOT_BITS | slot
 
     def slot(self, handle: int) -> int:
         """The slot of a live handle.
@@ -75,10 +77,9 @@ class HandleTable:
         """
         try:
             slot = handle & SLOT_MASK
-            if slot and slot < len(self._loc) and self._gen[slot] == handle >> SLOT_BITS:
-                if self._loc[slot] >= 0:
-                    return slot
-        except TypeError:
+            if self._gen[slot] == handle >> SLOT_BITS and self._loc[slot] >= 0 and slot:
+                return slot
+        except (TypeError, IndexError):
             pass
         raise InvalidHandleError(f"no live object for handle {handle!r}")
 
@@ -88,7 +89,15 @@ class HandleTable:
         Raises:
             InvalidHandleError: freed, never issued, or not a handle.
         """
-        return self._loc[self.slot(handle)]
+        try:
+            slot = handle & SLOT_MASK
+            if self._gen[slot] == handle >> SLOT_BITS and slot:
+                loc = self._loc[slot]
+                if loc >= 0:
+                    return loc
+        except (TypeError, IndexError):
+            pass
+        raise InvalidHandleError(f"no live object for handle {handle!r}")
 
     def location_of_slot(self, slot: int) -> int:
         return self._loc[slot]

@@ -42,8 +42,11 @@ _IDX_MASK = (1 << LOC_SHIFT) - 1
 # End of a zspage's free list (no object index reaches it).
 _END = _IDX_MASK + 1
 _N_GROUPS = len(Fullness)
+# Plain ints on hot paths: IntEnum construction and lookups cost microseconds.
+_EMPTY = int(Fullness.EMPTY)
+_FULL = int(Fullness.FULL)
 # Bits of the EMPTY..RATIO_99 groups in SizeClass.nonfull.
-_NONFULL_BITS = (1 << Fullness.FULL) - 1
+_NONFULL_BITS = (1 << _FULL) - 1
 
 
 class ZsPage:
@@ -51,8 +54,8 @@ class ZsPage:
 
     __slots__ = (
         "cls",
-        "fullness",
         "freeobj",
+        "fullness",
         "gtab",
         "inuse",
         "next",
@@ -72,7 +75,7 @@ class ZsPage:
         self.gtab = cls.gtab if objs == cls.objs_per_zspage else _group_table(objs)
         self.inuse = 0
         self.freeobj = 0
-        self.fullness = Fullness.EMPTY
+        self.fullness = _EMPTY
         self.prev: ZsPage | None = None
         self.next: ZsPage | None = None
         self.owners: array[int] | None = None if cls.header else array("I", bytes(4 * objs))
@@ -141,7 +144,7 @@ def _insert_zspage(cls: SizeClass, z: ZsPage, group: int) -> None:
     if head is not None:
         head.prev = z
     cls.heads[group] = z
-    z.fullness = Fullness(group)
+    z.fullness = group
     cls.counts[group] += 1
     cls.nonfull |= (1 << group) & _NONFULL_BITS
 
@@ -291,7 +294,7 @@ class ZsPool:
         cls.pages_used += npages
         if self._arena.pages_held > self.pages_max:
             self.pages_max = self._arena.pages_held
-        _insert_zspage(cls, z, Fullness.EMPTY)
+        _insert_zspage(cls, z, _EMPTY)
         cls.empties += 1
         return z
 
@@ -310,7 +313,7 @@ class ZsPool:
         freed = 0
         for cls in self.classes:
             while cls.empties and freed < want:
-                z = cls.heads[Fullness.EMPTY]
+                z = cls.heads[_EMPTY]
                 assert z is not None
                 _remove_zspage(cls, z)
                 cls.empties -= 1
@@ -321,10 +324,10 @@ class ZsPool:
 
     def _regroup(self, cls: SizeClass, z: ZsPage, group: int) -> None:
         """Move ``z`` to ``group``, releasing or caching it if it went empty."""
-        if z.fullness == Fullness.EMPTY:
+        if z.fullness == _EMPTY:
             cls.empties -= 1
         _remove_zspage(cls, z)
-        if group == Fullness.EMPTY:
+        if group == _EMPTY:
             if cls.empties >= self.empty_cache:
                 self._free_zspage(cls, z)
                 return
@@ -369,7 +372,10 @@ class ZsPool:
             cls.objs_used += 1
             group = z.gtab[inuse]
             if group != z.fullness:
-                self._regroup(cls, z, group)
+                if z.fullness == _EMPTY:
+                    cls.empties -= 1
+                _remove_zspage(cls, z)
+                _insert_zspage(cls, z, group)
             return handle
 
     def free(self, handle: int) -> None:
@@ -545,7 +551,7 @@ class ZsPool:
     def _putback(self, cls: SizeClass, z: ZsPage) -> None:
         group = z.gtab[z.inuse]
         _insert_zspage(cls, z, group)
-        if group == Fullness.EMPTY:
+        if group == _EMPTY:
             cls.empties += 1
 
     def _compact_class(self, cls: SizeClass) -> int:
@@ -681,9 +687,7 @@ class ZsPool:
                     _check(z.cls is cls, "zspage on another class's list")
                     _check(z.prev is prev, "broken list link")
                     _check(z.fullness == group, "zspage fullness differs from its list")
-                    _check(
-                        fullness_group(z.inuse, z.objs) == group, "zspage in the wrong group"
-                    )
+                    _check(fullness_group(z.inuse, z.objs) == group, "zspage in the wrong group")
                     _check(self._zspages[z.zid] is z, "zspage id table out of step")
                     n += 1
                     objs_allocated += z.objs
@@ -705,7 +709,7 @@ class ZsPool:
                         if i in free:
                             continue
                         if z.owners is None:
-                            word = ((z.pages[cls.slot_page[i]] << PAGE_SHIFT) + cls.slot_off[i])
+                            word = (z.pages[cls.slot_page[i]] << PAGE_SHIFT) + cls.slot_off[i]
                             owner = words[word >> 3]
                             _check(owner & 1 == 1, "allocated slot without its tag")
                             owner >>= 1
@@ -716,8 +720,10 @@ class ZsPool:
                     prev = z
                     z = z.next
                 _check(n == cls.counts[group], "fullness count != list length")
-                _check(bool(cls.nonfull >> group & 1) == (n > 0 and group < Fullness.FULL),
-                       "nonfull mask out of step")
+                _check(
+                    bool(cls.nonfull >> group & 1) == (n > 0 and group < Fullness.FULL),
+                    "nonfull mask out of step",
+                )
             _check(objs_allocated == cls.objs_allocated, "objs_allocated out of step")
             _check(objs_used == cls.objs_used, "objs_used out of step")
             _check(pages == cls.pages_used, "pages_used out of step")
@@ -728,8 +734,10 @@ class ZsPool:
         live = self._handles.live_slots()
         _check(len(live) == self._handles.live == len(owners_seen), "live handles != objects")
         for slot in live:
-            _check(owners_seen.get(slot) == self._handles.location_of_slot(slot),
-                   "handle table points elsewhere than its object")
+            _check(
+                owners_seen.get(slot) == self._handles.location_of_slot(slot),
+                "handle table points elsewhere than its object",
+            )
         if self.max_pages is not None:
             _check(self._arena.pages_held <= self.max_pages, "page budget exceeded")
 

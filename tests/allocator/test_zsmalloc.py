@@ -1,0 +1,275 @@
+"""ZsPool: spanning objects, map modes, chain sizes, budget, cache, huge class, RSS."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from allocator import AllocatorError, InvalidHandleError, MapMode, PoolFullError, ZsPool
+from allocator.stats import Fullness
+
+
+def _spanning_handle(pool: ZsPool, size: int) -> int:
+    """Allocate objects of ``size`` until one straddles two pages; return it."""
+    for _ in range(10_000):
+        h = pool.malloc(size)
+        cls, _, split = pool._locate(h)
+        if split < cls.capacity:
+            return h
+    raise AssertionError("no spanning object found")
+
+
+def test_roundtrip_every_chain_size() -> None:
+    rng = random.Random(1)
+    for chain in range(1, 17):
+        pool = ZsPool(chain_size=chain, seed=chain)
+        objs = {}
+        for _ in range(400):
+            data = rng.randbytes(rng.randint(1, 4096))
+            h = pool.malloc(len(data))
+            pool.obj_write(h, data)
+            objs[h] = data
+        pool.check_invariants()
+        for h, data in objs.items():
+            assert pool.obj_read(h, len(data)) == data
+
+
+@pytest.mark.parametrize("size", [200, 1100, 3000])
+def test_spanning_object_in_every_map_mode(size: int) -> None:
+    pool = ZsPool(seed=0)
+    h = _spanning_handle(pool, size)
+    data = os.urandom(size)
+    with pool.map(h, MapMode.WO) as buf:
+        assert len(buf) >= size and not buf.readonly
+        buf[:size] = data
+    assert pool.obj_read(h, size) == data
+    with pool.map(h, MapMode.RO) as buf:
+        assert buf.readonly
+        assert bytes(buf[:size]) == data
+    with pool.map(h, MapMode.RW) as buf:
+        assert bytes(buf[:size]) == data  # RW copies in
+        buf[size - 1] = data[size - 1] ^ 0xFF
+        buf[0] = data[0] ^ 0xFF
+    changed = pool.obj_read(h, size)
+    assert changed[0] == data[0] ^ 0xFF and changed[-1] == data[-1] ^ 0xFF
+    assert changed[1:-1] == data[1:-1]
+
+
+def test_write_only_mapping_skips_copy_in_and_read_only_skips_copy_back() -> None:
+    pool = ZsPool(seed=0)
+    h = _spanning_handle(pool, 1100)
+    pool.obj_write(h, b"\x11" * 1100)
+    with pool.map(h, MapMode.WO) as buf:
+        # The assembly buffer did not receive the object's bytes.
+        assert bytes(buf[:1100]) != b"\x11" * 1100
+        buf[:1100] = b"\x22" * 1100
+    assert pool.obj_read(h, 1100) == b"\x22" * 1100
+    with pool.map(h, MapMode.RO) as buf, pytest.raises(TypeError):
+        buf[0] = 1
+
+
+def test_object_inside_one_page_maps_without_copy() -> None:
+    pool = ZsPool(seed=0)
+    h = pool.malloc(100)
+    with pool.map(h, MapMode.RW) as buf:
+        assert buf.obj is pool._arena._map  # a view of the arena itself
+        buf[:3] = b"abc"
+    assert pool.obj_read(h, 3) == b"abc"
+
+
+def test_mapping_is_released_at_unmap() -> None:
+    pool = ZsPool(seed=0)
+    h = pool.malloc(100)
+    with pool.map(h, MapMode.RW) as buf:
+        pass
+    with pytest.raises(ValueError):
+        buf[0] = 1
+
+
+def test_free_while_mapped_is_refused_and_compaction_waits() -> None:
+    pool = ZsPool(seed=0)
+    hs = [pool.malloc(500) for _ in range(100)]
+    for h in hs[::2]:
+        pool.free(h)
+    with pool.map(hs[1], MapMode.RO):
+        with pytest.raises(AllocatorError):
+            pool.free(hs[1])
+        assert pool.compact() == 0
+    assert pool.compact() > 0
+    pool.check_invariants()
+
+
+def test_stale_handle_never_reaches_the_slots_next_owner() -> None:
+    pool = ZsPool(seed=0)
+    h1 = pool.malloc(64)
+    pool.obj_write(h1, b"A" * 64)
+    pool.free(h1)
+    h2 = pool.malloc(64)
+    pool.obj_write(h2, b"B" * 64)
+    assert h2 != h1 and (h2 & 0xFFFFFFF) == (h1 & 0xFFFFFFF)  # same slot reused
+    for call in (pool.free, pool.obj_read, lambda h: pool.obj_write(h, b"x")):
+        with pytest.raises(InvalidHandleError):
+            call(h1)
+    with pytest.raises(InvalidHandleError), pool.map(h1, MapMode.RO):
+        pass
+    assert pool.obj_read(h2, 64) == b"B" * 64
+
+
+@pytest.mark.parametrize("forged", [0, -1, 1, 2**52, 2**80, "1", None, 3.5])
+def test_forged_handles_are_refused(forged: object) -> None:
+    pool = ZsPool(seed=0)
+    pool.malloc(64)
+    with pytest.raises(InvalidHandleError):
+        pool.free(forged)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [0, -1, 4097, 1.0, "8", True])
+def test_bad_sizes_raise_value_error(size: object) -> None:
+    pool = ZsPool()
+    with pytest.raises(ValueError):
+        pool.malloc(size)  # type: ignore[arg-type]
+    assert pool.pages == 0
+
+
+def test_write_longer_than_slot_is_refused() -> None:
+    pool = ZsPool()
+    h = pool.malloc(100)
+    with pytest.raises(ValueError):
+        pool.obj_write(h, bytes(pool.capacity(100) + 1))
+
+
+def test_page_budget_exhausted_changes_nothing_and_recovers() -> None:
+    pool = ZsPool(chain_size=8, max_pages=16, seed=0)
+    live = []
+    with pytest.raises(PoolFullError):
+        while True:
+            live.append(pool.malloc(3000))
+    before = (pool.pages, pool.objs_used, [c.objs_allocated for c in pool.class_stats()])
+    with pytest.raises(PoolFullError):
+        pool.malloc(3000)
+    assert (pool.pages, pool.objs_used, [c.objs_allocated for c in pool.class_stats()]) == before
+    assert pool.stats().alloc_failures == 2
+    assert pool.pages <= 16
+    for h in live[:9]:  # 9 objects of 3000 bytes per 8-page zspage
+        pool.free(h)
+    live.append(pool.malloc(3000))
+    pool.check_invariants()
+
+
+def test_shorter_zspage_when_budget_cannot_supply_a_whole_one() -> None:
+    strict = ZsPool(chain_size=8, max_pages=3, seed=0)
+    short = ZsPool(chain_size=8, max_pages=3, short_zspages=True, seed=0)
+    with pytest.raises(PoolFullError):
+        strict.malloc(3600)  # its class (3632) wants an 8-page zspage
+    h = short.malloc(3600)
+    short.obj_write(h, b"z" * 3600)
+    assert short.pages == 3 and short.obj_read(h, 3600) == b"z" * 3600
+    (row,) = [c for c in short.class_stats() if c.objs_used]
+    assert row.pages_per_zspage == 8
+    assert row.pages_used == 3 and row.objs_allocated == 3 * 4096 // 3632
+    short.check_invariants()
+
+
+def test_empty_zspage_cache_keeps_pages_for_reuse() -> None:
+    pool = ZsPool(empty_cache=1, seed=0)
+    h = pool.malloc(100)
+    pages = pool.pages
+    pool.free(h)
+    assert pool.pages == pages  # kept, on the EMPTY list
+    row = next(c for c in pool.class_stats() if c.objs_allocated)
+    assert row.zspages[Fullness.EMPTY] == 1
+    h = pool.malloc(100)
+    assert pool.pages == pages
+    pool.free(h)
+    assert pool.compact() == pages and pool.pages == 0
+    uncached = ZsPool(seed=0)
+    uncached.free(uncached.malloc(100))
+    assert uncached.pages == 0
+
+
+def test_empty_cache_yields_to_the_page_budget() -> None:
+    pool = ZsPool(empty_cache=4, max_pages=2, seed=0)
+    pool.free(pool.malloc(24))  # class 32: a one-page zspage, kept when emptied
+    pool.free(pool.malloc(56))  # class 64: likewise
+    assert pool.pages == 2
+    h = pool.malloc(120)  # class 128 needs a page only the cache can give back
+    pool.obj_write(h, b"q" * 120)
+    assert pool.pages == 2 and pool.obj_read(h, 120) == b"q" * 120
+    pool.check_invariants()
+
+
+def test_huge_class_object_fills_its_page() -> None:
+    pool = ZsPool(seed=0)
+    data = os.urandom(4096)
+    h = pool.malloc(4096)
+    pool.obj_write(h, data)
+    assert pool.pages == 1 and pool.obj_read(h) == data
+    huge = pool.malloc(pool.huge_class_size)
+    normal = pool.malloc(pool.huge_class_size - 1)
+    used = {c.size: c for c in pool.class_stats() if c.objs_used}
+    # Every huge class has the same shape, so all merge into the 4096 class.
+    assert used[4096].objs_used == 2 and used[4096].pages_used == 2
+    assert used[4096].objs_per_zspage == used[4096].pages_per_zspage == 1
+    assert len(used) == 2
+    pool.free(huge)
+    pool.free(normal)
+    pool.check_invariants()
+
+
+def test_compaction_moves_objects_and_keeps_handles() -> None:
+    pool = ZsPool(seed=0)
+    rng = random.Random(3)
+    objs = {}
+    for _ in range(3000):
+        data = rng.randbytes(rng.choice([300, 700, 1500]))
+        h = pool.malloc(len(data))
+        pool.obj_write(h, data)
+        objs[h] = data
+    for h in rng.sample(sorted(objs), 2000):
+        pool.free(h)
+        del objs[h]
+    freeable = sum(c.freeable for c in pool.class_stats())
+    before = pool.pages
+    released = pool.compact()
+    assert released > 0 and pool.pages == before - released
+    assert pool.stats().pages_compacted == released
+    assert released >= freeable * 0.5
+    pool.check_invariants()
+    for h, data in objs.items():
+        assert pool.obj_read(h, len(data)) == data
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def test_rss_follows_total_size_up_and_down() -> None:
+    pool = ZsPool(seed=0)
+    base = _rss()
+    hs = []
+    for _ in range(20_000):
+        h = pool.malloc(2000)
+        pool.obj_write(h, b"\xab" * 2000)
+        hs.append(h)
+    grown = _rss() - base
+    assert pool.total_size_bytes > 30 << 20
+    assert abs(grown - pool.total_size_bytes) < 0.1 * pool.total_size_bytes
+    for h in hs:
+        pool.free(h)
+    assert pool.total_size_bytes == 0
+    assert _rss() - base < 0.1 * grown
+
+
+def test_class_stats_add_up_to_the_pool() -> None:
+    pool = ZsPool(seed=0)
+    for n in range(1, 4097, 7):
+        pool.malloc(n)
+    rows = pool.class_stats()
+    assert sum(r.pages_used for r in rows) * 4096 == pool.total_size_bytes
+    assert sum(r.objs_used for r in rows) == pool.objs_used == len(range(1, 4097, 7))
+    for r in rows:
+        assert sum(r.zspages) * r.objs_per_zspage == r.objs_allocated
+        assert r.pages_used == sum(r.zspages) * r.pages_per_zspage
