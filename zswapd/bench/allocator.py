@@ -1,0 +1,344 @@
+"""``zswapd bench allocator``: memory efficiency, speed and overhead of the allocators.
+
+The workload is the lz4-compressed size of every page of a corpus that is not
+same-filled (zram keeps only the word of those), with a page that compresses to
+the pool's huge_class_size or more stored raw as 4096 bytes, as zram does.  The
+sizes are cycled to reach the requested number of objects, so the pool reaches a
+steady state with many zspages per class.
+
+Efficiency = sum of object lengths / total_size_bytes (pages held x 4096), the
+figure zsmalloc's designers quote ("about 98% of its memory in objects").
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lz4.block
+
+import allocator
+from allocator import MapMode, PoolFullError, fit_class_sizes
+from zswapd.bench.stats import format_table, rss_bytes
+from zswapd.corpus import PAGE_SIZE, is_same_filled
+
+__all__ = ["CONFIGS", "Workload", "build_workload", "run"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Pages and their lz4 forms: the input of every allocator figure."""
+
+    pages: list[bytes]  # non-same-filled pages
+    compressed: list[bytes]  # lz4 block of each, no size prefix
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(c) for c in self.compressed]
+
+
+def build_workload(pages: Sequence[bytes]) -> Workload:
+    kept = [p for p in pages if not is_same_filled(p)]
+    return Workload(kept, [lz4.block.compress(p, store_size=False) for p in kept])
+
+
+def _stored_length(length: int, huge_class_size: int) -> int:
+    # zram stores a page raw (4096 bytes) when it compresses to the huge size or more.
+    return PAGE_SIZE if length >= huge_class_size else length
+
+
+def configs(lengths: Sequence[int]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, allocator, options) of every configuration compared."""
+    fitted = fit_class_sizes(lengths, 240)
+    return [
+        ("zsmalloc chain 4 (kernel)", "zsmalloc", {"chain_size": 4}),
+        ("zsmalloc chain 8 (kernel default)", "zsmalloc", {"chain_size": 8}),
+        ("zsmalloc chain 16 (kernel)", "zsmalloc", {"chain_size": 16}),
+        ("zsmalloc chain 8, no merging", "zsmalloc", {"chain_size": 8, "merge_classes": False}),
+        ("zsmalloc chain 8, empty cache 2", "zsmalloc", {"chain_size": 8, "empty_cache": 2}),
+        ("zsmalloc chain 8, no header", "zsmalloc", {"chain_size": 8, "header": 0}),
+        (
+            "zsmalloc chain 8, no header, step 8",
+            "zsmalloc",
+            {"chain_size": 8, "header": 0, "class_step": 8},
+        ),
+        (
+            "zsmalloc chain 16, no header, step 8",
+            "zsmalloc",
+            {"chain_size": 16, "header": 0, "class_step": 8},
+        ),
+        (
+            "zsmalloc chain 16, no header, fitted",
+            "zsmalloc",
+            # Fitted sizes plus a step-16 grid for lengths never observed.
+            {
+                "chain_size": 16,
+                "header": 0,
+                "class_sizes": sorted(set(fitted) | set(range(32, PAGE_SIZE + 1, 16))),
+            },
+        ),
+        ("zbud", "zbud", {}),
+        ("z3fold", "z3fold", {}),
+    ]
+
+
+CONFIGS = configs  # the public name of the configuration list builder
+
+
+def efficiency(
+    name: str, options: dict[str, Any], lengths: Sequence[int], n_objects: int, seed: int
+) -> dict[str, Any]:
+    """Efficiency all live, after freeing a random half, and after compact()."""
+    pool = allocator.create(name, seed=seed, **options)
+    huge = pool.huge_class_size
+    sizes = array("i", (_stored_length(lengths[i % len(lengths)], huge) for i in range(n_objects)))
+    handles = array("Q", (pool.malloc(n) for n in sizes))
+    live_bytes = sum(sizes)
+    all_live = live_bytes / pool.total_size_bytes
+    pages_live = pool.pages
+    rng = random.Random(seed)
+    for i in rng.sample(range(n_objects), n_objects // 2):
+        pool.free(handles[i])
+        live_bytes -= sizes[i]
+    after_free = live_bytes / pool.total_size_bytes
+    released = pool.compact()
+    return {
+        "all_live": all_live,
+        "after_free": after_free,
+        "after_compact": live_bytes / pool.total_size_bytes,
+        "pages_all_live": pages_live,
+        "pages_compacted": released,
+        "classes_used": sum(1 for c in pool.class_stats() if c.objs_allocated),
+    }
+
+
+def budget(
+    lengths: Sequence[int], n_objects: int, max_pages: int, short: bool, seed: int
+) -> dict[str, Any]:
+    """Store as many objects as a page budget allows (chain 8), shorter zspages or not."""
+    pool = allocator.ZsPool(chain_size=8, max_pages=max_pages, short_zspages=short, seed=seed)
+    huge = pool.huge_class_size
+    stored = stored_bytes = 0
+    for i in range(n_objects):
+        n = _stored_length(lengths[i % len(lengths)], huge)
+        try:
+            pool.malloc(n)
+        except PoolFullError:
+            continue
+        stored += 1
+        stored_bytes += n
+    return {
+        "stored": stored,
+        "failures": pool.stats().alloc_failures,
+        "efficiency": stored_bytes / max(pool.total_size_bytes, 1),
+    }
+
+
+def speed(work: Workload, repeats: int, seed: int) -> dict[str, Any]:
+    """malloc+write and read+free rates against lz4 compress of the same pages, side by side."""
+    pool0 = allocator.ZsPool(seed=seed)
+    huge = pool0.huge_class_size
+    payloads = [c if len(c) < huge else p for c, p in zip(work.compressed, work.pages)]
+    pages = work.pages
+    rows: dict[str, list[float]] = {
+        k: [] for k in ("lz4_compress", "lz4_decompress", "malloc_write", "map_read_free")
+    }
+    ratios: dict[str, list[float]] = {"malloc_write": [], "map_read_free": [], "obj_read_free": []}
+    rows["obj_read_free"] = []
+    compress = lz4.block.compress
+    decompress = lz4.block.decompress
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        for p in pages:
+            compress(p, store_size=False)
+        lz4_c = len(pages) / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for c, p in zip(work.compressed, pages):
+            decompress(c, uncompressed_size=len(p))
+        lz4_d = len(pages) / (time.perf_counter() - t0)
+        for read_kind in ("map_read_free", "obj_read_free"):
+            pool = allocator.ZsPool(seed=seed + r)
+            malloc, write = pool.malloc, pool.obj_write
+            t0 = time.perf_counter()
+            handles = []
+            for data in payloads:
+                h = malloc(len(data))
+                write(h, data)
+                handles.append(h)
+            mw = len(pages) / (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            if read_kind == "map_read_free":
+                for h, data in zip(handles, payloads):
+                    with pool.map(h, MapMode.RO) as buf:
+                        bytes(buf[: len(data)])
+                    pool.free(h)
+            else:
+                read, free = pool.obj_read, pool.free
+                for h, data in zip(handles, payloads):
+                    read(h, len(data))
+                    free(h)
+            rf = len(pages) / (time.perf_counter() - t0)
+            rows[read_kind].append(rf)
+            ratios[read_kind].append(rf / lz4_c)
+            if read_kind == "map_read_free":
+                rows["malloc_write"].append(mw)
+                ratios["malloc_write"].append(mw / lz4_c)
+        rows["lz4_compress"].append(lz4_c)
+        rows["lz4_decompress"].append(lz4_d)
+    return {
+        "pages": len(pages),
+        "repeats": repeats,
+        "rates_per_s": {k: statistics.median(v) for k, v in rows.items()},
+        "ratio_to_lz4_compress": {k: statistics.median(v) for k, v in ratios.items()},
+    }
+
+
+def rss_child(lengths_path: str, n_objects: int) -> None:
+    """Run in a fresh interpreter: RSS beyond total_size_bytes at ``n_objects`` objects."""
+    lengths = array("i")
+    lengths.frombytes(Path(lengths_path).read_bytes())
+    payload = memoryview(bytes(range(256)) * 16)
+    handles = array("Q", bytes(8 * n_objects))
+    base = rss_bytes()
+    pool = allocator.ZsPool(chain_size=8)
+    huge = pool.huge_class_size
+    malloc, write = pool.malloc, pool.obj_write
+    for i in range(n_objects):
+        n = _stored_length(lengths[i % len(lengths)], huge)
+        h = malloc(n)
+        write(h, payload[:n])
+        handles[i] = h
+    grown = rss_bytes() - base
+    json.dump(
+        {
+            "objects": n_objects,
+            "total_size_bytes": pool.total_size_bytes,
+            "rss_growth_bytes": grown,
+            "beyond_pool_per_object": (grown - pool.total_size_bytes) / n_objects,
+            "handle_table_bytes_per_object": pool.stats().handle_table_bytes / n_objects,
+        },
+        sys.stdout,
+    )
+
+
+def rss(lengths: Sequence[int], n_objects: int) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".lengths") as f:
+        f.write(array("i", lengths).tobytes())
+        f.flush()
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from zswapd.bench.allocator import rss_child; "
+                "rss_child(sys.argv[1], int(sys.argv[2]))",
+                f.name,
+                str(n_objects),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def run(
+    pages: Sequence[bytes],
+    *,
+    n_objects: int = 200_000,
+    repeats: int = 5,
+    rss_objects: int = 1_000_000,
+    seed: int = 1,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Every allocator figure on ``pages``; returns a JSON-ready dict."""
+    say = progress or (lambda msg: None)
+    work = build_workload(pages)
+    if not work.pages:
+        raise ValueError("the corpus has no page that is not same-filled")
+    lengths = work.lengths
+    result: dict[str, Any] = {
+        "corpus_pages": len(pages),
+        "objects": n_objects,
+        "workload_mean_length": statistics.fmean(lengths),
+        "efficiency": {},
+    }
+    for label, name, options in configs(lengths):
+        say(f"efficiency: {label}")
+        result["efficiency"][label] = efficiency(name, options, lengths, n_objects, seed)
+    kernel8 = result["efficiency"]["zsmalloc chain 8 (kernel default)"]
+    max_pages = int(kernel8["pages_all_live"] * 0.6)
+    result["budget"] = {"max_pages": max_pages}
+    for short in (False, True):
+        say(f"page budget, shorter zspages {'on' if short else 'off'}")
+        key = "short_zspages" if short else "whole_zspages"
+        result["budget"][key] = budget(lengths, n_objects, max_pages, short, seed)
+    say("speed against lz4")
+    result["speed"] = speed(work, repeats, seed)
+    if rss_objects:
+        say(f"RSS at {rss_objects} objects")
+        result["rss"] = rss(lengths, rss_objects)
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    """The figures as text tables."""
+    eff = result["efficiency"]
+    out = [
+        f"{result['objects']} objects cycled from {result['corpus_pages']} corpus pages "
+        f"(mean lz4 length {result['workload_mean_length']:.0f} bytes)",
+        "",
+        "memory efficiency = object bytes / pool bytes",
+        format_table(
+            ["allocator", "all live", "half freed", "compacted", "pages compacted"],
+            [
+                [k, v["all_live"], v["after_free"], v["after_compact"], v["pages_compacted"]]
+                for k, v in eff.items()
+            ],
+        ),
+        "",
+        f"page budget of {result['budget']['max_pages']} pages (0.6 x chain 8 all live)",
+        format_table(
+            ["zspages", "objects stored", "malloc failures", "efficiency"],
+            [
+                [k, v["stored"], v["failures"], v["efficiency"]]
+                for k, v in result["budget"].items()
+                if k != "max_pages"
+            ],
+        ),
+        "",
+    ]
+    sp = result["speed"]
+    out.append(
+        f"speed on {sp['pages']} pages, median of {sp['repeats']} runs, "
+        "ratio = rate / lz4.block.compress rate in the same run"
+    )
+    out.append(
+        format_table(
+            ["operation", "per second", "ratio to lz4 compress"],
+            [
+                [k, f"{v:,.0f}", sp["ratio_to_lz4_compress"].get(k, "")]
+                for k, v in sp["rates_per_s"].items()
+            ],
+        )
+    )
+    if "rss" in result:
+        r = result["rss"]
+        out += [
+            "",
+            f"RSS beyond total_size_bytes at {r['objects']:,} objects: "
+            f"{r['beyond_pool_per_object']:.1f} bytes per object "
+            f"(handle table {r['handle_table_bytes_per_object']:.1f} of it; "
+            "the caller's own 8-byte handle array is not counted)",
+        ]
+    return "\n".join(out)
