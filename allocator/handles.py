@@ -115,6 +115,16 @@ class HandleTable:
         self._free = slot
         self.live -= 1
 
+    def take(self, handle: int) -> int:
+        """Retire a live handle and return the location its object had.
+
+        Raises:
+            InvalidHandleError: freed, never issued, or not a handle.
+        """
+        loc = self.location(handle)
+        self.release(handle & SLOT_MASK)
+        return loc
+
     def live_slots(self) -> list[int]:
         """Every live slot (for invariant checks; O(table size))."""
         return [s for s in range(1, len(self._loc)) if self._loc[s] >= 0]

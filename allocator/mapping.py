@@ -40,7 +40,7 @@ class ObjectMapping:
     __slots__ = ("_handle", "_mode", "_pool", "_view")
 
     def __init__(self, pool: _Mappable, handle: int, mode: MapMode) -> None:
-        if not isinstance(mode, MapMode):
+        if type(mode) is not MapMode:
             raise TypeError(f"mode must be a MapMode, not {mode!r}")
         self._pool = pool
         self._handle = handle

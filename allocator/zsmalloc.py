@@ -300,8 +300,7 @@ class ZsPool:
 
     def _free_zspage(self, cls: SizeClass, z: ZsPage) -> int:
         """Release an empty zspage that is on no list; returns pages released."""
-        for pfn in z.pages:
-            self._arena.free_page(pfn)
+        self._arena.free_pages(z.pages)
         cls.objs_allocated -= z.objs
         cls.pages_used -= len(z.pages)
         self._zspages[z.zid] = None
@@ -386,11 +385,9 @@ class ZsPool:
             AllocatorError: the object is mapped right now.
         """
         with self._lock:
-            slot = self._handles.slot(handle)
-            if self._mapped and slot in self._mapped:
+            if self._mapped and self._handles.slot(handle) in self._mapped:
                 raise AllocatorError("cannot free an object while it is mapped")
-            loc = self._handles.location_of_slot(slot)
-            self._handles.release(slot)
+            loc = self._handles.take(handle)
             z = self._zspages[loc >> LOC_SHIFT]
             assert z is not None
             self._obj_free(z, loc & _IDX_MASK)
@@ -472,20 +469,28 @@ class ZsPool:
     def _map_begin(self, handle: int, mode: MapMode) -> memoryview:
         self._lock.acquire()
         try:
-            cls, addr, split = self._locate(handle)
+            handles = self._handles
+            slot = handles.slot(handle)
+            loc = handles.location_of_slot(slot)
+            z = self._zspages[loc >> LOC_SHIFT]
+            assert z is not None
+            cls = z.cls
+            idx = loc & _IDX_MASK
+            addr = (z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx] + cls.header
             n = cls.capacity
+            split = cls.slot_split[idx]
             if n <= split:
                 view = self._buf[addr : addr + n]
             else:
                 spare, self._span_buf = self._span_buf, None
                 view = memoryview(spare if spare is not None else bytearray(PAGE_SIZE))[:n]
-                if mode & MapMode.RO:
-                    second = self._second_page(handle)
+                if mode is not MapMode.WO:
+                    second = z.pages[cls.slot_page[idx] + 1] << PAGE_SHIFT
                     view[:split] = self._buf[addr : addr + split]
                     view[split:] = self._buf[second : second + n - split]
-            slot = self._handles.slot(handle)
-            self._mapped[slot] = self._mapped.get(slot, 0) + 1
-            return view if mode & MapMode.WO else view.toreadonly()
+            mapped = self._mapped
+            mapped[slot] = mapped.get(slot, 0) + 1
+            return view.toreadonly() if mode is MapMode.RO else view
         except BaseException:
             self._lock.release()
             raise
@@ -493,23 +498,23 @@ class ZsPool:
     def _map_end(self, handle: int, mode: MapMode, view: memoryview) -> None:
         try:
             slot = self._handles.slot(handle)
-            left = self._mapped[slot] - 1
+            mapped = self._mapped
+            left = mapped[slot] - 1
             if left:
-                self._mapped[slot] = left
+                mapped[slot] = left
             else:
-                del self._mapped[slot]
-            if view.obj is not self._arena._map:
-                if mode & MapMode.WO:
+                del mapped[slot]
+            spare = view.obj
+            if spare is not self._arena._map:
+                # A spanning object: copy the assembled bytes back unless RO.
+                if mode is not MapMode.RO:
                     _, addr, split = self._locate(handle)
                     second = self._second_page(handle)
                     self._buf[addr : addr + split] = view[:split]
                     self._buf[second : second + len(view) - split] = view[split:]
-                spare = view.obj
-                view.release()
                 if isinstance(spare, bytearray) and len(spare) == PAGE_SIZE:
                     self._span_buf = spare
-            else:
-                view.release()
+            view.release()
         finally:
             self._lock.release()
 
