@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 from array import array
+from collections.abc import Sequence
 
 __all__ = ["DEFAULT_ARENA_PAGES", "PAGE_SHIFT", "PAGE_SIZE", "PageArena"]
 
@@ -81,7 +82,7 @@ class PageArena:
         self._free.append(pfn)
         self.pages_held -= 1
 
-    def free_pages(self, pfns: tuple[int, ...]) -> None:
+    def free_pages(self, pfns: Sequence[int]) -> None:
         """Take several pages back, one madvise per run of adjacent PFNs.
 
         A zspage built from fresh arena pages is usually one run, so releasing it

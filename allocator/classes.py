@@ -202,18 +202,63 @@ class ClassTable:
         return self.classes[self.lookup[length]]
 
 
-def fit_class_sizes(lengths: Iterable[int], count: int, *, header: int = 0) -> list[int]:
-    """Class sizes fitted to observed object lengths (quantiles, rounded up to 8).
+def fit_class_sizes(
+    lengths: Iterable[int],
+    *,
+    chain_size: int = 8,
+    header: int = 0,
+    objects: int | None = None,
+) -> list[int]:
+    """Class sizes that hold the observed object lengths in the fewest pages.
 
-    The kernel's comment on its own table is that class sizes "should be
-    empirically determined"; this is the simplest such determination: ``count``
-    boundaries at equal quantiles of the observed lengths, each the smallest
-    multiple of 8 that holds the objects below it.  Add it to a step table for
-    sizes never observed (see ``ZsPool(class_sizes=...)``).
+    The kernel's own comment is that its class sizes "should be empirically
+    determined".  This determines them: given a sample of object lengths, it
+    picks, among sizes that are multiples of 8, the set of classes that minimises
+    the pages needed to hold ``objects`` objects distributed like the sample,
+    every class paying for its zspage tail and its last, partly filled zspage.
+    The search is a dynamic programme over the 511 candidate sizes (O(511**2)).
+
+    Args:
+        lengths: observed object lengths (1..4096).
+        chain_size: the pool's longest zspage.
+        header: the pool's in-object header.
+        objects: how many objects the pool is expected to hold (default: as
+            many as the sample).
+
+    Returns:
+        Ascending class sizes, 4096 included.
     """
-    data = sorted(min(PAGE_SIZE, n + header) for n in lengths if n > 0)
-    if not data or count < 1:
-        return []
-    picks = {data[min(len(data) - 1, (len(data) * k) // count)] for k in range(1, count + 1)}
-    picks.add(data[-1])
-    return sorted({-(-s // _ALIGN) * _ALIGN for s in picks if s >= 2 * _ALIGN})
+    sample = [min(PAGE_SIZE, n + header) for n in lengths if 0 < n <= PAGE_SIZE]
+    candidates = list(range(2 * _ALIGN, PAGE_SIZE + 1, _ALIGN))
+    if not sample:
+        return [PAGE_SIZE]
+    scale = (objects or len(sample)) / len(sample)
+    counts = [0] * len(candidates)
+    for need in sample:
+        counts[max(0, -(-need // _ALIGN) - 2)] += 1
+    prefix = [0.0]
+    for c in counts:
+        prefix.append(prefix[-1] + c * scale)
+    shape = []
+    for size in candidates:
+        pages = best_pages_per_zspage(size, chain_size)
+        shape.append((pages, pages * PAGE_SIZE // size))
+    # best[j]: fewest pages for every object up to candidates[j], with a class there.
+    inf = float("inf")
+    best = [inf] * len(candidates)
+    back = [-1] * len(candidates)
+    for j, (pages, objs) in enumerate(shape):
+        for i in range(-1, j):
+            below = best[i] if i >= 0 else 0.0
+            if below == inf:
+                continue
+            n = prefix[j + 1] - prefix[i + 1]
+            cost = below + -(-n // objs) * pages if n else below
+            if cost < best[j]:
+                best[j], back[j] = cost, i
+    sizes = []
+    j = len(candidates) - 1
+    while j >= 0:
+        sizes.append(candidates[j])
+        j = back[j]
+    return sorted(sizes)

@@ -6,7 +6,8 @@ See allocator/README.md for the design in prose.  In brief:
   back to back in *zspages*: 1..chain_size pages from the arena, linked in a
   fixed order but not contiguous in memory.  An object may straddle the boundary
   between two pages of its zspage.
-* A free slot's first 64-bit word is the free-list link (``next << 1``); an
+* A free slot's first 64-bit word is the free-list link (``(next + 1) << 1``,
+  0 ending the list); an
   allocated slot's first word is its header, ``handle_slot << 1 | 1``, which
   tells compaction who owns the object (the kernel's OBJ_ALLOCATED_TAG).  Huge
   classes, and tables built without a header, keep the owner in a small per-zspage
@@ -39,8 +40,16 @@ __all__ = ["SizeClass", "ZsPage", "ZsPool"]
 # 16 pages * 4096 / 16 bytes = 4096 objects, so 12 bits suffice.
 LOC_SHIFT = 12
 _IDX_MASK = (1 << LOC_SHIFT) - 1
-# End of a zspage's free list (no object index reaches it).
-_END = _IDX_MASK + 1
+# A huge object (one per one-page zspage) is located by its PFN alone, flagged,
+# with its class's position: no ZsPage object, free list or owner array is kept
+# for it, which would cost ~300 bytes per huge page (the kernel's huge zspage
+# likewise keeps its handle in the page's own metadata).
+_HUGE = 1 << 52
+_HUGE_CLASS_SHIFT = 32
+_PFN_MASK = (1 << _HUGE_CLASS_SHIFT) - 1
+# End of a zspage's free list.  Links are stored as index + 1 so that the end is
+# 0 in memory and -1 in Python: a cached small int, not a fresh object per full zspage.
+_END = -1
 _N_GROUPS = len(Fullness)
 # Plain ints on hot paths: IntEnum construction and lookups cost microseconds.
 _EMPTY = int(Fullness.EMPTY)
@@ -66,7 +75,7 @@ class ZsPage:
         "zid",
     )
 
-    def __init__(self, zid: int, cls: SizeClass, pages: tuple[int, ...], objs: int) -> None:
+    def __init__(self, zid: int, cls: SizeClass, pages: array[int], objs: int) -> None:
         self.zid = zid
         self.cls = cls
         self.pages = pages
@@ -99,13 +108,15 @@ class SizeClass:
         "objs_used",
         "pages_per_zspage",
         "pages_used",
+        "position",
         "size",
         "slot_off",
         "slot_page",
         "slot_split",
     )
 
-    def __init__(self, spec: ClassSpec, header: int) -> None:
+    def __init__(self, spec: ClassSpec, header: int, position: int) -> None:
+        self.position = position
         self.index = spec.index
         self.size = spec.size
         self.pages_per_zspage = spec.pages_per_zspage
@@ -209,7 +220,9 @@ class ZsPool:
         self.max_pages = max_pages
         self.empty_cache = empty_cache
         self.short_zspages = short_zspages
-        self.classes = tuple(SizeClass(spec, header) for spec in self.table.classes)
+        self.classes = tuple(
+            SizeClass(spec, header, n) for n, spec in enumerate(self.table.classes)
+        )
         # Object length -> class, the table's lookup resolved to objects.
         self._class_of = [self.classes[i] for i in self.table.lookup]
         capacity = arena_pages or (max_pages if max_pages else DEFAULT_ARENA_PAGES)
@@ -276,7 +289,8 @@ class ZsPool:
                         f"page budget of {self.max_pages} pages spent: a zspage of class "
                         f"{cls.size} needs {npages}, {max(room, 0)} left"
                     )
-        pages = tuple(self._arena.alloc_page() for _ in range(npages))
+        # PFNs in a 4-byte array: a tuple would cost a 28-byte int object per page.
+        pages = array("I", [self._arena.alloc_page() for _ in range(npages)])
         if self._free_zids:
             zid = self._free_zids.pop()
         else:
@@ -289,7 +303,7 @@ class ZsPool:
         slot_page, slot_off = cls.slot_page, cls.slot_off
         for i in range(objs):
             addr = (pages[slot_page[i]] << PAGE_SHIFT) + slot_off[i]
-            words[addr >> 3] = (i + 1 if i + 1 < objs else _END) << 1
+            words[addr >> 3] = (i + 2 if i + 1 < objs else 0) << 1
         cls.objs_allocated += objs
         cls.pages_used += npages
         if self._arena.pages_held > self.pages_max:
@@ -351,6 +365,8 @@ class ZsPool:
         if type(size) is not int or not 0 < size <= PAGE_SIZE:
             self._check_size(size)
         cls = self._class_of[size]
+        if cls.huge:
+            return self._malloc_huge(cls)
         with self._lock:
             nonfull = cls.nonfull
             if nonfull:
@@ -362,7 +378,7 @@ class ZsPool:
             handle = self._handles.alloc(z.zid << LOC_SHIFT | idx)
             word = ((z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx]) >> 3
             words = self._words
-            z.freeobj = words[word] >> 1
+            z.freeobj = (words[word] >> 1) - 1
             if z.owners is None:
                 words[word] = (handle & SLOT_MASK) << 1 | 1
             else:
@@ -388,14 +404,45 @@ class ZsPool:
             if self._mapped and self._handles.slot(handle) in self._mapped:
                 raise AllocatorError("cannot free an object while it is mapped")
             loc = self._handles.take(handle)
+            if loc & _HUGE:
+                self._free_huge(loc)
+                return
             z = self._zspages[loc >> LOC_SHIFT]
             assert z is not None
             self._obj_free(z, loc & _IDX_MASK)
 
+    def _malloc_huge(self, cls: SizeClass) -> int:
+        with self._lock:
+            full = self.max_pages is not None and self._arena.pages_held >= self.max_pages
+            if full and not self._shrink_empty_cache(1):
+                self.alloc_failures += 1
+                raise PoolFullError(
+                    f"page budget of {self.max_pages} pages spent: a huge object needs 1"
+                )
+            pfn = self._arena.alloc_page()
+            handle = self._handles.alloc(_HUGE | cls.position << _HUGE_CLASS_SHIFT | pfn)
+            cls.objs_used += 1
+            cls.objs_allocated += 1
+            cls.pages_used += 1
+            cls.counts[_FULL] += 1
+            if self._arena.pages_held > self.pages_max:
+                self.pages_max = self._arena.pages_held
+            return handle
+
+    def _free_huge(self, loc: int) -> None:
+        # Released at once, whatever empty_cache says: a one-page zspage is
+        # as cheap to rebuild as to keep.
+        cls = self.classes[(loc & ~_HUGE) >> _HUGE_CLASS_SHIFT]
+        self._arena.free_page(loc & _PFN_MASK)
+        cls.objs_used -= 1
+        cls.objs_allocated -= 1
+        cls.pages_used -= 1
+        cls.counts[_FULL] -= 1
+
     def _obj_free(self, z: ZsPage, idx: int) -> None:
         cls = z.cls
         word = ((z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx]) >> 3
-        self._words[word] = z.freeobj << 1
+        self._words[word] = (z.freeobj + 1) << 1
         if z.owners is not None:
             z.owners[idx] = 0
         z.freeobj = idx
@@ -410,6 +457,8 @@ class ZsPool:
     def _locate(self, handle: int) -> tuple[SizeClass, int, int]:
         """(class, data address, bytes before the page ends) of a live handle."""
         loc = self._handles.location(handle)
+        if loc & _HUGE:
+            return self.classes[(loc & ~_HUGE) >> _HUGE_CLASS_SHIFT], (loc & _PFN_MASK) << 12, 4096
         z = self._zspages[loc >> LOC_SHIFT]
         assert z is not None
         cls = z.cls
@@ -471,21 +520,15 @@ class ZsPool:
         try:
             handles = self._handles
             slot = handles.slot(handle)
-            loc = handles.location_of_slot(slot)
-            z = self._zspages[loc >> LOC_SHIFT]
-            assert z is not None
-            cls = z.cls
-            idx = loc & _IDX_MASK
-            addr = (z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx] + cls.header
+            cls, addr, split = self._locate(handle)
             n = cls.capacity
-            split = cls.slot_split[idx]
             if n <= split:
                 view = self._buf[addr : addr + n]
             else:
                 spare, self._span_buf = self._span_buf, None
                 view = memoryview(spare if spare is not None else bytearray(PAGE_SIZE))[:n]
                 if mode is not MapMode.WO:
-                    second = z.pages[cls.slot_page[idx] + 1] << PAGE_SHIFT
+                    second = self._second_page(handle)
                     view[:split] = self._buf[addr : addr + split]
                     view[split:] = self._buf[second : second + n - split]
             mapped = self._mapped
@@ -603,7 +646,7 @@ class ZsPool:
             # obj_malloc on dst, keeping the same owner.
             didx = dst.freeobj
             dword = ((dst.pages[cls.slot_page[didx]] << PAGE_SHIFT) + cls.slot_off[didx]) >> 3
-            dst.freeobj = words[dword] >> 1
+            dst.freeobj = (words[dword] >> 1) - 1
             if dst.owners is None:
                 words[dword] = owner << 1 | 1
             else:
@@ -617,7 +660,7 @@ class ZsPool:
                 buf[second : second + cls.capacity - split] = data[split:]
             self._handles.relocate(owner, dst.zid << LOC_SHIFT | didx)
             # obj_free on src; counters of the class do not change overall.
-            words[word] = src.freeobj << 1
+            words[word] = (src.freeobj + 1) << 1
             if src.owners is not None:
                 src.owners[idx] = 0
             src.freeobj = idx
@@ -664,7 +707,9 @@ class ZsPool:
                 max_pages=self.max_pages,
                 objs_used=self._handles.live,
                 objs_allocated=sum(c.objs_allocated for c in self.classes),
-                zspages=len(self._zspages) - len(self._free_zids),
+                zspages=len(self._zspages)
+                - len(self._free_zids)
+                + sum(c.objs_used for c in self.classes if c.huge),
                 pages_compacted=self.pages_compacted,
                 alloc_failures=self.alloc_failures,
                 handle_table_bytes=self._handles.nbytes,
@@ -675,78 +720,7 @@ class ZsPool:
 
         O(pool size): for tests and debugging, not for production paths.
         """
+        from allocator.invariants import check_zspool
+
         with self._lock:
-            self._check_invariants()
-
-    def _check_invariants(self) -> None:
-        words = self._words
-        owners_seen: dict[int, int] = {}
-        total_pages = 0
-        for cls in self.classes:
-            objs_allocated = objs_used = pages = empties = 0
-            for group in range(_N_GROUPS):
-                n = 0
-                prev = None
-                z = cls.heads[group]
-                while z is not None:
-                    _check(z.cls is cls, "zspage on another class's list")
-                    _check(z.prev is prev, "broken list link")
-                    _check(z.fullness == group, "zspage fullness differs from its list")
-                    _check(fullness_group(z.inuse, z.objs) == group, "zspage in the wrong group")
-                    _check(self._zspages[z.zid] is z, "zspage id table out of step")
-                    n += 1
-                    objs_allocated += z.objs
-                    objs_used += z.inuse
-                    pages += len(z.pages)
-                    empties += z.inuse == 0
-                    free = set()
-                    idx = z.freeobj
-                    while idx != _END:
-                        _check(0 <= idx < z.objs and idx not in free, "corrupt free list")
-                        free.add(idx)
-                        word = (
-                            (z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx]
-                        ) >> 3
-                        _check(z.owners is not None or not words[word] & 1, "free slot tagged")
-                        idx = words[word] >> 1
-                    _check(len(free) == z.objs - z.inuse, "free list length != free slots")
-                    for i in range(z.objs):
-                        if i in free:
-                            continue
-                        if z.owners is None:
-                            word = (z.pages[cls.slot_page[i]] << PAGE_SHIFT) + cls.slot_off[i]
-                            owner = words[word >> 3]
-                            _check(owner & 1 == 1, "allocated slot without its tag")
-                            owner >>= 1
-                        else:
-                            owner = z.owners[i]
-                        _check(owner not in owners_seen, "two objects claim one handle")
-                        owners_seen[owner] = z.zid << LOC_SHIFT | i
-                    prev = z
-                    z = z.next
-                _check(n == cls.counts[group], "fullness count != list length")
-                _check(
-                    bool(cls.nonfull >> group & 1) == (n > 0 and group < Fullness.FULL),
-                    "nonfull mask out of step",
-                )
-            _check(objs_allocated == cls.objs_allocated, "objs_allocated out of step")
-            _check(objs_used == cls.objs_used, "objs_used out of step")
-            _check(pages == cls.pages_used, "pages_used out of step")
-            _check(empties == cls.empties, "empty zspage count out of step")
-            _check(cls.empties <= self.empty_cache, "more empty zspages than the cache holds")
-            total_pages += pages
-        _check(total_pages == self._arena.pages_held, "pages held != pages in zspages")
-        live = self._handles.live_slots()
-        _check(len(live) == self._handles.live == len(owners_seen), "live handles != objects")
-        for slot in live:
-            _check(
-                owners_seen.get(slot) == self._handles.location_of_slot(slot),
-                "handle table points elsewhere than its object",
-            )
-        if self.max_pages is not None:
-            _check(self._arena.pages_held <= self.max_pages, "page budget exceeded")
-
-
-def _check(ok: bool, what: str) -> None:
-    if not ok:
-        raise AssertionError(what)
+            check_zspool(self)

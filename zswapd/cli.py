@@ -43,7 +43,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     result = bench_allocator.run(
         pages,
-        n_objects=args.objects,
+        scales=args.objects,
         repeats=args.repeats,
         rss_objects=args.rss_objects,
         progress=progress,
@@ -71,7 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="suite", required=True)
     alloc = bench_sub.add_parser("allocator", help="allocator efficiency, speed and overhead")
     alloc.add_argument("--corpus", nargs="+", metavar="FILE", help="page files (default: shared)")
-    alloc.add_argument("--objects", type=int, default=200_000, help="objects per pool")
+    alloc.add_argument(
+        "--objects",
+        type=int,
+        nargs="+",
+        default=[200_000, 1_000_000],
+        help="objects per pool, one efficiency table per count",
+    )
     alloc.add_argument("--repeats", type=int, default=5, help="runs per speed figure")
     alloc.add_argument(
         "--rss-objects", type=int, default=1_000_000, help="objects for the RSS figure (0: skip)"

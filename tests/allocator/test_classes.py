@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
 
-from allocator import ClassTable, fit_class_sizes
+from allocator import ClassTable, ZsPool, fit_class_sizes
 from allocator.classes import best_pages_per_zspage
 from tests.conftest import corpus_or_skip
 
@@ -66,12 +67,21 @@ def test_bad_parameters_are_refused() -> None:
         ClassTable.build(sizes=[100])
 
 
-def test_fitted_sizes_follow_the_data() -> None:
-    lengths = [700] * 50 + [1500] * 50
-    sizes = fit_class_sizes(lengths, 4)
-    assert 704 in sizes and 1504 in sizes
-    table = ClassTable.build(sizes=sizes, header=0)
-    assert table.class_for(700).size == 704
+def test_fitted_sizes_need_fewer_pages_than_a_grid() -> None:
+    rng = random.Random(5)
+    lengths = [rng.choice([300, 700, 1500]) + rng.randint(0, 40) for _ in range(3000)]
+    sizes = fit_class_sizes(lengths, chain_size=8, header=0)
+    assert sizes[-1] == 4096 and all(s % 8 == 0 for s in sizes)
+
+    def pages(pool: ZsPool) -> int:
+        for n in lengths:
+            pool.malloc(n)
+        return pool.pages
+
+    fitted = pages(ZsPool(chain_size=8, header=0, class_sizes=sizes))
+    grid8 = pages(ZsPool(chain_size=8, header=0, class_step=8))
+    kernel = pages(ZsPool(chain_size=8))
+    assert fitted < grid8 and fitted < kernel
 
 
 def test_shapes_match_a_real_kernels_debugfs_table() -> None:

@@ -32,7 +32,7 @@ from allocator import MapMode, PoolFullError, fit_class_sizes
 from zswapd.bench.stats import format_table, rss_bytes
 from zswapd.corpus import PAGE_SIZE, is_same_filled
 
-__all__ = ["CONFIGS", "Workload", "build_workload", "run"]
+__all__ = ["Workload", "build_workload", "configs", "render", "run"]
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,14 @@ def _stored_length(length: int, huge_class_size: int) -> int:
     return PAGE_SIZE if length >= huge_class_size else length
 
 
-def configs(lengths: Sequence[int]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(label, allocator, options) of every configuration compared."""
-    fitted = fit_class_sizes(lengths, 240)
+def configs(lengths: Sequence[int], n_objects: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, allocator, options) of every configuration compared.
+
+    The fitted table is fitted on every other corpus page (a held-out half) and
+    measured on all of them.
+    """
+    fitted8 = fit_class_sizes(lengths[::2], chain_size=8, header=0, objects=n_objects)
+    fitted16 = fit_class_sizes(lengths[::2], chain_size=16, header=0, objects=n_objects)
     return [
         ("zsmalloc chain 4 (kernel)", "zsmalloc", {"chain_size": 4}),
         ("zsmalloc chain 8 (kernel default)", "zsmalloc", {"chain_size": 8}),
@@ -73,26 +78,18 @@ def configs(lengths: Sequence[int]) -> list[tuple[str, str, dict[str, Any]]]:
             {"chain_size": 8, "header": 0, "class_step": 8},
         ),
         (
-            "zsmalloc chain 16, no header, step 8",
+            "zsmalloc chain 8, no header, fitted",
             "zsmalloc",
-            {"chain_size": 16, "header": 0, "class_step": 8},
+            {"chain_size": 8, "header": 0, "class_sizes": fitted8},
         ),
         (
             "zsmalloc chain 16, no header, fitted",
             "zsmalloc",
-            # Fitted sizes plus a step-16 grid for lengths never observed.
-            {
-                "chain_size": 16,
-                "header": 0,
-                "class_sizes": sorted(set(fitted) | set(range(32, PAGE_SIZE + 1, 16))),
-            },
+            {"chain_size": 16, "header": 0, "class_sizes": fitted16},
         ),
         ("zbud", "zbud", {}),
         ("z3fold", "z3fold", {}),
     ]
-
-
-CONFIGS = configs  # the public name of the configuration list builder
 
 
 def efficiency(
@@ -125,22 +122,45 @@ def efficiency(
 def budget(
     lengths: Sequence[int], n_objects: int, max_pages: int, short: bool, seed: int
 ) -> dict[str, Any]:
-    """Store as many objects as a page budget allows (chain 8), shorter zspages or not."""
+    """Fill a page budget (chain 8), then churn in it, with or without shorter zspages.
+
+    Fill: try to store ``n_objects`` objects.  Churn: ``n_objects // 2`` times,
+    free a random live object and store the next length: freed pages come back in
+    ones and twos, which whole zspages of long classes cannot use.
+    """
     pool = allocator.ZsPool(chain_size=8, max_pages=max_pages, short_zspages=short, seed=seed)
     huge = pool.huge_class_size
-    stored = stored_bytes = 0
-    for i in range(n_objects):
+    rng = random.Random(seed)
+    live: list[tuple[int, int]] = []
+    live_bytes = 0
+
+    def store(i: int) -> None:
+        nonlocal live_bytes
         n = _stored_length(lengths[i % len(lengths)], huge)
         try:
-            pool.malloc(n)
+            live.append((pool.malloc(n), n))
         except PoolFullError:
-            continue
-        stored += 1
-        stored_bytes += n
+            return
+        live_bytes += n
+
+    for i in range(n_objects):
+        store(i)
+    fill_failures = pool.stats().alloc_failures
+    stored_after_fill = len(live)
+    for i in range(n_objects, n_objects + n_objects // 2):
+        k = rng.randrange(len(live))
+        h, n = live[k]
+        live[k] = live[-1]
+        live.pop()
+        pool.free(h)
+        live_bytes -= n
+        store(i)
     return {
-        "stored": stored,
-        "failures": pool.stats().alloc_failures,
-        "efficiency": stored_bytes / max(pool.total_size_bytes, 1),
+        "stored_after_fill": stored_after_fill,
+        "fill_failures": fill_failures,
+        "churn_failures": pool.stats().alloc_failures - fill_failures,
+        "live_after_churn": len(live),
+        "efficiency_after_churn": live_bytes / max(pool.total_size_bytes, 1),
     }
 
 
@@ -148,7 +168,7 @@ def speed(work: Workload, repeats: int, seed: int) -> dict[str, Any]:
     """malloc+write and read+free rates against lz4 compress of the same pages, side by side."""
     pool0 = allocator.ZsPool(seed=seed)
     huge = pool0.huge_class_size
-    payloads = [c if len(c) < huge else p for c, p in zip(work.compressed, work.pages)]
+    payloads = [c if len(c) < huge else p for c, p in zip(work.compressed, work.pages, strict=True)]
     pages = work.pages
     rows: dict[str, list[float]] = {
         k: [] for k in ("lz4_compress", "lz4_decompress", "malloc_write", "map_read_free")
@@ -163,7 +183,7 @@ def speed(work: Workload, repeats: int, seed: int) -> dict[str, Any]:
             compress(p, store_size=False)
         lz4_c = len(pages) / (time.perf_counter() - t0)
         t0 = time.perf_counter()
-        for c, p in zip(work.compressed, pages):
+        for c, p in zip(work.compressed, pages, strict=True):
             decompress(c, uncompressed_size=len(p))
         lz4_d = len(pages) / (time.perf_counter() - t0)
         for read_kind in ("map_read_free", "obj_read_free"):
@@ -178,13 +198,13 @@ def speed(work: Workload, repeats: int, seed: int) -> dict[str, Any]:
             mw = len(pages) / (time.perf_counter() - t0)
             t0 = time.perf_counter()
             if read_kind == "map_read_free":
-                for h, data in zip(handles, payloads):
+                for h, data in zip(handles, payloads, strict=True):
                     with pool.map(h, MapMode.RO) as buf:
                         bytes(buf[: len(data)])
                     pool.free(h)
             else:
                 read, free = pool.obj_read, pool.free
-                for h, data in zip(handles, payloads):
+                for h, data in zip(handles, payloads, strict=True):
                     read(h, len(data))
                     free(h)
             rf = len(pages) / (time.perf_counter() - t0)
@@ -255,7 +275,7 @@ def rss(lengths: Sequence[int], n_objects: int) -> dict[str, Any]:
 def run(
     pages: Sequence[bytes],
     *,
-    n_objects: int = 200_000,
+    scales: Sequence[int] = (200_000, 1_000_000),
     repeats: int = 5,
     rss_objects: int = 1_000_000,
     seed: int = 1,
@@ -269,20 +289,22 @@ def run(
     lengths = work.lengths
     result: dict[str, Any] = {
         "corpus_pages": len(pages),
-        "objects": n_objects,
+        "workload_objects": len(lengths),
         "workload_mean_length": statistics.fmean(lengths),
         "efficiency": {},
     }
-    for label, name, options in configs(lengths):
-        say(f"efficiency: {label}")
-        result["efficiency"][label] = efficiency(name, options, lengths, n_objects, seed)
-    kernel8 = result["efficiency"]["zsmalloc chain 8 (kernel default)"]
-    max_pages = int(kernel8["pages_all_live"] * 0.6)
-    result["budget"] = {"max_pages": max_pages}
+    for n_objects in scales:
+        table = result["efficiency"][str(n_objects)] = {}
+        for label, name, options in configs(lengths, n_objects):
+            say(f"efficiency at {n_objects} objects: {label}")
+            table[label] = efficiency(name, options, lengths, n_objects, seed)
+    first = result["efficiency"][str(scales[0])]
+    max_pages = int(first["zsmalloc chain 8 (kernel default)"]["pages_all_live"] * 0.6)
+    result["budget"] = {"max_pages": max_pages, "objects": scales[0]}
     for short in (False, True):
         say(f"page budget, shorter zspages {'on' if short else 'off'}")
         key = "short_zspages" if short else "whole_zspages"
-        result["budget"][key] = budget(lengths, n_objects, max_pages, short, seed)
+        result["budget"][key] = budget(lengths, scales[0], max_pages, short, seed)
     say("speed against lz4")
     result["speed"] = speed(work, repeats, seed)
     if rss_objects:
@@ -293,27 +315,39 @@ def run(
 
 def render(result: dict[str, Any]) -> str:
     """The figures as text tables."""
-    eff = result["efficiency"]
     out = [
-        f"{result['objects']} objects cycled from {result['corpus_pages']} corpus pages "
-        f"(mean lz4 length {result['workload_mean_length']:.0f} bytes)",
+        f"workload: lz4 sizes of {result['workload_objects']} non-same-filled pages of "
+        f"{result['corpus_pages']} (mean {result['workload_mean_length']:.0f} bytes), cycled",
+    ]
+    for n_objects, eff in result["efficiency"].items():
+        out += [
+            "",
+            f"memory efficiency = object bytes / pool bytes, {int(n_objects):,} objects",
+            format_table(
+                ["allocator", "all live", "half freed", "compacted", "pages compacted"],
+                [
+                    [k, v["all_live"], v["after_free"], v["after_compact"], v["pages_compacted"]]
+                    for k, v in eff.items()
+                ],
+            ),
+        ]
+    bud = result["budget"]
+    out += [
         "",
-        "memory efficiency = object bytes / pool bytes",
+        f"page budget of {bud['max_pages']} pages (0.6 x chain 8 all live), "
+        f"fill with {bud['objects']:,} objects then churn half as many",
         format_table(
-            ["allocator", "all live", "half freed", "compacted", "pages compacted"],
+            ["zspages", "stored", "fill failures", "churn failures", "efficiency"],
             [
-                [k, v["all_live"], v["after_free"], v["after_compact"], v["pages_compacted"]]
-                for k, v in eff.items()
-            ],
-        ),
-        "",
-        f"page budget of {result['budget']['max_pages']} pages (0.6 x chain 8 all live)",
-        format_table(
-            ["zspages", "objects stored", "malloc failures", "efficiency"],
-            [
-                [k, v["stored"], v["failures"], v["efficiency"]]
-                for k, v in result["budget"].items()
-                if k != "max_pages"
+                [
+                    k,
+                    v["stored_after_fill"],
+                    v["fill_failures"],
+                    v["churn_failures"],
+                    v["efficiency_after_churn"],
+                ]
+                for k, v in bud.items()
+                if isinstance(v, dict)
             ],
         ),
         "",
