@@ -581,6 +581,7 @@ class ZsPool:
             for cls in reversed(self.classes):
                 freed += self._compact_class(cls)
             self.pages_compacted += freed
+            self._arena.flush()
             return freed
 
     @staticmethod

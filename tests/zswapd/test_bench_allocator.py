@@ -1,0 +1,88 @@
+"""``zswapd bench allocator`` runs end to end on a tiny corpus and reports every field.
+
+No speed is asserted: figures belong to the benchmark, not to tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from zswapd.bench.allocator import configs
+
+
+def _tiny_corpus(path: Path) -> Path:
+    rng = random.Random(0)
+    words = [rng.randbytes(rng.randint(2, 12)) for _ in range(200)]
+    pages = []
+    for i in range(300):
+        if i % 10 == 0:
+            pages.append(bytes(4096))  # same-filled: left out of the workload
+        elif i % 10 == 1:
+            pages.append(os.urandom(4096))  # incompressible: stored raw
+        else:
+            text = b"".join(rng.choice(words) for _ in range(1200))
+            pages.append(text[:4096].ljust(4096, b"\0"))
+    path.write_bytes(b"".join(pages))
+    return path
+
+
+def test_bench_allocator_json_has_every_field(tmp_path: Path) -> None:
+    corpus = _tiny_corpus(tmp_path / "tiny.pages")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zswapd.cli",
+            "bench",
+            "allocator",
+            "--corpus",
+            str(corpus),
+            "--objects",
+            "1500",
+            "3000",
+            "--repeats",
+            "1",
+            "--rss-objects",
+            "2000",
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    result = json.loads(out.stdout)
+    assert result["corpus_pages"] == 300 and result["workload_objects"] == 270
+    labels = [label for label, _, _ in configs([100, 200], 10)]
+    for scale in ("1500", "3000"):
+        table = result["efficiency"][scale]
+        assert list(table) == labels
+        for row in table.values():
+            assert 0 < row["all_live"] <= 1 and 0 < row["after_compact"] <= 1
+            assert row["pages_compacted"] >= 0
+    for key in ("whole_zspages", "short_zspages"):
+        row = result["budget"][key]
+        assert row["stored_after_fill"] > 0 and row["fill_failures"] >= 0
+    speed = result["speed"]
+    assert set(speed["ratio_to_lz4_compress"]) == {"malloc_write", "map_read_free", "obj_read_free"}
+    assert all(v > 0 for v in speed["rates_per_s"].values())
+    assert result["rss"]["objects"] == 2000
+    assert result["rss"]["handle_table_bytes_per_object"] >= 12
+
+
+def test_bench_refuses_a_corpus_that_is_not_whole_pages(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pages"
+    bad.write_bytes(b"x" * 5000)
+    out = subprocess.run(
+        [sys.executable, "-m", "zswapd.cli", "bench", "allocator", "--corpus", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "not a whole number of 4096-byte pages" in out.stderr
