@@ -121,9 +121,22 @@ class HandleTable:
         Raises:
             InvalidHandleError: freed, never issued, or not a handle.
         """
-        loc = self.location(handle)
-        self.release(handle & SLOT_MASK)
-        return loc
+        # location() and release() in one: this is on every free's path.
+        try:
+            slot = handle & SLOT_MASK
+            gen = self._gen
+            if gen[slot] == handle >> SLOT_BITS and slot:
+                locs = self._loc
+                loc = locs[slot]
+                if loc >= 0:
+                    gen[slot] = (gen[slot] % (_GEN_LIMIT - 1)) + 1
+                    locs[slot] = -1 - self._free
+                    self._free = slot
+                    self.live -= 1
+                    return loc
+        except (TypeError, IndexError):
+            pass
+        raise InvalidHandleError(f"no live object for handle {handle!r}")
 
     def live_slots(self) -> list[int]:
         """Every live slot (for invariant checks; O(table size))."""

@@ -24,9 +24,9 @@ class MapMode(IntFlag):
 
 
 class _Mappable(Protocol):
-    def _map_begin(self, handle: int, mode: MapMode) -> memoryview: ...
+    def _map_begin(self, mapping: ObjectMapping) -> memoryview: ...
 
-    def _map_end(self, handle: int, mode: MapMode, view: memoryview) -> None: ...
+    def _map_end(self, mapping: ObjectMapping) -> None: ...
 
 
 class ObjectMapping:
@@ -35,23 +35,33 @@ class ObjectMapping:
     The pool is locked from ``__enter__`` to ``__exit__`` (compaction cannot move
     the object meanwhile); keep mappings short, as with ``zs_map_object``.  The
     view is released at exit, so it cannot be used after the unmap.
+
+    ``slot``, ``addr``, ``split`` and ``second`` are the pool's notes between
+    map and unmap (where a spanning object's two pieces go back), set by its
+    ``_map_begin``.
     """
 
-    __slots__ = ("_handle", "_mode", "_pool", "_view")
+    __slots__ = ("_pool", "_view", "addr", "handle", "mode", "second", "slot", "split")
+
+    slot: int
+    addr: int
+    split: int
+    second: int
 
     def __init__(self, pool: _Mappable, handle: int, mode: MapMode) -> None:
-        if type(mode) is not MapMode:
+        if mode.__class__ is not MapMode:
             raise TypeError(f"mode must be a MapMode, not {mode!r}")
         self._pool = pool
-        self._handle = handle
-        self._mode = mode
+        self.handle = handle
+        self.mode = mode
         self._view: memoryview | None = None
+        # slot, addr, split and second are set by the pool's _map_begin.
 
     def __enter__(self) -> memoryview:
         if self._view is not None:
             raise RuntimeError("this mapping is already open")
-        self._view = self._pool._map_begin(self._handle, self._mode)
-        return self._view
+        view = self._view = self._pool._map_begin(self)
+        return view
 
     def __exit__(
         self,
@@ -59,6 +69,16 @@ class ObjectMapping:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        view, self._view = self._view, None
-        if view is not None:
-            self._pool._map_end(self._handle, self._mode, view)
+        if self._view is not None:
+            self._pool._map_end(self)
+
+    @property
+    def view(self) -> memoryview | None:
+        """The open view, or None outside the ``with`` block."""
+        return self._view
+
+    def _close(self) -> memoryview:
+        view = self._view
+        assert view is not None
+        self._view = None
+        return view

@@ -192,6 +192,7 @@ class ZbudPool:
         capacity = arena_pages or (max_pages if max_pages else DEFAULT_ARENA_PAGES)
         self._arena = PageArena(max(capacity, 1))
         self._buf = self._arena.buf
+        self._rbuf = self._buf.toreadonly()
         self._handles = HandleTable(seed)
         self._lock = threading.RLock()
         # Handle slot -> open mappings of its object.
@@ -482,31 +483,43 @@ class ZbudPool:
                 raise ValueError(f"cannot read {n} bytes of a {cap}-byte buddy")
             return self._buf[addr : addr + n].tobytes()
 
+    def store(self, data: bytes | bytearray | memoryview) -> int:
+        """``malloc(len(data))`` then ``obj_write``, as ZsPool.store.
+
+        Raises:
+            ValueError: data empty or longer than 4096 bytes.
+            PoolFullError: the page budget cannot supply a page.
+        """
+        with self._lock:
+            handle = self.malloc(len(data))
+            self.obj_write(handle, data)
+            return handle
+
     def map(self, handle: int, mode: MapMode = MapMode.RW) -> ObjectMapping:
         """A context manager giving a view of the object (see ObjectMapping)."""
         return ObjectMapping(self, handle, mode)
 
-    def _map_begin(self, handle: int, mode: MapMode) -> memoryview:
+    def _map_begin(self, mapping: ObjectMapping) -> memoryview:
         self._lock.acquire()
         try:
-            addr, cap = self._locate(handle)
-            slot = handle & SLOT_MASK
+            addr, cap = self._locate(mapping.handle)
+            slot = mapping.slot = mapping.handle & SLOT_MASK
             self._mapped[slot] = self._mapped.get(slot, 0) + 1
-            view = self._buf[addr : addr + cap]
-            return view if mode & MapMode.WO else view.toreadonly()
+            buf = self._rbuf if mapping.mode is MapMode.RO else self._buf
+            return buf[addr : addr + cap]
         except BaseException:
             self._lock.release()
             raise
 
-    def _map_end(self, handle: int, mode: MapMode, view: memoryview) -> None:
+    def _map_end(self, mapping: ObjectMapping) -> None:
         try:
-            slot = handle & SLOT_MASK
+            slot = mapping.slot
             left = self._mapped[slot] - 1
             if left:
                 self._mapped[slot] = left
             else:
                 del self._mapped[slot]
-            view.release()
+            mapping._close().release()
         finally:
             self._lock.release()
 

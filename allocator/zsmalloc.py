@@ -228,8 +228,10 @@ class ZsPool:
         capacity = arena_pages or (max_pages if max_pages else DEFAULT_ARENA_PAGES)
         self._arena = PageArena(max(capacity, 1))
         self._buf = self._arena.buf
+        self._rbuf = self._buf.toreadonly()
         self._words = self._arena.words
         self._handles = HandleTable(seed)
+        self._halloc = self._handles.alloc
         self._zspages: list[ZsPage | None] = []
         self._free_zids: list[int] = []
         self._lock = threading.RLock()
@@ -358,15 +360,37 @@ class ZsPool:
     def malloc(self, size: int) -> int:
         """Allocate an object of ``size`` bytes and return its handle.
 
+        The object's contents are undefined until written.
+
         Raises:
             ValueError: size outside 1..4096.
             PoolFullError: the page budget cannot supply a zspage.
         """
         if type(size) is not int or not 0 < size <= PAGE_SIZE:
             self._check_size(size)
+        return self._alloc(size, None)
+
+    def store(self, data: bytes | bytearray | memoryview) -> int:
+        """``malloc(len(data))`` and ``obj_write`` in one step: one lock, one lookup.
+
+        The page store's hot path (zs_malloc then zs_obj_write, fused).
+
+        Raises:
+            ValueError: data empty or longer than 4096 bytes.
+            PoolFullError: the page budget cannot supply a zspage.
+        """
+        n = len(data)
+        if not 0 < n <= PAGE_SIZE:
+            self._check_size(n)
+        return self._alloc(n, data)
+
+    def _alloc(self, size: int, data: bytes | bytearray | memoryview | None) -> int:
         cls = self._class_of[size]
         if cls.huge:
-            return self._malloc_huge(cls)
+            handle = self._malloc_huge(cls)
+            if data is not None:
+                self.obj_write(handle, data)
+            return handle
         with self._lock:
             nonfull = cls.nonfull
             if nonfull:
@@ -375,12 +399,13 @@ class ZsPool:
             else:
                 z = self._new_zspage(cls)
             idx = z.freeobj
-            handle = self._handles.alloc(z.zid << LOC_SHIFT | idx)
-            word = ((z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx]) >> 3
+            handle = self._halloc(z.zid << LOC_SHIFT | idx)
+            page = cls.slot_page[idx]
+            addr = (z.pages[page] << PAGE_SHIFT) + cls.slot_off[idx]
             words = self._words
-            z.freeobj = (words[word] >> 1) - 1
+            z.freeobj = (words[addr >> 3] >> 1) - 1
             if z.owners is None:
-                words[word] = (handle & SLOT_MASK) << 1 | 1
+                words[addr >> 3] = (handle & SLOT_MASK) << 1 | 1
             else:
                 z.owners[idx] = handle & SLOT_MASK
             inuse = z.inuse = z.inuse + 1
@@ -391,6 +416,16 @@ class ZsPool:
                     cls.empties -= 1
                 _remove_zspage(cls, z)
                 _insert_zspage(cls, z, group)
+            if data is not None:
+                addr += cls.header
+                split = cls.slot_split[idx]
+                buf = self._buf
+                if size <= split:
+                    buf[addr : addr + size] = data
+                else:
+                    second = z.pages[page + 1] << PAGE_SHIFT
+                    buf[addr : addr + split] = data[:split]
+                    buf[second : second + size - split] = data[split:]
             return handle
 
     def free(self, handle: int) -> None:
@@ -409,7 +444,19 @@ class ZsPool:
                 return
             z = self._zspages[loc >> LOC_SHIFT]
             assert z is not None
-            self._obj_free(z, loc & _IDX_MASK)
+            # obj_free, inline: this is the hot path.
+            cls = z.cls
+            idx = loc & _IDX_MASK
+            word = ((z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx]) >> 3
+            self._words[word] = (z.freeobj + 1) << 1
+            if z.owners is not None:
+                z.owners[idx] = 0
+            z.freeobj = idx
+            inuse = z.inuse = z.inuse - 1
+            cls.objs_used -= 1
+            group = z.gtab[inuse]
+            if group != z.fullness:
+                self._regroup(cls, z, group)
 
     def _malloc_huge(self, cls: SizeClass) -> int:
         with self._lock:
@@ -439,39 +486,25 @@ class ZsPool:
         cls.pages_used -= 1
         cls.counts[_FULL] -= 1
 
-    def _obj_free(self, z: ZsPage, idx: int) -> None:
-        cls = z.cls
-        word = ((z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx]) >> 3
-        self._words[word] = (z.freeobj + 1) << 1
-        if z.owners is not None:
-            z.owners[idx] = 0
-        z.freeobj = idx
-        inuse = z.inuse = z.inuse - 1
-        cls.objs_used -= 1
-        group = z.gtab[inuse]
-        if group != z.fullness:
-            self._regroup(cls, z, group)
-
     # -- object access -------------------------------------------------------------
 
-    def _locate(self, handle: int) -> tuple[SizeClass, int, int]:
-        """(class, data address, bytes before the page ends) of a live handle."""
+    def _locate(self, handle: int) -> tuple[SizeClass, int, int, int]:
+        """(class, data address, bytes before the page ends, address of the
+        page a spanning object continues on or -1) of a live handle."""
         loc = self._handles.location(handle)
         if loc & _HUGE:
-            return self.classes[(loc & ~_HUGE) >> _HUGE_CLASS_SHIFT], (loc & _PFN_MASK) << 12, 4096
+            cls = self.classes[(loc & ~_HUGE) >> _HUGE_CLASS_SHIFT]
+            return cls, (loc & _PFN_MASK) << PAGE_SHIFT, cls.capacity, -1
         z = self._zspages[loc >> LOC_SHIFT]
         assert z is not None
         cls = z.cls
         idx = loc & _IDX_MASK
-        addr = (z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx] + cls.header
-        return cls, addr, cls.slot_split[idx]
-
-    def _second_page(self, handle: int) -> int:
-        """Address of the start of the page a spanning object continues on."""
-        loc = self._handles.location(handle)
-        z = self._zspages[loc >> LOC_SHIFT]
-        assert z is not None
-        return z.pages[z.cls.slot_page[loc & _IDX_MASK] + 1] << PAGE_SHIFT
+        page = cls.slot_page[idx]
+        addr = (z.pages[page] << PAGE_SHIFT) + cls.slot_off[idx] + cls.header
+        split = cls.slot_split[idx]
+        if split < cls.capacity:
+            return cls, addr, split, z.pages[page + 1] << PAGE_SHIFT
+        return cls, addr, split, -1
 
     def obj_write(self, handle: int, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` into the object, from its start (zs_obj_write).
@@ -482,7 +515,7 @@ class ZsPool:
         """
         n = len(data)
         with self._lock:
-            cls, addr, split = self._locate(handle)
+            cls, addr, split, second = self._locate(handle)
             if n > cls.capacity:
                 raise ValueError(f"{n} bytes do not fit a {cls.capacity}-byte slot")
             buf = self._buf
@@ -490,7 +523,6 @@ class ZsPool:
                 buf[addr : addr + n] = data
             else:
                 buf[addr : addr + split] = data[:split]
-                second = self._second_page(handle)
                 buf[second : second + n - split] = data[split:]
 
     def obj_read(self, handle: int, size: int | None = None) -> bytes:
@@ -501,61 +533,63 @@ class ZsPool:
             ValueError: ``size`` is larger than the object's slot.
         """
         with self._lock:
-            cls, addr, split = self._locate(handle)
+            cls, addr, split, second = self._locate(handle)
             n = cls.capacity if size is None else size
             if not 0 <= n <= cls.capacity:
                 raise ValueError(f"cannot read {n} bytes of a {cls.capacity}-byte slot")
             buf = self._buf
             if n <= split:
                 return buf[addr : addr + n].tobytes()
-            second = self._second_page(handle)
             return buf[addr : addr + split].tobytes() + buf[second : second + n - split].tobytes()
 
     def map(self, handle: int, mode: MapMode = MapMode.RW) -> ObjectMapping:
         """A context manager giving a view of the object (see ObjectMapping)."""
         return ObjectMapping(self, handle, mode)
 
-    def _map_begin(self, handle: int, mode: MapMode) -> memoryview:
+    def _map_begin(self, m: ObjectMapping) -> memoryview:
         self._lock.acquire()
         try:
-            handles = self._handles
-            slot = handles.slot(handle)
-            cls, addr, split = self._locate(handle)
+            cls, addr, split, second = self._locate(m.handle)
+            # _locate validated the handle, so its slot bits are its slot.
+            slot = m.slot = m.handle & SLOT_MASK
+            m.second = second
             n = cls.capacity
-            if n <= split:
-                view = self._buf[addr : addr + n]
+            mode = m.mode
+            if second < 0:
+                view = (self._rbuf if mode is MapMode.RO else self._buf)[addr : addr + n]
             else:
+                m.addr, m.split = addr, split
                 spare, self._span_buf = self._span_buf, None
                 view = memoryview(spare if spare is not None else bytearray(PAGE_SIZE))[:n]
                 if mode is not MapMode.WO:
-                    second = self._second_page(handle)
                     view[:split] = self._buf[addr : addr + split]
                     view[split:] = self._buf[second : second + n - split]
+                if mode is MapMode.RO:
+                    view = view.toreadonly()
             mapped = self._mapped
             mapped[slot] = mapped.get(slot, 0) + 1
-            return view.toreadonly() if mode is MapMode.RO else view
+            return view
         except BaseException:
             self._lock.release()
             raise
 
-    def _map_end(self, handle: int, mode: MapMode, view: memoryview) -> None:
+    def _map_end(self, m: ObjectMapping) -> None:
         try:
-            slot = self._handles.slot(handle)
+            view = m._close()
             mapped = self._mapped
-            left = mapped[slot] - 1
+            left = mapped[m.slot] - 1
             if left:
-                mapped[slot] = left
+                mapped[m.slot] = left
             else:
-                del mapped[slot]
-            spare = view.obj
-            if spare is not self._arena._map:
+                del mapped[m.slot]
+            if m.second >= 0:
                 # A spanning object: copy the assembled bytes back unless RO.
-                if mode is not MapMode.RO:
-                    _, addr, split = self._locate(handle)
-                    second = self._second_page(handle)
-                    self._buf[addr : addr + split] = view[:split]
-                    self._buf[second : second + len(view) - split] = view[split:]
-                if isinstance(spare, bytearray) and len(spare) == PAGE_SIZE:
+                if m.mode is not MapMode.RO:
+                    buf, addr, split, second = self._buf, m.addr, m.split, m.second
+                    buf[addr : addr + split] = view[:split]
+                    buf[second : second + len(view) - split] = view[split:]
+                spare = view.obj
+                if isinstance(spare, bytearray):
                     self._span_buf = spare
             view.release()
         finally:

@@ -65,6 +65,18 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.model[h] = data
         return h
 
+    @rule(target=handles, size=SIZES)
+    def store(self, size: int) -> Any:
+        data = self.rng.randbytes(size)
+        pages = self.pool.pages
+        try:
+            h = self.pool.store(data)
+        except PoolFullError:
+            assert self.pool.pages == pages
+            return multiple()
+        self.model[h] = data
+        return h
+
     @rule(h=consumes(handles))
     def free(self, h: int) -> None:
         self.pool.free(h)

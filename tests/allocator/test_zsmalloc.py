@@ -15,8 +15,8 @@ def _spanning_handle(pool: ZsPool, size: int) -> int:
     """Allocate objects of ``size`` until one straddles two pages; return it."""
     for _ in range(10_000):
         h = pool.malloc(size)
-        cls, _, split = pool._locate(h)
-        if split < cls.capacity:
+        _, _, _, second = pool._locate(h)
+        if second >= 0:
             return h
     raise AssertionError("no spanning object found")
 
@@ -273,3 +273,17 @@ def test_class_stats_add_up_to_the_pool() -> None:
     for r in rows:
         assert sum(r.zspages) * r.objs_per_zspage == r.objs_allocated
         assert r.pages_used == sum(r.zspages) * r.pages_per_zspage
+
+
+@pytest.mark.parametrize("size", [1, 100, 1100, 3000, 3624, 3625, 4096])
+def test_store_is_malloc_and_write_in_one(size: int) -> None:
+    pool = ZsPool(seed=0)
+    data = os.urandom(size)
+    handles = [pool.store(data) for _ in range(40)]  # enough to span pages
+    for h in handles:
+        assert pool.obj_read(h, size) == data
+    pool.check_invariants()
+    with pytest.raises(ValueError):
+        pool.store(b"")
+    with pytest.raises(ValueError):
+        pool.store(bytes(4097))

@@ -69,7 +69,12 @@ def test_bench_allocator_json_has_every_field(tmp_path: Path) -> None:
         row = result["budget"][key]
         assert row["stored_after_fill"] > 0 and row["fill_failures"] >= 0
     speed = result["speed"]
-    assert set(speed["ratio_to_lz4_compress"]) == {"malloc_write", "map_read_free", "obj_read_free"}
+    assert set(speed["ratio_to_lz4_compress"]) == {
+        "malloc_write",
+        "store",
+        "map_read_free",
+        "obj_read_free",
+    }
     assert all(v > 0 for v in speed["rates_per_s"].values())
     assert result["rss"]["objects"] == 2000
     assert result["rss"]["handle_table_bytes_per_object"] >= 12
