@@ -18,3 +18,44 @@ def corpus_or_skip() -> Path:
     if not (CORPUS / "kernel").is_dir():
         pytest.skip(f"shared corpus not found at {CORPUS} (set ZSWAPD_SHARED to its parent)")
     return CORPUS
+
+
+# A program whose memory looks like a real workload's: interpreter state, dicts
+# of small objects, text, floats, some random (incompressible) buffers and
+# zero-filled ones.  Tests dump it through /proc, as `zswapd push --pid` does.
+_WORKLOAD = r"""
+import json, os, random, sys
+rng = random.Random(7)
+records = {
+    f"key:{i}": {"id": i, "name": "user%05d" % i, "score": rng.random(), "tags": ["a"] * (i % 4)}
+    for i in range(40000)
+}
+text = json.dumps(records)[:3_000_000]
+floats = [rng.gauss(0, 1) for _ in range(200000)]
+noise = [os.urandom(4096) for _ in range(300)]
+zeros = bytearray(4096 * 200)
+ones = bytearray(b"\x01\x00\x00\x00\x00\x00\x00\x00" * 512 * 20)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="session")
+def process_pages() -> list[bytes]:
+    """Pages swap would see in a process this session starts (up to 6,000)."""
+    import subprocess
+    import sys
+
+    from zswapd.procmem import swappable_pages
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WORKLOAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        records = swappable_pages(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    step = max(1, len(records) // 6000)
+    return [r.data for r in records[::step]]

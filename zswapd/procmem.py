@@ -1,0 +1,150 @@
+"""The pages swap would see in a live process, read through /proc.
+
+The rule (the one ../shared/corpus was dumped with): every readable private
+mapping and every anonymous shared one (``/dev/zero (deleted)``, ``/SYSV*``,
+``/memfd:*``, ``/dev/shm/*``), but not ``[vvar]``, ``[vdso]``, ``[vsyscall]``;
+of those, only pages present in RAM (``/proc/PID/pagemap`` bit 63), not the
+kernel's shared zero page (``/proc/kpageflags`` KPF_ZERO_PAGE), and in private
+mappings only anonymous pages (KPF_ANON: a clean file page would be dropped, not
+swapped); a page mapped several times is taken once (by PFN).
+
+PFNs and page flags need CAP_SYS_ADMIN (root).  Without them the zero-page,
+anonymity and sharing tests cannot be made; every present page of the chosen
+mappings is then taken, and ``ProcessPages.exact`` says so.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+__all__ = ["Mapping", "PageRecord", "ProcessPages", "read_maps", "swappable_pages"]
+
+PAGE_SIZE = 4096
+_PRESENT = 1 << 63
+_PFN_MASK = (1 << 55) - 1
+_KPF_ANON = 1 << 12
+_KPF_ZERO_PAGE = 1 << 24
+_SKIP = ("[vvar]", "[vdso]", "[vsyscall]", "[vvar_vclock]")
+_SHARED_ANON = ("/dev/zero (deleted)", "/SYSV", "/memfd:", "/dev/shm/")
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """One line of /proc/PID/maps."""
+
+    start: int
+    end: int
+    perms: str
+    path: str
+
+    @property
+    def private(self) -> bool:
+        return self.perms[3] == "p"
+
+    @property
+    def wanted(self) -> bool:
+        """Would swap see pages of this mapping?"""
+        if self.perms[0] != "r" or self.path in _SKIP:
+            return False
+        return self.private or self.path.startswith(_SHARED_ANON)
+
+
+@dataclass(frozen=True, slots=True)
+class PageRecord:
+    """A page taken from a process: where it came from, and its bytes."""
+
+    address: int
+    path: str
+    data: bytes
+
+
+def read_maps(pid: int) -> list[Mapping]:
+    """The mappings of ``pid``."""
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            out.append(Mapping(lo, hi, parts[1], parts[5].strip() if len(parts) > 5 else ""))
+    return out
+
+
+@dataclass
+class ProcessPages:
+    """Iterate the swappable pages of a process; counts what was skipped.
+
+    Attributes:
+        exact: PFNs and page flags were readable, so the whole rule applied.
+        skipped_zero, skipped_file, skipped_shared_dup, unreadable: pages left out.
+    """
+
+    pid: int
+    limit: int | None = None
+    exact: bool = False
+    skipped_zero: int = 0
+    skipped_file: int = 0
+    skipped_shared_dup: int = 0
+    unreadable: int = 0
+
+    def __iter__(self) -> Iterator[PageRecord]:
+        seen: set[int] = set()
+        taken = 0
+        flags_fd = _open_or_none("/proc/kpageflags")
+        with (
+            open(f"/proc/{self.pid}/pagemap", "rb", buffering=0) as pagemap,
+            open(f"/proc/{self.pid}/mem", "rb", buffering=0) as mem,
+        ):
+            for m in read_maps(self.pid):
+                if not m.wanted:
+                    continue
+                n = (m.end - m.start) // PAGE_SIZE
+                raw = os.pread(pagemap.fileno(), 8 * n, m.start // PAGE_SIZE * 8)
+                for i, entry in enumerate(struct.unpack(f"<{len(raw) // 8}Q", raw)):
+                    if not entry & _PRESENT:
+                        continue
+                    pfn = entry & _PFN_MASK
+                    if pfn and flags_fd is not None:
+                        self.exact = True
+                        (flags,) = struct.unpack("<Q", os.pread(flags_fd, 8, pfn * 8))
+                        if flags & _KPF_ZERO_PAGE:
+                            self.skipped_zero += 1
+                            continue
+                        if m.private and not flags & _KPF_ANON:
+                            self.skipped_file += 1
+                            continue
+                        if pfn in seen:
+                            self.skipped_shared_dup += 1
+                            continue
+                        seen.add(pfn)
+                    address = m.start + i * PAGE_SIZE
+                    try:
+                        data = os.pread(mem.fileno(), PAGE_SIZE, address)
+                    except OSError:
+                        self.unreadable += 1
+                        continue
+                    if len(data) != PAGE_SIZE:
+                        self.unreadable += 1
+                        continue
+                    yield PageRecord(address, m.path, data)
+                    taken += 1
+                    if self.limit is not None and taken >= self.limit:
+                        break
+                if self.limit is not None and taken >= self.limit:
+                    break
+        if flags_fd is not None:
+            os.close(flags_fd)
+
+
+def _open_or_none(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def swappable_pages(pid: int, limit: int | None = None) -> list[PageRecord]:
+    """Every page swap would see in ``pid`` (up to ``limit``), in address order."""
+    return list(ProcessPages(pid, limit))
