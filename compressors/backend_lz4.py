@@ -29,12 +29,16 @@ class Lz4(Compressor):
         self._accel = accel
 
     def compress(self, page: Data) -> bytes:
+        out: bytes
         if self._accel == 1:
-            return _block.compress(page, store_size=False)
-        return _block.compress(page, mode="fast", acceleration=self._accel, store_size=False)
+            out = _block.compress(page, store_size=False)
+        else:
+            out = _block.compress(page, mode="fast", acceleration=self._accel, store_size=False)
+        return out
 
     def _decompress(self, data: Data, size: int) -> bytes:
-        return _block.decompress(data, uncompressed_size=size)
+        out: bytes = _block.decompress(data, uncompressed_size=size)
+        return out
 
 
 class Lz4HC(Compressor):
@@ -50,9 +54,11 @@ class Lz4HC(Compressor):
         self._level = level
 
     def compress(self, page: Data) -> bytes:
-        return _block.compress(
+        out: bytes = _block.compress(
             page, mode="high_compression", compression=self._level, store_size=False
         )
+        return out
 
     def _decompress(self, data: Data, size: int) -> bytes:
-        return _block.decompress(data, uncompressed_size=size)
+        out: bytes = _block.decompress(data, uncompressed_size=size)
+        return out

@@ -32,7 +32,7 @@ def train_dictionary(pages: Iterable[bytes], size: int = 64 * 1024) -> bytes:
     Raises:
         CompressorOptionError: too few or too uniform samples to train on.
     """
-    samples = [bytes(p) for p in pages]
+    samples: list[bytes | bytearray | memoryview] = [bytes(p) for p in pages]
     try:
         return zstandard.train_dictionary(size, samples).as_bytes()
     except zstandard.ZstdError as exc:
