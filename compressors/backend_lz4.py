@@ -17,7 +17,7 @@ __all__ = ["Lz4", "Lz4HC"]
 
 
 class Lz4(Compressor):
-    """lz4 block mode; ``acceleration`` 1 (default, the kernel's) .. 65537 trades ratio for speed."""
+    """lz4 block mode; ``acceleration`` 1 (the kernel's, default) .. 65537 buys speed."""
 
     name = "lz4"
     _errors = (_block.LZ4BlockError, ValueError)
