@@ -1,0 +1,139 @@
+"""A pool's settings, checked once, with today's kernel's defaults."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import allocator
+import compressors
+from zswapd.errors import ConfigError
+
+__all__ = ["HUGE_POLICIES", "POOL_NAME", "PoolConfig", "check_pool_name"]
+
+HUGE_POLICIES = ("store", "reject")
+# Pool names travel in URLs and may name files in a state directory: no paths.
+POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_pool_name(name: str) -> str:
+    """``name`` if it is a valid pool name.
+
+    Raises:
+        ConfigError: not 1..64 of letters, digits, ``_ . -``, starting alphanumeric.
+    """
+    if not isinstance(name, str) or not POOL_NAME.fullmatch(name):
+        raise ConfigError(f"bad pool name {name!r}: 1-64 of A-Z a-z 0-9 _ . - (first alphanumeric)")
+    return name
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Everything that makes a pool: compressor, allocator, limit, policies.
+
+    Attributes:
+        compressor: primary algorithm (zram's comp_algorithm); default zstd.
+        level: its level (None: the backend's default, zstd 3 as the kernel).
+        allocator: "zsmalloc" (zram's), "zbud" or "z3fold".
+        chain_size: zsmalloc's longest zspage (kernel default 8).
+        limit_bytes: pool memory limit, 0 = none (zram's mem_limit).
+        huge_policy: "store" a page compressing to huge_class_size or more raw
+            (zram), or "reject" it, counted as compress_poor (zswap before 6.18).
+        accept_threshold_percent: zswap's hysteresis: once the limit is hit,
+            refuse stores until the pool shrinks below this share of the limit
+            (None: off, as zram).
+        recompress_algo / recompress_level: zram's secondary algorithm.
+        allocator_options: other options of the allocator (empty_cache,
+            short_zspages, header, class_step, class_sizes, merge_classes).
+        dictionary: a zstd dictionary for the primary compressor.
+    """
+
+    compressor: str = "zstd"
+    level: int | None = None
+    allocator: str = "zsmalloc"
+    chain_size: int = 8
+    limit_bytes: int = 0
+    huge_policy: str = "store"
+    accept_threshold_percent: int | None = None
+    recompress_algo: str | None = None
+    recompress_level: int | None = None
+    allocator_options: dict[str, Any] = field(default_factory=dict)
+    dictionary: bytes | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.compressor not in compressors.available():
+            raise ConfigError(
+                f"unknown compressor {self.compressor!r}; "
+                f"available: {', '.join(compressors.available())}"
+            )
+        if self.allocator not in allocator.ALLOCATORS:
+            raise ConfigError(f"unknown allocator {self.allocator!r}")
+        if type(self.chain_size) is not int or not 1 <= self.chain_size <= 16:
+            raise ConfigError(f"chain_size must be 1..16, not {self.chain_size!r}")
+        if type(self.limit_bytes) is not int or self.limit_bytes < 0:
+            raise ConfigError(f"limit_bytes must be an int >= 0, not {self.limit_bytes!r}")
+        if self.huge_policy not in HUGE_POLICIES:
+            raise ConfigError(f"huge_policy must be one of {HUGE_POLICIES}")
+        pct = self.accept_threshold_percent
+        if pct is not None and (type(pct) is not int or not 0 <= pct <= 100):
+            raise ConfigError(f"accept_threshold_percent must be 0..100, not {pct!r}")
+        if self.recompress_algo is not None and (
+            self.recompress_algo not in compressors.available()
+        ):
+            raise ConfigError(f"unknown recompress_algo {self.recompress_algo!r}")
+        # Build the parts once, so that a bad level or option fails here, clearly.
+        try:
+            self.make_compressor()
+            self.make_recompressor()
+            self.make_allocator()
+        except (compressors.CompressorError, ValueError, TypeError) as exc:
+            raise ConfigError(str(exc)) from exc
+
+    @property
+    def limit_pages(self) -> int | None:
+        return self.limit_bytes // 4096 if self.limit_bytes else None
+
+    def make_compressor(self) -> compressors.Compressor:
+        opts: dict[str, Any] = {}
+        if self.level is not None:
+            opts["level"] = self.level
+        if self.dictionary is not None:
+            opts["dictionary"] = self.dictionary
+        return compressors.get(self.compressor, **opts)
+
+    def make_recompressor(self) -> compressors.Compressor | None:
+        if self.recompress_algo is None:
+            return None
+        opts = {} if self.recompress_level is None else {"level": self.recompress_level}
+        return compressors.get(self.recompress_algo, **opts)
+
+    def make_allocator(self) -> Any:
+        return allocator.create(
+            self.allocator,
+            chain_size=self.chain_size,
+            max_pages=self.limit_pages,
+            **self.allocator_options,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (the dictionary by size only)."""
+        out = asdict(self)
+        out["dictionary"] = len(self.dictionary) if self.dictionary is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PoolConfig:
+        """Settings from a mapping; unknown keys are refused.
+
+        Raises:
+            ConfigError: an unknown key or a bad value.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown pool settings: {', '.join(sorted(unknown))}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from exc

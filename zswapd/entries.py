@@ -1,0 +1,85 @@
+"""The table from a store handle to what is stored for it (zram's slot table).
+
+Each entry is one stored page: same-filled (the 8-byte word only), compressed
+by the primary or secondary (recompression) algorithm, or huge (stored raw).
+Kept in flat arrays indexed by the handle's slot (8 + 2 + 1 + 4 bytes an
+entry), behind the allocator's :class:`~allocator.handles.HandleTable`, so a
+freed or forged handle is refused and never reaches another page.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+from allocator import InvalidHandleError
+from allocator.handles import SLOT_MASK, HandleTable
+from zswapd.errors import StaleHandleError
+
+__all__ = ["COMPRESSED", "HUGE", "RECOMPRESSED", "SAME", "EntryTable"]
+
+# Entry kinds (zram's slot flags, in effect).
+SAME = 0  # obj holds the repeated 8-byte word; no allocator memory
+COMPRESSED = 1  # obj is an allocator handle; primary algorithm
+HUGE = 2  # obj is an allocator handle; the page raw (4096 bytes)
+RECOMPRESSED = 3  # obj is an allocator handle; secondary algorithm
+
+
+class EntryTable:
+    """Entries by handle: kind, object (allocator handle or word), length, last access."""
+
+    __slots__ = ("_handles", "atime", "clen", "kind", "obj")
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._handles = HandleTable(seed)
+        self.obj = array("Q", [0])
+        self.clen = array("H", [0])
+        self.kind = array("B", [0])
+        self.atime = array("I", [0])
+
+    def __len__(self) -> int:
+        return self._handles.live
+
+    def add(self, kind: int, obj: int, clen: int, now: int) -> int:
+        """A new entry; returns its handle."""
+        handle = self._handles.alloc(0)
+        slot = handle & SLOT_MASK
+        if slot == len(self.obj):
+            self.obj.append(obj)
+            self.clen.append(clen)
+            self.kind.append(kind)
+            self.atime.append(now)
+        else:
+            self.obj[slot] = obj
+            self.clen[slot] = clen
+            self.kind[slot] = kind
+            self.atime[slot] = now
+        return handle
+
+    def slot(self, handle: int) -> int:
+        """The slot of a live handle.
+
+        Raises:
+            StaleHandleError: freed, never issued, forged, or not an int.
+        """
+        try:
+            return self._handles.slot(handle)
+        except InvalidHandleError as exc:
+            raise StaleHandleError(f"no page stored under handle {handle!r}") from exc
+
+    def remove(self, handle: int) -> int:
+        """Retire a live handle; returns its (former) slot, whose fields stay readable.
+
+        Raises:
+            StaleHandleError: not a live handle.
+        """
+        slot = self.slot(handle)
+        self._handles.release(slot)
+        return slot
+
+    def live_slots(self) -> list[int]:
+        return self._handles.live_slots()
+
+    @property
+    def nbytes(self) -> int:
+        per = sum(a.itemsize for a in (self.obj, self.clen, self.kind, self.atime))
+        return self._handles.nbytes + per * len(self.obj)

@@ -1,0 +1,84 @@
+"""Errors of the page store and the service.
+
+The tree (HTTP status in brackets, mapped in one table by the HTTP layer)::
+
+    ZswapdError                 root [500]
+    ├── InvalidRequestError     malformed input [400]
+    │   └── ConfigError         a pool configuration that cannot be built [400]
+    ├── PageSizeError           a page that is not 4096 bytes [422]
+    ├── StaleHandleError        a handle freed, never issued or forged [404]
+    ├── UnknownPoolError        no pool of that name [404]
+    ├── PoolExistsError         a pool of that name exists already [409]
+    ├── TooLargeError           a request past the configured caps [413]
+    ├── PoolLimitError          the pool's memory limit is reached [507]
+    ├── CompressPoorError       rejected: compresses too poorly (huge_policy=reject) [422]
+    └── CorruptObjectError      a stored object no longer decompresses [500]
+
+Every store operation that raises has changed nothing.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CompressPoorError",
+    "ConfigError",
+    "CorruptObjectError",
+    "InvalidRequestError",
+    "PageSizeError",
+    "PoolExistsError",
+    "PoolLimitError",
+    "StaleHandleError",
+    "TooLargeError",
+    "UnknownPoolError",
+    "ZswapdError",
+]
+
+
+class ZswapdError(Exception):
+    """Root of every error zswapd raises on purpose.
+
+    Attributes:
+        code: a short machine-readable name, used in error responses.
+    """
+
+    code = "internal"
+
+
+class InvalidRequestError(ZswapdError):
+    code = "bad_request"
+
+
+class ConfigError(InvalidRequestError):
+    code = "bad_config"
+
+
+class PageSizeError(ZswapdError):
+    code = "bad_page_size"
+
+
+class StaleHandleError(ZswapdError):
+    code = "stale_handle"
+
+
+class UnknownPoolError(ZswapdError):
+    code = "unknown_pool"
+
+
+class PoolExistsError(ZswapdError):
+    code = "pool_exists"
+
+
+class TooLargeError(ZswapdError):
+    code = "too_large"
+
+
+class PoolLimitError(ZswapdError):
+    code = "pool_limit"
+
+
+class CompressPoorError(ZswapdError):
+    code = "compress_poor"
+
+
+class CorruptObjectError(ZswapdError):
+    code = "corrupt_object"

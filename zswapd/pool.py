@@ -1,0 +1,475 @@
+"""PagePool: one compressor, one allocator and the table of what is stored.
+
+What happens to a page between "here are 4096 bytes" and "here is your handle",
+as zram does it, with zswap's policies as options:
+
+1. A *same-filled* page (one 8-byte word repeated, zeros included) keeps only
+   the word: no allocator memory; a load refills the page (zram's same_pages).
+2. Otherwise the page is compressed, outside the pool's lock (lz4 and zstandard
+   release the GIL, so threads compress at once).
+3. A page that compresses to the allocator's huge_class_size or more is stored
+   raw, 4096 bytes (zram's huge pages), or refused as compress_poor
+   (``huge_policy="reject"``, zswap before 6.18).
+4. The object is allocated and written under the lock.  A pool limit is the
+   allocator's page budget, so a store past it fails in the allocator and
+   changes nothing (zram's mem_limit; counted as pool_limit_hit).  zswap's
+   accept_threshold_percent hysteresis is an option.
+
+Batches are all or nothing: a batch store either stores every page or, on any
+failure, none; a batch load or free with one stale handle does nothing.
+
+Lock order: PagePool._lock, then the allocator's own lock (taken inside it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import compressors
+from allocator import FULLNESS_LABELS, PoolFullError
+from zswapd.config import PoolConfig, check_pool_name
+from zswapd.entries import COMPRESSED, HUGE, RECOMPRESSED, SAME, EntryTable
+from zswapd.errors import (
+    CompressPoorError,
+    ConfigError,
+    CorruptObjectError,
+    InvalidRequestError,
+    PageSizeError,
+    PoolLimitError,
+)
+
+__all__ = ["PAGE_SIZE", "RECOMPRESS_TYPES", "Counters", "PagePool", "split_pages"]
+
+PAGE_SIZE = 4096
+RECOMPRESS_TYPES = ("huge", "idle", "huge_idle")
+
+Page = bytes | bytearray | memoryview
+
+
+def split_pages(pages: Page | Iterable[Page]) -> list[bytes]:
+    """Pages from ``k * 4096`` contiguous bytes or from an iterable of 4096-byte items.
+
+    Raises:
+        PageSizeError: a length that is not a whole number of pages, or an item
+            that is not exactly one page.
+    """
+    if isinstance(pages, bytes | bytearray | memoryview):
+        raw = bytes(pages)
+        if not raw or len(raw) % PAGE_SIZE:
+            raise PageSizeError(f"{len(raw)} bytes is not a whole, non-zero number of pages")
+        return [raw[i : i + PAGE_SIZE] for i in range(0, len(raw), PAGE_SIZE)]
+    out = []
+    for n, page in enumerate(pages):
+        if not isinstance(page, bytes | bytearray | memoryview) or len(page) != PAGE_SIZE:
+            size = len(page) if isinstance(page, bytes | bytearray | memoryview) else type(page)
+            raise PageSizeError(f"page {n} is {size}, not {PAGE_SIZE} bytes")
+        out.append(bytes(page))
+    return out
+
+
+def _same_word(page: bytes) -> int | None:
+    """The repeated word of a same-filled page, or None."""
+    # The first/last comparison rejects almost every other page at once.
+    if page[:8] == page[-8:] and page == page[:8] * (PAGE_SIZE // 8):
+        return int.from_bytes(page[:8], "little")
+    return None
+
+
+@dataclass
+class Counters:
+    """Event counters, under the kernel's names where it has them."""
+
+    huge_pages_since: int = 0  # zram
+    pool_limit_hit: int = 0  # zswap
+    reject_compress_poor: int = 0  # zswap
+    decompress_fail: int = 0  # zswap
+    stored_pages_total: int = 0  # pages ever stored
+    loaded_pages_total: int = 0
+    freed_pages_total: int = 0
+    recompress_attempts: int = 0
+    recompressed_pages: int = 0
+    recompress_saved_bytes: int = 0
+
+
+class PagePool:
+    """A named pool of pages: store, load, free, compact, recompress, figures.
+
+    Args:
+        name: the pool's name (letters, digits, ``_ . -``).
+        config: its settings (today's kernel's by default).
+        clock: seconds, monotonic; for idle tracking (tests pass their own).
+        seed: seed for handle generations (default: unpredictable).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: PoolConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        seed: int | None = None,
+    ) -> None:
+        self.name = check_pool_name(name)
+        self.config = config or PoolConfig()
+        self._comp = self.config.make_compressor()
+        # Secondary algorithms by (name, level); entry kind RECOMPRESSED + index.
+        self._secondaries: list[compressors.Compressor] = []
+        self._alloc = self.config.make_allocator()
+        self.huge_class_size: int = self._alloc.huge_class_size
+        self._entries = EntryTable(seed)
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._t0 = clock()
+        self.counters = Counters()
+        self._same_pages = 0
+        self._huge_pages = 0
+        self._compr_data_size = 0
+        self._limit_latched = False
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return int(self._clock() - self._t0)
+
+    def _prepare(self, page: bytes) -> tuple[int, bytes | int, int]:
+        """(kind, payload or word, compressed length) of one page; no lock held."""
+        word = _same_word(page)
+        if word is not None:
+            return SAME, word, 0
+        data = self._comp.compress(page)
+        if len(data) >= self.huge_class_size:
+            return HUGE, page, PAGE_SIZE
+        return COMPRESSED, data, len(data)
+
+    def _admit(self) -> None:
+        """zswap's hysteresis: after a limit hit, refuse until below the threshold."""
+        pct = self.config.accept_threshold_percent
+        if not self._limit_latched or pct is None or not self.config.limit_bytes:
+            return
+        if self._alloc.total_size_bytes < self.config.limit_bytes * pct // 100:
+            self._limit_latched = False
+            return
+        self.counters.pool_limit_hit += 1
+        raise PoolLimitError(
+            f"pool {self.name!r} is refusing stores until it shrinks below "
+            f"{pct}% of its {self.config.limit_bytes}-byte limit"
+        )
+
+    def _drop(self, handle: int) -> None:
+        """Free one live entry and its object (lock held)."""
+        e = self._entries
+        slot = e.remove(handle)
+        kind = e.kind[slot]
+        if kind == SAME:
+            self._same_pages -= 1
+            return
+        self._alloc.free(e.obj[slot])
+        self._compr_data_size -= e.clen[slot]
+        if kind == HUGE:
+            self._huge_pages -= 1
+
+    def _decompressor(self, kind: int) -> compressors.Compressor:
+        return self._comp if kind == COMPRESSED else self._secondaries[kind - RECOMPRESSED]
+
+    # -- store / load / free -------------------------------------------------------
+
+    def store(self, pages: Page | Iterable[Page]) -> list[int]:
+        """Store pages; return their handles, in order.  All or nothing.
+
+        Raises:
+            PageSizeError: not whole 4096-byte pages.
+            CompressPoorError: huge_policy is "reject" and a page compresses too poorly.
+            PoolLimitError: the pool's limit would be passed.
+        """
+        batch = split_pages(pages)
+        prepared = [self._prepare(p) for p in batch]
+        poor = sum(1 for kind, _, _ in prepared if kind == HUGE)
+        if poor and self.config.huge_policy == "reject":
+            with self._lock:
+                self.counters.reject_compress_poor += poor
+            raise CompressPoorError(
+                f"{poor} of {len(batch)} pages compress to {self.huge_class_size} bytes or "
+                "more and this pool rejects them (huge_policy=reject); nothing stored"
+            )
+        with self._lock:
+            self._admit()
+            now = self._now()
+            handles: list[int] = []
+            entries, store = self._entries, self._alloc.store
+            try:
+                for kind, payload, clen in prepared:
+                    obj = payload if kind == SAME else store(payload)
+                    handles.append(entries.add(kind, obj, clen, now))  # type: ignore[arg-type]
+            except PoolFullError as exc:
+                for h in handles:
+                    self._drop(h)
+                self.counters.pool_limit_hit += 1
+                self._limit_latched = True
+                raise PoolLimitError(
+                    f"pool {self.name!r} reached its limit of {self.config.limit_bytes} bytes; "
+                    f"none of the {len(batch)} pages stored"
+                ) from exc
+            for kind, _, clen in prepared:
+                if kind == SAME:
+                    self._same_pages += 1
+                else:
+                    self._compr_data_size += clen
+                    if kind == HUGE:
+                        self._huge_pages += 1
+            self.counters.huge_pages_since += poor
+            self.counters.stored_pages_total += len(batch)
+            return handles
+
+    def load(self, handles: Sequence[int]) -> list[bytes]:
+        """The pages stored under ``handles``, in order.
+
+        Raises:
+            StaleHandleError: a handle is not live (nothing is read).
+            CorruptObjectError: a stored object no longer decompresses.
+        """
+        with self._lock:
+            e = self._entries
+            slots = [e.slot(h) for h in handles]
+            now = self._now()
+            read = self._alloc.obj_read
+            raw: list[tuple[int, int | bytes]] = []
+            for slot in slots:
+                kind = e.kind[slot]
+                raw.append((kind, e.obj[slot] if kind == SAME else read(e.obj[slot], e.clen[slot])))
+                e.atime[slot] = now
+            self.counters.loaded_pages_total += len(slots)
+        out = []
+        for kind, payload in raw:
+            if kind == SAME:
+                out.append(payload.to_bytes(8, "little") * (PAGE_SIZE // 8))  # type: ignore[union-attr]
+            elif kind == HUGE:
+                out.append(payload)  # type: ignore[arg-type]
+            else:
+                try:
+                    out.append(self._decompressor(kind).decompress(payload, PAGE_SIZE))  # type: ignore[arg-type]
+                except compressors.CorruptDataError as exc:
+                    with self._lock:
+                        self.counters.decompress_fail += 1
+                    raise CorruptObjectError(f"pool {self.name!r}: {exc}") from exc
+        return out
+
+    def free(self, handles: Sequence[int]) -> None:
+        """Free the pages of ``handles``.  All or nothing.
+
+        Raises:
+            StaleHandleError: a handle is not live (nothing is freed).
+            InvalidRequestError: a handle appears twice.
+        """
+        if len(set(handles)) != len(handles):
+            raise InvalidRequestError("a handle appears more than once; nothing freed")
+        with self._lock:
+            for h in handles:
+                self._entries.slot(h)
+            for h in handles:
+                self._drop(h)
+            self.counters.freed_pages_total += len(handles)
+
+    # -- maintenance ---------------------------------------------------------------
+
+    def compact(self) -> int:
+        """Compact the allocator; returns pages released (zram's compact)."""
+        with self._lock:
+            released: int = self._alloc.compact()
+            return released
+
+    def _secondary(self, algo: str | None, level: int | None) -> int:
+        """Index of the secondary compressor for (algo, level), made on first use."""
+        algo = algo or self.config.recompress_algo
+        if algo is None:
+            raise ConfigError("no recompression algorithm: pass algo or set recompress_algo")
+        if level is None and algo == self.config.recompress_algo:
+            level = self.config.recompress_level
+        opts = {} if level is None else {"level": level}
+        try:
+            comp = compressors.get(algo, **opts)
+        except compressors.CompressorError as exc:
+            raise ConfigError(str(exc)) from exc
+        for i, known in enumerate(self._secondaries):
+            if known.name == comp.name and known.options == comp.options:
+                return i
+        if len(self._secondaries) >= 255 - RECOMPRESSED:
+            raise ConfigError("too many recompression algorithms in one pool")
+        self._secondaries.append(comp)
+        return len(self._secondaries) - 1
+
+    def recompress(
+        self,
+        type: str = "huge",
+        *,
+        algo: str | None = None,
+        level: int | None = None,
+        idle_seconds: float = 0,
+        threshold: int | None = None,
+    ) -> dict[str, int]:
+        """Recompress huge and/or idle pages with a secondary algorithm (zram's recompress).
+
+        A page is rewritten only when its new form lands in a smaller size class
+        (and below ``threshold`` bytes, if given); its handle keeps working.
+
+        Args:
+            type: "huge", "idle" or "huge_idle" (both at once), as zram's.
+            algo, level: the secondary algorithm (default: the pool's).
+            idle_seconds: a page not stored or loaded for this long is idle.
+            threshold: only keep results smaller than this many bytes.
+
+        Returns:
+            candidates, recompressed, not_smaller, alloc_failed, bytes_saved.
+        """
+        if type not in RECOMPRESS_TYPES:
+            raise InvalidRequestError(f"type must be one of {', '.join(RECOMPRESS_TYPES)}")
+        if threshold is not None and (not isinstance(threshold, int) or threshold <= 0):
+            raise InvalidRequestError("threshold must be a positive int")
+        with self._lock:
+            index = self._secondary(algo, level)
+            e = self._entries
+            horizon = self._now() - idle_seconds
+            want_huge = type in ("huge", "huge_idle")
+            want_idle = type in ("idle", "huge_idle")
+            picked = []
+            for slot in e.live_slots():
+                kind = e.kind[slot]
+                if kind == SAME or kind == RECOMPRESSED + index:
+                    continue
+                if want_huge and kind != HUGE:
+                    continue
+                if want_idle and e.atime[slot] > horizon:
+                    continue
+                picked.append((slot, kind, e.obj[slot], e.clen[slot]))
+        result = dict(candidates=len(picked), recompressed=0, not_smaller=0, alloc_failed=0)
+        saved = 0
+        secondary = self._secondaries[index]
+        for slot, kind, obj, clen in picked:
+            with self._lock:
+                if e.obj[slot] != obj or e.kind[slot] != kind:
+                    continue  # freed or changed meanwhile
+                raw = self._alloc.obj_read(obj, clen)
+            page = raw if kind == HUGE else self._decompressor(kind).decompress(raw, PAGE_SIZE)
+            new = secondary.compress(page)
+            smaller_class = self._alloc.capacity(min(len(new), PAGE_SIZE)) < self._alloc.capacity(
+                clen
+            )
+            if (
+                len(new) >= self.huge_class_size
+                or not smaller_class
+                or (threshold is not None and len(new) >= threshold)
+            ):
+                result["not_smaller"] += 1
+                continue
+            with self._lock:
+                self.counters.recompress_attempts += 1
+                if e.obj[slot] != obj or e.kind[slot] != kind:
+                    continue
+                try:
+                    new_obj = self._alloc.store(new)
+                except PoolFullError:
+                    result["alloc_failed"] += 1
+                    continue
+                self._alloc.free(obj)
+                e.obj[slot], e.clen[slot], e.kind[slot] = new_obj, len(new), RECOMPRESSED + index
+                self._compr_data_size += len(new) - clen
+                if kind == HUGE:
+                    self._huge_pages -= 1
+                saved += clen - len(new)
+                self.counters.recompressed_pages += 1
+                self.counters.recompress_saved_bytes += clen - len(new)
+                result["recompressed"] += 1
+        result["bytes_saved"] = saved
+        return result
+
+    # -- figures -------------------------------------------------------------------
+
+    @property
+    def stored_pages(self) -> int:
+        return len(self._entries)
+
+    def mm_stat(self) -> dict[str, int]:
+        """zram's mm_stat, field for field."""
+        with self._lock:
+            return self._mm_stat()
+
+    def _mm_stat(self) -> dict[str, int]:
+        alloc = self._alloc
+        return {
+            "orig_data_size": len(self._entries) * PAGE_SIZE,
+            "compr_data_size": self._compr_data_size,
+            "mem_used_total": alloc.total_size_bytes,
+            "mem_limit": self.config.limit_bytes,
+            "mem_used_max": alloc.pages_max * PAGE_SIZE,
+            "same_pages": self._same_pages,
+            "pages_compacted": alloc.pages_compacted,
+            "huge_pages": self._huge_pages,
+            "huge_pages_since": self.counters.huge_pages_since,
+        }
+
+    def class_rows(self) -> list[dict[str, int]]:
+        """The allocator's class table, one dict per distinct class, debugfs names."""
+        rows = []
+        for c in self._alloc.class_stats():
+            row = {"class": c.index, "size": c.size}
+            row.update({label: n for label, n in zip(FULLNESS_LABELS, c.zspages, strict=True)})
+            row.update(
+                obj_allocated=c.objs_allocated,
+                obj_used=c.objs_used,
+                pages_used=c.pages_used,
+                pages_per_zspage=c.pages_per_zspage,
+                freeable=c.freeable,
+            )
+            rows.append(row)
+        return rows
+
+    def stats(self) -> dict[str, Any]:
+        """Every figure: mm_stat, zswap-style counters, recompression, classes."""
+        with self._lock:
+            mm = self._mm_stat()
+            c = self.counters
+            stored = len(self._entries)
+            out: dict[str, Any] = {
+                "pool": self.name,
+                "config": self.config.to_dict(),
+                "huge_class_size": self.huge_class_size,
+                "mm_stat": mm,
+                "zswap": {
+                    "stored_pages": stored,
+                    "same_filled_pages": mm["same_pages"],
+                    "pool_total_size": mm["mem_used_total"],
+                    "pool_limit_hit": c.pool_limit_hit,
+                    "reject_compress_poor": c.reject_compress_poor,
+                    "decompress_fail": c.decompress_fail,
+                },
+                "counters": {
+                    "stored_pages_total": c.stored_pages_total,
+                    "loaded_pages_total": c.loaded_pages_total,
+                    "freed_pages_total": c.freed_pages_total,
+                },
+                "recompress": {
+                    "attempts": c.recompress_attempts,
+                    "recompressed_pages": c.recompressed_pages,
+                    "saved_bytes": c.recompress_saved_bytes,
+                    "algorithms": [repr(s) for s in self._secondaries],
+                },
+                "classes": self.class_rows(),
+            }
+        return out
+
+    def check_invariants(self) -> None:
+        """Entries, counters and the allocator agree (tests; O(pool size))."""
+        with self._lock:
+            e = self._entries
+            live = e.live_slots()
+            same = sum(1 for s in live if e.kind[s] == SAME)
+            huge = sum(1 for s in live if e.kind[s] == HUGE)
+            compr = sum(e.clen[s] for s in live if e.kind[s] != SAME)
+            if (same, huge, compr) != (self._same_pages, self._huge_pages, self._compr_data_size):
+                raise AssertionError("page counters out of step with the entries")
+            if self._alloc.objs_used != len(live) - same:
+                raise AssertionError("allocator objects != non-same-filled entries")
+            self._alloc.check_invariants()
