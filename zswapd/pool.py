@@ -129,6 +129,7 @@ class PagePool:
         self._huge_pages = 0
         self._compr_data_size = 0
         self._limit_latched = False
+        self._mem_used_max = 0
 
     # -- helpers -------------------------------------------------------------------
 
@@ -205,8 +206,12 @@ class PagePool:
                     obj = payload if kind == SAME else store(payload)
                     handles.append(entries.add(kind, obj, clen, now))  # type: ignore[arg-type]
             except PoolFullError as exc:
+                # Undo the batch: objects and entries only, the counters were
+                # not yet moved.
                 for h in handles:
-                    self._drop(h)
+                    slot = entries.remove(h)
+                    if entries.kind[slot] != SAME:
+                        self._alloc.free(entries.obj[slot])
                 self.counters.pool_limit_hit += 1
                 self._limit_latched = True
                 raise PoolLimitError(
@@ -222,6 +227,8 @@ class PagePool:
                         self._huge_pages += 1
             self.counters.huge_pages_since += poor
             self.counters.stored_pages_total += len(batch)
+            # As zram's update_used_max: only a store that succeeded moves it.
+            self._mem_used_max = max(self._mem_used_max, self._alloc.total_size_bytes)
             return handles
 
     def load(self, handles: Sequence[int]) -> list[bytes]:
@@ -236,21 +243,26 @@ class PagePool:
             slots = [e.slot(h) for h in handles]
             now = self._now()
             read = self._alloc.obj_read
-            raw: list[tuple[int, int | bytes]] = []
+            # (kind, word of a same-filled page, stored bytes of the others)
+            raw: list[tuple[int, int, bytes]] = []
             for slot in slots:
                 kind = e.kind[slot]
-                raw.append((kind, e.obj[slot] if kind == SAME else read(e.obj[slot], e.clen[slot])))
+                if kind == SAME:
+                    raw.append((kind, e.obj[slot], b""))
+                else:
+                    raw.append((kind, 0, read(e.obj[slot], e.clen[slot])))
                 e.atime[slot] = now
             self.counters.loaded_pages_total += len(slots)
+        # Decompress outside the lock: other threads go on meanwhile.
         out = []
-        for kind, payload in raw:
+        for kind, word, data in raw:
             if kind == SAME:
-                out.append(payload.to_bytes(8, "little") * (PAGE_SIZE // 8))  # type: ignore[union-attr]
+                out.append(word.to_bytes(8, "little") * (PAGE_SIZE // 8))
             elif kind == HUGE:
-                out.append(payload)  # type: ignore[arg-type]
+                out.append(data)
             else:
                 try:
-                    out.append(self._decompressor(kind).decompress(payload, PAGE_SIZE))  # type: ignore[arg-type]
+                    out.append(self._decompressor(kind).decompress(data, PAGE_SIZE))
                 except compressors.CorruptDataError as exc:
                     with self._lock:
                         self.counters.decompress_fail += 1
@@ -373,6 +385,8 @@ class PagePool:
                 except PoolFullError:
                     result["alloc_failed"] += 1
                     continue
+                # The old and the new object were both held for a moment.
+                self._mem_used_max = max(self._mem_used_max, self._alloc.total_size_bytes)
                 self._alloc.free(obj)
                 e.obj[slot], e.clen[slot], e.kind[slot] = new_obj, len(new), RECOMPRESSED + index
                 self._compr_data_size += len(new) - clen
@@ -403,7 +417,7 @@ class PagePool:
             "compr_data_size": self._compr_data_size,
             "mem_used_total": alloc.total_size_bytes,
             "mem_limit": self.config.limit_bytes,
-            "mem_used_max": alloc.pages_max * PAGE_SIZE,
+            "mem_used_max": self._mem_used_max,
             "same_pages": self._same_pages,
             "pages_compacted": alloc.pages_compacted,
             "huge_pages": self._huge_pages,

@@ -1,0 +1,30 @@
+"""Pages with known properties, for store tests."""
+
+from __future__ import annotations
+
+import random
+
+PAGE = 4096
+
+
+def poor_page(seed: int) -> bytes:
+    """Random bytes from a 16-symbol alphabet: lz4 finds no matches (huge), zstd's
+    entropy coder halves it (so recompression has something to gain)."""
+    rng = random.Random(seed)
+    alphabet = bytes(range(0x41, 0x51))
+    return bytes(rng.choice(alphabet) for _ in range(PAGE))
+
+
+def random_page(seed: int) -> bytes:
+    return random.Random(seed).randbytes(PAGE)
+
+
+def text_page(seed: int) -> bytes:
+    rng = random.Random(seed)
+    words = [b"page", b"zspage", b"class", b"handle", b"zram", b"swap", b"%d" % seed]
+    out = b" ".join(rng.choice(words) for _ in range(900))
+    return out[:PAGE].ljust(PAGE, b".")
+
+
+def same_page(word: bytes) -> bytes:
+    return word * (PAGE // len(word))
