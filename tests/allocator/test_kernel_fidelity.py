@@ -12,50 +12,19 @@ kernel README: totals within 0.03%), so figures are compared within tolerances.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 import zstandard
 
 from allocator import ZsPool
 from tests.conftest import corpus_or_skip
+from tests.oracle import OBJ_ALLOCATED, PAGES_USED, parse_oracle, rows_diff
 
 PROGRAMS = ["redis", "postgresql", "python3"]
 
 
-def parse_oracle(path: Path) -> dict[str, dict[str, object]]:
-    """{stage: {"mm_stat": {name: int}, "classes": {index: row}}} from a kernel dump."""
-    stages: dict[str, dict[str, object]] = {}
-    stage: dict[str, object] | None = None
-    in_classes = False
-    for line in path.read_text().splitlines():
-        if m := re.fullmatch(r"\[(\w+)\]", line.strip()):
-            stage = stages[m.group(1)] = {"mm_stat": {}, "classes": {}}
-        elif stage is None:
-            continue
-        elif line.startswith("classes: begin"):
-            in_classes = True
-        elif line.startswith("classes: end"):
-            in_classes = False
-        elif in_classes and re.match(r"\s*\d", line):
-            cols = [int(x) for x in line.split()]
-            stage["classes"][cols[0]] = cols  # type: ignore[index]
-        elif m := re.match(r"mm_stat\.(\w+): (\d+)", line):
-            stage["mm_stat"][m.group(1)] = int(m.group(2))  # type: ignore[index]
-    return stages
-
-
-# Columns of a debugfs class row: class, size, 11 fullness steps, then these.
-OBJ_ALLOCATED, PAGES_USED = 13, 15
-
-
 def _rows_diff(pool: ZsPool, kernel_rows: dict[int, list[int]], column: int) -> float:
-    """Sum over classes of |ours - kernel's| in one column, as a share of the kernel's total."""
     ours = {c.index: (c.objs_allocated, c.pages_used) for c in pool.class_stats()}
-    pick = 0 if column == OBJ_ALLOCATED else 1
-    diff = sum(abs(ours[i][pick] - row[column]) for i, row in kernel_rows.items())
-    return diff / max(1, sum(row[column] for row in kernel_rows.values()))
+    return rows_diff(ours, kernel_rows, column)
 
 
 @pytest.mark.parametrize("program", PROGRAMS)
