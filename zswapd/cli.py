@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from zswapd import __version__
 from zswapd.corpus import default_corpus_files, load_pages
@@ -24,37 +26,64 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 2
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from zswapd.bench import allocator as bench_allocator
-
+def _load_corpus(args: argparse.Namespace) -> list[bytes] | None:
     files = [Path(p) for p in args.corpus] if args.corpus else default_corpus_files()
     if not files:
         print("zswapd bench: no corpus found; pass --corpus FILE...", file=sys.stderr)
-        return 2
+        return None
     try:
         pages = load_pages(files)
     except (OSError, ValueError) as exc:
         print(f"zswapd bench: {exc}", file=sys.stderr)
-        return 2
+        return None
+    args.corpus_files = [str(f) for f in files]
+    return pages
 
-    def progress(msg: str) -> None:
+
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+    def say(msg: str) -> None:
         if not args.json:
             print(f"... {msg}", file=sys.stderr, flush=True)
 
-    result = bench_allocator.run(
-        pages,
-        scales=args.objects,
-        repeats=args.repeats,
-        rss_objects=args.rss_objects,
-        progress=progress,
-    )
-    result["corpus_files"] = [str(f) for f in files]
+    return say
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any], render: Callable[..., str]) -> int:
+    result["corpus_files"] = args.corpus_files
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
     else:
-        print(bench_allocator.render(result))
+        print(render(result))
     return 0
+
+
+def _cmd_bench_allocator(args: argparse.Namespace) -> int:
+    from zswapd.bench import allocator as bench
+
+    pages = _load_corpus(args)
+    if pages is None:
+        return 2
+    result = bench.run(
+        pages,
+        scales=args.objects,
+        repeats=args.repeats,
+        rss_objects=args.rss_objects,
+        progress=_progress(args),
+    )
+    return _emit(args, result, bench.render)
+
+
+def _cmd_bench_store(args: argparse.Namespace) -> int:
+    from zswapd.bench import store as bench
+
+    pages = _load_corpus(args)
+    if pages is None:
+        return 2
+    result = bench.run(
+        pages, repeats=args.repeats, speed_pages=args.speed_pages, progress=_progress(args)
+    )
+    return _emit(args, result, bench.render)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--rss-objects", type=int, default=1_000_000, help="objects for the RSS figure (0: skip)"
     )
     alloc.add_argument("--json", action="store_true", help="print JSON")
-    alloc.set_defaults(func=_cmd_bench)
+    alloc.set_defaults(func=_cmd_bench_allocator)
+
+    store = bench_sub.add_parser("store", help="compressors, store/load paths, recompression")
+    store.add_argument("--corpus", nargs="+", metavar="FILE", help="page files (default: shared)")
+    store.add_argument("--repeats", type=int, default=5, help="runs per speed figure")
+    store.add_argument(
+        "--speed-pages", type=int, default=8192, help="pages sampled for the speed figures"
+    )
+    store.add_argument("--json", action="store_true", help="print JSON")
+    store.set_defaults(func=_cmd_bench_store)
     return parser
 
 

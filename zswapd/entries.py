@@ -43,17 +43,19 @@ class EntryTable:
         """A new entry; returns its handle."""
         handle = self._handles.alloc(0)
         slot = handle & SLOT_MASK
-        if slot == len(self.obj):
-            self.obj.append(obj)
-            self.clen.append(clen)
-            self.kind.append(kind)
-            self.atime.append(now)
-        else:
-            self.obj[slot] = obj
-            self.clen[slot] = clen
-            self.kind[slot] = kind
-            self.atime[slot] = now
+        if slot >= len(self.obj):
+            self._grow()
+        self.obj[slot] = obj
+        self.clen[slot] = clen
+        self.kind[slot] = kind
+        self.atime[slot] = now
         return handle
+
+    def _grow(self) -> None:
+        # In steps of an eighth (at least 1024 entries): amortised O(1), as a list.
+        more = max(1024, len(self.obj) // 8)
+        for column in (self.obj, self.clen, self.kind, self.atime):
+            column.frombytes(bytes(more * column.itemsize))
 
     def slot(self, handle: int) -> int:
         """The slot of a live handle.

@@ -71,14 +71,6 @@ def split_pages(pages: Page | Iterable[Page]) -> list[bytes]:
     return out
 
 
-def _same_word(page: bytes) -> int | None:
-    """The repeated word of a same-filled page, or None."""
-    # The first/last comparison rejects almost every other page at once.
-    if page[:8] == page[-8:] and page == page[:8] * (PAGE_SIZE // 8):
-        return int.from_bytes(page[:8], "little")
-    return None
-
-
 @dataclass
 class Counters:
     """Event counters, under the kernel's names where it has them."""
@@ -136,16 +128,6 @@ class PagePool:
     def _now(self) -> int:
         return int(self._clock() - self._t0)
 
-    def _prepare(self, page: bytes) -> tuple[int, bytes | int, int]:
-        """(kind, payload or word, compressed length) of one page; no lock held."""
-        word = _same_word(page)
-        if word is not None:
-            return SAME, word, 0
-        data = self._comp.compress(page)
-        if len(data) >= self.huge_class_size:
-            return HUGE, page, PAGE_SIZE
-        return COMPRESSED, data, len(data)
-
     def _admit(self) -> None:
         """zswap's hysteresis: after a limit hit, refuse until below the threshold."""
         pct = self.config.accept_threshold_percent
@@ -187,8 +169,20 @@ class PagePool:
             PoolLimitError: the pool's limit would be passed.
         """
         batch = split_pages(pages)
-        prepared = [self._prepare(p) for p in batch]
-        poor = sum(1 for kind, _, _ in prepared if kind == HUGE)
+        # Same-filled test, compression and the huge rule, outside the lock.  The
+        # first/last word comparison rejects almost every other page at once.
+        prepared: list[tuple[int, bytes | int, int]] = []
+        compress, huge_size, poor = self._comp.compress, self.huge_class_size, 0
+        for page in batch:
+            if page[:8] == page[-8:] and page == page[:8] * (PAGE_SIZE // 8):
+                prepared.append((SAME, int.from_bytes(page[:8], "little"), 0))
+                continue
+            data = compress(page)
+            if len(data) >= huge_size:
+                prepared.append((HUGE, page, PAGE_SIZE))
+                poor += 1
+            else:
+                prepared.append((COMPRESSED, data, len(data)))
         if poor and self.config.huge_policy == "reject":
             with self._lock:
                 self.counters.reject_compress_poor += poor
@@ -201,9 +195,15 @@ class PagePool:
             now = self._now()
             handles: list[int] = []
             entries, store = self._entries, self._alloc.store
+            same = compr = 0
             try:
                 for kind, payload, clen in prepared:
-                    obj = payload if kind == SAME else store(payload)
+                    if kind == SAME:
+                        obj = payload
+                        same += 1
+                    else:
+                        obj = store(payload)
+                        compr += clen
                     handles.append(entries.add(kind, obj, clen, now))  # type: ignore[arg-type]
             except PoolFullError as exc:
                 # Undo the batch: objects and entries only, the counters were
@@ -218,13 +218,9 @@ class PagePool:
                     f"pool {self.name!r} reached its limit of {self.config.limit_bytes} bytes; "
                     f"none of the {len(batch)} pages stored"
                 ) from exc
-            for kind, _, clen in prepared:
-                if kind == SAME:
-                    self._same_pages += 1
-                else:
-                    self._compr_data_size += clen
-                    if kind == HUGE:
-                        self._huge_pages += 1
+            self._same_pages += same
+            self._compr_data_size += compr
+            self._huge_pages += poor
             self.counters.huge_pages_since += poor
             self.counters.stored_pages_total += len(batch)
             # As zram's update_used_max: only a store that succeeded moves it.

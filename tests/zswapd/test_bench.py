@@ -91,3 +91,41 @@ def test_bench_refuses_a_corpus_that_is_not_whole_pages(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "not a whole number of 4096-byte pages" in out.stderr
+
+
+def test_bench_store_json_has_every_field(tmp_path: Path) -> None:
+    corpus = _tiny_corpus(tmp_path / "tiny.pages")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zswapd.cli",
+            "bench",
+            "store",
+            "--corpus",
+            str(corpus),
+            "--repeats",
+            "1",
+            "--speed-pages",
+            "120",
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    result = json.loads(out.stdout)
+    assert result["corpus_pages"] == 300
+    ratios = result["ratios"]
+    assert {"lz4", "zstd-3 (default)", "zstd-3 + 64 KiB dictionary"} <= set(ratios)
+    for row in ratios.values():
+        assert row["same_pages"] == 30 and row["huge_pages"] >= 30
+        assert row["mem_ratio"] > 1 and row["compr_ratio"] >= row["mem_ratio"] * 0.9
+    for algo in ("lz4", "zstd"):
+        speed = result["speed"][algo]
+        assert set(speed["ratio_to_bare"]) == {"store_1", "store_64", "load_1", "load_64"}
+        assert result["threads"][algo]["speedup"] > 0
+    for kind in ("huge", "idle"):
+        row = result["recompression"][kind]
+        assert row["candidates"] >= row["recompressed"] >= 0
