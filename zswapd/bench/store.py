@@ -97,7 +97,7 @@ def speed(pages: Sequence[bytes], algo: str, repeats: int) -> dict[str, Any]:
     def store_load(batch: bool) -> None:
         pool = PagePool("bench", PoolConfig(compressor=algo))
         suffix = str(BATCH) if batch else "1"
-        units: list[Sequence[bytes]] = batches if batch else [[p] for p in pages]
+        units: list[list[bytes]] = batches if batch else [[p] for p in pages]
         held: list[list[int]] = []
         start = time.perf_counter()
         for unit in units:
