@@ -14,6 +14,8 @@ from allocator.classes import ClassSpec, ClassTable, fit_class_sizes
 from allocator.errors import AllocatorError, InvalidHandleError, PoolFullError
 from allocator.mapping import MapMode
 from allocator.stats import FULLNESS_LABELS, ClassStats, Fullness, PoolStats
+from allocator.z3fold import Z3foldPool
+from allocator.zbud import ZbudPool
 from allocator.zsmalloc import ZsPool
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "MapMode",
     "PoolFullError",
     "PoolStats",
+    "Z3foldPool",
+    "ZbudPool",
     "ZsPool",
     "create",
     "fit_class_sizes",
@@ -46,11 +50,7 @@ def create(name: str, **options: Any) -> Any:
     if name == "zsmalloc":
         return ZsPool(**options)
     if name == "zbud":
-        from allocator.zbud import ZbudPool
-
         return ZbudPool(**options)
     if name == "z3fold":
-        from allocator.z3fold import Z3foldPool
-
         return Z3foldPool(**options)
     raise ValueError(f"unknown allocator {name!r}; choose one of {', '.join(ALLOCATORS)}")

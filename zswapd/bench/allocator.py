@@ -18,10 +18,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import lz4.block
 
 import allocator
 from allocator import MapMode, PoolFullError, fit_class_sizes
-from zswapd.bench.stats import format_table, rss_bytes
+from zswapd.bench.stats import each, format_table, rss_bytes, timed_rate
 from zswapd.corpus import PAGE_SIZE, is_same_filled
 
 __all__ = ["Workload", "build_workload", "configs", "render", "run"]
@@ -164,12 +164,6 @@ def budget(
     }
 
 
-def _timed(fn: Callable[[], object], count: int) -> float:
-    start = time.perf_counter()
-    fn()
-    return count / (time.perf_counter() - start)
-
-
 def speed(work: Workload, repeats: int, seed: int) -> dict[str, Any]:
     """Allocator rates against lz4 compress of the same pages, side by side.
 
@@ -209,19 +203,21 @@ def speed(work: Workload, repeats: int, seed: int) -> dict[str, Any]:
     def pool_paths(pool_seed: int) -> None:
         pool = allocator.ZsPool(seed=pool_seed)
         held: list[int] = []
-        rates["malloc_write"].append(_timed(lambda: held.extend(malloc_write(pool)), count))
-        rates["map_read_free"].append(_timed(lambda: map_read_free(pool, held), count))
+        rates["malloc_write"].append(timed_rate(lambda: held.extend(malloc_write(pool)), count))
+        rates["map_read_free"].append(timed_rate(lambda: map_read_free(pool, held), count))
         fused = allocator.ZsPool(seed=pool_seed)
         kept: list[int] = []
-        rates["store"].append(_timed(lambda: kept.extend(map(fused.store, payloads)), count))
-        rates["obj_read_free"].append(_timed(lambda: obj_read_free(fused, kept), count))
+        rates["store"].append(timed_rate(lambda: kept.extend(map(fused.store, payloads)), count))
+        rates["obj_read_free"].append(timed_rate(lambda: obj_read_free(fused, kept), count))
 
     for r in range(repeats):
         rates["lz4_compress"].append(
-            _timed(lambda: [compress(p, store_size=False) for p in pages], count)
+            timed_rate(lambda: each(partial(compress, store_size=False), pages), count)
         )
         rates["lz4_decompress"].append(
-            _timed(lambda: [decompress(c, uncompressed_size=4096) for c in work.compressed], count)
+            timed_rate(
+                lambda: each(partial(decompress, uncompressed_size=4096), work.compressed), count
+            )
         )
         pool_paths(seed + r)
     ratios = {

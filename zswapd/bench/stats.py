@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
-__all__ = ["format_table", "median_rate", "rss_bytes"]
+__all__ = ["each", "format_table", "rss_bytes", "timed_rate"]
 
 
-def median_rate(fn: Callable[[], int], repeats: int) -> float:
-    """Median of ``count / seconds`` over ``repeats`` calls of ``fn`` (returns a count)."""
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        count = fn()
-        rates.append(count / (time.perf_counter() - start))
-    return statistics.median(rates)
+def timed_rate(fn: Callable[[], object], count: int) -> float:
+    """``count`` / seconds taken by one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return count / (time.perf_counter() - start)
+
+
+def each(fn: Callable[[Any], object], items: Iterable[Any]) -> None:
+    """Call ``fn`` on every item, keeping no result (a list of 4 KiB results
+    would charge the timing for allocating and faulting in their memory)."""
+    for item in items:
+        fn(item)
 
 
 def rss_bytes() -> int:

@@ -17,10 +17,11 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import compressors
-from zswapd.bench.stats import format_table
+from zswapd.bench.stats import each, format_table, timed_rate
 from zswapd.config import PoolConfig
 from zswapd.pool import PagePool
 
@@ -70,12 +71,6 @@ def ratios(pages: Sequence[bytes], say: Callable[[str], None]) -> dict[str, Any]
     return table
 
 
-def _rate(fn: Callable[[], object], count: int) -> float:
-    start = time.perf_counter()
-    fn()
-    return count / (time.perf_counter() - start)
-
-
 def speed(pages: Sequence[bytes], algo: str, repeats: int) -> dict[str, Any]:
     """Store/load rates against the bare compressor, side by side, medians of ratios."""
     comp = compressors.get(algo)
@@ -109,8 +104,10 @@ def speed(pages: Sequence[bytes], algo: str, repeats: int) -> dict[str, Any]:
         rows[f"load_{suffix}"].append(n / (time.perf_counter() - start))
 
     for _ in range(repeats):
-        rows["compress"].append(_rate(lambda: [comp.compress(p) for p in pages], n))
-        rows["decompress"].append(_rate(lambda: [comp.decompress(b, 4096) for b in blobs], n))
+        rows["compress"].append(timed_rate(lambda: each(comp.compress, pages), n))
+        rows["decompress"].append(
+            timed_rate(lambda: each(partial(comp.decompress, size=4096), blobs), n)
+        )
         store_load(batch=False)
         store_load(batch=True)
     ratios = {}
