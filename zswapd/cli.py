@@ -4,26 +4,53 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from zswapd import __version__
+from zswapd.cli_client import (
+    cmd_fetch,
+    cmd_free,
+    cmd_pools,
+    cmd_push,
+    cmd_stats,
+    run_client_command,
+)
 from zswapd.corpus import default_corpus_files, load_pages
+from zswapd.errors import ZswapdError
+from zswapd.settings import DEFAULT_HTTP
 
 __all__ = ["main"]
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    # The daemon is issue 4's work; say so rather than pretend.
-    print(
-        "zswapd serve: the daemon is not built yet (HTTP API, binary protocol and metrics "
-        "are still to come); today zswapd offers the allocator library and "
-        "'zswapd bench allocator'.",
-        file=sys.stderr,
-    )
-    return 2
+    from zswapd.server import serve
+    from zswapd.settings import load_settings, parse_size
+
+    try:
+        flags = {
+            "http": args.http,
+            "unix_socket": args.unix_socket,
+            "auth_token_file": args.auth_token_file,
+            "max_pages_per_request": args.max_pages_per_request,
+            "state_dir": args.state_dir,
+            "compressor": args.compressor,
+            "level": args.level,
+            "allocator": args.allocator,
+            "chain_size": args.chain_size,
+            "limit_bytes": parse_size(args.pool_limit) if args.pool_limit else None,
+            "huge_policy": args.huge_policy,
+            "accept_threshold_percent": args.accept_threshold_percent,
+            "recompress_algo": args.recompress_algo,
+        }
+        settings = load_settings(args.config, os.environ, flags)
+        return serve(settings)
+    except ZswapdError as exc:
+        print(f"zswapd serve: {exc}", file=sys.stderr)
+        return 2
 
 
 def _load_corpus(args: argparse.Namespace) -> list[bytes] | None:
@@ -93,8 +120,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"zswapd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="start the daemon (not built yet)")
+    serve = sub.add_parser(
+        "serve",
+        help="start the daemon",
+        description="Serve the HTTP API with one pool named 'default'. Precedence: flags, "
+        "then ZSWAPD_* environment variables, then --config FILE (TOML), then defaults.",
+    )
+    serve.add_argument("--http", metavar="HOST:PORT|unix:PATH", help="HTTP API (127.0.0.1:7415)")
+    serve.add_argument("--unix-socket", metavar="PATH", help="binary protocol (not built yet)")
+    serve.add_argument("--config", metavar="FILE", help="TOML settings file")
+    serve.add_argument("--auth-token-file", metavar="FILE", help="require this bearer token")
+    serve.add_argument("--max-pages-per-request", type=int, help="body cap in pages (1024)")
+    serve.add_argument("--state-dir", metavar="DIR", help="restart without loss (not built yet)")
+    _add_pool_flags(serve)
+    serve.add_argument("--accept-threshold-percent", type=int, help="zswap's hysteresis")
+    serve.add_argument("--recompress-algo", help="secondary algorithm for recompress")
     serve.set_defaults(func=_cmd_serve)
+
+    def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument(
+            "--url",
+            default=os.environ.get("ZSWAPD_URL", f"http://{DEFAULT_HTTP}"),
+            help="daemon URL: http://HOST:PORT or http+unix:///PATH ($ZSWAPD_URL)",
+        )
+        p.add_argument("--token-file", help="bearer token file ($ZSWAPD_TOKEN_FILE)")
+        p.add_argument("--batch-pages", type=int, default=1024, help="pages per request")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        return p
+
+    push = client_parser("push", "store page files or a live process's memory")
+    push.add_argument("files", nargs="*", metavar="FILE", help="page-aligned files")
+    push.add_argument("--pid", type=int, help="push the pages swap would see in this process")
+    push.add_argument("--pool", default="default")
+    push.add_argument("-o", "--out", help="handles file (default: zswapd-POOL.handles)")
+    push.set_defaults(func=cmd_push)
+
+    fetch = client_parser("fetch", "restore pages from a handles file")
+    fetch.add_argument("handles", metavar="HANDLES", help="handles file from push ('-': stdin)")
+    fetch.add_argument("-o", "--output", required=True, help="file to write the pages to")
+    fetch.add_argument("--pool", help="pool (default: the one the handles file names)")
+    fetch.set_defaults(func=cmd_fetch)
+
+    free = client_parser("free", "free the pages of a handles file")
+    free.add_argument("handles", metavar="HANDLES")
+    free.add_argument("--pool")
+    free.set_defaults(func=cmd_free)
+
+    stats = client_parser("stats", "a pool's figures and its class table")
+    stats.add_argument("--pool", default="default")
+    stats.add_argument("--json", action="store_true", help="print the JSON as the API gives it")
+    stats.add_argument("--all", action="store_true", help="every class, empty ones too")
+    stats.set_defaults(func=cmd_stats)
+
+    pools = client_parser("pools", "list, create or remove pools")
+    pools.add_argument("action", choices=["list", "create", "remove"])
+    pools.add_argument("name", nargs="?")
+    _add_pool_flags(pools)
+    pools.set_defaults(func=cmd_pools)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="suite", required=True)
@@ -125,8 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_pool_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compressor", help="zstd (default), lz4, lz4hc, deflate, lzo")
+    p.add_argument("--level", type=int, help="compressor level")
+    p.add_argument("--allocator", help="zsmalloc (default), zbud, z3fold")
+    p.add_argument("--chain-size", type=int, help="zsmalloc chain size (8)")
+    p.add_argument("--pool-limit", metavar="SIZE", help="pool memory limit, e.g. 512M")
+    p.add_argument("--huge-policy", choices=["store", "reject"], help="store (zram) or reject")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("push", "fetch", "free", "stats", "pools"):
+        if args.command == "pools" and args.action != "list" and not args.name:
+            print(f"zswapd pools {args.action}: a pool name is needed", file=sys.stderr)
+            return 2
+        return run_client_command(args)
     code: int = args.func(args)
     return code
 

@@ -1,0 +1,236 @@
+"""The client-side commands: push, fetch, free, stats, pools.
+
+A handles file (written by push, read by fetch and free) is text, one page a
+line, in push order::
+
+    # zswapd handles v1 pool=default
+    <handle>\t<source>\t<offset>
+
+``source`` is the file pushed or ``pid:PID:MAPPING``; ``offset`` the byte offset
+in the file or the page's address (hex) in the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from zswapd.client import Client
+from zswapd.errors import ConfigError, ZswapdError
+from zswapd.pool import PAGE_SIZE
+from zswapd.procmem import ProcessPages
+
+__all__ = ["cmd_fetch", "cmd_free", "cmd_pools", "cmd_push", "cmd_stats", "format_classes"]
+
+HEADER = "# zswapd handles v1"
+CHUNK = 256  # pages read and sent at a time
+
+
+def _client(args: argparse.Namespace) -> Client:
+    token = None
+    token_file = args.token_file or os.environ.get("ZSWAPD_TOKEN_FILE")
+    if token_file:
+        token = Path(token_file).read_text().strip()
+    return Client(args.url, token=token, batch_pages=args.batch_pages)
+
+
+def _file_pages(paths: list[str]) -> Iterator[tuple[bytes, str, str]]:
+    for name in paths:
+        size = os.path.getsize(name)
+        if size % PAGE_SIZE:
+            raise ConfigError(f"{name}: {size} bytes is not a whole number of 4096-byte pages")
+        with open(name, "rb") as f:
+            offset = 0
+            while page := f.read(PAGE_SIZE):
+                yield page, name, str(offset)
+                offset += PAGE_SIZE
+
+
+def _pid_pages(pid: int) -> tuple[Iterator[tuple[bytes, str, str]], ProcessPages]:
+    source = ProcessPages(pid)
+
+    def gen() -> Iterator[tuple[bytes, str, str]]:
+        for rec in source:
+            yield rec.data, f"pid:{pid}:{rec.path or '[anon]'}", hex(rec.address)
+
+    return gen(), source
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    if bool(args.files) == (args.pid is not None):
+        raise ConfigError("push takes FILE... or --pid PID, not both and not neither")
+    if args.pid is not None:
+        pages, proc = _pid_pages(args.pid)
+        total = None
+    else:
+        pages, proc = _file_pages(args.files), None
+        total = sum(os.path.getsize(f) for f in args.files) // PAGE_SIZE
+    out = Path(args.out or f"zswapd-{args.pool}.handles")
+    with _client(args) as client:
+        before = client.stats(args.pool)["mm_stat"]
+        stored = 0
+        with (
+            out.open("w") as handles_file,
+            tqdm(total=total, unit="page", disable=args.quiet or None, file=sys.stderr) as bar,
+        ):
+            handles_file.write(f"{HEADER} pool={args.pool}\n")
+            chunk: list[tuple[bytes, str, str]] = []
+            for item in pages:
+                chunk.append(item)
+                if len(chunk) == CHUNK:
+                    stored += _push_chunk(client, args.pool, chunk, handles_file)
+                    bar.update(len(chunk))
+                    chunk = []
+            if chunk:
+                stored += _push_chunk(client, args.pool, chunk, handles_file)
+                bar.update(len(chunk))
+        after = client.stats(args.pool)["mm_stat"]
+    same = after["same_pages"] - before["same_pages"]
+    huge = after["huge_pages_since"] - before["huge_pages_since"]
+    orig = after["orig_data_size"] - before["orig_data_size"]
+    mem = after["mem_used_total"] - before["mem_used_total"]
+    compr = after["compr_data_size"] - before["compr_data_size"]
+    ratio = f"{orig / mem:.2f}" if mem > 0 else "n/a"
+    cratio = f"{orig / compr:.2f}" if compr > 0 else "n/a"
+    print(
+        f"stored {stored} pages ({stored * PAGE_SIZE / 2**20:.1f} MiB) in pool {args.pool!r}: "
+        f"{same} same-filled, {huge} huge; ratio {ratio} (orig/mem_used), "
+        f"{cratio} (orig/compr); handles in {out}"
+    )
+    if proc is not None and not proc.exact:
+        print("note: page flags were unreadable (not root?): zero and file pages included")
+    return 0
+
+
+def _push_chunk(client: Client, pool: str, chunk: list[tuple[bytes, str, str]], out: TextIO) -> int:
+    handles = client.store([page for page, _, _ in chunk], pool=pool)
+    out.writelines(f"{h}\t{src}\t{off}\n" for h, (_, src, off) in zip(handles, chunk, strict=True))
+    return len(handles)
+
+
+def read_handles(path: str) -> tuple[list[int], str | None]:
+    """Handles from a handles file (or one handle a line); and the pool it names."""
+    handles: list[int] = []
+    pool = None
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("#"):
+            if "pool=" in line:
+                pool = line.split("pool=", 1)[1].split()[0]
+            continue
+        if not line.strip():
+            continue
+        field = line.split("\t", 1)[0].strip()
+        if not field.isdigit():
+            raise ConfigError(f"{path}:{n}: not a handle: {field!r}")
+        handles.append(int(field))
+    return handles, pool
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    handles, pool = read_handles(args.handles)
+    pool = args.pool or pool or "default"
+    with _client(args) as client, open(args.output, "wb") as out:
+        for i in tqdm(range(0, len(handles), 1024), unit="batch", disable=args.quiet or None):
+            for page in client.load(handles[i : i + 1024], pool=pool):
+                out.write(page)
+    print(f"fetched {len(handles)} pages from pool {pool!r} into {args.output}")
+    return 0
+
+
+def cmd_free(args: argparse.Namespace) -> int:
+    handles, pool = read_handles(args.handles)
+    pool = args.pool or pool or "default"
+    with _client(args) as client:
+        client.free(handles, pool=pool)
+    print(f"freed {len(handles)} pages in pool {pool!r}")
+    return 0
+
+
+def format_classes(rows: list[dict[str, Any]]) -> str:
+    """The class table as the kernel's debugfs ``classes`` file prints it."""
+    steps = ["10", "20", "30", "40", "50", "60", "70", "80", "90", "99", "100"]
+    head = (
+        f"{'class':>6} {'size':>5} "
+        + " ".join(f"{s + '%':>9}" for s in steps)
+        + f" {'obj_allocated':>13} {'obj_used':>10} {'pages_used':>10}"
+        + f" {'pages_per_zspage':>16} {'freeable':>8}"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"{r['class']:>6} {r['size']:>5} "
+            + " ".join(f"{r[s]:>9}" for s in steps)
+            + f" {r['obj_allocated']:>13} {r['obj_used']:>10} {r['pages_used']:>10}"
+            + f" {r['pages_per_zspage']:>16} {r['freeable']:>8}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        stats = client.stats(args.pool)
+    if args.json:
+        json.dump(stats, sys.stdout, indent=2)
+        print()
+        return 0
+    mm = stats["mm_stat"]
+    orig, mem, compr = mm["orig_data_size"], mm["mem_used_total"], mm["compr_data_size"]
+    cfg = stats["config"]
+    print(
+        f"pool {stats['pool']}: {cfg['compressor']}"
+        f"{'' if cfg['level'] is None else '-' + str(cfg['level'])}, {cfg['allocator']}"
+        f" chain {cfg['chain_size']}, huge from {stats['huge_class_size']} bytes"
+    )
+    print("mm_stat: " + " ".join(f"{k}={v}" for k, v in mm.items()))
+    if mem:
+        print(f"ratio {orig / mem:.2f} (orig/mem_used), {orig / max(compr, 1):.2f} (orig/compr)")
+    print("zswap: " + " ".join(f"{k}={v}" for k, v in stats["zswap"].items()))
+    rows = stats["classes"] if args.all else [r for r in stats["classes"] if r["obj_allocated"]]
+    print(format_classes(rows))
+    return 0
+
+
+def cmd_pools(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "list":
+            for name in client.pools():
+                print(name)
+        elif args.action == "create":
+            config = {k: v for k, v in _pool_flags(args).items() if v is not None}
+            result = client.create_pool(args.name, **config)
+            print(json.dumps(result, indent=2))
+        elif args.action == "remove":
+            client.remove_pool(args.name)
+            print(f"removed pool {args.name!r}")
+    return 0
+
+
+def _pool_flags(args: argparse.Namespace) -> dict[str, Any]:
+    from zswapd.settings import parse_size
+
+    return {
+        "compressor": args.compressor,
+        "level": args.level,
+        "allocator": args.allocator,
+        "chain_size": args.chain_size,
+        "limit_bytes": parse_size(args.pool_limit) if args.pool_limit else None,
+        "huge_policy": args.huge_policy,
+    }
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    """Dispatch, turning the errors a user can cause into one clear line."""
+    try:
+        code: int = args.func(args)
+        return code
+    except (ZswapdError, OSError) as exc:
+        print(f"zswapd {args.command}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,200 @@
+"""The Python client: ``Client(url)`` over HTTP, on TCP or a Unix socket.
+
+``http://HOST:PORT`` and ``http+unix:///path`` speak the HTTP API through one
+reused connection (httpx); ``unix:///path`` will speak the binary protocol once
+it exists.  Large stores, loads and frees are cut into requests of at most
+``batch_pages`` pages (the server's default cap is 1024) and put back together,
+so a caller can hand over any number of pages at once.  Errors come back as the
+same exception classes the store raises (``PoolLimitError``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from zswapd import errors
+from zswapd.errors import ZswapdError
+from zswapd.pool import PAGE_SIZE, split_pages
+
+__all__ = ["Client"]
+
+_BY_CODE: dict[str, type[ZswapdError]] = {
+    cls.code: cls
+    for cls in (
+        errors.InvalidRequestError,
+        errors.ConfigError,
+        errors.PageSizeError,
+        errors.StaleHandleError,
+        errors.UnknownPoolError,
+        errors.PoolExistsError,
+        errors.TooLargeError,
+        errors.PoolLimitError,
+        errors.CompressPoorError,
+        errors.CorruptObjectError,
+    )
+}
+
+
+class UnauthorizedError(ZswapdError):
+    """The server wants a (different) bearer token."""
+
+    code = "unauthorized"
+
+
+_BY_CODE["unauthorized"] = UnauthorizedError
+
+
+class Client:
+    """A connection to a zswapd daemon.
+
+    Args:
+        url: ``http://HOST:PORT``, ``http+unix:///path`` (or ``unix:///path``,
+            the binary protocol, not built yet).
+        token: bearer token, if the daemon wants one.
+        batch_pages: pages per request for large stores and loads.
+        timeout: seconds per request.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        batch_pages: int = 1024,
+        timeout: float = 60.0,
+    ) -> None:
+        if batch_pages < 1:
+            raise ValueError("batch_pages must be >= 1")
+        self.batch_pages = batch_pages
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        if url.startswith("http+unix://"):
+            transport = httpx.HTTPTransport(uds=url[len("http+unix://") :])
+            self._http = httpx.Client(
+                transport=transport, base_url="http://zswapd", headers=headers, timeout=timeout
+            )
+        elif url.startswith(("http://", "https://")):
+            self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        elif url.startswith("unix://"):
+            raise ZswapdError(
+                "the binary protocol (unix://) is not built yet; use http+unix:// for HTTP "
+                "on a Unix socket"
+            )
+        else:
+            raise ValueError(f"unsupported URL {url!r}: use http://, http+unix:// or unix://")
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                code, detail = body["error"], body["detail"]
+            except (ValueError, KeyError, TypeError):
+                code, detail = "internal", response.text[:200]
+            cls = _BY_CODE.get(code, ZswapdError)
+            raise cls(f"{response.status_code}: {detail}")
+        return response
+
+    def _batches(self, items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+        for i in range(0, len(items), self.batch_pages):
+            yield items[i : i + self.batch_pages]
+
+    # -- pages ------------------------------------------------------------------------
+
+    def store(self, pages: Any, pool: str = "default") -> list[int]:
+        """Store pages (``k * 4096`` bytes, or 4096-byte items); their handles, in order.
+
+        Each request is all or nothing; if a later request of a large store
+        fails, the pages stored by the earlier ones are freed before raising.
+        """
+        batch = split_pages(pages)
+        handles: list[int] = []
+        try:
+            for part in self._batches(batch):
+                r = self._request(
+                    "POST",
+                    f"/v1/pools/{pool}/pages",
+                    content=b"".join(part),
+                    headers={"content-type": "application/octet-stream"},
+                )
+                handles += r.json()["handles"]
+        except ZswapdError:
+            if handles:
+                self.free(handles, pool=pool)
+            raise
+        return handles
+
+    def load(self, handles: Sequence[int], pool: str = "default") -> list[bytes]:
+        """The pages of ``handles``, in order."""
+        out: list[bytes] = []
+        for part in self._batches(list(handles)):
+            r = self._request("POST", f"/v1/pools/{pool}/pages:load", json={"handles": part})
+            data = r.content
+            if len(data) != PAGE_SIZE * len(part):
+                raise ZswapdError(f"server sent {len(data)} bytes for {len(part)} pages")
+            out += [data[i : i + PAGE_SIZE] for i in range(0, len(data), PAGE_SIZE)]
+        return out
+
+    def load_one(self, handle: int, pool: str = "default") -> bytes:
+        return self._request("GET", f"/v1/pools/{pool}/pages/{handle}").content
+
+    def free(self, handles: Sequence[int], pool: str = "default") -> None:
+        """Free the pages of ``handles``."""
+        for part in self._batches(list(handles)):
+            self._request("POST", f"/v1/pools/{pool}/pages:free", json={"handles": part})
+
+    # -- pools ------------------------------------------------------------------------
+
+    def stats(self, pool: str = "default") -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/v1/pools/{pool}/stats").json()
+        return result
+
+    def compact(self, pool: str = "default") -> int:
+        released: int = self._request("POST", f"/v1/pools/{pool}/compact").json()["pages_released"]
+        return released
+
+    def recompress(self, pool: str = "default", **params: Any) -> dict[str, int]:
+        result: dict[str, int] = self._request(
+            "POST", f"/v1/pools/{pool}/recompress", json=params
+        ).json()
+        return result
+
+    def pools(self) -> list[str]:
+        names: list[str] = self._request("GET", "/v1/pools").json()["pools"]
+        return names
+
+    def create_pool(self, name: str, **config: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._request(
+            "PUT",
+            f"/v1/pools/{name}",
+            content=json.dumps(config),
+            headers={"content-type": "application/json"},
+        ).json()
+        return result
+
+    def remove_pool(self, name: str) -> None:
+        self._request("DELETE", f"/v1/pools/{name}")
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/healthz").json()
+        return result

@@ -1,0 +1,366 @@
+"""The HTTP API: a thin FastAPI layer over the pool registry.
+
+Routes and statuses are DESIGN.md's contract.  Every error is JSON
+``{"error": code, "detail": message}``; one table maps the store's errors to
+statuses.  Page bodies are raw ``application/octet-stream``; request bodies are
+read with a cap (``max_body_bytes``) before anything is parsed, so an oversized
+request costs O(cap), not O(what the client sends).  With a token set, every
+route but ``/healthz`` wants ``Authorization: Bearer <token>`` (compared in
+constant time).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from zswapd import __version__
+from zswapd.config import PoolConfig
+from zswapd.errors import (
+    CompressPoorError,
+    ConfigError,
+    CorruptObjectError,
+    InvalidRequestError,
+    PageSizeError,
+    PoolExistsError,
+    PoolLimitError,
+    StaleHandleError,
+    TooLargeError,
+    UnknownPoolError,
+    ZswapdError,
+)
+from zswapd.pool import PAGE_SIZE
+from zswapd.pools import PoolRegistry
+
+__all__ = ["STATUS", "ApiSettings", "create_app"]
+
+# The one table from the store's errors to HTTP statuses (most specific first).
+STATUS: list[tuple[type[ZswapdError], int]] = [
+    (ConfigError, 400),
+    (InvalidRequestError, 400),
+    (PageSizeError, 422),
+    (CompressPoorError, 422),
+    (StaleHandleError, 404),
+    (UnknownPoolError, 404),
+    (PoolExistsError, 409),
+    (TooLargeError, 413),
+    (PoolLimitError, 507),
+    (CorruptObjectError, 500),
+    (ZswapdError, 500),
+]
+
+
+def status_of(exc: ZswapdError) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Limits and auth of the HTTP frontend.
+
+    Attributes:
+        max_pages_per_request: cap on pages in one store or load (default 1024).
+        token: bearer token wanted on every route but /healthz (None: no auth).
+    """
+
+    max_pages_per_request: int = 1024
+    token: str | None = None
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_pages_per_request * PAGE_SIZE
+
+
+# -- schemas ---------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="machine-readable error code")
+    detail: str = Field(description="what went wrong, for people")
+
+
+class HandleList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    handles: list[int] = Field(description="handles as the server returned them")
+
+
+class RecompressRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["huge", "idle", "huge_idle"] = "huge"
+    algo: str | None = Field(default=None, description="secondary algorithm (default: pool's)")
+    level: int | None = None
+    idle_seconds: float = Field(default=0, ge=0)
+    threshold: int | None = Field(default=None, gt=0)
+
+
+class RecompressResult(BaseModel):
+    candidates: int
+    recompressed: int
+    not_smaller: int
+    alloc_failed: int
+    bytes_saved: int
+
+
+class CompactResult(BaseModel):
+    pages_released: int
+
+
+class PoolSettings(BaseModel):
+    """A pool's configuration (every field optional; defaults are the kernel's)."""
+
+    model_config = ConfigDict(extra="forbid")
+    compressor: str = "zstd"
+    level: int | None = None
+    allocator: Literal["zsmalloc", "zbud", "z3fold"] = "zsmalloc"
+    chain_size: int = Field(default=8, ge=1, le=16)
+    limit_bytes: int = Field(default=0, ge=0)
+    huge_policy: Literal["store", "reject"] = "store"
+    accept_threshold_percent: int | None = Field(default=None, ge=0, le=100)
+    recompress_algo: str | None = None
+    recompress_level: int | None = None
+    allocator_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PoolList(BaseModel):
+    pools: list[str]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorBody, "description": d}
+    for s, d in (
+        (400, "malformed request"),
+        (401, "token missing or wrong"),
+        (404, "unknown pool or stale handle"),
+        (413, "request too large"),
+        (422, "wrong page size, or a page the pool rejects"),
+        (507, "pool limit reached"),
+    )
+}
+OCTETS = {
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+}
+
+PoolName = Annotated[
+    str, Path(description="pool name", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+]
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+async def _read_body(request: Request, cap: int) -> bytes:
+    """The request body, refusing past ``cap`` bytes without reading the rest."""
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise TooLargeError(f"body is over the {cap}-byte cap")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _Guard:
+    """ASGI middleware: bearer token, body caps, and timing of every request.
+
+    Pure ASGI rather than Starlette's BaseHTTPMiddleware: cheaper per request,
+    and it can refuse an oversized body before the app reads any of it.  A body
+    with no Content-Length is counted as it streams and refused at the cap.
+    """
+
+    # JSON bodies (handle lists, settings) never need more than this.
+    JSON_CAP = 1 << 20
+
+    def __init__(self, app: FastAPI, settings: ApiSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self._token = settings.token.encode() if settings.token is not None else None
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        headers = dict(scope["headers"])
+        if self._token is not None and path != "/healthz":
+            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given, self._token):
+                await _error(401, "unauthorized", "a valid bearer token is required")(
+                    scope, receive, send
+                )
+                return
+        cap = self.settings.max_body_bytes if path.endswith("/pages") else self.JSON_CAP
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > cap):
+            status, code = (413, "too_large") if declared.isdigit() else (400, "bad_request")
+            await _error(status, code, f"body over the {cap}-byte cap")(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    raise TooLargeError(f"body over the {cap}-byte cap")
+            return message
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            route = scope.get("route")
+            op = getattr(route, "name", None) or "unknown"
+            for observe in self.app.state.observers:
+                observe("http", op, time.perf_counter() - start)
+
+
+def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _Guard:
+    """The ASGI app serving ``registry`` (a FastAPI app behind a guard)."""
+    settings = settings or ApiSettings()
+    app = FastAPI(
+        title="zswapd",
+        version=__version__,
+        description="A userspace emulator of Linux compressed swap (zram / zswap).",
+        responses=ERRORS,
+    )
+    app.state.registry = registry
+    app.state.settings = settings
+    app.state.observers = []  # callables (interface, op, seconds): metrics hook in here
+
+    @app.exception_handler(ZswapdError)
+    async def zswapd_error(request: Request, exc: ZswapdError) -> JSONResponse:
+        return _error(status_of(exc), exc.code, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errs)
+        return _error(400, "bad_request", detail or "malformed request")
+
+    reg = registry
+
+    @app.get("/healthz", response_model=Health, name="healthz")
+    async def healthz() -> Health:
+        return Health(status="ok", version=__version__)
+
+    @app.get("/v1/pools", response_model=PoolList, name="pools_list")
+    async def list_pools() -> PoolList:
+        return PoolList(pools=reg.names())
+
+    @app.put("/v1/pools/{pool}", status_code=201, name="pool_create")
+    async def create_pool(
+        pool: PoolName, body: PoolSettings | None = None
+    ) -> dict[str, Any]:
+        config = PoolConfig.from_dict((body or PoolSettings()).model_dump())
+        created = await run_in_threadpool(reg.create, pool, config)
+        return {"pool": created.name, "config": created.config.to_dict()}
+
+    @app.delete("/v1/pools/{pool}", status_code=204, name="pool_remove")
+    async def remove_pool(pool: PoolName) -> Response:
+        reg.remove(pool)
+        return Response(status_code=204)
+
+    @app.post(
+        "/v1/pools/{pool}/pages",
+        status_code=201,
+        response_model=HandleList,
+        name="store",
+        openapi_extra={"requestBody": {"required": True, **OCTETS}},
+    )
+    async def store(pool: PoolName, request: Request) -> HandleList:
+        target = reg.get(pool)
+        body = await _read_body(request, settings.max_body_bytes)
+        handles = await run_in_threadpool(target.store, body)
+        return HandleList(handles=handles)
+
+    @app.get(
+        "/v1/pools/{pool}/pages/{handle}",
+        response_class=Response,
+        responses={200: OCTETS},
+        name="load",
+    )
+    async def load_one(pool: PoolName, handle: int) -> Response:
+        target = reg.get(pool)
+        (page,) = await run_in_threadpool(target.load, [handle])
+        return Response(page, media_type="application/octet-stream")
+
+    @app.post(
+        "/v1/pools/{pool}/pages:load",
+        response_class=Response,
+        responses={200: OCTETS},
+        name="load_batch",
+    )
+    async def load_batch(pool: PoolName, body: HandleList) -> Response:
+        target = reg.get(pool)
+        if len(body.handles) > settings.max_pages_per_request:
+            raise TooLargeError(
+                f"{len(body.handles)} handles; at most {settings.max_pages_per_request} a request"
+            )
+        pages = await run_in_threadpool(target.load, body.handles)
+        return Response(b"".join(pages), media_type="application/octet-stream")
+
+    @app.delete("/v1/pools/{pool}/pages/{handle}", status_code=204, name="free")
+    async def free_one(pool: PoolName, handle: int) -> Response:
+        reg.get(pool).free([handle])
+        return Response(status_code=204)
+
+    @app.post("/v1/pools/{pool}/pages:free", status_code=204, name="free_batch")
+    async def free_batch(pool: PoolName, body: HandleList) -> Response:
+        target = reg.get(pool)
+        if len(body.handles) > settings.max_pages_per_request:
+            raise TooLargeError(
+                f"{len(body.handles)} handles; at most {settings.max_pages_per_request} a request"
+            )
+        await run_in_threadpool(target.free, body.handles)
+        return Response(status_code=204)
+
+    @app.get("/v1/pools/{pool}/stats", name="stats")
+    async def stats(pool: PoolName) -> dict[str, Any]:
+        return await run_in_threadpool(reg.get(pool).stats)
+
+    @app.post("/v1/pools/{pool}/compact", response_model=CompactResult, name="compact")
+    async def compact(pool: PoolName) -> CompactResult:
+        released = await run_in_threadpool(reg.get(pool).compact)
+        return CompactResult(pages_released=released)
+
+    @app.post("/v1/pools/{pool}/recompress", response_model=RecompressResult, name="recompress")
+    async def recompress(
+        pool: PoolName, body: RecompressRequest | None = None
+    ) -> RecompressResult:
+        req = body or RecompressRequest()
+        target = reg.get(pool)
+        result = await run_in_threadpool(
+            lambda: target.recompress(
+                req.type,
+                algo=req.algo,
+                level=req.level,
+                idle_seconds=req.idle_seconds,
+                threshold=req.threshold,
+            )
+        )
+        return RecompressResult(**result)
+
+    return _Guard(app, settings)

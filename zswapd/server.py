@@ -1,0 +1,169 @@
+"""``zswapd serve``: the daemon process (uvicorn serving the HTTP API).
+
+Sockets are made here, not by uvicorn: a Unix socket is created with mode 0600
+(uvicorn would make it 0666), a stale socket file left by a crash is replaced,
+and a live one (another daemon answering on it) is refused with a clear message.
+SIGTERM and SIGINT stop accepting and let in-flight requests finish (uvicorn's
+graceful shutdown); the socket file is removed on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import stat
+import sys
+from dataclasses import dataclass
+
+import uvicorn
+
+from zswapd.errors import ConfigError
+from zswapd.http_api import ApiSettings, create_app
+from zswapd.pools import PoolRegistry
+from zswapd.settings import ServerSettings
+
+__all__ = ["Listener", "bind", "parse_listen", "serve"]
+
+log = logging.getLogger("zswapd")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Where to listen: a TCP host and port, or a Unix socket path."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    path: str | None = None
+
+    def url(self) -> str:
+        if self.path is not None:
+            return f"http+unix://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        if self.path is not None:
+            return True
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_listen(text: str) -> Listener:
+    """``HOST:PORT``, ``[V6]:PORT``, ``PORT`` or ``unix:PATH``.
+
+    Raises:
+        ConfigError: none of those.
+    """
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path:
+            raise ConfigError("unix: needs a path")
+        return Listener(path=path)
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"bad listen address {text!r}: use HOST:PORT or unix:PATH")
+    return Listener(host=host, port=int(port))
+
+
+def _claim_unix_path(path: str) -> None:
+    """Remove a stale socket at ``path``; refuse a live one or any other file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"{path} exists and is not a socket; not touching it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # left by a crash: nobody answers
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"another process is serving on {path}; stop it or choose another path")
+
+
+def bind(listener: Listener, mode: int = 0o600) -> socket.socket:
+    """A listening socket for ``listener`` (a Unix socket with ``mode``)."""
+    if listener.path is not None:
+        _claim_unix_path(listener.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # umask first so the socket is never, even briefly, wider than mode.
+        old = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(listener.path)
+        finally:
+            os.umask(old)
+        os.chmod(listener.path, mode)
+    else:
+        family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((listener.host, listener.port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {listener.url()}: {exc}") from exc
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: ServerSettings) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="zswapd: %(message)s")
+    if settings.unix_socket is not None:
+        raise ConfigError(
+            "--unix-socket (the binary protocol) is not built yet; serve HTTP on a Unix "
+            "socket with --http unix:PATH"
+        )
+    if settings.state_dir is not None:
+        raise ConfigError("--state-dir (restart without loss) is not built yet")
+    registry = PoolRegistry()
+    for name, pool_config in settings.pool_configs().items():
+        registry.create(name, pool_config)
+    token = settings.token()
+    listener = parse_listen(settings.http)
+    if not listener.loopback and token is None:
+        log.warning(
+            "WARNING: listening on %s, beyond loopback, WITHOUT a token: anyone who can "
+            "reach it can read and free every page. Set --auth-token-file.",
+            listener.url(),
+        )
+    sock = bind(listener)
+    if listener.port == 0 and listener.path is None:
+        listener = Listener(host=listener.host, port=sock.getsockname()[1])
+    app = create_app(
+        registry, ApiSettings(max_pages_per_request=settings.max_pages_per_request, token=token)
+    )
+    uv_config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(uv_config)
+    # One line a parent process can wait for (tests and scripts do).
+    print(f"zswapd: serving HTTP on {listener.url()}", file=sys.stderr, flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        if listener.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(listener.path)
+    print("zswapd: stopped", file=sys.stderr, flush=True)
+    return 0

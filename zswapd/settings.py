@@ -1,0 +1,180 @@
+"""The daemon's settings from defaults, a TOML file, the environment and flags.
+
+Precedence, lowest first: built-in defaults (today's kernel's), the TOML file
+given with ``--config``, ``ZSWAPD_*`` environment variables, command-line flags.
+A later source overrides only the keys it sets.
+
+The TOML file::
+
+    [server]
+    http = "127.0.0.1:7415"          # or "unix:/run/zswapd/http.sock"
+    auth_token_file = "/etc/zswapd/token"
+    max_pages_per_request = 1024
+
+    [pools.default]                  # the pool every client gets by default
+    compressor = "zstd"
+    level = 3
+    limit = "1G"                     # or limit_bytes = 1073741824
+
+    [pools.fast]                     # more pools, created at start
+    compressor = "lz4"
+
+Environment variables (for the default pool and the server): ``ZSWAPD_HTTP``,
+``ZSWAPD_AUTH_TOKEN_FILE``, ``ZSWAPD_MAX_PAGES_PER_REQUEST``,
+``ZSWAPD_COMPRESSOR``, ``ZSWAPD_LEVEL``, ``ZSWAPD_ALLOCATOR``,
+``ZSWAPD_CHAIN_SIZE``, ``ZSWAPD_POOL_LIMIT``, ``ZSWAPD_HUGE_POLICY``,
+``ZSWAPD_ACCEPT_THRESHOLD_PERCENT``, ``ZSWAPD_RECOMPRESS_ALGO``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zswapd.config import PoolConfig, check_pool_name
+from zswapd.errors import ConfigError
+
+__all__ = ["DEFAULT_HTTP", "ServerSettings", "load_settings", "parse_size"]
+
+DEFAULT_HTTP = "127.0.0.1:7415"
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+# (environment variable, pool setting, converter)
+_POOL_ENV: list[tuple[str, str, Any]] = [
+    ("ZSWAPD_COMPRESSOR", "compressor", str),
+    ("ZSWAPD_LEVEL", "level", int),
+    ("ZSWAPD_ALLOCATOR", "allocator", str),
+    ("ZSWAPD_CHAIN_SIZE", "chain_size", int),
+    ("ZSWAPD_POOL_LIMIT", "limit_bytes", lambda v: parse_size(v)),
+    ("ZSWAPD_HUGE_POLICY", "huge_policy", str),
+    ("ZSWAPD_ACCEPT_THRESHOLD_PERCENT", "accept_threshold_percent", int),
+    ("ZSWAPD_RECOMPRESS_ALGO", "recompress_algo", str),
+]
+_SERVER_ENV: list[tuple[str, str, Any]] = [
+    ("ZSWAPD_HTTP", "http", str),
+    ("ZSWAPD_AUTH_TOKEN_FILE", "auth_token_file", str),
+    ("ZSWAPD_MAX_PAGES_PER_REQUEST", "max_pages_per_request", int),
+]
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``4096``, ``512K``, ``1G``, ``1.5GiB`` ...
+
+    Raises:
+        ConfigError: not a size.
+    """
+    if isinstance(text, int):
+        if text < 0:
+            raise ConfigError(f"a size cannot be negative: {text}")
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ConfigError(f"not a size: {text!r} (use e.g. 4096, 512M, 1G)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@dataclass
+class ServerSettings:
+    """Everything ``zswapd serve`` needs, merged from every source."""
+
+    http: str = DEFAULT_HTTP
+    unix_socket: str | None = None
+    auth_token_file: str | None = None
+    max_pages_per_request: int = 1024
+    state_dir: str | None = None
+    pools: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
+
+    def pool_configs(self) -> dict[str, PoolConfig]:
+        """Each pool's PoolConfig.
+
+        Raises:
+            ConfigError: a bad pool name or setting.
+        """
+        out = {}
+        for name, raw in self.pools.items():
+            check_pool_name(name)
+            values = dict(raw)
+            if "limit" in values:
+                values["limit_bytes"] = parse_size(values.pop("limit"))
+            out[name] = PoolConfig.from_dict(values)
+        return out
+
+    def token(self) -> str | None:
+        """The bearer token, read from ``auth_token_file`` (stripped).
+
+        Raises:
+            ConfigError: the file cannot be read or is empty.
+        """
+        if self.auth_token_file is None:
+            return None
+        try:
+            token = Path(self.auth_token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the token file: {exc}") from exc
+        if not token:
+            raise ConfigError(f"the token file {self.auth_token_file} is empty")
+        return token
+
+
+def _convert(name: str, value: str, conv: Any) -> Any:
+    try:
+        return conv(value)
+    except (ValueError, ConfigError) as exc:
+        raise ConfigError(f"{name}={value!r}: {exc}") from exc
+
+
+def load_settings(
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> ServerSettings:
+    """Merge defaults, file, environment and flags (flags win).
+
+    ``flags`` holds server keys (http, unix_socket, auth_token_file,
+    max_pages_per_request, state_dir) and default-pool keys (compressor, level,
+    allocator, chain_size, limit_bytes, huge_policy, ...); None means unset.
+
+    Raises:
+        ConfigError: an unreadable file or a bad value.
+    """
+    settings = ServerSettings()
+    if config_file is not None:
+        try:
+            data = tomllib.loads(Path(config_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {config_file}: {exc}") from exc
+        server = data.pop("server", {})
+        pools = data.pop("pools", {})
+        if data:
+            raise ConfigError(f"{config_file}: unknown sections {', '.join(data)}")
+        for key, value in server.items():
+            if not hasattr(settings, key) or key == "pools":
+                raise ConfigError(f"{config_file}: unknown server setting {key!r}")
+            setattr(settings, key, value)
+        if not isinstance(pools, dict) or not all(isinstance(v, dict) for v in pools.values()):
+            raise ConfigError(f"{config_file}: [pools.NAME] tables expected")
+        settings.pools = {"default": {}, **{k: dict(v) for k, v in pools.items()}}
+    env = environ or {}
+    default = settings.pools.setdefault("default", {})
+    for var, key, conv in _SERVER_ENV:
+        if var in env:
+            setattr(settings, key, _convert(var, env[var], conv))
+    for var, key, conv in _POOL_ENV:
+        if var in env:
+            default[key] = _convert(var, env[var], conv)
+            if key == "limit_bytes":
+                default.pop("limit", None)
+    for key, value in (flags or {}).items():
+        if value is None:
+            continue
+        if hasattr(settings, key) and key != "pools":
+            setattr(settings, key, value)
+        else:
+            default[key] = value
+            if key == "limit_bytes":
+                default.pop("limit", None)
+    return settings
