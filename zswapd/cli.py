@@ -145,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="daemon URL: http://HOST:PORT or http+unix:///PATH ($ZSWAPD_URL)",
         )
         p.add_argument("--token-file", help="bearer token file ($ZSWAPD_TOKEN_FILE)")
-        p.add_argument("--batch-pages", type=int, default=1024, help="pages per request")
+        p.add_argument(
+            "--batch-pages", type=int, help="pages per request (default: the server's cap)"
+        )
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         return p
 

@@ -56,7 +56,8 @@ class Client:
         url: ``http://HOST:PORT``, ``http+unix:///path`` (or ``unix:///path``,
             the binary protocol, not built yet).
         token: bearer token, if the daemon wants one.
-        batch_pages: pages per request for large stores and loads.
+        batch_pages: pages per request for large stores and loads (default: the
+            server's cap, asked once).
         timeout: seconds per request.
     """
 
@@ -65,12 +66,12 @@ class Client:
         url: str,
         *,
         token: str | None = None,
-        batch_pages: int = 1024,
+        batch_pages: int | None = None,
         timeout: float = 60.0,
     ) -> None:
-        if batch_pages < 1:
+        if batch_pages is not None and batch_pages < 1:
             raise ValueError("batch_pages must be >= 1")
-        self.batch_pages = batch_pages
+        self._batch_pages = batch_pages
         headers = {"authorization": f"Bearer {token}"} if token else {}
         if url.startswith("http+unix://"):
             transport = httpx.HTTPTransport(uds=url[len("http+unix://") :])
@@ -115,9 +116,17 @@ class Client:
             raise cls(f"{response.status_code}: {detail}")
         return response
 
+    @property
+    def batch_pages(self) -> int:
+        """Pages per request: as given, or the server's cap (asked once)."""
+        if self._batch_pages is None:
+            self._batch_pages = int(self.health().get("max_pages_per_request", 1024))
+        return self._batch_pages
+
     def _batches(self, items: Sequence[Any]) -> Iterable[Sequence[Any]]:
-        for i in range(0, len(items), self.batch_pages):
-            yield items[i : i + self.batch_pages]
+        step = self.batch_pages
+        for i in range(0, len(items), step):
+            yield items[i : i + step]
 
     # -- pages ------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zswapd import __version__
 from zswapd.config import PoolConfig
@@ -139,6 +140,7 @@ class PoolList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
+    max_pages_per_request: int = Field(description="cap on pages in one store or load")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -254,6 +256,11 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
     async def zswapd_error(request: Request, exc: ZswapdError) -> JSONResponse:
         return _error(status_of(exc), exc.code, str(exc))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
@@ -264,7 +271,11 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
 
     @app.get("/healthz", response_model=Health, name="healthz")
     async def healthz() -> Health:
-        return Health(status="ok", version=__version__)
+        return Health(
+            status="ok",
+            version=__version__,
+            max_pages_per_request=settings.max_pages_per_request,
+        )
 
     @app.get("/v1/pools", response_model=PoolList, name="pools_list")
     async def list_pools() -> PoolList:

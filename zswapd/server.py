@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import stat
 import sys
@@ -121,6 +122,24 @@ def bind(listener: Listener, mode: int = 0o600) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, announcing itself once it accepts requests.
+
+    The line is printed after startup, when uvicorn's SIGTERM/SIGINT handlers
+    are in place, so a parent that signals right after reading it gets a
+    graceful stop, never the default (fatal) one.
+    """
+
+    def __init__(self, config: uvicorn.Config, ready_line: str) -> None:
+        super().__init__(config)
+        self._ready_line = ready_line
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        # One line a parent process can wait for (tests and scripts do).
+        print(self._ready_line, file=sys.stderr, flush=True)
+
+
 def serve(settings: ServerSettings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="zswapd: %(message)s")
@@ -155,9 +174,12 @@ def serve(settings: ServerSettings) -> int:
         lifespan="off",
         timeout_graceful_shutdown=30,
     )
-    server = uvicorn.Server(uv_config)
-    # One line a parent process can wait for (tests and scripts do).
-    print(f"zswapd: serving HTTP on {listener.url()}", file=sys.stderr, flush=True)
+    server = _Server(uv_config, f"zswapd: serving HTTP on {listener.url()}")
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to
+    # whatever handler was there before; with these, that re-raise is a no-op
+    # and the daemon cleans up and exits 0 instead of dying of the signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
     try:
         server.run(sockets=[sock])
     finally:

@@ -1,0 +1,81 @@
+"""Start a real ``zswapd serve`` process for tests, and stop it."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: list[str]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        assert self.proc.stderr is not None
+        rest = self.proc.stderr.read().decode(errors="replace")
+        self.log += rest.splitlines()
+        return self.proc.returncode
+
+
+def start_daemon(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> Daemon:
+    """``zswapd serve ARGS`` (default: loopback, a free port); waits until it serves."""
+    argv = [sys.executable, "-m", "zswapd.cli", "serve", *args]
+    if not any(a.startswith("--http") for a in args):
+        argv += ["--http", "127.0.0.1:0"]
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stderr is not None
+    log: list[str] = []
+    deadline = time.monotonic() + timeout
+    fd = proc.stderr.fileno()
+    buf = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                log.append(text)
+                m = re.search(r"serving HTTP on (\S+)", text)
+                if m:
+                    return Daemon(proc, m.group(1), log)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"zswapd serve did not start: {log} {buf!r}")
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "zswapd.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).resolve().parents[2],
+    )
