@@ -282,9 +282,7 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
         return PoolList(pools=reg.names())
 
     @app.put("/v1/pools/{pool}", status_code=201, name="pool_create")
-    async def create_pool(
-        pool: PoolName, body: PoolSettings | None = None
-    ) -> dict[str, Any]:
+    async def create_pool(pool: PoolName, body: PoolSettings | None = None) -> dict[str, Any]:
         config = PoolConfig.from_dict((body or PoolSettings()).model_dump())
         created = await run_in_threadpool(reg.create, pool, config)
         return {"pool": created.name, "config": created.config.to_dict()}
@@ -358,9 +356,7 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
         return CompactResult(pages_released=released)
 
     @app.post("/v1/pools/{pool}/recompress", response_model=RecompressResult, name="recompress")
-    async def recompress(
-        pool: PoolName, body: RecompressRequest | None = None
-    ) -> RecompressResult:
+    async def recompress(pool: PoolName, body: RecompressRequest | None = None) -> RecompressResult:
         req = body or RecompressRequest()
         target = reg.get(pool)
         result = await run_in_threadpool(
