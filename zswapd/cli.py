@@ -113,6 +113,16 @@ def _cmd_bench_store(args: argparse.Namespace) -> int:
     return _emit(args, result, bench.render)
 
 
+def _cmd_bench_http(args: argparse.Namespace) -> int:
+    from zswapd.bench import http as bench
+
+    pages = _load_corpus(args)
+    if pages is None:
+        return 2
+    result = bench.run(pages, repeats=args.repeats, n_pages=args.pages, progress=_progress(args))
+    return _emit(args, result, bench.render)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zswapd", description="A userspace emulator of Linux compressed swap (zram/zswap)."
@@ -207,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     store.add_argument("--json", action="store_true", help="print JSON")
     store.set_defaults(func=_cmd_bench_store)
+
+    http = bench_sub.add_parser("http", help="store/load over HTTP against bare lz4")
+    http.add_argument("--corpus", nargs="+", metavar="FILE", help="page files (default: shared)")
+    http.add_argument("--repeats", type=int, default=5, help="runs per figure")
+    http.add_argument("--pages", type=int, default=4096, help="pages sampled")
+    http.add_argument("--json", action="store_true", help="print JSON")
+    http.set_defaults(func=_cmd_bench_http)
     return parser
 
 

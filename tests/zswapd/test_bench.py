@@ -129,3 +129,32 @@ def test_bench_store_json_has_every_field(tmp_path: Path) -> None:
     for kind in ("huge", "idle"):
         row = result["recompression"][kind]
         assert row["candidates"] >= row["recompressed"] >= 0
+
+
+def test_bench_http_json_has_every_field(tmp_path: Path) -> None:
+    corpus = _tiny_corpus(tmp_path / "tiny.pages")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zswapd.cli",
+            "bench",
+            "http",
+            "--corpus",
+            str(corpus),
+            "--repeats",
+            "1",
+            "--pages",
+            "128",
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    result = json.loads(out.stdout)
+    assert result["pages"] == 128
+    assert set(result["ratio_to_lz4"]) == {"store_1", "store_64", "load_1", "load_64"}
+    assert all(v > 0 for v in result["rates_per_s"].values())
+    assert result["healthz_us"] > 0

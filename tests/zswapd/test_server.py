@@ -1,0 +1,43 @@
+"""Listening sockets and listen addresses."""
+
+from __future__ import annotations
+
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from zswapd.errors import ConfigError
+from zswapd.server import Listener, bind, parse_listen
+
+
+def test_listen_addresses() -> None:
+    assert parse_listen("127.0.0.1:7415") == Listener("127.0.0.1", 7415)
+    assert parse_listen("[::1]:80") == Listener("::1", 80)
+    assert parse_listen("9000") == Listener("127.0.0.1", 9000)
+    assert parse_listen("unix:/run/z.sock") == Listener(path="/run/z.sock")
+    for bad in ("unix:", "host:port", "1.2.3.4:99999"):
+        with pytest.raises(ConfigError):
+            parse_listen(bad)
+    assert Listener("127.0.0.1", 1).loopback and Listener("::1", 1).loopback
+    assert not Listener("0.0.0.0", 1).loopback and not Listener("10.1.2.3", 1).loopback
+
+
+def test_tcp_socket_says_tcp_so_asyncio_disables_nagle() -> None:
+    # With proto 0 asyncio leaves Nagle on for accepted connections, and every
+    # keep-alive response written in two parts waited 40 ms for a delayed ACK.
+    sock = bind(Listener("127.0.0.1", 0))
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+
+
+def test_unix_socket_mode(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    sock = bind(Listener(path=str(path)))
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        sock.close()
