@@ -17,6 +17,7 @@ from zswapd.cli_client import (
     cmd_pools,
     cmd_push,
     cmd_stats,
+    pool_flags,
     run_client_command,
 )
 from zswapd.corpus import default_corpus_files, load_pages
@@ -28,7 +29,7 @@ __all__ = ["main"]
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from zswapd.server import serve
-    from zswapd.settings import load_settings, parse_size
+    from zswapd.settings import load_settings
 
     try:
         flags = {
@@ -37,12 +38,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "auth_token_file": args.auth_token_file,
             "max_pages_per_request": args.max_pages_per_request,
             "state_dir": args.state_dir,
-            "compressor": args.compressor,
-            "level": args.level,
-            "allocator": args.allocator,
-            "chain_size": args.chain_size,
-            "limit_bytes": parse_size(args.pool_limit) if args.pool_limit else None,
-            "huge_policy": args.huge_policy,
+            **pool_flags(args),
             "accept_threshold_percent": args.accept_threshold_percent,
             "recompress_algo": args.recompress_algo,
         }

@@ -27,7 +27,16 @@ from zswapd.errors import ConfigError, ZswapdError
 from zswapd.pool import PAGE_SIZE
 from zswapd.procmem import ProcessPages
 
-__all__ = ["cmd_fetch", "cmd_free", "cmd_pools", "cmd_push", "cmd_stats", "format_classes"]
+__all__ = [
+    "cmd_fetch",
+    "cmd_free",
+    "cmd_pools",
+    "cmd_push",
+    "cmd_stats",
+    "format_classes",
+    "pool_flags",
+    "run_client_command",
+]
 
 HEADER = "# zswapd handles v1"
 CHUNK = 256  # pages read and sent at a time
@@ -204,7 +213,7 @@ def cmd_pools(args: argparse.Namespace) -> int:
             for name in client.pools():
                 print(name)
         elif args.action == "create":
-            config = {k: v for k, v in _pool_flags(args).items() if v is not None}
+            config = {k: v for k, v in pool_flags(args).items() if v is not None}
             result = client.create_pool(args.name, **config)
             print(json.dumps(result, indent=2))
         elif args.action == "remove":
@@ -213,7 +222,8 @@ def cmd_pools(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pool_flags(args: argparse.Namespace) -> dict[str, Any]:
+def pool_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The pool settings given as flags (None where not given)."""
     from zswapd.settings import parse_size
 
     return {

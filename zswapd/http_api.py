@@ -284,6 +284,10 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
 
     reg = registry
 
+    def check_batch(n: int) -> None:
+        if n > settings.max_pages_per_request:
+            raise TooLargeError(f"{n} handles; at most {settings.max_pages_per_request} a request")
+
     @app.get("/healthz", response_model=Health, name="healthz")
     async def healthz() -> Health:
         return Health(
@@ -339,10 +343,7 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
     )
     async def load_batch(pool: PoolName, body: HandleList) -> Response:
         target = reg.get(pool)
-        if len(body.handles) > settings.max_pages_per_request:
-            raise TooLargeError(
-                f"{len(body.handles)} handles; at most {settings.max_pages_per_request} a request"
-            )
+        check_batch(len(body.handles))
         pages: list[bytes] = await _offload(len(body.handles), target.load, body.handles)
         return Response(b"".join(pages), media_type="application/octet-stream")
 
@@ -354,10 +355,7 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
     @app.post("/v1/pools/{pool}/pages:free", status_code=204, name="free_batch")
     async def free_batch(pool: PoolName, body: HandleList) -> Response:
         target = reg.get(pool)
-        if len(body.handles) > settings.max_pages_per_request:
-            raise TooLargeError(
-                f"{len(body.handles)} handles; at most {settings.max_pages_per_request} a request"
-            )
+        check_batch(len(body.handles))
         await _offload(len(body.handles), target.free, body.handles)
         return Response(status_code=204)
 

@@ -8,11 +8,19 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
+from tests.zswapd.daemon import run_cli
 from zswapd.bench.allocator import configs
+
+
+def _bench_json(*args: str) -> dict[str, Any]:
+    """``zswapd bench ARGS --json``, run as a user would, parsed."""
+    out = run_cli("bench", *args, "--json", timeout=600)
+    assert out.returncode == 0, out.stderr
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
 
 
 def _tiny_corpus(path: Path) -> Path:
@@ -33,30 +41,18 @@ def _tiny_corpus(path: Path) -> Path:
 
 def test_bench_allocator_json_has_every_field(tmp_path: Path) -> None:
     corpus = _tiny_corpus(tmp_path / "tiny.pages")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "zswapd.cli",
-            "bench",
-            "allocator",
-            "--corpus",
-            str(corpus),
-            "--objects",
-            "1500",
-            "3000",
-            "--repeats",
-            "1",
-            "--rss-objects",
-            "2000",
-            "--json",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = _bench_json(
+        "allocator",
+        "--corpus",
+        str(corpus),
+        "--objects",
+        "1500",
+        "3000",
+        "--repeats",
+        "1",
+        "--rss-objects",
+        "2000",
     )
-    result = json.loads(out.stdout)
     assert result["corpus_pages"] == 300 and result["workload_objects"] == 270
     labels = [label for label, _, _ in configs([100, 200], 10)]
     for scale in ("1500", "3000"):
@@ -83,39 +79,14 @@ def test_bench_allocator_json_has_every_field(tmp_path: Path) -> None:
 def test_bench_refuses_a_corpus_that_is_not_whole_pages(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pages"
     bad.write_bytes(b"x" * 5000)
-    out = subprocess.run(
-        [sys.executable, "-m", "zswapd.cli", "bench", "allocator", "--corpus", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_cli("bench", "allocator", "--corpus", str(bad))
     assert out.returncode == 2
     assert "not a whole number of 4096-byte pages" in out.stderr
 
 
 def test_bench_store_json_has_every_field(tmp_path: Path) -> None:
     corpus = _tiny_corpus(tmp_path / "tiny.pages")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "zswapd.cli",
-            "bench",
-            "store",
-            "--corpus",
-            str(corpus),
-            "--repeats",
-            "1",
-            "--speed-pages",
-            "120",
-            "--json",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    result = json.loads(out.stdout)
+    result = _bench_json("store", "--corpus", str(corpus), "--repeats", "1", "--speed-pages", "120")
     assert result["corpus_pages"] == 300
     ratios = result["ratios"]
     assert {"lz4", "zstd-3 (default)", "zstd-3 + 64 KiB dictionary"} <= set(ratios)
@@ -133,27 +104,7 @@ def test_bench_store_json_has_every_field(tmp_path: Path) -> None:
 
 def test_bench_http_json_has_every_field(tmp_path: Path) -> None:
     corpus = _tiny_corpus(tmp_path / "tiny.pages")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "zswapd.cli",
-            "bench",
-            "http",
-            "--corpus",
-            str(corpus),
-            "--repeats",
-            "1",
-            "--pages",
-            "128",
-            "--json",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    result = json.loads(out.stdout)
+    result = _bench_json("http", "--corpus", str(corpus), "--repeats", "1", "--pages", "128")
     assert result["pages"] == 128
     assert set(result["ratio_to_lz4"]) == {"store_1", "store_64", "load_1", "load_64"}
     assert all(v > 0 for v in result["rates_per_s"].values())
