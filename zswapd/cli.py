@@ -35,6 +35,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         flags = {
             "http": args.http,
             "unix_socket": args.unix_socket,
+            "socket_mode": args.socket_mode,
             "auth_token_file": args.auth_token_file,
             "max_pages_per_request": args.max_pages_per_request,
             "state_dir": args.state_dir,
@@ -133,7 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         "then ZSWAPD_* environment variables, then --config FILE (TOML), then defaults.",
     )
     serve.add_argument("--http", metavar="HOST:PORT|unix:PATH", help="HTTP API (127.0.0.1:7415)")
-    serve.add_argument("--unix-socket", metavar="PATH", help="binary protocol (not built yet)")
+    serve.add_argument("--unix-socket", metavar="PATH", help="wire protocol (docs/protocol.md)")
+    serve.add_argument(
+        "--socket-mode",
+        type=lambda v: int(v, 8),
+        help="mode of Unix sockets, octal (0600; 0660 lets a group in)",
+    )
     serve.add_argument("--config", metavar="FILE", help="TOML settings file")
     serve.add_argument("--auth-token-file", metavar="FILE", help="require this bearer token")
     serve.add_argument("--max-pages-per-request", type=int, help="body cap in pages (1024)")
@@ -148,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--url",
             default=os.environ.get("ZSWAPD_URL", f"http://{DEFAULT_HTTP}"),
-            help="daemon URL: http://HOST:PORT or http+unix:///PATH ($ZSWAPD_URL)",
+            help="daemon: http://HOST:PORT, http+unix:///PATH (HTTP) or unix:///PATH (wire)"
+            " ($ZSWAPD_URL)",
         )
         p.add_argument("--token-file", help="bearer token file ($ZSWAPD_TOKEN_FILE)")
         p.add_argument(

@@ -1,8 +1,8 @@
 """The Python client: ``Client(url)`` over HTTP, on TCP or a Unix socket.
 
 ``http://HOST:PORT`` and ``http+unix:///path`` speak the HTTP API through one
-reused connection (httpx); ``unix:///path`` will speak the binary protocol once
-it exists.  Large stores, loads and frees are cut into requests of at most
+reused connection (httpx); ``unix:///path`` speaks the wire protocol
+(docs/protocol.md), pipelined.  Large stores, loads and frees are cut into requests of at most
 ``batch_pages`` pages (the server's default cap is 1024) and put back together,
 so a caller can hand over any number of pages at once.  Errors come back as the
 same exception classes the store raises (``PoolLimitError``, ...).
@@ -17,44 +17,19 @@ from typing import Any
 
 import httpx
 
-from zswapd import errors
-from zswapd.errors import ZswapdError
+from zswapd.errors import UnauthorizedError, ZswapdError, error_class
 from zswapd.pool import PAGE_SIZE, split_pages
+from zswapd.wire_client import WireClient
 
-__all__ = ["Client"]
-
-_BY_CODE: dict[str, type[ZswapdError]] = {
-    cls.code: cls
-    for cls in (
-        errors.InvalidRequestError,
-        errors.ConfigError,
-        errors.PageSizeError,
-        errors.StaleHandleError,
-        errors.UnknownPoolError,
-        errors.PoolExistsError,
-        errors.TooLargeError,
-        errors.PoolLimitError,
-        errors.CompressPoorError,
-        errors.CorruptObjectError,
-    )
-}
-
-
-class UnauthorizedError(ZswapdError):
-    """The server wants a (different) bearer token."""
-
-    code = "unauthorized"
-
-
-_BY_CODE["unauthorized"] = UnauthorizedError
+__all__ = ["Client", "UnauthorizedError"]
 
 
 class Client:
     """A connection to a zswapd daemon.
 
     Args:
-        url: ``http://HOST:PORT``, ``http+unix:///path`` (or ``unix:///path``,
-            the binary protocol, not built yet).
+        url: ``http://HOST:PORT``, ``http+unix:///path`` (HTTP) or
+            ``unix:///path`` (the wire protocol: pages, stats and compact only).
         token: bearer token, if the daemon wants one.
         batch_pages: pages per request for large stores and loads (default: the
             server's cap, asked once).
@@ -72,6 +47,7 @@ class Client:
         if batch_pages is not None and batch_pages < 1:
             raise ValueError("batch_pages must be >= 1")
         self._batch_pages = batch_pages
+        self._wire: WireClient | None = None
         headers = {"authorization": f"Bearer {token}"} if token else {}
         if url.startswith("http+unix://"):
             transport = httpx.HTTPTransport(uds=url[len("http+unix://") :])
@@ -81,10 +57,8 @@ class Client:
         elif url.startswith(("http://", "https://")):
             self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
         elif url.startswith("unix://"):
-            raise ZswapdError(
-                "the binary protocol (unix://) is not built yet; use http+unix:// for HTTP "
-                "on a Unix socket"
-            )
+            self._wire = WireClient(url[len("unix://") :], token=token)
+            return
         else:
             raise ValueError(f"unsupported URL {url!r}: use http://, http+unix:// or unix://")
 
@@ -100,7 +74,14 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        if self._wire is not None:
+            self._wire.close()
+        else:
+            self._http.close()
+
+    def _http_only(self, what: str) -> None:
+        if self._wire is not None:
+            raise ZswapdError(f"{what} is not part of the wire protocol; use the HTTP URL")
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -112,7 +93,7 @@ class Client:
                 code, detail = body["error"], body["detail"]
             except (ValueError, KeyError, TypeError):
                 code, detail = "internal", response.text[:200]
-            cls = _BY_CODE.get(code, ZswapdError)
+            cls = error_class(code)
             raise cls(f"{response.status_code}: {detail}")
         return response
 
@@ -137,6 +118,8 @@ class Client:
         fails, the pages stored by the earlier ones are freed before raising.
         """
         batch = split_pages(pages)
+        if self._wire is not None:
+            return self._wire.store(batch, pool)
         handles: list[int] = []
         try:
             for part in self._batches(batch):
@@ -155,6 +138,8 @@ class Client:
 
     def load(self, handles: Sequence[int], pool: str = "default") -> list[bytes]:
         """The pages of ``handles``, in order."""
+        if self._wire is not None:
+            return self._wire.load(handles, pool)
         out: list[bytes] = []
         for part in self._batches(list(handles)):
             r = self._request("POST", f"/v1/pools/{pool}/pages:load", json={"handles": part})
@@ -165,34 +150,46 @@ class Client:
         return out
 
     def load_one(self, handle: int, pool: str = "default") -> bytes:
+        if self._wire is not None:
+            return self._wire.load([handle], pool)[0]
         return self._request("GET", f"/v1/pools/{pool}/pages/{handle}").content
 
     def free(self, handles: Sequence[int], pool: str = "default") -> None:
         """Free the pages of ``handles``."""
+        if self._wire is not None:
+            self._wire.free(handles, pool)
+            return
         for part in self._batches(list(handles)):
             self._request("POST", f"/v1/pools/{pool}/pages:free", json={"handles": part})
 
     # -- pools ------------------------------------------------------------------------
 
     def stats(self, pool: str = "default") -> dict[str, Any]:
+        if self._wire is not None:
+            return self._wire.stats(pool)
         result: dict[str, Any] = self._request("GET", f"/v1/pools/{pool}/stats").json()
         return result
 
     def compact(self, pool: str = "default") -> int:
+        if self._wire is not None:
+            return self._wire.compact(pool)
         released: int = self._request("POST", f"/v1/pools/{pool}/compact").json()["pages_released"]
         return released
 
     def recompress(self, pool: str = "default", **params: Any) -> dict[str, int]:
+        self._http_only("recompress")
         result: dict[str, int] = self._request(
             "POST", f"/v1/pools/{pool}/recompress", json=params
         ).json()
         return result
 
     def pools(self) -> list[str]:
+        self._http_only("listing pools")
         names: list[str] = self._request("GET", "/v1/pools").json()["pools"]
         return names
 
     def create_pool(self, name: str, **config: Any) -> dict[str, Any]:
+        self._http_only("creating a pool")
         result: dict[str, Any] = self._request(
             "PUT",
             f"/v1/pools/{name}",
@@ -202,8 +199,10 @@ class Client:
         return result
 
     def remove_pool(self, name: str) -> None:
+        self._http_only("removing a pool")
         self._request("DELETE", f"/v1/pools/{name}")
 
     def health(self) -> dict[str, Any]:
+        self._http_only("health")
         result: dict[str, Any] = self._request("GET", "/healthz").json()
         return result

@@ -10,6 +10,7 @@ The tree (HTTP status in brackets, mapped in one table by the HTTP layer)::
     ├── UnknownPoolError        no pool of that name [404]
     ├── PoolExistsError         a pool of that name exists already [409]
     ├── TooLargeError           a request past the configured caps [413]
+    ├── UnauthorizedError       the server wants a (different) token [401]
     ├── PoolLimitError          the pool's memory limit is reached [507]
     ├── CompressPoorError       rejected: compresses too poorly (huge_policy=reject) [422]
     └── CorruptObjectError      a stored object no longer decompresses [500]
@@ -29,8 +30,10 @@ __all__ = [
     "PoolLimitError",
     "StaleHandleError",
     "TooLargeError",
+    "UnauthorizedError",
     "UnknownPoolError",
     "ZswapdError",
+    "error_class",
 ]
 
 
@@ -82,3 +85,32 @@ class CompressPoorError(ZswapdError):
 
 class CorruptObjectError(ZswapdError):
     code = "corrupt_object"
+
+
+class UnauthorizedError(ZswapdError):
+    """The server wants a (different) bearer token."""
+
+    code = "unauthorized"
+
+
+def error_class(code: str) -> type[ZswapdError]:
+    """The exception class for an error code sent by a server (ZswapdError if unknown)."""
+    for cls in _ALL:
+        if cls.code == code:
+            return cls
+    return ZswapdError
+
+
+_ALL: tuple[type[ZswapdError], ...] = (
+    ConfigError,
+    InvalidRequestError,
+    PageSizeError,
+    StaleHandleError,
+    UnknownPoolError,
+    PoolExistsError,
+    TooLargeError,
+    PoolLimitError,
+    CompressPoorError,
+    CorruptObjectError,
+    UnauthorizedError,
+)

@@ -9,6 +9,7 @@ graceful shutdown); the socket file is removed on the way out.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -25,6 +26,7 @@ from zswapd.errors import ConfigError
 from zswapd.http_api import ApiSettings, create_app
 from zswapd.pools import PoolRegistry
 from zswapd.settings import ServerSettings
+from zswapd.wire_server import WireSettings, start_wire_server
 
 __all__ = ["Listener", "bind", "parse_listen", "serve"]
 
@@ -133,24 +135,34 @@ class _Server(uvicorn.Server):
     graceful stop, never the default (fatal) one.
     """
 
-    def __init__(self, config: uvicorn.Config, ready_line: str) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        ready_lines: list[str],
+        wire: tuple[socket.socket, PoolRegistry, WireSettings] | None = None,
+    ) -> None:
         super().__init__(config)
-        self._ready_line = ready_line
+        self._ready_lines = ready_lines
+        self._wire = wire
+        self._wire_server: asyncio.Server | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
-        # One line a parent process can wait for (tests and scripts do).
-        print(self._ready_line, file=sys.stderr, flush=True)
+        if self._wire is not None:
+            self._wire_server = await start_wire_server(*self._wire)
+        # Lines a parent process can wait for (tests and scripts do).
+        for line in self._ready_lines:
+            print(line, file=sys.stderr, flush=True)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._wire_server is not None:
+            self._wire_server.close()
+        await super().shutdown(sockets=sockets)
 
 
 def serve(settings: ServerSettings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="zswapd: %(message)s")
-    if settings.unix_socket is not None:
-        raise ConfigError(
-            "--unix-socket (the binary protocol) is not built yet; serve HTTP on a Unix "
-            "socket with --http unix:PATH"
-        )
     if settings.state_dir is not None:
         raise ConfigError("--state-dir (restart without loss) is not built yet")
     registry = PoolRegistry()
@@ -164,7 +176,7 @@ def serve(settings: ServerSettings) -> int:
             "reach it can read and free every page. Set --auth-token-file.",
             listener.url(),
         )
-    sock = bind(listener)
+    sock = bind(listener, settings.socket_mode)
     if listener.port == 0 and listener.path is None:
         listener = Listener(host=listener.host, port=sock.getsockname()[1])
     app = create_app(
@@ -177,7 +189,17 @@ def serve(settings: ServerSettings) -> int:
         lifespan="off",
         timeout_graceful_shutdown=30,
     )
-    server = _Server(uv_config, f"zswapd: serving HTTP on {listener.url()}")
+    ready = [f"zswapd: serving HTTP on {listener.url()}"]
+    wire = None
+    wire_path = settings.unix_socket
+    if wire_path is not None:
+        wire_sock = bind(Listener(path=wire_path), settings.socket_mode)
+        wire_settings = WireSettings(
+            max_pages_per_request=settings.max_pages_per_request, token=token
+        )
+        wire = (wire_sock, registry, wire_settings)
+        ready.append(f"zswapd: serving the wire protocol on unix://{wire_path}")
+    server = _Server(uv_config, ready, wire)
     # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to
     # whatever handler was there before; with these, that re-raise is a no-op
     # and the daemon cleans up and exits 0 instead of dying of the signal.
@@ -187,8 +209,9 @@ def serve(settings: ServerSettings) -> int:
         server.run(sockets=[sock])
     finally:
         sock.close()
-        if listener.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(listener.path)
+        for path in (listener.path, wire_path):
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
     print("zswapd: stopped", file=sys.stderr, flush=True)
     return 0

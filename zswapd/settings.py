@@ -86,6 +86,8 @@ class ServerSettings:
     auth_token_file: str | None = None
     max_pages_per_request: int = 1024
     state_dir: str | None = None
+    # Mode of Unix sockets (0600: the owner only; 0660 lets a group in).
+    socket_mode: int = 0o600
     pools: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
 
     def pool_configs(self) -> dict[str, PoolConfig]:

@@ -1,0 +1,215 @@
+"""The wire protocol's sans-IO core: frames in, frames out, no sockets.
+
+Theory of operation: a :class:`FrameParser` owns one preallocated receive
+buffer of ``HEADER_SIZE + max_payload`` bytes.  The I/O layer asks it for free
+space (:meth:`FrameParser.get_buffer`), receives straight into it
+(``recv_into`` or asyncio's BufferedProtocol), reports how much arrived
+(:meth:`FrameParser.buffer_updated`), then takes whole frames out with
+:meth:`FrameParser.next_frame` until it answers None (need more data).  A
+header is checked as soon as its 16 bytes are in, before any payload is
+waited for, so a bad or oversized frame is refused after 16 bytes, whatever
+length it claims: the work done for a peer is O(bytes it actually sent), and
+memory never exceeds the buffer.
+
+Any framing error raises :class:`ProtocolError` with the status to send back;
+after one the stream cannot be trusted and the connection must be closed.
+The format is docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "MAGIC",
+    "RESPONSE",
+    "VERSION",
+    "Frame",
+    "FrameParser",
+    "Op",
+    "ProtocolError",
+    "encode",
+    "encode_error",
+]
+
+MAGIC = 0x5A53
+VERSION = 1
+HEADER = struct.Struct("<HBBHHII")
+HEADER_SIZE = HEADER.size
+RESPONSE = 0x80
+
+
+class Op(IntEnum):
+    HELLO = 0x01
+    USE_POOL = 0x02
+    STORE = 0x10
+    LOAD = 0x11
+    FREE = 0x12
+    STATS = 0x20
+    COMPACT = 0x21
+
+
+_OPS = frozenset(int(op) for op in Op)
+
+
+class ProtocolError(Exception):
+    """A framing error: send an error frame with ``status`` and close.
+
+    Attributes:
+        status: the error status (400, 413, 505...).
+        code: the error code for the JSON payload.
+        request_id: the offending frame's id, or 0 if the header was unreadable.
+    """
+
+    def __init__(self, status: int, code: str, detail: str, request_id: int = 0) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame: header fields and its payload."""
+
+    op: int
+    request_id: int
+    payload: bytes
+    status: int = 0
+    flags: int = 0
+
+    @property
+    def is_response(self) -> bool:
+        return bool(self.op & RESPONSE)
+
+
+def encode(op: int, request_id: int, payload: bytes = b"", status: int = 0) -> bytes:
+    """A frame's bytes (header and payload)."""
+    return HEADER.pack(MAGIC, VERSION, op, 0, status, request_id, len(payload)) + payload
+
+
+def encode_error(op: int, request_id: int, status: int, code: str, detail: str) -> bytes:
+    """An error response frame for a request of ``op``."""
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    return encode((op | RESPONSE) & 0xFF, request_id, body, status)
+
+
+class FrameParser:
+    """Frames out of a byte stream, in one preallocated buffer.
+
+    Args:
+        max_payload: the largest payload accepted; a header claiming more is a
+            413 ProtocolError.
+        responses: parse response frames (a client) instead of requests (a server).
+    """
+
+    def __init__(self, max_payload: int, *, responses: bool = False) -> None:
+        if max_payload < 0:
+            raise ValueError("max_payload must be >= 0")
+        self.max_payload = max_payload
+        self._responses = responses
+        self._buf = bytearray(HEADER_SIZE + max_payload)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first unconsumed byte
+        self._end = 0  # one past the last received byte
+        self._pending: list[Frame] = []  # frames feed() had to take out early
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet taken out as frames."""
+        return self._end - self._start
+
+    def get_buffer(self) -> memoryview:
+        """Free space to receive into (never empty while a frame is incomplete)."""
+        if self._start and self._end == len(self._buf):
+            # Slide the unconsumed tail to the front: O(bytes kept), at most one frame.
+            n = self._end - self._start
+            self._buf[:n] = self._view[self._start : self._end]
+            self._start, self._end = 0, n
+        elif self._start == self._end:
+            self._start = self._end = 0
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of the last get_buffer()."""
+        if nbytes < 0 or self._end + nbytes > len(self._buf):
+            raise ValueError("buffer_updated past the buffer")
+        self._end += nbytes
+
+    def feed(self, data: bytes) -> None:
+        """Copy ``data`` in (for callers without recv_into); may raise ProtocolError.
+
+        Frames are parsed as the buffer fills, so a stream of many frames fits
+        through a buffer of one; complete frames are kept for next_frame().
+        """
+        view = memoryview(data)
+        while view:
+            if self.buffered >= HEADER_SIZE:
+                self._check_header()
+            space = self.get_buffer()
+            if not space:
+                raise ProtocolError(500, "internal", "feed() with complete frames not taken out")
+            n = min(len(space), len(view))
+            space[:n] = view[:n]
+            self.buffer_updated(n)
+            view = view[n:]
+            if view:
+                # Make room: frames already complete must be taken by the caller.
+                self._pending.extend(self._drain())
+
+    def _drain(self) -> list[Frame]:
+        out = []
+        while (frame := self._next()) is not None:
+            out.append(frame)
+        return out
+
+    def next_frame(self) -> Frame | None:
+        """The next whole frame, or None until more data arrives.
+
+        Raises:
+            ProtocolError: the next header is malformed or claims too much.
+        """
+        if self._pending:
+            return self._pending.pop(0)
+        return self._next()
+
+    def _check_header(self) -> tuple[int, int, int, int]:
+        magic, version, op, _flags, status, request_id, length = HEADER.unpack_from(
+            self._buf, self._start
+        )
+        if magic != MAGIC:
+            raise ProtocolError(400, "bad_request", f"bad magic 0x{magic:04x}")
+        if version != VERSION:
+            raise ProtocolError(
+                505,
+                "bad_version",
+                f"protocol version {version}; this side speaks {VERSION}",
+                request_id,
+            )
+        base = op & ~RESPONSE
+        if bool(op & RESPONSE) != self._responses or base not in _OPS:
+            raise ProtocolError(400, "bad_request", f"unknown op 0x{op:02x}", request_id)
+        if length > self.max_payload:
+            raise ProtocolError(
+                413,
+                "too_large",
+                f"payload of {length} bytes; at most {self.max_payload}",
+                request_id,
+            )
+        return op, status, request_id, length
+
+    def _next(self) -> Frame | None:
+        if self.buffered < HEADER_SIZE:
+            return None
+        op, status, request_id, length = self._check_header()
+        end = self._start + HEADER_SIZE + length
+        if end > self._end:
+            return None
+        payload = bytes(self._view[self._start + HEADER_SIZE : end])
+        self._start = end
+        return Frame(op, request_id, payload, status)

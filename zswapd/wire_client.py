@@ -1,0 +1,271 @@
+"""Clients of the wire protocol (docs/protocol.md): blocking and asyncio.
+
+Both pipeline: a large store, load or free is cut into requests of the
+server's ``max_payload`` and up to ``window`` of them are sent before the first
+answer is read; answers are matched by request id.  Like HTTP batches, a large
+store is all or nothing from the caller's view: if one request fails, the
+handles of the others are freed before the error is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from zswapd.errors import ZswapdError, error_class
+from zswapd.pool import PAGE_SIZE
+from zswapd.protocol import RESPONSE, VERSION, Frame, FrameParser, Op, encode
+
+__all__ = ["AsyncWireClient", "WireClient"]
+
+_HELLO_REPLY = struct.Struct("<HHIII")
+# Responses the client accepts: a LOAD of the largest request, or a stats document.
+_CLIENT_MAX_PAYLOAD = 1 << 23
+
+
+def _raise_for(frame: Frame) -> None:
+    try:
+        body = json.loads(frame.payload)
+        code, detail = body["error"], body["detail"]
+    except (ValueError, KeyError, TypeError):
+        code, detail = "internal", frame.payload[:200].decode(errors="replace")
+    raise error_class(code)(f"{frame.status}: {detail}")
+
+
+def _hello_payload(token: str | None) -> bytes:
+    return struct.pack("<HH", VERSION, VERSION) + (token or "").encode()
+
+
+def _u64s(values: Sequence[int]) -> bytes:
+    try:
+        return struct.pack(f"<{len(values)}Q", *values)
+    except struct.error as exc:
+        raise ZswapdError(f"a handle is not a u64: {exc}") from exc
+
+
+class _Requests:
+    """Request ids and the batching arithmetic shared by both clients."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.max_pages = 1
+        self._next_id = 0
+
+    def take_id(self) -> int:
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        return self._next_id
+
+    def chunks(self, items: Sequence[Any]) -> list[Sequence[Any]]:
+        step = self.max_pages
+        return [items[i : i + step] for i in range(0, len(items), step)]
+
+    def greeted(self, frame: Frame) -> None:
+        _version, _, max_payload, max_in_flight, _page = _HELLO_REPLY.unpack_from(frame.payload)
+        self.max_pages = max(1, max_payload // PAGE_SIZE)
+        self.window = max(1, min(self.window, max_in_flight))
+
+
+class WireClient:
+    """A blocking wire-protocol connection.
+
+    Args:
+        path: the server's Unix socket.
+        token: bearer token, if the server wants one.
+        window: requests in flight at most while pipelining.
+    """
+
+    def __init__(self, path: str, *, token: str | None = None, window: int = 8) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.connect(path)
+        except OSError as exc:
+            self._sock.close()
+            raise ZswapdError(f"cannot connect to {path}: {exc}") from exc
+        self._parser = FrameParser(_CLIENT_MAX_PAYLOAD, responses=True)
+        self._req = _Requests(window)
+        self._pool = "default"
+        self._req.greeted(self._call(Op.HELLO, _hello_payload(token)))
+
+    def close(self) -> None:
+        self._sock.close()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _read_frame(self) -> Frame:
+        while (frame := self._parser.next_frame()) is None:
+            n = self._sock.recv_into(self._parser.get_buffer())
+            if n == 0:
+                raise ZswapdError("the server closed the connection")
+            self._parser.buffer_updated(n)
+        return frame
+
+    def _pipeline(self, op: int, payloads: Sequence[bytes]) -> list[Frame]:
+        """Send every payload as a request of ``op`` (windowed); answers in order."""
+        ids = [self._req.take_id() for _ in payloads]
+        answers: dict[int, Frame] = {}
+        sent = 0
+        while len(answers) < len(ids):
+            while sent < len(ids) and sent - len(answers) < self._req.window:
+                self._sock.sendall(encode(op, ids[sent], payloads[sent]))
+                sent += 1
+            frame = self._read_frame()
+            answers[frame.request_id] = frame
+        return [answers[i] for i in ids]
+
+    def _call(self, op: int, payload: bytes = b"") -> Frame:
+        (frame,) = self._pipeline(op, [payload])
+        if frame.status:
+            _raise_for(frame)
+        if frame.op != op | RESPONSE:
+            raise ZswapdError(f"answer of op 0x{frame.op:02x} to op 0x{op:02x}")
+        return frame
+
+    def _use(self, pool: str) -> None:
+        if pool != self._pool:
+            self._call(Op.USE_POOL, pool.encode())
+            self._pool = pool
+
+    # -- operations --------------------------------------------------------------------
+
+    def store(self, pages: Sequence[bytes], pool: str = "default") -> list[int]:
+        self._use(pool)
+        chunks = self._req.chunks(pages)
+        frames = self._pipeline(Op.STORE, [b"".join(c) for c in chunks])
+        handles: list[int] = []
+        failed = None
+        for frame in frames:
+            if frame.status:
+                failed = failed or frame
+            else:
+                handles += struct.unpack(f"<{len(frame.payload) // 8}Q", frame.payload)
+        if failed is not None:
+            if handles:
+                self.free(handles, pool)
+            _raise_for(failed)
+        return handles
+
+    def load(self, handles: Sequence[int], pool: str = "default") -> list[bytes]:
+        self._use(pool)
+        out: list[bytes] = []
+        for frame in self._pipeline(Op.LOAD, [_u64s(c) for c in self._req.chunks(handles)]):
+            if frame.status:
+                _raise_for(frame)
+            data = frame.payload
+            out += [data[i : i + PAGE_SIZE] for i in range(0, len(data), PAGE_SIZE)]
+        return out
+
+    def free(self, handles: Sequence[int], pool: str = "default") -> None:
+        self._use(pool)
+        for frame in self._pipeline(Op.FREE, [_u64s(c) for c in self._req.chunks(handles)]):
+            if frame.status:
+                _raise_for(frame)
+
+    def stats(self, pool: str = "default") -> dict[str, Any]:
+        self._use(pool)
+        result: dict[str, Any] = json.loads(self._call(Op.STATS).payload)
+        return result
+
+    def compact(self, pool: str = "default") -> int:
+        self._use(pool)
+        (released,) = struct.unpack("<Q", self._call(Op.COMPACT).payload)
+        return int(released)
+
+
+class AsyncWireClient:
+    """An asyncio wire-protocol connection; ``await AsyncWireClient.connect(path)``."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, window: int
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._req = _Requests(window)
+        self._pool = "default"
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(
+        cls, path: str, *, token: str | None = None, window: int = 8
+    ) -> AsyncWireClient:
+        reader, writer = await asyncio.open_unix_connection(path)
+        client = cls(reader, writer, window)
+        client._req.greeted(await client._call(Op.HELLO, _hello_payload(token)))
+        return client
+
+    async def close(self) -> None:
+        self._writer.close()
+        await self._writer.wait_closed()
+
+    async def _read_frame(self) -> Frame:
+        header = await self._reader.readexactly(16)
+        _magic, _v, op, _f, status, rid, length = struct.unpack("<HBBHHII", header)
+        payload = await self._reader.readexactly(length)
+        return Frame(op, rid, payload, status)
+
+    async def _pipeline(self, op: int, payloads: Sequence[bytes]) -> list[Frame]:
+        async with self._lock:  # one pipeline at a time per connection
+            ids = [self._req.take_id() for _ in payloads]
+            answers: dict[int, Frame] = {}
+            sent = 0
+            while len(answers) < len(ids):
+                while sent < len(ids) and sent - len(answers) < self._req.window:
+                    self._writer.write(encode(op, ids[sent], payloads[sent]))
+                    sent += 1
+                await self._writer.drain()
+                frame = await self._read_frame()
+                answers[frame.request_id] = frame
+            return [answers[i] for i in ids]
+
+    async def _call(self, op: int, payload: bytes = b"") -> Frame:
+        (frame,) = await self._pipeline(op, [payload])
+        if frame.status:
+            _raise_for(frame)
+        return frame
+
+    async def _use(self, pool: str) -> None:
+        if pool != self._pool:
+            await self._call(Op.USE_POOL, pool.encode())
+            self._pool = pool
+
+    async def store(self, pages: Sequence[bytes], pool: str = "default") -> list[int]:
+        await self._use(pool)
+        frames = await self._pipeline(Op.STORE, [b"".join(c) for c in self._req.chunks(pages)])
+        handles: list[int] = []
+        failed = None
+        for frame in frames:
+            if frame.status:
+                failed = failed or frame
+            else:
+                handles += struct.unpack(f"<{len(frame.payload) // 8}Q", frame.payload)
+        if failed is not None:
+            if handles:
+                await self.free(handles, pool)
+            _raise_for(failed)
+        return handles
+
+    async def load(self, handles: Sequence[int], pool: str = "default") -> list[bytes]:
+        await self._use(pool)
+        out: list[bytes] = []
+        chunks = [_u64s(c) for c in self._req.chunks(handles)]
+        for frame in await self._pipeline(Op.LOAD, chunks):
+            if frame.status:
+                _raise_for(frame)
+            data = frame.payload
+            out += [data[i : i + PAGE_SIZE] for i in range(0, len(data), PAGE_SIZE)]
+        return out
+
+    async def free(self, handles: Sequence[int], pool: str = "default") -> None:
+        await self._use(pool)
+        chunks = [_u64s(c) for c in self._req.chunks(handles)]
+        for frame in await self._pipeline(Op.FREE, chunks):
+            if frame.status:
+                _raise_for(frame)
+
+    async def stats(self, pool: str = "default") -> dict[str, Any]:
+        await self._use(pool)
+        result: dict[str, Any] = json.loads((await self._call(Op.STATS)).payload)
+        return result

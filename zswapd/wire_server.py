@@ -1,0 +1,246 @@
+"""The wire protocol's server: thin asyncio glue over the sans-IO core.
+
+One :class:`WireConnection` per client, an ``asyncio.BufferedProtocol``: the
+kernel copies received bytes straight into the parser's preallocated buffer
+(no intermediate bytes objects), whole frames are queued, and one task per
+connection answers them in order.  Reading pauses while the queue holds
+``max_in_flight`` frames or two payloads' worth of bytes, and while the
+transport's write buffer is over its high-water mark, so a connection's memory
+stays bounded whatever the peer does.  A framing error gets an error frame and
+the connection is closed; other connections carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import json
+import logging
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from zswapd.errors import InvalidRequestError, PageSizeError, ZswapdError
+from zswapd.http_api import status_of
+from zswapd.pool import PAGE_SIZE
+from zswapd.pools import PoolRegistry
+from zswapd.protocol import (
+    RESPONSE,
+    VERSION,
+    Frame,
+    FrameParser,
+    Op,
+    ProtocolError,
+    encode,
+    encode_error,
+)
+
+__all__ = ["WireConnection", "WireSettings", "start_wire_server"]
+
+log = logging.getLogger("zswapd")
+_HELLO_REPLY = struct.Struct("<HHIII")
+# Batches up to this many pages are served on the loop; larger ones in a thread.
+_INLINE_PAGES = 64
+
+
+@dataclass(frozen=True)
+class WireSettings:
+    max_pages_per_request: int = 1024
+    max_in_flight: int = 64
+    token: str | None = None
+
+    @property
+    def max_payload(self) -> int:
+        return self.max_pages_per_request * PAGE_SIZE
+
+
+def _handles(payload: bytes) -> list[int]:
+    if not payload or len(payload) % 8:
+        raise InvalidRequestError(f"{len(payload)} bytes is not a non-empty list of u64 handles")
+    return list(struct.unpack(f"<{len(payload) // 8}Q", payload))
+
+
+class WireConnection(asyncio.BufferedProtocol):
+    """One client connection."""
+
+    def __init__(self, registry: PoolRegistry, settings: WireSettings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.parser = FrameParser(settings.max_payload)
+        self.queue: collections.deque[Frame] = collections.deque()
+        self.queued_bytes = 0
+        self.wakeup = asyncio.Event()
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.pool_name = "default"
+        self.greeted = False
+        self.reading_paused = False
+        self.writing_paused = False
+        self.closing = False
+
+    # -- asyncio protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; same interface.
+        self.transport = transport  # type: ignore[assignment]
+        self.task = asyncio.get_running_loop().create_task(self._serve())
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.parser.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.parser.buffer_updated(nbytes)
+        try:
+            while (frame := self.parser.next_frame()) is not None:
+                self.queue.append(frame)
+                self.queued_bytes += len(frame.payload)
+        except ProtocolError as exc:
+            self._fail(exc)
+            return
+        self.wakeup.set()
+        self._flow()
+
+    def eof_received(self) -> bool | None:
+        self.closing = True
+        self.wakeup.set()
+        return True  # keep the write side open to answer what is queued
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self._flow()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._flow()
+
+    # -- flow control ------------------------------------------------------------------
+
+    def _flow(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        full = (
+            len(self.queue) >= self.settings.max_in_flight
+            or self.queued_bytes >= 2 * self.settings.max_payload
+            or self.writing_paused
+        )
+        if full and not self.reading_paused:
+            self.transport.pause_reading()
+            self.reading_paused = True
+        elif not full and self.reading_paused:
+            self.transport.resume_reading()
+            self.reading_paused = False
+
+    def _fail(self, exc: ProtocolError) -> None:
+        """A framing error: answer it and close (queued requests are dropped)."""
+        if self.transport is None:
+            return
+        self.transport.write(encode_error(Op.HELLO, exc.request_id, exc.status, exc.code, str(exc)))
+        self.queue.clear()
+        self.closing = True
+        self.transport.close()
+
+    # -- requests ----------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        while True:
+            while not self.queue:
+                if self.closing:
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
+                self.wakeup.clear()
+                await self.wakeup.wait()
+            frame = self.queue.popleft()
+            self.queued_bytes -= len(frame.payload)
+            self._flow()
+            try:
+                reply = await self._answer(frame)
+            except ProtocolError as exc:
+                exc.request_id = frame.request_id
+                self._fail(exc)
+                return
+            if self.transport is None or self.transport.is_closing():
+                return
+            self.transport.write(reply)
+
+    async def _answer(self, frame: Frame) -> bytes:
+        op, rid, payload = frame.op, frame.request_id, frame.payload
+        if not self.greeted:
+            if op != Op.HELLO:
+                raise ProtocolError(400, "bad_request", "the first frame must be HELLO")
+            return self._hello(rid, payload)
+        if op == Op.HELLO:
+            raise ProtocolError(400, "bad_request", "HELLO was already received")
+        try:
+            body = await self._dispatch(op, payload)
+        except ZswapdError as exc:
+            return encode_error(op, rid, status_of(exc), exc.code, str(exc))
+        except Exception as exc:  # a bug: answer it, keep the connection
+            log.exception("wire request failed")
+            return encode_error(op, rid, 500, "internal", f"{type(exc).__name__}: {exc}")
+        return encode(op | RESPONSE, rid, body)
+
+    def _hello(self, rid: int, payload: bytes) -> bytes:
+        if len(payload) < 4:
+            raise ProtocolError(400, "bad_request", "HELLO needs min and max version", rid)
+        low, high = struct.unpack_from("<HH", payload)
+        if not low <= VERSION <= high:
+            raise ProtocolError(505, "bad_version", f"this server speaks version {VERSION}", rid)
+        expected = self.settings.token
+        if expected is not None and not hmac.compare_digest(payload[4:], expected.encode()):
+            raise ProtocolError(401, "unauthorized", "a valid token is required", rid)
+        self.greeted = True
+        reply = _HELLO_REPLY.pack(
+            VERSION, 0, self.settings.max_payload, self.settings.max_in_flight, PAGE_SIZE
+        )
+        return encode(Op.HELLO | RESPONSE, rid, reply)
+
+    async def _dispatch(self, op: int, payload: bytes) -> bytes:
+        if op == Op.USE_POOL:
+            name = payload.decode(errors="replace")
+            self.registry.get(name)  # UnknownPoolError if absent
+            self.pool_name = name
+            return b""
+        pool = self.registry.get(self.pool_name)
+        if op == Op.STORE:
+            if not payload or len(payload) % PAGE_SIZE:
+                raise PageSizeError(f"{len(payload)} bytes is not a whole number of pages")
+            handles = await _run(len(payload) // PAGE_SIZE, pool.store, payload)
+            return struct.pack(f"<{len(handles)}Q", *handles)
+        if op == Op.LOAD:
+            wanted = _handles(payload)
+            pages: list[bytes] = await _run(len(wanted), pool.load, wanted)
+            return b"".join(pages)
+        if op == Op.FREE:
+            doomed = _handles(payload)
+            await _run(len(doomed), pool.free, doomed)
+            return b""
+        if op == Op.STATS:
+            stats = await run_in_threadpool(pool.stats)
+            return json.dumps(stats).encode()
+        if op == Op.COMPACT:
+            released = await run_in_threadpool(pool.compact)
+            return struct.pack("<Q", released)
+        raise ProtocolError(400, "bad_request", f"unknown op 0x{op:02x}")
+
+
+async def _run(pages: int, fn: Any, *args: Any) -> Any:
+    if pages <= _INLINE_PAGES:
+        return fn(*args)
+    return await run_in_threadpool(fn, *args)
+
+
+async def start_wire_server(
+    sock: Any, registry: PoolRegistry, settings: WireSettings
+) -> asyncio.Server:
+    """Serve the wire protocol on an already bound, listening Unix socket."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_unix_server(lambda: WireConnection(registry, settings), sock=sock)
