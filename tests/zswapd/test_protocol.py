@@ -1,0 +1,144 @@
+"""The sans-IO frame parser, alone: round trips, partial input, every framing
+error, and arbitrary or mutated bytes (which may raise only ProtocolError)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zswapd.protocol import (
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    RESPONSE,
+    VERSION,
+    Frame,
+    FrameParser,
+    Op,
+    ProtocolError,
+    encode,
+)
+
+MAX = 4 * 4096
+
+
+def frames_of(parser: FrameParser, data: bytes, step: int) -> list[Frame]:
+    out = []
+    for i in range(0, len(data), step):
+        parser.feed(data[i : i + step])
+        while (f := parser.next_frame()) is not None:
+            out.append(f)
+    return out
+
+
+@pytest.mark.parametrize("step", [1, 7, 16, 4096, 1 << 20])
+def test_frames_round_trip_whatever_the_chunking(step: int) -> None:
+    sent = [
+        (Op.HELLO, 1, struct.pack("<HH", 1, 1)),
+        (Op.STORE, 2, bytes(range(256)) * 32),
+        (Op.LOAD, 3, struct.pack("<2Q", 5, 6)),
+        (Op.STATS, 4, b""),
+        (Op.STORE, 0xFFFFFFFF, b"\xaa" * MAX),
+    ]
+    data = b"".join(encode(op, rid, p) for op, rid, p in sent)
+    got = frames_of(FrameParser(MAX), data, step)
+    assert [(f.op, f.request_id, f.payload) for f in got] == sent
+
+
+def test_recv_into_api_uses_the_one_buffer() -> None:
+    parser = FrameParser(MAX)
+    frame = encode(Op.STORE, 9, b"\x01" * 4096)
+    buf = parser.get_buffer()
+    assert len(buf) == HEADER_SIZE + MAX  # preallocated: no growth, ever
+    buf[: len(frame)] = frame
+    parser.buffer_updated(len(frame))
+    f = parser.next_frame()
+    assert f is not None and f.request_id == 9 and parser.next_frame() is None
+
+
+def _header(
+    magic: int = MAGIC, version: int = VERSION, op: int = Op.STORE, rid: int = 5, length: int = 0
+) -> bytes:
+    return HEADER.pack(magic, version, op, 0, 0, rid, length)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "rid"),
+    [
+        (_header(magic=0x1234), 400, 0),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 400, 0),
+        (_header(version=2), 505, 5),
+        (_header(op=0x7F), 400, 5),
+        (_header(op=Op.STORE | RESPONSE), 400, 5),  # a response sent to a server
+        (_header(length=MAX + 1), 413, 5),
+        (_header(length=0xFFFFFFFF), 413, 5),
+    ],
+)
+def test_framing_errors_are_refused_after_the_header(raw: bytes, status: int, rid: int) -> None:
+    parser = FrameParser(MAX)
+    with pytest.raises(ProtocolError) as err:
+        parser.feed(raw)
+        parser.next_frame()
+    assert err.value.status == status and err.value.request_id == rid
+
+
+def test_a_short_header_or_truncated_body_waits_for_more() -> None:
+    parser = FrameParser(MAX)
+    parser.feed(encode(Op.STORE, 1, b"x" * 100)[: HEADER_SIZE - 3])
+    assert parser.next_frame() is None
+    parser.feed(encode(Op.STORE, 1, b"x" * 100)[HEADER_SIZE - 3 : 50])
+    assert parser.next_frame() is None
+
+
+def test_a_client_parser_takes_responses() -> None:
+    parser = FrameParser(MAX, responses=True)
+    parser.feed(encode(Op.LOAD | RESPONSE, 3, b"p" * 4096, status=0))
+    f = parser.next_frame()
+    assert f is not None and f.is_response and f.payload == b"p" * 4096
+    with pytest.raises(ProtocolError):
+        parser.feed(encode(Op.LOAD, 4))
+        parser.next_frame()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=3000), st.integers(1, 64))
+def test_arbitrary_bytes_raise_only_protocol_errors(data: bytes, step: int) -> None:
+    parser = FrameParser(1024)
+    try:
+        for f in frames_of(parser, data, step):
+            assert len(f.payload) <= 1024
+    except ProtocolError as exc:
+        assert exc.status in (400, 413, 505)
+
+
+VALID = st.lists(
+    st.tuples(st.sampled_from(list(Op)), st.integers(0, 2**32 - 1), st.binary(max_size=600)),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    VALID,
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
+    st.integers(1, 40),
+)
+def test_mutated_frames_raise_only_protocol_errors(
+    frames: list[tuple[Op, int, bytes]], flips: list[tuple[int, int]], step: int
+) -> None:
+    data = bytearray(b"".join(encode(op, rid, p) for op, rid, p in frames))
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    parser = FrameParser(1024)
+    try:
+        got = frames_of(parser, bytes(data), step)
+    except ProtocolError as exc:
+        assert exc.status in (400, 413, 505)
+        return
+    assert all(len(f.payload) <= 1024 for f in got)
+    if not flips:
+        assert [(f.op, f.request_id, f.payload) for f in got] == frames

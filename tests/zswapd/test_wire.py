@@ -1,0 +1,238 @@
+"""The wire protocol end to end: a real daemon on a Unix socket, raw frames and
+the clients; each malformed input gets its error while other connections go on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.zswapd.daemon import Daemon, run_cli, start_daemon
+from tests.zswapd.helpers import random_page, text_page
+from zswapd.client import Client
+from zswapd.errors import PageSizeError, StaleHandleError, UnknownPoolError, ZswapdError
+from zswapd.protocol import HEADER, MAGIC, RESPONSE, Frame, FrameParser, Op, encode
+from zswapd.wire_client import AsyncWireClient, WireClient
+
+
+@pytest.fixture(scope="module")
+def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str]]:
+    path = str(tmp_path_factory.mktemp("wire") / "w.sock")
+    d = start_daemon("--unix-socket", path, "--max-pages-per-request", "64")
+    yield d, path
+    assert d.stop() == 0
+    assert not os.path.exists(path)  # removed on shutdown
+
+
+class Raw:
+    """A bare socket speaking frames, for tests of the server's edges."""
+
+    def __init__(self, path: str, hello: bool = True) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(path)
+        self.parser = FrameParser(1 << 23, responses=True)
+        if hello:
+            reply = self.call(Op.HELLO, 1, struct.pack("<HH", 1, 1))
+            assert reply.status == 0
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self) -> Frame | None:
+        """The next frame, or None if the server closed the connection."""
+        while (f := self.parser.next_frame()) is None:
+            n = self.sock.recv_into(self.parser.get_buffer())
+            if n == 0:
+                return None
+            self.parser.buffer_updated(n)
+        return f
+
+    def call(self, op: int, rid: int, payload: bytes = b"") -> Frame:
+        self.send(encode(op, rid, payload))
+        f = self.read()
+        assert f is not None
+        return f
+
+    def closed(self) -> bool:
+        return self.read() is None
+
+
+def test_socket_is_private(wire: tuple[Daemon, str]) -> None:
+    assert stat.S_IMODE(os.stat(wire[1]).st_mode) == 0o600
+
+
+def test_process_memory_round_trips(wire: tuple[Daemon, str], process_pages: list[bytes]) -> None:
+    pages = process_pages[:2000]
+    with Client(f"unix://{wire[1]}") as c:
+        handles = c.store(pages)  # 32 requests of 64 pages, pipelined
+        assert len(handles) == len(pages)
+        assert c.load(handles) == pages
+        assert c.stats()["mm_stat"]["orig_data_size"] >= 4096 * len(pages)
+        c.free(handles)
+        with pytest.raises(StaleHandleError):
+            c.load(handles[:1])
+
+
+def test_pipelined_requests_are_matched_by_id(wire: tuple[Daemon, str]) -> None:
+    raw = Raw(wire[1])
+    pages = {rid: text_page(rid) for rid in range(100, 140)}
+    for rid, page in pages.items():  # all sent before any answer is read
+        raw.send(encode(Op.STORE, rid, page))
+    handles = {}
+    for _ in pages:
+        f = raw.read()
+        assert f is not None and f.status == 0 and f.op == Op.STORE | RESPONSE
+        (handles[f.request_id],) = struct.unpack("<Q", f.payload)
+    assert set(handles) == set(pages)
+    order = list(reversed(list(handles)))
+    for rid in order:
+        raw.send(encode(Op.LOAD, rid + 1000, struct.pack("<Q", handles[rid])))
+    for _ in order:
+        f = raw.read()
+        assert f is not None and f.payload == pages[f.request_id - 1000]
+
+
+def test_semantic_errors_answer_and_keep_the_connection(wire: tuple[Daemon, str]) -> None:
+    raw = Raw(wire[1])
+    cases = [
+        (Op.STORE, b"x" * 100, 422, "bad_page_size"),
+        (Op.STORE, b"", 422, "bad_page_size"),
+        (Op.LOAD, struct.pack("<Q", 12345), 404, "stale_handle"),
+        (Op.LOAD, b"\x01\x02\x03", 400, "bad_request"),
+        (Op.FREE, struct.pack("<Q", 99), 404, "stale_handle"),
+        (Op.USE_POOL, b"nope", 404, "unknown_pool"),
+        (Op.USE_POOL, b"../x", 404, "unknown_pool"),
+    ]
+    for n, (op, payload, status, code) in enumerate(cases):
+        f = raw.call(op, n, payload)
+        assert f.status == status and f.request_id == n and f.op == op | RESPONSE
+        assert json.loads(f.payload)["error"] == code
+    f = raw.call(Op.STORE, 77, text_page(1))  # still usable
+    assert f.status == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (HEADER.pack(0x1234, 1, Op.STORE, 0, 0, 1, 0), 400),  # bad magic
+        (HEADER.pack(MAGIC, 9, Op.STORE, 0, 0, 1, 0), 505),  # wrong version
+        (HEADER.pack(MAGIC, 1, 0x55, 0, 0, 1, 0), 400),  # unknown op
+        (HEADER.pack(MAGIC, 1, Op.STORE, 0, 0, 1, 65 * 4096), 413),  # over max_payload
+        (HEADER.pack(MAGIC, 1, Op.STORE, 0, 0, 1, 0xFFFFFFFF), 413),  # huge length
+        (encode(Op.HELLO, 1, struct.pack("<HH", 1, 1)), 400),  # a second HELLO
+    ],
+)
+def test_framing_errors_answer_then_close(
+    wire: tuple[Daemon, str], data: bytes, status: int
+) -> None:
+    bystander = WireClient(wire[1])
+    kept = bystander.store([text_page(5)])
+    raw = Raw(wire[1])
+    raw.send(data)
+    f = raw.read()
+    assert f is not None and f.status == status
+    assert raw.closed()
+    assert bystander.load(kept) == [text_page(5)]  # other connections carry on
+    bystander.close()
+
+
+def test_hello_is_required_and_checked(wire: tuple[Daemon, str]) -> None:
+    raw = Raw(wire[1], hello=False)
+    f = raw.call(Op.STORE, 3, text_page(1))
+    assert f.status == 400 and raw.closed()
+    raw = Raw(wire[1], hello=False)
+    f = raw.call(Op.HELLO, 4, struct.pack("<HH", 2, 5))
+    assert f.status == 505 and raw.closed()
+    raw = Raw(wire[1], hello=False)
+    f = raw.call(Op.HELLO, 5, struct.pack("<HH", 1, 1))
+    version, _, max_payload, in_flight, page = struct.unpack("<HHIII", f.payload)
+    assert (version, max_payload, in_flight, page) == (1, 64 * 4096, 64, 4096)
+
+
+def test_disconnects_mid_frame_leave_the_server_serving(wire: tuple[Daemon, str]) -> None:
+    for cut in (5, 16, 16 + 100):
+        raw = Raw(wire[1])
+        raw.send(encode(Op.STORE, 1, text_page(cut))[:cut])
+        raw.sock.close()  # short header, header only, truncated body
+    with Client(f"unix://{wire[1]}") as c:
+        assert c.load(c.store([text_page(9)])) == [text_page(9)]
+
+
+def test_async_client(wire: tuple[Daemon, str]) -> None:
+    async def main() -> None:
+        c = await AsyncWireClient.connect(wire[1])
+        pages = [text_page(i) for i in range(150)] + [random_page(1)]
+        handles = await c.store(pages)
+        assert await c.load(handles) == pages
+        await c.free(handles)
+        with pytest.raises(UnknownPoolError):
+            await c.stats("missing")
+        with pytest.raises(PageSizeError):
+            await c.store([b"short"])
+        await c.close()
+
+    asyncio.run(main())
+
+
+def test_token_over_the_wire(tmp_path: Path) -> None:
+    token = tmp_path / "t"
+    token.write_text("wire-token")
+    path = str(tmp_path / "t.sock")
+    d = start_daemon("--unix-socket", path, "--auth-token-file", str(token))
+    try:
+        with pytest.raises(ZswapdError, match="401"):
+            WireClient(path)
+        with pytest.raises(ZswapdError, match="401"):
+            WireClient(path, token="wrong")
+        ok = WireClient(path, token="wire-token")
+        assert ok.load(ok.store([text_page(2)])) == [text_page(2)]
+        ok.close()
+    finally:
+        d.stop()
+
+
+def test_cli_over_the_wire(wire: tuple[Daemon, str], tmp_path: Path) -> None:
+    url = ["--url", f"unix://{wire[1]}", "--quiet"]
+    src = tmp_path / "p.pages"
+    src.write_bytes(b"".join(text_page(i) for i in range(300)))
+    handles = tmp_path / "h"
+    assert run_cli("push", str(src), "-o", str(handles), *url).returncode == 0
+    out = tmp_path / "back"
+    assert run_cli("fetch", str(handles), "-o", str(out), *url).returncode == 0
+    assert out.read_bytes() == src.read_bytes()
+    stats = run_cli("stats", *url)
+    assert stats.returncode == 0 and "mm_stat" in stats.stdout
+    pools = run_cli("pools", "list", *url)
+    assert pools.returncode == 1 and "wire protocol" in pools.stderr
+
+
+def test_a_client_that_does_not_read_is_paused_not_dropped(wire: tuple[Daemon, str]) -> None:
+    import threading
+
+    raw = Raw(wire[1])
+    n = 400  # 400 x 64 pages = 100 MiB: far past what the server will queue
+    batch = b"".join(text_page(i) for i in range(64))
+
+    def sender() -> None:
+        for rid in range(n):
+            raw.send(encode(Op.STORE, rid, batch))
+
+    t = threading.Thread(target=sender)
+    t.start()
+    t.join(timeout=3)
+    assert t.is_alive()  # the server stopped reading: the writer is blocked
+    seen = set()
+    while len(seen) < n:  # reading drains it: every request is answered
+        f = raw.read()
+        assert f is not None and f.status == 0 and len(f.payload) == 64 * 8
+        seen.add(f.request_id)
+    t.join()
+    assert seen == set(range(n))
