@@ -120,6 +120,16 @@ def _cmd_bench_http(args: argparse.Namespace) -> int:
     return _emit(args, result, bench.render)
 
 
+def _cmd_bench_wire(args: argparse.Namespace) -> int:
+    from zswapd.bench import wire as bench
+
+    pages = _load_corpus(args)
+    if pages is None:
+        return 2
+    result = bench.run(pages, repeats=args.repeats, n_pages=args.pages, progress=_progress(args))
+    return _emit(args, result, bench.render)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zswapd", description="A userspace emulator of Linux compressed swap (zram/zswap)."
@@ -227,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     http.add_argument("--pages", type=int, default=4096, help="pages sampled")
     http.add_argument("--json", action="store_true", help="print JSON")
     http.set_defaults(func=_cmd_bench_http)
+
+    wire = bench_sub.add_parser("wire", help="store/load over the wire protocol against bare lz4")
+    wire.add_argument("--corpus", nargs="+", metavar="FILE", help="page files (default: shared)")
+    wire.add_argument("--repeats", type=int, default=5, help="runs per figure")
+    wire.add_argument("--pages", type=int, default=8192, help="pages sampled")
+    wire.add_argument("--json", action="store_true", help="print JSON")
+    wire.set_defaults(func=_cmd_bench_wire)
     return parser
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "ProtocolError",
     "encode",
     "encode_error",
+    "encode_header",
 ]
 
 MAGIC = 0x5A53
@@ -86,6 +87,11 @@ class Frame:
     @property
     def is_response(self) -> bool:
         return bool(self.op & RESPONSE)
+
+
+def encode_header(op: int, request_id: int, length: int, status: int = 0) -> bytes:
+    """A frame header alone (send the payload after it without joining: no copy)."""
+    return HEADER.pack(MAGIC, VERSION, op, 0, status, request_id, length)
 
 
 def encode(op: int, request_id: int, payload: bytes = b"", status: int = 0) -> bytes:

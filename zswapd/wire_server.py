@@ -36,6 +36,7 @@ from zswapd.protocol import (
     ProtocolError,
     encode,
     encode_error,
+    encode_header,
 )
 
 __all__ = ["WireConnection", "WireSettings", "start_wire_server"]
@@ -169,24 +170,27 @@ class WireConnection(asyncio.BufferedProtocol):
                 return
             if self.transport is None or self.transport.is_closing():
                 return
-            self.transport.write(reply)
+            # Header and payload as two writes: a 4 MiB LOAD answer is not copied
+            # again just to put 16 bytes in front of it.
+            for part in reply:
+                self.transport.write(part)
 
-    async def _answer(self, frame: Frame) -> bytes:
+    async def _answer(self, frame: Frame) -> tuple[bytes, ...]:
         op, rid, payload = frame.op, frame.request_id, frame.payload
         if not self.greeted:
             if op != Op.HELLO:
                 raise ProtocolError(400, "bad_request", "the first frame must be HELLO")
-            return self._hello(rid, payload)
+            return (self._hello(rid, payload),)
         if op == Op.HELLO:
             raise ProtocolError(400, "bad_request", "HELLO was already received")
         try:
             body = await self._dispatch(op, payload)
         except ZswapdError as exc:
-            return encode_error(op, rid, status_of(exc), exc.code, str(exc))
+            return (encode_error(op, rid, status_of(exc), exc.code, str(exc)),)
         except Exception as exc:  # a bug: answer it, keep the connection
             log.exception("wire request failed")
-            return encode_error(op, rid, 500, "internal", f"{type(exc).__name__}: {exc}")
-        return encode(op | RESPONSE, rid, body)
+            return (encode_error(op, rid, 500, "internal", f"{type(exc).__name__}: {exc}"),)
+        return encode_header(op | RESPONSE, rid, len(body)), body
 
     def _hello(self, rid: int, payload: bytes) -> bytes:
         if len(payload) < 4:

@@ -109,3 +109,12 @@ def test_bench_http_json_has_every_field(tmp_path: Path) -> None:
     assert set(result["ratio_to_lz4"]) == {"store_1", "store_64", "load_1", "load_64"}
     assert all(v > 0 for v in result["rates_per_s"].values())
     assert result["healthz_us"] > 0
+
+
+def test_bench_wire_json_has_every_field(tmp_path: Path) -> None:
+    corpus = _tiny_corpus(tmp_path / "tiny.pages")
+    result = _bench_json("wire", "--corpus", str(corpus), "--repeats", "1", "--pages", "256")
+    assert result["pages"] == 256
+    expected = {f"{op}_b{b}_c{c}" for op in ("store", "load") for b in (1, 64) for c in (1, 4)}
+    assert set(result["ratio_to_lz4"]) == expected
+    assert all(v > 0 for v in result["rates_per_s"].values())
