@@ -189,8 +189,12 @@ class ZbudPool:
         if max_pages is not None and max_pages < 0:
             raise ValueError("max_pages must be >= 0 or None")
         self.max_pages = max_pages
+        if arena_pages is not None and max_pages is not None and arena_pages < max_pages:
+            raise ValueError(f"arena_pages ({arena_pages}) below max_pages ({max_pages})")
         capacity = arena_pages or (max_pages if max_pages else DEFAULT_ARENA_PAGES)
         self._arena = PageArena(max(capacity, 1))
+        # Without a budget, the arena's size is the budget: running out is PoolFullError.
+        self._budget = max_pages if max_pages is not None else self._arena.capacity
         self._buf = self._arena.buf
         self._rbuf = self._buf.toreadonly()
         self._handles = HandleTable(seed)
@@ -352,9 +356,9 @@ class ZbudPool:
 
     def _alloc_page(self) -> int:
         """A fresh page from the arena, within the budget; raises PoolFullError."""
-        if self.max_pages is not None and self._arena.pages_held >= self.max_pages:
+        if self._arena.pages_held >= self._budget:
             self.alloc_failures += 1
-            raise PoolFullError(f"page budget of {self.max_pages} pages spent")
+            raise PoolFullError(f"page budget of {self._budget} pages spent")
         pfn = self._arena.alloc_page()
         if pfn >= len(self._inuse):
             self._grow(pfn)

@@ -225,8 +225,13 @@ class ZsPool:
         )
         # Object length -> class, the table's lookup resolved to objects.
         self._class_of = [self.classes[i] for i in self.table.lookup]
+        if arena_pages is not None and max_pages is not None and arena_pages < max_pages:
+            raise ValueError(f"arena_pages ({arena_pages}) below max_pages ({max_pages})")
         capacity = arena_pages or (max_pages if max_pages else DEFAULT_ARENA_PAGES)
         self._arena = PageArena(max(capacity, 1))
+        # The pages malloc may hold: the budget, or without one the arena itself,
+        # so running out of either is the same clean PoolFullError.
+        self._budget = max_pages if max_pages is not None else self._arena.capacity
         self._buf = self._arena.buf
         self._rbuf = self._buf.toreadonly()
         self._words = self._arena.words
@@ -275,22 +280,21 @@ class ZsPool:
         """Build a zspage for ``cls`` from fresh pages; raises PoolFullError."""
         npages = cls.pages_per_zspage
         objs = cls.objs_per_zspage
-        if self.max_pages is not None:
-            room = self.max_pages - self._arena.pages_held
-            if room < npages:
-                room += self._shrink_empty_cache(npages - room)
-            if room < npages:
-                # Shorter zspage: the review's idea of using what is left
-                # rather than failing outright.
-                if self.short_zspages and room > 0 and room * PAGE_SIZE >= cls.size:
-                    npages = room
-                    objs = room * PAGE_SIZE // cls.size
-                else:
-                    self.alloc_failures += 1
-                    raise PoolFullError(
-                        f"page budget of {self.max_pages} pages spent: a zspage of class "
-                        f"{cls.size} needs {npages}, {max(room, 0)} left"
-                    )
+        room = self._budget - self._arena.pages_held
+        if room < npages:
+            room += self._shrink_empty_cache(npages - room)
+        if room < npages:
+            # Shorter zspage: the review's idea of using what is left rather
+            # than failing outright.
+            if self.short_zspages and room > 0 and room * PAGE_SIZE >= cls.size:
+                npages = room
+                objs = room * PAGE_SIZE // cls.size
+            else:
+                self.alloc_failures += 1
+                raise PoolFullError(
+                    f"page budget of {self._budget} pages spent: a zspage of class "
+                    f"{cls.size} needs {npages}, {max(room, 0)} left"
+                )
         # PFNs in a 4-byte array: a tuple would cost a 28-byte int object per page.
         pages = array("I", [self._arena.alloc_page() for _ in range(npages)])
         if self._free_zids:
@@ -460,11 +464,11 @@ class ZsPool:
 
     def _malloc_huge(self, cls: SizeClass) -> int:
         with self._lock:
-            full = self.max_pages is not None and self._arena.pages_held >= self.max_pages
+            full = self._arena.pages_held >= self._budget
             if full and not self._shrink_empty_cache(1):
                 self.alloc_failures += 1
                 raise PoolFullError(
-                    f"page budget of {self.max_pages} pages spent: a huge object needs 1"
+                    f"page budget of {self._budget} pages spent: a huge object needs 1"
                 )
             pfn = self._arena.alloc_page()
             handle = self._handles.alloc(_HUGE | cls.position << _HUGE_CLASS_SHIFT | pfn)

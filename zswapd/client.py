@@ -10,6 +10,7 @@ same exception classes the store raises (``PoolLimitError``, ...).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -130,9 +131,12 @@ class Client:
                     headers={"content-type": "application/octet-stream"},
                 )
                 handles += r.json()["handles"]
-        except ZswapdError:
+        except BaseException:
+            # All or nothing for the caller too: undo the requests that worked
+            # (best effort: the connection itself may be what failed).
             if handles:
-                self.free(handles, pool=pool)
+                with contextlib.suppress(Exception):
+                    self.free(handles, pool=pool)
             raise
         return handles
 

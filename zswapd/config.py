@@ -89,6 +89,9 @@ class PoolConfig:
             self.make_allocator()
         except (compressors.CompressorError, ValueError, TypeError) as exc:
             raise ConfigError(str(exc)) from exc
+        except (OSError, OverflowError, MemoryError) as exc:
+            # A limit or arena larger than this process can even reserve.
+            raise ConfigError(f"cannot reserve the pool's memory: {exc}") from exc
 
     @property
     def limit_pages(self) -> int | None:

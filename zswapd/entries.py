@@ -15,13 +15,14 @@ from allocator import InvalidHandleError
 from allocator.handles import SLOT_MASK, HandleTable
 from zswapd.errors import StaleHandleError
 
-__all__ = ["COMPRESSED", "HUGE", "RECOMPRESSED", "SAME", "EntryTable"]
+__all__ = ["COMPRESSED", "FREED", "HUGE", "RECOMPRESSED", "SAME", "EntryTable"]
 
 # Entry kinds (zram's slot flags, in effect).
 SAME = 0  # obj holds the repeated 8-byte word; no allocator memory
 COMPRESSED = 1  # obj is an allocator handle; primary algorithm
 HUGE = 2  # obj is an allocator handle; the page raw (4096 bytes)
-RECOMPRESSED = 3  # obj is an allocator handle; secondary algorithm
+RECOMPRESSED = 3  # obj is an allocator handle; secondary algorithm (3 + its index)
+FREED = 255  # a retired slot
 
 
 class EntryTable:
@@ -68,15 +69,21 @@ class EntryTable:
         except InvalidHandleError as exc:
             raise StaleHandleError(f"no page stored under handle {handle!r}") from exc
 
-    def remove(self, handle: int) -> int:
-        """Retire a live handle; returns its (former) slot, whose fields stay readable.
+    def remove(self, handle: int) -> tuple[int, int, int]:
+        """Retire a live handle; returns the (kind, obj, clen) it had.
+
+        The slot is tombstoned (kind FREED), so anyone who noted its old fields,
+        as recompression does between its locked steps, sees it changed.
 
         Raises:
             StaleHandleError: not a live handle.
         """
         slot = self.slot(handle)
+        was = (self.kind[slot], self.obj[slot], self.clen[slot])
+        self.kind[slot] = FREED
+        self.obj[slot] = 0
         self._handles.release(slot)
-        return slot
+        return was
 
     def live_slots(self) -> list[int]:
         return self._handles.live_slots()

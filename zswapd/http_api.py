@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -96,7 +96,7 @@ class ErrorBody(BaseModel):
 
 class HandleList(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    handles: list[int] = Field(description="handles as the server returned them")
+    handles: list[StrictInt] = Field(description="handles as the server returned them")
 
 
 class RecompressRequest(BaseModel):
@@ -229,9 +229,11 @@ class _Guard:
                 return
         cap = self.settings.max_body_bytes if path.endswith("/pages") else self.JSON_CAP
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > cap):
-            status, code = (413, "too_large") if declared.isdigit() else (400, "bad_request")
-            await _error(status, code, f"body over the {cap}-byte cap")(scope, receive, send)
+        if declared is not None and not declared.isdigit():
+            await _error(400, "bad_request", "Content-Length is not a number")(scope, receive, send)
+            return
+        if declared is not None and int(declared) > cap:
+            await _error(413, "too_large", f"body over the {cap}-byte cap")(scope, receive, send)
             return
         seen = 0
 
@@ -241,7 +243,9 @@ class _Guard:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > cap:
-                    raise TooLargeError(f"body over the {cap}-byte cap")
+                    # An HTTPException, which FastAPI's body parsing lets through
+                    # (anything else it turns into a 400).
+                    raise StarletteHTTPException(413, f"body over the {cap}-byte cap")
             return message
 
         start = time.perf_counter()
@@ -273,7 +277,9 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status_code, "http_error"
+        )
         return _error(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)

@@ -144,14 +144,12 @@ class PagePool:
 
     def _drop(self, handle: int) -> None:
         """Free one live entry and its object (lock held)."""
-        e = self._entries
-        slot = e.remove(handle)
-        kind = e.kind[slot]
+        kind, obj, clen = self._entries.remove(handle)
         if kind == SAME:
             self._same_pages -= 1
             return
-        self._alloc.free(e.obj[slot])
-        self._compr_data_size -= e.clen[slot]
+        self._alloc.free(obj)
+        self._compr_data_size -= clen
         if kind == HUGE:
             self._huge_pages -= 1
 
@@ -205,13 +203,15 @@ class PagePool:
                         obj = store(payload)
                         compr += clen
                     handles.append(entries.add(kind, obj, clen, now))  # type: ignore[arg-type]
-            except PoolFullError as exc:
-                # Undo the batch: objects and entries only, the counters were
-                # not yet moved.
+            except BaseException as exc:
+                # Undo the batch, whatever stopped it: objects and entries only,
+                # the counters were not yet moved.
                 for h in handles:
-                    slot = entries.remove(h)
-                    if entries.kind[slot] != SAME:
-                        self._alloc.free(entries.obj[slot])
+                    kind, obj, _ = entries.remove(h)
+                    if kind != SAME:
+                        self._alloc.free(obj)
+                if not isinstance(exc, PoolFullError):
+                    raise
                 self.counters.pool_limit_hit += 1
                 self._limit_latched = True
                 raise PoolLimitError(
@@ -360,7 +360,10 @@ class PagePool:
                 if e.obj[slot] != obj or e.kind[slot] != kind:
                     continue  # freed or changed meanwhile
                 raw = self._alloc.obj_read(obj, clen)
-            page = raw if kind == HUGE else self._decompressor(kind).decompress(raw, PAGE_SIZE)
+            try:
+                page = raw if kind == HUGE else self._decompressor(kind).decompress(raw, PAGE_SIZE)
+            except compressors.CorruptDataError as exc:
+                raise CorruptObjectError(f"pool {self.name!r}: {exc}") from exc
             new = secondary.compress(page)
             smaller_class = self._alloc.capacity(min(len(new), PAGE_SIZE)) < self._alloc.capacity(
                 clen

@@ -179,39 +179,41 @@ def serve(settings: ServerSettings) -> int:
     sock = bind(listener, settings.socket_mode)
     if listener.port == 0 and listener.path is None:
         listener = Listener(host=listener.host, port=sock.getsockname()[1])
-    app = create_app(
-        registry, ApiSettings(max_pages_per_request=settings.max_pages_per_request, token=token)
-    )
-    uv_config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=30,
-    )
-    ready = [f"zswapd: serving HTTP on {listener.url()}"]
-    wire = None
     wire_path = settings.unix_socket
-    if wire_path is not None:
-        wire_sock = bind(Listener(path=wire_path), settings.socket_mode)
-        wire_settings = WireSettings(
-            max_pages_per_request=settings.max_pages_per_request, token=token
-        )
-        wire = (wire_sock, registry, wire_settings)
-        ready.append(f"zswapd: serving the wire protocol on unix://{wire_path}")
-    server = _Server(uv_config, ready, wire)
-    # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to
-    # whatever handler was there before; with these, that re-raise is a no-op
-    # and the daemon cleans up and exits 0 instead of dying of the signal.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: None)
+    bound: list[str] = [p for p in (listener.path,) if p is not None]
     try:
+        wire = None
+        ready = [f"zswapd: serving HTTP on {listener.url()}"]
+        if wire_path is not None:
+            wire_sock = bind(Listener(path=wire_path), settings.socket_mode)
+            bound.append(wire_path)
+            wire_settings = WireSettings(
+                max_pages_per_request=settings.max_pages_per_request, token=token
+            )
+            wire = (wire_sock, registry, wire_settings)
+            ready.append(f"zswapd: serving the wire protocol on unix://{wire_path}")
+        app = create_app(
+            registry,
+            ApiSettings(max_pages_per_request=settings.max_pages_per_request, token=token),
+        )
+        uv_config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=30,
+        )
+        server = _Server(uv_config, ready, wire)
+        # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to
+        # whatever handler was there before; with these, that re-raise is a no-op
+        # and the daemon cleans up and exits 0 instead of dying of the signal.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: None)
         server.run(sockets=[sock])
     finally:
         sock.close()
-        for path in (listener.path, wire_path):
-            if path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+        for path in bound:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     print("zswapd: stopped", file=sys.stderr, flush=True)
     return 0

@@ -61,6 +61,17 @@ _SERVER_ENV: list[tuple[str, str, Any]] = [
 ]
 
 
+# Server settings a file, the environment or a flag may set, with their types.
+_SERVER_KEYS: dict[str, Any] = {
+    "http": str,
+    "unix_socket": (str, type(None)),
+    "auth_token_file": (str, type(None)),
+    "max_pages_per_request": int,
+    "state_dir": (str, type(None)),
+    "socket_mode": int,
+}
+
+
 def parse_size(text: str | int) -> int:
     """Bytes from ``4096``, ``512K``, ``1G``, ``1.5GiB`` ...
 
@@ -89,6 +100,17 @@ class ServerSettings:
     # Mode of Unix sockets (0600: the owner only; 0660 lets a group in).
     socket_mode: int = 0o600
     pools: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
+
+    def check(self) -> None:
+        """Raise ConfigError for a server setting of the wrong type or range."""
+        for key, kind in _SERVER_KEYS.items():
+            value = getattr(self, key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ConfigError(f"server setting {key} = {value!r} is not a {kind}")
+        if self.max_pages_per_request < 1:
+            raise ConfigError("max_pages_per_request must be at least 1")
+        if not 0 <= self.socket_mode <= 0o777:
+            raise ConfigError(f"socket_mode {self.socket_mode:o} is not a file mode")
 
     def pool_configs(self) -> dict[str, PoolConfig]:
         """Each pool's PoolConfig.
@@ -154,7 +176,7 @@ def load_settings(
         if data:
             raise ConfigError(f"{config_file}: unknown sections {', '.join(data)}")
         for key, value in server.items():
-            if not hasattr(settings, key) or key == "pools":
+            if key not in _SERVER_KEYS:
                 raise ConfigError(f"{config_file}: unknown server setting {key!r}")
             setattr(settings, key, value)
         if not isinstance(pools, dict) or not all(isinstance(v, dict) for v in pools.values()):
@@ -173,10 +195,11 @@ def load_settings(
     for key, value in (flags or {}).items():
         if value is None:
             continue
-        if hasattr(settings, key) and key != "pools":
+        if key in _SERVER_KEYS:
             setattr(settings, key, value)
         else:
             default[key] = value
             if key == "limit_bytes":
                 default.pop("limit", None)
+    settings.check()
     return settings

@@ -440,3 +440,33 @@ def test_cli_push_pid(tcp_daemon: Daemon, tmp_path: Path) -> None:
     out = tmp_path / "pid.pages"
     assert run_cli("fetch", str(handles), "-o", str(out), "--url", tcp_daemon.url).returncode == 0
     assert out.read_bytes() == b"".join(expected)
+
+
+def test_chunked_bodies_past_the_cap_are_413(tcp_daemon: Daemon) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(40):
+            yield b"[" + b"1," * 20000 + b"1]"
+
+    with _http(tcp_daemon) as h:
+        for method, url in (("POST", "/v1/pools/default/pages:load"), ("PUT", "/v1/pools/big")):
+            r = h.request(
+                method, url, content=chunks(), headers={"content-type": "application/json"}
+            )
+            assert r.status_code == 413 and r.json()["error"] == "too_large", r.text
+        r = h.put("/v1/pools/huge", json={"limit_bytes": 2**70})
+        assert r.status_code == 400
+        r = h.post("/v1/pools/default/pages:load", json={"handles": [True]})
+        assert r.status_code == 400
+
+
+def test_bad_server_settings_are_refused(tmp_path: Path) -> None:
+    for text in (
+        '[server]\ntoken = "x"\n',
+        '[server]\nmax_pages_per_request = "64"\n',
+        "[server]\nmax_pages_per_request = 0\n",
+        "[server]\nhttp = 7415\n",
+    ):
+        conf = tmp_path / "bad.toml"
+        conf.write_text(text)
+        out = run_cli("serve", "--config", str(conf))
+        assert out.returncode == 2 and "zswapd serve:" in out.stderr, (text, out.stderr)

@@ -311,3 +311,69 @@ def test_defaults_are_todays_kernels() -> None:
     pool = PagePool("p")
     assert pool.config.compressor == "zstd" and pool._comp.options["level"] == 3
     assert pool.huge_class_size == 3625 and pool._alloc.chain_size == 8
+
+
+def test_recompress_survives_a_page_freed_while_it_works() -> None:
+    cfg = PoolConfig(compressor="lz4", recompress_algo="zstd", recompress_level=19)
+    pool = PagePool("p", cfg)
+    pages = [poor_page(i) for i in range(4)]
+    handles = pool.store(pages)
+    index = pool._secondary(None, None)
+    real = pool._secondaries[index]
+
+    class FreesPageZero:
+        name, options = real.name, real.options
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def compress(self, page: bytes) -> bytes:
+            self.calls += 1
+            if self.calls == 1:
+                pool.free([handles[0]])  # another thread, in effect
+            return real.compress(page)
+
+        def decompress(self, data: bytes, size: int) -> bytes:
+            return real.decompress(data, size)
+
+    pool._secondaries[index] = FreesPageZero()  # type: ignore[assignment]
+    result = pool.recompress("huge")
+    assert result["recompressed"] == 3
+    pool.check_invariants()
+    assert pool.load(handles[1:]) == pages[1:]
+    with pytest.raises(StaleHandleError):
+        pool.load(handles[:1])
+
+
+def test_a_batch_that_fails_any_way_is_undone() -> None:
+    pool = PagePool("p", PoolConfig(compressor="lz4"))
+    pool.store([text_page(1)])
+    before = pool.mm_stat()
+    real_store = pool._alloc.store
+    calls = 0
+
+    def flaky(data: bytes) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("injected")
+        return real_store(data)
+
+    pool._alloc.store = flaky
+    with pytest.raises(RuntimeError):
+        pool.store([text_page(i) for i in range(2, 8)])
+    pool._alloc.store = real_store
+    assert pool.mm_stat() == before
+    pool.check_invariants()
+
+
+def test_running_out_of_arena_is_a_clean_limit() -> None:
+    pool = PagePool("p", PoolConfig(compressor="lz4", allocator_options={"arena_pages": 4}))
+    with pytest.raises(PoolLimitError):
+        pool.store([random_page(i) for i in range(6)])
+    assert pool.stored_pages == 0 and pool.mm_stat()["mem_used_total"] == 0
+    pool.check_invariants()
+    with pytest.raises(ConfigError):
+        PoolConfig(limit_bytes=64 * 4096, allocator_options={"arena_pages": 4})
+    with pytest.raises(ConfigError):
+        PoolConfig(limit_bytes=2**70)

@@ -1,0 +1,197 @@
+"""Prometheus metrics: one collector reading pool snapshots at scrape time.
+
+Nothing is kept in step per page: at each scrape, :class:`PoolCollector` asks
+every pool for its figures (``PagePool.stats()``) and builds fresh metric
+families from them, the kernel's names beside each (see DESIGN.md).  Per-class
+series cover every distinct class that has ever held a zspage in a pool, so a
+class that empties reports zeros instead of vanishing (series don't flap).
+The only thing updated per request is the request-duration histogram.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from zswapd import __version__
+from zswapd.pools import PoolRegistry
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "PoolCollector"]
+
+FULLNESS = ("0", "10", "20", "30", "40", "50", "60", "70", "80", "90", "99", "100")
+
+# (metric, help, where in stats) for the per-pool gauges.
+_POOL_GAUGES: list[tuple[str, str, tuple[str, str]]] = [
+    (
+        "zswapd_pool_size_bytes",
+        "Pages held by the allocator x 4096 (mem_used_total).",
+        ("mm_stat", "mem_used_total"),
+    ),
+    (
+        "zswapd_pool_size_max_bytes",
+        "High-water mark of the pool size (mem_used_max).",
+        ("mm_stat", "mem_used_max"),
+    ),
+    (
+        "zswapd_pool_limit_bytes",
+        "Configured pool limit, 0 = none (mem_limit).",
+        ("mm_stat", "mem_limit"),
+    ),
+    ("zswapd_stored_pages", "Pages stored, same-filled included.", ("zswap", "stored_pages")),
+    (
+        "zswapd_original_bytes",
+        "Stored pages x 4096 (orig_data_size).",
+        ("mm_stat", "orig_data_size"),
+    ),
+    (
+        "zswapd_compressed_bytes",
+        "Sum of compressed object sizes (compr_data_size).",
+        ("mm_stat", "compr_data_size"),
+    ),
+    (
+        "zswapd_same_filled_pages",
+        "Pages kept as one repeated word (same_pages).",
+        ("mm_stat", "same_pages"),
+    ),
+    ("zswapd_huge_pages", "Pages stored uncompressed (huge_pages).", ("mm_stat", "huge_pages")),
+]
+
+
+class PoolCollector(Collector):
+    """Builds every pool metric from fresh snapshots at each scrape."""
+
+    def __init__(self, pools: PoolRegistry) -> None:
+        self.pools = pools
+        self._seen: dict[str, set[int]] = {}  # pool -> class sizes that held a zspage
+        self._lock = threading.Lock()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # families are built at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        snapshots: list[tuple[str, dict[str, Any]]] = []
+        for name in self.pools.names():
+            try:
+                snapshots.append((name, self.pools.get(name).stats()))
+            except KeyError:  # removed meanwhile
+                continue
+        with self._lock:
+            for gone in set(self._seen) - {n for n, _ in snapshots}:
+                del self._seen[gone]
+            seen = {n: self._seen.setdefault(n, set()) for n, _ in snapshots}
+            for name, stats in snapshots:
+                seen[name].update(r["size"] for r in stats["classes"] if r["obj_allocated"])
+        yield from self._pool_metrics(snapshots)
+        yield from self._class_metrics(snapshots, seen)
+
+    @staticmethod
+    def _pool_metrics(snapshots: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
+        for metric, doc, (section, key) in _POOL_GAUGES:
+            fam = GaugeMetricFamily(metric, doc, labels=["pool"])
+            for name, stats in snapshots:
+                fam.add_metric([name], stats[section][key])
+            yield fam
+        compacted = CounterMetricFamily(
+            "zswapd_compacted_pages",
+            "Pages released by compaction (pages_compacted).",
+            labels=["pool"],
+        )
+        rejected = CounterMetricFamily(
+            "zswapd_rejected_pages", "Pages refused, by reason.", labels=["pool", "reason"]
+        )
+        for name, stats in snapshots:
+            compacted.add_metric([name], stats["mm_stat"]["pages_compacted"])
+            rejected.add_metric([name, "pool_limit"], stats["zswap"]["pool_limit_hit"])
+            rejected.add_metric([name, "compress_poor"], stats["zswap"]["reject_compress_poor"])
+        yield compacted
+        yield rejected
+
+    @staticmethod
+    def _class_metrics(
+        snapshots: list[tuple[str, dict[str, Any]]], seen: dict[str, set[int]]
+    ) -> Iterator[Metric]:
+        zspages = GaugeMetricFamily(
+            "zswapd_class_zspages",
+            "zspages of a size class per fullness step.",
+            labels=["pool", "size", "fullness"],
+        )
+        allocated = GaugeMetricFamily(
+            "zswapd_class_objects_allocated",
+            "Object slots in a class's zspages (obj_allocated).",
+            labels=["pool", "size"],
+        )
+        used = GaugeMetricFamily(
+            "zswapd_class_objects_used",
+            "Objects in use in a class (obj_used).",
+            labels=["pool", "size"],
+        )
+        pages = GaugeMetricFamily(
+            "zswapd_class_pages",
+            "Pages in a class's zspages (pages_used).",
+            labels=["pool", "size"],
+        )
+        for name, stats in snapshots:
+            for row in stats["classes"]:
+                if row["size"] not in seen[name]:
+                    continue
+                size = str(row["size"])
+                for step in FULLNESS:
+                    zspages.add_metric([name, size, step], row[step])
+                allocated.add_metric([name, size], row["obj_allocated"])
+                used.add_metric([name, size], row["obj_used"])
+                pages.add_metric([name, size], row["pages_used"])
+        yield from (zspages, allocated, used, pages)
+
+
+class Metrics:
+    """The daemon's metrics registry: pools, requests, process, build info."""
+
+    def __init__(self, pools: PoolRegistry) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(PoolCollector(pools))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        Info("zswapd_build", "zswapd's version.", registry=self.registry).info(
+            {"version": __version__}
+        )
+        self.requests = Histogram(
+            "zswapd_request_duration_seconds",
+            "Request handling time by frontend and operation.",
+            ["interface", "op"],
+            buckets=(
+                0.0001,
+                0.00025,
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+                2.5,
+            ),
+            registry=self.registry,
+        )
+
+    def observe(self, interface: str, op: str, seconds: float) -> None:
+        self.requests.labels(interface, op).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
