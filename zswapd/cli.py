@@ -36,6 +36,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "http": args.http,
             "unix_socket": args.unix_socket,
             "socket_mode": args.socket_mode,
+            "metrics": args.metrics,
             "auth_token_file": args.auth_token_file,
             "max_pages_per_request": args.max_pages_per_request,
             "state_dir": args.state_dir,
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", metavar="FILE", help="TOML settings file")
     serve.add_argument("--auth-token-file", metavar="FILE", help="require this bearer token")
+    serve.add_argument("--metrics", metavar="HOST:PORT", help="also serve /metrics alone here")
     serve.add_argument("--max-pages-per-request", type=int, help="body cap in pages (1024)")
     serve.add_argument("--state-dir", metavar="DIR", help="restart without loss (not built yet)")
     _add_pool_flags(serve)

@@ -39,6 +39,7 @@ from zswapd.errors import (
     UnknownPoolError,
     ZswapdError,
 )
+from zswapd.metrics import CONTENT_TYPE_LATEST, Metrics
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
 
@@ -269,7 +270,9 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
     )
     app.state.registry = registry
     app.state.settings = settings
-    app.state.observers = []  # callables (interface, op, seconds): metrics hook in here
+    app.state.metrics = metrics = Metrics(registry)
+    # Callables (interface, op, seconds), told of every request.
+    app.state.observers = [metrics.observe]
 
     @app.exception_handler(ZswapdError)
     async def zswapd_error(request: Request, exc: ZswapdError) -> JSONResponse:
@@ -301,6 +304,16 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
             version=__version__,
             max_pages_per_request=settings.max_pages_per_request,
         )
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        name="metrics",
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
+    async def prometheus_metrics() -> Response:
+        body = await run_in_threadpool(metrics.exposition)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/pools", response_model=PoolList, name="pools_list")
     async def list_pools() -> PoolList:

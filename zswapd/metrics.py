@@ -116,8 +116,17 @@ class PoolCollector(Collector):
             compacted.add_metric([name], stats["mm_stat"]["pages_compacted"])
             rejected.add_metric([name, "pool_limit"], stats["zswap"]["pool_limit_hit"])
             rejected.add_metric([name, "compress_poor"], stats["zswap"]["reject_compress_poor"])
+        pages = CounterMetricFamily(
+            "zswapd_pages", "Pages stored, loaded and freed, by operation.", labels=["pool", "op"]
+        )
+        for name, stats in snapshots:
+            counts = stats["counters"]
+            pages.add_metric([name, "store"], counts["stored_pages_total"])
+            pages.add_metric([name, "load"], counts["loaded_pages_total"])
+            pages.add_metric([name, "free"], counts["freed_pages_total"])
         yield compacted
         yield rejected
+        yield pages
 
     @staticmethod
     def _class_metrics(

@@ -19,7 +19,9 @@ import socket
 import stat
 import sys
 from dataclasses import dataclass
+from typing import Any
 
+import prometheus_client
 import uvicorn
 
 from zswapd.errors import ConfigError
@@ -160,6 +162,12 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
+def start_metrics_server(host: str, port: int, registry: Any) -> int:
+    """prometheus-client's own small server for /metrics alone (a thread); its port."""
+    server, _thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
+    return int(server.server_address[1])
+
+
 def serve(settings: ServerSettings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="zswapd: %(message)s")
@@ -184,18 +192,27 @@ def serve(settings: ServerSettings) -> int:
     try:
         wire = None
         ready = [f"zswapd: serving HTTP on {listener.url()}"]
-        if wire_path is not None:
-            wire_sock = bind(Listener(path=wire_path), settings.socket_mode)
-            bound.append(wire_path)
-            wire_settings = WireSettings(
-                max_pages_per_request=settings.max_pages_per_request, token=token
-            )
-            wire = (wire_sock, registry, wire_settings)
-            ready.append(f"zswapd: serving the wire protocol on unix://{wire_path}")
         app = create_app(
             registry,
             ApiSettings(max_pages_per_request=settings.max_pages_per_request, token=token),
         )
+        metrics = app.state.metrics
+        if wire_path is not None:
+            wire_sock = bind(Listener(path=wire_path), settings.socket_mode)
+            bound.append(wire_path)
+            wire_settings = WireSettings(
+                max_pages_per_request=settings.max_pages_per_request,
+                token=token,
+                observe=metrics.observe,
+            )
+            wire = (wire_sock, registry, wire_settings)
+            ready.append(f"zswapd: serving the wire protocol on unix://{wire_path}")
+        if settings.metrics is not None:
+            m = parse_listen(settings.metrics)
+            if m.path is not None:
+                raise ConfigError("--metrics takes HOST:PORT")
+            port = start_metrics_server(m.host, m.port, metrics.registry)
+            ready.append(f"zswapd: serving metrics on http://{m.host}:{port}/metrics")
         uv_config = uvicorn.Config(
             app,
             log_level="warning",

@@ -58,6 +58,7 @@ _SERVER_ENV: list[tuple[str, str, Any]] = [
     ("ZSWAPD_HTTP", "http", str),
     ("ZSWAPD_AUTH_TOKEN_FILE", "auth_token_file", str),
     ("ZSWAPD_MAX_PAGES_PER_REQUEST", "max_pages_per_request", int),
+    ("ZSWAPD_METRICS", "metrics", str),
 ]
 
 
@@ -69,6 +70,7 @@ _SERVER_KEYS: dict[str, Any] = {
     "max_pages_per_request": int,
     "state_dir": (str, type(None)),
     "socket_mode": int,
+    "metrics": (str, type(None)),
 }
 
 
@@ -99,6 +101,8 @@ class ServerSettings:
     state_dir: str | None = None
     # Mode of Unix sockets (0600: the owner only; 0660 lets a group in).
     socket_mode: int = 0o600
+    # A separate HOST:PORT serving /metrics alone (besides /metrics on the HTTP API).
+    metrics: str | None = None
     pools: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
 
     def check(self) -> None:

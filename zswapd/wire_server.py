@@ -18,6 +18,8 @@ import hmac
 import json
 import logging
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,7 @@ from zswapd.protocol import (
 __all__ = ["WireConnection", "WireSettings", "start_wire_server"]
 
 log = logging.getLogger("zswapd")
+_OP_NAMES = {int(op): op.name.lower() for op in Op}
 _HELLO_REPLY = struct.Struct("<HHIII")
 # Batches up to this many pages are served on the loop; larger ones in a thread.
 _INLINE_PAGES = 64
@@ -52,6 +55,8 @@ class WireSettings:
     max_pages_per_request: int = 1024
     max_in_flight: int = 64
     token: str | None = None
+    # Told of every request: (interface, op, seconds); metrics hook in here.
+    observe: Callable[[str, str, float], None] | None = None
 
     @property
     def max_payload(self) -> int:
@@ -162,6 +167,7 @@ class WireConnection(asyncio.BufferedProtocol):
             frame = self.queue.popleft()
             self.queued_bytes -= len(frame.payload)
             self._flow()
+            start = time.perf_counter()
             try:
                 reply = await self._answer(frame)
             except ProtocolError as exc:
@@ -174,6 +180,9 @@ class WireConnection(asyncio.BufferedProtocol):
             # again just to put 16 bytes in front of it.
             for part in reply:
                 self.transport.write(part)
+            if self.settings.observe is not None:
+                op = _OP_NAMES.get(frame.op, "unknown")
+                self.settings.observe("wire", op, time.perf_counter() - start)
 
     async def _answer(self, frame: Frame) -> tuple[bytes, ...]:
         op, rid, payload = frame.op, frame.request_id, frame.payload

@@ -1,0 +1,143 @@
+"""deploy/: every file checked by its own tool, and the files consistent with each other."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (apt-get install prometheus / systemd)")
+    return path
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+def test_prometheus_config_rules_and_rule_tests() -> None:
+    promtool = _tool("promtool")
+    out = _run(promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = _run(
+        promtool, "check", "rules", str(DEPLOY / "prometheus" / "rules" / "zswapd.rules.yml")
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = _run(promtool, "test", "rules", str(DEPLOY / "prometheus" / "tests" / "zswapd_test.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_alert_has_a_unit_test() -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "zswapd.rules.yml").read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    tests = yaml.safe_load((DEPLOY / "prometheus" / "tests" / "zswapd_test.yml").read_text())
+    fired = {
+        t["alertname"]
+        for case in tests["tests"]
+        for t in case.get("alert_rule_test", [])
+        if t.get("exp_alerts")
+    }
+    assert alerts and alerts == fired
+
+
+def test_compose_prometheus_config(tmp_path: Path) -> None:
+    promtool = _tool("promtool")
+    shutil.copy(DEPLOY / "compose" / "prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copytree(DEPLOY / "prometheus" / "rules", tmp_path / "rules")
+    out = _run(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_systemd_unit_verifies_and_is_hardened() -> None:
+    analyze = _tool("systemd-analyze")
+    unit = DEPLOY / "systemd" / "zswapd.service"
+    out = _run(analyze, "verify", str(unit))
+    assert out.returncode == 0 and not out.stderr.strip(), out.stderr
+    text = unit.read_text()
+    for setting in (
+        "DynamicUser=yes",
+        "RuntimeDirectory=zswapd",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=",
+    ):
+        assert setting in text
+    assert "--http 127.0.0.1:" in text  # loopback only
+    assert "--unix-socket /run/zswapd/" in text  # inside its RuntimeDirectory
+
+
+def test_dashboard_is_provisionable_and_uses_its_variables() -> None:
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "zswapd.json").read_text())
+    names = {v["name"] for v in dash["templating"]["list"]}
+    assert {"datasource", "pool"} <= names
+    titles = [p["title"] for p in dash["panels"]]
+    assert len(titles) == len(set(titles)) >= 10
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    assert any(p["type"] == "heatmap" for p in dash["panels"])
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+        for target in panel["targets"]:
+            assert target["expr"].strip()
+    wanted = [
+        "zswapd_pool_size_bytes",
+        "zswapd_pool_limit_bytes",
+        "zswapd_original_bytes",
+        "zswapd_compressed_bytes",
+        "zswapd:compression_ratio",
+        "zswapd_same_filled_pages",
+        "zswapd_huge_pages",
+        "zswapd_class_zspages",
+        "zswapd_class_objects_allocated",
+        "zswapd_class_objects_used",
+        "zswapd_request_duration_seconds",
+        "zswapd_rejected_pages_total",
+    ]
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    for metric in wanted:
+        assert metric in exprs, metric
+
+
+def test_compose_is_consistent_with_the_other_files() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"zswapd", "prometheus", "grafana"}
+    build = services["zswapd"]["build"]
+    assert (DEPLOY / build["context"] / build["dockerfile"]).is_file()
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    port = re.search(r"EXPOSE (\d+)", dockerfile)
+    assert port is not None
+    assert f':{port.group(1)}"]' in dockerfile or f":{port.group(1)}" in dockerfile
+    assert any(p.endswith(f":{port.group(1)}") for p in services["zswapd"]["ports"])
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert (DEPLOY / source).exists(), source
+    scrape = yaml.safe_load((DEPLOY / "compose" / "prometheus.yml").read_text())
+    target = scrape["scrape_configs"][0]["static_configs"][0]["targets"][0]
+    assert target == f"zswapd:{port.group(1)}"
+    prov = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "dashboards" / "zswapd.yml").read_text()
+    )
+    mount = [
+        v for v in services["grafana"]["volumes"] if "dashboards" in v and "provisioning" not in v
+    ]
+    assert mount and mount[0].split(":")[1] == prov["providers"][0]["options"]["path"]
+    ds = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
+    assert ds["datasources"][0]["url"] == "http://prometheus:9090"
+    assert any(p.endswith(":9090") for p in services["prometheus"]["ports"])
+    for path in ("/etc/prometheus/prometheus.yml", "/etc/prometheus/rules"):
+        assert any(v.split(":")[1] == path for v in services["prometheus"]["volumes"])
