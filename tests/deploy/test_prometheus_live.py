@@ -1,0 +1,197 @@
+"""Metrics end to end: a real zswapd with two pools under a workload, scraped by
+Debian's real ``prometheus`` on loopback, checked through Prometheus's own API:
+the target is up, every DESIGN metric is there with the value the pool reports,
+and every PromQL expression of the dashboard and the recording rules has data."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.zswapd.daemon import Daemon, start_daemon
+from tests.zswapd.helpers import poor_page, random_page, same_page, text_page
+from zswapd.client import Client
+from zswapd.errors import PoolLimitError
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+POOLS = ("default", "fast")
+DESIGN_METRICS = [
+    "zswapd_pool_size_bytes",
+    "zswapd_pool_size_max_bytes",
+    "zswapd_pool_limit_bytes",
+    "zswapd_stored_pages",
+    "zswapd_original_bytes",
+    "zswapd_compressed_bytes",
+    "zswapd_same_filled_pages",
+    "zswapd_huge_pages",
+    "zswapd_compacted_pages_total",
+    "zswapd_rejected_pages_total",
+    "zswapd_class_zspages",
+    "zswapd_class_objects_allocated",
+    "zswapd_class_objects_used",
+    "zswapd_class_pages",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _workload(url: str, wire: str, pages: list[bytes]) -> None:
+    with Client(url) as c:
+        c.create_pool("fast", compressor="lz4", limit_bytes=96 * 4096)
+        handles = c.store(pages[:1200] + [same_page(bytes(8))] * 20)
+        c.load(handles[:300])
+        c.free(handles[::3])
+        c.compact()
+        fast: list[int] = []
+        for i in range(150):
+            # Past the limit: these are the rejects the metrics count.
+            with contextlib.suppress(PoolLimitError):
+                fast += c.store([random_page(i), text_page(i), poor_page(i)], pool="fast")
+        c.free(fast[:10], pool="fast")
+    with Client(f"unix://{wire}") as w:
+        w.load(w.store(pages[1200:1400]))
+
+
+class Prom:
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=10)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        r = self.http.get("/api/v1/query", params={"query": expr})
+        body = r.json()
+        assert body["status"] == "success", (expr, body)
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, process_pages: list[bytes]
+) -> Iterator[tuple[Daemon, Prom]]:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("Debian's prometheus is not installed (apt-get install prometheus)")
+    tmp = tmp_path_factory.mktemp("prom")
+    wire = str(tmp / "w.sock")
+    d = start_daemon("--unix-socket", wire)
+    _workload(d.url, wire, process_pages)
+    host_port = d.url.removeprefix("http://")
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(DEPLOY / "prometheus" / "rules" / "zswapd.rules.yml")],
+        "scrape_configs": [{"job_name": "zswapd", "static_configs": [{"targets": [host_port]}]}],
+    }
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    prom = Prom(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                # Rates need two scrapes inside their window; recording rules a pass.
+                if prom.query("zswapd:pages:rate1m") and prom.query("zswapd:requests:rate1m"):
+                    break
+            except (httpx.HTTPError, AssertionError, json.JSONDecodeError):
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("prometheus never scraped zswapd and evaluated the rules")
+        yield d, prom
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        d.stop()
+
+
+def test_target_is_up(stack: tuple[Daemon, Prom]) -> None:
+    _, prom = stack
+    (up,) = prom.query('up{job="zswapd"}')
+    assert up["value"][1] == "1"
+
+
+def test_every_design_metric_has_the_pools_value(stack: tuple[Daemon, Prom]) -> None:
+    d, prom = stack
+    with Client(d.url) as c:
+        stats = {p: c.stats(p) for p in POOLS}
+    for metric in DESIGN_METRICS:
+        pools = {s["metric"]["pool"] for s in prom.query(metric)}
+        assert set(POOLS) <= pools, metric
+    expect = {
+        "zswapd_stored_pages": ("zswap", "stored_pages"),
+        "zswapd_original_bytes": ("mm_stat", "orig_data_size"),
+        "zswapd_compressed_bytes": ("mm_stat", "compr_data_size"),
+        "zswapd_pool_size_bytes": ("mm_stat", "mem_used_total"),
+        "zswapd_pool_size_max_bytes": ("mm_stat", "mem_used_max"),
+        "zswapd_pool_limit_bytes": ("mm_stat", "mem_limit"),
+        "zswapd_same_filled_pages": ("mm_stat", "same_pages"),
+        "zswapd_huge_pages": ("mm_stat", "huge_pages"),
+        "zswapd_compacted_pages_total": ("mm_stat", "pages_compacted"),
+    }
+    for metric, (section, key) in expect.items():
+        for pool in POOLS:
+            (sample,) = prom.query(f'{metric}{{pool="{pool}"}}')
+            assert float(sample["value"][1]) == stats[pool][section][key], (metric, pool)
+    for pool in POOLS:
+        (rejects,) = prom.query(f'zswapd_rejected_pages_total{{pool="{pool}",reason="pool_limit"}}')
+        assert float(rejects["value"][1]) == stats[pool]["zswap"]["pool_limit_hit"]
+        objects = stats[pool]["zswap"]["stored_pages"] - stats[pool]["mm_stat"]["same_pages"]
+        (used,) = prom.query(f'sum(zswapd_class_objects_used{{pool="{pool}"}})')
+        assert float(used["value"][1]) == objects
+        (pages,) = prom.query(f'sum(zswapd_class_pages{{pool="{pool}"}}) * 4096')
+        assert float(pages["value"][1]) == stats[pool]["mm_stat"]["mem_used_total"]
+    assert (
+        float(
+            prom.query('zswapd_rejected_pages_total{pool="fast",reason="pool_limit"}')[0]["value"][
+                1
+            ]
+        )
+        > 0
+    )
+    interfaces = {
+        s["metric"]["interface"] for s in prom.query("zswapd_request_duration_seconds_count")
+    }
+    assert interfaces == {"http", "wire"}
+    assert prom.query("zswapd_build_info")[0]["metric"]["version"]
+    assert prom.query("process_resident_memory_bytes")
+
+
+def _exprs() -> list[str]:
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "zswapd.json").read_text())
+    out = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "zswapd.rules.yml").read_text())
+    out += [r["expr"] for g in rules["groups"] for r in g["rules"] if "record" in r]
+    return out
+
+
+@pytest.mark.parametrize("expr", _exprs())
+def test_every_dashboard_and_rule_expression_has_data(
+    stack: tuple[Daemon, Prom], expr: str
+) -> None:
+    _, prom = stack
+    concrete = expr.replace("$pool", ".*").replace("$__rate_interval", "1m")
+    assert prom.query(concrete), concrete
