@@ -195,3 +195,15 @@ def test_every_dashboard_and_rule_expression_has_data(
     _, prom = stack
     concrete = expr.replace("$pool", ".*").replace("$__rate_interval", "1m")
     assert prom.query(concrete), concrete
+
+
+def test_exposition_passes_promtool_check_metrics(stack: tuple[Daemon, Prom]) -> None:
+    d, _ = stack
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    body = httpx.get(f"{d.url}/metrics").text
+    out = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
