@@ -20,7 +20,7 @@ from zswapd.cli_client import (
     pool_flags,
     run_client_command,
 )
-from zswapd.corpus import default_corpus_files, load_pages
+from zswapd.corpus import load_pages
 from zswapd.errors import ZswapdError
 from zswapd.settings import DEFAULT_HTTP
 
@@ -52,10 +52,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _load_corpus(args: argparse.Namespace) -> list[bytes] | None:
-    files = [Path(p) for p in args.corpus] if args.corpus else default_corpus_files()
-    if not files:
-        print("zswapd bench: no corpus found; pass --corpus FILE...", file=sys.stderr)
-        return None
+    if not args.corpus:
+        from zswapd.bench.workload import dump_workload
+
+        _progress(args)("dumping the memory of a workload process (pass --corpus for others)")
+        args.corpus_files = ["<workload process>"]
+        return dump_workload()
+    files = [Path(p) for p in args.corpus]
     try:
         pages = load_pages(files)
     except (OSError, ValueError) as exc:
@@ -75,6 +78,15 @@ def _progress(args: argparse.Namespace) -> Callable[[str], None]:
 
 def _emit(args: argparse.Namespace, result: dict[str, Any], render: Callable[..., str]) -> int:
     result["corpus_files"] = args.corpus_files
+    if getattr(args, "plot", None):
+        from zswapd.bench.plots import plot
+
+        try:
+            for path in plot(result, Path(args.plot)):
+                _progress(args)(f"wrote {path}")
+        except RuntimeError as exc:
+            print(f"zswapd bench: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
@@ -129,6 +141,16 @@ def _cmd_bench_wire(args: argparse.Namespace) -> int:
         return 2
     result = bench.run(pages, repeats=args.repeats, n_pages=args.pages, progress=_progress(args))
     return _emit(args, result, bench.render)
+
+
+def _cmd_bench_all(args: argparse.Namespace) -> int:
+    from zswapd.bench import suite
+
+    pages = _load_corpus(args)
+    if pages is None:
+        return 2
+    result = suite.run(pages, quick=args.quick, only=args.only, quiet=args.json)
+    return _emit(args, result, suite.render)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,8 +228,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pool_flags(pools)
     pools.set_defaults(func=cmd_pools)
 
-    bench = sub.add_parser("bench", help="benchmarks")
-    bench_sub = bench.add_subparsers(dest="suite", required=True)
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks: every suite, or one",
+        description="With no suite: compressors, allocators, paths (in process, wire, HTTP), "
+        "scale and peers (memcached, Redis), side by side in one run.",
+    )
+    bench.add_argument(
+        "--corpus",
+        nargs="+",
+        metavar="FILE",
+        help="page files (default: the memory of a workload process it starts)",
+    )
+    bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.add_argument("--plot", metavar="DIR", help="write PNG plots here")
+    bench.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    bench.add_argument(
+        "--only",
+        nargs="+",
+        choices=["compressors", "allocators", "paths", "scale", "peers"],
+        help="run only these suites",
+    )
+    bench.set_defaults(func=_cmd_bench_all)
+    bench_sub = bench.add_subparsers(dest="suite")
     alloc = bench_sub.add_parser("allocator", help="allocator efficiency, speed and overhead")
     alloc.add_argument("--corpus", nargs="+", metavar="FILE", help="page files (default: shared)")
     alloc.add_argument(

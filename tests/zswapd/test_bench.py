@@ -118,3 +118,34 @@ def test_bench_wire_json_has_every_field(tmp_path: Path) -> None:
     expected = {f"{op}_b{b}_c{c}" for op in ("store", "load") for b in (1, 64) for c in (1, 4)}
     assert set(result["ratio_to_lz4"]) == expected
     assert all(v > 0 for v in result["rates_per_s"].values())
+
+
+def test_bench_every_suite_quick_with_plots(tmp_path: Path) -> None:
+    import shutil
+
+    corpus = _tiny_corpus(tmp_path / "tiny.pages")
+    plots = tmp_path / "plots"
+    result = _bench_json("--corpus", str(corpus), "--quick", "--plot", str(plots))
+    assert {"date", "machine", "corpus_pages"} <= set(result)
+    assert set(result["compressors"]["algorithms"]) >= {"lz4", "zstd 3", "zstd 19"}
+    assert {"zstd 3", "zstd 3 + dictionary"} <= set(result["compressors"]["dictionary"])
+    assert list(result["allocators"]["efficiency"]) == ["2000"]
+    paths = result["paths"]
+    assert set(paths["in_process"]) == {"lz4", "zstd"}
+    assert "store_b64_c4" in paths["wire"]["ratio_to_lz4"]
+    assert "store_64" in paths["http"]["ratio_to_lz4"]
+    levels = result["scale"]["levels"]
+    assert [r["stored_pages"] for r in levels] == [1000, 3000]
+    assert all(r["store_us_per_page"] > 0 and r["rss_per_stored_page"] > 0 for r in levels)
+    servers = result["peers"]["servers"]
+    assert {"zswapd wire, lz4", "zswapd wire, zstd"} <= set(servers)
+    for name, binary in (("memcached", "memcached"), ("redis", "redis-server")):
+        assert (name in servers) == (shutil.which(binary) is not None)
+    for row in servers.values():
+        assert row["store_per_s"] > 0 and row["load_per_s"] > 0
+    assert {p.name for p in plots.iterdir()} == {
+        "compressors.png",
+        "allocators-2000.png",
+        "scale.png",
+        "peers.png",
+    }

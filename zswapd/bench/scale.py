@@ -1,0 +1,139 @@
+"""Scale: cost per operation as the pool grows, and RSS per stored page.
+
+In a fresh interpreter (so RSS is the pool's and nothing else's), an lz4 pool
+is filled with the corpus's pages, cycled, to 10^4, 10^5 and 10^6 stored pages;
+at each level 4,096 pages are stored, loaded and freed in 64-page batches and
+timed (the cost per page should stay flat), and RSS growth per stored page is
+taken beside mem_used_total per stored page.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from zswapd.bench.stats import format_table, rss_bytes
+from zswapd.config import PoolConfig
+from zswapd.pool import PAGE_SIZE, PagePool
+
+__all__ = ["LEVELS", "child", "render", "run"]
+
+LEVELS = (10_000, 100_000, 1_000_000)
+PROBE = 4096
+BATCH = 64
+
+
+def child(pages_path: str, levels: Sequence[int]) -> None:
+    """Runs in its own interpreter; prints the result as JSON."""
+    with open(pages_path, "rb") as f:
+        data = f.read()
+    pages = [data[i : i + PAGE_SIZE] for i in range(0, len(data), PAGE_SIZE)]
+    del data
+    base = rss_bytes()
+    pool = PagePool("scale", PoolConfig(compressor="lz4"))
+    rng = random.Random(1)
+    live: list[int] = []
+    out = []
+    n = 0
+    for level in levels:
+        while len(live) < level:
+            batch = [pages[(n + i) % len(pages)] for i in range(min(256, level - len(live)))]
+            n += len(batch)
+            live += pool.store(batch)
+        k = min(PROBE, level)
+        probe = [pages[(n + i) % len(pages)] for i in range(k)]
+        start = time.perf_counter()
+        fresh: list[int] = []
+        for i in range(0, k, BATCH):
+            fresh += pool.store(probe[i : i + BATCH])
+        store_us = (time.perf_counter() - start) * 1e6 / k
+        sample = rng.sample(live, k)
+        start = time.perf_counter()
+        for i in range(0, k, BATCH):
+            pool.load(sample[i : i + BATCH])
+        load_us = (time.perf_counter() - start) * 1e6 / k
+        start = time.perf_counter()
+        for i in range(0, k, BATCH):
+            pool.free(fresh[i : i + BATCH])
+        free_us = (time.perf_counter() - start) * 1e6 / k
+        mm = pool.mm_stat()
+        grown = rss_bytes() - base
+        out.append(
+            {
+                "stored_pages": len(live),
+                "store_us_per_page": store_us,
+                "load_us_per_page": load_us,
+                "free_us_per_page": free_us,
+                "mem_used_total": mm["mem_used_total"],
+                "rss_growth": grown,
+                "rss_per_stored_page": grown / len(live),
+                "pool_bytes_per_stored_page": mm["mem_used_total"] / len(live),
+                "overhead_per_stored_page": (grown - mm["mem_used_total"]) / len(live),
+            }
+        )
+    json.dump(out, sys.stdout)
+
+
+def run(
+    pages: Sequence[bytes],
+    *,
+    levels: Sequence[int] = LEVELS,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    say = progress or (lambda msg: None)
+    say(f"scale: filling a pool to {', '.join(f'{n:,}' for n in levels)} pages")
+    with tempfile.NamedTemporaryFile(suffix=".pages") as f:
+        f.write(b"".join(pages))
+        f.flush()
+        text = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, json; from zswapd.bench.scale import child; "
+                "child(sys.argv[1], json.loads(sys.argv[2]))",
+                f.name,
+                json.dumps(list(levels)),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    return {"compressor": "lz4", "levels": json.loads(text)}
+
+
+def render(result: dict[str, Any]) -> str:
+    rows = [
+        [
+            f"{r['stored_pages']:,}",
+            f"{r['store_us_per_page']:.2f}",
+            f"{r['load_us_per_page']:.2f}",
+            f"{r['free_us_per_page']:.2f}",
+            f"{r['pool_bytes_per_stored_page']:.0f}",
+            f"{r['rss_per_stored_page']:.0f}",
+            f"{r['overhead_per_stored_page']:.0f}",
+        ]
+        for r in result["levels"]
+    ]
+    return "\n".join(
+        [
+            "scale (lz4 pool, 64-page batches, microseconds per page; bytes per stored page)",
+            format_table(
+                [
+                    "stored pages",
+                    "store us",
+                    "load us",
+                    "free us",
+                    "pool B",
+                    "RSS B",
+                    "RSS beyond pool B",
+                ],
+                rows,
+            ),
+        ]
+    )
