@@ -137,6 +137,99 @@ class PoolSettings(BaseModel):
     allocator_options: dict[str, Any] = Field(default_factory=dict)
 
 
+class PoolConfigOut(BaseModel):
+    """A pool's settings as applied (the dictionary by size)."""
+
+    compressor: str
+    level: int | None
+    allocator: str
+    chain_size: int
+    limit_bytes: int
+    huge_policy: str
+    accept_threshold_percent: int | None
+    recompress_algo: str | None
+    recompress_level: int | None
+    allocator_options: dict[str, Any]
+    dictionary: int | None
+
+
+class PoolCreated(BaseModel):
+    pool: str
+    config: PoolConfigOut
+
+
+class MmStat(BaseModel):
+    """zram's mm_stat, field for field."""
+
+    orig_data_size: int
+    compr_data_size: int
+    mem_used_total: int
+    mem_limit: int
+    mem_used_max: int
+    same_pages: int
+    pages_compacted: int
+    huge_pages: int
+    huge_pages_since: int
+
+
+class ZswapCounters(BaseModel):
+    stored_pages: int
+    same_filled_pages: int
+    pool_total_size: int
+    pool_limit_hit: int
+    reject_compress_poor: int
+    decompress_fail: int
+
+
+class PageCounters(BaseModel):
+    stored_pages_total: int
+    loaded_pages_total: int
+    freed_pages_total: int
+
+
+class RecompressCounters(BaseModel):
+    attempts: int
+    recompressed_pages: int
+    saved_bytes: int
+    algorithms: list[str]
+
+
+class ClassRow(BaseModel):
+    """One row of the debugfs ``classes`` table; fullness columns named "0".."100"."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    class_: int = Field(alias="class")
+    size: int
+    f0: int = Field(alias="0")
+    f10: int = Field(alias="10")
+    f20: int = Field(alias="20")
+    f30: int = Field(alias="30")
+    f40: int = Field(alias="40")
+    f50: int = Field(alias="50")
+    f60: int = Field(alias="60")
+    f70: int = Field(alias="70")
+    f80: int = Field(alias="80")
+    f90: int = Field(alias="90")
+    f99: int = Field(alias="99")
+    f100: int = Field(alias="100")
+    obj_allocated: int
+    obj_used: int
+    pages_used: int
+    pages_per_zspage: int
+    freeable: int
+
+
+class PoolStatsOut(BaseModel):
+    pool: str
+    config: PoolConfigOut
+    huge_class_size: int
+    mm_stat: MmStat
+    zswap: ZswapCounters
+    counters: PageCounters
+    recompress: RecompressCounters
+    classes: list[ClassRow]
+
+
 class PoolList(BaseModel):
     pools: list[str]
 
@@ -319,7 +412,7 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
     async def list_pools() -> PoolList:
         return PoolList(pools=reg.names())
 
-    @app.put("/v1/pools/{pool}", status_code=201, name="pool_create")
+    @app.put("/v1/pools/{pool}", status_code=201, name="pool_create", response_model=PoolCreated)
     async def create_pool(pool: PoolName, body: PoolSettings | None = None) -> dict[str, Any]:
         config = PoolConfig.from_dict((body or PoolSettings()).model_dump())
         created = await run_in_threadpool(reg.create, pool, config)
@@ -378,7 +471,12 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
         await _offload(len(body.handles), target.free, body.handles)
         return Response(status_code=204)
 
-    @app.get("/v1/pools/{pool}/stats", name="stats")
+    @app.get(
+        "/v1/pools/{pool}/stats",
+        name="stats",
+        response_model=PoolStatsOut,
+        response_model_by_alias=True,
+    )
     async def stats(pool: PoolName) -> dict[str, Any]:
         return await run_in_threadpool(reg.get(pool).stats)
 
