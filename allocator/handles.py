@@ -138,6 +138,48 @@ class HandleTable:
             pass
         raise InvalidHandleError(f"no live object for handle {handle!r}")
 
+    def handle_of(self, slot: int) -> int:
+        """The handle now issued for a live ``slot``."""
+        if not 0 < slot < len(self._loc) or self._loc[slot] < 0:
+            raise InvalidHandleError(f"slot {slot} is not live")
+        return self._gen[slot] << SLOT_BITS | slot
+
+    def adopt(self, handles: dict[int, int]) -> None:
+        """Re-issue exactly these handles (handle -> location), as after a restart.
+
+        The table must be empty.  Every other slot up to the highest adopted one
+        is chained free, so later handles never collide with adopted ones.
+
+        Raises:
+            InvalidHandleError: a value that is not a handle, or one slot twice.
+        """
+        if self.live:
+            raise ValueError("adopt() needs an empty table")
+        top = 0
+        for handle in handles:
+            slot, gen = handle & SLOT_MASK, handle >> SLOT_BITS
+            if not slot or not 0 < gen < _GEN_LIMIT:
+                raise InvalidHandleError(f"{handle!r} is not a handle")
+            top = max(top, slot)
+        grow = top + 1 - len(self._loc)
+        if grow > 0:
+            self._loc.extend([-1] * grow)
+            self._gen.extend([1] * grow)
+        seen: set[int] = set()
+        for handle, location in handles.items():
+            slot = handle & SLOT_MASK
+            if slot in seen:
+                raise InvalidHandleError(f"slot {slot} adopted twice")
+            seen.add(slot)
+            self._gen[slot] = handle >> SLOT_BITS
+            self._loc[slot] = location
+        self._free = 0
+        for slot in range(len(self._loc) - 1, 0, -1):
+            if slot not in seen:
+                self._loc[slot] = -1 - self._free
+                self._free = slot
+        self.live = len(seen)
+
     def live_slots(self) -> list[int]:
         """Every live slot (for invariant checks; O(table size))."""
         return [s for s in range(1, len(self._loc)) if self._loc[s] >= 0]

@@ -40,6 +40,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "auth_token_file": args.auth_token_file,
             "max_pages_per_request": args.max_pages_per_request,
             "state_dir": args.state_dir,
+            "snapshot_interval": args.snapshot_interval,
             **pool_flags(args),
             "accept_threshold_percent": args.accept_threshold_percent,
             "recompress_algo": args.recompress_algo,
@@ -177,7 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-token-file", metavar="FILE", help="require this bearer token")
     serve.add_argument("--metrics", metavar="HOST:PORT", help="also serve /metrics alone here")
     serve.add_argument("--max-pages-per-request", type=int, help="body cap in pages (1024)")
-    serve.add_argument("--state-dir", metavar="DIR", help="restart without loss (not built yet)")
+    serve.add_argument(
+        "--state-dir", metavar="DIR", help="save pools here on SIGTERM, restore them on start"
+    )
+    serve.add_argument(
+        "--snapshot-interval", type=float, metavar="SECONDS", help="also save every N seconds"
+    )
     _add_pool_flags(serve)
     serve.add_argument("--accept-threshold-percent", type=int, help="zswap's hysteresis")
     serve.add_argument("--recompress-algo", help="secondary algorithm for recompress")

@@ -85,6 +85,23 @@ class EntryTable:
         self._handles.release(slot)
         return was
 
+    def adopt(self, rows: list[tuple[int, int, int, int, int]]) -> None:
+        """Re-create entries under their old handles: (handle, kind, obj, clen, atime).
+
+        The table must be empty (a pool being restored from its saved state).
+        """
+        self._handles.adopt({row[0]: 0 for row in rows})
+        for handle, kind, obj, clen, atime in rows:
+            slot = handle & SLOT_MASK
+            while slot >= len(self.obj):
+                self._grow()
+            self.obj[slot], self.clen[slot] = obj, clen
+            self.kind[slot], self.atime[slot] = kind, atime
+
+    def handle_of(self, slot: int) -> int:
+        """The live handle of ``slot`` (for saving state)."""
+        return self._handles.handle_of(slot)
+
     def live_slots(self) -> list[int]:
         return self._handles.live_slots()
 

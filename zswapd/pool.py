@@ -23,6 +23,7 @@ Lock order: PagePool._lock, then the allocator's own lock (taken inside it).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import compressors
-from allocator import FULLNESS_LABELS, PoolFullError
+from allocator import FULLNESS_LABELS, InvalidHandleError, PoolFullError
 from zswapd.config import PoolConfig, check_pool_name
 from zswapd.entries import COMPRESSED, HUGE, RECOMPRESSED, SAME, EntryTable
 from zswapd.errors import (
@@ -397,6 +398,71 @@ class PagePool:
                 result["recompressed"] += 1
         result["bytes_saved"] = saved
         return result
+
+    # -- saving and restoring (zswapd.state) ---------------------------------------
+
+    def add_secondary(self, comp: compressors.Compressor) -> int:
+        """Register a secondary compressor (restoring a pool); returns its index."""
+        with self._lock:
+            self._secondaries.append(comp)
+            return len(self._secondaries) - 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to rebuild this pool, read under its lock."""
+        with self._lock:
+            e = self._entries
+            read = self._alloc.obj_read
+            entries = []
+            for slot in e.live_slots():
+                kind, obj, clen = e.kind[slot], e.obj[slot], e.clen[slot]
+                payload = obj.to_bytes(8, "little") if kind == SAME else read(obj, clen)
+                entries.append((e.handle_of(slot), kind, clen, e.atime[slot], payload))
+            config = self.config.to_dict()
+            return {
+                "config": config,
+                "dictionary": self.config.dictionary.hex() if self.config.dictionary else None,
+                "counters": dataclasses.asdict(self.counters),
+                "mem_used_max": self._mem_used_max,
+                "secondaries": [[c.name, dict(c.options)] for c in self._secondaries],
+                "entries": entries,
+            }
+
+    def restore(
+        self, records: list[tuple[int, int, int, int, bytes]], counters: Counters, used_max: int
+    ) -> None:
+        """Fill an empty pool with saved entries, under their old handles.
+
+        Raises:
+            ConfigError: a record this pool cannot hold (kind, size, limit).
+        """
+        with self._lock:
+            if len(self._entries):
+                raise ConfigError("restore() needs an empty pool")
+            rows = []
+            try:
+                for handle, kind, clen, atime, payload in records:
+                    if kind == SAME:
+                        if len(payload) != 8:
+                            raise ConfigError("a same-filled record without its word")
+                        rows.append((handle, kind, int.from_bytes(payload, "little"), 0, atime))
+                        self._same_pages += 1
+                        continue
+                    if kind not in (COMPRESSED, HUGE) and not (
+                        RECOMPRESSED <= kind < RECOMPRESSED + len(self._secondaries)
+                    ):
+                        raise ConfigError(f"a record of unknown kind {kind}")
+                    if len(payload) != clen or (kind == HUGE) != (clen == PAGE_SIZE):
+                        raise ConfigError("a record whose length does not match its kind")
+                    rows.append((handle, kind, self._alloc.store(payload), clen, atime))
+                    self._compr_data_size += clen
+                    self._huge_pages += kind == HUGE
+                self._entries.adopt(rows)
+            except PoolFullError as exc:
+                raise ConfigError(f"the saved pages do not fit the pool's limit: {exc}") from exc
+            except InvalidHandleError as exc:
+                raise ConfigError(f"bad handle in saved state: {exc}") from exc
+            self.counters = counters
+            self._mem_used_max = max(used_max, self._alloc.total_size_bytes)
 
     # -- figures -------------------------------------------------------------------
 

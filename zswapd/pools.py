@@ -35,6 +35,17 @@ class PoolRegistry:
             self._pools[name] = pool
         return pool
 
+    def adopt(self, pool: PagePool) -> None:
+        """Add an existing pool (one restored from saved state).
+
+        Raises:
+            PoolExistsError: a pool of that name exists.
+        """
+        with self._lock:
+            if pool.name in self._pools:
+                raise PoolExistsError(f"pool {pool.name!r} exists already")
+            self._pools[pool.name] = pool
+
     def get(self, name: str) -> PagePool:
         """The pool called ``name``.
 

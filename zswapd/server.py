@@ -19,15 +19,18 @@ import socket
 import stat
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import prometheus_client
 import uvicorn
+from starlette.concurrency import run_in_threadpool
 
 from zswapd.errors import ConfigError
 from zswapd.http_api import ApiSettings, create_app
 from zswapd.pools import PoolRegistry
 from zswapd.settings import ServerSettings
+from zswapd.state import load_state_dir, save_state_dir
 from zswapd.wire_server import WireSettings, start_wire_server
 
 __all__ = ["Listener", "bind", "parse_listen", "serve"]
@@ -129,6 +132,28 @@ def bind(listener: Listener, mode: int = 0o600) -> socket.socket:
     return sock
 
 
+class _Saver:
+    """Writes every pool to the state directory: on demand and periodically."""
+
+    def __init__(self, registry: PoolRegistry, directory: Path, interval: float) -> None:
+        self.registry = registry
+        self.directory = directory
+        self.interval = interval
+
+    def save(self) -> None:
+        pools = [self.registry.get(n) for n in self.registry.names()]
+        written = save_state_dir(pools, self.directory)
+        log.info("saved %d pools to %s", len(written), self.directory)
+
+    async def periodic(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await run_in_threadpool(self.save)
+            except Exception:  # keep serving; the next snapshot may succeed
+                log.exception("periodic snapshot failed")
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, announcing itself once it accepts requests.
 
@@ -142,21 +167,28 @@ class _Server(uvicorn.Server):
         config: uvicorn.Config,
         ready_lines: list[str],
         wire: tuple[socket.socket, PoolRegistry, WireSettings] | None = None,
+        saver: _Saver | None = None,
     ) -> None:
         super().__init__(config)
         self._ready_lines = ready_lines
         self._wire = wire
         self._wire_server: asyncio.Server | None = None
+        self._saver = saver
+        self._snapshots: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self._wire is not None:
             self._wire_server = await start_wire_server(*self._wire)
+        if self._saver is not None and self._saver.interval:
+            self._snapshots = asyncio.get_running_loop().create_task(self._saver.periodic())
         # Lines a parent process can wait for (tests and scripts do).
         for line in self._ready_lines:
             print(line, file=sys.stderr, flush=True)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._snapshots is not None:
+            self._snapshots.cancel()
         if self._wire_server is not None:
             self._wire_server.close()
         await super().shutdown(sockets=sockets)
@@ -171,11 +203,16 @@ def start_metrics_server(host: str, port: int, registry: Any) -> int:
 def serve(settings: ServerSettings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="zswapd: %(message)s")
-    if settings.state_dir is not None:
-        raise ConfigError("--state-dir (restart without loss) is not built yet")
     registry = PoolRegistry()
+    state_dir = Path(settings.state_dir) if settings.state_dir is not None else None
+    if state_dir is not None:
+        # A torn or corrupted file raises StateError: refuse to start, load nothing.
+        for pool in load_state_dir(state_dir):
+            registry.adopt(pool)
+            log.info("restored pool %s: %d pages", pool.name, pool.stored_pages)
     for name, pool_config in settings.pool_configs().items():
-        registry.create(name, pool_config)
+        if name not in registry:
+            registry.create(name, pool_config)
     token = settings.token()
     listener = parse_listen(settings.http)
     if not listener.loopback and token is None:
@@ -220,13 +257,20 @@ def serve(settings: ServerSettings) -> int:
             lifespan="off",
             timeout_graceful_shutdown=30,
         )
-        server = _Server(uv_config, ready, wire)
+        saver = None
+        if state_dir is not None:
+            saver = _Saver(registry, state_dir, settings.snapshot_interval)
+            ready.append(f"zswapd: state in {state_dir}")
+        server = _Server(uv_config, ready, wire, saver)
         # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to
         # whatever handler was there before; with these, that re-raise is a no-op
         # and the daemon cleans up and exits 0 instead of dying of the signal.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: None)
         server.run(sockets=[sock])
+        if saver is not None:
+            # After in-flight requests finished: everything acknowledged is saved.
+            saver.save()
     finally:
         sock.close()
         for path in bound:

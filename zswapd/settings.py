@@ -71,6 +71,7 @@ _SERVER_KEYS: dict[str, Any] = {
     "state_dir": (str, type(None)),
     "socket_mode": int,
     "metrics": (str, type(None)),
+    "snapshot_interval": (int, float),
 }
 
 
@@ -99,6 +100,8 @@ class ServerSettings:
     auth_token_file: str | None = None
     max_pages_per_request: int = 1024
     state_dir: str | None = None
+    # Seconds between snapshots of every pool to state_dir (0: only at shutdown).
+    snapshot_interval: float = 0
     # Mode of Unix sockets (0600: the owner only; 0660 lets a group in).
     socket_mode: int = 0o600
     # A separate HOST:PORT serving /metrics alone (besides /metrics on the HTTP API).
@@ -111,6 +114,8 @@ class ServerSettings:
             value = getattr(self, key)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ConfigError(f"server setting {key} = {value!r} is not a {kind}")
+        if self.snapshot_interval < 0:
+            raise ConfigError("snapshot_interval cannot be negative")
         if self.max_pages_per_request < 1:
             raise ConfigError("max_pages_per_request must be at least 1")
         if not 0 <= self.socket_mode <= 0o777:
