@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import random
 from array import array
+from collections.abc import Callable
 
 from allocator.errors import InvalidHandleError
 
@@ -29,6 +30,13 @@ SLOT_BITS = 28
 GEN_BITS = 24
 SLOT_MASK = (1 << SLOT_BITS) - 1
 _GEN_LIMIT = 1 << GEN_BITS
+# A random step below 2**23 never wraps a generation back onto itself.
+_RAND_MASK = (1 << (GEN_BITS - 1)) - 1
+
+
+def _urandom_words() -> array[int]:
+    """1,024 random 32-bit words from the kernel's randomness (one system call)."""
+    return array("I", os.urandom(4096))
 
 
 class HandleTable:
@@ -37,15 +45,25 @@ class HandleTable:
     A location is any non-negative int below 2**62 chosen by the allocator.
     """
 
-    __slots__ = ("_free", "_gen", "_loc", "_randbits", "live")
+    __slots__ = ("_free", "_gen", "_loc", "_random", "_refill", "live")
 
     def __init__(self, seed: int | None = None) -> None:
         # Slot 0 is never issued: it terminates the free chain.
         self._loc = array("q", [0])
         self._gen = array("I", [0])
         self._free = 0
-        rng = random.Random(seed if seed is not None else os.urandom(16))
-        self._randbits = rng.getrandbits
+        # Generations must not be predictable from handles a client has seen (a
+        # Mersenne Twister's could be), yet a system call per handle would cost
+        # more than the rest of malloc: words of os.urandom, drawn 1,024 at a time.
+        self._refill: Callable[[], array[int]] = _urandom_words
+        if seed is not None:  # reproducible, for tests and benchmarks
+            rng = random.Random(seed)
+
+            def seeded() -> array[int]:
+                return array("I", [rng.getrandbits(32) for _ in range(1024)])
+
+            self._refill = seeded
+        self._random = self._refill()
         self.live = 0
 
     def alloc(self, location: int) -> int:
@@ -64,7 +82,12 @@ class HandleTable:
             gen.append(1)
         # A fresh random generation, never the one just retired (release bumped
         # it, and 0 is never used): 1..2**24-1.
-        g = (gen[slot] + self._randbits(GEN_BITS - 1)) % _GEN_LIMIT or 1
+        try:
+            r = self._random.pop()
+        except IndexError:
+            self._random = self._refill()
+            r = self._random.pop()
+        g = (gen[slot] + (r & _RAND_MASK)) % _GEN_LIMIT or 1
         gen[slot] = g
         self.live += 1
         return g << SLOT_BITS | slot
