@@ -39,6 +39,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "metrics": args.metrics,
             "auth_token_file": args.auth_token_file,
             "max_pages_per_request": args.max_pages_per_request,
+            "max_connections": args.max_connections,
             "state_dir": args.state_dir,
             "snapshot_interval": args.snapshot_interval,
             **pool_flags(args),
@@ -178,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-token-file", metavar="FILE", help="require this bearer token")
     serve.add_argument("--metrics", metavar="HOST:PORT", help="also serve /metrics alone here")
     serve.add_argument("--max-pages-per-request", type=int, help="body cap in pages (1024)")
+    serve.add_argument(
+        "--max-connections", type=int, help="open connections per frontend (1024); then 503"
+    )
     serve.add_argument(
         "--state-dir", metavar="DIR", help="save pools here on SIGTERM, restore them on start"
     )

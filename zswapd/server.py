@@ -239,6 +239,7 @@ def serve(settings: ServerSettings) -> int:
             bound.append(wire_path)
             wire_settings = WireSettings(
                 max_pages_per_request=settings.max_pages_per_request,
+                max_connections=settings.max_connections,
                 token=token,
                 observe=metrics.observe,
             )
@@ -256,6 +257,9 @@ def serve(settings: ServerSettings) -> int:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=30,
+            # Past this many connections (idle keep-alive ones included) uvicorn
+            # answers 503 at once instead of holding more sockets and buffers.
+            limit_concurrency=settings.max_connections,
         )
         saver = None
         if state_dir is not None:

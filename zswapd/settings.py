@@ -68,6 +68,7 @@ _SERVER_KEYS: dict[str, Any] = {
     "unix_socket": (str, type(None)),
     "auth_token_file": (str, type(None)),
     "max_pages_per_request": int,
+    "max_connections": int,
     "state_dir": (str, type(None)),
     "socket_mode": int,
     "metrics": (str, type(None)),
@@ -99,6 +100,8 @@ class ServerSettings:
     unix_socket: str | None = None
     auth_token_file: str | None = None
     max_pages_per_request: int = 1024
+    # Open connections per frontend; past it new ones are refused (503).
+    max_connections: int = 1024
     state_dir: str | None = None
     # Seconds between snapshots of every pool to state_dir (0: only at shutdown).
     snapshot_interval: float = 0
@@ -116,6 +119,8 @@ class ServerSettings:
                 raise ConfigError(f"server setting {key} = {value!r} is not a {kind}")
         if self.snapshot_interval < 0:
             raise ConfigError("snapshot_interval cannot be negative")
+        if self.max_connections < 1:
+            raise ConfigError("max_connections must be at least 1")
         if self.max_pages_per_request < 1:
             raise ConfigError("max_pages_per_request must be at least 1")
         if not 0 <= self.socket_mode <= 0o777:

@@ -54,6 +54,7 @@ _INLINE_PAGES = 64
 class WireSettings:
     max_pages_per_request: int = 1024
     max_in_flight: int = 64
+    max_connections: int = 1024
     token: str | None = None
     # Told of every request: (interface, op, seconds); metrics hook in here.
     observe: Callable[[str, str, float], None] | None = None
@@ -72,9 +73,13 @@ def _handles(payload: bytes) -> list[int]:
 class WireConnection(asyncio.BufferedProtocol):
     """One client connection."""
 
-    def __init__(self, registry: PoolRegistry, settings: WireSettings) -> None:
+    def __init__(
+        self, registry: PoolRegistry, settings: WireSettings, open_count: list[int]
+    ) -> None:
         self.registry = registry
         self.settings = settings
+        self.open_count = open_count  # shared by every connection of the server
+        self.counted = False
         self.parser = FrameParser(settings.max_payload)
         self.queue: collections.deque[Frame] = collections.deque()
         self.queued_bytes = 0
@@ -92,6 +97,24 @@ class WireConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; same interface.
         self.transport = transport  # type: ignore[assignment]
+        if self.open_count[0] >= self.settings.max_connections:
+            assert self.transport is not None
+            # Refused clearly, before anything is read: idle connections cannot
+            # pile up past the limit.
+            self.transport.write(
+                encode_error(
+                    Op.HELLO,
+                    0,
+                    503,
+                    "too_many_connections",
+                    f"at most {self.settings.max_connections} connections; try again later",
+                )
+            )
+            self.closing = True
+            self.transport.close()
+            return
+        self.open_count[0] += 1
+        self.counted = True
         self.task = asyncio.get_running_loop().create_task(self._serve())
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -116,6 +139,9 @@ class WireConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        if self.counted:
+            self.open_count[0] -= 1
+            self.counted = False
         if self.task is not None:
             self.task.cancel()
 
@@ -256,4 +282,7 @@ async def start_wire_server(
 ) -> asyncio.Server:
     """Serve the wire protocol on an already bound, listening Unix socket."""
     loop = asyncio.get_running_loop()
-    return await loop.create_unix_server(lambda: WireConnection(registry, settings), sock=sock)
+    open_count = [0]
+    return await loop.create_unix_server(
+        lambda: WireConnection(registry, settings, open_count), sock=sock
+    )

@@ -236,3 +236,32 @@ def test_a_client_that_does_not_read_is_paused_not_dropped(wire: tuple[Daemon, s
         seen.add(f.request_id)
     t.join()
     assert seen == set(range(n))
+
+
+def test_connections_past_the_limit_are_refused_clearly(tmp_path: Path) -> None:
+    import httpx
+
+    path = str(tmp_path / "l.sock")
+    d = start_daemon("--unix-socket", path, "--max-connections", "3")
+    try:
+        held = [Raw(path) for _ in range(3)]  # idle, but open
+        extra = Raw(path, hello=False)
+        f = extra.read()
+        assert f is not None and f.status == 503
+        assert json.loads(f.payload)["error"] == "too_many_connections"
+        assert extra.closed()
+        held.pop().sock.close()
+        import time
+
+        time.sleep(0.2)
+        again = Raw(path)  # room again
+        assert again.call(Op.STORE, 1, text_page(1)).status == 0
+        # HTTP has its own limit of the same size.
+        host, port = d.url.removeprefix("http://").split(":")
+        socks = [socket.create_connection((host, int(port))) for _ in range(3)]
+        r = httpx.get(f"{d.url}/healthz")
+        assert r.status_code == 503
+        for s in socks:
+            s.close()
+    finally:
+        d.stop()
