@@ -155,6 +155,17 @@ def _cmd_bench_all(args: argparse.Namespace) -> int:
     return _emit(args, result, suite.render)
 
 
+def _cmd_bench_soak(args: argparse.Namespace) -> int:
+    from zswapd.bench import soak as bench
+
+    pages = _load_corpus(args)
+    if pages is None:
+        return 2
+    result = bench.run(pages, clients=args.clients, seconds=args.seconds, progress=_progress(args))
+    code = _emit(args, result, bench.render)
+    return code if result["errors"] == 0 and result["mismatches"] == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zswapd", description="A userspace emulator of Linux compressed swap (zram/zswap)."
@@ -299,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     wire.add_argument("--pages", type=int, default=8192, help="pages sampled")
     wire.add_argument("--json", action="store_true", help="print JSON")
     wire.set_defaults(func=_cmd_bench_wire)
+
+    soak = bench_sub.add_parser("soak", help="many clients, both transports, every byte checked")
+    soak.add_argument("--corpus", nargs="+", metavar="FILE", help="page files")
+    soak.add_argument("--clients", type=int, default=8, help="client threads (half HTTP)")
+    soak.add_argument("--seconds", type=float, default=60, help="how long")
+    soak.add_argument("--json", action="store_true", help="print JSON")
+    soak.set_defaults(func=_cmd_bench_soak)
     return parser
 
 
