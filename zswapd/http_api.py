@@ -20,9 +20,10 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from zswapd import __version__
 from zswapd.config import PoolConfig
@@ -100,13 +101,25 @@ class HandleList(BaseModel):
     handles: list[StrictInt] = Field(description="handles as the server returned them")
 
 
+def _not_bool(value: Any) -> Any:
+    # JSON's true is not 1 here (schemathesis found a level of `false` accepted).
+    if isinstance(value, bool):
+        raise ValueError("a number is required, not a boolean")
+    return value
+
+
+# Lax ints (360.0 is an integer in JSON Schema) that still refuse booleans.
+JsonInt = Annotated[int, BeforeValidator(_not_bool)]
+JsonFloat = Annotated[float, BeforeValidator(_not_bool)]
+
+
 class RecompressRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["huge", "idle", "huge_idle"] = "huge"
     algo: str | None = Field(default=None, description="secondary algorithm (default: pool's)")
-    level: int | None = None
-    idle_seconds: float = Field(default=0, ge=0)
-    threshold: int | None = Field(default=None, gt=0)
+    level: JsonInt | None = None
+    idle_seconds: JsonFloat = Field(default=0, ge=0)
+    threshold: JsonInt | None = Field(default=None, gt=0)
 
 
 class RecompressResult(BaseModel):
@@ -126,14 +139,14 @@ class PoolSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     compressor: str = "zstd"
-    level: int | None = None
+    level: JsonInt | None = None
     allocator: Literal["zsmalloc", "zbud", "z3fold"] = "zsmalloc"
-    chain_size: int = Field(default=8, ge=1, le=16)
-    limit_bytes: int = Field(default=0, ge=0)
+    chain_size: JsonInt = Field(default=8, ge=1, le=16)
+    limit_bytes: JsonInt = Field(default=0, ge=0)
     huge_policy: Literal["store", "reject"] = "store"
-    accept_threshold_percent: int | None = Field(default=None, ge=0, le=100)
+    accept_threshold_percent: JsonInt | None = Field(default=None, ge=0, le=100)
     recompress_algo: str | None = None
-    recompress_level: int | None = None
+    recompress_level: JsonInt | None = None
     allocator_options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -246,8 +259,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "malformed request"),
         (401, "token missing or wrong"),
         (404, "unknown pool or stale handle"),
+        (409, "a pool of that name exists"),
         (413, "request too large"),
         (422, "wrong page size, or a page the pool rejects"),
+        (503, "too many connections"),
         (507, "pool limit reached"),
     )
 }
@@ -376,7 +391,22 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             exc.status_code, "http_error"
         )
-        return _error(exc.status_code, code, str(exc.detail))
+        response = _error(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route matching the path; one path may
+            # be served by several (PUT and DELETE /v1/pools/{pool}): name them all.
+            allowed: set[str] = set()
+            for route in app.routes:
+                match, _ = route.matches({**request.scope, "method": "GET"})
+                if match != Match.NONE:
+                    allowed |= getattr(route, "methods", None) or set()
+                match, _ = route.matches(request.scope)
+                if match == Match.PARTIAL:
+                    allowed |= getattr(route, "methods", None) or set()
+            if allowed:
+                response.headers["allow"] = ", ".join(sorted(allowed))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

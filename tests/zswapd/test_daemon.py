@@ -470,3 +470,23 @@ def test_bad_server_settings_are_refused(tmp_path: Path) -> None:
         conf.write_text(text)
         out = run_cli("serve", "--config", str(conf))
         assert out.returncode == 2 and "zswapd serve:" in out.stderr, (text, out.stderr)
+
+
+def test_a_wrong_method_gets_405_with_allow(tcp_daemon: Daemon) -> None:
+    # Found by schemathesis: the JSON error handler dropped the Allow header.
+    with _http(tcp_daemon) as h:
+        r = h.request("TRACE", "/healthz")
+        assert r.status_code == 405 and "GET" in r.headers["allow"]
+        assert r.json()["error"] == "method_not_allowed"
+
+
+def test_schemathesis_findings_stay_fixed(tcp_daemon: Daemon) -> None:
+    with _http(tcp_daemon) as h:
+        r = h.request("OPTIONS", "/v1/pools/x")
+        assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"PUT", "DELETE"}
+        r = h.put("/v1/pools/boolish", json={"recompress_level": False})
+        assert r.status_code == 400
+        r = h.post("/v1/pools/default/recompress", json={"threshold": True})
+        assert r.status_code == 400
+        spec = h.get("/openapi.json").json()
+        assert "409" in spec["paths"]["/v1/pools/{pool}"]["put"]["responses"]
