@@ -287,3 +287,15 @@ def test_store_is_malloc_and_write_in_one(size: int) -> None:
         pool.store(b"")
     with pytest.raises(ValueError):
         pool.store(bytes(4097))
+
+
+def test_handles_cannot_be_walked_by_counting() -> None:
+    pool = ZsPool()  # unseeded: generations from os.urandom
+    seen = []
+    for _ in range(200):
+        h = pool.malloc(100)
+        seen.append(h >> 28)
+        pool.free(h)  # the same slot comes back each time
+    assert len(set(seen)) > 190  # 24 random bits a draw: collisions are rare
+    steps = {(b - a) % (1 << 24) for a, b in zip(seen, seen[1:], strict=False)}
+    assert len(steps) > 190  # no fixed stride to extrapolate
