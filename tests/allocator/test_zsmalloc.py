@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 
@@ -297,5 +298,5 @@ def test_handles_cannot_be_walked_by_counting() -> None:
         seen.append(h >> 28)
         pool.free(h)  # the same slot comes back each time
     assert len(set(seen)) > 190  # 24 random bits a draw: collisions are rare
-    steps = {(b - a) % (1 << 24) for a, b in zip(seen, seen[1:], strict=False)}
+    steps = {(b - a) % (1 << 24) for a, b in itertools.pairwise(seen)}
     assert len(steps) > 190  # no fixed stride to extrapolate
