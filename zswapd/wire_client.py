@@ -40,6 +40,18 @@ def _hello_payload(token: str | None) -> bytes:
     return struct.pack("<HH", VERSION, VERSION) + (token or "").encode()
 
 
+def _store_answers(frames: Sequence[Frame]) -> tuple[list[int], Frame | None]:
+    """Handles of the STORE answers that succeeded, and the first that failed."""
+    handles: list[int] = []
+    failed = None
+    for frame in frames:
+        if frame.status:
+            failed = failed or frame
+        else:
+            handles += struct.unpack(f"<{len(frame.payload) // 8}Q", frame.payload)
+    return handles, failed
+
+
 def _u64s(values: Sequence[int]) -> bytes:
     try:
         return struct.pack(f"<{len(values)}Q", *values)
@@ -135,13 +147,7 @@ class WireClient:
         self._use(pool)
         chunks = self._req.chunks(pages)
         frames = self._pipeline(Op.STORE, [b"".join(c) for c in chunks])
-        handles: list[int] = []
-        failed = None
-        for frame in frames:
-            if frame.status:
-                failed = failed or frame
-            else:
-                handles += struct.unpack(f"<{len(frame.payload) // 8}Q", frame.payload)
+        handles, failed = _store_answers(frames)
         if failed is not None:
             if handles:
                 self.free(handles, pool)

@@ -17,12 +17,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 
 import lz4.block
 
-from zswapd.bench.stats import each, format_table, timed_rate
+from zswapd.bench.stats import bare_lz4_rates, each, format_table, sample_pages, timed_rate
 from zswapd.client import Client
 
 __all__ = ["render", "run", "start_daemon"]
@@ -76,7 +75,7 @@ def run(
 ) -> dict[str, Any]:
     """Every HTTP figure; returns a JSON-ready dict."""
     say = progress or (lambda msg: None)
-    sample = list(pages[:: max(1, len(pages) // n_pages)])[:n_pages]
+    sample = sample_pages(pages, n_pages)
     blobs = [lz4.block.compress(p, store_size=False) for p in sample]
     proc, url = start_daemon("--compressor", "lz4", "--max-pages-per-request", "1024")
     rows: dict[str, list[float]] = {
@@ -95,18 +94,9 @@ def run(
         with Client(url, batch_pages=64) as c:
             for r in range(repeats):
                 say(f"repeat {r + 1} of {repeats}")
-                rows["lz4_compress"].append(
-                    timed_rate(
-                        lambda: each(partial(lz4.block.compress, store_size=False), sample),
-                        len(sample),
-                    )
-                )
-                rows["lz4_decompress"].append(
-                    timed_rate(
-                        lambda: each(partial(lz4.block.decompress, uncompressed_size=4096), blobs),
-                        len(sample),
-                    )
-                )
+                c_rate, d_rate = bare_lz4_rates(sample, blobs)
+                rows["lz4_compress"].append(c_rate)
+                rows["lz4_decompress"].append(d_rate)
                 one = sample[: len(sample) // 4]  # 1 page a request is slow: fewer pages
                 s1, l1 = _per_request(c, one, 1)
                 s64, l64 = _per_request(c, sample, 64)

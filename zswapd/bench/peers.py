@@ -19,20 +19,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from zswapd.bench.http import start_daemon
-from zswapd.bench.stats import format_table
+from zswapd.bench.stats import format_table, rss_of, sample_pages
 from zswapd.wire_client import WireClient
 
 __all__ = ["render", "run"]
 
 BATCH = 64
-
-
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def _wait_for(path: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
@@ -65,7 +57,7 @@ def _memcached(tmp: str, pages: Sequence[bytes]) -> dict[str, Any] | None:
     try:
         _wait_for(path, proc)
         client = Memcache(path)
-        base = _rss(proc.pid)
+        base = rss_of(proc.pid)
         keys = [f"p{i}" for i in range(len(pages))]
 
         def store() -> None:
@@ -79,7 +71,7 @@ def _memcached(tmp: str, pages: Sequence[bytes]) -> dict[str, Any] | None:
 
         s = _timed(store, len(pages))
         ld = _timed(load, len(pages))
-        return {"store_per_s": s, "load_per_s": ld, "rss_growth": _rss(proc.pid) - base}
+        return {"store_per_s": s, "load_per_s": ld, "rss_growth": rss_of(proc.pid) - base}
     finally:
         proc.kill()
         proc.wait()
@@ -115,7 +107,7 @@ def _redis(tmp: str, pages: Sequence[bytes]) -> dict[str, Any] | None:
         _wait_for(path, proc)
         client = redis.Redis(unix_socket_path=path)
         client.ping()
-        base = _rss(proc.pid)
+        base = rss_of(proc.pid)
         keys = [f"p{i}" for i in range(len(pages))]
 
         def store() -> None:
@@ -129,7 +121,7 @@ def _redis(tmp: str, pages: Sequence[bytes]) -> dict[str, Any] | None:
 
         s = _timed(store, len(pages))
         ld = _timed(load, len(pages))
-        return {"store_per_s": s, "load_per_s": ld, "rss_growth": _rss(proc.pid) - base}
+        return {"store_per_s": s, "load_per_s": ld, "rss_growth": rss_of(proc.pid) - base}
     finally:
         proc.kill()
         proc.wait()
@@ -142,7 +134,7 @@ def _zswapd(tmp: str, pages: Sequence[bytes], compressor: str) -> dict[str, Any]
         _wait_for(path, proc)
         client = WireClient(path)
         client._req.max_pages = BATCH
-        base = _rss(proc.pid)
+        base = rss_of(proc.pid)
         handles: list[int] = []
 
         def store() -> None:
@@ -154,7 +146,7 @@ def _zswapd(tmp: str, pages: Sequence[bytes], compressor: str) -> dict[str, Any]
 
         s = _timed(store, len(pages))
         ld = _timed(load, len(pages))
-        grown = _rss(proc.pid) - base
+        grown = rss_of(proc.pid) - base
         mm = client.stats()["mm_stat"]
         client.close()
         return {
@@ -175,7 +167,7 @@ def run(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda msg: None)
-    sample = list(pages[:: max(1, len(pages) // n_pages)])[:n_pages]
+    sample = sample_pages(pages, n_pages)
     out: dict[str, Any] = {"pages": len(sample), "batch": BATCH, "servers": {}}
     with tempfile.TemporaryDirectory(prefix="zswapd-peers-") as tmp:
         runners: list[tuple[str, Callable[[], dict[str, Any] | None]]] = [

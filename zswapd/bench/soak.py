@@ -20,18 +20,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from zswapd.bench.http import start_daemon
-from zswapd.bench.stats import format_table
+from zswapd.bench.stats import format_table, rss_of
 from zswapd.client import Client
 
 __all__ = ["render", "run"]
-
-
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class _Tally:
@@ -130,7 +122,7 @@ def run(
         while any(th.is_alive() for th in threads):
             now = time.monotonic()
             if now < deadline:  # not the final checks, whose answers are large
-                rss.append((round(now - start, 1), _rss(proc.pid)))
+                rss.append((round(now - start, 1), rss_of(proc.pid)))
             say(f"soak: {now - start:.0f}/{seconds:.0f} s, {sum(tally.ops.values())} ops")
             time.sleep(1)
         for th in threads:

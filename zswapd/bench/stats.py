@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
-__all__ = ["each", "format_table", "rss_bytes", "timed_rate"]
+__all__ = [
+    "bare_lz4_rates",
+    "each",
+    "format_table",
+    "rss_bytes",
+    "rss_of",
+    "sample_pages",
+    "timed_rate",
+]
 
 
 def timed_rate(fn: Callable[[], object], count: int) -> float:
@@ -21,6 +30,33 @@ def each(fn: Callable[[Any], object], items: Iterable[Any]) -> None:
     would charge the timing for allocating and faulting in their memory)."""
     for item in items:
         fn(item)
+
+
+def rss_of(pid: int) -> int:
+    """Another process's resident set, from /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def sample_pages(pages: Sequence[bytes], n: int) -> list[bytes]:
+    """About ``n`` pages spread evenly over ``pages`` (at most ``n``)."""
+    return list(pages[:: max(1, len(pages) // n)])[:n]
+
+
+def bare_lz4_rates(pages: Sequence[bytes], blobs: Sequence[bytes]) -> tuple[float, float]:
+    """(compress, decompress) pages/s of bare lz4.block on these pages, now."""
+    import lz4.block
+
+    compress = timed_rate(
+        lambda: each(partial(lz4.block.compress, store_size=False), pages), len(pages)
+    )
+    decompress = timed_rate(
+        lambda: each(partial(lz4.block.decompress, uncompressed_size=4096), blobs), len(blobs)
+    )
+    return compress, decompress
 
 
 def rss_bytes() -> int:

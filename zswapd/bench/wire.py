@@ -16,13 +16,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 
 import lz4.block
 
 from zswapd.bench.http import start_daemon
-from zswapd.bench.stats import each, format_table, timed_rate
+from zswapd.bench.stats import bare_lz4_rates, format_table, sample_pages
 from zswapd.wire_client import WireClient
 
 __all__ = ["render", "run"]
@@ -67,7 +66,7 @@ def run(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda msg: None)
-    sample = list(pages[:: max(1, len(pages) // n_pages)])[:n_pages]
+    sample = sample_pages(pages, n_pages)
     blobs = [lz4.block.compress(p, store_size=False) for p in sample]
     path = os.path.join(tempfile.mkdtemp(prefix="zswapd-bench-"), "wire.sock")
     proc, _ = start_daemon("--compressor", "lz4", "--unix-socket", path)
@@ -79,18 +78,9 @@ def run(
     try:
         for r in range(repeats):
             say(f"repeat {r + 1} of {repeats}")
-            rows["lz4_compress"].append(
-                timed_rate(
-                    lambda: each(partial(lz4.block.compress, store_size=False), sample),
-                    len(sample),
-                )
-            )
-            rows["lz4_decompress"].append(
-                timed_rate(
-                    lambda: each(partial(lz4.block.decompress, uncompressed_size=4096), blobs),
-                    len(sample),
-                )
-            )
+            c_rate, d_rate = bare_lz4_rates(sample, blobs)
+            rows["lz4_compress"].append(c_rate)
+            rows["lz4_decompress"].append(d_rate)
             for b, c in keys:
                 s, ld = _drive(path, sample if b > 1 else sample[: len(sample) // 4], b, c)
                 rows[f"store_b{b}_c{c}"].append(s)
