@@ -37,6 +37,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "unix_socket": args.unix_socket,
             "socket_mode": args.socket_mode,
             "metrics": args.metrics,
+            "nbd": args.nbd,
+            "devices": args.device,
             "auth_token_file": args.auth_token_file,
             "max_pages_per_request": args.max_pages_per_request,
             "max_connections": args.max_connections,
@@ -189,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help="TOML settings file")
     serve.add_argument("--auth-token-file", metavar="FILE", help="require this bearer token")
     serve.add_argument("--metrics", metavar="HOST:PORT", help="also serve /metrics alone here")
+    serve.add_argument("--nbd", metavar="HOST:PORT|unix:PATH", help="export devices over NBD")
+    serve.add_argument(
+        "--device",
+        action="append",
+        metavar="NAME=SIZE[,opt=val...]",
+        help="a block device (repeatable), e.g. zram0=1G,compressor=lz4",
+    )
     serve.add_argument("--max-pages-per-request", type=int, help="body cap in pages (1024)")
     serve.add_argument(
         "--max-connections", type=int, help="open connections per frontend (1024); then 503"

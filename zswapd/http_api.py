@@ -27,6 +27,7 @@ from starlette.routing import Match
 
 from zswapd import __version__
 from zswapd.config import PoolConfig
+from zswapd.device import DeviceRegistry
 from zswapd.errors import (
     CompressPoorError,
     ConfigError,
@@ -243,6 +244,12 @@ class PoolStatsOut(BaseModel):
     classes: list[ClassRow]
 
 
+class DeviceSettings(PoolSettings):
+    """A device: its size in bytes (a multiple of 4096), and its pool's settings."""
+
+    size: JsonInt = Field(gt=0, description="bytes, a multiple of 4096")
+
+
 class PoolList(BaseModel):
     pools: list[str]
 
@@ -367,7 +374,11 @@ class _Guard:
                 observe("http", op, time.perf_counter() - start)
 
 
-def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _Guard:
+def create_app(
+    registry: PoolRegistry,
+    settings: ApiSettings | None = None,
+    devices: DeviceRegistry | None = None,
+) -> _Guard:
     """The ASGI app serving ``registry`` (a FastAPI app behind a guard)."""
     settings = settings or ApiSettings()
     app = FastAPI(
@@ -378,7 +389,9 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
     )
     app.state.registry = registry
     app.state.settings = settings
-    app.state.metrics = metrics = Metrics(registry)
+    devices = devices if devices is not None else DeviceRegistry(registry)
+    app.state.devices = devices
+    app.state.metrics = metrics = Metrics(registry, devices)
     # Callables (interface, op, seconds), told of every request.
     app.state.observers = [metrics.observe]
 
@@ -437,6 +450,27 @@ def create_app(registry: PoolRegistry, settings: ApiSettings | None = None) -> _
     async def prometheus_metrics() -> Response:
         body = await run_in_threadpool(metrics.exposition)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/devices", name="devices_list")
+    async def list_devices() -> dict[str, list[str]]:
+        return {"devices": devices.names()}
+
+    @app.put("/v1/devices/{name}", status_code=201, name="device_create")
+    async def create_device(name: PoolName, body: DeviceSettings) -> dict[str, Any]:
+        values = body.model_dump()
+        size = values.pop("size")
+        config = PoolConfig.from_dict(values)
+        device = await run_in_threadpool(devices.create, name, size, config)
+        return {"device": device.name, "size": device.size, "config": config.to_dict()}
+
+    @app.delete("/v1/devices/{name}", status_code=204, name="device_remove")
+    async def remove_device(name: PoolName) -> Response:
+        devices.remove(name)
+        return Response(status_code=204)
+
+    @app.get("/v1/devices/{name}/stats", name="device_stats")
+    async def device_stats(name: PoolName) -> dict[str, Any]:
+        return await run_in_threadpool(devices.get(name).stats)
 
     @app.get("/v1/pools", response_model=PoolList, name="pools_list")
     async def list_pools() -> PoolList:

@@ -165,12 +165,50 @@ class PoolCollector(Collector):
         yield from (zspages, allocated, used, pages)
 
 
+class DeviceCollector(Collector):
+    """zram's io_stat and bd_stat for every block device, labelled by its pool."""
+
+    def __init__(self, devices: Any) -> None:
+        self.devices = devices
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        io = CounterMetricFamily(
+            "zswapd_device_io",
+            "zram's io_stat counters of a block device.",
+            labels=["pool", "kind"],
+        )
+        size = GaugeMetricFamily(
+            "zswapd_device_size_bytes", "A block device's size (disksize).", labels=["pool"]
+        )
+        bd = CounterMetricFamily(
+            "zswapd_device_bd",
+            "zram's bd_stat (no backing device: always 0).",
+            labels=["pool", "kind"],
+        )
+        for name in self.devices.names():
+            try:
+                dev = self.devices.get(name)
+            except KeyError:
+                continue
+            size.add_metric([name], dev.size)
+            for kind, value in vars(dev.io).items():
+                io.add_metric([name, kind], value)
+            for kind in ("bd_count", "bd_reads", "bd_writes"):
+                bd.add_metric([name, kind], 0)
+        yield from (io, size, bd)
+
+
 class Metrics:
     """The daemon's metrics registry: pools, requests, process, build info."""
 
-    def __init__(self, pools: PoolRegistry) -> None:
+    def __init__(self, pools: PoolRegistry, devices: Any = None) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(PoolCollector(pools))
+        if devices is not None:
+            self.registry.register(DeviceCollector(devices))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         Info("zswapd_build", "zswapd's version.", registry=self.registry).info(

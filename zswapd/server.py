@@ -26,8 +26,10 @@ import prometheus_client
 import uvicorn
 from starlette.concurrency import run_in_threadpool
 
+from zswapd.device import DeviceRegistry
 from zswapd.errors import ConfigError
 from zswapd.http_api import ApiSettings, create_app
+from zswapd.nbd_server import start_nbd_server
 from zswapd.pools import PoolRegistry
 from zswapd.settings import ServerSettings
 from zswapd.state import load_state_dir, save_state_dir
@@ -168,8 +170,11 @@ class _Server(uvicorn.Server):
         ready_lines: list[str],
         wire: tuple[socket.socket, PoolRegistry, WireSettings] | None = None,
         saver: _Saver | None = None,
+        nbd: tuple[socket.socket, DeviceRegistry, Any] | None = None,
     ) -> None:
         super().__init__(config)
+        self._nbd = nbd
+        self._nbd_server: asyncio.Server | None = None
         self._ready_lines = ready_lines
         self._wire = wire
         self._wire_server: asyncio.Server | None = None
@@ -180,6 +185,8 @@ class _Server(uvicorn.Server):
         await super().startup(sockets=sockets)
         if self._wire is not None:
             self._wire_server = await start_wire_server(*self._wire)
+        if self._nbd is not None:
+            self._nbd_server = await start_nbd_server(*self._nbd)
         if self._saver is not None and self._saver.interval:
             self._snapshots = asyncio.get_running_loop().create_task(self._saver.periodic())
         # Lines a parent process can wait for (tests and scripts do).
@@ -191,6 +198,8 @@ class _Server(uvicorn.Server):
             self._snapshots.cancel()
         if self._wire_server is not None:
             self._wire_server.close()
+        if self._nbd_server is not None:
+            self._nbd_server.close()
         await super().shutdown(sockets=sockets)
 
 
@@ -213,6 +222,9 @@ def serve(settings: ServerSettings) -> int:
     for name, pool_config in settings.pool_configs().items():
         if name not in registry:
             registry.create(name, pool_config)
+    devices = DeviceRegistry(registry)
+    for name, (size, device_config) in settings.device_configs().items():
+        devices.create(name, size, device_config)
     token = settings.token()
     listener = parse_listen(settings.http)
     if not listener.loopback and token is None:
@@ -232,6 +244,7 @@ def serve(settings: ServerSettings) -> int:
         app = create_app(
             registry,
             ApiSettings(max_pages_per_request=settings.max_pages_per_request, token=token),
+            devices,
         )
         metrics = app.state.metrics
         if wire_path is not None:
@@ -261,11 +274,25 @@ def serve(settings: ServerSettings) -> int:
             # answers 503 at once instead of holding more sockets and buffers.
             limit_concurrency=settings.max_connections,
         )
+        nbd = None
+        if settings.nbd is not None:
+            nbd_listener = parse_listen(settings.nbd)
+            nbd_sock = bind(nbd_listener, settings.socket_mode)
+            if nbd_listener.path is not None:
+                bound.append(nbd_listener.path)
+                where = f"nbd+unix:///?socket={nbd_listener.path}"
+            else:
+                host = nbd_listener.host
+                where = f"nbd://{host}:{nbd_sock.getsockname()[1]}"
+                if not nbd_listener.loopback and token is None:
+                    log.warning("WARNING: NBD on %s, beyond loopback: NBD has no token", where)
+            nbd = (nbd_sock, devices, metrics.observe)
+            ready.append(f"zswapd: serving NBD on {where} ({', '.join(devices.names())})")
         saver = None
         if state_dir is not None:
             saver = _Saver(registry, state_dir, settings.snapshot_interval)
             ready.append(f"zswapd: state in {state_dir}")
-        server = _Server(uv_config, ready, wire, saver)
+        server = _Server(uv_config, ready, wire, saver, nbd)
         # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to
         # whatever handler was there before; with these, that re-raise is a no-op
         # and the daemon cleans up and exits 0 instead of dying of the signal.

@@ -38,7 +38,7 @@ from typing import Any
 from zswapd.config import PoolConfig, check_pool_name
 from zswapd.errors import ConfigError
 
-__all__ = ["DEFAULT_HTTP", "ServerSettings", "load_settings", "parse_size"]
+__all__ = ["DEFAULT_HTTP", "ServerSettings", "load_settings", "parse_device", "parse_size"]
 
 DEFAULT_HTTP = "127.0.0.1:7415"
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -73,6 +73,7 @@ _SERVER_KEYS: dict[str, Any] = {
     "socket_mode": int,
     "metrics": (str, type(None)),
     "snapshot_interval": (int, float),
+    "nbd": (str, type(None)),
 }
 
 
@@ -105,6 +106,9 @@ class ServerSettings:
     state_dir: str | None = None
     # Seconds between snapshots of every pool to state_dir (0: only at shutdown).
     snapshot_interval: float = 0
+    # NBD listen address (HOST:PORT or unix:PATH) and devices (name -> settings).
+    nbd: str | None = None
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Mode of Unix sockets (0600: the owner only; 0660 lets a group in).
     socket_mode: int = 0o600
     # A separate HOST:PORT serving /metrics alone (besides /metrics on the HTTP API).
@@ -125,6 +129,24 @@ class ServerSettings:
             raise ConfigError("max_pages_per_request must be at least 1")
         if not 0 <= self.socket_mode <= 0o777:
             raise ConfigError(f"socket_mode {self.socket_mode:o} is not a file mode")
+
+    def device_configs(self) -> dict[str, tuple[int, PoolConfig]]:
+        """Each device's size and pool settings.
+
+        Raises:
+            ConfigError: a bad name, size or setting.
+        """
+        out = {}
+        for name, raw in self.devices.items():
+            check_pool_name(name)
+            values = dict(raw)
+            if "size" not in values:
+                raise ConfigError(f"device {name!r} needs a size")
+            size = parse_size(values.pop("size"))
+            if "limit" in values:
+                values["limit_bytes"] = parse_size(values.pop("limit"))
+            out[name] = (size, PoolConfig.from_dict(values))
+        return out
 
     def pool_configs(self) -> dict[str, PoolConfig]:
         """Each pool's PoolConfig.
@@ -165,6 +187,25 @@ def _convert(name: str, value: str, conv: Any) -> Any:
         raise ConfigError(f"{name}={value!r}: {exc}") from exc
 
 
+def parse_device(spec: str) -> tuple[str, dict[str, Any]]:
+    """``NAME=SIZE[,option=value...]`` (as ``--device``) -> (name, settings).
+
+    Raises:
+        ConfigError: not of that form.
+    """
+    name, sep, rest = spec.partition("=")
+    if not sep or not rest:
+        raise ConfigError(f"--device {spec!r}: use NAME=SIZE[,option=value...]")
+    size, *opts = rest.split(",")
+    values: dict[str, Any] = {"size": size}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep:
+            raise ConfigError(f"--device {spec!r}: {opt!r} is not option=value")
+        values[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+    return name.strip(), values
+
+
 def load_settings(
     config_file: str | None = None,
     environ: Mapping[str, str] | None = None,
@@ -187,6 +228,10 @@ def load_settings(
             raise ConfigError(f"cannot read {config_file}: {exc}") from exc
         server = data.pop("server", {})
         pools = data.pop("pools", {})
+        devices = data.pop("devices", {})
+        if not isinstance(devices, dict) or not all(isinstance(v, dict) for v in devices.values()):
+            raise ConfigError(f"{config_file}: [devices.NAME] tables expected")
+        settings.devices = {k: dict(v) for k, v in devices.items()}
         if data:
             raise ConfigError(f"{config_file}: unknown sections {', '.join(data)}")
         for key, value in server.items():
@@ -208,6 +253,11 @@ def load_settings(
                 default.pop("limit", None)
     for key, value in (flags or {}).items():
         if value is None:
+            continue
+        if key == "devices":
+            for spec in value:
+                name, values = parse_device(spec)
+                settings.devices[name] = values
             continue
         if key in _SERVER_KEYS:
             setattr(settings, key, value)
