@@ -157,6 +157,20 @@ def _cmd_bench_all(args: argparse.Namespace) -> int:
     return _emit(args, result, suite.render)
 
 
+def _cmd_bench_nbd(args: argparse.Namespace) -> int:
+    from zswapd.bench import nbd as bench
+
+    pages = _load_corpus(args)
+    if pages is None:
+        return 2
+    try:
+        result = bench.run(pages, repeats=args.repeats, progress=_progress(args))
+    except RuntimeError as exc:
+        print(f"zswapd bench nbd: {exc}", file=sys.stderr)
+        return 2
+    return _emit(args, result, bench.render)
+
+
 def _cmd_bench_soak(args: argparse.Namespace) -> int:
     from zswapd.bench import soak as bench
 
@@ -319,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     wire.add_argument("--pages", type=int, default=8192, help="pages sampled")
     wire.add_argument("--json", action="store_true", help="print JSON")
     wire.set_defaults(func=_cmd_bench_wire)
+
+    nbd = bench_sub.add_parser("nbd", help="nbdcopy into zswapd against nbdkit memory")
+    nbd.add_argument("--corpus", nargs="+", metavar="FILE", help="page files")
+    nbd.add_argument("--repeats", type=int, default=3, help="runs per figure")
+    nbd.add_argument("--json", action="store_true", help="print JSON")
+    nbd.set_defaults(func=_cmd_bench_nbd)
 
     soak = bench_sub.add_parser("soak", help="many clients, both transports, every byte checked")
     soak.add_argument("--corpus", nargs="+", metavar="FILE", help="page files")

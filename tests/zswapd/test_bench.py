@@ -11,6 +11,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.zswapd.daemon import run_cli
 from zswapd.bench.allocator import configs
 
@@ -149,3 +151,16 @@ def test_bench_every_suite_quick_with_plots(tmp_path: Path) -> None:
         "scale.png",
         "peers.png",
     }
+
+
+def test_bench_nbd_json_has_every_field(tmp_path: Path) -> None:
+    import shutil
+
+    if not (shutil.which("nbdcopy") and shutil.which("nbdkit")):
+        pytest.skip("nbdcopy and nbdkit are needed (apt-get install libnbd-bin nbdkit)")
+    corpus = _tiny_corpus(tmp_path / "tiny.pages")
+    result = _bench_json("nbd", "--corpus", str(corpus), "--repeats", "1")
+    assert set(result["servers"]) == {"zswapd-lz4", "zswapd-zstd", "nbdkit", "nbdkit-zstd"}
+    for name, row in result["servers"].items():
+        assert row["write_mb_s"] > 0 and row["read_mb_s"] > 0
+        assert (row["pool_bytes"] is not None) == name.startswith("zswapd")

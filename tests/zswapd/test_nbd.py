@@ -301,3 +301,23 @@ def test_devices_over_http_and_in_metrics(nbd: tuple[Daemon, str]) -> None:
         assert 'zswapd_stored_pages{pool="zram9"}' in metrics
         assert h.delete("/v1/devices/zram9").status_code == 204
         assert h.get("/v1/devices/zram9/stats").status_code == 404
+
+
+def test_devices_from_the_config_file(tmp_path: Path) -> None:
+    _need("nbdinfo")
+    conf = tmp_path / "z.toml"
+    sock = tmp_path / "n.sock"
+    conf.write_text(
+        f'[server]\nnbd = "unix:{sock}"\n\n'
+        '[devices.swap0]\nsize = "4M"\ncompressor = "lz4"\n\n'
+        '[devices.swap1]\nsize = 1048576\nlimit = "64K"\n'
+    )
+    d = start_daemon("--config", str(conf))
+    try:
+        out = _run("nbdinfo", "--list", "--json", f"nbd+unix:///?socket={sock}")
+        sizes = {e["export-name"]: e["export-size"] for e in json.loads(out.stdout)["exports"]}
+        assert sizes == {"swap0": 4 << 20, "swap1": 1 << 20}
+        cfg = httpx.get(f"{d.url}/v1/pools/swap1/stats").json()["config"]
+        assert cfg["limit_bytes"] == 64 << 10
+    finally:
+        d.stop()
