@@ -177,7 +177,13 @@ def _cmd_bench_soak(args: argparse.Namespace) -> int:
     pages = _load_corpus(args)
     if pages is None:
         return 2
-    result = bench.run(pages, clients=args.clients, seconds=args.seconds, progress=_progress(args))
+    result = bench.run(
+        pages,
+        clients=args.clients,
+        seconds=args.seconds,
+        urls=args.url or (),
+        progress=_progress(args),
+    )
     code = _emit(args, result, bench.render)
     return code if result["errors"] == 0 and result["mismatches"] == 0 else 1
 
@@ -344,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--corpus", nargs="+", metavar="FILE", help="page files")
     soak.add_argument("--clients", type=int, default=8, help="client threads (half HTTP)")
     soak.add_argument("--seconds", type=float, default=60, help="how long")
+    soak.add_argument(
+        "--url",
+        action="append",
+        help="soak this daemon instead of starting one (repeatable: http://, http+unix://, "
+        "unix:// for the wire protocol)",
+    )
     soak.add_argument("--json", action="store_true", help="print JSON")
     soak.set_defaults(func=_cmd_bench_soak)
     return parser

@@ -164,3 +164,11 @@ def test_bench_nbd_json_has_every_field(tmp_path: Path) -> None:
     for name, row in result["servers"].items():
         assert row["write_mb_s"] > 0 and row["read_mb_s"] > 0
         assert (row["pool_bytes"] is not None) == name.startswith("zswapd")
+
+
+def test_bench_soak_checks_every_byte(tmp_path: Path) -> None:
+    corpus = _tiny_corpus(tmp_path / "tiny.pages")
+    result = _bench_json("soak", "--corpus", str(corpus), "--clients", "4", "--seconds", "3")
+    assert result["transports"] == {"http": 2, "wire": 2}
+    assert result["errors"] == 0 and result["mismatches"] == 0
+    assert result["ops"]["store"] > 0 and result["ops"]["load"] > 0 and result["rss"]

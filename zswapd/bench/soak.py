@@ -99,13 +99,20 @@ def run(
     clients: int = 8,
     seconds: float = 60,
     working_set: int = 2000,
+    urls: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
+    """Soak a daemon started here, or the one(s) at ``urls`` (then no RSS is taken)."""
     say = progress or (lambda msg: None)
-    tmp = tempfile.mkdtemp(prefix="zswapd-soak-")
-    wire = os.path.join(tmp, "w.sock")
-    proc, http_url = start_daemon("--unix-socket", wire, "--compressor", "lz4")
-    urls = [http_url if i % 2 == 0 else f"unix://{wire}" for i in range(clients)]
+    proc = None
+    if urls:
+        targets = [urls[i % len(urls)] for i in range(clients)]
+    else:
+        tmp = tempfile.mkdtemp(prefix="zswapd-soak-")
+        wire = os.path.join(tmp, "w.sock")
+        proc, http_url = start_daemon("--unix-socket", wire, "--compressor", "lz4")
+        targets = [http_url if i % 2 == 0 else f"unix://{wire}" for i in range(clients)]
+    urls = targets
     tally = _Tally()
     deadline = time.monotonic() + seconds
     threads = [
@@ -121,21 +128,25 @@ def run(
             th.start()
         while any(th.is_alive() for th in threads):
             now = time.monotonic()
-            if now < deadline:  # not the final checks, whose answers are large
+            if proc is not None and now < deadline:  # not the final checks' large answers
                 rss.append((round(now - start, 1), rss_of(proc.pid)))
             say(f"soak: {now - start:.0f}/{seconds:.0f} s, {sum(tally.ops.values())} ops")
             time.sleep(1)
         for th in threads:
             th.join()
     finally:
-        proc.terminate()
-        proc.wait(30)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
     elapsed = time.monotonic() - start
     # "Once the working set is stored": compare the second half's RSS with its start.
     half = [r for t, r in rss if t >= seconds / 2]
     return {
         "clients": clients,
-        "transports": {"http": urls.count(http_url), "wire": clients - urls.count(http_url)},
+        "transports": {
+            "http": sum(1 for u in urls if u.startswith("http")),
+            "wire": sum(1 for u in urls if u.startswith("unix://")),
+        },
         "seconds": elapsed,
         "ops": tally.ops,
         "ops_per_s": sum(tally.ops.values()) / elapsed,
