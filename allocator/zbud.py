@@ -90,6 +90,7 @@ from array import array
 from typing import Any, ClassVar
 
 from allocator.arena import DEFAULT_ARENA_PAGES, PAGE_SHIFT, PAGE_SIZE, PageArena
+from allocator.base import PoolBase
 from allocator.errors import AllocatorError, PoolFullError
 from allocator.handles import SLOT_MASK, HandleTable
 from allocator.mapping import MapMode, ObjectMapping
@@ -152,7 +153,7 @@ def size_to_chunks(size: int) -> int:
     return (size + CHUNK_SIZE - 1) >> CHUNK_SHIFT
 
 
-class ZbudPool:
+class ZbudPool(PoolBase):
     """The kernel's zbud: objects of 1..4096 bytes, at most two per page.
 
     Args:
@@ -234,19 +235,6 @@ class ZbudPool:
     def huge_class_size(self) -> int:
         """Smallest object length stored alone in a whole (HEADLESS) page."""
         return self.max_buddy_size + 1
-
-    @property
-    def pages(self) -> int:
-        return self._arena.pages_held
-
-    @property
-    def total_size_bytes(self) -> int:
-        """Pages held x 4096 (zbud_get_pool_size() * PAGE_SIZE)."""
-        return self._arena.pages_held << PAGE_SHIFT
-
-    @property
-    def objs_used(self) -> int:
-        return self._handles.live
 
     def capacity(self, size: int) -> int:
         """Bytes a mapping of an object of ``size`` bytes offers (its chunks)."""
@@ -377,12 +365,6 @@ class ZbudPool:
         self._arena.free_page(pfn)
 
     # -- malloc / free -----------------------------------------------------------------
-
-    @staticmethod
-    def _check_size(size: int) -> int:
-        if type(size) is not int or not 0 < size <= PAGE_SIZE:
-            raise ValueError(f"object size must be an int in 1..{PAGE_SIZE}, not {size!r}")
-        return size
 
     def malloc(self, size: int) -> int:
         """Allocate an object of ``size`` bytes and return its handle.

@@ -28,6 +28,7 @@ import threading
 from array import array
 
 from allocator.arena import DEFAULT_ARENA_PAGES, PAGE_SHIFT, PAGE_SIZE, PageArena
+from allocator.base import PoolBase
 from allocator.classes import ClassSpec, ClassTable
 from allocator.errors import AllocatorError, PoolFullError
 from allocator.handles import SLOT_MASK, HandleTable
@@ -174,7 +175,7 @@ def _remove_zspage(cls: SizeClass, z: ZsPage) -> None:
         cls.nonfull &= ~(1 << group)
 
 
-class ZsPool:
+class ZsPool(PoolBase):
     """A zsmalloc-style pool of objects of 1..4096 bytes.
 
     Args:
@@ -256,19 +257,6 @@ class ZsPool:
     def huge_class_size(self) -> int:
         """Smallest object length stored in a huge (one object per page) class."""
         return self.table.huge_class_size
-
-    @property
-    def pages(self) -> int:
-        return self._arena.pages_held
-
-    @property
-    def total_size_bytes(self) -> int:
-        """Pages held x 4096 (zs_get_total_pages << PAGE_SHIFT)."""
-        return self._arena.pages_held << PAGE_SHIFT
-
-    @property
-    def objs_used(self) -> int:
-        return self._handles.live
 
     def capacity(self, size: int) -> int:
         """Bytes a mapping of an object of ``size`` bytes offers (its slot's data)."""
@@ -354,12 +342,6 @@ class ZsPool:
         _insert_zspage(cls, z, group)
 
     # -- malloc / free -------------------------------------------------------------
-
-    @staticmethod
-    def _check_size(size: int) -> int:
-        if type(size) is not int or not 0 < size <= PAGE_SIZE:
-            raise ValueError(f"object size must be an int in 1..{PAGE_SIZE}, not {size!r}")
-        return size
 
     def malloc(self, size: int) -> int:
         """Allocate an object of ``size`` bytes and return its handle.

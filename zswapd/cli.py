@@ -99,52 +99,49 @@ def _emit(args: argparse.Namespace, result: dict[str, Any], render: Callable[...
     return 0
 
 
-def _cmd_bench_allocator(args: argparse.Namespace) -> int:
-    from zswapd.bench import allocator as bench
+def _bench(module: str, args: argparse.Namespace, **options: Any) -> int:
+    """Load the corpus, run ``zswapd.bench.<module>``, print or plot the result."""
+    import importlib
 
+    bench = importlib.import_module(f"zswapd.bench.{module}")
     pages = _load_corpus(args)
     if pages is None:
         return 2
-    result = bench.run(
-        pages,
-        scales=args.objects,
-        repeats=args.repeats,
-        rss_objects=args.rss_objects,
-        progress=_progress(args),
+    try:
+        result = bench.run(pages, progress=_progress(args), **options)
+    except RuntimeError as exc:  # a tool the suite needs is missing
+        print(f"zswapd bench {module}: {exc}", file=sys.stderr)
+        return 2
+    code = _emit(args, result, bench.render)
+    if module == "soak" and (result["errors"] or result["mismatches"]):
+        return 1  # a soak with a wrong byte or an error fails
+    return code
+
+
+def _cmd_bench_allocator(args: argparse.Namespace) -> int:
+    return _bench(
+        "allocator", args, scales=args.objects, repeats=args.repeats, rss_objects=args.rss_objects
     )
-    return _emit(args, result, bench.render)
 
 
 def _cmd_bench_store(args: argparse.Namespace) -> int:
-    from zswapd.bench import store as bench
-
-    pages = _load_corpus(args)
-    if pages is None:
-        return 2
-    result = bench.run(
-        pages, repeats=args.repeats, speed_pages=args.speed_pages, progress=_progress(args)
-    )
-    return _emit(args, result, bench.render)
+    return _bench("store", args, repeats=args.repeats, speed_pages=args.speed_pages)
 
 
 def _cmd_bench_http(args: argparse.Namespace) -> int:
-    from zswapd.bench import http as bench
-
-    pages = _load_corpus(args)
-    if pages is None:
-        return 2
-    result = bench.run(pages, repeats=args.repeats, n_pages=args.pages, progress=_progress(args))
-    return _emit(args, result, bench.render)
+    return _bench("http", args, repeats=args.repeats, n_pages=args.pages)
 
 
 def _cmd_bench_wire(args: argparse.Namespace) -> int:
-    from zswapd.bench import wire as bench
+    return _bench("wire", args, repeats=args.repeats, n_pages=args.pages)
 
-    pages = _load_corpus(args)
-    if pages is None:
-        return 2
-    result = bench.run(pages, repeats=args.repeats, n_pages=args.pages, progress=_progress(args))
-    return _emit(args, result, bench.render)
+
+def _cmd_bench_nbd(args: argparse.Namespace) -> int:
+    return _bench("nbd", args, repeats=args.repeats)
+
+
+def _cmd_bench_soak(args: argparse.Namespace) -> int:
+    return _bench("soak", args, clients=args.clients, seconds=args.seconds, urls=args.url or ())
 
 
 def _cmd_bench_all(args: argparse.Namespace) -> int:
@@ -155,37 +152,6 @@ def _cmd_bench_all(args: argparse.Namespace) -> int:
         return 2
     result = suite.run(pages, quick=args.quick, only=args.only, quiet=args.json)
     return _emit(args, result, suite.render)
-
-
-def _cmd_bench_nbd(args: argparse.Namespace) -> int:
-    from zswapd.bench import nbd as bench
-
-    pages = _load_corpus(args)
-    if pages is None:
-        return 2
-    try:
-        result = bench.run(pages, repeats=args.repeats, progress=_progress(args))
-    except RuntimeError as exc:
-        print(f"zswapd bench nbd: {exc}", file=sys.stderr)
-        return 2
-    return _emit(args, result, bench.render)
-
-
-def _cmd_bench_soak(args: argparse.Namespace) -> int:
-    from zswapd.bench import soak as bench
-
-    pages = _load_corpus(args)
-    if pages is None:
-        return 2
-    result = bench.run(
-        pages,
-        clients=args.clients,
-        seconds=args.seconds,
-        urls=args.url or (),
-        progress=_progress(args),
-    )
-    code = _emit(args, result, bench.render)
-    return code if result["errors"] == 0 and result["mismatches"] == 0 else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
