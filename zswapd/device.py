@@ -100,7 +100,15 @@ class Device:
         whole_lo = -(-offset // PAGE_SIZE)
         whole_hi = end // PAGE_SIZE
         if keep:
-            self._replace(offset, length, lambda old, lo, hi: bytes(hi - lo))
+            # Zero pages cost no allocator memory (same-filled), but building a
+            # request's worth at once would: a chunk at a time, the lock released
+            # between chunks so other requests go on.
+            step = 256 * PAGE_SIZE
+            pos = offset
+            while pos < end:
+                n = min(end, (pos // step + 1) * step) - pos
+                self._replace(pos, n, lambda old, lo, hi: bytes(hi - lo))
+                pos += n
             return
         if zero_partial:
             if offset % PAGE_SIZE and offset // PAGE_SIZE < whole_lo:
@@ -189,6 +197,7 @@ class DeviceRegistry:
             except ConfigError:
                 self.pools.remove(name)
                 raise
+            self.pools.pinned.add(name)
             self._devices[name] = device
             return device
 
@@ -200,9 +209,10 @@ class DeviceRegistry:
 
     def remove(self, name: str) -> None:
         with self._lock:
-            if self._devices.pop(name, None) is None:
+            if name not in self._devices:
                 raise UnknownPoolError(f"no device named {name!r}")
-            self.pools.remove(name)
+            self.pools.remove(name, device=True)
+            del self._devices[name]
 
     def names(self) -> list[str]:
         with self._lock:

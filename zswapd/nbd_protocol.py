@@ -261,21 +261,26 @@ class NbdServerConnection:
     def simple_reply(cookie: int, error: int = 0, data: bytes = b"") -> bytes:
         return struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, error, cookie) + data
 
-    def read_reply(self, cookie: int, offset: int, data: bytes) -> bytes:
+    def read_reply(self, cookie: int, offset: int, data: bytes) -> tuple[bytes, ...]:
+        """The answer to a READ, header and data apart (the data is not copied again)."""
         if not self.structured:
-            return self.simple_reply(cookie, 0, data)
-        return (
-            struct.pack(
-                ">IHHQIQ",
-                STRUCTURED_REPLY_MAGIC,
-                REPLY_FLAG_DONE,
-                REPLY_TYPE_OFFSET_DATA,
-                cookie,
-                8 + len(data),
-                offset,
+            return struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, 0, cookie), data
+        if not data:  # an OFFSET_DATA chunk must carry at least one byte
+            return (
+                struct.pack(
+                    ">IHHQI", STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0
+                ),
             )
-            + data
+        header = struct.pack(
+            ">IHHQIQ",
+            STRUCTURED_REPLY_MAGIC,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_OFFSET_DATA,
+            cookie,
+            8 + len(data),
+            offset,
         )
+        return header, data
 
     def error_reply(self, cookie: int, error: int, message: str = "") -> bytes:
         if not self.structured:

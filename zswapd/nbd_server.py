@@ -24,6 +24,7 @@ from zswapd.errors import (
     ZswapdError,
 )
 from zswapd.nbd_protocol import (
+    CMD_FLAG_FUA,
     CMD_FLAG_NO_HOLE,
     EINVAL,
     EIO,
@@ -56,6 +57,7 @@ FLAGS = (
     | TF_CAN_MULTI_CONN
 )
 _INLINE = 256 * 1024  # requests up to this many bytes are served on the loop
+KNOWN_CMD_FLAGS = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE
 
 
 class NbdConnection(asyncio.Protocol):
@@ -69,6 +71,9 @@ class NbdConnection(asyncio.Protocol):
         self.device: Any = None
         self.queue: asyncio.Queue[Command | None] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        # Cleared while the transport's write buffer is full: answer nothing more.
+        self.can_write = asyncio.Event()
+        self.can_write.set()
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -92,6 +97,12 @@ class NbdConnection(asyncio.Protocol):
         if self.task is not None:
             self.task.cancel()
 
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
     # -- handshake ---------------------------------------------------------------------
 
     def _option(self, req: OptionRequest) -> None:
@@ -112,8 +123,13 @@ class NbdConnection(asyncio.Protocol):
                 p.structured = True
                 self.transport.write(p.option_reply(opt, Rep.ACK))
         elif opt in (Opt.LIST_META_CONTEXT, Opt.SET_META_CONTEXT):
-            # No metadata contexts (base:allocation is not offered): an empty answer.
-            self.transport.write(p.option_reply(opt, Rep.ACK))
+            if not p.structured:
+                self.transport.write(
+                    p.option_error(opt, Rep.ERR_INVALID, "structured replies first")
+                )
+            else:
+                # No metadata contexts (base:allocation is not offered): an empty answer.
+                self.transport.write(p.option_reply(opt, Rep.ACK))
         elif opt in (Opt.GO, Opt.INFO):
             try:
                 name, infos = p.parse_info_request(req.data)
@@ -153,17 +169,30 @@ class NbdConnection(asyncio.Protocol):
                 return
             if self.transport.is_closing():
                 return
-            self.transport.write(reply)
+            await self.can_write.wait()  # a client that does not read is not answered
+            for part in reply:
+                self.transport.write(part)
             if self.observe is not None:
                 self.observe("nbd", _NAMES.get(cmd.type, "unknown"), loop.time() - start)
-            self.transport.resume_reading()
+            if self.queue.empty():  # at most one request's payload held at a time
+                self.transport.resume_reading()
 
-    async def _command(self, cmd: Command) -> bytes | None:
+    async def _command(self, cmd: Command) -> tuple[bytes, ...] | None:
         p, dev = self.proto, self.device
         if cmd.type == Cmd.DISC:
             return None
+        if cmd.flags & ~KNOWN_CMD_FLAGS:
+            return (p.error_reply(cmd.cookie, EINVAL, f"unknown flags 0x{cmd.flags:x}"),)
         try:
+            if cmd.offset + cmd.length > dev.size and cmd.type in (
+                Cmd.WRITE,
+                Cmd.WRITE_ZEROES,
+            ):
+                dev.io.invalid_io += 1
+                return (p.error_reply(cmd.cookie, ENOSPC, "past the end of the device"),)
             if cmd.type == Cmd.READ:
+                if cmd.length > p.max_payload:
+                    return (p.error_reply(cmd.cookie, EINVAL, "read over the maximum block size"),)
                 data = await _run(cmd.length, dev.read, cmd.offset, cmd.length)
                 return p.read_reply(cmd.cookie, cmd.offset, data)
             if cmd.type == Cmd.WRITE:
@@ -173,22 +202,22 @@ class NbdConnection(asyncio.Protocol):
             elif cmd.type == Cmd.FLUSH:
                 pass  # memory: every acknowledged write is already where reads find it
             elif cmd.type == Cmd.TRIM:
-                await _run(0, dev.trim, cmd.offset, cmd.length)
+                await _run(cmd.length // 64, dev.trim, cmd.offset, cmd.length)
             elif cmd.type == Cmd.WRITE_ZEROES:
                 keep = bool(cmd.flags & CMD_FLAG_NO_HOLE)
                 await _run(
-                    cmd.length if keep else 0,
+                    cmd.length if keep else cmd.length // 64,
                     lambda: dev.zero(cmd.offset, cmd.length, keep_allocated=keep),
                 )
             else:
-                return p.error_reply(cmd.cookie, ENOTSUP, f"command {cmd.type} unsupported")
+                return (p.error_reply(cmd.cookie, ENOTSUP, f"command {cmd.type} unsupported"),)
         except InvalidRequestError as exc:
-            return p.error_reply(cmd.cookie, EINVAL, str(exc))
+            return (p.error_reply(cmd.cookie, EINVAL, str(exc)),)
         except PoolLimitError as exc:
-            return p.error_reply(cmd.cookie, ENOSPC, str(exc))
+            return (p.error_reply(cmd.cookie, ENOSPC, str(exc)),)
         except ZswapdError as exc:
-            return p.error_reply(cmd.cookie, EIO, str(exc))
-        return p.simple_reply(cmd.cookie)
+            return (p.error_reply(cmd.cookie, EIO, str(exc)),)
+        return (p.simple_reply(cmd.cookie),)
 
 
 _NAMES = {int(c): c.name.lower() for c in Cmd}

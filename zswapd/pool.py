@@ -412,11 +412,14 @@ class PagePool:
         with self._lock:
             e = self._entries
             read = self._alloc.obj_read
+            now = self._now()
             entries = []
             for slot in e.live_slots():
                 kind, obj, clen = e.kind[slot], e.obj[slot], e.clen[slot]
                 payload = obj.to_bytes(8, "little") if kind == SAME else read(obj, clen)
-                entries.append((e.handle_of(slot), kind, clen, e.atime[slot], payload))
+                # The age, not the time: this process's clock means nothing to the next.
+                age = max(0, now - e.atime[slot])
+                entries.append((e.handle_of(slot), kind, clen, age, payload))
             config = self.config.to_dict()
             return {
                 "config": config,
@@ -438,9 +441,16 @@ class PagePool:
         with self._lock:
             if len(self._entries):
                 raise ConfigError("restore() needs an empty pool")
+            if len({r[0] for r in records}) != len(records):
+                raise ConfigError("a handle appears twice in the saved state")
+            # Records carry ages; start this pool's clock far enough back that the
+            # oldest page has its age now.
+            oldest = max((r[3] for r in records), default=0)
+            self._t0 = self._clock() - oldest
             rows = []
             try:
-                for handle, kind, clen, atime, payload in records:
+                for handle, kind, clen, age, payload in records:
+                    atime = oldest - age
                     if kind == SAME:
                         if len(payload) != 8:
                             raise ConfigError("a same-filled record without its word")

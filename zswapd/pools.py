@@ -19,6 +19,8 @@ class PoolRegistry:
         self._pools: dict[str, PagePool] = {}
         self._lock = threading.Lock()
         self._factory = factory
+        # Pools backing block devices: removed only with their device.
+        self.pinned: set[str] = set()
 
     def create(self, name: str, config: PoolConfig | None = None) -> PagePool:
         """A new pool.
@@ -57,15 +59,19 @@ class PoolRegistry:
         except KeyError:
             raise UnknownPoolError(f"no pool named {name!r}") from None
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, *, device: bool = False) -> None:
         """Drop a pool and everything stored in it.
 
         Raises:
             UnknownPoolError: no such pool.
+            PoolExistsError: the pool backs a block device (remove the device).
         """
         with self._lock:
+            if name in self.pinned and not device:
+                raise PoolExistsError(f"pool {name!r} backs a device; remove the device")
             if self._pools.pop(name, None) is None:
                 raise UnknownPoolError(f"no pool named {name!r}")
+            self.pinned.discard(name)
 
     def names(self) -> list[str]:
         with self._lock:

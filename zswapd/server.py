@@ -137,13 +137,16 @@ def bind(listener: Listener, mode: int = 0o600) -> socket.socket:
 class _Saver:
     """Writes every pool to the state directory: on demand and periodically."""
 
-    def __init__(self, registry: PoolRegistry, directory: Path, interval: float) -> None:
+    def __init__(
+        self, registry: PoolRegistry, directory: Path, interval: float, skip: set[str]
+    ) -> None:
         self.registry = registry
         self.directory = directory
         self.interval = interval
+        self.skip = skip  # device pools: a block device starts empty, as zram does
 
     def save(self) -> None:
-        pools = [self.registry.get(n) for n in self.registry.names()]
+        pools = [self.registry.get(n) for n in self.registry.names() if n not in self.skip]
         written = save_state_dir(pools, self.directory)
         log.info("saved %d pools to %s", len(written), self.directory)
 
@@ -216,7 +219,10 @@ def serve(settings: ServerSettings) -> int:
     state_dir = Path(settings.state_dir) if settings.state_dir is not None else None
     if state_dir is not None:
         # A torn or corrupted file raises StateError: refuse to start, load nothing.
+        device_names = set(settings.devices)
         for pool in load_state_dir(state_dir):
+            if pool.name in device_names:
+                continue  # devices start empty (an old file of that name is ignored)
             registry.adopt(pool)
             log.info("restored pool %s: %d pages", pool.name, pool.stored_pages)
     for name, pool_config in settings.pool_configs().items():
@@ -290,7 +296,7 @@ def serve(settings: ServerSettings) -> int:
             ready.append(f"zswapd: serving NBD on {where} ({', '.join(devices.names())})")
         saver = None
         if state_dir is not None:
-            saver = _Saver(registry, state_dir, settings.snapshot_interval)
+            saver = _Saver(registry, state_dir, settings.snapshot_interval, set(settings.devices))
             ready.append(f"zswapd: state in {state_dir}")
         server = _Server(uv_config, ready, wire, saver, nbd)
         # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to

@@ -6,7 +6,7 @@ the directory fsync'd, so a crash leaves either the old file or the new, never
 half of one.  The layout (little-endian)::
 
     b"ZSWAPDST"  u32 version (1)  u32 header length  header (JSON)
-    records: u64 handle  u8 kind  u16 length  u32 atime  u32 payload length  payload
+    records: u64 handle  u8 kind  u16 length  u32 age (s)  u32 payload length  payload
     32-byte SHA-256 of everything before it
 
 The header holds the pool's settings (the zstd dictionary hex-encoded), its
@@ -17,7 +17,10 @@ restore, and every handle issued before the save loads the same bytes after.
 
 A file whose checksum, magic, version or structure does not hold is refused
 with :class:`StateError`: nothing is loaded from it, and the daemon does not
-start (better than serving half a pool).
+start (better than serving half a pool).  The checksum catches torn writes and
+corruption, not tampering: whoever can write the state directory can write
+any pages (keep it 0700, as the daemon makes it).  A page's idle age (for idle
+recompression) is saved as an age, so it carries over a restart.
 """
 
 from __future__ import annotations
@@ -83,8 +86,8 @@ def save_pool(pool: PagePool, directory: Path) -> Path:
 
         put(_PREFIX.pack(MAGIC, VERSION, len(header)))
         put(header)
-        for handle, kind, clen, atime, payload in snapshot["entries"]:
-            put(_RECORD.pack(handle, kind, clen, atime, len(payload)))
+        for handle, kind, clen, age, payload in snapshot["entries"]:
+            put(_RECORD.pack(handle, kind, clen, age, len(payload)))
             put(payload)
         f.write(digest.digest())
         f.flush()
@@ -117,11 +120,11 @@ def _parse(
     while pos < len(body):
         if pos + _RECORD.size > len(body):
             raise StateError(f"{path}: truncated record at byte {pos}")
-        handle, kind, clen, atime, n = _RECORD.unpack_from(body, pos)
+        handle, kind, clen, age, n = _RECORD.unpack_from(body, pos)
         pos += _RECORD.size
         if pos + n > len(body):
             raise StateError(f"{path}: truncated payload at byte {pos}")
-        records.append((handle, kind, clen, atime, body[pos : pos + n]))
+        records.append((handle, kind, clen, age, body[pos : pos + n]))
         pos += n
     return header, records
 
@@ -143,6 +146,8 @@ def load_pool(path: Path) -> PagePool:
         for algo, options in header["secondaries"]:
             pool.add_secondary(compressors.get(algo, **options))
         counters = Counters(**header["counters"])
+        if not all(type(v) is int and v >= 0 for v in vars(counters).values()):
+            raise StateError(f"{path}: counters that are not counts")
         pool.restore(records, counters, int(header["mem_used_max"]))
     except StateError:
         raise

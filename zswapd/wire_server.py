@@ -25,7 +25,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from zswapd.errors import InvalidRequestError, PageSizeError, ZswapdError
+from zswapd.errors import InvalidRequestError, PageSizeError, TooLargeError, ZswapdError
 from zswapd.http_api import status_of
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
@@ -64,9 +64,12 @@ class WireSettings:
         return self.max_pages_per_request * PAGE_SIZE
 
 
-def _handles(payload: bytes) -> list[int]:
+def _handles(payload: bytes, cap: int) -> list[int]:
     if not payload or len(payload) % 8:
         raise InvalidRequestError(f"{len(payload)} bytes is not a non-empty list of u64 handles")
+    if len(payload) // 8 > cap:
+        # The answer to a LOAD is 4096 bytes a handle: bound it as a STORE is bounded.
+        raise TooLargeError(f"{len(payload) // 8} handles; at most {cap} a request")
     return list(struct.unpack(f"<{len(payload) // 8}Q", payload))
 
 
@@ -90,6 +93,8 @@ class WireConnection(asyncio.BufferedProtocol):
         self.greeted = False
         self.reading_paused = False
         self.writing_paused = False
+        self.can_write = asyncio.Event()
+        self.can_write.set()
         self.closing = False
 
     # -- asyncio protocol ------------------------------------------------------------
@@ -147,10 +152,12 @@ class WireConnection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self.can_write.clear()
         self._flow()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self.can_write.set()
         self._flow()
 
     # -- flow control ------------------------------------------------------------------
@@ -190,6 +197,9 @@ class WireConnection(asyncio.BufferedProtocol):
                     return
                 self.wakeup.clear()
                 await self.wakeup.wait()
+            # A peer that does not read its answers stops us answering: the
+            # transport's buffer stays near its high-water mark.
+            await self.can_write.wait()
             frame = self.queue.popleft()
             self.queued_bytes -= len(frame.payload)
             self._flow()
@@ -255,11 +265,11 @@ class WireConnection(asyncio.BufferedProtocol):
             handles = await _run(len(payload) // PAGE_SIZE, pool.store, payload)
             return struct.pack(f"<{len(handles)}Q", *handles)
         if op == Op.LOAD:
-            wanted = _handles(payload)
+            wanted = _handles(payload, self.settings.max_pages_per_request)
             pages: list[bytes] = await _run(len(wanted), pool.load, wanted)
             return b"".join(pages)
         if op == Op.FREE:
-            doomed = _handles(payload)
+            doomed = _handles(payload, self.settings.max_pages_per_request)
             await _run(len(doomed), pool.free, doomed)
             return b""
         if op == Op.STATS:

@@ -321,3 +321,26 @@ def test_devices_from_the_config_file(tmp_path: Path) -> None:
         assert cfg["limit_bytes"] == 64 << 10
     finally:
         d.stop()
+
+
+def test_review_findings_stay_fixed(nbd: tuple[Daemon, str]) -> None:
+    d, sock = nbd
+    # A pool backing a device cannot be removed as a pool.
+    r = httpx.delete(f"{d.url}/v1/pools/zram1")
+    assert r.status_code == 409
+    # A READ over the advertised maximum block size is refused, not served.
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(sock)
+    s.recv(18)
+    s.sendall(struct.pack(">I", 3))
+    name = b"zram0"
+    s.sendall(_opt(Opt.GO, struct.pack(">I", len(name)) + name + struct.pack(">H", 0)))
+    got = b""
+    while not got.endswith(struct.pack(">QII", 0x3E889045565A9, Opt.GO, 1) + b"\0\0\0\0"):
+        got += s.recv(4096)
+    s.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, Cmd.READ, 9, 0, 48 << 20))
+    reply = s.recv(16)
+    _, error, cookie = struct.unpack(">IIQ", reply)
+    assert (error, cookie) == (22, 9)  # EINVAL
+    s.close()

@@ -156,3 +156,39 @@ def test_daemon_refuses_a_corrupted_state(tmp_path: Path) -> None:
     out = run_cli("serve", "--state-dir", str(state))
     assert out.returncode == 2
     assert "checksum mismatch" in out.stderr
+
+
+def test_idle_ages_carry_over_a_restore(tmp_path: Path) -> None:
+    now = [5000.0]
+    cfg = PoolConfig(compressor="lz4", recompress_algo="zstd")
+    pool = PagePool("aged", cfg, clock=lambda: now[0])
+    pool.store([text_page(i) for i in range(6)])
+    now[0] += 1000  # idle for 1000 s
+    back = load_pool(save_pool(pool, tmp_path))
+    result = back.recompress("idle", idle_seconds=500)
+    assert result["candidates"] == 6
+
+
+def test_duplicate_handles_in_saved_state_are_refused(tmp_path: Path) -> None:
+    pool = PagePool("dup")
+    pool.store([text_page(1), text_page(2)])
+    snap = pool.snapshot()
+    fresh = PagePool("dup")
+    from zswapd.errors import ConfigError
+    from zswapd.pool import Counters
+
+    rows = snap["entries"] + snap["entries"][:1]
+    with pytest.raises(ConfigError):
+        fresh.restore(rows, Counters(), 0)
+
+
+def test_devices_start_empty_and_do_not_block_a_restart(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    args = ("--state-dir", str(state), "--nbd", f"unix:{tmp_path / 'n.sock'}", "--device", "d1=1M")
+    d = start_daemon(*args)
+    with Client(d.url) as c:
+        c.store([text_page(1)])
+    assert d.stop() == 0
+    assert sorted(p.name for p in state.iterdir()) == ["default.zswapd"]
+    d2 = start_daemon(*args)  # used to fail: "pool 'd1' exists already"
+    assert d2.stop() == 0

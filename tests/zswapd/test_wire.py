@@ -265,3 +265,13 @@ def test_connections_past_the_limit_are_refused_clearly(tmp_path: Path) -> None:
             s.close()
     finally:
         d.stop()
+
+
+def test_a_load_past_the_cap_is_refused(wire: tuple[Daemon, str]) -> None:
+    # Found in review: one LOAD of repeated handles could make a 2 GiB answer.
+    raw = Raw(wire[1])
+    (f,) = [raw.call(Op.STORE, 1, text_page(1))]
+    (h,) = struct.unpack("<Q", f.payload)
+    f = raw.call(Op.LOAD, 2, struct.pack("<Q", h) * 65)  # the fixture's cap is 64
+    assert f.status == 413 and json.loads(f.payload)["error"] == "too_large"
+    assert raw.call(Op.LOAD, 3, struct.pack("<Q", h) * 64).status == 0  # still open
