@@ -169,7 +169,8 @@ class NbdConnection(asyncio.Protocol):
                 return
             if self.transport.is_closing():
                 return
-            await self.can_write.wait()  # a client that does not read is not answered
+            if not self.can_write.is_set():  # a client that does not read is not answered
+                await self.can_write.wait()
             for part in reply:
                 self.transport.write(part)
             if self.observe is not None:

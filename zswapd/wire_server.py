@@ -199,7 +199,8 @@ class WireConnection(asyncio.BufferedProtocol):
                 await self.wakeup.wait()
             # A peer that does not read its answers stops us answering: the
             # transport's buffer stays near its high-water mark.
-            await self.can_write.wait()
+            if not self.can_write.is_set():
+                await self.can_write.wait()
             frame = self.queue.popleft()
             self.queued_bytes -= len(frame.payload)
             self._flow()
