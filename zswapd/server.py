@@ -246,7 +246,7 @@ def serve(settings: ServerSettings) -> int:
     bound: list[str] = [p for p in (listener.path,) if p is not None]
     try:
         wire = None
-        ready = [f"zswapd: serving HTTP on {listener.url()}"]
+        ready: list[str] = []
         app = create_app(
             registry,
             ApiSettings(max_pages_per_request=settings.max_pages_per_request, token=token),
@@ -298,6 +298,8 @@ def serve(settings: ServerSettings) -> int:
         if state_dir is not None:
             saver = _Saver(registry, state_dir, settings.snapshot_interval, set(settings.devices))
             ready.append(f"zswapd: state in {state_dir}")
+        # The HTTP line last: a parent waiting for it knows everything else is up.
+        ready.append(f"zswapd: serving HTTP on {listener.url()}")
         server = _Server(uv_config, ready, wire, saver, nbd)
         # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to
         # whatever handler was there before; with these, that re-raise is a no-op

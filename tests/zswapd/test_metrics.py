@@ -36,3 +36,22 @@ def test_scrapes_read_the_pools_now_and_class_series_stay() -> None:
     reg.remove("p")
     third = _samples(metrics)
     assert not [k for k in third if dict(k[1]).get("pool") == "p"]
+
+
+def test_separate_metrics_listener() -> None:
+    import re
+
+    import httpx
+
+    from tests.zswapd.daemon import start_daemon
+
+    d = start_daemon("--metrics", "127.0.0.1:0")
+    try:
+        line = next(line for line in d.log if "serving metrics on" in line)
+        url = re.search(r"(http://\S+)", line)
+        assert url is not None
+        text = httpx.get(url.group(1)).text
+        assert 'zswapd_stored_pages{pool="default"}' in text
+        assert "zswapd_build_info" in text
+    finally:
+        d.stop()
