@@ -2,8 +2,8 @@
 
 In a fresh interpreter (so RSS is the pool's and nothing else's), an lz4 pool
 is filled with the corpus's pages, cycled, to 10^4, 10^5 and 10^6 stored pages;
-at each level 4,096 pages are stored, loaded and freed in 64-page batches and
-timed (the cost per page should stay flat), and RSS growth per stored page is
+at each level 8,192 pages are stored, loaded and freed in 64-page batches, five
+times, and the median cost per page taken (it should stay flat), and RSS growth per stored page is
 taken beside mem_used_total per stored page.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,8 +26,9 @@ from zswapd.pool import PAGE_SIZE, PagePool
 __all__ = ["LEVELS", "child", "render", "run"]
 
 LEVELS = (10_000, 100_000, 1_000_000)
-PROBE = 4096
+PROBE = 8192
 BATCH = 64
+REPEATS = 5
 
 
 def child(pages_path: str, levels: Sequence[int]) -> None:
@@ -48,20 +50,23 @@ def child(pages_path: str, levels: Sequence[int]) -> None:
             live += pool.store(batch)
         k = min(PROBE, level)
         probe = [pages[(n + i) % len(pages)] for i in range(k)]
-        start = time.perf_counter()
-        fresh: list[int] = []
-        for i in range(0, k, BATCH):
-            fresh += pool.store(probe[i : i + BATCH])
-        store_us = (time.perf_counter() - start) * 1e6 / k
-        sample = rng.sample(live, k)
-        start = time.perf_counter()
-        for i in range(0, k, BATCH):
-            pool.load(sample[i : i + BATCH])
-        load_us = (time.perf_counter() - start) * 1e6 / k
-        start = time.perf_counter()
-        for i in range(0, k, BATCH):
-            pool.free(fresh[i : i + BATCH])
-        free_us = (time.perf_counter() - start) * 1e6 / k
+        costs: dict[str, list[float]] = {"store": [], "load": [], "free": []}
+        for _ in range(REPEATS):  # medians: one short probe is at the mercy of noise
+            start = time.perf_counter()
+            fresh: list[int] = []
+            for i in range(0, k, BATCH):
+                fresh += pool.store(probe[i : i + BATCH])
+            costs["store"].append((time.perf_counter() - start) * 1e6 / k)
+            sample = rng.sample(live, k)
+            start = time.perf_counter()
+            for i in range(0, k, BATCH):
+                pool.load(sample[i : i + BATCH])
+            costs["load"].append((time.perf_counter() - start) * 1e6 / k)
+            start = time.perf_counter()
+            for i in range(0, k, BATCH):
+                pool.free(fresh[i : i + BATCH])
+            costs["free"].append((time.perf_counter() - start) * 1e6 / k)
+        store_us, load_us, free_us = (statistics.median(costs[op]) for op in costs)
         mm = pool.mm_stat()
         grown = rss_bytes() - base
         out.append(
