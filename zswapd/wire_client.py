@@ -240,13 +240,7 @@ class AsyncWireClient:
     async def store(self, pages: Sequence[bytes], pool: str = "default") -> list[int]:
         await self._use(pool)
         frames = await self._pipeline(Op.STORE, [b"".join(c) for c in self._req.chunks(pages)])
-        handles: list[int] = []
-        failed = None
-        for frame in frames:
-            if frame.status:
-                failed = failed or frame
-            else:
-                handles += struct.unpack(f"<{len(frame.payload) // 8}Q", frame.payload)
+        handles, failed = _store_answers(frames)
         if failed is not None:
             if handles:
                 await self.free(handles, pool)

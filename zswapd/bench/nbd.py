@@ -20,17 +20,9 @@ from typing import Any
 import httpx
 
 from zswapd.bench.http import start_daemon
-from zswapd.bench.stats import format_table, rss_of
+from zswapd.bench.stats import format_table, rss_of, wait_for_path
 
 __all__ = ["render", "run"]
-
-
-def _wait_socket(path: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while not os.path.exists(path):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{proc.args!r} did not open {path}")
-        time.sleep(0.05)
 
 
 def _copy(src: str, dst: str) -> float:
@@ -47,7 +39,7 @@ def _server(kind: str, tmp: str, size: int) -> tuple[subprocess.Popen[bytes], st
         proc, url = start_daemon(
             "--nbd", f"unix:{sock}", "--device", f"disk={size},compressor={algo}"
         )
-        _wait_socket(sock, proc)
+        wait_for_path(sock, proc)
         return proc, f"nbd+unix:///disk?socket={sock}", url
     extra = ["allocator=zstd"] if kind == "nbdkit-zstd" else []
     proc = subprocess.Popen(
@@ -55,7 +47,7 @@ def _server(kind: str, tmp: str, size: int) -> tuple[subprocess.Popen[bytes], st
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _wait_socket(sock, proc)
+    wait_for_path(sock, proc)
     return proc, f"nbd+unix:///?socket={sock}", None
 
 

@@ -14,12 +14,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from zswapd.bench.http import start_daemon
-from zswapd.bench.stats import format_table, rss_of, sample_pages
+from zswapd.bench.stats import format_table, rss_of, sample_pages, timed_rate, wait_for_path
 from zswapd.wire_client import WireClient
 
 __all__ = ["render", "run"]
@@ -27,18 +26,29 @@ __all__ = ["render", "run"]
 BATCH = 64
 
 
-def _wait_for(path: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{proc.args!r} did not open {path}")
-        time.sleep(0.05)
+def _drive_kv(
+    put_many: Callable[[dict[str, bytes]], object],
+    count_found: Callable[[list[str]], int],
+    pages: Sequence[bytes],
+    proc: subprocess.Popen[bytes],
+    base_rss: int,
+) -> dict[str, Any]:
+    """Store then load ``pages`` through a key-value client, 64 a round trip."""
+    keys = [f"p{i}" for i in range(len(pages))]
+    batches = [(keys[i : i + BATCH], pages[i : i + BATCH]) for i in range(0, len(pages), BATCH)]
 
+    def store() -> None:
+        for k, v in batches:
+            put_many(dict(zip(k, v, strict=True)))
 
-def _timed(fn: Callable[[], object], count: int) -> float:
-    start = time.perf_counter()
-    fn()
-    return count / (time.perf_counter() - start)
+    def load() -> None:
+        for k, _ in batches:
+            if count_found(list(k)) != len(k):
+                raise RuntimeError("a peer lost pages it was given")
+
+    s = timed_rate(store, len(pages))
+    ld = timed_rate(load, len(pages))
+    return {"store_per_s": s, "load_per_s": ld, "rss_growth": rss_of(proc.pid) - base_rss}
 
 
 def _memcached(tmp: str, pages: Sequence[bytes]) -> dict[str, Any] | None:
@@ -55,23 +65,12 @@ def _memcached(tmp: str, pages: Sequence[bytes]) -> dict[str, Any] | None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for(path, proc)
+        wait_for_path(path, proc)
         client = Memcache(path)
         base = rss_of(proc.pid)
-        keys = [f"p{i}" for i in range(len(pages))]
-
-        def store() -> None:
-            for i in range(0, len(pages), BATCH):
-                client.set_many(dict(zip(keys[i : i + BATCH], pages[i : i + BATCH], strict=True)))
-
-        def load() -> None:
-            for i in range(0, len(pages), BATCH):
-                got = client.get_many(keys[i : i + BATCH])
-                assert len(got) == len(keys[i : i + BATCH])
-
-        s = _timed(store, len(pages))
-        ld = _timed(load, len(pages))
-        return {"store_per_s": s, "load_per_s": ld, "rss_growth": rss_of(proc.pid) - base}
+        return _drive_kv(
+            client.set_many, lambda keys: len(client.get_many(keys)), pages, proc, base
+        )
     finally:
         proc.kill()
         proc.wait()
@@ -104,24 +103,17 @@ def _redis(tmp: str, pages: Sequence[bytes]) -> dict[str, Any] | None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for(path, proc)
+        wait_for_path(path, proc)
         client = redis.Redis(unix_socket_path=path)
         client.ping()
         base = rss_of(proc.pid)
-        keys = [f"p{i}" for i in range(len(pages))]
-
-        def store() -> None:
-            for i in range(0, len(pages), BATCH):
-                client.mset(dict(zip(keys[i : i + BATCH], pages[i : i + BATCH], strict=True)))
-
-        def load() -> None:
-            for i in range(0, len(pages), BATCH):
-                got = client.mget(keys[i : i + BATCH])
-                assert all(v is not None for v in got)
-
-        s = _timed(store, len(pages))
-        ld = _timed(load, len(pages))
-        return {"store_per_s": s, "load_per_s": ld, "rss_growth": rss_of(proc.pid) - base}
+        return _drive_kv(
+            client.mset,
+            lambda keys: sum(v is not None for v in client.mget(keys)),
+            pages,
+            proc,
+            base,
+        )
     finally:
         proc.kill()
         proc.wait()
@@ -131,7 +123,7 @@ def _zswapd(tmp: str, pages: Sequence[bytes], compressor: str) -> dict[str, Any]
     path = os.path.join(tmp, "zswapd.sock")
     proc, _ = start_daemon("--compressor", compressor, "--unix-socket", path)
     try:
-        _wait_for(path, proc)
+        wait_for_path(path, proc)
         client = WireClient(path)
         client._req.max_pages = BATCH
         base = rss_of(proc.pid)
@@ -144,8 +136,8 @@ def _zswapd(tmp: str, pages: Sequence[bytes], compressor: str) -> dict[str, Any]
             got = client.load(handles)
             assert len(got) == len(pages)
 
-        s = _timed(store, len(pages))
-        ld = _timed(load, len(pages))
+        s = timed_rate(store, len(pages))
+        ld = timed_rate(load, len(pages))
         grown = rss_of(proc.pid) - base
         mm = client.stats()["mm_stat"]
         client.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -15,6 +17,7 @@ __all__ = [
     "rss_of",
     "sample_pages",
     "timed_rate",
+    "wait_for_path",
 ]
 
 
@@ -30,6 +33,15 @@ def each(fn: Callable[[Any], object], items: Iterable[Any]) -> None:
     would charge the timing for allocating and faulting in their memory)."""
     for item in items:
         fn(item)
+
+
+def wait_for_path(path: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """Wait until ``proc`` has created ``path`` (its socket)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.args!r} did not open {path}")
+        time.sleep(0.05)
 
 
 def rss_of(pid: int) -> int:
