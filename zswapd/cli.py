@@ -44,6 +44,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "max_connections": args.max_connections,
             "state_dir": args.state_dir,
             "snapshot_interval": args.snapshot_interval,
+            "handshake_timeout": args.handshake_timeout,
+            "header_timeout": args.header_timeout,
+            "max_stale_handles": args.max_stale_handles,
+            "memory_limit": args.memory_limit,
+            "max_pools": args.max_pools,
             **pool_flags(args),
             "accept_threshold_percent": args.accept_threshold_percent,
             "recompress_algo": args.recompress_algo,
@@ -194,6 +199,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--snapshot-interval", type=float, metavar="SECONDS", help="also save every N seconds"
     )
+    serve.add_argument(
+        "--handshake-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="close wire and NBD connections not through their handshake by then (10)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="an HTTP request head must arrive within this (10); a body within a time for its size",
+    )
+    serve.add_argument(
+        "--max-stale-handles",
+        type=int,
+        metavar="N",
+        help="stale or forged handles one connection may send before it is closed (64)",
+    )
+    serve.add_argument(
+        "--memory-limit",
+        metavar="SIZE|N%",
+        help="all pools and devices together: a size, a share of RAM, or 0 for none (20%%)",
+    )
+    serve.add_argument("--max-pools", type=int, metavar="N", help="pools plus devices (64)")
     _add_pool_flags(serve)
     serve.add_argument("--accept-threshold-percent", type=int, help="zswap's hysteresis")
     serve.add_argument("--recompress-algo", help="secondary algorithm for recompress")

@@ -28,6 +28,7 @@ Environment variables (for the default pool and the server): ``ZSWAPD_HTTP``,
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -74,6 +75,11 @@ _SERVER_KEYS: dict[str, Any] = {
     "metrics": (str, type(None)),
     "snapshot_interval": (int, float),
     "nbd": (str, type(None)),
+    "handshake_timeout": (int, float),
+    "header_timeout": (int, float),
+    "max_stale_handles": int,
+    "memory_limit": (str, int),
+    "max_pools": int,
 }
 
 
@@ -114,6 +120,17 @@ class ServerSettings:
     # A separate HOST:PORT serving /metrics alone (besides /metrics on the HTTP API).
     metrics: str | None = None
     pools: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
+    # Seconds a wire or NBD connection has to complete its handshake before it is closed.
+    handshake_timeout: float = 10.0
+    # Seconds an HTTP request head has to arrive (its body gets a time bounded by its size).
+    header_timeout: float = 10.0
+    # Requests naming a stale or forged handle that one connection may send; then it is closed.
+    max_stale_handles: int = 64
+    # All pools and devices together (zswap's max_pool_percent): bytes, a size such as
+    # "4G", or a share of the machine's memory such as "20%"; 0 for none.
+    memory_limit: str | int = "20%"
+    # Pools plus devices, at most.
+    max_pools: int = 64
 
     def check(self) -> None:
         """Raise ConfigError for a server setting of the wrong type or range."""
@@ -121,8 +138,18 @@ class ServerSettings:
             value = getattr(self, key)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ConfigError(f"server setting {key} = {value!r} is not a {kind}")
-        if self.snapshot_interval < 0:
-            raise ConfigError("snapshot_interval cannot be negative")
+        for key in ("snapshot_interval", "handshake_timeout", "header_timeout"):
+            value = getattr(self, key)
+            # NaN compares false with everything: refuse it (and infinities) outright.
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{key} must be a finite number of seconds >= 0, not {value!r}")
+        for key in ("handshake_timeout", "header_timeout"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be more than 0 seconds")
+        if self.max_stale_handles < 1:
+            raise ConfigError("max_stale_handles must be at least 1")
+        if self.max_pools < 1:
+            raise ConfigError("max_pools must be at least 1")
         if self.max_connections < 1:
             raise ConfigError("max_connections must be at least 1")
         if self.max_pages_per_request < 1:
