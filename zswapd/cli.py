@@ -146,7 +146,14 @@ def _cmd_bench_nbd(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_soak(args: argparse.Namespace) -> int:
-    return _bench("soak", args, clients=args.clients, seconds=args.seconds, urls=args.url or ())
+    return _bench(
+        "soak",
+        args,
+        clients=args.clients,
+        seconds=args.seconds,
+        urls=args.url or (),
+        pool_limit=args.pool_limit,
+    )
 
 
 def _cmd_bench_all(args: argparse.Namespace) -> int:
@@ -350,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="soak this daemon instead of starting one (repeatable: http://, http+unix://, "
         "unix:// for the wire protocol)",
+    )
+    soak.add_argument(
+        "--pool-limit",
+        metavar="SIZE",
+        help="start the daemon with this pool limit, e.g. 8M: the soak runs at the limit, "
+        "where refused stores (507) are expected, not errors",
     )
     soak.add_argument("--json", action="store_true", help="print JSON")
     soak.set_defaults(func=_cmd_bench_soak)

@@ -172,3 +172,14 @@ def test_bench_soak_checks_every_byte(tmp_path: Path) -> None:
     assert result["transports"] == {"http": 2, "wire": 2}
     assert result["errors"] == 0 and result["mismatches"] == 0
     assert result["ops"]["store"] > 0 and result["ops"]["load"] > 0 and result["rss"]
+
+
+def test_bench_soak_at_the_pool_limit_counts_refusals_apart(tmp_path: Path) -> None:
+    corpus = _tiny_corpus(tmp_path / "tiny.pages")
+    result = _bench_json(
+        "soak", "--corpus", str(corpus), "--clients", "4", "--seconds", "5", "--pool-limit", "256K"
+    )
+    # A pool far smaller than the working sets: stores are refused, nothing else fails.
+    assert result["refused"] > 0 and result["ops"]["store"] > 0
+    assert result["errors"] == 0 and result["mismatches"] == 0
+    assert result["at_limit_share"] >= 0.5  # the first sample is taken empty

@@ -7,6 +7,11 @@ compare every byte, free, now and then compact.  Each client keeps its working
 set near ``working_set`` pages, so once it is stored the daemon's RSS should
 stay flat; RSS is sampled every second.  Reported: operations, errors,
 mismatches, and RSS over time.
+
+With ``pool_limit`` the daemon's pool is smaller than the clients' working
+sets, so it spends the run at its limit, as a swap pool does: a store refused
+with 507 (the pool's limit or the server's) is expected, counted apart from
+errors, and the pool's fill is sampled with RSS.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from zswapd.bench.http import start_daemon
 from zswapd.bench.stats import format_table, rss_of
 from zswapd.client import Client
+from zswapd.errors import PoolLimitError
 
 __all__ = ["render", "run"]
 
@@ -33,6 +39,7 @@ class _Tally:
         self.pages = 0
         self.errors: list[str] = []
         self.mismatches = 0
+        self.refused = 0  # stores answered 507: the pool is full, as expected at a limit
 
 
 def _client(
@@ -72,6 +79,10 @@ def _client(
                 else:
                     c.compact()
                     op, n = "compact", 0
+            except PoolLimitError:
+                with t.lock:
+                    t.refused += 1
+                continue
             except Exception as exc:
                 with t.lock:
                     t.errors.append(f"{type(exc).__name__}: {exc}")
@@ -100,9 +111,13 @@ def run(
     seconds: float = 60,
     working_set: int = 2000,
     urls: Sequence[str] = (),
+    pool_limit: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Soak a daemon started here, or the one(s) at ``urls`` (then no RSS is taken)."""
+    """Soak a daemon started here, or the one(s) at ``urls`` (then no RSS is taken).
+
+    ``pool_limit`` (a size such as "8M") starts the daemon with that pool limit.
+    """
     say = progress or (lambda msg: None)
     proc = None
     if urls:
@@ -110,7 +125,8 @@ def run(
     else:
         tmp = tempfile.mkdtemp(prefix="zswapd-soak-")
         wire = os.path.join(tmp, "w.sock")
-        proc, http_url = start_daemon("--unix-socket", wire, "--compressor", "lz4")
+        limit = ("--pool-limit", pool_limit) if pool_limit else ()
+        proc, http_url = start_daemon("--unix-socket", wire, "--compressor", "lz4", *limit)
         targets = [http_url if i % 2 == 0 else f"unix://{wire}" for i in range(clients)]
     urls = targets
     tally = _Tally()
@@ -122,6 +138,9 @@ def run(
         for i in range(clients)
     ]
     rss: list[tuple[float, int]] = []
+    fill: list[float] = []  # the pool's mem_used_total / mem_limit, each second
+    http_urls = [u for u in urls if u.startswith("http")]
+    watcher = Client(http_urls[0]) if http_urls else None
     start = time.monotonic()
     try:
         for th in threads:
@@ -130,11 +149,17 @@ def run(
             now = time.monotonic()
             if proc is not None and now < deadline:  # not the final checks' large answers
                 rss.append((round(now - start, 1), rss_of(proc.pid)))
+            if watcher is not None and now < deadline:
+                mm = watcher.stats()["mm_stat"]
+                if mm["mem_limit"]:
+                    fill.append(mm["mem_used_total"] / mm["mem_limit"])
             say(f"soak: {now - start:.0f}/{seconds:.0f} s, {sum(tally.ops.values())} ops")
             time.sleep(1)
         for th in threads:
             th.join()
     finally:
+        if watcher is not None:
+            watcher.close()
         if proc is not None:
             proc.terminate()
             proc.wait(30)
@@ -154,6 +179,9 @@ def run(
         "errors": len(tally.errors),
         "error_samples": tally.errors[:10],
         "mismatches": tally.mismatches,
+        "refused": tally.refused,
+        # Samples with the pool within a zspage or so of its limit (95%).
+        "at_limit_share": sum(1 for f in fill if f >= 0.95) / len(fill) if fill else 0.0,
         "rss": rss,
         "rss_second_half_growth": (max(half) - half[0]) if half else 0,
     }
@@ -169,6 +197,15 @@ def render(result: dict[str, Any]) -> str:
             f"operations {sum(result['ops'].values()):,} ({result['ops_per_s']:,.0f}/s, "
             f"{result['pages_per_s']:,.0f} pages/s): {result['ops']}",
             f"errors {result['errors']}, mismatches {result['mismatches']}",
+            *(
+                [
+                    f"stores refused at the limit (507): {result['refused']:,} of "
+                    f"{result['refused'] + result['ops']['store']:,}; pool at >= 95% of its "
+                    f"limit in {result['at_limit_share']:.0%} of samples"
+                ]
+                if result.get("refused") or result.get("at_limit_share")
+                else []
+            ),
             f"RSS growth over the second half: {result['rss_second_half_growth'] / 2**20:.1f} MiB",
             format_table(
                 ["seconds", "daemon RSS MiB"], [[t, f"{r / 2**20:.1f}"] for t, r in picks]
