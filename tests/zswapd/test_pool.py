@@ -178,6 +178,8 @@ def test_every_counter_is_exact() -> None:
         "stored_pages_total": 14,
         "loaded_pages_total": 5,
         "freed_pages_total": 4,
+        "memory_limit_hit": 0,
+        "stale_handle_requests": 0,
     }
     assert stats["mm_stat"]["same_pages"] == 0
     assert stats["mm_stat"]["compr_data_size"] == sum(sizes[1:]) + 4096
@@ -368,12 +370,13 @@ def test_a_batch_that_fails_any_way_is_undone() -> None:
 
 
 def test_running_out_of_arena_is_a_clean_limit() -> None:
-    pool = PagePool("p", PoolConfig(compressor="lz4", allocator_options={"arena_pages": 4}))
+    pool = PagePool("p", PoolConfig(compressor="lz4", limit_bytes=64 * 4096), arena_pages=4)
     with pytest.raises(PoolLimitError):
         pool.store([random_page(i) for i in range(6)])
     assert pool.stored_pages == 0 and pool.mm_stat()["mem_used_total"] == 0
     pool.check_invariants()
+    # The address space is the server's to bound, never a client's to choose.
     with pytest.raises(ConfigError):
-        PoolConfig(limit_bytes=64 * 4096, allocator_options={"arena_pages": 4})
+        PoolConfig(allocator_options={"arena_pages": 4})
     with pytest.raises(ConfigError):
         PoolConfig(limit_bytes=2**70)
