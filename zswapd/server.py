@@ -240,12 +240,12 @@ def _apply_given_settings(pool: PagePool, settings: ServerSettings, state_dir: P
     )
     if ignored:
         log.warning(
-            "pool %s restored with %s; %s ignored: a restored pool keeps the settings its "
+            "pool %s restored with %s; given %s ignored: a restored pool keeps the settings its "
             "pages were stored with (only %s follow flags and config on restore; remove "
             "%s to start it afresh)",
             pool.name,
             ", ".join(f"{k} {getattr(pool.config, k)}" for k in ignored),
-            ", ".join(f"given {k} {getattr(config, k)}" for k in ignored),
+            ", ".join(f"{k} {getattr(config, k)}" for k in ignored),
             ", ".join(LIVE_SETTINGS),
             state_dir / f"{pool.name}.zswapd",
         )
