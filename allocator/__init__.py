@@ -10,8 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from allocator.arena import PAGE_SIZE
+from allocator.budget import PageBudget
 from allocator.classes import ClassSpec, ClassTable, fit_class_sizes
-from allocator.errors import AllocatorError, InvalidHandleError, PoolFullError
+from allocator.errors import (
+    AllocatorError,
+    BudgetExceededError,
+    HandleTableFullError,
+    InvalidHandleError,
+    PoolFullError,
+)
 from allocator.mapping import MapMode
 from allocator.stats import FULLNESS_LABELS, ClassStats, Fullness, PoolStats
 from allocator.z3fold import Z3foldPool
@@ -23,12 +30,15 @@ __all__ = [
     "FULLNESS_LABELS",
     "PAGE_SIZE",
     "AllocatorError",
+    "BudgetExceededError",
     "ClassSpec",
     "ClassStats",
     "ClassTable",
     "Fullness",
+    "HandleTableFullError",
     "InvalidHandleError",
     "MapMode",
+    "PageBudget",
     "PoolFullError",
     "PoolStats",
     "Z3foldPool",

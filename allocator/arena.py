@@ -23,8 +23,10 @@ __all__ = ["DEFAULT_ARENA_PAGES", "PAGE_SHIFT", "PAGE_SIZE", "PageArena"]
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 
-# 64 GiB of address space: far more than a 24 GiB machine can fill, and free to
-# reserve because nothing is committed until it is touched.
+# 64 GiB of address space: the default for a pool used on its own, free to reserve
+# because nothing is committed until it is touched.  zswapd sizes every pool's
+# arena by its memory limit instead, so that many pools do not add up to more
+# address space than the process may ever fill.
 DEFAULT_ARENA_PAGES = 1 << 24
 
 # Linux's MAP_NORESERVE; Python's mmap module does not export it.  Without it the
@@ -132,6 +134,15 @@ class PageArena:
         self._free.extend(array("q", reversed(order)))
         del self._pending[:]
         return len(order)
+
+    def discard(self) -> None:
+        """Return every page the arena has touched to the OS at once (the pool
+        is being dropped; what the pages held is lost)."""
+        if self._next:
+            self._map.madvise(mmap.MADV_DONTNEED, 0, self._next << PAGE_SHIFT)
+        del self._pending[:]
+        self._free = array("q", range(self._next - 1, -1, -1))
+        self.pages_held = 0
 
     def _release_run(self, first: int, last: int) -> None:
         self._map.madvise(mmap.MADV_DONTNEED, first << PAGE_SHIFT, (last - first + 1) << PAGE_SHIFT)

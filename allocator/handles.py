@@ -1,17 +1,31 @@
 """Handles: opaque names for objects, kept apart from where the objects are.
 
-A handle is ``generation << SLOT_BITS | slot``.  The slot indexes a table whose
-entry holds the object's current *location* (which zspage, which object in it);
-compaction rewrites the entry, never the handle, so a handle stays valid while
-its object moves (the kernel's handle is likewise a pointer to a word holding
-the location).  Each slot also keeps a generation, drawn at random whenever the
-slot is issued: a handle whose generation does not match is stale or forged, so
-a freed handle can never reach the object that reuses its slot, and handles
-cannot be walked by counting.
+A handle is ``generation << SLOT_BITS | slot``, an unsigned 64-bit integer.  The
+slot indexes a table whose entry holds the object's current *location* (which
+zspage, which object in it); compaction rewrites the entry, never the handle, so
+a handle stays valid while its object moves (the kernel's handle is likewise a
+pointer to a word holding the location).  Each slot also keeps a generation,
+drawn afresh at random (40 bits, never 0, never the slot's previous one)
+whenever the slot is issued: a handle whose generation does not match is stale
+or forged, so a freed handle can never reach the object that reuses its slot.
 
-Handles stay below 2**52 so they survive a round trip through JSON and a double.
+Why 40 random bits: a client that knows a slot (slots are small integers, and
+its own handles show them) and wants the object the *next* owner of that slot
+stores must guess its generation.  A fresh draw has no arithmetic relation to
+the previous one, so each guess succeeds with probability 1 / (2**40 - 1),
+about 9.1e-13, however many handles the client has seen.  At 60,000 guesses a
+second, the rate one wire connection reaches, that is one success expected in
+about 212 days of guessing; servers also close a connection after a bounded
+number of stale handles.
 
-The table is two flat arrays (8 + 4 bytes a slot): no Python object per handle.
+Handles fill 64 bits: JSON carries them as plain integers, exact in Python (and
+most JSON libraries), but a JavaScript client needs ``BigInt`` (or a JSON parser
+that keeps large integers) once a handle passes 2**53.
+
+24 slot bits leave ``MAX_SLOTS`` = 16,777,215 live handles in one table; past
+that :class:`HandleTableFullError` (a :class:`PoolFullError`: nothing changed).
+
+The table is two flat arrays (8 + 8 bytes a slot): no Python object per handle.
 Free slots are chained through the location array itself (negative entries).
 """
 
@@ -22,35 +36,42 @@ import random
 from array import array
 from collections.abc import Callable
 
-from allocator.errors import InvalidHandleError
+from allocator.errors import HandleTableFullError, InvalidHandleError
 
-__all__ = ["GEN_BITS", "SLOT_BITS", "SLOT_MASK", "HandleTable"]
+__all__ = ["GEN_BITS", "MAX_SLOTS", "SLOT_BITS", "SLOT_MASK", "HandleTable"]
 
-SLOT_BITS = 28
-GEN_BITS = 24
+SLOT_BITS = 24
+GEN_BITS = 40
 SLOT_MASK = (1 << SLOT_BITS) - 1
-_GEN_LIMIT = 1 << GEN_BITS
-# A random step below 2**23 never wraps a generation back onto itself.
-_RAND_MASK = (1 << (GEN_BITS - 1)) - 1
+# Slot 0 is never issued (it ends the free chain): slots 1..SLOT_MASK.
+MAX_SLOTS = SLOT_MASK
+_GEN_MASK = (1 << GEN_BITS) - 1
 
 
 def _urandom_words() -> array[int]:
-    """1,024 random 32-bit words from the kernel's randomness (one system call)."""
-    return array("I", os.urandom(4096))
+    """1,024 random 64-bit words from the kernel's randomness (one system call)."""
+    return array("Q", os.urandom(8192))
 
 
 class HandleTable:
     """Issues handles and maps them to locations.
 
     A location is any non-negative int below 2**62 chosen by the allocator.
+
+    Args:
+        seed: seed for generations (default: unpredictable, from os.urandom).
+        max_slots: live handles at most (MAX_SLOTS; less only for tests).
     """
 
-    __slots__ = ("_free", "_gen", "_loc", "_random", "_refill", "live")
+    __slots__ = ("_free", "_gen", "_loc", "_random", "_refill", "live", "max_slots")
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = None, max_slots: int = MAX_SLOTS) -> None:
+        if not 1 <= max_slots <= MAX_SLOTS:
+            raise ValueError(f"max_slots must be 1..{MAX_SLOTS}")
+        self.max_slots = max_slots
         # Slot 0 is never issued: it terminates the free chain.
         self._loc = array("q", [0])
-        self._gen = array("I", [0])
+        self._gen = array("Q", [0])
         self._free = 0
         # Generations must not be predictable from handles a client has seen (a
         # Mersenne Twister's could be), yet a system call per handle would cost
@@ -60,37 +81,56 @@ class HandleTable:
             rng = random.Random(seed)
 
             def seeded() -> array[int]:
-                return array("I", [rng.getrandbits(32) for _ in range(1024)])
+                return array("Q", [rng.getrandbits(64) for _ in range(1024)])
 
             self._refill = seeded
         self._random = self._refill()
         self.live = 0
 
     def alloc(self, location: int) -> int:
-        """Issue a handle for an object at ``location``."""
+        """Issue a handle for an object at ``location``.
+
+        Raises:
+            HandleTableFullError: ``max_slots`` handles are live (nothing changed).
+        """
         slot = self._free
         loc = self._loc
         gen = self._gen
+        if not slot and len(loc) > self.max_slots:
+            raise HandleTableFullError(f"handle table full: {self.max_slots} handles live")
+        # A fresh draw, independent of the slot's past: not old + a step, which
+        # would let one seen handle narrow the next.  0 is never issued, and the
+        # generation just retired is skipped so its handle stays dead.
+        old = gen[slot] if slot else 0
+        while True:
+            try:
+                g = self._random.pop() & _GEN_MASK
+            except IndexError:
+                self._random = self._refill()
+                continue
+            if g and g != old:
+                break
         if slot:
             self._free = -1 - loc[slot]
             loc[slot] = location
         else:
             slot = len(loc)
-            if slot > SLOT_MASK:
-                raise MemoryError("handle table full")
             loc.append(location)
-            gen.append(1)
-        # A fresh random generation, never the one just retired (release bumped
-        # it, and 0 is never used): 1..2**24-1.
-        try:
-            r = self._random.pop()
-        except IndexError:
-            self._random = self._refill()
-            r = self._random.pop()
-        g = (gen[slot] + (r & _RAND_MASK)) % _GEN_LIMIT or 1
+            gen.append(0)
         gen[slot] = g
         self.live += 1
         return g << SLOT_BITS | slot
+
+    @property
+    def room(self) -> int:
+        """Handles that may still be issued before the table is full."""
+        return self.max_slots - self.live
+
+    def check_room(self) -> None:
+        """Raise HandleTableFullError if no handle can be issued (call before
+        taking pages for a new object, so that a full table changes nothing)."""
+        if self.live >= self.max_slots:
+            raise HandleTableFullError(f"handle table full: {self.max_slots} handles live")
 
     def slot(self, handle: int) -> int:
         """The slot of a live handle.
@@ -130,10 +170,11 @@ class HandleTable:
         self._loc[slot] = location
 
     def release(self, slot: int) -> None:
-        """Retire a live slot; its handle becomes invalid at once."""
-        # Bump the generation now, not at reuse, so the stale handle fails
-        # even before the slot is issued again.
-        self._gen[slot] = (self._gen[slot] % (_GEN_LIMIT - 1)) + 1
+        """Retire a live slot; its handle becomes invalid at once.
+
+        A free slot's location is negative, which every lookup refuses; its
+        generation stays until reuse, so the next draw can avoid it.
+        """
         self._loc[slot] = -1 - self._free
         self._free = slot
         self.live -= 1
@@ -152,7 +193,6 @@ class HandleTable:
                 locs = self._loc
                 loc = locs[slot]
                 if loc >= 0:
-                    gen[slot] = (gen[slot] % (_GEN_LIMIT - 1)) + 1
                     locs[slot] = -1 - self._free
                     self._free = slot
                     self.live -= 1
@@ -181,13 +221,13 @@ class HandleTable:
         top = 0
         for handle in handles:
             slot, gen = handle & SLOT_MASK, handle >> SLOT_BITS
-            if not slot or not 0 < gen < _GEN_LIMIT:
+            if not slot or slot > self.max_slots or not 0 < gen <= _GEN_MASK:
                 raise InvalidHandleError(f"{handle!r} is not a handle")
             top = max(top, slot)
         grow = top + 1 - len(self._loc)
         if grow > 0:
             self._loc.extend([-1] * grow)
-            self._gen.extend([1] * grow)
+            self._gen.extend([0] * grow)
         seen: set[int] = set()
         for handle, location in handles.items():
             slot = handle & SLOT_MASK

@@ -122,4 +122,7 @@ def check_zspool(pool: ZsPool) -> None:
             "handle table points elsewhere than its object",
         )
     if pool.max_pages is not None:
-        _check(pool._arena.pages_held <= pool.max_pages, "page budget exceeded")
+        _check(
+            pool._arena.pages_held <= max(pool.max_pages, pool._held_over_budget),
+            "page budget exceeded",
+        )

@@ -90,6 +90,7 @@ from array import array
 from typing import Any, ClassVar
 
 from allocator.arena import PAGE_SHIFT
+from allocator.budget import PageBudget
 from allocator.zbud import (
     BUDDY_BITS,
     CHUNK_SHIFT,
@@ -136,12 +137,19 @@ class Z3foldPool(ZbudPool):
         *,
         seed: int | None = None,
         arena_pages: int | None = None,
+        budget: PageBudget | None = None,
         **ignored_zsmalloc_options: Any,
     ) -> None:
         # Per buddy, by location: 1 if its object was moved here from another
         # page (a foreign handle, in the kernel's words).
         self._foreign = array("B")
-        super().__init__(max_pages, seed=seed, arena_pages=arena_pages, **ignored_zsmalloc_options)
+        super().__init__(
+            max_pages,
+            seed=seed,
+            arena_pages=arena_pages,
+            budget=budget,
+            **ignored_zsmalloc_options,
+        )
         self.pages_compacted_at_free = 0
 
     def _grow(self, pfn: int) -> None:

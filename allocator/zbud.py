@@ -89,9 +89,10 @@ import threading
 from array import array
 from typing import Any, ClassVar
 
-from allocator.arena import DEFAULT_ARENA_PAGES, PAGE_SHIFT, PAGE_SIZE, PageArena
-from allocator.base import PoolBase
-from allocator.errors import AllocatorError, PoolFullError
+from allocator.arena import PAGE_SHIFT, PAGE_SIZE, PageArena
+from allocator.base import PoolBase, arena_capacity
+from allocator.budget import PageBudget
+from allocator.errors import AllocatorError
 from allocator.handles import SLOT_MASK, HandleTable
 from allocator.mapping import MapMode, ObjectMapping
 from allocator.stats import ClassStats, Fullness, PoolStats, fullness_group
@@ -145,6 +146,7 @@ _ZSMALLOC_ONLY_OPTIONS = frozenset(inspect.signature(ZsPool.__init__).parameters
     "max_pages",
     "seed",
     "arena_pages",
+    "budget",
 }
 
 
@@ -159,8 +161,10 @@ class ZbudPool(PoolBase):
     Args:
         max_pages: page budget; past it ``malloc`` raises PoolFullError.
         seed: seed for handle generations (default: unpredictable).
-        arena_pages: address space reserved for pages (default 64 GiB, or
-            max_pages).
+        arena_pages: address space reserved for pages (default: max_pages, or
+            64 GiB without it); the pool never holds more pages than this.
+        budget: a :class:`PageBudget` shared with other pools, charged for
+            every page taken (past it ``malloc`` raises BudgetExceededError).
         ignored_zsmalloc_options: zsmalloc's own options (chain_size,
             empty_cache, header, ...), accepted and ignored.
 
@@ -182,6 +186,7 @@ class ZbudPool(PoolBase):
         *,
         seed: int | None = None,
         arena_pages: int | None = None,
+        budget: PageBudget | None = None,
         **ignored_zsmalloc_options: Any,
     ) -> None:
         unknown = sorted(set(ignored_zsmalloc_options) - _ZSMALLOC_ONLY_OPTIONS)
@@ -190,12 +195,11 @@ class ZbudPool(PoolBase):
         if max_pages is not None and max_pages < 0:
             raise ValueError("max_pages must be >= 0 or None")
         self.max_pages = max_pages
-        if arena_pages is not None and max_pages is not None and arena_pages < max_pages:
-            raise ValueError(f"arena_pages ({arena_pages}) below max_pages ({max_pages})")
-        capacity = arena_pages or (max_pages if max_pages else DEFAULT_ARENA_PAGES)
-        self._arena = PageArena(max(capacity, 1))
-        # Without a budget, the arena's size is the budget: running out is PoolFullError.
-        self._budget = max_pages if max_pages is not None else self._arena.capacity
+        self._arena = PageArena(arena_capacity(max_pages, arena_pages))
+        # The budget, capped by the arena's size: running out of either is PoolFullError.
+        own = max_pages if max_pages is not None else self._arena.capacity
+        self._budget = min(own, self._arena.capacity)
+        self._shared = budget
         self._buf = self._arena.buf
         self._rbuf = self._buf.toreadonly()
         self._handles = HandleTable(seed)
@@ -344,9 +348,10 @@ class ZbudPool(PoolBase):
 
     def _alloc_page(self) -> int:
         """A fresh page from the arena, within the budget; raises PoolFullError."""
-        if self._arena.pages_held >= self._budget:
-            self.alloc_failures += 1
-            raise PoolFullError(f"page budget of {self._budget} pages spent")
+        self._handles.check_room()
+        if self._room() < 1:
+            raise self._refusal(1, "a page")
+        self._charge(1, "a page")
         pfn = self._arena.alloc_page()
         if pfn >= len(self._inuse):
             self._grow(pfn)
@@ -363,6 +368,7 @@ class ZbudPool(PoolBase):
         """Give an empty buddy page, on no list, back to the arena."""
         self._by_inuse[0] -= 1
         self._arena.free_page(pfn)
+        self._uncharge(1)
 
     # -- malloc / free -----------------------------------------------------------------
 
@@ -420,6 +426,7 @@ class ZbudPool(PoolBase):
                 self._owner[loc] = 0
                 self._headless -= 1
                 self._arena.free_page(pfn)
+                self._uncharge(1)
                 return
             if self._list[pfn] != _NIL:
                 self._unlink(pfn)
@@ -670,7 +677,10 @@ class ZbudPool(PoolBase):
             )
         _check(all(slot in owners for slot in self._mapped), "a freed object is mapped")
         if self.max_pages is not None:
-            _check(self._arena.pages_held <= self.max_pages, "page budget exceeded")
+            _check(
+                self._arena.pages_held <= max(self.max_pages, self._held_over_budget),
+                "page budget exceeded",
+            )
         _check(self.pages_max >= self._arena.pages_held, "pages_max below pages held")
 
 

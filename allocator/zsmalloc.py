@@ -27,10 +27,11 @@ from __future__ import annotations
 import threading
 from array import array
 
-from allocator.arena import DEFAULT_ARENA_PAGES, PAGE_SHIFT, PAGE_SIZE, PageArena
-from allocator.base import PoolBase
+from allocator.arena import PAGE_SHIFT, PAGE_SIZE, PageArena
+from allocator.base import PoolBase, arena_capacity
+from allocator.budget import PageBudget
 from allocator.classes import ClassSpec, ClassTable
-from allocator.errors import AllocatorError, PoolFullError
+from allocator.errors import AllocatorError
 from allocator.handles import SLOT_MASK, HandleTable
 from allocator.mapping import MapMode, ObjectMapping
 from allocator.stats import ClassStats, Fullness, PoolStats, fullness_group
@@ -190,7 +191,10 @@ class ZsPool(PoolBase):
         class_sizes: explicit class sizes (header included) instead of a step.
         merge_classes: merge classes of equal shape (kernel: yes).
         seed: seed for handle generations (default: unpredictable).
-        arena_pages: address space reserved for pages (default 64 GiB, or max_pages).
+        arena_pages: address space reserved for pages (default: max_pages, or
+            64 GiB without it); the pool never holds more pages than this.
+        budget: a :class:`PageBudget` shared with other pools, charged for
+            every page taken (past it ``malloc`` raises BudgetExceededError).
     """
 
     def __init__(
@@ -206,6 +210,7 @@ class ZsPool(PoolBase):
         merge_classes: bool = True,
         seed: int | None = None,
         arena_pages: int | None = None,
+        budget: PageBudget | None = None,
     ) -> None:
         if max_pages is not None and max_pages < 0:
             raise ValueError("max_pages must be >= 0 or None")
@@ -226,13 +231,12 @@ class ZsPool(PoolBase):
         )
         # Object length -> class, the table's lookup resolved to objects.
         self._class_of = [self.classes[i] for i in self.table.lookup]
-        if arena_pages is not None and max_pages is not None and arena_pages < max_pages:
-            raise ValueError(f"arena_pages ({arena_pages}) below max_pages ({max_pages})")
-        capacity = arena_pages or (max_pages if max_pages else DEFAULT_ARENA_PAGES)
-        self._arena = PageArena(max(capacity, 1))
-        # The pages malloc may hold: the budget, or without one the arena itself,
-        # so running out of either is the same clean PoolFullError.
-        self._budget = max_pages if max_pages is not None else self._arena.capacity
+        self._arena = PageArena(arena_capacity(max_pages, arena_pages))
+        # The pages malloc may hold: the budget, capped by the arena itself, so
+        # running out of either is the same clean PoolFullError.
+        own = max_pages if max_pages is not None else self._arena.capacity
+        self._budget = min(own, self._arena.capacity)
+        self._shared = budget
         self._buf = self._arena.buf
         self._rbuf = self._buf.toreadonly()
         self._words = self._arena.words
@@ -266,9 +270,10 @@ class ZsPool(PoolBase):
 
     def _new_zspage(self, cls: SizeClass) -> ZsPage:
         """Build a zspage for ``cls`` from fresh pages; raises PoolFullError."""
+        self._handles.check_room()
         npages = cls.pages_per_zspage
         objs = cls.objs_per_zspage
-        room = self._budget - self._arena.pages_held
+        room = self._room()
         if room < npages:
             room += self._shrink_empty_cache(npages - room)
         if room < npages:
@@ -278,11 +283,8 @@ class ZsPool(PoolBase):
                 npages = room
                 objs = room * PAGE_SIZE // cls.size
             else:
-                self.alloc_failures += 1
-                raise PoolFullError(
-                    f"page budget of {self._budget} pages spent: a zspage of class "
-                    f"{cls.size} needs {npages}, {max(room, 0)} left"
-                )
+                raise self._refusal(npages, f"a zspage of class {cls.size}")
+        self._charge(npages, f"a zspage of class {cls.size}")
         # PFNs in a 4-byte array: a tuple would cost a 28-byte int object per page.
         pages = array("I", [self._arena.alloc_page() for _ in range(npages)])
         if self._free_zids:
@@ -309,6 +311,7 @@ class ZsPool(PoolBase):
     def _free_zspage(self, cls: SizeClass, z: ZsPage) -> int:
         """Release an empty zspage that is on no list; returns pages released."""
         self._arena.free_pages(z.pages)
+        self._uncharge(len(z.pages))
         cls.objs_allocated -= z.objs
         cls.pages_used -= len(z.pages)
         self._zspages[z.zid] = None
@@ -446,12 +449,10 @@ class ZsPool(PoolBase):
 
     def _malloc_huge(self, cls: SizeClass) -> int:
         with self._lock:
-            full = self._arena.pages_held >= self._budget
-            if full and not self._shrink_empty_cache(1):
-                self.alloc_failures += 1
-                raise PoolFullError(
-                    f"page budget of {self._budget} pages spent: a huge object needs 1"
-                )
+            self._handles.check_room()
+            if self._room() < 1 and not self._shrink_empty_cache(1):
+                raise self._refusal(1, "a huge object")
+            self._charge(1, "a huge object")
             pfn = self._arena.alloc_page()
             handle = self._handles.alloc(_HUGE | cls.position << _HUGE_CLASS_SHIFT | pfn)
             cls.objs_used += 1
@@ -467,6 +468,7 @@ class ZsPool(PoolBase):
         # as cheap to rebuild as to keep.
         cls = self.classes[(loc & ~_HUGE) >> _HUGE_CLASS_SHIFT]
         self._arena.free_page(loc & _PFN_MASK)
+        self._uncharge(1)
         cls.objs_used -= 1
         cls.objs_allocated -= 1
         cls.pages_used -= 1

@@ -8,12 +8,16 @@ from typing import Any
 
 import allocator
 import compressors
+from allocator import PageBudget
 from zswapd.errors import ConfigError
 
 __all__ = ["HUGE_POLICIES", "POOL_NAME", "PoolConfig", "check_pool_name"]
 
 HUGE_POLICIES = ("store", "reject")
 # Pool names travel in URLs and may name files in a state directory: no paths.
+# Allocator options that bound the whole server's memory (address space, the
+# shared page budget): set by the registry, never by a pool's configuration.
+_SERVER_OPTIONS = frozenset({"arena_pages", "budget"})
 POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -73,6 +77,14 @@ class PoolConfig:
             raise ConfigError(f"chain_size must be 1..16, not {self.chain_size!r}")
         if type(self.limit_bytes) is not int or self.limit_bytes < 0:
             raise ConfigError(f"limit_bytes must be an int >= 0, not {self.limit_bytes!r}")
+        if self.limit_bytes >= 1 << 64:
+            raise ConfigError(f"limit_bytes must be below 2**64, not {self.limit_bytes}")
+        reserved = sorted(set(self.allocator_options) & _SERVER_OPTIONS)
+        if reserved:
+            raise ConfigError(
+                f"allocator option {', '.join(reserved)} is the server's to set "
+                "(bounded by --memory-limit), not a pool's"
+            )
         if self.huge_policy not in HUGE_POLICIES:
             raise ConfigError(f"huge_policy must be one of {HUGE_POLICIES}")
         pct = self.accept_threshold_percent
@@ -86,7 +98,8 @@ class PoolConfig:
         try:
             self.make_compressor()
             self.make_recompressor()
-            self.make_allocator()
+            # A one-page arena: this checks the options, it reserves nothing.
+            self.make_allocator(arena_pages=1)
         except (compressors.CompressorError, ValueError, TypeError) as exc:
             raise ConfigError(str(exc)) from exc
         except (OSError, OverflowError, MemoryError) as exc:
@@ -111,11 +124,19 @@ class PoolConfig:
         opts = {} if self.recompress_level is None else {"level": self.recompress_level}
         return compressors.get(self.recompress_algo, **opts)
 
-    def make_allocator(self) -> Any:
+    def make_allocator(
+        self, budget: PageBudget | None = None, arena_pages: int | None = None
+    ) -> Any:
+        """The allocator, charging ``budget`` if given, its address space
+        reserved for its limit but never more than ``arena_pages``."""
+        if arena_pages is not None and self.limit_pages:
+            arena_pages = min(arena_pages, self.limit_pages)
         return allocator.create(
             self.allocator,
             chain_size=self.chain_size,
             max_pages=self.limit_pages,
+            budget=budget,
+            arena_pages=arena_pages,
             **self.allocator_options,
         )
 

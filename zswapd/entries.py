@@ -12,7 +12,7 @@ from __future__ import annotations
 from array import array
 
 from allocator import InvalidHandleError
-from allocator.handles import SLOT_MASK, HandleTable
+from allocator.handles import MAX_SLOTS, SLOT_MASK, HandleTable
 from zswapd.errors import StaleHandleError
 
 __all__ = ["COMPRESSED", "FREED", "HUGE", "RECOMPRESSED", "SAME", "EntryTable"]
@@ -30,8 +30,8 @@ class EntryTable:
 
     __slots__ = ("_handles", "atime", "clen", "kind", "obj")
 
-    def __init__(self, seed: int | None = None) -> None:
-        self._handles = HandleTable(seed)
+    def __init__(self, seed: int | None = None, max_slots: int = MAX_SLOTS) -> None:
+        self._handles = HandleTable(seed, max_slots)
         self.obj = array("Q", [0])
         self.clen = array("H", [0])
         self.kind = array("B", [0])
@@ -39,6 +39,11 @@ class EntryTable:
 
     def __len__(self) -> int:
         return self._handles.live
+
+    @property
+    def room(self) -> int:
+        """Entries that may still be added (2**24 - 1 live at most)."""
+        return self._handles.room
 
     def add(self, kind: int, obj: int, clen: int, now: int) -> int:
         """A new entry; returns its handle."""

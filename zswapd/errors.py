@@ -11,7 +11,10 @@ The tree (HTTP status in brackets, mapped in one table by the HTTP layer)::
     ├── PoolExistsError         a pool of that name exists already [409]
     ├── TooLargeError           a request past the configured caps [413]
     ├── UnauthorizedError       the server wants a (different) token [401]
-    ├── PoolLimitError          the pool's memory limit is reached [507]
+    ├── PoolLimitError          the pool's memory limit is reached, or its
+    │   │                       handle table is full (2**24 - 1 pages) [507]
+    │   ├── MemoryLimitError    the server-wide --memory-limit is reached [507]
+    │   └── TooManyPoolsError   --max-pools pools and devices exist already [507]
     ├── CompressPoorError       rejected: compresses too poorly (huge_policy=reject) [422]
     └── CorruptObjectError      a stored object no longer decompresses [500]
 
@@ -25,11 +28,13 @@ __all__ = [
     "ConfigError",
     "CorruptObjectError",
     "InvalidRequestError",
+    "MemoryLimitError",
     "PageSizeError",
     "PoolExistsError",
     "PoolLimitError",
     "StaleHandleError",
     "TooLargeError",
+    "TooManyPoolsError",
     "UnauthorizedError",
     "UnknownPoolError",
     "ZswapdError",
@@ -79,6 +84,22 @@ class PoolLimitError(ZswapdError):
     code = "pool_limit"
 
 
+class MemoryLimitError(PoolLimitError):
+    """All pools and devices together hold the server's --memory-limit."""
+
+    code = "memory_limit"
+
+
+class TooManyPoolsError(PoolLimitError):
+    """--max-pools pools (devices included) exist; remove one to create another.
+
+    507 like the memory limits: the server lacks room for the resource, and
+    freeing some (deleting a pool) is the remedy.
+    """
+
+    code = "max_pools"
+
+
 class CompressPoorError(ZswapdError):
     code = "compress_poor"
 
@@ -110,6 +131,8 @@ _ALL: tuple[type[ZswapdError], ...] = (
     PoolExistsError,
     TooLargeError,
     PoolLimitError,
+    MemoryLimitError,
+    TooManyPoolsError,
     CompressPoorError,
     CorruptObjectError,
     UnauthorizedError,

@@ -199,6 +199,16 @@ class PageCounters(BaseModel):
     stored_pages_total: int
     loaded_pages_total: int
     freed_pages_total: int
+    memory_limit_hit: int = Field(description="pages refused at the server-wide --memory-limit")
+    stale_handle_requests: int = Field(description="loads and frees refused for a stale handle")
+
+
+class ServerFigures(BaseModel):
+    """Every pool and device together, against --memory-limit (bytes; 0 = no limit)."""
+
+    memory_limit: int
+    memory_used: int
+    memory_used_max: int
 
 
 class RecompressCounters(BaseModel):
@@ -240,6 +250,7 @@ class PoolStatsOut(BaseModel):
     mm_stat: MmStat
     zswap: ZswapCounters
     counters: PageCounters
+    server: ServerFigures
     recompress: RecompressCounters
     classes: list[ClassRow]
 

@@ -94,8 +94,30 @@ class PoolCollector(Collector):
             seen = {n: self._seen.setdefault(n, set()) for n, _ in snapshots}
             for name, stats in snapshots:
                 seen[name].update(r["size"] for r in stats["classes"] if r["obj_allocated"])
+        yield from self._server_metrics()
         yield from self._pool_metrics(snapshots)
         yield from self._class_metrics(snapshots, seen)
+
+    def _server_metrics(self) -> Iterator[Metric]:
+        """Every pool and device together, against --memory-limit (no pool label)."""
+        budget = self.pools.budget
+        limit = GaugeMetricFamily(
+            "zswapd_memory_limit_bytes",
+            "The server-wide memory limit of all pools and devices, 0 = none (--memory-limit).",
+        )
+        used = GaugeMetricFamily(
+            "zswapd_memory_used_bytes",
+            "Pages held by all pools and devices together x 4096.",
+        )
+        pools = GaugeMetricFamily("zswapd_pools", "Pools, devices' included.")
+        max_pools = GaugeMetricFamily(
+            "zswapd_max_pools", "Pools plus devices allowed, 0 = no bound (--max-pools)."
+        )
+        limit.add_metric([], (budget.limit_pages or 0) * 4096 if budget is not None else 0)
+        used.add_metric([], budget.used * 4096 if budget is not None else 0)
+        pools.add_metric([], len(self.pools.names()))
+        max_pools.add_metric([], self.pools.max_pools or 0)
+        yield from (limit, used, pools, max_pools)
 
     @staticmethod
     def _pool_metrics(snapshots: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
@@ -112,10 +134,18 @@ class PoolCollector(Collector):
         rejected = CounterMetricFamily(
             "zswapd_rejected_pages", "Pages refused, by reason.", labels=["pool", "reason"]
         )
+        # Requests (loads and frees) refused as a whole, by reason.
+        refused = CounterMetricFamily(
+            "zswapd_rejected_requests",
+            "Requests refused, by reason (stale_handle: a freed, never issued or forged handle).",
+            labels=["pool", "reason"],
+        )
         for name, stats in snapshots:
             compacted.add_metric([name], stats["mm_stat"]["pages_compacted"])
             rejected.add_metric([name, "pool_limit"], stats["zswap"]["pool_limit_hit"])
             rejected.add_metric([name, "compress_poor"], stats["zswap"]["reject_compress_poor"])
+            rejected.add_metric([name, "memory_limit"], stats["counters"]["memory_limit_hit"])
+            refused.add_metric([name, "stale_handle"], stats["counters"]["stale_handle_requests"])
         pages = CounterMetricFamily(
             "zswapd_pages", "Pages stored, loaded and freed, by operation.", labels=["pool", "op"]
         )
@@ -126,6 +156,7 @@ class PoolCollector(Collector):
             pages.add_metric([name, "free"], counts["freed_pages_total"])
         yield compacted
         yield rejected
+        yield refused
         yield pages
 
     @staticmethod

@@ -13,7 +13,13 @@ as zram does it, with zswap's policies as options:
 4. The object is allocated and written under the lock.  A pool limit is the
    allocator's page budget, so a store past it fails in the allocator and
    changes nothing (zram's mem_limit; counted as pool_limit_hit).  zswap's
-   accept_threshold_percent hysteresis is an option.
+   accept_threshold_percent hysteresis is an option.  The server-wide memory
+   limit is a :class:`~allocator.PageBudget` shared by every pool's allocator
+   (zswap's max_pool_percent): a store past it fails whole the same way, as
+   MemoryLimitError (counted in memory_limit_hit, in pages).
+5. A pool holds at most 2**24 - 1 entries (its handle table; a handle's other
+   40 bits are its random generation): a store that would pass that fails
+   whole with PoolLimitError before anything is stored.
 
 Batches are all or nothing: a batch store either stores every page or, on any
 failure, none; a batch load or free with one stale handle does nothing.
@@ -31,7 +37,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import compressors
-from allocator import FULLNESS_LABELS, InvalidHandleError, PoolFullError
+from allocator import (
+    FULLNESS_LABELS,
+    BudgetExceededError,
+    InvalidHandleError,
+    PageBudget,
+    PoolFullError,
+)
+from allocator.handles import MAX_SLOTS
 from zswapd.config import PoolConfig, check_pool_name
 from zswapd.entries import COMPRESSED, HUGE, RECOMPRESSED, SAME, EntryTable
 from zswapd.errors import (
@@ -39,14 +52,27 @@ from zswapd.errors import (
     ConfigError,
     CorruptObjectError,
     InvalidRequestError,
+    MemoryLimitError,
     PageSizeError,
     PoolLimitError,
+    StaleHandleError,
+    UnknownPoolError,
 )
 
-__all__ = ["PAGE_SIZE", "RECOMPRESS_TYPES", "Counters", "PagePool", "split_pages"]
+__all__ = [
+    "LIVE_SETTINGS",
+    "PAGE_SIZE",
+    "RECOMPRESS_TYPES",
+    "Counters",
+    "PagePool",
+    "split_pages",
+]
 
 PAGE_SIZE = 4096
 RECOMPRESS_TYPES = ("huge", "idle", "huge_idle")
+# Settings a pool can change while it holds pages (as zram's mem_limit can be
+# written at any time); the others decide how the stored pages were encoded.
+LIVE_SETTINGS = ("limit_bytes", "accept_threshold_percent", "huge_policy")
 
 Page = bytes | bytearray | memoryview
 
@@ -86,6 +112,8 @@ class Counters:
     recompress_attempts: int = 0
     recompressed_pages: int = 0
     recompress_saved_bytes: int = 0
+    memory_limit_hit: int = 0  # pages refused at the server-wide memory limit
+    stale_handle_requests: int = 0  # loads and frees refused for a stale handle
 
 
 class PagePool:
@@ -96,6 +124,12 @@ class PagePool:
         config: its settings (today's kernel's by default).
         clock: seconds, monotonic; for idle tracking (tests pass their own).
         seed: seed for handle generations (default: unpredictable).
+        budget: the page budget shared with the server's other pools
+            (--memory-limit); None: this pool's own limit only.
+        arena_pages: address space to reserve for pages at most (the server
+            passes its memory limit, or MemTotal); None: the pool's limit, or
+            the allocator's default.
+        max_handles: pages the pool may hold (2**24 - 1; less only for tests).
     """
 
     def __init__(
@@ -105,15 +139,20 @@ class PagePool:
         *,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
+        budget: PageBudget | None = None,
+        arena_pages: int | None = None,
+        max_handles: int = MAX_SLOTS,
     ) -> None:
         self.name = check_pool_name(name)
         self.config = config or PoolConfig()
         self._comp = self.config.make_compressor()
         # Secondary algorithms by (name, level); entry kind RECOMPRESSED + index.
         self._secondaries: list[compressors.Compressor] = []
-        self._alloc = self.config.make_allocator()
+        self.budget = budget
+        self._alloc = self.config.make_allocator(budget=budget, arena_pages=arena_pages)
         self.huge_class_size: int = self._alloc.huge_class_size
-        self._entries = EntryTable(seed)
+        self._entries = EntryTable(seed, max_handles)
+        self._closed = False
         self._lock = threading.Lock()
         self._clock = clock
         self._t0 = clock()
@@ -142,6 +181,38 @@ class PagePool:
             f"pool {self.name!r} is refusing stores until it shrinks below "
             f"{pct}% of its {self.config.limit_bytes}-byte limit"
         )
+
+    def _check_open(self) -> None:
+        """Refuse work on a pool removed meanwhile (lock held)."""
+        if self._closed:
+            raise UnknownPoolError(f"pool {self.name!r} was removed")
+
+    def close(self) -> None:
+        """Drop everything stored: pages back to the shared budget and the OS.
+
+        The pool refuses every request afterwards (it has left the registry).
+        """
+        with self._lock:
+            self._closed = True
+            self._alloc.close()
+
+    def set_live_settings(self, **changes: Any) -> None:
+        """Change settings of LIVE_SETTINGS on a pool that may hold pages.
+
+        A limit lowered below what the pool holds drops nothing: stores are
+        refused until frees bring it below (zram's mem_limit does the same).
+
+        Raises:
+            ConfigError: a setting not in LIVE_SETTINGS, or a bad value.
+        """
+        other = set(changes) - set(LIVE_SETTINGS)
+        if other:
+            raise ConfigError(f"cannot change {', '.join(sorted(other))} of a live pool")
+        with self._lock:
+            config = dataclasses.replace(self.config, **changes)
+            self._alloc.set_max_pages(config.limit_pages)
+            self.config = config
+            self._limit_latched = False
 
     def _drop(self, handle: int) -> None:
         """Free one live entry and its object (lock held)."""
@@ -190,6 +261,14 @@ class PagePool:
                 "more and this pool rejects them (huge_policy=reject); nothing stored"
             )
         with self._lock:
+            self._check_open()
+            if self._entries.room < len(prepared):
+                self.counters.pool_limit_hit += 1
+                raise PoolLimitError(
+                    f"pool {self.name!r} holds {len(self._entries)} pages, its handle "
+                    f"table's most ({self._entries.room + len(self._entries)}); none of "
+                    f"the {len(batch)} pages stored"
+                )
             self._admit()
             now = self._now()
             handles: list[int] = []
@@ -213,6 +292,15 @@ class PagePool:
                         self._alloc.free(obj)
                 if not isinstance(exc, PoolFullError):
                     raise
+                if isinstance(exc, BudgetExceededError):
+                    # The server's limit, not this pool's: no hysteresis latch.
+                    self.counters.memory_limit_hit += len(batch)
+                    raise MemoryLimitError(
+                        f"the server's memory limit is reached (all pools together hold "
+                        f"{self._budget_figures()['memory_used']} of "
+                        f"{self._budget_figures()['memory_limit']} bytes); none of the "
+                        f"{len(batch)} pages stored in pool {self.name!r}"
+                    ) from exc
                 self.counters.pool_limit_hit += 1
                 self._limit_latched = True
                 raise PoolLimitError(
@@ -236,8 +324,13 @@ class PagePool:
             CorruptObjectError: a stored object no longer decompresses.
         """
         with self._lock:
+            self._check_open()
             e = self._entries
-            slots = [e.slot(h) for h in handles]
+            try:
+                slots = [e.slot(h) for h in handles]
+            except StaleHandleError:
+                self.counters.stale_handle_requests += 1
+                raise
             now = self._now()
             read = self._alloc.obj_read
             # (kind, word of a same-filled page, stored bytes of the others)
@@ -276,8 +369,13 @@ class PagePool:
         if len(set(handles)) != len(handles):
             raise InvalidRequestError("a handle appears more than once; nothing freed")
         with self._lock:
-            for h in handles:
-                self._entries.slot(h)
+            self._check_open()
+            try:
+                for h in handles:
+                    self._entries.slot(h)
+            except StaleHandleError:
+                self.counters.stale_handle_requests += 1
+                raise
             for h in handles:
                 self._drop(h)
             self.counters.freed_pages_total += len(handles)
@@ -499,6 +597,17 @@ class PagePool:
             "huge_pages_since": self.counters.huge_pages_since,
         }
 
+    def _budget_figures(self) -> dict[str, int]:
+        """The server-wide figures: limit (0: none), in use and high-water mark, bytes."""
+        b = self.budget
+        if b is None:
+            return {"memory_limit": 0, "memory_used": 0, "memory_used_max": 0}
+        return {
+            "memory_limit": (b.limit_pages or 0) * PAGE_SIZE,
+            "memory_used": b.used * PAGE_SIZE,
+            "memory_used_max": b.used_max * PAGE_SIZE,
+        }
+
     def class_rows(self) -> list[dict[str, int]]:
         """The allocator's class table, one dict per distinct class, debugfs names."""
         rows = []
@@ -538,7 +647,11 @@ class PagePool:
                     "stored_pages_total": c.stored_pages_total,
                     "loaded_pages_total": c.loaded_pages_total,
                     "freed_pages_total": c.freed_pages_total,
+                    "memory_limit_hit": c.memory_limit_hit,
+                    "stale_handle_requests": c.stale_handle_requests,
                 },
+                # Every pool and device together (--memory-limit), for context.
+                "server": self._budget_figures(),
                 "recompress": {
                     "attempts": c.recompress_attempts,
                     "recompressed_pages": c.recompressed_pages,

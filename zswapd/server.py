@@ -29,7 +29,9 @@ from starlette.concurrency import run_in_threadpool
 from zswapd.device import DeviceRegistry
 from zswapd.errors import ConfigError
 from zswapd.http_api import ApiSettings, create_app
+from zswapd.limits import registry_for
 from zswapd.nbd_server import start_nbd_server
+from zswapd.pool import LIVE_SETTINGS, PagePool
 from zswapd.pools import PoolRegistry
 from zswapd.settings import ServerSettings
 from zswapd.state import load_state_dir, save_state_dir
@@ -212,18 +214,61 @@ def start_metrics_server(host: str, port: int, registry: Any) -> int:
     return int(server.server_address[1])
 
 
+def _apply_given_settings(pool: PagePool, settings: ServerSettings, state_dir: Path) -> None:
+    """Give a restored pool the settings given now (flags, environment, config file).
+
+    Those that can change live take the given value; the others stay as saved
+    (the pages were stored with them), and any given differently is reported in
+    one line.  Defaults given by nobody count for nothing.
+    """
+    given = settings.pools.get(pool.name)
+    if not given:
+        return
+    keys = {"limit_bytes" if k == "limit" else k for k in given}
+    config = settings.pool_configs()[pool.name]
+    live = {k: getattr(config, k) for k in keys if k in LIVE_SETTINGS}
+    changed = {k: v for k, v in live.items() if getattr(pool.config, k) != v}
+    if changed:
+        pool.set_live_settings(**changed)
+        log.info(
+            "pool %s restored; taken as given: %s",
+            pool.name,
+            ", ".join(f"{k} {v}" for k, v in sorted(changed.items())),
+        )
+    ignored = sorted(
+        k for k in keys - set(LIVE_SETTINGS) if getattr(config, k) != getattr(pool.config, k)
+    )
+    if ignored:
+        log.warning(
+            "pool %s restored with %s; given %s ignored: a restored pool keeps the settings its "
+            "pages were stored with (only %s follow flags and config on restore; remove "
+            "%s to start it afresh)",
+            pool.name,
+            ", ".join(f"{k} {getattr(pool.config, k)}" for k in ignored),
+            ", ".join(f"{k} {getattr(config, k)}" for k in ignored),
+            ", ".join(LIVE_SETTINGS),
+            state_dir / f"{pool.name}.zswapd",
+        )
+
+
 def serve(settings: ServerSettings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="zswapd: %(message)s")
-    registry = PoolRegistry()
+    # Every pool and device charges one budget (--memory-limit), at most --max-pools.
+    registry = registry_for(settings)
     state_dir = Path(settings.state_dir) if settings.state_dir is not None else None
     if state_dir is not None:
         # A torn or corrupted file raises StateError: refuse to start, load nothing.
         device_names = set(settings.devices)
-        for pool in load_state_dir(state_dir):
+        restored = load_state_dir(
+            state_dir, budget=registry.budget, arena_pages=registry.arena_pages
+        )
+        for pool in restored:
             if pool.name in device_names:
+                pool.close()
                 continue  # devices start empty (an old file of that name is ignored)
             registry.adopt(pool)
+            _apply_given_settings(pool, settings, state_dir)
             log.info("restored pool %s: %d pages", pool.name, pool.stored_pages)
     for name, pool_config in settings.pool_configs().items():
         if name not in registry:

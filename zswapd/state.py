@@ -19,20 +19,38 @@ A file whose checksum, magic, version or structure does not hold is refused
 with :class:`StateError`: nothing is loaded from it, and the daemon does not
 start (better than serving half a pool).  The checksum catches torn writes and
 corruption, not tampering: whoever can write the state directory can write
-any pages (keep it 0700, as the daemon makes it).  A page's idle age (for idle
-recompression) is saved as an age, so it carries over a restart.
+any pages.  A page's idle age (for idle recompression) is saved as an age, so
+it carries over a restart.
+
+The directory is trusted only if nobody else can write it: the daemon makes it
+0700, and refuses to start on one that is group- or world-writable or owned by
+another user (it does not chmod it: files planted there before would still be
+read, so the operator has to look).  A group- or world-readable directory is
+accepted (systemd's StateDirectory= is 0755): the files themselves are 0600.
+Every file is reached through one open descriptor of the directory (no path
+is looked up twice), written through a temporary of unpredictable name opened
+``O_CREAT | O_EXCL | O_NOFOLLOW``, and read with ``O_NOFOLLOW``: a symlink where
+a state file should be is refused, never followed.  The directory's own path
+may be a symlink (systemd's DynamicUser= makes one).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import json
 import os
+import secrets
+import stat
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import compressors
+from allocator import PageBudget
 from zswapd.config import PoolConfig, check_pool_name
 from zswapd.errors import ZswapdError
 from zswapd.pool import Counters, PagePool
@@ -52,16 +70,65 @@ class StateError(ZswapdError):
     code = "bad_state"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+_TMP_SUFFIX = ".tmp"
+
+
+def _check_dir(fd: int, directory: Path) -> None:
+    """Refuse a state directory that someone else could write into."""
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        raise StateError(
+            f"state directory {directory} is owned by uid {st.st_uid}, not by this daemon "
+            f"(uid {os.geteuid()}); refusing it: another user could plant files there"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StateError(
+            f"state directory {directory} is mode {stat.S_IMODE(st.st_mode):04o}: others can "
+            f"write into it and plant state files or links; refusing it "
+            f"(chmod 700 {directory} after checking its contents)"
+        )
+
+
+@contextmanager
+def _open_dir(directory: Path, create: bool) -> Iterator[int]:
+    """A checked descriptor of the state directory (made 0700 if absent and ``create``)."""
+    if create:
+        try:
+            directory.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StateError(f"cannot create the state directory {directory}: {exc}") from exc
     try:
-        os.fsync(fd)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StateError(f"cannot open the state directory {directory}: {exc}") from exc
+    try:
+        _check_dir(fd, directory)
+        yield fd
     finally:
         os.close(fd)
 
 
+def _temp_name(name: str) -> str:
+    """An unpredictable name for a state file being written."""
+    return f".{name}{SUFFIX}.{secrets.token_hex(16)}{_TMP_SUFFIX}"
+
+
 def save_pool(pool: PagePool, directory: Path) -> Path:
-    """Write ``pool`` to ``directory/<name>.zswapd`` atomically; returns the path."""
+    """Write ``pool`` to ``directory/<name>.zswapd`` atomically; returns the path.
+
+    Raises:
+        StateError: the directory is not safe (see the module's docstring).
+    """
+    with _open_dir(directory, create=True) as dfd:
+        _save_pool(pool, dfd)
+        os.fsync(dfd)
+    return directory / f"{pool.name}{SUFFIX}"
+
+
+def _save_pool(pool: PagePool, dfd: int) -> str:
+    """Write ``pool`` into the directory open as ``dfd``; returns the file's name."""
     snapshot = pool.snapshot()
     config = snapshot["config"]
     header = json.dumps(
@@ -74,27 +141,54 @@ def save_pool(pool: PagePool, directory: Path) -> Path:
         }
     ).encode()
     digest = hashlib.sha256()
-    target = directory / f"{pool.name}{SUFFIX}"
-    tmp = directory / f".{pool.name}{SUFFIX}.tmp"
-    # 0600: these are other programs' memory.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    target = f"{pool.name}{SUFFIX}"
+    tmp = _temp_name(pool.name)
+    # 0600: these are other programs' memory.  O_EXCL | O_NOFOLLOW: a name that
+    # exists, a planted symlink included, fails instead of being written through.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
+    try:
+        with os.fdopen(fd, "wb") as f:
 
-        def put(data: bytes) -> None:
-            digest.update(data)
-            f.write(data)
+            def put(data: bytes) -> None:
+                digest.update(data)
+                f.write(data)
 
-        put(_PREFIX.pack(MAGIC, VERSION, len(header)))
-        put(header)
-        for handle, kind, clen, age, payload in snapshot["entries"]:
-            put(_RECORD.pack(handle, kind, clen, age, len(payload)))
-            put(payload)
-        f.write(digest.digest())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-    _fsync_dir(directory)
+            put(_PREFIX.pack(MAGIC, VERSION, len(header)))
+            put(header)
+            for handle, kind, clen, age, payload in snapshot["entries"]:
+                put(_RECORD.pack(handle, kind, clen, age, len(payload)))
+                put(payload)
+            f.write(digest.digest())
+            f.flush()
+            os.fsync(f.fileno())
+        # rename() replaces whatever is at the target, a symlink included,
+        # without following it.
+        os.replace(tmp, target, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dfd)
+        raise
     return target
+
+
+def _read_state_file(dfd: int, name: str, path: Path) -> bytes:
+    """The bytes of a regular state file, never through a symlink."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateError(
+                f"{path} is a symlink; refusing it (state files are never followed)"
+            ) from exc
+        raise StateError(f"cannot open {path}: {exc}") from exc
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise StateError(f"{path} is not a regular file; refusing it")
+        if st.st_uid != os.geteuid():
+            raise StateError(f"{path} is owned by uid {st.st_uid}, not by this daemon; refusing it")
+        return f.read()
 
 
 def _parse(
@@ -129,26 +223,42 @@ def _parse(
     return header, records
 
 
-def load_pool(path: Path) -> PagePool:
+def load_pool(
+    path: Path, *, budget: PageBudget | None = None, arena_pages: int | None = None
+) -> PagePool:
     """The pool saved in ``path``, every handle as it was.
 
+    Args:
+        budget, arena_pages: as for :class:`PagePool` (the server's limits).
+
     Raises:
-        StateError: the file is torn, corrupted, or inconsistent.
+        StateError: the file is torn, corrupted, inconsistent, a symlink, or
+            in an unsafe directory.
     """
-    header, records = _parse(path.read_bytes(), path)
+    with _open_dir(path.parent, create=False) as dfd:
+        data = _read_state_file(dfd, path.name, path)
+    return _load(data, path, budget, arena_pages)
+
+
+def _load(data: bytes, path: Path, budget: PageBudget | None, arena_pages: int | None) -> PagePool:
+    header, records = _parse(data, path)
     try:
         name = check_pool_name(header["name"])
         raw = dict(header["config"])
         if raw.get("dictionary") is not None:
             raw["dictionary"] = bytes.fromhex(raw["dictionary"])
         config = PoolConfig.from_dict(raw)
-        pool = PagePool(name, config)
+        # Restored without its own limit, so its arena can hold any limit set
+        # later (set_live_settings), then given the saved limit back.
+        unlimited = dataclasses.replace(config, limit_bytes=0)
+        pool = PagePool(name, unlimited, budget=budget, arena_pages=arena_pages)
         for algo, options in header["secondaries"]:
             pool.add_secondary(compressors.get(algo, **options))
         counters = Counters(**header["counters"])
         if not all(type(v) is int and v >= 0 for v in vars(counters).values()):
             raise StateError(f"{path}: counters that are not counts")
         pool.restore(records, counters, int(header["mem_used_max"]))
+        pool.set_live_settings(limit_bytes=config.limit_bytes)
     except StateError:
         raise
     except (ZswapdError, KeyError, TypeError, ValueError) as exc:
@@ -156,24 +266,41 @@ def load_pool(path: Path) -> PagePool:
     return pool
 
 
+def _state_names(dfd: int) -> list[str]:
+    return sorted(n for n in os.listdir(dfd) if n.endswith(SUFFIX) and not n.startswith("."))
+
+
 def save_state_dir(pools: list[PagePool], directory: Path) -> list[Path]:
-    """Save every pool; remove the files of pools that no longer exist."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    written = [save_pool(p, directory) for p in pools]
-    keep = {p.name for p in written}
-    for stale in directory.glob(f"*{SUFFIX}"):
-        if stale.name not in keep:
-            stale.unlink()
-    _fsync_dir(directory)
-    return written
-
-
-def load_state_dir(directory: Path) -> list[PagePool]:
-    """Every pool saved in ``directory`` (none if it does not exist yet).
+    """Save every pool; remove the files of pools that no longer exist.
 
     Raises:
-        StateError: any file refused (then nothing is loaded at all).
+        StateError: the directory is not safe (see the module's docstring).
     """
-    if not directory.exists():
-        return []
-    return [load_pool(path) for path in sorted(directory.glob(f"*{SUFFIX}"))]
+    with _open_dir(directory, create=True) as dfd:
+        keep = {_save_pool(p, dfd) for p in pools}
+        for name in _state_names(dfd):
+            if name not in keep:
+                os.unlink(name, dir_fd=dfd)  # never follows a symlink
+        os.fsync(dfd)
+    return [directory / name for name in sorted(keep)]
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and SUFFIX + "." in name and name.endswith(_TMP_SUFFIX)
+
+
+def load_state_dir(
+    directory: Path, *, budget: PageBudget | None = None, arena_pages: int | None = None
+) -> list[PagePool]:
+    """Every pool saved in ``directory`` (made, 0700, if it does not exist yet).
+
+    Raises:
+        StateError: an unsafe directory, or any file refused (then nothing is
+            loaded at all).
+    """
+    with _open_dir(directory, create=True) as dfd:
+        for name in os.listdir(dfd):
+            if _is_temporary(name):  # left by a crash mid-save (no saver runs yet)
+                os.unlink(name, dir_fd=dfd)
+        files = [(n, _read_state_file(dfd, n, directory / n)) for n in _state_names(dfd)]
+    return [_load(data, directory / name, budget, arena_pages) for name, data in files]

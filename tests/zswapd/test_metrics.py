@@ -55,3 +55,46 @@ def test_separate_metrics_listener() -> None:
         assert "zswapd_build_info" in text
     finally:
         d.stop()
+
+
+def test_stale_handle_requests_are_counted_and_pass_promtool() -> None:
+    import shutil
+    import subprocess
+
+    import httpx
+
+    from tests.zswapd.daemon import start_daemon
+
+    d = start_daemon("--memory-limit", "64M")
+    try:
+        with httpx.Client(base_url=d.url, timeout=30) as c:
+            r = c.post("/v1/pools/default/pages", content=text_page(1) + text_page(2))
+            (h1, h2) = r.json()["handles"]
+            assert c.delete(f"/v1/pools/default/pages/{h1}").status_code == 204
+            # A freed handle, a forged one, a batch with one stale handle: 4 requests.
+            assert c.get(f"/v1/pools/default/pages/{h1}").status_code == 404
+            assert c.delete(f"/v1/pools/default/pages/{h1}").status_code == 404
+            assert c.get(f"/v1/pools/default/pages/{h2 ^ (1 << 40)}").status_code == 404
+            r = c.post("/v1/pools/default/pages:load", json={"handles": [h2, h1]})
+            assert r.status_code == 404
+            assert c.get(f"/v1/pools/default/pages/{h2}").status_code == 200  # not counted
+            stats = c.get("/v1/pools/default/stats").json()
+            assert stats["counters"]["stale_handle_requests"] == 4
+            body = c.get("/metrics").text
+        line = 'zswapd_rejected_requests_total{pool="default",reason="stale_handle"} 4.0'
+        assert line in body
+        assert "# TYPE zswapd_rejected_requests_total counter" in body
+        assert "zswapd_memory_limit_bytes 6.7108864e+07" in body
+        assert "# TYPE zswapd_memory_used_bytes gauge" in body
+        promtool = shutil.which("promtool")
+        if promtool is not None:
+            out = subprocess.run(
+                [promtool, "check", "metrics"],
+                input=body,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        d.stop()

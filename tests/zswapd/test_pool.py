@@ -7,12 +7,14 @@ import threading
 import pytest
 
 import compressors
+from allocator import PageBudget
 from tests.zswapd.helpers import poor_page, random_page, same_page, text_page
 from zswapd.config import PoolConfig
 from zswapd.errors import (
     CompressPoorError,
     ConfigError,
     InvalidRequestError,
+    MemoryLimitError,
     PageSizeError,
     PoolExistsError,
     PoolLimitError,
@@ -178,6 +180,8 @@ def test_every_counter_is_exact() -> None:
         "stored_pages_total": 14,
         "loaded_pages_total": 5,
         "freed_pages_total": 4,
+        "memory_limit_hit": 0,
+        "stale_handle_requests": 0,
     }
     assert stats["mm_stat"]["same_pages"] == 0
     assert stats["mm_stat"]["compr_data_size"] == sum(sizes[1:]) + 4096
@@ -368,12 +372,63 @@ def test_a_batch_that_fails_any_way_is_undone() -> None:
 
 
 def test_running_out_of_arena_is_a_clean_limit() -> None:
-    pool = PagePool("p", PoolConfig(compressor="lz4", allocator_options={"arena_pages": 4}))
+    pool = PagePool("p", PoolConfig(compressor="lz4", limit_bytes=64 * 4096), arena_pages=4)
     with pytest.raises(PoolLimitError):
         pool.store([random_page(i) for i in range(6)])
     assert pool.stored_pages == 0 and pool.mm_stat()["mem_used_total"] == 0
     pool.check_invariants()
+    # The address space is the server's to bound, never a client's to choose.
     with pytest.raises(ConfigError):
-        PoolConfig(limit_bytes=64 * 4096, allocator_options={"arena_pages": 4})
+        PoolConfig(allocator_options={"arena_pages": 4})
     with pytest.raises(ConfigError):
         PoolConfig(limit_bytes=2**70)
+
+
+def test_a_full_handle_table_is_a_clean_pool_limit() -> None:
+    pool = PagePool("p", PoolConfig(compressor="lz4"), max_handles=5)
+    kept = pool.store([text_page(i) for i in range(3)])
+    with pytest.raises(PoolLimitError, match="handle table"):
+        pool.store([text_page(i) for i in range(3, 6)])  # 3 more than 5 allows: none stored
+    assert pool.stored_pages == 3
+    assert pool.load(kept) == [text_page(i) for i in range(3)]
+    assert pool.stats()["zswap"]["pool_limit_hit"] == 1
+    pool.check_invariants()
+    pool.store([text_page(7), same_page(b"\x00" * 8)])  # exactly full
+    pool.free(kept[:1])
+    pool.store([text_page(8)])  # a freed slot is issued again
+
+
+def test_stale_handles_are_counted_per_request() -> None:
+    pool = PagePool("p", PoolConfig(compressor="lz4"))
+    h1, h2 = pool.store([text_page(1), text_page(2)])
+    pool.free([h1])
+    for attempt in (lambda: pool.load([h1]), lambda: pool.free([h2, h1]), lambda: pool.load([7])):
+        with pytest.raises(StaleHandleError):
+            attempt()
+    assert pool.counters.stale_handle_requests == 3
+    assert pool.load([h2]) == [text_page(2)]  # the batch with a stale handle freed nothing
+
+
+def test_pools_sharing_a_budget_never_pass_it_together() -> None:
+    budget = PageBudget(64)
+    pools = [
+        PagePool(f"p{i}", PoolConfig(compressor="lz4", allocator=a), budget=budget, arena_pages=64)
+        for i, a in enumerate(["zsmalloc", "zbud", "z3fold"])
+    ]
+    stored = [0, 0, 0]
+    for i in range(200):
+        n = i % 3
+        try:
+            pools[n].store([random_page(i * 8 + k) for k in range(4)])
+            stored[n] += 4
+        except MemoryLimitError:
+            pass
+        assert budget.used == sum(p.mm_stat()["mem_used_total"] for p in pools) // 4096 <= 64
+    assert budget.used >= 60
+    for p, n in zip(pools, stored, strict=True):
+        assert p.stored_pages == n  # every refusal stored nothing
+        assert p.counters.memory_limit_hit % 4 == 0
+        p.check_invariants()
+    pools[0].close()  # a pool dropped gives its pages back
+    assert budget.used == sum(p.mm_stat()["mem_used_total"] for p in pools[1:]) // 4096
+    assert pools[1].stats()["server"]["memory_limit"] == 64 * 4096

@@ -16,6 +16,7 @@ from tests.zswapd.daemon import run_cli, start_daemon
 from tests.zswapd.helpers import poor_page, random_page, same_page, text_page
 from zswapd.client import Client
 from zswapd.config import PoolConfig
+from zswapd.errors import PoolLimitError
 from zswapd.pool import PagePool
 from zswapd.state import StateError, load_pool, load_state_dir, save_pool, save_state_dir
 
@@ -192,3 +193,47 @@ def test_devices_start_empty_and_do_not_block_a_restart(tmp_path: Path) -> None:
     assert sorted(p.name for p in state.iterdir()) == ["default.zswapd"]
     d2 = start_daemon(*args)  # used to fail: "pool 'd1' exists already"
     assert d2.stop() == 0
+
+
+def test_restored_pools_take_live_settings_and_report_the_others(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    d = start_daemon("--state-dir", state, "--compressor", "zstd", "--pool-limit", "1M")
+    pages = [text_page(i) for i in range(64)]
+    with Client(d.url) as c:
+        handles = c.store(pages)
+    assert d.stop() == 0
+    # New flags: the live ones are taken, the others reported in one line.
+    d = start_daemon(
+        "--state-dir", state, "--compressor", "lz4hc", "--level", "9",
+        "--pool-limit", "2M", "--huge-policy", "reject",
+    )  # fmt: skip
+    try:
+        with Client(d.url) as c:
+            config = c.stats()["config"]
+            assert c.load(handles) == pages
+        assert config["limit_bytes"] == 2 << 20 and config["huge_policy"] == "reject"
+        assert config["compressor"] == "zstd" and config["level"] is None
+        (line,) = [x for x in d.log if "ignored" in x]
+        assert "pool default restored with compressor zstd, level None;" in line
+        assert "given compressor lz4hc, level 9 ignored" in line
+    finally:
+        assert d.stop() == 0
+    # Nothing given: the saved settings stand, nothing is reported.
+    d = start_daemon("--state-dir", state)
+    try:
+        with Client(d.url) as c:
+            config = c.stats()["config"]
+        assert config["limit_bytes"] == 2 << 20 and config["huge_policy"] == "reject"
+        assert not [x for x in d.log if "ignored" in x]
+    finally:
+        assert d.stop() == 0
+    # A limit below what the pool holds keeps every page and refuses new ones.
+    d = start_daemon("--state-dir", state, "--pool-limit", "16K", "--huge-policy", "store")
+    try:
+        with Client(d.url) as c:
+            assert c.load(handles) == pages
+            with pytest.raises(PoolLimitError):
+                c.store([random_page(999)])
+            assert c.stats()["mm_stat"]["mem_limit"] == 16 << 10
+    finally:
+        assert d.stop() == 0
