@@ -138,15 +138,19 @@ class _Saver:
     """Writes every pool to the state directory: on demand and periodically."""
 
     def __init__(
-        self, registry: PoolRegistry, directory: Path, interval: float, skip: set[str]
+        self, registry: PoolRegistry, directory: Path, interval: float, devices: DeviceRegistry
     ) -> None:
         self.registry = registry
         self.directory = directory
         self.interval = interval
-        self.skip = skip  # device pools: a block device starts empty, as zram does
+        # Device pools are never saved, however the device was made (flag, file or
+        # HTTP): a block device starts empty, as zram does.
+        self.devices = devices
 
     def save(self) -> None:
-        pools = [self.registry.get(n) for n in self.registry.names() if n not in self.skip]
+        names = self.registry.names()
+        skip = set(self.devices.names())  # after names(): a device made between is skipped
+        pools = [self.registry.get(n) for n in names if n not in skip]
         written = save_state_dir(pools, self.directory)
         log.info("saved %d pools to %s", len(written), self.directory)
 
@@ -296,7 +300,7 @@ def serve(settings: ServerSettings) -> int:
             ready.append(f"zswapd: serving NBD on {where} ({', '.join(devices.names())})")
         saver = None
         if state_dir is not None:
-            saver = _Saver(registry, state_dir, settings.snapshot_interval, set(settings.devices))
+            saver = _Saver(registry, state_dir, settings.snapshot_interval, devices)
             ready.append(f"zswapd: state in {state_dir}")
         # The HTTP line last: a parent waiting for it knows everything else is up.
         ready.append(f"zswapd: serving HTTP on {listener.url()}")

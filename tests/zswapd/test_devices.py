@@ -1,5 +1,5 @@
-"""Block devices under pressure: memory that follows the slots written, and sizes past
-the largest supported refused whole."""
+"""Block devices under pressure: memory that follows the slots written, sizes past
+the largest supported refused whole, and devices never saved to the state directory."""
 
 from __future__ import annotations
 
@@ -158,3 +158,62 @@ def test_a_device_too_big_in_the_config_is_a_one_line_error(
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("zswapd serve: device 'big': "), out.stderr
     assert "largest supported" in lines[0]
+
+
+def test_devices_are_never_saved(tmp_path: Path) -> None:
+    state, sock = tmp_path / "state", str(tmp_path / "nbd.sock")
+    args = ("--state-dir", str(state), "--nbd", f"unix:{sock}", "--device", "cfg0=1M")
+
+    def fill() -> None:
+        s = nbd_client.open_device(sock, "cfg0")
+        nbd_client.request(s, Cmd.WRITE, 0, 4096, text_page(1))
+        s.close()
+
+    d = start_daemon(*args)
+    try:
+        with httpx.Client(base_url=d.url, timeout=30) as h:
+            assert h.put("/v1/devices/web0", json={"size": 1 << 20}).status_code == 201
+            s = nbd_client.open_device(sock, "web0")
+            nbd_client.request(s, Cmd.WRITE, 0, 4096, text_page(2))
+            s.close()
+            fill()
+            r = h.post("/v1/pools/default/pages", content=text_page(3))
+            assert r.status_code == 201
+    finally:
+        assert d.stop() == 0
+    assert sorted(p.name for p in state.glob("*.zswapd")) == ["default.zswapd"]
+
+    d = start_daemon(*args)
+    try:
+        with httpx.Client(base_url=d.url, timeout=30) as h:
+            assert h.get("/v1/devices").json()["devices"] == ["cfg0"]
+            assert "web0" not in h.get("/v1/pools").json()["pools"]
+            # No trap: the name is free for a device again.
+            assert h.put("/v1/devices/web0", json={"size": 1 << 20}).status_code == 201
+            assert h.get("/v1/pools/default/stats").json()["mm_stat"]["orig_data_size"] == 4096
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_state_file_named_like_a_device_is_ignored(tmp_path: Path) -> None:
+    state, sock = tmp_path / "state", str(tmp_path / "nbd.sock")
+    # A run where cfg0 was a pool leaves cfg0.zswapd behind ...
+    d = start_daemon("--state-dir", str(state))
+    try:
+        with httpx.Client(base_url=d.url, timeout=30) as h:
+            assert h.put("/v1/pools/cfg0").status_code == 201
+            assert h.post("/v1/pools/cfg0/pages", content=text_page(1)).status_code == 201
+    finally:
+        assert d.stop() == 0
+    assert (state / "cfg0.zswapd").exists()
+    # ... and a run where cfg0 is a device starts it empty, and drops the file.
+    d = start_daemon("--state-dir", str(state), "--nbd", f"unix:{sock}", "--device", "cfg0=1M")
+    try:
+        with httpx.Client(base_url=d.url, timeout=30) as h:
+            assert h.get("/v1/devices/cfg0/stats").json()["mm_stat"]["orig_data_size"] == 0
+            s = nbd_client.open_device(sock, "cfg0")
+            assert nbd_client.request(s, Cmd.READ, 0, 4096) == bytes(4096)
+            s.close()
+    finally:
+        assert d.stop() == 0
+    assert not (state / "cfg0.zswapd").exists()
