@@ -252,6 +252,13 @@ def serve(settings: ServerSettings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="zswapd: %(message)s")
     fit_open_files(open_files_needed(settings))
+    nbd_on_tcp = settings.nbd is not None and parse_listen(settings.nbd).path is None
+    if nbd_on_tcp and settings.auth_token_file is not None:
+        # NBD carries no token: on TCP every local user would get past it.
+        raise ConfigError(
+            "--nbd on TCP cannot be used with --auth-token-file (NBD has no token, so "
+            "any local user could read every device): use --nbd unix:PATH (mode 0600)"
+        )
     registry = PoolRegistry()
     state_dir = Path(settings.state_dir) if settings.state_dir is not None else None
     if state_dir is not None:

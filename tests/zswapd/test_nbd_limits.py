@@ -1,5 +1,5 @@
 """NBD under attack: the connection cap, the handshake deadline, back-pressure in the
-option phase, and open-file limits checked at start.
+option phase, open-file limits checked at start, and no NBD on TCP behind a token.
 
 Real daemons, real sockets; the misbehaving clients are raw sockets (tests/zswapd/nbd_client.py).
 """
@@ -180,5 +180,25 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_one(tmp_path: Path) -> N
         assert nbd_client.request(clients[-1], Cmd.READ, 0, 4096) == bytes(4096)
         for c in clients:
             c.close()
+    finally:
+        assert d.stop() == 0
+
+
+def test_nbd_on_tcp_with_a_token_is_refused(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    out = _refused_at_start(
+        ["--auth-token-file", str(token), "--nbd", "127.0.0.1:0", "--device", "d=1M"]
+    )
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--nbd on TCP" in lines[0] and "unix:" in lines[0], out.stderr
+    # On a Unix socket (mode 0600) NBD and a token go together.
+    sock = str(tmp_path / "nbd.sock")
+    d = start_daemon("--auth-token-file", str(token), "--nbd", f"unix:{sock}", "--device", "d=1M")
+    try:
+        s = nbd_client.open_device(sock, "d")
+        assert nbd_client.request(s, Cmd.READ, 0, 4096) == bytes(4096)
+        s.close()
     finally:
         assert d.stop() == 0
