@@ -83,6 +83,8 @@ class NbdSettings:
 
 
 class NbdConnection(asyncio.Protocol):
+    """One client connection: handshake, then commands answered in order."""
+
     def __init__(
         self, devices: DeviceRegistry, settings: NbdSettings, open_count: list[int]
     ) -> None:
