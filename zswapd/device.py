@@ -145,7 +145,8 @@ class Device:
         self.io = IoStat()
         self._lock = threading.Lock()
 
-    def _check(self, offset: int, length: int) -> None:
+    def check_range(self, offset: int, length: int) -> None:
+        """Raise InvalidRequestError (counted as invalid_io) unless the range is inside."""
         if offset < 0 or length < 0 or offset + length > self.size:
             self.io.invalid_io += 1
             raise InvalidRequestError(
@@ -158,7 +159,7 @@ class Device:
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` (zeros where nothing was written)."""
-        self._check(offset, length)
+        self.check_range(offset, length)
         if not length:
             return b""
         first, last = offset // PAGE_SIZE, (offset + length - 1) // PAGE_SIZE
@@ -175,18 +176,18 @@ class Device:
 
     def write(self, offset: int, data: bytes) -> None:
         """Write ``data`` at ``offset``; all or nothing."""
-        self._check(offset, len(data))
+        self.check_range(offset, len(data))
         if data:
             self._replace(offset, len(data), lambda old, lo, hi: data[lo:hi])
 
     def zero(self, offset: int, length: int, *, keep_allocated: bool) -> None:
         """WRITE_ZEROES: free whole slots (or store zero pages), zero partial ones."""
-        self._check(offset, length)
+        self.check_range(offset, length)
         self._discard_or_zero(offset, length, zero_partial=True, keep=keep_allocated)
 
     def trim(self, offset: int, length: int) -> None:
         """TRIM: free the whole slots in the range (partial slots are left as they are)."""
-        self._check(offset, length)
+        self.check_range(offset, length)
         self._discard_or_zero(offset, length, zero_partial=False, keep=False)
 
     def _discard_or_zero(self, offset: int, length: int, *, zero_partial: bool, keep: bool) -> None:

@@ -70,6 +70,9 @@ FLAGS = (
     | TF_CAN_MULTI_CONN
 )
 _INLINE = 256 * 1024  # requests up to this many bytes are served on the loop
+# A larger READ is read and sent this much at a time, each piece once the last
+# has drained: a client that stops reading holds one piece, not 32 MiB.
+_PIECE = 1 << 20
 KNOWN_CMD_FLAGS = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE
 
 
@@ -257,14 +260,38 @@ class NbdConnection(asyncio.Protocol):
                 return
             if self.transport.is_closing():
                 return
-            if not self.can_write.is_set():  # a client that does not read is not answered
-                await self.can_write.wait()
-            for part in reply:
-                self.transport.write(part)
+            await self._send(*reply)
             if self.observe is not None:
                 self.observe("nbd", _NAMES.get(cmd.type, "unknown"), loop.time() - start)
             self.busy = False  # at most one request's payload held at a time
             self._pump()
+
+    async def _send(self, *parts: bytes) -> None:
+        """Write ``parts`` once the peer has read enough of what came before."""
+        if not self.can_write.is_set():  # a client that does not read is not answered
+            await self.can_write.wait()
+        for part in parts:
+            self.transport.write(part)
+
+    async def _read_in_pieces(self, cmd: Command) -> tuple[bytes, ...] | None:
+        """Answer a READ over _PIECE bytes a piece at a time; () once sent, None if cut short."""
+        dev, end = self.device, cmd.offset + cmd.length
+        # The first piece before the header, so that an error there is answered as usual.
+        data = await _run(_PIECE, dev.read, cmd.offset, _PIECE)
+        await self._send(self.proto.read_reply_header(cmd.cookie, cmd.offset, cmd.length), data)
+        pos = cmd.offset + _PIECE
+        while pos < end:
+            n = min(_PIECE, end - pos)
+            try:
+                data = await _run(n, dev.read, pos, n)
+            except ZswapdError as exc:
+                # The header promised every byte: no reply can say so now; drop the client.
+                log.warning("nbd: a READ failed after its reply began (%s): disconnecting", exc)
+                self.transport.abort()
+                return None
+            await self._send(data)
+            pos += n
+        return ()
 
     async def _command(self, cmd: Command) -> tuple[bytes, ...] | None:
         p, dev = self.proto, self.device
@@ -282,6 +309,9 @@ class NbdConnection(asyncio.Protocol):
             if cmd.type == Cmd.READ:
                 if cmd.length > p.max_payload:
                     return (p.error_reply(cmd.cookie, EINVAL, "read over the maximum block size"),)
+                if cmd.length > _PIECE:
+                    dev.check_range(cmd.offset, cmd.length)  # whole range first: EINVAL, not a cut
+                    return await self._read_in_pieces(cmd)
                 data = await _run(cmd.length, dev.read, cmd.offset, cmd.length)
                 return p.read_reply(cmd.cookie, cmd.offset, data)
             if cmd.type == Cmd.WRITE:

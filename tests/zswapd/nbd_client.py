@@ -23,13 +23,14 @@ def go_option(name: str) -> bytes:
 
 
 def recv_exact(s: socket.socket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = s.recv(n - len(out))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(out)} of {n} bytes")
-        out += chunk
-    return out
+    out = bytearray(n)
+    view, got = memoryview(out), 0
+    while got < n:
+        k = s.recv_into(view[got:])
+        if not k:
+            raise ConnectionError(f"closed after {got} of {n} bytes")
+        got += k
+    return bytes(out)
 
 
 def connect(address: str | tuple[str, int], timeout: float = 10) -> socket.socket:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import resource
 import select
+import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ import httpx
 
 from tests.zswapd import nbd_client
 from tests.zswapd.daemon import start_daemon
-from zswapd.nbd_protocol import Cmd, Opt
+from zswapd.nbd_protocol import REQUEST_MAGIC, Cmd, Opt
 from zswapd.server import FD_MARGIN
 
 
@@ -200,5 +202,66 @@ def test_nbd_on_tcp_with_a_token_is_refused(tmp_path: Path) -> None:
         s = nbd_client.open_device(sock, "d")
         assert nbd_client.request(s, Cmd.READ, 0, 4096) == bytes(4096)
         s.close()
+    finally:
+        assert d.stop() == 0
+
+
+def _pattern(pages: int) -> bytes:
+    """Pages that differ from each other (the page number repeated), quick to make."""
+    return b"".join(i.to_bytes(4, "big") * 1024 for i in range(pages))
+
+
+def test_large_reads_arrive_whole_and_in_order(tmp_path: Path) -> None:
+    sock = str(tmp_path / "nbd.sock")
+    d = start_daemon("--nbd", f"unix:{sock}", "--device", "d=64M")
+    try:
+        data = _pattern(8192)  # 32 MiB
+        s = nbd_client.open_device(sock, "d")
+        nbd_client.request(s, Cmd.WRITE, 4096, len(data), data)
+        # Unaligned, crossing every piece boundary, simple replies.
+        got = nbd_client.request(s, Cmd.READ, 4096 + 100, len(data) - 200)
+        assert got == data[100:-100]
+        # Past the end: refused whole, before any byte is sent; the connection goes on.
+        try:
+            nbd_client.request(s, Cmd.READ, (64 << 20) - 4096, 8 << 20)
+            raise AssertionError("a READ past the end was served")
+        except OSError as exc:
+            assert exc.errno == 22
+        assert nbd_client.request(s, Cmd.READ, 4096, 4096) == data[:4096]
+        s.close()
+        if shutil.which("qemu-io"):  # structured replies, from a real client
+            uri = f"nbd+unix:///d?socket={sock}"
+            qio = ["qemu-io", "-f", "raw", uri, "-c", "write -P 0x5a 0 32M"]
+            out = subprocess.run(
+                [*qio, "-c", "read -P 0x5a 0 32M"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert out.returncode == 0 and "fail" not in out.stdout.lower(), out.stdout + out.stderr
+    finally:
+        assert d.stop() == 0
+
+
+def test_clients_that_do_not_read_large_reads_hold_little(tmp_path: Path) -> None:
+    sock = str(tmp_path / "nbd.sock")
+    d = start_daemon("--nbd", f"unix:{sock}", "--device", "d=64M")
+    try:
+        s = nbd_client.open_device(sock, "d")
+        nbd_client.request(s, Cmd.WRITE, 0, 32 << 20, _pattern(8192))
+        nbd_client.request(s, Cmd.READ, 0, 32 << 20)  # warm: one large read, read
+        s.close()
+        time.sleep(0.5)
+        before = _rss(d.proc.pid)
+        hogs = [nbd_client.open_device(sock, "d") for _ in range(4)]
+        for h in hogs:  # 32 MiB asked for, and never read
+            h.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, Cmd.READ, 1, 0, 32 << 20))
+        time.sleep(1.5)
+        grown = _rss(d.proc.pid) - before
+        assert grown < 24 << 20, f"RSS grew by {grown >> 20} MiB for 4 unread 32 MiB reads"
+        other = nbd_client.open_device(sock, "d")
+        assert nbd_client.request(other, Cmd.READ, 4096, 4096) == _pattern(2)[4096:]
+        for c in (*hogs, other):
+            c.close()
     finally:
         assert d.stop() == 0
