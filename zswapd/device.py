@@ -9,6 +9,15 @@ of part of a slot reads, patches and rewrites it.  TRIM and WRITE_ZEROES of
 whole slots free them (zram's notify_free); WRITE_ZEROES with NO_HOLE stores
 zero pages instead (same-filled: no allocator memory).  io_stat counts as
 zram's: failed_reads, failed_writes, invalid_io, notify_free.
+
+A device's memory follows the slots written, not its size, as zram's
+disksize costs nothing until pages arrive: the slot table has two levels, a
+dict of leaves of :data:`LEAF_SLOTS` handles (one 4 KiB page of u64s each,
+like a page table's), a leaf made on the first write into its 2 MiB of the
+device and dropped when its last slot is emptied.  A 1 TiB device costs a few
+hundred bytes until it is written.  Sizes are bounded by
+:data:`MAX_DEVICE_SIZE`: 2**32 slots, zram's own bound (its slot index is a
+u32), 16 TiB.
 """
 
 from __future__ import annotations
@@ -23,9 +32,24 @@ from zswapd.errors import ConfigError, InvalidRequestError, PoolExistsError, Unk
 from zswapd.pool import PAGE_SIZE, PagePool
 from zswapd.pools import PoolRegistry
 
-__all__ = ["Device", "DeviceRegistry", "IoStat"]
+__all__ = [
+    "LEAF_SLOTS",
+    "MAX_DEVICE_SIZE",
+    "Device",
+    "DeviceRegistry",
+    "IoStat",
+    "SlotTable",
+    "check_device_size",
+]
 
 ZERO_PAGE = bytes(PAGE_SIZE)
+# Handles per leaf of the slot table: one page of u64s, covering 2 MiB of device.
+LEAF_SHIFT = 9
+LEAF_SLOTS = 1 << LEAF_SHIFT
+_LEAF_MASK = LEAF_SLOTS - 1
+_EMPTY_LEAF = bytes(8 * LEAF_SLOTS)
+# The largest device: 2**32 slots, as zram (whose slot index is a u32) allows; 16 TiB.
+MAX_DEVICE_SIZE = (1 << 32) * PAGE_SIZE
 
 
 @dataclass
@@ -36,20 +60,93 @@ class IoStat:
     notify_free: int = 0
 
 
+class SlotTable:
+    """Slot index -> handle (0: empty), in leaves made on first write, dropped when emptied."""
+
+    __slots__ = ("_leaves", "_used")
+
+    def __init__(self) -> None:
+        self._leaves: dict[int, array[int]] = {}
+        self._used: dict[int, int] = {}  # leaf index -> its non-empty slots
+
+    def __getitem__(self, slot: int) -> int:
+        leaf = self._leaves.get(slot >> LEAF_SHIFT)
+        return 0 if leaf is None else leaf[slot & _LEAF_MASK]
+
+    def __setitem__(self, slot: int, handle: int) -> None:
+        index = slot >> LEAF_SHIFT
+        leaf = self._leaves.get(index)
+        if leaf is None:
+            if not handle:
+                return  # emptying an empty slot: no leaf needed
+            leaf = self._leaves[index] = array("Q", _EMPTY_LEAF)
+            self._used[index] = 0
+        old = leaf[slot & _LEAF_MASK]
+        leaf[slot & _LEAF_MASK] = handle
+        used = self._used[index] + bool(handle) - bool(old)
+        if used:
+            self._used[index] = used
+        else:
+            del self._leaves[index], self._used[index]
+
+    def clear(self, lo: int, hi: int) -> list[int]:
+        """Empty slots [lo, hi); the handles they held.  O(leaves touched), not O(slots)."""
+        if lo >= hi:
+            return []
+        first, last = lo >> LEAF_SHIFT, (hi - 1) >> LEAF_SHIFT
+        if last - first + 1 <= len(self._leaves):
+            indexes = [i for i in range(first, last + 1) if i in self._leaves]
+        else:  # a range wider than the table: walk the leaves that exist
+            indexes = sorted(i for i in self._leaves if first <= i <= last)
+        doomed: list[int] = []
+        for i in indexes:
+            base = i << LEAF_SHIFT
+            a, b = max(lo, base) - base, min(hi, base + LEAF_SLOTS) - base
+            leaf = self._leaves[i]
+            held = [h for h in leaf[a:b] if h]
+            doomed += held
+            used = self._used[i] - len(held)
+            if used:
+                leaf[a:b] = array("Q", _EMPTY_LEAF[: 8 * (b - a)])
+                self._used[i] = used
+            else:
+                del self._leaves[i], self._used[i]
+        return doomed
+
+    @property
+    def leaves(self) -> int:
+        """Leaves allocated (each LEAF_SLOTS x 8 bytes)."""
+        return len(self._leaves)
+
+
+def check_device_size(size: int) -> int:
+    """``size`` if it is a valid device size.
+
+    Raises:
+        ConfigError: not a positive multiple of 4096, or past MAX_DEVICE_SIZE.
+    """
+    if type(size) is not int or size <= 0 or size % PAGE_SIZE:
+        raise ConfigError(f"device size must be a positive multiple of 4096, not {size!r}")
+    if size > MAX_DEVICE_SIZE:
+        raise ConfigError(
+            f"device size {size} is past the largest supported, {MAX_DEVICE_SIZE} (16 TiB)"
+        )
+    return size
+
+
 class Device:
     """``size`` bytes of 4 KiB slots backed by ``pool``."""
 
     def __init__(self, name: str, size: int, pool: PagePool) -> None:
-        if size <= 0 or size % PAGE_SIZE:
-            raise ConfigError(f"device size must be a positive multiple of 4096, not {size}")
         self.name = name
-        self.size = size
+        self.size = check_device_size(size)
         self.pool = pool
-        self.slots = array("Q", bytes(8 * (size // PAGE_SIZE)))  # 0 = empty
+        self.slots = SlotTable()
         self.io = IoStat()
         self._lock = threading.Lock()
 
-    def _check(self, offset: int, length: int) -> None:
+    def check_range(self, offset: int, length: int) -> None:
+        """Raise InvalidRequestError (counted as invalid_io) unless the range is inside."""
         if offset < 0 or length < 0 or offset + length > self.size:
             self.io.invalid_io += 1
             raise InvalidRequestError(
@@ -62,7 +159,7 @@ class Device:
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` (zeros where nothing was written)."""
-        self._check(offset, length)
+        self.check_range(offset, length)
         if not length:
             return b""
         first, last = offset // PAGE_SIZE, (offset + length - 1) // PAGE_SIZE
@@ -79,18 +176,18 @@ class Device:
 
     def write(self, offset: int, data: bytes) -> None:
         """Write ``data`` at ``offset``; all or nothing."""
-        self._check(offset, len(data))
+        self.check_range(offset, len(data))
         if data:
             self._replace(offset, len(data), lambda old, lo, hi: data[lo:hi])
 
     def zero(self, offset: int, length: int, *, keep_allocated: bool) -> None:
         """WRITE_ZEROES: free whole slots (or store zero pages), zero partial ones."""
-        self._check(offset, length)
+        self.check_range(offset, length)
         self._discard_or_zero(offset, length, zero_partial=True, keep=keep_allocated)
 
     def trim(self, offset: int, length: int) -> None:
         """TRIM: free the whole slots in the range (partial slots are left as they are)."""
-        self._check(offset, length)
+        self.check_range(offset, length)
         self._discard_or_zero(offset, length, zero_partial=False, keep=False)
 
     def _discard_or_zero(self, offset: int, length: int, *, zero_partial: bool, keep: bool) -> None:
@@ -119,9 +216,7 @@ class Device:
                 if tail_start < end and tail_start >= whole_hi * PAGE_SIZE:
                     self._replace(tail_start, end - tail_start, lambda o, lo, hi: bytes(hi - lo))
         with self._lock:
-            doomed = [self.slots[s] for s in range(whole_lo, whole_hi) if self.slots[s]]
-            for s in range(whole_lo, whole_hi):
-                self.slots[s] = 0
+            doomed = self.slots.clear(whole_lo, whole_hi)
             if doomed:
                 self.pool.free(doomed)
             self.io.notify_free += len(doomed)
@@ -188,13 +283,14 @@ class DeviceRegistry:
 
     def create(self, name: str, size: int, config: PoolConfig | None = None) -> Device:
         check_pool_name(name)
+        check_device_size(size)  # before the pool exists: a refused device leaves nothing
         with self._lock:
             if name in self._devices:
                 raise PoolExistsError(f"device {name!r} exists already")
             pool = self.pools.create(name, config)
             try:
                 device = Device(name, size, pool)
-            except ConfigError:
+            except BaseException:
                 self.pools.remove(name)
                 raise
             self.pools.pinned.add(name)

@@ -27,7 +27,7 @@ from starlette.routing import Match
 
 from zswapd import __version__
 from zswapd.config import PoolConfig
-from zswapd.device import DeviceRegistry
+from zswapd.device import MAX_DEVICE_SIZE, DeviceRegistry
 from zswapd.errors import (
     CompressPoorError,
     ConfigError,
@@ -258,7 +258,9 @@ class PoolStatsOut(BaseModel):
 class DeviceSettings(PoolSettings):
     """A device: its size in bytes (a multiple of 4096), and its pool's settings."""
 
-    size: JsonInt = Field(gt=0, description="bytes, a multiple of 4096")
+    size: JsonInt = Field(
+        gt=0, le=MAX_DEVICE_SIZE, description="bytes, a multiple of 4096, at most 16 TiB"
+    )
 
 
 class PoolList(BaseModel):

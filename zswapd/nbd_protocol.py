@@ -263,24 +263,28 @@ class NbdServerConnection:
 
     def read_reply(self, cookie: int, offset: int, data: bytes) -> tuple[bytes, ...]:
         """The answer to a READ, header and data apart (the data is not copied again)."""
-        if not self.structured:
-            return struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, 0, cookie), data
-        if not data:  # an OFFSET_DATA chunk must carry at least one byte
+        if not data and self.structured:  # an OFFSET_DATA chunk must carry at least one byte
             return (
                 struct.pack(
                     ">IHHQI", STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0
                 ),
             )
-        header = struct.pack(
+        return self.read_reply_header(cookie, offset, len(data)), data
+
+    def read_reply_header(self, cookie: int, offset: int, length: int) -> bytes:
+        """The header of a successful READ of ``length`` (> 0) bytes; the data follows,
+        in as many writes as the sender likes."""
+        if not self.structured:
+            return struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, 0, cookie)
+        return struct.pack(
             ">IHHQIQ",
             STRUCTURED_REPLY_MAGIC,
             REPLY_FLAG_DONE,
             REPLY_TYPE_OFFSET_DATA,
             cookie,
-            8 + len(data),
+            8 + length,
             offset,
         )
-        return header, data
 
     def error_reply(self, cookie: int, error: int, message: str = "") -> bytes:
         if not self.structured:

@@ -5,6 +5,18 @@ One :class:`NbdConnection` per client; several may serve one device at once
 lock, and FLUSH has nothing to wait for in memory).  Requests are answered in
 order, one at a time per connection; reading pauses while one is being
 served, so a connection holds at most one request's payload.
+
+What a client can cost is bounded in every phase:
+
+- at most ``max_connections`` connections; past it a new one is closed at
+  once (NBD has no way to refuse before the greeting);
+- a client has ``handshake_timeout`` seconds from connecting to reach
+  transmission (NBD_OPT_GO or EXPORT_NAME), then it is dropped: idle or
+  trickling connections cannot pile up;
+- replies wait on the transport's write buffer: while it is over its
+  high-water mark nothing more is parsed nor read, options included (a LIST
+  reply is hundreds of times its request), so a client that does not read
+  its replies stops being read.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -45,7 +58,7 @@ from zswapd.nbd_protocol import (
     Rep,
 )
 
-__all__ = ["NbdConnection", "start_nbd_server"]
+__all__ = ["NbdConnection", "NbdSettings", "start_nbd_server"]
 
 log = logging.getLogger("zswapd")
 FLAGS = (
@@ -57,51 +70,129 @@ FLAGS = (
     | TF_CAN_MULTI_CONN
 )
 _INLINE = 256 * 1024  # requests up to this many bytes are served on the loop
+# A larger READ is read and sent this much at a time, each piece once the last
+# has drained: a client that stops reading holds one piece, not 32 MiB.
+_PIECE = 1 << 20
 KNOWN_CMD_FLAGS = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE
 
 
+@dataclass(frozen=True)
+class NbdSettings:
+    max_connections: int = 1024
+    # Seconds from connecting to transmission; then the connection is dropped.
+    handshake_timeout: float = 10.0
+    # Told of every request: (interface, op, seconds); metrics hook in here.
+    observe: Callable[[str, str, float], None] | None = None
+
+
 class NbdConnection(asyncio.Protocol):
+    """One client connection: handshake, then commands answered in order."""
+
     def __init__(
-        self, devices: DeviceRegistry, observe: Callable[[str, str, float], None] | None
+        self, devices: DeviceRegistry, settings: NbdSettings, open_count: list[int]
     ) -> None:
         self.devices = devices
-        self.observe = observe
+        self.settings = settings
+        self.observe = settings.observe
+        self.open_count = open_count  # shared by every connection of the server
+        self.counted = False
         self.proto = NbdServerConnection()
         self.transport: Any = None
         self.device: Any = None
         self.queue: asyncio.Queue[Command | None] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+        # A command is queued or being served: parse and read nothing more.
+        self.busy = False
+        self.reading_paused = False
         # Cleared while the transport's write buffer is full: answer nothing more.
         self.can_write = asyncio.Event()
         self.can_write.set()
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        if self.open_count[0] >= self.settings.max_connections:
+            transport.abort()
+            return
+        self.open_count[0] += 1
+        self.counted = True
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.call_later(self.settings.handshake_timeout, self._handshake_expired)
         transport.write(self.proto.greeting())
-        self.task = asyncio.get_running_loop().create_task(self._serve())
+        self.task = loop.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
         try:
             self.proto.feed(data)
-            while (event := self.proto.next_event()) is not None:
-                if isinstance(event, OptionRequest):
-                    self._option(event)
-                else:
-                    self.queue.put_nowait(event)
-                    self.transport.pause_reading()
         except NbdProtocolError as exc:
-            log.info("nbd: closing a connection: %s", exc)
-            self.transport.close()
+            self._fail(exc)
+            return
+        self._pump()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted:
+            self.open_count[0] -= 1
+            self.counted = False
+        if self.deadline is not None:
+            self.deadline.cancel()
         if self.task is not None:
             self.task.cancel()
 
     def pause_writing(self) -> None:
         self.can_write.clear()
+        self._flow()
 
     def resume_writing(self) -> None:
         self.can_write.set()
+        self._pump()
+
+    # -- flow control ------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Act on buffered input while we may: not while a command is being served,
+        nor while the peer leaves our replies unread."""
+        try:
+            while self.can_write.is_set() and not self.busy and not self.transport.is_closing():
+                event = self.proto.next_event()
+                if event is None:
+                    break
+                if isinstance(event, OptionRequest):
+                    self._option(event)
+                    if self.proto.state == self.proto.TRANSMISSION and self.deadline:
+                        self.deadline.cancel()
+                        self.deadline = None
+                else:
+                    self.busy = True
+                    self.queue.put_nowait(event)
+        except NbdProtocolError as exc:
+            self._fail(exc)
+            return
+        self._flow()
+
+    def _flow(self) -> None:
+        if self.transport.is_closing():
+            return
+        hold = self.busy or not self.can_write.is_set()
+        if hold and not self.reading_paused:
+            self.transport.pause_reading()
+            self.reading_paused = True
+        elif not hold and self.reading_paused:
+            self.transport.resume_reading()
+            self.reading_paused = False
+
+    def _fail(self, exc: NbdProtocolError) -> None:
+        log.info("nbd: closing a connection: %s", exc)
+        # abort, not close: a peer that broke the protocol is owed no unsent replies.
+        self.transport.abort()
+
+    def _handshake_expired(self) -> None:
+        self.deadline = None
+        if self.proto.state != self.proto.TRANSMISSION:
+            log.info(
+                "nbd: dropping a client not in transmission after %gs",
+                self.settings.handshake_timeout,
+            )
+            self.transport.abort()
 
     # -- handshake ---------------------------------------------------------------------
 
@@ -169,14 +260,38 @@ class NbdConnection(asyncio.Protocol):
                 return
             if self.transport.is_closing():
                 return
-            if not self.can_write.is_set():  # a client that does not read is not answered
-                await self.can_write.wait()
-            for part in reply:
-                self.transport.write(part)
+            await self._send(*reply)
             if self.observe is not None:
                 self.observe("nbd", _NAMES.get(cmd.type, "unknown"), loop.time() - start)
-            if self.queue.empty():  # at most one request's payload held at a time
-                self.transport.resume_reading()
+            self.busy = False  # at most one request's payload held at a time
+            self._pump()
+
+    async def _send(self, *parts: bytes) -> None:
+        """Write ``parts`` once the peer has read enough of what came before."""
+        if not self.can_write.is_set():  # a client that does not read is not answered
+            await self.can_write.wait()
+        for part in parts:
+            self.transport.write(part)
+
+    async def _read_in_pieces(self, cmd: Command) -> tuple[bytes, ...] | None:
+        """Answer a READ over _PIECE bytes a piece at a time; () once sent, None if cut short."""
+        dev, end = self.device, cmd.offset + cmd.length
+        # The first piece before the header, so that an error there is answered as usual.
+        data = await _run(_PIECE, dev.read, cmd.offset, _PIECE)
+        await self._send(self.proto.read_reply_header(cmd.cookie, cmd.offset, cmd.length), data)
+        pos = cmd.offset + _PIECE
+        while pos < end:
+            n = min(_PIECE, end - pos)
+            try:
+                data = await _run(n, dev.read, pos, n)
+            except ZswapdError as exc:
+                # The header promised every byte: no reply can say so now; drop the client.
+                log.warning("nbd: a READ failed after its reply began (%s): disconnecting", exc)
+                self.transport.abort()
+                return None
+            await self._send(data)
+            pos += n
+        return ()
 
     async def _command(self, cmd: Command) -> tuple[bytes, ...] | None:
         p, dev = self.proto, self.device
@@ -194,6 +309,9 @@ class NbdConnection(asyncio.Protocol):
             if cmd.type == Cmd.READ:
                 if cmd.length > p.max_payload:
                     return (p.error_reply(cmd.cookie, EINVAL, "read over the maximum block size"),)
+                if cmd.length > _PIECE:
+                    dev.check_range(cmd.offset, cmd.length)  # whole range first: EINVAL, not a cut
+                    return await self._read_in_pieces(cmd)
                 data = await _run(cmd.length, dev.read, cmd.offset, cmd.length)
                 return p.read_reply(cmd.cookie, cmd.offset, data)
             if cmd.type == Cmd.WRITE:
@@ -231,10 +349,12 @@ async def _run(nbytes: int, fn: Callable[..., Any], *args: Any) -> Any:
 
 
 async def start_nbd_server(
-    listen: Any,
-    devices: DeviceRegistry,
-    observe: Callable[[str, str, float], None] | None = None,
+    listen: Any, devices: DeviceRegistry, settings: NbdSettings | None = None
 ) -> asyncio.Server:
     """Serve NBD on an already bound, listening socket (TCP or Unix)."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: NbdConnection(devices, observe), sock=listen)
+    settings = settings or NbdSettings()
+    open_count = [0]
+    return await loop.create_server(
+        lambda: NbdConnection(devices, settings, open_count), sock=listen
+    )

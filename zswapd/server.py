@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -30,7 +31,7 @@ from zswapd.device import DeviceRegistry
 from zswapd.errors import ConfigError
 from zswapd.http_api import ApiSettings, create_app
 from zswapd.limits import registry_for
-from zswapd.nbd_server import start_nbd_server
+from zswapd.nbd_server import NbdSettings, start_nbd_server
 from zswapd.pool import LIVE_SETTINGS, PagePool
 from zswapd.pools import PoolRegistry
 from zswapd.settings import ServerSettings
@@ -40,6 +41,11 @@ from zswapd.wire_server import WireSettings, start_wire_server
 __all__ = ["Listener", "bind", "parse_listen", "serve"]
 
 log = logging.getLogger("zswapd")
+
+# File descriptors the daemon needs besides its connections: stdio, the event
+# loop's epoll and wake-up pipe, up to four listening sockets, state files being
+# written, the --metrics server's connections, and what libraries open.
+FD_MARGIN = 256
 
 
 @dataclass(frozen=True)
@@ -140,15 +146,19 @@ class _Saver:
     """Writes every pool to the state directory: on demand and periodically."""
 
     def __init__(
-        self, registry: PoolRegistry, directory: Path, interval: float, skip: set[str]
+        self, registry: PoolRegistry, directory: Path, interval: float, devices: DeviceRegistry
     ) -> None:
         self.registry = registry
         self.directory = directory
         self.interval = interval
-        self.skip = skip  # device pools: a block device starts empty, as zram does
+        # Device pools are never saved, however the device was made (flag, file or
+        # HTTP): a block device starts empty, as zram does.
+        self.devices = devices
 
     def save(self) -> None:
-        pools = [self.registry.get(n) for n in self.registry.names() if n not in self.skip]
+        names = self.registry.names()
+        skip = set(self.devices.names())  # after names(): a device made between is skipped
+        pools = [self.registry.get(n) for n in names if n not in skip]
         written = save_state_dir(pools, self.directory)
         log.info("saved %d pools to %s", len(written), self.directory)
 
@@ -208,6 +218,32 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
+def open_files_needed(settings: ServerSettings) -> int:
+    """Descriptors for every connection cap at once: max_connections per frontend run
+    (HTTP always, the wire protocol and NBD when asked for), plus FD_MARGIN."""
+    frontends = 1 + (settings.unix_socket is not None) + (settings.nbd is not None)
+    return frontends * settings.max_connections + FD_MARGIN
+
+
+def fit_open_files(needed: int) -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as nginx and Redis do).
+
+    Raises:
+        ConfigError: ``needed`` descriptors do not fit under the hard limit: refuse
+            to start rather than fail every frontend once connections pile up.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ConfigError(
+            f"the connection caps need {needed} open files (--max-connections per frontend "
+            f"+ {FD_MARGIN}), but RLIMIT_NOFILE allows {hard}: raise it (ulimit -n, systemd "
+            "LimitNOFILE=) or lower --max-connections"
+        )
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def start_metrics_server(host: str, port: int, registry: Any) -> int:
     """prometheus-client's own small server for /metrics alone (a thread); its port."""
     server, _thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
@@ -254,6 +290,14 @@ def _apply_given_settings(pool: PagePool, settings: ServerSettings, state_dir: P
 def serve(settings: ServerSettings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="zswapd: %(message)s")
+    fit_open_files(open_files_needed(settings))
+    nbd_on_tcp = settings.nbd is not None and parse_listen(settings.nbd).path is None
+    if nbd_on_tcp and settings.auth_token_file is not None:
+        # NBD carries no token: on TCP every local user would get past it.
+        raise ConfigError(
+            "--nbd on TCP cannot be used with --auth-token-file (NBD has no token, so "
+            "any local user could read every device): use --nbd unix:PATH (mode 0600)"
+        )
     # Every pool and device charges one budget (--memory-limit), at most --max-pools.
     registry = registry_for(settings)
     state_dir = Path(settings.state_dir) if settings.state_dir is not None else None
@@ -337,11 +381,16 @@ def serve(settings: ServerSettings) -> int:
                 where = f"nbd://{host}:{nbd_sock.getsockname()[1]}"
                 if not nbd_listener.loopback and token is None:
                     log.warning("WARNING: NBD on %s, beyond loopback: NBD has no token", where)
-            nbd = (nbd_sock, devices, metrics.observe)
+            nbd_settings = NbdSettings(
+                max_connections=settings.max_connections,
+                handshake_timeout=settings.handshake_timeout,
+                observe=metrics.observe,
+            )
+            nbd = (nbd_sock, devices, nbd_settings)
             ready.append(f"zswapd: serving NBD on {where} ({', '.join(devices.names())})")
         saver = None
         if state_dir is not None:
-            saver = _Saver(registry, state_dir, settings.snapshot_interval, set(settings.devices))
+            saver = _Saver(registry, state_dir, settings.snapshot_interval, devices)
             ready.append(f"zswapd: state in {state_dir}")
         # The HTTP line last: a parent waiting for it knows everything else is up.
         ready.append(f"zswapd: serving HTTP on {listener.url()}")

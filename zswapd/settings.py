@@ -33,10 +33,12 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from zswapd.config import PoolConfig, check_pool_name
+from zswapd.device import check_device_size
 from zswapd.errors import ConfigError
 
 __all__ = ["DEFAULT_HTTP", "ServerSettings", "load_settings", "parse_device", "parse_size"]
@@ -89,6 +91,8 @@ def parse_size(text: str | int) -> int:
     Raises:
         ConfigError: not a size.
     """
+    if isinstance(text, bool):  # TOML's true is not a size
+        raise ConfigError(f"not a size: {text!r} (use e.g. 4096, 512M, 1G)")
     if isinstance(text, int):
         if text < 0:
             raise ConfigError(f"a size cannot be negative: {text}")
@@ -96,7 +100,8 @@ def parse_size(text: str | int) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
     if not m:
         raise ConfigError(f"not a size: {text!r} (use e.g. 4096, 512M, 1G)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    # Exact arithmetic: a float overflows (to inf, then OverflowError) on long digit strings.
+    return int(Fraction(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 @dataclass
@@ -169,7 +174,10 @@ class ServerSettings:
             values = dict(raw)
             if "size" not in values:
                 raise ConfigError(f"device {name!r} needs a size")
-            size = parse_size(values.pop("size"))
+            try:
+                size = check_device_size(parse_size(values.pop("size")))
+            except ConfigError as exc:
+                raise ConfigError(f"device {name!r}: {exc}") from exc
             if "limit" in values:
                 values["limit_bytes"] = parse_size(values.pop("limit"))
             out[name] = (size, PoolConfig.from_dict(values))
