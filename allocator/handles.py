@@ -25,8 +25,12 @@ that keeps large integers) once a handle passes 2**53.
 24 slot bits leave ``MAX_SLOTS`` = 16,777,215 live handles in one table; past
 that :class:`HandleTableFullError` (a :class:`PoolFullError`: nothing changed).
 
-The table is two flat arrays (8 + 8 bytes a slot): no Python object per handle.
-Free slots are chained through the location array itself (negative entries).
+The table is two flat arrays (8 + 8 bytes a slot, :data:`SLOT_BYTES`): no
+Python object per handle.  Free slots are chained through the location array
+itself (negative entries).  The arrays grow as slots are first issued and
+shrink only by :meth:`HandleTable.trim`, which drops the free slots above the
+highest live one: a slot made again after a trim has forgotten its last
+generation, so its fresh draw avoids it only by the odds above.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from collections.abc import Callable
 
 from allocator.errors import HandleTableFullError, InvalidHandleError
 
-__all__ = ["GEN_BITS", "MAX_SLOTS", "SLOT_BITS", "SLOT_MASK", "HandleTable"]
+__all__ = ["GEN_BITS", "MAX_SLOTS", "SLOT_BITS", "SLOT_BYTES", "SLOT_MASK", "HandleTable"]
 
 SLOT_BITS = 24
 GEN_BITS = 40
@@ -46,6 +50,8 @@ SLOT_MASK = (1 << SLOT_BITS) - 1
 # Slot 0 is never issued (it ends the free chain): slots 1..SLOT_MASK.
 MAX_SLOTS = SLOT_MASK
 _GEN_MASK = (1 << GEN_BITS) - 1
+# Memory one slot holds: its location ("q") and its generation ("Q").
+SLOT_BYTES = array("q").itemsize + array("Q").itemsize
 
 
 def _urandom_words() -> array[int]:
@@ -125,6 +131,71 @@ class HandleTable:
     def room(self) -> int:
         """Handles that may still be issued before the table is full."""
         return self.max_slots - self.live
+
+    def __len__(self) -> int:
+        """Slots the table holds, live or free (slot 0 included)."""
+        return len(self._loc)
+
+    @property
+    def free_slots(self) -> int:
+        """Slots made and free now: issued again before the table grows."""
+        return len(self._loc) - 1 - self.live
+
+    def free_top(self) -> int:
+        """Free slots above the highest live one (O(their number))."""
+        loc = self._loc
+        top = len(loc)
+        while top > 1 and loc[top - 1] < 0:
+            top -= 1
+        return len(loc) - top
+
+    def trim(self, slots: int) -> None:
+        """Drop the top ``slots`` slots, all free (see :meth:`free_top`).
+
+        O(free slots): the dropped ones are unlinked from the free chain by
+        walking it, so callers trim only when that pays (a good share of the
+        table dropped).
+        """
+        loc = self._loc
+        top = len(loc) - slots
+        if not 1 <= top <= len(loc) or max(loc[top:], default=-1) >= 0:
+            raise ValueError(f"the top {slots} slots are not all free")
+        if not slots:
+            return
+        # Relink the chain without the dropped slots, the others in their order.
+        head = last = 0
+        slot = self._free
+        while slot:
+            following = -1 - loc[slot]
+            if slot < top:
+                if last:
+                    loc[last] = -1 - slot
+                else:
+                    head = slot
+                last = slot
+            slot = following
+        if last:
+            loc[last] = -1  # the chain's end: -1 - 0
+        self._free = head
+        del loc[top:]
+        del self._gen[top:]
+        # Relink the chain without the dropped slots, the others in their order.
+        head = last = 0
+        slot = self._free
+        while slot:
+            following = -1 - loc[slot]
+            if slot < top:
+                if last:
+                    loc[last] = -1 - slot
+                else:
+                    head = slot
+                last = slot
+            slot = following
+        if last:
+            loc[last] = -1  # the chain's end: -1 - 0
+        self._free = head
+        del loc[top:]
+        del self._gen[top:]
 
     def check_room(self) -> None:
         """Raise HandleTableFullError if no handle can be issued (call before

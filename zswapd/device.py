@@ -15,7 +15,11 @@ disksize costs nothing until pages arrive: the slot table has two levels, a
 dict of leaves of :data:`LEAF_SLOTS` handles (one 4 KiB page of u64s each,
 like a page table's), a leaf made on the first write into its 2 MiB of the
 device and dropped when its last slot is emptied.  A 1 TiB device costs a few
-hundred bytes until it is written.  Sizes are bounded by
+hundred bytes until it is written.  Each leaf charges the server's
+:class:`~allocator.PageBudget` (--memory-limit) one page while it exists,
+taken before the write that needs it stores anything: a device written
+sparsely cannot hold more than the limit in leaves, and a write whose leaves
+the budget cannot pay for fails whole (507 memory_limit, ENOSPC over NBD).  Sizes are bounded by
 :data:`MAX_DEVICE_SIZE`: 2**32 slots, zram's own bound (its slot index is a
 u32), 16 TiB.
 """
@@ -27,8 +31,15 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
+from allocator import PageBudget
 from zswapd.config import PoolConfig, check_pool_name
-from zswapd.errors import ConfigError, InvalidRequestError, PoolExistsError, UnknownPoolError
+from zswapd.errors import (
+    ConfigError,
+    InvalidRequestError,
+    MemoryLimitError,
+    PoolExistsError,
+    UnknownPoolError,
+)
 from zswapd.pool import PAGE_SIZE, PagePool
 from zswapd.pools import PoolRegistry
 
@@ -61,13 +72,64 @@ class IoStat:
 
 
 class SlotTable:
-    """Slot index -> handle (0: empty), in leaves made on first write, dropped when emptied."""
+    """Slot index -> handle (0: empty), in leaves made on first write, dropped when emptied.
 
-    __slots__ = ("_leaves", "_used")
+    Args:
+        budget: charged one page per leaf held (None: nothing charged).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_budget", "_leaves", "_used")
+
+    def __init__(self, budget: PageBudget | None = None) -> None:
         self._leaves: dict[int, array[int]] = {}
         self._used: dict[int, int] = {}  # leaf index -> its non-empty slots
+        self._budget = budget
+
+    def reserve(self, lo: int, hi: int) -> None:
+        """Make the leaves that slots [lo, hi) lack, one budget page each; all or none.
+
+        A leaf made here and left empty is dropped by :meth:`release_empty`.
+
+        Raises:
+            MemoryLimitError: the budget cannot pay for them (nothing made).
+        """
+        if lo >= hi:
+            return
+        indexes = range(lo >> LEAF_SHIFT, ((hi - 1) >> LEAF_SHIFT) + 1)
+        missing = [i for i in indexes if i not in self._leaves]
+        if not missing:
+            return
+        if self._budget is not None and not self._budget.charge(len(missing)):
+            raise MemoryLimitError(
+                f"the server's memory limit cannot pay for {len(missing)} more "
+                f"slot-table leaves ({4096 * len(missing)} bytes); nothing written"
+            )
+        for i in missing:
+            self._leaves[i] = array("Q", _EMPTY_LEAF)
+            self._used[i] = 0
+
+    def release_empty(self, lo: int, hi: int) -> None:
+        """Drop the leaves of slots [lo, hi) that hold nothing (after a failed write)."""
+        if lo >= hi:
+            return
+        empty = [
+            i
+            for i in range(lo >> LEAF_SHIFT, ((hi - 1) >> LEAF_SHIFT) + 1)
+            if self._used.get(i, 1) == 0
+        ]
+        for i in empty:
+            del self._leaves[i], self._used[i]
+        self._uncharge(len(empty))
+
+    def close(self) -> None:
+        """Drop every leaf, giving back their pages (the device is gone)."""
+        self._uncharge(len(self._leaves))
+        self._leaves.clear()
+        self._used.clear()
+
+    def _uncharge(self, leaves: int) -> None:
+        if leaves and self._budget is not None:
+            self._budget.uncharge(leaves)
 
     def __getitem__(self, slot: int) -> int:
         leaf = self._leaves.get(slot >> LEAF_SHIFT)
@@ -79,8 +141,8 @@ class SlotTable:
         if leaf is None:
             if not handle:
                 return  # emptying an empty slot: no leaf needed
-            leaf = self._leaves[index] = array("Q", _EMPTY_LEAF)
-            self._used[index] = 0
+            self.reserve(slot, slot + 1)
+            leaf = self._leaves[index]
         old = leaf[slot & _LEAF_MASK]
         leaf[slot & _LEAF_MASK] = handle
         used = self._used[index] + bool(handle) - bool(old)
@@ -88,6 +150,7 @@ class SlotTable:
             self._used[index] = used
         else:
             del self._leaves[index], self._used[index]
+            self._uncharge(1)
 
     def clear(self, lo: int, hi: int) -> list[int]:
         """Empty slots [lo, hi); the handles they held.  O(leaves touched), not O(slots)."""
@@ -111,6 +174,7 @@ class SlotTable:
                 self._used[i] = used
             else:
                 del self._leaves[i], self._used[i]
+                self._uncharge(1)
         return doomed
 
     @property
@@ -141,7 +205,7 @@ class Device:
         self.name = name
         self.size = check_device_size(size)
         self.pool = pool
-        self.slots = SlotTable()
+        self.slots = SlotTable(pool.budget)
         self.io = IoStat()
         self._lock = threading.Lock()
 
@@ -244,9 +308,18 @@ class Device:
                     new = old[:lo] + fill(old, consumed, consumed + hi - lo) + old[hi:]
                 consumed += hi - lo
                 pages.append(new)
+            # The slot table's leaves first, so that one the budget cannot pay
+            # for refuses the write before anything is stored.
+            try:
+                self.slots.reserve(first, last + 1)
+            except MemoryLimitError:
+                self.io.failed_writes += 1
+                self.pool.count_memory_limit_hit(len(pages))
+                raise
             try:
                 handles = self.pool.store(pages)
             except Exception:
+                self.slots.release_empty(first, last + 1)
                 self.io.failed_writes += 1
                 raise
             old_handles = [self.slots[s] for s in range(first, last + 1) if self.slots[s]]
@@ -254,6 +327,11 @@ class Device:
                 self.slots[s] = handles[i]
             if old_handles:
                 self.pool.free(old_handles)
+
+    def close(self) -> None:
+        """Give back the slot table's leaves (the device's pool is gone)."""
+        with self._lock:
+            self.slots.close()
 
     def stats(self) -> dict[str, Any]:
         base = self.pool.stats()
@@ -269,6 +347,8 @@ class Device:
             },
             # No backing device (zram's writeback): always zero.
             "bd_stat": {"bd_count": 0, "bd_reads": 0, "bd_writes": 0},
+            # Charged to the server's memory limit beside the pool's own figures.
+            "slot_table": {"leaves": self.slots.leaves, "bytes": self.slots.leaves * PAGE_SIZE},
             "classes": base["classes"],
         }
 
@@ -305,10 +385,12 @@ class DeviceRegistry:
 
     def remove(self, name: str) -> None:
         with self._lock:
-            if name not in self._devices:
+            device = self._devices.get(name)
+            if device is None:
                 raise UnknownPoolError(f"no device named {name!r}")
             self.pools.remove(name, device=True)
             del self._devices[name]
+        device.close()
 
     def names(self) -> list[str]:
         with self._lock:

@@ -5,17 +5,38 @@ by the primary or secondary (recompression) algorithm, or huge (stored raw).
 Kept in flat arrays indexed by the handle's slot (8 + 2 + 1 + 4 bytes an
 entry), behind the allocator's :class:`~allocator.handles.HandleTable`, so a
 freed or forged handle is refused and never reaches another page.
+
+The table is memory the server holds for every page, same-filled ones too
+(which take nothing from the allocator): 31 bytes a slot, the columns and the
+handle's slot together (:data:`ENTRY_BYTES`).  So that no client can make the
+daemon hold more than ``--memory-limit`` by storing zero pages, the table
+charges the server's :class:`~allocator.PageBudget` one page for every
+:data:`ENTRIES_PER_PAGE` (132) slots it holds, as it grows and before the
+entries that need them are added (:meth:`EntryTable.reserve`: a charge that
+does not fit changes nothing).  What is charged is the slots held, not the
+entries live: the arrays cannot shrink below the highest live slot, so freed
+slots under it stay charged; :meth:`EntryTable.trim` gives back the free top
+of a table half empty, and :meth:`EntryTable.close` everything.
 """
 
 from __future__ import annotations
 
 from array import array
 
-from allocator import InvalidHandleError
-from allocator.handles import MAX_SLOTS, SLOT_MASK, HandleTable
+from allocator import BudgetExceededError, InvalidHandleError, PageBudget
+from allocator.handles import MAX_SLOTS, SLOT_BYTES, SLOT_MASK, HandleTable
 from zswapd.errors import StaleHandleError
 
-__all__ = ["COMPRESSED", "FREED", "HUGE", "RECOMPRESSED", "SAME", "EntryTable"]
+__all__ = [
+    "COMPRESSED",
+    "ENTRIES_PER_PAGE",
+    "ENTRY_BYTES",
+    "FREED",
+    "HUGE",
+    "RECOMPRESSED",
+    "SAME",
+    "EntryTable",
+]
 
 # Entry kinds (zram's slot flags, in effect).
 SAME = 0  # obj holds the repeated 8-byte word; no allocator memory
@@ -24,18 +45,43 @@ HUGE = 2  # obj is an allocator handle; the page raw (4096 bytes)
 RECOMPRESSED = 3  # obj is an allocator handle; secondary algorithm (3 + its index)
 FREED = 255  # a retired slot
 
+PAGE_SIZE = 4096
+# The columns' types, in the order of EntryTable's fields obj, clen, kind, atime.
+_COLUMNS = "QHBI"
+# Bytes a slot of the table holds: its columns and its handle's slot (location
+# and generation): 8 + 2 + 1 + 4 + 8 + 8 = 31.
+ENTRY_BYTES = sum(array(t).itemsize for t in _COLUMNS) + SLOT_BYTES
+# Slots one budget page pays for: 132, whole entries only (132 x 31 = 4092).
+ENTRIES_PER_PAGE = PAGE_SIZE // ENTRY_BYTES
+# Growth is in steps of an eighth of the table, at least this many slots.
+_MIN_GROWTH = 1024
+
+
+def pages_for(slots: int) -> int:
+    """Budget pages charged for a table of ``slots`` slots (its first is free of charge:
+    an empty pool costs nothing)."""
+    return -(-(slots - 1) // ENTRIES_PER_PAGE)
+
 
 class EntryTable:
     """Entries by handle: kind, object (allocator handle or word), length, last access."""
 
-    __slots__ = ("_handles", "atime", "clen", "kind", "obj")
+    __slots__ = ("_budget", "_frees", "_handles", "atime", "charged", "clen", "kind", "obj")
 
-    def __init__(self, seed: int | None = None, max_slots: int = MAX_SLOTS) -> None:
+    def __init__(
+        self,
+        seed: int | None = None,
+        max_slots: int = MAX_SLOTS,
+        budget: PageBudget | None = None,
+    ) -> None:
         self._handles = HandleTable(seed, max_slots)
-        self.obj = array("Q", [0])
-        self.clen = array("H", [0])
-        self.kind = array("B", [0])
-        self.atime = array("I", [0])
+        self.obj = array(_COLUMNS[0], [0])
+        self.clen = array(_COLUMNS[1], [0])
+        self.kind = array(_COLUMNS[2], [0])
+        self.atime = array(_COLUMNS[3], [0])
+        self._budget = budget
+        self.charged = 0  # budget pages held for the table: pages_for(len(self.obj))
+        self._frees = 0  # entries removed since the last trim
 
     def __len__(self) -> int:
         return self._handles.live
@@ -45,23 +91,103 @@ class EntryTable:
         """Entries that may still be added (2**24 - 1 live at most)."""
         return self._handles.room
 
+    @property
+    def slots(self) -> int:
+        """Slots the table holds (its columns' length), live, free or spare."""
+        return len(self.obj)
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` more entries, charging the budget for any growth.
+
+        Raises:
+            BudgetExceededError: the budget cannot pay for the slots (nothing changed).
+        """
+        h = self._handles
+        need = len(h) + max(0, n - h.free_slots)
+        if need > len(self.obj):
+            self._grow(need)
+
     def add(self, kind: int, obj: int, clen: int, now: int) -> int:
-        """A new entry; returns its handle."""
-        handle = self._handles.alloc(0)
+        """A new entry; returns its handle.
+
+        Raises:
+            HandleTableFullError: every handle is live.
+            BudgetExceededError: the table had to grow and the budget could not
+                pay (never after :meth:`reserve` for this entry).
+        """
+        h = self._handles
+        h.check_room()
+        if not h.free_slots and len(h) >= len(self.obj):
+            self._grow(len(h) + 1)
+        handle = h.alloc(0)
         slot = handle & SLOT_MASK
-        if slot >= len(self.obj):
-            self._grow()
         self.obj[slot] = obj
         self.clen[slot] = clen
         self.kind[slot] = kind
         self.atime[slot] = now
         return handle
 
-    def _grow(self) -> None:
-        # In steps of an eighth (at least 1024 entries): amortised O(1), as a list.
-        more = max(1024, len(self.obj) // 8)
+    def _charge_to(self, slots: int) -> bool:
+        """Charge (or give back) the budget so that it pays for ``slots``; False
+        (nothing charged) if it cannot."""
+        pages = pages_for(slots)
+        delta = pages - self.charged
+        if self._budget is not None:
+            if delta > 0 and not self._budget.charge(delta):
+                return False
+            if delta < 0:
+                self._budget.uncharge(-delta)
+        self.charged = pages
+        return True
+
+    def _grow(self, need: int) -> None:
+        """Grow the columns to at least ``need`` slots, paid for first.
+
+        In steps of an eighth (at least 1024 slots): amortised O(1), as a list;
+        just ``need`` if the budget cannot pay for a whole step.
+        """
+        have = len(self.obj)
+        step = max(need, min(have + max(_MIN_GROWTH, have // 8), self._handles.max_slots + 1))
+        size = step if self._charge_to(step) else need
+        if size == need and not self._charge_to(need):
+            raise BudgetExceededError(
+                f"the server's memory limit cannot pay for {need - have} more entry slots"
+            )
         for column in (self.obj, self.clen, self.kind, self.atime):
-            column.frombytes(bytes(more * column.itemsize))
+            column.frombytes(bytes((size - have) * column.itemsize))
+
+    def trim(self) -> None:
+        """Give back the table's free top (the free slots above the highest live one).
+
+        Looked for once at most half the table is live and a quarter of it was
+        freed since the last look (or nothing is live); dropped when it is an
+        eighth of the table or more.  Each look costs O(the free top), each
+        drop O(the table): both are paid for, amortised, by the frees before
+        them or the slots dropped, and a look that finds fewer than
+        :data:`_MIN_GROWTH` free slots (cheap) is tried again at the next free.
+        """
+        size, h = len(self.obj), self._handles
+        live = h.live
+        if size == 1 or (live and (self._frees < size // 4 or live * 2 > size)):
+            return
+        run = h.free_top()
+        top = len(h) - run
+        if run >= _MIN_GROWTH or not live:
+            self._frees = 0
+        if top * 8 > size * 7 and live:
+            return  # a small free top: not worth the O(table) walk
+        h.trim(run)
+        for column in (self.obj, self.clen, self.kind, self.atime):
+            del column[top:]
+        self._charge_to(top)
+
+    def close(self) -> None:
+        """Drop every entry and give the budget back all the table holds."""
+        self._handles = HandleTable(max_slots=self._handles.max_slots)
+        for column in (self.obj, self.clen, self.kind, self.atime):
+            del column[1:]
+        self._charge_to(1)
+        self._frees = 0
 
     def slot(self, handle: int) -> int:
         """The slot of a live handle.
@@ -88,18 +214,28 @@ class EntryTable:
         self.kind[slot] = FREED
         self.obj[slot] = 0
         self._handles.release(slot)
+        self._frees += 1
         return was
 
     def adopt(self, rows: list[tuple[int, int, int, int, int]]) -> None:
         """Re-create entries under their old handles: (handle, kind, obj, clen, atime).
 
         The table must be empty (a pool being restored from its saved state).
+
+        Raises:
+            InvalidHandleError: a value that is not a handle, or one slot twice.
+            BudgetExceededError: the budget cannot pay for the table (nothing changed).
         """
-        self._handles.adopt({row[0]: 0 for row in rows})
+        top = max((row[0] & SLOT_MASK for row in rows), default=0)
+        if top >= len(self.obj):
+            self._grow(top + 1)
+        try:
+            self._handles.adopt({row[0]: 0 for row in rows})
+        except BaseException:
+            self.close()  # the columns grown for it, and their charge, go back
+            raise
         for handle, kind, obj, clen, atime in rows:
             slot = handle & SLOT_MASK
-            while slot >= len(self.obj):
-                self._grow()
             self.obj[slot], self.clen[slot] = obj, clen
             self.kind[slot], self.atime[slot] = kind, atime
 

@@ -211,6 +211,13 @@ class ServerFigures(BaseModel):
     memory_used_max: int
 
 
+class MetadataFigures(BaseModel):
+    """The pool's table of entries, charged to --memory-limit (not in mm_stat)."""
+
+    entry_slots: int = Field(description="slots the table holds, live or free")
+    bytes: int = Field(description="what the table charges the server's memory limit")
+
+
 class RecompressCounters(BaseModel):
     attempts: int
     recompressed_pages: int
@@ -251,6 +258,7 @@ class PoolStatsOut(BaseModel):
     zswap: ZswapCounters
     counters: PageCounters
     server: ServerFigures
+    metadata: MetadataFigures
     recompress: RecompressCounters
     classes: list[ClassRow]
 

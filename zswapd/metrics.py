@@ -67,6 +67,11 @@ _POOL_GAUGES: list[tuple[str, str, tuple[str, str]]] = [
         ("mm_stat", "same_pages"),
     ),
     ("zswapd_huge_pages", "Pages stored uncompressed (huge_pages).", ("mm_stat", "huge_pages")),
+    (
+        "zswapd_metadata_bytes",
+        "The pool's table of entries, charged to the server's memory limit (not in mm_stat).",
+        ("metadata", "bytes"),
+    ),
 ]
 
 
@@ -107,7 +112,7 @@ class PoolCollector(Collector):
         )
         used = GaugeMetricFamily(
             "zswapd_memory_used_bytes",
-            "Pages held by all pools and devices together x 4096.",
+            "Pages held by all pools and devices together x 4096, their tables included.",
         )
         pools = GaugeMetricFamily("zswapd_pools", "Pools, devices' included.")
         max_pools = GaugeMetricFamily(

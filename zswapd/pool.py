@@ -16,7 +16,13 @@ as zram does it, with zswap's policies as options:
    accept_threshold_percent hysteresis is an option.  The server-wide memory
    limit is a :class:`~allocator.PageBudget` shared by every pool's allocator
    (zswap's max_pool_percent): a store past it fails whole the same way, as
-   MemoryLimitError (counted in memory_limit_hit, in pages).
+   MemoryLimitError (counted in memory_limit_hit, in pages).  The same budget
+   pays for the table of entries, one page per 132 slots
+   (:data:`~zswapd.entries.ENTRIES_PER_PAGE`), same-filled pages included:
+   the table grows, charged, before a batch's entries are added, so a store
+   that the budget cannot pay for fails whole the same way.  mm_stat is
+   unchanged by it (zram's mem_used_total does not count its table either);
+   only the server's memory_used includes it.
 5. A pool holds at most 2**24 - 1 entries (its handle table; a handle's other
    40 bits are its random generation): a store that would pass that fails
    whole with PoolLimitError before anything is stored.
@@ -151,7 +157,7 @@ class PagePool:
         self.budget = budget
         self._alloc = self.config.make_allocator(budget=budget, arena_pages=arena_pages)
         self.huge_class_size: int = self._alloc.huge_class_size
-        self._entries = EntryTable(seed, max_handles)
+        self._entries = EntryTable(seed, max_handles, budget)
         self._closed = False
         self._lock = threading.Lock()
         self._clock = clock
@@ -195,6 +201,7 @@ class PagePool:
         with self._lock:
             self._closed = True
             self._alloc.close()
+            self._entries.close()
 
     def set_live_settings(self, **changes: Any) -> None:
         """Change settings of LIVE_SETTINGS on a pool that may hold pages.
@@ -213,6 +220,12 @@ class PagePool:
             self._alloc.set_max_pages(config.limit_pages)
             self.config = config
             self._limit_latched = False
+
+    def count_memory_limit_hit(self, pages: int) -> None:
+        """Count ``pages`` refused at the server's memory limit outside store()
+        (a device whose slot table could not grow)."""
+        with self._lock:
+            self.counters.memory_limit_hit += pages
 
     def _drop(self, handle: int) -> None:
         """Free one live entry and its object (lock held)."""
@@ -275,6 +288,9 @@ class PagePool:
             entries, store = self._entries, self._alloc.store
             same = compr = 0
             try:
+                # The entries' slots first: a table the budget cannot grow
+                # refuses the batch before any object is taken.
+                entries.reserve(len(prepared))
                 for kind, payload, clen in prepared:
                     if kind == SAME:
                         obj = payload
@@ -290,6 +306,7 @@ class PagePool:
                     kind, obj, _ = entries.remove(h)
                     if kind != SAME:
                         self._alloc.free(obj)
+                entries.trim()
                 if not isinstance(exc, PoolFullError):
                     raise
                 if isinstance(exc, BudgetExceededError):
@@ -378,6 +395,7 @@ class PagePool:
                 raise
             for h in handles:
                 self._drop(h)
+            self._entries.trim()
             self.counters.freed_pages_total += len(handles)
 
     # -- maintenance ---------------------------------------------------------------
@@ -652,6 +670,11 @@ class PagePool:
                 },
                 # Every pool and device together (--memory-limit), for context.
                 "server": self._budget_figures(),
+                # This pool's share of memory_used beside its allocator's pages.
+                "metadata": {
+                    "entry_slots": self._entries.slots,
+                    "bytes": self._entries.charged * PAGE_SIZE,
+                },
                 "recompress": {
                     "attempts": c.recompress_attempts,
                     "recompressed_pages": c.recompressed_pages,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from allocator import HandleTableFullError, InvalidHandleError, PoolFullError, ZsPool
 from allocator.handles import GEN_BITS, MAX_SLOTS, SLOT_BITS, SLOT_MASK, HandleTable
@@ -86,3 +88,46 @@ def test_handle_table_full_is_a_pool_full_error() -> None:
     assert issubclass(HandleTableFullError, PoolFullError)
     with pytest.raises(ValueError):
         HandleTable(max_slots=MAX_SLOTS + 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 10**6)), max_size=300))
+def test_trimming_the_free_top_keeps_every_live_handle(ops: list[tuple[bool, int]]) -> None:
+    table = HandleTable(seed=3)
+    live: dict[int, int] = {}  # handle -> location
+    dead: list[int] = []
+    for n, (alloc, pick) in enumerate(ops):
+        if alloc or not live:
+            live[table.alloc(n)] = n
+        else:
+            handle = sorted(live)[pick % len(live)]
+            del live[handle]
+            table.release(table.slot(handle))
+            dead.append(handle)
+        run = table.free_top()
+        if run and pick % 3 == 0:
+            table.trim(run)
+            assert table.free_top() == 0
+            assert len(table) == 1 + max((h & SLOT_MASK for h in live), default=0)
+        for handle, location in live.items():
+            assert table.location(handle) == location
+        for handle in dead:
+            if handle not in live:
+                with pytest.raises(InvalidHandleError):
+                    table.location(handle)
+        assert table.free_slots == len(table) - 1 - len(live) == len(table) - 1 - table.live
+
+
+def test_trim_refuses_a_top_that_is_not_free() -> None:
+    table = HandleTable(seed=1)
+    handles = [table.alloc(0) for _ in range(4)]
+    table.release(table.slot(handles[1]))
+    assert table.free_top() == 0
+    with pytest.raises(ValueError):
+        table.trim(1)
+    table.release(table.slot(handles[3]))
+    table.release(table.slot(handles[2]))
+    assert table.free_top() == 3
+    table.trim(3)
+    assert len(table) == 2 and table.location(handles[0]) == 0
+    assert table.alloc(5) & SLOT_MASK == 2  # a new slot above, the chain empty
