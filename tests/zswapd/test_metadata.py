@@ -8,12 +8,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from allocator import PageBudget
 from tests.zswapd import nbd_client
 from tests.zswapd.daemon import start_daemon
 from zswapd.client import Client
-from zswapd.device import LEAF_SLOTS
+from zswapd.device import LEAF_SLOTS, SlotTable
 from zswapd.entries import ENTRIES_PER_PAGE, ENTRY_BYTES, EntryTable
 from zswapd.errors import MemoryLimitError
 from zswapd.nbd_protocol import Cmd
@@ -166,3 +168,34 @@ def test_a_sparse_device_stops_at_the_memory_limit_whole(tmp_path: Path) -> None
             assert _server(h)["memory_used"] == 0
     finally:
         assert d.stop() == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["set", "clear", "reserve", "release"]),
+            st.integers(0, 6 * LEAF_SLOTS),
+            st.integers(0, 2 * LEAF_SLOTS),
+        ),
+        max_size=50,
+    )
+)
+def test_a_slot_table_charges_one_page_per_leaf_held(ops: list[tuple[str, int, int]]) -> None:
+    budget = PageBudget(4)
+    table = SlotTable(budget)
+    for op, slot, n in ops:
+        try:
+            if op == "set":
+                table[slot] = n % 3
+            elif op == "clear":
+                table.clear(slot, slot + n)
+            elif op == "reserve":
+                table.reserve(slot, slot + n)
+            else:
+                table.release_empty(slot, slot + n)
+        except MemoryLimitError:
+            pass  # past 4 leaves: refused, nothing made
+        assert budget.used == table.leaves <= 4
+    table.close()
+    assert budget.used == 0 == table.leaves
