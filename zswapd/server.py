@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from zswapd.device import DeviceRegistry
 from zswapd.errors import ConfigError
 from zswapd.http_api import ApiSettings, create_app
+from zswapd.malloc import release_large_blocks, trim_periodically
 from zswapd.nbd_server import start_nbd_server
 from zswapd.pools import PoolRegistry
 from zswapd.settings import ServerSettings
@@ -183,6 +184,7 @@ class _Server(uvicorn.Server):
         self._wire_server: asyncio.Server | None = None
         self._saver = saver
         self._snapshots: asyncio.Task[None] | None = None
+        self._trimmer: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -192,6 +194,8 @@ class _Server(uvicorn.Server):
             self._nbd_server = await start_nbd_server(*self._nbd)
         if self._saver is not None and self._saver.interval:
             self._snapshots = asyncio.get_running_loop().create_task(self._saver.periodic())
+        # Memory freed after a burst of requests goes back to the system.
+        self._trimmer = asyncio.get_running_loop().create_task(trim_periodically())
         # Lines a parent process can wait for (tests and scripts do).
         for line in self._ready_lines:
             print(line, file=sys.stderr, flush=True)
@@ -199,6 +203,8 @@ class _Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self._snapshots is not None:
             self._snapshots.cancel()
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         if self._wire_server is not None:
             self._wire_server.close()
         if self._nbd_server is not None:
@@ -215,6 +221,8 @@ def start_metrics_server(host: str, port: int, registry: Any) -> int:
 def serve(settings: ServerSettings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="zswapd: %(message)s")
+    # Payloads of up to max_payload come and go: hand them back when freed.
+    release_large_blocks()
     registry = PoolRegistry()
     state_dir = Path(settings.state_dir) if settings.state_dir is not None else None
     if state_dir is not None:

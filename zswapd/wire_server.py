@@ -23,10 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-
 from zswapd.errors import InvalidRequestError, PageSizeError, TooLargeError, ZswapdError
 from zswapd.http_api import status_of
+from zswapd.offload import offload, run_in_thread
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
 from zswapd.protocol import (
@@ -46,8 +45,6 @@ __all__ = ["WireConnection", "WireSettings", "start_wire_server"]
 log = logging.getLogger("zswapd")
 _OP_NAMES = {int(op): op.name.lower() for op in Op}
 _HELLO_REPLY = struct.Struct("<HHIII")
-# Batches up to this many pages are served on the loop; larger ones in a thread.
-_INLINE_PAGES = 64
 
 
 @dataclass(frozen=True)
@@ -220,6 +217,9 @@ class WireConnection(asyncio.BufferedProtocol):
             if self.settings.observe is not None:
                 op = _OP_NAMES.get(frame.op, "unknown")
                 self.settings.observe("wire", op, time.perf_counter() - start)
+            # Not held while waiting for the next request: an idle connection
+            # keeps no payload and no answer alive.
+            del frame, reply
 
     async def _answer(self, frame: Frame) -> tuple[bytes, ...]:
         op, rid, payload = frame.op, frame.request_id, frame.payload
@@ -263,29 +263,23 @@ class WireConnection(asyncio.BufferedProtocol):
         if op == Op.STORE:
             if not payload or len(payload) % PAGE_SIZE:
                 raise PageSizeError(f"{len(payload)} bytes is not a whole number of pages")
-            handles = await _run(len(payload) // PAGE_SIZE, pool.store, payload)
+            handles = await offload(len(payload) // PAGE_SIZE, pool.store, payload)
             return struct.pack(f"<{len(handles)}Q", *handles)
         if op == Op.LOAD:
             wanted = _handles(payload, self.settings.max_pages_per_request)
-            pages: list[bytes] = await _run(len(wanted), pool.load, wanted)
+            pages: list[bytes] = await offload(len(wanted), pool.load, wanted)
             return b"".join(pages)
         if op == Op.FREE:
             doomed = _handles(payload, self.settings.max_pages_per_request)
-            await _run(len(doomed), pool.free, doomed)
+            await offload(len(doomed), pool.free, doomed)
             return b""
         if op == Op.STATS:
-            stats = await run_in_threadpool(pool.stats)
+            stats = await run_in_thread(pool.stats)
             return json.dumps(stats).encode()
         if op == Op.COMPACT:
-            released = await run_in_threadpool(pool.compact)
+            released = await run_in_thread(pool.compact)
             return struct.pack("<Q", released)
         raise ProtocolError(400, "bad_request", f"unknown op 0x{op:02x}")
-
-
-async def _run(pages: int, fn: Any, *args: Any) -> Any:
-    if pages <= _INLINE_PAGES:
-        return fn(*args)
-    return await run_in_threadpool(fn, *args)
 
 
 async def start_wire_server(
