@@ -269,6 +269,8 @@ def serve(settings: ServerSettings) -> int:
                 max_connections=settings.max_connections,
                 token=token,
                 observe=metrics.observe,
+                handshake_timeout=settings.handshake_timeout,
+                max_stale_handles=settings.max_stale_handles,
             )
             wire = (wire_sock, registry, wire_settings)
             ready.append(f"zswapd: serving the wire protocol on unix://{wire_path}")

@@ -8,6 +8,11 @@ connection answers them in order.  Reading pauses while the queue holds
 transport's write buffer is over its high-water mark, so a connection's memory
 stays bounded whatever the peer does.  A framing error gets an error frame and
 the connection is closed; other connections carry on.
+
+A connection that has not completed HELLO within ``handshake_timeout`` seconds
+is sent a 408 error frame and closed, so silent sockets cannot pile up; one
+that sends more than ``max_stale_handles`` requests naming stale handles (a
+client guessing handles) has the last answered, then is closed.
 """
 
 from __future__ import annotations
@@ -23,7 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from zswapd.errors import InvalidRequestError, PageSizeError, TooLargeError, ZswapdError
+from zswapd.errors import (
+    InvalidRequestError,
+    PageSizeError,
+    StaleHandleError,
+    TooLargeError,
+    ZswapdError,
+)
 from zswapd.http_api import status_of
 from zswapd.offload import offload, run_in_thread
 from zswapd.pool import PAGE_SIZE
@@ -53,6 +64,10 @@ class WireSettings:
     max_in_flight: int = 64
     max_connections: int = 1024
     token: str | None = None
+    # Seconds a connection has to complete HELLO; then it is closed.
+    handshake_timeout: float = 10.0
+    # Requests naming a stale handle one connection may send; past it, closed.
+    max_stale_handles: int = 64
     # Told of every request: (interface, op, seconds); metrics hook in here.
     observe: Callable[[str, str, float], None] | None = None
 
@@ -93,6 +108,8 @@ class WireConnection(asyncio.BufferedProtocol):
         self.can_write = asyncio.Event()
         self.can_write.set()
         self.closing = False
+        self.handshake_timer: asyncio.TimerHandle | None = None
+        self.stale_requests = 0  # requests answered 404 stale_handle
 
     # -- asyncio protocol ------------------------------------------------------------
 
@@ -105,7 +122,7 @@ class WireConnection(asyncio.BufferedProtocol):
             # pile up past the limit.
             self.transport.write(
                 encode_error(
-                    Op.HELLO,
+                    0,  # before any request is read: an answer to none
                     0,
                     503,
                     "too_many_connections",
@@ -117,13 +134,19 @@ class WireConnection(asyncio.BufferedProtocol):
             return
         self.open_count[0] += 1
         self.counted = True
-        self.task = asyncio.get_running_loop().create_task(self._serve())
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self._serve())
+        self.handshake_timer = loop.call_later(
+            self.settings.handshake_timeout, self._handshake_expired
+        )
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.parser.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
         self.parser.buffer_updated(nbytes)
+        if self.closing:
+            return  # answering nothing more: what arrives is not queued
         try:
             while (frame := self.parser.next_frame()) is not None:
                 self.queue.append(frame)
@@ -141,6 +164,8 @@ class WireConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
         if self.counted:
             self.open_count[0] -= 1
             self.counted = False
@@ -166,6 +191,7 @@ class WireConnection(asyncio.BufferedProtocol):
             len(self.queue) >= self.settings.max_in_flight
             or self.queued_bytes >= 2 * self.settings.max_payload
             or self.writing_paused
+            or self.closing
         )
         if full and not self.reading_paused:
             self.transport.pause_reading()
@@ -178,9 +204,26 @@ class WireConnection(asyncio.BufferedProtocol):
         """A framing error: answer it and close (queued requests are dropped)."""
         if self.transport is None:
             return
-        self.transport.write(encode_error(Op.HELLO, exc.request_id, exc.status, exc.code, str(exc)))
+        self.transport.write(encode_error(exc.op, exc.request_id, exc.status, exc.code, str(exc)))
+        self._answer_no_more()
+        self.transport.close()
+
+    def _answer_no_more(self) -> None:
+        """Drop what is queued and read nothing more; _serve closes once written."""
         self.queue.clear()
+        self.queued_bytes = 0
         self.closing = True
+        self.wakeup.set()
+        self._flow()
+
+    def _handshake_expired(self) -> None:
+        if self.greeted or self.closing or self.transport is None:
+            return
+        timeout = self.settings.handshake_timeout
+        self.transport.write(
+            encode_error(0, 0, 408, "handshake_timeout", f"no HELLO within {timeout:g} s")
+        )
+        self._answer_no_more()
         self.transport.close()
 
     # -- requests ----------------------------------------------------------------------
@@ -205,7 +248,7 @@ class WireConnection(asyncio.BufferedProtocol):
             try:
                 reply = await self._answer(frame)
             except ProtocolError as exc:
-                exc.request_id = frame.request_id
+                exc.request_id, exc.op = frame.request_id, frame.op
                 self._fail(exc)
                 return
             if self.transport is None or self.transport.is_closing():
@@ -231,6 +274,18 @@ class WireConnection(asyncio.BufferedProtocol):
             raise ProtocolError(400, "bad_request", "HELLO was already received")
         try:
             body = await self._dispatch(op, payload)
+        except StaleHandleError as exc:
+            # Handles are random; a client naming stale ones again and again is
+            # guessing them: answered, then, past the bound, cut off.
+            self.stale_requests += 1
+            detail = str(exc)
+            if self.stale_requests > self.settings.max_stale_handles:
+                detail += (
+                    f"; {self.stale_requests} requests with stale handles on this "
+                    "connection: closing it"
+                )
+                self._answer_no_more()
+            return (encode_error(op, rid, status_of(exc), exc.code, detail),)
         except ZswapdError as exc:
             return (encode_error(op, rid, status_of(exc), exc.code, str(exc)),)
         except Exception as exc:  # a bug: answer it, keep the connection
@@ -248,6 +303,8 @@ class WireConnection(asyncio.BufferedProtocol):
         if expected is not None and not hmac.compare_digest(payload[4:], expected.encode()):
             raise ProtocolError(401, "unauthorized", "a valid token is required", rid)
         self.greeted = True
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
         reply = _HELLO_REPLY.pack(
             VERSION, 0, self.settings.max_payload, self.settings.max_in_flight, PAGE_SIZE
         )
@@ -273,6 +330,8 @@ class WireConnection(asyncio.BufferedProtocol):
             doomed = _handles(payload, self.settings.max_pages_per_request)
             await offload(len(doomed), pool.free, doomed)
             return b""
+        if op in (Op.STATS, Op.COMPACT) and payload:
+            raise InvalidRequestError(f"{len(payload)} bytes of payload; this op takes none")
         if op == Op.STATS:
             stats = await run_in_thread(pool.stats)
             return json.dumps(stats).encode()
