@@ -56,6 +56,7 @@ __all__ = ["WireConnection", "WireSettings", "start_wire_server"]
 log = logging.getLogger("zswapd")
 _OP_NAMES = {int(op): op.name.lower() for op in Op}
 _HELLO_REPLY = struct.Struct("<HHIII")
+_BACKLOG = 1024  # as server.bind() listens
 
 
 @dataclass(frozen=True)
@@ -347,6 +348,8 @@ async def start_wire_server(
     """Serve the wire protocol on an already bound, listening Unix socket."""
     loop = asyncio.get_running_loop()
     open_count = [0]
+    # asyncio listens again with its own backlog (100 by default): a burst of
+    # clients past it would be refused (EAGAIN) before the loop could accept them.
     return await loop.create_unix_server(
-        lambda: WireConnection(registry, settings, open_count), sock=sock
+        lambda: WireConnection(registry, settings, open_count), sock=sock, backlog=_BACKLOG
     )
