@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from starlette.concurrency import run_in_threadpool
 
-__all__ = ["INLINE_PAGES", "offload", "run_in_thread"]
+__all__ = ["INLINE_PAGES", "offload", "run_in_thread", "thread_jobs"]
 
 T = TypeVar("T")
 
@@ -34,6 +34,14 @@ T = TypeVar("T")
 # (well under a millisecond) costs less than handing it to a worker thread and
 # back.  Larger batches go to the thread pool so the loop keeps serving others.
 INLINE_PAGES = 64
+
+_thread_jobs = 0  # calls handed to worker threads (on the loop's thread only)
+
+
+def thread_jobs() -> int:
+    """Calls handed to worker threads so far: large batches, the work that
+    allocates and frees most memory (zswapd.malloc trims after it)."""
+    return _thread_jobs
 
 
 class _Job(Generic[T]):
@@ -74,6 +82,8 @@ async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
     cycle: the exception is freed with its traceback as soon as its handler is
     done with it.
     """
+    global _thread_jobs
+    _thread_jobs += 1
     job = _Job(fn, args)
     try:
         await run_in_threadpool(job.run)

@@ -29,8 +29,9 @@ from starlette.concurrency import run_in_threadpool
 from zswapd.device import DeviceRegistry
 from zswapd.errors import ConfigError
 from zswapd.http_api import ApiSettings, create_app
-from zswapd.malloc import release_large_blocks, trim_periodically
+from zswapd.malloc import release_large_blocks, trim_when_idle
 from zswapd.nbd_server import start_nbd_server
+from zswapd.offload import thread_jobs
 from zswapd.pools import PoolRegistry
 from zswapd.settings import ServerSettings
 from zswapd.state import load_state_dir, save_state_dir
@@ -195,7 +196,7 @@ class _Server(uvicorn.Server):
         if self._saver is not None and self._saver.interval:
             self._snapshots = asyncio.get_running_loop().create_task(self._saver.periodic())
         # Memory freed after a burst of requests goes back to the system.
-        self._trimmer = asyncio.get_running_loop().create_task(trim_periodically())
+        self._trimmer = asyncio.get_running_loop().create_task(trim_when_idle(thread_jobs))
         # Lines a parent process can wait for (tests and scripts do).
         for line in self._ready_lines:
             print(line, file=sys.stderr, flush=True)

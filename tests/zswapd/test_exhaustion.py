@@ -48,7 +48,11 @@ def full_pool(tmp_path: Path) -> Iterator[tuple[Daemon, str]]:
     (site / "sitecustomize.py").write_text("import gc\ngc.disable()\n")
     path = str(tmp_path / "w.sock")
     pythonpath = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
-    d = start_daemon("--pool-limit", "2M", "--unix-socket", path, env={"PYTHONPATH": pythonpath})
+    # Memory is the point here, not the bound on guessing handles: no cut-off.
+    unbounded = ("--max-stale-handles", "1000000000")
+    d = start_daemon(
+        "--pool-limit", "2M", "--unix-socket", path, *unbounded, env={"PYTHONPATH": pythonpath}
+    )
     yield d, path
     d.stop()
 
