@@ -10,11 +10,13 @@ waited for, so a bad or oversized frame is refused after 16 bytes, whatever
 length it claims: the work done for a peer is O(bytes it actually sent).
 
 The buffer follows what arrives: it starts at ``INITIAL_BUFFER`` bytes (what
-a connection that has sent nothing costs), grows, once its header is read, to
-fit the frame being received (never past ``HEADER_SIZE + max_payload``), and
-goes back to ``INITIAL_BUFFER`` as soon as it is empty again.  A grown buffer
-is filled by the peer's bytes before it is grown again, and each growth or
-slide copies at most one frame, so memory and copying stay O(bytes received).
+a connection that has sent nothing costs); when the peer's bytes fill it and
+the frame being received is larger, it doubles (never past that frame, so
+never past ``HEADER_SIZE + max_payload``); once frames are taken out it
+shrinks to twice what is left, and back to ``INITIAL_BUFFER`` when empty.  So
+the buffer is never more than twice the bytes the peer has actually sent (or
+``INITIAL_BUFFER``), whatever length a header claims, and the copies made by
+growing, shrinking and sliding add up to O(bytes received).
 
 Any framing error raises :class:`ProtocolError` with the status to send back;
 after one the stream cannot be trusted and the connection must be closed.
@@ -160,6 +162,17 @@ class FrameParser:
         self._buf, self._view = buf, memoryview(buf)
         self._start, self._end = 0, n
 
+    def _claimed_frame(self) -> int:
+        """Bytes of the frame whose header is buffered (0: header not in, or past the cap).
+
+        The claimed length alone, unchecked: a bad header is next_frame()'s to
+        refuse, and one claiming past the cap grows nothing.
+        """
+        if self.buffered < HEADER_SIZE:
+            return 0
+        length: int = _LENGTH.unpack_from(self._buf, self._start + HEADER_SIZE - 4)[0]
+        return HEADER_SIZE + length if length <= self.max_payload else 0
+
     def get_buffer(self) -> memoryview:
         """Free space to receive into (never empty while a frame is incomplete)."""
         if self._start == self._end:
@@ -167,22 +180,23 @@ class FrameParser:
             if len(self._buf) > self._small:
                 self._resize(self._small)  # the large frame is gone: shrink back
             return self._view
-        need = self._small
-        if self.buffered >= HEADER_SIZE:
-            # The claimed length alone, unchecked: a bad header is next_frame()'s
-            # to refuse, and one claiming past the cap grows nothing.
-            length = _LENGTH.unpack_from(self._buf, self._start + HEADER_SIZE - 4)[0]
-            if length <= self.max_payload:
-                need = max(need, HEADER_SIZE + length)
-        if need > len(self._buf) or (self._start and self.buffered <= need < len(self._buf)):
-            # Fit the frame being received, exactly: grown for a large frame,
-            # back down once it is taken out and a smaller one follows.
-            self._resize(need)
-        elif self._end == len(self._buf) and self._start:
-            # Slide the unconsumed tail to the front: O(bytes kept), at most one frame.
-            n = self._end - self._start
-            self._buf[:n] = self._view[self._start : self._end]
-            self._start, self._end = 0, n
+        size = len(self._buf)
+        fit = max(self._small, 2 * self.buffered)
+        if self._start and size > fit:
+            # A large frame was taken out: shrink to what is left.  O(bytes kept),
+            # once per frame taken out.
+            self._resize(fit)
+        elif self._end == size:
+            if self._start:
+                # Slide the unconsumed tail to the front: O(bytes kept), at most one frame.
+                n = self._end - self._start
+                self._buf[:n] = self._view[self._start : self._end]
+                self._start, self._end = 0, n
+            elif (frame := self._claimed_frame()) > size:
+                # Grow with what arrives: double, never past the frame.  A header
+                # claiming 4 MiB costs nothing until the bytes come; the copies
+                # of the doublings add up to less than the frame.
+                self._resize(min(frame, 2 * size))
         return self._view[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:

@@ -68,18 +68,27 @@ def test_the_buffer_grows_with_the_frame_then_shrinks_back() -> None:
     while sent < len(frame):  # as a socket delivers it: at most what fits
         space = parser.get_buffer()
         assert len(space) > 0
-        if sent >= HEADER_SIZE:  # the header is in: grown to fit the frame, exactly
-            assert parser.capacity == HEADER_SIZE + big
-        else:
-            assert parser.capacity == INITIAL_BUFFER
+        # Grown with what arrived: never past twice that, nor past the frame.
+        assert parser.capacity <= max(INITIAL_BUFFER, 2 * parser.buffered)
+        assert parser.capacity <= HEADER_SIZE + big
         n = min(len(space), 65536, len(frame) - sent)
         space[:n] = frame[sent : sent + n]
         parser.buffer_updated(n)
         sent += n
+    assert parser.capacity == HEADER_SIZE + big
     f = parser.next_frame()
     assert f is not None and f.payload == b"\x02" * big
     parser.get_buffer()
     assert parser.capacity == INITIAL_BUFFER  # shrunk back once it is taken out
+
+
+def test_a_header_claiming_much_grows_nothing_until_the_bytes_come() -> None:
+    parser = FrameParser(1 << 22)
+    parser.feed(HEADER.pack(MAGIC, VERSION, Op.STORE, 0, 0, 1, 1 << 22))
+    parser.feed(b"x" * 1000)
+    parser.get_buffer()
+    assert parser.capacity == INITIAL_BUFFER
+    assert parser.next_frame() is None
 
 
 def test_a_header_past_the_cap_grows_nothing() -> None:
@@ -111,6 +120,7 @@ def test_the_buffer_never_outgrows_the_frame_it_receives(sizes: list[int], step:
             parser.buffer_updated(n)
             chunk = chunk[n:]
             assert parser.capacity <= max(INITIAL_BUFFER, HEADER_SIZE + max(sizes))
+            assert parser.capacity <= max(INITIAL_BUFFER, 2 * parser.buffered)
             while (f := parser.next_frame()) is not None:
                 got.append(len(f.payload))
     assert got == sizes
