@@ -11,12 +11,12 @@ length it claims: the work done for a peer is O(bytes it actually sent).
 
 The buffer follows what arrives: it starts at ``INITIAL_BUFFER`` bytes (what
 a connection that has sent nothing costs); when the peer's bytes fill it and
-the frame being received is larger, it doubles (never past that frame, so
-never past ``HEADER_SIZE + max_payload``); once frames are taken out it
-shrinks to twice what is left, and back to ``INITIAL_BUFFER`` when empty.  So
-the buffer is never more than twice the bytes the peer has actually sent (or
-``INITIAL_BUFFER``), whatever length a header claims, and the copies made by
-growing, shrinking and sliding add up to O(bytes received).
+the frame being received is larger, it doubles, never past that frame (so
+never past ``HEADER_SIZE + max_payload``, and never more than twice what the
+peer has actually sent, whatever length a header claims); :meth:`shrink`
+takes it back to ``INITIAL_BUFFER`` once it is empty, which the I/O layer
+does when the peer goes quiet.  The copies made by growing and sliding add up
+to O(bytes received).
 
 Any framing error raises :class:`ProtocolError` with the status to send back;
 after one the stream cannot be trusted and the connection must be closed.
@@ -176,17 +176,11 @@ class FrameParser:
     def get_buffer(self) -> memoryview:
         """Free space to receive into (never empty while a frame is incomplete)."""
         if self._start == self._end:
+            # Capacity kept: the next large frame reuses it (see shrink()).
             self._start = self._end = 0
-            if len(self._buf) > self._small:
-                self._resize(self._small)  # the large frame is gone: shrink back
             return self._view
         size = len(self._buf)
-        fit = max(self._small, 2 * self.buffered)
-        if self._start and size > fit:
-            # A large frame was taken out: shrink to what is left.  O(bytes kept),
-            # once per frame taken out.
-            self._resize(fit)
-        elif self._end == size:
+        if self._end == size:
             if self._start:
                 # Slide the unconsumed tail to the front: O(bytes kept), at most one frame.
                 n = self._end - self._start
@@ -198,6 +192,19 @@ class FrameParser:
                 # of the doublings add up to less than the frame.
                 self._resize(min(frame, 2 * size))
         return self._view[self._end :]
+
+    def shrink(self) -> bool:
+        """Back to ``INITIAL_BUFFER`` bytes if nothing is buffered; True if it shrank.
+
+        The I/O layer calls it once the peer has been quiet for a moment: a
+        peer sending large frames back to back keeps its grown buffer (a fresh
+        one per frame costs more than the frame's copy), an idle one does not.
+        """
+        if self._start != self._end or len(self._buf) <= self._small:
+            return False
+        self._start = self._end = 0
+        self._resize(self._small)
+        return True
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were written at the start of the last get_buffer()."""

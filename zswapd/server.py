@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from zswapd.device import DeviceRegistry
 from zswapd.errors import ConfigError
 from zswapd.http_api import ApiSettings, create_app
-from zswapd.malloc import release_large_blocks, trim_when_idle
+from zswapd.malloc import trim_when_idle
 from zswapd.nbd_server import start_nbd_server
 from zswapd.offload import thread_jobs
 from zswapd.pools import PoolRegistry
@@ -222,8 +222,6 @@ def start_metrics_server(host: str, port: int, registry: Any) -> int:
 def serve(settings: ServerSettings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="zswapd: %(message)s")
-    # Payloads of up to max_payload come and go: hand them back when freed.
-    release_large_blocks()
     registry = PoolRegistry()
     state_dir = Path(settings.state_dir) if settings.state_dir is not None else None
     if state_dir is not None:

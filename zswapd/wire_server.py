@@ -40,6 +40,7 @@ from zswapd.offload import offload, run_in_thread
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
 from zswapd.protocol import (
+    INITIAL_BUFFER,
     RESPONSE,
     VERSION,
     Frame,
@@ -57,6 +58,9 @@ log = logging.getLogger("zswapd")
 _OP_NAMES = {int(op): op.name.lower() for op in Op}
 _HELLO_REPLY = struct.Struct("<HHIII")
 _BACKLOG = 1024  # as server.bind() listens
+# Seconds a connection with nothing to answer keeps a receive buffer grown for a
+# large frame: long enough for a client's next request, short for an idle one.
+_SHRINK_AFTER = 0.5
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class WireConnection(asyncio.BufferedProtocol):
         self.can_write.set()
         self.closing = False
         self.handshake_timer: asyncio.TimerHandle | None = None
+        self.shrink_timer: asyncio.TimerHandle | None = None
         self.stale_requests = 0  # requests answered 404 stale_handle
 
     # -- asyncio protocol ------------------------------------------------------------
@@ -165,8 +170,9 @@ class WireConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        if self.handshake_timer is not None:
-            self.handshake_timer.cancel()
+        for timer in (self.handshake_timer, self.shrink_timer):
+            if timer is not None:
+                timer.cancel()
         if self.counted:
             self.open_count[0] -= 1
             self.counted = False
@@ -217,6 +223,19 @@ class WireConnection(asyncio.BufferedProtocol):
         self.wakeup.set()
         self._flow()
 
+    def _shrink_later(self) -> None:
+        """Give back a grown receive buffer if the peer stays quiet for a moment."""
+        if self.parser.capacity <= INITIAL_BUFFER or self.shrink_timer is not None:
+            return
+
+        def shrink() -> None:
+            self.shrink_timer = None
+            if not self.parser.shrink() and self.parser.capacity > INITIAL_BUFFER:
+                self._shrink_later()  # a frame was arriving: look again later
+
+        loop = asyncio.get_running_loop()
+        self.shrink_timer = loop.call_later(_SHRINK_AFTER, shrink)
+
     def _handshake_expired(self) -> None:
         if self.greeted or self.closing or self.transport is None:
             return
@@ -237,6 +256,7 @@ class WireConnection(asyncio.BufferedProtocol):
                         self.transport.close()
                     return
                 self.wakeup.clear()
+                self._shrink_later()
                 await self.wakeup.wait()
             # A peer that does not read its answers stops us answering: the
             # transport's buffer stays near its high-water mark.

@@ -87,7 +87,5 @@ def test_the_heaps_are_trimmed_once_after_each_burst(monkeypatch: pytest.MonkeyP
     assert trims == [5, 9]  # not during a burst, once after it
 
 
-def test_the_c_library_takes_the_settings() -> None:
-    # glibc here; elsewhere both answer False and change nothing.
-    assert malloc.release_large_blocks() in (True, False)
-    assert malloc.trim() in (True, False)
+def test_trim_runs_here() -> None:
+    assert malloc.trim() in (True, False)  # glibc; elsewhere False, changing nothing
