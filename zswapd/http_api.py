@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -42,12 +40,12 @@ from zswapd.errors import (
     ZswapdError,
 )
 from zswapd.metrics import CONTENT_TYPE_LATEST, Metrics
+from zswapd.offload import offload, run_in_thread
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
 
 __all__ = ["STATUS", "ApiSettings", "create_app"]
 
-T = TypeVar("T")
 
 # The one table from the store's errors to HTTP statuses (most specific first).
 STATUS: list[tuple[type[ZswapdError], int]] = [
@@ -303,18 +301,6 @@ PoolName = Annotated[
 ]
 
 
-# Up to this many pages, a request is served on the event loop itself: the work
-# (well under a millisecond) costs less than handing it to a worker thread and
-# back.  Larger batches go to the thread pool so the loop keeps serving others.
-INLINE_PAGES = 64
-
-
-async def _offload(pages: int, fn: Callable[..., T], *args: Any) -> T:
-    if pages <= INLINE_PAGES:
-        return fn(*args)
-    return await run_in_threadpool(fn, *args)
-
-
 def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
 
@@ -469,7 +455,7 @@ def create_app(
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
     async def prometheus_metrics() -> Response:
-        body = await run_in_threadpool(metrics.exposition)
+        body = await run_in_thread(metrics.exposition)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/devices", name="devices_list")
@@ -481,7 +467,7 @@ def create_app(
         values = body.model_dump()
         size = values.pop("size")
         config = PoolConfig.from_dict(values)
-        device = await run_in_threadpool(devices.create, name, size, config)
+        device = await run_in_thread(devices.create, name, size, config)
         return {"device": device.name, "size": device.size, "config": config.to_dict()}
 
     @app.delete("/v1/devices/{name}", status_code=204, name="device_remove")
@@ -491,7 +477,7 @@ def create_app(
 
     @app.get("/v1/devices/{name}/stats", name="device_stats")
     async def device_stats(name: PoolName) -> dict[str, Any]:
-        return await run_in_threadpool(devices.get(name).stats)
+        return await run_in_thread(devices.get(name).stats)
 
     @app.get("/v1/pools", response_model=PoolList, name="pools_list")
     async def list_pools() -> PoolList:
@@ -500,7 +486,7 @@ def create_app(
     @app.put("/v1/pools/{pool}", status_code=201, name="pool_create", response_model=PoolCreated)
     async def create_pool(pool: PoolName, body: PoolSettings | None = None) -> dict[str, Any]:
         config = PoolConfig.from_dict((body or PoolSettings()).model_dump())
-        created = await run_in_threadpool(reg.create, pool, config)
+        created = await run_in_thread(reg.create, pool, config)
         return {"pool": created.name, "config": created.config.to_dict()}
 
     @app.delete("/v1/pools/{pool}", status_code=204, name="pool_remove")
@@ -518,7 +504,7 @@ def create_app(
     async def store(pool: PoolName, request: Request) -> HandleList:
         target = reg.get(pool)
         body = await _read_body(request, settings.max_body_bytes)
-        handles: list[int] = await _offload(len(body) // PAGE_SIZE, target.store, body)
+        handles: list[int] = await offload(len(body) // PAGE_SIZE, target.store, body)
         return HandleList(handles=handles)
 
     @app.get(
@@ -541,7 +527,7 @@ def create_app(
     async def load_batch(pool: PoolName, body: HandleList) -> Response:
         target = reg.get(pool)
         check_batch(len(body.handles))
-        pages: list[bytes] = await _offload(len(body.handles), target.load, body.handles)
+        pages: list[bytes] = await offload(len(body.handles), target.load, body.handles)
         return Response(b"".join(pages), media_type="application/octet-stream")
 
     @app.delete("/v1/pools/{pool}/pages/{handle}", status_code=204, name="free")
@@ -553,7 +539,7 @@ def create_app(
     async def free_batch(pool: PoolName, body: HandleList) -> Response:
         target = reg.get(pool)
         check_batch(len(body.handles))
-        await _offload(len(body.handles), target.free, body.handles)
+        await offload(len(body.handles), target.free, body.handles)
         return Response(status_code=204)
 
     @app.get(
@@ -563,18 +549,18 @@ def create_app(
         response_model_by_alias=True,
     )
     async def stats(pool: PoolName) -> dict[str, Any]:
-        return await run_in_threadpool(reg.get(pool).stats)
+        return await run_in_thread(reg.get(pool).stats)
 
     @app.post("/v1/pools/{pool}/compact", response_model=CompactResult, name="compact")
     async def compact(pool: PoolName) -> CompactResult:
-        released = await run_in_threadpool(reg.get(pool).compact)
+        released = await run_in_thread(reg.get(pool).compact)
         return CompactResult(pages_released=released)
 
     @app.post("/v1/pools/{pool}/recompress", response_model=RecompressResult, name="recompress")
     async def recompress(pool: PoolName, body: RecompressRequest | None = None) -> RecompressResult:
         req = body or RecompressRequest()
         target = reg.get(pool)
-        result = await run_in_threadpool(
+        result = await run_in_thread(
             lambda: target.recompress(
                 req.type,
                 algo=req.algo,

@@ -1,15 +1,22 @@
 """The wire protocol's sans-IO core: frames in, frames out, no sockets.
 
-Theory of operation: a :class:`FrameParser` owns one preallocated receive
-buffer of ``HEADER_SIZE + max_payload`` bytes.  The I/O layer asks it for free
-space (:meth:`FrameParser.get_buffer`), receives straight into it
-(``recv_into`` or asyncio's BufferedProtocol), reports how much arrived
-(:meth:`FrameParser.buffer_updated`), then takes whole frames out with
-:meth:`FrameParser.next_frame` until it answers None (need more data).  A
+Theory of operation: a :class:`FrameParser` owns one receive buffer.  The I/O
+layer asks it for free space (:meth:`FrameParser.get_buffer`), receives
+straight into it (``recv_into`` or asyncio's BufferedProtocol), reports how
+much arrived (:meth:`FrameParser.buffer_updated`), then takes whole frames out
+with :meth:`FrameParser.next_frame` until it answers None (need more data).  A
 header is checked as soon as its 16 bytes are in, before any payload is
 waited for, so a bad or oversized frame is refused after 16 bytes, whatever
-length it claims: the work done for a peer is O(bytes it actually sent), and
-memory never exceeds the buffer.
+length it claims: the work done for a peer is O(bytes it actually sent).
+
+The buffer follows what arrives: it starts at ``INITIAL_BUFFER`` bytes (what
+a connection that has sent nothing costs); when the peer's bytes fill it and
+the frame being received is larger, it doubles, never past that frame (so
+never past ``HEADER_SIZE + max_payload``, and never more than twice what the
+peer has actually sent, whatever length a header claims); :meth:`shrink`
+takes it back to ``INITIAL_BUFFER`` once it is empty, which the I/O layer
+does when the peer goes quiet.  The copies made by growing and sliding add up
+to O(bytes received).
 
 Any framing error raises :class:`ProtocolError` with the status to send back;
 after one the stream cannot be trusted and the connection must be closed.
@@ -26,6 +33,7 @@ from enum import IntEnum
 __all__ = [
     "HEADER",
     "HEADER_SIZE",
+    "INITIAL_BUFFER",
     "MAGIC",
     "RESPONSE",
     "VERSION",
@@ -42,7 +50,11 @@ MAGIC = 0x5A53
 VERSION = 1
 HEADER = struct.Struct("<HBBHHII")
 HEADER_SIZE = HEADER.size
+_LENGTH = struct.Struct("<I")  # a header's last field
 RESPONSE = 0x80
+# A parser's buffer while no large frame is being received: room for a header
+# and for the small requests (HELLO, LOAD of a few handles, STATS), in one read.
+INITIAL_BUFFER = 16 * 1024
 
 
 class Op(IntEnum):
@@ -65,13 +77,18 @@ class ProtocolError(Exception):
         status: the error status (400, 413, 505...).
         code: the error code for the JSON payload.
         request_id: the offending frame's id, or 0 if the header was unreadable.
+        op: the offending frame's op, or 0 if the header was unreadable (the
+            error frame then goes out as op 0x80: an answer to no request).
     """
 
-    def __init__(self, status: int, code: str, detail: str, request_id: int = 0) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, request_id: int = 0, op: int = 0
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.request_id = request_id
+        self.op = op
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +117,13 @@ def encode(op: int, request_id: int, payload: bytes = b"", status: int = 0) -> b
 
 
 def encode_error(op: int, request_id: int, status: int, code: str, detail: str) -> bytes:
-    """An error response frame for a request of ``op``."""
+    """An error response frame for a request of ``op`` (0: a connection-level error)."""
     body = json.dumps({"error": code, "detail": detail}).encode()
     return encode((op | RESPONSE) & 0xFF, request_id, body, status)
 
 
 class FrameParser:
-    """Frames out of a byte stream, in one preallocated buffer.
+    """Frames out of a byte stream, in one buffer that grows and shrinks with them.
 
     Args:
         max_payload: the largest payload accepted; a header claiming more is a
@@ -119,7 +136,8 @@ class FrameParser:
             raise ValueError("max_payload must be >= 0")
         self.max_payload = max_payload
         self._responses = responses
-        self._buf = bytearray(HEADER_SIZE + max_payload)
+        self._small = min(INITIAL_BUFFER, HEADER_SIZE + max_payload)
+        self._buf = bytearray(self._small)
         self._view = memoryview(self._buf)
         self._start = 0  # first unconsumed byte
         self._end = 0  # one past the last received byte
@@ -130,16 +148,63 @@ class FrameParser:
         """Bytes received and not yet taken out as frames."""
         return self._end - self._start
 
+    @property
+    def capacity(self) -> int:
+        """The receive buffer's size now (what this parser costs)."""
+        return len(self._buf)
+
+    def _resize(self, size: int) -> None:
+        """A new buffer of ``size`` bytes holding the unconsumed bytes at its front."""
+        n = self._end - self._start
+        buf = bytearray(size)
+        buf[:n] = self._view[self._start : self._end]
+        # A new buffer rather than resizing: a view handed out earlier may live on.
+        self._buf, self._view = buf, memoryview(buf)
+        self._start, self._end = 0, n
+
+    def _claimed_frame(self) -> int:
+        """Bytes of the frame whose header is buffered (0: header not in, or past the cap).
+
+        The claimed length alone, unchecked: a bad header is next_frame()'s to
+        refuse, and one claiming past the cap grows nothing.
+        """
+        if self.buffered < HEADER_SIZE:
+            return 0
+        length: int = _LENGTH.unpack_from(self._buf, self._start + HEADER_SIZE - 4)[0]
+        return HEADER_SIZE + length if length <= self.max_payload else 0
+
     def get_buffer(self) -> memoryview:
         """Free space to receive into (never empty while a frame is incomplete)."""
-        if self._start and self._end == len(self._buf):
-            # Slide the unconsumed tail to the front: O(bytes kept), at most one frame.
-            n = self._end - self._start
-            self._buf[:n] = self._view[self._start : self._end]
-            self._start, self._end = 0, n
-        elif self._start == self._end:
+        if self._start == self._end:
+            # Capacity kept: the next large frame reuses it (see shrink()).
             self._start = self._end = 0
+            return self._view
+        size = len(self._buf)
+        if self._end == size:
+            if self._start:
+                # Slide the unconsumed tail to the front: O(bytes kept), at most one frame.
+                n = self._end - self._start
+                self._buf[:n] = self._view[self._start : self._end]
+                self._start, self._end = 0, n
+            elif (frame := self._claimed_frame()) > size:
+                # Grow with what arrives: double, never past the frame.  A header
+                # claiming 4 MiB costs nothing until the bytes come; the copies
+                # of the doublings add up to less than the frame.
+                self._resize(min(frame, 2 * size))
         return self._view[self._end :]
+
+    def shrink(self) -> bool:
+        """Back to ``INITIAL_BUFFER`` bytes if nothing is buffered; True if it shrank.
+
+        The I/O layer calls it once the peer has been quiet for a moment: a
+        peer sending large frames back to back keeps its grown buffer (a fresh
+        one per frame costs more than the frame's copy), an idle one does not.
+        """
+        if self._start != self._end or len(self._buf) <= self._small:
+            return False
+        self._start = self._end = 0
+        self._resize(self._small)
+        return True
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were written at the start of the last get_buffer()."""
@@ -189,23 +254,31 @@ class FrameParser:
             self._buf, self._start
         )
         if magic != MAGIC:
+            # Not a header of this protocol: nothing in it can be trusted, id and op included.
             raise ProtocolError(400, "bad_request", f"bad magic 0x{magic:04x}")
+        # With the magic right, the id and op are where every version puts them:
+        # the error answers them, so a pipelining client knows which request failed.
         if version != VERSION:
             raise ProtocolError(
                 505,
                 "bad_version",
                 f"protocol version {version}; this side speaks {VERSION}",
                 request_id,
+                op,
             )
         base = op & ~RESPONSE
-        if bool(op & RESPONSE) != self._responses or base not in _OPS:
-            raise ProtocolError(400, "bad_request", f"unknown op 0x{op:02x}", request_id)
+        # A client also takes an error frame of op 0x80 (one answering no request)
+        # and the echo of an op it sent that the server did not know.
+        known = base in _OPS or (self._responses and status != 0)
+        if bool(op & RESPONSE) != self._responses or not known:
+            raise ProtocolError(400, "bad_request", f"unknown op 0x{op:02x}", request_id, op)
         if length > self.max_payload:
             raise ProtocolError(
                 413,
                 "too_large",
                 f"payload of {length} bytes; at most {self.max_payload}",
                 request_id,
+                op,
             )
         return op, status, request_id, length
 

@@ -31,7 +31,9 @@ from zswapd.device import DeviceRegistry
 from zswapd.errors import ConfigError
 from zswapd.http_api import ApiSettings, create_app
 from zswapd.limits import registry_for
+from zswapd.malloc import trim_when_idle
 from zswapd.nbd_server import NbdSettings, start_nbd_server
+from zswapd.offload import thread_jobs
 from zswapd.pool import LIVE_SETTINGS, PagePool
 from zswapd.pools import PoolRegistry
 from zswapd.settings import ServerSettings
@@ -195,6 +197,7 @@ class _Server(uvicorn.Server):
         self._wire_server: asyncio.Server | None = None
         self._saver = saver
         self._snapshots: asyncio.Task[None] | None = None
+        self._trimmer: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -204,6 +207,8 @@ class _Server(uvicorn.Server):
             self._nbd_server = await start_nbd_server(*self._nbd)
         if self._saver is not None and self._saver.interval:
             self._snapshots = asyncio.get_running_loop().create_task(self._saver.periodic())
+        # Memory freed after a burst of requests goes back to the system.
+        self._trimmer = asyncio.get_running_loop().create_task(trim_when_idle(thread_jobs))
         # Lines a parent process can wait for (tests and scripts do).
         for line in self._ready_lines:
             print(line, file=sys.stderr, flush=True)
@@ -211,6 +216,8 @@ class _Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self._snapshots is not None:
             self._snapshots.cancel()
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         if self._wire_server is not None:
             self._wire_server.close()
         if self._nbd_server is not None:
@@ -350,6 +357,8 @@ def serve(settings: ServerSettings) -> int:
                 max_connections=settings.max_connections,
                 token=token,
                 observe=metrics.observe,
+                handshake_timeout=settings.handshake_timeout,
+                max_stale_handles=settings.max_stale_handles,
             )
             wire = (wire_sock, registry, wire_settings)
             ready.append(f"zswapd: serving the wire protocol on unix://{wire_path}")

@@ -68,8 +68,15 @@ class _Requests:
         self._next_id = 0
 
     def take_id(self) -> int:
-        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        # Never 0: an error frame of id 0 and op 0x80 answers no request.
+        self._next_id = self._next_id % 0xFFFFFFFF + 1
         return self._next_id
+
+    @staticmethod
+    def check_connection_error(frame: Frame) -> None:
+        """Raise at once for an error that answers no request (the server closes)."""
+        if frame.op == RESPONSE and frame.status:
+            _raise_for(frame)
 
     def chunks(self, items: Sequence[Any]) -> list[Sequence[Any]]:
         step = self.max_pages
@@ -125,6 +132,7 @@ class WireClient:
                 self._sock.sendall(encode(op, ids[sent], payloads[sent]))
                 sent += 1
             frame = self._read_frame()
+            self._req.check_connection_error(frame)
             answers[frame.request_id] = frame
         return [answers[i] for i in ids]
 
@@ -223,6 +231,7 @@ class AsyncWireClient:
                     sent += 1
                 await self._writer.drain()
                 frame = await self._read_frame()
+                self._req.check_connection_error(frame)
                 answers[frame.request_id] = frame
             return [answers[i] for i in ids]
 

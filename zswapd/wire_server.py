@@ -8,6 +8,11 @@ connection answers them in order.  Reading pauses while the queue holds
 transport's write buffer is over its high-water mark, so a connection's memory
 stays bounded whatever the peer does.  A framing error gets an error frame and
 the connection is closed; other connections carry on.
+
+A connection that has not completed HELLO within ``handshake_timeout`` seconds
+is sent a 408 error frame and closed, so silent sockets cannot pile up; one
+that sends more than ``max_stale_handles`` requests naming stale handles (a
+client guessing handles) has the last answered, then is closed.
 """
 
 from __future__ import annotations
@@ -23,13 +28,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-
-from zswapd.errors import InvalidRequestError, PageSizeError, TooLargeError, ZswapdError
+from zswapd.errors import (
+    InvalidRequestError,
+    PageSizeError,
+    StaleHandleError,
+    TooLargeError,
+    ZswapdError,
+)
 from zswapd.http_api import status_of
+from zswapd.offload import offload, run_in_thread
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
 from zswapd.protocol import (
+    INITIAL_BUFFER,
     RESPONSE,
     VERSION,
     Frame,
@@ -46,8 +57,10 @@ __all__ = ["WireConnection", "WireSettings", "start_wire_server"]
 log = logging.getLogger("zswapd")
 _OP_NAMES = {int(op): op.name.lower() for op in Op}
 _HELLO_REPLY = struct.Struct("<HHIII")
-# Batches up to this many pages are served on the loop; larger ones in a thread.
-_INLINE_PAGES = 64
+_BACKLOG = 1024  # as server.bind() listens
+# Seconds a connection with nothing to answer keeps a receive buffer grown for a
+# large frame: long enough for a client's next request, short for an idle one.
+_SHRINK_AFTER = 0.5
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,10 @@ class WireSettings:
     max_in_flight: int = 64
     max_connections: int = 1024
     token: str | None = None
+    # Seconds a connection has to complete HELLO; then it is closed.
+    handshake_timeout: float = 10.0
+    # Requests naming a stale handle one connection may send; past it, closed.
+    max_stale_handles: int = 64
     # Told of every request: (interface, op, seconds); metrics hook in here.
     observe: Callable[[str, str, float], None] | None = None
 
@@ -96,6 +113,9 @@ class WireConnection(asyncio.BufferedProtocol):
         self.can_write = asyncio.Event()
         self.can_write.set()
         self.closing = False
+        self.handshake_timer: asyncio.TimerHandle | None = None
+        self.shrink_timer: asyncio.TimerHandle | None = None
+        self.stale_requests = 0  # requests answered 404 stale_handle
 
     # -- asyncio protocol ------------------------------------------------------------
 
@@ -108,7 +128,7 @@ class WireConnection(asyncio.BufferedProtocol):
             # pile up past the limit.
             self.transport.write(
                 encode_error(
-                    Op.HELLO,
+                    0,  # before any request is read: an answer to none
                     0,
                     503,
                     "too_many_connections",
@@ -120,13 +140,19 @@ class WireConnection(asyncio.BufferedProtocol):
             return
         self.open_count[0] += 1
         self.counted = True
-        self.task = asyncio.get_running_loop().create_task(self._serve())
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self._serve())
+        self.handshake_timer = loop.call_later(
+            self.settings.handshake_timeout, self._handshake_expired
+        )
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.parser.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
         self.parser.buffer_updated(nbytes)
+        if self.closing:
+            return  # answering nothing more: what arrives is not queued
         try:
             while (frame := self.parser.next_frame()) is not None:
                 self.queue.append(frame)
@@ -144,6 +170,9 @@ class WireConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        for timer in (self.handshake_timer, self.shrink_timer):
+            if timer is not None:
+                timer.cancel()
         if self.counted:
             self.open_count[0] -= 1
             self.counted = False
@@ -169,6 +198,7 @@ class WireConnection(asyncio.BufferedProtocol):
             len(self.queue) >= self.settings.max_in_flight
             or self.queued_bytes >= 2 * self.settings.max_payload
             or self.writing_paused
+            or self.closing
         )
         if full and not self.reading_paused:
             self.transport.pause_reading()
@@ -181,9 +211,39 @@ class WireConnection(asyncio.BufferedProtocol):
         """A framing error: answer it and close (queued requests are dropped)."""
         if self.transport is None:
             return
-        self.transport.write(encode_error(Op.HELLO, exc.request_id, exc.status, exc.code, str(exc)))
+        self.transport.write(encode_error(exc.op, exc.request_id, exc.status, exc.code, str(exc)))
+        self._answer_no_more()
+        self.transport.close()
+
+    def _answer_no_more(self) -> None:
+        """Drop what is queued and read nothing more; _serve closes once written."""
         self.queue.clear()
+        self.queued_bytes = 0
         self.closing = True
+        self.wakeup.set()
+        self._flow()
+
+    def _shrink_later(self) -> None:
+        """Give back a grown receive buffer if the peer stays quiet for a moment."""
+        if self.parser.capacity <= INITIAL_BUFFER or self.shrink_timer is not None:
+            return
+
+        def shrink() -> None:
+            self.shrink_timer = None
+            if not self.parser.shrink() and self.parser.capacity > INITIAL_BUFFER:
+                self._shrink_later()  # a frame was arriving: look again later
+
+        loop = asyncio.get_running_loop()
+        self.shrink_timer = loop.call_later(_SHRINK_AFTER, shrink)
+
+    def _handshake_expired(self) -> None:
+        if self.greeted or self.closing or self.transport is None:
+            return
+        timeout = self.settings.handshake_timeout
+        self.transport.write(
+            encode_error(0, 0, 408, "handshake_timeout", f"no HELLO within {timeout:g} s")
+        )
+        self._answer_no_more()
         self.transport.close()
 
     # -- requests ----------------------------------------------------------------------
@@ -196,6 +256,7 @@ class WireConnection(asyncio.BufferedProtocol):
                         self.transport.close()
                     return
                 self.wakeup.clear()
+                self._shrink_later()
                 await self.wakeup.wait()
             # A peer that does not read its answers stops us answering: the
             # transport's buffer stays near its high-water mark.
@@ -208,7 +269,7 @@ class WireConnection(asyncio.BufferedProtocol):
             try:
                 reply = await self._answer(frame)
             except ProtocolError as exc:
-                exc.request_id = frame.request_id
+                exc.request_id, exc.op = frame.request_id, frame.op
                 self._fail(exc)
                 return
             if self.transport is None or self.transport.is_closing():
@@ -220,6 +281,9 @@ class WireConnection(asyncio.BufferedProtocol):
             if self.settings.observe is not None:
                 op = _OP_NAMES.get(frame.op, "unknown")
                 self.settings.observe("wire", op, time.perf_counter() - start)
+            # Not held while waiting for the next request: an idle connection
+            # keeps no payload and no answer alive.
+            del frame, reply
 
     async def _answer(self, frame: Frame) -> tuple[bytes, ...]:
         op, rid, payload = frame.op, frame.request_id, frame.payload
@@ -231,6 +295,18 @@ class WireConnection(asyncio.BufferedProtocol):
             raise ProtocolError(400, "bad_request", "HELLO was already received")
         try:
             body = await self._dispatch(op, payload)
+        except StaleHandleError as exc:
+            # Handles are random; a client naming stale ones again and again is
+            # guessing them: answered, then, past the bound, cut off.
+            self.stale_requests += 1
+            detail = str(exc)
+            if self.stale_requests > self.settings.max_stale_handles:
+                detail += (
+                    f"; {self.stale_requests} requests with stale handles on this "
+                    "connection: closing it"
+                )
+                self._answer_no_more()
+            return (encode_error(op, rid, status_of(exc), exc.code, detail),)
         except ZswapdError as exc:
             return (encode_error(op, rid, status_of(exc), exc.code, str(exc)),)
         except Exception as exc:  # a bug: answer it, keep the connection
@@ -248,6 +324,8 @@ class WireConnection(asyncio.BufferedProtocol):
         if expected is not None and not hmac.compare_digest(payload[4:], expected.encode()):
             raise ProtocolError(401, "unauthorized", "a valid token is required", rid)
         self.greeted = True
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
         reply = _HELLO_REPLY.pack(
             VERSION, 0, self.settings.max_payload, self.settings.max_in_flight, PAGE_SIZE
         )
@@ -263,29 +341,25 @@ class WireConnection(asyncio.BufferedProtocol):
         if op == Op.STORE:
             if not payload or len(payload) % PAGE_SIZE:
                 raise PageSizeError(f"{len(payload)} bytes is not a whole number of pages")
-            handles = await _run(len(payload) // PAGE_SIZE, pool.store, payload)
+            handles = await offload(len(payload) // PAGE_SIZE, pool.store, payload)
             return struct.pack(f"<{len(handles)}Q", *handles)
         if op == Op.LOAD:
             wanted = _handles(payload, self.settings.max_pages_per_request)
-            pages: list[bytes] = await _run(len(wanted), pool.load, wanted)
+            pages: list[bytes] = await offload(len(wanted), pool.load, wanted)
             return b"".join(pages)
         if op == Op.FREE:
             doomed = _handles(payload, self.settings.max_pages_per_request)
-            await _run(len(doomed), pool.free, doomed)
+            await offload(len(doomed), pool.free, doomed)
             return b""
+        if op in (Op.STATS, Op.COMPACT) and payload:
+            raise InvalidRequestError(f"{len(payload)} bytes of payload; this op takes none")
         if op == Op.STATS:
-            stats = await run_in_threadpool(pool.stats)
+            stats = await run_in_thread(pool.stats)
             return json.dumps(stats).encode()
         if op == Op.COMPACT:
-            released = await run_in_threadpool(pool.compact)
+            released = await run_in_thread(pool.compact)
             return struct.pack("<Q", released)
         raise ProtocolError(400, "bad_request", f"unknown op 0x{op:02x}")
-
-
-async def _run(pages: int, fn: Any, *args: Any) -> Any:
-    if pages <= _INLINE_PAGES:
-        return fn(*args)
-    return await run_in_threadpool(fn, *args)
 
 
 async def start_wire_server(
@@ -294,6 +368,8 @@ async def start_wire_server(
     """Serve the wire protocol on an already bound, listening Unix socket."""
     loop = asyncio.get_running_loop()
     open_count = [0]
+    # asyncio listens again with its own backlog (100 by default): a burst of
+    # clients past it would be refused (EAGAIN) before the loop could accept them.
     return await loop.create_unix_server(
-        lambda: WireConnection(registry, settings, open_count), sock=sock
+        lambda: WireConnection(registry, settings, open_count), sock=sock, backlog=_BACKLOG
     )

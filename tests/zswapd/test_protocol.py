@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from zswapd.protocol import (
     HEADER,
     HEADER_SIZE,
+    INITIAL_BUFFER,
     MAGIC,
     RESPONSE,
     VERSION,
@@ -48,15 +49,97 @@ def test_frames_round_trip_whatever_the_chunking(step: int) -> None:
     assert [(f.op, f.request_id, f.payload) for f in got] == sent
 
 
-def test_recv_into_api_uses_the_one_buffer() -> None:
+def test_recv_into_api_receives_in_place() -> None:
     parser = FrameParser(MAX)
-    frame = encode(Op.STORE, 9, b"\x01" * 4096)
+    frame = encode(Op.STORE, 9, b"\x01" * 100)
     buf = parser.get_buffer()
-    assert len(buf) == HEADER_SIZE + MAX  # preallocated: no growth, ever
     buf[: len(frame)] = frame
     parser.buffer_updated(len(frame))
     f = parser.next_frame()
     assert f is not None and f.request_id == 9 and parser.next_frame() is None
+
+
+def test_the_buffer_grows_with_the_frame_then_shrinks_back() -> None:
+    big = 1 << 22
+    parser = FrameParser(big)
+    assert parser.capacity == INITIAL_BUFFER <= 64 * 1024  # before any byte
+    frame = encode(Op.STORE, 1, b"\x02" * big)
+    sent = 0
+    while sent < len(frame):  # as a socket delivers it: at most what fits
+        space = parser.get_buffer()
+        assert len(space) > 0
+        # Grown with what arrived: never past twice that, nor past the frame.
+        assert parser.capacity <= max(INITIAL_BUFFER, 2 * parser.buffered)
+        assert parser.capacity <= HEADER_SIZE + big
+        n = min(len(space), 65536, len(frame) - sent)
+        space[:n] = frame[sent : sent + n]
+        parser.buffer_updated(n)
+        sent += n
+    assert parser.capacity == HEADER_SIZE + big
+    f = parser.next_frame()
+    assert f is not None and f.payload == b"\x02" * big
+    parser.get_buffer()
+    assert parser.capacity == HEADER_SIZE + big  # kept for a next large frame...
+    assert parser.shrink()
+    assert parser.capacity == INITIAL_BUFFER  # ...until the I/O layer gives it back
+    assert not parser.shrink()
+
+
+def test_a_buffer_holding_part_of_a_frame_does_not_shrink() -> None:
+    parser = FrameParser(1 << 20)
+    parser.feed(encode(Op.STORE, 1, b"a" * (1 << 19))[:-1])
+    assert parser.capacity > INITIAL_BUFFER and not parser.shrink()
+    parser.feed(b"a")
+    assert parser.next_frame() is not None
+    assert parser.shrink() and parser.capacity == INITIAL_BUFFER
+
+
+def test_a_header_claiming_much_grows_nothing_until_the_bytes_come() -> None:
+    parser = FrameParser(1 << 22)
+    parser.feed(HEADER.pack(MAGIC, VERSION, Op.STORE, 0, 0, 1, 1 << 22))
+    parser.feed(b"x" * 1000)
+    parser.get_buffer()
+    assert parser.capacity == INITIAL_BUFFER
+    assert parser.next_frame() is None
+
+
+def test_a_header_past_the_cap_grows_nothing() -> None:
+    parser = FrameParser(1 << 22)
+    parser.feed(HEADER.pack(MAGIC, VERSION, Op.STORE, 0, 0, 1, (1 << 22) + 1))
+    parser.get_buffer()
+    assert parser.capacity == INITIAL_BUFFER
+    with pytest.raises(ProtocolError) as err:
+        parser.next_frame()
+    assert err.value.status == 413
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 3 * INITIAL_BUFFER), min_size=1, max_size=6),
+    st.integers(1, 5000),
+)
+def test_the_buffer_never_outgrows_the_frame_it_receives(sizes: list[int], step: int) -> None:
+    cap = 3 * INITIAL_BUFFER
+    parser = FrameParser(cap)
+    data = b"".join(encode(Op.STORE, i, bytes([i]) * n) for i, n in enumerate(sizes))
+    got = []
+    most = 0  # the most bytes ever buffered at once
+    for i in range(0, len(data), step):
+        chunk = data[i : i + step]
+        while chunk:  # recv_into: at most the free space offered
+            space = parser.get_buffer()
+            n = min(len(space), len(chunk))
+            space[:n] = chunk[:n]
+            parser.buffer_updated(n)
+            chunk = chunk[n:]
+            most = max(most, parser.buffered)
+            assert parser.capacity <= max(INITIAL_BUFFER, HEADER_SIZE + max(sizes))
+            assert parser.capacity <= max(INITIAL_BUFFER, 2 * most)  # grown with what came
+            while (f := parser.next_frame()) is not None:
+                got.append(len(f.payload))
+    assert got == sizes
+    parser.shrink()
+    assert parser.capacity == INITIAL_BUFFER
 
 
 def _header(

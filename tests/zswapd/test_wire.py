@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from tests.zswapd.daemon import Daemon, run_cli, start_daemon
 from tests.zswapd.helpers import random_page, text_page
+from tests.zswapd.test_exhaustion import rss
 from zswapd.client import Client
 from zswapd.errors import PageSizeError, StaleHandleError, UnknownPoolError, ZswapdError
 from zswapd.protocol import HEADER, MAGIC, RESPONSE, Frame, FrameParser, Op, encode
@@ -106,7 +108,11 @@ def test_semantic_errors_answer_and_keep_the_connection(wire: tuple[Daemon, str]
         (Op.STORE, b"x" * 100, 422, "bad_page_size"),
         (Op.STORE, b"", 422, "bad_page_size"),
         (Op.LOAD, struct.pack("<Q", 12345), 404, "stale_handle"),
-        (Op.LOAD, b"\x01\x02\x03", 400, "bad_request"),
+        (Op.LOAD, b"\x01\x02\x03", 400, "bad_request"),  # fits no handle count
+        (Op.LOAD, b"", 400, "bad_request"),
+        (Op.FREE, b"\x01" * 9, 400, "bad_request"),
+        (Op.STATS, b"x", 400, "bad_request"),  # takes no payload
+        (Op.COMPACT, b"\x00" * 8, 400, "bad_request"),
         (Op.FREE, struct.pack("<Q", 99), 404, "stale_handle"),
         (Op.USE_POOL, b"nope", 404, "unknown_pool"),
         (Op.USE_POOL, b"../x", 404, "unknown_pool"),
@@ -120,25 +126,29 @@ def test_semantic_errors_answer_and_keep_the_connection(wire: tuple[Daemon, str]
 
 
 @pytest.mark.parametrize(
-    ("data", "status"),
+    ("data", "status", "op", "rid"),
     [
-        (HEADER.pack(0x1234, 1, Op.STORE, 0, 0, 1, 0), 400),  # bad magic
-        (HEADER.pack(MAGIC, 9, Op.STORE, 0, 0, 1, 0), 505),  # wrong version
-        (HEADER.pack(MAGIC, 1, 0x55, 0, 0, 1, 0), 400),  # unknown op
-        (HEADER.pack(MAGIC, 1, Op.STORE, 0, 0, 1, 65 * 4096), 413),  # over max_payload
-        (HEADER.pack(MAGIC, 1, Op.STORE, 0, 0, 1, 0xFFFFFFFF), 413),  # huge length
-        (encode(Op.HELLO, 1, struct.pack("<HH", 1, 1)), 400),  # a second HELLO
+        # The header unreadable: an answer to no request, op 0x80 and id 0.
+        (HEADER.pack(0x1234, 1, Op.STORE, 0, 0, 7, 0), 400, RESPONSE, 0),
+        (b"GET / HTTP/1.1\r\n\r\n", 400, RESPONSE, 0),
+        # Otherwise the offending request's op (| 0x80) and id, whatever the op.
+        (HEADER.pack(MAGIC, 9, Op.STORE, 0, 0, 7, 0), 505, Op.STORE | RESPONSE, 7),
+        (HEADER.pack(MAGIC, 1, 0x55, 0, 0, 7, 0), 400, 0x55 | RESPONSE, 7),
+        (HEADER.pack(MAGIC, 1, Op.STORE, 0, 0, 7, 65 * 4096), 413, Op.STORE | RESPONSE, 7),
+        (HEADER.pack(MAGIC, 1, Op.LOAD, 0, 0, 7, 0xFFFFFFFF), 413, Op.LOAD | RESPONSE, 7),
+        (encode(Op.HELLO, 7, struct.pack("<HH", 1, 1)), 400, Op.HELLO | RESPONSE, 7),
     ],
 )
 def test_framing_errors_answer_then_close(
-    wire: tuple[Daemon, str], data: bytes, status: int
+    wire: tuple[Daemon, str], data: bytes, status: int, op: int, rid: int
 ) -> None:
     bystander = WireClient(wire[1])
     kept = bystander.store([text_page(5)])
     raw = Raw(wire[1])
     raw.send(data)
     f = raw.read()
-    assert f is not None and f.status == status
+    assert f is not None and (f.status, f.op, f.request_id) == (status, op, rid)
+    assert json.loads(f.payload)["error"] in ("bad_request", "bad_version", "too_large")
     assert raw.closed()
     assert bystander.load(kept) == [text_page(5)]  # other connections carry on
     bystander.close()
@@ -147,10 +157,19 @@ def test_framing_errors_answer_then_close(
 def test_hello_is_required_and_checked(wire: tuple[Daemon, str]) -> None:
     raw = Raw(wire[1], hello=False)
     f = raw.call(Op.STORE, 3, text_page(1))
-    assert f.status == 400 and raw.closed()
+    assert (f.status, f.op, f.request_id) == (400, Op.STORE | RESPONSE, 3) and raw.closed()
+    raw = Raw(wire[1], hello=False)
+    f = raw.call(Op.STATS, 6)
+    assert (f.status, f.op, f.request_id) == (400, Op.STATS | RESPONSE, 6) and raw.closed()
     raw = Raw(wire[1], hello=False)
     f = raw.call(Op.HELLO, 4, struct.pack("<HH", 2, 5))
-    assert f.status == 505 and raw.closed()
+    assert (f.status, f.op, f.request_id) == (505, Op.HELLO | RESPONSE, 4) and raw.closed()
+    # HELLO's own header carries version 1, whatever versions its payload offers.
+    raw = Raw(wire[1], hello=False)
+    raw.send(HEADER.pack(MAGIC, 2, Op.HELLO, 0, 0, 8, 4) + struct.pack("<HH", 1, 2))
+    f = raw.read()
+    assert f is not None and (f.status, f.op, f.request_id) == (505, Op.HELLO | RESPONSE, 8)
+    assert raw.closed()
     raw = Raw(wire[1], hello=False)
     f = raw.call(Op.HELLO, 5, struct.pack("<HH", 1, 1))
     version, _, max_payload, in_flight, page = struct.unpack("<HHIII", f.payload)
@@ -195,6 +214,28 @@ def test_token_over_the_wire(tmp_path: Path) -> None:
         ok = WireClient(path, token="wire-token")
         assert ok.load(ok.store([text_page(2)])) == [text_page(2)]
         ok.close()
+    finally:
+        d.stop()
+
+
+def test_the_hello_token_is_raw_bytes(tmp_path: Path) -> None:
+    token = tmp_path / "t"
+    token.write_text("s3cret\n")  # the file's trailing newline is not part of it
+    path = str(tmp_path / "t.sock")
+    d = start_daemon("--unix-socket", path, "--auth-token-file", str(token))
+    try:
+        for given, status in [
+            (b"s3cret", 0),  # raw, after the two versions, to the payload's end
+            (b"s3cret\n", 401),
+            (b"Bearer s3cret", 401),
+            (b"\x06\x00s3cret", 401),  # no length field
+            (b"", 401),
+        ]:
+            raw = Raw(path, hello=False)
+            f = raw.call(Op.HELLO, 2, struct.pack("<HH", 1, 1) + given)
+            assert f.status == status, given
+            if status:
+                assert f.op == Op.HELLO | RESPONSE and raw.closed()
     finally:
         d.stop()
 
@@ -247,7 +288,7 @@ def test_connections_past_the_limit_are_refused_clearly(tmp_path: Path) -> None:
         held = [Raw(path) for _ in range(3)]  # idle, but open
         extra = Raw(path, hello=False)
         f = extra.read()
-        assert f is not None and f.status == 503
+        assert f is not None and (f.status, f.op, f.request_id) == (503, RESPONSE, 0)
         assert json.loads(f.payload)["error"] == "too_many_connections"
         assert extra.closed()
         held.pop().sock.close()
@@ -275,3 +316,105 @@ def test_a_load_past_the_cap_is_refused(wire: tuple[Daemon, str]) -> None:
     f = raw.call(Op.LOAD, 2, struct.pack("<Q", h) * 65)  # the fixture's cap is 64
     assert f.status == 413 and json.loads(f.payload)["error"] == "too_large"
     assert raw.call(Op.LOAD, 3, struct.pack("<Q", h) * 64).status == 0  # still open
+
+
+def test_idle_connections_cost_little(tmp_path: Path) -> None:
+    path = str(tmp_path / "i.sock")
+    # 1 MiB requests: a receive buffer of that size per connection would show.
+    d = start_daemon("--unix-socket", path, "--max-pages-per-request", "256")
+    try:
+        pid = d.proc.pid
+        warm = [Raw(path, hello=False) for _ in range(20)]
+        time.sleep(0.3)
+        before = rss(pid)
+        bare = [Raw(path, hello=False) for _ in range(200)]  # connected, silent
+        time.sleep(0.5)
+        assert (rss(pid) - before) / len(bare) < 64 * 1024
+        # Each sends one 1 MiB STORE (of zero pages: no pool memory) and goes idle:
+        # the buffer it grew for the frame is given back.
+        before = rss(pid)
+        for n, raw in enumerate(bare[:40]):
+            raw.call(Op.HELLO, 1, struct.pack("<HH", 1, 1))
+            f = raw.call(Op.STORE, 2, bytes(256 * 4096))
+            assert f.status == 0 and len(f.payload) == 256 * 8, n
+        deadline = time.monotonic() + 5  # the heaps are trimmed once the burst is over
+        while (rss(pid) - before) / 40 >= 64 * 1024 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (rss(pid) - before) / 40 < 64 * 1024
+        # A header claiming 1 MiB, a few bytes now and then: the buffer grows
+        # with what arrives, not with what is claimed.
+        before = rss(pid)
+        claim = encode(Op.STORE, 2, bytes(256 * 4096))
+        for raw in bare[40:]:
+            raw.call(Op.HELLO, 1, struct.pack("<HH", 1, 1))
+            raw.send(claim[:1000])
+        time.sleep(0.2)
+        for raw in bare[40:]:
+            raw.send(claim[1000:2000])  # read with the header already in
+        time.sleep(0.5)
+        assert (rss(pid) - before) / len(bare[40:]) < 64 * 1024
+        for raw in warm + bare:
+            raw.sock.close()
+    finally:
+        d.stop()
+
+
+def test_a_big_store_works_through_a_growing_buffer(wire: tuple[Daemon, str]) -> None:
+    pages = [text_page(i) for i in range(64)]  # the fixture's cap: one full frame
+    raw = Raw(wire[1])
+    frame = encode(Op.STORE, 9, b"".join(pages))
+    for i in range(0, len(frame), 1000):  # dribbled, header split across sends
+        raw.send(frame[i : i + 1000])
+    f = raw.read()
+    assert f is not None and f.status == 0
+    handles = list(struct.unpack("<64Q", f.payload))
+    f = raw.call(Op.LOAD, 10, struct.pack("<64Q", *handles))
+    assert f.payload == b"".join(pages)
+    assert raw.call(Op.STORE, 11, text_page(1)).status == 0  # small again after
+
+
+def test_a_silent_connection_is_closed_after_the_handshake_timeout(tmp_path: Path) -> None:
+    path = str(tmp_path / "h.sock")
+    d = start_daemon("--unix-socket", path, "--handshake-timeout", "0.5")
+    try:
+        silent = Raw(path, hello=False)
+        greeted = Raw(path)
+        partial = Raw(path, hello=False)
+        partial.send(encode(Op.HELLO, 1, struct.pack("<HH", 1, 1))[:10])  # never finished
+        start = time.monotonic()
+        for raw in (silent, partial):
+            f = raw.read()
+            assert f is not None and (f.status, f.op, f.request_id) == (408, RESPONSE, 0)
+            assert json.loads(f.payload)["error"] == "handshake_timeout"
+            assert raw.closed()
+        assert 0.4 < time.monotonic() - start < 5
+        time.sleep(0.3)
+        assert greeted.call(Op.STORE, 3, text_page(3)).status == 0  # greeted: kept
+    finally:
+        d.stop()
+
+
+def test_a_connection_guessing_handles_is_closed(tmp_path: Path) -> None:
+    path = str(tmp_path / "g.sock")
+    d = start_daemon("--unix-socket", path, "--max-stale-handles", "3")
+    try:
+        other = Raw(path)
+        (h,) = struct.unpack("<Q", other.call(Op.STORE, 1, text_page(1)).payload)
+        guesser = Raw(path)
+        for rid in range(3):  # up to the bound: answered, kept open
+            guess = struct.pack("<Q", h + 1 + rid)
+            f = guesser.call(Op.LOAD if rid % 2 else Op.FREE, rid, guess)
+            assert f.status == 404 and json.loads(f.payload)["error"] == "stale_handle"
+        # Other errors do not count.
+        assert guesser.call(Op.STORE, 7, b"short").status == 422
+        assert guesser.call(Op.LOAD, 8, struct.pack("<Q", h)).status == 0
+        # Pipelined past the bound: the one past it is answered, the rest dropped.
+        guesser.send(encode(Op.LOAD, 20, struct.pack("<Q", h + 100)))
+        guesser.send(encode(Op.LOAD, 21, struct.pack("<Q", h)))
+        f = guesser.read()
+        assert f is not None and (f.status, f.request_id) == (404, 20)
+        assert "closing" in json.loads(f.payload)["detail"]
+        assert guesser.closed()
+        assert other.call(Op.LOAD, 2, struct.pack("<Q", h)).status == 0  # others go on
+    finally:
+        d.stop()

@@ -1,0 +1,91 @@
+"""Worker-thread calls and the C heap: what a failed request leaves behind.
+
+The daemon-level flood is test_exhaustion.py; these pin the mechanism down in
+process: a call that fails in a worker thread must leave nothing that only the
+cyclic garbage collector could free (run with the collector off), and the
+heaps are trimmed once after each burst of work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from zswapd import malloc
+from zswapd.offload import INLINE_PAGES, offload, run_in_thread, thread_jobs
+
+
+class Payload(bytearray):
+    """A request's bytes, weakly referenceable (bytes are not)."""
+
+
+class Refused(Exception):
+    pass
+
+
+def _refuse(payload: Payload) -> None:
+    pages = [payload[i : i + 16] for i in range(0, len(payload), 16)]  # noqa: F841 (held by the frame)
+    raise Refused("pool full")
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("pages", [1, INLINE_PAGES + 1])  # on the loop; in a worker thread
+def test_a_failed_call_is_freed_by_reference_counting(no_gc: None, pages: int) -> None:
+    async def main() -> weakref.ref[Payload]:
+        payload = Payload(4096)
+        ref = weakref.ref(payload)
+        with pytest.raises(Refused, match="pool full"):
+            await offload(pages, _refuse, payload)
+        del payload
+        return ref
+
+    ref = asyncio.run(main())
+    assert ref() is None  # nothing kept it: no cycle through anyio's future
+
+
+def test_results_and_errors_come_back() -> None:
+    async def main() -> None:
+        before = thread_jobs()
+        assert await run_in_thread(sum, [1, 2, 3]) == 6
+        with pytest.raises(ZeroDivisionError):
+            await run_in_thread(divmod, 1, 0)
+        assert thread_jobs() == before + 2
+
+    asyncio.run(main())
+
+
+def test_the_heaps_are_trimmed_once_after_each_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[int] = []
+    activity = iter([0, 0, 3, 5, 5, 5, 5, 9, 9, 9])  # two bursts, each then idle
+    now = [0]
+
+    def count() -> int:
+        now[0] = next(activity, now[0])
+        return now[0]
+
+    monkeypatch.setattr(malloc, "trim", lambda: trims.append(now[0]) or True)
+
+    async def main() -> None:
+        task = asyncio.create_task(malloc.trim_when_idle(count, interval=0.01))
+        await asyncio.sleep(0.3)
+        task.cancel()
+
+    asyncio.run(main())
+    assert trims == [5, 9]  # not during a burst, once after it
+
+
+def test_trim_runs_here() -> None:
+    assert malloc.trim() in (True, False)  # glibc; elsewhere False, changing nothing

@@ -1,0 +1,107 @@
+"""Blocking store work off the event loop, without keeping what failed alive.
+
+Every frontend hands large batches to a worker thread so that the loop goes on
+serving other connections.  Starlette's ``run_in_threadpool`` (anyio) carries
+a worker's exception back in an asyncio future and raises it out of
+``await future``; the exception's traceback then holds anyio's frame, whose
+local ``future`` holds the exception: a reference cycle
+
+    exception -> traceback -> run_sync_in_worker_thread frame -> future -> exception
+
+that keeps every frame on the traceback alive, with its locals: the request's
+payload (4 MiB for a full STORE), the split pages, the compressed ones.  Only
+the cyclic garbage collector frees it, and it runs by count of container
+allocations, not of bytes: a pool at its limit answering 507 to 4 MiB stores
+grew a daemon by GiBs, kept when idle.  Rejected requests are a full pool's
+normal state, so this module never lets an exception cross the thread pool's
+future: the worker returns it as a value and the loop raises it afresh, with
+no frame holding it, so reference counting frees everything once the error
+is answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, cast
+
+from starlette.concurrency import run_in_threadpool
+
+__all__ = ["INLINE_PAGES", "offload", "run_in_thread", "thread_jobs"]
+
+T = TypeVar("T")
+
+# Up to this many pages, a request is served on the event loop itself: the work
+# (well under a millisecond) costs less than handing it to a worker thread and
+# back.  Larger batches go to the thread pool so the loop keeps serving others.
+INLINE_PAGES = 64
+
+_thread_jobs = 0  # calls handed to worker threads (on the loop's thread only)
+
+
+def thread_jobs() -> int:
+    """Calls handed to worker threads so far: large batches, the work that
+    allocates and frees most memory (zswapd.malloc trims after it)."""
+    return _thread_jobs
+
+
+class _Job(Generic[T]):
+    """One call for a worker thread, handed back empty.
+
+    The call and its outcome live here, not in the thread pool's arguments and
+    return value: anyio's worker keeps those of its last call until the next
+    one, which would keep an idle worker holding a request's payload.
+    """
+
+    __slots__ = ("_call", "_outcome")
+
+    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...]) -> None:
+        self._call: tuple[Callable[..., T], tuple[Any, ...]] | None = (fn, args)
+        self._outcome: tuple[T | None, Exception | None] = (None, None)
+
+    def run(self) -> None:
+        """In the worker thread: make the call, keep its result or exception."""
+        if self._call is None:
+            return
+        fn, args = self._call
+        self._call = None
+        try:
+            self._outcome = (fn(*args), None)
+        except Exception as exc:  # carried back as a value, raised again on the loop
+            self._outcome = (None, exc)
+
+    def take(self) -> tuple[T | None, Exception | None]:
+        """The outcome, leaving the job empty (it holds no payload, no exception)."""
+        outcome, self._outcome, self._call = self._outcome, (None, None), None
+        return outcome
+
+
+async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread; its exception, if any, raised here.
+
+    Unlike ``run_in_threadpool`` alone, a failed call leaves no reference
+    cycle: the exception is freed with its traceback as soon as its handler is
+    done with it.
+    """
+    global _thread_jobs
+    _thread_jobs += 1
+    job = _Job(fn, args)
+    try:
+        await run_in_threadpool(job.run)
+    finally:
+        # Emptied whatever happened (cancelled too): the job's traceback frame
+        # holds the job, so a job still holding the exception would be a cycle.
+        result, error = job.take()
+    if error is None:
+        return cast(T, result)
+    try:
+        raise error
+    finally:
+        # This frame is on the traceback: it must not hold the exception too.
+        del error
+
+
+async def offload(pages: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``: on the loop for small batches, in a worker thread for large."""
+    if pages <= INLINE_PAGES:
+        return fn(*args)
+    return await run_in_thread(fn, *args)
