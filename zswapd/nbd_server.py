@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-
 from zswapd.device import DeviceRegistry
 from zswapd.errors import (
     InvalidRequestError,
@@ -57,6 +55,7 @@ from zswapd.nbd_protocol import (
     OptionRequest,
     Rep,
 )
+from zswapd.offload import run_in_thread
 
 __all__ = ["NbdConnection", "NbdSettings", "start_nbd_server"]
 
@@ -345,7 +344,9 @@ _NAMES = {int(c): c.name.lower() for c in Cmd}
 async def _run(nbytes: int, fn: Callable[..., Any], *args: Any) -> Any:
     if nbytes <= _INLINE:
         return fn(*args)
-    return await run_in_threadpool(fn, *args)
+    # Not starlette's run_in_threadpool: a failed write into a full device would
+    # keep its payload alive in a reference cycle (see zswapd.offload).
+    return await run_in_thread(fn, *args)
 
 
 async def start_nbd_server(
@@ -356,5 +357,8 @@ async def start_nbd_server(
     settings = settings or NbdSettings()
     open_count = [0]
     return await loop.create_server(
-        lambda: NbdConnection(devices, settings, open_count), sock=listen
+        # asyncio would listen() again with a backlog of 100: keep server.bind()'s.
+        lambda: NbdConnection(devices, settings, open_count),
+        sock=listen,
+        backlog=1024,
     )

@@ -25,7 +25,6 @@ from typing import Any
 
 import prometheus_client
 import uvicorn
-from starlette.concurrency import run_in_threadpool
 
 from zswapd.device import DeviceRegistry
 from zswapd.errors import ConfigError
@@ -33,7 +32,7 @@ from zswapd.http_api import ApiSettings, create_app
 from zswapd.limits import registry_for
 from zswapd.malloc import trim_when_idle
 from zswapd.nbd_server import NbdSettings, start_nbd_server
-from zswapd.offload import thread_jobs
+from zswapd.offload import run_in_thread, thread_jobs
 from zswapd.pool import LIVE_SETTINGS, PagePool
 from zswapd.pools import PoolRegistry
 from zswapd.settings import ServerSettings
@@ -168,7 +167,7 @@ class _Saver:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                await run_in_threadpool(self.save)
+                await run_in_thread(self.save)
             except Exception:  # keep serving; the next snapshot may succeed
                 log.exception("periodic snapshot failed")
 
