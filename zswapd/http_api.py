@@ -41,6 +41,7 @@ from zswapd.errors import (
     UnknownPoolError,
     ZswapdError,
 )
+from zswapd.http_protocol import note_stale_handle
 from zswapd.metrics import CONTENT_TYPE_LATEST, Metrics
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
@@ -336,6 +337,13 @@ class _Guard:
             return
         path = scope["path"]
         headers = dict(scope["headers"])
+        if sum(name == b"authorization" for name, _ in scope["headers"]) > 1:
+            # Which one would count is a guess a proxy and the server may make
+            # differently (the last used to win): refuse the request instead.
+            await _error(400, "bad_request", "more than one Authorization header")(
+                scope, receive, send
+            )
+            return
         if self._token is not None and path != "/healthz":
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given, self._token):
@@ -397,7 +405,11 @@ def create_app(
 
     @app.exception_handler(ZswapdError)
     async def zswapd_error(request: Request, exc: ZswapdError) -> JSONResponse:
-        return _error(status_of(exc), exc.code, str(exc))
+        response = _error(status_of(exc), exc.code, str(exc))
+        if isinstance(exc, StaleHandleError) and note_stale_handle(request.scope):
+            # Too many guesses on one connection: make a brute force reconnect.
+            response.headers["connection"] = "close"
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
