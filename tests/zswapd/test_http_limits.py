@@ -51,12 +51,14 @@ def _json_body(reply: bytes) -> dict[str, str]:
 
 
 def _closed_within(s: socket.socket, trickle: bytes, every: float) -> tuple[float, bytes]:
-    """Send ``trickle`` a byte every ``every`` seconds until the daemon closes;
-    the seconds that took and what it answered."""
+    """Send ``trickle`` a byte every ``every`` seconds until the daemon closes
+    (failing after 5 s); the seconds that took and what it answered."""
     s.settimeout(every)
     start = time.monotonic()
     reply = b""
     for byte in trickle:
+        if time.monotonic() - start > 5:
+            pytest.fail("still open after 5 s")
         try:
             s.sendall(bytes([byte]))
             chunk = s.recv(65536)
@@ -129,6 +131,7 @@ def test_slowloris_does_not_lock_out_a_well_behaved_client() -> None:
 def test_a_slow_head_is_closed_after_the_header_timeout(quick: Daemon) -> None:
     # A bare connection that never sends: closed, silently.
     bare = _connect(quick)
+    bare.settimeout(5)
     start = time.monotonic()
     assert _read_to_eof(bare) == b""
     assert 0.8 < time.monotonic() - start < 3
