@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from zswapd import __version__
@@ -432,6 +433,13 @@ def create_app(
             if allowed:
                 response.headers["allow"] = ", ".join(sorted(allowed))
         return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client left mid-body, or was cut off for sending it too slowly
+        # (zswapd.http_protocol): nobody to answer, and no traceback to log for
+        # each of a flood of such connections.
+        return Response(status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -22,7 +22,10 @@ depending on whose turn it is.
   (back-pressure, a queued pipelined request) is not the client's: the clock
   restarts.
 - *Being served*: the server's turn; no timer (work is bounded by the request
-  caps).
+  caps), except that a client which leaves its answer unread (the transport's
+  buffer stays above its high-water mark) for a whole ``header_timeout`` is cut
+  off, and so is one whose last answer is still unread that long after the
+  connection was closed.
 
 Only when every connection is being served or receiving a body does a newcomer
 get ``503 too_many_connections`` (JSON, as the OpenAPI document says), and
@@ -155,6 +158,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._parsing: Literal["between", "head", "body"] = "between"
         self._wait: _Wait = None  # what the timer below is for
         self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
         self._body_start = 0.0
         self._body_seen = 0
         self._counted = False
@@ -177,11 +181,23 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def evict(self) -> None:
         """Close this idle connection to make room for a newcomer."""
+        self._drop()
+
+    def _drop(self, answer: bytes = b"") -> None:
+        """Close now, after ``answer``; abort if the client leaves it unread a
+        whole header_timeout (a close waits for the write buffer to drain)."""
+        if answer:
+            self.transport.write(answer)
         self._forget()
         self.transport.close()
+        if self.transport.get_write_buffer_size():
+            self.loop.call_later(self.limits.header_timeout, self.transport.abort)
 
     def _forget(self) -> None:
         self._set_timer(None)
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         self.table.waiting.pop(self, None)
         if self._counted:
             self._counted = False
@@ -282,13 +298,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _expired(self) -> None:
         self._timer = None
         if self.transport.is_closing():
+            # Closed (uvicorn's keep-alive timeout, Connection: close) but not
+            # gone: its last answer is still unread after all this time.
+            self.transport.abort()
             return
         if self._wait == "head":
             if self._parsing == "head":
                 detail = f"request head not complete within {self.limits.header_timeout:g} s"
                 self._close_with_408(detail)
             else:
-                self.transport.close()  # an idle connection: nothing to answer
+                self._drop()  # an idle connection: nothing to answer
             return
         now = self.loop.time()
         if self.flow.read_paused:
@@ -305,15 +324,33 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _close_with_408(self, detail: str) -> None:
         cycle = self.cycle
+        answer = b""
         if cycle is None or cycle.response_complete or not cycle.response_started:
-            self.transport.write(_answer(b"408 Request Timeout", "request_timeout", detail))
+            answer = _answer(b"408 Request Timeout", "request_timeout", detail)
         if cycle is not None:
             # As connection_lost would: the app's pending receive() sees a
             # disconnect, and nothing it sends reaches the closing transport.
             cycle.disconnected = True
             cycle.message_event.set()
-        self._forget()
-        self.transport.close()
+        self._drop(answer)
+
+    # A client that does not read its answer: the transport stops the app's
+    # writes past its high-water mark (64 KiB) and would wait forever, holding
+    # the connection and the rest of the answer.  Reading nothing at all for a
+    # header_timeout ends it.
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(
+                self.limits.header_timeout, self.transport.abort
+            )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
 
 def protocol_class(limits: HttpLimits) -> type[GuardedHttpProtocol]:

@@ -296,3 +296,42 @@ def test_duplicate_authorization_headers_are_refused(tmp_path: Path) -> None:
                 }
     finally:
         assert d.stop() == 0
+
+
+def test_a_client_that_never_reads_its_answer_is_cut_off() -> None:
+    # A 16 MiB answer (4096 pages) to a client with a small receive window that
+    # reads nothing: after a header timeout the daemon gives up on it, rather
+    # than hold the connection and the unsent answer for ever.
+    d = start_daemon("--header-timeout", "1", "--max-pages-per-request", "4096")
+    try:
+        pages = [text_page(i) for i in range(4096)]
+        with Client(d.url) as c:
+            handles = c.store(pages)
+        body = json.dumps({"handles": handles}).encode()
+        host, port = d.url.removeprefix("http://").rsplit(":", 1)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.connect((host, int(port)))
+        s.sendall(
+            b"POST /v1/pools/default/pages:load HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
+        time.sleep(3)  # read nothing
+        s.settimeout(3)
+        got = 0
+        ended = False
+        try:
+            while chunk := s.recv(1 << 20):
+                got += len(chunk)
+            ended = True
+        except ConnectionResetError:
+            ended = True
+        except TimeoutError:
+            pass
+        s.close()
+        assert ended, f"still open after {got} bytes"
+        assert got < 4096 * 4096
+        with httpx.Client(base_url=d.url) as h:
+            assert h.get("/healthz").status_code == 200
+    finally:
+        assert d.stop() == 0
