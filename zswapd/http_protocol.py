@@ -27,9 +27,12 @@ depending on whose turn it is.
   off, and so is one whose last answer is still unread that long after the
   connection was closed.
 
-Only when every connection is being served or receiving a body does a newcomer
-get ``503 too_many_connections`` (JSON, as the OpenAPI document says), and
-``Connection: close``.
+Past ``max_connections``, failing an idle connection, the oldest body that has
+averaged below ``min_body_rate`` for a second or more is cut off (408) for the
+newcomer: a slowloris that completes its heads gets no more than one that does
+not.  Only when every connection is being served or receiving a body at a
+proper rate does a newcomer get ``503 too_many_connections`` (JSON, as the
+OpenAPI document says), and ``Connection: close``.
 
 A connection also carries a count of requests that named a stale or forged
 handle (``stale_handle``, 404): past ``max_stale_handles`` the HTTP layer
@@ -61,6 +64,10 @@ __all__ = [
 # any link a swap client sits behind, while a trickle of a few bytes a second
 # is cut off after the grace.
 MIN_BODY_RATE = 64 * 1024
+
+# A body is judged on its average rate only after this many seconds: a body
+# that has just begun has had no chance to show its rate.
+BODY_RATE_WINDOW = 1.0
 
 # The ASGI scope key (under "extensions") of a connection's ConnectionState.
 CONNECTION_EXTENSION = "zswapd.connection"
@@ -110,21 +117,28 @@ def note_stale_handle(scope: Any) -> bool:
 
 
 class ConnectionTable:
-    """One server's connections: how many are open, and those waiting for a
-    request head, longest-waiting first (a dict keeps insertion order, so
-    finding the oldest and moving one to the back are O(1))."""
+    """One server's connections: how many are open, those waiting for a request
+    head and those receiving a body, each longest-waiting first (a dict keeps
+    insertion order, so finding the oldest and moving one to the back are O(1))."""
 
-    __slots__ = ("open", "waiting")
+    __slots__ = ("open", "receiving", "waiting")
 
     def __init__(self) -> None:
         self.open = 0
         self.waiting: dict[GuardedHttpProtocol, None] = {}
+        self.receiving: dict[GuardedHttpProtocol, None] = {}
 
-    def evict_oldest_waiting(self) -> bool:
-        """Close the connection that has waited longest for a head; False if none."""
+    def make_room(self) -> bool:
+        """Close one connection for a newcomer: the one that has waited longest
+        for a head, else the oldest body still below the minimum rate (a body
+        slowloris within its grace); False if every connection is busy."""
         for victim in self.waiting:
             victim.evict()
             return True
+        for victim in self.receiving:
+            if victim.behind():
+                victim.evict()
+                return True
         return False
 
 
@@ -172,7 +186,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.table.open > self.limits.max_connections:
             # Take the place of the longest-idle connection, if there is one
             # (else this one is refused at its first head, unless one turns idle).
-            self.table.evict_oldest_waiting()
+            self.table.make_room()
         self._update()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -180,8 +194,24 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._forget()
 
     def evict(self) -> None:
-        """Close this idle connection to make room for a newcomer."""
-        self._drop()
+        """Close this idle or slow connection to make room for a newcomer."""
+        if self._wait == "body":
+            self._close_with_408(
+                f"request body slower than {self.limits.min_body_rate} bytes/s "
+                "while every connection is taken"
+            )
+        else:
+            self._drop()
+
+    def behind(self) -> bool:
+        """Whether this body has averaged below min_body_rate over a second or more
+        (not counting time the server itself stopped reading)."""
+        age = self.loop.time() - self._body_start
+        return (
+            not self.flow.read_paused
+            and age >= BODY_RATE_WINDOW
+            and self._body_seen < age * self.limits.min_body_rate
+        )
 
     def _drop(self, answer: bytes = b"") -> None:
         """Close now, after ``answer``; abort if the client leaves it unread a
@@ -199,6 +229,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._write_timer.cancel()
             self._write_timer = None
         self.table.waiting.pop(self, None)
+        self.table.receiving.pop(self, None)
         if self._counted:
             self._counted = False
             self.table.open -= 1
@@ -219,9 +250,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.table.waiting.pop(self, None)  # no longer idle: never its own victim
         self._body_start = self.loop.time()
         self._body_seen = 0
-        if self.table.open > self.limits.max_connections and not (
-            self.table.evict_oldest_waiting()
-        ):
+        if self.table.open > self.limits.max_connections and not (self.table.make_room()):
             # Every other connection is busy: refuse this request, not a bystander.
             app, self.app = self.app, self._too_many_connections
             try:
@@ -276,12 +305,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             wait = "head"
         if wait == self._wait:
             return  # same wait as before: its deadline stands
+        self.table.waiting.pop(self, None)
+        self.table.receiving.pop(self, None)
         if wait == "head":
             self.table.waiting[self] = None
             self._set_timer("head", self.limits.header_timeout)
+        elif wait == "body":
+            self.table.receiving[self] = None
+            self._set_timer("body", self._body_deadline() - self.loop.time())
         else:
-            self.table.waiting.pop(self, None)
-            self._set_timer(wait, self._body_deadline() - self.loop.time())
+            self._set_timer(None)
 
     def _body_deadline(self) -> float:
         grace = self.limits.header_timeout + self._body_seen / self.limits.min_body_rate

@@ -247,6 +247,32 @@ def test_past_the_cap_with_every_connection_busy_is_json_503(quick: Daemon) -> N
         assert h.get("/healthz").status_code == 200
 
 
+def test_past_the_cap_slow_bodies_make_room() -> None:
+    # Eight bodies trickled well below the minimum rate, within a long grace:
+    # a ninth client is served, and the oldest slow body is cut off with 408.
+    d = start_daemon("--header-timeout", "30", "--max-connections", "8")
+    slow = []
+    try:
+        for _ in range(8):
+            s = _connect(d)
+            s.sendall(
+                b"POST /v1/pools/default/pages HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/octet-stream\r\nContent-Length: 4096\r\n\r\nxx"
+            )
+            slow.append(s)
+        time.sleep(1.2)  # past the one-second window a rate is judged over
+        with httpx.Client(base_url=d.url) as h:
+            assert h.get("/healthz").status_code == 200
+        slow[0].settimeout(5)
+        reply = _read_to_eof(slow[0])
+        assert reply.startswith(b"HTTP/1.1 408")
+        assert _json_body(reply)["error"] == "request_timeout"
+    finally:
+        for s in slow:
+            s.close()
+        assert d.stop() == 0
+
+
 def test_stale_handles_close_a_keep_alive_connection(quick: Daemon) -> None:
     with Client(quick.url) as c:
         handles = c.store([text_page(3)])
