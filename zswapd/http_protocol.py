@@ -79,7 +79,8 @@ class HttpLimits:
 
     Attributes:
         max_connections: open connections at most; past it the longest-waiting
-            idle one is closed, or the newcomer gets 503 if none is idle.
+            idle one (else the oldest slow body) is closed, or the newcomer
+            gets 503 if every connection is busy.
         header_timeout: seconds a request head has to arrive, and the grace a
             body gets before ``min_body_rate`` applies.
         min_body_rate: bytes per second a body must average past its grace.
@@ -184,7 +185,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.table.open += 1
         self._counted = True
         if self.table.open > self.limits.max_connections:
-            # Take the place of the longest-idle connection, if there is one
+            # Take the place of an idle or slow connection, if there is one
             # (else this one is refused at its first head, unless one turns idle).
             self.table.make_room()
         self._update()
@@ -250,7 +251,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.table.waiting.pop(self, None)  # no longer idle: never its own victim
         self._body_start = self.loop.time()
         self._body_seen = 0
-        if self.table.open > self.limits.max_connections and not (self.table.make_room()):
+        if self.table.open > self.limits.max_connections and not self.table.make_room():
             # Every other connection is busy: refuse this request, not a bystander.
             app, self.app = self.app, self._too_many_connections
             try:
