@@ -268,6 +268,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "malformed request"),
         (401, "token missing or wrong"),
         (404, "unknown pool or stale handle"),
+        (408, "request head or body not received in time; the connection is closed"),
         (409, "a pool of that name exists"),
         (413, "request too large"),
         (422, "wrong page size, or a page the pool rejects"),

@@ -245,6 +245,11 @@ def test_past_the_cap_with_every_connection_busy_is_json_503(quick: Daemon) -> N
     time.sleep(0.2)
     with httpx.Client(base_url=quick.url) as h:
         assert h.get("/healthz").status_code == 200
+        # The document promises these bodies, on every route.
+        store = h.get("/openapi.json").json()["paths"]["/v1/pools/{pool}/pages"]["post"]
+        for status in ("408", "503"):
+            schema = store["responses"][status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorBody"}
 
 
 def test_past_the_cap_slow_bodies_make_room() -> None:
