@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from zswapd import __version__
@@ -39,6 +40,7 @@ from zswapd.errors import (
     UnknownPoolError,
     ZswapdError,
 )
+from zswapd.http_protocol import note_stale_handle
 from zswapd.metrics import CONTENT_TYPE_LATEST, Metrics
 from zswapd.offload import offload, run_in_thread
 from zswapd.pool import PAGE_SIZE
@@ -285,6 +287,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "malformed request"),
         (401, "token missing or wrong"),
         (404, "unknown pool or stale handle"),
+        (408, "request head or body not received in time; the connection is closed"),
         (409, "a pool of that name exists"),
         (413, "request too large"),
         (422, "wrong page size, or a page the pool rejects"),
@@ -343,6 +346,13 @@ class _Guard:
             return
         path = scope["path"]
         headers = dict(scope["headers"])
+        if sum(name == b"authorization" for name, _ in scope["headers"]) > 1:
+            # Which one would count is a guess a proxy and the server may make
+            # differently (the last used to win): refuse the request instead.
+            await _error(400, "bad_request", "more than one Authorization header")(
+                scope, receive, send
+            )
+            return
         if self._token is not None and path != "/healthz":
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given, self._token):
@@ -404,7 +414,11 @@ def create_app(
 
     @app.exception_handler(ZswapdError)
     async def zswapd_error(request: Request, exc: ZswapdError) -> JSONResponse:
-        return _error(status_of(exc), exc.code, str(exc))
+        response = _error(status_of(exc), exc.code, str(exc))
+        if isinstance(exc, StaleHandleError) and note_stale_handle(request.scope):
+            # Too many guesses on one connection: make a brute force reconnect.
+            response.headers["connection"] = "close"
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -427,6 +441,13 @@ def create_app(
             if allowed:
                 response.headers["allow"] = ", ".join(sorted(allowed))
         return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client left mid-body, or was cut off for sending it too slowly
+        # (zswapd.http_protocol): nobody to answer, and no traceback to log for
+        # each of a flood of such connections.
+        return Response(status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

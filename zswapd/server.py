@@ -29,6 +29,7 @@ import uvicorn
 from zswapd.device import DeviceRegistry
 from zswapd.errors import ConfigError
 from zswapd.http_api import ApiSettings, create_app
+from zswapd.http_protocol import HttpLimits, protocol_class
 from zswapd.limits import registry_for
 from zswapd.malloc import trim_when_idle
 from zswapd.nbd_server import NbdSettings, start_nbd_server
@@ -373,9 +374,15 @@ def serve(settings: ServerSettings) -> int:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=30,
-            # Past this many connections (idle keep-alive ones included) uvicorn
-            # answers 503 at once instead of holding more sockets and buffers.
-            limit_concurrency=settings.max_connections,
+            # Deadlines on heads and bodies, and the connection cap (past it the
+            # longest-idle connection makes room): see zswapd.http_protocol.
+            http=protocol_class(
+                HttpLimits(
+                    max_connections=settings.max_connections,
+                    header_timeout=settings.header_timeout,
+                    max_stale_handles=settings.max_stale_handles,
+                )
+            ),
         )
         nbd = None
         if settings.nbd is not None:

@@ -297,11 +297,16 @@ def test_connections_past_the_limit_are_refused_clearly(tmp_path: Path) -> None:
         time.sleep(0.2)
         again = Raw(path)  # room again
         assert again.call(Op.STORE, 1, text_page(1)).status == 0
-        # HTTP has its own limit of the same size.
+        # HTTP has its own limit of the same size (with every connection busy
+        # in a body: idle ones would make room, see test_http_limits.py).
         host, port = d.url.removeprefix("http://").split(":")
         socks = [socket.create_connection((host, int(port))) for _ in range(3)]
+        for s in socks:
+            s.sendall(b"POST /v1/pools/default/pages HTTP/1.1\r\nContent-Length: 9\r\n\r\nx")
+        time.sleep(0.1)
         r = httpx.get(f"{d.url}/healthz")
         assert r.status_code == 503
+        assert r.json()["error"] == "too_many_connections"
         for s in socks:
             s.close()
     finally:
