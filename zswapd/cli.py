@@ -198,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-pages-per-request", type=int, help="body cap in pages (1024)")
     serve.add_argument(
-        "--max-connections", type=int, help="open connections per frontend (1024); then 503"
+        "--max-connections",
+        type=int,
+        help="connections per frontend, NBD too (1024); past it 503 (HTTP first closes idle ones)",
     )
     serve.add_argument(
         "--state-dir", metavar="DIR", help="save pools here on SIGTERM, restore them on start"

@@ -112,7 +112,9 @@ class ServerSettings:
     unix_socket: str | None = None
     auth_token_file: str | None = None
     max_pages_per_request: int = 1024
-    # Open connections per frontend; past it new ones are refused (503).
+    # Open connections per frontend (HTTP, wire, NBD).  Past it a newcomer is
+    # refused (503; NBD just closes), except that HTTP first closes the connection
+    # idle longest, or the slowest body, to make room.
     max_connections: int = 1024
     state_dir: str | None = None
     # Seconds between snapshots of every pool to state_dir (0: only at shutdown).
