@@ -42,7 +42,7 @@ from zswapd.errors import (
 )
 from zswapd.http_protocol import note_stale_handle
 from zswapd.metrics import CONTENT_TYPE_LATEST, Metrics
-from zswapd.offload import offload, run_in_thread
+from zswapd.offload import offload, run_in_thread, run_maintenance
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
 
@@ -574,14 +574,14 @@ def create_app(
 
     @app.post("/v1/pools/{pool}/compact", response_model=CompactResult, name="compact")
     async def compact(pool: PoolName) -> CompactResult:
-        released = await run_in_thread(reg.get(pool).compact)
+        released = await run_maintenance(reg.get(pool).compact)
         return CompactResult(pages_released=released)
 
     @app.post("/v1/pools/{pool}/recompress", response_model=RecompressResult, name="recompress")
     async def recompress(pool: PoolName, body: RecompressRequest | None = None) -> RecompressResult:
         req = body or RecompressRequest()
         target = reg.get(pool)
-        result = await run_in_thread(
+        result = await run_maintenance(
             lambda: target.recompress(
                 req.type,
                 algo=req.algo,

@@ -24,9 +24,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
+import anyio
+import anyio.to_thread
 from starlette.concurrency import run_in_threadpool
 
-__all__ = ["INLINE_PAGES", "offload", "run_in_thread", "thread_jobs"]
+__all__ = ["INLINE_PAGES", "MAINTENANCE_THREADS", "offload", "run_in_thread", "run_maintenance", "thread_jobs"]
 
 T = TypeVar("T")
 
@@ -75,18 +77,15 @@ class _Job(Generic[T]):
         return outcome
 
 
-async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in a worker thread; its exception, if any, raised here.
-
-    Unlike ``run_in_threadpool`` alone, a failed call leaves no reference
-    cycle: the exception is freed with its traceback as soon as its handler is
-    done with it.
-    """
+async def _run(fn: Callable[..., T], args: tuple[Any, ...], limiter: Any) -> T:
     global _thread_jobs
     _thread_jobs += 1
     job = _Job(fn, args)
     try:
-        await run_in_threadpool(job.run)
+        if limiter is None:
+            await run_in_threadpool(job.run)
+        else:
+            await anyio.to_thread.run_sync(job.run, limiter=limiter)
     finally:
         # Emptied whatever happened (cancelled too): the job's traceback frame
         # holds the job, so a job still holding the exception would be a cycle.
@@ -98,6 +97,33 @@ async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
     finally:
         # This frame is on the traceback: it must not hold the exception too.
         del error
+
+
+async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread; its exception, if any, raised here.
+
+    Unlike ``run_in_threadpool`` alone, a failed call leaves no reference
+    cycle: the exception is freed with its traceback as soon as its handler is
+    done with it.
+    """
+    return await _run(fn, args, None)
+
+
+# Recompression and compaction walk a whole pool, seconds of CPU each: left to
+# the shared thread pool (40 threads), a burst of them took every thread, and a
+# Prometheus scrape waited 54 s behind them.  They queue for threads of their
+# own instead, MAINTENANCE_THREADS at a time for the whole server.
+MAINTENANCE_THREADS = 2
+_maintenance: anyio.CapacityLimiter | None = None
+
+
+async def run_maintenance(fn: Callable[..., T], *args: Any) -> T:
+    """As :func:`run_in_thread`, for whole-pool work: at most MAINTENANCE_THREADS
+    such calls run at once, and they never take the threads requests need."""
+    global _maintenance
+    if _maintenance is None:  # made on first use: it belongs to the running loop
+        _maintenance = anyio.CapacityLimiter(MAINTENANCE_THREADS)
+    return await _run(fn, args, _maintenance)
 
 
 async def offload(pages: int, fn: Callable[..., T], *args: Any) -> T:

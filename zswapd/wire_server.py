@@ -36,7 +36,7 @@ from zswapd.errors import (
     ZswapdError,
 )
 from zswapd.http_api import status_of
-from zswapd.offload import offload, run_in_thread
+from zswapd.offload import offload, run_in_thread, run_maintenance
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
 from zswapd.protocol import (
@@ -357,7 +357,7 @@ class WireConnection(asyncio.BufferedProtocol):
             stats = await run_in_thread(pool.stats)
             return json.dumps(stats).encode()
         if op == Op.COMPACT:
-            released = await run_in_thread(pool.compact)
+            released = await run_maintenance(pool.compact)
             return struct.pack("<Q", released)
         raise ProtocolError(400, "bad_request", f"unknown op 0x{op:02x}")
 

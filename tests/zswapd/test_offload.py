@@ -89,3 +89,37 @@ def test_the_heaps_are_trimmed_once_after_each_burst(monkeypatch: pytest.MonkeyP
 
 def test_trim_runs_here() -> None:
     assert malloc.trim() in (True, False)  # glibc; elsewhere False, changing nothing
+
+
+def test_maintenance_work_never_takes_the_threads_requests_need() -> None:
+    """Whole-pool work (recompress, compact) runs MAINTENANCE_THREADS at a time;
+    requests' thread work goes on while every maintenance slot is busy."""
+    import threading
+
+    from zswapd.offload import MAINTENANCE_THREADS, run_maintenance
+
+    release = threading.Event()
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def long_maintenance() -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        release.wait(10)
+        with lock:
+            running -= 1
+
+    async def scenario() -> None:
+        jobs = [asyncio.ensure_future(run_maintenance(long_maintenance)) for _ in range(60)]
+        await asyncio.sleep(0.2)
+        # Sixty queued, MAINTENANCE_THREADS running: a request still gets a thread.
+        assert await asyncio.wait_for(run_in_thread(lambda: 42), 5) == 42
+        assert running == MAINTENANCE_THREADS
+        release.set()
+        await asyncio.gather(*jobs)
+
+    asyncio.run(scenario())
+    assert most == MAINTENANCE_THREADS
