@@ -8,8 +8,10 @@ served, so a connection holds at most one request's payload.
 
 What a client can cost is bounded in every phase:
 
-- at most ``max_connections`` connections; past it a new one is closed at
-  once (NBD has no way to refuse before the greeting);
+- at most ``max_connections`` connections; past it the oldest connection
+  still in its handshake is dropped to make room, and when every connection
+  is in transmission the newcomer is closed at once (NBD has no way to refuse
+  before the greeting);
 - a client has ``handshake_timeout`` seconds from connecting to reach
   transmission (NBD_OPT_GO or EXPORT_NAME), then it is dropped: idle or
   trickling connections cannot pile up;
@@ -88,12 +90,13 @@ class NbdConnection(asyncio.Protocol):
     """One client connection: handshake, then commands answered in order."""
 
     def __init__(
-        self, devices: DeviceRegistry, settings: NbdSettings, open_count: list[int]
+        self, devices: DeviceRegistry, settings: NbdSettings, open_conns: dict[NbdConnection, None]
     ) -> None:
         self.devices = devices
         self.settings = settings
         self.observe = settings.observe
-        self.open_count = open_count  # shared by every connection of the server
+        # Every open connection of the server, oldest first (shared).
+        self.open_conns = open_conns
         self.counted = False
         self.proto = NbdServerConnection()
         self.transport: Any = None
@@ -110,10 +113,10 @@ class NbdConnection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        if self.open_count[0] >= self.settings.max_connections:
+        if len(self.open_conns) >= self.settings.max_connections and not self._make_room():
             transport.abort()
             return
-        self.open_count[0] += 1
+        self.open_conns[self] = None
         self.counted = True
         loop = asyncio.get_running_loop()
         self.deadline = loop.call_later(self.settings.handshake_timeout, self._handshake_expired)
@@ -130,12 +133,34 @@ class NbdConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.counted:
-            self.open_count[0] -= 1
+            del self.open_conns[self]
             self.counted = False
         if self.deadline is not None:
             self.deadline.cancel()
+            self.deadline = None
         if self.task is not None:
             self.task.cancel()
+            # The task's frame holds this connection: without this edge no cycle
+            # keeps a closed connection (and what it read) alive until a full gc.
+            self.task = None
+
+    def _make_room(self) -> bool:
+        """At the cap: drop the oldest connection still in its handshake.
+
+        A client in transmission may sit idle for hours (a mounted device) and
+        is never dropped; one that has not got that far is either slow or
+        squatting a slot, and the newcomer is at least as likely to be real.
+        """
+        for conn in self.open_conns:
+            if conn.proto.state != conn.proto.TRANSMISSION:
+                log.info(
+                    "nbd: at %d connections: dropping one still in its handshake",
+                    self.settings.max_connections,
+                )
+                conn.transport.abort()
+                conn.connection_lost(None)  # counted out now, not when the loop gets to it
+                return True
+        return False
 
     def pause_writing(self) -> None:
         self.can_write.clear()
@@ -355,10 +380,10 @@ async def start_nbd_server(
     """Serve NBD on an already bound, listening socket (TCP or Unix)."""
     loop = asyncio.get_running_loop()
     settings = settings or NbdSettings()
-    open_count = [0]
+    open_conns: dict[NbdConnection, None] = {}
     return await loop.create_server(
         # asyncio would listen() again with a backlog of 100: keep server.bind()'s.
-        lambda: NbdConnection(devices, settings, open_count),
+        lambda: NbdConnection(devices, settings, open_conns),
         sock=listen,
         backlog=1024,
     )

@@ -28,7 +28,14 @@ import anyio
 import anyio.to_thread
 from starlette.concurrency import run_in_threadpool
 
-__all__ = ["INLINE_PAGES", "MAINTENANCE_THREADS", "offload", "run_in_thread", "run_maintenance", "thread_jobs"]
+__all__ = [
+    "INLINE_PAGES",
+    "MAINTENANCE_THREADS",
+    "offload",
+    "run_in_thread",
+    "run_maintenance",
+    "thread_jobs",
+]
 
 T = TypeVar("T")
 

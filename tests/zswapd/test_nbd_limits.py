@@ -61,11 +61,11 @@ def test_nbd_connections_past_the_cap_are_closed(tmp_path: Path) -> None:
     sock = str(tmp_path / "nbd.sock")
     d = start_daemon("--nbd", f"unix:{sock}", "--device", "d=1M", "--max-connections", "4")
     try:
-        held = [nbd_client.connect(sock) for _ in range(4)]
+        # Four clients in transmission: none is dropped for a newcomer.
+        held = [nbd_client.open_device(sock, "d") for _ in range(4)]
         extra = _raw(sock)
         assert nbd_client.closed_by_peer(extra, 5), "a fifth connection was served"
         # The others are not disturbed, and HTTP still answers.
-        nbd_client.go(held[0], "d")
         assert nbd_client.request(held[0], Cmd.READ, 0, 4096) == bytes(4096)
         assert httpx.get(f"{d.url}/healthz").status_code == 200
         # A slot freed is a slot for the next client.
@@ -80,6 +80,25 @@ def test_nbd_connections_past_the_cap_are_closed(tmp_path: Path) -> None:
                 time.sleep(0.05)
         assert nbd_client.request(s, Cmd.READ, 0, 4096) == bytes(4096)
         for c in (*held, s, extra):
+            c.close()
+    finally:
+        assert d.stop() == 0
+
+
+def test_past_the_cap_a_connection_still_in_its_handshake_makes_room(tmp_path: Path) -> None:
+    """Squatters that connect and never negotiate cannot lock real clients out."""
+    sock = str(tmp_path / "nbd.sock")
+    d = start_daemon("--nbd", f"unix:{sock}", "--device", "d=1M", "--max-connections", "4")
+    try:
+        working = nbd_client.open_device(sock, "d")
+        squatters = [_raw(sock) for _ in range(3)]
+        time.sleep(0.2)  # accepted, in order
+        newcomer = nbd_client.open_device(sock, "d")
+        assert nbd_client.request(newcomer, Cmd.READ, 0, 4096) == bytes(4096)
+        # The oldest squatter made room; the client in transmission was left alone.
+        assert nbd_client.closed_by_peer(squatters[0], 5)
+        assert nbd_client.request(working, Cmd.READ, 0, 4096) == bytes(4096)
+        for c in (working, newcomer, *squatters):
             c.close()
     finally:
         assert d.stop() == 0
