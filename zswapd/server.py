@@ -37,7 +37,7 @@ from zswapd.offload import run_in_thread, thread_jobs
 from zswapd.pool import LIVE_SETTINGS, PagePool
 from zswapd.pools import PoolRegistry
 from zswapd.settings import ServerSettings
-from zswapd.state import load_state_dir, save_state_dir
+from zswapd.state import SUFFIX, load_state_dir, save_state_dir
 from zswapd.wire_server import WireSettings, start_wire_server
 
 __all__ = ["Listener", "bind", "parse_listen", "serve"]
@@ -148,11 +148,18 @@ class _Saver:
     """Writes every pool to the state directory: on demand and periodically."""
 
     def __init__(
-        self, registry: PoolRegistry, directory: Path, interval: float, devices: DeviceRegistry
+        self,
+        registry: PoolRegistry,
+        directory: Path,
+        interval: float,
+        devices: DeviceRegistry,
+        preserve: frozenset[str] = frozenset(),
     ) -> None:
         self.registry = registry
         self.directory = directory
         self.interval = interval
+        # Files named like the configured devices: left in place, never deleted.
+        self.preserve = preserve
         # Device pools are never saved, however the device was made (flag, file or
         # HTTP): a block device starts empty, as zram does.
         self.devices = devices
@@ -161,7 +168,7 @@ class _Saver:
         names = self.registry.names()
         skip = set(self.devices.names())  # after names(): a device made between is skipped
         pools = [self.registry.get(n) for n in names if n not in skip]
-        written = save_state_dir(pools, self.directory)
+        written = save_state_dir(pools, self.directory, preserve=self.preserve)
         log.info("saved %d pools to %s", len(written), self.directory)
 
     async def periodic(self) -> None:
@@ -310,14 +317,22 @@ def serve(settings: ServerSettings) -> int:
     state_dir = Path(settings.state_dir) if settings.state_dir is not None else None
     if state_dir is not None:
         # A torn or corrupted file raises StateError: refuse to start, load nothing.
-        device_names = set(settings.devices)
+        device_names = frozenset(settings.devices)
+        for name in sorted(device_names):
+            if (state_dir / f"{name}{SUFFIX}").exists():
+                log.warning(
+                    "%s names the device %s: not loaded (a device starts empty) and left in "
+                    "place; rename or remove it to restore that pool",
+                    state_dir / f"{name}{SUFFIX}",
+                    name,
+                )
         restored = load_state_dir(
-            state_dir, budget=registry.budget, arena_pages=registry.arena_pages
+            state_dir,
+            budget=registry.budget,
+            arena_pages=registry.arena_pages,
+            skip=device_names,
         )
         for pool in restored:
-            if pool.name in device_names:
-                pool.close()
-                continue  # devices start empty (an old file of that name is ignored)
             registry.adopt(pool)
             _apply_given_settings(pool, settings, state_dir)
             log.info("restored pool %s: %d pages", pool.name, pool.stored_pages)
@@ -405,7 +420,13 @@ def serve(settings: ServerSettings) -> int:
             ready.append(f"zswapd: serving NBD on {where} ({', '.join(devices.names())})")
         saver = None
         if state_dir is not None:
-            saver = _Saver(registry, state_dir, settings.snapshot_interval, devices)
+            saver = _Saver(
+                registry,
+                state_dir,
+                settings.snapshot_interval,
+                devices,
+                preserve=frozenset(settings.devices),
+            )
             ready.append(f"zswapd: state in {state_dir}")
         # The HTTP line last: a parent waiting for it knows everything else is up.
         ready.append(f"zswapd: serving HTTP on {listener.url()}")

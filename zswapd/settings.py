@@ -20,7 +20,11 @@ The TOML file::
     compressor = "lz4"
 
 Environment variables (for the default pool and the server): ``ZSWAPD_HTTP``,
-``ZSWAPD_AUTH_TOKEN_FILE``, ``ZSWAPD_MAX_PAGES_PER_REQUEST``,
+``ZSWAPD_AUTH_TOKEN_FILE``, ``ZSWAPD_MAX_PAGES_PER_REQUEST``, ``ZSWAPD_METRICS``,
+``ZSWAPD_UNIX_SOCKET``, ``ZSWAPD_NBD``, ``ZSWAPD_STATE_DIR``,
+``ZSWAPD_SNAPSHOT_INTERVAL``, ``ZSWAPD_MAX_CONNECTIONS``,
+``ZSWAPD_HANDSHAKE_TIMEOUT``, ``ZSWAPD_HEADER_TIMEOUT``,
+``ZSWAPD_MAX_STALE_HANDLES``, ``ZSWAPD_MEMORY_LIMIT``, ``ZSWAPD_MAX_POOLS``,
 ``ZSWAPD_COMPRESSOR``, ``ZSWAPD_LEVEL``, ``ZSWAPD_ALLOCATOR``,
 ``ZSWAPD_CHAIN_SIZE``, ``ZSWAPD_POOL_LIMIT``, ``ZSWAPD_HUGE_POLICY``,
 ``ZSWAPD_ACCEPT_THRESHOLD_PERCENT``, ``ZSWAPD_RECOMPRESS_ALGO``.
@@ -62,6 +66,16 @@ _SERVER_ENV: list[tuple[str, str, Any]] = [
     ("ZSWAPD_AUTH_TOKEN_FILE", "auth_token_file", str),
     ("ZSWAPD_MAX_PAGES_PER_REQUEST", "max_pages_per_request", int),
     ("ZSWAPD_METRICS", "metrics", str),
+    ("ZSWAPD_UNIX_SOCKET", "unix_socket", str),
+    ("ZSWAPD_NBD", "nbd", str),
+    ("ZSWAPD_STATE_DIR", "state_dir", str),
+    ("ZSWAPD_SNAPSHOT_INTERVAL", "snapshot_interval", float),
+    ("ZSWAPD_MAX_CONNECTIONS", "max_connections", int),
+    ("ZSWAPD_HANDSHAKE_TIMEOUT", "handshake_timeout", float),
+    ("ZSWAPD_HEADER_TIMEOUT", "header_timeout", float),
+    ("ZSWAPD_MAX_STALE_HANDLES", "max_stale_handles", int),
+    ("ZSWAPD_MEMORY_LIMIT", "memory_limit", str),
+    ("ZSWAPD_MAX_POOLS", "max_pools", int),
 ]
 
 

@@ -270,16 +270,22 @@ def _state_names(dfd: int) -> list[str]:
     return sorted(n for n in os.listdir(dfd) if n.endswith(SUFFIX) and not n.startswith("."))
 
 
-def save_state_dir(pools: list[PagePool], directory: Path) -> list[Path]:
+def save_state_dir(
+    pools: list[PagePool], directory: Path, *, preserve: frozenset[str] = frozenset()
+) -> list[Path]:
     """Save every pool; remove the files of pools that no longer exist.
+
+    The files of the pools named in ``preserve`` are left as they are (a state
+    file named like a configured device: not ours to load, nor to delete).
 
     Raises:
         StateError: the directory is not safe (see the module's docstring).
     """
     with _open_dir(directory, create=True) as dfd:
         keep = {_save_pool(p, dfd) for p in pools}
+        kept = keep | {f"{name}{SUFFIX}" for name in preserve}
         for name in _state_names(dfd):
-            if name not in keep:
+            if name not in kept:
                 os.unlink(name, dir_fd=dfd)  # never follows a symlink
         os.fsync(dfd)
     return [directory / name for name in sorted(keep)]
@@ -290,9 +296,14 @@ def _is_temporary(name: str) -> bool:
 
 
 def load_state_dir(
-    directory: Path, *, budget: PageBudget | None = None, arena_pages: int | None = None
+    directory: Path,
+    *,
+    budget: PageBudget | None = None,
+    arena_pages: int | None = None,
+    skip: frozenset[str] = frozenset(),
 ) -> list[PagePool]:
-    """Every pool saved in ``directory`` (made, 0700, if it does not exist yet).
+    """Every pool saved in ``directory`` (made, 0700, if it does not exist yet),
+    but those named in ``skip``, whose files are not even read.
 
     Raises:
         StateError: an unsafe directory, or any file refused (then nothing is
@@ -302,5 +313,10 @@ def load_state_dir(
         for name in os.listdir(dfd):
             if _is_temporary(name):  # left by a crash mid-save (no saver runs yet)
                 os.unlink(name, dir_fd=dfd)
-        files = [(n, _read_state_file(dfd, n, directory / n)) for n in _state_names(dfd)]
+        skipped = {f"{name}{SUFFIX}" for name in skip}
+        files = [
+            (n, _read_state_file(dfd, n, directory / n))
+            for n in _state_names(dfd)
+            if n not in skipped
+        ]
     return [_load(data, directory / name, budget, arena_pages) for name, data in files]

@@ -195,7 +195,7 @@ def test_devices_are_never_saved(tmp_path: Path) -> None:
         assert d.stop() == 0
 
 
-def test_a_state_file_named_like_a_device_is_ignored(tmp_path: Path) -> None:
+def test_a_state_file_named_like_a_device_is_left_alone(tmp_path: Path) -> None:
     state, sock = tmp_path / "state", str(tmp_path / "nbd.sock")
     # A run where cfg0 was a pool leaves cfg0.zswapd behind ...
     d = start_daemon("--state-dir", str(state))
@@ -206,7 +206,9 @@ def test_a_state_file_named_like_a_device_is_ignored(tmp_path: Path) -> None:
     finally:
         assert d.stop() == 0
     assert (state / "cfg0.zswapd").exists()
-    # ... and a run where cfg0 is a device starts it empty, and drops the file.
+    saved = (state / "cfg0.zswapd").read_bytes()
+    # ... and a run where cfg0 is a device starts it empty, says so, and leaves the
+    # file alone (the pool's pages come back once the name is free again).
     d = start_daemon("--state-dir", str(state), "--nbd", f"unix:{sock}", "--device", "cfg0=1M")
     try:
         with httpx.Client(base_url=d.url, timeout=30) as h:
@@ -216,4 +218,9 @@ def test_a_state_file_named_like_a_device_is_ignored(tmp_path: Path) -> None:
             s.close()
     finally:
         assert d.stop() == 0
-    assert not (state / "cfg0.zswapd").exists()
+    assert any("names the device cfg0" in line for line in d.log), d.log
+    assert (state / "cfg0.zswapd").read_bytes() == saved
+    # Not even read: a corrupted file of a device's name does not stop the start.
+    (state / "cfg0.zswapd").write_bytes(b"junk")
+    d = start_daemon("--state-dir", str(state), "--nbd", f"unix:{sock}", "--device", "cfg0=1M")
+    assert d.stop() == 0

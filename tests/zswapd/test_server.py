@@ -41,3 +41,23 @@ def test_unix_socket_mode(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         sock.close()
+
+
+def test_every_limit_has_an_environment_variable() -> None:
+    from zswapd.settings import load_settings
+
+    env = {
+        "ZSWAPD_MEMORY_LIMIT": "8M",
+        "ZSWAPD_MAX_POOLS": "7",
+        "ZSWAPD_MAX_CONNECTIONS": "99",
+        "ZSWAPD_HANDSHAKE_TIMEOUT": "2.5",
+        "ZSWAPD_HEADER_TIMEOUT": "3",
+        "ZSWAPD_MAX_STALE_HANDLES": "5",
+        "ZSWAPD_STATE_DIR": "/var/lib/zswapd",
+    }
+    s = load_settings(environ=env)
+    assert (s.memory_limit, s.max_pools, s.max_connections) == ("8M", 7, 99)
+    assert (s.handshake_timeout, s.header_timeout, s.max_stale_handles) == (2.5, 3.0, 5)
+    assert s.state_dir == "/var/lib/zswapd"
+    # Flags still win over the environment.
+    assert load_settings(environ=env, flags={"max_pools": 3}).max_pools == 3
