@@ -31,9 +31,12 @@ class PageBudget:
         limit_pages: as given.
         used: pages charged now.
         used_max: the most ever charged at once.
+        committed_max: the most charged at any moment a caller called
+            :meth:`commit_max` (after a whole batch succeeded): a high-water mark
+            that a refused batch, charged then given back, does not move.
     """
 
-    __slots__ = ("_lock", "limit_pages", "used", "used_max")
+    __slots__ = ("_lock", "committed_max", "limit_pages", "used", "used_max")
 
     def __init__(self, limit_pages: int | None = None) -> None:
         if limit_pages is not None and (type(limit_pages) is not int or limit_pages < 0):
@@ -41,6 +44,7 @@ class PageBudget:
         self.limit_pages = limit_pages
         self.used = 0
         self.used_max = 0
+        self.committed_max = 0
         self._lock = threading.Lock()
 
     def charge(self, pages: int) -> bool:
@@ -53,6 +57,13 @@ class PageBudget:
             if used > self.used_max:
                 self.used_max = used
             return True
+
+    def commit_max(self) -> None:
+        """Record what is charged now as kept (zram's update_used_max, after a
+        store that succeeded)."""
+        with self._lock:
+            if self.used > self.committed_max:
+                self.committed_max = self.used
 
     def uncharge(self, pages: int) -> None:
         """Give back ``pages`` taken earlier."""

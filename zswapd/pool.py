@@ -313,8 +313,8 @@ class PagePool:
                     # The server's limit, not this pool's: no hysteresis latch.
                     self.counters.memory_limit_hit += len(batch)
                     raise MemoryLimitError(
-                        f"the server's memory limit is reached (all pools together hold "
-                        f"{self._budget_figures()['memory_used']} of "
+                        f"these pages would pass the server's --memory-limit (all pools "
+                        f"together hold {self._budget_figures()['memory_used']} of "
                         f"{self._budget_figures()['memory_limit']} bytes); none of the "
                         f"{len(batch)} pages stored in pool {self.name!r}"
                     ) from exc
@@ -331,6 +331,8 @@ class PagePool:
             self.counters.stored_pages_total += len(batch)
             # As zram's update_used_max: only a store that succeeded moves it.
             self._mem_used_max = max(self._mem_used_max, self._alloc.total_size_bytes)
+            if self.budget is not None:
+                self.budget.commit_max()
             return handles
 
     def load(self, handles: Sequence[int]) -> list[bytes]:
@@ -584,11 +586,16 @@ class PagePool:
                     self._huge_pages += kind == HUGE
                 self._entries.adopt(rows)
             except PoolFullError as exc:
-                raise ConfigError(f"the saved pages do not fit the pool's limit: {exc}") from exc
+                raise ConfigError(
+                    "the saved pages do not fit the pool's limit or the server's "
+                    f"--memory-limit (raise it, or move the state file aside): {exc}"
+                ) from exc
             except InvalidHandleError as exc:
                 raise ConfigError(f"bad handle in saved state: {exc}") from exc
             self.counters = counters
             self._mem_used_max = max(used_max, self._alloc.total_size_bytes)
+            if self.budget is not None:
+                self.budget.commit_max()
 
     # -- figures -------------------------------------------------------------------
 
@@ -623,7 +630,7 @@ class PagePool:
         return {
             "memory_limit": (b.limit_pages or 0) * PAGE_SIZE,
             "memory_used": b.used * PAGE_SIZE,
-            "memory_used_max": b.used_max * PAGE_SIZE,
+            "memory_used_max": b.committed_max * PAGE_SIZE,
         }
 
     def class_rows(self) -> list[dict[str, int]]:

@@ -438,3 +438,14 @@ def test_pools_sharing_a_budget_never_pass_it_together() -> None:
     pools[0].close()  # a pool dropped gives its pages back
     assert budget.used == sum(_budget_pages(p) for p in pools[1:])
     assert pools[1].stats()["server"]["memory_limit"] == 64 * 4096
+
+
+def test_a_refused_batch_does_not_move_the_servers_high_water_mark() -> None:
+    budget = PageBudget(64)
+    pool = PagePool("hw", PoolConfig(compressor="lz4"), budget=budget)
+    noise = [random_page(i) for i in range(200)]  # huge pages: a page each
+    with pytest.raises(MemoryLimitError):
+        pool.store(noise)
+    assert pool.stats()["server"]["memory_used_max"] == 0  # charged, given back: not kept
+    pool.store(noise[:10])
+    assert pool.stats()["server"]["memory_used_max"] == budget.used * 4096 > 0
