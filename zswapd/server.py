@@ -342,6 +342,11 @@ def serve(settings: ServerSettings) -> int:
     devices = DeviceRegistry(registry)
     for name, (size, device_config) in settings.device_configs().items():
         devices.create(name, size, device_config)
+    if settings.devices and settings.nbd is None:
+        log.warning(
+            "devices %s have no NBD listener: nothing can read or write them; add --nbd",
+            ", ".join(sorted(settings.devices)),
+        )
     token = settings.token()
     listener = parse_listen(settings.http)
     if not listener.loopback and token is None:

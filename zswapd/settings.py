@@ -159,14 +159,17 @@ class ServerSettings:
             value = getattr(self, key)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ConfigError(f"server setting {key} = {value!r} is not a {kind}")
-        for key in ("snapshot_interval", "handshake_timeout", "header_timeout"):
+        for key, least in (
+            ("snapshot_interval", ">= 0"),
+            ("handshake_timeout", "> 0"),
+            ("header_timeout", "> 0"),
+        ):
             value = getattr(self, key)
             # NaN compares false with everything: refuse it (and infinities) outright.
-            if not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{key} must be a finite number of seconds >= 0, not {value!r}")
-        for key in ("handshake_timeout", "header_timeout"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be more than 0 seconds")
+            bad = not math.isfinite(value) or value < 0 or (least == "> 0" and value == 0)
+            if bad:
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(f"{flag} must be a finite number of seconds {least}: {value!r}")
         if self.max_stale_handles < 1:
             raise ConfigError("max_stale_handles must be at least 1")
         if self.max_pools < 1:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.zswapd.daemon import run_cli
 from zswapd.errors import ConfigError
 from zswapd.server import Listener, bind, parse_listen
 
@@ -61,3 +62,20 @@ def test_every_limit_has_an_environment_variable() -> None:
     assert s.state_dir == "/var/lib/zswapd"
     # Flags still win over the environment.
     assert load_settings(environ=env, flags={"max_pools": 3}).max_pools == 3
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--snapshot-interval", "nan"),
+        ("--snapshot-interval", "inf"),
+        ("--snapshot-interval", "-1"),
+        ("--handshake-timeout", "0"),
+        ("--header-timeout", "nan"),
+    ],
+)
+def test_nonsense_intervals_are_refused_at_start(flag: str, value: str) -> None:
+    # NaN compares false with everything: `nan` was accepted and never snapshotted.
+    out = run_cli("serve", "--http", "127.0.0.1:0", flag, value, timeout=30)
+    assert out.returncode == 2
+    assert f"{flag} must be a finite number of seconds" in out.stderr
