@@ -134,7 +134,13 @@ async def run_maintenance(fn: Callable[..., T], *args: Any) -> T:
 
 
 async def offload(pages: int, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)``: on the loop for small batches, in a worker thread for large."""
-    if pages <= INLINE_PAGES:
+    """``fn(*args)``: on the loop for small batches, in a worker thread for large.
+
+    A small batch still goes to a thread when ``fn`` is a method of an object
+    that says it is ``busy`` (a pool whose lock is held): a compaction of a large
+    pool holds the lock for a second, and waiting for it on the loop stalled
+    every connection of every pool meanwhile.
+    """
+    if pages <= INLINE_PAGES and not getattr(getattr(fn, "__self__", None), "busy", False):
         return fn(*args)
     return await run_in_thread(fn, *args)

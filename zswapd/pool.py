@@ -402,6 +402,13 @@ class PagePool:
 
     # -- maintenance ---------------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """Someone holds the pool's lock now (a compaction, a recompression, a
+        snapshot, or just another request): a caller on an event loop should not
+        wait for it there."""
+        return self._lock.locked()
+
     def compact(self) -> int:
         """Compact the allocator; returns pages released (zram's compact)."""
         with self._lock:

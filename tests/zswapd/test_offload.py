@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -123,3 +125,40 @@ def test_maintenance_work_never_takes_the_threads_requests_need() -> None:
 
     asyncio.run(scenario())
     assert most == MAINTENANCE_THREADS
+
+
+def test_a_small_batch_for_a_busy_pool_waits_in_a_thread_not_on_the_loop() -> None:
+    from zswapd.config import PoolConfig
+    from zswapd.pool import PagePool
+
+    pool = PagePool("busy", PoolConfig(compressor="lz4"))
+    page = bytes(range(256)) * 16
+
+    async def scenario() -> None:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        held = threading.Event()
+
+        def compaction() -> None:  # holds the pool for half a second, as a big one does
+            with pool._lock:
+                held.set()
+                time.sleep(0.5)
+
+        holder = threading.Thread(target=compaction)
+        holder.start()
+        held.wait(5)
+        t = asyncio.ensure_future(ticker())
+        (handle,) = await asyncio.wait_for(offload(1, pool.store, page), 5)
+        # The loop went on serving while the store waited for the lock.
+        assert ticks >= 10
+        assert pool.load([handle]) == [page]
+        t.cancel()
+        holder.join()
+
+    asyncio.run(scenario())
