@@ -179,23 +179,6 @@ class HandleTable:
         self._free = head
         del loc[top:]
         del self._gen[top:]
-        # Relink the chain without the dropped slots, the others in their order.
-        head = last = 0
-        slot = self._free
-        while slot:
-            following = -1 - loc[slot]
-            if slot < top:
-                if last:
-                    loc[last] = -1 - slot
-                else:
-                    head = slot
-                last = slot
-            slot = following
-        if last:
-            loc[last] = -1  # the chain's end: -1 - 0
-        self._free = head
-        del loc[top:]
-        del self._gen[top:]
 
     def check_room(self) -> None:
         """Raise HandleTableFullError if no handle can be issued (call before
