@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-connections",
         type=int,
-        help="connections per frontend, NBD too (1024); past it 503 (HTTP first closes idle ones)",
+        help="connections per frontend, NBD too (1024); past it 503 (HTTP, wire: idle go first)",
     )
     serve.add_argument(
         "--state-dir", metavar="DIR", help="save pools here on SIGTERM, restore them on start"
@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--handshake-timeout",
         type=float,
         metavar="SECONDS",
-        help="close wire and NBD connections not through their handshake by then (10)",
+        help="close wire and NBD connections not through their handshake by then, and wire "
+        "connections whose answers stay unread that long (10)",
     )
     serve.add_argument(
         "--header-timeout",

@@ -12,7 +12,21 @@ the connection is closed; other connections carry on.
 A connection that has not completed HELLO within ``handshake_timeout`` seconds
 is sent a 408 error frame and closed, so silent sockets cannot pile up; one
 that sends more than ``max_stale_handles`` requests naming stale handles (a
-client guessing handles) has the last answered, then is closed.
+client guessing handles) has the last answered, then is closed.  The same
+``handshake_timeout`` is the write deadline: a peer that leaves its answers
+unread, so that writing stays paused that long, is aborted (its unsent answer
+dropped with the transport's buffer).
+
+Past ``max_connections`` the connection idle longest (nothing queued, being
+answered or unsent; those that have not sent HELLO first) is sent a 503
+``evicted`` error frame and closed to make room, as the HTTP frontend does; a
+newcomer is refused 503 only when every connection is busy.
+
+A closed connection must be freed by reference counting at once, without
+waiting for the cyclic garbage collector: ``connection_lost`` drops the task,
+the timers, the queue and the transport, which would otherwise keep the
+connection (and an unsent 4 MiB answer) alive in a cycle through the
+cancelled task's traceback.
 """
 
 from __future__ import annotations
@@ -69,7 +83,8 @@ class WireSettings:
     max_in_flight: int = 64
     max_connections: int = 1024
     token: str | None = None
-    # Seconds a connection has to complete HELLO; then it is closed.
+    # Seconds a connection has to complete HELLO; then it is closed.  Also the
+    # write deadline: writing paused this long (answers unread), it is aborted.
     handshake_timeout: float = 10.0
     # Requests naming a stale handle one connection may send; past it, closed.
     max_stale_handles: int = 64
@@ -94,11 +109,11 @@ class WireConnection(asyncio.BufferedProtocol):
     """One client connection."""
 
     def __init__(
-        self, registry: PoolRegistry, settings: WireSettings, open_count: list[int]
+        self, registry: PoolRegistry, settings: WireSettings, open_conns: set[WireConnection]
     ) -> None:
         self.registry = registry
         self.settings = settings
-        self.open_count = open_count  # shared by every connection of the server
+        self.open_conns = open_conns  # shared by every connection of the server
         self.counted = False
         self.parser = FrameParser(settings.max_payload)
         self.queue: collections.deque[Frame] = collections.deque()
@@ -115,17 +130,20 @@ class WireConnection(asyncio.BufferedProtocol):
         self.closing = False
         self.handshake_timer: asyncio.TimerHandle | None = None
         self.shrink_timer: asyncio.TimerHandle | None = None
+        self.write_timer: asyncio.TimerHandle | None = None
         self.stale_requests = 0  # requests answered 404 stale_handle
+        self.answering = False  # a request taken off the queue, not yet written
+        self.last_active = time.monotonic()  # bytes received or an answer written
 
     # -- asyncio protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; same interface.
         self.transport = transport  # type: ignore[assignment]
-        if self.open_count[0] >= self.settings.max_connections:
+        if len(self.open_conns) >= self.settings.max_connections and not self._make_room():
             assert self.transport is not None
-            # Refused clearly, before anything is read: idle connections cannot
-            # pile up past the limit.
+            # Refused clearly, before anything is read, and only when every
+            # connection is busy: idle ones make room instead.
             self.transport.write(
                 encode_error(
                     0,  # before any request is read: an answer to none
@@ -137,8 +155,9 @@ class WireConnection(asyncio.BufferedProtocol):
             )
             self.closing = True
             self.transport.close()
+            self.transport = None
             return
-        self.open_count[0] += 1
+        self.open_conns.add(self)
         self.counted = True
         loop = asyncio.get_running_loop()
         self.task = loop.create_task(self._serve())
@@ -151,6 +170,7 @@ class WireConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.parser.buffer_updated(nbytes)
+        self.last_active = time.monotonic()
         if self.closing:
             return  # answering nothing more: what arrives is not queued
         try:
@@ -169,24 +189,39 @@ class WireConnection(asyncio.BufferedProtocol):
         return True  # keep the write side open to answer what is queued
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Everything that could keep this connection in a reference cycle is
+        # dropped here, so that reference counting frees it (and any answer it
+        # held) at once: the cancelled task's traceback holds _serve's frame,
+        # which holds self, which held the task.
         self.closing = True
-        for timer in (self.handshake_timer, self.shrink_timer):
+        for timer in (self.handshake_timer, self.shrink_timer, self.write_timer):
             if timer is not None:
                 timer.cancel()
-        if self.counted:
-            self.open_count[0] -= 1
-            self.counted = False
+        self.handshake_timer = self.shrink_timer = self.write_timer = None
+        self._uncount()
         if self.task is not None:
             self.task.cancel()
+            self.task = None
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.transport = None
+        self.wakeup.set()
+        self.can_write.set()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
         self.can_write.clear()
+        if self.write_timer is None:
+            loop = asyncio.get_running_loop()
+            self.write_timer = loop.call_later(self.settings.handshake_timeout, self._write_expired)
         self._flow()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
         self.can_write.set()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
         self._flow()
 
     # -- flow control ------------------------------------------------------------------
@@ -236,6 +271,52 @@ class WireConnection(asyncio.BufferedProtocol):
         loop = asyncio.get_running_loop()
         self.shrink_timer = loop.call_later(_SHRINK_AFTER, shrink)
 
+    def _uncount(self) -> None:
+        if self.counted:
+            self.open_conns.discard(self)
+            self.counted = False
+
+    def _idle(self) -> bool:
+        """Nothing queued, being answered or unsent: closing it loses no work."""
+        return (
+            not self.closing
+            and not self.queue
+            and not self.answering
+            and self.transport is not None
+            and self.transport.get_write_buffer_size() == 0
+        )
+
+    def _make_room(self) -> bool:
+        """Close the connection idle longest (pre-HELLO first); False if none is idle."""
+        idle = [c for c in self.open_conns if c._idle()]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: (c.greeted, c.last_active))
+        victim._evict()
+        return True
+
+    def _evict(self) -> None:
+        if self.transport is None:
+            return
+        self.transport.write(
+            encode_error(
+                0,  # not an answer to any request
+                0,
+                503,
+                "evicted",
+                "idle longest while the server is at its connection limit; reconnect",
+            )
+        )
+        self._uncount()  # its slot is the newcomer's now
+        self._answer_no_more()
+        self.transport.close()
+
+    def _write_expired(self) -> None:
+        """Answers left unread for the write deadline: drop them with the connection."""
+        self.write_timer = None
+        if self.transport is not None and self.writing_paused:
+            self.transport.abort()  # drops the write buffer; connection_lost follows
+
     def _handshake_expired(self) -> None:
         if self.greeted or self.closing or self.transport is None:
             return
@@ -262,8 +343,11 @@ class WireConnection(asyncio.BufferedProtocol):
             # transport's buffer stays near its high-water mark.
             if not self.can_write.is_set():
                 await self.can_write.wait()
+            if not self.queue:
+                continue  # dropped while waiting (closed or evicted)
             frame = self.queue.popleft()
             self.queued_bytes -= len(frame.payload)
+            self.answering = True
             self._flow()
             start = time.perf_counter()
             try:
@@ -272,12 +356,15 @@ class WireConnection(asyncio.BufferedProtocol):
                 exc.request_id, exc.op = frame.request_id, frame.op
                 self._fail(exc)
                 return
+            finally:
+                self.answering = False
             if self.transport is None or self.transport.is_closing():
                 return
             # Header and payload as two writes: a 4 MiB LOAD answer is not copied
             # again just to put 16 bytes in front of it.
             for part in reply:
                 self.transport.write(part)
+            self.last_active = time.monotonic()
             if self.settings.observe is not None:
                 op = _OP_NAMES.get(frame.op, "unknown")
                 self.settings.observe("wire", op, time.perf_counter() - start)
@@ -367,9 +454,9 @@ async def start_wire_server(
 ) -> asyncio.Server:
     """Serve the wire protocol on an already bound, listening Unix socket."""
     loop = asyncio.get_running_loop()
-    open_count = [0]
+    open_conns: set[WireConnection] = set()
     # asyncio listens again with its own backlog (100 by default): a burst of
     # clients past it would be refused (EAGAIN) before the loop could accept them.
     return await loop.create_unix_server(
-        lambda: WireConnection(registry, settings, open_count), sock=sock, backlog=_BACKLOG
+        lambda: WireConnection(registry, settings, open_conns), sock=sock, backlog=_BACKLOG
     )

@@ -149,3 +149,82 @@ def test_refused_requests_leave_no_memory_behind(
     while (now := rss(d.proc.pid)) - start > MAX_IDLE_GROWTH and time.monotonic() < deadline:
         time.sleep(0.1)
     assert now - start <= MAX_IDLE_GROWTH, f"kept {(now - start) / MiB:.0f} MiB when idle"
+
+
+UNREAD_CONNECTIONS = 40  # 4 MiB answers each: 160 MiB held if nothing frees them
+
+
+def _unread_loads(path: str, n: int) -> list[socket.socket]:
+    """N connections, each with a LOAD of one zero page x1024 (a 4 MiB answer) unread."""
+    call = _wire_client(path)
+    (handle,) = struct.unpack("<Q", call(Op.STORE, bytes(4096)).payload)  # same-filled: free
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(encode(Op.HELLO, 1, struct.pack("<HH", 1, 1)))
+        assert len(s.recv(64)) > 16  # the HELLO answer: then nothing more is read
+        s.sendall(encode(Op.LOAD, 2, struct.pack("<Q", handle) * PAGES))
+        socks.append(s)
+    return socks
+
+
+def _settles_near(pid: int, start: int, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while (now := rss(pid)) - start > MAX_IDLE_GROWTH and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return now - start
+
+
+def _gc_off_daemon(tmp_path: Path, *args: str) -> tuple[Daemon, str]:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import gc\ngc.disable()\n")
+    path = str(tmp_path / "u.sock")
+    pythonpath = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    return start_daemon("--unix-socket", path, *args, env={"PYTHONPATH": pythonpath}), path
+
+
+def test_closed_connections_with_unread_answers_are_freed_at_once(tmp_path: Path) -> None:
+    # Found in review: a closed connection stayed in reference cycles with its
+    # unsent 4 MiB answer until a full garbage collection.
+    d, path = _gc_off_daemon(tmp_path)
+    try:
+        _unread_loads(path, 2)  # warm up: threads, buffers
+        time.sleep(0.5)
+        start = rss(d.proc.pid)
+        socks = _unread_loads(path, UNREAD_CONNECTIONS)
+        time.sleep(0.5)
+        held = rss(d.proc.pid) - start
+        assert held > UNREAD_CONNECTIONS * 2 * MiB  # the answers were made and held
+        for s in socks:
+            s.close()
+        kept = _settles_near(d.proc.pid, start, 5)
+        assert kept <= MAX_IDLE_GROWTH, f"kept {kept / MiB:.0f} MiB after close"
+    finally:
+        d.stop()
+
+
+def test_answers_left_unread_past_the_deadline_are_dropped(tmp_path: Path) -> None:
+    # The write deadline is the handshake timeout: writing paused that long aborts.
+    d, path = _gc_off_daemon(tmp_path, "--handshake-timeout", "1")
+    try:
+        _unread_loads(path, 2)
+        time.sleep(0.5)
+        start = rss(d.proc.pid)
+        socks = _unread_loads(path, UNREAD_CONNECTIONS)
+        opened = time.monotonic()
+        time.sleep(0.3)
+        assert rss(d.proc.pid) - start > UNREAD_CONNECTIONS * 2 * MiB
+        kept = _settles_near(d.proc.pid, start, 6)  # connections still open here
+        assert kept <= MAX_IDLE_GROWTH, f"kept {kept / MiB:.0f} MiB past the deadline"
+        assert time.monotonic() - opened > 0.8  # not before the deadline
+        for s in socks:  # aborted: what was sent is followed by the end
+            s.settimeout(5)
+            while s.recv(1 << 16):
+                pass
+            s.close()
+    finally:
+        d.stop()

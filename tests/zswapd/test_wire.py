@@ -279,13 +279,53 @@ def test_a_client_that_does_not_read_is_paused_not_dropped(wire: tuple[Daemon, s
     assert seen == set(range(n))
 
 
+def _busy(raw: Raw) -> Raw:
+    """Make a connection busy: a 4 MiB answer it leaves unsent by not reading."""
+    (h,) = struct.unpack("<Q", raw.call(Op.STORE, 1, bytes(4096)).payload)
+    raw.send(encode(Op.LOAD, 2, struct.pack("<Q", h) * 1024))
+    time.sleep(0.1)
+    return raw
+
+
+def test_idle_connections_make_room_for_a_newcomer(tmp_path: Path) -> None:
+    # Found in review: sockets that never speak (reopened as the handshake
+    # timeout closed them), or that sent HELLO and then sat idle, held every
+    # slot, and every legitimate HELLO got 503.
+    path = str(tmp_path / "e.sock")
+    d = start_daemon("--unix-socket", path, "--max-connections", "4")
+    try:
+        greeted = [Raw(path) for _ in range(2)]  # through HELLO, then idle
+        time.sleep(0.05)
+        silent = [Raw(path, hello=False) for _ in range(2)]  # never a byte
+        newcomers = []
+        for n in range(4):
+            start = time.monotonic()
+            newcomer = Raw(path)  # HELLO answered at once
+            assert newcomer.call(Op.STORE, 2, text_page(n)).status == 0
+            assert time.monotonic() - start < 1
+            # Pre-HELLO connections go first, then the one idle longest.
+            victim = (silent + greeted)[n]
+            f = victim.read()
+            assert f is not None and (f.status, f.op, f.request_id) == (503, RESPONSE, 0)
+            assert json.loads(f.payload)["error"] == "evicted"
+            assert victim.closed()
+            newcomers.append(_busy(newcomer))
+        # Every connection is busy now: a newcomer is refused.
+        extra = Raw(path, hello=False)
+        f = extra.read()
+        assert f is not None and f.status == 503
+        assert json.loads(f.payload)["error"] == "too_many_connections"
+    finally:
+        d.stop()
+
+
 def test_connections_past_the_limit_are_refused_clearly(tmp_path: Path) -> None:
     import httpx
 
     path = str(tmp_path / "l.sock")
     d = start_daemon("--unix-socket", path, "--max-connections", "3")
     try:
-        held = [Raw(path) for _ in range(3)]  # idle, but open
+        held = [_busy(Raw(path)) for _ in range(3)]  # answers unsent: none is idle
         extra = Raw(path, hello=False)
         f = extra.read()
         assert f is not None and (f.status, f.op, f.request_id) == (503, RESPONSE, 0)
