@@ -14,6 +14,10 @@ depending on whose turn it is.
   are also the ones a newcomer may take the place of: past ``max_connections``
   the one that has waited longest is closed, as servers strangers can reach do,
   rather than refusing the newcomer.
+  A head is also bounded in size: past ``MAX_HEAD_BYTES`` (request line and
+  headers) it is refused with ``431 header_too_large`` and the connection is
+  closed.  The bytes are counted as they arrive, before httptools sees them, so
+  neither the parser's buffers nor uvicorn's header list can grow past it.
 - *Receiving a body*: the client's turn again, bounded by the body's size.  The
   rule: ``t`` seconds after the head, at least ``(t - header_timeout) *
   min_body_rate`` bytes of body must have arrived, so a body of ``n`` bytes has
@@ -34,6 +38,16 @@ not.  Only when every connection is being served or receiving a body at a
 proper rate does a newcomer get ``503 too_many_connections`` (JSON, as the
 OpenAPI document says), and ``Connection: close``.
 
+A body nobody will read does not hold a connection either: when the answer to
+a request is complete while its body is still arriving (an early 401, 400 or
+413 from the guard, or any error), the connection is closed after the answer
+instead of draining the rest, however fast the client sends it.  A close while
+the client may still be sending is a *lingering* one, as nginx does: the
+answer is followed by a FIN, and what the client sends is discarded for up to
+``LINGER_SECONDS``, so that the kernel does not reset the connection (losing
+the answer) because of unread bytes.  A lingering connection no longer counts
+against ``max_connections``.
+
 A connection also carries a count of requests that named a stale or forged
 handle (``stale_handle``, 404): past ``max_stale_handles`` the HTTP layer
 answers with ``Connection: close``, so brute-forcing handles costs a reconnect
@@ -51,6 +65,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = [
     "CONNECTION_EXTENSION",
+    "MAX_HEAD_BYTES",
     "MIN_BODY_RATE",
     "ConnectionTable",
     "GuardedHttpProtocol",
@@ -64,6 +79,21 @@ __all__ = [
 # any link a swap client sits behind, while a trickle of a few bytes a second
 # is cut off after the grace.
 MIN_BODY_RATE = 64 * 1024
+
+# A request head (request line and headers) may be at most this many bytes.
+# nginx allows 4 x 8 KiB header buffers (32 KiB) by default, h11 16 KiB; no
+# client of this API sends more than a few hundred bytes.  64 KiB is generous
+# for any proxy in between while keeping a connection's head buffers bounded:
+# httptools and uvicorn keep ~15 bytes per header byte (a list of tuples), so
+# at most ~1 MiB per connection.  Bytes are counted before httptools parses
+# them; those that arrive in the same read as the end of the previous request
+# are not (the parser does not say where it ended), so a pipelined head can
+# reach at most twice this.
+MAX_HEAD_BYTES = 64 * 1024
+
+# How long a connection closed while the client may still be sending goes on
+# reading (and discarding) after its answer, so the client gets to read it.
+LINGER_SECONDS = 2.0
 
 # A body is judged on its average rate only after this many seconds: a body
 # that has just begun has had no chance to show its rate.
@@ -156,6 +186,30 @@ def _answer(status: bytes, code: str, detail: str) -> bytes:
 _Wait = Literal["head", "body", None]
 
 
+class _LingeringTransport:
+    """The socket transport as the protocol and uvicorn see it: a close while
+    the client may still be sending lingers (see the module's docstring),
+    including uvicorn's own close after a ``Connection: close`` answer."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._protocol.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.is_closing():
+            return
+        if self._protocol.mid_request():
+            self._protocol.linger(self._transport)
+        else:
+            self._transport.close()
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with deadlines and a connection table.
 
@@ -176,12 +230,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._write_timer: asyncio.TimerHandle | None = None
         self._body_start = 0.0
         self._body_seen = 0
+        self._head_bytes = 0  # bytes received since the current head began
         self._counted = False
+        self.lingering = False
 
     # -- the connection's lifetime -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         self.table.open += 1
         self._counted = True
         if self.table.open > self.limits.max_connections:
@@ -224,6 +280,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.transport.get_write_buffer_size():
             self.loop.call_later(self.limits.header_timeout, self.transport.abort)
 
+    def mid_request(self) -> bool:
+        """Whether the client may be sending the rest of a request now."""
+        return self._parsing != "between"
+
+    def linger(self, transport: asyncio.Transport) -> None:
+        """Close after the answer without resetting: send a FIN, discard what
+        still arrives, and close for good after LINGER_SECONDS."""
+        self.lingering = True
+        self._forget()
+        self.flow.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self._end_linger, transport)
+
+    def _end_linger(self, transport: asyncio.Transport) -> None:
+        transport.close()
+        if transport.get_write_buffer_size():
+            # The answer is still unread: as _drop, give up on it in time.
+            self.loop.call_later(self.limits.header_timeout, transport.abort)
+
     def _forget(self) -> None:
         self._set_timer(None)
         if self._write_timer is not None:
@@ -238,7 +314,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # -- parser events -----------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        if self.lingering:
+            return  # the rest of a request that has been answered: discarded
+        # Outside a body, feed the parser no more than the head may still
+        # take, so that an endless head is refused before it is buffered.
+        while data and self._parsing != "body":
+            room = MAX_HEAD_BYTES - self._head_bytes
+            if room <= 0:
+                self._close_with(
+                    b"431 Request Header Fields Too Large",
+                    "header_too_large",
+                    f"request head over the {MAX_HEAD_BYTES}-byte cap",
+                )
+                return
+            piece, data = data[:room], data[room:]
+            self._head_bytes += len(piece)
+            super().data_received(piece)
+            if self.transport.is_closing():
+                return  # a malformed request, already answered
+        if data:
+            super().data_received(data)
         self._update()
 
     def on_message_begin(self) -> None:
@@ -267,9 +362,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._parsing = "between"
+        self._head_bytes = 0
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        if self._parsing == "body" and self.cycle.response_complete:
+            # Answered before its body was all here (the parser is still in the
+            # body of the request just answered, not of a pipelined one): the
+            # rest would only be drained, so a client sending an endless body
+            # at a proper rate would hold the connection forever.  Close.
+            self._drop()
         super().on_response_complete()
         self._update()
 
@@ -357,10 +459,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._set_timer("body", self._body_deadline() - now)
 
     def _close_with_408(self, detail: str) -> None:
+        self._close_with(b"408 Request Timeout", "request_timeout", detail)
+
+    def _close_with(self, status: bytes, code: str, detail: str) -> None:
+        """Close now, with a JSON error unless an answer is already under way."""
         cycle = self.cycle
         answer = b""
         if cycle is None or cycle.response_complete or not cycle.response_started:
-            answer = _answer(b"408 Request Timeout", "request_timeout", detail)
+            answer = _answer(status, code, detail)
         if cycle is not None:
             # As connection_lost would: the app's pending receive() sees a
             # disconnect, and nothing it sends reaches the closing transport.

@@ -368,3 +368,110 @@ def test_a_client_that_never_reads_its_answer_is_cut_off() -> None:
             assert h.get("/healthz").status_code == 200
     finally:
         assert d.stop() == 0
+
+
+def _rss(pid: int) -> int:
+    """The process's resident set, bytes (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _send_until_closed(s: socket.socket, chunk: bytes, limit: int) -> int:
+    """Send ``chunk`` over and over until the daemon stops taking it or
+    ``limit`` bytes are sent; the bytes sent."""
+    sent = 0
+    s.settimeout(2)
+    try:
+        while sent < limit:
+            s.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        pass  # closed by the daemon (reset, or its buffers full and then closed)
+    return sent
+
+
+def test_an_endless_request_head_is_refused_with_431(tmp_path: Path) -> None:
+    # Header lines without end, before any token is checked: cut off at the
+    # head cap with a JSON 431, and the daemon's memory barely moves.
+    token = tmp_path / "token"
+    token.write_text("secret\n")
+    token.chmod(0o600)
+    d = start_daemon("--auth-token-file", str(token))
+    try:
+        before = _rss(d.proc.pid)
+        s = _connect(d)
+        s.sendall(b"GET /v1/pools HTTP/1.1\r\nHost: x\r\n")
+        start = time.monotonic()
+        # 8 MiB, 128 times the cap: the daemon answers at the cap and then
+        # discards the rest (without parsing or keeping it) for a moment.
+        _send_until_closed(s, b"X-a: b\r\n" * 1024, 8 << 20)
+        s.settimeout(5)
+        reply = _read_to_eof(s)
+        s.close()
+        assert time.monotonic() - start < 5  # not the 10 s header timeout
+        assert reply.startswith(b"HTTP/1.1 431"), reply[:200]
+        assert _json_body(reply)["error"] == "header_too_large"
+        assert _rss(d.proc.pid) - before < 4 << 20
+        with httpx.Client(base_url=d.url) as h:
+            # Normal heads, and one just under the cap, are unaffected.
+            auth = {"Authorization": "Bearer secret"}
+            assert h.get("/v1/pools", headers=auth).status_code == 200
+            big = {f"x-pad-{i}": "v" * 1000 for i in range(60)}
+            assert h.get("/v1/pools", headers=auth | big).status_code == 200
+    finally:
+        assert d.stop() == 0
+
+
+def test_an_endless_body_after_an_early_refusal_is_closed(tmp_path: Path) -> None:
+    # Eight endless chunked bodies at a proper rate to a route that refuses at
+    # once (401, no token) on a cap of eight connections: each is closed after
+    # its answer, and a legitimate client is served.
+    token = tmp_path / "token"
+    token.write_text("secret\n")
+    token.chmod(0o600)
+    d = start_daemon("--auth-token-file", str(token), "--max-connections", "8")
+    stop = threading.Event()
+    replies: list[bytes] = []
+
+    def endless() -> None:
+        s = _connect(d)
+        s.sendall(
+            b"POST /v1/pools/default/pages HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"2000\r\n" + b"a" * 0x2000 + b"\r\n"
+        try:
+            while not stop.is_set():
+                s.sendall(chunk)  # 8 KiB every 0.1 s: above the minimum rate
+                time.sleep(0.1)
+        except OSError:
+            pass
+        try:
+            s.settimeout(2)
+            replies.append(_read_to_eof(s))
+        except OSError:
+            replies.append(b"reset")
+        s.close()
+
+    attackers = [threading.Thread(target=endless) for _ in range(8)]
+    try:
+        for t in attackers:
+            t.start()
+        time.sleep(1.5)
+        start = time.monotonic()
+        with httpx.Client(base_url=d.url, timeout=5) as h:
+            r = h.get("/v1/pools", headers={"Authorization": "Bearer secret"})
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - start < 3
+        for t in attackers:
+            t.join(5)  # each ends on its own: the daemon closed its connection
+        assert not [t for t in attackers if t.is_alive()]
+        assert len(replies) == 8
+        assert all(r.startswith(b"HTTP/1.1 401") for r in replies), replies
+    finally:
+        stop.set()
+        for t in attackers:
+            t.join(5)
+        assert d.stop() == 0
