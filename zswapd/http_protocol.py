@@ -95,6 +95,14 @@ MAX_HEAD_BYTES = 64 * 1024
 # reading (and discarding) after its answer, so the client gets to read it.
 LINGER_SECONDS = 2.0
 
+
+def linger_cap(max_connections: int) -> int:
+    """Lingering connections at once, beyond --max-connections: each holds a
+    descriptor for LINGER_SECONDS, and a client refused at a fast rate (431s)
+    could otherwise pile them past RLIMIT_NOFILE; past it a close is immediate."""
+    return max(16, max_connections // 4)
+
+
 # A body is judged on its average rate only after this many seconds: a body
 # that has just begun has had no chance to show its rate.
 BODY_RATE_WINDOW = 1.0
@@ -152,10 +160,11 @@ class ConnectionTable:
     head and those receiving a body, each longest-waiting first (a dict keeps
     insertion order, so finding the oldest and moving one to the back are O(1))."""
 
-    __slots__ = ("open", "receiving", "waiting")
+    __slots__ = ("lingering", "open", "receiving", "waiting")
 
     def __init__(self) -> None:
         self.open = 0
+        self.lingering = 0
         self.waiting: dict[GuardedHttpProtocol, None] = {}
         self.receiving: dict[GuardedHttpProtocol, None] = {}
 
@@ -289,12 +298,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         still arrives, and close for good after LINGER_SECONDS."""
         self.lingering = True
         self._forget()
+        if self.table.lingering >= linger_cap(self.limits.max_connections):
+            transport.close()  # too many already: the answer may be lost to a reset
+            return
+        self.table.lingering += 1
         self.flow.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
         self.loop.call_later(LINGER_SECONDS, self._end_linger, transport)
 
     def _end_linger(self, transport: asyncio.Transport) -> None:
+        self.table.lingering -= 1
         transport.close()
         if transport.get_write_buffer_size():
             # The answer is still unread: as _drop, give up on it in time.

@@ -29,7 +29,7 @@ import uvicorn
 from zswapd.device import DeviceRegistry
 from zswapd.errors import ConfigError
 from zswapd.http_api import ApiSettings, create_app
-from zswapd.http_protocol import HttpLimits, protocol_class
+from zswapd.http_protocol import HttpLimits, linger_cap, protocol_class
 from zswapd.limits import registry_for
 from zswapd.malloc import trim_when_idle
 from zswapd.nbd_server import NbdSettings, start_nbd_server
@@ -236,7 +236,9 @@ def open_files_needed(settings: ServerSettings) -> int:
     """Descriptors for every connection cap at once: max_connections per frontend run
     (HTTP always, the wire protocol and NBD when asked for), plus FD_MARGIN."""
     frontends = 1 + (settings.unix_socket is not None) + (settings.nbd is not None)
-    return frontends * settings.max_connections + FD_MARGIN
+    # HTTP's lingering closes hold descriptors beyond its cap, at most linger_cap.
+    lingering = linger_cap(settings.max_connections)
+    return frontends * settings.max_connections + lingering + FD_MARGIN
 
 
 def fit_open_files(needed: int) -> None:
@@ -249,9 +251,10 @@ def fit_open_files(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < needed:
         raise ConfigError(
-            f"the connection caps need {needed} open files (--max-connections per frontend "
-            f"+ {FD_MARGIN}), but RLIMIT_NOFILE allows {hard}: raise it (ulimit -n, systemd "
-            "LimitNOFILE=) or lower --max-connections"
+            f"the connection caps need {needed} open files (--max-connections per frontend, "
+            f"a quarter more for HTTP's lingering closes, + {FD_MARGIN}), but RLIMIT_NOFILE "
+            f"allows {hard}: raise it (ulimit -n, systemd LimitNOFILE=) or lower "
+            "--max-connections"
         )
     target = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
     if soft != resource.RLIM_INFINITY and soft < target:
