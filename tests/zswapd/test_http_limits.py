@@ -475,4 +475,3 @@ def test_an_endless_body_after_an_early_refusal_is_closed(tmp_path: Path) -> Non
         for t in attackers:
             t.join(5)
         assert d.stop() == 0
-
