@@ -38,6 +38,19 @@ def _connect(d: Daemon) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=10)
 
 
+def _start_bodies(d: Daemon, n: int) -> list[socket.socket]:
+    """``n`` connections each two bytes into a 4096-byte body, left there."""
+    out = []
+    for _ in range(n):
+        s = _connect(d)
+        s.sendall(
+            b"POST /v1/pools/default/pages HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Length: 4096\r\n\r\nxx"
+        )
+        out.append(s)
+    return out
+
+
 def _read_to_eof(s: socket.socket) -> bytes:
     out = b""
     while chunk := s.recv(65536):
@@ -224,14 +237,7 @@ def test_past_the_cap_idle_connections_make_room(quick: Daemon) -> None:
 def test_past_the_cap_with_every_connection_busy_is_json_503(quick: Daemon) -> None:
     # Eight connections each in the middle of a body (busy, not idle): the
     # ninth request is refused with the JSON body the OpenAPI document promises.
-    busy = []
-    for _ in range(8):
-        s = _connect(quick)
-        s.sendall(
-            b"POST /v1/pools/default/pages HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/octet-stream\r\nContent-Length: 4096\r\n\r\nxx"
-        )
-        busy.append(s)
+    busy = _start_bodies(quick, 8)
     time.sleep(0.1)
     try:
         with httpx.Client(base_url=quick.url) as h:
@@ -258,15 +264,9 @@ def test_past_the_cap_slow_bodies_make_room() -> None:
     # Eight bodies trickled well below the minimum rate, within a long grace:
     # a ninth client is served, and the oldest slow body is cut off with 408.
     d = start_daemon("--header-timeout", "30", "--max-connections", "8")
-    slow = []
+    slow: list[socket.socket] = []
     try:
-        for _ in range(8):
-            s = _connect(d)
-            s.sendall(
-                b"POST /v1/pools/default/pages HTTP/1.1\r\nHost: x\r\n"
-                b"Content-Type: application/octet-stream\r\nContent-Length: 4096\r\n\r\nxx"
-            )
-            slow.append(s)
+        slow = _start_bodies(d, 8)
         time.sleep(1.2)  # past the one-second window a rate is judged over
         with httpx.Client(base_url=d.url) as h:
             assert h.get("/healthz").status_code == 200
