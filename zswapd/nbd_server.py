@@ -57,7 +57,8 @@ from zswapd.nbd_protocol import (
     OptionRequest,
     Rep,
 )
-from zswapd.offload import run_in_thread
+from zswapd.offload import offload
+from zswapd.pool import PAGE_SIZE
 
 __all__ = ["NbdConnection", "NbdSettings", "start_nbd_server"]
 
@@ -70,7 +71,6 @@ FLAGS = (
     | TF_SEND_WRITE_ZEROES
     | TF_CAN_MULTI_CONN
 )
-_INLINE = 256 * 1024  # requests up to this many bytes are served on the loop
 # A larger READ is read and sent this much at a time, each piece once the last
 # has drained: a client that stops reading holds one piece, not 32 MiB.
 _PIECE = 1 << 20
@@ -367,11 +367,10 @@ _NAMES = {int(c): c.name.lower() for c in Cmd}
 
 
 async def _run(nbytes: int, fn: Callable[..., Any], *args: Any) -> Any:
-    if nbytes <= _INLINE:
-        return fn(*args)
-    # Not starlette's run_in_threadpool: a failed write into a full device would
-    # keep its payload alive in a reference cycle (see zswapd.offload).
-    return await run_in_thread(fn, *args)
+    """``fn(*args)`` by the store's rule (zswapd.offload): on the loop up to
+    INLINE_PAGES pages' worth of bytes, else in a thread, with no cycle keeping a
+    failed write's payload alive."""
+    return await offload(-(-nbytes // PAGE_SIZE), fn, *args)
 
 
 async def start_nbd_server(

@@ -26,7 +26,6 @@ from typing import Any, Generic, TypeVar, cast
 
 import anyio
 import anyio.to_thread
-from starlette.concurrency import run_in_threadpool
 
 __all__ = [
     "INLINE_PAGES",
@@ -84,15 +83,15 @@ class _Job(Generic[T]):
         return outcome
 
 
-async def _run(fn: Callable[..., T], args: tuple[Any, ...], limiter: Any) -> T:
+async def _run(
+    fn: Callable[..., T], args: tuple[Any, ...], limiter: anyio.CapacityLimiter | None
+) -> T:
     global _thread_jobs
     _thread_jobs += 1
     job = _Job(fn, args)
     try:
-        if limiter is None:
-            await run_in_threadpool(job.run)
-        else:
-            await anyio.to_thread.run_sync(job.run, limiter=limiter)
+        # limiter None: anyio's default, the pool starlette's run_in_threadpool uses.
+        await anyio.to_thread.run_sync(job.run, limiter=limiter)
     finally:
         # Emptied whatever happened (cancelled too): the job's traceback frame
         # holds the job, so a job still holding the exception would be a cycle.
