@@ -227,6 +227,19 @@ class PagePool:
         with self._lock:
             self.counters.memory_limit_hit += pages
 
+    def _live_slots(self, handles: Sequence[int]) -> list[int]:
+        """The entry slot of every handle (lock held).
+
+        Raises:
+            StaleHandleError: a handle is not live; counted, as a request that
+                named a stale handle (a client guessing them shows here).
+        """
+        try:
+            return [self._entries.slot(h) for h in handles]
+        except StaleHandleError:
+            self.counters.stale_handle_requests += 1
+            raise
+
     def _drop(self, handle: int) -> None:
         """Free one live entry and its object (lock held)."""
         kind, obj, clen = self._entries.remove(handle)
@@ -312,10 +325,11 @@ class PagePool:
                 if isinstance(exc, BudgetExceededError):
                     # The server's limit, not this pool's: no hysteresis latch.
                     self.counters.memory_limit_hit += len(batch)
+                    server = self._budget_figures()
                     raise MemoryLimitError(
                         f"these pages would pass the server's --memory-limit (all pools "
-                        f"together hold {self._budget_figures()['memory_used']} of "
-                        f"{self._budget_figures()['memory_limit']} bytes); none of the "
+                        f"together hold {server['memory_used']} of "
+                        f"{server['memory_limit']} bytes); none of the "
                         f"{len(batch)} pages stored in pool {self.name!r}"
                     ) from exc
                 self.counters.pool_limit_hit += 1
@@ -345,11 +359,7 @@ class PagePool:
         with self._lock:
             self._check_open()
             e = self._entries
-            try:
-                slots = [e.slot(h) for h in handles]
-            except StaleHandleError:
-                self.counters.stale_handle_requests += 1
-                raise
+            slots = self._live_slots(handles)
             now = self._now()
             read = self._alloc.obj_read
             # (kind, word of a same-filled page, stored bytes of the others)
@@ -389,12 +399,7 @@ class PagePool:
             raise InvalidRequestError("a handle appears more than once; nothing freed")
         with self._lock:
             self._check_open()
-            try:
-                for h in handles:
-                    self._entries.slot(h)
-            except StaleHandleError:
-                self.counters.stale_handle_requests += 1
-                raise
+            self._live_slots(handles)
             for h in handles:
                 self._drop(h)
             self._entries.trim()
