@@ -295,21 +295,19 @@ class WireConnection(asyncio.BufferedProtocol):
         victim._evict()
         return True
 
-    def _evict(self) -> None:
+    def _close_unasked(self, status: int, code: str, detail: str) -> None:
+        """Send an error frame that answers no request (op 0x80, id 0), then close."""
         if self.transport is None:
             return
-        self.transport.write(
-            encode_error(
-                0,  # not an answer to any request
-                0,
-                503,
-                "evicted",
-                "idle longest while the server is at its connection limit; reconnect",
-            )
-        )
-        self._uncount()  # its slot is the newcomer's now
+        self.transport.write(encode_error(0, 0, status, code, detail))
         self._answer_no_more()
         self.transport.close()
+
+    def _evict(self) -> None:
+        self._uncount()  # its slot is the newcomer's now
+        self._close_unasked(
+            503, "evicted", "idle longest while the server is at its connection limit; reconnect"
+        )
 
     def _write_expired(self) -> None:
         """Answers left unread for the write deadline: drop them with the connection."""
@@ -318,14 +316,10 @@ class WireConnection(asyncio.BufferedProtocol):
             self.transport.abort()  # drops the write buffer; connection_lost follows
 
     def _handshake_expired(self) -> None:
-        if self.greeted or self.closing or self.transport is None:
+        if self.greeted or self.closing:
             return
         timeout = self.settings.handshake_timeout
-        self.transport.write(
-            encode_error(0, 0, 408, "handshake_timeout", f"no HELLO within {timeout:g} s")
-        )
-        self._answer_no_more()
-        self.transport.close()
+        self._close_unasked(408, "handshake_timeout", f"no HELLO within {timeout:g} s")
 
     # -- requests ----------------------------------------------------------------------
 
