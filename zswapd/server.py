@@ -26,6 +26,7 @@ from typing import Any
 import prometheus_client
 import uvicorn
 
+from zswapd.config import PoolConfig
 from zswapd.device import DeviceRegistry
 from zswapd.errors import ConfigError
 from zswapd.http_api import ApiSettings, create_app
@@ -267,7 +268,9 @@ def start_metrics_server(host: str, port: int, registry: Any) -> int:
     return int(server.server_address[1])
 
 
-def _apply_given_settings(pool: PagePool, settings: ServerSettings, state_dir: Path) -> None:
+def _apply_given_settings(
+    pool: PagePool, settings: ServerSettings, config: PoolConfig | None, state_dir: Path
+) -> None:
     """Give a restored pool the settings given now (flags, environment, config file).
 
     Those that can change live take the given value; the others stay as saved
@@ -275,10 +278,9 @@ def _apply_given_settings(pool: PagePool, settings: ServerSettings, state_dir: P
     one line.  Defaults given by nobody count for nothing.
     """
     given = settings.pools.get(pool.name)
-    if not given:
+    if not given or config is None:
         return
     keys = {"limit_bytes" if k == "limit" else k for k in given}
-    config = settings.pool_configs()[pool.name]
     live = {k: getattr(config, k) for k in keys if k in LIVE_SETTINGS}
     changed = {k: v for k, v in live.items() if getattr(pool.config, k) != v}
     if changed:
@@ -300,7 +302,7 @@ def _apply_given_settings(pool: PagePool, settings: ServerSettings, state_dir: P
             ", ".join(f"{k} {getattr(pool.config, k)}" for k in ignored),
             ", ".join(f"{k} {getattr(config, k)}" for k in ignored),
             ", ".join(LIVE_SETTINGS),
-            state_dir / f"{pool.name}.zswapd",
+            state_dir / f"{pool.name}{SUFFIX}",
         )
 
 
@@ -317,6 +319,7 @@ def serve(settings: ServerSettings) -> int:
         )
     # Every pool and device charges one budget (--memory-limit), at most --max-pools.
     registry = registry_for(settings)
+    pool_configs = settings.pool_configs()  # checked once, before any state is read
     state_dir = Path(settings.state_dir) if settings.state_dir is not None else None
     if state_dir is not None:
         # A torn or corrupted file raises StateError: refuse to start, load nothing.
@@ -337,9 +340,9 @@ def serve(settings: ServerSettings) -> int:
         )
         for pool in restored:
             registry.adopt(pool)
-            _apply_given_settings(pool, settings, state_dir)
+            _apply_given_settings(pool, settings, pool_configs.get(pool.name), state_dir)
             log.info("restored pool %s: %d pages", pool.name, pool.stored_pages)
-    for name, pool_config in settings.pool_configs().items():
+    for name, pool_config in pool_configs.items():
         if name not in registry:
             registry.create(name, pool_config)
     devices = DeviceRegistry(registry)
