@@ -9,11 +9,22 @@ from typing import Any
 import allocator
 import compressors
 from allocator import PageBudget
+from zswapd.backing import MAX_BACKING_SIZE
 from zswapd.errors import ConfigError
 
-__all__ = ["HUGE_POLICIES", "POOL_NAME", "PoolConfig", "check_pool_name"]
+__all__ = [
+    "DEFAULT_ACCEPT_THRESHOLD",
+    "HUGE_POLICIES",
+    "POOL_NAME",
+    "WRITEBACK_MODES",
+    "PoolConfig",
+    "check_pool_name",
+]
 
 HUGE_POLICIES = ("store", "reject")
+WRITEBACK_MODES = ("manual", "lru")
+# zswap's default accept_threshold_percent: where an lru pool's writeback stops.
+DEFAULT_ACCEPT_THRESHOLD = 90
 # Pool names travel in URLs and may name files in a state directory: no paths.
 # Allocator options that bound the whole server's memory (address space, the
 # shared page budget): set by the registry, never by a pool's configuration.
@@ -51,6 +62,16 @@ class PoolConfig:
         allocator_options: other options of the allocator (empty_cache,
             short_zspages, header, class_step, class_sizes, merge_classes).
         dictionary: a zstd dictionary for the primary compressor.
+        backing_file: path of the second tier (zram's backing_dev, zswap's swap
+            device); None: none, a pool at its limit refuses.
+        backing_size: its size in bytes, whole 4 KiB slots (0: an existing
+            file's own size).
+        writeback: "manual" (zram: pages leave only when asked) or "lru"
+            (zswap: a store past the limit first writes back the least
+            recently used pages until the pool is below
+            accept_threshold_percent of its limit, 90 if unset).
+        writeback_limit: pages manual writeback may still write (zram's
+            writeback_limit); None: no limit.
     """
 
     compressor: str = "zstd"
@@ -64,6 +85,10 @@ class PoolConfig:
     recompress_level: int | None = None
     allocator_options: dict[str, Any] = field(default_factory=dict)
     dictionary: bytes | None = field(default=None, repr=False)
+    backing_file: str | None = None
+    backing_size: int = 0
+    writeback: str = "manual"
+    writeback_limit: int | None = None
 
     def __post_init__(self) -> None:
         if self.compressor not in compressors.available():
@@ -90,6 +115,7 @@ class PoolConfig:
         pct = self.accept_threshold_percent
         if pct is not None and (type(pct) is not int or not 0 <= pct <= 100):
             raise ConfigError(f"accept_threshold_percent must be 0..100, not {pct!r}")
+        self._check_backing()
         if self.recompress_algo is not None and (
             self.recompress_algo not in compressors.available()
         ):
@@ -105,6 +131,26 @@ class PoolConfig:
         except (OSError, OverflowError, MemoryError) as exc:
             # A limit or arena larger than this process can even reserve.
             raise ConfigError(f"cannot reserve the pool's memory: {exc}") from exc
+
+    def _check_backing(self) -> None:
+        path = self.backing_file
+        if path is not None and (not isinstance(path, str) or not path or "\0" in path):
+            raise ConfigError(f"backing_file must be a path, not {path!r}")
+        size = self.backing_size
+        if type(size) is not int or not 0 <= size <= MAX_BACKING_SIZE or size % 4096:
+            raise ConfigError(
+                f"backing_size must be a whole number of 4096-byte slots up to "
+                f"{MAX_BACKING_SIZE} (16 TiB), not {size!r}"
+            )
+        if size and self.backing_file is None:
+            raise ConfigError("backing_size without a backing_file")
+        if self.writeback not in WRITEBACK_MODES:
+            raise ConfigError(f"writeback must be one of {', '.join(WRITEBACK_MODES)}")
+        if self.writeback == "lru" and self.backing_file is None:
+            raise ConfigError('writeback "lru" needs a backing_file to write back to')
+        wbl = self.writeback_limit
+        if wbl is not None and (type(wbl) is not int or not 0 <= wbl < 1 << 63):
+            raise ConfigError(f"writeback_limit must be a number of pages >= 0, not {wbl!r}")
 
     @property
     def limit_pages(self) -> int | None:

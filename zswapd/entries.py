@@ -6,6 +6,10 @@ Kept in flat arrays indexed by the handle's slot (8 + 2 + 1 + 4 bytes an
 entry), behind the allocator's :class:`~allocator.handles.HandleTable`, so a
 freed or forged handle is refused and never reaches another page.
 
+A pool with a backing file also keeps its pages in memory on an LRU list, as
+zswap's list_lru: two more columns (``prev``, ``next``: 4 + 4 bytes a slot) link
+the slots into one ring through slot 0, which is never issued to a handle.
+
 The table is memory the server holds for every page, same-filled ones too
 (which take nothing from the allocator): 31 bytes a slot, the columns and the
 handle's slot together (:data:`ENTRY_BYTES`).  So that no client can make the
@@ -29,21 +33,32 @@ from zswapd.errors import StaleHandleError
 
 __all__ = [
     "COMPRESSED",
+    "ENCODING",
     "ENTRIES_PER_PAGE",
     "ENTRY_BYTES",
     "FREED",
     "HUGE",
+    "INCOMPRESSIBLE",
+    "LRU_ENTRY_BYTES",
+    "MAX_SECONDARIES",
     "RECOMPRESSED",
     "SAME",
+    "WRITTEN",
     "EntryTable",
 ]
 
-# Entry kinds (zram's slot flags, in effect).
+# Entry kinds (zram's slot flags, in effect): the low six bits say how the
+# page is encoded, the two high bits are flags.
 SAME = 0  # obj holds the repeated 8-byte word; no allocator memory
 COMPRESSED = 1  # obj is an allocator handle; primary algorithm
 HUGE = 2  # obj is an allocator handle; the page raw (4096 bytes)
 RECOMPRESSED = 3  # obj is an allocator handle; secondary algorithm (3 + its index)
-FREED = 255  # a retired slot
+ENCODING = 0x3F  # the bits above; RECOMPRESSED + 59 at most
+INCOMPRESSIBLE = 0x40  # a huge page recompression could not shrink (ZRAM_INCOMPRESSIBLE)
+WRITTEN = 0x80  # in the backing file (ZRAM_WB): obj is its file slot | crc32 << 32
+FREED = 255  # a retired slot (no encoding is 63)
+MAX_SECONDARIES = ENCODING - RECOMPRESSED  # 60: RECOMPRESSED + 59 stays below 63
+NOT_LISTED = 0xFFFFFFFF  # prev/next of a slot off the LRU list
 
 PAGE_SIZE = 4096
 # The columns' types, in the order of EntryTable's fields obj, clen, kind, atime.
@@ -53,35 +68,67 @@ _COLUMNS = "QHBI"
 ENTRY_BYTES = sum(array(t).itemsize for t in _COLUMNS) + SLOT_BYTES
 # Slots one budget page pays for: 132, whole entries only (132 x 31 = 4092).
 ENTRIES_PER_PAGE = PAGE_SIZE // ENTRY_BYTES
+# With the LRU's two links: 39 bytes, 105 slots a page.
+LRU_ENTRY_BYTES = ENTRY_BYTES + 2 * array("I").itemsize
 # Growth is in steps of an eighth of the table, at least this many slots.
 _MIN_GROWTH = 1024
 
 
-def pages_for(slots: int) -> int:
+def pages_for(slots: int, per_page: int = ENTRIES_PER_PAGE) -> int:
     """Budget pages charged for a table of ``slots`` slots (its first is free of charge:
     an empty pool costs nothing)."""
-    return -(-(slots - 1) // ENTRIES_PER_PAGE)
+    return -(-(slots - 1) // per_page)
 
 
 class EntryTable:
-    """Entries by handle: kind, object (allocator handle or word), length, last access."""
+    """Entries by handle: kind, object (allocator handle or word), length, last access.
 
-    __slots__ = ("_budget", "_frees", "_handles", "atime", "charged", "clen", "kind", "obj")
+    With ``lru``, also the LRU list of the slots put on it (:meth:`lru_push`):
+    ``next[0]`` is the least recently used, ``prev[0]`` the most.
+    """
+
+    __slots__ = (
+        "_budget",
+        "_frees",
+        "_handles",
+        "atime",
+        "charged",
+        "clen",
+        "kind",
+        "lru_len",
+        "next",
+        "obj",
+        "per_page",
+        "prev",
+    )
 
     def __init__(
         self,
         seed: int | None = None,
         max_slots: int = MAX_SLOTS,
         budget: PageBudget | None = None,
+        *,
+        lru: bool = False,
     ) -> None:
         self._handles = HandleTable(seed, max_slots)
         self.obj = array(_COLUMNS[0], [0])
         self.clen = array(_COLUMNS[1], [0])
         self.kind = array(_COLUMNS[2], [0])
         self.atime = array(_COLUMNS[3], [0])
+        # Slot 0 is the ring's head: empty, it links to itself.
+        self.prev: array[int] | None = array("I", [0]) if lru else None
+        self.next: array[int] | None = array("I", [0]) if lru else None
+        self.lru_len = 0
+        self.per_page = PAGE_SIZE // (LRU_ENTRY_BYTES if lru else ENTRY_BYTES)
         self._budget = budget
         self.charged = 0  # budget pages held for the table: pages_for(len(self.obj))
         self._frees = 0  # entries removed since the last trim
+
+    def _columns(self) -> list[array[int]]:
+        cols = [self.obj, self.clen, self.kind, self.atime]
+        if self.prev is not None and self.next is not None:
+            cols += [self.prev, self.next]
+        return cols
 
     def __len__(self) -> int:
         return self._handles.live
@@ -130,7 +177,7 @@ class EntryTable:
     def _charge_to(self, slots: int) -> bool:
         """Charge (or give back) the budget so that it pays for ``slots``; False
         (nothing charged) if it cannot."""
-        pages = pages_for(slots)
+        pages = pages_for(slots, self.per_page)
         delta = pages - self.charged
         if self._budget is not None:
             if delta > 0 and not self._budget.charge(delta):
@@ -153,8 +200,10 @@ class EntryTable:
             raise BudgetExceededError(
                 f"the server's memory limit cannot pay for {need - have} more entry slots"
             )
-        for column in (self.obj, self.clen, self.kind, self.atime):
+        for column in self._columns():
             column.frombytes(bytes((size - have) * column.itemsize))
+        if self.prev is not None and self.next is not None:
+            self.prev[have:] = self.next[have:] = array("I", [NOT_LISTED]) * (size - have)
 
     def trim(self) -> None:
         """Give back the table's free top (the free slots above the highest live one).
@@ -177,15 +226,18 @@ class EntryTable:
         if top * 8 > size * 7 and live:
             return  # a small free top: not worth the O(table) walk
         h.trim(run)
-        for column in (self.obj, self.clen, self.kind, self.atime):
+        for column in self._columns():
             del column[top:]
         self._charge_to(top)
 
     def close(self) -> None:
         """Drop every entry and give the budget back all the table holds."""
         self._handles = HandleTable(max_slots=self._handles.max_slots)
-        for column in (self.obj, self.clen, self.kind, self.atime):
+        for column in self._columns():
             del column[1:]
+        if self.prev is not None and self.next is not None:
+            self.prev[0] = self.next[0] = 0
+        self.lru_len = 0
         self._charge_to(1)
         self._frees = 0
 
@@ -211,6 +263,7 @@ class EntryTable:
         """
         slot = self.slot(handle)
         was = (self.kind[slot], self.obj[slot], self.clen[slot])
+        self.lru_remove(slot)
         self.kind[slot] = FREED
         self.obj[slot] = 0
         self._handles.release(slot)
@@ -248,5 +301,60 @@ class EntryTable:
 
     @property
     def nbytes(self) -> int:
-        per = sum(a.itemsize for a in (self.obj, self.clen, self.kind, self.atime))
+        per = sum(a.itemsize for a in self._columns())
         return self._handles.nbytes + per * len(self.obj)
+
+    # -- the LRU list (tables made with lru=True; no-ops otherwise) ---------------
+
+    def lru_push(self, slot: int) -> None:
+        """Put ``slot`` at the most recently used end (it must be off the list)."""
+        prev, nxt = self.prev, self.next
+        if prev is None or nxt is None:
+            return
+        last = prev[0]
+        prev[slot], nxt[slot] = last, 0
+        nxt[last] = slot
+        prev[0] = slot
+        self.lru_len += 1
+
+    def lru_push_cold(self, slot: int) -> None:
+        """Put ``slot`` back at the least recently used end (a write-back that failed)."""
+        prev, nxt = self.prev, self.next
+        if prev is None or nxt is None:
+            return
+        first = nxt[0]
+        prev[slot], nxt[slot] = 0, first
+        prev[first] = slot
+        nxt[0] = slot
+        self.lru_len += 1
+
+    def lru_remove(self, slot: int) -> None:
+        """Take ``slot`` off the list, if it is on it."""
+        prev, nxt = self.prev, self.next
+        if prev is None or nxt is None or prev[slot] == NOT_LISTED:
+            return
+        p, n = prev[slot], nxt[slot]
+        nxt[p] = n
+        prev[n] = p
+        prev[slot] = nxt[slot] = NOT_LISTED
+        self.lru_len -= 1
+
+    def lru_touch(self, slot: int) -> None:
+        """Move ``slot``, if listed, to the most recently used end."""
+        prev = self.prev
+        if prev is None or prev[slot] == NOT_LISTED or prev[0] == slot:
+            return
+        self.lru_remove(slot)
+        self.lru_push(slot)
+
+    def lru_oldest(self, n: int) -> list[int]:
+        """Up to ``n`` slots from the least recently used end, oldest first."""
+        nxt = self.next
+        out: list[int] = []
+        if nxt is None:
+            return out
+        slot = nxt[0]
+        while slot and len(out) < n:
+            out.append(slot)
+            slot = nxt[slot]
+        return out

@@ -14,7 +14,11 @@ The tree (HTTP status in brackets, mapped in one table by the HTTP layer)::
     ├── PoolLimitError          the pool's memory limit is reached, or its
     │   │                       handle table is full (2**24 - 1 pages) [507]
     │   ├── MemoryLimitError    the server-wide --memory-limit is reached [507]
+    │   ├── ReclaimFailError    no room, and writing pages back to the backing
+    │   │                       file could not make any (zswap's reclaim_fail) [507]
     │   └── TooManyPoolsError   --max-pools pools and devices exist already [507]
+    ├── BackingIoError          the backing file failed a read or write (a full
+    │                           disk, an I/O error) [507]
     ├── CompressPoorError       rejected: compresses too poorly (huge_policy=reject) [422]
     └── CorruptObjectError      a stored object no longer decompresses [500]
 
@@ -24,6 +28,7 @@ Every store operation that raises has changed nothing.
 from __future__ import annotations
 
 __all__ = [
+    "BackingIoError",
     "CompressPoorError",
     "ConfigError",
     "CorruptObjectError",
@@ -32,6 +37,7 @@ __all__ = [
     "PageSizeError",
     "PoolExistsError",
     "PoolLimitError",
+    "ReclaimFailError",
     "StaleHandleError",
     "TooLargeError",
     "TooManyPoolsError",
@@ -90,6 +96,20 @@ class MemoryLimitError(PoolLimitError):
     code = "memory_limit"
 
 
+class ReclaimFailError(PoolLimitError):
+    """A store found no room, and writing pages back could not make enough:
+    the backing file is full, failing, or the pool has nothing left to write."""
+
+    code = "reclaim_fail"
+
+
+class BackingIoError(ZswapdError):
+    """The backing file failed: ENOSPC, EIO, a short write.  The pages in
+    memory are unaffected; the one being moved stays where it was."""
+
+    code = "backing_io"
+
+
 class TooManyPoolsError(PoolLimitError):
     """--max-pools pools (devices included) exist; remove one to create another.
 
@@ -132,7 +152,9 @@ _ALL: tuple[type[ZswapdError], ...] = (
     TooLargeError,
     PoolLimitError,
     MemoryLimitError,
+    ReclaimFailError,
     TooManyPoolsError,
+    BackingIoError,
     CompressPoorError,
     CorruptObjectError,
     UnauthorizedError,

@@ -28,6 +28,7 @@ from zswapd import __version__
 from zswapd.config import PoolConfig
 from zswapd.device import MAX_DEVICE_SIZE, DeviceRegistry
 from zswapd.errors import (
+    BackingIoError,
     CompressPoorError,
     ConfigError,
     CorruptObjectError,
@@ -60,6 +61,7 @@ STATUS: list[tuple[type[ZswapdError], int]] = [
     (PoolExistsError, 409),
     (TooLargeError, 413),
     (PoolLimitError, 507),
+    (BackingIoError, 507),
     (CorruptObjectError, 500),
     (ZswapdError, 500),
 ]

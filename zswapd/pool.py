@@ -27,14 +27,29 @@ as zram does it, with zswap's policies as options:
    40 bits are its random generation): a store that would pass that fails
    whole with PoolLimitError before anything is stored.
 
+6. The second tier (a pool with a ``backing_file``, :mod:`zswapd.backing`):
+   a page may be *written back*, its object moved to a slot of the file and
+   freed in memory; it keeps its handle, a load reads it from the file
+   (verified) and leaves it there, a free releases its slot.  In an ``lru``
+   pool (zswap) a store that finds no room writes back the least recently
+   stored or loaded pages first, until the pool is below
+   accept_threshold_percent of its limit (zswap's shrink worker), and fails
+   (ReclaimFailError, reject_reclaim_fail) only when that cannot make room;
+   in a ``manual`` pool (zram) pages leave only by :meth:`PagePool.writeback`.
+   The disk I/O of a write-back runs outside the pool's lock: loads and stores
+   of other pages go on meanwhile, and only the store that needs the room
+   waits for it.
+
 Batches are all or nothing: a batch store either stores every page or, on any
 failure, none; a batch load or free with one stale handle does nothing.
 
-Lock order: PagePool._lock, then the allocator's own lock (taken inside it).
+Lock order: PagePool._wb_lock (one write-back at a time), PagePool._lock, then
+the allocator's own lock (taken inside it).
 """
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import threading
 import time
@@ -50,10 +65,24 @@ from allocator import (
     PageBudget,
     PoolFullError,
 )
-from allocator.handles import MAX_SLOTS
-from zswapd.config import PoolConfig, check_pool_name
-from zswapd.entries import COMPRESSED, HUGE, RECOMPRESSED, SAME, EntryTable
+from allocator.handles import MAX_SLOTS, SLOT_MASK
+from zswapd.backing import BackingFile, pack, unpack
+from zswapd.config import DEFAULT_ACCEPT_THRESHOLD, PoolConfig, check_pool_name
+from zswapd.entries import (
+    COMPRESSED,
+    ENCODING,
+    FREED,
+    HUGE,
+    INCOMPRESSIBLE,
+    MAX_SECONDARIES,
+    NOT_LISTED,
+    RECOMPRESSED,
+    SAME,
+    WRITTEN,
+    EntryTable,
+)
 from zswapd.errors import (
+    BackingIoError,
     CompressPoorError,
     ConfigError,
     CorruptObjectError,
@@ -61,6 +90,7 @@ from zswapd.errors import (
     MemoryLimitError,
     PageSizeError,
     PoolLimitError,
+    ReclaimFailError,
     StaleHandleError,
     UnknownPoolError,
 )
@@ -69,6 +99,7 @@ __all__ = [
     "LIVE_SETTINGS",
     "PAGE_SIZE",
     "RECOMPRESS_TYPES",
+    "WRITEBACK_TYPES",
     "Counters",
     "PagePool",
     "split_pages",
@@ -76,9 +107,12 @@ __all__ = [
 
 PAGE_SIZE = 4096
 RECOMPRESS_TYPES = ("huge", "idle", "huge_idle")
+WRITEBACK_TYPES = ("idle", "huge", "huge_idle", "incompressible", "lru")
 # Settings a pool can change while it holds pages (as zram's mem_limit can be
 # written at any time); the others decide how the stored pages were encoded.
-LIVE_SETTINGS = ("limit_bytes", "accept_threshold_percent", "huge_policy")
+LIVE_SETTINGS = ("limit_bytes", "accept_threshold_percent", "huge_policy", "writeback_limit")
+# Pages written back per round: the I/O of one round runs outside the lock.
+WRITEBACK_BATCH = 64
 
 Page = bytes | bytearray | memoryview
 
@@ -120,6 +154,13 @@ class Counters:
     recompress_saved_bytes: int = 0
     memory_limit_hit: int = 0  # pages refused at the server-wide memory limit
     stale_handle_requests: int = 0  # loads and frees refused for a stale handle
+    written_back_pages: int = 0  # zswap: pages moved to the backing file
+    reject_reclaim_fail: int = 0  # zswap: pages refused, no room could be made
+    bd_reads: int = 0  # zram bd_stat: pages read from the backing file
+    bd_writes: int = 0  # zram bd_stat: pages written to it
+    loaded_same_pages: int = 0  # loads served by a same-filled word
+    backing_io_errors: int = 0  # reads and writes of the backing file that failed
+    backing_corrupt: int = 0  # pages read back that failed their checksum
 
 
 class PagePool:
@@ -136,6 +177,9 @@ class PagePool:
             passes its memory limit, or MemTotal); None: the pool's limit, or
             the allocator's default.
         max_handles: pages the pool may hold (2**24 - 1; less only for tests).
+        backing: the backing file, opened by the caller (a client's, inside
+            --backing-dir); None: the config's ``backing_file`` is opened here,
+            created if absent (the operator's).  The pool owns it from here.
     """
 
     def __init__(
@@ -148,18 +192,43 @@ class PagePool:
         budget: PageBudget | None = None,
         arena_pages: int | None = None,
         max_handles: int = MAX_SLOTS,
+        backing: BackingFile | None = None,
     ) -> None:
         self.name = check_pool_name(name)
         self.config = config or PoolConfig()
+        if backing is None and self.config.backing_file is not None:
+            backing = BackingFile.open(
+                self.config.backing_file, self.config.backing_size, create=True, budget=budget
+            )
+        self.backing = backing
+        # Remove the file with the pool: one the daemon made for a client.
+        self.backing_owned = False
+        try:
+            self._init(seed, budget, arena_pages, max_handles, clock)
+        except BaseException:
+            if backing is not None:
+                backing.close(unlink=backing.created)
+            raise
+
+    def _init(
+        self,
+        seed: int | None,
+        budget: PageBudget | None,
+        arena_pages: int | None,
+        max_handles: int,
+        clock: Callable[[], float],
+    ) -> None:
         self._comp = self.config.make_compressor()
         # Secondary algorithms by (name, level); entry kind RECOMPRESSED + index.
         self._secondaries: list[compressors.Compressor] = []
         self.budget = budget
         self._alloc = self.config.make_allocator(budget=budget, arena_pages=arena_pages)
         self.huge_class_size: int = self._alloc.huge_class_size
-        self._entries = EntryTable(seed, max_handles, budget)
+        self._entries = EntryTable(seed, max_handles, budget, lru=self.backing is not None)
         self._closed = False
         self._lock = threading.Lock()
+        self._wb_lock = threading.Lock()
+        self._written = 0  # pages in the backing file (bd_count)
         self._clock = clock
         self._t0 = clock()
         self.counters = Counters()
@@ -168,6 +237,11 @@ class PagePool:
         self._compr_data_size = 0
         self._limit_latched = False
         self._mem_used_max = 0
+
+    @property
+    def writeback_mode(self) -> str | None:
+        """ "lru", "manual", or None without a backing file."""
+        return self.config.writeback if self.backing is not None else None
 
     # -- helpers -------------------------------------------------------------------
 
@@ -179,6 +253,8 @@ class PagePool:
         pct = self.config.accept_threshold_percent
         if not self._limit_latched or pct is None or not self.config.limit_bytes:
             return
+        if self.writeback_mode == "lru":
+            return  # it writes back to below the threshold instead
         if self._alloc.total_size_bytes < self.config.limit_bytes * pct // 100:
             self._limit_latched = False
             return
@@ -202,6 +278,9 @@ class PagePool:
             self._closed = True
             self._alloc.close()
             self._entries.close()
+            if self.backing is not None:
+                # Waits for I/O in flight (outside this lock, never for it).
+                self.backing.close(unlink=self.backing_owned)
 
     def set_live_settings(self, **changes: Any) -> None:
         """Change settings of LIVE_SETTINGS on a pool that may hold pages.
@@ -217,7 +296,8 @@ class PagePool:
             raise ConfigError(f"cannot change {', '.join(sorted(other))} of a live pool")
         with self._lock:
             config = dataclasses.replace(self.config, **changes)
-            self._alloc.set_max_pages(config.limit_pages)
+            if self.config.limit_pages != config.limit_pages:
+                self._alloc.set_max_pages(config.limit_pages)
             self.config = config
             self._limit_latched = False
 
@@ -241,17 +321,23 @@ class PagePool:
             raise
 
     def _drop(self, handle: int) -> None:
-        """Free one live entry and its object (lock held)."""
+        """Free one live entry and its object or its file slot (lock held)."""
         kind, obj, clen = self._entries.remove(handle)
+        if kind & WRITTEN:
+            assert self.backing is not None
+            self.backing.release(unpack(obj)[0])
+            self._written -= 1
+            return
         if kind == SAME:
             self._same_pages -= 1
             return
         self._alloc.free(obj)
         self._compr_data_size -= clen
-        if kind == HUGE:
+        if kind & ENCODING == HUGE:
             self._huge_pages -= 1
 
     def _decompressor(self, kind: int) -> compressors.Compressor:
+        kind &= ENCODING
         return self._comp if kind == COMPRESSED else self._secondaries[kind - RECOMPRESSED]
 
     # -- store / load / free -------------------------------------------------------
@@ -286,75 +372,349 @@ class PagePool:
                 f"{poor} of {len(batch)} pages compress to {self.huge_class_size} bytes or "
                 "more and this pool rejects them (huge_policy=reject); nothing stored"
             )
+        while True:
+            with self._lock:
+                result = self._store_locked(prepared, poor)
+            if isinstance(result, list):
+                return result
+            # An lru pool out of room: write back, then try again.
+            self._reclaim(result, sum(1 for p in prepared if p[0] != SAME))
+
+    def _store_locked(
+        self, prepared: list[tuple[int, bytes | int, int]], poor: int
+    ) -> list[int] | PoolFullError:
+        """Store prepared pages (lock held); their handles, or, in an lru pool
+        out of room, the allocator's refusal (nothing stored, nothing counted)."""
+        self._check_open()
+        n = len(prepared)
+        if self._entries.room < n:
+            self.counters.pool_limit_hit += 1
+            raise PoolLimitError(
+                f"pool {self.name!r} holds {len(self._entries)} pages, its handle "
+                f"table's most ({self._entries.room + len(self._entries)}); none of "
+                f"the {n} pages stored"
+            )
+        self._admit()
+        now = self._now()
+        handles: list[int] = []
+        entries, store = self._entries, self._alloc.store
+        same = compr = 0
+        try:
+            # The entries' slots first: a table the budget cannot grow
+            # refuses the batch before any object is taken.
+            entries.reserve(n)
+            for kind, payload, clen in prepared:
+                if kind == SAME:
+                    obj = payload
+                    same += 1
+                else:
+                    obj = store(payload)
+                    compr += clen
+                handle = entries.add(kind, obj, clen, now)  # type: ignore[arg-type]
+                handles.append(handle)
+                if kind != SAME:
+                    entries.lru_push(handle & SLOT_MASK)
+        except BaseException as exc:
+            # Undo the batch, whatever stopped it: objects and entries only,
+            # the counters were not yet moved.
+            for h in handles:
+                kind, obj, _ = entries.remove(h)
+                if kind != SAME:
+                    self._alloc.free(obj)
+            entries.trim()
+            if not isinstance(exc, PoolFullError):
+                raise
+            if self.writeback_mode == "lru":
+                if not isinstance(exc, BudgetExceededError):
+                    self.counters.pool_limit_hit += 1  # zswap counts it, then shrinks
+                return exc
+            if isinstance(exc, BudgetExceededError):
+                # The server's limit, not this pool's: no hysteresis latch.
+                self.counters.memory_limit_hit += n
+                raise self._memory_limit_error(n) from exc
+            self.counters.pool_limit_hit += 1
+            self._limit_latched = True
+            raise PoolLimitError(
+                f"pool {self.name!r} reached its limit of {self.config.limit_bytes} bytes; "
+                f"none of the {n} pages stored"
+            ) from exc
+        self._same_pages += same
+        self._compr_data_size += compr
+        self._huge_pages += poor
+        self.counters.huge_pages_since += poor
+        self.counters.stored_pages_total += n
+        # As zram's update_used_max: only a store that succeeded moves it.
+        self._mem_used_max = max(self._mem_used_max, self._alloc.total_size_bytes)
+        if self.budget is not None:
+            self.budget.commit_max()
+        return handles
+
+    def _memory_limit_error(self, n: int) -> MemoryLimitError:
+        server = self._budget_figures()
+        return MemoryLimitError(
+            f"these pages would pass the server's --memory-limit (all pools "
+            f"together hold {server['memory_used']} of "
+            f"{server['memory_limit']} bytes); none of the "
+            f"{n} pages stored in pool {self.name!r}"
+        )
+
+    # -- the second tier -----------------------------------------------------------
+
+    def _below_threshold(self, server: bool) -> bool:
+        """Whether an lru pool's write-back may stop (lock held): below
+        accept_threshold_percent (90 if unset) of the limit that refused."""
+        pct = self.config.accept_threshold_percent
+        pct = DEFAULT_ACCEPT_THRESHOLD if pct is None else pct
+        if server:
+            b = self.budget
+            limit = None if b is None else b.limit_pages
+            used = 0 if b is None else b.used
+        else:
+            limit = self.config.limit_pages
+            used = self._alloc.total_size_bytes // PAGE_SIZE
+        return not limit or used * 100 < limit * pct
+
+    def _reclaim(self, refusal: PoolFullError, need: int) -> None:
+        """Make room for a store that ``refusal`` turned away, by writing back
+        the least recently used pages (zswap's shrink worker, run by the store
+        that needs it).
+
+        For the pool's limit: until the pool is below accept_threshold_percent
+        of it and at least ``need`` pages were written.  For the server's
+        --memory-limit (shared with other pools, which this one cannot shrink):
+        ``need`` pages a round, the store trying again after each.
+
+        Raises:
+            ReclaimFailError: nothing could be written back (file full, failing
+                or removed, or no page of this pool in memory); counted.
+        """
+        server = isinstance(refusal, BudgetExceededError)
+        need = max(1, need)
+        wrote, why = 0, ""
+        with self._wb_lock:
+            while True:
+                with self._lock:
+                    self._check_open()
+                    if wrote >= need and self._below_threshold(server):
+                        break
+                    victims = self._entries.lru_oldest(WRITEBACK_BATCH)
+                if not victims:
+                    why = "no page of the pool is left in memory to write back"
+                    break
+                n, stop = self._write_back(victims)
+                wrote += n
+                if stop is not None:
+                    why = stop
+                    break
+        if wrote:
+            return
+        limit = (
+            "the server's --memory-limit"
+            if server
+            else f"its limit of {self.config.limit_bytes} bytes"
+        )
+        with self._lock:
+            self.counters.reject_reclaim_fail += need
+        raise ReclaimFailError(
+            f"pool {self.name!r} is at {limit} and cannot write pages back: {why}; nothing stored"
+        ) from refusal
+
+    def _write_back(self, slots: Sequence[int]) -> tuple[int, str | None]:
+        """Move the pages in memory among ``slots`` to the backing file (the
+        caller holds _wb_lock).  Returns (pages written, why it stopped early).
+
+        Three steps: the objects are copied out and the file slots taken under
+        the lock; written outside it (loads and stores go on); then, under the
+        lock again, each page whose entry did not change meanwhile has its
+        object freed and its entry pointed at the file.  A page freed or
+        rewritten meanwhile gives its file slot back; one whose write failed
+        stays in memory, back at the cold end of the LRU.
+        """
+        backing = self.backing
+        assert backing is not None
+        e = self._entries
+        jobs: list[tuple[int, int, int, int, bytes]] = []
+        stop: str | None = None
+        if backing.removed:
+            return 0, f"backing file {backing.path} was removed; no more write-back"
         with self._lock:
             self._check_open()
-            if self._entries.room < len(prepared):
-                self.counters.pool_limit_hit += 1
-                raise PoolLimitError(
-                    f"pool {self.name!r} holds {len(self._entries)} pages, its handle "
-                    f"table's most ({self._entries.room + len(self._entries)}); none of "
-                    f"the {len(batch)} pages stored"
-                )
-            self._admit()
-            now = self._now()
-            handles: list[int] = []
-            entries, store = self._entries, self._alloc.store
-            same = compr = 0
+            read = self._alloc.obj_read
+            for slot in slots:
+                kind = e.kind[slot]
+                if kind == FREED or kind & WRITTEN or kind & ENCODING == SAME:
+                    continue
+                fslot = backing.alloc()
+                if fslot is None:
+                    stop = f"backing file {backing.path} is full ({backing.slots} slots)"
+                    break
+                obj = e.obj[slot]
+                jobs.append((slot, kind, obj, fslot, read(obj, e.clen[slot])))
+                # Off the list while in flight: no other write-back picks it.
+                e.lru_remove(slot)
+        crcs: list[int] = []
+        for _slot, _kind, _obj, fslot, data in jobs:
             try:
-                # The entries' slots first: a table the budget cannot grow
-                # refuses the batch before any object is taken.
-                entries.reserve(len(prepared))
-                for kind, payload, clen in prepared:
-                    if kind == SAME:
-                        obj = payload
-                        same += 1
+                crcs.append(backing.write(fslot, data))
+            except BackingIoError as exc:
+                stop = str(exc)
+                break
+        written = 0
+        with self._lock:
+            if stop is not None and len(crcs) < len(jobs):
+                self.counters.backing_io_errors += 1
+            for i, (slot, kind, obj, fslot, data) in enumerate(jobs):
+                unchanged = not self._closed and e.kind[slot] == kind and e.obj[slot] == obj
+                if i >= len(crcs) or not unchanged:
+                    backing.release(fslot)
+                    # Still in memory (not written, or rewritten meanwhile): listed again.
+                    k = e.kind[slot]
+                    if (
+                        not self._closed
+                        and k != FREED
+                        and not k & WRITTEN
+                        and k & ENCODING != SAME
+                        and e.prev is not None
+                        and e.prev[slot] == NOT_LISTED
+                    ):
+                        e.lru_push_cold(slot)
+                    continue
+                self._alloc.free(obj)
+                e.obj[slot] = pack(fslot, crcs[i])
+                e.kind[slot] = kind | WRITTEN
+                self._compr_data_size -= len(data)
+                if kind & ENCODING == HUGE:
+                    self._huge_pages -= 1
+                self._written += 1
+                written += 1
+            self.counters.written_back_pages += written
+            self.counters.bd_writes += written
+        return written, stop
+
+    def writeback(
+        self,
+        type: str = "idle",
+        *,
+        idle_seconds: float = 0,
+        max_pages: int | None = None,
+        order: Sequence[int] | None = None,
+    ) -> dict[str, Any]:
+        """Write pages back to the backing file on request (zram's ``writeback``).
+
+        Args:
+            type: "idle" (not stored or loaded for ``idle_seconds``), "huge",
+                "huge_idle" (both), "incompressible" (huge pages recompression
+                could not shrink), or "lru" (the least recently used first).
+            idle_seconds: what idle means; 0: every page (zram's ``all``).
+            max_pages: write at most this many.
+            order: handles in the order to consider them (a device passes its
+                own, by block index); default: by handle slot.
+
+        Returns:
+            written_back, candidates, stopped (None, or why it stopped early:
+            "writeback_limit", "backing_full", "io_error", "backing_removed"),
+            error (the message, or None), writeback_limit (pages it may still
+            write; None: no limit).
+
+        Raises:
+            ConfigError: the pool has no backing file.
+            InvalidRequestError: a bad type, idle_seconds or max_pages.
+        """
+        if type not in WRITEBACK_TYPES:
+            raise InvalidRequestError(f"type must be one of {', '.join(WRITEBACK_TYPES)}")
+        if (
+            not isinstance(idle_seconds, int | float)
+            or isinstance(idle_seconds, bool)
+            or not 0 <= idle_seconds < float("inf")
+        ):
+            raise InvalidRequestError("idle_seconds must be a finite number >= 0")
+        if max_pages is not None and (builtins.type(max_pages) is not int or max_pages < 1):
+            raise InvalidRequestError("max_pages must be an int >= 1")
+        if self.backing is None:
+            raise ConfigError(f"pool {self.name!r} has no backing file to write back to")
+        want_huge = type in ("huge", "huge_idle")
+        want_idle = type in ("idle", "huge_idle")
+        written, stop, error = 0, None, None
+        with self._wb_lock:
+            with self._lock:
+                self._check_open()
+                e = self._entries
+                if type == "lru":
+                    picked = e.lru_oldest(max_pages or e.lru_len)
+                else:
+                    if order is None:
+                        slots = e.live_slots()
                     else:
-                        obj = store(payload)
-                        compr += clen
-                    handles.append(entries.add(kind, obj, clen, now))  # type: ignore[arg-type]
-            except BaseException as exc:
-                # Undo the batch, whatever stopped it: objects and entries only,
-                # the counters were not yet moved.
-                for h in handles:
-                    kind, obj, _ = entries.remove(h)
-                    if kind != SAME:
-                        self._alloc.free(obj)
-                entries.trim()
-                if not isinstance(exc, PoolFullError):
-                    raise
-                if isinstance(exc, BudgetExceededError):
-                    # The server's limit, not this pool's: no hysteresis latch.
-                    self.counters.memory_limit_hit += len(batch)
-                    server = self._budget_figures()
-                    raise MemoryLimitError(
-                        f"these pages would pass the server's --memory-limit (all pools "
-                        f"together hold {server['memory_used']} of "
-                        f"{server['memory_limit']} bytes); none of the "
-                        f"{len(batch)} pages stored in pool {self.name!r}"
-                    ) from exc
-                self.counters.pool_limit_hit += 1
-                self._limit_latched = True
-                raise PoolLimitError(
-                    f"pool {self.name!r} reached its limit of {self.config.limit_bytes} bytes; "
-                    f"none of the {len(batch)} pages stored"
-                ) from exc
-            self._same_pages += same
-            self._compr_data_size += compr
-            self._huge_pages += poor
-            self.counters.huge_pages_since += poor
-            self.counters.stored_pages_total += len(batch)
-            # As zram's update_used_max: only a store that succeeded moves it.
-            self._mem_used_max = max(self._mem_used_max, self._alloc.total_size_bytes)
-            if self.budget is not None:
-                self.budget.commit_max()
-            return handles
+                        slots = [s for s in (self._slot_or_none(h) for h in order) if s]
+                    horizon = self._now() - idle_seconds
+                    picked = []
+                    for slot in slots:
+                        kind = e.kind[slot]
+                        if kind & WRITTEN or kind & ENCODING == SAME:
+                            continue
+                        if want_huge and kind & ENCODING != HUGE:
+                            continue
+                        if want_idle and e.atime[slot] > horizon:
+                            continue
+                        if type == "incompressible" and not kind & INCOMPRESSIBLE:
+                            continue
+                        picked.append(slot)
+                candidates = len(picked)
+                if max_pages is not None:
+                    picked = picked[:max_pages]
+            for start in range(0, len(picked), WRITEBACK_BATCH):
+                left = self.config.writeback_limit
+                if left is not None and left <= 0:
+                    stop = "writeback_limit"
+                    break
+                chunk = picked[start : start + WRITEBACK_BATCH]
+                if left is not None:
+                    chunk = chunk[:left]
+                n, why = self._write_back(chunk)
+                written += n
+                if left is not None:
+                    with self._lock:
+                        self.config = dataclasses.replace(self.config, writeback_limit=left - n)
+                if why is not None:
+                    error = why
+                    stop = (
+                        "backing_full"
+                        if "is full" in why
+                        else "backing_removed"
+                        if "was removed" in why
+                        else "io_error"
+                    )
+                    break
+            else:
+                left = self.config.writeback_limit
+                if left is not None and left <= 0 and written < len(picked):
+                    stop = "writeback_limit"
+        return {
+            "written_back": written,
+            "candidates": candidates,
+            "stopped": stop,
+            "error": error,
+            "writeback_limit": self.config.writeback_limit,
+        }
+
+    def _slot_or_none(self, handle: int) -> int | None:
+        try:
+            return self._entries.slot(handle)
+        except StaleHandleError:
+            return None
+
+    # -- store / load / free (continued) ------------------------------------------------
 
     def load(self, handles: Sequence[int]) -> list[bytes]:
         """The pages stored under ``handles``, in order.
 
+        A written-back page is read from the backing file and stays there.
+
         Raises:
             StaleHandleError: a handle is not live (nothing is read).
-            CorruptObjectError: a stored object no longer decompresses.
+            CorruptObjectError: a stored object no longer decompresses, or a
+                written-back page no longer matches its checksum.
+            BackingIoError: the backing file could not be read.
         """
         with self._lock:
             self._check_open()
@@ -362,22 +722,32 @@ class PagePool:
             slots = self._live_slots(handles)
             now = self._now()
             read = self._alloc.obj_read
-            # (kind, word of a same-filled page, stored bytes of the others)
-            raw: list[tuple[int, int, bytes]] = []
+            # (kind, word of a same-filled page or file slot|crc, stored bytes or None, length)
+            raw: list[tuple[int, int, bytes | None, int]] = []
+            same = 0
             for slot in slots:
                 kind = e.kind[slot]
-                if kind == SAME:
-                    raw.append((kind, e.obj[slot], b""))
+                if kind & WRITTEN:
+                    raw.append((kind, e.obj[slot], None, e.clen[slot]))
+                elif kind == SAME:
+                    raw.append((kind, e.obj[slot], b"", 0))
+                    same += 1
                 else:
-                    raw.append((kind, 0, read(e.obj[slot], e.clen[slot])))
+                    raw.append((kind, 0, read(e.obj[slot], e.clen[slot]), 0))
+                    e.lru_touch(slot)
                 e.atime[slot] = now
             self.counters.loaded_pages_total += len(slots)
+            self.counters.loaded_same_pages += same
+        if self.backing is not None and any(r[2] is None for r in raw):
+            raw = self._read_back(slots, raw)
         # Decompress outside the lock: other threads go on meanwhile.
         out = []
-        for kind, word, data in raw:
+        for kind, word, data, _ in raw:
+            assert data is not None
+            encoding = kind & ENCODING
             if kind == SAME:
                 out.append(word.to_bytes(8, "little") * (PAGE_SIZE // 8))
-            elif kind == HUGE:
+            elif encoding == HUGE:
                 out.append(data)
             else:
                 try:
@@ -386,6 +756,42 @@ class PagePool:
                     with self._lock:
                         self.counters.decompress_fail += 1
                     raise CorruptObjectError(f"pool {self.name!r}: {exc}") from exc
+        return out
+
+    def _read_back(
+        self, slots: list[int], raw: list[tuple[int, int, bytes | None, int]]
+    ) -> list[tuple[int, int, bytes | None, int]]:
+        """Fill in the written-back pages of ``raw`` from the file (outside the
+        lock), then check under it that none was freed meanwhile."""
+        backing = self.backing
+        assert backing is not None
+        out = list(raw)
+        try:
+            for i, (kind, obj, data, clen) in enumerate(raw):
+                if data is None:
+                    fslot, crc = unpack(obj)
+                    out[i] = (kind, obj, backing.read(fslot, clen, crc), clen)
+        except BackingIoError:
+            with self._lock:
+                self.counters.backing_io_errors += 1
+            raise
+        e = self._entries
+        with self._lock:
+            n = 0
+            for slot, (kind, obj, data, _), (_, _, was, _) in zip(slots, out, raw, strict=True):
+                if was is not None:
+                    continue
+                if e.kind[slot] != kind or e.obj[slot] != obj:
+                    raise StaleHandleError("a page was freed while it was being loaded")
+                if data is None:
+                    self.counters.backing_corrupt += 1
+                    raise CorruptObjectError(
+                        f"pool {self.name!r}: a page in backing file {backing.path} no "
+                        "longer matches its checksum (the file was changed behind the "
+                        "daemon's back); not served"
+                    )
+                n += 1
+            self.counters.bd_reads += n
         return out
 
     def free(self, handles: Sequence[int]) -> None:
@@ -412,7 +818,8 @@ class PagePool:
         """Someone holds the pool's lock now (a compaction, a recompression, a
         snapshot, or just another request): a caller on an event loop should not
         wait for it there."""
-        return self._lock.locked()
+        # A pool with a backing file may wait for a disk: never on the loop.
+        return self.backing is not None or self._lock.locked()
 
     def compact(self) -> int:
         """Compact the allocator; returns pages released (zram's compact)."""
@@ -435,7 +842,7 @@ class PagePool:
         for i, known in enumerate(self._secondaries):
             if known.name == comp.name and known.options == comp.options:
                 return i
-        if len(self._secondaries) >= 255 - RECOMPRESSED:
+        if len(self._secondaries) >= MAX_SECONDARIES:
             raise ConfigError("too many recompression algorithms in one pool")
         self._secondaries.append(comp)
         return len(self._secondaries) - 1
@@ -476,9 +883,10 @@ class PagePool:
             picked = []
             for slot in e.live_slots():
                 kind = e.kind[slot]
-                if kind == SAME or kind == RECOMPRESSED + index:
+                # Written-back pages stay where they are, as zram's ZRAM_WB ones.
+                if kind & WRITTEN or kind == SAME or kind & ENCODING == RECOMPRESSED + index:
                     continue
-                if want_huge and kind != HUGE:
+                if want_huge and kind & ENCODING != HUGE:
                     continue
                 if want_idle and e.atime[slot] > horizon:
                     continue
@@ -492,7 +900,11 @@ class PagePool:
                     continue  # freed or changed meanwhile
                 raw = self._alloc.obj_read(obj, clen)
             try:
-                page = raw if kind == HUGE else self._decompressor(kind).decompress(raw, PAGE_SIZE)
+                page = (
+                    raw
+                    if kind & ENCODING == HUGE
+                    else self._decompressor(kind).decompress(raw, PAGE_SIZE)
+                )
             except compressors.CorruptDataError as exc:
                 raise CorruptObjectError(f"pool {self.name!r}: {exc}") from exc
             new = secondary.compress(page)
@@ -505,6 +917,12 @@ class PagePool:
                 or (threshold is not None and len(new) >= threshold)
             ):
                 result["not_smaller"] += 1
+                if kind & ENCODING == HUGE:
+                    # zram's ZRAM_INCOMPRESSIBLE: what writeback type
+                    # "incompressible" picks.
+                    with self._lock:
+                        if e.obj[slot] == obj and e.kind[slot] == kind:
+                            e.kind[slot] = kind | INCOMPRESSIBLE
                 continue
             with self._lock:
                 self.counters.recompress_attempts += 1
@@ -520,7 +938,7 @@ class PagePool:
                 self._alloc.free(obj)
                 e.obj[slot], e.clen[slot], e.kind[slot] = new_obj, len(new), RECOMPRESSED + index
                 self._compr_data_size += len(new) - clen
-                if kind == HUGE:
+                if kind & ENCODING == HUGE:
                     self._huge_pages -= 1
                 saved += clen - len(new)
                 self.counters.recompressed_pages += 1
@@ -546,13 +964,21 @@ class PagePool:
             entries = []
             for slot in e.live_slots():
                 kind, obj, clen = e.kind[slot], e.obj[slot], e.clen[slot]
-                payload = obj.to_bytes(8, "little") if kind == SAME else read(obj, clen)
+                # A same-filled page's word; a written-back page's file slot | crc.
+                if kind == SAME or kind & WRITTEN:
+                    payload = obj.to_bytes(8, "little")
+                else:
+                    payload = read(obj, clen)
                 # The age, not the time: this process's clock means nothing to the next.
                 age = max(0, now - e.atime[slot])
                 entries.append((e.handle_of(slot), kind, clen, age, payload))
             config = self.config.to_dict()
+            if self.backing is not None and self._written:
+                # The pages the state file points to are on disk first.
+                self.backing.flush()
             return {
                 "config": config,
+                "backing_owned": self.backing_owned,
                 "dictionary": self.config.dictionary.hex() if self.config.dictionary else None,
                 "counters": dataclasses.asdict(self.counters),
                 "mem_used_max": self._mem_used_max,
@@ -587,16 +1013,40 @@ class PagePool:
                         rows.append((handle, kind, int.from_bytes(payload, "little"), 0, atime))
                         self._same_pages += 1
                         continue
-                    if kind not in (COMPRESSED, HUGE) and not (
-                        RECOMPRESSED <= kind < RECOMPRESSED + len(self._secondaries)
+                    encoding = kind & ENCODING
+                    if (
+                        kind == FREED
+                        or (kind & INCOMPRESSIBLE and encoding != HUGE)
+                        or (
+                            encoding not in (COMPRESSED, HUGE)
+                            and not RECOMPRESSED <= encoding < RECOMPRESSED + len(self._secondaries)
+                        )
                     ):
                         raise ConfigError(f"a record of unknown kind {kind}")
-                    if len(payload) != clen or (kind == HUGE) != (clen == PAGE_SIZE):
+                    if not 0 < clen <= PAGE_SIZE or (encoding == HUGE) != (clen == PAGE_SIZE):
+                        raise ConfigError("a record whose length does not match its kind")
+                    if kind & WRITTEN:
+                        if self.backing is None or len(payload) != 8:
+                            raise ConfigError(
+                                "a written-back record, and no backing file to find it in"
+                            )
+                        obj = int.from_bytes(payload, "little")
+                        self.backing.take(unpack(obj)[0])
+                        rows.append((handle, kind, obj, clen, atime))
+                        self._written += 1
+                        continue
+                    if len(payload) != clen:
                         raise ConfigError("a record whose length does not match its kind")
                     rows.append((handle, kind, self._alloc.store(payload), clen, atime))
                     self._compr_data_size += clen
-                    self._huge_pages += kind == HUGE
+                    self._huge_pages += encoding == HUGE
                 self._entries.adopt(rows)
+                # The LRU again, oldest first (its order within a second is lost).
+                listed = sorted(
+                    (r for r in rows if r[1] != SAME and not r[1] & WRITTEN), key=lambda r: r[4]
+                )
+                for r in listed:
+                    self._entries.lru_push(r[0] & SLOT_MASK)
             except PoolFullError as exc:
                 raise ConfigError(
                     "the saved pages do not fit the pool's limit or the server's "
@@ -645,6 +1095,24 @@ class PagePool:
             "memory_used_max": b.committed_max * PAGE_SIZE,
         }
 
+    def _backing_figures(self) -> dict[str, Any] | None:
+        """The backing file: where, how big, how full, how healthy (lock held)."""
+        b = self.backing
+        if b is None:
+            return None
+        return {
+            "file": b.path,
+            "slots": b.slots,
+            "size": b.slots * PAGE_SIZE,
+            "used_slots": b.used,
+            "writeback": self.config.writeback,
+            "writeback_limit": self.config.writeback_limit,
+            "lru_pages": self._entries.lru_len,
+            "removed": b.removed,
+            "io_errors": self.counters.backing_io_errors,
+            "corrupt_pages": self.counters.backing_corrupt,
+        }
+
     def class_rows(self) -> list[dict[str, int]]:
         """The allocator's class table, one dict per distinct class, debugfs names."""
         rows = []
@@ -678,14 +1146,24 @@ class PagePool:
                     "pool_total_size": mm["mem_used_total"],
                     "pool_limit_hit": c.pool_limit_hit,
                     "reject_compress_poor": c.reject_compress_poor,
+                    "reject_reclaim_fail": c.reject_reclaim_fail,
+                    "written_back_pages": c.written_back_pages,
                     "decompress_fail": c.decompress_fail,
                 },
+                # zram's bd_stat, in pages: in the file now, read from it, written to it.
+                "bd_stat": {
+                    "bd_count": self._written,
+                    "bd_reads": c.bd_reads,
+                    "bd_writes": c.bd_writes,
+                },
+                "backing": self._backing_figures(),
                 "counters": {
                     "stored_pages_total": c.stored_pages_total,
                     "loaded_pages_total": c.loaded_pages_total,
                     "freed_pages_total": c.freed_pages_total,
                     "memory_limit_hit": c.memory_limit_hit,
                     "stale_handle_requests": c.stale_handle_requests,
+                    "loaded_same_pages": c.loaded_same_pages,
                 },
                 # Every pool and device together (--memory-limit), for context.
                 "server": self._budget_figures(),
@@ -710,10 +1188,25 @@ class PagePool:
             e = self._entries
             live = e.live_slots()
             same = sum(1 for s in live if e.kind[s] == SAME)
-            huge = sum(1 for s in live if e.kind[s] == HUGE)
-            compr = sum(e.clen[s] for s in live if e.kind[s] != SAME)
+            written = [s for s in live if e.kind[s] & WRITTEN]
+            held = [s for s in live if e.kind[s] != SAME and not e.kind[s] & WRITTEN]
+            huge = sum(1 for s in held if e.kind[s] & ENCODING == HUGE)
+            compr = sum(e.clen[s] for s in held)
             if (same, huge, compr) != (self._same_pages, self._huge_pages, self._compr_data_size):
                 raise AssertionError("page counters out of step with the entries")
-            if self._alloc.objs_used != len(live) - same:
-                raise AssertionError("allocator objects != non-same-filled entries")
+            if self._alloc.objs_used != len(held):
+                raise AssertionError("allocator objects != entries held in memory")
+            if len(written) != self._written:
+                raise AssertionError("bd_count out of step with the written-back entries")
+            if self.backing is not None:
+                if self.backing.used != len(written):
+                    raise AssertionError("backing slots taken != written-back entries")
+                fslots = {unpack(e.obj[s])[0] for s in written}
+                if len(fslots) != len(written):
+                    raise AssertionError("two entries share a backing slot")
+                listed = set(e.lru_oldest(len(live) + 1))
+                if listed != set(held) or e.lru_len != len(held):
+                    raise AssertionError("the LRU list is not the pages held in memory")
+            elif written:
+                raise AssertionError("written-back entries without a backing file")
             self._alloc.check_invariants()

@@ -138,6 +138,7 @@ def _save_pool(pool: PagePool, dfd: int) -> str:
             "counters": snapshot["counters"],
             "mem_used_max": snapshot["mem_used_max"],
             "secondaries": snapshot["secondaries"],
+            "backing_owned": snapshot["backing_owned"],
         }
     ).encode()
     digest = hashlib.sha256()
@@ -252,13 +253,21 @@ def _load(data: bytes, path: Path, budget: PageBudget | None, arena_pages: int |
         # later (set_live_settings), then given the saved limit back.
         unlimited = dataclasses.replace(config, limit_bytes=0)
         pool = PagePool(name, unlimited, budget=budget, arena_pages=arena_pages)
-        for algo, options in header["secondaries"]:
-            pool.add_secondary(compressors.get(algo, **options))
-        counters = Counters(**header["counters"])
-        if not all(type(v) is int and v >= 0 for v in vars(counters).values()):
-            raise StateError(f"{path}: counters that are not counts")
-        pool.restore(records, counters, int(header["mem_used_max"]))
-        pool.set_live_settings(limit_bytes=config.limit_bytes)
+        try:
+            pool.backing_owned = bool(header.get("backing_owned", False))
+            for algo, options in header["secondaries"]:
+                pool.add_secondary(compressors.get(algo, **options))
+            counters = Counters(**header["counters"])
+            if not all(type(v) is int and v >= 0 for v in vars(counters).values()):
+                raise StateError(f"{path}: counters that are not counts")
+            pool.restore(records, counters, int(header["mem_used_max"]))
+            pool.set_live_settings(limit_bytes=config.limit_bytes)
+        except BaseException:
+            # What it took (pages, the backing file's descriptor) goes back;
+            # the backing file itself stays, for the state file that names it.
+            pool.backing_owned = False
+            pool.close()
+            raise
     except StateError:
         raise
     except (ZswapdError, KeyError, TypeError, ValueError) as exc:
