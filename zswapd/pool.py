@@ -536,7 +536,7 @@ class PagePool:
                         self._alloc.compact()
                     if self._made_room(server, wrote, need, held):
                         break
-                    victims = self._entries.lru_oldest(WRITEBACK_BATCH)
+                    victims = self._entries.lru_oldest(self._round(server, wrote, need))
                     others = self._held(server) < held
                 if not victims:
                     why = "no page of the pool is left in memory to write back"
@@ -558,6 +558,22 @@ class PagePool:
         raise ReclaimFailError(
             f"pool {self.name!r} is at {limit} and cannot write pages back: {why}; nothing stored"
         ) from refusal
+
+    def _round(self, server: bool, wrote: int, need: int) -> int:
+        """Pages the next round of a store's write-back takes (lock held): for
+        the server's limit ``need`` (what the store asked for); for the pool's,
+        what is still needed and the objects that the pages above the
+        threshold hold on average; at most a batch, so that a small store at a
+        large limit does not write back 64 pages to make room for one."""
+        n = need
+        if not server:
+            pct = self.config.accept_threshold_percent
+            pct = DEFAULT_ACCEPT_THRESHOLD if pct is None else pct
+            used = self._held(False)
+            excess = used - (self.config.limit_pages or 0) * pct // 100
+            per_page = self._alloc.objs_used / max(1, used)
+            n = max(need - wrote, int(excess * per_page) + 1)
+        return max(1, min(WRITEBACK_BATCH, n))
 
     def _made_room(self, server: bool, wrote: int, need: int, held: int) -> bool:
         """Whether a write-back for a store refused at ``held`` pages may stop (lock held)."""
