@@ -50,6 +50,7 @@ the allocator's own lock (taken inside it).
 from __future__ import annotations
 
 import builtins
+import copy
 import dataclasses
 import threading
 import time
@@ -164,6 +165,18 @@ class Counters:
     loaded_same_pages: int = 0  # loads served by a same-filled word
     backing_io_errors: int = 0  # reads and writes of the backing file that failed
     backing_corrupt: int = 0  # pages read back that failed their checksum
+
+
+def _with_writeback_limit(config: PoolConfig, left: int) -> PoolConfig:
+    """``config`` with ``writeback_limit`` counted down to ``left`` (>= 0).
+
+    A copy, not dataclasses.replace: replace re-validates the whole config,
+    which builds a compressor and an allocator (tens of milliseconds), and
+    writeback counts down under the pool's lock after every batch.
+    """
+    config = copy.copy(config)
+    object.__setattr__(config, "writeback_limit", left)
+    return config
 
 
 class PagePool:
@@ -744,7 +757,7 @@ class PagePool:
                 written += n
                 if left is not None:
                     with self._lock:
-                        self.config = dataclasses.replace(self.config, writeback_limit=left - n)
+                        self.config = _with_writeback_limit(self.config, left - n)
                 if why is not None:
                     error = why
                     stop = (

@@ -574,3 +574,30 @@ def test_lru_reclaim_for_the_server_limit_writes_back_only_what_the_store_needs(
     assert pool.load(handles) == pages
     pool.check_invariants()
     other.close()
+
+
+def test_restart_with_the_backing_file_gone_serves_memory_and_refuses_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Written-back pages survive a restart with their file; without it they
+    fail their checksum (never wrong bytes), and the pages in memory load."""
+    from zswapd import state
+
+    pool = manual_pool(tmp_path)
+    pages = [text_page(1), random_page(2), text_page(3)]
+    handles = pool.store(pages)
+    pool.writeback("idle", idle_seconds=0, max_pages=2)
+    path = state.save_pool(pool, tmp_path / "state")
+    pool.close()
+    restored = state.load_pool(path)
+    assert restored.load(handles) == pages
+    assert restored.stats()["bd_stat"]["bd_count"] == 2
+    restored.close()
+    os.unlink(tmp_path / "backing")
+    restored = state.load_pool(path)
+    for h in handles[:2]:
+        with pytest.raises(CorruptObjectError):
+            restored.load([h])
+    assert restored.load(handles[2:]) == pages[2:]
+    restored.check_invariants()
+    restored.close()

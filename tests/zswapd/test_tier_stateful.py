@@ -49,7 +49,7 @@ PAGES = st.one_of(
     st.builds(poor_page, st.integers(0, 5)),
     st.builds(same_page, st.binary(min_size=8, max_size=8)),
 )
-EXAMPLES = int(os.environ.get("ZSWAPD_TIER_EXAMPLES", "8"))
+EXAMPLES = int(os.environ.get("ZSWAPD_TIER_EXAMPLES", "6"))
 
 
 @dataclass
