@@ -321,3 +321,7 @@ TestLruPool = _machine(writeback="lru", limit_bytes=10 * 4096, backing_size=256 
 TestLruPoolSmallFile = _machine(
     writeback="lru", limit_bytes=8 * 4096, accept_threshold_percent=50, backing_size=6 * 4096
 ).TestCase
+# The same machine on z3fold: its own classes, huge size and compaction.
+TestLruZ3foldPool = _machine(
+    writeback="lru", allocator="z3fold", limit_bytes=8 * 4096, backing_size=128 * 4096
+).TestCase
