@@ -23,6 +23,7 @@ from zswapd.corpus import default_corpus_files
 from zswapd.errors import (
     ConfigError,
     CorruptObjectError,
+    MemoryLimitError,
     ReclaimFailError,
     StaleHandleError,
     UnknownPoolError,
@@ -440,7 +441,7 @@ def test_backing_file_created_then_refused_is_removed(tmp_path: Path) -> None:
     """A new file whose slot map the server's budget cannot pay for goes again."""
     budget = PageBudget(1)
     budget.charge(1)
-    with pytest.raises(Exception, match="slot map"):
+    with pytest.raises(MemoryLimitError, match="slot map"):
         PagePool(
             "t",
             PoolConfig(backing_file=str(tmp_path / "b"), backing_size=1 << 30),
