@@ -339,6 +339,11 @@ class EntryTable:
         prev[slot] = nxt[slot] = NOT_LISTED
         self.lru_len -= 1
 
+    def lru_listed(self, slot: int) -> bool:
+        """Whether ``slot`` is on the list (a page in flight to the file is not)."""
+        prev = self.prev
+        return prev is not None and prev[slot] != NOT_LISTED
+
     def lru_touch(self, slot: int) -> None:
         """Move ``slot``, if listed, to the most recently used end."""
         prev = self.prev

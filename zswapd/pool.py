@@ -50,6 +50,7 @@ the allocator's own lock (taken inside it).
 from __future__ import annotations
 
 import builtins
+import copy
 import dataclasses
 import threading
 import time
@@ -75,7 +76,6 @@ from zswapd.entries import (
     HUGE,
     INCOMPRESSIBLE,
     MAX_SECONDARIES,
-    NOT_LISTED,
     RECOMPRESSED,
     SAME,
     WRITTEN,
@@ -113,6 +113,10 @@ WRITEBACK_TYPES = ("idle", "huge", "huge_idle", "incompressible", "lru")
 LIVE_SETTINGS = ("limit_bytes", "accept_threshold_percent", "huge_policy", "writeback_limit")
 # Pages written back per round: the I/O of one round runs outside the lock.
 WRITEBACK_BATCH = 64
+# Write-backs one store may run before it gives up (the kernel's zswap shrink
+# worker gives up after as many failures): other threads' stores can take the
+# room a write-back made, and no store should chase them for ever.
+MAX_RECLAIM_RETRIES = 16
 
 Page = bytes | bytearray | memoryview
 
@@ -161,6 +165,18 @@ class Counters:
     loaded_same_pages: int = 0  # loads served by a same-filled word
     backing_io_errors: int = 0  # reads and writes of the backing file that failed
     backing_corrupt: int = 0  # pages read back that failed their checksum
+
+
+def _with_writeback_limit(config: PoolConfig, left: int) -> PoolConfig:
+    """``config`` with ``writeback_limit`` counted down to ``left`` (>= 0).
+
+    A copy, not dataclasses.replace: replace re-validates the whole config,
+    which builds a compressor and an allocator (tens of milliseconds), and
+    writeback counts down under the pool's lock after every batch.
+    """
+    config = copy.copy(config)
+    object.__setattr__(config, "writeback_limit", left)
+    return config
 
 
 class PagePool:
@@ -336,6 +352,14 @@ class PagePool:
         if kind & ENCODING == HUGE:
             self._huge_pages -= 1
 
+    def _unchanged(self, slot: int, kind: int, obj: int) -> bool:
+        """Whether entry ``slot`` still holds the (kind, obj) noted before the
+        lock was let go (lock held).  A pool removed meanwhile holds nothing,
+        and a slot freed meanwhile may be gone from the table altogether
+        (trimmed): looked up blindly, it would raise IndexError."""
+        e = self._entries
+        return not self._closed and slot < e.slots and e.kind[slot] == kind and e.obj[slot] == obj
+
     def _decompressor(self, kind: int) -> compressors.Compressor:
         kind &= ENCODING
         return self._comp if kind == COMPRESSED else self._secondaries[kind - RECOMPRESSED]
@@ -372,13 +396,17 @@ class PagePool:
                 f"{poor} of {len(batch)} pages compress to {self.huge_class_size} bytes or "
                 "more and this pool rejects them (huge_policy=reject); nothing stored"
             )
+        need = sum(1 for p in prepared if p[0] != SAME)
+        retry = 0
         while True:
             with self._lock:
                 result = self._store_locked(prepared, poor)
-            if isinstance(result, list):
-                return result
+                if isinstance(result, list):
+                    return result
+                held = self._held(isinstance(result, BudgetExceededError))
             # An lru pool out of room: write back, then try again.
-            self._reclaim(result, sum(1 for p in prepared if p[0] != SAME))
+            self._reclaim(result, need, held, retry == MAX_RECLAIM_RETRIES)
+            retry += 1
 
     def _store_locked(
         self, prepared: list[tuple[int, bytes | int, int]], poor: int
@@ -474,30 +502,55 @@ class PagePool:
             used = self._alloc.total_size_bytes // PAGE_SIZE
         return not limit or used * 100 < limit * pct
 
-    def _reclaim(self, refusal: PoolFullError, need: int) -> None:
-        """Make room for a store that ``refusal`` turned away, by writing back
-        the least recently used pages (zswap's shrink worker, run by the store
-        that needs it).
+    def _held(self, server: bool) -> int:
+        """Pages held against the limit that refused a store (lock held): the
+        server's budget, or this pool's allocator."""
+        if server:
+            return 0 if self.budget is None else int(self.budget.used)
+        return int(self._alloc.total_size_bytes) // PAGE_SIZE
+
+    def _reclaim(self, refusal: PoolFullError, need: int, held: int, last: bool) -> None:
+        """Make room for a store that ``refusal`` turned away when the limit
+        held ``held`` pages, by writing back the least recently used pages
+        (zswap's shrink worker, run by the store that needs it).
 
         For the pool's limit: until the pool is below accept_threshold_percent
-        of it and at least ``need`` pages were written.  For the server's
-        --memory-limit (shared with other pools, which this one cannot shrink):
-        ``need`` pages a round, the store trying again after each.
+        of it and at least ``need`` pages were written (zswap's hysteresis: a
+        pool at its limit does not write back at every store).  For the
+        server's --memory-limit (shared with other pools, which this one
+        cannot shrink, so its threshold may be out of reach): until ``need``
+        pages were written and the budget holds less than it did.
+
+        Written-back objects leave holes: zsmalloc frees a page only when its
+        zspage empties, so on real data (pages loaded, freed and stored in
+        between, the LRU's oldest spread over every zspage) writing back until
+        the threshold alone wrote back up to half the pool per store.  After
+        each round short of the goal the allocator is compacted, as zsmalloc's
+        shrinker compacts under memory pressure: the cost is the objects
+        moved into the holes just made, and a trigger then writes about what
+        the threshold asks (tests/zswapd/test_tier.py measures it).
 
         Raises:
             ReclaimFailError: nothing could be written back (file full, failing
-                or removed, or no page of this pool in memory); counted.
+                or removed, or no page of this pool in memory, and nobody else
+                made room meanwhile), or ``last``: the store has written back
+                MAX_RECLAIM_RETRIES times already and other stores kept taking
+                the room; counted.
         """
         server = isinstance(refusal, BudgetExceededError)
         need = max(1, need)
-        wrote, why = 0, ""
+        wrote, why = 0, f"other stores took the room made, {MAX_RECLAIM_RETRIES} times"
+        others = False  # room made by others since the refusal: try again
         with self._wb_lock:
-            while True:
+            while not last:
                 with self._lock:
                     self._check_open()
-                    if wrote >= need and self._below_threshold(server):
+                    if wrote and not self._made_room(server, wrote, need, held):
+                        self._alloc.compact()
+                    if self._made_room(server, wrote, need, held):
                         break
-                    victims = self._entries.lru_oldest(WRITEBACK_BATCH)
+                    victims = self._entries.lru_oldest(self._round(server, wrote, need))
+                    others = self._held(server) < held
                 if not victims:
                     why = "no page of the pool is left in memory to write back"
                     break
@@ -506,7 +559,7 @@ class PagePool:
                 if stop is not None:
                     why = stop
                     break
-        if wrote:
+        if wrote or others:
             return
         limit = (
             "the server's --memory-limit"
@@ -518,6 +571,30 @@ class PagePool:
         raise ReclaimFailError(
             f"pool {self.name!r} is at {limit} and cannot write pages back: {why}; nothing stored"
         ) from refusal
+
+    def _round(self, server: bool, wrote: int, need: int) -> int:
+        """Pages the next round of a store's write-back takes (lock held): for
+        the server's limit ``need`` (what the store asked for); for the pool's,
+        what is still needed and the objects that the pages above the
+        threshold hold on average; at most a batch, so that a small store at a
+        large limit does not write back 64 pages to make room for one."""
+        n = need
+        if not server:
+            pct = self.config.accept_threshold_percent
+            pct = DEFAULT_ACCEPT_THRESHOLD if pct is None else pct
+            used = self._held(False)
+            excess = used - (self.config.limit_pages or 0) * pct // 100
+            per_page = self._alloc.objs_used / max(1, used)
+            n = max(need - wrote, int(excess * per_page) + 1)
+        return max(1, min(WRITEBACK_BATCH, n))
+
+    def _made_room(self, server: bool, wrote: int, need: int, held: int) -> bool:
+        """Whether a write-back for a store refused at ``held`` pages may stop (lock held)."""
+        if wrote < need:
+            return False
+        if server:
+            return self._held(True) < held
+        return self._below_threshold(False)
 
     def _write_back(self, slots: Sequence[int]) -> tuple[int, str | None]:
         """Move the pages in memory among ``slots`` to the backing file (the
@@ -561,21 +638,27 @@ class PagePool:
                 break
         written = 0
         with self._lock:
+            # Removed meanwhile: its entries and its file are gone (close()
+            # waited for the writes above to finish).
+            self._check_open()
             if stop is not None and len(crcs) < len(jobs):
                 self.counters.backing_io_errors += 1
             for i, (slot, kind, obj, fslot, data) in enumerate(jobs):
-                unchanged = not self._closed and e.kind[slot] == kind and e.obj[slot] == obj
+                # Off the list still: a page freed and a new one stored in the
+                # same entry slot meanwhile was listed by its store, so an
+                # (unlikely) equal kind and allocator handle cannot pass for it.
+                unchanged = self._unchanged(slot, kind, obj) and not e.lru_listed(slot)
                 if i >= len(crcs) or not unchanged:
                     backing.release(fslot)
                     # Still in memory (not written, or rewritten meanwhile): listed again.
+                    if slot >= e.slots:
+                        continue  # freed and trimmed off the table
                     k = e.kind[slot]
                     if (
-                        not self._closed
-                        and k != FREED
+                        k != FREED
                         and not k & WRITTEN
                         and k & ENCODING != SAME
-                        and e.prev is not None
-                        and e.prev[slot] == NOT_LISTED
+                        and not e.lru_listed(slot)
                     ):
                         e.lru_push_cold(slot)
                     continue
@@ -674,7 +757,7 @@ class PagePool:
                 written += n
                 if left is not None:
                     with self._lock:
-                        self.config = dataclasses.replace(self.config, writeback_limit=left - n)
+                        self.config = _with_writeback_limit(self.config, left - n)
                 if why is not None:
                     error = why
                     stop = (
@@ -773,15 +856,16 @@ class PagePool:
                     out[i] = (kind, obj, backing.read(fslot, clen, crc), clen)
         except BackingIoError:
             with self._lock:
+                self._check_open()  # not an I/O error: the pool (and its file) went
                 self.counters.backing_io_errors += 1
             raise
-        e = self._entries
         with self._lock:
             n = 0
             for slot, (kind, obj, data, _), (_, _, was, _) in zip(slots, out, raw, strict=True):
                 if was is not None:
                     continue
-                if e.kind[slot] != kind or e.obj[slot] != obj:
+                self._check_open()
+                if not self._unchanged(slot, kind, obj):
                     raise StaleHandleError("a page was freed while it was being loaded")
                 if data is None:
                     self.counters.backing_corrupt += 1
@@ -896,7 +980,7 @@ class PagePool:
         secondary = self._secondaries[index]
         for slot, kind, obj, clen in picked:
             with self._lock:
-                if e.obj[slot] != obj or e.kind[slot] != kind:
+                if not self._unchanged(slot, kind, obj):
                     continue  # freed or changed meanwhile
                 raw = self._alloc.obj_read(obj, clen)
             try:
@@ -921,12 +1005,12 @@ class PagePool:
                     # zram's ZRAM_INCOMPRESSIBLE: what writeback type
                     # "incompressible" picks.
                     with self._lock:
-                        if e.obj[slot] == obj and e.kind[slot] == kind:
+                        if self._unchanged(slot, kind, obj):
                             e.kind[slot] = kind | INCOMPRESSIBLE
                 continue
             with self._lock:
                 self.counters.recompress_attempts += 1
-                if e.obj[slot] != obj or e.kind[slot] != kind:
+                if not self._unchanged(slot, kind, obj):
                     continue
                 try:
                     new_obj = self._alloc.store(new)
