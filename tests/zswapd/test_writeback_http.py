@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,11 @@ from tests.zswapd.daemon import Daemon, run_cli, start_daemon
 from tests.zswapd.helpers import poor_page, random_page, same_page, text_page
 from zswapd.cli import main as cli_main
 from zswapd.client import Client
-from zswapd.errors import ZswapdError
+from zswapd.config import PoolConfig
+from zswapd.errors import ConfigError, ZswapdError
 from zswapd.limits import backing_dir_for
-from zswapd.pool import LIVE_SETTINGS
+from zswapd.pool import LIVE_SETTINGS, PagePool
+from zswapd.pools import PoolRegistry
 from zswapd.settings import load_settings
 
 PAGE = 4096
@@ -424,6 +428,41 @@ def test_the_backing_quota_counts_every_clients_file(served: Served) -> None:
     assert s.put("q3", backing_file="q3.swap", backing_size=1 << 20).status_code == 201
     for name in ("q2", "q3"):
         assert s.http.delete(f"/v1/pools/{name}").status_code == 204
+
+
+def test_concurrent_creations_cannot_pass_the_quota_together(tmp_path: Path) -> None:
+    # Each thread's quota check and its file's creation are apart in time: the
+    # registry counts the bytes being created, so eight at once still fit the quota.
+    bd = tmp_path / "bd"
+    bd.mkdir(mode=0o700)
+
+    def slow_pool(*args: Any, **kwargs: Any) -> PagePool:
+        time.sleep(0.05)  # a pool that takes a while to build: the window is wide open
+        return PagePool(*args, **kwargs)
+
+    registry = PoolRegistry(slow_pool, backing_dir=bd, backing_quota=3 * 64 * PAGE)
+    barrier = threading.Barrier(8)
+    made, refused = [], []
+
+    def create(i: int) -> None:
+        config = PoolConfig(backing_file=f"c{i}.swap", backing_size=64 * PAGE)
+        barrier.wait()
+        try:
+            made.append(registry.create(f"c{i}", config, client=True).name)
+        except ConfigError as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 3 and len(refused) == 5
+    assert all("--backing-quota" in r for r in refused)
+    assert sorted(p.name for p in bd.iterdir()) == sorted(f"{n}.swap" for n in made)
+    for name in made:
+        registry.remove(name)
+    assert list(bd.iterdir()) == []
 
 
 def test_two_pools_never_share_a_file(served: Served) -> None:
