@@ -249,7 +249,7 @@ def cmd_pools(args: argparse.Namespace) -> int:
 def cmd_writeback(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.writeback(
-            args.pool, args.type, idle_seconds=args.idle_seconds, max_pages=args.max_pages
+            args.pool, type=args.type, idle_seconds=args.idle_seconds, max_pages=args.max_pages
         )
     if args.json:
         json.dump(result, sys.stdout, indent=2)

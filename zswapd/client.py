@@ -191,7 +191,8 @@ class Client:
     def writeback(
         self,
         pool: str = "default",
-        type: str = "idle",
+        *,
+        type: str,
         idle_seconds: float = 0,
         max_pages: int | None = None,
     ) -> dict[str, Any]:

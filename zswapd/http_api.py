@@ -141,8 +141,8 @@ class WritebackRequest(BaseModel):
     """zram's ``echo TYPE > writeback`` (and ``echo N > idle``), with a cap."""
 
     model_config = ConfigDict(extra="forbid")
+    # Required: an empty body writing every page back would be a costly surprise.
     type: Literal["idle", "huge", "huge_idle", "incompressible", "lru"] = Field(
-        default="idle",
         description="idle: not stored or loaded for idle_seconds (0: every page, zram's "
         "'all'); huge; huge_idle: both; incompressible: huge pages recompression could "
         "not shrink; lru: the least recently used first",
@@ -154,8 +154,9 @@ class WritebackRequest(BaseModel):
 class WritebackResult(BaseModel):
     written_back: int = Field(description="pages written to the backing file")
     candidates: int = Field(description="pages of the type asked for, before max_pages")
-    stopped: Literal["writeback_limit", "backing_full", "io_error", "backing_removed"] | None = (
-        Field(description="why it stopped before writing every candidate (null: it did not)")
+    stopped: str | None = Field(
+        description="why it stopped before writing every candidate: writeback_limit, "
+        "backing_full, io_error, backing_removed (null: it did not)"
     )
     error: str | None = Field(description="what failed, for people (null: nothing)")
     writeback_limit: int | None = Field(
@@ -719,18 +720,17 @@ def create_app(
         name="writeback",
         responses={400: {"model": ErrorBody, "description": "malformed, or no backing file"}},
     )
-    async def writeback(pool: PoolName, body: WritebackRequest | None = None) -> WritebackResult:
+    async def writeback(pool: PoolName, body: WritebackRequest) -> WritebackResult:
         """Write pages back to the pool's backing file (zram's ``writeback``).
 
         A limit reached, a full file or a failing disk stops it early: the
         answer says how many were written and why it stopped (200); the pages
         not written stay in memory.
         """
-        req = body or WritebackRequest()
         target = reg.get(pool)
         result = await run_maintenance(
             lambda: target.writeback(
-                req.type, idle_seconds=req.idle_seconds, max_pages=req.max_pages
+                body.type, idle_seconds=body.idle_seconds, max_pages=body.max_pages
             )
         )
         return WritebackResult(**result)

@@ -284,12 +284,14 @@ def test_writeback_without_a_backing_file_or_with_a_bad_body_is_400(served: Serv
     for body in (
         {"type": "all"},
         {"type": "idle", "idle_seconds": -1},
-        {"max_pages": 0},
+        {"type": "lru", "max_pages": 0},
+        {},
         {"type": "huge", "colour": "red"},
     ):
         r = s.writeback("default", **body)
         assert r.status_code == 400, (body, r.text)
-    assert s.writeback("nosuchpool").status_code == 404
+    assert s.writeback("nosuchpool", type="idle").status_code == 404
+    assert s.http.post("/v1/pools/default/writeback").status_code == 400  # a type is needed
     assert s.http.delete("/v1/pools/plain").status_code == 204
 
 
@@ -304,10 +306,15 @@ def test_writeback_and_stats_from_the_command_line(
     served: Served, capsys: pytest.CaptureFixture[str]
 ) -> None:
     s = served
-    r = s.put("cli", compressor="lz4", backing_file="cli.swap", backing_size=32 * PAGE)
-    assert r.status_code == 201, r.text
-    s.store("cli", [random_page(50 + i) for i in range(3)] + [text_page(9)])
     url = s.daemon.url
+    code, out, err = _cli(
+        capsys,
+        *("pools", "create", "cli", "--url", url, "--compressor", "lz4"),
+        *("--backing-file", "cli.swap", "--backing-size", "128K", "--writeback", "manual"),
+    )
+    assert code == 0, err
+    assert f'"backing_file": "{s.backing_dir / "cli.swap"}"' in out
+    s.store("cli", [random_page(50 + i) for i in range(3)] + [text_page(9)])
     code, out, err = _cli(capsys, "writeback", "--url", url, "--pool", "cli", "--type", "huge")
     assert code == 0, err
     assert "wrote back 3 of 3 huge pages of pool 'cli'" in out
@@ -351,7 +358,7 @@ def test_the_serve_flags_give_default_its_backing_file_and_wire_stats_carry_bd_s
         assert st["backing"]["file"] == str(s.outside / "default.swap")
         assert st["backing"]["slots"] == 256  # --backing-size 1M
         with pytest.raises(ZswapdError, match="not part of the wire protocol; use the HTTP"):
-            wire.writeback("default", "idle")
+            wire.writeback("default", type="idle")
 
 
 def test_delete_removes_a_clients_file_and_keeps_the_operators(served: Served) -> None:
@@ -473,6 +480,28 @@ def test_two_pools_never_share_a_file(served: Served) -> None:
     assert s.http.delete("/v1/pools/one").status_code == 204
 
 
+def test_shutdown_removes_clients_files_without_state_dir_and_keeps_the_operators(
+    tmp_path: Path,
+) -> None:
+    bd, op = tmp_path / "bd", tmp_path / "op.swap"
+    d = start_daemon(
+        *("--backing-dir", str(bd), "--backing-file", str(op), "--backing-size", "64K")
+    )
+    try:
+        with Client(d.url) as c:
+            c.create_pool("p", backing_file="p.swap", backing_size=16 * PAGE)
+            c.store([text_page(i) for i in range(4)], pool="p")
+            c.store([text_page(i) for i in range(4)])
+            assert c.writeback("p", type="idle")["written_back"] == 4
+            assert c.writeback("default", type="idle")["written_back"] == 4
+    finally:
+        assert d.stop() == 0
+    # Nothing could read the client's pages again: gone.  The operator's file stays.
+    assert list(bd.iterdir()) == []
+    assert op.stat().st_size == 64 << 10
+    assert any("removed" in line and "p.swap" in line for line in d.log), d.log
+
+
 def test_without_backing_dir_clients_get_no_file(tmp_path: Path) -> None:
     d = start_daemon()
     try:
@@ -579,7 +608,7 @@ def test_written_back_pages_survive_a_restart_and_a_changed_file_is_caught(
         with Client(d.url) as c:
             c.create_pool("keep", backing_file="keep.swap", backing_size=64 * PAGE)
             handles = c.store(pages, pool="keep")
-            assert c.writeback("keep", "idle")["written_back"] == len(pages)
+            assert c.writeback("keep", type="idle")["written_back"] == len(pages)
             handles += c.store(later, pool="keep")
     finally:
         assert d.stop() == 0
