@@ -269,6 +269,28 @@ def test_writeback_limit_stops_and_says_so_and_is_set_live(served: Served) -> No
     assert s.http.delete("/v1/pools/lim").status_code == 204
 
 
+def test_a_live_limit_is_never_raised_past_the_room_the_pool_reserved(served: Served) -> None:
+    # A pool made with a limit reserves that much address space: a limit raised
+    # past it would be shown in mm_stat and never be reached.
+    s = served
+    assert s.put("lm", limit_bytes=16 * PAGE).status_code == 201
+    for limit, status in ((8 * PAGE, 200), (32 * PAGE, 400), (0, 400), (16 * PAGE, 200)):
+        r = s.http.patch("/v1/pools/lm", json={"limit_bytes": limit})
+        assert r.status_code == status, (limit, r.text)
+    assert (
+        "reserved room for 65536 bytes"
+        in s.http.patch("/v1/pools/lm", json={"limit_bytes": 0}).json()["detail"]
+    )
+    assert s.stats("lm")["mm_stat"]["mem_limit"] == 16 * PAGE
+    # A pool made without one can take any limit, and drop it again.
+    assert s.put("lm2").status_code == 201
+    for limit in (4 * PAGE, 1 << 26, 0):
+        r = s.http.patch("/v1/pools/lm2", json={"limit_bytes": limit})
+        assert r.status_code == 200 and r.json()["config"]["limit_bytes"] == limit, r.text
+    for name in ("lm", "lm2"):
+        assert s.http.delete(f"/v1/pools/{name}").status_code == 204
+
+
 def test_the_live_settings_route_takes_every_live_setting() -> None:
     from zswapd.http_api import LiveSettings
 
