@@ -17,6 +17,7 @@ from zswapd.cli_client import (
     cmd_pools,
     cmd_push,
     cmd_stats,
+    cmd_writeback,
     pool_flags,
     run_client_command,
 )
@@ -49,6 +50,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "max_stale_handles": args.max_stale_handles,
             "memory_limit": args.memory_limit,
             "max_pools": args.max_pools,
+            "backing_dir": args.backing_dir,
+            "backing_quota": args.backing_quota,
             **pool_flags(args),
             "accept_threshold_percent": args.accept_threshold_percent,
             "recompress_algo": args.recompress_algo,
@@ -233,6 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="all pools and devices together: a size, a share of RAM, or 0 for none (20%%)",
     )
     serve.add_argument("--max-pools", type=int, metavar="N", help="pools plus devices (64)")
+    serve.add_argument(
+        "--backing-dir",
+        metavar="DIR",
+        help="where clients may create backing files (default: nowhere); 0700, yours",
+    )
+    serve.add_argument(
+        "--backing-quota",
+        metavar="SIZE|N%",
+        help="clients' backing files together: a size, a share of the backing dir's "
+        "filesystem, or 0 for none (25%%)",
+    )
     _add_pool_flags(serve)
     serve.add_argument("--accept-threshold-percent", type=int, help="zswap's hysteresis")
     serve.add_argument("--recompress-algo", help="secondary algorithm for recompress")
@@ -277,11 +291,29 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--all", action="store_true", help="every class, empty ones too")
     stats.set_defaults(func=cmd_stats)
 
-    pools = client_parser("pools", "list, create or remove pools")
-    pools.add_argument("action", choices=["list", "create", "remove"])
+    pools = client_parser("pools", "list, create, change (set) or remove pools")
+    pools.add_argument("action", choices=["list", "create", "set", "remove"])
     pools.add_argument("name", nargs="?")
     _add_pool_flags(pools)
+    pools.add_argument(
+        "--no-writeback-limit", action="store_true", help="set: lift the writeback limit"
+    )
     pools.set_defaults(func=cmd_pools)
+
+    writeback = client_parser("writeback", "write pages back to a pool's backing file")
+    writeback.add_argument("--pool", default="default")
+    writeback.add_argument(
+        "--type",
+        required=True,
+        choices=["idle", "huge", "huge_idle", "incompressible", "lru"],
+        help="which pages (zram's writeback types; lru: the least recently used)",
+    )
+    writeback.add_argument(
+        "--idle-seconds", type=float, default=0, help="idle: not used for this long (0: all)"
+    )
+    writeback.add_argument("--max-pages", type=int, help="write at most this many")
+    writeback.add_argument("--json", action="store_true", help="print the JSON answer")
+    writeback.set_defaults(func=cmd_writeback)
 
     bench = sub.add_parser(
         "bench",
@@ -379,11 +411,23 @@ def _add_pool_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chain-size", type=int, help="zsmalloc chain size (8)")
     p.add_argument("--pool-limit", metavar="SIZE", help="pool memory limit, e.g. 512M")
     p.add_argument("--huge-policy", choices=["store", "reject"], help="store (zram) or reject")
+    p.add_argument(
+        "--backing-file",
+        metavar="PATH",
+        help="the second tier (serve: any path; over HTTP: a new name in --backing-dir)",
+    )
+    p.add_argument("--backing-size", metavar="SIZE", help="its size, e.g. 1G (whole 4 KiB slots)")
+    p.add_argument(
+        "--writeback",
+        choices=["manual", "lru"],
+        help="manual (zram, default) or lru (zswap: write back instead of refusing)",
+    )
+    p.add_argument("--writeback-limit", type=int, metavar="PAGES", help="zram's writeback_limit")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("push", "fetch", "free", "stats", "pools"):
+    if args.command in ("push", "fetch", "free", "stats", "pools", "writeback"):
         if args.command == "pools" and args.action != "list" and not args.name:
             print(f"zswapd pools {args.action}: a pool name is needed", file=sys.stderr)
             return 2

@@ -33,6 +33,7 @@ __all__ = [
     "cmd_pools",
     "cmd_push",
     "cmd_stats",
+    "cmd_writeback",
     "format_classes",
     "pool_flags",
     "run_client_command",
@@ -202,6 +203,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if mem:
         print(f"ratio {orig / mem:.2f} (orig/mem_used), {orig / max(compr, 1):.2f} (orig/compr)")
     print("zswap: " + " ".join(f"{k}={v}" for k, v in stats["zswap"].items()))
+    backing = stats.get("backing")
+    if backing is not None:
+        print("bd_stat: " + " ".join(f"{k}={v}" for k, v in stats["bd_stat"].items()))
+        limit = backing["writeback_limit"]
+        print(
+            f"backing {backing['file']}: {backing['used_slots']} of {backing['slots']} slots "
+            f"used, writeback {backing['writeback']}"
+            f"{'' if limit is None else f', writeback_limit {limit}'}"
+            f"{', REMOVED' if backing['removed'] else ''}"
+            f", {backing['io_errors']} I/O errors, {backing['corrupt_pages']} corrupt"
+        )
     rows = stats["classes"] if args.all else [r for r in stats["classes"] if r["obj_allocated"]]
     print(format_classes(rows))
     return 0
@@ -216,9 +228,41 @@ def cmd_pools(args: argparse.Namespace) -> int:
             config = {k: v for k, v in pool_flags(args).items() if v is not None}
             result = client.create_pool(args.name, **config)
             print(json.dumps(result, indent=2))
+        elif args.action == "set":
+            live = ("limit_bytes", "huge_policy", "writeback_limit")
+            changes = {k: v for k, v in pool_flags(args).items() if k in live and v is not None}
+            if args.no_writeback_limit:
+                changes["writeback_limit"] = None
+            if not changes:
+                raise ConfigError(
+                    "pools set: give --pool-limit, --huge-policy, --writeback-limit "
+                    "or --no-writeback-limit"
+                )
+            result = client.update_pool(args.name, **changes)
+            print(json.dumps(result, indent=2))
         elif args.action == "remove":
             client.remove_pool(args.name)
             print(f"removed pool {args.name!r}")
+    return 0
+
+
+def cmd_writeback(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.writeback(
+            args.pool, type=args.type, idle_seconds=args.idle_seconds, max_pages=args.max_pages
+        )
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+        return 0
+    limit = result["writeback_limit"]
+    print(
+        f"wrote back {result['written_back']} of {result['candidates']} {args.type} pages "
+        f"of pool {args.pool!r}" + ("" if limit is None else f"; writeback_limit {limit} left")
+    )
+    if result["stopped"] is not None:
+        print(f"stopped early: {result['stopped']}: {result['error'] or 'limit reached'}")
+        return 1
     return 0
 
 
@@ -233,6 +277,10 @@ def pool_flags(args: argparse.Namespace) -> dict[str, Any]:
         "chain_size": args.chain_size,
         "limit_bytes": parse_size(args.pool_limit) if args.pool_limit else None,
         "huge_policy": args.huge_policy,
+        "backing_file": args.backing_file,
+        "backing_size": parse_size(args.backing_size) if args.backing_size else None,
+        "writeback": args.writeback,
+        "writeback_limit": args.writeback_limit,
     }
 
 

@@ -30,7 +30,8 @@ class Client:
 
     Args:
         url: ``http://HOST:PORT``, ``http+unix:///path`` (HTTP) or
-            ``unix:///path`` (the wire protocol: pages, stats and compact only).
+            ``unix:///path`` (the wire protocol: pages, stats and compact only;
+            writeback and pool settings are HTTP's).
         token: bearer token, if the daemon wants one.
         batch_pages: pages per request for large stores and loads (default: the
             server's cap, asked once).
@@ -187,6 +188,29 @@ class Client:
         ).json()
         return result
 
+    def writeback(
+        self,
+        pool: str = "default",
+        *,
+        type: str,
+        idle_seconds: float = 0,
+        max_pages: int | None = None,
+    ) -> dict[str, Any]:
+        """Write pages of ``pool`` back to its backing file (zram's ``writeback``).
+
+        Returns:
+            written_back, candidates, stopped (why it stopped early, or None),
+            error, writeback_limit (pages it may still write; None: no limit).
+        """
+        self._http_only("writeback")
+        body: dict[str, Any] = {"type": type, "idle_seconds": idle_seconds}
+        if max_pages is not None:
+            body["max_pages"] = max_pages
+        result: dict[str, Any] = self._request(
+            "POST", f"/v1/pools/{pool}/writeback", json=body
+        ).json()
+        return result
+
     def pools(self) -> list[str]:
         self._http_only("listing pools")
         names: list[str] = self._request("GET", "/v1/pools").json()["pools"]
@@ -200,6 +224,13 @@ class Client:
             content=json.dumps(config),
             headers={"content-type": "application/json"},
         ).json()
+        return result
+
+    def update_pool(self, name: str, **settings: Any) -> dict[str, Any]:
+        """Change settings a pool takes live (limit_bytes, accept_threshold_percent,
+        huge_policy, writeback_limit: zram's ``echo N > writeback_limit``)."""
+        self._http_only("changing a pool's settings")
+        result: dict[str, Any] = self._request("PATCH", f"/v1/pools/{name}", json=settings).json()
         return result
 
     def remove_pool(self, name: str) -> None:

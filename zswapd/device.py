@@ -361,13 +361,17 @@ class DeviceRegistry:
         self._devices: dict[str, Device] = {}
         self._lock = threading.Lock()
 
-    def create(self, name: str, size: int, config: PoolConfig | None = None) -> Device:
+    def create(
+        self, name: str, size: int, config: PoolConfig | None = None, *, client: bool = False
+    ) -> Device:
+        """A new device of ``size`` bytes over a new pool; ``client``: the
+        configuration comes over HTTP (see :meth:`PoolRegistry.create`)."""
         check_pool_name(name)
         check_device_size(size)  # before the pool exists: a refused device leaves nothing
         with self._lock:
             if name in self._devices:
                 raise PoolExistsError(f"device {name!r} exists already")
-            pool = self.pools.create(name, config)
+            pool = self.pools.create(name, config, client=client)
             try:
                 device = Device(name, size, pool)
             except BaseException:

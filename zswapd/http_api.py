@@ -137,6 +137,33 @@ class CompactResult(BaseModel):
     pages_released: int
 
 
+class WritebackRequest(BaseModel):
+    """zram's ``echo TYPE > writeback`` (and ``echo N > idle``), with a cap."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Required: an empty body writing every page back would be a costly surprise.
+    type: Literal["idle", "huge", "huge_idle", "incompressible", "lru"] = Field(
+        description="idle: not stored or loaded for idle_seconds (0: every page, zram's "
+        "'all'); huge; huge_idle: both; incompressible: huge pages recompression could "
+        "not shrink; lru: the least recently used first",
+    )
+    idle_seconds: JsonFloat = Field(default=0, ge=0, description="what idle means, seconds")
+    max_pages: JsonInt | None = Field(default=None, ge=1, description="write at most this many")
+
+
+class WritebackResult(BaseModel):
+    written_back: int = Field(description="pages written to the backing file")
+    candidates: int = Field(description="pages of the type asked for, before max_pages")
+    stopped: str | None = Field(
+        description="why it stopped before writing every candidate: writeback_limit, "
+        "backing_full, io_error, backing_removed (null: it did not)"
+    )
+    error: str | None = Field(description="what failed, for people (null: nothing)")
+    writeback_limit: int | None = Field(
+        description="pages manual writeback may still write (null: no limit)"
+    )
+
+
 class PoolSettings(BaseModel):
     """A pool's configuration (every field optional; defaults are the kernel's)."""
 
@@ -151,6 +178,37 @@ class PoolSettings(BaseModel):
     recompress_algo: str | None = None
     recompress_level: JsonInt | None = None
     allocator_options: dict[str, Any] = Field(default_factory=dict)
+    backing_file: str | None = Field(
+        default=None,
+        description="a new file inside the daemon's --backing-dir: a name, or a path under "
+        "it (no absolute path, no '..', no symlink)",
+    )
+    backing_size: JsonInt = Field(
+        default=0, ge=0, description="bytes, whole 4096-byte slots (needed with backing_file)"
+    )
+    writeback: Literal["manual", "lru"] = Field(
+        default="manual",
+        description="manual (zram: pages leave when asked) or lru (zswap: a store past the "
+        "limit writes back the least recently used pages first)",
+    )
+    writeback_limit: JsonInt | None = Field(
+        default=None, ge=0, description="pages manual writeback may still write (null: no limit)"
+    )
+
+
+class LiveSettings(BaseModel):
+    """Settings a pool takes while it holds pages (zram's ``echo N > mem_limit``,
+    ``echo N > writeback_limit``); the ones not given stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+    limit_bytes: JsonInt | None = Field(default=None, ge=0)
+    accept_threshold_percent: JsonInt | None = Field(
+        default=None, ge=0, le=100, description="null: off"
+    )
+    huge_policy: Literal["store", "reject"] | None = None
+    writeback_limit: JsonInt | None = Field(
+        default=None, ge=0, description="null: no limit (zram's writeback_limit_enable=0)"
+    )
 
 
 class PoolConfigOut(BaseModel):
@@ -167,6 +225,10 @@ class PoolConfigOut(BaseModel):
     recompress_level: int | None
     allocator_options: dict[str, Any]
     dictionary: int | None
+    backing_file: str | None
+    backing_size: int
+    writeback: str
+    writeback_limit: int | None
 
 
 class PoolCreated(BaseModel):
@@ -194,6 +256,8 @@ class ZswapCounters(BaseModel):
     pool_total_size: int
     pool_limit_hit: int
     reject_compress_poor: int
+    reject_reclaim_fail: int = Field(description="pages refused: writing back made no room")
+    written_back_pages: int = Field(description="pages moved to the backing file")
     decompress_fail: int
 
 
@@ -203,6 +267,30 @@ class PageCounters(BaseModel):
     freed_pages_total: int
     memory_limit_hit: int = Field(description="pages refused at the server-wide --memory-limit")
     stale_handle_requests: int = Field(description="loads and frees refused for a stale handle")
+    loaded_same_pages: int = Field(description="loads served by a same-filled word")
+
+
+class BdStat(BaseModel):
+    """zram's bd_stat, in pages."""
+
+    bd_count: int = Field(description="pages in the backing file now")
+    bd_reads: int = Field(description="pages read from it")
+    bd_writes: int = Field(description="pages written to it")
+
+
+class BackingFigures(BaseModel):
+    """The pool's backing file (null without one)."""
+
+    file: str
+    slots: int = Field(description="4096-byte slots")
+    size: int = Field(description="bytes")
+    used_slots: int
+    writeback: str
+    writeback_limit: int | None
+    lru_pages: int = Field(description="pages on the LRU list (held in memory)")
+    removed: bool = Field(description="its name was unlinked behind the daemon's back")
+    io_errors: int
+    corrupt_pages: int = Field(description="pages read back that failed their checksum")
 
 
 class ServerFigures(BaseModel):
@@ -258,6 +346,8 @@ class PoolStatsOut(BaseModel):
     huge_class_size: int
     mm_stat: MmStat
     zswap: ZswapCounters
+    bd_stat: BdStat
+    backing: BackingFigures | None
     counters: PageCounters
     server: ServerFigures
     metadata: MetadataFigures
@@ -291,11 +381,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (404, "unknown pool or stale handle"),
         (408, "request head or body not received in time; the connection is closed"),
         (409, "a pool of that name exists"),
+        (500, "a stored page no longer matches its checksum (corrupt_object)"),
         (413, "request too large"),
         (431, "request head over the size cap; the connection is closed"),
         (422, "wrong page size, or a page the pool rejects"),
         (503, "too many connections"),
-        (507, "pool limit reached"),
+        (507, "pool limit reached, no room made by writeback, or the backing file failed"),
     )
 }
 OCTETS = {
@@ -501,7 +592,8 @@ def create_app(
         values = body.model_dump()
         size = values.pop("size")
         config = PoolConfig.from_dict(values)
-        device = await run_in_thread(devices.create, name, size, config)
+        # client: a backing file named here must be a new file inside --backing-dir.
+        device = await run_in_thread(lambda: devices.create(name, size, config, client=True))
         return {"device": device.name, "size": device.size, "config": config.to_dict()}
 
     @app.delete("/v1/devices/{name}", status_code=204, name="device_remove")
@@ -520,12 +612,28 @@ def create_app(
     @app.put("/v1/pools/{pool}", status_code=201, name="pool_create", response_model=PoolCreated)
     async def create_pool(pool: PoolName, body: PoolSettings | None = None) -> dict[str, Any]:
         config = PoolConfig.from_dict((body or PoolSettings()).model_dump())
-        created = await run_in_thread(reg.create, pool, config)
+        # client: a backing file named here must be a new file inside --backing-dir.
+        created = await run_in_thread(lambda: reg.create(pool, config, client=True))
         return {"pool": created.name, "config": created.config.to_dict()}
+
+    @app.patch("/v1/pools/{pool}", name="pool_update", response_model=PoolCreated)
+    async def update_pool(pool: PoolName, body: LiveSettings) -> dict[str, Any]:
+        """Change settings a pool takes while it holds pages (as zram's sysfs
+        files can be written at any time); only those given change."""
+        changes = body.model_dump(exclude_unset=True)
+        # null: no limit, no hysteresis; a limit of 0 is "none", a policy needs a value.
+        nullable = {"writeback_limit", "accept_threshold_percent"}
+        unset = sorted(k for k, v in changes.items() if v is None and k not in nullable)
+        if unset:
+            raise InvalidRequestError(f"{', '.join(unset)} cannot be null")
+        target = reg.get(pool)
+        await run_in_thread(lambda: target.set_live_settings(**changes))
+        return {"pool": target.name, "config": target.config.to_dict()}
 
     @app.delete("/v1/pools/{pool}", status_code=204, name="pool_remove")
     async def remove_pool(pool: PoolName) -> Response:
-        reg.remove(pool)
+        # In a thread: closing a pool waits for its backing file's I/O in flight.
+        await run_in_thread(reg.remove, pool)
         return Response(status_code=204)
 
     @app.post(
@@ -549,7 +657,8 @@ def create_app(
     )
     async def load_one(pool: PoolName, handle: int) -> Response:
         target = reg.get(pool)
-        (page,) = target.load([handle])
+        # offload: a pool with a backing file may read the disk (it says it is busy).
+        (page,) = await offload(1, target.load, [handle])
         return Response(page, media_type="application/octet-stream")
 
     @app.post(
@@ -566,7 +675,7 @@ def create_app(
 
     @app.delete("/v1/pools/{pool}/pages/{handle}", status_code=204, name="free")
     async def free_one(pool: PoolName, handle: int) -> Response:
-        reg.get(pool).free([handle])
+        await offload(1, reg.get(pool).free, [handle])
         return Response(status_code=204)
 
     @app.post("/v1/pools/{pool}/pages:free", status_code=204, name="free_batch")
@@ -604,5 +713,26 @@ def create_app(
             )
         )
         return RecompressResult(**result)
+
+    @app.post(
+        "/v1/pools/{pool}/writeback",
+        response_model=WritebackResult,
+        name="writeback",
+        responses={400: {"model": ErrorBody, "description": "malformed, or no backing file"}},
+    )
+    async def writeback(pool: PoolName, body: WritebackRequest) -> WritebackResult:
+        """Write pages back to the pool's backing file (zram's ``writeback``).
+
+        A limit reached, a full file or a failing disk stops it early: the
+        answer says how many were written and why it stopped (200); the pages
+        not written stay in memory.
+        """
+        target = reg.get(pool)
+        result = await run_maintenance(
+            lambda: target.writeback(
+                body.type, idle_seconds=body.idle_seconds, max_pages=body.max_pages
+            )
+        )
+        return WritebackResult(**result)
 
     return _Guard(app, settings)

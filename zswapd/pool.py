@@ -66,6 +66,7 @@ from allocator import (
     PageBudget,
     PoolFullError,
 )
+from allocator.base import arena_capacity
 from allocator.handles import MAX_SLOTS, SLOT_MASK
 from zswapd.backing import BackingFile, pack, unpack
 from zswapd.config import DEFAULT_ACCEPT_THRESHOLD, PoolConfig, check_pool_name
@@ -239,6 +240,13 @@ class PagePool:
         self._secondaries: list[compressors.Compressor] = []
         self.budget = budget
         self._alloc = self.config.make_allocator(budget=budget, arena_pages=arena_pages)
+        # Pages of address space reserved (as make_allocator reserved them): a
+        # limit set live cannot go past it, and must not claim to.
+        limit = self.config.limit_pages
+        self._arena_pages = arena_capacity(
+            limit, min(arena_pages, limit) if arena_pages and limit else arena_pages
+        )
+        self._unlimited_pages = arena_capacity(None, arena_pages)
         self.huge_class_size: int = self._alloc.huge_class_size
         self._entries = EntryTable(seed, max_handles, budget, lru=self.backing is not None)
         self._closed = False
@@ -312,6 +320,12 @@ class PagePool:
             raise ConfigError(f"cannot change {', '.join(sorted(other))} of a live pool")
         with self._lock:
             config = dataclasses.replace(self.config, **changes)
+            if (config.limit_pages or self._unlimited_pages) > self._arena_pages:
+                raise ConfigError(
+                    f"pool {self.name!r} reserved room for {self._arena_pages * PAGE_SIZE} "
+                    "bytes when it was made: its limit_bytes can be lowered, or raised up "
+                    "to that, not past it (make a new pool for more)"
+                )
             if self.config.limit_pages != config.limit_pages:
                 self._alloc.set_max_pages(config.limit_pages)
             self.config = config

@@ -56,6 +56,9 @@ class PoolRegistry:
         self._pools: dict[str, PagePool] = {}
         self.backing_dir = backing_dir
         self.backing_quota = backing_quota
+        # Bytes of clients' files being created (quota checked, pool not yet in):
+        # counted, so that concurrent creations cannot pass the quota together.
+        self._backing_pending = 0
         self._lock = threading.Lock()
         self._factory = factory
         self.budget = budget
@@ -94,9 +97,19 @@ class PoolRegistry:
         with self._lock:
             self._check_room(name)
         backing = None
+        pending = 0
         if client and config.backing_file is not None:
             backing = self._open_client_backing(config)
+            pending = config.backing_size
             config = dataclasses.replace(config, backing_file=backing.path)
+        try:
+            return self._create(name, config, backing)
+        finally:
+            if pending:
+                with self._lock:
+                    self._backing_pending -= pending
+
+    def _create(self, name: str, config: PoolConfig, backing: BackingFile | None) -> PagePool:
         # Built outside the lock (it maps the arena); checked again on the way in.
         extra = {} if backing is None else {"backing": backing}
         try:
@@ -130,23 +143,30 @@ class PoolRegistry:
         if not size:
             raise ConfigError("a backing file made for a client needs its backing_size")
         with self._lock:
-            held = sum(
+            held = self._backing_pending + sum(
                 p.backing.slots * 4096
                 for p in self._pools.values()
                 if p.backing is not None and p.backing_owned
             )
-        if self.backing_quota is not None and held + size > self.backing_quota:
-            raise ConfigError(
-                f"backing_size {size} would pass the server's --backing-quota of "
-                f"{self.backing_quota} bytes ({held} are given to clients' files already)"
-            )
-        dfd = open_client_dir(str(self.backing_dir), rel)
+            if self.backing_quota is not None and held + size > self.backing_quota:
+                raise ConfigError(
+                    f"backing_size {size} would pass the server's --backing-quota of "
+                    f"{self.backing_quota} bytes ({held} are given to clients' files already)"
+                )
+            # Held until create() has added the pool (or failed): see _backing_pending.
+            self._backing_pending += size
         try:
-            backing = BackingFile.open(
-                rel.name, size, create=True, must_create=True, budget=self.budget, dir_fd=dfd
-            )
-        finally:
-            os.close(dfd)
+            dfd = open_client_dir(str(self.backing_dir), rel)
+            try:
+                backing = BackingFile.open(
+                    rel.name, size, create=True, must_create=True, budget=self.budget, dir_fd=dfd
+                )
+            finally:
+                os.close(dfd)
+        except BaseException:
+            with self._lock:
+                self._backing_pending -= size
+            raise
         backing.path = str(self.backing_dir / rel)
         return backing
 

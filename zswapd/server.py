@@ -306,6 +306,18 @@ def _apply_given_settings(
         )
 
 
+def _remove_client_files(registry: PoolRegistry, devices: DeviceRegistry, saved: bool) -> None:
+    """At shutdown, remove the backing files this daemon created for clients
+    that no state file names (without --state-dir, or a device's: devices
+    start empty): nothing could ever read them again."""
+    kept_devices = set(devices.names())
+    for name in registry.names():
+        pool = registry.get(name)
+        if pool.backing is not None and pool.backing_owned and (not saved or name in kept_devices):
+            pool.close()  # unlinks the file it owns
+            log.info("removed %s, the backing file of %s", pool.backing.path, name)
+
+
 def serve(settings: ServerSettings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="zswapd: %(message)s")
@@ -451,6 +463,7 @@ def serve(settings: ServerSettings) -> int:
         if saver is not None:
             # After in-flight requests finished: everything acknowledged is saved.
             saver.save()
+        _remove_client_files(registry, devices, saved=saver is not None)
     finally:
         sock.close()
         for path in bound:

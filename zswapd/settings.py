@@ -18,6 +18,9 @@ The TOML file::
 
     [pools.fast]                     # more pools, created at start
     compressor = "lz4"
+    backing_file = "/var/lib/zswapd/fast.swap"   # the second tier (any path: yours)
+    backing_size = "1G"
+    writeback = "lru"                # or "manual" (zram); writeback_limit = pages
 
 Environment variables (for the default pool and the server): ``ZSWAPD_HTTP``,
 ``ZSWAPD_AUTH_TOKEN_FILE``, ``ZSWAPD_MAX_PAGES_PER_REQUEST``, ``ZSWAPD_METRICS``,
@@ -27,12 +30,15 @@ Environment variables (for the default pool and the server): ``ZSWAPD_HTTP``,
 ``ZSWAPD_MAX_STALE_HANDLES``, ``ZSWAPD_MEMORY_LIMIT``, ``ZSWAPD_MAX_POOLS``,
 ``ZSWAPD_COMPRESSOR``, ``ZSWAPD_LEVEL``, ``ZSWAPD_ALLOCATOR``,
 ``ZSWAPD_CHAIN_SIZE``, ``ZSWAPD_POOL_LIMIT``, ``ZSWAPD_HUGE_POLICY``,
-``ZSWAPD_ACCEPT_THRESHOLD_PERCENT``, ``ZSWAPD_RECOMPRESS_ALGO``.
+``ZSWAPD_ACCEPT_THRESHOLD_PERCENT``, ``ZSWAPD_RECOMPRESS_ALGO``,
+``ZSWAPD_BACKING_FILE``, ``ZSWAPD_BACKING_SIZE``, ``ZSWAPD_WRITEBACK``,
+``ZSWAPD_WRITEBACK_LIMIT``, ``ZSWAPD_BACKING_DIR``, ``ZSWAPD_BACKING_QUOTA``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -60,6 +66,10 @@ _POOL_ENV: list[tuple[str, str, Any]] = [
     ("ZSWAPD_HUGE_POLICY", "huge_policy", str),
     ("ZSWAPD_ACCEPT_THRESHOLD_PERCENT", "accept_threshold_percent", int),
     ("ZSWAPD_RECOMPRESS_ALGO", "recompress_algo", str),
+    ("ZSWAPD_BACKING_FILE", "backing_file", str),
+    ("ZSWAPD_BACKING_SIZE", "backing_size", lambda v: parse_size(v)),
+    ("ZSWAPD_WRITEBACK", "writeback", str),
+    ("ZSWAPD_WRITEBACK_LIMIT", "writeback_limit", int),
 ]
 _SERVER_ENV: list[tuple[str, str, Any]] = [
     ("ZSWAPD_HTTP", "http", str),
@@ -76,6 +86,8 @@ _SERVER_ENV: list[tuple[str, str, Any]] = [
     ("ZSWAPD_MAX_STALE_HANDLES", "max_stale_handles", int),
     ("ZSWAPD_MEMORY_LIMIT", "memory_limit", str),
     ("ZSWAPD_MAX_POOLS", "max_pools", int),
+    ("ZSWAPD_BACKING_DIR", "backing_dir", str),
+    ("ZSWAPD_BACKING_QUOTA", "backing_quota", str),
 ]
 
 
@@ -96,6 +108,8 @@ _SERVER_KEYS: dict[str, Any] = {
     "max_stale_handles": int,
     "memory_limit": (str, int),
     "max_pools": int,
+    "backing_dir": (str, type(None)),
+    "backing_quota": (str, int, type(None)),
 }
 
 
@@ -152,6 +166,11 @@ class ServerSettings:
     memory_limit: str | int = "20%"
     # Pools plus devices, at most.
     max_pools: int = 64
+    # Where clients (over HTTP) may create backing files; None: nowhere.
+    backing_dir: str | None = None
+    # Bytes all clients' backing files may total (a size, or "N%" of the backing
+    # dir's filesystem); None: 25% of that filesystem's size at start.
+    backing_quota: str | int | None = None
 
     def check(self) -> None:
         """Raise ConfigError for a server setting of the wrong type or range."""
@@ -214,6 +233,12 @@ class ServerSettings:
             values = dict(raw)
             if "limit" in values:
                 values["limit_bytes"] = parse_size(values.pop("limit"))
+            if isinstance(values.get("backing_size"), str):  # "1G" as for limit
+                values["backing_size"] = parse_size(values["backing_size"])
+            if isinstance(values.get("backing_file"), str):
+                # Absolute now: a state file names it, and the next start may
+                # run in another working directory.
+                values["backing_file"] = os.path.abspath(values["backing_file"])
             out[name] = PoolConfig.from_dict(values)
         return out
 

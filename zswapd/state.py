@@ -20,7 +20,11 @@ with :class:`StateError`: nothing is loaded from it, and the daemon does not
 start (better than serving half a pool).  The checksum catches torn writes and
 corruption, not tampering: whoever can write the state directory can write
 any pages.  A page's idle age (for idle recompression) is saved as an age, so
-it carries over a restart.
+it carries over a restart.  A written-back page's record holds its slot in the
+backing file and its checksum: the file must still be there on restore (a
+state file whose pages' backing file is gone is refused, never met with a new
+empty file), and a page changed in it meanwhile fails its checksum on load
+(corrupt_object), never served.
 
 The directory is trusted only if nobody else can write it: the daemon makes it
 0700, and refuses to start on one that is group- or world-writable or owned by
@@ -51,8 +55,10 @@ from typing import Any
 
 import compressors
 from allocator import PageBudget
+from zswapd.backing import BackingFile
 from zswapd.config import PoolConfig, check_pool_name
-from zswapd.errors import ZswapdError
+from zswapd.entries import WRITTEN
+from zswapd.errors import ConfigError, ZswapdError
 from zswapd.pool import Counters, PagePool
 
 __all__ = ["SUFFIX", "StateError", "load_pool", "load_state_dir", "save_pool", "save_state_dir"]
@@ -252,7 +258,21 @@ def _load(data: bytes, path: Path, budget: PageBudget | None, arena_pages: int |
         # Restored without its own limit, so its arena can hold any limit set
         # later (set_live_settings), then given the saved limit back.
         unlimited = dataclasses.replace(config, limit_bytes=0)
-        pool = PagePool(name, unlimited, budget=budget, arena_pages=arena_pages)
+        backing = None
+        if config.backing_file is not None and any(r[1] & WRITTEN for r in records):
+            # Pages live in it: it must be there still, never made afresh (a new,
+            # empty file would only turn every written-back page into an error).
+            try:
+                backing = BackingFile.open(
+                    config.backing_file, config.backing_size, create=False, budget=budget
+                )
+            except ConfigError as exc:
+                raise StateError(
+                    f"{path}: pages of pool {name!r} were written back to a backing file "
+                    f"that cannot be reopened ({exc}); restore the file, or move {path} "
+                    "aside to start without this pool"
+                ) from exc
+        pool = PagePool(name, unlimited, budget=budget, arena_pages=arena_pages, backing=backing)
         try:
             pool.backing_owned = bool(header.get("backing_owned", False))
             for algo, options in header["secondaries"]:
