@@ -275,6 +275,8 @@ class PagePool:
         The pool refuses every request afterwards (it has left the registry).
         """
         with self._lock:
+            if self._closed:
+                return  # closed already (a device removed at shutdown, say)
             self._closed = True
             self._alloc.close()
             self._entries.close()
@@ -1083,6 +1085,12 @@ class PagePool:
             "huge_pages": self._huge_pages,
             "huge_pages_since": self.counters.huge_pages_since,
         }
+
+    def bd_stat(self) -> dict[str, int]:
+        """zram's bd_stat alone, in pages (a scrape of a device's wants no class table)."""
+        with self._lock:
+            c = self.counters
+            return {"bd_count": self._written, "bd_reads": c.bd_reads, "bd_writes": c.bd_writes}
 
     def _budget_figures(self) -> dict[str, int]:
         """The server-wide figures: limit (0: none), in use and high-water mark, bytes."""

@@ -451,6 +451,9 @@ def serve(settings: ServerSettings) -> int:
         if saver is not None:
             # After in-flight requests finished: everything acknowledged is saved.
             saver.save()
+        # Devices are never saved: a backing file made for a client's device
+        # goes now, or it would be left behind, unreachable, at every restart.
+        devices.close()
     finally:
         sock.close()
         for path in bound:
