@@ -4,6 +4,7 @@ its limit, a full backing file, and where a client may put one."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import stat
@@ -20,7 +21,9 @@ from zswapd.config import PoolConfig
 from zswapd.device import Device, DeviceRegistry
 from zswapd.errors import ConfigError
 from zswapd.nbd_protocol import Cmd
+from zswapd.offload import offload, thread_jobs
 from zswapd.pools import PoolRegistry
+from zswapd.settings import load_settings
 
 PAGE = 4096
 
@@ -120,6 +123,60 @@ def test_a_device_without_a_backing_file_refuses_writeback() -> None:
         dev.writeback("idle")
     assert dev.stats()["bd_stat"] == {"bd_count": 0, "bd_reads": 0, "bd_writes": 0}
     assert dev.stats()["backing"] is None
+
+
+def test_a_device_with_a_backing_file_is_served_off_the_event_loop(tmp_path: Path) -> None:
+    # NBD hands a request to a thread by zswapd.offload's rule, which asks the
+    # object whose method it runs whether it is busy: one NBD READ of a block
+    # in the file must not wait for the disk on the loop that serves everyone.
+    plain = DeviceRegistry(PoolRegistry()).create("plain", 16 * PAGE)
+    backed = _device(tmp_path)
+    for dev in (plain, backed):
+        dev.write(0, text_page(1))
+    assert backed.writeback("idle")["written_back"] == 1
+
+    async def jobs(dev: Device) -> int:
+        before = thread_jobs()
+        assert await offload(1, dev.read, 0, PAGE) == text_page(1)
+        await offload(1, dev.write, PAGE, text_page(2))
+        return thread_jobs() - before
+
+    assert asyncio.run(jobs(plain)) == 0  # small, and nothing to wait for: on the loop
+    assert asyncio.run(jobs(backed)) == 2
+    assert backed.pool.bd_stat()["bd_reads"] == 1
+
+
+def test_device_backing_options_from_flags_and_the_config_file(tmp_path: Path) -> None:
+    conf = tmp_path / "zswapd.toml"
+    conf.write_text(
+        "[devices.zram1]\n"
+        'size = "1M"\n'
+        f'backing_file = "{tmp_path / "z1.img"}"\n'
+        'backing_size = "256K"\n'
+        'writeback = "lru"\n'
+        'limit = "64K"\n'
+    )
+    flag = f"zram0=1M,backing_file={tmp_path / 'z0.img'},backing_size=1M,writeback_limit=5"
+    settings = load_settings(str(conf), flags={"devices": [flag]})
+    configs = settings.device_configs()
+    size, c0 = configs["zram0"]
+    assert (size, c0.backing_size, c0.writeback, c0.writeback_limit) == (
+        1 << 20,
+        1 << 20,
+        "manual",
+        5,
+    )
+    _, c1 = configs["zram1"]
+    assert (c1.backing_size, c1.writeback, c1.limit_bytes) == (256 << 10, "lru", 64 << 10)
+    bad = load_settings(flags={"devices": ["zram2=1M,backing_file=/x,backing_size=lots"]})
+    with pytest.raises(ConfigError, match=r"zram2.*backing_size.*not a size"):
+        bad.device_configs()
+    # Two devices cannot share one file: the second is refused, and leaves nothing.
+    devices = DeviceRegistry(PoolRegistry())
+    devices.create("zram0", size, c0)
+    with pytest.raises(ConfigError, match="is the backing file of pool 'zram0'"):
+        devices.create("zram3", size, c0)
+    assert devices.names() == ["zram0"] and devices.pools.names() == ["zram0"]
 
 
 # -- where a client's backing file may go -------------------------------------------------
