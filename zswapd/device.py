@@ -225,6 +225,8 @@ class Device:
         self.slots = SlotTable(pool.budget)
         self.io = IoStat()
         self._lock = threading.Lock()
+        # The pool's own writeback route takes blocks in index order too.
+        pool.writeback_order = self.index_order
 
     @property
     def busy(self) -> bool:
@@ -356,7 +358,8 @@ class Device:
         self, type: str = "idle", *, idle_seconds: float = 0, max_pages: int | None = None
     ) -> dict[str, Any]:
         """Write the device's pages back to its pool's backing file, in block
-        index order (zram's ``writeback``: it walks the slots from index 0).
+        index order (zram's ``writeback``: it walks the slots from index 0),
+        as the pool's own writeback route does (PagePool.writeback_order).
 
         The handles are read under the device's lock, the I/O runs without it:
         reads and writes of the device go on meanwhile; a block rewritten or
@@ -368,16 +371,20 @@ class Device:
             ConfigError: the device has no backing file.
             InvalidRequestError: a bad type, idle_seconds or max_pages.
         """
-        with self._lock:
-            order = self.slots.handles()
         return self.pool.writeback(
-            type, idle_seconds=idle_seconds, max_pages=max_pages, order=order
+            type, idle_seconds=idle_seconds, max_pages=max_pages, order=self.index_order()
         )
+
+    def index_order(self) -> array[int]:
+        """The handles of the written blocks, by block index (the pool's writeback order)."""
+        with self._lock:
+            return self.slots.handles()
 
     def close(self) -> None:
         """Give back the slot table's leaves (the device's pool is gone)."""
         with self._lock:
             self.slots.close()
+        self.pool.writeback_order = None  # no cycle left for the collector
 
     def stats(self) -> dict[str, Any]:
         base = self.pool.stats()

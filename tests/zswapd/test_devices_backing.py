@@ -24,6 +24,7 @@ from zswapd.device import Device, DeviceRegistry
 from zswapd.errors import ConfigError, CorruptObjectError
 from zswapd.nbd_protocol import Cmd
 from zswapd.offload import offload, thread_jobs
+from zswapd.pool import PagePool
 from zswapd.pools import PoolRegistry
 from zswapd.settings import load_settings
 
@@ -56,19 +57,31 @@ def test_writeback_takes_slots_in_index_order(tmp_path: Path) -> None:
     # zram's writeback walks its slots from index 0, whatever order they were
     # written in; a pool's own order is its handles' (store order).
     written = [7, 3, 5, 0, 6]
-    devs = [_device(tmp_path, name) for name in ("by_index", "by_store")]
+    devs = [_device(tmp_path, name) for name in ("device", "its_pool")]
     for dev in devs:
         for b in written:
             dev.write(b * PAGE, text_page(b))
-    by_index, by_store = devs
-    r = by_index.writeback("idle", max_pages=2)
+    device, its_pool = devs
+    r = device.writeback("idle", max_pages=2)
     assert (r["written_back"], r["candidates"], r["stopped"]) == (2, 5, None)
-    assert _in_file(by_index, written) == [3, 0]  # blocks 0 and 3: the lowest indexes
-    assert by_store.pool.writeback("idle", max_pages=2)["written_back"] == 2
-    assert _in_file(by_store, written) == [7, 3]  # the first two stored
-    # Lowest file slot first, so block 0 took file slot 0: the file holds them in index order.
-    rest = by_index.writeback("idle")
-    assert rest["written_back"] == 3
+    assert _in_file(device, written) == [3, 0]  # blocks 0 and 3: the lowest indexes
+    # The pool's own route (/v1/pools/{name}/writeback) takes the device's order too.
+    assert its_pool.pool.writeback("idle", max_pages=2)["written_back"] == 2
+    assert _in_file(its_pool, written) == [3, 0]
+    # A plain pool given the same pages in the same order takes them in store order.
+    plain = PagePool(
+        "plain",
+        PoolConfig(compressor="lz4", backing_file=str(tmp_path / "p.img"), backing_size=PAGE * 8),
+    )
+    handles = plain.store([text_page(b) for b in written])
+    assert plain.writeback("idle", max_pages=2)["written_back"] == 2
+    assert plain.stats()["bd_stat"]["bd_reads"] == 0
+    plain.load(handles[:2])  # blocks 7 and 3: from the file
+    assert plain.stats()["bd_stat"]["bd_reads"] == 2
+    plain.load(handles[2:])
+    assert plain.stats()["bd_stat"]["bd_reads"] == 2
+    plain.close()
+    assert device.writeback("idle")["written_back"] == 3
     for dev in devs:
         for b in written:
             assert dev.read(b * PAGE, PAGE) == text_page(b)
