@@ -22,10 +22,20 @@ sparsely cannot hold more than the limit in leaves, and a write whose leaves
 the budget cannot pay for fails whole (507 memory_limit, ENOSPC over NBD).  Sizes are bounded by
 :data:`MAX_DEVICE_SIZE`: 2**32 slots, zram's own bound (its slot index is a
 u32), 16 TiB.
+
+A device may have a backing file (its pool's ``backing_file``: zram's
+``backing_dev``).  Its pages then leave memory for the file when asked
+(:meth:`Device.writeback`, which takes them in block index order, as zram
+walks its slots) or, with ``writeback = "lru"``, when a write finds the pool
+at its limit.  A written-back block keeps its handle: a READ reads it from
+the file and leaves it there (bd_reads), a WRITE over it or a TRIM frees its
+file slot; a write that neither fits nor can be made to fit (the file full
+too) fails whole, ENOSPC over NBD.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from array import array
 from dataclasses import dataclass
@@ -182,6 +192,13 @@ class SlotTable:
         """Leaves allocated (each LEAF_SLOTS x 8 bytes)."""
         return len(self._leaves)
 
+    def handles(self) -> array[int]:
+        """Every handle held, in slot index order.  O(leaves + handles), not O(size)."""
+        out: array[int] = array("Q")
+        for i in sorted(self._leaves):
+            out.extend(h for h in self._leaves[i] if h)
+        return out
+
 
 def check_device_size(size: int) -> int:
     """``size`` if it is a valid device size.
@@ -208,6 +225,15 @@ class Device:
         self.slots = SlotTable(pool.budget)
         self.io = IoStat()
         self._lock = threading.Lock()
+        # The pool's own writeback route takes blocks in index order too.
+        pool.writeback_order = self.index_order
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request should leave the event loop: zswapd.offload asks the
+        object whose method it runs, and a device's work waits for its pool (a
+        compaction, or a backing file's disk) and for the device's own lock."""
+        return self.pool.busy or self._lock.locked()
 
     def check_range(self, offset: int, length: int) -> None:
         """Raise InvalidRequestError (counted as invalid_io) unless the range is inside."""
@@ -328,10 +354,37 @@ class Device:
             if old_handles:
                 self.pool.free(old_handles)
 
+    def writeback(
+        self, type: str = "idle", *, idle_seconds: float = 0, max_pages: int | None = None
+    ) -> dict[str, Any]:
+        """Write the device's pages back to its pool's backing file, in block
+        index order (zram's ``writeback``: it walks the slots from index 0),
+        as the pool's own writeback route does (PagePool.writeback_order).
+
+        The handles are read under the device's lock, the I/O runs without it:
+        reads and writes of the device go on meanwhile; a block rewritten or
+        trimmed meanwhile is skipped by the pool (its handle is stale).
+
+        Args and Returns: as :meth:`PagePool.writeback`.
+
+        Raises:
+            ConfigError: the device has no backing file.
+            InvalidRequestError: a bad type, idle_seconds or max_pages.
+        """
+        return self.pool.writeback(
+            type, idle_seconds=idle_seconds, max_pages=max_pages, order=self.index_order()
+        )
+
+    def index_order(self) -> array[int]:
+        """The handles of the written blocks, by block index (the pool's writeback order)."""
+        with self._lock:
+            return self.slots.handles()
+
     def close(self) -> None:
         """Give back the slot table's leaves (the device's pool is gone)."""
         with self._lock:
             self.slots.close()
+        self.pool.writeback_order = None  # no cycle left for the collector
 
     def stats(self) -> dict[str, Any]:
         base = self.pool.stats()
@@ -345,8 +398,12 @@ class Device:
                 "invalid_io": self.io.invalid_io,
                 "notify_free": self.io.notify_free,
             },
-            # No backing device (zram's writeback): always zero.
-            "bd_stat": {"bd_count": 0, "bd_reads": 0, "bd_writes": 0},
+            # zram's bd_stat, in pages: in the backing file now, read from it,
+            # written to it (zeros without a backing file, as zram's).
+            "bd_stat": base["bd_stat"],
+            "backing": base["backing"],
+            # An lru device is zswap-like: written_back_pages, reject_reclaim_fail.
+            "zswap": base["zswap"],
             # Charged to the server's memory limit beside the pool's own figures.
             "slot_table": {"leaves": self.slots.leaves, "bytes": self.slots.leaves * PAGE_SIZE},
             "classes": base["classes"],
@@ -364,8 +421,18 @@ class DeviceRegistry:
     def create(
         self, name: str, size: int, config: PoolConfig | None = None, *, client: bool = False
     ) -> Device:
-        """A new device of ``size`` bytes over a new pool; ``client``: the
-        configuration comes over HTTP (see :meth:`PoolRegistry.create`)."""
+        """A new device of ``size`` bytes over a new pool called ``name``.
+
+        Args:
+            client: the configuration comes from a client (over HTTP): its
+                backing file, if any, must be a new file inside the registry's
+                backing_dir (PoolRegistry.create).
+
+        Raises:
+            ConfigError: a bad name, size or configuration (nothing is left).
+            PoolExistsError: a device or pool of that name exists.
+            TooManyPoolsError: the registry holds max_pools pools already.
+        """
         check_pool_name(name)
         check_device_size(size)  # before the pool exists: a refused device leaves nothing
         with self._lock:
@@ -399,3 +466,10 @@ class DeviceRegistry:
     def names(self) -> list[str]:
         with self._lock:
             return sorted(self._devices)
+
+    def close(self) -> None:
+        """Remove every device (the daemon stops): devices are never saved, so a
+        backing file made for a client goes with its device, as its pages do."""
+        for name in self.names():
+            with contextlib.suppress(UnknownPoolError):
+                self.remove(name)

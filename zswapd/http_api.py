@@ -361,6 +361,36 @@ class DeviceSettings(PoolSettings):
     size: JsonInt = Field(
         gt=0, le=MAX_DEVICE_SIZE, description="bytes, a multiple of 4096, at most 16 TiB"
     )
+    # zram's backing_dev.  A client's file must be a new name inside the daemon's
+    # --backing-dir (refused, 400, otherwise): no client picks where the daemon writes.
+    backing_file: str | None = Field(
+        default=None, description="a new file's name inside the daemon's --backing-dir"
+    )
+    backing_size: JsonInt = Field(default=0, ge=0, description="bytes, whole 4096-byte slots")
+    writeback: Literal["manual", "lru"] = "manual"
+    writeback_limit: JsonInt | None = Field(
+        default=None, ge=0, description="pages manual writeback may still write (zram's)"
+    )
+
+
+class DeviceWritebackRequest(BaseModel):
+    """zram's ``writeback`` for a device: its pages in block index order."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["idle", "huge", "huge_idle", "incompressible", "lru"] = "idle"
+    idle_seconds: JsonFloat = Field(default=0, ge=0, description="0: every page (zram's all)")
+    max_pages: JsonInt | None = Field(default=None, ge=1)
+
+
+class DeviceWritebackResult(BaseModel):
+    written_back: int
+    candidates: int
+    stopped: str | None = Field(
+        description="why it stopped early: writeback_limit, backing_full, io_error, "
+        "backing_removed; None: it wrote every candidate"
+    )
+    error: str | None
+    writeback_limit: int | None = Field(description="pages it may still write; None: no limit")
 
 
 class PoolList(BaseModel):
@@ -592,18 +622,36 @@ def create_app(
         values = body.model_dump()
         size = values.pop("size")
         config = PoolConfig.from_dict(values)
-        # client: a backing file named here must be a new file inside --backing-dir.
+        # client=True: a backing file must be a new name inside --backing-dir.
         device = await run_in_thread(lambda: devices.create(name, size, config, client=True))
-        return {"device": device.name, "size": device.size, "config": config.to_dict()}
+        return {"device": device.name, "size": device.size, "config": device.pool.config.to_dict()}
 
     @app.delete("/v1/devices/{name}", status_code=204, name="device_remove")
     async def remove_device(name: PoolName) -> Response:
-        devices.remove(name)
+        # In a thread: closing a backing file waits for its I/O in flight.
+        await run_in_thread(devices.remove, name)
         return Response(status_code=204)
 
     @app.get("/v1/devices/{name}/stats", name="device_stats")
     async def device_stats(name: PoolName) -> dict[str, Any]:
         return await run_in_thread(devices.get(name).stats)
+
+    @app.post(
+        "/v1/devices/{name}/writeback",
+        response_model=DeviceWritebackResult,
+        name="device_writeback",
+    )
+    async def device_writeback(
+        name: PoolName, body: DeviceWritebackRequest | None = None
+    ) -> DeviceWritebackResult:
+        req = body or DeviceWritebackRequest()
+        device = devices.get(name)
+        result = await run_maintenance(
+            lambda: device.writeback(
+                req.type, idle_seconds=req.idle_seconds, max_pages=req.max_pages
+            )
+        )
+        return DeviceWritebackResult(**result)
 
     @app.get("/v1/pools", response_model=PoolList, name="pools_list")
     async def list_pools() -> PoolList:

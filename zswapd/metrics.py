@@ -221,7 +221,7 @@ class DeviceCollector(Collector):
         )
         bd = CounterMetricFamily(
             "zswapd_device_bd",
-            "zram's bd_stat (no backing device: always 0).",
+            "zram's bd_stat, pages (no backing file: always 0).",
             labels=["pool", "kind"],
         )
         for name in self.devices.names():
@@ -232,8 +232,8 @@ class DeviceCollector(Collector):
             size.add_metric([name], dev.size)
             for kind, value in vars(dev.io).items():
                 io.add_metric([name, kind], value)
-            for kind in ("bd_count", "bd_reads", "bd_writes"):
-                bd.add_metric([name, kind], 0)
+            for kind, value in dev.pool.bd_stat().items():
+                bd.add_metric([name, kind], value)
         yield from (io, size, bd)
 
 

@@ -44,7 +44,9 @@ Batches are all or nothing: a batch store either stores every page or, on any
 failure, none; a batch load or free with one stale handle does nothing.
 
 Lock order: PagePool._wb_lock (one write-back at a time), PagePool._lock, then
-the allocator's own lock (taken inside it).
+the allocator's own lock (taken inside it).  A block device's lock comes
+before all of them (its writes store while holding it), so its writeback
+order is read before the pool takes any.
 """
 
 from __future__ import annotations
@@ -252,6 +254,9 @@ class PagePool:
         self._closed = False
         self._lock = threading.Lock()
         self._wb_lock = threading.Lock()
+        # Handles in the order writeback takes them when the caller gives none:
+        # a block device's, by block index (zram's), whichever route asks.
+        self.writeback_order: Callable[[], Sequence[int]] | None = None
         self._written = 0  # pages in the backing file (bd_count)
         self._clock = clock
         self._t0 = clock()
@@ -299,6 +304,8 @@ class PagePool:
         The pool refuses every request afterwards (it has left the registry).
         """
         with self._lock:
+            if self._closed:
+                return  # closed already (a device removed at shutdown, say)
             self._closed = True
             self._alloc.close()
             self._entries.close()
@@ -704,8 +711,9 @@ class PagePool:
                 could not shrink), or "lru" (the least recently used first).
             idle_seconds: what idle means; 0: every page (zram's ``all``).
             max_pages: write at most this many.
-            order: handles in the order to consider them (a device passes its
-                own, by block index); default: by handle slot.
+            order: handles in the order to consider them; default: the
+                device's block index order if a device set writeback_order,
+                else by handle slot (store order).
 
         Returns:
             written_back, candidates, stopped (None, or why it stopped early:
@@ -729,6 +737,8 @@ class PagePool:
             raise InvalidRequestError("max_pages must be an int >= 1")
         if self.backing is None:
             raise ConfigError(f"pool {self.name!r} has no backing file to write back to")
+        if order is None and self.writeback_order is not None:
+            order = self.writeback_order()  # before any of this pool's locks
         want_huge = type in ("huge", "huge_idle")
         want_idle = type in ("idle", "huge_idle")
         written, stop, error = 0, None, None
@@ -1181,6 +1191,12 @@ class PagePool:
             "huge_pages": self._huge_pages,
             "huge_pages_since": self.counters.huge_pages_since,
         }
+
+    def bd_stat(self) -> dict[str, int]:
+        """zram's bd_stat alone, in pages (a scrape of a device's wants no class table)."""
+        with self._lock:
+            c = self.counters
+            return {"bd_count": self._written, "bd_reads": c.bd_reads, "bd_writes": c.bd_writes}
 
     def _budget_figures(self) -> dict[str, int]:
         """The server-wide figures: limit (0: none), in use and high-water mark, bytes."""

@@ -463,6 +463,9 @@ def serve(settings: ServerSettings) -> int:
         if saver is not None:
             # After in-flight requests finished: everything acknowledged is saved.
             saver.save()
+        # Devices are never saved: a backing file made for a client's device
+        # goes now, or it would be left behind, unreachable, at every restart.
+        devices.close()
         _remove_client_files(registry, devices, saved=saver is not None)
     finally:
         sock.close()

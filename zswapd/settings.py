@@ -218,6 +218,11 @@ class ServerSettings:
                 raise ConfigError(f"device {name!r}: {exc}") from exc
             if "limit" in values:
                 values["limit_bytes"] = parse_size(values.pop("limit"))
+            if "backing_size" in values:  # a size, as the device's own (64M, 1G, ...)
+                try:
+                    values["backing_size"] = parse_size(values["backing_size"])
+                except ConfigError as exc:
+                    raise ConfigError(f"device {name!r}: backing_size: {exc}") from exc
             out[name] = (size, PoolConfig.from_dict(values))
         return out
 
