@@ -195,6 +195,8 @@ class ZswapCounters(BaseModel):
     pool_limit_hit: int
     reject_compress_poor: int
     decompress_fail: int
+    written_back_pages: int = Field(description="pages moved to the backing file")
+    reject_reclaim_fail: int = Field(description="pages refused: no room could be made")
 
 
 class PageCounters(BaseModel):
@@ -203,6 +205,33 @@ class PageCounters(BaseModel):
     freed_pages_total: int
     memory_limit_hit: int = Field(description="pages refused at the server-wide --memory-limit")
     stale_handle_requests: int = Field(description="loads and frees refused for a stale handle")
+    loaded_same_pages: int = Field(description="loads served by a same-filled word")
+    limit_hit_written_back: int = Field(
+        description="limit hits of an lru pool answered by writing back (in pool_limit_hit too)"
+    )
+
+
+class BdStat(BaseModel):
+    """zram's bd_stat, in pages: in the backing file now, read from it, written to it."""
+
+    bd_count: int
+    bd_reads: int
+    bd_writes: int
+
+
+class BackingFigures(BaseModel):
+    """The backing file of a pool: where, how big, how full, how healthy."""
+
+    file: str
+    slots: int
+    size: int = Field(description="bytes, slots x 4096")
+    used_slots: int
+    writeback: str
+    writeback_limit: int | None
+    lru_pages: int = Field(description="pages in memory on the LRU list")
+    removed: bool
+    io_errors: int
+    corrupt_pages: int = Field(description="pages read back that failed their checksum")
 
 
 class ServerFigures(BaseModel):
@@ -259,6 +288,8 @@ class PoolStatsOut(BaseModel):
     mm_stat: MmStat
     zswap: ZswapCounters
     counters: PageCounters
+    bd_stat: BdStat
+    backing: BackingFigures | None = Field(description="null: no backing file")
     server: ServerFigures
     metadata: MetadataFigures
     recompress: RecompressCounters
