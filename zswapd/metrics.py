@@ -298,7 +298,8 @@ class DeviceCollector(Collector):
             size.add_metric([name], dev.size)
             for kind, value in vars(dev.io).items():
                 io.add_metric([name, kind], value)
-            for kind, value in dev.stats()["bd_stat"].items():
+            # The device's pool holds its written-back pages: its bd_stat is the device's.
+            for kind, value in dev.pool.stats()["bd_stat"].items():
                 bd.add_metric([name, kind], value)
         yield from (io, size, bd)
 

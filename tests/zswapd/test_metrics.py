@@ -298,3 +298,19 @@ def test_backing_series_match_the_stats_route(tmp_path: Path) -> None:
             [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
         )
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_devices_bd_stat_is_its_pools(tmp_path: Path) -> None:
+    from zswapd.device import DeviceRegistry
+
+    reg = PoolRegistry()
+    devices = DeviceRegistry(reg)
+    config = PoolConfig(backing_file=str(tmp_path / "zram0.bin"), backing_size=64 * 4096)
+    dev = devices.create("zram0", 1 << 20, config)
+    dev.write(0, b"".join(random_page(i) for i in range(6)))  # huge: raw
+    assert dev.pool.writeback("huge")["written_back"] == 6
+    assert dev.read(4096, 4096) == random_page(1)  # read back from the file
+    got = _samples(Metrics(reg, devices))
+    for kind, value in {"bd_count": 6, "bd_reads": 1, "bd_writes": 6}.items():
+        assert got[("zswapd_device_bd_total", (("kind", kind), ("pool", "zram0")))] == value
+    assert got[("zswapd_backing_pages", (("pool", "zram0"),))] == 6
