@@ -207,7 +207,8 @@ class PageCounters(BaseModel):
     stale_handle_requests: int = Field(description="loads and frees refused for a stale handle")
     loaded_same_pages: int = Field(description="loads served by a same-filled word")
     limit_hit_written_back: int = Field(
-        description="limit hits of an lru pool answered by writing back (in pool_limit_hit too)"
+        description="limit hits of an lru pool answered by writing back (or refused as "
+        "reject_reclaim_fail); in pool_limit_hit too"
     )
 
 

@@ -161,8 +161,9 @@ class Counters:
     loaded_same_pages: int = 0  # loads served by a same-filled word
     backing_io_errors: int = 0  # reads and writes of the backing file that failed
     backing_corrupt: int = 0  # pages read back that failed their checksum
-    # Limit hits of an lru pool answered by writing back (also in pool_limit_hit,
-    # as zswap's; not refusals: the metrics' rejected pages leave them out).
+    # Limit hits of an lru pool, answered by writing back (or, when nothing could
+    # be, refused as reject_reclaim_fail); also in pool_limit_hit, as zswap's.  Not
+    # refusals for the pool's limit: the metrics' rejected pages leave them out.
     limit_hit_written_back: int = 0
 
 
