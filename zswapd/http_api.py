@@ -256,9 +256,9 @@ class ZswapCounters(BaseModel):
     pool_total_size: int
     pool_limit_hit: int
     reject_compress_poor: int
-    reject_reclaim_fail: int = Field(description="pages refused: writing back made no room")
-    written_back_pages: int = Field(description="pages moved to the backing file")
     decompress_fail: int
+    written_back_pages: int = Field(description="pages moved to the backing file")
+    reject_reclaim_fail: int = Field(description="pages refused: no room could be made")
 
 
 class PageCounters(BaseModel):
@@ -268,27 +268,31 @@ class PageCounters(BaseModel):
     memory_limit_hit: int = Field(description="pages refused at the server-wide --memory-limit")
     stale_handle_requests: int = Field(description="loads and frees refused for a stale handle")
     loaded_same_pages: int = Field(description="loads served by a same-filled word")
+    limit_hit_written_back: int = Field(
+        description="limit hits of an lru pool answered by writing back (or refused as "
+        "reject_reclaim_fail); in pool_limit_hit too"
+    )
 
 
 class BdStat(BaseModel):
-    """zram's bd_stat, in pages."""
+    """zram's bd_stat, in pages: in the backing file now, read from it, written to it."""
 
-    bd_count: int = Field(description="pages in the backing file now")
-    bd_reads: int = Field(description="pages read from it")
-    bd_writes: int = Field(description="pages written to it")
+    bd_count: int
+    bd_reads: int
+    bd_writes: int
 
 
 class BackingFigures(BaseModel):
-    """The pool's backing file (null without one)."""
+    """The backing file of a pool: where, how big, how full, how healthy."""
 
     file: str
-    slots: int = Field(description="4096-byte slots")
-    size: int = Field(description="bytes")
+    slots: int
+    size: int = Field(description="bytes, slots x 4096")
     used_slots: int
     writeback: str
     writeback_limit: int | None
-    lru_pages: int = Field(description="pages on the LRU list (held in memory)")
-    removed: bool = Field(description="its name was unlinked behind the daemon's back")
+    lru_pages: int = Field(description="pages in memory on the LRU list")
+    removed: bool
     io_errors: int
     corrupt_pages: int = Field(description="pages read back that failed their checksum")
 
@@ -346,9 +350,9 @@ class PoolStatsOut(BaseModel):
     huge_class_size: int
     mm_stat: MmStat
     zswap: ZswapCounters
-    bd_stat: BdStat
-    backing: BackingFigures | None
     counters: PageCounters
+    bd_stat: BdStat
+    backing: BackingFigures | None = Field(description="null: no backing file")
     server: ServerFigures
     metadata: MetadataFigures
     recompress: RecompressCounters

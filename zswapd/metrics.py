@@ -6,6 +6,16 @@ families from them, the kernel's names beside each (see DESIGN.md).  Per-class
 series cover every distinct class that has ever held a zspage in a pool, so a
 class that empties reports zeros instead of vanishing (series don't flap).
 The only thing updated per request is the request-duration histogram.
+
+The second tier's series (``zswapd_backing_*``, written-back pages, loads by
+source) are there for every pool, zeros for a pool without a backing file, as
+the kernel shows zswap's written_back_pages and zram's bd_stat whether or not a
+device is behind them: a ratio or a sum over pools needs no ``or vector(0)``,
+and nothing appears or vanishes when a pool gains a file.  Loads by source
+split ``zswapd_pages_total{op="load"}``: ``same`` (a same-filled word),
+``backing`` (read back from the file, verified: bd_reads) and ``pool`` (the
+rest, decompressed from memory); the pool counts a written-back page as loaded
+only once read back, with bd_reads, so ``pool`` never goes down.
 """
 
 from __future__ import annotations
@@ -101,6 +111,7 @@ class PoolCollector(Collector):
                 seen[name].update(r["size"] for r in stats["classes"] if r["obj_allocated"])
         yield from self._server_metrics()
         yield from self._pool_metrics(snapshots)
+        yield from self._backing_metrics(snapshots)
         yield from self._class_metrics(snapshots, seen)
 
     def _server_metrics(self) -> Iterator[Metric]:
@@ -147,9 +158,13 @@ class PoolCollector(Collector):
         )
         for name, stats in snapshots:
             compacted.add_metric([name], stats["mm_stat"]["pages_compacted"])
-            rejected.add_metric([name, "pool_limit"], stats["zswap"]["pool_limit_hit"])
+            counts = stats["counters"]
+            # An lru pool's limit hits answered by writing back refused nothing.
+            limit_refused = stats["zswap"]["pool_limit_hit"] - counts["limit_hit_written_back"]
+            rejected.add_metric([name, "pool_limit"], limit_refused)
             rejected.add_metric([name, "compress_poor"], stats["zswap"]["reject_compress_poor"])
-            rejected.add_metric([name, "memory_limit"], stats["counters"]["memory_limit_hit"])
+            rejected.add_metric([name, "memory_limit"], counts["memory_limit_hit"])
+            rejected.add_metric([name, "reclaim_fail"], stats["zswap"]["reject_reclaim_fail"])
             refused.add_metric([name, "stale_handle"], stats["counters"]["stale_handle_requests"])
         pages = CounterMetricFamily(
             "zswapd_pages", "Pages stored, loaded and freed, by operation.", labels=["pool", "op"]
@@ -163,6 +178,57 @@ class PoolCollector(Collector):
         yield rejected
         yield refused
         yield pages
+
+    @staticmethod
+    def _backing_metrics(snapshots: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
+        """The second tier: bd_stat, zswap's written_back_pages, loads by source."""
+        pages = GaugeMetricFamily(
+            "zswapd_backing_pages",
+            "Pages now in the backing file (bd_count); 0 without one.",
+            labels=["pool"],
+        )
+        size = GaugeMetricFamily(
+            "zswapd_backing_size_bytes",
+            "Size of the backing file, slots x 4096; 0 = no backing file.",
+            labels=["pool"],
+        )
+        io = CounterMetricFamily(
+            "zswapd_backing_io_pages",
+            "Pages read from and written to the backing file (bd_reads, bd_writes).",
+            labels=["pool", "op"],
+        )
+        written_back = CounterMetricFamily(
+            "zswapd_written_back_pages",
+            "Pages moved from memory to the backing file (zswap's written_back_pages).",
+            labels=["pool"],
+        )
+        errors = CounterMetricFamily(
+            "zswapd_backing_errors",
+            "Backing file failures: io (a read or write that failed), corrupt (a page "
+            "read back that failed its checksum, not served).",
+            labels=["pool", "kind"],
+        )
+        loaded = CounterMetricFamily(
+            "zswapd_loaded_pages",
+            "Pages loaded, by where they were served: pool (memory), backing (the file), "
+            "same (a same-filled word).",
+            labels=["pool", "source"],
+        )
+        for name, stats in snapshots:
+            bd, counts, backing = stats["bd_stat"], stats["counters"], stats["backing"]
+            pages.add_metric([name], bd["bd_count"])
+            size.add_metric([name], 0 if backing is None else backing["size"])
+            io.add_metric([name, "read"], bd["bd_reads"])
+            io.add_metric([name, "write"], bd["bd_writes"])
+            written_back.add_metric([name], stats["zswap"]["written_back_pages"])
+            errors.add_metric([name, "io"], 0 if backing is None else backing["io_errors"])
+            errors.add_metric([name, "corrupt"], 0 if backing is None else backing["corrupt_pages"])
+            same = counts["loaded_same_pages"]
+            from_memory = counts["loaded_pages_total"] - same - bd["bd_reads"]
+            loaded.add_metric([name, "pool"], from_memory)
+            loaded.add_metric([name, "backing"], bd["bd_reads"])
+            loaded.add_metric([name, "same"], same)
+        yield from (pages, size, io, written_back, errors, loaded)
 
     @staticmethod
     def _class_metrics(
@@ -221,7 +287,7 @@ class DeviceCollector(Collector):
         )
         bd = CounterMetricFamily(
             "zswapd_device_bd",
-            "zram's bd_stat, pages (no backing file: always 0).",
+            "zram's bd_stat of a block device, in pages (its pool's zswapd_backing_* too).",
             labels=["pool", "kind"],
         )
         for name in self.devices.names():

@@ -168,6 +168,10 @@ class Counters:
     loaded_same_pages: int = 0  # loads served by a same-filled word
     backing_io_errors: int = 0  # reads and writes of the backing file that failed
     backing_corrupt: int = 0  # pages read back that failed their checksum
+    # Limit hits of an lru pool, answered by writing back (or, when nothing could
+    # be, refused as reject_reclaim_fail); also in pool_limit_hit, as zswap's.  Not
+    # refusals for the pool's limit: the metrics' rejected pages leave them out.
+    limit_hit_written_back: int = 0
 
 
 def _with_writeback_limit(config: PoolConfig, left: int) -> PoolConfig:
@@ -476,6 +480,7 @@ class PagePool:
             if self.writeback_mode == "lru":
                 if not isinstance(exc, BudgetExceededError):
                     self.counters.pool_limit_hit += 1  # zswap counts it, then shrinks
+                    self.counters.limit_hit_written_back += 1
                 return exc
             if isinstance(exc, BudgetExceededError):
                 # The server's limit, not this pool's: no hysteresis latch.
@@ -831,11 +836,12 @@ class PagePool:
             read = self._alloc.obj_read
             # (kind, word of a same-filled page or file slot|crc, stored bytes or None, length)
             raw: list[tuple[int, int, bytes | None, int]] = []
-            same = 0
+            same = written = 0
             for slot in slots:
                 kind = e.kind[slot]
                 if kind & WRITTEN:
                     raw.append((kind, e.obj[slot], None, e.clen[slot]))
+                    written += 1
                 elif kind == SAME:
                     raw.append((kind, e.obj[slot], b"", 0))
                     same += 1
@@ -843,7 +849,10 @@ class PagePool:
                     raw.append((kind, 0, read(e.obj[slot], e.clen[slot]), 0))
                     e.lru_touch(slot)
                 e.atime[slot] = now
-            self.counters.loaded_pages_total += len(slots)
+            # A written-back page counts once read and verified, with bd_reads
+            # (in _read_back): loaded - same - bd_reads (the loads memory served)
+            # then never goes down between two scrapes.
+            self.counters.loaded_pages_total += len(slots) - written
             self.counters.loaded_same_pages += same
         if self.backing is not None and any(r[2] is None for r in raw):
             raw = self._read_back(slots, raw)
@@ -900,6 +909,7 @@ class PagePool:
                     )
                 n += 1
             self.counters.bd_reads += n
+            self.counters.loaded_pages_total += n
         return out
 
     def free(self, handles: Sequence[int]) -> None:
@@ -1278,6 +1288,7 @@ class PagePool:
                     "memory_limit_hit": c.memory_limit_hit,
                     "stale_handle_requests": c.stale_handle_requests,
                     "loaded_same_pages": c.loaded_same_pages,
+                    "limit_hit_written_back": c.limit_hit_written_back,
                 },
                 # Every pool and device together (--memory-limit), for context.
                 "server": self._budget_figures(),

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -103,6 +104,15 @@ def test_dashboard_is_provisionable_and_uses_its_variables() -> None:
         "zswapd_class_objects_used",
         "zswapd_request_duration_seconds",
         "zswapd_rejected_pages_total",
+        # The second tier.
+        "zswapd_backing_pages",
+        "zswapd_backing_size_bytes",
+        "zswapd_backing_io_pages_total",
+        "zswapd_written_back_pages_total",
+        "zswapd_loaded_pages_total",
+        "zswapd:load_hit_ratio:rate5m",
+        'reason="reclaim_fail"',
+        "zswapd_backing_errors_total",
     ]
     exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
     for metric in wanted:
@@ -141,3 +151,61 @@ def test_compose_is_consistent_with_the_other_files() -> None:
     assert any(p.endswith(":9090") for p in services["prometheus"]["ports"])
     for path in ("/etc/prometheus/prometheus.yml", "/etc/prometheus/rules"):
         assert any(v.split(":")[1] == path for v in services["prometheus"]["volumes"])
+
+
+def _rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "zswapd.rules.yml").read_text())
+    return [r for g in doc["groups"] for r in g["rules"]]
+
+
+def test_second_tier_rules_record_the_hit_ratio_and_alert_on_spills_and_reclaim_fail() -> None:
+    rules = _rules()
+    records = {r["record"]: r["expr"] for r in rules if "record" in r}
+    alerts = {r["alert"]: r for r in rules if "alert" in r}
+    ratio = records["zswapd:load_hit_ratio:rate5m"]
+    assert 'source!="backing"' in ratio and "> 0" in ratio  # no loads: no ratio, not NaN
+    spill = alerts["ZswapdWorkingSetSpillsToDisk"]
+    assert "zswapd:load_hit_ratio:rate5m" in spill["expr"] and spill["for"] == "10m"
+    assert 'reason="reclaim_fail"' in alerts["ZswapdReclaimFailing"]["expr"]
+    # One refusal, one alert: the general one leaves reclaim_fail to its own.
+    assert 'reason!="reclaim_fail"' in alerts["ZswapdRejectsRising"]["expr"]
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "zswapd.json").read_text())
+    shares = [p for p in dash["panels"] if "zswapd_loaded_pages_total" in str(p["targets"])]
+    assert shares and all(p["fieldConfig"]["defaults"]["unit"] == "percentunit" for p in shares)
+
+
+def test_every_metric_the_dashboard_and_rules_name_is_exported(tmp_path: Path) -> None:
+    """No panel or rule reads a series the daemon does not export (a typo shows as an
+    empty panel, an alert that never fires): names checked against a real scrape of a
+    registry with a pool with and a pool without a backing file."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from zswapd.config import PoolConfig
+    from zswapd.metrics import Metrics
+    from zswapd.pools import PoolRegistry
+
+    reg = PoolRegistry()
+    # A page stored: class series are there for classes that held a zspage.
+    reg.create("plain").store([b"zswapd " * 585 + b"."])
+    reg.create(
+        "spill",
+        PoolConfig(
+            limit_bytes=8 * 4096,
+            backing_file=str(tmp_path / "spill.bin"),
+            backing_size=16 * 4096,
+            writeback="lru",
+        ),
+    )
+    metrics = Metrics(reg)
+    metrics.observe("http", "store", 0.001)
+    exported = set()
+    for fam in text_string_to_metric_families(metrics.exposition().decode()):
+        exported |= {s.name for s in fam.samples}
+    recorded = {r["record"] for r in _rules() if "record" in r}
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "zswapd.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs += [r["expr"] for r in _rules()]
+    named = {n for e in exprs for n in re.findall(r"\b(zswapd[_:][a-z0-9_:]+)", e)}
+    assert named
+    missing = sorted(n for n in named if n not in exported and n not in recorded)
+    assert not missing, missing

@@ -183,6 +183,7 @@ def test_every_counter_is_exact() -> None:
         "memory_limit_hit": 0,
         "stale_handle_requests": 0,
         "loaded_same_pages": 3,
+        "limit_hit_written_back": 0,
     }
     assert stats["mm_stat"]["same_pages"] == 0
     assert stats["mm_stat"]["compr_data_size"] == sum(sizes[1:]) + 4096
