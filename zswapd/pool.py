@@ -497,6 +497,16 @@ class PagePool:
                     self._check_open()
                     if wrote >= need and self._below_threshold(server):
                         break
+                    if wrote:
+                        # The LRU's pages are scattered over zspages: freeing
+                        # them leaves holes, not empty zspages, and the pool
+                        # would only shrink by writing back several times more
+                        # pages than the room it needs.  Compacting (as
+                        # zsmalloc's shrinker does under pressure) releases the
+                        # holes; it costs a fraction of a write-back round.
+                        self._alloc.compact()
+                        if wrote >= need and self._below_threshold(server):
+                            break
                     victims = self._entries.lru_oldest(WRITEBACK_BATCH)
                 if not victims:
                     why = "no page of the pool is left in memory to write back"
