@@ -226,3 +226,13 @@ def test_bench_writeback_quick_json_has_every_field(tmp_path: Path) -> None:
         assert m["load_memory_per_s"] > 0 and m["load_file_cold_per_s"] > 0
     # Nothing is left behind in the directory.
     assert not [p for p in tmp_path.iterdir() if p.name != "tiny.pages"]
+
+
+def test_bench_writeback_refuses_a_directory_it_cannot_use(tmp_path: Path) -> None:
+    corpus = _tiny_corpus(tmp_path / "tiny.pages")
+    missing = tmp_path / "missing"
+    out = run_cli("bench", "writeback", "--corpus", str(corpus), "--quick", "--dir", str(missing))
+    assert out.returncode == 2 and "cannot make a directory for backing files" in out.stderr
+    assert not missing.exists()
+    out = run_cli("bench", "writeback", "--corpus", str(corpus), "--ops", "0")
+    assert out.returncode == 2 and "must be 1 or more" in out.stderr

@@ -383,6 +383,9 @@ def run(
         ops: accesses per stream (200,000; quick: 4,000).
         directory: where the backing files go (default: a new temporary
             directory, removed after); its filesystem is reported.
+
+    Raises:
+        RuntimeError: no directory for the backing files can be made there.
     """
     say = progress or (lambda msg: None)
     repeats = repeats or (1 if quick else 3)
@@ -391,7 +394,13 @@ def run(
         pages = list(pages[:: max(1, len(pages) // 768)])[:768]
     # The same-filled pages stay in: a swap stream has them, and they never
     # reach the file (their loads are counted apart).
-    with tempfile.TemporaryDirectory(prefix="zswapd-bench-wb-", dir=directory) as tmp:
+    try:
+        workdir = tempfile.TemporaryDirectory(prefix="zswapd-bench-wb-", dir=directory)
+    except OSError as exc:
+        raise RuntimeError(
+            f"cannot make a directory for backing files in {directory}: {exc.strerror}"
+        ) from exc
+    with workdir as tmp:
         result: dict[str, Any] = {
             "corpus_pages": len(pages),
             "quick": quick,
