@@ -187,3 +187,52 @@ def test_bench_soak_at_the_pool_limit_counts_refusals_apart(tmp_path: Path) -> N
     # is not.
     assert result["refused"] > result["ops"]["store"] / 4
     assert result["at_limit_share"] > 0
+
+
+def test_bench_writeback_quick_json_has_every_field(tmp_path: Path) -> None:
+    corpus = _tiny_corpus(tmp_path / "tiny.pages")
+    result = _bench_json(
+        "writeback", "--corpus", str(corpus), "--quick", "--dir", str(tmp_path), "--ops", "3000"
+    )
+    assert result["corpus_pages"] == 300 and result["quick"] and result["repeats"] == 1
+    assert result["directory_fs"] != "unknown"
+    for algo in ("lz4", "zstd"):
+        sk = result["skewed"][algo]
+        assert sk["mismatches"] == 0
+        assert 0 < sk["limit_bytes"] <= sk["working_set_bytes"] // 3
+        wb, plain = sk["with_writeback"], sk["without_writeback"]
+        for row in (wb, plain):
+            assert row["pages_per_s"] > 0 and row["ops"] == 2400
+            assert row["stores"] + row["loads"] + row["skipped_loads"] == row["ops"]
+            for key in ("store_us", "load_us"):
+                assert set(row[key]) == {"p50", "p90", "p99", "max"}
+                assert 0 < row[key]["p50"] <= row[key]["p90"] <= row[key]["p99"]
+            assert row["refused_stores"] == 0 and row["reject_reclaim_fail"] == 0
+            loads = row["loads_from"]
+            assert loads["pool"] + loads["file"] + loads["same_filled"] == row["loads"]
+        # A third of the working set in memory: pages go to the file and come back.
+        assert wb["bd_stat"]["bd_writes"] > 0 and wb["bd_stat"]["bd_reads"] > 0
+        assert wb["bd_stat"]["bd_reads"] == wb["loads_from"]["file"]
+        assert wb["memory_share"] < 1 and wb["file_load_us"]["p50"] > 0
+        assert wb["triggers"]["stores"] > 0 and wb["triggers"]["pages_per_trigger"] > 0
+        assert wb["written_back_pages"] == wb["bd_stat"]["bd_writes"]
+        # No limit: nothing leaves memory.
+        assert plain["memory_share"] == 1 and plain["bd_stat"]["bd_writes"] == 0
+        assert plain["file_load_us"] is None and plain["triggers"]["stores"] == 0
+        m = result["manual"][algo]
+        assert m["mismatches"] == 0
+        # Every page but the 30 same-filled ones went to the file and came back twice.
+        assert m["written_back"] == 270 and m["bd_stat"]["bd_reads"] == 540
+        assert m["load_memory_per_s"] > 0 and m["load_file_cold_per_s"] > 0
+    # Nothing is left behind in the directory.
+    assert not [p for p in tmp_path.iterdir() if p.name != "tiny.pages"]
+
+
+def test_bench_writeback_refuses_a_directory_it_cannot_use(tmp_path: Path) -> None:
+    corpus = _tiny_corpus(tmp_path / "tiny.pages")
+    missing = tmp_path / "missing"
+    out = run_cli("bench", "writeback", "--corpus", str(corpus), "--quick", "--dir", str(missing))
+    assert out.returncode == 2 and "cannot make a directory for backing files" in out.stderr
+    assert not missing.exists()
+    out = run_cli("bench", "writeback", "--corpus", str(corpus), "--ops", "0")
+    assert out.returncode == 2 and "must be 1 or more" in out.stderr
