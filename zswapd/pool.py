@@ -429,8 +429,16 @@ class PagePool:
                 if isinstance(result, list):
                     return result
                 held = self._held(isinstance(result, BudgetExceededError))
-            # An lru pool out of room: write back, then try again.
-            self._reclaim(result, need, held, retry == MAX_RECLAIM_RETRIES)
+            # An lru pool out of room: write back, then try again.  Each retry
+            # asks twice as much: what a batch needs is whole zspages of its
+            # classes (up to chain_size pages each), which freeing its own
+            # count of objects may not give, and other threads may take.
+            try:
+                self._reclaim(result, need << retry, held, retry == MAX_RECLAIM_RETRIES)
+            except ReclaimFailError:
+                with self._lock:
+                    self.counters.reject_reclaim_fail += len(batch)  # the whole batch
+                raise
             retry += 1
 
     def _store_locked(
@@ -561,7 +569,7 @@ class PagePool:
                 or removed, or no page of this pool in memory, and nobody else
                 made room meanwhile), or ``last``: the store has written back
                 MAX_RECLAIM_RETRIES times already and other stores kept taking
-                the room; counted.
+                the room (the store counts the batch in reject_reclaim_fail).
         """
         server = isinstance(refusal, BudgetExceededError)
         need = max(1, need)
@@ -592,8 +600,6 @@ class PagePool:
             if server
             else f"its limit of {self.config.limit_bytes} bytes"
         )
-        with self._lock:
-            self.counters.reject_reclaim_fail += need
         raise ReclaimFailError(
             f"pool {self.name!r} is at {limit} and cannot write pages back: {why}; nothing stored"
         ) from refusal

@@ -50,9 +50,10 @@ def test_reclaim_compacts_instead_of_writing_back_the_whole_pool(tmp_path: Path)
     # every zspage, so writing them back empties none.
     pool.load(handles[1::2])
     handles += pool.store([pages[full]])
-    # One round of write-back and a compaction made the room; without the
-    # compaction the pool had to write back every cold page and then more.
-    assert pool.counters.written_back_pages == WRITEBACK_BATCH
+    # A round of write-back (sized to what the threshold asks) and a
+    # compaction made the room; without the compaction the pool had to write
+    # back every cold page (half the pool) and then more.
+    assert 0 < pool.counters.written_back_pages <= WRITEBACK_BATCH < full // 2
     mm = pool.mm_stat()
     assert mm["pages_compacted"] > 0
     assert mm["mem_used_total"] < LIMIT_PAGES * PAGE_SIZE * 90 // 100
