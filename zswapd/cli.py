@@ -325,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="which pages (zram's writeback types; lru: the least recently used)",
     )
     writeback.add_argument(
-        "--idle-seconds", type=float, default=0, help="idle: not used for this long (0: all)"
+        "--idle-seconds",
+        type=float,
+        help="idle, huge_idle: not used for this long (0: every page, zram's all)",
     )
     writeback.add_argument("--max-pages", type=int, help="write at most this many")
     writeback.add_argument("--json", action="store_true", help="print the JSON answer")

@@ -146,6 +146,8 @@ class PoolConfig:
             raise ConfigError("backing_size without a backing_file")
         if self.writeback not in WRITEBACK_MODES:
             raise ConfigError(f"writeback must be one of {', '.join(WRITEBACK_MODES)}")
+        if self.writeback_limit is not None and self.backing_file is None:
+            raise ConfigError("writeback_limit without a backing_file to write back to")
         if self.writeback == "lru" and self.backing_file is None:
             raise ConfigError('writeback "lru" needs a backing_file to write back to')
         wbl = self.writeback_limit

@@ -355,7 +355,7 @@ class Device:
                 self.pool.free(old_handles)
 
     def writeback(
-        self, type: str = "idle", *, idle_seconds: float = 0, max_pages: int | None = None
+        self, type: str, *, idle_seconds: float | None = None, max_pages: int | None = None
     ) -> dict[str, Any]:
         """Write the device's pages back to its pool's backing file, in block
         index order (zram's ``writeback``: it walks the slots from index 0),

@@ -147,7 +147,12 @@ class WritebackRequest(BaseModel):
         "'all'); huge; huge_idle: both; incompressible: huge pages recompression could "
         "not shrink; lru: the least recently used first",
     )
-    idle_seconds: JsonFloat = Field(default=0, ge=0, description="what idle means, seconds")
+    idle_seconds: JsonFloat | None = Field(
+        default=None,
+        ge=0,
+        description="what idle means, seconds: required for idle and huge_idle (0: every "
+        "page, zram's 'all'), refused for the other types",
+    )
     max_pages: JsonInt | None = Field(default=None, ge=1, description="write at most this many")
 
 
@@ -381,8 +386,10 @@ class DeviceWritebackRequest(BaseModel):
     """zram's ``writeback`` for a device: its pages in block index order."""
 
     model_config = ConfigDict(extra="forbid")
-    type: Literal["idle", "huge", "huge_idle", "incompressible", "lru"] = "idle"
-    idle_seconds: JsonFloat = Field(default=0, ge=0, description="0: every page (zram's all)")
+    type: Literal["idle", "huge", "huge_idle", "incompressible", "lru"]
+    idle_seconds: JsonFloat | None = Field(
+        default=None, ge=0, description="required for idle and huge_idle (0: every page)"
+    )
     max_pages: JsonInt | None = Field(default=None, ge=1)
 
 
@@ -646,9 +653,8 @@ def create_app(
         name="device_writeback",
     )
     async def device_writeback(
-        name: PoolName, body: DeviceWritebackRequest | None = None
+        name: PoolName, req: DeviceWritebackRequest
     ) -> DeviceWritebackResult:
-        req = body or DeviceWritebackRequest()
         device = devices.get(name)
         result = await run_maintenance(
             lambda: device.writeback(

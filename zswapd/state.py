@@ -143,6 +143,7 @@ def _save_pool(pool: PagePool, dfd: int) -> str:
             "config": {**config, "dictionary": snapshot["dictionary"]},
             "counters": snapshot["counters"],
             "mem_used_max": snapshot["mem_used_max"],
+            "pages_compacted": snapshot["pages_compacted"],
             "secondaries": snapshot["secondaries"],
             "backing_owned": snapshot["backing_owned"],
         }
@@ -280,7 +281,12 @@ def _load(data: bytes, path: Path, budget: PageBudget | None, arena_pages: int |
             counters = Counters(**header["counters"])
             if not all(type(v) is int and v >= 0 for v in vars(counters).values()):
                 raise StateError(f"{path}: counters that are not counts")
-            pool.restore(records, counters, int(header["mem_used_max"]))
+            pool.restore(
+                records,
+                counters,
+                int(header["mem_used_max"]),
+                int(header.get("pages_compacted", 0)),
+            )
             pool.set_live_settings(limit_bytes=config.limit_bytes)
         except BaseException:
             # What it took (pages, the backing file's descriptor) goes back;

@@ -227,8 +227,11 @@ def test_manual_writeback_types_over_http(served: Served) -> None:
     assert s.stats("man")["mm_stat"]["huge_pages"] == 0  # huge pages left memory
     assert wb(type="huge")["candidates"] == 0  # the huge ones are in the file already
     out = wb(type="lru", max_pages=1)
-    assert (out["written_back"], out["candidates"]) == (1, 1)
-    out = wb(type="idle")  # idle_seconds 0: every page (zram's "all"), same-filled never
+    # Candidates: the pages on the LRU (in memory, not same-filled), before max_pages.
+    assert (out["written_back"], out["candidates"]) == (1, len(poor) + len(text))
+    out = wb(
+        type="idle", idle_seconds=0
+    )  # idle_seconds 0: every page (zram's "all"), same-filled never
     assert out["written_back"] == out["candidates"] == len(poor) + len(text) - 1
     st = s.stats("man")
     n = len(huge) + len(poor) + len(text)
@@ -249,17 +252,17 @@ def test_writeback_limit_stops_and_says_so_and_is_set_live(served: Served) -> No
     assert r.status_code == 201, r.text
     pages = [text_page(100 + i) for i in range(10)]
     handles = s.store("lim", pages)
-    out = s.writeback("lim", type="idle").json()
+    out = s.writeback("lim", type="idle", idle_seconds=0).json()
     assert out["written_back"] == 3 and out["candidates"] == 10
     assert out["stopped"] == "writeback_limit" and out["writeback_limit"] == 0
-    out = s.writeback("lim", type="idle").json()
+    out = s.writeback("lim", type="idle", idle_seconds=0).json()
     assert out["written_back"] == 0 and out["stopped"] == "writeback_limit"
     # zram's echo N > writeback_limit, while the pool holds pages.
     r = s.http.patch("/v1/pools/lim", json={"writeback_limit": 2})
     assert r.status_code == 200 and r.json()["config"]["writeback_limit"] == 2, r.text
-    assert s.writeback("lim", type="idle").json()["written_back"] == 2
+    assert s.writeback("lim", type="idle", idle_seconds=0).json()["written_back"] == 2
     assert s.http.patch("/v1/pools/lim", json={"writeback_limit": None}).status_code == 200
-    out = s.writeback("lim", type="idle").json()
+    out = s.writeback("lim", type="idle", idle_seconds=0).json()
     assert (out["written_back"], out["stopped"], out["writeback_limit"]) == (5, None, None)
     assert s.load("lim", handles) == pages
     # Only live settings, each with a value it can take.
@@ -301,7 +304,7 @@ def test_writeback_without_a_backing_file_or_with_a_bad_body_is_400(served: Serv
     s = served
     assert s.put("plain").status_code == 201
     s.store("plain", [text_page(1)])
-    r = s.writeback("plain", type="idle")
+    r = s.writeback("plain", type="idle", idle_seconds=0)
     assert r.status_code == 400 and "has no backing file" in r.json()["detail"]
     for body in (
         {"type": "all"},
@@ -312,7 +315,7 @@ def test_writeback_without_a_backing_file_or_with_a_bad_body_is_400(served: Serv
     ):
         r = s.writeback("default", **body)
         assert r.status_code == 400, (body, r.text)
-    assert s.writeback("nosuchpool", type="idle").status_code == 404
+    assert s.writeback("nosuchpool", type="idle", idle_seconds=0).status_code == 404
     assert s.http.post("/v1/pools/default/writeback").status_code == 400  # a type is needed
     assert s.http.delete("/v1/pools/plain").status_code == 204
 
@@ -348,10 +351,22 @@ def test_writeback_and_stats_from_the_command_line(
     assert code == 0, err
     assert '"writeback_limit": 0' in out
     code, out, err = _cli(
-        capsys, "writeback", "--url", url, "--pool", "cli", "--type", "idle", "--json"
+        capsys,
+        "writeback",
+        "--url",
+        url,
+        "--pool",
+        "cli",
+        "--type",
+        "idle",
+        "--idle-seconds",
+        "0",
+        "--json",
     )
     assert '"stopped": "writeback_limit"' in out
-    code, out, err = _cli(capsys, "writeback", "--url", url, "--pool", "cli", "--type", "idle")
+    code, out, err = _cli(
+        capsys, "writeback", "--url", url, "--pool", "cli", "--type", "idle", "--idle-seconds", "0"
+    )
     assert code == 1 and "stopped early: writeback_limit" in out
     # A pool without a backing file: no backing line, and writeback a clear error.
     assert s.put("plain2").status_code == 201
@@ -373,14 +388,14 @@ def test_the_serve_flags_give_default_its_backing_file_and_wire_stats_carry_bd_s
     page = text_page(77)
     with Client(f"unix://{s.wire}") as wire:
         (h,) = wire.store([page])
-        assert s.writeback("default", type="idle").json()["written_back"] >= 1
+        assert s.writeback("default", type="idle", idle_seconds=0).json()["written_back"] >= 1
         assert wire.load([h]) == [page]
         st = wire.stats("default")
         assert st["bd_stat"]["bd_count"] >= 1 and st["bd_stat"]["bd_reads"] >= 1
         assert st["backing"]["file"] == str(s.outside / "default.swap")
         assert st["backing"]["slots"] == 256  # --backing-size 1M
         with pytest.raises(ZswapdError, match="not part of the wire protocol; use the HTTP"):
-            wire.writeback("default", type="idle")
+            wire.writeback("default", type="idle", idle_seconds=0)
 
 
 def test_delete_removes_a_clients_file_and_keeps_the_operators(served: Served) -> None:
@@ -514,8 +529,8 @@ def test_shutdown_removes_clients_files_without_state_dir_and_keeps_the_operator
             c.create_pool("p", backing_file="p.swap", backing_size=16 * PAGE)
             c.store([text_page(i) for i in range(4)], pool="p")
             c.store([text_page(i) for i in range(4)])
-            assert c.writeback("p", type="idle")["written_back"] == 4
-            assert c.writeback("default", type="idle")["written_back"] == 4
+            assert c.writeback("p", type="idle", idle_seconds=0)["written_back"] == 4
+            assert c.writeback("default", type="idle", idle_seconds=0)["written_back"] == 4
     finally:
         assert d.stop() == 0
     # Nothing could read the client's pages again: gone.  The operator's file stays.
@@ -630,7 +645,7 @@ def test_written_back_pages_survive_a_restart_and_a_changed_file_is_caught(
         with Client(d.url) as c:
             c.create_pool("keep", backing_file="keep.swap", backing_size=64 * PAGE)
             handles = c.store(pages, pool="keep")
-            assert c.writeback("keep", type="idle")["written_back"] == len(pages)
+            assert c.writeback("keep", type="idle", idle_seconds=0)["written_back"] == len(pages)
             handles += c.store(later, pool="keep")
     finally:
         assert d.stop() == 0
