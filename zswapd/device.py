@@ -229,6 +229,11 @@ class Device:
         pool.writeback_order = self.index_order
 
     @property
+    def disk_bound(self) -> bool:
+        """Its pool has a backing file (see PagePool.disk_bound)."""
+        return self.pool.disk_bound
+
+    @property
     def busy(self) -> bool:
         """Whether a request should leave the event loop: zswapd.offload asks the
         object whose method it runs, and a device's work waits for its pool (a

@@ -43,7 +43,7 @@ from zswapd.errors import (
 )
 from zswapd.http_protocol import note_stale_handle
 from zswapd.metrics import CONTENT_TYPE_LATEST, Metrics
-from zswapd.offload import offload, run_in_thread, run_maintenance
+from zswapd.offload import offload, run_in_thread, run_maintenance, run_on_disk
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
 
@@ -656,10 +656,11 @@ def create_app(
         name: PoolName, req: DeviceWritebackRequest
     ) -> DeviceWritebackResult:
         device = devices.get(name)
-        result = await run_maintenance(
+        result = await run_on_disk(
+            device,
             lambda: device.writeback(
                 req.type, idle_seconds=req.idle_seconds, max_pages=req.max_pages
-            )
+            ),
         )
         return DeviceWritebackResult(**result)
 
@@ -786,10 +787,13 @@ def create_app(
         not written stay in memory.
         """
         target = reg.get(pool)
-        result = await run_maintenance(
+        # The disk's threads, not maintenance's: a write-back on a slow disk
+        # must not keep every other pool's compaction waiting.
+        result = await run_on_disk(
+            target,
             lambda: target.writeback(
                 body.type, idle_seconds=body.idle_seconds, max_pages=body.max_pages
-            )
+            ),
         )
         return WritebackResult(**result)
 

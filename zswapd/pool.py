@@ -262,6 +262,8 @@ class PagePool:
         # a block device's, by block index (zram's), whichever route asks.
         self.writeback_order: Callable[[], Sequence[int]] | None = None
         self._written = 0  # pages in the backing file (bd_count)
+        # Entry slots of written-back pages that failed their tag: never read again.
+        self._failed_tags: set[int] = set()
         self._clock = clock
         self._t0 = clock()
         self.counters = Counters()
@@ -368,6 +370,7 @@ class PagePool:
             assert self.backing is not None
             self.backing.release(unpack(obj)[0])
             self._written -= 1
+            self._failed_tags.discard(handle & SLOT_MASK)
             return
         if kind == SAME:
             self._same_pages -= 1
@@ -906,9 +909,9 @@ class PagePool:
         out = list(raw)
         try:
             for i, (kind, obj, data, clen) in enumerate(raw):
-                if data is None:
-                    fslot, crc = unpack(obj)
-                    out[i] = (kind, obj, backing.read(fslot, clen, crc), clen)
+                if data is None and slots[i] not in self._failed_tags:
+                    fslot, tag = unpack(obj)
+                    out[i] = (kind, obj, backing.read(fslot, clen, tag), clen)
         except BackingIoError:
             with self._lock:
                 self._check_open()  # not an I/O error: the pool (and its file) went
@@ -923,10 +926,14 @@ class PagePool:
                 if not self._unchanged(slot, kind, obj):
                     raise StaleHandleError("a page was freed while it was being loaded")
                 if data is None:
-                    self.counters.backing_corrupt += 1
+                    if slot not in self._failed_tags:
+                        # One try a page: a forger without the key cannot retry
+                        # until a guess passes.
+                        self._failed_tags.add(slot)
+                        self.counters.backing_corrupt += 1
                     raise CorruptObjectError(
                         f"pool {self.name!r}: a page in backing file {backing.path} no "
-                        "longer matches its checksum (the file was changed behind the "
+                        "longer matches its tag (the file was changed behind the "
                         "daemon's back); not served"
                     )
                 n += 1
@@ -952,6 +959,12 @@ class PagePool:
             self.counters.freed_pages_total += len(handles)
 
     # -- maintenance ---------------------------------------------------------------
+
+    @property
+    def disk_bound(self) -> bool:
+        """Its work may wait for a disk (it has a backing file): an event loop
+        hands it to threads of their own (zswapd.offload.run_on_disk)."""
+        return self.backing is not None
 
     @property
     def busy(self) -> bool:
@@ -1123,6 +1136,7 @@ class PagePool:
                 "counters": dataclasses.asdict(self.counters),
                 "mem_used_max": self._mem_used_max,
                 "pages_compacted": self._alloc.pages_compacted,
+                "backing_key": None if self.backing is None else self.backing.key.hex(),
                 "secondaries": [[c.name, dict(c.options)] for c in self._secondaries],
                 "entries": entries,
             }

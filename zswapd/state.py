@@ -144,6 +144,7 @@ def _save_pool(pool: PagePool, dfd: int) -> str:
             "counters": snapshot["counters"],
             "mem_used_max": snapshot["mem_used_max"],
             "pages_compacted": snapshot["pages_compacted"],
+            "backing_key": snapshot["backing_key"],
             "secondaries": snapshot["secondaries"],
             "backing_owned": snapshot["backing_owned"],
         }
@@ -276,6 +277,9 @@ def _load(data: bytes, path: Path, budget: PageBudget | None, arena_pages: int |
         pool = PagePool(name, unlimited, budget=budget, arena_pages=arena_pages, backing=backing)
         try:
             pool.backing_owned = bool(header.get("backing_owned", False))
+            if pool.backing is not None and header.get("backing_key") is not None:
+                # The tags of the pages in the file were made with this key.
+                pool.backing.key = bytes.fromhex(header["backing_key"])
             for algo, options in header["secondaries"]:
                 pool.add_secondary(compressors.get(algo, **options))
             counters = Counters(**header["counters"])

@@ -680,3 +680,43 @@ def test_pages_compacted_survives_a_restore(tmp_path: Path) -> None:
     restored = state.load_pool(path)
     assert restored.mm_stat()["pages_compacted"] == compacted
     restored.close()
+
+
+# -- a hostile user who can write the file, or fill the server -------------------------
+
+
+def test_a_forged_page_is_refused_and_gets_one_try(tmp_path: Path) -> None:
+    """Tags are keyed: a page rewritten in the file does not pass by fixing up
+    a checksum, and a page that failed its tag is never read again (a forger
+    cannot retry until a guess passes)."""
+    pool = manual_pool(tmp_path)
+    (h,) = pool.store([random_page(7)])
+    pool.writeback("idle", idle_seconds=0)
+    assert pool.backing is not None
+    other = BackingFile.open(str(tmp_path / "other"), 4 * PAGE, create=True)
+    forged = b"chosen by whoever can write the file".ljust(PAGE, b"!")
+    assert other.tag(forged) != pool.backing.tag(forged)  # a key of its own
+    other.close(unlink=True)
+    with open(tmp_path / "backing", "r+b") as f:
+        f.write(forged)
+    for _ in range(3):
+        with pytest.raises(CorruptObjectError, match="tag"):
+            pool.load([h])
+    assert pool.stats()["backing"]["corrupt_pages"] == 1
+    pool.free([h])
+    pool.check_invariants()
+
+
+def test_a_slot_map_the_budget_refuses_is_never_allocated(tmp_path: Path) -> None:
+    import tracemalloc
+
+    budget = PageBudget(4)
+    tracemalloc.start()
+    try:
+        with pytest.raises(MemoryLimitError, match="slot map"):
+            BackingFile.open(str(tmp_path / "big"), 1 << 40, create=True, budget=budget)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # the 32 MiB map of a 1 TiB file was not made
+    assert budget.used == 0 and not (tmp_path / "big").exists()

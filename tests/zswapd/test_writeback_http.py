@@ -434,6 +434,7 @@ def test_client_backing_files_outside_the_dir_are_refused_and_nothing_is_created
         "symlink as the file": "last.swap",
         "existing file": "existing.swap",
         "directory": "sub",
+        "a subdirectory": "sub/n.swap",
         "empty": "",
     }
     for what, name in cases.items():
@@ -451,11 +452,18 @@ def test_client_backing_files_outside_the_dir_are_refused_and_nothing_is_created
     assert _client_files(s) == before
     assert list(victim_dir.iterdir()) == [] and not (s.outside / "victim.swap").exists()
     assert existing.read_bytes() == b"the operator's bytes"
-    # A path under the directory, through real directories, is a client's to name.
-    r = s.put("nested", backing_file="sub/n.swap", backing_size=PAGE)
-    assert r.status_code == 201, r.text
-    assert s.http.delete("/v1/pools/nested").status_code == 204
+    # A lone surrogate (JSON's \udcff) is no file name: 400, no pool, no file.
+    r = s.http.put(
+        "/v1/pools/evil",
+        content=b'{"backing_file": "\\udcff", "backing_size": 4096}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400 and r.json()["error"] == "bad_config", r.text
+    assert "evil" not in s.http.get("/v1/pools").json()["pools"]
     assert _client_files(s) == before
+    # Bare names only: a subdirectory could be swapped for a symlink between
+    # the file's creation and its removal (hostile review).
+    assert list((s.backing_dir / "sub").iterdir()) == []
     for planted in ("existing.swap", "link", "last.swap"):
         (s.backing_dir / planted).unlink()
     (s.backing_dir / "sub").rmdir()
@@ -572,6 +580,10 @@ def test_a_backing_dir_others_can_write_stops_the_daemon(tmp_path: Path) -> None
         (["--writeback", "lru"], 'writeback "lru" needs a backing_file'),
         (["--backing-file", "{tmp}/f.swap"], "give its backing_size"),
         (["--backing-file", "{tmp}/f.swap", "--backing-size", "1000"], "4096-byte slots"),
+        # A client could name a file the next start reads, or deletes, as state.
+        (["--backing-dir", "{tmp}/bd", "--state-dir", "{tmp}/bd"], "overlap"),
+        (["--backing-dir", "{tmp}/bd", "--state-dir", "{tmp}/bd/state"], "overlap"),
+        (["--backing-dir", "{tmp}/st/bd", "--state-dir", "{tmp}/st"], "overlap"),
     ],
 )
 def test_bad_backing_settings_stop_the_daemon_at_start(
