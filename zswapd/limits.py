@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from pathlib import Path
 
 from allocator import PageBudget
 from zswapd.errors import ConfigError
 from zswapd.pools import PoolRegistry
 from zswapd.settings import ServerSettings, parse_size
+from zswapd.state import foreign_dir
 
 __all__ = [
     "DEFAULT_BACKING_QUOTA",
@@ -97,17 +97,9 @@ def _check_backing_dir(path: Path) -> None:
         st = os.fstat(fd)
     finally:
         os.close(fd)
-    if st.st_uid != os.geteuid():
-        raise ConfigError(
-            f"--backing-dir {path} is owned by uid {st.st_uid}, not by this daemon "
-            f"(uid {os.geteuid()}); refusing it: another user could plant files there"
-        )
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(
-            f"--backing-dir {path} is mode {stat.S_IMODE(st.st_mode):04o}: others can write "
-            f"into it and plant files or links where clients' files go; refusing it "
-            f"(chmod 700 {path} after checking its contents)"
-        )
+    problem = foreign_dir(st, f"--backing-dir {path}")
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def backing_dir_for(settings: ServerSettings) -> tuple[Path | None, int | None]:

@@ -79,20 +79,27 @@ class StateError(ZswapdError):
 _TMP_SUFFIX = ".tmp"
 
 
-def _check_dir(fd: int, directory: Path) -> None:
-    """Refuse a state directory that someone else could write into."""
-    st = os.fstat(fd)
+def foreign_dir(st: os.stat_result, what: str) -> str | None:
+    """Why a directory the daemon reads from (``what``: "state directory
+    DIR") is unsafe: someone else owns it or may write into it; None if safe."""
     if st.st_uid != os.geteuid():
-        raise StateError(
-            f"state directory {directory} is owned by uid {st.st_uid}, not by this daemon "
+        return (
+            f"{what} is owned by uid {st.st_uid}, not by this daemon "
             f"(uid {os.geteuid()}); refusing it: another user could plant files there"
         )
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise StateError(
-            f"state directory {directory} is mode {stat.S_IMODE(st.st_mode):04o}: others can "
-            f"write into it and plant state files or links; refusing it "
-            f"(chmod 700 {directory} after checking its contents)"
+        return (
+            f"{what} is mode {stat.S_IMODE(st.st_mode):04o}: others can write into it "
+            "and plant files or links; refusing it (chmod 700 it after checking its contents)"
         )
+    return None
+
+
+def _check_dir(fd: int, directory: Path) -> None:
+    """Refuse a state directory that someone else could write into."""
+    problem = foreign_dir(os.fstat(fd), f"state directory {directory}")
+    if problem is not None:
+        raise StateError(problem)
 
 
 @contextmanager

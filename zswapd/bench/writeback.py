@@ -44,7 +44,7 @@ from typing import Any
 from zswapd.bench.stats import format_table
 from zswapd.config import PoolConfig
 from zswapd.errors import ZswapdError
-from zswapd.pool import PAGE_SIZE, PagePool
+from zswapd.pool import PAGE_SIZE, Counters, PagePool
 
 __all__ = ["ALGORITHMS", "STORE_SHARE", "ZIPF_S", "percentiles", "render", "run", "zipf_stream"]
 
@@ -116,6 +116,19 @@ def _fs_type(path: str) -> str:
 # -- the skewed stream ---------------------------------------------------------------
 
 
+def _tally(c: Counters) -> tuple[int, ...]:
+    """The counters a run reports, as differences from its warm-up's end."""
+    return (
+        c.bd_reads,
+        c.bd_writes,
+        c.loaded_pages_total,
+        c.loaded_same_pages,
+        c.written_back_pages,
+        c.pool_limit_hit,
+        c.reject_reclaim_fail,
+    )
+
+
 def _drive(
     pool: PagePool, pages: Sequence[bytes], stream: Sequence[tuple[bool, int]]
 ) -> dict[str, Any]:
@@ -134,15 +147,7 @@ def _drive(
     for n, (is_store, i) in enumerate(stream):
         if n == warmup:
             start = time.perf_counter()
-            before = (
-                c.bd_reads,
-                c.bd_writes,
-                c.loaded_pages_total,
-                c.loaded_same_pages,
-                c.written_back_pages,
-                c.pool_limit_hit,
-                c.reject_reclaim_fail,
-            )
+            before = _tally(c)
         h = handles[i]
         if is_store:
             if h is not None:
@@ -176,20 +181,7 @@ def _drive(
     assert start is not None and before is not None
     seconds = time.perf_counter() - start
     bd_reads, bd_writes, loaded, same, written, limit_hit, reclaim_fail = (
-        now - was
-        for now, was in zip(
-            (
-                c.bd_reads,
-                c.bd_writes,
-                c.loaded_pages_total,
-                c.loaded_same_pages,
-                c.written_back_pages,
-                c.pool_limit_hit,
-                c.reject_reclaim_fail,
-            ),
-            before,
-            strict=True,
-        )
+        now - was for now, was in zip(_tally(c), before, strict=True)
     )
     from_pool = loaded - bd_reads - same
     out: dict[str, Any] = {
