@@ -193,7 +193,7 @@ class Client:
         pool: str = "default",
         *,
         type: str,
-        idle_seconds: float = 0,
+        idle_seconds: float | None = None,
         max_pages: int | None = None,
     ) -> dict[str, Any]:
         """Write pages of ``pool`` back to its backing file (zram's ``writeback``).
@@ -203,7 +203,9 @@ class Client:
             error, writeback_limit (pages it may still write; None: no limit).
         """
         self._http_only("writeback")
-        body: dict[str, Any] = {"type": type, "idle_seconds": idle_seconds}
+        body: dict[str, Any] = {"type": type}
+        if idle_seconds is not None:  # the idle types' age (0: every page)
+            body["idle_seconds"] = idle_seconds
         if max_pages is not None:
             body["max_pages"] = max_pages
         result: dict[str, Any] = self._request(
