@@ -5,8 +5,11 @@ when asked (zram's ``writeback``), and reads them back here when they are
 loaded.  The file is a real file of fixed size, read and written with
 ``pread``/``pwrite``; which of its slots are taken is a bitmap in memory (zram's
 ``bitmap`` of the backing device), and what each holds is verified against a
-CRC-32 kept with the page's entry, so a file changed, truncated or swapped
-behind the daemon's back yields an error, never wrong bytes.
+32-bit tag (keyed BLAKE2b) kept with the page's entry, so a file changed,
+truncated or swapped behind the daemon's back yields an error, never wrong
+bytes, even when whoever changed it meant to forge a page: without the key a
+forged page passes once in 2**32 tries, and the pool gives each page one try
+(a page that failed its tag is never read again).
 
 What goes into a slot is the page's stored object: compressed bytes as the
 pool holds them, or the raw page of a huge page.  The kernel writes the
@@ -25,11 +28,11 @@ is open.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import stat
 import threading
-import zlib
 from contextlib import suppress
 from pathlib import PurePosixPath
 
@@ -39,18 +42,24 @@ from zswapd.errors import BackingIoError, ConfigError, MemoryLimitError
 __all__ = ["MAX_BACKING_SIZE", "SLOT_SIZE", "BackingFile", "check_client_name", "pack", "unpack"]
 
 SLOT_SIZE = 4096
-# A slot number and its CRC-32 share an entry's 64-bit object field.
+# A slot number and its tag share an entry's 64-bit object field.
 MAX_BACKING_SIZE = SLOT_SIZE << 32  # 16 TiB
 _NOT_FULL = re.compile(rb"[^\xff]")
 
 
-def pack(slot: int, crc: int) -> int:
-    """An entry's object field for a page in file slot ``slot`` with checksum ``crc``."""
-    return slot | crc << 32
+def map_pages(slots: int) -> int:
+    """Budget pages the slot map of a file of ``slots`` slots costs (a bit a slot)."""
+    map_bytes = -(-slots // 8)
+    return -(-map_bytes // SLOT_SIZE)
+
+
+def pack(slot: int, tag: int) -> int:
+    """An entry's object field for a page in file slot ``slot`` with tag ``tag``."""
+    return slot | tag << 32
 
 
 def unpack(obj: int) -> tuple[int, int]:
-    """(slot, crc) from an entry's object field."""
+    """(slot, tag) from an entry's object field."""
     return obj & 0xFFFFFFFF, obj >> 32
 
 
@@ -74,7 +83,12 @@ class BackingFile:
         self._io = threading.Condition()
         self._active = 0
         self._budget = budget
-        self.charged = -(-len(self._map) // SLOT_SIZE)
+        self.charged = map_pages(slots)
+        # The key of the pages' tags: someone who can write the file but does
+        # not know it cannot make a page of their choosing pass (a CRC could be
+        # fixed up to match).  Saved with the pool's state, to read the file
+        # again after a restart.
+        self.key = os.urandom(16)
         self.closed = False
         self.created = False  # made by this open (a client's file goes with its pool)
 
@@ -150,12 +164,18 @@ class BackingFile:
                 raise ConfigError(f"backing file {path} holds no whole 4096-byte slot")
             if size > MAX_BACKING_SIZE:
                 size = MAX_BACKING_SIZE
-            backing = cls(fd, path, size // SLOT_SIZE, budget)
-            if budget is not None and not budget.charge(backing.charged):
+            # Charged before the map is made: refused, it is never allocated.
+            if budget is not None and not budget.charge(map_pages(size // SLOT_SIZE)):
                 raise MemoryLimitError(
                     f"the server's --memory-limit cannot pay for the slot map of backing "
-                    f"file {path} ({backing.charged} pages)"
+                    f"file {path} ({map_pages(size // SLOT_SIZE)} pages)"
                 )
+            try:
+                backing = cls(fd, path, size // SLOT_SIZE, budget)
+            except BaseException:
+                if budget is not None:
+                    budget.uncharge(map_pages(size // SLOT_SIZE))
+                raise
         except BaseException as exc:
             os.close(fd)
             if created:
@@ -231,7 +251,7 @@ class BackingFile:
                 self._io.notify_all()
 
     def write(self, slot: int, data: bytes) -> int:
-        """Write ``data`` (at most a slot) into ``slot``; returns its CRC-32.
+        """Write ``data`` (at most a slot) into ``slot``; returns its tag.
 
         Raises:
             BackingIoError: the write failed or was short (a full disk: ENOSPC).
@@ -249,10 +269,10 @@ class BackingFile:
             raise BackingIoError(
                 f"short write to backing file {self.path} ({n} of {len(data)} bytes: disk full?)"
             )
-        return zlib.crc32(data)
+        return self.tag(data)
 
-    def read(self, slot: int, length: int, crc: int) -> bytes | None:
-        """The ``length`` bytes in ``slot`` if they match ``crc``; None if they do not.
+    def read(self, slot: int, length: int, tag: int) -> bytes | None:
+        """The ``length`` bytes in ``slot`` if they match ``tag``; None if they do not.
 
         Raises:
             BackingIoError: the read itself failed.
@@ -264,9 +284,13 @@ class BackingFile:
             raise BackingIoError(f"cannot read backing file {self.path}: {exc.strerror}") from exc
         finally:
             self._leave()
-        if len(data) != length or zlib.crc32(data) != crc:
+        if len(data) != length or self.tag(data) != tag:
             return None
         return data
+
+    def tag(self, data: bytes) -> int:
+        """The page's 32-bit tag: keyed BLAKE2b, kept in its entry."""
+        return int.from_bytes(hashlib.blake2b(data, key=self.key, digest_size=4).digest(), "little")
 
     @property
     def removed(self) -> bool:
@@ -309,25 +333,28 @@ class BackingFile:
 
 
 def check_client_name(name: object) -> PurePosixPath:
-    """A client's ``backing_file``, checked: a relative path of plain names.
+    """A client's ``backing_file``, checked: a bare file name.
+
+    Only a name directly inside --backing-dir: a subdirectory could be swapped
+    for a symlink by whoever may write into it, between the file's creation
+    and its removal or reopening at a restart (both by path), and the daemon
+    would then delete or write a file elsewhere.
 
     Raises:
-        ConfigError: empty, absolute, with ``..``, ``.`` or an empty component.
+        ConfigError: empty, not UTF-8, ``.`` or ``..``, or with a ``/``.
     """
     if not isinstance(name, str) or not name or "\0" in name or len(name) > 255:
         raise ConfigError("backing_file must be a name of 1..255 characters")
-    rel = PurePosixPath(name)
-    if (
-        rel.is_absolute()
-        or any(part in ("..", ".") for part in name.split("/"))
-        or "//" in name
-        or name.endswith("/")
-    ):
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError("backing_file must be valid UTF-8") from None
+    if "/" in name or name in (".", ".."):
         raise ConfigError(
-            f"backing_file {name!r}: over HTTP only a name inside the daemon's "
-            "--backing-dir (no absolute path, no '..')"
+            f"backing_file {name!r}: over HTTP only a file name directly inside the "
+            "daemon's --backing-dir (no directory, no absolute path, no '..')"
         )
-    return rel
+    return PurePosixPath(name)
 
 
 def open_client_dir(directory: str, rel: PurePosixPath) -> int:

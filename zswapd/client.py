@@ -204,7 +204,7 @@ class Client:
         """
         self._http_only("writeback")
         body: dict[str, Any] = {"type": type}
-        if idle_seconds is not None:  # the idle types' age (0: every page)
+        if idle_seconds is not None:
             body["idle_seconds"] = idle_seconds
         if max_pages is not None:
             body["max_pages"] = max_pages

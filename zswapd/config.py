@@ -136,6 +136,11 @@ class PoolConfig:
         path = self.backing_file
         if path is not None and (not isinstance(path, str) or not path or "\0" in path):
             raise ConfigError(f"backing_file must be a path, not {path!r}")
+        if path is not None:
+            try:
+                path.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError("backing_file must be valid UTF-8") from None
         size = self.backing_size
         if type(size) is not int or not 0 <= size <= MAX_BACKING_SIZE or size % 4096:
             raise ConfigError(
@@ -146,6 +151,8 @@ class PoolConfig:
             raise ConfigError("backing_size without a backing_file")
         if self.writeback not in WRITEBACK_MODES:
             raise ConfigError(f"writeback must be one of {', '.join(WRITEBACK_MODES)}")
+        if self.writeback_limit is not None and self.backing_file is None:
+            raise ConfigError("writeback_limit without a backing_file to write back to")
         if self.writeback == "lru" and self.backing_file is None:
             raise ConfigError('writeback "lru" needs a backing_file to write back to')
         wbl = self.writeback_limit

@@ -229,6 +229,11 @@ class Device:
         pool.writeback_order = self.index_order
 
     @property
+    def disk_bound(self) -> bool:
+        """Its pool has a backing file (see PagePool.disk_bound)."""
+        return self.pool.disk_bound
+
+    @property
     def busy(self) -> bool:
         """Whether a request should leave the event loop: zswapd.offload asks the
         object whose method it runs, and a device's work waits for its pool (a
@@ -355,7 +360,7 @@ class Device:
                 self.pool.free(old_handles)
 
     def writeback(
-        self, type: str = "idle", *, idle_seconds: float = 0, max_pages: int | None = None
+        self, type: str, *, idle_seconds: float | None = None, max_pages: int | None = None
     ) -> dict[str, Any]:
         """Write the device's pages back to its pool's backing file, in block
         index order (zram's ``writeback``: it walks the slots from index 0),

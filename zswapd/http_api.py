@@ -43,7 +43,7 @@ from zswapd.errors import (
 )
 from zswapd.http_protocol import note_stale_handle
 from zswapd.metrics import CONTENT_TYPE_LATEST, Metrics
-from zswapd.offload import offload, run_in_thread, run_maintenance
+from zswapd.offload import offload, run_in_thread, run_maintenance, run_on_disk
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
 
@@ -147,7 +147,12 @@ class WritebackRequest(BaseModel):
         "'all'); huge; huge_idle: both; incompressible: huge pages recompression could "
         "not shrink; lru: the least recently used first",
     )
-    idle_seconds: JsonFloat = Field(default=0, ge=0, description="what idle means, seconds")
+    idle_seconds: JsonFloat | None = Field(
+        default=None,
+        ge=0,
+        description="what idle means, seconds: required for idle and huge_idle (0: every "
+        "page, zram's 'all'), refused for the other types",
+    )
     max_pages: JsonInt | None = Field(default=None, ge=1, description="write at most this many")
 
 
@@ -381,8 +386,10 @@ class DeviceWritebackRequest(BaseModel):
     """zram's ``writeback`` for a device: its pages in block index order."""
 
     model_config = ConfigDict(extra="forbid")
-    type: Literal["idle", "huge", "huge_idle", "incompressible", "lru"] = "idle"
-    idle_seconds: JsonFloat = Field(default=0, ge=0, description="0: every page (zram's all)")
+    type: Literal["idle", "huge", "huge_idle", "incompressible", "lru"]
+    idle_seconds: JsonFloat | None = Field(
+        default=None, ge=0, description="required for idle and huge_idle (0: every page)"
+    )
     max_pages: JsonInt | None = Field(default=None, ge=1)
 
 
@@ -646,14 +653,14 @@ def create_app(
         name="device_writeback",
     )
     async def device_writeback(
-        name: PoolName, body: DeviceWritebackRequest | None = None
+        name: PoolName, req: DeviceWritebackRequest
     ) -> DeviceWritebackResult:
-        req = body or DeviceWritebackRequest()
         device = devices.get(name)
-        result = await run_maintenance(
+        result = await run_on_disk(
+            device,
             lambda: device.writeback(
                 req.type, idle_seconds=req.idle_seconds, max_pages=req.max_pages
-            )
+            ),
         )
         return DeviceWritebackResult(**result)
 
@@ -780,10 +787,13 @@ def create_app(
         not written stay in memory.
         """
         target = reg.get(pool)
-        result = await run_maintenance(
+        # The disk's threads, not maintenance's: a write-back on a slow disk
+        # must not keep every other pool's compaction waiting.
+        result = await run_on_disk(
+            target,
             lambda: target.writeback(
                 body.type, idle_seconds=body.idle_seconds, max_pages=body.max_pages
-            )
+            ),
         )
         return WritebackResult(**result)
 

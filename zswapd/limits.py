@@ -134,6 +134,15 @@ def backing_dir_for(settings: ServerSettings) -> tuple[Path | None, int | None]:
     except OSError as exc:
         raise ConfigError(f"cannot create --backing-dir {path}: {exc.strerror}") from exc
     _check_backing_dir(path)
+    if settings.state_dir is not None:
+        state = Path(os.path.realpath(settings.state_dir))
+        if state == path or path in state.parents or state in path.parents:
+            # A client's file named like a state file would be read, or
+            # deleted as a stale one, by the next start.
+            raise ConfigError(
+                f"--backing-dir {path} and --state-dir {state} overlap: clients could "
+                "name files the daemon reads or deletes as state; keep them apart"
+            )
     fs = os.statvfs(path)
     value = settings.backing_quota if settings.backing_quota is not None else DEFAULT_BACKING_QUOTA
     try:

@@ -62,7 +62,12 @@ _POOL_GAUGES: list[tuple[str, str, tuple[str, str]]] = [
         "Configured pool limit, 0 = none (mem_limit).",
         ("mm_stat", "mem_limit"),
     ),
-    ("zswapd_stored_pages", "Pages stored, same-filled included.", ("zswap", "stored_pages")),
+    (
+        "zswapd_stored_pages",
+        "Pages stored in memory, same-filled included (zswap's stored_pages; "
+        "written-back pages are in zswapd_backing_pages).",
+        ("zswap", "stored_pages"),
+    ),
     (
         "zswapd_original_bytes",
         "Stored pages x 4096 (orig_data_size).",

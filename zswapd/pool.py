@@ -262,6 +262,8 @@ class PagePool:
         # a block device's, by block index (zram's), whichever route asks.
         self.writeback_order: Callable[[], Sequence[int]] | None = None
         self._written = 0  # pages in the backing file (bd_count)
+        # Entry slots of written-back pages that failed their tag: never read again.
+        self._failed_tags: set[int] = set()
         self._clock = clock
         self._t0 = clock()
         self.counters = Counters()
@@ -368,6 +370,7 @@ class PagePool:
             assert self.backing is not None
             self.backing.release(unpack(obj)[0])
             self._written -= 1
+            self._failed_tags.discard(handle & SLOT_MASK)
             return
         if kind == SAME:
             self._same_pages -= 1
@@ -425,7 +428,7 @@ class PagePool:
         retry = 0
         while True:
             with self._lock:
-                result = self._store_locked(prepared, poor)
+                result = self._store_locked(prepared, poor, first=not retry)
                 if isinstance(result, list):
                     return result
                 held = self._held(isinstance(result, BudgetExceededError))
@@ -442,10 +445,11 @@ class PagePool:
             retry += 1
 
     def _store_locked(
-        self, prepared: list[tuple[int, bytes | int, int]], poor: int
+        self, prepared: list[tuple[int, bytes | int, int]], poor: int, *, first: bool = True
     ) -> list[int] | PoolFullError:
         """Store prepared pages (lock held); their handles, or, in an lru pool
-        out of room, the allocator's refusal (nothing stored, nothing counted)."""
+        out of room, the allocator's refusal (nothing stored; a limit hit
+        counted on the ``first`` try only: one store, one hit)."""
         self._check_open()
         n = len(prepared)
         if self._entries.room < n:
@@ -486,7 +490,7 @@ class PagePool:
             if not isinstance(exc, PoolFullError):
                 raise
             if self.writeback_mode == "lru":
-                if not isinstance(exc, BudgetExceededError):
+                if first and not isinstance(exc, BudgetExceededError):
                     self.counters.pool_limit_hit += 1  # zswap counts it, then shrinks
                     self.counters.limit_hit_written_back += 1
                 return exc
@@ -586,7 +590,11 @@ class PagePool:
                     victims = self._entries.lru_oldest(self._round(server, wrote, need))
                     others = self._held(server) < held
                 if not victims:
-                    why = "no page of the pool is left in memory to write back"
+                    why = (
+                        "no page of the pool is left in memory to write back (a batch "
+                        "that needs more than the limit holds never fits: store fewer "
+                        "pages at a time, e.g. zswapd push --batch-pages N)"
+                    )
                     break
                 n, stop = self._write_back(victims)
                 wrote += n
@@ -710,7 +718,7 @@ class PagePool:
         self,
         type: str = "idle",
         *,
-        idle_seconds: float = 0,
+        idle_seconds: float | None = None,
         max_pages: int | None = None,
         order: Sequence[int] | None = None,
     ) -> dict[str, Any]:
@@ -720,7 +728,9 @@ class PagePool:
             type: "idle" (not stored or loaded for ``idle_seconds``), "huge",
                 "huge_idle" (both), "incompressible" (huge pages recompression
                 could not shrink), or "lru" (the least recently used first).
-            idle_seconds: what idle means; 0: every page (zram's ``all``).
+            idle_seconds: what idle means, required for "idle" and "huge_idle"
+                (zram's ``echo N > idle``; 0: every page, zram's ``all``) and
+                refused for the others.
             max_pages: write at most this many.
             order: handles in the order to consider them; default: the
                 device's block index order if a device set writeback_order,
@@ -738,7 +748,16 @@ class PagePool:
         """
         if type not in WRITEBACK_TYPES:
             raise InvalidRequestError(f"type must be one of {', '.join(WRITEBACK_TYPES)}")
-        if (
+        want_idle = type in ("idle", "huge_idle")
+        if want_idle and idle_seconds is None:
+            # zram writes nothing for "idle" until pages are marked idle: there
+            # is no silent "every page" here either.
+            raise InvalidRequestError(
+                f"type {type} needs idle_seconds (0 for every page, zram's 'all')"
+            )
+        if not want_idle and idle_seconds is not None:
+            raise InvalidRequestError(f"idle_seconds applies to idle and huge_idle, not {type}")
+        if idle_seconds is not None and (
             not isinstance(idle_seconds, int | float)
             or isinstance(idle_seconds, bool)
             or not 0 <= idle_seconds < float("inf")
@@ -751,20 +770,20 @@ class PagePool:
         if order is None and self.writeback_order is not None:
             order = self.writeback_order()  # before any of this pool's locks
         want_huge = type in ("huge", "huge_idle")
-        want_idle = type in ("idle", "huge_idle")
         written, stop, error = 0, None, None
         with self._wb_lock:
             with self._lock:
                 self._check_open()
                 e = self._entries
                 if type == "lru":
+                    candidates = e.lru_len
                     picked = e.lru_oldest(max_pages or e.lru_len)
                 else:
                     if order is None:
                         slots = e.live_slots()
                     else:
                         slots = [s for s in (self._slot_or_none(h) for h in order) if s]
-                    horizon = self._now() - idle_seconds
+                    horizon = self._now() - (idle_seconds or 0)
                     picked = []
                     for slot in slots:
                         kind = e.kind[slot]
@@ -777,7 +796,7 @@ class PagePool:
                         if type == "incompressible" and not kind & INCOMPRESSIBLE:
                             continue
                         picked.append(slot)
-                candidates = len(picked)
+                    candidates = len(picked)
                 if max_pages is not None:
                     picked = picked[:max_pages]
             for start in range(0, len(picked), WRITEBACK_BATCH):
@@ -890,9 +909,9 @@ class PagePool:
         out = list(raw)
         try:
             for i, (kind, obj, data, clen) in enumerate(raw):
-                if data is None:
-                    fslot, crc = unpack(obj)
-                    out[i] = (kind, obj, backing.read(fslot, clen, crc), clen)
+                if data is None and slots[i] not in self._failed_tags:
+                    fslot, tag = unpack(obj)
+                    out[i] = (kind, obj, backing.read(fslot, clen, tag), clen)
         except BackingIoError:
             with self._lock:
                 self._check_open()  # not an I/O error: the pool (and its file) went
@@ -907,10 +926,14 @@ class PagePool:
                 if not self._unchanged(slot, kind, obj):
                     raise StaleHandleError("a page was freed while it was being loaded")
                 if data is None:
-                    self.counters.backing_corrupt += 1
+                    if slot not in self._failed_tags:
+                        # One try a page: a forger without the key cannot retry
+                        # until a guess passes.
+                        self._failed_tags.add(slot)
+                        self.counters.backing_corrupt += 1
                     raise CorruptObjectError(
                         f"pool {self.name!r}: a page in backing file {backing.path} no "
-                        "longer matches its checksum (the file was changed behind the "
+                        "longer matches its tag (the file was changed behind the "
                         "daemon's back); not served"
                     )
                 n += 1
@@ -936,6 +959,12 @@ class PagePool:
             self.counters.freed_pages_total += len(handles)
 
     # -- maintenance ---------------------------------------------------------------
+
+    @property
+    def disk_bound(self) -> bool:
+        """Its work may wait for a disk (it has a backing file): an event loop
+        hands it to threads of their own (zswapd.offload.run_on_disk)."""
+        return self.backing is not None
 
     @property
     def busy(self) -> bool:
@@ -1041,12 +1070,12 @@ class PagePool:
                 or (threshold is not None and len(new) >= threshold)
             ):
                 result["not_smaller"] += 1
-                if kind & ENCODING == HUGE:
-                    # zram's ZRAM_INCOMPRESSIBLE: what writeback type
-                    # "incompressible" picks.
-                    with self._lock:
-                        if self._unchanged(slot, kind, obj):
-                            e.kind[slot] = kind | INCOMPRESSIBLE
+                with self._lock:
+                    self.counters.recompress_attempts += 1  # every page tried
+                    if kind & ENCODING == HUGE and self._unchanged(slot, kind, obj):
+                        # zram's ZRAM_INCOMPRESSIBLE: what writeback type
+                        # "incompressible" picks.
+                        e.kind[slot] = kind | INCOMPRESSIBLE
                 continue
             with self._lock:
                 self.counters.recompress_attempts += 1
@@ -1106,12 +1135,18 @@ class PagePool:
                 "dictionary": self.config.dictionary.hex() if self.config.dictionary else None,
                 "counters": dataclasses.asdict(self.counters),
                 "mem_used_max": self._mem_used_max,
+                "pages_compacted": self._alloc.pages_compacted,
+                "backing_key": None if self.backing is None else self.backing.key.hex(),
                 "secondaries": [[c.name, dict(c.options)] for c in self._secondaries],
                 "entries": entries,
             }
 
     def restore(
-        self, records: list[tuple[int, int, int, int, bytes]], counters: Counters, used_max: int
+        self,
+        records: list[tuple[int, int, int, int, bytes]],
+        counters: Counters,
+        used_max: int,
+        pages_compacted: int = 0,
     ) -> None:
         """Fill an empty pool with saved entries, under their old handles.
 
@@ -1180,6 +1215,11 @@ class PagePool:
                 raise ConfigError(f"bad handle in saved state: {exc}") from exc
             self.counters = counters
             self._mem_used_max = max(used_max, self._alloc.total_size_bytes)
+            # zram's pages_compacted counts since the device was made, not since
+            # this process started.
+            if type(pages_compacted) is not int or pages_compacted < 0:
+                raise ConfigError("pages_compacted that is not a count")
+            self._alloc.pages_compacted += pages_compacted
             if self.budget is not None:
                 self.budget.commit_max()
 
@@ -1271,7 +1311,9 @@ class PagePool:
                 "huge_class_size": self.huge_class_size,
                 "mm_stat": mm,
                 "zswap": {
-                    "stored_pages": stored,
+                    # zswap's: a written-back entry has left zswap (it is in
+                    # bd_count); zram's orig_data_size still counts it.
+                    "stored_pages": stored - self._written,
                     "same_filled_pages": mm["same_pages"],
                     "pool_total_size": mm["mem_used_total"],
                     "pool_limit_hit": c.pool_limit_hit,

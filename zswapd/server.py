@@ -235,11 +235,13 @@ class _Server(uvicorn.Server):
 
 def open_files_needed(settings: ServerSettings) -> int:
     """Descriptors for every connection cap at once: max_connections per frontend run
-    (HTTP always, the wire protocol and NBD when asked for), plus FD_MARGIN."""
+    (HTTP always, the wire protocol and NBD when asked for), one backing file for
+    each of --max-pools pools and devices, plus FD_MARGIN."""
     frontends = 1 + (settings.unix_socket is not None) + (settings.nbd is not None)
     # HTTP's lingering closes hold descriptors beyond its cap, at most linger_cap.
     lingering = linger_cap(settings.max_connections)
-    return frontends * settings.max_connections + lingering + FD_MARGIN
+    backing = settings.max_pools or 0
+    return frontends * settings.max_connections + lingering + backing + FD_MARGIN
 
 
 def fit_open_files(needed: int) -> None:
@@ -253,9 +255,9 @@ def fit_open_files(needed: int) -> None:
     if hard != resource.RLIM_INFINITY and hard < needed:
         raise ConfigError(
             f"the connection caps need {needed} open files (--max-connections per frontend, "
-            f"a quarter more for HTTP's lingering closes, + {FD_MARGIN}), but RLIMIT_NOFILE "
-            f"allows {hard}: raise it (ulimit -n, systemd LimitNOFILE=) or lower "
-            "--max-connections"
+            f"a quarter more for HTTP's lingering closes, a backing file per --max-pools, "
+            f"+ {FD_MARGIN}), but RLIMIT_NOFILE allows {hard}: raise it (ulimit -n, "
+            "systemd LimitNOFILE=) or lower --max-connections"
         )
     target = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
     if soft != resource.RLIM_INFINITY and soft < target:

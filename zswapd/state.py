@@ -143,6 +143,8 @@ def _save_pool(pool: PagePool, dfd: int) -> str:
             "config": {**config, "dictionary": snapshot["dictionary"]},
             "counters": snapshot["counters"],
             "mem_used_max": snapshot["mem_used_max"],
+            "pages_compacted": snapshot["pages_compacted"],
+            "backing_key": snapshot["backing_key"],
             "secondaries": snapshot["secondaries"],
             "backing_owned": snapshot["backing_owned"],
         }
@@ -275,12 +277,20 @@ def _load(data: bytes, path: Path, budget: PageBudget | None, arena_pages: int |
         pool = PagePool(name, unlimited, budget=budget, arena_pages=arena_pages, backing=backing)
         try:
             pool.backing_owned = bool(header.get("backing_owned", False))
+            if pool.backing is not None and header.get("backing_key") is not None:
+                # The tags of the pages in the file were made with this key.
+                pool.backing.key = bytes.fromhex(header["backing_key"])
             for algo, options in header["secondaries"]:
                 pool.add_secondary(compressors.get(algo, **options))
             counters = Counters(**header["counters"])
             if not all(type(v) is int and v >= 0 for v in vars(counters).values()):
                 raise StateError(f"{path}: counters that are not counts")
-            pool.restore(records, counters, int(header["mem_used_max"]))
+            pool.restore(
+                records,
+                counters,
+                int(header["mem_used_max"]),
+                int(header.get("pages_compacted", 0)),
+            )
             pool.set_live_settings(limit_bytes=config.limit_bytes)
         except BaseException:
             # What it took (pages, the backing file's descriptor) goes back;

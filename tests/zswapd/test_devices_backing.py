@@ -62,11 +62,11 @@ def test_writeback_takes_slots_in_index_order(tmp_path: Path) -> None:
         for b in written:
             dev.write(b * PAGE, text_page(b))
     device, its_pool = devs
-    r = device.writeback("idle", max_pages=2)
+    r = device.writeback("idle", idle_seconds=0, max_pages=2)
     assert (r["written_back"], r["candidates"], r["stopped"]) == (2, 5, None)
     assert _in_file(device, written) == [3, 0]  # blocks 0 and 3: the lowest indexes
     # The pool's own route (/v1/pools/{name}/writeback) takes the device's order too.
-    assert its_pool.pool.writeback("idle", max_pages=2)["written_back"] == 2
+    assert its_pool.pool.writeback("idle", idle_seconds=0, max_pages=2)["written_back"] == 2
     assert _in_file(its_pool, written) == [3, 0]
     # A plain pool given the same pages in the same order takes them in store order.
     plain = PagePool(
@@ -74,14 +74,14 @@ def test_writeback_takes_slots_in_index_order(tmp_path: Path) -> None:
         PoolConfig(compressor="lz4", backing_file=str(tmp_path / "p.img"), backing_size=PAGE * 8),
     )
     handles = plain.store([text_page(b) for b in written])
-    assert plain.writeback("idle", max_pages=2)["written_back"] == 2
+    assert plain.writeback("idle", idle_seconds=0, max_pages=2)["written_back"] == 2
     assert plain.stats()["bd_stat"]["bd_reads"] == 0
     plain.load(handles[:2])  # blocks 7 and 3: from the file
     assert plain.stats()["bd_stat"]["bd_reads"] == 2
     plain.load(handles[2:])
     assert plain.stats()["bd_stat"]["bd_reads"] == 2
     plain.close()
-    assert device.writeback("idle")["written_back"] == 3
+    assert device.writeback("idle", idle_seconds=0)["written_back"] == 3
     for dev in devs:
         for b in written:
             assert dev.read(b * PAGE, PAGE) == text_page(b)
@@ -92,10 +92,10 @@ def test_writeback_limit_writes_exactly_that_many_in_index_order(tmp_path: Path)
     dev = _device(tmp_path, writeback_limit=3)
     for b in (9, 1, 4, 2, 8):
         dev.write(b * PAGE, text_page(b))
-    r = dev.writeback("idle")
+    r = dev.writeback("idle", idle_seconds=0)
     assert (r["written_back"], r["stopped"], r["writeback_limit"]) == (3, "writeback_limit", 0)
     assert _in_file(dev, [1, 2, 4, 8, 9]) == [1, 2, 4]
-    again = dev.writeback("idle")
+    again = dev.writeback("idle", idle_seconds=0)
     assert (again["written_back"], again["stopped"]) == (0, "writeback_limit")
 
 
@@ -104,7 +104,7 @@ def test_huge_writeback_picks_huge_blocks_only_and_never_same_filled(tmp_path: P
     dev.write(0, text_page(0) + random_page(1) + bytes(PAGE) + random_page(3))
     assert dev.writeback("huge")["written_back"] == 2
     assert _in_file(dev, [0, 1, 2, 3]) == [1, 3]
-    r = dev.writeback("idle")
+    r = dev.writeback("idle", idle_seconds=0)
     assert r["written_back"] == 1  # block 0; the zero page stays a same-filled word
     assert dev.stats()["bd_stat"]["bd_count"] == 3
     assert dev.stats()["mm_stat"]["same_pages"] == 1
@@ -113,7 +113,7 @@ def test_huge_writeback_picks_huge_blocks_only_and_never_same_filled(tmp_path: P
 def test_overwrite_partial_write_trim_and_zeroes_free_file_slots(tmp_path: Path) -> None:
     dev = _device(tmp_path)
     dev.write(0, b"".join(text_page(b) for b in range(6)))
-    assert dev.writeback("idle")["written_back"] == 6
+    assert dev.writeback("idle", idle_seconds=0)["written_back"] == 6
     backing = dev.pool.backing
     assert backing is not None and backing.used == 6
     dev.write(0, text_page(100))  # whole block
@@ -143,7 +143,9 @@ def test_writeback_races_with_writes_trims_and_reads(tmp_path: Path) -> None:
         kinds = ["idle", "huge", "lru", "huge_idle"]
         try:
             while not stop.is_set():
-                dev.writeback(random.choice(kinds), max_pages=random.randint(1, 8))
+                kind = random.choice(kinds)
+                idle = 0 if kind in ("idle", "huge_idle") else None
+                dev.writeback(kind, idle_seconds=idle, max_pages=random.randint(1, 8))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -181,7 +183,7 @@ def test_writeback_races_with_writes_trims_and_reads(tmp_path: Path) -> None:
 def test_a_block_changed_in_the_file_is_an_error_never_wrong_bytes(tmp_path: Path) -> None:
     dev = _device(tmp_path)
     dev.write(0, text_page(0) + text_page(1))
-    assert dev.writeback("idle")["written_back"] == 2
+    assert dev.writeback("idle", idle_seconds=0)["written_back"] == 2
     with open(tmp_path / "d.img", "r+b") as f:  # block 0 took file slot 0
         f.write(b"tampered")
     with pytest.raises(CorruptObjectError):
@@ -197,7 +199,7 @@ def test_a_device_without_a_backing_file_refuses_writeback() -> None:
     dev = DeviceRegistry(PoolRegistry()).create("plain", 16 * PAGE)
     dev.write(0, text_page(1))
     with pytest.raises(ConfigError, match="no backing file"):
-        dev.writeback("idle")
+        dev.writeback("idle", idle_seconds=0)
     assert dev.stats()["bd_stat"] == {"bd_count": 0, "bd_reads": 0, "bd_writes": 0}
     assert dev.stats()["backing"] is None
 
@@ -210,7 +212,7 @@ def test_a_device_with_a_backing_file_is_served_off_the_event_loop(tmp_path: Pat
     backed = _device(tmp_path)
     for dev in (plain, backed):
         dev.write(0, text_page(1))
-    assert backed.writeback("idle")["written_back"] == 1
+    assert backed.writeback("idle", idle_seconds=0)["written_back"] == 1
 
     async def jobs(dev: Device) -> int:
         before = thread_jobs()
@@ -269,7 +271,7 @@ def test_a_client_device_gets_a_new_file_inside_the_backing_dir(tmp_path: Path) 
     assert stat.S_IMODE(made.stat().st_mode) == 0o600 and made.stat().st_size == 16 * PAGE
     assert dev.stats()["backing"]["file"] == str(made)
     dev.write(0, text_page(1))
-    assert dev.writeback("idle")["written_back"] == 1
+    assert dev.writeback("idle", idle_seconds=0)["written_back"] == 1
     assert dev.read(0, PAGE) == text_page(1)
     devices.remove("zram0")
     assert not made.exists()  # made for the client: gone with its device
@@ -380,9 +382,14 @@ def test_device_writeback_over_http_reads_back_identical_bd_stat_exact(
         for body in ({"type": "sideways"}, {"max_pages": 0}, {"idle_seconds": -1}, {"x": 1}):
             r = h.post("/v1/devices/zram0/writeback", json=body)
             assert r.status_code == 400, (body, r.text)
-        assert h.post("/v1/devices/nope/writeback", json={}).status_code == 404
+        assert (
+            h.post(
+                "/v1/devices/nope/writeback", json={"type": "idle", "idle_seconds": 0}
+            ).status_code
+            == 404
+        )
         assert h.put("/v1/devices/plain", json={"size": 1 << 20}).status_code == 201
-        r = h.post("/v1/devices/plain/writeback", json={})
+        r = h.post("/v1/devices/plain/writeback", json={"type": "huge"})
         assert r.status_code == 400 and "no backing file" in r.json()["detail"]
         assert _bd(h)["bd_writes"] == 12
     s.close()
@@ -395,7 +402,12 @@ def test_overwrite_and_trim_over_nbd_release_file_slots(
     s = nbd_client.open_device(sock, "zram0")
     with httpx.Client(base_url=d.url, timeout=30) as h:
         nbd_client.request(s, Cmd.WRITE, 0, 6 * PAGE, b"".join(text_page(b) for b in range(6)))
-        assert h.post("/v1/devices/zram0/writeback", json={}).json()["written_back"] == 6
+        assert (
+            h.post("/v1/devices/zram0/writeback", json={"type": "idle", "idle_seconds": 0}).json()[
+                "written_back"
+            ]
+            == 6
+        )
         nbd_client.request(s, Cmd.WRITE, 0, PAGE, text_page(100))
         nbd_client.request(s, Cmd.WRITE, PAGE + 100, 5, b"patch")
         nbd_client.request(s, Cmd.TRIM, 2 * PAGE, 2 * PAGE)

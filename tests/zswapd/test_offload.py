@@ -162,3 +162,50 @@ def test_a_small_batch_for_a_busy_pool_waits_in_a_thread_not_on_the_loop() -> No
         holder.join()
 
     asyncio.run(scenario())
+
+
+class Disk:
+    """A pool with a backing file on a disk that answers when told to."""
+
+    disk_bound = True
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.running = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    def wait_for_disk(self) -> str:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.release.wait(10)
+        with self._lock:
+            self.running -= 1
+        return "written"
+
+    def quick(self) -> str:
+        return "served"
+
+
+def test_a_slow_disk_holds_its_own_threads_not_everyone_elses() -> None:
+    """A client storing into a pool on a slow disk held every thread of the
+    shared pool: now a pool's disk-bound work takes at most
+    DISK_THREADS_PER_POOL threads of the disk's own, and other pools (and work
+    without a disk) are served meanwhile."""
+    from zswapd.offload import DISK_THREADS_PER_POOL
+
+    async def main() -> None:
+        slow, other = Disk(), Disk()
+        other.release.set()
+        jobs = [asyncio.ensure_future(offload(1, slow.wait_for_disk)) for _ in range(40)]
+        await asyncio.sleep(0.2)
+        assert slow.most == DISK_THREADS_PER_POOL
+        # Another pool with a backing file, and plain work in the shared pool.
+        assert await asyncio.wait_for(offload(1, other.wait_for_disk), 5) == "written"
+        assert await asyncio.wait_for(run_in_thread(other.quick), 5) == "served"
+        slow.release.set()
+        assert await asyncio.gather(*jobs) == ["written"] * 40
+        assert slow.most == DISK_THREADS_PER_POOL
+
+    asyncio.run(main())

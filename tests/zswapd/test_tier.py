@@ -23,6 +23,7 @@ from zswapd.corpus import default_corpus_files
 from zswapd.errors import (
     ConfigError,
     CorruptObjectError,
+    InvalidRequestError,
     MemoryLimitError,
     ReclaimFailError,
     StaleHandleError,
@@ -95,7 +96,7 @@ def test_same_filled_pages_are_never_written_back(tmp_path: Path) -> None:
     pool = manual_pool(tmp_path)
     pool.store([same_page(bytes([i]) * 8) for i in range(8)])
     for type in WRITEBACK_TYPES:
-        got = pool.writeback(type, idle_seconds=0)
+        got = pool.writeback(type, idle_seconds=0 if "idle" in type else None)
         assert (got["written_back"], got["candidates"]) == (0, 0), type
     assert pool.mm_stat()["same_pages"] == 8
     assert pool.stats()["bd_stat"] == {"bd_count": 0, "bd_reads": 0, "bd_writes": 0}
@@ -600,3 +601,122 @@ def test_restart_with_the_backing_file_gone_is_refused_and_nothing_is_created(
     with pytest.raises(state.StateError, match="backing file"):
         state.load_pool(path)
     assert not (tmp_path / "backing").exists()
+
+
+# -- figures and arguments a zswap/zram user reads ------------------------------------
+
+
+def test_zswap_stored_pages_leave_with_written_back_pages(tmp_path: Path) -> None:
+    """zswap's stored_pages drops as its entries are written back (they left
+    zswap); zram's orig_data_size still counts them."""
+    pool = manual_pool(tmp_path)
+    pool.store([text_page(i) for i in range(4)] + [same_page(b"\0" * 8)])
+    pool.writeback("idle", idle_seconds=0, max_pages=3)
+    s = pool.stats()
+    assert s["zswap"]["stored_pages"] == 2  # one text page and the same-filled one
+    assert s["bd_stat"]["bd_count"] == 3
+    assert s["mm_stat"]["orig_data_size"] == 5 * PAGE
+
+
+def test_idle_writeback_needs_idle_seconds_and_the_others_refuse_it(tmp_path: Path) -> None:
+    """zram writes nothing for "idle" until pages are marked idle: no silent
+    "every page" default; idle_seconds with a type it does not apply to is refused."""
+    pool = manual_pool(tmp_path)
+    pool.store([text_page(i) for i in range(3)])
+    for type in ("idle", "huge_idle"):
+        with pytest.raises(InvalidRequestError, match="needs idle_seconds"):
+            pool.writeback(type)
+    for type in ("huge", "incompressible", "lru"):
+        with pytest.raises(InvalidRequestError, match="applies to idle"):
+            pool.writeback(type, idle_seconds=0)
+    assert pool.stats()["bd_stat"]["bd_writes"] == 0
+    assert pool.writeback("idle", idle_seconds=0)["written_back"] == 3
+
+
+def test_lru_candidates_are_the_pages_on_the_lru_before_max_pages(tmp_path: Path) -> None:
+    pool = manual_pool(tmp_path)
+    pool.store([text_page(i) for i in range(5)] + [same_page(b"\0" * 8)])
+    got = pool.writeback("lru", max_pages=2)
+    assert (got["written_back"], got["candidates"]) == (2, 5)
+
+
+def test_writeback_limit_needs_a_backing_file() -> None:
+    with pytest.raises(ConfigError, match="writeback_limit without a backing_file"):
+        PoolConfig(writeback_limit=10)
+
+
+def test_one_lru_store_counts_one_limit_hit(tmp_path: Path) -> None:
+    """zswap counts a store that found the pool full once, however many
+    rounds of write-back it took to make room."""
+    pool = lru_pool(tmp_path, limit_pages=16, slots=1024)
+    hits = 0
+    for i in range(200):
+        before = pool.counters.pool_limit_hit
+        pool.store([text_page(i), random_page(i)])
+        hits += pool.counters.pool_limit_hit - before
+        assert pool.counters.pool_limit_hit - before <= 1
+    assert hits >= 1 and pool.counters.written_back_pages > 0
+    pool.check_invariants()
+
+
+def test_recompress_counts_every_page_it_tried(tmp_path: Path) -> None:
+    pool = manual_pool(tmp_path)
+    pool.store([random_page(i) for i in range(3)])  # huge: zstd cannot shrink them
+    got = pool.recompress("huge", algo="zstd")
+    assert got["not_smaller"] == 3
+    assert pool.stats()["recompress"]["attempts"] == 3
+
+
+def test_pages_compacted_survives_a_restore(tmp_path: Path) -> None:
+    """zram's pages_compacted counts since the device was made."""
+    from zswapd import state
+
+    pool = PagePool("c", PoolConfig(compressor="lz4"), seed=1)
+    handles = pool.store([text_page(i) for i in range(300)])
+    pool.free(handles[::2])
+    assert pool.compact() > 0
+    compacted = pool.mm_stat()["pages_compacted"]
+    path = state.save_pool(pool, tmp_path / "state")
+    restored = state.load_pool(path)
+    assert restored.mm_stat()["pages_compacted"] == compacted
+    restored.close()
+
+
+# -- a hostile user who can write the file, or fill the server -------------------------
+
+
+def test_a_forged_page_is_refused_and_gets_one_try(tmp_path: Path) -> None:
+    """Tags are keyed: a page rewritten in the file does not pass by fixing up
+    a checksum, and a page that failed its tag is never read again (a forger
+    cannot retry until a guess passes)."""
+    pool = manual_pool(tmp_path)
+    (h,) = pool.store([random_page(7)])
+    pool.writeback("idle", idle_seconds=0)
+    assert pool.backing is not None
+    other = BackingFile.open(str(tmp_path / "other"), 4 * PAGE, create=True)
+    forged = b"chosen by whoever can write the file".ljust(PAGE, b"!")
+    assert other.tag(forged) != pool.backing.tag(forged)  # a key of its own
+    other.close(unlink=True)
+    with open(tmp_path / "backing", "r+b") as f:
+        f.write(forged)
+    for _ in range(3):
+        with pytest.raises(CorruptObjectError, match="tag"):
+            pool.load([h])
+    assert pool.stats()["backing"]["corrupt_pages"] == 1
+    pool.free([h])
+    pool.check_invariants()
+
+
+def test_a_slot_map_the_budget_refuses_is_never_allocated(tmp_path: Path) -> None:
+    import tracemalloc
+
+    budget = PageBudget(4)
+    tracemalloc.start()
+    try:
+        with pytest.raises(MemoryLimitError, match="slot map"):
+            BackingFile.open(str(tmp_path / "big"), 1 << 40, create=True, budget=budget)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # the 32 MiB map of a 1 TiB file was not made
+    assert budget.used == 0 and not (tmp_path / "big").exists()

@@ -205,7 +205,8 @@ class TierMachine(RuleBasedStateMachine):
             if limit < len(picked)
             else None
         )
-        got = self.pool.writeback(type, idle_seconds=idle_seconds, max_pages=max_pages)
+        idle = idle_seconds if type in ("idle", "huge_idle") else None
+        got = self.pool.writeback(type, idle_seconds=idle, max_pages=max_pages)
         if self.limit is not None:
             self.limit -= n
         assert got["candidates"] == candidates

@@ -228,8 +228,11 @@ def test_manual_writeback_types_over_http(served: Served) -> None:
     assert s.stats("man")["mm_stat"]["huge_pages"] == 0  # huge pages left memory
     assert wb(type="huge")["candidates"] == 0  # the huge ones are in the file already
     out = wb(type="lru", max_pages=1)
-    assert (out["written_back"], out["candidates"]) == (1, 1)
-    out = wb(type="idle")  # idle_seconds 0: every page (zram's "all"), same-filled never
+    # Candidates: the pages on the LRU (in memory, not same-filled), before max_pages.
+    assert (out["written_back"], out["candidates"]) == (1, len(poor) + len(text))
+    out = wb(
+        type="idle", idle_seconds=0
+    )  # idle_seconds 0: every page (zram's "all"), same-filled never
     assert out["written_back"] == out["candidates"] == len(poor) + len(text) - 1
     st = s.stats("man")
     n = len(huge) + len(poor) + len(text)
@@ -250,17 +253,17 @@ def test_writeback_limit_stops_and_says_so_and_is_set_live(served: Served) -> No
     assert r.status_code == 201, r.text
     pages = [text_page(100 + i) for i in range(10)]
     handles = s.store("lim", pages)
-    out = s.writeback("lim", type="idle").json()
+    out = s.writeback("lim", type="idle", idle_seconds=0).json()
     assert out["written_back"] == 3 and out["candidates"] == 10
     assert out["stopped"] == "writeback_limit" and out["writeback_limit"] == 0
-    out = s.writeback("lim", type="idle").json()
+    out = s.writeback("lim", type="idle", idle_seconds=0).json()
     assert out["written_back"] == 0 and out["stopped"] == "writeback_limit"
     # zram's echo N > writeback_limit, while the pool holds pages.
     r = s.http.patch("/v1/pools/lim", json={"writeback_limit": 2})
     assert r.status_code == 200 and r.json()["config"]["writeback_limit"] == 2, r.text
-    assert s.writeback("lim", type="idle").json()["written_back"] == 2
+    assert s.writeback("lim", type="idle", idle_seconds=0).json()["written_back"] == 2
     assert s.http.patch("/v1/pools/lim", json={"writeback_limit": None}).status_code == 200
-    out = s.writeback("lim", type="idle").json()
+    out = s.writeback("lim", type="idle", idle_seconds=0).json()
     assert (out["written_back"], out["stopped"], out["writeback_limit"]) == (5, None, None)
     assert s.load("lim", handles) == pages
     # Only live settings, each with a value it can take.
@@ -302,7 +305,7 @@ def test_writeback_without_a_backing_file_or_with_a_bad_body_is_400(served: Serv
     s = served
     assert s.put("plain").status_code == 201
     s.store("plain", [text_page(1)])
-    r = s.writeback("plain", type="idle")
+    r = s.writeback("plain", type="idle", idle_seconds=0)
     assert r.status_code == 400 and "has no backing file" in r.json()["detail"]
     for body in (
         {"type": "all"},
@@ -313,7 +316,7 @@ def test_writeback_without_a_backing_file_or_with_a_bad_body_is_400(served: Serv
     ):
         r = s.writeback("default", **body)
         assert r.status_code == 400, (body, r.text)
-    assert s.writeback("nosuchpool", type="idle").status_code == 404
+    assert s.writeback("nosuchpool", type="idle", idle_seconds=0).status_code == 404
     assert s.http.post("/v1/pools/default/writeback").status_code == 400  # a type is needed
     assert s.http.delete("/v1/pools/plain").status_code == 204
 
@@ -482,14 +485,14 @@ def test_the_serve_flags_give_default_its_backing_file_and_wire_stats_carry_bd_s
     page = text_page(77)
     with Client(f"unix://{s.wire}") as wire:
         (h,) = wire.store([page])
-        assert s.writeback("default", type="idle").json()["written_back"] >= 1
+        assert s.writeback("default", type="idle", idle_seconds=0).json()["written_back"] >= 1
         assert wire.load([h]) == [page]
         st = wire.stats("default")
         assert st["bd_stat"]["bd_count"] >= 1 and st["bd_stat"]["bd_reads"] >= 1
         assert st["backing"]["file"] == str(s.outside / "default.swap")
         assert st["backing"]["slots"] == 256  # --backing-size 1M
         with pytest.raises(ZswapdError, match="not part of the wire protocol; use the HTTP"):
-            wire.writeback("default", type="idle")
+            wire.writeback("default", type="idle", idle_seconds=0)
 
 
 def test_delete_removes_a_clients_file_and_keeps_the_operators(served: Served) -> None:
@@ -528,6 +531,7 @@ def test_client_backing_files_outside_the_dir_are_refused_and_nothing_is_created
         "symlink as the file": "last.swap",
         "existing file": "existing.swap",
         "directory": "sub",
+        "a subdirectory": "sub/n.swap",
         "empty": "",
     }
     for what, name in cases.items():
@@ -545,11 +549,18 @@ def test_client_backing_files_outside_the_dir_are_refused_and_nothing_is_created
     assert _client_files(s) == before
     assert list(victim_dir.iterdir()) == [] and not (s.outside / "victim.swap").exists()
     assert existing.read_bytes() == b"the operator's bytes"
-    # A path under the directory, through real directories, is a client's to name.
-    r = s.put("nested", backing_file="sub/n.swap", backing_size=PAGE)
-    assert r.status_code == 201, r.text
-    assert s.http.delete("/v1/pools/nested").status_code == 204
+    # A lone surrogate (JSON's \udcff) is no file name: 400, no pool, no file.
+    r = s.http.put(
+        "/v1/pools/evil",
+        content=b'{"backing_file": "\\udcff", "backing_size": 4096}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400 and r.json()["error"] == "bad_config", r.text
+    assert "evil" not in s.http.get("/v1/pools").json()["pools"]
     assert _client_files(s) == before
+    # Bare names only: a subdirectory could be swapped for a symlink between
+    # the file's creation and its removal (hostile review).
+    assert list((s.backing_dir / "sub").iterdir()) == []
     for planted in ("existing.swap", "link", "last.swap"):
         (s.backing_dir / planted).unlink()
     (s.backing_dir / "sub").rmdir()
@@ -623,8 +634,8 @@ def test_shutdown_removes_clients_files_without_state_dir_and_keeps_the_operator
             c.create_pool("p", backing_file="p.swap", backing_size=16 * PAGE)
             c.store([text_page(i) for i in range(4)], pool="p")
             c.store([text_page(i) for i in range(4)])
-            assert c.writeback("p", type="idle")["written_back"] == 4
-            assert c.writeback("default", type="idle")["written_back"] == 4
+            assert c.writeback("p", type="idle", idle_seconds=0)["written_back"] == 4
+            assert c.writeback("default", type="idle", idle_seconds=0)["written_back"] == 4
     finally:
         assert d.stop() == 0
     # Nothing could read the client's pages again: gone.  The operator's file stays.
@@ -666,6 +677,10 @@ def test_a_backing_dir_others_can_write_stops_the_daemon(tmp_path: Path) -> None
         (["--writeback", "lru"], 'writeback "lru" needs a backing_file'),
         (["--backing-file", "{tmp}/f.swap"], "give its backing_size"),
         (["--backing-file", "{tmp}/f.swap", "--backing-size", "1000"], "4096-byte slots"),
+        # A client could name a file the next start reads, or deletes, as state.
+        (["--backing-dir", "{tmp}/bd", "--state-dir", "{tmp}/bd"], "overlap"),
+        (["--backing-dir", "{tmp}/bd", "--state-dir", "{tmp}/bd/state"], "overlap"),
+        (["--backing-dir", "{tmp}/st/bd", "--state-dir", "{tmp}/st"], "overlap"),
     ],
 )
 def test_bad_backing_settings_stop_the_daemon_at_start(
@@ -739,7 +754,7 @@ def test_written_back_pages_survive_a_restart_and_a_changed_file_is_caught(
         with Client(d.url) as c:
             c.create_pool("keep", backing_file="keep.swap", backing_size=64 * PAGE)
             handles = c.store(pages, pool="keep")
-            assert c.writeback("keep", type="idle")["written_back"] == len(pages)
+            assert c.writeback("keep", type="idle", idle_seconds=0)["written_back"] == len(pages)
             handles += c.store(later, pool="keep")
     finally:
         assert d.stop() == 0
