@@ -16,8 +16,10 @@ from zswapd.cli_client import (
     cmd_free,
     cmd_pools,
     cmd_push,
+    cmd_recompress,
     cmd_stats,
     cmd_writeback,
+    idle_seconds_problem,
     pool_flags,
     run_client_command,
 )
@@ -314,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
     pools.add_argument(
         "--no-writeback-limit", action="store_true", help="set: lift the writeback limit"
     )
+    pools.add_argument(
+        "--accept-threshold-percent",
+        type=int,
+        metavar="N",
+        help="zswap's hysteresis: once full, refuse (manual) or write back (lru) until "
+        "below N%% of the limit (0-100)",
+    )
+    pools.add_argument(
+        "--recompress-algo", metavar="NAME", help="create: zram's recomp_algorithm, e.g. zstd"
+    )
+    pools.add_argument("--recompress-level", type=int, metavar="N", help="create: its level")
     pools.set_defaults(func=cmd_pools)
 
     writeback = client_parser("writeback", "write pages back to a pool's backing file")
@@ -327,11 +340,35 @@ def build_parser() -> argparse.ArgumentParser:
     writeback.add_argument(
         "--idle-seconds",
         type=float,
-        help="idle, huge_idle: not used for this long (0: every page, zram's all)",
+        metavar="N",
+        help="idle, huge_idle (required): not stored or loaded for N seconds (0: all)",
     )
     writeback.add_argument("--max-pages", type=int, help="write at most this many")
-    writeback.add_argument("--json", action="store_true", help="print the JSON answer")
+    writeback.add_argument(
+        "--json", action="store_true", help="print the JSON answer (exit 1 if it stopped early)"
+    )
     writeback.set_defaults(func=cmd_writeback)
+
+    recompress = client_parser(
+        "recompress", "recompress a pool's huge or idle pages with a secondary algorithm"
+    )
+    recompress.add_argument("--pool", default="default")
+    recompress.add_argument(
+        "--type", required=True, choices=["huge", "idle", "huge_idle"], help="which pages (zram's)"
+    )
+    recompress.add_argument("--algo", help="secondary algorithm (default: the pool's)")
+    recompress.add_argument("--level", type=int, help="its level")
+    recompress.add_argument(
+        "--idle-seconds",
+        type=float,
+        metavar="N",
+        help="idle, huge_idle (required): not stored or loaded for N seconds (0: all)",
+    )
+    recompress.add_argument(
+        "--threshold", type=int, metavar="BYTES", help="keep only results smaller than this"
+    )
+    recompress.add_argument("--json", action="store_true", help="print the JSON answer")
+    recompress.set_defaults(func=cmd_recompress)
 
     bench = sub.add_parser(
         "bench",
@@ -471,10 +508,15 @@ def _add_pool_flags(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("push", "fetch", "free", "stats", "pools", "writeback"):
+    if args.command in ("push", "fetch", "free", "stats", "pools", "writeback", "recompress"):
         if args.command == "pools" and args.action != "list" and not args.name:
             print(f"zswapd pools {args.action}: a pool name is needed", file=sys.stderr)
             return 2
+        if args.command in ("writeback", "recompress"):
+            problem = idle_seconds_problem(args.type, args.idle_seconds)
+            if problem is not None:  # before any request: nothing is asked of the daemon
+                print(f"zswapd {args.command}: {problem}", file=sys.stderr)
+                return 2
         return run_client_command(args)
     code: int = args.func(args)
     return code

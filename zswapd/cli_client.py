@@ -32,9 +32,11 @@ __all__ = [
     "cmd_free",
     "cmd_pools",
     "cmd_push",
+    "cmd_recompress",
     "cmd_stats",
     "cmd_writeback",
     "format_classes",
+    "idle_seconds_problem",
     "pool_flags",
     "run_client_command",
 ]
@@ -226,17 +228,23 @@ def cmd_pools(args: argparse.Namespace) -> int:
                 print(name)
         elif args.action == "create":
             config = {k: v for k, v in pool_flags(args).items() if v is not None}
+            config.update(_pool_extras(args))
             result = client.create_pool(args.name, **config)
             print(json.dumps(result, indent=2))
         elif args.action == "set":
+            if args.recompress_algo is not None or args.recompress_level is not None:
+                raise ConfigError(
+                    "pools set: the recompression algorithm is set when the pool is created"
+                )
             live = ("limit_bytes", "huge_policy", "writeback_limit")
             changes = {k: v for k, v in pool_flags(args).items() if k in live and v is not None}
+            changes.update(_pool_extras(args))
             if args.no_writeback_limit:
                 changes["writeback_limit"] = None
             if not changes:
                 raise ConfigError(
-                    "pools set: give --pool-limit, --huge-policy, --writeback-limit "
-                    "or --no-writeback-limit"
+                    "pools set: give --pool-limit, --huge-policy, --accept-threshold-percent, "
+                    "--writeback-limit or --no-writeback-limit"
                 )
             result = client.update_pool(args.name, **changes)
             print(json.dumps(result, indent=2))
@@ -246,15 +254,51 @@ def cmd_pools(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pool_extras(args: argparse.Namespace) -> dict[str, Any]:
+    """The pools-only settings given (zswap's hysteresis, zram's recomp_algorithm)."""
+    extras = {
+        "accept_threshold_percent": args.accept_threshold_percent,
+        "recompress_algo": args.recompress_algo,
+        "recompress_level": args.recompress_level,
+    }
+    return {k: v for k, v in extras.items() if v is not None}
+
+
+# The types whose pages are picked by idleness: zram marks pages idle first
+# (``echo all > idle`` or ``echo N > idle``), so the age is part of the request.
+IDLE_TYPES = ("idle", "huge_idle")
+
+
+def idle_seconds_problem(type: str, idle_seconds: float | None) -> str | None:
+    """Why ``--idle-seconds`` does not fit ``--type`` (None: it fits).
+
+    Required for the idle types (0: every page, zram's ``all``): a default would
+    silently write back or recompress every page.  Refused for the others, which
+    would ignore it.
+    """
+    if type in IDLE_TYPES:
+        if idle_seconds is None:
+            return f"--type {type} needs --idle-seconds N (0: every page, zram's 'all')"
+        if idle_seconds < 0:
+            return f"--idle-seconds must be 0 or more, not {idle_seconds:g}"
+    elif idle_seconds is not None:
+        return f"--idle-seconds is for --type {' or '.join(IDLE_TYPES)}, not {type}"
+    return None
+
+
 def cmd_writeback(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.writeback(
-            args.pool, type=args.type, idle_seconds=args.idle_seconds, max_pages=args.max_pages
+            args.pool,
+            type=args.type,
+            idle_seconds=args.idle_seconds,
+            max_pages=args.max_pages,
         )
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
-        return 0
+        # As the text mode: a writeback that stopped early failed (zram answers EIO).
+        return 0 if result["stopped"] is None else 1
     limit = result["writeback_limit"]
     print(
         f"wrote back {result['written_back']} of {result['candidates']} {args.type} pages "
@@ -263,6 +307,27 @@ def cmd_writeback(args: argparse.Namespace) -> int:
     if result["stopped"] is not None:
         print(f"stopped early: {result['stopped']}: {result['error'] or 'limit reached'}")
         return 1
+    return 0
+
+
+def cmd_recompress(args: argparse.Namespace) -> int:
+    """zram's ``recompress``: huge and/or idle pages with a secondary algorithm."""
+    params: dict[str, Any] = {"type": args.type}
+    if args.idle_seconds is not None:
+        params["idle_seconds"] = args.idle_seconds
+    optional = {"algo": args.algo, "level": args.level, "threshold": args.threshold}
+    params.update({k: v for k, v in optional.items() if v is not None})
+    with _client(args) as client:
+        result = client.recompress(args.pool, **params)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+        return 0
+    print(
+        f"recompressed {result['recompressed']} of {result['candidates']} {args.type} pages "
+        f"of pool {args.pool!r}: {result['bytes_saved']} bytes saved, "
+        f"{result['not_smaller']} not smaller, {result['alloc_failed']} allocation failures"
+    )
     return 0
 
 

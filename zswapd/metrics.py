@@ -15,7 +15,9 @@ and nothing appears or vanishes when a pool gains a file.  Loads by source
 split ``zswapd_pages_total{op="load"}``: ``same`` (a same-filled word),
 ``backing`` (read back from the file, verified: bd_reads) and ``pool`` (the
 rest, decompressed from memory); the pool counts a written-back page as loaded
-only once read back, with bd_reads, so ``pool`` never goes down.
+only once read back, with bd_reads, so ``pool`` never goes down.  A pool's
+writeback mode is an info-style series (``zswapd_pool_writeback_info``) so
+that rules can leave out lru pools, which sit near their limit by design.
 """
 
 from __future__ import annotations
@@ -174,15 +176,26 @@ class PoolCollector(Collector):
         pages = CounterMetricFamily(
             "zswapd_pages", "Pages stored, loaded and freed, by operation.", labels=["pool", "op"]
         )
+        # zswap's pool_limit_hit as the stats give it: an lru pool counts the hits
+        # it answered by writing back too, so this is not a count of refusals
+        # (zswapd_rejected_pages_total{reason="pool_limit"} is).
+        limit_hit = CounterMetricFamily(
+            "zswapd_pool_limit_hit",
+            "Times a store found the pool at its limit (zswap's pool_limit_hit), "
+            "lru pools' write-backs included.",
+            labels=["pool"],
+        )
         for name, stats in snapshots:
             counts = stats["counters"]
             pages.add_metric([name, "store"], counts["stored_pages_total"])
             pages.add_metric([name, "load"], counts["loaded_pages_total"])
             pages.add_metric([name, "free"], counts["freed_pages_total"])
+            limit_hit.add_metric([name], stats["zswap"]["pool_limit_hit"])
         yield compacted
         yield rejected
         yield refused
         yield pages
+        yield limit_hit
 
     @staticmethod
     def _backing_metrics(snapshots: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
@@ -213,6 +226,21 @@ class PoolCollector(Collector):
             "read back that failed its checksum, not served).",
             labels=["pool", "kind"],
         )
+        # Info-style: one series a pool, its mode as a label.  An lru pool settles
+        # at 90-100% of its limit by design, so alerts on the limit need to tell
+        # it apart (the mode is fixed at creation: the series never changes label).
+        mode = GaugeMetricFamily(
+            "zswapd_pool_writeback_info",
+            "A pool's writeback mode: none (no backing file), manual (zram) or lru (zswap).",
+            labels=["pool", "mode"],
+        )
+        # -1 when unset, rather than no series: nothing appears or vanishes when
+        # the limit is set or lifted live, and "== 0" still means "used up".
+        limit_left = GaugeMetricFamily(
+            "zswapd_writeback_limit_pages",
+            "Pages manual writeback may still write (zram's writeback_limit); -1 = no limit.",
+            labels=["pool"],
+        )
         loaded = CounterMetricFamily(
             "zswapd_loaded_pages",
             "Pages loaded, by where they were served: pool (memory), backing (the file), "
@@ -222,6 +250,9 @@ class PoolCollector(Collector):
         for name, stats in snapshots:
             bd, counts, backing = stats["bd_stat"], stats["counters"], stats["backing"]
             pages.add_metric([name], bd["bd_count"])
+            mode.add_metric([name, "none" if backing is None else backing["writeback"]], 1)
+            left = stats["config"]["writeback_limit"]
+            limit_left.add_metric([name], -1 if left is None else left)
             size.add_metric([name], 0 if backing is None else backing["size"])
             io.add_metric([name, "read"], bd["bd_reads"])
             io.add_metric([name, "write"], bd["bd_writes"])
@@ -233,7 +264,7 @@ class PoolCollector(Collector):
             loaded.add_metric([name, "pool"], from_memory)
             loaded.add_metric([name, "backing"], bd["bd_reads"])
             loaded.add_metric([name, "same"], same)
-        yield from (pages, size, io, written_back, errors, loaded)
+        yield from (pages, size, io, written_back, errors, loaded, mode, limit_left)
 
     @staticmethod
     def _class_metrics(
@@ -290,9 +321,12 @@ class DeviceCollector(Collector):
         size = GaugeMetricFamily(
             "zswapd_device_size_bytes", "A block device's size (disksize).", labels=["pool"]
         )
+        # bd_count is a level (it falls as pages are read back and freed), not a
+        # counter: it is zswapd_backing_pages{pool=DEV}, so only the counters here.
         bd = CounterMetricFamily(
             "zswapd_device_bd",
-            "zram's bd_stat of a block device, in pages (its pool's zswapd_backing_* too).",
+            "zram's bd_stat reads and writes of a block device, in pages (bd_count: "
+            "zswapd_backing_pages).",
             labels=["pool", "kind"],
         )
         for name in self.devices.names():
@@ -303,8 +337,9 @@ class DeviceCollector(Collector):
             size.add_metric([name], dev.size)
             for kind, value in vars(dev.io).items():
                 io.add_metric([name, kind], value)
-            for kind, value in dev.pool.bd_stat().items():
-                bd.add_metric([name, kind], value)
+            bd_stat = dev.pool.bd_stat()
+            for kind in ("bd_reads", "bd_writes"):
+                bd.add_metric([name, kind], bd_stat[kind])
         yield from (io, size, bd)
 
 

@@ -376,6 +376,8 @@ def test_device_writeback_over_http_reads_back_identical_bd_stat_exact(
         metrics = h.get("/metrics").text
         assert 'zswapd_device_bd_total{kind="bd_reads",pool="zram0"} 16.0' in metrics
         assert 'zswapd_device_bd_total{kind="bd_writes",pool="zram0"} 12.0' in metrics
+        assert 'kind="bd_count"' not in metrics  # a level: zswapd_backing_pages{pool="zram0"}
+        assert 'zswapd_backing_pages{pool="zram0"} 12.0' in metrics
         # Bad requests: a clear 400, nothing written.
         for body in ({"type": "sideways"}, {"max_pages": 0}, {"idle_seconds": -1}, {"x": 1}):
             r = h.post("/v1/devices/zram0/writeback", json=body)

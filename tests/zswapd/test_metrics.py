@@ -311,6 +311,92 @@ def test_a_devices_bd_stat_is_its_pools(tmp_path: Path) -> None:
     assert dev.pool.writeback("huge")["written_back"] == 6
     assert dev.read(4096, 4096) == random_page(1)  # read back from the file
     got = _samples(Metrics(reg, devices))
-    for kind, value in {"bd_count": 6, "bd_reads": 1, "bd_writes": 6}.items():
+    for kind, value in {"bd_reads": 1, "bd_writes": 6}.items():
         assert got[("zswapd_device_bd_total", (("kind", kind), ("pool", "zram0")))] == value
+    # bd_count is a level, not a counter: it is the pool's backing pages.
+    assert ("zswapd_device_bd_total", (("kind", "bd_count"), ("pool", "zram0"))) not in got
     assert got[("zswapd_backing_pages", (("pool", "zram0"),))] == 6
+    dev.trim(0, 4096)  # a written-back block discarded: the level falls
+    assert _samples(Metrics(reg, devices))[("zswapd_backing_pages", (("pool", "zram0"),))] == 5
+
+
+def test_writeback_mode_limit_hits_and_writeback_limit_match_the_stats_route(
+    tmp_path: Path,
+) -> None:
+    """A real daemon with an lru pool, a manual one with a writeback_limit and one
+    without a file: the mode, zswap's pool_limit_hit and zram's writeback_limit
+    left are the stats route's, and a lifted limit reads -1."""
+    import shutil
+    import subprocess
+
+    import httpx
+
+    from tests.zswapd.daemon import start_daemon
+
+    config = tmp_path / "zswapd.toml"
+    config.write_text(
+        "[pools.spill]\n"
+        'compressor = "lz4"\n'
+        f"limit = {24 * 4096}\n"
+        f'backing_file = "{tmp_path / "spill.bin"}"\n'
+        f"backing_size = {256 * 4096}\n"
+        'writeback = "lru"\n'
+        "[pools.wb]\n"
+        'compressor = "lz4"\n'
+        f"limit = {8 * 4096}\n"
+        f'backing_file = "{tmp_path / "wb.bin"}"\n'
+        f"backing_size = {64 * 4096}\n"
+        "writeback_limit = 5\n"
+    )
+    d = start_daemon("--config", str(config))
+
+    def scrape(c: httpx.Client) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+        body = c.get("/metrics").text
+        got = {}
+        for fam in text_string_to_metric_families(body):
+            for s in fam.samples:
+                got[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return body, got
+
+    try:
+        with httpx.Client(base_url=d.url, timeout=30) as c:
+            for i in range(40):  # past spill's limit: written back, not refused
+                r = c.post("/v1/pools/spill/pages", content=random_page(i))
+                assert r.status_code == 201, r.text
+            refused = 0
+            for i in range(12):  # past wb's limit (manual): refused with 507
+                r = c.post("/v1/pools/wb/pages", content=random_page(100 + i))
+                refused += r.status_code == 507
+            assert refused > 0
+            r = c.post("/v1/pools/wb/writeback", json={"type": "huge", "max_pages": 3})
+            assert r.status_code == 200 and r.json()["writeback_limit"] == 2, r.text
+            stats = {p: c.get(f"/v1/pools/{p}/stats").json() for p in ("spill", "wb", "default")}
+            body, got = scrape(c)
+            r = c.patch("/v1/pools/wb", json={"writeback_limit": None})
+            assert r.status_code == 200, r.text
+            _, lifted = scrape(c)
+    finally:
+        d.stop()
+    assert stats["spill"]["zswap"]["pool_limit_hit"] > 0
+    assert stats["wb"]["zswap"]["pool_limit_hit"] >= refused
+    for pool, mode in {"spill": "lru", "wb": "manual", "default": "none"}.items():
+        p = (("pool", pool),)
+        assert got[("zswapd_pool_writeback_info", (("mode", mode), *p))] == 1
+        modes = [
+            dict(k[1])["mode"]
+            for k in got
+            if k[0] == "zswapd_pool_writeback_info" and dict(k[1])["pool"] == pool
+        ]
+        assert modes == [mode]  # one series a pool
+        hits = stats[pool]["zswap"]["pool_limit_hit"]
+        assert got[("zswapd_pool_limit_hit_total", p)] == hits
+    assert got[("zswapd_writeback_limit_pages", (("pool", "wb"),))] == 2
+    assert got[("zswapd_writeback_limit_pages", (("pool", "spill"),))] == -1
+    assert got[("zswapd_writeback_limit_pages", (("pool", "default"),))] == -1
+    assert lifted[("zswapd_writeback_limit_pages", (("pool", "wb"),))] == -1
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        out = subprocess.run(
+            [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stdout + out.stderr

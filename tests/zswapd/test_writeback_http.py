@@ -9,6 +9,7 @@ part); the restart and start-up refusals start their own.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import threading
@@ -350,23 +351,11 @@ def test_writeback_and_stats_from_the_command_line(
     code, out, err = _cli(capsys, "pools", "set", "cli", "--url", url, "--writeback-limit", "0")
     assert code == 0, err
     assert '"writeback_limit": 0' in out
-    code, out, err = _cli(
-        capsys,
-        "writeback",
-        "--url",
-        url,
-        "--pool",
-        "cli",
-        "--type",
-        "idle",
-        "--idle-seconds",
-        "0",
-        "--json",
-    )
-    assert '"stopped": "writeback_limit"' in out
-    code, out, err = _cli(
-        capsys, "writeback", "--url", url, "--pool", "cli", "--type", "idle", "--idle-seconds", "0"
-    )
+    idle = ("writeback", "--url", url, "--pool", "cli", "--type", "idle", "--idle-seconds", "0")
+    code, out, err = _cli(capsys, *idle, "--json")
+    # The JSON answer too: a writeback that stopped early failed (zram answers EIO).
+    assert code == 1 and '"stopped": "writeback_limit"' in out
+    code, out, err = _cli(capsys, *idle)
     assert code == 1 and "stopped early: writeback_limit" in out
     # A pool without a backing file: no backing line, and writeback a clear error.
     assert s.put("plain2").status_code == 201
@@ -376,6 +365,114 @@ def test_writeback_and_stats_from_the_command_line(
     assert code == 1 and "pool 'plain2' has no backing file" in err
     for name in ("cli", "plain2"):
         assert s.http.delete(f"/v1/pools/{name}").status_code == 204
+
+
+def test_idle_seconds_is_required_for_the_idle_types_and_refused_for_the_others(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """zram marks pages idle before an idle writeback or recompress: the age is
+    part of the request, never a silent "every page"; bad flags ask nothing."""
+    s = served
+    url = s.daemon.url
+    assert (
+        s.put("idl", compressor="lz4", backing_file="idl.swap", backing_size=PAGE * 16).status_code
+        == 201
+    )
+    s.store("idl", [text_page(70 + i) for i in range(4)] + [random_page(70)])
+    wanted = "needs --idle-seconds N (0: every page, zram's 'all')"
+    for argv, problem in [
+        (("writeback", "--type", "idle"), f"--type idle {wanted}"),
+        (("writeback", "--type", "huge_idle", "--json"), f"--type huge_idle {wanted}"),
+        (("writeback", "--type", "huge", "--idle-seconds", "0"), "not huge"),
+        (("writeback", "--type", "lru", "--idle-seconds", "5"), "not lru"),
+        (("writeback", "--type", "idle", "--idle-seconds", "-1"), "0 or more, not -1"),
+        (("recompress", "--type", "idle"), f"--type idle {wanted}"),
+        (("recompress", "--type", "huge", "--idle-seconds", "0"), "not huge"),
+    ]:
+        code, out, err = _cli(capsys, *argv, "--url", url, "--pool", "idl")
+        assert code == 2 and out == "", (argv, out)
+        assert err.startswith(f"zswapd {argv[0]}: ") and err.count("\n") == 1, err
+        assert problem in err, (argv, err)
+    assert s.stats("idl")["bd_stat"] == {"bd_count": 0, "bd_reads": 0, "bd_writes": 0}
+    # 0 is zram's "all"; a long age picks nothing yet.
+    code, out, err = _cli(
+        capsys,
+        "writeback",
+        "--url",
+        url,
+        "--pool",
+        "idl",
+        "--type",
+        "idle",
+        "--idle-seconds",
+        "3600",
+    )
+    assert code == 0 and "wrote back 0 of 0 idle pages" in out, err
+    code, out, err = _cli(
+        capsys, "writeback", "--url", url, "--pool", "idl", "--type", "idle", "--idle-seconds", "0"
+    )
+    assert code == 0 and "wrote back 5 of 5 idle pages" in out, err
+    assert s.http.delete("/v1/pools/idl").status_code == 204
+
+
+def test_pools_create_and_set_take_the_threshold_and_recompression_flags(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = served
+    url = s.daemon.url
+    code, out, err = _cli(
+        capsys,
+        *("pools", "create", "rc", "--url", url, "--compressor", "lz4"),
+        *("--accept-threshold-percent", "80", "--recompress-algo", "zstd"),
+        *("--recompress-level", "19"),
+    )
+    assert code == 0, err
+    config = s.stats("rc")["config"]
+    assert config["accept_threshold_percent"] == 80
+    assert (config["recompress_algo"], config["recompress_level"]) == ("zstd", 19)
+    code, out, err = _cli(
+        capsys, "pools", "set", "rc", "--url", url, "--accept-threshold-percent", "50"
+    )
+    assert code == 0 and '"accept_threshold_percent": 50' in out, err
+    assert s.stats("rc")["config"]["accept_threshold_percent"] == 50
+    # Refused, one line each, the pool as it was.
+    for argv in [
+        ("pools", "set", "rc", "--accept-threshold-percent", "101"),
+        ("pools", "set", "rc", "--recompress-algo", "lz4"),
+        ("pools", "create", "rc2", "--recompress-algo", "nosuchalgo"),
+    ]:
+        code, out, err = _cli(capsys, *argv, "--url", url)
+        assert code == 1 and err.startswith("zswapd pools: ") and err.count("\n") == 1, (argv, err)
+    assert s.stats("rc")["config"] == {**config, "accept_threshold_percent": 50}
+    assert "rc2" not in s.http.get("/v1/pools").json()["pools"]
+    assert s.http.delete("/v1/pools/rc").status_code == 204
+
+
+def test_recompress_from_the_command_line(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = served
+    url = s.daemon.url
+    assert s.put("rcc", compressor="lz4", recompress_algo="zstd").status_code == 201
+    handles = s.store("rcc", [poor_page(80 + i) for i in range(3)] + [text_page(80)])
+    assert s.stats("rcc")["mm_stat"]["huge_pages"] == 3
+    code, out, err = _cli(
+        capsys, "recompress", "--url", url, "--pool", "rcc", "--type", "huge", "--json"
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["candidates"] == result["recompressed"] == 3 and result["bytes_saved"] > 0
+    assert s.stats("rcc")["mm_stat"]["huge_pages"] == 0
+    assert s.load("rcc", handles) == [poor_page(80 + i) for i in range(3)] + [text_page(80)]
+    code, out, err = _cli(
+        capsys,
+        *("recompress", "--url", url, "--pool", "rcc", "--type", "idle", "--idle-seconds", "0"),
+        *("--algo", "zstd", "--level", "3", "--threshold", "4000"),
+    )
+    assert code == 0 and "of 1 idle pages of pool 'rcc'" in out, err
+    code, out, err = _cli(capsys, "recompress", "--url", url, "--pool", "nosuch", "--type", "huge")
+    assert code == 1 and err.startswith("zswapd recompress: 404"), err
+    assert s.http.delete("/v1/pools/rcc").status_code == 204
 
 
 # -- the operator's files, the serve flags, the wire protocol ---------------------------
