@@ -179,7 +179,7 @@ class TierMachine(RuleBasedStateMachine):
         horizon = self.now() - idle_seconds
         if type == "lru":
             picked = list(self.lru)[: max_pages or len(self.lru)]
-            candidates = len(picked)
+            candidates = len(self.lru)  # the pages on the LRU, before max_pages
         else:
             picked = []
             for h in self.by_slot():
