@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,13 +22,15 @@ from zswapd.cli_client import (
     cmd_writeback,
     idle_seconds_problem,
     pool_flags,
-    run_client_command,
 )
 from zswapd.corpus import load_pages
 from zswapd.errors import ZswapdError
 from zswapd.settings import DEFAULT_HTTP
 
 __all__ = ["main"]
+
+# The commands that talk to a running daemon (HTTP or the wire protocol).
+CLIENT_COMMANDS = ("push", "fetch", "free", "stats", "pools", "writeback", "recompress")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -290,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--pid", type=int, help="push the pages swap would see in this process")
     push.add_argument("--pool", default="default")
     push.add_argument("-o", "--out", help="handles file (default: zswapd-POOL.handles)")
+    push.add_argument(
+        "--force", action="store_true", help="replace an existing handles file (default: refuse)"
+    )
     push.set_defaults(func=cmd_push)
 
     fetch = client_parser("fetch", "restore pages from a handles file")
@@ -506,9 +512,76 @@ def _add_pool_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--writeback-limit", type=int, metavar="PAGES", help="zram's writeback_limit")
 
 
+# The exit status after stdout's reader went away (``zswapd stats | head``):
+# 128 + SIGPIPE, what a shell reports for a Unix tool killed by SIGPIPE, so a
+# pipeline under ``set -o pipefail`` sees it as it would for ``grep | head``.
+EXIT_BROKEN_PIPE = 141
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll says POLLERR)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: its message and any notes added on the way up."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return "; ".join([text, *getattr(exc, "__notes__", [])])
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command, mapping every failure a user can meet to one line on stderr.
+
+    The one place for it: any client command (HTTP or wire), serve and bench.
+    A daemon that cannot be reached, a ZswapdError (the daemon's answer or a
+    check here), an OSError (a file, a socket) each print ``zswapd CMD: why``
+    and exit 1; a reader of stdout that went away (``| head``) ends the command
+    silently with EXIT_BROKEN_PIPE (in main); Ctrl-C exits 130 without a traceback.
+    """
+    import httpx
+
+    def fail(why: str) -> int:
+        print(f"zswapd {args.command}: {why}", file=sys.stderr)
+        return 1
+
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here, not at exit
+        return code
+    except BrokenPipeError as exc:
+        if _stdout_gone():
+            raise  # our reader left: main ends quietly
+        return fail(_one_line(exc))  # a socket, not our reader
+    except httpx.ConnectError as exc:
+        return fail(f"cannot connect to {getattr(args, 'url', 'the daemon')}: {_one_line(exc)}")
+    except httpx.HTTPError as exc:
+        return fail(f"{getattr(args, 'url', 'the daemon')}: {_one_line(exc)}")
+    except (ZswapdError, OSError) as exc:
+        return fail(_one_line(exc))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # ``zswapd stats | head``, ``zswapd --help | head``
+        # Python flushes stdout again at exit and would complain there: send it nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("push", "fetch", "free", "stats", "pools", "writeback", "recompress"):
+    if args.command in CLIENT_COMMANDS:
         if args.command == "pools" and args.action != "list" and not args.name:
             print(f"zswapd pools {args.action}: a pool name is needed", file=sys.stderr)
             return 2
@@ -517,9 +590,7 @@ def main(argv: list[str] | None = None) -> int:
             if problem is not None:  # before any request: nothing is asked of the daemon
                 print(f"zswapd {args.command}: {problem}", file=sys.stderr)
                 return 2
-        return run_client_command(args)
-    code: int = args.func(args)
-    return code
+    return _dispatch(args)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,9 +24,9 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from zswapd.client import Client
-from zswapd.errors import ConfigError, ZswapdError
+from zswapd.errors import ConfigError
 from zswapd.pool import PAGE_SIZE
-from zswapd.procmem import ProcessPages
+from zswapd.procmem import ProcessPages, read_maps
 
 __all__ = [
     "cmd_fetch",
@@ -38,7 +39,6 @@ __all__ = [
     "format_classes",
     "idle_seconds_problem",
     "pool_flags",
-    "run_client_command",
 ]
 
 HEADER = "# zswapd handles v1"
@@ -50,14 +50,14 @@ def _client(args: argparse.Namespace) -> Client:
     token_file = args.token_file or os.environ.get("ZSWAPD_TOKEN_FILE")
     if token_file:
         token = Path(token_file).read_text().strip()
-    return Client(args.url, token=token, batch_pages=args.batch_pages)
+    try:
+        return Client(args.url, token=token, batch_pages=args.batch_pages)
+    except ValueError as exc:  # a URL or --batch-pages that will not do
+        raise ConfigError(str(exc)) from exc
 
 
 def _file_pages(paths: list[str]) -> Iterator[tuple[bytes, str, str]]:
     for name in paths:
-        size = os.path.getsize(name)
-        if size % PAGE_SIZE:
-            raise ConfigError(f"{name}: {size} bytes is not a whole number of 4096-byte pages")
         with open(name, "rb") as f:
             offset = 0
             while page := f.read(PAGE_SIZE):
@@ -65,7 +65,24 @@ def _file_pages(paths: list[str]) -> Iterator[tuple[bytes, str, str]]:
                 offset += PAGE_SIZE
 
 
+def _check_files(paths: list[str]) -> int:
+    """The pages in ``paths``; raises before anything is stored if one will not do."""
+    total = 0
+    for name in paths:
+        size = os.path.getsize(name)
+        if size % PAGE_SIZE:
+            raise ConfigError(f"{name}: {size} bytes is not a whole number of 4096-byte pages")
+        total += size // PAGE_SIZE
+    return total
+
+
 def _pid_pages(pid: int) -> tuple[Iterator[tuple[bytes, str, str]], ProcessPages]:
+    try:  # fail here, before anything is stored, not at the first page
+        read_maps(pid)
+    except FileNotFoundError:
+        raise ConfigError(f"--pid {pid}: no such process") from None
+    except OSError as exc:
+        raise ConfigError(f"--pid {pid}: cannot read its memory map: {exc.strerror}") from exc
     source = ProcessPages(pid)
 
     def gen() -> Iterator[tuple[bytes, str, str]]:
@@ -75,34 +92,75 @@ def _pid_pages(pid: int) -> tuple[Iterator[tuple[bytes, str, str]], ProcessPages
     return gen(), source
 
 
+def _publish(tmp: Path, out: Path, force: bool) -> None:
+    """Make the finished temporary ``tmp`` the handles file ``out``, atomically.
+
+    Without ``force`` a link, which fails if ``out`` appeared meanwhile, so a
+    handles file is never replaced unasked even by a push running beside this one.
+    """
+    if force:
+        os.replace(tmp, out)
+    else:
+        try:
+            os.link(tmp, out)
+        except FileExistsError:
+            raise ConfigError(f"{out} exists; --force replaces it") from None
+        tmp.unlink()
+    dir_fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)
+
+
 def cmd_push(args: argparse.Namespace) -> int:
+    """Store pages; their handles file appears only once every store is acknowledged.
+
+    The handles go to a temporary file beside ``--out`` as each request is
+    answered, which is fsynced and renamed into place at the end.  If anything
+    fails on the way (a read, a refused store, Ctrl-C) the pages stored so far are
+    freed and the temporary removed: a push either leaves its handles file or
+    leaves nothing, neither file nor pages.  An existing handles file is kept
+    unless ``--force`` is given: losing it would orphan the pages it names.
+    """
     if bool(args.files) == (args.pid is not None):
         raise ConfigError("push takes FILE... or --pid PID, not both and not neither")
+    out = Path(args.out or f"zswapd-{args.pool}.handles")
+    if not args.force and out.exists():
+        raise ConfigError(f"{out} exists; --force replaces it (its pages stay stored)")
     if args.pid is not None:
         pages, proc = _pid_pages(args.pid)
         total = None
     else:
+        total = _check_files(args.files)
         pages, proc = _file_pages(args.files), None
-        total = sum(os.path.getsize(f) for f in args.files) // PAGE_SIZE
-    out = Path(args.out or f"zswapd-{args.pool}.handles")
     with _client(args) as client:
         before = client.stats(args.pool)["mm_stat"]
-        stored = 0
-        with (
-            out.open("w") as handles_file,
-            tqdm(total=total, unit="page", disable=args.quiet or None, file=sys.stderr) as bar,
-        ):
-            handles_file.write(f"{HEADER} pool={args.pool}\n")
-            chunk: list[tuple[bytes, str, str]] = []
-            for item in pages:
-                chunk.append(item)
-                if len(chunk) == CHUNK:
+        stored: list[int] = []
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        tmp = Path(tmp_name)
+        try:
+            with (
+                os.fdopen(fd, "w") as handles_file,
+                tqdm(total=total, unit="page", disable=args.quiet or None, file=sys.stderr) as bar,
+            ):
+                handles_file.write(f"{HEADER} pool={args.pool}\n")
+                chunk: list[tuple[bytes, str, str]] = []
+                for item in pages:
+                    chunk.append(item)
+                    if len(chunk) == CHUNK:
+                        stored += _push_chunk(client, args.pool, chunk, handles_file)
+                        bar.update(len(chunk))
+                        chunk = []
+                if chunk:
                     stored += _push_chunk(client, args.pool, chunk, handles_file)
                     bar.update(len(chunk))
-                    chunk = []
-            if chunk:
-                stored += _push_chunk(client, args.pool, chunk, handles_file)
-                bar.update(len(chunk))
+                handles_file.flush()
+                os.fsync(handles_file.fileno())
+            _publish(tmp, out, args.force)
+        except BaseException as exc:
+            _undo_push(client, args.pool, stored, tmp, exc)
+            raise
         after = client.stats(args.pool)["mm_stat"]
     same = after["same_pages"] - before["same_pages"]
     huge = after["huge_pages_since"] - before["huge_pages_since"]
@@ -111,8 +169,9 @@ def cmd_push(args: argparse.Namespace) -> int:
     compr = after["compr_data_size"] - before["compr_data_size"]
     ratio = f"{orig / mem:.2f}" if mem > 0 else "n/a"
     cratio = f"{orig / compr:.2f}" if compr > 0 else "n/a"
+    n = len(stored)
     print(
-        f"stored {stored} pages ({stored * PAGE_SIZE / 2**20:.1f} MiB) in pool {args.pool!r}: "
+        f"stored {n} pages ({n * PAGE_SIZE / 2**20:.1f} MiB) in pool {args.pool!r}: "
         f"{same} same-filled, {huge} huge; ratio {ratio} (orig/mem_used), "
         f"{cratio} (orig/compr); handles in {out}"
     )
@@ -121,10 +180,27 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _push_chunk(client: Client, pool: str, chunk: list[tuple[bytes, str, str]], out: TextIO) -> int:
+def _undo_push(client: Client, pool: str, stored: list[int], tmp: Path, exc: BaseException) -> None:
+    """Free what a failed push stored and drop its temporary handles file.
+
+    If the free fails too (the daemon went away), the temporary is kept and the
+    error says where: those handles are the only way to reach the pages.
+    """
+    if stored:
+        try:
+            client.free(stored, pool=pool)
+        except Exception:
+            exc.add_note(f"{len(stored)} pages stored before it are not freed: handles in {tmp}")
+            return
+    tmp.unlink(missing_ok=True)
+
+
+def _push_chunk(
+    client: Client, pool: str, chunk: list[tuple[bytes, str, str]], out: TextIO
+) -> list[int]:
     handles = client.store([page for page, _, _ in chunk], pool=pool)
     out.writelines(f"{h}\t{src}\t{off}\n" for h, (_, src, off) in zip(handles, chunk, strict=True))
-    return len(handles)
+    return handles
 
 
 def read_handles(path: str) -> tuple[list[int], str | None]:
@@ -149,10 +225,19 @@ def read_handles(path: str) -> tuple[list[int], str | None]:
 def cmd_fetch(args: argparse.Namespace) -> int:
     handles, pool = read_handles(args.handles)
     pool = args.pool or pool or "default"
-    with _client(args) as client, open(args.output, "wb") as out:
-        for i in tqdm(range(0, len(handles), 1024), unit="batch", disable=args.quiet or None):
-            for page in client.load(handles[i : i + 1024], pool=pool):
-                out.write(page)
+    output = Path(args.output)
+    # Into a temporary beside it, renamed at the end: a failed fetch leaves no
+    # half-written output (nor an empty one if the daemon is not there).
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with _client(args) as client, os.fdopen(fd, "wb") as out:
+            for i in tqdm(range(0, len(handles), 1024), unit="batch", disable=args.quiet or None):
+                for page in client.load(handles[i : i + 1024], pool=pool):
+                    out.write(page)
+        os.replace(tmp_name, output)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
     print(f"fetched {len(handles)} pages from pool {pool!r} into {args.output}")
     return 0
 
@@ -347,13 +432,3 @@ def pool_flags(args: argparse.Namespace) -> dict[str, Any]:
         "writeback": args.writeback,
         "writeback_limit": args.writeback_limit,
     }
-
-
-def run_client_command(args: argparse.Namespace) -> int:
-    """Dispatch, turning the errors a user can cause into one clear line."""
-    try:
-        code: int = args.func(args)
-        return code
-    except (ZswapdError, OSError) as exc:
-        print(f"zswapd {args.command}: {exc}", file=sys.stderr)
-        return 1

@@ -266,7 +266,10 @@ def fit_open_files(needed: int) -> None:
 
 def start_metrics_server(host: str, port: int, registry: Any) -> int:
     """prometheus-client's own small server for /metrics alone (a thread); its port."""
-    server, _thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
+    try:
+        server, _thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:  # a busy port: one line, as for the HTTP listener
+        raise ConfigError(f"--metrics: cannot listen on {host}:{port}: {exc.strerror}") from exc
     return int(server.server_address[1])
 
 

@@ -71,11 +71,22 @@ def start_daemon(*args: str, env: dict[str, str] | None = None, timeout: float =
     raise RuntimeError(f"zswapd serve did not start: {log} {buf!r}")
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(
+    *args: str, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``zswapd ARGS``; ``cwd`` for commands that write where they run (push's handles file).
+
+    The checkout is on PYTHONPATH, so any cwd runs this checkout's zswapd.
+    """
+    path = os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", "zswapd.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=cwd or CHECKOUT,
+        env={**os.environ, "PYTHONPATH": path},
     )

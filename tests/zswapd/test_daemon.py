@@ -407,8 +407,9 @@ def test_cli_push_fetch_free_stats_pools(
     assert missing.returncode == 1 and "no pool named" in missing.stderr
     bad = tmp_path / "bad.pages"
     bad.write_bytes(b"x" * 5000)
-    refused = run_cli("push", str(bad), *url)
+    refused = run_cli("push", str(bad), *url, cwd=tmp_path)  # never in the checkout
     assert refused.returncode == 1 and "whole number" in refused.stderr
+    assert not (tmp_path / "zswapd-default.handles").exists()
 
 
 def test_cli_push_pid(tcp_daemon: Daemon, tmp_path: Path) -> None:

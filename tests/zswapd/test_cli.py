@@ -1,0 +1,197 @@
+"""The command line as a user meets it: the real ``zswapd`` in a subprocess.
+
+Two promises.  ``push`` never loses handles: its handles file appears, whole,
+only after the daemon acknowledged every store; an existing one is kept unless
+``--force``; a push that fails leaves neither a file nor stored pages.  And every
+failure is one line on stderr with a non-zero exit, never a traceback, while a
+reader of stdout that goes away (``| head``) ends the command silently.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.zswapd.daemon import CHECKOUT, Daemon, run_cli, start_daemon
+from zswapd.client import Client
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    d = start_daemon()
+    yield d
+    assert d.stop() == 0
+
+
+def _orig(d: Daemon, pool: str) -> int:
+    with Client(d.url) as c:
+        return int(c.stats(pool)["mm_stat"]["orig_data_size"])
+
+
+def _one_line_failure(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+# -- push never loses handles ---------------------------------------------------------
+
+
+def test_push_refuses_to_overwrite_handles_without_force(daemon: Daemon, tmp_path: Path) -> None:
+    url = ["--url", daemon.url, "--quiet", "--pool", "keep"]
+    assert run_cli("pools", "create", "keep", "--url", daemon.url).returncode == 0
+    src = tmp_path / "a.pages"
+    src.write_bytes(b"".join(bytes([i + 1]) * 4096 for i in range(5)))
+    handles = tmp_path / "h"
+    assert run_cli("push", str(src), "-o", str(handles), *url).returncode == 0
+    first = handles.read_text()
+    again = run_cli("push", str(src), "-o", str(handles), *url)
+    _one_line_failure(again, str(handles), "--force")
+    assert handles.read_text() == first  # the first push's handles are still there
+    assert _orig(daemon, "keep") == 5 * 4096  # and the second stored nothing
+    forced = run_cli("push", str(src), "-o", str(handles), "--force", *url)
+    assert forced.returncode == 0, forced.stderr
+    assert handles.read_text() != first and len(handles.read_text().splitlines()) == 6
+    assert sorted(os.listdir(tmp_path)) == ["a.pages", "h"]  # no temporary left
+
+
+def test_push_rejected_file_leaves_no_file_and_stores_nothing(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.pages"
+    good.write_bytes(b"\x07" * 4096 * 3)
+    bad = tmp_path / "bad.pages"
+    bad.write_bytes(b"x" * 5000)
+    before = _orig(daemon, "default")
+    # The default handles file goes to the cwd: a directory of the test's own.
+    refused = run_cli("push", str(good), str(bad), "--url", daemon.url, cwd=tmp_path)
+    _one_line_failure(refused, "whole number")
+    assert sorted(os.listdir(tmp_path)) == ["bad.pages", "good.pages"]
+    assert _orig(daemon, "default") == before
+
+
+def test_push_bad_pid_leaves_no_file_and_stores_nothing(daemon: Daemon, tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that was a process and is none now
+    before = _orig(daemon, "default")
+    result = run_cli("push", "--pid", str(gone.pid), "--url", daemon.url, cwd=tmp_path)
+    _one_line_failure(result, str(gone.pid), "no such process")
+    assert os.listdir(tmp_path) == []
+    assert _orig(daemon, "default") == before
+
+
+def test_push_refused_midway_frees_what_it_stored(daemon: Daemon, tmp_path: Path) -> None:
+    with Client(daemon.url) as c:
+        c.create_pool("small", limit_bytes=2 << 20)
+    src = tmp_path / "random.pages"
+    src.write_bytes(os.urandom(4096 * 1000))  # 4 MiB of huge pages into a 2 MiB pool
+    handles = tmp_path / "h"
+    result = run_cli(
+        "push", str(src), "-o", str(handles), "--pool", "small", "--url", daemon.url, "--quiet"
+    )
+    _one_line_failure(result, "limit")
+    assert sorted(os.listdir(tmp_path)) == ["random.pages"]  # no handles, no temporary
+    assert _orig(daemon, "small") == 0  # the 256-page chunks stored before it are freed
+
+
+# -- every failure one line -----------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+CLIENT_ARGVS = [
+    ["push", "pages"],
+    ["fetch", "h", "-o", "out"],
+    ["free", "h"],
+    ["stats"],
+    ["pools", "list"],
+    ["pools", "create", "p"],
+    ["pools", "set", "p", "--pool-limit", "1M"],
+    ["pools", "remove", "p"],
+    ["writeback", "--type", "huge"],
+    ["recompress", "--type", "huge"],
+]
+
+
+@pytest.mark.parametrize("scheme", ["http", "http+unix", "unix"])
+@pytest.mark.parametrize("argv", CLIENT_ARGVS, ids=lambda a: "-".join(a[:2]))
+def test_client_command_without_daemon_is_one_line(
+    argv: list[str], scheme: str, tmp_path: Path
+) -> None:
+    (tmp_path / "pages").write_bytes(b"\1" * 4096)
+    (tmp_path / "h").write_text("# zswapd handles v1 pool=default\n1\tpages\t0\n")
+    url = {
+        "http": f"http://127.0.0.1:{_closed_port()}",
+        "http+unix": f"http+unix://{tmp_path}/none.sock",
+        "unix": f"unix://{tmp_path}/none.sock",
+    }[scheme]
+    result = run_cli(*argv, "--url", url, cwd=tmp_path, timeout=30)
+    _one_line_failure(result, f"zswapd {argv[0]}:", "cannot connect")
+    assert sorted(os.listdir(tmp_path)) == ["h", "pages"]  # push left no handles file
+
+
+def test_serve_on_busy_ports_is_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        metrics = run_cli("serve", "--http", "127.0.0.1:0", "--metrics", f"127.0.0.1:{port}")
+        _one_line_failure(metrics, "--metrics", str(port), "in use")
+        http = run_cli("serve", "--http", f"127.0.0.1:{port}")
+        _one_line_failure(http, str(port), "in use")
+
+
+def _into_closed_pipe(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """``zswapd ARGS`` with stdout a pipe whose reader is already gone."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "zswapd.cli", *args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            cwd=CHECKOUT,
+            env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["stats", "--all"], ["stats", "--json"], ["pools", "list"], ["--help"]],
+    ids=lambda a: "-".join(a),
+)
+def test_output_into_closed_pipe_is_silent(daemon: Daemon, argv: list[str]) -> None:
+    url = [] if argv == ["--help"] else ["--url", daemon.url]
+    result = _into_closed_pipe(*argv, *url)
+    assert result.stderr == b""
+    # 128 + SIGPIPE, as a shell reports grep | head (argparse's help swallows the error: 0)
+    assert result.returncode == (0 if argv == ["--help"] else 141)
+
+
+def test_stats_piped_into_head_is_silent(daemon: Daemon) -> None:
+    shell = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -m zswapd.cli stats --all --url {daemon.url} | head -1'],
+        capture_output=True,
+        text=True,
+        cwd=CHECKOUT,
+        env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
+        timeout=60,
+    )
+    assert shell.returncode == 0 and shell.stderr == ""
+    assert shell.stdout.startswith("pool default")
