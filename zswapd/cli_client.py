@@ -92,6 +92,14 @@ def _pid_pages(pid: int) -> tuple[Iterator[tuple[bytes, str, str]], ProcessPages
     return gen(), source
 
 
+def _temp_beside(path: Path) -> tuple[int, Path]:
+    """A new temporary file in ``path``'s directory (so a rename onto it is atomic)."""
+    if not path.parent.is_dir():
+        raise ConfigError(f"{path}: no directory {str(path.parent)!r}")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return fd, Path(name)
+
+
 def _publish(tmp: Path, out: Path, force: bool) -> None:
     """Make the finished temporary ``tmp`` the handles file ``out``, atomically.
 
@@ -137,8 +145,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     with _client(args) as client:
         before = client.stats(args.pool)["mm_stat"]
         stored: list[int] = []
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        tmp = Path(tmp_name)
+        fd, tmp = _temp_beside(out)
         try:
             with (
                 os.fdopen(fd, "w") as handles_file,
@@ -228,15 +235,15 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     output = Path(args.output)
     # Into a temporary beside it, renamed at the end: a failed fetch leaves no
     # half-written output (nor an empty one if the daemon is not there).
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    fd, tmp = _temp_beside(output)
     try:
         with _client(args) as client, os.fdopen(fd, "wb") as out:
             for i in tqdm(range(0, len(handles), 1024), unit="batch", disable=args.quiet or None):
                 for page in client.load(handles[i : i + 1024], pool=pool):
                     out.write(page)
-        os.replace(tmp_name, output)
+        os.replace(tmp, output)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     print(f"fetched {len(handles)} pages from pool {pool!r} into {args.output}")
     return 0
