@@ -236,3 +236,30 @@ def test_bench_writeback_refuses_a_directory_it_cannot_use(tmp_path: Path) -> No
     assert not missing.exists()
     out = run_cli("bench", "writeback", "--corpus", str(corpus), "--ops", "0")
     assert out.returncode == 2 and "must be 1 or more" in out.stderr
+
+
+def test_a_suite_whose_dependency_is_missing_is_skipped_and_the_rest_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`zswapd bench --quick` after an install without the bench extra: the
+    peers suite says what to install, in one line, and what the other suites
+    computed is still printed."""
+    hidden = tmp_path / "hidden"
+    (hidden / "pymemcache").mkdir(parents=True)
+    # As on a machine without it: importing it fails as a missing module does.
+    (hidden / "pymemcache" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'pymemcache'\", name='pymemcache')\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(hidden))
+    corpus = _tiny_corpus(tmp_path / "tiny.pages")
+    out = run_cli(
+        "bench", "--corpus", str(corpus), "--quick", "--only", "compressors", "peers", timeout=600
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if "skipped" in ln]
+    assert lines == [
+        "zswapd bench: peers skipped: needs the Python module pymemcache "
+        "(pip install 'zswapd[bench]')"
+    ], out.stderr
+    assert "lz4" in out.stdout and "peers: skipped, needs the Python module" in out.stdout
