@@ -382,28 +382,6 @@ class DeviceSettings(PoolSettings):
     )
 
 
-class DeviceWritebackRequest(BaseModel):
-    """zram's ``writeback`` for a device: its pages in block index order."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["idle", "huge", "huge_idle", "incompressible", "lru"]
-    idle_seconds: JsonFloat | None = Field(
-        default=None, ge=0, description="required for idle and huge_idle (0: every page)"
-    )
-    max_pages: JsonInt | None = Field(default=None, ge=1)
-
-
-class DeviceWritebackResult(BaseModel):
-    written_back: int
-    candidates: int
-    stopped: str | None = Field(
-        description="why it stopped early: writeback_limit, backing_full, io_error, "
-        "backing_removed; None: it wrote every candidate"
-    )
-    error: str | None
-    writeback_limit: int | None = Field(description="pages it may still write; None: no limit")
-
-
 class PoolList(BaseModel):
     pools: list[str]
 
@@ -647,22 +625,26 @@ def create_app(
     async def device_stats(name: PoolName) -> dict[str, Any]:
         return await run_in_thread(devices.get(name).stats)
 
-    @app.post(
-        "/v1/devices/{name}/writeback",
-        response_model=DeviceWritebackResult,
-        name="device_writeback",
-    )
-    async def device_writeback(
-        name: PoolName, req: DeviceWritebackRequest
-    ) -> DeviceWritebackResult:
-        device = devices.get(name)
+    async def write_back(owner: Any, body: WritebackRequest) -> WritebackResult:
+        """A pool's or a device's writeback: on the disk's threads, not
+        maintenance's (a write-back on a slow disk must not keep every other
+        pool's compaction waiting)."""
         result = await run_on_disk(
-            device,
-            lambda: device.writeback(
-                req.type, idle_seconds=req.idle_seconds, max_pages=req.max_pages
+            owner,
+            lambda: owner.writeback(
+                body.type, idle_seconds=body.idle_seconds, max_pages=body.max_pages
             ),
         )
-        return DeviceWritebackResult(**result)
+        return WritebackResult(**result)
+
+    @app.post(
+        "/v1/devices/{name}/writeback",
+        response_model=WritebackResult,
+        name="device_writeback",
+    )
+    async def device_writeback(name: PoolName, body: WritebackRequest) -> WritebackResult:
+        """A device's writeback: its blocks in index order (zram's)."""
+        return await write_back(devices.get(name), body)
 
     @app.get("/v1/pools", response_model=PoolList, name="pools_list")
     async def list_pools() -> PoolList:
@@ -786,15 +768,6 @@ def create_app(
         answer says how many were written and why it stopped (200); the pages
         not written stay in memory.
         """
-        target = reg.get(pool)
-        # The disk's threads, not maintenance's: a write-back on a slow disk
-        # must not keep every other pool's compaction waiting.
-        result = await run_on_disk(
-            target,
-            lambda: target.writeback(
-                body.type, idle_seconds=body.idle_seconds, max_pages=body.max_pages
-            ),
-        )
-        return WritebackResult(**result)
+        return await write_back(reg.get(pool), body)
 
     return _Guard(app, settings)
