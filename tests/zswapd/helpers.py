@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import strategies as st
+
 PAGE = 4096
 
 
@@ -28,3 +30,13 @@ def text_page(seed: int) -> bytes:
 
 def same_page(word: bytes) -> bytes:
     return word * (PAGE // len(word))
+
+
+# Every kind of page a pool tells apart: compressible, huge (lz4), huge but
+# shrinkable by zstd (recompression), same-filled.
+PAGES = st.one_of(
+    st.builds(text_page, st.integers(0, 50)),
+    st.builds(random_page, st.integers(0, 50)),
+    st.builds(poor_page, st.integers(0, 5)),
+    st.builds(same_page, st.binary(min_size=8, max_size=8)),
+)

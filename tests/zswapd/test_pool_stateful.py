@@ -17,17 +17,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from tests.zswapd.helpers import poor_page, random_page, same_page, text_page
+from tests.zswapd.helpers import PAGES
 from zswapd.config import PoolConfig
 from zswapd.errors import CompressPoorError, PoolLimitError, StaleHandleError
 from zswapd.pool import PagePool
-
-PAGES = st.one_of(
-    st.builds(text_page, st.integers(0, 50)),
-    st.builds(random_page, st.integers(0, 50)),
-    st.builds(poor_page, st.integers(0, 5)),
-    st.builds(same_page, st.binary(min_size=8, max_size=8)),
-)
 
 
 class PoolMachine(RuleBasedStateMachine):

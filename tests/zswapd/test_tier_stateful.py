@@ -36,19 +36,13 @@ from hypothesis.stateful import (
 
 import compressors
 from allocator.handles import SLOT_MASK
-from tests.zswapd.helpers import poor_page, random_page, same_page, text_page
+from tests.zswapd.helpers import PAGES
 from zswapd import state
 from zswapd.config import PoolConfig
 from zswapd.entries import ENCODING, HUGE, WRITTEN
 from zswapd.errors import ReclaimFailError
 from zswapd.pool import WRITEBACK_TYPES, PagePool
 
-PAGES = st.one_of(
-    st.builds(text_page, st.integers(0, 50)),
-    st.builds(random_page, st.integers(0, 50)),
-    st.builds(poor_page, st.integers(0, 5)),
-    st.builds(same_page, st.binary(min_size=8, max_size=8)),
-)
 EXAMPLES = int(os.environ.get("ZSWAPD_TIER_EXAMPLES", "6"))
 
 
