@@ -108,6 +108,22 @@ def test_stale_handle_requests_are_counted_and_pass_promtool() -> None:
 
 # -- the second tier -----------------------------------------------------------------
 
+
+def _spill_config(tmp_path: Path, more: str = "") -> Path:
+    """A config file with an lru pool "spill" of 24 pages over a 256-slot file,
+    and ``more`` (other pools) after it."""
+    config = tmp_path / "zswapd.toml"
+    config.write_text(
+        "[pools.spill]\n"
+        'compressor = "lz4"\n'
+        f"limit = {24 * 4096}\n"
+        f'backing_file = "{tmp_path / "spill.bin"}"\n'
+        f"backing_size = {256 * 4096}\n"
+        'writeback = "lru"\n' + more
+    )
+    return config
+
+
 BACKING_SERIES = (
     "zswapd_backing_pages",
     "zswapd_backing_size_bytes",
@@ -231,15 +247,7 @@ def test_backing_series_match_the_stats_route(tmp_path: Path) -> None:
 
     from tests.zswapd.daemon import start_daemon
 
-    config = tmp_path / "zswapd.toml"
-    config.write_text(
-        "[pools.spill]\n"
-        'compressor = "lz4"\n'
-        f"limit = {24 * 4096}\n"
-        f'backing_file = "{tmp_path / "spill.bin"}"\n'
-        f"backing_size = {256 * 4096}\n"
-        'writeback = "lru"\n'
-    )
+    config = _spill_config(tmp_path)
     d = start_daemon("--config", str(config))
     try:
         with httpx.Client(base_url=d.url, timeout=30) as c:
@@ -333,20 +341,14 @@ def test_writeback_mode_limit_hits_and_writeback_limit_match_the_stats_route(
 
     from tests.zswapd.daemon import start_daemon
 
-    config = tmp_path / "zswapd.toml"
-    config.write_text(
-        "[pools.spill]\n"
-        'compressor = "lz4"\n'
-        f"limit = {24 * 4096}\n"
-        f'backing_file = "{tmp_path / "spill.bin"}"\n'
-        f"backing_size = {256 * 4096}\n"
-        'writeback = "lru"\n'
+    config = _spill_config(
+        tmp_path,
         "[pools.wb]\n"
         'compressor = "lz4"\n'
         f"limit = {8 * 4096}\n"
         f'backing_file = "{tmp_path / "wb.bin"}"\n'
         f"backing_size = {64 * 4096}\n"
-        "writeback_limit = 5\n"
+        "writeback_limit = 5\n",
     )
     d = start_daemon("--config", str(config))
 
