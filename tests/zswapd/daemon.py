@@ -33,8 +33,13 @@ class Daemon:
         return self.proc.returncode
 
 
-def start_daemon(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> Daemon:
-    """``zswapd serve ARGS`` (default: loopback, a free port); waits until it serves."""
+def start_daemon(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30, cwd: Path | None = None
+) -> Daemon:
+    """``zswapd serve ARGS`` (default: loopback, a free port); waits until it serves.
+
+    ``cwd`` is where relative paths in ARGS (sockets, backing files) land.
+    """
     argv = [sys.executable, "-m", "zswapd.cli", "serve", *args]
     if not any(a.startswith("--http") for a in args):
         argv += ["--http", "127.0.0.1:0"]
@@ -44,6 +49,7 @@ def start_daemon(*args: str, env: dict[str, str] | None = None, timeout: float =
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
     assert proc.stderr is not None
     log: list[str] = []
