@@ -14,7 +14,8 @@ its id naming the section heading and the line of its opening fence
   ``python3`` (asserts on): a non-zero exit, a failed assert or 120 s without
   finishing fails the case; whatever a block leaves running is ended after it;
 - ``toml`` blocks are daemon configuration files: ``zswapd serve --config`` must
-  start with the block and list every ``[pools.NAME]`` and ``[devices.NAME]``;
+  start with the block and list every ``[pools.NAME]`` (with the compressor,
+  level, allocator, ... it gives) and every ``[devices.NAME]``;
 - ``zswapd`` and ``python3`` in a block are this checkout's (``zswapd`` runs
   ``python -m zswapd.cli`` with the checkout on PYTHONPATH), so that a checkout
   tests its own README against its own code, installed or not;
@@ -274,6 +275,10 @@ def _run(block: Block, text: str, tmp_path: Path, work: Path) -> str | None:
     )
 
 
+# Pool settings that a config file and a pool's stats spell alike.
+_SAME_SETTINGS = ("compressor", "level", "allocator", "chain_size", "huge_policy", "writeback")
+
+
 def _check_config(text: str, tmp_path: Path, work: Path) -> None:
     """A TOML block is a config file the daemon starts with, serving what it names."""
     config = tmp_path / "zswapd.toml"
@@ -283,10 +288,14 @@ def _check_config(text: str, tmp_path: Path, work: Path) -> None:
     try:
         pools = httpx.get(f"{daemon.url}/v1/pools").json()["pools"]
         devices = httpx.get(f"{daemon.url}/v1/devices").json()["devices"]
+        assert set(wanted.get("pools", {})) <= set(pools), (pools, daemon.log)
+        assert set(wanted.get("devices", {})) <= set(devices), (devices, daemon.log)
+        for name, settings in wanted.get("pools", {}).items():
+            got = httpx.get(f"{daemon.url}/v1/pools/{name}/stats").json()["config"]
+            for key in set(_SAME_SETTINGS) & set(settings):
+                assert got[key] == settings[key], (name, key, got)
     finally:
         daemon.stop()
-    assert set(wanted.get("pools", {})) <= set(pools), (pools, daemon.log)
-    assert set(wanted.get("devices", {})) <= set(devices), (devices, daemon.log)
 
 
 @pytest.fixture
