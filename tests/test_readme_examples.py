@@ -20,7 +20,9 @@ its id naming the section heading and the line of its opening fence
   ``python -m zswapd.cli`` with the checkout on PYTHONPATH), so that a checkout
   tests its own README against its own code, installed or not;
 - an sh block that calls a tool the machine lacks (``nbdcopy``, ``qemu-img``,
-  ...; see ``TOOLS``) is skipped, naming the Debian package that brings it.
+  ...; see ``TOOLS``) is skipped, naming the Debian package that brings it; one
+  that pushes a process (``--pid``) is skipped where Yama lets only root read
+  another process's memory and the tests do not run as root.
 
 Markers, each an HTML comment on the line right before a block's fence
 (rendered Markdown shows none of them):
@@ -211,6 +213,24 @@ def _missing_tools(block: Block) -> list[str]:
     ]
 
 
+def _pid_unreadable(block: Block) -> str | None:
+    """Why ``push --pid`` cannot read the block's processes here, if it cannot.
+
+    Yama's ptrace_scope 1 (Ubuntu's default) lets a process read only its
+    descendants, and 2 only with CAP_SYS_PTRACE; ``zswapd push --pid $$`` reads
+    its own parent, so these examples run here as root only.
+    """
+    if block.lang != "sh" or "--pid" not in block.text or os.geteuid() == 0:
+        return None
+    try:
+        scope = int(Path("/proc/sys/kernel/yama/ptrace_scope").read_text())
+    except (OSError, ValueError):
+        return None
+    if scope == 0:
+        return None
+    return f"push --pid needs root here (Yama ptrace_scope is {scope})"
+
+
 def _shims(directory: Path) -> Path:
     """A bin directory whose ``zswapd`` and ``python3`` are this checkout's."""
     directory.mkdir()
@@ -352,6 +372,9 @@ def test_readme_example(
     missing = _missing_tools(block)
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
+    unreadable = _pid_unreadable(block)
+    if unreadable:
+        pytest.skip(unreadable)
     _environment(tmp_path, monkeypatch)
     work = tmp_path / "work"
     work.mkdir()
