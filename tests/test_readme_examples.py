@@ -32,13 +32,14 @@ Markers, each an HTML comment on the line right before a block's fence
     installed, is a benchmark of minutes, or would run the test suite from
     inside itself.
 ``<!-- readme: daemon -->``
-    the block is one ``zswapd serve ...`` command that the README asks the
-    reader to leave running, in another terminal, in the same directory. It is
-    not a case of its own: the test starts that command (on a free port) in the
-    next block's directory as the next block's daemon, so that relative paths
-    such as ``unix:nbd.sock`` mean the same to both. A runnable block may not
-    start ``zswapd serve`` itself: a reader pasting ``zswapd serve &`` races the
-    commands after it.
+    the block ends in one ``zswapd serve ...`` command that the README asks the
+    reader to leave running, in another terminal, in the same directory; the
+    commands before it, if any, prepare what it needs (a token file). It is not
+    a case of its own: the test runs those commands, then starts that daemon
+    (on a free port), in the next block's directory, as the next block's daemon,
+    so that relative paths such as ``unix:nbd.sock`` mean the same to both. A
+    runnable block may not start ``zswapd serve`` itself: a reader pasting
+    ``zswapd serve &`` races the commands after it.
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ _HEADING = re.compile(r"^#{1,6} (.+)$")
 
 
 @dataclass(frozen=True)
+class DaemonBlock:
+    """A block marked ``daemon``: what prepares the daemon, and its arguments."""
+
+    setup: str  # the commands before ``zswapd serve``, or ""
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Block:
     """One fenced block of the README, and how the test runs it."""
 
@@ -101,7 +110,7 @@ class Block:
     heading: str
     text: str
     not_run: str | None = None  # the reason, when marked not run
-    daemon: tuple[str, ...] = ()  # ``zswapd serve`` arguments, from a daemon block
+    daemon: DaemonBlock | None = None  # the daemon block before it, if any
 
     @property
     def id(self) -> str:
@@ -119,15 +128,14 @@ def _commands(text: str) -> list[str]:
     return out
 
 
-def _serve_args(text: str) -> tuple[str, ...] | str:
-    """A daemon block's ``zswapd serve`` arguments, or what is wrong with it."""
+def _daemon_block(text: str) -> DaemonBlock | str:
+    """A daemon block's setup and ``zswapd serve`` arguments, or what is wrong with it."""
     commands = _commands(text)
-    if len(commands) != 1:
-        return "a daemon block holds one command"
-    words = shlex.split(commands[0])
+    words = shlex.split(commands[-1]) if commands else []
     if words[:2] != ["zswapd", "serve"] or {"&", "&&", ";", "|"} & set(words):
-        return "a daemon block is one `zswapd serve ...` command, not put in the background"
-    return tuple(w.replace(DEFAULT_ADDRESS, "127.0.0.1:0") for w in words[2:])
+        return "a daemon block ends in one `zswapd serve ...` command, not put in the background"
+    setup = "".join(f"{c}\n" for c in commands[:-1])
+    return DaemonBlock(setup, tuple(w.replace(DEFAULT_ADDRESS, "127.0.0.1:0") for w in words[2:]))
 
 
 def parse_readme(text: str) -> tuple[list[Block], list[str]]:
@@ -136,7 +144,7 @@ def parse_readme(text: str) -> tuple[list[Block], list[str]]:
     problems: list[str] = []
     lines = text.splitlines()
     heading = "top"
-    daemon: tuple[str, ...] | None = None
+    daemon: DaemonBlock | None = None
     daemon_line = 0
     i = 0
     while i < len(lines):
@@ -170,17 +178,18 @@ def parse_readme(text: str) -> tuple[list[Block], list[str]]:
             if reason:
                 not_run = reason.group(1)
             elif what == "daemon":
-                args = _serve_args(body) if lang == "sh" else "a daemon block is ```sh"
-                if isinstance(args, str):
-                    problems.append(f"line {start}: {args}")
+                parsed = _daemon_block(body) if lang == "sh" else "a daemon block is ```sh"
+                if isinstance(parsed, str):
+                    problems.append(f"line {start}: {parsed}")
                 elif daemon is not None:
                     problems.append(f"line {start}: two daemon blocks with no block between")
                 else:
-                    daemon, daemon_line = args, start
+                    daemon, daemon_line = parsed, start
                 continue
             else:
                 problems.append(f"line {start}: unknown marker {what!r}")
         if lang == "sh" and not_run is None:
+            # (a daemon block's own command is not checked here: it `continue`d above)
             for command in _commands(body):
                 if re.search(r"(^|[;&|(]\s*)zswapd serve\b", command):
                     problems.append(
@@ -189,7 +198,7 @@ def parse_readme(text: str) -> tuple[list[Block], list[str]]:
                     )
         if daemon is not None and lang == "toml":
             problems.append(f"line {daemon_line}: a daemon block before a toml block")
-        blocks.append(Block(lang, start + 1, heading, body, not_run, daemon or ()))
+        blocks.append(Block(lang, start + 1, heading, body, not_run, daemon))
         daemon = None
     if daemon is not None:
         problems.append(f"line {daemon_line}: a daemon block with no block after it")
@@ -257,14 +266,14 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _run(block: Block, text: str, tmp_path: Path, work: Path) -> str | None:
-    """Run the block's text in ``work``; what went wrong, or None."""
-    script = tmp_path / ("block.sh" if block.lang == "sh" else "block.py")
+def _run(lang: str, text: str, what: str, tmp_path: Path, work: Path) -> str | None:
+    """Run ``text`` in ``work``; what went wrong, or None."""
+    script = tmp_path / ("block.sh" if lang == "sh" else "block.py")
     script.write_text(text)
     argv = ["bash", "-euo", "pipefail", str(script)]
-    if block.lang == "python":
+    if lang == "python":
         argv = [sys.executable, str(script)]
-    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    out, err = tmp_path / f"{script.name}.stdout", tmp_path / f"{script.name}.stderr"
     # Files, not pipes: a background process the block leaves would hold a pipe
     # open; its own session, so that all it started can be ended after it.
     with out.open("wb") as stdout, err.open("wb") as stderr:
@@ -290,7 +299,7 @@ def _run(block: Block, text: str, tmp_path: Path, work: Path) -> str | None:
     if status == 0:
         return None
     return (
-        f"README line {block.line} ({block.heading}): exit status {status}\n"
+        f"{what}: exit status {status}\n"
         f"--- block ---\n{text}--- stdout ---\n{_tail(out)}\n--- stderr ---\n{_tail(err)}"
     )
 
@@ -347,19 +356,24 @@ def test_markers_and_daemon_blocks_are_read_as_documented() -> None:
         "```sh\nzswapd stats\n```\n```\n# not a heading\n```\n```sh\nzswapd serve &\n```\n"
         "<!-- readme: daemon -->\n```sh\nzswapd serve & zswapd stats\n```\n"
         "<!-- readme: nonsense -->\n```sh\ntrue\n```\n"
+        "<!-- readme: daemon -->\n```sh\necho s3cret > token  # a token\n"
+        "zswapd serve --auth-token-file token\n```\n```sh\nzswapd stats --token-file token\n```\n"
     )
     blocks, problems = parse_readme(text)
+    nbd = DaemonBlock("", ("--nbd", "unix:n.sock", "--http", "127.0.0.1:0"))
+    token = DaemonBlock("echo s3cret > token\n", ("--auth-token-file", "token"))
     assert [(b.heading, b.lang, b.line, b.not_run, b.daemon) for b in blocks] == [
-        ("A", "sh", 3, "needs Docker", ()),
+        ("A", "sh", 3, "needs Docker", None),
         # the daemon block is no case: it is the next block's daemon, port freed
-        ("B", "python", 13, None, ("--nbd", "unix:n.sock", "--http", "127.0.0.1:0")),
-        ("B", "sh", 16, None, ()),  # the daemon went with the block before
-        ("B", "sh", 22, None, ()),
-        ("B", "sh", 30, None, ()),
+        ("B", "python", 13, None, nbd),
+        ("B", "sh", 16, None, None),  # the daemon went with the block before
+        ("B", "sh", 22, None, None),
+        ("B", "sh", 30, None, None),
+        ("B", "sh", 38, None, token),
     ]
     assert len(problems) == 3, problems
     assert problems[0].startswith("line 22: a runnable block starts `zswapd serve`")
-    assert problems[1].startswith("line 25: a daemon block is one `zswapd serve ...` command")
+    assert problems[1].startswith("line 25: a daemon block ends in one `zswapd serve ...`")
     assert problems[2] == "line 29: unknown marker 'nonsense'"
 
 
@@ -381,11 +395,19 @@ def test_readme_example(
     if block.lang == "toml":
         _check_config(block.text, tmp_path, work)
         return
-    daemon = start_daemon(*block.daemon, cwd=work)
+    what = f"README line {block.line} ({block.heading})"
+    args: tuple[str, ...] = ()
+    if block.daemon is not None:
+        args = block.daemon.args
+        setup = block.daemon.setup
+        failure = setup and _run("sh", setup, f"{what}, its daemon's setup", tmp_path, work)
+        if failure:
+            pytest.fail(failure, pytrace=False)
+    daemon = start_daemon(*args, cwd=work)
     daemon_for.append(daemon)
     monkeypatch.setenv("ZSWAPD_URL", daemon.url)
     text = block.text.replace(DEFAULT_ADDRESS, daemon.url.removeprefix("http://"))
-    failure = _run(block, text, tmp_path, work)
+    failure = _run(block.lang, text, what, tmp_path, work)
     if failure:
         daemon.stop()
         pytest.fail(f"{failure}\n--- daemon ---\n" + "\n".join(daemon.log[-20:]), pytrace=False)
