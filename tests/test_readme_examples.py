@@ -215,6 +215,8 @@ def _missing_tools(block: Block) -> list[str]:
     if block.lang != "sh":
         return []
     text = "\n".join(_commands(block.text))
+    if block.daemon is not None:
+        text += block.daemon.setup
     return [
         f"{tool} (Debian package {package})"
         for tool, package in TOOLS.items()
@@ -328,7 +330,7 @@ def _check_config(text: str, tmp_path: Path, work: Path) -> None:
 
 
 @pytest.fixture
-def daemon_for() -> Iterator[list[Daemon]]:
+def daemons() -> Iterator[list[Daemon]]:
     """Daemons a case starts, stopped however the case ends."""
     started: list[Daemon] = []
     yield started
@@ -379,7 +381,7 @@ def test_markers_and_daemon_blocks_are_read_as_documented() -> None:
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
 def test_readme_example(
-    block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemon_for: list[Daemon]
+    block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemons: list[Daemon]
 ) -> None:
     if block.not_run is not None:
         pytest.skip(block.not_run)
@@ -404,7 +406,7 @@ def test_readme_example(
         if failure:
             pytest.fail(failure, pytrace=False)
     daemon = start_daemon(*args, cwd=work)
-    daemon_for.append(daemon)
+    daemons.append(daemon)
     monkeypatch.setenv("ZSWAPD_URL", daemon.url)
     text = block.text.replace(DEFAULT_ADDRESS, daemon.url.removeprefix("http://"))
     failure = _run(block.lang, text, what, tmp_path, work)
