@@ -75,8 +75,9 @@ def test_systemd_unit_verifies_and_is_hardened() -> None:
         "CapabilityBoundingSet=",
     ):
         assert setting in text
-    assert "--http 127.0.0.1:" in text  # loopback only
-    assert "--unix-socket /run/zswapd/" in text  # inside its RuntimeDirectory
+    assert "--metrics 127.0.0.1:" in text  # the one TCP listener: loopback only
+    assert "--http unix:/run/zswapd/" in text  # inside its RuntimeDirectory
+    assert "--unix-socket /run/zswapd/" in text
 
 
 def test_dashboard_is_provisionable_and_uses_its_variables() -> None:
