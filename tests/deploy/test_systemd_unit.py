@@ -208,8 +208,9 @@ def test_the_units_command_line_runs_and_lets_only_its_group_in() -> None:
     for tool in ("setpriv", "curl", "/usr/bin/python3"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (apt-get install util-linux curl python3)")
-    # Outside pytest's own temporary directory, which only root may enter.
-    tmp = Path(tempfile.mkdtemp(prefix="zswapd-unit-"))
+    # In /tmp itself: pytest's own temporary directory (or $TMPDIR) may be one that
+    # only root can enter, and the other users must reach the sockets.
+    tmp = Path(tempfile.mkdtemp(prefix="zswapd-unit-", dir="/tmp"))
     try:
         tmp.chmod(0o755)
         with _systemd_like(tmp) as (proc, runtime, state, port):
