@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,20 +75,21 @@ def test_systemd_unit_verifies_and_is_hardened() -> None:
         "CapabilityBoundingSet=",
     ):
         assert setting in text
-    assert "--http 127.0.0.1:" in text  # loopback only
-    assert "--unix-socket /run/zswapd/" in text  # inside its RuntimeDirectory
+    assert "--metrics 127.0.0.1:" in text  # the one TCP listener: loopback only
+    assert "--http unix:/run/zswapd/" in text  # inside its RuntimeDirectory
+    assert "--unix-socket /run/zswapd/" in text
 
 
 def test_dashboard_is_provisionable_and_uses_its_variables() -> None:
     dash = json.loads((DEPLOY / "grafana" / "dashboards" / "zswapd.json").read_text())
     names = {v["name"] for v in dash["templating"]["list"]}
-    assert {"datasource", "pool"} <= names
+    assert {"datasource", "pool", "device"} <= names
     titles = [p["title"] for p in dash["panels"]]
     assert len(titles) == len(set(titles)) >= 10
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     assert any(p["type"] == "heatmap" for p in dash["panels"])
-    for panel in dash["panels"]:
+    for panel in _graphs(dash):
         assert panel["datasource"]["uid"] == "${datasource}"
         for target in panel["targets"]:
             assert target["expr"].strip()
@@ -113,10 +115,74 @@ def test_dashboard_is_provisionable_and_uses_its_variables() -> None:
         "zswapd:load_hit_ratio:rate5m",
         'reason="reclaim_fail"',
         "zswapd_backing_errors_total",
+        # Block devices: zramctl's columns, io_stat, bd_stat, NBD commands.
+        "zswapd_device_size_bytes",
+        "zswapd_device_io_total",
+        "zswapd_device_bd_total",
+        'interface="nbd"',
     ]
-    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    exprs = " ".join(t["expr"] for p in _graphs(dash) for t in p["targets"])
     for metric in wanted:
         assert metric in exprs, metric
+
+
+def _graphs(dash: dict[str, Any]) -> list[dict[str, Any]]:
+    """The panels that query (rows only group them)."""
+    return [p for p in dash["panels"] if p["type"] != "row"]
+
+
+def _rows(dash: dict[str, Any]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each row and the panels under it, in the order Grafana lays them out."""
+    out: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    for panel in sorted(dash["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"])):
+        if panel["type"] == "row":
+            out.append((panel, []))
+        else:
+            assert out, f"{panel['title']!r} is above the first row"
+            out[-1][1].append(panel)
+    return out
+
+
+def _datasources(node: Any) -> Iterator[Any]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource":
+                yield value
+            yield from _datasources(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _datasources(item)
+
+
+def test_the_dashboard_imports_into_a_grafana_whose_data_source_has_any_name() -> None:
+    """No data source is named but through the `datasource` variable, which starts on
+    Grafana's default Prometheus: an import (UI or POST /api/dashboards/db) needs no
+    edit and no `__inputs` to fill; the id is Grafana's to give."""
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "zswapd.json").read_text())
+    assert "__inputs" not in dash and dash.get("id") is None and dash["uid"] == "zswapd"
+    (var,) = [v for v in dash["templating"]["list"] if v["name"] == "datasource"]
+    assert var["type"] == "datasource" and var["query"] == "prometheus"
+    assert not var.get("current")  # nothing pinned: Grafana picks its default
+    refs = [
+        d for d in _datasources(dash["panels"] + dash["templating"]["list"]) if d != "prometheus"
+    ]
+    assert refs and all(d == {"type": "prometheus", "uid": "${datasource}"} for d in refs), refs
+
+
+def test_the_dashboard_has_a_row_for_block_devices() -> None:
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "zswapd.json").read_text())
+    rows = {row["title"]: panels for row, panels in _rows(dash)}
+    (devices,) = [panels for title, panels in rows.items() if title.startswith("Block devices")]
+    (var,) = [v for v in dash["templating"]["list"] if v["name"] == "device"]
+    assert "zswapd_device_size_bytes" in var["definition"]  # only pools that are devices
+    exprs = [t["expr"] for p in devices for t in p["targets"]]
+    # Every device panel keeps to the chosen devices (the NBD command rate has no device).
+    assert all('pool=~"$device"' in e or 'interface="nbd"' in e for e in exprs), exprs
+    legends = " ".join(t["legendFormat"] for p in devices for t in p["targets"])
+    for column in ("DISKSIZE", "DATA", "COMPR", "TOTAL"):  # zramctl's
+        assert column in legends
+    for name in ("zswapd_device_io_total", "zswapd_device_bd_total", "zswapd:compression_ratio"):
+        assert any(name in e for e in exprs), name
 
 
 def test_compose_is_consistent_with_the_other_files() -> None:
@@ -170,7 +236,7 @@ def test_second_tier_rules_record_the_hit_ratio_and_alert_on_spills_and_reclaim_
     # One refusal, one alert: the general one leaves reclaim_fail to its own.
     assert 'reason!="reclaim_fail"' in alerts["ZswapdRejectsRising"]["expr"]
     dash = json.loads((DEPLOY / "grafana" / "dashboards" / "zswapd.json").read_text())
-    shares = [p for p in dash["panels"] if "zswapd_loaded_pages_total" in str(p["targets"])]
+    shares = [p for p in _graphs(dash) if "zswapd_loaded_pages_total" in str(p["targets"])]
     assert shares and all(p["fieldConfig"]["defaults"]["unit"] == "percentunit" for p in shares)
 
 
@@ -181,6 +247,7 @@ def test_every_metric_the_dashboard_and_rules_name_is_exported(tmp_path: Path) -
     from prometheus_client.parser import text_string_to_metric_families
 
     from zswapd.config import PoolConfig
+    from zswapd.device import DeviceRegistry
     from zswapd.metrics import Metrics
     from zswapd.pools import PoolRegistry
 
@@ -196,14 +263,16 @@ def test_every_metric_the_dashboard_and_rules_name_is_exported(tmp_path: Path) -
             writeback="lru",
         ),
     )
-    metrics = Metrics(reg)
+    devices = DeviceRegistry(reg)
+    devices.create("zram0", 1 << 20)
+    metrics = Metrics(reg, devices)
     metrics.observe("http", "store", 0.001)
     exported = set()
     for fam in text_string_to_metric_families(metrics.exposition().decode()):
         exported |= {s.name for s in fam.samples}
     recorded = {r["record"] for r in _rules() if "record" in r}
     dash = json.loads((DEPLOY / "grafana" / "dashboards" / "zswapd.json").read_text())
-    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs = [t["expr"] for p in _graphs(dash) for t in p["targets"]]
     exprs += [r["expr"] for r in _rules()]
     named = {n for e in exprs for n in re.findall(r"\b(zswapd[_:][a-z0-9_:]+)", e)}
     assert named

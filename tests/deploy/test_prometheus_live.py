@@ -19,10 +19,12 @@ import httpx
 import pytest
 import yaml
 
+from tests.zswapd import nbd_client
 from tests.zswapd.daemon import Daemon, start_daemon
 from tests.zswapd.helpers import poor_page, random_page, same_page, text_page
 from zswapd.client import Client
 from zswapd.errors import PoolLimitError
+from zswapd.nbd_protocol import Cmd
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 POOLS = ("default", "fast")
@@ -74,6 +76,25 @@ def _workload(url: str, wire: str, pages: list[bytes]) -> None:
         w.load(w.store(pages[1200:1400]))
 
 
+PAGE = 4096
+DEVICE = "zram0"
+
+
+def _device_io(sock: str) -> None:
+    """A block device's traffic over NBD: 48 blocks written (8 of them zeros), 16
+    read, 4 trimmed, one read past the end (invalid_io)."""
+    s = nbd_client.open_device(sock, DEVICE)
+    try:
+        blocks = [text_page(i) for i in range(40)] + [bytes(PAGE)] * 8
+        nbd_client.request(s, Cmd.WRITE, 0, len(blocks) * PAGE, b"".join(blocks))
+        assert nbd_client.request(s, Cmd.READ, 0, 16 * PAGE) == b"".join(blocks[:16])
+        nbd_client.request(s, Cmd.TRIM, 16 * PAGE, 4 * PAGE)
+        with contextlib.suppress(OSError):
+            nbd_client.request(s, Cmd.READ, 64 * 1024 * 1024, PAGE)
+    finally:
+        s.close()
+
+
 def _spill(url: str, start: int, n: int) -> list[int]:
     """Pages into the lru pool "spill" one a store (past its limit: the oldest go to
     its backing file); their handles."""
@@ -116,8 +137,19 @@ def stack(
         f'[pools.spill]\nlimit = {32 * 4096}\nbacking_file = "{tmp / "spill.bin"}"\n'
         f'backing_size = {256 * 4096}\nwriteback = "lru"\n'
     )
-    d = start_daemon("--unix-socket", wire, "--config", str(config))
+    nbd = str(tmp / "nbd.sock")
+    d = start_daemon(
+        "--unix-socket",
+        wire,
+        "--config",
+        str(config),
+        "--nbd",
+        f"unix:{nbd}",
+        "--device",
+        f"{DEVICE}=64M,compressor=lz4",
+    )
     _workload(d.url, wire, process_pages)
+    _device_io(nbd)
     spilled = _spill(d.url, 0, 80)
     host_port = d.url.removeprefix("http://")
     config = {
@@ -210,7 +242,7 @@ def test_every_design_metric_has_the_pools_value(stack: tuple[Daemon, Prom]) -> 
     interfaces = {
         s["metric"]["interface"] for s in prom.query("zswapd_request_duration_seconds_count")
     }
-    assert interfaces == {"http", "wire"}
+    assert interfaces == {"http", "wire", "nbd"}
     assert prom.query("zswapd_build_info")[0]["metric"]["version"]
     assert prom.query("process_resident_memory_bytes")
 
@@ -247,9 +279,40 @@ def test_second_tier_series_have_the_spill_pools_values(stack: tuple[Daemon, Pro
     assert value('zswapd_backing_pages{pool="default"}') == plain["bd_stat"]["bd_count"] == 0
 
 
+def test_block_device_series_have_the_devices_values(stack: tuple[Daemon, Prom]) -> None:
+    """Through Prometheus, what the dashboard's device row reads is what zramctl and
+    /sys/block/zramN would say: GET /v1/devices/NAME/stats."""
+    d, prom = stack
+    with httpx.Client(base_url=d.url, timeout=10) as h:
+        stats = h.get(f"/v1/devices/{DEVICE}/stats").json()
+
+    def value(expr: str) -> float:
+        (sample,) = prom.query(expr)
+        return float(sample["value"][1])
+
+    dev = f'pool="{DEVICE}"'
+    mm = stats["mm_stat"]
+    assert value(f"zswapd_device_size_bytes{{{dev}}}") == stats["size"] == 64 << 20
+    assert value(f"zswapd_original_bytes{{{dev}}}") == mm["orig_data_size"] == 44 * PAGE
+    assert value(f"zswapd_compressed_bytes{{{dev}}}") == mm["compr_data_size"]
+    assert value(f"zswapd_pool_size_bytes{{{dev}}}") == mm["mem_used_total"] > 0
+    assert value(f"zswapd_same_filled_pages{{{dev}}}") == mm["same_pages"] == 8
+    io = stats["io_stat"]
+    assert io["notify_free"] == 4 and io["invalid_io"] == 1
+    for kind, count in io.items():
+        assert value(f'zswapd_device_io_total{{{dev},kind="{kind}"}}') == count, kind
+    for kind in ("bd_reads", "bd_writes"):
+        assert value(f'zswapd_device_bd_total{{{dev},kind="{kind}"}}') == 0
+    ops = {
+        s["metric"]["op"]
+        for s in prom.query('zswapd_request_duration_seconds_count{interface="nbd"}')
+    }
+    assert {"read", "write", "trim"} <= ops, ops
+
+
 def _exprs() -> list[str]:
     dash = json.loads((DEPLOY / "grafana" / "dashboards" / "zswapd.json").read_text())
-    out = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    out = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "zswapd.rules.yml").read_text())
     out += [r["expr"] for g in rules["groups"] for r in g["rules"] if "record" in r]
     return out
@@ -262,7 +325,9 @@ def test_every_dashboard_and_rule_expression_has_data(
     _, prom = stack
     # 5m: the spill pool's loads happen once, at the start; a window that still
     # holds them keeps the load-share panel's rate > 0 on a slow machine too.
-    concrete = expr.replace("$pool", ".*").replace("$__rate_interval", "5m")
+    concrete = (
+        expr.replace("$pool", ".*").replace("$device", DEVICE).replace("$__rate_interval", "5m")
+    )
     assert prom.query(concrete), concrete
 
 
