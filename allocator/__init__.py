@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from allocator.arena import PAGE_SIZE
+from allocator.base import Allocator
 from allocator.budget import PageBudget
 from allocator.classes import ClassSpec, ClassTable, fit_class_sizes
 from allocator.errors import (
@@ -29,6 +30,7 @@ __all__ = [
     "ALLOCATORS",
     "FULLNESS_LABELS",
     "PAGE_SIZE",
+    "Allocator",
     "AllocatorError",
     "BudgetExceededError",
     "ClassSpec",
@@ -51,7 +53,7 @@ __all__ = [
 ALLOCATORS = ("zsmalloc", "zbud", "z3fold")
 
 
-def create(name: str, **options: Any) -> Any:
+def create(name: str, **options: Any) -> Allocator:
     """A pool of allocator ``name`` ("zsmalloc", "zbud" or "z3fold").
 
     Raises:

@@ -1,4 +1,4 @@
-"""ZsPool's consistency check: every list, free list, counter and handle.
+"""The allocators' consistency checks: every list, free list, counter and handle.
 
 Kept apart from the allocator because it reads everything and is O(pool size):
 tests call it after every step; production paths never do.
@@ -6,15 +6,47 @@ tests call it after every step; production paths never do.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
-from allocator.arena import PAGE_SHIFT
+from allocator.buddy import (
+    BUDDY_BITS,
+    FIRST,
+    HEADLESS,
+    LAST,
+    MIDDLE,
+    NIL,
+    TOTAL_CHUNKS,
+    size_to_chunks,
+)
+from allocator.handles import HandleTable
 from allocator.stats import Fullness, fullness_group
+from allocator.zspage import (
+    END,
+    HUGE,
+    N_GROUPS,
+    SizeClass,
+    ZsPage,
+    huge_to_location,
+    location_to_obj,
+    slot_address,
+)
 
-if TYPE_CHECKING:
-    from allocator.zsmalloc import SizeClass, ZsPool
+__all__ = ["BuddyPoolView", "ZsPoolView", "check_buddy_pool", "check_zspool"]
 
-__all__ = ["check_zspool"]
+
+@dataclass(frozen=True)
+class ZsPoolView:
+    """What of a ZsPool the check reads, handed over by the pool itself."""
+
+    classes: Sequence[SizeClass]
+    zspages: Sequence[ZsPage | None]
+    words: Sequence[int]
+    handles: HandleTable
+    pages_held: int
+    empty_cache: int
+    max_pages: int | None
+    held_over_budget: int
 
 
 def _check(ok: bool, what: str) -> None:
@@ -22,19 +54,11 @@ def _check(ok: bool, what: str) -> None:
         raise AssertionError(what)
 
 
-def _slot_word(pool: ZsPool, cls: SizeClass, pages: object, idx: int) -> int:
-    page_list = pages  # an array of PFNs
-    addr = (page_list[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx]  # type: ignore[index]
-    return int(addr) >> 3
-
-
-def _check_class(pool: ZsPool, cls: SizeClass, owners: dict[int, int]) -> int:
+def _check_class(pool: ZsPoolView, cls: SizeClass, owners: dict[int, int]) -> int:
     """Check one non-huge class's lists and zspages; record owners; return pages."""
-    from allocator.zsmalloc import _END, _N_GROUPS, LOC_SHIFT
-
-    words = pool._words
+    words = pool.words
     objs_allocated = objs_used = pages = empties = 0
-    for group in range(_N_GROUPS):
+    for group in range(N_GROUPS):
         n = 0
         prev = None
         z = cls.heads[group]
@@ -43,7 +67,7 @@ def _check_class(pool: ZsPool, cls: SizeClass, owners: dict[int, int]) -> int:
             _check(z.prev is prev, "broken list link")
             _check(z.fullness == group, "zspage fullness differs from its list")
             _check(fullness_group(z.inuse, z.objs) == group, "zspage in the wrong group")
-            _check(pool._zspages[z.zid] is z, "zspage id table out of step")
+            _check(pool.zspages[z.zid] is z, "zspage id table out of step")
             n += 1
             objs_allocated += z.objs
             objs_used += z.inuse
@@ -51,10 +75,10 @@ def _check_class(pool: ZsPool, cls: SizeClass, owners: dict[int, int]) -> int:
             empties += z.inuse == 0
             free = set()
             idx = z.freeobj
-            while idx != _END:
+            while idx != END:
                 _check(0 <= idx < z.objs and idx not in free, "corrupt free list")
                 free.add(idx)
-                word = _slot_word(pool, cls, z.pages, idx)
+                word = slot_address(z, idx) >> 3
                 _check(z.owners is not None or not words[word] & 1, "free slot tagged")
                 idx = (words[word] >> 1) - 1
             _check(len(free) == z.objs - z.inuse, "free list length != free slots")
@@ -62,13 +86,13 @@ def _check_class(pool: ZsPool, cls: SizeClass, owners: dict[int, int]) -> int:
                 if i in free:
                     continue
                 if z.owners is None:
-                    head = words[_slot_word(pool, cls, z.pages, i)]
+                    head = words[slot_address(z, i) >> 3]
                     _check(head & 1 == 1, "allocated slot without its tag")
                     owner = head >> 1
                 else:
                     owner = z.owners[i]
                 _check(owner not in owners, "two objects claim one handle")
-                owners[owner] = z.zid << LOC_SHIFT | i
+                owners[owner] = location_to_obj(z.zid, i)
             prev = z
             z = z.next
         _check(n == cls.counts[group], "fullness count != list length")
@@ -84,22 +108,20 @@ def _check_class(pool: ZsPool, cls: SizeClass, owners: dict[int, int]) -> int:
     return pages
 
 
-def check_zspool(pool: ZsPool) -> None:
-    """Raise AssertionError at the first inconsistency in ``pool`` (lock held)."""
-    from allocator.zsmalloc import _HUGE, _HUGE_CLASS_SHIFT, _PFN_MASK
-
-    handles = pool._handles
+def check_zspool(pool: ZsPoolView) -> None:
+    """Raise AssertionError at the first inconsistency in ``pool`` (its lock held)."""
+    handles = pool.handles
     live = handles.live_slots()
     owners: dict[int, int] = {}
     huge_pfns: set[int] = set()
     huge_count = [0] * len(pool.classes)
     for slot in live:
         loc = handles.location_of_slot(slot)
-        if loc & _HUGE:
-            pfn = loc & _PFN_MASK
+        if loc & HUGE:
+            position, pfn = huge_to_location(loc)
             _check(pfn not in huge_pfns, "two huge objects share a page")
             huge_pfns.add(pfn)
-            huge_count[(loc & ~_HUGE) >> _HUGE_CLASS_SHIFT] += 1
+            huge_count[position] += 1
             owners[slot] = loc
     total_pages = 0
     for cls in pool.classes:
@@ -114,7 +136,7 @@ def check_zspool(pool: ZsPool) -> None:
             total_pages += used
         else:
             total_pages += _check_class(pool, cls, owners)
-    _check(total_pages == pool._arena.pages_held, "pages held != pages in zspages")
+    _check(total_pages == pool.pages_held, "pages held != pages in zspages")
     _check(len(live) == handles.live == len(owners), "live handles != objects")
     for slot in live:
         _check(
@@ -123,6 +145,142 @@ def check_zspool(pool: ZsPool) -> None:
         )
     if pool.max_pages is not None:
         _check(
-            pool._arena.pages_held <= max(pool.max_pages, pool._held_over_budget),
+            pool.pages_held <= max(pool.max_pages, pool.held_over_budget),
             "page budget exceeded",
         )
+
+
+@dataclass(frozen=True)
+class BuddyPoolView:
+    """What of a ZbudPool or Z3foldPool the check reads, handed over by the pool.
+
+    ``foreign`` is z3fold's per-buddy mark (None for zbud, whose pages have no
+    middle buddy); ``num_free_chunks`` the pool's own rule for a page's free space.
+    """
+
+    buddies_per_page: int
+    hdr_chunks: int
+    nchunks: int
+    max_buddy_size: int
+    chunks: Sequence[int]
+    start: Sequence[int]
+    owner: Sequence[int]
+    inuse: Sequence[int]
+    lists: Sequence[int]
+    heads: Sequence[int]
+    prev: Sequence[int]
+    next: Sequence[int]
+    nonempty: int
+    by_inuse: Sequence[int]
+    headless: int
+    mapped: Mapping[int, int]
+    handles: HandleTable
+    pages_held: int
+    pages_max: int
+    max_pages: int | None
+    held_over_budget: int
+    num_free_chunks: Callable[[int], int]
+    foreign: Sequence[int] | None
+
+
+def _check_buddies(pool: BuddyPoolView, pfn: int) -> None:
+    """The layout rules of one buddy page."""
+    base = pfn << BUDDY_BITS
+    c, s = pool.chunks, pool.start
+    first, middle, last = c[base | FIRST], c[base | MIDDLE], c[base | LAST]
+    _check(first + middle + last <= pool.nchunks, "buddies overlap")
+    if first:
+        _check(s[base | FIRST] == pool.hdr_chunks, "first buddy not after the header")
+    if last:
+        _check(s[base | LAST] == TOTAL_CHUNKS - last, "last buddy not right-justified")
+    if pool.foreign is None:
+        _check(middle == 0 and s[base | MIDDLE] == 0, "zbud page with a middle buddy")
+        return
+    if middle:
+        start = s[base | MIDDLE]
+        _check(start >= pool.hdr_chunks + first, "middle buddy overlaps the first")
+        _check(start + middle <= TOTAL_CHUNKS - last, "middle buddy overlaps the last")
+    for b in (FIRST, MIDDLE, LAST):
+        _check(not pool.foreign[base | b] or c[base | b] > 0, "free buddy marked foreign")
+
+
+def check_buddy_pool(pool: BuddyPoolView) -> None:
+    """Raise AssertionError at the first inconsistency in a zbud or z3fold pool."""
+    c, s, o = pool.chunks, pool.start, pool.owner
+    per_page = pool.buddies_per_page
+    largest = size_to_chunks(pool.max_buddy_size)
+    owners: dict[int, int] = {}
+    by_inuse = [0] * (per_page + 1)
+    held = headless = listed = 0
+    for pfn in range(len(pool.inuse)):
+        base = pfn << BUDDY_BITS
+        if c[base | HEADLESS]:
+            _check(c[base] == TOTAL_CHUNKS and s[base] == 0, "corrupt headless entry")
+            _check(
+                not any(c[base | b] or o[base | b] for b in (FIRST, MIDDLE, LAST)),
+                "headless page with buddies",
+            )
+            _check(pool.inuse[pfn] == 0, "headless page counted as a buddy page")
+            _check(pool.lists[pfn] == NIL, "headless page on an unbuddied list")
+            _check(o[base] != 0 and o[base] not in owners, "headless object without owner")
+            owners[o[base]] = base
+            headless += 1
+            held += 1
+            continue
+        _check(s[base] == 0 and o[base] == 0, "stray headless entry")
+        used = [b for b in (FIRST, MIDDLE, LAST) if c[base | b]]
+        _check(len(used) == pool.inuse[pfn], "inuse differs from buddies present")
+        for b in (FIRST, MIDDLE, LAST):
+            loc = base | b
+            if b in used:
+                _check(c[loc] <= largest, "buddy larger than the largest buddy")
+                _check(o[loc] != 0 and o[loc] not in owners, "buddy without a unique owner")
+                owners[o[loc]] = loc
+            else:
+                _check(s[loc] == 0 and o[loc] == 0, "free buddy with a start or an owner")
+        if not used:
+            _check(pool.lists[pfn] == NIL, "page without objects on a list")
+            continue
+        held += 1
+        by_inuse[len(used)] += 1
+        _check_buddies(pool, pfn)
+        if len(used) < per_page:
+            _check(
+                pool.lists[pfn] == pool.num_free_chunks(pfn),
+                "page not on the unbuddied list of its free chunks",
+            )
+            listed += 1
+        else:
+            _check(pool.lists[pfn] == NIL, "page without a free buddy on a list")
+    _check(held == pool.pages_held, "pages held != pages in use")
+    _check(headless == pool.headless, "headless page count out of step")
+    _check(by_inuse[1:] == pool.by_inuse[1:], "pages by buddies in use out of step")
+    _check(pool.by_inuse[0] == 0, "a page left half built")
+    # Every list: links consistent both ways, every page where _list says.
+    walked = 0
+    for i in range(pool.nchunks):
+        pfn, prev, steps = pool.heads[i], NIL, 0
+        _check(bool(pool.nonempty >> i & 1) == (pfn != NIL), "nonempty mask out of step")
+        while pfn != NIL:
+            steps += 1
+            _check(steps <= listed, "unbuddied list loops")
+            _check(pool.lists[pfn] == i, "page on a list other than its own")
+            _check(pool.prev[pfn] == prev, "broken list link")
+            prev, pfn = pfn, pool.next[pfn]
+        walked += steps
+    _check(walked == listed, "listed pages missing from the lists")
+    _check(pool.nonempty >> pool.nchunks == 0, "nonempty mask beyond the lists")
+    live = pool.handles.live_slots()
+    _check(len(live) == pool.handles.live == len(owners), "live handles != objects")
+    for slot in live:
+        _check(
+            owners.get(slot) == pool.handles.location_of_slot(slot),
+            "handle table points elsewhere than its object",
+        )
+    _check(all(slot in owners for slot in pool.mapped), "a freed object is mapped")
+    if pool.max_pages is not None:
+        _check(
+            pool.pages_held <= max(pool.max_pages, pool.held_over_budget),
+            "page budget exceeded",
+        )
+    _check(pool.pages_max >= pool.pages_held, "pages_max below pages held")

@@ -87,10 +87,12 @@ migration; metadata in arrays outside the page; the header size discussed above.
 from __future__ import annotations
 
 from array import array
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from allocator.arena import PAGE_SHIFT
 from allocator.budget import PageBudget
+from allocator.invariants import BuddyPoolView
 from allocator.zbud import (
     BUDDY_BITS,
     CHUNK_SHIFT,
@@ -299,25 +301,5 @@ class Z3foldPool(ZbudPool):
             self.pages_compacted += released
             return released
 
-    # -- invariants ------------------------------------------------------------------
-
-    def _check_buddies(self, pfn: int) -> None:
-        base = pfn << BUDDY_BITS
-        c, s = self._chunks, self._start
-        first, middle, last = c[base | FIRST], c[base | MIDDLE], c[base | LAST]
-        _check(first + middle + last <= self.nchunks, "buddies overlap")
-        if first:
-            _check(s[base | FIRST] == self.hdr_chunks, "first buddy not after the header")
-        if last:
-            _check(s[base | LAST] == TOTAL_CHUNKS - last, "last buddy not right-justified")
-        if middle:
-            start = s[base | MIDDLE]
-            _check(start >= self.hdr_chunks + first, "middle buddy overlaps the first")
-            _check(start + middle <= TOTAL_CHUNKS - last, "middle buddy overlaps the last")
-        for b in _BUDDIES:
-            _check(not self._foreign[base | b] or c[base | b] > 0, "free buddy marked foreign")
-
-
-def _check(ok: bool, what: str) -> None:
-    if not ok:
-        raise AssertionError(what)
+    def _view(self) -> BuddyPoolView:
+        return replace(super()._view(), foreign=self._foreign)

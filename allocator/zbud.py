@@ -91,9 +91,26 @@ from typing import Any, ClassVar
 
 from allocator.arena import PAGE_SHIFT, PAGE_SIZE, PageArena
 from allocator.base import PoolBase, arena_capacity
+from allocator.buddy import (
+    BUDDY_BITS,
+    BUDDY_MASK,
+    CHUNK_SHIFT,
+    CHUNK_SIZE,
+    FIRST,
+    HEADLESS,
+    LAST,
+    MAX_BUDDY_SIZE,
+    MIDDLE,
+    NCHUNKS,
+    NIL,
+    TOTAL_CHUNKS,
+    ZHDR_CHUNKS,
+    size_to_chunks,
+)
 from allocator.budget import PageBudget
 from allocator.errors import AllocatorError
 from allocator.handles import SLOT_MASK, HandleTable
+from allocator.invariants import BuddyPoolView, check_buddy_pool
 from allocator.mapping import MapMode, ObjectMapping
 from allocator.stats import ClassStats, Fullness, PoolStats, fullness_group
 from allocator.zsmalloc import ZsPool
@@ -113,31 +130,6 @@ __all__ = [
     "ZbudPool",
 ]
 
-# The kernel's geometry.  NCHUNKS_ORDER sets the allocation granularity (and the
-# number of unbuddied lists): a page is 1 << NCHUNKS_ORDER chunks.
-NCHUNKS_ORDER = 6
-CHUNK_SHIFT = PAGE_SHIFT - NCHUNKS_ORDER
-CHUNK_SIZE = 1 << CHUNK_SHIFT
-TOTAL_CHUNKS = PAGE_SIZE >> CHUNK_SHIFT
-# struct zbud_header (list links and two chunk counts) fits one chunk.
-ZHDR_CHUNKS = 1
-ZHDR_SIZE_ALIGNED = ZHDR_CHUNKS << CHUNK_SHIFT
-# Chunks left for buddies, and the number of unbuddied lists.
-NCHUNKS = TOTAL_CHUNKS - ZHDR_CHUNKS
-# zbud_alloc's limit: a lone buddy leaves at least one chunk free.
-MAX_BUDDY_SIZE = PAGE_SIZE - ZHDR_SIZE_ALIGNED - CHUNK_SIZE
-
-# Buddies, numbered as z3fold's enum buddy; a location is pfn << BUDDY_BITS | buddy.
-HEADLESS = 0
-FIRST = 1
-MIDDLE = 2
-LAST = 3
-BUDDY_BITS = 2
-BUDDY_MASK = (1 << BUDDY_BITS) - 1
-
-# End of an unbuddied list / on no list.
-_NIL = -1
-
 # Options that only zsmalloc understands: accepted and ignored, so that one option
 # set builds any allocator.  Read from ZsPool itself so that new zsmalloc options
 # are accepted without a change here, while a misspelt option still fails.
@@ -148,11 +140,6 @@ _ZSMALLOC_ONLY_OPTIONS = frozenset(inspect.signature(ZsPool.__init__).parameters
     "arena_pages",
     "budget",
 }
-
-
-def size_to_chunks(size: int) -> int:
-    """Chunks an object of ``size`` bytes takes (rounded up)."""
-    return (size + CHUNK_SIZE - 1) >> CHUNK_SHIFT
 
 
 class ZbudPool(PoolBase):
@@ -212,14 +199,14 @@ class ZbudPool(PoolBase):
         self._start = array("B")
         self._owner = array("I")
         # Per page, indexed by PFN: buddies in use, the unbuddied list the page
-        # is on (_NIL: none) and its neighbours there.
+        # is on (NIL: none) and its neighbours there.
         self._inuse = array("B")
         self._list = array("b")
         self._next = array("q")
         self._prev = array("q")
         # unbuddied[i]: head PFN of the list of pages with i free chunks; bit i of
         # _nonempty is set while that list has pages, so a search is one shift.
-        self._heads = array("q", [_NIL] * self.nchunks)
+        self._heads = array("q", [NIL] * self.nchunks)
         self._nonempty = 0
         # Buddy pages by buddies in use (index 0: a page being filled or emptied).
         self._by_inuse = [0] * (self.buddies_per_page + 1)
@@ -258,9 +245,9 @@ class ZbudPool(PoolBase):
         self._start.extend(zeros)
         self._owner.extend(zeros)
         self._inuse.extend(bytes(add))
-        self._list.extend([_NIL] * add)
-        self._next.extend([_NIL] * add)
-        self._prev.extend([_NIL] * add)
+        self._list.extend([NIL] * add)
+        self._next.extend([NIL] * add)
+        self._prev.extend([NIL] * add)
 
     # -- unbuddied lists -------------------------------------------------------------
 
@@ -268,8 +255,8 @@ class ZbudPool(PoolBase):
         """Push ``pfn`` on the head of unbuddied[i] (list_add)."""
         head = self._heads[i]
         self._next[pfn] = head
-        self._prev[pfn] = _NIL
-        if head != _NIL:
+        self._prev[pfn] = NIL
+        if head != NIL:
             self._prev[head] = pfn
         else:
             self._nonempty |= 1 << i
@@ -281,21 +268,21 @@ class ZbudPool(PoolBase):
         i = self._list[pfn]
         nxt = self._next[pfn]
         prv = self._prev[pfn]
-        if prv != _NIL:
+        if prv != NIL:
             self._next[prv] = nxt
         else:
             self._heads[i] = nxt
-            if nxt == _NIL:
+            if nxt == NIL:
                 self._nonempty &= ~(1 << i)
-        if nxt != _NIL:
+        if nxt != NIL:
             self._prev[nxt] = prv
-        self._list[pfn] = _NIL
+        self._list[pfn] = NIL
 
     def _find_unbuddied(self, chunks: int) -> int:
-        """Head of the first non-empty unbuddied[chunks..], or _NIL."""
+        """Head of the first non-empty unbuddied[chunks..], or NIL."""
         fits = self._nonempty >> chunks
         if not fits:
-            return _NIL
+            return NIL
         return self._heads[chunks + (fits & -fits).bit_length() - 1]
 
     def _num_free_chunks(self, pfn: int) -> int:
@@ -387,7 +374,7 @@ class ZbudPool(PoolBase):
                 return self._malloc_headless()
             chunks = (size + CHUNK_SIZE - 1) >> CHUNK_SHIFT
             pfn = self._find_unbuddied(chunks)
-            if pfn != _NIL:
+            if pfn != NIL:
                 self._unlink(pfn)
                 bud = self._free_buddy(pfn, chunks)
             else:
@@ -428,7 +415,7 @@ class ZbudPool(PoolBase):
                 self._arena.free_page(pfn)
                 self._uncharge(1)
                 return
-            if self._list[pfn] != _NIL:
+            if self._list[pfn] != NIL:
                 self._unlink(pfn)
             self._drop(loc)
             if self._inuse[pfn] == 0:
@@ -589,101 +576,31 @@ class ZbudPool(PoolBase):
         O(pages ever held): for tests and debugging, not for production paths.
         """
         with self._lock:
-            self._check_invariants()
+            check_buddy_pool(self._view())
 
-    def _check_buddies(self, pfn: int) -> None:
-        """The layout rules of one buddy page (zbud: FIRST and LAST only)."""
-        base = pfn << BUDDY_BITS
-        c, s = self._chunks, self._start
-        first, last = c[base | FIRST], c[base | LAST]
-        _check(c[base | MIDDLE] == 0 and s[base | MIDDLE] == 0, "zbud page with a middle buddy")
-        _check(first + last <= self.nchunks, "buddies overlap")
-        if first:
-            _check(s[base | FIRST] == self.hdr_chunks, "first buddy not after the header")
-        if last:
-            _check(s[base | LAST] == TOTAL_CHUNKS - last, "last buddy not right-justified")
-
-    def _check_invariants(self) -> None:
-        c, s, o = self._chunks, self._start, self._owner
-        per_page = self.buddies_per_page
-        largest = size_to_chunks(self.max_buddy_size)
-        owners: dict[int, int] = {}
-        by_inuse = [0] * (per_page + 1)
-        held = headless = listed = 0
-        for pfn in range(len(self._inuse)):
-            base = pfn << BUDDY_BITS
-            if c[base | HEADLESS]:
-                _check(c[base] == TOTAL_CHUNKS and s[base] == 0, "corrupt headless entry")
-                _check(
-                    not any(c[base | b] or o[base | b] for b in (FIRST, MIDDLE, LAST)),
-                    "headless page with buddies",
-                )
-                _check(self._inuse[pfn] == 0, "headless page counted as a buddy page")
-                _check(self._list[pfn] == _NIL, "headless page on an unbuddied list")
-                _check(o[base] != 0 and o[base] not in owners, "headless object without owner")
-                owners[o[base]] = base
-                headless += 1
-                held += 1
-                continue
-            _check(s[base] == 0 and o[base] == 0, "stray headless entry")
-            used = [b for b in (FIRST, MIDDLE, LAST) if c[base | b]]
-            _check(len(used) == self._inuse[pfn], "inuse differs from buddies present")
-            for b in (FIRST, MIDDLE, LAST):
-                loc = base | b
-                if b in used:
-                    _check(c[loc] <= largest, "buddy larger than the largest buddy")
-                    _check(o[loc] != 0 and o[loc] not in owners, "buddy without a unique owner")
-                    owners[o[loc]] = loc
-                else:
-                    _check(s[loc] == 0 and o[loc] == 0, "free buddy with a start or an owner")
-            if not used:
-                _check(self._list[pfn] == _NIL, "page without objects on a list")
-                continue
-            held += 1
-            by_inuse[len(used)] += 1
-            self._check_buddies(pfn)
-            if len(used) < per_page:
-                _check(
-                    self._list[pfn] == self._num_free_chunks(pfn),
-                    "page not on the unbuddied list of its free chunks",
-                )
-                listed += 1
-            else:
-                _check(self._list[pfn] == _NIL, "page without a free buddy on a list")
-        _check(held == self._arena.pages_held, "pages held != pages in use")
-        _check(headless == self._headless, "headless page count out of step")
-        _check(by_inuse[1:] == self._by_inuse[1:], "pages by buddies in use out of step")
-        _check(self._by_inuse[0] == 0, "a page left half built")
-        # Every list: links consistent both ways, every page where _list says.
-        walked = 0
-        for i in range(self.nchunks):
-            pfn, prev, steps = self._heads[i], _NIL, 0
-            _check(bool(self._nonempty >> i & 1) == (pfn != _NIL), "nonempty mask out of step")
-            while pfn != _NIL:
-                steps += 1
-                _check(steps <= listed, "unbuddied list loops")
-                _check(self._list[pfn] == i, "page on a list other than its own")
-                _check(self._prev[pfn] == prev, "broken list link")
-                prev, pfn = pfn, self._next[pfn]
-            walked += steps
-        _check(walked == listed, "listed pages missing from the lists")
-        _check(self._nonempty >> self.nchunks == 0, "nonempty mask beyond the lists")
-        live = self._handles.live_slots()
-        _check(len(live) == self._handles.live == len(owners), "live handles != objects")
-        for slot in live:
-            _check(
-                owners.get(slot) == self._handles.location_of_slot(slot),
-                "handle table points elsewhere than its object",
-            )
-        _check(all(slot in owners for slot in self._mapped), "a freed object is mapped")
-        if self.max_pages is not None:
-            _check(
-                self._arena.pages_held <= max(self.max_pages, self._held_over_budget),
-                "page budget exceeded",
-            )
-        _check(self.pages_max >= self._arena.pages_held, "pages_max below pages held")
-
-
-def _check(ok: bool, what: str) -> None:
-    if not ok:
-        raise AssertionError(what)
+    def _view(self) -> BuddyPoolView:
+        return BuddyPoolView(
+            buddies_per_page=self.buddies_per_page,
+            hdr_chunks=self.hdr_chunks,
+            nchunks=self.nchunks,
+            max_buddy_size=self.max_buddy_size,
+            chunks=self._chunks,
+            start=self._start,
+            owner=self._owner,
+            inuse=self._inuse,
+            lists=self._list,
+            heads=self._heads,
+            prev=self._prev,
+            next=self._next,
+            nonempty=self._nonempty,
+            by_inuse=self._by_inuse,
+            headless=self._headless,
+            mapped=self._mapped,
+            handles=self._handles,
+            pages_held=self._arena.pages_held,
+            pages_max=self.pages_max,
+            max_pages=self.max_pages,
+            held_over_budget=self._held_over_budget,
+            num_free_chunks=self._num_free_chunks,
+            foreign=None,
+        )

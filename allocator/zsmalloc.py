@@ -30,150 +30,29 @@ from array import array
 from allocator.arena import PAGE_SHIFT, PAGE_SIZE, PageArena
 from allocator.base import PoolBase, arena_capacity
 from allocator.budget import PageBudget
-from allocator.classes import ClassSpec, ClassTable
+from allocator.classes import ClassTable
 from allocator.errors import AllocatorError
 from allocator.handles import SLOT_MASK, HandleTable
+from allocator.invariants import ZsPoolView, check_zspool
 from allocator.mapping import MapMode, ObjectMapping
-from allocator.stats import ClassStats, Fullness, PoolStats, fullness_group
+from allocator.stats import ClassStats, Fullness, PoolStats
+from allocator.zspage import (
+    EMPTY,
+    FULL,
+    HUGE,
+    IDX_MASK,
+    LOC_SHIFT,
+    SizeClass,
+    ZsPage,
+    huge_location,
+    huge_to_location,
+    insert_zspage,
+    location_to_obj,
+    remove_zspage,
+    slot_address,
+)
 
-__all__ = ["SizeClass", "ZsPage", "ZsPool"]
-
-# Location = zspage id << LOC_SHIFT | object index.  A zspage holds at most
-# 16 pages * 4096 / 16 bytes = 4096 objects, so 12 bits suffice.
-LOC_SHIFT = 12
-_IDX_MASK = (1 << LOC_SHIFT) - 1
-# A huge object (one per one-page zspage) is located by its PFN alone, flagged,
-# with its class's position: no ZsPage object, free list or owner array is kept
-# for it, which would cost ~300 bytes per huge page (the kernel's huge zspage
-# likewise keeps its handle in the page's own metadata).
-_HUGE = 1 << 52
-_HUGE_CLASS_SHIFT = 32
-_PFN_MASK = (1 << _HUGE_CLASS_SHIFT) - 1
-# End of a zspage's free list.  Links are stored as index + 1 so that the end is
-# 0 in memory and -1 in Python: a cached small int, not a fresh object per full zspage.
-_END = -1
-_N_GROUPS = len(Fullness)
-# Plain ints on hot paths: IntEnum construction and lookups cost microseconds.
-_EMPTY = int(Fullness.EMPTY)
-_FULL = int(Fullness.FULL)
-# Bits of the EMPTY..RATIO_99 groups in SizeClass.nonfull.
-_NONFULL_BITS = (1 << _FULL) - 1
-
-
-class ZsPage:
-    """One zspage: its pages, its free list head and how many slots are used."""
-
-    __slots__ = (
-        "cls",
-        "freeobj",
-        "fullness",
-        "gtab",
-        "inuse",
-        "next",
-        "objs",
-        "owners",
-        "pages",
-        "prev",
-        "zid",
-    )
-
-    def __init__(self, zid: int, cls: SizeClass, pages: array[int], objs: int) -> None:
-        self.zid = zid
-        self.cls = cls
-        self.pages = pages
-        self.objs = objs
-        # inuse -> fullness group; shared with every full-length zspage of the class.
-        self.gtab = cls.gtab if objs == cls.objs_per_zspage else _group_table(objs)
-        self.inuse = 0
-        self.freeobj = 0
-        self.fullness = _EMPTY
-        self.prev: ZsPage | None = None
-        self.next: ZsPage | None = None
-        self.owners: array[int] | None = None if cls.header else array("I", bytes(4 * objs))
-
-
-class SizeClass:
-    """A size class: its shape, its fullness lists and its counters."""
-
-    __slots__ = (
-        "capacity",
-        "counts",
-        "empties",
-        "gtab",
-        "header",
-        "heads",
-        "huge",
-        "index",
-        "nonfull",
-        "objs_allocated",
-        "objs_per_zspage",
-        "objs_used",
-        "pages_per_zspage",
-        "pages_used",
-        "position",
-        "size",
-        "slot_off",
-        "slot_page",
-        "slot_split",
-    )
-
-    def __init__(self, spec: ClassSpec, header: int, position: int) -> None:
-        self.position = position
-        self.index = spec.index
-        self.size = spec.size
-        self.pages_per_zspage = spec.pages_per_zspage
-        self.objs_per_zspage = spec.objs_per_zspage
-        self.huge = spec.huge
-        # Huge objects fill their page: the owner lives beside the zspage instead.
-        self.header = 0 if spec.huge else header
-        self.capacity = self.size - self.header
-        self.gtab = _group_table(self.objs_per_zspage)
-        self.heads: list[ZsPage | None] = [None] * _N_GROUPS
-        self.counts = [0] * _N_GROUPS
-        self.nonfull = 0
-        self.empties = 0
-        self.objs_allocated = 0
-        self.objs_used = 0
-        self.pages_used = 0
-        # Where slot i starts (page within the zspage, offset in that page) and
-        # how many of its data bytes fit before the page ends.
-        offs = [i * self.size for i in range(self.objs_per_zspage)]
-        self.slot_page = array("H", [o >> PAGE_SHIFT for o in offs])
-        self.slot_off = array("H", [o & (PAGE_SIZE - 1) for o in offs])
-        self.slot_split = array(
-            "H",
-            [min(self.capacity, PAGE_SIZE - (o & (PAGE_SIZE - 1)) - self.header) for o in offs],
-        )
-
-
-def _group_table(objs: int) -> bytes:
-    return bytes(fullness_group(n, objs) for n in range(objs + 1))
-
-
-def _insert_zspage(cls: SizeClass, z: ZsPage, group: int) -> None:
-    head = cls.heads[group]
-    z.prev = None
-    z.next = head
-    if head is not None:
-        head.prev = z
-    cls.heads[group] = z
-    z.fullness = group
-    cls.counts[group] += 1
-    cls.nonfull |= (1 << group) & _NONFULL_BITS
-
-
-def _remove_zspage(cls: SizeClass, z: ZsPage) -> None:
-    group = z.fullness
-    if z.prev is not None:
-        z.prev.next = z.next
-    else:
-        cls.heads[group] = z.next
-    if z.next is not None:
-        z.next.prev = z.prev
-    z.prev = z.next = None
-    cls.counts[group] -= 1
-    if cls.heads[group] is None:
-        cls.nonfull &= ~(1 << group)
+__all__ = ["ZsPool"]
 
 
 class ZsPool(PoolBase):
@@ -296,15 +175,13 @@ class ZsPool(PoolBase):
         self._zspages[zid] = z
         # Chain every slot into the free list, in order, inside the slots.
         words = self._words
-        slot_page, slot_off = cls.slot_page, cls.slot_off
         for i in range(objs):
-            addr = (pages[slot_page[i]] << PAGE_SHIFT) + slot_off[i]
-            words[addr >> 3] = (i + 2 if i + 1 < objs else 0) << 1
+            words[slot_address(z, i) >> 3] = (i + 2 if i + 1 < objs else 0) << 1
         cls.objs_allocated += objs
         cls.pages_used += npages
         if self._arena.pages_held > self.pages_max:
             self.pages_max = self._arena.pages_held
-        _insert_zspage(cls, z, _EMPTY)
+        insert_zspage(cls, z, EMPTY)
         cls.empties += 1
         return z
 
@@ -323,9 +200,9 @@ class ZsPool(PoolBase):
         freed = 0
         for cls in self.classes:
             while cls.empties and freed < want:
-                z = cls.heads[_EMPTY]
+                z = cls.heads[EMPTY]
                 assert z is not None
-                _remove_zspage(cls, z)
+                remove_zspage(cls, z)
                 cls.empties -= 1
                 freed += self._free_zspage(cls, z)
             if freed >= want:
@@ -334,15 +211,15 @@ class ZsPool(PoolBase):
 
     def _regroup(self, cls: SizeClass, z: ZsPage, group: int) -> None:
         """Move ``z`` to ``group``, releasing or caching it if it went empty."""
-        if z.fullness == _EMPTY:
+        if z.fullness == EMPTY:
             cls.empties -= 1
-        _remove_zspage(cls, z)
-        if group == _EMPTY:
+        remove_zspage(cls, z)
+        if group == EMPTY:
             if cls.empties >= self.empty_cache:
                 self._free_zspage(cls, z)
                 return
             cls.empties += 1
-        _insert_zspage(cls, z, group)
+        insert_zspage(cls, z, group)
 
     # -- malloc / free -------------------------------------------------------------
 
@@ -388,6 +265,7 @@ class ZsPool(PoolBase):
             else:
                 z = self._new_zspage(cls)
             idx = z.freeobj
+            # location_to_obj and slot_address, written out: this is the hot path.
             handle = self._halloc(z.zid << LOC_SHIFT | idx)
             page = cls.slot_page[idx]
             addr = (z.pages[page] << PAGE_SHIFT) + cls.slot_off[idx]
@@ -401,10 +279,10 @@ class ZsPool(PoolBase):
             cls.objs_used += 1
             group = z.gtab[inuse]
             if group != z.fullness:
-                if z.fullness == _EMPTY:
+                if z.fullness == EMPTY:
                     cls.empties -= 1
-                _remove_zspage(cls, z)
-                _insert_zspage(cls, z, group)
+                remove_zspage(cls, z)
+                insert_zspage(cls, z, group)
             if data is not None:
                 addr += cls.header
                 split = cls.slot_split[idx]
@@ -428,14 +306,14 @@ class ZsPool(PoolBase):
             if self._mapped and self._handles.slot(handle) in self._mapped:
                 raise AllocatorError("cannot free an object while it is mapped")
             loc = self._handles.take(handle)
-            if loc & _HUGE:
+            if loc & HUGE:
                 self._free_huge(loc)
                 return
+            # obj_to_location, slot_address and obj_free, inline: this is the hot path.
             z = self._zspages[loc >> LOC_SHIFT]
             assert z is not None
-            # obj_free, inline: this is the hot path.
             cls = z.cls
-            idx = loc & _IDX_MASK
+            idx = loc & IDX_MASK
             word = ((z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx]) >> 3
             self._words[word] = (z.freeobj + 1) << 1
             if z.owners is not None:
@@ -454,11 +332,11 @@ class ZsPool(PoolBase):
                 raise self._refusal(1, "a huge object")
             self._charge(1, "a huge object")
             pfn = self._arena.alloc_page()
-            handle = self._handles.alloc(_HUGE | cls.position << _HUGE_CLASS_SHIFT | pfn)
+            handle = self._handles.alloc(huge_location(cls.position, pfn))
             cls.objs_used += 1
             cls.objs_allocated += 1
             cls.pages_used += 1
-            cls.counts[_FULL] += 1
+            cls.counts[FULL] += 1
             if self._arena.pages_held > self.pages_max:
                 self.pages_max = self._arena.pages_held
             return handle
@@ -466,13 +344,14 @@ class ZsPool(PoolBase):
     def _free_huge(self, loc: int) -> None:
         # Released at once, whatever empty_cache says: a one-page zspage is
         # as cheap to rebuild as to keep.
-        cls = self.classes[(loc & ~_HUGE) >> _HUGE_CLASS_SHIFT]
-        self._arena.free_page(loc & _PFN_MASK)
+        position, pfn = huge_to_location(loc)
+        cls = self.classes[position]
+        self._arena.free_page(pfn)
         self._uncharge(1)
         cls.objs_used -= 1
         cls.objs_allocated -= 1
         cls.pages_used -= 1
-        cls.counts[_FULL] -= 1
+        cls.counts[FULL] -= 1
 
     # -- object access -------------------------------------------------------------
 
@@ -480,13 +359,15 @@ class ZsPool(PoolBase):
         """(class, data address, bytes before the page ends, address of the
         page a spanning object continues on or -1) of a live handle."""
         loc = self._handles.location(handle)
-        if loc & _HUGE:
-            cls = self.classes[(loc & ~_HUGE) >> _HUGE_CLASS_SHIFT]
-            return cls, (loc & _PFN_MASK) << PAGE_SHIFT, cls.capacity, -1
+        if loc & HUGE:
+            position, pfn = huge_to_location(loc)
+            cls = self.classes[position]
+            return cls, pfn << PAGE_SHIFT, cls.capacity, -1
+        # obj_to_location and slot_address, written out: every load comes here.
         z = self._zspages[loc >> LOC_SHIFT]
         assert z is not None
         cls = z.cls
-        idx = loc & _IDX_MASK
+        idx = loc & IDX_MASK
         page = cls.slot_page[idx]
         addr = (z.pages[page] << PAGE_SHIFT) + cls.slot_off[idx] + cls.header
         split = cls.slot_split[idx]
@@ -615,14 +496,14 @@ class ZsPool(PoolBase):
         for group in groups:
             z = cls.heads[group]
             if z is not None:
-                _remove_zspage(cls, z)
+                remove_zspage(cls, z)
                 return z
         return None
 
     def _putback(self, cls: SizeClass, z: ZsPage) -> None:
         group = z.gtab[z.inuse]
-        _insert_zspage(cls, z, group)
-        if group == _EMPTY:
+        insert_zspage(cls, z, group)
+        if group == EMPTY:
             cls.empties += 1
 
     def _compact_class(self, cls: SizeClass) -> int:
@@ -655,7 +536,7 @@ class ZsPool(PoolBase):
         words = self._words
         buf = self._buf
         for idx in range(src.objs):
-            word = ((src.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx]) >> 3
+            word = slot_address(src, idx) >> 3
             if src.owners is None:
                 head = words[word]
                 if not head & 1:
@@ -668,7 +549,7 @@ class ZsPool(PoolBase):
             data = self._slot_bytes(src, idx)
             # obj_malloc on dst, keeping the same owner.
             didx = dst.freeobj
-            dword = ((dst.pages[cls.slot_page[didx]] << PAGE_SHIFT) + cls.slot_off[didx]) >> 3
+            dword = slot_address(dst, didx) >> 3
             dst.freeobj = (words[dword] >> 1) - 1
             if dst.owners is None:
                 words[dword] = owner << 1 | 1
@@ -681,7 +562,7 @@ class ZsPool(PoolBase):
             if split < cls.capacity:
                 second = dst.pages[cls.slot_page[didx] + 1] << PAGE_SHIFT
                 buf[second : second + cls.capacity - split] = data[split:]
-            self._handles.relocate(owner, dst.zid << LOC_SHIFT | didx)
+            self._handles.relocate(owner, location_to_obj(dst.zid, didx))
             # obj_free on src; counters of the class do not change overall.
             words[word] = (src.freeobj + 1) << 1
             if src.owners is not None:
@@ -693,7 +574,7 @@ class ZsPool(PoolBase):
 
     def _slot_bytes(self, z: ZsPage, idx: int) -> bytes:
         cls = z.cls
-        addr = (z.pages[cls.slot_page[idx]] << PAGE_SHIFT) + cls.slot_off[idx] + cls.header
+        addr = slot_address(z, idx) + cls.header
         split = cls.slot_split[idx]
         first = self._buf[addr : addr + split].tobytes()
         if split == cls.capacity:
@@ -743,7 +624,16 @@ class ZsPool(PoolBase):
 
         O(pool size): for tests and debugging, not for production paths.
         """
-        from allocator.invariants import check_zspool
-
         with self._lock:
-            check_zspool(self)
+            check_zspool(
+                ZsPoolView(
+                    classes=self.classes,
+                    zspages=self._zspages,
+                    words=self._words,
+                    handles=self._handles,
+                    pages_held=self._arena.pages_held,
+                    empty_cache=self.empty_cache,
+                    max_pages=self.max_pages,
+                    held_over_budget=self._held_over_budget,
+                )
+            )

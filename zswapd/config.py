@@ -8,7 +8,7 @@ from typing import Any
 
 import allocator
 import compressors
-from allocator import PageBudget
+from allocator import Allocator, PageBudget
 from zswapd.backing import MAX_BACKING_SIZE
 from zswapd.errors import ConfigError
 
@@ -179,7 +179,7 @@ class PoolConfig:
 
     def make_allocator(
         self, budget: PageBudget | None = None, arena_pages: int | None = None
-    ) -> Any:
+    ) -> Allocator:
         """The allocator, charging ``budget`` if given, its address space
         reserved for its limit but never more than ``arena_pages``."""
         if arena_pages is not None and self.limit_pages:

@@ -39,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from zswapd import __version__
+from zswapd.errors import UnknownPoolError
 from zswapd.pools import PoolRegistry
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "PoolCollector"]
@@ -108,7 +109,7 @@ class PoolCollector(Collector):
         for name in self.pools.names():
             try:
                 snapshots.append((name, self.pools.get(name).stats()))
-            except KeyError:  # removed meanwhile
+            except UnknownPoolError:  # removed since names() listed it
                 continue
         with self._lock:
             for gone in set(self._seen) - {n for n, _ in snapshots}:
@@ -332,7 +333,7 @@ class DeviceCollector(Collector):
         for name in self.devices.names():
             try:
                 dev = self.devices.get(name)
-            except KeyError:
+            except UnknownPoolError:  # removed since names() listed it
                 continue
             size.add_metric([name], dev.size)
             for kind, value in vars(dev.io).items():

@@ -473,7 +473,8 @@ class PagePool:
                     obj = payload
                     same += 1
                 else:
-                    obj = store(payload)
+                    # payload is the compressed bytes unless the page is SAME.
+                    obj = store(payload)  # type: ignore[arg-type]
                     compr += clen
                 handle = entries.add(kind, obj, clen, now)  # type: ignore[arg-type]
                 handles.append(handle)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import random
 
 import pytest
 
 import allocator
-from allocator import AllocatorError, InvalidHandleError, MapMode, PoolFullError
+from allocator import InvalidHandleError, MapMode, PoolFullError
 from allocator.stats import Fullness
 from allocator.z3fold import BIG_CHUNK_GAP, MAX_BUDDY_SIZE, NCHUNKS, Z3foldPool
 from allocator.zbud import FIRST, HEADLESS, LAST, MIDDLE, ZbudPool
@@ -297,23 +296,6 @@ def test_stale_and_forged_handles_raise_even_after_moves() -> None:
     pool.check_invariants()
 
 
-def test_map_roundtrip_and_modes() -> None:
-    pool = Z3foldPool(seed=13)
-    _, _, c = _full_page(pool)
-    data = os.urandom(600)
-    with pool.map(c, MapMode.WO) as buf:
-        assert not buf.readonly and len(buf) == 640
-        buf[:600] = data
-    with pool.map(c, MapMode.RO) as buf:
-        assert buf.readonly and bytes(buf[:600]) == data
-    with pool.map(c, MapMode.RW) as buf:
-        buf[599] ^= 1
-    assert pool.obj_read(c, 600) == data[:599] + bytes([data[599] ^ 1])
-    with pool.map(c, MapMode.RO), pytest.raises(AllocatorError):
-        pool.free(c)
-    pool.check_invariants()
-
-
 def test_mapped_middle_is_not_slid() -> None:
     pool = Z3foldPool(seed=14)
     a, _, c = _full_page(pool)
@@ -362,32 +344,3 @@ def test_three_a_page_beats_zbud_for_small_objects() -> None:
             pool.malloc(1000)
         pool.check_invariants()
     assert (zbud.pages, z3fold.pages) == (150, 100)
-
-
-def test_random_workload_round_trips() -> None:
-    rng = random.Random(18)
-    pool = Z3foldPool(max_pages=64, seed=18)
-    model: dict[int, bytes] = {}
-    for step in range(3000):
-        if model and rng.random() < 0.45:
-            h = rng.choice(list(model))
-            pool.free(h)
-            del model[h]
-        else:
-            data = rng.randbytes(rng.choice([rng.randint(1, 4096), rng.randint(1, 1200)]))
-            try:
-                h = pool.malloc(len(data))
-            except PoolFullError:
-                continue
-            pool.obj_write(h, data)
-            model[h] = data
-        if step % 250 == 0:
-            pool.check_invariants()
-        if step % 500 == 0:
-            before = pool.pages
-            released = pool.compact()
-            assert pool.pages == before - released
-    pool.check_invariants()
-    for h, data in model.items():
-        assert pool.obj_read(h, len(data)) == data
-    assert pool.pages <= len(model)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import random
 
 import pytest
 
 import allocator
-from allocator import AllocatorError, InvalidHandleError, MapMode, PoolFullError
+from allocator import MapMode, PoolFullError
 from allocator.stats import Fullness
 from allocator.zbud import (
     CHUNK_SIZE,
@@ -203,44 +202,6 @@ def test_page_budget_exhausted_then_recovered() -> None:
     pool.check_invariants()
 
 
-def test_zero_budget_refuses_everything() -> None:
-    pool = ZbudPool(max_pages=0)
-    with pytest.raises(PoolFullError):
-        pool.malloc(1)
-    assert pool.pages == 0 and pool.alloc_failures == 1
-
-
-@pytest.mark.parametrize("size", [0, -1, 4097, 1.0, "10", True, None])
-def test_bad_sizes_raise_value_error(size: object) -> None:
-    pool = ZbudPool()
-    with pytest.raises(ValueError):
-        pool.malloc(size)  # type: ignore[arg-type]
-    assert pool.pages == 0
-
-
-def test_stale_and_forged_handles_raise() -> None:
-    pool = ZbudPool(seed=10)
-    h = pool.malloc(100)
-    keep = pool.malloc(100)
-    pool.free(h)
-    for bad in (h, h ^ (1 << 40), keep + 1, 0, -1, 1 << 60, "x", None):
-        with pytest.raises(InvalidHandleError):
-            pool.free(bad)  # type: ignore[arg-type]
-        with pytest.raises(InvalidHandleError):
-            pool.obj_read(bad)  # type: ignore[arg-type]
-        with pytest.raises(InvalidHandleError):
-            pool.obj_write(bad, b"x")  # type: ignore[arg-type]
-        with pytest.raises(InvalidHandleError), pool.map(bad, MapMode.RO):  # type: ignore[arg-type]
-            pass
-    # The slot is reused by the next object; the old handle still fails.
-    h2 = pool.malloc(100)
-    assert h2 != h
-    with pytest.raises(InvalidHandleError):
-        pool.obj_read(h)
-    assert pool.objs_used == 2
-    pool.check_invariants()
-
-
 def test_map_is_zero_copy_and_modes_set_writability() -> None:
     pool = ZbudPool(seed=11)
     h = pool.malloc(700)
@@ -260,29 +221,6 @@ def test_map_is_zero_copy_and_modes_set_writability() -> None:
     assert pool.obj_read(h, 1) == bytes([data[0] ^ 0xFF])
     with pytest.raises(ValueError):
         _ = buf[0]  # released at unmap
-
-
-def test_mapped_object_cannot_be_freed() -> None:
-    pool = ZbudPool(seed=12)
-    h = pool.malloc(10)
-    with pool.map(h, MapMode.RO), pytest.raises(AllocatorError):
-        pool.free(h)
-    pool.free(h)
-    assert pool.pages == 0
-    pool.check_invariants()
-
-
-def test_read_write_bounds() -> None:
-    pool = ZbudPool(seed=13)
-    h = pool.malloc(100)
-    assert len(pool.obj_read(h)) == 128
-    pool.obj_write(h, bytes(128))
-    with pytest.raises(ValueError):
-        pool.obj_write(h, bytes(129))
-    with pytest.raises(ValueError):
-        pool.obj_read(h, 129)
-    with pytest.raises(ValueError):
-        pool.obj_read(h, -1)
 
 
 def test_compact_moves_nothing() -> None:
@@ -333,29 +271,3 @@ def test_check_invariants_detects_corruption() -> None:
         pool.check_invariants()
     pool._start[loc] = 1
     pool.check_invariants()
-
-
-def test_random_workload_round_trips() -> None:
-    rng = random.Random(17)
-    pool = ZbudPool(max_pages=64, seed=17)
-    model: dict[int, bytes] = {}
-    for step in range(3000):
-        if model and rng.random() < 0.45:
-            h = rng.choice(list(model))
-            pool.free(h)
-            del model[h]
-        else:
-            data = rng.randbytes(rng.choice([rng.randint(1, 4096), rng.randint(1, 1200)]))
-            try:
-                h = pool.malloc(len(data))
-            except PoolFullError:
-                continue
-            pool.obj_write(h, data)
-            model[h] = data
-        if step % 250 == 0:
-            pool.check_invariants()
-    pool.check_invariants()
-    for h, data in model.items():
-        assert pool.obj_read(h, len(data)) == data
-    # zbud's floor: never more pages than objects.
-    assert pool.pages <= len(model)

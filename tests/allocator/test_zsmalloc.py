@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from allocator import AllocatorError, InvalidHandleError, MapMode, PoolFullError, ZsPool
-from allocator.handles import GEN_BITS, SLOT_BITS, SLOT_MASK
+from allocator import AllocatorError, MapMode, PoolFullError, ZsPool
+from allocator.handles import GEN_BITS, SLOT_BITS
 from allocator.stats import Fullness
 
 
@@ -101,45 +101,6 @@ def test_free_while_mapped_is_refused_and_compaction_waits() -> None:
         assert pool.compact() == 0
     assert pool.compact() > 0
     pool.check_invariants()
-
-
-def test_stale_handle_never_reaches_the_slots_next_owner() -> None:
-    pool = ZsPool(seed=0)
-    h1 = pool.malloc(64)
-    pool.obj_write(h1, b"A" * 64)
-    pool.free(h1)
-    h2 = pool.malloc(64)
-    pool.obj_write(h2, b"B" * 64)
-    assert h2 != h1 and (h2 & SLOT_MASK) == (h1 & SLOT_MASK)  # same slot reused
-    for call in (pool.free, pool.obj_read, lambda h: pool.obj_write(h, b"x")):
-        with pytest.raises(InvalidHandleError):
-            call(h1)
-    with pytest.raises(InvalidHandleError), pool.map(h1, MapMode.RO):
-        pass
-    assert pool.obj_read(h2, 64) == b"B" * 64
-
-
-@pytest.mark.parametrize("forged", [0, -1, 1, 2**52, 2**80, "1", None, 3.5])
-def test_forged_handles_are_refused(forged: object) -> None:
-    pool = ZsPool(seed=0)
-    pool.malloc(64)
-    with pytest.raises(InvalidHandleError):
-        pool.free(forged)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("size", [0, -1, 4097, 1.0, "8", True])
-def test_bad_sizes_raise_value_error(size: object) -> None:
-    pool = ZsPool()
-    with pytest.raises(ValueError):
-        pool.malloc(size)  # type: ignore[arg-type]
-    assert pool.pages == 0
-
-
-def test_write_longer_than_slot_is_refused() -> None:
-    pool = ZsPool()
-    h = pool.malloc(100)
-    with pytest.raises(ValueError):
-        pool.obj_write(h, bytes(pool.capacity(100) + 1))
 
 
 def test_page_budget_exhausted_changes_nothing_and_recovers() -> None:
@@ -275,20 +236,6 @@ def test_class_stats_add_up_to_the_pool() -> None:
     for r in rows:
         assert sum(r.zspages) * r.objs_per_zspage == r.objs_allocated
         assert r.pages_used == sum(r.zspages) * r.pages_per_zspage
-
-
-@pytest.mark.parametrize("size", [1, 100, 1100, 3000, 3624, 3625, 4096])
-def test_store_is_malloc_and_write_in_one(size: int) -> None:
-    pool = ZsPool(seed=0)
-    data = os.urandom(size)
-    handles = [pool.store(data) for _ in range(40)]  # enough to span pages
-    for h in handles:
-        assert pool.obj_read(h, size) == data
-    pool.check_invariants()
-    with pytest.raises(ValueError):
-        pool.store(b"")
-    with pytest.raises(ValueError):
-        pool.store(bytes(4097))
 
 
 def test_handles_cannot_be_walked_by_counting() -> None:

@@ -1,0 +1,91 @@
+"""A scrape that races a pool's or a device's removal still answers, without it.
+
+The collectors list names, then read each; a name removed in between must be
+skipped, not end the scrape in an error (the registries raise UnknownPoolError).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.zswapd.helpers import text_page
+from zswapd.config import PoolConfig
+from zswapd.device import DeviceRegistry
+from zswapd.metrics import Metrics
+from zswapd.pools import PoolRegistry
+
+
+def _pools_in(metrics: Metrics, prefix: str = "zswapd_") -> set[str]:
+    text = metrics.exposition().decode()
+    return {
+        s.labels["pool"]
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if "pool" in s.labels and s.name.startswith(prefix)
+    }
+
+
+class _RemovedAfterListing(PoolRegistry):
+    """Removes ``victim`` right after listing it: the interleaving a scrape can meet."""
+
+    victim = "gone"
+
+    def names(self) -> list[str]:
+        names = super().names()
+        if self.victim in names:
+            self.remove(self.victim, device=True)
+        return names
+
+
+class _DeviceRemovedAfterListing(DeviceRegistry):
+    def names(self) -> list[str]:
+        names = super().names()
+        if "gone" in names:
+            self.remove("gone")
+        return names
+
+
+def test_a_pool_removed_between_listing_and_reading_is_left_out() -> None:
+    reg = _RemovedAfterListing()
+    reg.create("kept").store([text_page(1)])
+    reg.create("gone").store([text_page(2)])
+    metrics = Metrics(reg)
+    assert _pools_in(metrics) == {"kept"}
+    assert _pools_in(metrics) == {"kept"}
+
+
+def test_a_device_removed_between_listing_and_reading_is_left_out() -> None:
+    pools = PoolRegistry()
+    devices = _DeviceRemovedAfterListing(pools)
+    devices.create("kept", 16 * 4096, PoolConfig(compressor="lz4"))
+    devices.create("gone", 16 * 4096, PoolConfig(compressor="lz4"))
+    # The pool collector ran before the removal: only the device series leave it out.
+    assert _pools_in(Metrics(pools, devices), "zswapd_device_") == {"kept"}
+
+
+def test_scrapes_answer_while_pools_come_and_go() -> None:
+    reg = PoolRegistry()
+    reg.create("steady").store([text_page(3)])
+    metrics = Metrics(reg)
+    stop = threading.Event()
+    churned = 0
+
+    def churn() -> None:
+        nonlocal churned
+        while not stop.is_set():
+            pool = reg.create("churn")
+            pool.store([text_page(churned)])
+            reg.remove("churn")
+            churned += 1
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(300):
+            assert "steady" in _pools_in(metrics)
+    finally:
+        stop.set()
+        thread.join()
+    assert churned > 0
