@@ -12,6 +12,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def _checkout_on_path() -> dict[str, str]:
+    """PYTHONPATH with this checkout first, so any cwd runs this checkout's zswapd."""
+    path = os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path}
+
 
 @dataclass
 class Daemon:
@@ -33,8 +41,13 @@ class Daemon:
         return self.proc.returncode
 
 
-def start_daemon(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> Daemon:
-    """``zswapd serve ARGS`` (default: loopback, a free port); waits until it serves."""
+def start_daemon(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30, cwd: Path | None = None
+) -> Daemon:
+    """``zswapd serve ARGS`` (default: loopback, a free port); waits until it serves.
+
+    ``cwd``: where relative paths in ARGS are (the checkout is on PYTHONPATH).
+    """
     argv = [sys.executable, "-m", "zswapd.cli", "serve", *args]
     if not any(a.startswith("--http") for a in args):
         argv += ["--http", "127.0.0.1:0"]
@@ -43,7 +56,8 @@ def start_daemon(*args: str, env: dict[str, str] | None = None, timeout: float =
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **_checkout_on_path(), **(env or {})},
+        cwd=cwd,
     )
     assert proc.stderr is not None
     log: list[str] = []
@@ -71,9 +85,6 @@ def start_daemon(*args: str, env: dict[str, str] | None = None, timeout: float =
     raise RuntimeError(f"zswapd serve did not start: {log} {buf!r}")
 
 
-CHECKOUT = Path(__file__).resolve().parents[2]
-
-
 def run_cli(
     *args: str, timeout: float = 120, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -81,12 +92,11 @@ def run_cli(
 
     The checkout is on PYTHONPATH, so any cwd runs this checkout's zswapd.
     """
-    path = os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", "zswapd.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=cwd or CHECKOUT,
-        env={**os.environ, "PYTHONPATH": path},
+        env={**os.environ, **_checkout_on_path()},
     )
