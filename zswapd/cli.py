@@ -37,6 +37,7 @@ from zswapd.cli_client import (
 )
 from zswapd.corpus import load_pages
 from zswapd.errors import ZswapdError
+from zswapd.protocol import ProtocolError
 from zswapd.settings import DEFAULT_HTTP
 
 __all__ = ["main"]
@@ -759,7 +760,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return fail(f"cannot connect to {getattr(args, 'url', 'the daemon')}: {_one_line(exc)}")
     except httpx.HTTPError as exc:
         return fail(f"{getattr(args, 'url', 'the daemon')}: {_one_line(exc)}")
-    except (ZswapdError, OSError) as exc:
+    except (ZswapdError, ProtocolError, OSError) as exc:  # ProtocolError: a daemon's garbled answer
         return fail(_one_line(exc))
     except KeyboardInterrupt:
         print(file=sys.stderr)

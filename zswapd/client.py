@@ -20,6 +20,7 @@ import httpx
 
 from zswapd.errors import UnauthorizedError, ZswapdError, error_class
 from zswapd.pool import PAGE_SIZE, split_pages
+from zswapd.protocol import ProtocolError
 from zswapd.wire_client import WireClient
 
 __all__ = ["Client", "UnauthorizedError", "socket_path"]
@@ -76,7 +77,14 @@ class Client:
         elif url.startswith(("http://", "https://")):
             self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
         elif url.startswith("unix:"):
-            self._wire = WireClient(socket_path(url, "unix:"), token=token)
+            try:
+                self._wire = WireClient(socket_path(url, "unix:"), token=token)
+            except ProtocolError as exc:
+                # Most likely serve's --http unix:PATH, which speaks HTTP.
+                raise ZswapdError(
+                    f"{url} does not answer in the wire protocol ({exc}); for an HTTP "
+                    "socket (serve --http unix:PATH) use http+unix:PATH"
+                ) from exc
             return
         else:
             raise ValueError(

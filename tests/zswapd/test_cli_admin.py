@@ -312,6 +312,9 @@ def test_unix_path_urls_are_accepted_as_serve_takes_them(tmp_path: Path) -> None
             assert c.stats()["pool"] == "default"
         for url in ("http+unix:http.sock", f"http+unix://{tmp_path}/http.sock"):
             assert "default" in _rows(_ok("pools", "list", url=url, cwd=tmp_path)), url
+        # serve's --http unix:PATH speaks HTTP: unix:PATH there says what to use instead.
+        wrong = run_cli("stats", "--url", "unix:http.sock", cwd=tmp_path)
+        _one_line_failure(wrong, 1, "wire protocol", "http+unix:PATH")
         # What the wire protocol cannot do says so, in one line.
         for argv in (("pools", "list"), ("devices", "list")):
             result = run_cli(*argv, "--url", "unix:wire.sock", cwd=tmp_path)
@@ -349,3 +352,22 @@ def test_serve_prints_its_pools_devices_and_real_addresses(served: tuple[Daemon,
     if shutil.which("nbdinfo"):
         info = subprocess.run(["nbdinfo", "--size", nbd], capture_output=True, text=True)
         assert info.returncode == 0 and info.stdout.strip() == str(64 << 20), info
+
+
+def test_serve_on_nbd_port_0_prints_the_port_it_bound() -> None:
+    d = start_daemon("--nbd", "127.0.0.1:0", "--device", "zram0=4M", "--device", "zram1=8M")
+    try:
+        said = [line.removeprefix("zswapd: ") for line in d.log]
+        uris = [urlparse(x.removeprefix("serving NBD on ")) for x in said if "NBD on" in x]
+        assert [u.path for u in uris] == ["/zram0", "/zram1"]
+        assert {u.scheme for u in uris} == {"nbd"} and uris[0].port not in (None, 0)
+        assert uris[0].netloc == uris[1].netloc
+        assert uris[0].hostname is not None and uris[0].port is not None
+        with open_device((uris[0].hostname, uris[0].port), "zram1") as s:
+            assert request(s, Cmd.READ, 0, PAGE) == bytes(PAGE)  # an empty slot reads as zeros
+        if shutil.which("nbdinfo"):
+            uri = uris[1].geturl()
+            info = subprocess.run(["nbdinfo", "--size", uri], capture_output=True, text=True)
+            assert info.returncode == 0 and info.stdout.strip() == str(8 << 20), info
+    finally:
+        assert d.stop() == 0
