@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# The type of ``add_subparsers``' result (generic and private in typeshed).
+# What ``add_subparsers`` returns: private and generic in typeshed, whose add_parser
+# would then refuse plain ArgumentParser parents; Any keeps the builders simple.
 _Sub = Any
 
 POOL_HELP = "pool to act on (default: default)"
