@@ -15,7 +15,15 @@ import sys
 from typing import Any
 
 from zswapd.cli_client import open_client, pool_flags
-from zswapd.cli_format import algorithm, format_classes, human, limit, pool_row, table
+from zswapd.cli_format import (
+    algorithm,
+    format_classes,
+    human,
+    limit,
+    pool_row,
+    printable,
+    table,
+)
 from zswapd.client import Client
 from zswapd.errors import ConfigError, UnknownPoolError
 
@@ -108,8 +116,8 @@ def _details(stats: dict[str, Any]) -> list[str]:
         lines.append("bd_stat: " + " ".join(f"{k}={v}" for k, v in stats["bd_stat"].items()))
         wb_limit = backing["writeback_limit"]
         lines.append(
-            f"backing {backing['file']}: {backing['used_slots']} of {backing['slots']} slots "
-            f"used, writeback {backing['writeback']}"
+            f"backing {printable(backing['file'])}: {backing['used_slots']} of "
+            f"{backing['slots']} slots used, writeback {backing['writeback']}"
             f"{'' if wb_limit is None else f', writeback_limit {wb_limit}'}"
             f"{', REMOVED' if backing['removed'] else ''}"
             f", {backing['io_errors']} I/O errors, {backing['corrupt_pages']} corrupt"

@@ -18,6 +18,7 @@ __all__ = [
     "human",
     "limit",
     "pool_row",
+    "printable",
     "ratio",
     "table",
 ]
@@ -48,6 +49,12 @@ def human(n: int) -> str:
     if text == "1024":  # 1023.96K rounds up: say 1M, as a person would
         return human(1024 ** (exp + 1))
     return f"{text}{_UNITS[exp]}"
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: a name a client chose (a backing
+    file's) cannot move the cursor or recolour the terminal of whoever reads stats."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def algorithm(config: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from tests.zswapd.daemon import Daemon, run_cli, start_daemon
 from tests.zswapd.helpers import random_page, same_page, text_page
 from tests.zswapd.nbd_client import open_device, request
 from zswapd.cli import build_parser
-from zswapd.cli_format import human
+from zswapd.cli_format import human, printable
 from zswapd.client import Client
 from zswapd.nbd_protocol import Cmd
 
@@ -100,6 +100,10 @@ def _stats(d: Daemon, pool: str) -> dict[str, object]:
 )
 def test_human_units_are_zramctls(n: int, text: str) -> None:
     assert human(n) == text
+
+
+def test_names_a_client_chose_cannot_drive_the_terminal() -> None:
+    assert printable("a\x1b[2Jb\n.swap") == "a\\x1b[2Jb\\n.swap"
 
 
 # -- stats ------------------------------------------------------------------------------
