@@ -9,28 +9,38 @@ import select
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import compressors
+from allocator import ALLOCATORS
 from zswapd import __version__
+from zswapd.cli_admin import (
+    cmd_compact,
+    cmd_devices_create,
+    cmd_devices_list,
+    cmd_devices_remove,
+    cmd_devices_stats,
+    cmd_pools_create,
+    cmd_pools_list,
+    cmd_pools_remove,
+    cmd_pools_set,
+    cmd_stats,
+)
 from zswapd.cli_client import (
     cmd_fetch,
     cmd_free,
-    cmd_pools,
     cmd_push,
     cmd_recompress,
-    cmd_stats,
     cmd_writeback,
     idle_seconds_problem,
     pool_flags,
 )
 from zswapd.corpus import load_pages
 from zswapd.errors import ZswapdError
+from zswapd.protocol import ProtocolError
 from zswapd.settings import DEFAULT_HTTP
 
 __all__ = ["main"]
-
-# The commands that talk to a running daemon (HTTP or the wire protocol).
-CLIENT_COMMANDS = ("push", "fetch", "free", "stats", "pools", "writeback", "recompress")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -190,18 +200,45 @@ def _cmd_bench_all(args: argparse.Namespace) -> int:
     return _emit(args, result, suite.render)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (as every other failure) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="zswapd", description="A userspace emulator of Linux compressed swap (zram/zswap)."
     )
     parser.add_argument("--version", action="version", version=f"zswapd {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(sub)
+    _add_page_commands(sub)
+    common = _client_options(moving=False)
+    _add_stats(sub, common)
+    _add_pools(sub, common)
+    _add_devices(sub, common)
+    _add_maintenance(sub, common)
+    _add_bench(sub)
+    return parser
 
+
+# What ``add_subparsers`` returns: private and generic in typeshed, whose add_parser
+# would then refuse plain ArgumentParser parents; Any keeps the builders simple.
+_Sub = Any
+
+POOL_HELP = "pool to act on (default: default)"
+HANDLES_POOL_HELP = "pool to act on (default: the one the handles file names, else default)"
+
+
+def _add_serve(sub: _Sub) -> None:
     serve = sub.add_parser(
         "serve",
         help="start the daemon",
         description="Serve the HTTP API with one pool named 'default'. Precedence: flags, "
-        "then ZSWAPD_* environment variables, then --config FILE (TOML), then defaults.",
+        "then ZSWAPD_* environment variables, then --config FILE (TOML), then defaults. "
+        "Once up, it prints each pool and device and every address it serves.",
     )
     serve.add_argument("--http", metavar="HOST:PORT|unix:PATH", help="HTTP API (127.0.0.1:7415)")
     serve.add_argument("--unix-socket", metavar="PATH", help="wire protocol (docs/protocol.md)")
@@ -268,75 +305,187 @@ def build_parser() -> argparse.ArgumentParser:
         help="clients' backing files together: a size, a share of the backing dir's "
         "filesystem, or 0 for none (25%%)",
     )
-    _add_pool_flags(serve)
+    _add_pool_flags(serve, "the default pool's")
     serve.add_argument("--accept-threshold-percent", type=int, help="zswap's hysteresis")
-    serve.add_argument("--recompress-algo", help="secondary algorithm for recompress")
+    serve.add_argument(
+        "--recompress-algo",
+        choices=compressors.available(),
+        help="secondary algorithm for recompress",
+    )
     serve.set_defaults(func=_cmd_serve)
 
-    def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument(
-            "--url",
-            default=os.environ.get("ZSWAPD_URL", f"http://{DEFAULT_HTTP}"),
-            help="daemon: http://HOST:PORT, http+unix:///PATH (HTTP) or unix:///PATH (wire)"
-            " ($ZSWAPD_URL)",
-        )
-        p.add_argument("--token-file", help="bearer token file ($ZSWAPD_TOKEN_FILE)")
-        p.add_argument(
-            "--batch-pages", type=int, help="pages per request (default: the server's cap)"
-        )
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
-        return p
 
-    push = client_parser("push", "store page files or a live process's memory")
+def _client_options(*, moving: bool) -> argparse.ArgumentParser:
+    """The options of every command that talks to a daemon.
+
+    Args:
+        moving: for push, fetch, free: their batch size and progress bar too.
+            The others accept ``--batch-pages`` and ``--quiet`` unlisted and
+            ignore them, so scripts that always pass them keep working.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=os.environ.get("ZSWAPD_URL", f"http://{DEFAULT_HTTP}"),
+        help="daemon: http://HOST:PORT or http+unix:PATH (HTTP), unix:PATH (wire protocol); "
+        f"$ZSWAPD_URL, else http://{DEFAULT_HTTP}",
+    )
+    common.add_argument("--token-file", help="bearer token file ($ZSWAPD_TOKEN_FILE)")
+    common.add_argument(
+        "--batch-pages",
+        type=int,
+        help="pages per request (default: the server's cap)" if moving else argparse.SUPPRESS,
+    )
+    common.add_argument(
+        "--quiet", action="store_true", help="no progress bar" if moving else argparse.SUPPRESS
+    )
+    return common
+
+
+def _add_page_commands(sub: _Sub) -> None:
+    """push, fetch, free: the commands that move pages, in batches, with a progress bar."""
+    parents = [_client_options(moving=True)]
+
+    push = sub.add_parser(
+        "push", parents=parents, help="store page files or a live process's memory"
+    )
     push.add_argument("files", nargs="*", metavar="FILE", help="page-aligned files")
     push.add_argument("--pid", type=int, help="push the pages swap would see in this process")
-    push.add_argument("--pool", default="default")
+    push.add_argument("--pool", default="default", help=POOL_HELP)
     push.add_argument("-o", "--out", help="handles file (default: zswapd-POOL.handles)")
     push.add_argument(
         "--force", action="store_true", help="replace an existing handles file (default: refuse)"
     )
     push.set_defaults(func=cmd_push)
 
-    fetch = client_parser("fetch", "restore pages from a handles file")
+    fetch = sub.add_parser("fetch", parents=parents, help="restore pages from a handles file")
     fetch.add_argument("handles", metavar="HANDLES", help="handles file from push ('-': stdin)")
     fetch.add_argument("-o", "--output", required=True, help="file to write the pages to")
-    fetch.add_argument("--pool", help="pool (default: the one the handles file names)")
+    fetch.add_argument("--pool", help=HANDLES_POOL_HELP)
     fetch.set_defaults(func=cmd_fetch)
 
-    free = client_parser("free", "free the pages of a handles file")
-    free.add_argument("handles", metavar="HANDLES")
-    free.add_argument("--pool")
+    free = sub.add_parser("free", parents=parents, help="free the pages of a handles file")
+    free.add_argument("handles", metavar="HANDLES", help="handles file from push ('-': stdin)")
+    free.add_argument("--pool", help=HANDLES_POOL_HELP)
     free.set_defaults(func=cmd_free)
 
-    stats = client_parser("stats", "a pool's figures and its class table")
-    stats.add_argument("--pool", default="default")
+
+def _add_stats(sub: _Sub, common: argparse.ArgumentParser) -> None:
+    stats = sub.add_parser(
+        "stats",
+        parents=[common],
+        help="zramctl-like figures of every pool and device, or of one pool",
+        description="Without --pool: one row per pool and per device (DATA orig_data_size, "
+        "COMPR compr_data_size, TOTAL mem_used_total, RATIO DATA/TOTAL, SAVED DATA-TOTAL). "
+        "With --pool: that pool's row and its kernel figures (mm_stat, zswap, bd_stat).",
+    )
+    stats.add_argument(
+        "--pool", help="pool to act on (default: every pool and device, one row each)"
+    )
+    stats.add_argument("--classes", action="store_true", help="the debugfs class table too")
+    stats.add_argument(
+        "--all", action="store_true", help="every class, empty ones too (implies --classes)"
+    )
     stats.add_argument("--json", action="store_true", help="print the JSON as the API gives it")
-    stats.add_argument("--all", action="store_true", help="every class, empty ones too")
     stats.set_defaults(func=cmd_stats)
 
-    pools = client_parser("pools", "list, create, change (set) or remove pools")
-    pools.add_argument("action", choices=["list", "create", "set", "remove"])
-    pools.add_argument("name", nargs="?")
-    _add_pool_flags(pools)
-    pools.add_argument(
-        "--no-writeback-limit", action="store_true", help="set: lift the writeback limit"
-    )
-    pools.add_argument(
-        "--accept-threshold-percent",
-        type=int,
-        metavar="N",
-        help="zswap's hysteresis: once full, refuse (manual) or write back (lru) until "
-        "below N%% of the limit (0-100)",
-    )
-    pools.add_argument(
-        "--recompress-algo", metavar="NAME", help="create: zram's recomp_algorithm, e.g. zstd"
-    )
-    pools.add_argument("--recompress-level", type=int, metavar="N", help="create: its level")
-    pools.set_defaults(func=cmd_pools)
 
-    writeback = client_parser("writeback", "write pages back to a pool's backing file")
-    writeback.add_argument("--pool", default="default")
+def _add_pools(sub: _Sub, common: argparse.ArgumentParser) -> None:
+    pools = sub.add_parser("pools", help="list, create, change (set) or remove pools")
+    actions = pools.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser(
+        "list", parents=[common], help="each pool's settings and size, one row each"
+    )
+    listing.add_argument("--json", action="store_true", help="each pool's config and mm_stat")
+    listing.set_defaults(func=cmd_pools_list)
+
+    create = actions.add_parser(
+        "create",
+        parents=[common],
+        help="a new pool",
+        description="Create a pool; what is not given takes the kernel's default.",
+    )
+    create.add_argument("name", metavar="NAME", help="1-64 of A-Z a-z 0-9 _ . -")
+    _add_pool_flags(create, "its")
+    _add_pool_extras(create)
+    create.set_defaults(func=cmd_pools_create)
+
+    change = actions.add_parser(
+        "set",
+        parents=[common],
+        help="change what a pool takes live",
+        description="Change the settings a pool takes while it holds pages (as zram's sysfs "
+        "files); the others are fixed when it is created.",
+    )
+    change.add_argument("name", metavar="NAME", help="the pool")
+    _add_live_flags(change)
+    change.set_defaults(func=cmd_pools_set)
+
+    remove = actions.add_parser(
+        "remove", parents=[common], help="remove a pool and every page in it"
+    )
+    remove.add_argument("name", metavar="NAME", help="the pool")
+    remove.set_defaults(func=cmd_pools_remove)
+
+
+def _add_devices(sub: _Sub, common: argparse.ArgumentParser) -> None:
+    devices = sub.add_parser(
+        "devices", help="list, create or remove block devices (NBD exports), or their stats"
+    )
+    actions = devices.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", parents=[common], help="zramctl's table of devices")
+    listing.add_argument("--json", action="store_true", help="each device's stats")
+    listing.set_defaults(func=cmd_devices_list)
+
+    create = actions.add_parser(
+        "create",
+        parents=[common],
+        help="a new device (its NBD export has its name)",
+        description="Create a device of SIZE bytes in 4 KiB slots over a pool of its own "
+        "(zramctl --size); it starts empty and is served by the daemon's --nbd listener.",
+    )
+    create.add_argument("name", metavar="NAME", help="1-64 of A-Z a-z 0-9 _ . -")
+    create.add_argument(
+        "--size", required=True, metavar="SIZE", help="disk size, e.g. 64M (whole 4 KiB slots)"
+    )
+    _add_pool_flags(create, "its")
+    _add_pool_extras(create)
+    create.set_defaults(func=cmd_devices_create)
+
+    remove = actions.add_parser(
+        "remove", parents=[common], help="remove a device and everything on it"
+    )
+    remove.add_argument("name", metavar="NAME", help="the device")
+    remove.set_defaults(func=cmd_devices_remove)
+
+    stats = actions.add_parser(
+        "stats", parents=[common], help="a device's figures (mm_stat, io_stat, bd_stat)"
+    )
+    stats.add_argument("name", metavar="NAME", help="the device")
+    stats.add_argument("--classes", action="store_true", help="the debugfs class table too")
+    stats.add_argument(
+        "--all", action="store_true", help="every class, empty ones too (implies --classes)"
+    )
+    stats.add_argument("--json", action="store_true", help="print the JSON as the API gives it")
+    stats.set_defaults(func=cmd_devices_stats)
+
+
+def _add_maintenance(sub: _Sub, common: argparse.ArgumentParser) -> None:
+    """compact, writeback, recompress: zram's maintenance, asked of a pool."""
+    compact = sub.add_parser(
+        "compact",
+        parents=[common],
+        help="release the pages of a pool's sparse zspages (zram's compact)",
+    )
+    compact.add_argument("--pool", default="default", help=POOL_HELP)
+    compact.set_defaults(func=cmd_compact)
+
+    writeback = sub.add_parser(
+        "writeback", parents=[common], help="write pages back to a pool's backing file"
+    )
+    writeback.add_argument("--pool", default="default", help=POOL_HELP)
     writeback.add_argument(
         "--type",
         required=True,
@@ -355,14 +504,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     writeback.set_defaults(func=cmd_writeback)
 
-    recompress = client_parser(
-        "recompress", "recompress a pool's huge or idle pages with a secondary algorithm"
+    recompress = sub.add_parser(
+        "recompress",
+        parents=[common],
+        help="recompress a pool's huge or idle pages with a secondary algorithm",
     )
-    recompress.add_argument("--pool", default="default")
+    recompress.add_argument("--pool", default="default", help=POOL_HELP)
     recompress.add_argument(
         "--type", required=True, choices=["huge", "idle", "huge_idle"], help="which pages (zram's)"
     )
-    recompress.add_argument("--algo", help="secondary algorithm (default: the pool's)")
+    recompress.add_argument(
+        "--algo",
+        choices=compressors.available(),
+        help="secondary algorithm (default: the pool's recompress_algo)",
+    )
     recompress.add_argument("--level", type=int, help="its level")
     recompress.add_argument(
         "--idle-seconds",
@@ -376,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     recompress.add_argument("--json", action="store_true", help="print the JSON answer")
     recompress.set_defaults(func=cmd_recompress)
 
+
+def _add_bench(sub: _Sub) -> None:
     bench = sub.add_parser(
         "bench",
         help="benchmarks: every suite, or one",
@@ -481,7 +638,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     wb.add_argument("--json", action="store_true", help="print JSON")
     wb.set_defaults(func=_cmd_bench_writeback)
-    return parser
 
 
 def _positive_int(text: str) -> int:
@@ -491,12 +647,19 @@ def _positive_int(text: str) -> int:
     return n
 
 
-def _add_pool_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--compressor", help="zstd (default), lz4, lz4hc, deflate, lzo")
-    p.add_argument("--level", type=int, help="compressor level")
-    p.add_argument("--allocator", help="zsmalloc (default), zbud, z3fold")
-    p.add_argument("--chain-size", type=int, help="zsmalloc chain size (8)")
-    p.add_argument("--pool-limit", metavar="SIZE", help="pool memory limit, e.g. 512M")
+def _add_pool_flags(p: argparse.ArgumentParser, whose: str) -> None:
+    """The settings a pool is made with (serve's default pool, pools/devices create)."""
+    p.add_argument(
+        "--compressor",
+        choices=compressors.available(),
+        help=f"{whose} algorithm (zstd; the ones installed here)",
+    )
+    p.add_argument("--level", type=int, help="compressor level (default: zstd 3, lz4hc 9)")
+    p.add_argument("--allocator", choices=ALLOCATORS, help="zsmalloc (default), zbud, z3fold")
+    p.add_argument("--chain-size", type=int, help="zsmalloc's longest zspage, in pages (8)")
+    p.add_argument(
+        "--pool-limit", metavar="SIZE", help=f"{whose} memory limit, e.g. 512M (zram's mem_limit)"
+    )
     p.add_argument("--huge-policy", choices=["store", "reject"], help="store (zram) or reject")
     p.add_argument(
         "--backing-file",
@@ -510,6 +673,43 @@ def _add_pool_flags(p: argparse.ArgumentParser) -> None:
         help="manual (zram, default) or lru (zswap: write back instead of refusing)",
     )
     p.add_argument("--writeback-limit", type=int, metavar="PAGES", help="zram's writeback_limit")
+
+
+def _add_pool_extras(p: argparse.ArgumentParser) -> None:
+    """What a client sets at creation besides serve's pool flags."""
+    _add_threshold(p)
+    p.add_argument(
+        "--recompress-algo",
+        choices=compressors.available(),
+        help="zram's recomp_algorithm, e.g. zstd",
+    )
+    p.add_argument("--recompress-level", type=int, metavar="N", help="its level")
+
+
+def _add_threshold(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--accept-threshold-percent",
+        type=int,
+        metavar="N",
+        help="zswap's hysteresis: once full, refuse (manual) or write back (lru) until "
+        "below N%% of the limit (0-100)",
+    )
+
+
+def _add_live_flags(p: argparse.ArgumentParser) -> None:
+    """What ``pools set`` changes (PATCH): the settings a pool takes while it holds pages."""
+    p.add_argument(
+        "--pool-limit", metavar="SIZE", help="memory limit, e.g. 512M; 0: none (zram's mem_limit)"
+    )
+    p.add_argument("--huge-policy", choices=["store", "reject"], help="store (zram) or reject")
+    _add_threshold(p)
+    p.add_argument(
+        "--writeback-limit",
+        type=int,
+        metavar="PAGES",
+        help="pages manual writeback may still write (zram's writeback_limit)",
+    )
+    p.add_argument("--no-writeback-limit", action="store_true", help="lift the writeback limit")
 
 
 # The exit status after stdout's reader went away (``zswapd stats | head``):
@@ -561,7 +761,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return fail(f"cannot connect to {getattr(args, 'url', 'the daemon')}: {_one_line(exc)}")
     except httpx.HTTPError as exc:
         return fail(f"{getattr(args, 'url', 'the daemon')}: {_one_line(exc)}")
-    except (ZswapdError, OSError) as exc:
+    except (ZswapdError, ProtocolError, OSError) as exc:  # ProtocolError: a daemon's garbled answer
         return fail(_one_line(exc))
     except KeyboardInterrupt:
         print(file=sys.stderr)
@@ -580,16 +780,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command in CLIENT_COMMANDS:
-        if args.command == "pools" and args.action != "list" and not args.name:
-            print(f"zswapd pools {args.action}: a pool name is needed", file=sys.stderr)
+    try:
+        args, extra = build_parser().parse_known_args(argv)
+    except SystemExit as exc:  # --help, --version, a usage error: a status, also in-process
+        return exc.code if isinstance(exc.code, int) else 2
+    if extra:
+        # Said by the subcommand that refused them: its --help lists what it takes.
+        prog = " ".join(["zswapd", args.command, *filter(None, [getattr(args, "action", None)])])
+        print(
+            f"{prog}: unrecognized arguments: {' '.join(extra)} (see {prog} --help)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.command in ("writeback", "recompress"):
+        problem = idle_seconds_problem(args.type, args.idle_seconds)
+        if problem is not None:  # before any request: nothing is asked of the daemon
+            print(f"zswapd {args.command}: {problem}", file=sys.stderr)
             return 2
-        if args.command in ("writeback", "recompress"):
-            problem = idle_seconds_problem(args.type, args.idle_seconds)
-            if problem is not None:  # before any request: nothing is asked of the daemon
-                print(f"zswapd {args.command}: {problem}", file=sys.stderr)
-                return 2
     return _dispatch(args)
 
 

@@ -1,4 +1,4 @@
-"""The client-side commands: push, fetch, free, stats, pools.
+"""The client-side commands that move pages: push, fetch, free; writeback, recompress.
 
 A handles file (written by push, read by fetch and free) is text, one page a
 line, in push order::
@@ -31,13 +31,11 @@ from zswapd.procmem import ProcessPages, read_maps
 __all__ = [
     "cmd_fetch",
     "cmd_free",
-    "cmd_pools",
     "cmd_push",
     "cmd_recompress",
-    "cmd_stats",
     "cmd_writeback",
-    "format_classes",
     "idle_seconds_problem",
+    "open_client",
     "pool_flags",
 ]
 
@@ -45,13 +43,14 @@ HEADER = "# zswapd handles v1"
 CHUNK = 256  # pages read and sent at a time
 
 
-def _client(args: argparse.Namespace) -> Client:
+def open_client(args: argparse.Namespace) -> Client:
+    """The client for ``--url`` with ``--token-file``'s token (or $ZSWAPD_TOKEN_FILE)."""
     token = None
     token_file = args.token_file or os.environ.get("ZSWAPD_TOKEN_FILE")
     if token_file:
         token = Path(token_file).read_text().strip()
     try:
-        return Client(args.url, token=token, batch_pages=args.batch_pages)
+        return Client(args.url, token=token, batch_pages=getattr(args, "batch_pages", None))
     except ValueError as exc:  # a URL or --batch-pages that will not do
         raise ConfigError(str(exc)) from exc
 
@@ -142,7 +141,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     else:
         total = _check_files(args.files)
         pages, proc = _file_pages(args.files), None
-    with _client(args) as client:
+    with open_client(args) as client:
         before = client.stats(args.pool)["mm_stat"]
         stored: list[int] = []
         fd, tmp = _temp_beside(out)
@@ -237,7 +236,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     # half-written output (nor an empty one if the daemon is not there).
     fd, tmp = _temp_beside(output)
     try:
-        with _client(args) as client, os.fdopen(fd, "wb") as out:
+        with open_client(args) as client, os.fdopen(fd, "wb") as out:
             for i in tqdm(range(0, len(handles), 1024), unit="batch", disable=args.quiet or None):
                 for page in client.load(handles[i : i + 1024], pool=pool):
                     out.write(page)
@@ -252,108 +251,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_free(args: argparse.Namespace) -> int:
     handles, pool = read_handles(args.handles)
     pool = args.pool or pool or "default"
-    with _client(args) as client:
+    with open_client(args) as client:
         client.free(handles, pool=pool)
     print(f"freed {len(handles)} pages in pool {pool!r}")
     return 0
-
-
-def format_classes(rows: list[dict[str, Any]]) -> str:
-    """The class table as the kernel's debugfs ``classes`` file prints it."""
-    steps = ["10", "20", "30", "40", "50", "60", "70", "80", "90", "99", "100"]
-    head = (
-        f"{'class':>6} {'size':>5} "
-        + " ".join(f"{s + '%':>9}" for s in steps)
-        + f" {'obj_allocated':>13} {'obj_used':>10} {'pages_used':>10}"
-        + f" {'pages_per_zspage':>16} {'freeable':>8}"
-    )
-    lines = [head]
-    for r in rows:
-        lines.append(
-            f"{r['class']:>6} {r['size']:>5} "
-            + " ".join(f"{r[s]:>9}" for s in steps)
-            + f" {r['obj_allocated']:>13} {r['obj_used']:>10} {r['pages_used']:>10}"
-            + f" {r['pages_per_zspage']:>16} {r['freeable']:>8}"
-        )
-    return "\n".join(lines)
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        stats = client.stats(args.pool)
-    if args.json:
-        json.dump(stats, sys.stdout, indent=2)
-        print()
-        return 0
-    mm = stats["mm_stat"]
-    orig, mem, compr = mm["orig_data_size"], mm["mem_used_total"], mm["compr_data_size"]
-    cfg = stats["config"]
-    print(
-        f"pool {stats['pool']}: {cfg['compressor']}"
-        f"{'' if cfg['level'] is None else '-' + str(cfg['level'])}, {cfg['allocator']}"
-        f" chain {cfg['chain_size']}, huge from {stats['huge_class_size']} bytes"
-    )
-    print("mm_stat: " + " ".join(f"{k}={v}" for k, v in mm.items()))
-    if mem:
-        print(f"ratio {orig / mem:.2f} (orig/mem_used), {orig / max(compr, 1):.2f} (orig/compr)")
-    print("zswap: " + " ".join(f"{k}={v}" for k, v in stats["zswap"].items()))
-    backing = stats.get("backing")
-    if backing is not None:
-        print("bd_stat: " + " ".join(f"{k}={v}" for k, v in stats["bd_stat"].items()))
-        limit = backing["writeback_limit"]
-        print(
-            f"backing {backing['file']}: {backing['used_slots']} of {backing['slots']} slots "
-            f"used, writeback {backing['writeback']}"
-            f"{'' if limit is None else f', writeback_limit {limit}'}"
-            f"{', REMOVED' if backing['removed'] else ''}"
-            f", {backing['io_errors']} I/O errors, {backing['corrupt_pages']} corrupt"
-        )
-    rows = stats["classes"] if args.all else [r for r in stats["classes"] if r["obj_allocated"]]
-    print(format_classes(rows))
-    return 0
-
-
-def cmd_pools(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        if args.action == "list":
-            for name in client.pools():
-                print(name)
-        elif args.action == "create":
-            config = {k: v for k, v in pool_flags(args).items() if v is not None}
-            config.update(_pool_extras(args))
-            result = client.create_pool(args.name, **config)
-            print(json.dumps(result, indent=2))
-        elif args.action == "set":
-            if args.recompress_algo is not None or args.recompress_level is not None:
-                raise ConfigError(
-                    "pools set: the recompression algorithm is set when the pool is created"
-                )
-            live = ("limit_bytes", "huge_policy", "writeback_limit")
-            changes = {k: v for k, v in pool_flags(args).items() if k in live and v is not None}
-            changes.update(_pool_extras(args))
-            if args.no_writeback_limit:
-                changes["writeback_limit"] = None
-            if not changes:
-                raise ConfigError(
-                    "pools set: give --pool-limit, --huge-policy, --accept-threshold-percent, "
-                    "--writeback-limit or --no-writeback-limit"
-                )
-            result = client.update_pool(args.name, **changes)
-            print(json.dumps(result, indent=2))
-        elif args.action == "remove":
-            client.remove_pool(args.name)
-            print(f"removed pool {args.name!r}")
-    return 0
-
-
-def _pool_extras(args: argparse.Namespace) -> dict[str, Any]:
-    """The pools-only settings given (zswap's hysteresis, zram's recomp_algorithm)."""
-    extras = {
-        "accept_threshold_percent": args.accept_threshold_percent,
-        "recompress_algo": args.recompress_algo,
-        "recompress_level": args.recompress_level,
-    }
-    return {k: v for k, v in extras.items() if v is not None}
 
 
 # The types whose pages are picked by idleness: zram marks pages idle first
@@ -379,7 +280,7 @@ def idle_seconds_problem(type: str, idle_seconds: float | None) -> str | None:
 
 
 def cmd_writeback(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with open_client(args) as client:
         result = client.writeback(
             args.pool,
             type=args.type,
@@ -409,7 +310,7 @@ def cmd_recompress(args: argparse.Namespace) -> int:
         params["idle_seconds"] = args.idle_seconds
     optional = {"algo": args.algo, "level": args.level, "threshold": args.threshold}
     params.update({k: v for k, v in optional.items() if v is not None})
-    with _client(args) as client:
+    with open_client(args) as client:
         result = client.recompress(args.pool, **params)
     if args.json:
         json.dump(result, sys.stdout, indent=2)

@@ -1,7 +1,7 @@
 """The Python client: ``Client(url)`` over HTTP, on TCP or a Unix socket.
 
-``http://HOST:PORT`` and ``http+unix:///path`` speak the HTTP API through one
-reused connection (httpx); ``unix:///path`` speaks the wire protocol
+``http://HOST:PORT`` and ``http+unix:PATH`` speak the HTTP API through one
+reused connection (httpx); ``unix:PATH`` speaks the wire protocol
 (docs/protocol.md), pipelined.  Large stores, loads and frees are cut into requests of at most
 ``batch_pages`` pages (the server's default cap is 1024) and put back together,
 so a caller can hand over any number of pages at once.  Errors come back as the
@@ -20,18 +20,36 @@ import httpx
 
 from zswapd.errors import UnauthorizedError, ZswapdError, error_class
 from zswapd.pool import PAGE_SIZE, split_pages
+from zswapd.protocol import ProtocolError
 from zswapd.wire_client import WireClient
 
-__all__ = ["Client", "UnauthorizedError"]
+__all__ = ["Client", "UnauthorizedError", "socket_path"]
+
+
+def socket_path(url: str, scheme: str) -> str:
+    """The socket path of ``scheme`` + ``PATH`` or ``scheme`` + ``//PATH``.
+
+    ``unix:wire.sock`` (relative, as ``serve --unix-socket`` takes it),
+    ``unix:/run/z.sock`` and ``unix:///run/z.sock`` all name a path.
+
+    Raises:
+        ValueError: no path.
+    """
+    rest = url[len(scheme) :]
+    path = rest[2:] if rest.startswith("//") else rest
+    if not path:
+        raise ValueError(f"{url!r} names no socket path: use {scheme}PATH")
+    return path
 
 
 class Client:
     """A connection to a zswapd daemon.
 
     Args:
-        url: ``http://HOST:PORT``, ``http+unix:///path`` (HTTP) or
-            ``unix:///path`` (the wire protocol: pages, stats and compact only;
-            writeback and pool settings are HTTP's).
+        url: ``http://HOST:PORT``, ``http+unix:PATH`` (HTTP) or ``unix:PATH``
+            (the wire protocol: pages, stats and compact only; writeback, pool
+            settings and devices are HTTP's).  PATH may be relative, and may
+            follow ``//`` as in ``unix:///run/zswapd.sock``.
         token: bearer token, if the daemon wants one.
         batch_pages: pages per request for large stores and loads (default: the
             server's cap, asked once).
@@ -51,18 +69,27 @@ class Client:
         self._batch_pages = batch_pages
         self._wire: WireClient | None = None
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        if url.startswith("http+unix://"):
-            transport = httpx.HTTPTransport(uds=url[len("http+unix://") :])
+        if url.startswith("http+unix:"):
+            transport = httpx.HTTPTransport(uds=socket_path(url, "http+unix:"))
             self._http = httpx.Client(
                 transport=transport, base_url="http://zswapd", headers=headers, timeout=timeout
             )
         elif url.startswith(("http://", "https://")):
             self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
-        elif url.startswith("unix://"):
-            self._wire = WireClient(url[len("unix://") :], token=token)
+        elif url.startswith("unix:"):
+            try:
+                self._wire = WireClient(socket_path(url, "unix:"), token=token)
+            except ProtocolError as exc:
+                # Most likely serve's --http unix:PATH, which speaks HTTP.
+                raise ZswapdError(
+                    f"{url} does not answer in the wire protocol ({exc}); for an HTTP "
+                    "socket (serve --http unix:PATH) use http+unix:PATH"
+                ) from exc
             return
         else:
-            raise ValueError(f"unsupported URL {url!r}: use http://, http+unix:// or unix://")
+            raise ValueError(
+                f"unsupported URL {url!r}: use http://HOST:PORT, http+unix:PATH or unix:PATH"
+            )
 
     def __enter__(self) -> Client:
         return self
@@ -81,9 +108,17 @@ class Client:
         else:
             self._http.close()
 
+    @property
+    def over_wire(self) -> bool:
+        """Whether this client speaks the wire protocol (pages, stats, compact only)."""
+        return self._wire is not None
+
     def _http_only(self, what: str) -> None:
         if self._wire is not None:
-            raise ZswapdError(f"{what} is not part of the wire protocol; use the HTTP URL")
+            raise ZswapdError(
+                f"{what} needs the HTTP API (http:// or http+unix:): "
+                "the wire protocol has no such request"
+            )
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -238,6 +273,32 @@ class Client:
     def remove_pool(self, name: str) -> None:
         self._http_only("removing a pool")
         self._request("DELETE", f"/v1/pools/{name}")
+
+    # -- devices (zram's block devices, exported over NBD) ------------------------------
+
+    def devices(self) -> list[str]:
+        self._http_only("listing devices")
+        names: list[str] = self._request("GET", "/v1/devices").json()["devices"]
+        return names
+
+    def create_device(self, name: str, size: int, **config: Any) -> dict[str, Any]:
+        """A new device of ``size`` bytes (a multiple of 4096) over a pool of ``config``."""
+        self._http_only("creating a device")
+        result: dict[str, Any] = self._request(
+            "PUT", f"/v1/devices/{name}", json={"size": size, **config}
+        ).json()
+        return result
+
+    def remove_device(self, name: str) -> None:
+        self._http_only("removing a device")
+        self._request("DELETE", f"/v1/devices/{name}")
+
+    def device_stats(self, name: str) -> dict[str, Any]:
+        """mm_stat, io_stat, bd_stat and classes of a device (its pool's config is
+        in ``stats(name)``: a device's pool has the device's name)."""
+        self._http_only("device stats")
+        result: dict[str, Any] = self._request("GET", f"/v1/devices/{name}/stats").json()
+        return result
 
     def health(self) -> dict[str, Any]:
         self._http_only("health")

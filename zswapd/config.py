@@ -49,7 +49,8 @@ class PoolConfig:
 
     Attributes:
         compressor: primary algorithm (zram's comp_algorithm); default zstd.
-        level: its level (None: the backend's default, zstd 3 as the kernel).
+        level: its level; None given becomes the backend's default (zstd 3, as
+            the kernel's; lz4hc 9; deflate 6); lz4, which has none, keeps None.
         allocator: "zsmalloc" (zram's), "zbud" or "z3fold".
         chain_size: zsmalloc's longest zspage (kernel default 8).
         limit_bytes: pool memory limit, 0 = none (zram's mem_limit).
@@ -122,8 +123,8 @@ class PoolConfig:
             raise ConfigError(f"unknown recompress_algo {self.recompress_algo!r}")
         # Build the parts once, so that a bad level or option fails here, clearly.
         try:
-            self.make_compressor()
-            self.make_recompressor()
+            primary = self.make_compressor()
+            secondary = self.make_recompressor()
             # A one-page arena: this checks the options, it reserves nothing.
             self.make_allocator(arena_pages=1)
         except (compressors.CompressorError, ValueError, TypeError) as exc:
@@ -131,6 +132,13 @@ class PoolConfig:
         except (OSError, OverflowError, MemoryError) as exc:
             # A limit or arena larger than this process can even reserve.
             raise ConfigError(f"cannot reserve the pool's memory: {exc}") from exc
+        # A level left to the backend is recorded as the one it uses (zstd's 3,
+        # lz4hc's 9), so stats say "zstd:3" and not null; compression is the same
+        # either way, since that is the level the backend was built with.
+        if self.level is None and "level" in primary.options:
+            object.__setattr__(self, "level", primary.options["level"])
+        if secondary is not None and self.recompress_level is None:
+            object.__setattr__(self, "recompress_level", secondary.options.get("level"))
 
     def _check_backing(self) -> None:
         path = self.backing_file

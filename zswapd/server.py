@@ -26,6 +26,8 @@ from typing import Any
 import prometheus_client
 import uvicorn
 
+from zswapd import __version__
+from zswapd.cli_format import algorithm, human, limit
 from zswapd.config import PoolConfig
 from zswapd.device import DeviceRegistry
 from zswapd.errors import ConfigError
@@ -323,6 +325,42 @@ def _remove_client_files(registry: PoolRegistry, devices: DeviceRegistry, saved:
             log.info("removed %s, the backing file of %s", pool.backing.path, name)
 
 
+def _inventory(registry: PoolRegistry, devices: DeviceRegistry) -> list[str]:
+    """The banner's first lines: the version, then each pool and device as configured."""
+    device_names = set(devices.names())
+    lines = [f"zswapd: zswapd {__version__}, pid {os.getpid()}"]
+    for name in registry.names():
+        if name in device_names:
+            continue
+        pool = registry.get(name)
+        cfg = pool.config.to_dict()
+        restored = f", {pool.stored_pages} pages restored" if pool.stored_pages else ""
+        lines.append(
+            f"zswapd: pool {name}: {algorithm(cfg)}, {cfg['allocator']}, "
+            f"limit {limit(cfg)}{restored}"
+        )
+    for name in devices.names():
+        device = devices.get(name)
+        cfg = device.pool.config.to_dict()
+        lines.append(
+            f"zswapd: device {name}: {human(device.size)}, {algorithm(cfg)}, limit {limit(cfg)}"
+        )
+    return lines
+
+
+def _nbd_uris(listener: Listener, port: int, names: list[str]) -> list[str]:
+    """Each device's NBD URI (the export name is the device's), or the server's if none.
+
+    As libnbd writes them (nbdinfo, nbdcopy, qemu-img take them as they are):
+    ``nbd+unix:///NAME?socket=/abs/path`` or ``nbd://HOST:PORT/NAME``.
+    """
+    if listener.path is not None:
+        socket_path = os.path.abspath(listener.path)
+        return [f"nbd+unix:///{n}?socket={socket_path}" for n in names or [""]]
+    host = f"[{listener.host}]" if ":" in listener.host else listener.host
+    return [f"nbd://{host}:{port}/{n}" for n in names or [""]]
+
+
 def serve(settings: ServerSettings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="zswapd: %(message)s")
@@ -385,7 +423,9 @@ def serve(settings: ServerSettings) -> int:
     bound: list[str] = [p for p in (listener.path,) if p is not None]
     try:
         wire = None
-        ready: list[str] = []
+        # Printed once every frontend listens: what is served, and where (real
+        # addresses: the port bound for port 0, absolute socket paths).
+        ready = _inventory(registry, devices)
         app = create_app(
             registry,
             ApiSettings(max_pages_per_request=settings.max_pages_per_request, token=token),
@@ -404,7 +444,9 @@ def serve(settings: ServerSettings) -> int:
                 max_stale_handles=settings.max_stale_handles,
             )
             wire = (wire_sock, registry, wire_settings)
-            ready.append(f"zswapd: serving the wire protocol on unix://{wire_path}")
+            ready.append(
+                f"zswapd: serving the wire protocol on unix://{os.path.abspath(wire_path)}"
+            )
         if settings.metrics is not None:
             m = parse_listen(settings.metrics)
             if m.path is not None:
@@ -431,21 +473,22 @@ def serve(settings: ServerSettings) -> int:
         if settings.nbd is not None:
             nbd_listener = parse_listen(settings.nbd)
             nbd_sock = bind(nbd_listener, settings.socket_mode)
+            nbd_port = 0 if nbd_listener.path is not None else nbd_sock.getsockname()[1]
+            uris = _nbd_uris(nbd_listener, nbd_port, devices.names())
             if nbd_listener.path is not None:
                 bound.append(nbd_listener.path)
-                where = f"nbd+unix:///?socket={nbd_listener.path}"
-            else:
-                host = nbd_listener.host
-                where = f"nbd://{host}:{nbd_sock.getsockname()[1]}"
-                if not nbd_listener.loopback and token is None:
-                    log.warning("WARNING: NBD on %s, beyond loopback: NBD has no token", where)
+            elif not nbd_listener.loopback and token is None:
+                log.warning("WARNING: NBD on %s, beyond loopback: NBD has no token", uris[0])
             nbd_settings = NbdSettings(
                 max_connections=settings.max_connections,
                 handshake_timeout=settings.handshake_timeout,
                 observe=metrics.observe,
             )
             nbd = (nbd_sock, devices, nbd_settings)
-            ready.append(f"zswapd: serving NBD on {where} ({', '.join(devices.names())})")
+            if devices.names():
+                ready += [f"zswapd: serving NBD on {uri}" for uri in uris]
+            else:
+                ready.append(f"zswapd: serving NBD on {uris[0]} (no devices yet)")
         saver = None
         if state_dir is not None:
             saver = _Saver(
@@ -455,9 +498,10 @@ def serve(settings: ServerSettings) -> int:
                 devices,
                 preserve=frozenset(settings.devices),
             )
-            ready.append(f"zswapd: state in {state_dir}")
+            ready.append(f"zswapd: state in {state_dir.resolve()}")
         # The HTTP line last: a parent waiting for it knows everything else is up.
-        ready.append(f"zswapd: serving HTTP on {listener.url()}")
+        shown = listener if listener.path is None else Listener(path=os.path.abspath(listener.path))
+        ready.append(f"zswapd: serving HTTP on {shown.url()}")
         server = _Server(uv_config, ready, wire, saver, nbd)
         # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to
         # whatever handler was there before; with these, that re-raise is a no-op

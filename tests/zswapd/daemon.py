@@ -12,6 +12,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def _checkout_on_path() -> dict[str, str]:
+    """PYTHONPATH with this checkout first, so any cwd runs this checkout's zswapd."""
+    path = os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path}
+
 
 @dataclass
 class Daemon:
@@ -48,7 +56,7 @@ def start_daemon(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **_checkout_on_path(), **(env or {})},
         cwd=cwd,
     )
     assert proc.stderr is not None
@@ -77,9 +85,6 @@ def start_daemon(
     raise RuntimeError(f"zswapd serve did not start: {log} {buf!r}")
 
 
-CHECKOUT = Path(__file__).resolve().parents[2]
-
-
 def run_cli(
     *args: str, timeout: float = 120, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -87,12 +92,11 @@ def run_cli(
 
     The checkout is on PYTHONPATH, so any cwd runs this checkout's zswapd.
     """
-    path = os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", "zswapd.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=cwd or CHECKOUT,
-        env={**os.environ, "PYTHONPATH": path},
+        env={**os.environ, **_checkout_on_path()},
     )

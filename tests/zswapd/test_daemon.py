@@ -392,7 +392,7 @@ def test_cli_push_fetch_free_stats_pools(
     fetch = run_cli("fetch", str(handles), "-o", str(out), *url)
     assert fetch.returncode == 0, fetch.stderr
     assert out.read_bytes() == src.read_bytes()
-    stats = run_cli("stats", "--pool", "cli", *url)
+    stats = run_cli("stats", "--pool", "cli", "--classes", *url)
     assert stats.returncode == 0
     assert "orig_data_size=2867200" in stats.stdout and "obj_allocated" in stats.stdout
     as_json = json.loads(run_cli("stats", "--pool", "cli", "--json", *url).stdout)

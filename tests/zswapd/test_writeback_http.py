@@ -435,14 +435,16 @@ def test_pools_create_and_set_take_the_threshold_and_recompression_flags(
     )
     assert code == 0 and '"accept_threshold_percent": 50' in out, err
     assert s.stats("rc")["config"]["accept_threshold_percent"] == 50
-    # Refused, one line each, the pool as it was.
-    for argv in [
-        ("pools", "set", "rc", "--accept-threshold-percent", "101"),
-        ("pools", "set", "rc", "--recompress-algo", "lz4"),
-        ("pools", "create", "rc2", "--recompress-algo", "nosuchalgo"),
+    # Refused, one line each, the pool as it was: by the daemon (exit 1), or, for
+    # what ``pools set`` does not take and an algorithm not installed, before any
+    # request (exit 2, as any usage error).
+    for argv, status, prefix in [
+        (("pools", "set", "rc", "--accept-threshold-percent", "101"), 1, "zswapd pools: "),
+        (("pools", "set", "rc", "--recompress-algo", "lz4"), 2, "zswapd pools set: "),
+        (("pools", "create", "rc2", "--recompress-algo", "nosuchalgo"), 2, "zswapd pools create: "),
     ]:
         code, out, err = _cli(capsys, *argv, "--url", url)
-        assert code == 1 and err.startswith("zswapd pools: ") and err.count("\n") == 1, (argv, err)
+        assert code == status and err.startswith(prefix) and err.count("\n") == 1, (argv, err)
     assert s.stats("rc")["config"] == {**config, "accept_threshold_percent": 50}
     assert "rc2" not in s.http.get("/v1/pools").json()["pools"]
     assert s.http.delete("/v1/pools/rc").status_code == 204
@@ -491,7 +493,7 @@ def test_the_serve_flags_give_default_its_backing_file_and_wire_stats_carry_bd_s
         assert st["bd_stat"]["bd_count"] >= 1 and st["bd_stat"]["bd_reads"] >= 1
         assert st["backing"]["file"] == str(s.outside / "default.swap")
         assert st["backing"]["slots"] == 256  # --backing-size 1M
-        with pytest.raises(ZswapdError, match="not part of the wire protocol; use the HTTP"):
+        with pytest.raises(ZswapdError, match="writeback needs the HTTP API"):
             wire.writeback("default", type="idle", idle_seconds=0)
 
 

@@ -1,0 +1,303 @@
+"""The administrative commands: stats, pools, devices, compact.
+
+What ``zramctl`` is to zram: a summary row per pool and per device in human
+units, the kernel's figures behind it on request (``--json``: as the API gives
+them; ``--classes``: the debugfs class table).  The figures are zram's own:
+DATA is ``orig_data_size``, COMPR ``compr_data_size``, TOTAL ``mem_used_total``;
+RATIO is DATA/TOTAL and SAVED is DATA - TOTAL, what the pool spares the memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from zswapd.cli_client import open_client, pool_flags
+from zswapd.cli_format import (
+    algorithm,
+    format_classes,
+    human,
+    limit,
+    pool_row,
+    printable,
+    table,
+)
+from zswapd.client import Client
+from zswapd.errors import ConfigError, UnknownPoolError
+
+__all__ = [
+    "POOL_COLUMNS",
+    "STATS_COLUMNS",
+    "cmd_compact",
+    "cmd_devices_create",
+    "cmd_devices_list",
+    "cmd_devices_remove",
+    "cmd_devices_stats",
+    "cmd_pools_create",
+    "cmd_pools_list",
+    "cmd_pools_remove",
+    "cmd_pools_set",
+    "cmd_stats",
+]
+
+STATS_COLUMNS = (
+    "NAME",
+    "ALGORITHM",
+    "DISKSIZE",
+    "LIMIT",
+    "DATA",
+    "COMPR",
+    "TOTAL",
+    "SAME",
+    "HUGE",
+    "RATIO",
+    "SAVED",
+)
+POOL_COLUMNS = (
+    "NAME",
+    "ALGORITHM",
+    "ALLOCATOR",
+    "CHAIN",
+    "LIMIT",
+    "HUGE",
+    "WRITEBACK",
+    "PAGES",
+    "TOTAL",
+)
+DEVICE_COLUMNS = STATS_COLUMNS
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2)
+    print()
+
+
+def _gather(client: Client) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Every pool's stats and every device's, by name (pools exclude the devices' own).
+
+    A pool or device removed between the listing and its stats is left out,
+    as ``zramctl`` leaves out a device reset while it reads.
+    """
+    devices: dict[str, dict[str, Any]] = {}
+    for name in client.devices():
+        try:
+            devices[name] = {**client.device_stats(name), "config": client.stats(name)["config"]}
+        except UnknownPoolError:
+            continue
+    pools: dict[str, dict[str, Any]] = {}
+    for name in client.pools():
+        if name in devices:
+            continue
+        try:
+            pools[name] = client.stats(name)
+        except UnknownPoolError:
+            continue
+    return pools, devices
+
+
+def _details(stats: dict[str, Any]) -> list[str]:
+    """A pool's figures under the kernel's names, one family a line."""
+    mm = stats["mm_stat"]
+    cfg = stats["config"]
+    lines = []
+    if "huge_class_size" in stats:
+        lines.append(
+            f"pool {stats['pool']}: {algorithm(cfg)}, {cfg['allocator']} chain "
+            f"{cfg['chain_size']}, huge from {stats['huge_class_size']} bytes"
+        )
+    lines.append("mm_stat: " + " ".join(f"{k}={v}" for k, v in mm.items()))
+    if "io_stat" in stats:
+        lines.append("io_stat: " + " ".join(f"{k}={v}" for k, v in stats["io_stat"].items()))
+    lines.append("zswap: " + " ".join(f"{k}={v}" for k, v in stats["zswap"].items()))
+    backing = stats.get("backing")
+    if backing is not None:
+        lines.append("bd_stat: " + " ".join(f"{k}={v}" for k, v in stats["bd_stat"].items()))
+        wb_limit = backing["writeback_limit"]
+        lines.append(
+            f"backing {printable(backing['file'])}: {backing['used_slots']} of "
+            f"{backing['slots']} slots used, writeback {backing['writeback']}"
+            f"{'' if wb_limit is None else f', writeback_limit {wb_limit}'}"
+            f"{', REMOVED' if backing['removed'] else ''}"
+            f", {backing['io_errors']} I/O errors, {backing['corrupt_pages']} corrupt"
+        )
+    return lines
+
+
+def _classes(args: argparse.Namespace, stats: dict[str, Any]) -> list[str]:
+    """The debugfs class table when asked for (``--all``: empty classes too)."""
+    if not (args.classes or args.all):
+        return []
+    rows = stats["classes"] if args.all else [r for r in stats["classes"] if r["obj_allocated"]]
+    return ["", format_classes(rows)]
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """``zswapd stats``: every pool and device, one row each; ``--pool``: one, in full."""
+    with open_client(args) as client:
+        # The wire protocol cannot list pools: without --pool it shows the default.
+        name = args.pool or ("default" if client.over_wire else None)
+        if name is None:
+            pools, devices = _gather(client)
+        else:
+            stats = client.stats(name)
+    if name is None:
+        if args.json:
+            _print_json({"pools": pools, "devices": devices})
+            return 0
+        rows = [pool_row(n, s) for n, s in pools.items()]
+        rows += [pool_row(n, s, disksize=s["size"]) for n, s in devices.items()]
+        print(table(STATS_COLUMNS, rows))
+        for n, s in [*pools.items(), *devices.items()]:
+            if args.classes or args.all:
+                print("\n".join(["", f"{n}:", *_classes(args, s)[1:]]))
+        return 0
+    if args.json:
+        _print_json(stats)
+        return 0
+    print(table(STATS_COLUMNS, [pool_row(name, stats)]))
+    print("\n".join(["", *_details(stats), *_classes(args, stats)]))
+    return 0
+
+
+def cmd_pools_list(args: argparse.Namespace) -> int:
+    """``zswapd pools list``: each pool's settings and size (``--json``: its config and mm_stat)."""
+    with open_client(args) as client:
+        found: dict[str, dict[str, Any]] = {}
+        for name in client.pools():
+            try:
+                found[name] = client.stats(name)
+            except UnknownPoolError:  # removed while listing
+                continue
+    if args.json:
+        _print_json({n: {"config": s["config"], "mm_stat": s["mm_stat"]} for n, s in found.items()})
+        return 0
+    rows = []
+    for name, stats in found.items():
+        cfg, mm = stats["config"], stats["mm_stat"]
+        rows.append(
+            {
+                "NAME": name,
+                "ALGORITHM": algorithm(cfg),
+                "ALLOCATOR": cfg["allocator"],
+                "CHAIN": str(cfg["chain_size"]),
+                "LIMIT": limit(cfg),
+                "HUGE": cfg["huge_policy"],
+                "WRITEBACK": cfg["writeback"] if cfg["backing_file"] else "-",
+                "PAGES": str(mm["orig_data_size"] // 4096),
+                "TOTAL": human(mm["mem_used_total"]),
+            }
+        )
+    print(table(POOL_COLUMNS, rows, words={"NAME", "ALGORITHM", "ALLOCATOR", "HUGE", "WRITEBACK"}))
+    return 0
+
+
+def _pool_extras(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings beyond serve's pool flags (zswap's hysteresis, zram's recomp_algorithm)."""
+    extras = {
+        "accept_threshold_percent": args.accept_threshold_percent,
+        "recompress_algo": getattr(args, "recompress_algo", None),
+        "recompress_level": getattr(args, "recompress_level", None),
+    }
+    return {k: v for k, v in extras.items() if v is not None}
+
+
+def _creation_config(args: argparse.Namespace) -> dict[str, Any]:
+    config = {k: v for k, v in pool_flags(args).items() if v is not None}
+    config.update(_pool_extras(args))
+    return config
+
+
+def cmd_pools_create(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        result = client.create_pool(args.name, **_creation_config(args))
+    _print_json(result)
+    return 0
+
+
+def cmd_pools_set(args: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {}
+    if args.pool_limit is not None:
+        from zswapd.settings import parse_size
+
+        changes["limit_bytes"] = parse_size(args.pool_limit)
+    if args.huge_policy is not None:
+        changes["huge_policy"] = args.huge_policy
+    if args.writeback_limit is not None:
+        changes["writeback_limit"] = args.writeback_limit
+    if args.no_writeback_limit:
+        changes["writeback_limit"] = None
+    changes.update(_pool_extras(args))
+    if not changes:
+        raise ConfigError(
+            "pools set: give --pool-limit, --huge-policy, --accept-threshold-percent, "
+            "--writeback-limit or --no-writeback-limit"
+        )
+    with open_client(args) as client:
+        result = client.update_pool(args.name, **changes)
+    _print_json(result)
+    return 0
+
+
+def cmd_pools_remove(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        client.remove_pool(args.name)
+    print(f"removed pool {args.name!r}")
+    return 0
+
+
+def cmd_devices_list(args: argparse.Namespace) -> int:
+    """``zswapd devices list``: zramctl's table (``--json``: each device's stats)."""
+    with open_client(args) as client:
+        _, devices = _gather(client)
+    if args.json:
+        _print_json(devices)
+        return 0
+    rows = []
+    for name, stats in devices.items():
+        rows.append(pool_row(name, stats, disksize=stats["size"]))
+    print(table(DEVICE_COLUMNS, rows))
+    return 0
+
+
+def cmd_devices_create(args: argparse.Namespace) -> int:
+    from zswapd.settings import parse_size
+
+    size = parse_size(args.size)
+    with open_client(args) as client:
+        result = client.create_device(args.name, size, **_creation_config(args))
+    cfg = result["config"]
+    print(
+        f"created device {result['device']}: {human(result['size'])}, {algorithm(cfg)}, "
+        f"limit {limit(cfg)} (NBD export {result['device']!r})"
+    )
+    return 0
+
+
+def cmd_devices_remove(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        client.remove_device(args.name)
+    print(f"removed device {args.name!r}")
+    return 0
+
+
+def cmd_devices_stats(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        stats = client.device_stats(args.name)
+        config = client.stats(args.name)["config"]
+    if args.json:
+        _print_json(stats)
+        return 0
+    stats = {**stats, "config": config}
+    print(table(STATS_COLUMNS, [pool_row(args.name, stats, disksize=stats["size"])]))
+    print("\n".join(["", *_details(stats), *_classes(args, stats)]))
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    """zram's ``compact``: move objects out of sparse zspages, release the emptied pages."""
+    with open_client(args) as client:
+        released = client.compact(args.pool)
+    print(f"pool {args.pool}: {released} pages released ({human(released * 4096)})")
+    return 0
