@@ -761,6 +761,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return fail(f"cannot connect to {getattr(args, 'url', 'the daemon')}: {_one_line(exc)}")
     except httpx.HTTPError as exc:
         return fail(f"{getattr(args, 'url', 'the daemon')}: {_one_line(exc)}")
+    except json.JSONDecodeError:
+        # Something answered 200 that is not zswapd's API: the metrics
+        # listener (serve --metrics), another service on the port.
+        return fail(
+            f"{getattr(args, 'url', 'the daemon')} did not answer as zswapd's HTTP API does "
+            "(not JSON: is it the --metrics address, or another service?)"
+        )
     except (ZswapdError, ProtocolError, OSError) as exc:  # ProtocolError: a daemon's garbled answer
         return fail(_one_line(exc))
     except KeyboardInterrupt:

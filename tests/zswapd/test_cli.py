@@ -147,6 +147,17 @@ def test_client_command_without_daemon_is_one_line(
     assert sorted(os.listdir(tmp_path)) == ["h", "pages"]  # push left no handles file
 
 
+def test_a_url_that_is_not_zswapds_api_is_one_line() -> None:
+    d = start_daemon("--metrics", "127.0.0.1:0")
+    try:
+        line = next(line for line in d.log if "serving metrics on" in line)
+        metrics = line.rsplit(" ", 1)[1].removesuffix("/metrics")
+        for argv in (["stats"], ["pools", "list"], ["devices", "list"]):
+            _one_line_failure(run_cli(*argv, "--url", metrics), "not JSON", "--metrics")
+    finally:
+        d.stop()
+
+
 def test_serve_on_busy_ports_is_one_line() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
