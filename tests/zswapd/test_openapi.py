@@ -11,6 +11,7 @@ and Java's: bare integers, null-or-ref bodies, missing security, odd ids).
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import subprocess
 import sys
@@ -428,7 +429,7 @@ def test_a_generated_client_drives_every_route(generated: ModuleType, daemon: Da
     pages = [text_page(1), random_page(2), poor_page(3), same_page(b"\x05" * 8), text_page(4)]
 
     def store_pages(c: Any, pool: str, batch: list[bytes]) -> list[int]:
-        out = store.sync(pool, client=c, body=File(payload=_stream(b"".join(batch))))
+        out = store.sync(pool, client=c, body=File(payload=io.BytesIO(b"".join(batch))))
         assert isinstance(out, HandleList), out
         return list(out.handles)
 
@@ -499,10 +500,10 @@ def test_a_generated_client_drives_every_route(generated: ModuleType, daemon: Da
         assert isinstance(stale.parsed, ErrorBody) and stale.parsed.error == "stale_handle"
         freed = free_batch.sync_detailed("oa", client=c, body=HandleList(handles=handles[1:3]))
         assert freed.status_code == 204
-        short = store.sync_detailed("oa", client=c, body=File(payload=_stream(b"x" * 100)))
+        short = store.sync_detailed("oa", client=c, body=File(payload=io.BytesIO(b"x" * 100)))
         assert short.status_code == 422
         assert isinstance(short.parsed, ErrorBody) and short.parsed.error == "bad_page_size"
-        unknown = store.sync_detailed("nope", client=c, body=File(payload=_stream(pages[0])))
+        unknown = store.sync_detailed("nope", client=c, body=File(payload=io.BytesIO(pages[0])))
         assert unknown.status_code == 404
         assert isinstance(unknown.parsed, ErrorBody) and unknown.parsed.error == "unknown_pool"
 
@@ -563,9 +564,3 @@ def test_a_generated_client_drives_every_route(generated: ModuleType, daemon: Da
             assert pool_remove.sync_detailed(name, client=c).status_code == 204
         listed = pools_list.sync(client=c)
         assert isinstance(listed, PoolList) and listed.pools == ["default"]
-
-
-def _stream(data: bytes) -> Any:
-    import io
-
-    return io.BytesIO(data)
