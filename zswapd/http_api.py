@@ -16,9 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Path, Request
+from annotated_types import Ge, Le
+from fastapi import Body, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -38,12 +40,14 @@ from zswapd.errors import (
     PoolLimitError,
     StaleHandleError,
     TooLargeError,
+    UnauthorizedError,
     UnknownPoolError,
     ZswapdError,
 )
 from zswapd.http_protocol import note_stale_handle
 from zswapd.metrics import CONTENT_TYPE_LATEST, Metrics
 from zswapd.offload import offload, run_in_thread, run_maintenance, run_on_disk
+from zswapd.openapi import DESCRIPTION, INT32, INT64, UINT64, install
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
 
@@ -60,6 +64,7 @@ STATUS: list[tuple[type[ZswapdError], int]] = [
     (UnknownPoolError, 404),
     (PoolExistsError, 409),
     (TooLargeError, 413),
+    (UnauthorizedError, 401),
     (PoolLimitError, 507),
     (BackingIoError, 507),
     (CorruptObjectError, 500),
@@ -67,9 +72,11 @@ STATUS: list[tuple[type[ZswapdError], int]] = [
 ]
 
 
-def status_of(exc: ZswapdError) -> int:
+def status_of(exc: ZswapdError | type[ZswapdError]) -> int:
+    """The HTTP status of an error, or of an error class (for the OpenAPI document)."""
+    kind = exc if isinstance(exc, type) else type(exc)
     for cls, status in STATUS:
-        if isinstance(exc, cls):
+        if issubclass(kind, cls):
             return status
     return 500
 
@@ -99,11 +106,6 @@ class ErrorBody(BaseModel):
     detail: str = Field(description="what went wrong, for people")
 
 
-class HandleList(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    handles: list[StrictInt] = Field(description="handles as the server returned them")
-
-
 def _not_bool(value: Any) -> Any:
     # JSON's true is not 1 here (schemathesis found a level of `false` accepted).
     if isinstance(value, bool):
@@ -111,30 +113,51 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
-# Lax ints (360.0 is an integer in JSON Schema) that still refuse booleans.
-JsonInt = Annotated[int, BeforeValidator(_not_bool)]
-JsonFloat = Annotated[float, BeforeValidator(_not_bool)]
+NOT_BOOL = BeforeValidator(_not_bool)
+
+# Integers with their width in the document (zswapd.openapi): handles fill 64
+# bits and byte counts pass 2**31, which a generator's bare "integer" (int32 in
+# Go and Java) would not hold.  Answers use Int64 / Int32.
+Int64 = Annotated[int, INT64]
+Int32 = Annotated[int, INT32]
+# Only the document's bounds: a handle out of them is stale (404), as ever.
+Handle = Annotated[StrictInt, UINT64]
+# Lax ints for requests (360.0 is an integer in JSON Schema) that still refuse
+# booleans.  Bounds go before NOT_BOOL, on the int itself: so the document says
+# them as minimum / maximum, even when the field is nullable.
+JsonInt = Annotated[int, NOT_BOOL, INT64]
+JsonInt32 = Annotated[int, NOT_BOOL, INT32]
+JsonCount = Annotated[int, Ge(0), NOT_BOOL, INT64]
+JsonPercent = Annotated[int, Ge(0), Le(100), NOT_BOOL, INT32]
+JsonFloat = Annotated[float, NOT_BOOL]
+
+
+class HandleList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    handles: list[Handle] = Field(description="handles as the server returned them")
 
 
 class RecompressRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["huge", "idle", "huge_idle"] = "huge"
     algo: str | None = Field(default=None, description="secondary algorithm (default: pool's)")
-    level: JsonInt | None = None
+    level: JsonInt32 | None = None
     idle_seconds: JsonFloat = Field(default=0, ge=0)
-    threshold: JsonInt | None = Field(default=None, gt=0)
+    threshold: Annotated[int, Ge(1), NOT_BOOL, INT64] | None = Field(
+        default=None, description="bytes: keep only results smaller than this"
+    )
 
 
 class RecompressResult(BaseModel):
-    candidates: int
-    recompressed: int
-    not_smaller: int
-    alloc_failed: int
-    bytes_saved: int
+    candidates: Int64
+    recompressed: Int64
+    not_smaller: Int64
+    alloc_failed: Int64
+    bytes_saved: Int64
 
 
 class CompactResult(BaseModel):
-    pages_released: int
+    pages_released: Int64
 
 
 class WritebackRequest(BaseModel):
@@ -147,24 +170,25 @@ class WritebackRequest(BaseModel):
         "'all'); huge; huge_idle: both; incompressible: huge pages recompression could "
         "not shrink; lru: the least recently used first",
     )
-    idle_seconds: JsonFloat | None = Field(
+    idle_seconds: Annotated[float, Ge(0), NOT_BOOL] | None = Field(
         default=None,
-        ge=0,
         description="what idle means, seconds: required for idle and huge_idle (0: every "
         "page, zram's 'all'), refused for the other types",
     )
-    max_pages: JsonInt | None = Field(default=None, ge=1, description="write at most this many")
+    max_pages: Annotated[int, Ge(1), NOT_BOOL, INT64] | None = Field(
+        default=None, description="write at most this many"
+    )
 
 
 class WritebackResult(BaseModel):
-    written_back: int = Field(description="pages written to the backing file")
-    candidates: int = Field(description="pages of the type asked for, before max_pages")
+    written_back: Int64 = Field(description="pages written to the backing file")
+    candidates: Int64 = Field(description="pages of the type asked for, before max_pages")
     stopped: str | None = Field(
         description="why it stopped before writing every candidate: writeback_limit, "
         "backing_full, io_error, backing_removed (null: it did not)"
     )
     error: str | None = Field(description="what failed, for people (null: nothing)")
-    writeback_limit: int | None = Field(
+    writeback_limit: Int64 | None = Field(
         description="pages manual writeback may still write (null: no limit)"
     )
 
@@ -174,14 +198,14 @@ class PoolSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     compressor: str = "zstd"
-    level: JsonInt | None = None
+    level: JsonInt32 | None = None
     allocator: Literal["zsmalloc", "zbud", "z3fold"] = "zsmalloc"
-    chain_size: JsonInt = Field(default=8, ge=1, le=16)
+    chain_size: JsonInt32 = Field(default=8, ge=1, le=16)
     limit_bytes: JsonInt = Field(default=0, ge=0)
     huge_policy: Literal["store", "reject"] = "store"
-    accept_threshold_percent: JsonInt | None = Field(default=None, ge=0, le=100)
+    accept_threshold_percent: JsonPercent | None = None
     recompress_algo: str | None = None
-    recompress_level: JsonInt | None = None
+    recompress_level: JsonInt32 | None = None
     allocator_options: dict[str, Any] = Field(default_factory=dict)
     backing_file: str | None = Field(
         default=None,
@@ -196,8 +220,8 @@ class PoolSettings(BaseModel):
         description="manual (zram: pages leave when asked) or lru (zswap: a store past the "
         "limit writes back the least recently used pages first)",
     )
-    writeback_limit: JsonInt | None = Field(
-        default=None, ge=0, description="pages manual writeback may still write (null: no limit)"
+    writeback_limit: JsonCount | None = Field(
+        default=None, description="pages manual writeback may still write (null: no limit)"
     )
 
 
@@ -206,13 +230,11 @@ class LiveSettings(BaseModel):
     ``echo N > writeback_limit``); the ones not given stay as they are."""
 
     model_config = ConfigDict(extra="forbid")
-    limit_bytes: JsonInt | None = Field(default=None, ge=0)
-    accept_threshold_percent: JsonInt | None = Field(
-        default=None, ge=0, le=100, description="null: off"
-    )
+    limit_bytes: JsonCount | None = None
+    accept_threshold_percent: JsonPercent | None = Field(default=None, description="null: off")
     huge_policy: Literal["store", "reject"] | None = None
-    writeback_limit: JsonInt | None = Field(
-        default=None, ge=0, description="null: no limit (zram's writeback_limit_enable=0)"
+    writeback_limit: JsonCount | None = Field(
+        default=None, description="null: no limit (zram's writeback_limit_enable=0)"
     )
 
 
@@ -220,20 +242,20 @@ class PoolConfigOut(BaseModel):
     """A pool's settings as applied (the dictionary by size)."""
 
     compressor: str
-    level: int | None
+    level: Int32 | None
     allocator: str
-    chain_size: int
-    limit_bytes: int
+    chain_size: Int32
+    limit_bytes: Int64
     huge_policy: str
-    accept_threshold_percent: int | None
+    accept_threshold_percent: Int32 | None
     recompress_algo: str | None
-    recompress_level: int | None
+    recompress_level: Int32 | None
     allocator_options: dict[str, Any]
-    dictionary: int | None
+    dictionary: Int64 | None
     backing_file: str | None
-    backing_size: int
+    backing_size: Int64
     writeback: str
-    writeback_limit: int | None
+    writeback_limit: Int64 | None
 
 
 class PoolCreated(BaseModel):
@@ -244,36 +266,36 @@ class PoolCreated(BaseModel):
 class MmStat(BaseModel):
     """zram's mm_stat, field for field."""
 
-    orig_data_size: int
-    compr_data_size: int
-    mem_used_total: int
-    mem_limit: int
-    mem_used_max: int
-    same_pages: int
-    pages_compacted: int
-    huge_pages: int
-    huge_pages_since: int
+    orig_data_size: Int64
+    compr_data_size: Int64
+    mem_used_total: Int64
+    mem_limit: Int64
+    mem_used_max: Int64
+    same_pages: Int64
+    pages_compacted: Int64
+    huge_pages: Int64
+    huge_pages_since: Int64
 
 
 class ZswapCounters(BaseModel):
-    stored_pages: int
-    same_filled_pages: int
-    pool_total_size: int
-    pool_limit_hit: int
-    reject_compress_poor: int
-    decompress_fail: int
-    written_back_pages: int = Field(description="pages moved to the backing file")
-    reject_reclaim_fail: int = Field(description="pages refused: no room could be made")
+    stored_pages: Int64
+    same_filled_pages: Int64
+    pool_total_size: Int64
+    pool_limit_hit: Int64
+    reject_compress_poor: Int64
+    decompress_fail: Int64
+    written_back_pages: Int64 = Field(description="pages moved to the backing file")
+    reject_reclaim_fail: Int64 = Field(description="pages refused: no room could be made")
 
 
 class PageCounters(BaseModel):
-    stored_pages_total: int
-    loaded_pages_total: int
-    freed_pages_total: int
-    memory_limit_hit: int = Field(description="pages refused at the server-wide --memory-limit")
-    stale_handle_requests: int = Field(description="loads and frees refused for a stale handle")
-    loaded_same_pages: int = Field(description="loads served by a same-filled word")
-    limit_hit_written_back: int = Field(
+    stored_pages_total: Int64
+    loaded_pages_total: Int64
+    freed_pages_total: Int64
+    memory_limit_hit: Int64 = Field(description="pages refused at the server-wide --memory-limit")
+    stale_handle_requests: Int64 = Field(description="loads and frees refused for a stale handle")
+    loaded_same_pages: Int64 = Field(description="loads served by a same-filled word")
+    limit_hit_written_back: Int64 = Field(
         description="limit hits of an lru pool answered by writing back (or refused as "
         "reject_reclaim_fail); in pool_limit_hit too"
     )
@@ -282,45 +304,45 @@ class PageCounters(BaseModel):
 class BdStat(BaseModel):
     """zram's bd_stat, in pages: in the backing file now, read from it, written to it."""
 
-    bd_count: int
-    bd_reads: int
-    bd_writes: int
+    bd_count: Int64
+    bd_reads: Int64
+    bd_writes: Int64
 
 
 class BackingFigures(BaseModel):
     """The backing file of a pool: where, how big, how full, how healthy."""
 
     file: str
-    slots: int
-    size: int = Field(description="bytes, slots x 4096")
-    used_slots: int
+    slots: Int64
+    size: Int64 = Field(description="bytes, slots x 4096")
+    used_slots: Int64
     writeback: str
-    writeback_limit: int | None
-    lru_pages: int = Field(description="pages in memory on the LRU list")
+    writeback_limit: Int64 | None
+    lru_pages: Int64 = Field(description="pages in memory on the LRU list")
     removed: bool
-    io_errors: int
-    corrupt_pages: int = Field(description="pages read back that failed their checksum")
+    io_errors: Int64
+    corrupt_pages: Int64 = Field(description="pages read back that failed their checksum")
 
 
 class ServerFigures(BaseModel):
     """Every pool and device together, against --memory-limit (bytes; 0 = no limit)."""
 
-    memory_limit: int
-    memory_used: int
-    memory_used_max: int
+    memory_limit: Int64
+    memory_used: Int64
+    memory_used_max: Int64
 
 
 class MetadataFigures(BaseModel):
     """The pool's table of entries, charged to --memory-limit (not in mm_stat)."""
 
-    entry_slots: int = Field(description="slots the table holds, live or free")
-    bytes: int = Field(description="what the table charges the server's memory limit")
+    entry_slots: Int64 = Field(description="slots the table holds, live or free")
+    bytes: Int64 = Field(description="what the table charges the server's memory limit")
 
 
 class RecompressCounters(BaseModel):
-    attempts: int
-    recompressed_pages: int
-    saved_bytes: int
+    attempts: Int64
+    recompressed_pages: Int64
+    saved_bytes: Int64
     algorithms: list[str]
 
 
@@ -328,31 +350,31 @@ class ClassRow(BaseModel):
     """One row of the debugfs ``classes`` table; fullness columns named "0".."100"."""
 
     model_config = ConfigDict(populate_by_name=True)
-    class_: int = Field(alias="class")
-    size: int
-    f0: int = Field(alias="0")
-    f10: int = Field(alias="10")
-    f20: int = Field(alias="20")
-    f30: int = Field(alias="30")
-    f40: int = Field(alias="40")
-    f50: int = Field(alias="50")
-    f60: int = Field(alias="60")
-    f70: int = Field(alias="70")
-    f80: int = Field(alias="80")
-    f90: int = Field(alias="90")
-    f99: int = Field(alias="99")
-    f100: int = Field(alias="100")
-    obj_allocated: int
-    obj_used: int
-    pages_used: int
-    pages_per_zspage: int
-    freeable: int
+    class_: Int64 = Field(alias="class")
+    size: Int64
+    f0: Int64 = Field(alias="0")
+    f10: Int64 = Field(alias="10")
+    f20: Int64 = Field(alias="20")
+    f30: Int64 = Field(alias="30")
+    f40: Int64 = Field(alias="40")
+    f50: Int64 = Field(alias="50")
+    f60: Int64 = Field(alias="60")
+    f70: Int64 = Field(alias="70")
+    f80: Int64 = Field(alias="80")
+    f90: Int64 = Field(alias="90")
+    f99: Int64 = Field(alias="99")
+    f100: Int64 = Field(alias="100")
+    obj_allocated: Int64
+    obj_used: Int64
+    pages_used: Int64
+    pages_per_zspage: Int64
+    freeable: Int64
 
 
 class PoolStatsOut(BaseModel):
     pool: str
     config: PoolConfigOut
-    huge_class_size: int
+    huge_class_size: Int64
     mm_stat: MmStat
     zswap: ZswapCounters
     counters: PageCounters
@@ -368,7 +390,7 @@ class DeviceSettings(PoolSettings):
     """A device: its size in bytes (a multiple of 4096), and its pool's settings."""
 
     size: JsonInt = Field(
-        gt=0, le=MAX_DEVICE_SIZE, description="bytes, a multiple of 4096, at most 16 TiB"
+        ge=1, le=MAX_DEVICE_SIZE, description="bytes, a multiple of 4096, at most 16 TiB"
     )
     # zram's backing_dev.  A client's file must be a new name inside the daemon's
     # --backing-dir (refused, 400, otherwise): no client picks where the daemon writes.
@@ -377,9 +399,47 @@ class DeviceSettings(PoolSettings):
     )
     backing_size: JsonInt = Field(default=0, ge=0, description="bytes, whole 4096-byte slots")
     writeback: Literal["manual", "lru"] = "manual"
-    writeback_limit: JsonInt | None = Field(
-        default=None, ge=0, description="pages manual writeback may still write (zram's)"
+    writeback_limit: JsonCount | None = Field(
+        default=None, description="pages manual writeback may still write (zram's)"
     )
+
+
+class DeviceCreated(BaseModel):
+    device: str
+    size: Int64 = Field(description="bytes")
+    config: PoolConfigOut
+
+
+class IoStat(BaseModel):
+    """zram's io_stat (its columns as the kernel names them)."""
+
+    failed_reads: Int64
+    failed_writes: Int64
+    invalid_io: Int64
+    notify_free: Int64
+
+
+class SlotTable(BaseModel):
+    """The device's table of slots, charged to --memory-limit (not in mm_stat)."""
+
+    leaves: Int64 = Field(description="4096-byte leaves of the table")
+    bytes: Int64 = Field(description="what the table charges the server's memory limit")
+
+
+class DeviceStatsOut(BaseModel):
+    device: str
+    size: Int64 = Field(description="bytes")
+    mm_stat: MmStat
+    io_stat: IoStat
+    bd_stat: BdStat
+    backing: BackingFigures | None = Field(description="null: no backing file")
+    zswap: ZswapCounters
+    slot_table: SlotTable
+    classes: list[ClassRow]
+
+
+class DeviceList(BaseModel):
+    devices: list[str]
 
 
 class PoolList(BaseModel):
@@ -389,32 +449,28 @@ class PoolList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
-    max_pages_per_request: int = Field(description="cap on pages in one store or load")
+    max_pages_per_request: Int64 = Field(description="cap on pages in one store or load")
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorBody, "description": d}
-    for s, d in (
-        (400, "malformed request"),
-        (401, "token missing or wrong"),
-        (404, "unknown pool or stale handle"),
-        (408, "request head or body not received in time; the connection is closed"),
-        (409, "a pool of that name exists"),
-        (500, "a stored page no longer matches its checksum (corrupt_object)"),
-        (413, "request too large"),
-        (431, "request head over the size cap; the connection is closed"),
-        (422, "wrong page size, or a page the pool rejects"),
-        (503, "too many connections"),
-        (507, "pool limit reached, no room made by writeback, or the backing file failed"),
-    )
-}
-OCTETS = {
-    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
-}
+def _octets(description: str) -> dict[str, Any]:
+    """A raw body or answer: pages, 4096 bytes each, nothing around them."""
+    return {
+        "description": description,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+
 
 PoolName = Annotated[
     str, Path(description="pool name", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ]
+HandleParam = Annotated[int, UINT64, Path(description="a handle, as the server returned it")]
+
+
+# Optional bodies: absent means every field's default.  Typed as the model
+# itself, not "model or null", which generators cannot express (so a JSON null
+# body is refused, 400, as the document says: it is no object).
+PoolSettingsBody = Annotated[PoolSettings, Body(default_factory=PoolSettings)]
+RecompressBody = Annotated[RecompressRequest, Body(default_factory=RecompressRequest)]
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -514,6 +570,20 @@ class _Guard:
                 observe("http", op, time.perf_counter() - start)
 
 
+TAGS = [
+    {"name": "pages", "description": "store, load and free pages by handle"},
+    {"name": "pools", "description": "pools: create, configure, inspect, maintain"},
+    {"name": "devices", "description": "block devices (NBD) and their pools"},
+    {"name": "server", "description": "liveness and Prometheus metrics"},
+]
+
+
+def _operation_id(route: APIRoute) -> str:
+    # The route's name: stable (not derived from the path) and what generators
+    # name the client's methods after (pools_list, store, load_batch).
+    return route.name
+
+
 def create_app(
     registry: PoolRegistry,
     settings: ApiSettings | None = None,
@@ -524,9 +594,17 @@ def create_app(
     app = FastAPI(
         title="zswapd",
         version=__version__,
-        description="A userspace emulator of Linux compressed swap (zram / zswap).",
-        responses=ERRORS,
+        description=DESCRIPTION,
+        # Generators take the first as their default base URL; the second keeps
+        # /docs' "try it out" on this daemon, whatever its address.
+        servers=[
+            {"url": "http://127.0.0.1:7415", "description": "zswapd serve's default address"},
+            {"url": "/", "description": "the daemon serving this document"},
+        ],
+        openapi_tags=TAGS,
+        generate_unique_id_function=_operation_id,
     )
+    install(app, status_of=status_of, error_model=ErrorBody)
     app.state.registry = registry
     app.state.settings = settings
     devices = devices if devices is not None else DeviceRegistry(registry)
@@ -584,7 +662,7 @@ def create_app(
         if n > settings.max_pages_per_request:
             raise TooLargeError(f"{n} handles; at most {settings.max_pages_per_request} a request")
 
-    @app.get("/healthz", response_model=Health, name="healthz")
+    @app.get("/healthz", response_model=Health, name="healthz", tags=["server"])
     async def healthz() -> Health:
         return Health(
             status="ok",
@@ -596,17 +674,29 @@ def create_app(
         "/metrics",
         response_class=Response,
         name="metrics",
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+        tags=["server"],
+        responses={
+            200: {
+                "description": "the Prometheus text exposition",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
     )
     async def prometheus_metrics() -> Response:
         body = await run_in_thread(metrics.exposition)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/devices", name="devices_list")
+    @app.get("/v1/devices", response_model=DeviceList, name="devices_list", tags=["devices"])
     async def list_devices() -> dict[str, list[str]]:
         return {"devices": devices.names()}
 
-    @app.put("/v1/devices/{name}", status_code=201, name="device_create")
+    @app.put(
+        "/v1/devices/{name}",
+        status_code=201,
+        response_model=DeviceCreated,
+        name="device_create",
+        tags=["devices"],
+    )
     async def create_device(name: PoolName, body: DeviceSettings) -> dict[str, Any]:
         values = body.model_dump()
         size = values.pop("size")
@@ -615,13 +705,19 @@ def create_app(
         device = await run_in_thread(lambda: devices.create(name, size, config, client=True))
         return {"device": device.name, "size": device.size, "config": device.pool.config.to_dict()}
 
-    @app.delete("/v1/devices/{name}", status_code=204, name="device_remove")
+    @app.delete("/v1/devices/{name}", status_code=204, name="device_remove", tags=["devices"])
     async def remove_device(name: PoolName) -> Response:
         # In a thread: closing a backing file waits for its I/O in flight.
         await run_in_thread(devices.remove, name)
         return Response(status_code=204)
 
-    @app.get("/v1/devices/{name}/stats", name="device_stats")
+    @app.get(
+        "/v1/devices/{name}/stats",
+        response_model=DeviceStatsOut,
+        response_model_by_alias=True,
+        name="device_stats",
+        tags=["devices"],
+    )
     async def device_stats(name: PoolName) -> dict[str, Any]:
         return await run_in_thread(devices.get(name).stats)
 
@@ -641,23 +737,31 @@ def create_app(
         "/v1/devices/{name}/writeback",
         response_model=WritebackResult,
         name="device_writeback",
+        tags=["devices"],
     )
     async def device_writeback(name: PoolName, body: WritebackRequest) -> WritebackResult:
         """A device's writeback: its blocks in index order (zram's)."""
         return await write_back(devices.get(name), body)
 
-    @app.get("/v1/pools", response_model=PoolList, name="pools_list")
+    @app.get("/v1/pools", response_model=PoolList, name="pools_list", tags=["pools"])
     async def list_pools() -> PoolList:
         return PoolList(pools=reg.names())
 
-    @app.put("/v1/pools/{pool}", status_code=201, name="pool_create", response_model=PoolCreated)
-    async def create_pool(pool: PoolName, body: PoolSettings | None = None) -> dict[str, Any]:
-        config = PoolConfig.from_dict((body or PoolSettings()).model_dump())
+    @app.put(
+        "/v1/pools/{pool}",
+        status_code=201,
+        name="pool_create",
+        response_model=PoolCreated,
+        tags=["pools"],
+    )
+    async def create_pool(pool: PoolName, body: PoolSettingsBody) -> dict[str, Any]:
+        """Create a pool; without a body, with every default."""
+        config = PoolConfig.from_dict(body.model_dump())
         # client: a backing file named here must be a new file inside --backing-dir.
         created = await run_in_thread(lambda: reg.create(pool, config, client=True))
         return {"pool": created.name, "config": created.config.to_dict()}
 
-    @app.patch("/v1/pools/{pool}", name="pool_update", response_model=PoolCreated)
+    @app.patch("/v1/pools/{pool}", name="pool_update", response_model=PoolCreated, tags=["pools"])
     async def update_pool(pool: PoolName, body: LiveSettings) -> dict[str, Any]:
         """Change settings a pool takes while it holds pages (as zram's sysfs
         files can be written at any time); only those given change."""
@@ -671,7 +775,7 @@ def create_app(
         await run_in_thread(lambda: target.set_live_settings(**changes))
         return {"pool": target.name, "config": target.config.to_dict()}
 
-    @app.delete("/v1/pools/{pool}", status_code=204, name="pool_remove")
+    @app.delete("/v1/pools/{pool}", status_code=204, name="pool_remove", tags=["pools"])
     async def remove_pool(pool: PoolName) -> Response:
         # In a thread: closing a pool waits for its backing file's I/O in flight.
         await run_in_thread(reg.remove, pool)
@@ -682,7 +786,17 @@ def create_app(
         status_code=201,
         response_model=HandleList,
         name="store",
-        openapi_extra={"requestBody": {"required": True, **OCTETS}},
+        tags=["pages"],
+        response_description="the pages' handles, in the order of the pages",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                **_octets(
+                    "k x 4096 bytes: the pages to store, k >= 1 and at most the daemon's "
+                    "max_pages_per_request (GET /healthz); all or nothing"
+                ),
+            }
+        },
     )
     async def store(pool: PoolName, request: Request) -> HandleList:
         target = reg.get(pool)
@@ -693,10 +807,11 @@ def create_app(
     @app.get(
         "/v1/pools/{pool}/pages/{handle}",
         response_class=Response,
-        responses={200: OCTETS},
+        responses={200: _octets("the page: 4096 bytes")},
         name="load",
+        tags=["pages"],
     )
-    async def load_one(pool: PoolName, handle: int) -> Response:
+    async def load_one(pool: PoolName, handle: HandleParam) -> Response:
         target = reg.get(pool)
         # offload: a pool with a backing file may read the disk (it says it is busy).
         (page,) = await offload(1, target.load, [handle])
@@ -705,8 +820,14 @@ def create_app(
     @app.post(
         "/v1/pools/{pool}/pages:load",
         response_class=Response,
-        responses={200: OCTETS},
+        responses={
+            200: _octets(
+                "N x 4096 bytes: the pages of the N handles asked, concatenated in the "
+                "order of the handles"
+            )
+        },
         name="load_batch",
+        tags=["pages"],
     )
     async def load_batch(pool: PoolName, body: HandleList) -> Response:
         target = reg.get(pool)
@@ -714,12 +835,12 @@ def create_app(
         pages: list[bytes] = await offload(len(body.handles), target.load, body.handles)
         return Response(b"".join(pages), media_type="application/octet-stream")
 
-    @app.delete("/v1/pools/{pool}/pages/{handle}", status_code=204, name="free")
-    async def free_one(pool: PoolName, handle: int) -> Response:
+    @app.delete("/v1/pools/{pool}/pages/{handle}", status_code=204, name="free", tags=["pages"])
+    async def free_one(pool: PoolName, handle: HandleParam) -> Response:
         await offload(1, reg.get(pool).free, [handle])
         return Response(status_code=204)
 
-    @app.post("/v1/pools/{pool}/pages:free", status_code=204, name="free_batch")
+    @app.post("/v1/pools/{pool}/pages:free", status_code=204, name="free_batch", tags=["pages"])
     async def free_batch(pool: PoolName, body: HandleList) -> Response:
         target = reg.get(pool)
         check_batch(len(body.handles))
@@ -731,18 +852,27 @@ def create_app(
         name="stats",
         response_model=PoolStatsOut,
         response_model_by_alias=True,
+        tags=["pools"],
     )
     async def stats(pool: PoolName) -> dict[str, Any]:
         return await run_in_thread(reg.get(pool).stats)
 
-    @app.post("/v1/pools/{pool}/compact", response_model=CompactResult, name="compact")
+    @app.post(
+        "/v1/pools/{pool}/compact", response_model=CompactResult, name="compact", tags=["pools"]
+    )
     async def compact(pool: PoolName) -> CompactResult:
         released = await run_maintenance(reg.get(pool).compact)
         return CompactResult(pages_released=released)
 
-    @app.post("/v1/pools/{pool}/recompress", response_model=RecompressResult, name="recompress")
-    async def recompress(pool: PoolName, body: RecompressRequest | None = None) -> RecompressResult:
-        req = body or RecompressRequest()
+    @app.post(
+        "/v1/pools/{pool}/recompress",
+        response_model=RecompressResult,
+        name="recompress",
+        tags=["pools"],
+    )
+    async def recompress(pool: PoolName, req: RecompressBody) -> RecompressResult:
+        """Recompress huge and/or idle pages (zram's ``recompress``); without a
+        body, the huge pages with the pool's recompress_algo."""
         target = reg.get(pool)
         result = await run_maintenance(
             lambda: target.recompress(
@@ -759,7 +889,7 @@ def create_app(
         "/v1/pools/{pool}/writeback",
         response_model=WritebackResult,
         name="writeback",
-        responses={400: {"model": ErrorBody, "description": "malformed, or no backing file"}},
+        tags=["pools"],
     )
     async def writeback(pool: PoolName, body: WritebackRequest) -> WritebackResult:
         """Write pages back to the pool's backing file (zram's ``writeback``).
