@@ -47,7 +47,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import compressors
 from zswapd.config import PoolConfig
@@ -60,9 +60,11 @@ __all__ = [
     "Bound",
     "Config",
     "Estimate",
+    "Reservoir",
     "Row",
     "default_configs",
     "estimate",
+    "estimate_sample",
     "human_size",
     "install_hint",
     "parse_config",
@@ -267,27 +269,55 @@ def default_configs() -> tuple[list[Config], list[tuple[str, str]]]:
 
 # -- reading ------------------------------------------------------------------
 
+T = TypeVar("T")
 
-class _Reservoir:
-    """A uniform random sample of ``size`` items of a stream (Algorithm R)."""
+
+class Reservoir(Generic[T]):
+    """A uniform random sample of ``size`` items of a stream: only ``size`` items
+    are ever held, however long the stream.
+
+    Li's Algorithm L: once full, it draws how many items to skip before the
+    next replacement, so a stream of P items costs about size x ln(P / size)
+    random draws, not P (a 32 GiB process is 8 million pages).
+    """
 
     def __init__(self, size: int, rng: random.Random) -> None:
         self.size = size
-        self.items: list[bytes] = []
+        self.items: list[T] = []
         self.seen = 0
         self._rng = rng
+        self._w = 1.0
+        self._next = 0
 
-    def add(self, item: bytes) -> None:
+    def add(self, item: T) -> None:
         self.seen += 1
         if len(self.items) < self.size:
             self.items.append(item)
+            if len(self.items) == self.size:
+                self._w = math.exp(math.log(self._uniform()) / self.size)
+                self._next = self.seen + self._skip()
             return
-        j = self._rng.randrange(self.seen)
-        if j < self.size:
-            self.items[j] = item
+        if self.seen == self._next:
+            self.items[self._rng.randrange(self.size)] = item
+            self._w *= math.exp(math.log(self._uniform()) / self.size)
+            self._next += self._skip()
+
+    def _uniform(self) -> float:
+        """Uniform on (0, 1): a logarithm is taken of it."""
+        u = 0.0
+        while u == 0.0:
+            u = self._rng.random()
+        return u
+
+    def _skip(self) -> int:
+        """Items until the next one kept (1 or more)."""
+        if self._w >= 1.0:
+            return 1
+        return int(math.log(self._uniform()) / math.log1p(-self._w)) + 1
 
 
 def _batches(pages: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
+    """Lists of up to ``n`` pages."""
     batch: list[bytes] = []
     for page in pages:
         batch.append(page)
@@ -386,7 +416,7 @@ def _scaled_row(
     seen = [c for c in classes if c["obj_used"]]
     lo = min((c["size"] for c in seen), default=0)
     hi = max((c["size"] for c in seen), default=0)
-    total = slack = 0.0
+    total = slack = tail_var = 0.0
     m_sum = m_sq = 0.0
     for c in classes:
         k = c["obj_used"]
@@ -404,8 +434,14 @@ def _scaled_row(
         else:
             continue
         total += k * scale * share + tail / 2
-        slack += tail / 2
-    total_half = _mean_bound(m_sum, m_sq, n, population) + slack
+        if k and scale * math.sqrt(k) >= opz:
+            # The sample knows this class's count only to more than a zspage:
+            # where its last zspage ends is as good as uniform.
+            tail_var += tail * tail / 12
+        else:
+            slack += tail / 2  # a rare class: the worst case
+    lin_half = _mean_bound(m_sum, m_sq, n, population)
+    total_half = math.hypot(lin_half, Z95 * math.sqrt(tail_var)) + slack
     compr_half = _mean_bound(sum(sizes), sum(s * s for s in sizes), n, population)
     error = Bound(
         compr_data_size=math.ceil(compr_half),
@@ -474,7 +510,7 @@ def estimate(
     rng = random.Random(seed)
     if sample is not None:
         return _estimate_sample(pages, configs, sample, seed, rng, on_pages, on_config)
-    timing = _Reservoir(TIMING_PAGES, rng)
+    timing: Reservoir[bytes] = Reservoir(TIMING_PAGES, rng)
     pools = [_new_pool(c) for c in configs]
     try:
         for batch in _batches(pages, BATCH):
@@ -514,16 +550,37 @@ def _estimate_sample(
     on_pages: Callable[[int], None] | None,
     on_config: Callable[[Config], None] | None,
 ) -> Estimate:
-    reservoir = _Reservoir(size, rng)
+    reservoir: Reservoir[bytes] = Reservoir(size, rng)
     for batch in _batches(pages, BATCH):
         for page in batch:
             reservoir.add(page)
         if on_pages is not None:
             on_pages(len(batch))
-    population, kept = reservoir.seen, reservoir.items
-    if not population:
+    return estimate_sample(reservoir.items, reservoir.seen, configs, seed=seed, on_config=on_config)
+
+
+def estimate_sample(
+    sample: Sequence[bytes],
+    population: int,
+    configs: Sequence[Config],
+    *,
+    seed: int = 0,
+    on_config: Callable[[Config], None] | None = None,
+) -> Estimate:
+    """What zram would report for ``population`` pages from a uniform ``sample`` of them.
+
+    A sample of every page (``len(sample) >= population``) gives the exact figures.
+
+    Raises:
+        ConfigError: no pages, or no configuration.
+    """
+    if not configs:
+        raise ConfigError("no compressor to try")
+    if not population or not sample:
         raise ConfigError("no pages to estimate")
-    timed = kept[:TIMING_PAGES]  # a uniform sample's first items are one too
+    exact = len(sample) >= population
+    rng = random.Random(seed)
+    timed = list(sample) if len(sample) <= TIMING_PAGES else rng.sample(list(sample), TIMING_PAGES)
     rows = []
     huge_size = 0
     for config in configs:
@@ -533,20 +590,22 @@ def _estimate_sample(
         huge_size = pool.huge_class_size
         pool.close()
         times = _timings(config, timed, huge_size)
-        if population <= size:
+        if exact:
             # The sample is every page: the pool's own figures, exact.
             pool = _new_pool(config)
             try:
-                for batch in _batches(kept, BATCH):
+                for batch in _batches(sample, BATCH):
                     pool.store(batch)
                 rows.append(_exact_row(config, pool.mm_stat(), times))
             finally:
                 pool.close()
         else:
-            row, huge_size = _scaled_row(config, kept, population, times)
+            row, huge_size = _scaled_row(config, sample, population, times)
             rows.append(row)
-    sampled = min(size, population) if population > size else None
-    return Estimate(rows, population, sampled, seed, len(timed), huge_size)
+    sampled = None if exact else len(sample)
+    return Estimate(
+        rows, population if not exact else len(sample), sampled, seed, len(timed), huge_size
+    )
 
 
 def recommend(rows: Sequence[Row]) -> str:

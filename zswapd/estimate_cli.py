@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -20,13 +21,16 @@ from zswapd.estimate import (
     TIMING_PASSES,
     Config,
     Estimate,
+    Reservoir,
     Row,
     default_configs,
     estimate,
+    estimate_sample,
     human_size,
     parse_config,
     recommend,
 )
+from zswapd.pagerefs import PageRef, PageRefs
 from zswapd.pool import PAGE_SIZE
 from zswapd.procmem import ProcessPages, read_maps
 
@@ -135,6 +139,31 @@ def render(result: Estimate) -> str:
     return "\n".join(lines)
 
 
+def _sampled(
+    pids: Sequence[int],
+    files: Sequence[str],
+    configs: Sequence[Config],
+    args: argparse.Namespace,
+    on_pages: Callable[[int], None],
+    on_config: Callable[[Config], None],
+) -> Estimate:
+    """Choose the sample from the page tables, then read only its pages."""
+    refs = PageRefs(pids, files)
+    reservoir: Reservoir[PageRef] = Reservoir(args.sample, random.Random(args.seed))
+    step = 0
+    for ref in refs:
+        reservoir.add(ref)
+        step += 1
+        if step == 4096:
+            on_pages(step)
+            step = 0
+    on_pages(step)
+    pages = refs.read(reservoir.items)
+    return estimate_sample(
+        pages, reservoir.seen - refs.vanished, configs, seed=args.seed, on_config=on_config
+    )
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
     """``zswapd estimate``: what zram would report, per compressor, for these pages."""
     pids: list[int] = args.pid or []
@@ -159,14 +188,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         def on_config(config: Config) -> None:
             bar.set_description(f"measuring {config.label}")
 
-        result = estimate(
-            _pages(pids, files),
-            configs,
-            sample=args.sample,
-            seed=args.seed,
-            on_pages=on_pages,
-            on_config=on_config,
-        )
+        if args.sample is None:
+            result = estimate(_pages(pids, files), configs, on_pages=on_pages, on_config=on_config)
+        else:
+            result = _sampled(pids, files, configs, args, on_pages, on_config)
     result.left_out = left_out
     if args.json:
         out = result.to_json()

@@ -13,10 +13,12 @@ import fcntl
 import json
 import os
 import pty
+import random
 import struct
 import subprocess
 import sys
 import termios
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,6 +175,20 @@ def test_sample_estimate_within_its_bound_on_corpus(seed: int) -> None:
             assert abs(s.huge_pages - f.huge_pages) <= b.huge_pages, where
 
 
+def test_reservoir_keeps_every_item_equally_often() -> None:
+    kept: Counter[int] = Counter()
+    runs = 5000
+    for seed in range(runs):
+        sample: est.Reservoir[int] = est.Reservoir(10, random.Random(seed))
+        for i in range(50):
+            sample.add(i)
+        assert len(sample.items) == 10 and len(set(sample.items)) == 10
+        kept.update(sample.items)
+    # Each of 50 items is kept with probability 1/5: 1000 of 5000 runs, sd 28.
+    assert set(kept) == set(range(50))
+    assert all(880 <= n <= 1120 for n in kept.values()), kept
+
+
 def test_full_run_past_its_cap_asks_for_a_sample(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(est, "FULL_RUN_MAX_PAGES", 512)
     pages = [bytes([i % 251 + 1]) * 4096 for i in range(1000)]
@@ -193,6 +209,21 @@ def test_pid_figures_see_the_known_memory(child: subprocess.Popen[bytes]) -> Non
     assert row["huge_pages"] >= 200
     assert row["orig_data_size"] >= 500 * 4096
     assert row["mem_used_total"] < row["orig_data_size"]
+
+
+def test_pid_sample_of_every_page_reads_what_a_full_run_reads(
+    child: subprocess.Popen[bytes],
+) -> None:
+    # A sample is chosen from the page tables alone (pagerefs), a full run reads
+    # every page (procmem): the same rule must pick the same pages.
+    pid = str(child.pid)
+    full = _estimate_json("--pid", pid, "--compressor", "lz4")
+    whole = _estimate_json("--pid", pid, "--compressor", "lz4", "--sample", "1000000")
+    assert whole["sample"] is None and whole["pages"] == full["pages"]
+    a, b = _rows(full)["lz4"], _rows(whole)["lz4"]
+    assert {k: a[k] for k in MM} == {k: b[k] for k in MM}
+    part = _estimate_json("--pid", pid, "--compressor", "lz4", "--sample", "300")
+    assert part["sample"]["pages"] == 300 and part["pages"] == full["pages"]  # type: ignore[index]
 
 
 def test_several_pids_add_up(two_children: list[subprocess.Popen[bytes]]) -> None:
