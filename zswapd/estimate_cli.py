@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import random
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from zswapd.errors import ConfigError
 from zswapd.estimate import (
+    BATCH,
     TIMING_PASSES,
     Config,
     Estimate,
@@ -32,7 +34,7 @@ from zswapd.estimate import (
 )
 from zswapd.pagerefs import PageRef, PageRefs
 from zswapd.pool import PAGE_SIZE
-from zswapd.procmem import ProcessPages, read_maps
+from zswapd.procmem import read_maps
 
 __all__ = ["cmd_estimate", "render"]
 
@@ -66,26 +68,27 @@ def _check_pid(pid: int) -> None:
 
 
 def _check_file(name: str) -> int:
-    """Pages in a page file; refuses one that is not whole pages."""
+    """Pages in a page file; refuses one that is not a regular file of whole pages."""
     try:
-        size = os.path.getsize(name)
+        st = os.stat(name)
     except OSError as exc:
         raise ConfigError(f"{name}: {exc.strerror}") from None
-    if size % PAGE_SIZE:
-        raise ConfigError(f"{name}: {size} bytes is not a whole number of 4096-byte pages")
-    return size // PAGE_SIZE
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{name}: not a regular file (a page file is 4096-byte pages)")
+    if st.st_size % PAGE_SIZE:
+        raise ConfigError(f"{name}: {st.st_size} bytes is not a whole number of 4096-byte pages")
+    return st.st_size // PAGE_SIZE
 
 
-def _pages(pids: Sequence[int], files: Sequence[str]) -> Iterator[bytes]:
-    for pid in pids:
-        for rec in ProcessPages(pid):
-            yield rec.data
-    for name in files:
-        with open(name, "rb") as f:
-            while page := f.read(PAGE_SIZE):
-                if len(page) != PAGE_SIZE:  # the file grew a partial page since the check
-                    raise ConfigError(f"{name}: ends in a partial page")
-                yield page
+def _pages(refs: PageRefs) -> Iterator[bytes]:
+    """Every page, read a batch at a time (the same pages a sample chooses from)."""
+    batch: list[PageRef] = []
+    for ref in refs:
+        batch.append(ref)
+        if len(batch) == BATCH:
+            yield from refs.read(batch)
+            batch = []
+    yield from refs.read(batch)
 
 
 def _cell(row: Row, column: str) -> str:
@@ -166,7 +169,7 @@ def _sampled(
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     """``zswapd estimate``: what zram would report, per compressor, for these pages."""
-    pids: list[int] = args.pid or []
+    pids: list[int] = list(dict.fromkeys(args.pid or []))  # a process once, however named
     files: list[str] = args.files
     if not pids and not files:
         raise ConfigError("estimate takes --pid PID (repeatable) or FILE..., or both")
@@ -177,7 +180,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         configs, left_out = default_configs()
     for pid in pids:
         _check_pid(pid)
-    total = sum(_check_file(name) for name in files) if not pids else None
+    file_pages = sum(_check_file(name) for name in files)  # every file, before any is read
+    total = None if pids else file_pages
     with tqdm(
         total=total, unit="page", desc="reading", disable=args.quiet or None, file=sys.stderr
     ) as bar:
@@ -189,7 +193,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             bar.set_description(f"measuring {config.label}")
 
         if args.sample is None:
-            result = estimate(_pages(pids, files), configs, on_pages=on_pages, on_config=on_config)
+            result = estimate(
+                _pages(PageRefs(pids, files)), configs, on_pages=on_pages, on_config=on_config
+            )
         else:
             result = _sampled(pids, files, configs, args, on_pages, on_config)
     result.left_out = left_out

@@ -8,8 +8,14 @@ with); only the pages a sample keeps are then read from ``/proc/PID/mem``.
 That is about seven times faster than reading every page (2.4 against 16
 microseconds a page here).  Page files are pages at known offsets.
 
+A page mapped by several of the processes (shared memory, a page a fork
+has not yet copied) is one page to swap, so it is taken once across all of
+them, by PFN, as ../shared/corpus was.  The PFNs seen are kept in a bitmap,
+one bit per page frame of the machine (768 KiB for 24 GiB of RAM), not in a
+set that would grow with the processes' size.
+
 A page of a live process may be gone by the time it is read (unmapped,
-swapped out): it is left out of the sample and counted in ``vanished``.
+swapped out): it is left out and counted in ``vanished``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,23 @@ _PRESENT = 1 << 63
 _PFN_MASK = (1 << 55) - 1
 _KPF_ANON = 1 << 12
 _KPF_ZERO_PAGE = 1 << 24
+
+
+class _PfnBitmap:
+    """Page frames seen: one bit each, grown to the highest PFN met."""
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+
+    def add(self, pfn: int) -> bool:
+        """Mark ``pfn``; False if it was marked already."""
+        byte, bit = pfn >> 3, 1 << (pfn & 7)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(byte + 1 - len(self._bits) + len(self._bits) // 2))
+        if self._bits[byte] & bit:
+            return False
+        self._bits[byte] |= bit
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +74,7 @@ class PageRefs:
         self.pids = list(pids)
         self.files = list(files)
         self.vanished = 0
+        self._seen = _PfnBitmap()
 
     def __iter__(self) -> Iterator[PageRef]:
         for i, pid in enumerate(self.pids):
@@ -62,7 +86,6 @@ class PageRefs:
 
     def _process(self, index: int, pid: int) -> Iterator[PageRef]:
         """The rule of procmem.ProcessPages, on page tables only."""
-        seen: set[int] = set()
         try:
             flags_fd: int | None = os.open("/proc/kpageflags", os.O_RDONLY)
         except OSError:
@@ -79,12 +102,14 @@ class PageRefs:
                             continue
                         pfn = entry & _PFN_MASK
                         if pfn and flags_fd is not None:
-                            (flags,) = struct.unpack("<Q", os.pread(flags_fd, 8, pfn * 8))
+                            raw_flags = os.pread(flags_fd, 8, pfn * 8)
+                            if len(raw_flags) != 8:
+                                continue  # past the end of RAM (a device's memory)
+                            (flags,) = struct.unpack("<Q", raw_flags)
                             if flags & _KPF_ZERO_PAGE or (m.private and not flags & _KPF_ANON):
                                 continue
-                            if pfn in seen:
-                                continue
-                            seen.add(pfn)
+                            if not self._seen.add(pfn):
+                                continue  # mapped twice, here or in another of the processes
                         yield PageRef(index, m.start + i * PAGE_SIZE)
         finally:
             if flags_fd is not None:

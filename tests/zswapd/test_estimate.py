@@ -233,6 +233,53 @@ def test_several_pids_add_up(two_children: list[subprocess.Popen[bytes]]) -> Non
     both = _rows(_estimate_json("--pid", a, "--pid", b, "--compressor", "lz4"))["lz4"]
     for key in ("orig_data_size", "same_pages", "huge_pages"):
         assert both[key] == one[key] + other[key], key  # type: ignore[operator]
+    # A process named twice is one process.
+    twice = _rows(_estimate_json("--pid", a, "--pid", a, "--compressor", "lz4"))["lz4"]
+    assert {k: twice[k] for k in MM} == {k: one[k] for k in MM}
+
+
+def test_pages_shared_by_processes_count_once() -> None:
+    # A forked child shares its parent's anonymous pages until it writes them:
+    # to swap they are one page each (one PFN), as ../shared/corpus counts them.
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _FORKING], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert parent.stdout is not None
+        kid = int(parent.stdout.readline())
+        if not os.access("/proc/kpageflags", os.R_OK):
+            pytest.skip("PFNs need root (/proc/kpageflags): shared pages cannot be told apart")
+        alone = _rows(_estimate_json("--pid", str(parent.pid), "--compressor", "lz4"))["lz4"]
+        both = _rows(
+            _estimate_json("--pid", str(parent.pid), "--pid", str(kid), "--compressor", "lz4")
+        )["lz4"]
+        only_kid = _rows(_estimate_json("--pid", str(kid), "--compressor", "lz4"))["lz4"]
+        # The 2,000 shared pages of noise are counted once, not twice.
+        shared = alone["orig_data_size"] + only_kid["orig_data_size"] - both["orig_data_size"]  # type: ignore[operator]
+        assert shared >= 2000 * 4096
+    finally:
+        assert parent.stdin is not None
+        parent.stdin.close()  # the parent kills its child, then leaves
+        try:
+            parent.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            parent.kill()
+            parent.wait()
+
+
+_FORKING = r"""
+import os, sys, signal
+noise = bytearray(os.urandom(4096 * 2000))
+kid = os.fork()
+if kid == 0:
+    signal.pause()
+    os._exit(0)
+print(kid, flush=True)
+try:
+    sys.stdin.read()
+finally:
+    os.kill(kid, signal.SIGKILL)
+"""
 
 
 def test_several_files_are_their_pages_together(process_pages: list[bytes], tmp_path: Path) -> None:
@@ -300,6 +347,8 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     odd.write_bytes(b"x" * 5000)
     _one_line_failure(run_cli("estimate", str(odd)), "whole number")
     _one_line_failure(run_cli("estimate", str(tmp_path / "absent")), "absent")
+    _one_line_failure(run_cli("estimate", str(tmp_path)), "not a regular file")
+    _one_line_failure(run_cli("estimate", "--pid", str(os.getpid()), str(odd)), "whole number")
     _one_line_failure(run_cli("estimate"), "--pid")
     empty = tmp_path / "empty.pages"
     empty.write_bytes(b"")
