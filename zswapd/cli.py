@@ -487,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_estimate_parser(sub: Any) -> None:
     """``zswapd estimate``: zram's figures per compressor, without a daemon."""
-    from zswapd.estimate import FULL_RUN_MAX_PAGES
+    from zswapd.estimate import FULL_RUN_MAX_HELD, FULL_RUN_MAX_PAGES
     from zswapd.estimate_cli import cmd_estimate
 
     p = sub.add_parser(
@@ -499,7 +499,8 @@ def _add_estimate_parser(sub: Any) -> None:
         "compress and decompress cost per page on this machine, and a recommendation. "
         "Without --sample every page goes through every pool, so memory grows to about "
         f"the sum of their TOTALs; more than {FULL_RUN_MAX_PAGES} pages "
-        f"({FULL_RUN_MAX_PAGES >> 8} MiB) need --sample.",
+        f"({FULL_RUN_MAX_PAGES >> 8} MiB), or pools holding more than "
+        f"{FULL_RUN_MAX_HELD >> 20} MiB together, need --sample.",
     )
     p.add_argument("files", nargs="*", metavar="FILE", help="page files (whole 4096-byte pages)")
     p.add_argument("--pid", type=int, action="append", metavar="PID", help="a process (repeatable)")

@@ -9,7 +9,8 @@ exactly what zswapd's pool reports, under zram's mm_stat names.
 Pages are read once.  Without a sample every page is stored in every
 configuration's pool as it is read, so memory grows with the pools (about the
 sum of their ``mem_used_total``); a full run is refused past
-:data:`FULL_RUN_MAX_PAGES` and asks for a sample instead.
+:data:`FULL_RUN_MAX_PAGES` pages or :data:`FULL_RUN_MAX_HELD` bytes held, and
+asks for a sample instead.
 
 With a sample of n pages (a uniform reservoir sample, seeded, of the P pages
 read: only n pages are ever held), the sample is stored and scaled:
@@ -56,6 +57,7 @@ from zswapd.pool import PAGE_SIZE, PagePool
 
 __all__ = [
     "DEFAULT_CONFIGS",
+    "FULL_RUN_MAX_HELD",
     "FULL_RUN_MAX_PAGES",
     "Bound",
     "Config",
@@ -86,6 +88,9 @@ DEFAULT_CONFIGS: tuple[tuple[str, int | None], ...] = (
 # A full run holds every configuration's pool at once: past 1 GiB of pages
 # (8 pools of a few hundred MiB each) a sample answers as well, in seconds.
 FULL_RUN_MAX_PAGES = 1 << 18
+# ... and past 2 GiB held by the pools together (pages that hardly compress:
+# 8 pools of nearly 1 GiB each would be too much for a laptop).
+FULL_RUN_MAX_HELD = 2 << 30
 # Pages stored per call: the pool compresses a batch outside its lock.
 BATCH = 256
 # Compress and decompress costs are timed on this many pages (the sample's,
@@ -501,7 +506,7 @@ def estimate(
 
     Raises:
         ConfigError: no pages, no configuration, or a full run past
-            FULL_RUN_MAX_PAGES.
+            FULL_RUN_MAX_PAGES or FULL_RUN_MAX_HELD.
     """
     if not configs:
         raise ConfigError("no compressor to try")
@@ -524,6 +529,13 @@ def estimate(
                 timing.add(page)
             for pool in pools:
                 pool.store(batch)
+            held = sum(pool.mm_stat()["mem_used_total"] for pool in pools)
+            if held > FULL_RUN_MAX_HELD:
+                raise ConfigError(
+                    f"the pools of a full run hold more than {FULL_RUN_MAX_HELD >> 20} MiB "
+                    f"after {timing.seen} pages: estimate with --sample N "
+                    "(e.g. --sample 100000) instead"
+                )
             if on_pages is not None:
                 on_pages(len(batch))
         if not timing.seen:

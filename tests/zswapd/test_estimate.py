@@ -128,12 +128,12 @@ def test_full_run_equals_daemon_pool(
     src = _page_file(tmp_path, pages)
     name, _, level = compressor.partition(":")
     pool = "est-" + name + (level.replace("-", "m") if level else "")
+    levels = ["--level", level] if level else []
+    made = run_cli("pools", "create", pool, "--compressor", name, *levels, "--url", daemon.url)
+    assert made.returncode == 0, made.stderr
+    pushed = run_cli("push", str(src), "--pool", pool, "--url", daemon.url, "--quiet", cwd=tmp_path)
+    assert pushed.returncode == 0, pushed.stderr
     with Client(daemon.url) as c:
-        opts: dict[str, object] = {"compressor": name}
-        if level:
-            opts["level"] = int(level)
-        c.create_pool(pool, **opts)
-        c.store(b"".join(pages), pool=pool)
         mm = c.stats(pool)["mm_stat"]
     row = _rows(_estimate_json(str(src), "--compressor", compressor))[compressor]
     assert {k: row[k] for k in MM} == {k: mm[k] for k in MM}
@@ -196,6 +196,11 @@ def test_full_run_past_its_cap_asks_for_a_sample(monkeypatch: pytest.MonkeyPatch
         est.estimate(pages, [est.Config("lz4")])
     part = est.estimate(pages, [est.Config("lz4")], sample=100)
     assert part.pages == 1000 and part.rows[0].same_pages == 1000
+    # Pages that do not compress fill the pools long before the page cap.
+    monkeypatch.setattr(est, "FULL_RUN_MAX_HELD", 4 << 20)
+    noise = [random.Random(i).randbytes(4096) for i in range(1000)]
+    with pytest.raises(ConfigError, match="hold more than 4 MiB"):
+        est.estimate(noise, [est.Config("lz4"), est.Config("zstd", 3)])
 
 
 # -- processes and files ------------------------------------------------------------
