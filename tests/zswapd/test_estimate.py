@@ -197,6 +197,7 @@ def test_full_run_past_its_cap_asks_for_a_sample(monkeypatch: pytest.MonkeyPatch
     part = est.estimate(pages, [est.Config("lz4")], sample=100)
     assert part.pages == 1000 and part.rows[0].same_pages == 1000
     # Pages that do not compress fill the pools long before the page cap.
+    monkeypatch.setattr(est, "FULL_RUN_MAX_PAGES", 1 << 18)
     monkeypatch.setattr(est, "FULL_RUN_MAX_HELD", 4 << 20)
     noise = [random.Random(i).randbytes(4096) for i in range(1000)]
     with pytest.raises(ConfigError, match="hold more than 4 MiB"):
