@@ -30,12 +30,15 @@ read: only n pages are ever held), the sample is stored and scaled:
 The error bound is the half-width of a 95% interval.  For ``compr_data_size``
 it is 1.96 standard errors of the mean object size (0 same-filled, 4096 huge)
 times P, with the finite-population correction.  For ``mem_used_total`` it is
-that of the objects' zspage shares, plus the worst case of the midpoints
-above (half of each unused part: the bound holds wherever they fall).  That
-last term is a few MiB at most, whatever P, so it matters for small sets of
-pages only.  Page counts use the Agresti-Coull interval, which stays honest
-when the sample saw none.  RATIO and SAVED follow from TOTAL's interval (DATA
-is exact).
+that of the objects' zspage shares, combined with the unused parts: where
+the sample knows a class's count only to more than a zspage (P/n x
+sqrt(count) >= objs_per_zspage) the end of its last zspage is as good as
+uniform, and its variance is added; for every other class, and each class
+the sample missed, the worst case of its midpoint (half its unused part) is
+added outright.  That last term is a few MiB at most, whatever P, so it
+matters for small sets of pages only.  Page counts use the Agresti-Coull
+interval, which stays honest when the sample saw none.  RATIO and SAVED
+follow from TOTAL's interval (DATA is exact).
 ``tests/zswapd/test_estimate.py`` checks on the shared corpus that the full
 figure lands inside this bound for several seeds.
 """
