@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_devices(sub, common)
     _add_maintenance(sub, common)
     _add_bench(sub)
+    _add_estimate_parser(sub)
     return parser
 
 
@@ -638,6 +639,44 @@ def _add_bench(sub: _Sub) -> None:
     )
     wb.add_argument("--json", action="store_true", help="print JSON")
     wb.set_defaults(func=_cmd_bench_writeback)
+
+
+def _add_estimate_parser(sub: Any) -> None:
+    """``zswapd estimate``: zram's figures per compressor, without a daemon."""
+    from zswapd.estimate import FULL_RUN_MAX_HELD, FULL_RUN_MAX_PAGES
+    from zswapd.estimate_cli import cmd_estimate
+
+    p = sub.add_parser(
+        "estimate",
+        help="what zram would save on a process or page files, per compressor (no daemon)",
+        description="Store the pages swap would see of processes (or page files) in one "
+        "zsmalloc pool per compressor and level (the kernel's defaults) and print what "
+        "zram would report: DATA, COMPR, TOTAL, ratio, saved, same-filled and huge pages, "
+        "compress and decompress cost per page on this machine, and a recommendation. "
+        "Without --sample every page goes through every pool, so memory grows to about "
+        f"the sum of their TOTALs; more than {FULL_RUN_MAX_PAGES} pages "
+        f"({FULL_RUN_MAX_PAGES >> 8} MiB), or pools holding more than "
+        f"{FULL_RUN_MAX_HELD >> 20} MiB together, need --sample.",
+    )
+    p.add_argument("files", nargs="*", metavar="FILE", help="page files (whole 4096-byte pages)")
+    p.add_argument("--pid", type=int, action="append", metavar="PID", help="a process (repeatable)")
+    p.add_argument(
+        "--sample",
+        type=_positive_int,
+        metavar="N",
+        help="hold and measure a uniform random sample of N pages, scale, and give a 95%% bound",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
+    p.add_argument(
+        "--compressor",
+        action="append",
+        metavar="NAME[:LEVEL]",
+        help="try only these (repeatable), e.g. lz4, zstd:-1 (default: lz4, lz4hc:9, "
+        "zstd:-1, zstd:1, zstd:3, zstd:9, deflate, lzo)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_estimate)
 
 
 def _positive_int(text: str) -> int:
