@@ -18,9 +18,18 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["Mapping", "PageRecord", "ProcessPages", "read_maps", "swappable_pages"]
+__all__ = [
+    "Mapping",
+    "PageRecord",
+    "PfnSet",
+    "ProcessPages",
+    "Skipped",
+    "read_maps",
+    "swappable_pages",
+    "walk_pages",
+]
 
 PAGE_SIZE = 4096
 _PRESENT = 1 << 63
@@ -72,32 +81,58 @@ def read_maps(pid: int) -> list[Mapping]:
     return out
 
 
+class PfnSet:
+    """Page frames seen: one bit each, grown to the highest PFN met.
+
+    A bitmap, not a set: one bit per page frame of the machine (768 KiB for
+    24 GiB of RAM), whatever the size of the processes walked.
+    """
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+
+    def add(self, pfn: int) -> bool:
+        """Mark ``pfn``; False if it was marked already."""
+        byte, bit = pfn >> 3, 1 << (pfn & 7)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(byte + 1 - len(self._bits) + len(self._bits) // 2))
+        if self._bits[byte] & bit:
+            return False
+        self._bits[byte] |= bit
+        return True
+
+
 @dataclass
-class ProcessPages:
-    """Iterate the swappable pages of a process; counts what was skipped.
+class Skipped:
+    """What a walk left out, and whether the whole rule could apply.
 
     Attributes:
         exact: PFNs and page flags were readable, so the whole rule applied.
-        skipped_zero, skipped_file, skipped_shared_dup, unreadable: pages left out.
+        zero, file, shared_dup: present pages left out (the kernel's zero page,
+            clean file pages of private mappings, pages met before by PFN).
     """
 
-    pid: int
-    limit: int | None = None
     exact: bool = False
-    skipped_zero: int = 0
-    skipped_file: int = 0
-    skipped_shared_dup: int = 0
-    unreadable: int = 0
+    zero: int = 0
+    file: int = 0
+    shared_dup: int = 0
 
-    def __iter__(self) -> Iterator[PageRecord]:
-        seen: set[int] = set()
-        taken = 0
-        flags_fd = _open_or_none("/proc/kpageflags")
-        with (
-            open(f"/proc/{self.pid}/pagemap", "rb", buffering=0) as pagemap,
-            open(f"/proc/{self.pid}/mem", "rb", buffering=0) as mem,
-        ):
-            for m in read_maps(self.pid):
+
+def walk_pages(
+    pid: int, seen: PfnSet | None = None, skipped: Skipped | None = None
+) -> Iterator[tuple[Mapping, int]]:
+    """(mapping, address) of every page swap would see in ``pid``, by the rule
+    above, from the page tables alone (no page is read).
+
+    ``seen`` carries the PFNs met across several walks, so that a page mapped
+    by several processes is taken once.
+    """
+    seen = PfnSet() if seen is None else seen
+    skipped = Skipped() if skipped is None else skipped
+    flags_fd = _open_or_none("/proc/kpageflags")
+    try:
+        with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pagemap:
+            for m in read_maps(pid):
                 if not m.wanted:
                     continue
                 n = (m.end - m.start) // PAGE_SIZE
@@ -107,35 +142,59 @@ class ProcessPages:
                         continue
                     pfn = entry & _PFN_MASK
                     if pfn and flags_fd is not None:
-                        self.exact = True
-                        (flags,) = struct.unpack("<Q", os.pread(flags_fd, 8, pfn * 8))
+                        raw_flags = os.pread(flags_fd, 8, pfn * 8)
+                        if len(raw_flags) != 8:
+                            continue  # past the end of RAM (a device's memory)
+                        skipped.exact = True
+                        (flags,) = struct.unpack("<Q", raw_flags)
                         if flags & _KPF_ZERO_PAGE:
-                            self.skipped_zero += 1
+                            skipped.zero += 1
                             continue
                         if m.private and not flags & _KPF_ANON:
-                            self.skipped_file += 1
+                            skipped.file += 1
                             continue
-                        if pfn in seen:
-                            self.skipped_shared_dup += 1
+                        if not seen.add(pfn):
+                            skipped.shared_dup += 1
                             continue
-                        seen.add(pfn)
-                    address = m.start + i * PAGE_SIZE
-                    try:
-                        data = os.pread(mem.fileno(), PAGE_SIZE, address)
-                    except OSError:
-                        self.unreadable += 1
-                        continue
-                    if len(data) != PAGE_SIZE:
-                        self.unreadable += 1
-                        continue
-                    yield PageRecord(address, m.path, data)
-                    taken += 1
-                    if self.limit is not None and taken >= self.limit:
-                        break
-                if self.limit is not None and taken >= self.limit:
-                    break
+                    yield m, m.start + i * PAGE_SIZE
+    finally:
         if flags_fd is not None:
             os.close(flags_fd)
+
+
+@dataclass
+class ProcessPages:
+    """Iterate the swappable pages of a process, with their bytes.
+
+    Attributes:
+        skipped: what the walk left out (``skipped.exact``: the whole rule applied).
+        unreadable: pages gone between the walk and the read.
+    """
+
+    pid: int
+    limit: int | None = None
+    skipped: Skipped = field(default_factory=Skipped)
+    unreadable: int = 0
+
+    @property
+    def exact(self) -> bool:
+        return self.skipped.exact
+
+    def __iter__(self) -> Iterator[PageRecord]:
+        taken = 0
+        with open(f"/proc/{self.pid}/mem", "rb", buffering=0) as mem:
+            for m, address in walk_pages(self.pid, skipped=self.skipped):
+                try:
+                    data = os.pread(mem.fileno(), PAGE_SIZE, address)
+                except OSError:
+                    data = b""
+                if len(data) != PAGE_SIZE:
+                    self.unreadable += 1
+                    continue
+                yield PageRecord(address, m.path, data)
+                taken += 1
+                if self.limit is not None and taken >= self.limit:
+                    return
 
 
 def _open_or_none(path: str) -> int | None:
