@@ -91,17 +91,10 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from allocator.arena import PAGE_SHIFT
+from allocator.buddy import BUDDY_BITS, CHUNK_SHIFT, FIRST, LAST, MIDDLE, TOTAL_CHUNKS
 from allocator.budget import PageBudget
 from allocator.invariants import BuddyPoolView
-from allocator.zbud import (
-    BUDDY_BITS,
-    CHUNK_SHIFT,
-    FIRST,
-    LAST,
-    MIDDLE,
-    TOTAL_CHUNKS,
-    ZbudPool,
-)
+from allocator.zbud import ZbudPool
 
 __all__ = ["BIG_CHUNK_GAP", "MAX_BUDDY_SIZE", "NCHUNKS", "ZHDR_CHUNKS", "Z3foldPool"]
 

@@ -100,7 +100,6 @@ from allocator.buddy import (
     HEADLESS,
     LAST,
     MAX_BUDDY_SIZE,
-    MIDDLE,
     NCHUNKS,
     NIL,
     TOTAL_CHUNKS,
@@ -115,20 +114,7 @@ from allocator.mapping import MapMode, ObjectMapping
 from allocator.stats import ClassStats, Fullness, PoolStats, fullness_group
 from allocator.zsmalloc import ZsPool
 
-__all__ = [
-    "BUDDY_BITS",
-    "CHUNK_SHIFT",
-    "CHUNK_SIZE",
-    "FIRST",
-    "HEADLESS",
-    "LAST",
-    "MAX_BUDDY_SIZE",
-    "MIDDLE",
-    "NCHUNKS",
-    "TOTAL_CHUNKS",
-    "ZHDR_CHUNKS",
-    "ZbudPool",
-]
+__all__ = ["ZbudPool"]
 
 # Options that only zsmalloc understands: accepted and ignored, so that one option
 # set builds any allocator.  Read from ZsPool itself so that new zsmalloc options

@@ -8,9 +8,10 @@ import pytest
 
 import allocator
 from allocator import InvalidHandleError, MapMode, PoolFullError
+from allocator.buddy import FIRST, HEADLESS, LAST, MIDDLE
 from allocator.stats import Fullness
 from allocator.z3fold import BIG_CHUNK_GAP, MAX_BUDDY_SIZE, NCHUNKS, Z3foldPool
-from allocator.zbud import FIRST, HEADLESS, LAST, MIDDLE, ZbudPool
+from allocator.zbud import ZbudPool
 
 C = 64  # chunk size
 

@@ -8,16 +8,9 @@ import pytest
 
 import allocator
 from allocator import MapMode, PoolFullError
+from allocator.buddy import CHUNK_SIZE, FIRST, HEADLESS, LAST, MAX_BUDDY_SIZE, NCHUNKS
 from allocator.stats import Fullness
-from allocator.zbud import (
-    CHUNK_SIZE,
-    FIRST,
-    HEADLESS,
-    LAST,
-    MAX_BUDDY_SIZE,
-    NCHUNKS,
-    ZbudPool,
-)
+from allocator.zbud import ZbudPool
 
 
 def _where(pool: ZbudPool, h: int) -> tuple[int, int, int]:
