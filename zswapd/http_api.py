@@ -21,7 +21,7 @@ from fastapi import Body, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
@@ -115,6 +115,25 @@ def _not_bool(value: Any) -> Any:
 
 NOT_BOOL = BeforeValidator(_not_bool)
 
+
+def _within(bits: int) -> AfterValidator:
+    # A request's integers are held to the width the document gives them
+    # (format int64 / int32): a limit_bytes of 2**63 was once stored and
+    # answered back, and no int64 client could read that pool's stats.  A
+    # validator, not Ge/Le: those would replace the fields' own bounds.
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"out of range for a {bits}-bit integer")
+        return value
+
+    return AfterValidator(check)
+
+
+WITHIN_INT64 = _within(64)
+WITHIN_INT32 = _within(32)
+
 # Integers with their width in the document (zswapd.openapi): handles fill 64
 # bits and byte counts pass 2**31, which a generator's bare "integer" (int32 in
 # Go and Java) would not hold.  Answers use Int64 / Int32.
@@ -125,9 +144,9 @@ Handle = Annotated[StrictInt, UINT64]
 # Lax ints for requests (360.0 is an integer in JSON Schema) that still refuse
 # booleans.  Bounds go before NOT_BOOL, on the int itself: so the document says
 # them as minimum / maximum, even when the field is nullable.
-JsonInt = Annotated[int, NOT_BOOL, INT64]
-JsonInt32 = Annotated[int, NOT_BOOL, INT32]
-JsonCount = Annotated[int, Ge(0), NOT_BOOL, INT64]
+JsonInt = Annotated[int, NOT_BOOL, INT64, WITHIN_INT64]
+JsonInt32 = Annotated[int, NOT_BOOL, INT32, WITHIN_INT32]
+JsonCount = Annotated[int, Ge(0), NOT_BOOL, INT64, WITHIN_INT64]
 JsonPercent = Annotated[int, Ge(0), Le(100), NOT_BOOL, INT32]
 JsonFloat = Annotated[float, NOT_BOOL]
 
