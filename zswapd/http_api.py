@@ -423,10 +423,18 @@ class DeviceSettings(PoolSettings):
     )
 
 
+_NBD_DESCRIPTION = (
+    "the device's NBD URI as libnbd tools take it (nbd+unix:///NAME?socket=PATH or "
+    "nbd://HOST:PORT/NAME); null: the daemon serves no NBD (serve --nbd), so nothing "
+    "can read or write the device"
+)
+
+
 class DeviceCreated(BaseModel):
     device: str
     size: Int64 = Field(description="bytes")
     config: PoolConfigOut
+    nbd: str | None = Field(description=_NBD_DESCRIPTION)
 
 
 class IoStat(BaseModel):
@@ -448,6 +456,7 @@ class SlotTable(BaseModel):
 class DeviceStatsOut(BaseModel):
     device: str
     size: Int64 = Field(description="bytes")
+    nbd: str | None = Field(description=_NBD_DESCRIPTION)
     mm_stat: MmStat
     io_stat: IoStat
     bd_stat: BdStat
@@ -629,6 +638,14 @@ def create_app(
     devices = devices if devices is not None else DeviceRegistry(registry)
     app.state.devices = devices
     app.state.metrics = metrics = Metrics(registry, devices)
+    # The NBD listener is bound after the app is made: the server sets this
+    # (a format string with {name}) once it knows the address.
+    app.state.nbd_uri = None
+
+    def nbd_uri(name: str) -> str | None:
+        template: str | None = app.state.nbd_uri
+        return None if template is None else template.format(name=name)
+
     # Callables (interface, op, seconds), told of every request.
     app.state.observers = [metrics.observe]
 
@@ -722,7 +739,12 @@ def create_app(
         config = PoolConfig.from_dict(values)
         # client=True: a backing file must be a new name inside --backing-dir.
         device = await run_in_thread(lambda: devices.create(name, size, config, client=True))
-        return {"device": device.name, "size": device.size, "config": device.pool.config.to_dict()}
+        return {
+            "device": device.name,
+            "size": device.size,
+            "config": device.pool.config.to_dict(),
+            "nbd": nbd_uri(device.name),
+        }
 
     @app.delete("/v1/devices/{name}", status_code=204, name="device_remove", tags=["devices"])
     async def remove_device(name: PoolName) -> Response:
@@ -738,7 +760,8 @@ def create_app(
         tags=["devices"],
     )
     async def device_stats(name: PoolName) -> dict[str, Any]:
-        return await run_in_thread(devices.get(name).stats)
+        stats: dict[str, Any] = await run_in_thread(devices.get(name).stats)
+        return {**stats, "nbd": nbd_uri(name)}
 
     async def write_back(owner: Any, body: WritebackRequest) -> WritebackResult:
         """A pool's or a device's writeback: on the disk's threads, not

@@ -388,7 +388,7 @@ def test_device_and_pool_answers_match_their_models(tmp_path: Path) -> None:
         device.write(0, text_page(1) + poor_page(2) + same_page(b"\x07" * 8))
         if name == "tiered":
             assert device.writeback("idle", idle_seconds=0)["written_back"] == 2
-        _exactly(DeviceStatsOut, device.stats())
+        _exactly(DeviceStatsOut, {**device.stats(), "nbd": None})  # the route adds its URI
         _exactly(PoolStatsOut, device.pool.stats())
         _exactly(PoolConfigOut, device.pool.config.to_dict())
 
@@ -567,6 +567,7 @@ def test_a_generated_client_drives_every_route(generated: ModuleType, daemon: Da
         )
         dev = device_create.sync("dev", client=c, body=settings)
         assert isinstance(dev, DeviceCreated) and dev.size == 1 << 20
+        assert dev.nbd is None  # this daemon serves no NBD: the answer says so
         dev_figures = device_stats.sync("dev", client=c)
         assert isinstance(dev_figures, DeviceStatsOut)
         assert dev_figures.size == 1 << 20 and dev_figures.io_stat.invalid_io == 0
