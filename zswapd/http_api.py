@@ -21,7 +21,7 @@ from fastapi import Body, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
@@ -115,6 +115,25 @@ def _not_bool(value: Any) -> Any:
 
 NOT_BOOL = BeforeValidator(_not_bool)
 
+
+def _within(bits: int) -> AfterValidator:
+    # A request's integers are held to the width the document gives them
+    # (format int64 / int32): a limit_bytes of 2**63 was once stored and
+    # answered back, and no int64 client could read that pool's stats.  A
+    # validator, not Ge/Le: those would replace the fields' own bounds.
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"out of range for a {bits}-bit integer")
+        return value
+
+    return AfterValidator(check)
+
+
+WITHIN_INT64 = _within(64)
+WITHIN_INT32 = _within(32)
+
 # Integers with their width in the document (zswapd.openapi): handles fill 64
 # bits and byte counts pass 2**31, which a generator's bare "integer" (int32 in
 # Go and Java) would not hold.  Answers use Int64 / Int32.
@@ -125,9 +144,9 @@ Handle = Annotated[StrictInt, UINT64]
 # Lax ints for requests (360.0 is an integer in JSON Schema) that still refuse
 # booleans.  Bounds go before NOT_BOOL, on the int itself: so the document says
 # them as minimum / maximum, even when the field is nullable.
-JsonInt = Annotated[int, NOT_BOOL, INT64]
-JsonInt32 = Annotated[int, NOT_BOOL, INT32]
-JsonCount = Annotated[int, Ge(0), NOT_BOOL, INT64]
+JsonInt = Annotated[int, NOT_BOOL, INT64, WITHIN_INT64]
+JsonInt32 = Annotated[int, NOT_BOOL, INT32, WITHIN_INT32]
+JsonCount = Annotated[int, Ge(0), NOT_BOOL, INT64, WITHIN_INT64]
 JsonPercent = Annotated[int, Ge(0), Le(100), NOT_BOOL, INT32]
 JsonFloat = Annotated[float, NOT_BOOL]
 
@@ -404,10 +423,18 @@ class DeviceSettings(PoolSettings):
     )
 
 
+_NBD_DESCRIPTION = (
+    "the device's NBD URI as libnbd tools take it (nbd+unix:///NAME?socket=PATH or "
+    "nbd://HOST:PORT/NAME); null: the daemon serves no NBD (serve --nbd), so nothing "
+    "can read or write the device"
+)
+
+
 class DeviceCreated(BaseModel):
     device: str
     size: Int64 = Field(description="bytes")
     config: PoolConfigOut
+    nbd: str | None = Field(description=_NBD_DESCRIPTION)
 
 
 class IoStat(BaseModel):
@@ -429,6 +456,7 @@ class SlotTable(BaseModel):
 class DeviceStatsOut(BaseModel):
     device: str
     size: Int64 = Field(description="bytes")
+    nbd: str | None = Field(description=_NBD_DESCRIPTION)
     mm_stat: MmStat
     io_stat: IoStat
     bd_stat: BdStat
@@ -610,6 +638,14 @@ def create_app(
     devices = devices if devices is not None else DeviceRegistry(registry)
     app.state.devices = devices
     app.state.metrics = metrics = Metrics(registry, devices)
+    # The NBD listener is bound after the app is made: the server sets this
+    # (a format string with {name}) once it knows the address.
+    app.state.nbd_uri = None
+
+    def nbd_uri(name: str) -> str | None:
+        template: str | None = app.state.nbd_uri
+        return None if template is None else template.format(name=name)
+
     # Callables (interface, op, seconds), told of every request.
     app.state.observers = [metrics.observe]
 
@@ -703,7 +739,12 @@ def create_app(
         config = PoolConfig.from_dict(values)
         # client=True: a backing file must be a new name inside --backing-dir.
         device = await run_in_thread(lambda: devices.create(name, size, config, client=True))
-        return {"device": device.name, "size": device.size, "config": device.pool.config.to_dict()}
+        return {
+            "device": device.name,
+            "size": device.size,
+            "config": device.pool.config.to_dict(),
+            "nbd": nbd_uri(device.name),
+        }
 
     @app.delete("/v1/devices/{name}", status_code=204, name="device_remove", tags=["devices"])
     async def remove_device(name: PoolName) -> Response:
@@ -719,7 +760,8 @@ def create_app(
         tags=["devices"],
     )
     async def device_stats(name: PoolName) -> dict[str, Any]:
-        return await run_in_thread(devices.get(name).stats)
+        stats: dict[str, Any] = await run_in_thread(devices.get(name).stats)
+        return {**stats, "nbd": nbd_uri(name)}
 
     async def write_back(owner: Any, body: WritebackRequest) -> WritebackResult:
         """A pool's or a device's writeback: on the disk's threads, not

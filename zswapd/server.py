@@ -475,6 +475,12 @@ def serve(settings: ServerSettings) -> int:
             nbd_sock = bind(nbd_listener, settings.socket_mode)
             nbd_port = 0 if nbd_listener.path is not None else nbd_sock.getsockname()[1]
             uris = _nbd_uris(nbd_listener, nbd_port, devices.names())
+            # Devices made later over HTTP are told their URI too; braces
+            # doubled so that a socket path holding one survives format().
+            template = _nbd_uris(nbd_listener, nbd_port, ["\0"])[0]
+            app.state.nbd_uri = (
+                template.replace("{", "{{").replace("}", "}}").replace("\0", "{name}")
+            )
             if nbd_listener.path is not None:
                 bound.append(nbd_listener.path)
             elif not nbd_listener.loopback and token is None:

@@ -188,6 +188,20 @@ def test_devices_over_http_and_in_metrics(nbd: tuple[Daemon, str]) -> None:
         assert h.get("/v1/devices/zram9/stats").status_code == 404
 
 
+def test_a_device_made_over_http_is_told_its_usable_nbd_uri(nbd: tuple[Daemon, str]) -> None:
+    d, sock = nbd
+    with httpx.Client(base_url=d.url) as h:
+        made = h.put("/v1/devices/zram8", json={"size": 1 << 20}).json()
+        try:
+            assert made["nbd"] == _uri(sock, "zram8")
+            assert h.get("/v1/devices/zram0/stats").json()["nbd"] == _uri(sock, "zram0")
+            if shutil.which("nbdinfo"):
+                info = json.loads(_run("nbdinfo", "--json", made["nbd"]).stdout)
+                assert info["exports"][0]["export-size"] == 1 << 20
+        finally:
+            h.delete("/v1/devices/zram8")
+
+
 def test_devices_from_the_config_file(tmp_path: Path) -> None:
     _need("nbdinfo")
     conf = tmp_path / "z.toml"
