@@ -1,26 +1,38 @@
-"""Errors of the page store and the service.
+"""Errors of the page store and the service: one tree, each class with its code
+and its status beside it.
 
-The tree (HTTP status in brackets, mapped in one table by the HTTP layer)::
+Every frontend reads the same two attributes: HTTP answers ``status`` with
+``{"error": code, "detail": ...}``, the wire protocol sends both in its error
+frame, the OpenAPI document lists each operation's errors by them, and the
+clients map a code back to its class (:func:`error_class`).  The tree, with
+each class's status::
 
-    ZswapdError                 root [500]
-    ├── InvalidRequestError     malformed input [400]
-    │   └── ConfigError         a pool configuration that cannot be built [400]
-    ├── PageSizeError           a page that is not 4096 bytes [422]
-    ├── StaleHandleError        a handle freed, never issued or forged [404]
-    ├── UnknownPoolError        no pool of that name [404]
-    ├── PoolExistsError         a pool of that name exists already [409]
-    ├── TooLargeError           a request past the configured caps [413]
-    ├── UnauthorizedError       the server wants a (different) token [401]
-    ├── PoolLimitError          the pool's memory limit is reached, or its
-    │   │                       handle table is full (2**24 - 1 pages) [507]
-    │   ├── MemoryLimitError    the server-wide --memory-limit is reached [507]
-    │   ├── ReclaimFailError    no room, and writing pages back to the backing
-    │   │                       file could not make any (zswap's reclaim_fail) [507]
-    │   └── TooManyPoolsError   --max-pools pools and devices exist already [507]
-    ├── BackingIoError          the backing file failed a read or write (a full
-    │                           disk, an I/O error) [507]
-    ├── CompressPoorError       rejected: compresses too poorly (huge_policy=reject) [422]
-    └── CorruptObjectError      a stored object no longer decompresses [500]
+    ZswapdError                  500  root
+    ├── InvalidRequestError      400  malformed input
+    │   └── ConfigError          400  a pool configuration that cannot be built
+    ├── UnauthorizedError        401  the server wants a (different) token
+    ├── StaleHandleError         404  a handle freed, never issued or forged
+    ├── UnknownPoolError         404  no pool (or device) of that name
+    ├── PoolExistsError          409  a pool of that name exists already
+    ├── TooLargeError            413  a request past the configured caps
+    ├── PageSizeError            422  a page that is not 4096 bytes
+    ├── CompressPoorError        422  compresses too poorly (huge_policy=reject)
+    ├── PoolLimitError           507  the pool's memory limit is reached, or its
+    │   │                             handle table is full (2**24 - 1 pages)
+    │   ├── MemoryLimitError     507  the server-wide --memory-limit is reached
+    │   ├── ReclaimFailError     507  no room, and writing pages back to the backing
+    │   │                             file could not make any (zswap's reclaim_fail)
+    │   └── TooManyPoolsError    507  --max-pools pools and devices exist already
+    ├── BackingIoError           507  the backing file failed a read or write
+    ├── CorruptObjectError       500  a stored object no longer decompresses
+    └── StateError               500  a state file torn, corrupted or not ours
+                                      (refused at start; never sent to a client)
+
+Beside the tree, the framing errors of the two binary protocols, raised by
+their sans-IO cores before any request is understood (so the connection is
+closed, not answered and kept): :class:`zswapd.protocol.ProtocolError`
+carries the status of the error frame it sends (400, 408, 413, 505, ...), and
+:class:`zswapd.nbd_protocol.NbdProtocolError` ends an NBD connection.
 
 Every store operation that raises has changed nothing.
 """
@@ -39,6 +51,7 @@ __all__ = [
     "PoolLimitError",
     "ReclaimFailError",
     "StaleHandleError",
+    "StateError",
     "TooLargeError",
     "TooManyPoolsError",
     "UnauthorizedError",
@@ -53,47 +66,58 @@ class ZswapdError(Exception):
 
     Attributes:
         code: a short machine-readable name, used in error responses.
+        status: the HTTP status it is answered with (the wire protocol's too).
     """
 
     code = "internal"
+    status = 500
 
 
 class InvalidRequestError(ZswapdError):
     code = "bad_request"
+    status = 400
 
 
 class ConfigError(InvalidRequestError):
     code = "bad_config"
+    status = 400
 
 
 class PageSizeError(ZswapdError):
     code = "bad_page_size"
+    status = 422
 
 
 class StaleHandleError(ZswapdError):
     code = "stale_handle"
+    status = 404
 
 
 class UnknownPoolError(ZswapdError):
     code = "unknown_pool"
+    status = 404
 
 
 class PoolExistsError(ZswapdError):
     code = "pool_exists"
+    status = 409
 
 
 class TooLargeError(ZswapdError):
     code = "too_large"
+    status = 413
 
 
 class PoolLimitError(ZswapdError):
     code = "pool_limit"
+    status = 507
 
 
 class MemoryLimitError(PoolLimitError):
     """All pools and devices together hold the server's --memory-limit."""
 
     code = "memory_limit"
+    status = 507
 
 
 class ReclaimFailError(PoolLimitError):
@@ -101,6 +125,7 @@ class ReclaimFailError(PoolLimitError):
     the backing file is full, failing, or the pool has nothing left to write."""
 
     code = "reclaim_fail"
+    status = 507
 
 
 class BackingIoError(ZswapdError):
@@ -108,6 +133,7 @@ class BackingIoError(ZswapdError):
     memory are unaffected; the one being moved stays where it was."""
 
     code = "backing_io"
+    status = 507
 
 
 class TooManyPoolsError(PoolLimitError):
@@ -118,20 +144,31 @@ class TooManyPoolsError(PoolLimitError):
     """
 
     code = "max_pools"
+    status = 507
 
 
 class CompressPoorError(ZswapdError):
     code = "compress_poor"
+    status = 422
 
 
 class CorruptObjectError(ZswapdError):
     code = "corrupt_object"
+    status = 500
+
+
+class StateError(ZswapdError):
+    """A state file that is torn, corrupted or not ours: refused whole."""
+
+    code = "bad_state"
+    status = 500
 
 
 class UnauthorizedError(ZswapdError):
     """The server wants a (different) bearer token."""
 
     code = "unauthorized"
+    status = 401
 
 
 def error_class(code: str) -> type[ZswapdError]:
@@ -157,5 +194,6 @@ _ALL: tuple[type[ZswapdError], ...] = (
     BackingIoError,
     CompressPoorError,
     CorruptObjectError,
+    StateError,
     UnauthorizedError,
 )

@@ -30,18 +30,9 @@ from zswapd import __version__
 from zswapd.config import PoolConfig
 from zswapd.device import MAX_DEVICE_SIZE, DeviceRegistry
 from zswapd.errors import (
-    BackingIoError,
-    CompressPoorError,
-    ConfigError,
-    CorruptObjectError,
     InvalidRequestError,
-    PageSizeError,
-    PoolExistsError,
-    PoolLimitError,
     StaleHandleError,
     TooLargeError,
-    UnauthorizedError,
-    UnknownPoolError,
     ZswapdError,
 )
 from zswapd.http_protocol import note_stale_handle
@@ -51,34 +42,7 @@ from zswapd.openapi import DESCRIPTION, INT32, INT64, UINT64, install
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
 
-__all__ = ["STATUS", "ApiSettings", "create_app"]
-
-
-# The one table from the store's errors to HTTP statuses (most specific first).
-STATUS: list[tuple[type[ZswapdError], int]] = [
-    (ConfigError, 400),
-    (InvalidRequestError, 400),
-    (PageSizeError, 422),
-    (CompressPoorError, 422),
-    (StaleHandleError, 404),
-    (UnknownPoolError, 404),
-    (PoolExistsError, 409),
-    (TooLargeError, 413),
-    (UnauthorizedError, 401),
-    (PoolLimitError, 507),
-    (BackingIoError, 507),
-    (CorruptObjectError, 500),
-    (ZswapdError, 500),
-]
-
-
-def status_of(exc: ZswapdError | type[ZswapdError]) -> int:
-    """The HTTP status of an error, or of an error class (for the OpenAPI document)."""
-    kind = exc if isinstance(exc, type) else type(exc)
-    for cls, status in STATUS:
-        if issubclass(kind, cls):
-            return status
-    return 500
+__all__ = ["ApiSettings", "create_app"]
 
 
 @dataclass(frozen=True)
@@ -632,7 +596,7 @@ def create_app(
         openapi_tags=TAGS,
         generate_unique_id_function=_operation_id,
     )
-    install(app, status_of=status_of, error_model=ErrorBody)
+    install(app, error_model=ErrorBody)
     app.state.registry = registry
     app.state.settings = settings
     devices = devices if devices is not None else DeviceRegistry(registry)
@@ -651,7 +615,7 @@ def create_app(
 
     @app.exception_handler(ZswapdError)
     async def zswapd_error(request: Request, exc: ZswapdError) -> JSONResponse:
-        response = _error(status_of(exc), exc.code, str(exc))
+        response = _error(exc.status, exc.code, str(exc))
         if isinstance(exc, StaleHandleError) and note_stale_handle(request.scope):
             # Too many guesses on one connection: make a brute force reconnect.
             response.headers["connection"] = "close"

@@ -27,7 +27,6 @@ a generator needs beyond that, and why:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -207,9 +206,7 @@ def _error_response(codes: list[tuple[str, str]], ref: str) -> dict[str, Any]:
     }
 
 
-def _errors_of(
-    name: str, operation: dict[str, Any], status_of: Callable[[type[ZswapdError]], int]
-) -> dict[int, list[tuple[str, str]]]:
+def _errors_of(name: str, operation: dict[str, Any]) -> dict[int, list[tuple[str, str]]]:
     """Status -> [(code, meaning)] of every error ``operation`` may answer with."""
     errors: list[type[ZswapdError]] = list(ROUTE_ERRORS[name])
     if operation.get("parameters") or "requestBody" in operation:
@@ -221,7 +218,7 @@ def _errors_of(
     out: dict[int, list[tuple[str, str]]] = {}
     for cls in errors:
         entry = (cls.code, MEANING[cls])
-        listed = out.setdefault(status_of(cls), [])
+        listed = out.setdefault(cls.status, [])
         if entry not in listed:
             listed.append(entry)
     for status, entry in CONNECTION_ERRORS.items():
@@ -248,14 +245,12 @@ def _integers(node: Any) -> None:
 def build(
     app: FastAPI,
     *,
-    status_of: Callable[[type[ZswapdError]], int],
     error_model: type[BaseModel],
 ) -> dict[str, Any]:
     """The document of ``app``: FastAPI's, with errors, security and formats as
     the module docstring says.
 
     Args:
-        status_of: the HTTP status of an error class (the HTTP layer's table).
         error_model: the model of every error answer.
 
     Raises:
@@ -293,7 +288,7 @@ def build(
             # Only the route's answers: FastAPI adds a 422 of its own to any
             # route with parameters.
             kept = {s: r for s, r in responses.items() if s.startswith("2")}
-            for status, codes in sorted(_errors_of(name, operation, status_of).items()):
+            for status, codes in sorted(_errors_of(name, operation).items()):
                 kept[str(status)] = _error_response(codes, ref)
             operation["responses"] = kept
             operation["security"] = [] if name in PUBLIC_ROUTES else [{SECURITY_SCHEME: []}]
@@ -307,14 +302,13 @@ def build(
 def install(
     app: FastAPI,
     *,
-    status_of: Callable[[type[ZswapdError]], int],
     error_model: type[BaseModel],
 ) -> None:
     """Serve :func:`build`'s document at ``app.openapi_url`` (built once, on first use)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = build(app, status_of=status_of, error_model=error_model)
+            app.openapi_schema = build(app, error_model=error_model)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -58,7 +58,7 @@ from allocator import PageBudget
 from zswapd.backing import BackingFile
 from zswapd.config import PoolConfig, check_pool_name
 from zswapd.entries import WRITTEN
-from zswapd.errors import ConfigError, ZswapdError
+from zswapd.errors import ConfigError, StateError, ZswapdError
 from zswapd.pool import Counters, PagePool
 
 __all__ = ["SUFFIX", "StateError", "load_pool", "load_state_dir", "save_pool", "save_state_dir"]
@@ -68,12 +68,6 @@ VERSION = 1
 SUFFIX = ".zswapd"
 _RECORD = struct.Struct("<QBHII")
 _PREFIX = struct.Struct("<8sII")
-
-
-class StateError(ZswapdError):
-    """A state file that is torn, corrupted or not ours: refused whole."""
-
-    code = "bad_state"
 
 
 _TMP_SUFFIX = ".tmp"

@@ -49,7 +49,6 @@ from zswapd.errors import (
     TooLargeError,
     ZswapdError,
 )
-from zswapd.http_api import status_of
 from zswapd.offload import offload, run_in_thread, run_maintenance
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
@@ -387,9 +386,9 @@ class WireConnection(asyncio.BufferedProtocol):
                     "connection: closing it"
                 )
                 self._answer_no_more()
-            return (encode_error(op, rid, status_of(exc), exc.code, detail),)
+            return (encode_error(op, rid, exc.status, exc.code, detail),)
         except ZswapdError as exc:
-            return (encode_error(op, rid, status_of(exc), exc.code, str(exc)),)
+            return (encode_error(op, rid, exc.status, exc.code, str(exc)),)
         except Exception as exc:  # a bug: answer it, keep the connection
             log.exception("wire request failed")
             return (encode_error(op, rid, 500, "internal", f"{type(exc).__name__}: {exc}"),)
