@@ -10,7 +10,7 @@ does not fit takes nothing: the pool raises
 :class:`~allocator.errors.BudgetExceededError` and is unchanged.
 
 Lock order: a pool's own lock, then the budget's (held for a few instructions,
-never while calling out).
+never while calling out); zswapd/__init__.py has the service's whole order.
 """
 
 from __future__ import annotations

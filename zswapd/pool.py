@@ -43,10 +43,8 @@ as zram does it, with zswap's policies as options:
 Batches are all or nothing: a batch store either stores every page or, on any
 failure, none; a batch load or free with one stale handle does nothing.
 
-Lock order: PagePool._wb_lock (one write-back at a time), PagePool._lock, then
-the allocator's own lock (taken inside it).  A block device's lock comes
-before all of them (its writes store while holding it), so its writeback
-order is read before the pool takes any.
+Locks: ``_wb_lock`` (one write-back at a time), then ``_lock``, then the
+allocator's own; the whole service's order is in zswapd/__init__.py.
 """
 
 from __future__ import annotations
