@@ -20,11 +20,17 @@ to O(bytes received).
 
 Any framing error raises :class:`ProtocolError` with the status to send back;
 after one the stream cannot be trusted and the connection must be closed.
+
+The handshake is here too, both sides of it: a :class:`Handshake` is the
+server's state (nothing but HELLO until one succeeds, never HELLO again; the
+version and the token checked; the answer built); :func:`hello_request` and
+:func:`parse_hello_reply` are the client's.  The I/O layers only move bytes.
 The format is docs/protocol.md.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import struct
 from dataclasses import dataclass
@@ -39,11 +45,15 @@ __all__ = [
     "VERSION",
     "Frame",
     "FrameParser",
+    "Handshake",
+    "HelloReply",
     "Op",
     "ProtocolError",
     "encode",
     "encode_error",
     "encode_header",
+    "hello_request",
+    "parse_hello_reply",
 ]
 
 MAGIC = 0x5A53
@@ -292,3 +302,79 @@ class FrameParser:
         payload = bytes(self._view[self._start + HEADER_SIZE : end])
         self._start = end
         return Frame(op, request_id, payload, status)
+
+
+# -- the handshake ----------------------------------------------------------------------
+
+# HELLO's answer: version, reserved, max payload, max requests in flight, page size.
+_HELLO_REPLY = struct.Struct("<HHIII")
+_HELLO_REQUEST = struct.Struct("<HH")  # lowest and highest version spoken; the token follows
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReply:
+    """What a server said of itself in answer to HELLO."""
+
+    version: int
+    max_payload: int
+    max_in_flight: int
+    page_size: int
+
+
+def hello_request(token: str | None) -> bytes:
+    """A client's HELLO payload: the versions it speaks, then its token (if any)."""
+    return _HELLO_REQUEST.pack(VERSION, VERSION) + (token or "").encode()
+
+
+def parse_hello_reply(payload: bytes) -> HelloReply:
+    """The server's answer to HELLO.
+
+    Raises:
+        ProtocolError: too short to be one.
+    """
+    if len(payload) < _HELLO_REPLY.size:
+        raise ProtocolError(400, "bad_request", "a HELLO answer too short to read")
+    version, _, max_payload, max_in_flight, page_size = _HELLO_REPLY.unpack_from(payload)
+    return HelloReply(version, max_payload, max_in_flight, page_size)
+
+
+class Handshake:
+    """The server's side of HELLO, for one connection.
+
+    Until a HELLO succeeds no other frame is served; after it, HELLO is refused.
+    Every refusal is a :class:`ProtocolError`: the stream is not trusted further.
+
+    Args:
+        token: the bearer token HELLO must carry (None: any or none).
+        max_payload, max_in_flight: what the answer tells the client.
+    """
+
+    def __init__(self, token: str | None, max_payload: int, max_in_flight: int) -> None:
+        self._token = None if token is None else token.encode()
+        self._reply = _HELLO_REPLY.pack(VERSION, 0, max_payload, max_in_flight, 4096)
+        self.greeted = False
+
+    def receive(self, frame: Frame) -> bytes | None:
+        """The encoded answer if ``frame`` is the HELLO; None for a request to serve.
+
+        Raises:
+            ProtocolError: a request before HELLO (400), a second HELLO (400), a
+                short one (400), no common version (505), a wrong token (401).
+        """
+        if self.greeted:
+            if frame.op == Op.HELLO:
+                raise ProtocolError(400, "bad_request", "HELLO was already received")
+            return None
+        if frame.op != Op.HELLO:
+            raise ProtocolError(400, "bad_request", "the first frame must be HELLO")
+        rid, payload = frame.request_id, frame.payload
+        if len(payload) < _HELLO_REQUEST.size:
+            raise ProtocolError(400, "bad_request", "HELLO needs min and max version", rid)
+        low, high = _HELLO_REQUEST.unpack_from(payload)
+        if not low <= VERSION <= high:
+            raise ProtocolError(505, "bad_version", f"this server speaks version {VERSION}", rid)
+        given = payload[_HELLO_REQUEST.size :]
+        if self._token is not None and not hmac.compare_digest(given, self._token):
+            raise ProtocolError(401, "unauthorized", "a valid token is required", rid)
+        self.greeted = True
+        return encode(Op.HELLO | RESPONSE, rid, self._reply)

@@ -18,11 +18,18 @@ from typing import Any
 
 from zswapd.errors import ZswapdError, error_class
 from zswapd.pool import PAGE_SIZE
-from zswapd.protocol import RESPONSE, VERSION, Frame, FrameParser, Op, encode
+from zswapd.protocol import (
+    RESPONSE,
+    Frame,
+    FrameParser,
+    Op,
+    encode,
+    hello_request,
+    parse_hello_reply,
+)
 
 __all__ = ["AsyncWireClient", "WireClient"]
 
-_HELLO_REPLY = struct.Struct("<HHIII")
 # Responses the client accepts: a LOAD of the largest request, or a stats document.
 _CLIENT_MAX_PAYLOAD = 1 << 23
 
@@ -34,10 +41,6 @@ def _raise_for(frame: Frame) -> None:
     except (ValueError, KeyError, TypeError):
         code, detail = "internal", frame.payload[:200].decode(errors="replace")
     raise error_class(code)(f"{frame.status}: {detail}")
-
-
-def _hello_payload(token: str | None) -> bytes:
-    return struct.pack("<HH", VERSION, VERSION) + (token or "").encode()
 
 
 def _store_answers(frames: Sequence[Frame]) -> tuple[list[int], Frame | None]:
@@ -83,9 +86,9 @@ class _Requests:
         return [items[i : i + step] for i in range(0, len(items), step)]
 
     def greeted(self, frame: Frame) -> None:
-        _version, _, max_payload, max_in_flight, _page = _HELLO_REPLY.unpack_from(frame.payload)
-        self.max_pages = max(1, max_payload // PAGE_SIZE)
-        self.window = max(1, min(self.window, max_in_flight))
+        hello = parse_hello_reply(frame.payload)
+        self.max_pages = max(1, hello.max_payload // PAGE_SIZE)
+        self.window = max(1, min(self.window, hello.max_in_flight))
 
 
 class WireClient:
@@ -107,7 +110,7 @@ class WireClient:
         self._parser = FrameParser(_CLIENT_MAX_PAYLOAD, responses=True)
         self._req = _Requests(window)
         self._pool = "default"
-        self._req.greeted(self._call(Op.HELLO, _hello_payload(token)))
+        self._req.greeted(self._call(Op.HELLO, hello_request(token)))
 
     def close(self) -> None:
         self._sock.close()
@@ -207,7 +210,7 @@ class AsyncWireClient:
     ) -> AsyncWireClient:
         reader, writer = await asyncio.open_unix_connection(path)
         client = cls(reader, writer, window)
-        client._req.greeted(await client._call(Op.HELLO, _hello_payload(token)))
+        client._req.greeted(await client._call(Op.HELLO, hello_request(token)))
         return client
 
     async def close(self) -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hmac
 import json
 import logging
 import struct
@@ -55,12 +54,11 @@ from zswapd.pools import PoolRegistry
 from zswapd.protocol import (
     INITIAL_BUFFER,
     RESPONSE,
-    VERSION,
     Frame,
     FrameParser,
+    Handshake,
     Op,
     ProtocolError,
-    encode,
     encode_error,
     encode_header,
 )
@@ -69,7 +67,6 @@ __all__ = ["WireConnection", "WireSettings", "start_wire_server"]
 
 log = logging.getLogger("zswapd")
 _OP_NAMES = {int(op): op.name.lower() for op in Op}
-_HELLO_REPLY = struct.Struct("<HHIII")
 _BACKLOG = 1024  # as server.bind() listens
 # Seconds a connection with nothing to answer keeps a receive buffer grown for a
 # large frame: long enough for a client's next request, short for an idle one.
@@ -121,7 +118,7 @@ class WireConnection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
         self.pool_name = "default"
-        self.greeted = False
+        self.handshake = Handshake(settings.token, settings.max_payload, settings.max_in_flight)
         self.reading_paused = False
         self.writing_paused = False
         self.can_write = asyncio.Event()
@@ -365,14 +362,17 @@ class WireConnection(asyncio.BufferedProtocol):
             # keeps no payload and no answer alive.
             del frame, reply
 
+    @property
+    def greeted(self) -> bool:
+        return self.handshake.greeted
+
     async def _answer(self, frame: Frame) -> tuple[bytes, ...]:
         op, rid, payload = frame.op, frame.request_id, frame.payload
-        if not self.greeted:
-            if op != Op.HELLO:
-                raise ProtocolError(400, "bad_request", "the first frame must be HELLO")
-            return (self._hello(rid, payload),)
-        if op == Op.HELLO:
-            raise ProtocolError(400, "bad_request", "HELLO was already received")
+        hello = self.handshake.receive(frame)  # ProtocolError: closed by the caller
+        if hello is not None:
+            if self.handshake_timer is not None:
+                self.handshake_timer.cancel()
+            return (hello,)
         try:
             body = await self._dispatch(op, payload)
         except StaleHandleError as exc:
@@ -393,23 +393,6 @@ class WireConnection(asyncio.BufferedProtocol):
             log.exception("wire request failed")
             return (encode_error(op, rid, 500, "internal", f"{type(exc).__name__}: {exc}"),)
         return encode_header(op | RESPONSE, rid, len(body)), body
-
-    def _hello(self, rid: int, payload: bytes) -> bytes:
-        if len(payload) < 4:
-            raise ProtocolError(400, "bad_request", "HELLO needs min and max version", rid)
-        low, high = struct.unpack_from("<HH", payload)
-        if not low <= VERSION <= high:
-            raise ProtocolError(505, "bad_version", f"this server speaks version {VERSION}", rid)
-        expected = self.settings.token
-        if expected is not None and not hmac.compare_digest(payload[4:], expected.encode()):
-            raise ProtocolError(401, "unauthorized", "a valid token is required", rid)
-        self.greeted = True
-        if self.handshake_timer is not None:
-            self.handshake_timer.cancel()
-        reply = _HELLO_REPLY.pack(
-            VERSION, 0, self.settings.max_payload, self.settings.max_in_flight, PAGE_SIZE
-        )
-        return encode(Op.HELLO | RESPONSE, rid, reply)
 
     async def _dispatch(self, op: int, payload: bytes) -> bytes:
         if op == Op.USE_POOL:

@@ -18,9 +18,12 @@ from zswapd.protocol import (
     VERSION,
     Frame,
     FrameParser,
+    Handshake,
     Op,
     ProtocolError,
     encode,
+    hello_request,
+    parse_hello_reply,
 )
 
 MAX = 4 * 4096
@@ -225,3 +228,53 @@ def test_mutated_frames_raise_only_protocol_errors(
     assert all(len(f.payload) <= 1024 for f in got)
     if not flips:
         assert [(f.op, f.request_id, f.payload) for f in got] == frames
+
+
+# -- the handshake, both sides, without sockets ----------------------------------------
+
+
+def _hello(rid: int, payload: bytes) -> Frame:
+    return Frame(Op.HELLO, rid, payload)
+
+
+def test_the_handshake_serves_nothing_before_hello_and_no_second_hello() -> None:
+    shake = Handshake("tok", max_payload=1 << 22, max_in_flight=64)
+    with pytest.raises(ProtocolError) as before:
+        shake.receive(Frame(Op.STATS, 1, b""))
+    assert (before.value.status, shake.greeted) == (400, False)
+    answer = shake.receive(_hello(7, hello_request("tok")))
+    assert answer is not None and shake.greeted
+    frame = frames_of(FrameParser(MAX, responses=True), answer, 4096)[0]
+    assert (frame.op, frame.request_id) == (Op.HELLO | RESPONSE, 7)
+    reply = parse_hello_reply(frame.payload)
+    assert (reply.version, reply.max_payload, reply.max_in_flight) == (VERSION, 1 << 22, 64)
+    assert shake.receive(Frame(Op.STATS, 8, b"")) is None  # a request to serve
+    with pytest.raises(ProtocolError) as again:
+        shake.receive(_hello(9, hello_request("tok")))
+    assert again.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        (b"\x01", 400),  # no versions
+        (struct.pack("<HH", VERSION + 1, VERSION + 2), 505),  # none in common
+        (struct.pack("<HH", VERSION, VERSION) + b"wrong", 401),
+        (struct.pack("<HH", VERSION, VERSION), 401),  # no token
+    ],
+)
+def test_a_refused_hello_says_why_and_greets_nobody(payload: bytes, status: int) -> None:
+    shake = Handshake("tok", max_payload=4096, max_in_flight=1)
+    with pytest.raises(ProtocolError) as refused:
+        shake.receive(_hello(3, payload))
+    assert (refused.value.status, refused.value.request_id, shake.greeted) == (status, 3, False)
+
+
+def test_without_a_token_any_hello_of_a_common_version_is_welcome() -> None:
+    shake = Handshake(None, max_payload=4096, max_in_flight=1)
+    assert shake.receive(_hello(1, hello_request("anything"))) is not None
+
+
+def test_a_short_hello_answer_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError):
+        parse_hello_reply(b"\x01\x00")
