@@ -7,7 +7,10 @@ by a method that returns the bytes to send.  No sockets, so it is tested and
 fuzzed alone.  Phases: the server's greeting (fixed newstyle) -> the client's
 flags -> option haggling (EXPORT_NAME, GO, INFO, LIST, STRUCTURED_REPLY,
 ABORT; META_CONTEXT answered with none; anything else NBD_REP_ERR_UNSUP) ->
-transmission (READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, DISC).  Input is bounded:
+transmission (READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, DISC), or CLOSED (ABORT,
+an EXPORT_NAME of no export, a broken stream): :class:`Phase`.  Every rule that
+moves the phase is here; option haggling is answered by :meth:`answer_option`,
+given the exports to look up, so the I/O layer only moves bytes.  Input is bounded:
 an option's data at most 64 KiB, a request's payload at most ``max_payload``;
 past that, or on a wrong magic, :class:`NbdProtocolError` (close the socket).
 """
@@ -15,16 +18,22 @@ past that, or on a wrong magic, :class:`NbdProtocolError` (close the socket).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
+from typing import Protocol
 
 __all__ = [
+    "FLAGS",
     "Cmd",
     "Command",
+    "Export",
     "NbdProtocolError",
     "NbdServerConnection",
     "Opt",
+    "OptionOutcome",
     "OptionRequest",
+    "Phase",
     "Rep",
 ]
 
@@ -60,6 +69,16 @@ REPLY_TYPE_OFFSET_DATA = 1
 REPLY_TYPE_ERROR = (1 << 15) + 1
 
 MAX_OPTION = 64 * 1024
+# What every export offers: flush, FUA, trim and write-zeroes; several
+# connections may share one (each request is whole under the device's lock).
+FLAGS = (
+    TF_HAS_FLAGS
+    | TF_SEND_FLUSH
+    | TF_SEND_FUA
+    | TF_SEND_TRIM
+    | TF_SEND_WRITE_ZEROES
+    | TF_CAN_MULTI_CONN
+)
 
 # errno values the protocol uses
 EPERM, EIO, ENOMEM, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP, ESHUTDOWN = 1, 5, 12, 22, 28, 75, 95, 108
@@ -103,6 +122,32 @@ class NbdProtocolError(Exception):
     """The stream broke the protocol: close the connection."""
 
 
+class Phase(Enum):
+    """Where a connection is: what it may send next."""
+
+    HANDSHAKE = "handshake"  # the client's flags
+    OPTIONS = "options"  # option haggling
+    TRANSMISSION = "transmission"  # commands on the export chosen
+    CLOSED = "closed"  # nothing more is read or answered
+
+
+class Export(Protocol):
+    """What the haggling needs of an export: its size in bytes."""
+
+    @property
+    def size(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OptionOutcome:
+    """What to do about one option: send ``reply``; then, if ``export`` is set,
+    serve commands on it; if ``close``, close the connection."""
+
+    reply: bytes
+    export: Export | None = None
+    close: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class OptionRequest:
     option: int
@@ -130,11 +175,9 @@ class NbdServerConnection:
         max_payload: the largest WRITE accepted (and READ answered).
     """
 
-    HANDSHAKE, OPTIONS, TRANSMISSION, CLOSED = range(4)
-
     def __init__(self, max_payload: int = 32 << 20) -> None:
         self.max_payload = max_payload
-        self.state = self.HANDSHAKE
+        self.state = Phase.HANDSHAKE
         self.no_zeroes = False
         self.structured = False
         self._buf = bytearray()
@@ -142,7 +185,7 @@ class NbdServerConnection:
     # -- input ---------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
-        if self.state == self.CLOSED:
+        if self.state is Phase.CLOSED:
             return
         self._buf += data
         # Bounded: never more than one request (or option) plus one header.
@@ -156,7 +199,7 @@ class NbdServerConnection:
             NbdProtocolError: wrong magic, oversized option or request.
         """
         buf = self._buf
-        if self.state == self.HANDSHAKE:
+        if self.state is Phase.HANDSHAKE:
             if len(buf) < 4:
                 return None
             (flags,) = struct.unpack_from(">I", buf)
@@ -166,8 +209,8 @@ class NbdServerConnection:
                 raise NbdProtocolError(f"unknown client flags 0x{flags:x}")
             self.no_zeroes = bool(flags & FLAG_NO_ZEROES)
             del buf[:4]
-            self.state = self.OPTIONS
-        if self.state == self.OPTIONS:
+            self.state = Phase.OPTIONS
+        if self.state is Phase.OPTIONS:
             if len(buf) < _OPT_HEADER.size:
                 return None
             magic, option, length = _OPT_HEADER.unpack_from(buf)
@@ -181,7 +224,7 @@ class NbdServerConnection:
             data = bytes(buf[_OPT_HEADER.size : end])
             del buf[:end]
             return OptionRequest(option, data)
-        if self.state == self.TRANSMISSION:
+        if self.state is Phase.TRANSMISSION:
             if len(buf) < _REQUEST.size:
                 return None
             magic, flags, kind, cookie, offset, length = _REQUEST.unpack_from(buf)
@@ -198,6 +241,71 @@ class NbdServerConnection:
             return Command(kind, flags, cookie, offset, length, data)
         return None
 
+    def close(self) -> None:
+        """Enter CLOSED: the peer broke the protocol or is gone; drop what it sent."""
+        self.state = Phase.CLOSED
+        self._buf = bytearray()
+
+    # -- option haggling -------------------------------------------------------------
+
+    def answer_option(
+        self,
+        req: OptionRequest,
+        find: Callable[[str], Export | None],
+        names: Callable[[], list[str]],
+    ) -> OptionOutcome:
+        """The answer to one option, given how to look exports up.
+
+        ``find(name)`` is the export of that name or None; an empty name asks
+        for the one called "default".  GO and EXPORT_NAME move the connection
+        to TRANSMISSION on the export found; ABORT, and an EXPORT_NAME of no
+        export (it has no error reply), to CLOSED.
+        """
+        opt = req.option
+        if opt == Opt.ABORT:
+            self.close()
+            return OptionOutcome(self.option_reply(opt, Rep.ACK), close=True)
+        if opt == Opt.LIST:
+            listed = b"".join(
+                self.option_reply(opt, Rep.SERVER, len(n.encode()).to_bytes(4, "big") + n.encode())
+                for n in names()
+            )
+            return OptionOutcome(listed + self.option_reply(opt, Rep.ACK))
+        if opt == Opt.STRUCTURED_REPLY:
+            if req.data:
+                return OptionOutcome(self.option_error(opt, Rep.ERR_INVALID, "no data expected"))
+            self.structured = True
+            return OptionOutcome(self.option_reply(opt, Rep.ACK))
+        if opt in (Opt.LIST_META_CONTEXT, Opt.SET_META_CONTEXT):
+            if not self.structured:
+                return OptionOutcome(
+                    self.option_error(opt, Rep.ERR_INVALID, "structured replies first")
+                )
+            # No metadata contexts (base:allocation is not offered): an empty answer.
+            return OptionOutcome(self.option_reply(opt, Rep.ACK))
+        if opt in (Opt.GO, Opt.INFO):
+            try:
+                name, infos = self.parse_info_request(req.data)
+            except (ValueError, UnicodeDecodeError) as exc:
+                return OptionOutcome(self.option_error(opt, Rep.ERR_INVALID, str(exc)))
+            export = find(name or "default")
+            if export is None:
+                return OptionOutcome(
+                    self.option_error(opt, Rep.ERR_UNKNOWN, f"no export named {name!r}")
+                )
+            reply = self.info_replies(opt, name, export.size, FLAGS, infos)
+            return OptionOutcome(reply, export if opt == Opt.GO else None)
+        if opt == Opt.EXPORT_NAME:
+            try:
+                export = find(req.data.decode() or "default")
+            except UnicodeDecodeError:
+                export = None
+            if export is None:
+                self.close()
+                return OptionOutcome(b"", close=True)
+            return OptionOutcome(self.export_name_reply(export.size, FLAGS), export)
+        return OptionOutcome(self.option_error(opt, Rep.ERR_UNSUP, f"option {opt} unsupported"))
+
     # -- handshake output ----------------------------------------------------------
 
     @staticmethod
@@ -213,7 +321,7 @@ class NbdServerConnection:
 
     def export_name_reply(self, size: int, flags: int) -> bytes:
         """The old-style answer to EXPORT_NAME: size and flags, then transmission."""
-        self.state = self.TRANSMISSION
+        self.state = Phase.TRANSMISSION
         return struct.pack(">QH", size, flags) + (b"" if self.no_zeroes else bytes(124))
 
     def info_replies(
@@ -233,7 +341,7 @@ class NbdServerConnection:
             )
         out.append(self.option_reply(option, Rep.ACK))
         if option == Opt.GO:
-            self.state = self.TRANSMISSION
+            self.state = Phase.TRANSMISSION
         return b"".join(out)
 
     @staticmethod

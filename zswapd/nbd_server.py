@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from zswapd.device import DeviceRegistry
+from zswapd.device import Device, DeviceRegistry
 from zswapd.errors import (
     InvalidRequestError,
     PoolLimitError,
@@ -43,19 +43,12 @@ from zswapd.nbd_protocol import (
     EIO,
     ENOSPC,
     ENOTSUP,
-    TF_CAN_MULTI_CONN,
-    TF_HAS_FLAGS,
-    TF_SEND_FLUSH,
-    TF_SEND_FUA,
-    TF_SEND_TRIM,
-    TF_SEND_WRITE_ZEROES,
     Cmd,
     Command,
     NbdProtocolError,
     NbdServerConnection,
-    Opt,
     OptionRequest,
-    Rep,
+    Phase,
 )
 from zswapd.offload import offload
 from zswapd.pool import PAGE_SIZE
@@ -63,14 +56,6 @@ from zswapd.pool import PAGE_SIZE
 __all__ = ["NbdConnection", "NbdSettings", "start_nbd_server"]
 
 log = logging.getLogger("zswapd")
-FLAGS = (
-    TF_HAS_FLAGS
-    | TF_SEND_FLUSH
-    | TF_SEND_FUA
-    | TF_SEND_TRIM
-    | TF_SEND_WRITE_ZEROES
-    | TF_CAN_MULTI_CONN
-)
 # A larger READ is read and sent this much at a time, each piece once the last
 # has drained: a client that stops reading holds one piece, not 32 MiB.
 _PIECE = 1 << 20
@@ -132,6 +117,7 @@ class NbdConnection(asyncio.Protocol):
         self._pump()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.proto.close()
         if self.counted:
             del self.open_conns[self]
             self.counted = False
@@ -152,7 +138,7 @@ class NbdConnection(asyncio.Protocol):
         squatting a slot, and the newcomer is at least as likely to be real.
         """
         for conn in self.open_conns:
-            if conn.proto.state != conn.proto.TRANSMISSION:
+            if conn.proto.state is not Phase.TRANSMISSION:
                 log.info(
                     "nbd: at %d connections: dropping one still in its handshake",
                     self.settings.max_connections,
@@ -182,7 +168,7 @@ class NbdConnection(asyncio.Protocol):
                     break
                 if isinstance(event, OptionRequest):
                     self._option(event)
-                    if self.proto.state == self.proto.TRANSMISSION and self.deadline:
+                    if self.proto.state is Phase.TRANSMISSION and self.deadline:
                         self.deadline.cancel()
                         self.deadline = None
                 else:
@@ -206,12 +192,13 @@ class NbdConnection(asyncio.Protocol):
 
     def _fail(self, exc: NbdProtocolError) -> None:
         log.info("nbd: closing a connection: %s", exc)
+        self.proto.close()
         # abort, not close: a peer that broke the protocol is owed no unsent replies.
         self.transport.abort()
 
     def _handshake_expired(self) -> None:
         self.deadline = None
-        if self.proto.state != self.proto.TRANSMISSION:
+        if self.proto.state is not Phase.TRANSMISSION:
             log.info(
                 "nbd: dropping a client not in transmission after %gs",
                 self.settings.handshake_timeout,
@@ -221,53 +208,19 @@ class NbdConnection(asyncio.Protocol):
     # -- handshake ---------------------------------------------------------------------
 
     def _option(self, req: OptionRequest) -> None:
-        p, opt = self.proto, req.option
-        if opt == Opt.ABORT:
-            self.transport.write(p.option_reply(opt, Rep.ACK))
+        outcome = self.proto.answer_option(req, self._find, self.devices.names)
+        if outcome.reply:
+            self.transport.write(outcome.reply)
+        if outcome.export is not None:
+            self.device = outcome.export  # one _find returned: a Device
+        if outcome.close:
             self.transport.close()
-        elif opt == Opt.LIST:
-            out = b"".join(
-                p.option_reply(opt, Rep.SERVER, len(n.encode()).to_bytes(4, "big") + n.encode())
-                for n in self.devices.names()
-            )
-            self.transport.write(out + p.option_reply(opt, Rep.ACK))
-        elif opt == Opt.STRUCTURED_REPLY:
-            if req.data:
-                self.transport.write(p.option_error(opt, Rep.ERR_INVALID, "no data expected"))
-            else:
-                p.structured = True
-                self.transport.write(p.option_reply(opt, Rep.ACK))
-        elif opt in (Opt.LIST_META_CONTEXT, Opt.SET_META_CONTEXT):
-            if not p.structured:
-                self.transport.write(
-                    p.option_error(opt, Rep.ERR_INVALID, "structured replies first")
-                )
-            else:
-                # No metadata contexts (base:allocation is not offered): an empty answer.
-                self.transport.write(p.option_reply(opt, Rep.ACK))
-        elif opt in (Opt.GO, Opt.INFO):
-            try:
-                name, infos = p.parse_info_request(req.data)
-            except (ValueError, UnicodeDecodeError) as exc:
-                self.transport.write(p.option_error(opt, Rep.ERR_INVALID, str(exc)))
-                return
-            try:
-                device = self.devices.get(name or "default")
-            except UnknownPoolError as exc:
-                self.transport.write(p.option_error(opt, Rep.ERR_UNKNOWN, str(exc)))
-                return
-            if opt == Opt.GO:
-                self.device = device
-            self.transport.write(p.info_replies(opt, name, device.size, FLAGS, infos))
-        elif opt == Opt.EXPORT_NAME:
-            try:
-                self.device = self.devices.get(req.data.decode() or "default")
-            except (UnknownPoolError, UnicodeDecodeError):
-                self.transport.close()  # EXPORT_NAME has no error reply: close
-                return
-            self.transport.write(p.export_name_reply(self.device.size, FLAGS))
-        else:
-            self.transport.write(p.option_error(opt, Rep.ERR_UNSUP, f"option {opt} unsupported"))
+
+    def _find(self, name: str) -> Device | None:
+        try:
+            return self.devices.get(name)
+        except UnknownPoolError:
+            return None
 
     # -- transmission ------------------------------------------------------------------
 
