@@ -484,14 +484,23 @@ def test_a_wrong_method_gets_405_with_allow(tcp_daemon: Daemon) -> None:
         assert r.json()["error"] == "method_not_allowed"
 
 
-def test_schemathesis_findings_stay_fixed(tcp_daemon: Daemon) -> None:
+def test_an_unallowed_method_is_405_naming_the_allowed_ones(tcp_daemon: Daemon) -> None:
     with _http(tcp_daemon) as h:
         r = h.request("OPTIONS", "/v1/pools/x")
         allowed = set(r.headers["allow"].split(", "))
         assert r.status_code == 405 and allowed == {"PUT", "PATCH", "DELETE"}
+
+
+def test_a_boolean_is_no_integer_in_a_request(tcp_daemon: Daemon) -> None:
+    with _http(tcp_daemon) as h:
         r = h.put("/v1/pools/boolish", json={"recompress_level": False})
         assert r.status_code == 400
         r = h.post("/v1/pools/default/recompress", json={"threshold": True})
         assert r.status_code == 400
+        assert "boolish" not in h.get("/v1/pools").json()["pools"]
+
+
+def test_the_document_lists_409_for_a_pool_that_exists(tcp_daemon: Daemon) -> None:
+    with _http(tcp_daemon) as h:
         spec = h.get("/openapi.json").json()
         assert "409" in spec["paths"]["/v1/pools/{pool}"]["put"]["responses"]
