@@ -24,6 +24,7 @@ from zswapd.estimate import (
     Estimate,
     Reservoir,
     Row,
+    check_sample,
     default_configs,
     estimate,
     estimate_sample,
@@ -174,6 +175,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         left_out: list[tuple[str, str]] = []
     else:
         configs, left_out = default_configs()
+    if args.sample is not None:
+        check_sample(args.sample)
     with ExitStack() as opened:
         # Every source opened, so checked, before any is read; read only
         # through what was opened (a pid reused, a path replaced, is not).

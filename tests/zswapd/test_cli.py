@@ -138,6 +138,20 @@ def test_push_reads_no_link_fifo_or_device(daemon: Daemon, tmp_path: Path) -> No
     assert _orig(daemon, "default") == before
 
 
+def test_page_commands_take_q(daemon: Daemon, tmp_path: Path) -> None:
+    src = tmp_path / "a.pages"
+    src.write_bytes(b"".join(bytes([i + 1]) * 4096 for i in range(3)))
+    url = ["--url", daemon.url, "-q"]
+    for argv in (
+        ["push", str(src), "-o", "h"],
+        ["fetch", "h", "-o", "back.pages"],
+        ["free", "h"],
+    ):
+        result = run_cli(*argv, *url, cwd=tmp_path)
+        assert result.returncode == 0 and result.stderr == "", (argv, result.stderr)
+    assert (tmp_path / "back.pages").read_bytes() == src.read_bytes()
+
+
 def test_push_refused_midway_frees_what_it_stored(daemon: Daemon, tmp_path: Path) -> None:
     with Client(daemon.url) as c:
         c.create_pool("small", limit_bytes=2 << 20)

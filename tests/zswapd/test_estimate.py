@@ -9,6 +9,7 @@ failures, a progress bar only on a terminal, silence under ``| head``.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -27,6 +28,7 @@ import pytest
 
 from tests.conftest import corpus_or_skip
 from tests.zswapd.daemon import CHECKOUT, Daemon, run_cli, start_daemon
+from zswapd import cli
 from zswapd import estimate as est
 from zswapd.client import Client
 from zswapd.corpus import load_pages
@@ -228,7 +230,9 @@ def test_pid_sample_of_every_page_reads_what_a_full_run_reads(
     # every page (procmem): the same rule must pick the same pages.
     pid = str(child.pid)
     full = _estimate_json("--pid", pid, "--compressor", "lz4")
-    whole = _estimate_json("--pid", pid, "--compressor", "lz4", "--sample", "1000000")
+    whole = _estimate_json(
+        "--pid", pid, "--compressor", "lz4", "--sample", str(est.FULL_RUN_MAX_PAGES)
+    )
     assert whole["sample"] is None and whole["pages"] == full["pages"]
     a, b = _rows(full)["lz4"], _rows(whole)["lz4"]
     assert {k: a[k] for k in MM} == {k: b[k] for k in MM}
@@ -371,6 +375,20 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     assert run_cli("estimate", str(page), "--sample", "0").returncode == 2  # argparse's
 
 
+def test_out_of_memory_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # A real MemoryError cannot be provoked here: a pool reserves 64 GiB of
+    # address space up front, so an RLIMIT_AS low enough to exhaust Python's
+    # heap stops the pool's creation first (ENOMEM, an OSError: one line too).
+    def exhausted(args: argparse.Namespace) -> int:
+        raise MemoryError
+
+    for command in ("estimate", "push"):
+        args = argparse.Namespace(command=command, func=exhausted)
+        assert cli._dispatch(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"zswapd {command}: out of memory") and err.count("\n") == 1, err
+
+
 def test_kernel_thread_has_no_memory_to_read() -> None:
     comm = Path("/proc/2/comm")
     if not comm.exists() or comm.read_text().strip() != "kthreadd":
@@ -471,6 +489,24 @@ def test_estimate_pid_of_a_huge_reservation_is_bounded(
     assert huge - small < 64 << 10, (small, huge)  # KiB; here 37 and 46 MiB
     row = _rows(_estimate_json("--pid", str(pid), "--compressor", "lz4"))["lz4"]
     assert row["orig_data_size"] >= len(offsets) * 4096  # type: ignore[operator]
+
+
+# -- a sample is no way around the full run's caps ----------------------------------
+
+
+def test_sample_past_the_full_run_cap_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(est, "FULL_RUN_MAX_PAGES", 512)
+    pages = [bytes([i % 251 + 1]) * 4096 for i in range(1000)]
+    # A sample of every page would hold them all, raw: the cap a full run has.
+    with pytest.raises(ConfigError, match="--sample must be 1 to 512"):
+        est.estimate(pages, [est.Config("lz4")], sample=1000)
+    assert est.estimate(pages, [est.Config("lz4")], sample=512).sample == 512
+    monkeypatch.undo()  # the command line, at the real cap
+    page = _page_file(tmp_path, pages[:1])
+    over = run_cli("estimate", str(page), "--sample", str(est.FULL_RUN_MAX_PAGES + 1))
+    _one_line_failure(over, "--sample", str(est.FULL_RUN_MAX_PAGES))
 
 
 # -- page files: the file checked is the file read ------------------------------------
