@@ -131,7 +131,7 @@ def cmd_push(args: argparse.Namespace) -> int:
             files = [opened.enter_context(open_page_file(name)) for name in args.files]
             total = sum(f.pages for f in files)
             if not total:
-                raise ConfigError(f"no pages to push: {', '.join(args.files)} hold none")
+                raise ConfigError(f"no pages to push in {', '.join(args.files)} (0 bytes by size)")
             pages, proc = _file_pages(files), None
         before, after, stored = _push(args, pages, total, out)
     same = after["same_pages"] - before["same_pages"]

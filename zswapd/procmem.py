@@ -24,8 +24,11 @@ pagemap is 2 MiB per GiB mapped, about 2 s per TiB here.
 A process is opened once (:func:`open_process`): /proc/PID/mem and
 /proc/PID/pagemap are opened by its pid at that moment, and every later read
 goes through those descriptors, so a pid reused meanwhile cannot swap in
-another process.  The kernel checks the right to read a process at open
-(ptrace's read mode), so a reused pid never gives more than the caller had.
+another process.  (/proc/PID/smaps is read by path at each walk: if the
+process has ended and its pid been reused, those are another's mappings, but
+the old descriptors then read nothing, as the process's memory is gone.)
+The kernel checks the right to read a process at open (ptrace's read mode),
+so a reused pid never gives more than the caller had.
 """
 
 from __future__ import annotations
