@@ -337,9 +337,10 @@ def _client_options(*, moving: bool) -> argparse.ArgumentParser:
         type=int,
         help="pages per request (default: the server's cap)" if moving else argparse.SUPPRESS,
     )
-    common.add_argument(
-        "--quiet", action="store_true", help="no progress bar" if moving else argparse.SUPPRESS
-    )
+    if moving:  # -q as estimate has it; the others keep their -q free
+        common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    else:
+        common.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     return common
 
 
@@ -664,7 +665,8 @@ def _add_estimate_parser(sub: Any) -> None:
         "--sample",
         type=_positive_int,
         metavar="N",
-        help="hold and measure a uniform random sample of N pages, scale, and give a 95%% bound",
+        help="hold and measure a uniform random sample of N pages (at most "
+        f"{FULL_RUN_MAX_PAGES}), scale, and give a 95%% bound",
     )
     p.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
     p.add_argument(
@@ -778,9 +780,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     The one place for it: any client command (HTTP or wire), serve and bench.
     A daemon that cannot be reached, a ZswapdError (the daemon's answer or a
-    check here), an OSError (a file, a socket) each print ``zswapd CMD: why``
-    and exit 1; a reader of stdout that went away (``| head``) ends the command
-    silently with EXIT_BROKEN_PIPE (in main); Ctrl-C exits 130 without a traceback.
+    check here), an OSError (a file, a socket), running out of memory each
+    print ``zswapd CMD: why`` and exit 1; a reader of stdout that went away
+    (``| head``) ends the command silently with EXIT_BROKEN_PIPE (in main);
+    Ctrl-C exits 130 without a traceback.
     """
     import httpx
 
@@ -809,6 +812,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     except (ZswapdError, ProtocolError, OSError) as exc:  # ProtocolError: a daemon's garbled answer
         return fail(_one_line(exc))
+    except MemoryError as exc:  # a process's or a file's pages, more than this machine has
+        why = "out of memory" + (
+            " (a smaller --sample N needs less)" if args.command == "estimate" else ""
+        )
+        return fail("; ".join([why, *getattr(exc, "__notes__", [])]))
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,8 +26,9 @@ from tqdm import tqdm
 
 from zswapd.client import Client
 from zswapd.errors import ConfigError
+from zswapd.pagefile import PageFile, open_page_file
 from zswapd.pool import PAGE_SIZE
-from zswapd.procmem import ProcessPages, read_maps
+from zswapd.procmem import ProcessMemory, ProcessPages, open_process
 
 __all__ = [
     "cmd_fetch",
@@ -55,38 +57,22 @@ def open_client(args: argparse.Namespace) -> Client:
         raise ConfigError(str(exc)) from exc
 
 
-def _file_pages(paths: list[str]) -> Iterator[tuple[bytes, str, str]]:
-    for name in paths:
-        with open(name, "rb") as f:
-            offset = 0
-            while page := f.read(PAGE_SIZE):
-                yield page, name, str(offset)
-                offset += PAGE_SIZE
+def _file_pages(files: list[PageFile]) -> Iterator[tuple[bytes, str, str]]:
+    """The pages of opened page files, read through the descriptors checked."""
+    for page_file in files:
+        for offset in range(0, page_file.pages * PAGE_SIZE, PAGE_SIZE):
+            page = page_file.read_page(offset)
+            if page is None:
+                raise ConfigError(f"{page_file.name}: shrank while being read (at byte {offset})")
+            yield page, page_file.name, str(offset)
 
 
-def _check_files(paths: list[str]) -> int:
-    """The pages in ``paths``; raises before anything is stored if one will not do."""
-    total = 0
-    for name in paths:
-        size = os.path.getsize(name)
-        if size % PAGE_SIZE:
-            raise ConfigError(f"{name}: {size} bytes is not a whole number of 4096-byte pages")
-        total += size // PAGE_SIZE
-    return total
-
-
-def _pid_pages(pid: int) -> tuple[Iterator[tuple[bytes, str, str]], ProcessPages]:
-    try:  # fail here, before anything is stored, not at the first page
-        read_maps(pid)
-    except FileNotFoundError:
-        raise ConfigError(f"--pid {pid}: no such process") from None
-    except OSError as exc:
-        raise ConfigError(f"--pid {pid}: cannot read its memory map: {exc.strerror}") from exc
-    source = ProcessPages(pid)
+def _pid_pages(process: ProcessMemory) -> tuple[Iterator[tuple[bytes, str, str]], ProcessPages]:
+    source = ProcessPages(process)
 
     def gen() -> Iterator[tuple[bytes, str, str]]:
         for rec in source:
-            yield rec.data, f"pid:{pid}:{rec.path or '[anon]'}", hex(rec.address)
+            yield rec.data, f"pid:{process.pid}:{rec.path or '[anon]'}", hex(rec.address)
 
     return gen(), source
 
@@ -135,12 +121,48 @@ def cmd_push(args: argparse.Namespace) -> int:
     out = Path(args.out or f"zswapd-{args.pool}.handles")
     if not args.force and out.exists():
         raise ConfigError(f"{out} exists; --force replaces it (its pages stay stored)")
-    if args.pid is not None:
-        pages, proc = _pid_pages(args.pid)
-        total = None
-    else:
-        total = _check_files(args.files)
-        pages, proc = _file_pages(args.files), None
+    with ExitStack() as opened:
+        # Every source opened, so checked, before anything is stored; read only
+        # through what was opened (a pid reused, a path replaced, is not).
+        if args.pid is not None:
+            pages, proc = _pid_pages(opened.enter_context(open_process(args.pid)))
+            total = None
+        else:
+            files = [opened.enter_context(open_page_file(name)) for name in args.files]
+            total = sum(f.pages for f in files)
+            if not total:
+                raise ConfigError(f"no pages to push in {', '.join(args.files)} (0 bytes by size)")
+            pages, proc = _file_pages(files), None
+        before, after, stored = _push(args, pages, total, out)
+    same = after["same_pages"] - before["same_pages"]
+    huge = after["huge_pages_since"] - before["huge_pages_since"]
+    orig = after["orig_data_size"] - before["orig_data_size"]
+    mem = after["mem_used_total"] - before["mem_used_total"]
+    compr = after["compr_data_size"] - before["compr_data_size"]
+    ratio = f"{orig / mem:.2f}" if mem > 0 else "n/a"
+    cratio = f"{orig / compr:.2f}" if compr > 0 else "n/a"
+    n = len(stored)
+    print(
+        f"stored {n} pages ({n * PAGE_SIZE / 2**20:.1f} MiB) in pool {args.pool!r}: "
+        f"{same} same-filled, {huge} huge; ratio {ratio} (orig/mem_used), "
+        f"{cratio} (orig/compr); handles in {out}"
+    )
+    if proc is not None and not proc.exact:
+        print("note: page flags were unreadable (not root?): zero and file pages included")
+    return 0
+
+
+def _push(
+    args: argparse.Namespace,
+    pages: Iterator[tuple[bytes, str, str]],
+    total: int | None,
+    out: Path,
+) -> tuple[dict[str, int], dict[str, int], list[int]]:
+    """Store ``pages``, then publish their handles file (see cmd_push).
+
+    Returns:
+        the pool's mm_stat before and after, and the handles stored.
+    """
     with open_client(args) as client:
         before = client.stats(args.pool)["mm_stat"]
         stored: list[int] = []
@@ -161,6 +183,8 @@ def cmd_push(args: argparse.Namespace) -> int:
                 if chunk:
                     stored += _push_chunk(client, args.pool, chunk, handles_file)
                     bar.update(len(chunk))
+                if not stored:  # a process with no page swap would see
+                    raise ConfigError(f"--pid {args.pid}: no pages to push")
                 handles_file.flush()
                 os.fsync(handles_file.fileno())
             _publish(tmp, out, args.force)
@@ -168,22 +192,7 @@ def cmd_push(args: argparse.Namespace) -> int:
             _undo_push(client, args.pool, stored, tmp, exc)
             raise
         after = client.stats(args.pool)["mm_stat"]
-    same = after["same_pages"] - before["same_pages"]
-    huge = after["huge_pages_since"] - before["huge_pages_since"]
-    orig = after["orig_data_size"] - before["orig_data_size"]
-    mem = after["mem_used_total"] - before["mem_used_total"]
-    compr = after["compr_data_size"] - before["compr_data_size"]
-    ratio = f"{orig / mem:.2f}" if mem > 0 else "n/a"
-    cratio = f"{orig / compr:.2f}" if compr > 0 else "n/a"
-    n = len(stored)
-    print(
-        f"stored {n} pages ({n * PAGE_SIZE / 2**20:.1f} MiB) in pool {args.pool!r}: "
-        f"{same} same-filled, {huge} huge; ratio {ratio} (orig/mem_used), "
-        f"{cratio} (orig/compr); handles in {out}"
-    )
-    if proc is not None and not proc.exact:
-        print("note: page flags were unreadable (not root?): zero and file pages included")
-    return 0
+    return before, after, stored
 
 
 def _undo_push(client: Client, pool: str, stored: list[int], tmp: Path, exc: BaseException) -> None:

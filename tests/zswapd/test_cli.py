@@ -89,6 +89,69 @@ def test_push_bad_pid_leaves_no_file_and_stores_nothing(daemon: Daemon, tmp_path
     assert _orig(daemon, "default") == before
 
 
+def test_push_kernel_thread_is_one_line_as_estimate_says_it(daemon: Daemon, tmp_path: Path) -> None:
+    comm = Path("/proc/2/comm")
+    if not comm.exists() or comm.read_text().strip() != "kthreadd":
+        pytest.skip("pid 2 is not kthreadd here (a pid namespace)")
+    before = _orig(daemon, "default")
+    result = run_cli("push", "--pid", "2", "--url", daemon.url, cwd=tmp_path)
+    _one_line_failure(result, "--pid 2", "no user memory")
+    assert os.listdir(tmp_path) == []
+    assert _orig(daemon, "default") == before
+
+
+def test_push_of_no_pages_is_refused_and_writes_nothing(daemon: Daemon, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.pages"
+    empty.write_bytes(b"")
+    before = _orig(daemon, "default")
+    work = tmp_path / "work"
+    work.mkdir()
+    _one_line_failure(
+        run_cli("push", str(empty), "--url", daemon.url, cwd=work), "empty.pages", "no pages"
+    )
+    # A /proc file says 0 bytes whatever it holds: no pages, and it is named.
+    _one_line_failure(
+        run_cli("push", "/proc/self/status", "--url", daemon.url, cwd=work), "/proc/self/status"
+    )
+    assert os.listdir(work) == []
+    assert _orig(daemon, "default") == before
+
+
+def test_push_reads_no_link_fifo_or_device(daemon: Daemon, tmp_path: Path) -> None:
+    real = tmp_path / "real.pages"
+    real.write_bytes(b"\1" * 4096)
+    (tmp_path / "link.pages").symlink_to(real)
+    os.mkfifo(tmp_path / "fifo.pages")
+    work = tmp_path / "work"
+    work.mkdir()
+    before = _orig(daemon, "default")
+    # A FIFO with no writer would block the push forever: the timeout only
+    # keeps a regression from hanging the suite.
+    for name, why in (
+        ("link.pages", "symbolic link"),
+        ("fifo.pages", "not a regular file"),
+        ("/dev/zero", "not a regular file"),
+    ):
+        result = run_cli("push", str(tmp_path / name), "--url", daemon.url, cwd=work, timeout=60)
+        _one_line_failure(result, name, why)
+    assert os.listdir(work) == []
+    assert _orig(daemon, "default") == before
+
+
+def test_page_commands_take_q(daemon: Daemon, tmp_path: Path) -> None:
+    src = tmp_path / "a.pages"
+    src.write_bytes(b"".join(bytes([i + 1]) * 4096 for i in range(3)))
+    url = ["--url", daemon.url, "-q"]
+    for argv in (
+        ["push", str(src), "-o", "h"],
+        ["fetch", "h", "-o", "back.pages"],
+        ["free", "h"],
+    ):
+        result = run_cli(*argv, *url, cwd=tmp_path)
+        assert result.returncode == 0 and result.stderr == "", (argv, result.stderr)
+    assert (tmp_path / "back.pages").read_bytes() == src.read_bytes()
+
+
 def test_push_refused_midway_frees_what_it_stored(daemon: Daemon, tmp_path: Path) -> None:
     with Client(daemon.url) as c:
         c.create_pool("small", limit_bytes=2 << 20)
