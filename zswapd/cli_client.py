@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, TextIO
 
 from tqdm import tqdm
 
-from zswapd.cli_format import count, excerpt
+from zswapd.cli_format import count, excerpt, printable
 from zswapd.client import Client
 from zswapd.errors import ConfigError, StaleHandleError, UnknownPoolError, ZswapdError
 from zswapd.pool import PAGE_SIZE
@@ -345,12 +345,14 @@ def cmd_writeback(args: argparse.Namespace) -> int:
         # As the text mode: a writeback that stopped early failed (zram answers EIO).
         return 0 if result["stopped"] is None else 1
     limit = result["writeback_limit"]
-    print(
-        f"wrote back {result['written_back']} of {result['candidates']} {args.type} pages "
-        f"of pool {args.pool!r}" + ("" if limit is None else f"; writeback_limit {limit} left")
-    )
+    # Every figure is the server's to send: escaped, as any string it sends.
+    said = f"wrote back {result['written_back']} of {result['candidates']} {args.type} pages "
+    said += f"of pool {args.pool!r}" + ("" if limit is None else f"; writeback_limit {limit} left")
+    print(printable(said))
     if result["stopped"] is not None:
-        print(f"stopped early: {result['stopped']}: {result['error'] or 'limit reached'}")
+        # The server's words: escaped, so that no answer can drive the terminal.
+        why = f"{result['stopped']}: {result['error'] or 'limit reached'}"
+        print(f"stopped early: {printable(why)}")
         return 1
     return 0
 
@@ -369,9 +371,11 @@ def cmd_recompress(args: argparse.Namespace) -> int:
         print()
         return 0
     print(
-        f"recompressed {result['recompressed']} of {result['candidates']} {args.type} pages "
-        f"of pool {args.pool!r}: {result['bytes_saved']} bytes saved, "
-        f"{result['not_smaller']} not smaller, {result['alloc_failed']} allocation failures"
+        printable(
+            f"recompressed {result['recompressed']} of {result['candidates']} {args.type} pages "
+            f"of pool {args.pool!r}: {result['bytes_saved']} bytes saved, "
+            f"{result['not_smaller']} not smaller, {result['alloc_failed']} allocation failures"
+        )
     )
     return 0
 

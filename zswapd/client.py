@@ -2,7 +2,9 @@
 
 ``http://HOST:PORT`` and ``http+unix:PATH`` speak the HTTP API through one
 reused connection (httpx); ``unix:PATH`` speaks the wire protocol
-(docs/protocol.md), pipelined.  Large stores, loads and frees are cut into requests of at most
+(docs/protocol.md), pipelined.  With no URL, :func:`default_url`: $ZSWAPD_URL, else
+the systemd unit's socket if it exists, else ``http://127.0.0.1:7415``.  Large
+stores, loads and frees are cut into requests of at most
 ``batch_pages`` pages (the server's default cap is 1024) and put back together,
 so a caller can hand over any number of pages at once.  Errors come back as the
 same exception classes the store raises (``PoolLimitError``, ...).

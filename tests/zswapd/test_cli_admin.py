@@ -372,9 +372,19 @@ class _FakeZswapd(http.server.BaseHTTPRequestHandler):
         self._answer(200, body)
 
     def do_POST(self) -> None:
-        self._answer(404, {"error": "unknown_pool", "detail": f"no pool {ESC}]0;pwned{chr(7)}"})
+        if self.path.endswith("/writeback"):
+            stop = {"stopped": f"io{ESC}[31m", "error": f"e{ESC}]0;t{chr(7)}"}
+            body = {"written_back": f"1{ESC}[2J", "candidates": 1, "writeback_limit": None}
+            self._answer(200, {**body, **stop})
+        elif self.path.endswith("/recompress"):
+            figures = ["recompressed", "candidates", "bytes_saved", "not_smaller", "alloc_failed"]
+            self._answer(200, dict.fromkeys(figures, f"9{ESC}[2J"))
+        else:
+            detail = f"no pool {ESC}]0;pwned{chr(7)}"
+            self._answer(404, {"error": "unknown_pool", "detail": detail})
 
-    do_DELETE = do_POST
+    def do_DELETE(self) -> None:
+        self.do_POST()
 
     def _answer(self, status: int, body: object) -> None:
         data = json.dumps(body).encode()
@@ -408,6 +418,8 @@ def fake_server() -> Iterator[str]:
         ["devices", "stats", f"d{ESC}[2J"],
         ["compact", "--pool", HOSTILE],
         ["pools", "remove", HOSTILE],
+        ["writeback", "--pool", "p", "--type", "huge"],
+        ["recompress", "--pool", "p", "--type", "huge"],
     ],
     ids=lambda a: "-".join(x for x in a if ESC not in x),
 )
@@ -416,10 +428,11 @@ def test_a_hostile_server_cannot_drive_the_terminal(fake_server: str, argv: list
     result = run_cli(*argv, "--url", fake_server)
     assert ESC not in result.stdout and ESC not in result.stderr and chr(7) not in result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    if result.returncode != 0:
+    if result.returncode != 0 and argv[0] != "writeback":  # a stopped writeback: exit 1
         assert result.stderr.count("\n") == 1, result.stderr
-    if argv[0] == "stats" or argv[:2] == ["pools", "list"]:
-        assert result.returncode == 0 and "\\x1b" in result.stdout, result
+    if argv[0] in ("stats", "writeback", "recompress") or argv[:2] == ["pools", "list"]:
+        assert result.returncode == (argv[0] == "writeback"), result  # it stopped early
+        assert "\\x1b" in result.stdout, result  # said, escaped
 
 
 def test_a_url_httpx_refuses_is_one_line() -> None:
