@@ -346,7 +346,8 @@ def cmd_writeback(args: argparse.Namespace) -> int:
         return 0 if result["stopped"] is None else 1
     limit = result["writeback_limit"]
     # Every figure is the server's to send: escaped, as any string it sends.
-    said = f"wrote back {result['written_back']} of {result['candidates']} {args.type} pages "
+    noun = count(result["candidates"], f"{args.type} page")
+    said = f"wrote back {result['written_back']} of {noun} "
     said += f"of pool {args.pool!r}" + ("" if limit is None else f"; writeback_limit {limit} left")
     print(printable(said))
     if result["stopped"] is not None:
@@ -372,7 +373,8 @@ def cmd_recompress(args: argparse.Namespace) -> int:
         return 0
     print(
         printable(
-            f"recompressed {result['recompressed']} of {result['candidates']} {args.type} pages "
+            f"recompressed {result['recompressed']} of "
+            f"{count(result['candidates'], f'{args.type} page')} "
             f"of pool {args.pool!r}: {result['bytes_saved']} bytes saved, "
             f"{result['not_smaller']} not smaller, {result['alloc_failed']} allocation failures"
         )
