@@ -473,7 +473,7 @@ def test_recompress_from_the_command_line(
         *("recompress", "--url", url, "--pool", "rcc", "--type", "idle", "--idle-seconds", "0"),
         *("--algo", "zstd", "--level", "3", "--threshold", "4000"),
     )
-    assert code == 0 and "of 1 idle pages of pool 'rcc'" in out, err
+    assert code == 0 and "of 1 idle page of pool 'rcc'" in out, err
     code, out, err = _cli(capsys, "recompress", "--url", url, "--pool", "nosuch", "--type", "huge")
     assert code == 1 and err.startswith("zswapd recompress: 404"), err
     assert s.http.delete("/v1/pools/rcc").status_code == 204
