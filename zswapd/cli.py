@@ -857,11 +857,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     except (ZswapdError, ProtocolError, OSError) as exc:  # ProtocolError: a daemon's garbled answer
         return fail(_one_line(exc))
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if not hasattr(args, "url"):
             raise  # no server involved: a bug, shown as one
         # JSON, but not shaped as zswapd's answers are: a field missing or of another type.
-        return fail(f"{where()} did not answer as zswapd's HTTP API does ({_one_line(exc)})")
+        return fail(
+            f"{where()} did not answer as zswapd's HTTP API does "
+            f"({type(exc).__name__}: {_one_line(exc)})"
+        )
     except KeyboardInterrupt as exc:
         notes = getattr(exc, "__notes__", [])  # what push undid, say
         said = "interrupted" + (": " + "; ".join(notes) if notes else "")

@@ -362,6 +362,8 @@ class _FakeZswapd(http.server.BaseHTTPRequestHandler):
             body: object = {"pools": [HOSTILE, f"x{ESC}[31m"]}
         elif path == "/v1/devices":
             body = {"devices": [f"d{ESC}[2J"]}
+        elif path.endswith("/broken/stats"):  # JSON, not shaped as zswapd's
+            body = {**stats, "mm_stat": dict.fromkeys(mm, f"x{ESC}[2J")}
         elif path.endswith("/stats"):
             body = stats
         elif path == "/healthz":
@@ -418,6 +420,7 @@ def fake_server() -> Iterator[str]:
         ["devices", "stats", f"d{ESC}[2J"],
         ["compact", "--pool", HOSTILE],
         ["pools", "remove", HOSTILE],
+        ["stats", "--pool", "broken"],
         ["writeback", "--pool", "p", "--type", "huge"],
         ["recompress", "--pool", "p", "--type", "huge"],
     ],
@@ -430,7 +433,9 @@ def test_a_hostile_server_cannot_drive_the_terminal(fake_server: str, argv: list
     assert "Traceback" not in result.stderr, result.stderr
     if result.returncode != 0 and argv[0] != "writeback":  # a stopped writeback: exit 1
         assert result.stderr.count("\n") == 1, result.stderr
-    if argv[0] in ("stats", "writeback", "recompress") or argv[:2] == ["pools", "list"]:
+    if "broken" in argv:
+        assert result.returncode == 1 and "did not answer as zswapd's" in result.stderr
+    elif argv[0] in ("stats", "writeback", "recompress") or argv[:2] == ["pools", "list"]:
         assert result.returncode == (argv[0] == "writeback"), result  # it stopped early
         assert "\\x1b" in result.stdout, result  # said, escaped
 
