@@ -44,6 +44,11 @@ DEFAULT_SOCKET = "/run/zswapd/http.sock"
 DEFAULT_TCP = "http://127.0.0.1:7415"
 
 
+# The most of an error's detail a client repeats: zswapd's own are a line or two;
+# a longer one (another server's, a hostile one's) is cut, never printed whole.
+MAX_DETAIL = 1000
+
+
 def default_url() -> str:
     """The daemon to talk to when no URL is given: $ZSWAPD_URL, else the systemd
     unit's socket if it exists, else ``serve``'s default TCP address."""
@@ -173,7 +178,10 @@ class Client:
                 code, detail = body["error"], body["detail"]
             except (ValueError, KeyError, TypeError):
                 code, detail = "internal", response.text[:200]
-            cls = error_class(code)
+            cls = error_class(str(code))
+            detail = str(detail)
+            if len(detail) > MAX_DETAIL:  # a server's word, not a page of it
+                detail = detail[:MAX_DETAIL] + "..."
             raise cls(f"{response.status_code}: {detail}")
         return response
 

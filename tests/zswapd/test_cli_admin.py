@@ -382,7 +382,7 @@ class _FakeZswapd(http.server.BaseHTTPRequestHandler):
             figures = ["recompressed", "candidates", "bytes_saved", "not_smaller", "alloc_failed"]
             self._answer(200, dict.fromkeys(figures, f"9{ESC}[2J"))
         else:
-            detail = f"no pool {ESC}]0;pwned{chr(7)}"
+            detail = f"no pool {ESC}]0;pwned{chr(7)}" + "!" * 100_000
             self._answer(404, {"error": "unknown_pool", "detail": detail})
 
     def do_DELETE(self) -> None:
@@ -431,6 +431,7 @@ def test_a_hostile_server_cannot_drive_the_terminal(fake_server: str, argv: list
     result = run_cli(*argv, "--url", fake_server)
     assert ESC not in result.stdout and ESC not in result.stderr and chr(7) not in result.stderr
     assert "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr) < 1200  # a 100 KB error detail is cut
     if result.returncode != 0 and argv[0] != "writeback":  # a stopped writeback: exit 1
         assert result.stderr.count("\n") == 1, result.stderr
     if "broken" in argv:
