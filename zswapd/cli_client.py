@@ -13,10 +13,13 @@ in the file or the page's address (hex) in the process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -164,7 +167,7 @@ def _push(
     Returns:
         the pool's mm_stat before and after, and the handles stored.
     """
-    with open_client(args) as client:
+    with open_client(args) as client, _ctrl_c_between_requests() as interrupted:
         before = client.stats(args.pool)["mm_stat"]
         stored: list[int] = []
         fd, tmp = _temp_beside(out)
@@ -181,9 +184,11 @@ def _push(
                         stored += _push_chunk(client, args.pool, chunk, handles_file)
                         bar.update(len(chunk))
                         chunk = []
+                        interrupted.check()
                 if chunk:
                     stored += _push_chunk(client, args.pool, chunk, handles_file)
                     bar.update(len(chunk))
+                    interrupted.check()
                 if not stored:  # a process with no page swap would see
                     raise ConfigError(f"--pid {args.pid}: no pages to push")
                 handles_file.flush()
@@ -194,6 +199,42 @@ def _push(
             raise
         after = client.stats(args.pool)["mm_stat"]
     return before, after, stored
+
+
+class _Interrupted:
+    """Whether Ctrl-C was pressed; :meth:`check` raises it where it is safe."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _ctrl_c_between_requests() -> Iterator[_Interrupted]:
+    """Ctrl-C taken between store requests, not during one.
+
+    A request interrupted in flight may still be stored by the daemon, its
+    handles never seen, so never freed: the first Ctrl-C is held until the
+    request in flight is answered (a second one interrupts at once).
+    """
+    flag = _Interrupted()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # signals reach the main thread only
+        return
+
+    def held(signum: int, frame: object) -> None:
+        flag.pressed = True
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C is not held
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, held)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _undo_push(client: Client, pool: str, stored: list[int], tmp: Path, exc: BaseException) -> None:
