@@ -660,9 +660,15 @@ def recommend(rows: Sequence[Row]) -> str:
     pick = min(near, key=lambda r: (_cost(r), -r.saved))
     fastest = min(rows, key=lambda r: (_cost(r), -r.saved))
     if pick is not best:
-        return (
+        said = (
             f"{_said(pick)}, within 10% of {best.config.label}'s {_human(best.saved)} "
-            f"at {_us(best)}: {pick.config.label}"
+            f"at {_us(best)}"
+        )
+        if fastest is pick or fastest.saved <= 0:
+            return f"{said}: {pick.config.label}"
+        return (
+            f"{said}; {fastest.config.label} saves {_human(fastest.saved)} at {_us(fastest)}: "
+            f"{pick.config.label}, or {fastest.config.label} if latency matters"
         )
     if fastest is best or fastest.saved <= 0:
         return f"{_said(best)}, the most and the fastest: {best.config.label}"

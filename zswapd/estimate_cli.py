@@ -46,7 +46,7 @@ _COLUMNS = (
     "±",
     "RATIO",
     "SAVED",
-    "SAME",
+    "ZERO-PAGES",
     "HUGE",
     "COMP-US",
     "DECOMP-US",
@@ -84,7 +84,7 @@ def _cell(row: Row, column: str) -> str:
     }.get(column)
     if value is not None:
         return human_size(value)
-    return str(row.same_pages if column == "SAME" else row.huge_pages)
+    return str(row.same_pages if column == "ZERO-PAGES" else row.huge_pages)
 
 
 def render(result: Estimate) -> str:

@@ -125,17 +125,17 @@ def test_stats_prints_a_zramctl_row_per_pool_and_device(served: tuple[Daemon, Pa
         "NAME": "sumry",
         "ALGORITHM": "lz4",
         "DISKSIZE": "-",
-        "LIMIT": "8M",
+        "MEM-LIMIT": "8M",
         "DATA": "180K",  # 45 pages
         "COMPR": human(mm["compr_data_size"]),
         "TOTAL": human(total),
-        "SAME": "3",
+        "ZERO-PAGES": "3",
         "HUGE": "2",
         "RATIO": f"{data / total:.2f}",
         "SAVED": human(data - total),
     }
     # zstd at its default level says 3; the device is a row of its own, with its size.
-    assert rows["default"]["ALGORITHM"] == "zstd:3" and rows["default"]["LIMIT"] == "none"
+    assert rows["default"]["ALGORITHM"] == "zstd:3" and rows["default"]["MEM-LIMIT"] == "none"
     assert rows["zram0"]["DISKSIZE"] == "64M" and rows["zram0"]["ALGORITHM"] == "lz4"
     assert list(rows).count("zram0") == 1  # a device's pool is not listed twice
     # One pool: its row, then the kernel's figures under the kernel's names.
@@ -197,7 +197,7 @@ def test_pools_list_shows_each_pools_settings_and_size(served: tuple[Daemon, Pat
         "ALGORITHM": "lz4hc:9",
         "ALLOCATOR": "zbud",
         "CHAIN": "8",
-        "LIMIT": "16M",
+        "MEM-LIMIT": "16M",
         "HUGE": "reject",
         "WRITEBACK": "-",  # no backing file
         "PAGES": "7",

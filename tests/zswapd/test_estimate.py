@@ -343,7 +343,7 @@ def test_table_and_recommendation(process_pages: list[bytes], tmp_path: Path) ->
     result = run_cli("estimate", str(src), "--compressor", "lz4", "--compressor", "zstd:3")
     assert result.returncode == 0 and result.stderr == "", result.stderr
     lines = result.stdout.splitlines()
-    header = "ALGORITHM DATA COMPR TOTAL ± RATIO SAVED SAME HUGE COMP-US DECOMP-US"
+    header = "ALGORITHM DATA COMPR TOTAL ± RATIO SAVED ZERO-PAGES HUGE COMP-US DECOMP-US"
     assert lines[0].split() == header.split()
     assert lines[1].split()[:2] == ["lz4", "3.1M"]  # 800 pages, as zramctl writes it
     assert lines[2].split()[0] == "zstd:3"
@@ -593,3 +593,31 @@ def test_estimate_into_head_is_silent(tmp_path: Path, head: str) -> None:
     assert result.returncode == 0
     assert result.stdout == ("" if head.endswith("0") else result.stdout.splitlines()[0] + "\n")
     assert result.stderr == ""
+
+
+def _row(label: str, saved_mib: int, us: float) -> est.Row:
+    name, _, level = label.partition(":")
+    mib = 1 << 20
+    return est.Row(
+        est.Config(name, int(level) if level else None),
+        1000 * mib,
+        0,
+        (1000 - saved_mib) * mib,
+        0,
+        0,
+        us,
+        1.0,
+    )
+
+
+def test_the_recommendation_names_the_cheapest_whenever_it_is_not_the_pick() -> None:
+    # zstd:1 is within 10% of zstd:9 and cheaper: picked; lz4, cheaper still, is
+    # named for latency whether the pick is the best saver or not.
+    rows = [_row("lz4", 600, 2.0), _row("zstd:1", 760, 13.0), _row("zstd:9", 800, 110.0)]
+    said = est.recommend(rows)
+    assert said.endswith(": zstd:1, or lz4 if latency matters"), said
+    rows = [_row("lz4", 600, 2.0), _row("zstd:9", 800, 110.0)]
+    assert est.recommend(rows).endswith(": zstd:9, or lz4 if latency matters")
+    rows = [_row("lz4", 780, 2.0), _row("zstd:9", 800, 110.0)]
+    assert est.recommend(rows).endswith(": lz4")  # within 10% and the cheapest: nothing to add
+    assert "would not help" in est.recommend([_row("lz4", -1, 2.0)])
