@@ -35,6 +35,8 @@ from zswapd.cli_client import (
     idle_seconds_problem,
     pool_flags,
 )
+from zswapd.cli_format import excerpt, printable
+from zswapd.client import DEFAULT_SOCKET
 from zswapd.corpus import load_pages
 from zswapd.errors import ZswapdError
 from zswapd.protocol import ProtocolError
@@ -327,9 +329,9 @@ def _client_options(*, moving: bool) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--url",
-        default=os.environ.get("ZSWAPD_URL", f"http://{DEFAULT_HTTP}"),
         help="daemon: http://HOST:PORT or http+unix:PATH (HTTP), unix:PATH (wire protocol); "
-        f"$ZSWAPD_URL, else http://{DEFAULT_HTTP}",
+        f"default $ZSWAPD_URL, else http+unix://{DEFAULT_SOCKET} (the systemd unit's) if "
+        f"that socket exists, else http://{DEFAULT_HTTP}",
     )
     common.add_argument("--token-file", help="bearer token file ($ZSWAPD_TOKEN_FILE)")
     common.add_argument(
@@ -337,9 +339,10 @@ def _client_options(*, moving: bool) -> argparse.ArgumentParser:
         type=int,
         help="pages per request (default: the server's cap)" if moving else argparse.SUPPRESS,
     )
-    common.add_argument(
-        "--quiet", action="store_true", help="no progress bar" if moving else argparse.SUPPRESS
-    )
+    if moving:  # -q as estimate has it; the others keep their -q free
+        common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    else:
+        common.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     return common
 
 
@@ -361,13 +364,20 @@ def _add_page_commands(sub: _Sub) -> None:
 
     fetch = sub.add_parser("fetch", parents=parents, help="restore pages from a handles file")
     fetch.add_argument("handles", metavar="HANDLES", help="handles file from push ('-': stdin)")
-    fetch.add_argument("-o", "--output", required=True, help="file to write the pages to")
+    fetch.add_argument(
+        "-o", "--output", required=True, help="file to write the pages to ('-': stdout)"
+    )
     fetch.add_argument("--pool", help=HANDLES_POOL_HELP)
     fetch.set_defaults(func=cmd_fetch)
 
     free = sub.add_parser("free", parents=parents, help="free the pages of a handles file")
     free.add_argument("handles", metavar="HANDLES", help="handles file from push ('-': stdin)")
     free.add_argument("--pool", help=HANDLES_POOL_HELP)
+    free.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep HANDLES (default: removed once every page in it is freed)",
+    )
     free.set_defaults(func=cmd_free)
 
 
@@ -410,6 +420,7 @@ def _add_pools(sub: _Sub, common: argparse.ArgumentParser) -> None:
     create.add_argument("name", metavar="NAME", help="1-64 of A-Z a-z 0-9 _ . -")
     _add_pool_flags(create, "its")
     _add_pool_extras(create)
+    create.add_argument("--json", action="store_true", help="print the JSON answer")
     create.set_defaults(func=cmd_pools_create)
 
     change = actions.add_parser(
@@ -421,6 +432,7 @@ def _add_pools(sub: _Sub, common: argparse.ArgumentParser) -> None:
     )
     change.add_argument("name", metavar="NAME", help="the pool")
     _add_live_flags(change)
+    change.add_argument("--json", action="store_true", help="print the JSON answer")
     change.set_defaults(func=cmd_pools_set)
 
     remove = actions.add_parser(
@@ -453,6 +465,7 @@ def _add_devices(sub: _Sub, common: argparse.ArgumentParser) -> None:
     )
     _add_pool_flags(create, "its")
     _add_pool_extras(create)
+    create.add_argument("--json", action="store_true", help="print the JSON answer")
     create.set_defaults(func=cmd_devices_create)
 
     remove = actions.add_parser(
@@ -664,7 +677,8 @@ def _add_estimate_parser(sub: Any) -> None:
         "--sample",
         type=_positive_int,
         metavar="N",
-        help="hold and measure a uniform random sample of N pages, scale, and give a 95%% bound",
+        help="hold and measure a uniform random sample of N pages (at most "
+        f"{FULL_RUN_MAX_PAGES}), scale, and give a 95%% bound",
     )
     p.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
     p.add_argument(
@@ -690,8 +704,10 @@ def _add_pool_flags(p: argparse.ArgumentParser, whose: str) -> None:
     """The settings a pool is made with (serve's default pool, pools/devices create)."""
     p.add_argument(
         "--compressor",
-        choices=compressors.available(),
-        help=f"{whose} algorithm (zstd; the ones installed here)",
+        type=compressor_spec,
+        metavar="NAME[:LEVEL]",
+        help=f"{whose} algorithm, with its level if wanted, as estimate names them: "
+        f"zstd:9, lz4 (zstd:3; installed here: {', '.join(compressors.available())})",
     )
     p.add_argument("--level", type=int, help="compressor level (default: zstd 3, lz4hc 9)")
     p.add_argument("--allocator", choices=ALLOCATORS, help="zsmalloc (default), zbud, z3fold")
@@ -712,6 +728,28 @@ def _add_pool_flags(p: argparse.ArgumentParser, whose: str) -> None:
         help="manual (zram, default) or lru (zswap: write back instead of refusing)",
     )
     p.add_argument("--writeback-limit", type=int, metavar="PAGES", help="zram's writeback_limit")
+
+
+def compressor_spec(text: str) -> tuple[str, int | None]:
+    """``--compressor NAME[:LEVEL]``: an installed algorithm and its level, if given.
+
+    Raises:
+        argparse.ArgumentTypeError: not installed here, or a level that is not a number.
+    """
+    name, sep, level = text.partition(":")
+    installed = compressors.available()
+    if name not in installed:
+        raise argparse.ArgumentTypeError(
+            f"{excerpt(name)} is not installed here (choose from {', '.join(installed)})"
+        )
+    if not sep:
+        return name, None
+    try:
+        return name, int(level)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{excerpt(text)}: the level after ':' must be a whole number, e.g. {name}:3"
+        ) from None
 
 
 def _add_pool_extras(p: argparse.ArgumentParser) -> None:
@@ -773,20 +811,31 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join([text, *getattr(exc, "__notes__", [])])
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command as typed, its action too: ``pools create``, ``push``."""
+    return " ".join(filter(None, [args.command, getattr(args, "action", None)]))
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the command, mapping every failure a user can meet to one line on stderr.
 
     The one place for it: any client command (HTTP or wire), serve and bench.
     A daemon that cannot be reached, a ZswapdError (the daemon's answer or a
-    check here), an OSError (a file, a socket) each print ``zswapd CMD: why``
-    and exit 1; a reader of stdout that went away (``| head``) ends the command
-    silently with EXIT_BROKEN_PIPE (in main); Ctrl-C exits 130 without a traceback.
+    check here), an OSError (a file, a socket), a URL httpx refuses, an answer
+    not shaped as zswapd's, each print ``zswapd CMD [ACTION]: why`` and exit 1,
+    with control characters escaped (a server's text cannot drive the terminal);
+    a reader of stdout that went away (``| head``) ends the command silently with
+    EXIT_BROKEN_PIPE (in main); Ctrl-C exits 130 with one line saying what was undone.
+    Running out of memory is one line too.
     """
     import httpx
 
     def fail(why: str) -> int:
-        print(f"zswapd {args.command}: {why}", file=sys.stderr)
+        print(printable(f"zswapd {_command(args)}: {why}"), file=sys.stderr)
         return 1
+
+    def where() -> str:
+        return str(getattr(args, "url", None) or "the daemon")
 
     try:
         code: int = args.func(args)
@@ -797,20 +846,37 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise  # our reader left: main ends quietly
         return fail(_one_line(exc))  # a socket, not our reader
     except httpx.ConnectError as exc:
-        return fail(f"cannot connect to {getattr(args, 'url', 'the daemon')}: {_one_line(exc)}")
-    except httpx.HTTPError as exc:
-        return fail(f"{getattr(args, 'url', 'the daemon')}: {_one_line(exc)}")
+        return fail(f"cannot connect to {where()}: {_one_line(exc)}")
+    except httpx.HTTPError as exc:  # UnsupportedProtocol among them
+        return fail(f"{where()}: {_one_line(exc)}")
+    except httpx.InvalidURL as exc:  # not an HTTPError: a URL httpx cannot send
+        return fail(f"{where()}: invalid URL: {_one_line(exc)}")
     except json.JSONDecodeError:
         # Something answered 200 that is not zswapd's API: the metrics
         # listener (serve --metrics), another service on the port.
         return fail(
-            f"{getattr(args, 'url', 'the daemon')} did not answer as zswapd's HTTP API does "
+            f"{where()} did not answer as zswapd's HTTP API does "
             "(not JSON: is it the --metrics address, or another service?)"
         )
     except (ZswapdError, ProtocolError, OSError) as exc:  # ProtocolError: a daemon's garbled answer
         return fail(_one_line(exc))
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
+    except MemoryError as exc:  # a process's or a file's pages, more than this machine has
+        why = "out of memory" + (
+            " (a smaller --sample N needs less)" if args.command == "estimate" else ""
+        )
+        return fail("; ".join([why, *getattr(exc, "__notes__", [])]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if not hasattr(args, "url"):
+            raise  # no server involved: a bug, shown as one
+        # JSON, but not shaped as zswapd's answers are: a field missing or of another type.
+        return fail(
+            f"{where()} did not answer as zswapd's HTTP API does "
+            f"({type(exc).__name__}: {_one_line(exc)})"
+        )
+    except KeyboardInterrupt as exc:
+        notes = getattr(exc, "__notes__", [])  # what push undid, say
+        said = "interrupted" + (": " + "; ".join(notes) if notes else "")
+        print(printable(f"zswapd {_command(args)}: {said}"), file=sys.stderr)
         return 130
 
 

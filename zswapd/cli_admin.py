@@ -17,11 +17,13 @@ from typing import Any
 from zswapd.cli_client import open_client, pool_flags
 from zswapd.cli_format import (
     algorithm,
+    count,
     format_classes,
     human,
     limit,
     pool_row,
     printable,
+    printable_lines,
     table,
 )
 from zswapd.client import Client
@@ -46,11 +48,11 @@ STATS_COLUMNS = (
     "NAME",
     "ALGORITHM",
     "DISKSIZE",
-    "LIMIT",
+    "MEM-LIMIT",
     "DATA",
     "COMPR",
     "TOTAL",
-    "SAME",
+    "ZERO-PAGES",
     "HUGE",
     "RATIO",
     "SAVED",
@@ -60,7 +62,7 @@ POOL_COLUMNS = (
     "ALGORITHM",
     "ALLOCATOR",
     "CHAIN",
-    "LIMIT",
+    "MEM-LIMIT",
     "HUGE",
     "WRITEBACK",
     "PAGES",
@@ -70,8 +72,21 @@ DEVICE_COLUMNS = STATS_COLUMNS
 
 
 def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2)
+    json.dump(value, sys.stdout, indent=2)  # ensure_ascii: control characters come escaped
     print()
+
+
+def _say(text: str) -> None:
+    """Print what holds a server's strings: a fake or hostile server cannot drive
+    the terminal of whoever reads it (escape sequences come out as text)."""
+    print(printable_lines(text))
+
+
+def _pool_line(verb: str, what: str, name: str, cfg: dict[str, Any], extra: str = "") -> str:
+    """``created pool NAME: zstd:3, zsmalloc, limit none``: what a pool is made of."""
+    return (
+        f"{verb} {what} {name}: {extra}{algorithm(cfg)}, {cfg.get('allocator')}, limit {limit(cfg)}"
+    )
 
 
 def _gather(client: Client) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -138,6 +153,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         # The wire protocol cannot list pools: without --pool it shows the default.
         name = args.pool or ("default" if client.over_wire else None)
+        if args.pool is None and client.over_wire:
+            print(
+                "note: wire protocol: the default pool only; use the HTTP API for every "
+                "pool and device",
+                file=sys.stderr,
+            )
         if name is None:
             pools, devices = _gather(client)
         else:
@@ -151,13 +172,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(table(STATS_COLUMNS, rows))
         for n, s in [*pools.items(), *devices.items()]:
             if args.classes or args.all:
-                print("\n".join(["", f"{n}:", *_classes(args, s)[1:]]))
+                _say("\n".join(["", f"{n}:", *_classes(args, s)[1:]]))
         return 0
     if args.json:
         _print_json(stats)
         return 0
     print(table(STATS_COLUMNS, [pool_row(name, stats)]))
-    print("\n".join(["", *_details(stats), *_classes(args, stats)]))
+    _say("\n".join(["", *_details(stats), *_classes(args, stats)]))
     return 0
 
 
@@ -182,7 +203,7 @@ def cmd_pools_list(args: argparse.Namespace) -> int:
                 "ALGORITHM": algorithm(cfg),
                 "ALLOCATOR": cfg["allocator"],
                 "CHAIN": str(cfg["chain_size"]),
-                "LIMIT": limit(cfg),
+                "MEM-LIMIT": limit(cfg),
                 "HUGE": cfg["huge_policy"],
                 "WRITEBACK": cfg["writeback"] if cfg["backing_file"] else "-",
                 "PAGES": str(mm["orig_data_size"] // 4096),
@@ -212,7 +233,10 @@ def _creation_config(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_pools_create(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         result = client.create_pool(args.name, **_creation_config(args))
-    _print_json(result)
+    if args.json:
+        _print_json(result)
+    else:
+        _say(_pool_line("created", "pool", result["pool"], result["config"]))
     return 0
 
 
@@ -236,7 +260,18 @@ def cmd_pools_set(args: argparse.Namespace) -> int:
         )
     with open_client(args) as client:
         result = client.update_pool(args.name, **changes)
-    _print_json(result)
+    if args.json:
+        _print_json(result)
+        return 0
+    cfg = result["config"]
+    wb_limit = cfg.get("writeback_limit")
+    threshold = cfg.get("accept_threshold_percent")
+    _say(
+        _pool_line("changed", "pool", result["pool"], cfg)
+        + f", huge {cfg.get('huge_policy')}"
+        + ("" if threshold is None else f", accept threshold {threshold}%")
+        + ("" if wb_limit is None else f", writeback_limit {wb_limit}")
+    )
     return 0
 
 
@@ -267,10 +302,13 @@ def cmd_devices_create(args: argparse.Namespace) -> int:
     size = parse_size(args.size)
     with open_client(args) as client:
         result = client.create_device(args.name, size, **_creation_config(args))
-    cfg = result["config"]
-    print(
-        f"created device {result['device']}: {human(result['size'])}, {algorithm(cfg)}, "
-        f"limit {limit(cfg)} (NBD export {result['device']!r})"
+    if args.json:
+        _print_json(result)
+        return 0
+    name = result["device"]
+    _say(
+        _pool_line("created", "device", name, result["config"], f"{human(result['size'])}, ")
+        + f" (NBD export {name!r})"
     )
     return 0
 
@@ -291,7 +329,7 @@ def cmd_devices_stats(args: argparse.Namespace) -> int:
         return 0
     stats = {**stats, "config": config}
     print(table(STATS_COLUMNS, [pool_row(args.name, stats, disksize=stats["size"])]))
-    print("\n".join(["", *_details(stats), *_classes(args, stats)]))
+    _say("\n".join(["", *_details(stats), *_classes(args, stats)]))
     return 0
 
 
@@ -299,5 +337,5 @@ def cmd_compact(args: argparse.Namespace) -> int:
     """zram's ``compact``: move objects out of sparse zspages, release the emptied pages."""
     with open_client(args) as client:
         released = client.compact(args.pool)
-    print(f"pool {args.pool}: {released} pages released ({human(released * 4096)})")
+    _say(f"pool {args.pool}: {count(released, 'page')} released ({human(released * 4096)})")
     return 0

@@ -14,11 +14,14 @@ from typing import Any
 __all__ = [
     "WORDS",
     "algorithm",
+    "count",
+    "excerpt",
     "format_classes",
     "human",
     "limit",
     "pool_row",
     "printable",
+    "printable_lines",
     "ratio",
     "table",
 ]
@@ -57,6 +60,28 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def count(n: int, noun: str) -> str:
+    """``1 page``, ``2 pages``, ``0 pages``: a figure and its noun, in the right number."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def printable_lines(text: str) -> str:
+    """:func:`printable` line by line: the newlines a table is made of stay."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
+# The most of a user's (or a server's) bad input an error message quotes: enough
+# to recognise it, never the whole of a file piped in by mistake.
+EXCERPT_CHARS = 40
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` quoted for a message: its first ``limit`` characters, ``...`` if cut."""
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + "..."
+
+
 def algorithm(config: dict[str, Any]) -> str:
     """The compressor and its level as zram writes a priority's parameters: ``zstd:3``, ``lz4``."""
     level = config.get("level")
@@ -88,11 +113,11 @@ def pool_row(name: str, stats: dict[str, Any], disksize: int | None = None) -> d
         "NAME": name,
         "ALGORITHM": algorithm(stats["config"]),
         "DISKSIZE": "-" if disksize is None else human(disksize),
-        "LIMIT": limit(stats["config"]),
+        "MEM-LIMIT": limit(stats["config"]),
         "DATA": human(data),
         "COMPR": human(int(mm["compr_data_size"])),
         "TOTAL": human(total),
-        "SAME": str(mm["same_pages"]),
+        "ZERO-PAGES": str(mm["same_pages"]),
         "HUGE": str(mm["huge_pages"]),
         "RATIO": ratio(data, total),
         "SAVED": human(data - total),
@@ -104,6 +129,8 @@ def table(
 ) -> str:
     """Rows under a header, each column as wide as its widest cell; the columns
     of ``words`` left-aligned, figures right (zramctl's layout)."""
+    # Cells come from a server's answer: none may reach the terminal raw.
+    rows = [{c: printable(str(r[c])) for c in columns} for r in rows]
     widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in columns}
 
     def line(cells: dict[str, str]) -> str:

@@ -2,7 +2,9 @@
 
 ``http://HOST:PORT`` and ``http+unix:PATH`` speak the HTTP API through one
 reused connection (httpx); ``unix:PATH`` speaks the wire protocol
-(docs/protocol.md), pipelined.  Large stores, loads and frees are cut into requests of at most
+(docs/protocol.md), pipelined.  With no URL, :func:`default_url`: $ZSWAPD_URL, else
+the systemd unit's socket if it exists, else ``http://127.0.0.1:7415``.  Large
+stores, loads and frees are cut into requests of at most
 ``batch_pages`` pages (the server's default cap is 1024) and put back together,
 so a caller can hand over any number of pages at once.  Errors come back as the
 same exception classes the store raises (``PoolLimitError``, ...).
@@ -12,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -23,7 +27,43 @@ from zswapd.pool import PAGE_SIZE, split_pages
 from zswapd.protocol import ProtocolError
 from zswapd.wire_client import WireClient
 
-__all__ = ["Client", "UnauthorizedError", "socket_path"]
+__all__ = [
+    "DEFAULT_SOCKET",
+    "DEFAULT_TCP",
+    "Client",
+    "UnauthorizedError",
+    "default_url",
+    "socket_path",
+]
+
+# Where the shipped systemd unit serves HTTP (deploy/systemd/zswapd.service).
+# Tried first: a client that went to the TCP port instead would talk to whoever
+# bound it (any local user may) and hand them its token.
+DEFAULT_SOCKET = "/run/zswapd/http.sock"
+# Where ``zswapd serve`` listens with no flags (settings.DEFAULT_HTTP).
+DEFAULT_TCP = "http://127.0.0.1:7415"
+
+
+# The most of an error's detail a client repeats: zswapd's own are a line or two;
+# a longer one (another server's, a hostile one's) is cut, never printed whole.
+MAX_DETAIL = 1000
+
+
+def default_url() -> str:
+    """The daemon to talk to when no URL is given: $ZSWAPD_URL, else the systemd
+    unit's socket if it exists, else ``serve``'s default TCP address."""
+    url = os.environ.get("ZSWAPD_URL")
+    if url:
+        return url
+    if os.path.exists(DEFAULT_SOCKET):
+        return f"http+unix://{DEFAULT_SOCKET}"
+    return DEFAULT_TCP
+
+
+def _seg(name: str) -> str:
+    """A pool or device name as one URL path segment: whatever it holds (``/``,
+    ``?``, control characters from a hostile listing) stays inside it."""
+    return quote(str(name), safe="")
 
 
 def socket_path(url: str, scheme: str) -> str:
@@ -31,14 +71,18 @@ def socket_path(url: str, scheme: str) -> str:
 
     ``unix:wire.sock`` (relative, as ``serve --unix-socket`` takes it),
     ``unix:/run/z.sock`` and ``unix:///run/z.sock`` all name a path.
+    ``unix://host/path`` is refused: read as a URL it names a host, read as a
+    path it would be the relative ``host/path``; neither is what was meant.
 
     Raises:
-        ValueError: no path.
+        ValueError: no path, or an authority (a host) before it.
     """
     rest = url[len(scheme) :]
     path = rest[2:] if rest.startswith("//") else rest
     if not path:
         raise ValueError(f"{url!r} names no socket path: use {scheme}PATH")
+    if rest.startswith("//") and not path.startswith("/"):
+        raise ValueError(f"{url!r}: unix URLs take a path: {scheme}PATH or {scheme}///ABS/PATH")
     return path
 
 
@@ -49,7 +93,8 @@ class Client:
         url: ``http://HOST:PORT``, ``http+unix:PATH`` (HTTP) or ``unix:PATH``
             (the wire protocol: pages, stats and compact only; writeback, pool
             settings and devices are HTTP's).  PATH may be relative, and may
-            follow ``//`` as in ``unix:///run/zswapd.sock``.
+            follow ``//`` as in ``unix:///run/zswapd.sock``.  None (the
+            default): :func:`default_url`, as the command line.
         token: bearer token, if the daemon wants one.
         batch_pages: pages per request for large stores and loads (default: the
             server's cap, asked once).
@@ -58,7 +103,7 @@ class Client:
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         *,
         token: str | None = None,
         batch_pages: int | None = None,
@@ -67,6 +112,9 @@ class Client:
         if batch_pages is not None and batch_pages < 1:
             raise ValueError("batch_pages must be >= 1")
         self._batch_pages = batch_pages
+        if url is None:
+            url = default_url()
+        self.url = url
         self._wire: WireClient | None = None
         headers = {"authorization": f"Bearer {token}"} if token else {}
         if url.startswith("http+unix:"):
@@ -130,7 +178,10 @@ class Client:
                 code, detail = body["error"], body["detail"]
             except (ValueError, KeyError, TypeError):
                 code, detail = "internal", response.text[:200]
-            cls = error_class(code)
+            cls = error_class(str(code))
+            detail = str(detail)
+            if len(detail) > MAX_DETAIL:  # a server's word, not a page of it
+                detail = detail[:MAX_DETAIL] + "..."
             raise cls(f"{response.status_code}: {detail}")
         return response
 
@@ -162,7 +213,7 @@ class Client:
             for part in self._batches(batch):
                 r = self._request(
                     "POST",
-                    f"/v1/pools/{pool}/pages",
+                    f"/v1/pools/{_seg(pool)}/pages",
                     content=b"".join(part),
                     headers={"content-type": "application/octet-stream"},
                 )
@@ -182,7 +233,7 @@ class Client:
             return self._wire.load(handles, pool)
         out: list[bytes] = []
         for part in self._batches(list(handles)):
-            r = self._request("POST", f"/v1/pools/{pool}/pages:load", json={"handles": part})
+            r = self._request("POST", f"/v1/pools/{_seg(pool)}/pages:load", json={"handles": part})
             data = r.content
             if len(data) != PAGE_SIZE * len(part):
                 raise ZswapdError(f"server sent {len(data)} bytes for {len(part)} pages")
@@ -192,7 +243,7 @@ class Client:
     def load_one(self, handle: int, pool: str = "default") -> bytes:
         if self._wire is not None:
             return self._wire.load([handle], pool)[0]
-        return self._request("GET", f"/v1/pools/{pool}/pages/{handle}").content
+        return self._request("GET", f"/v1/pools/{_seg(pool)}/pages/{handle}").content
 
     def free(self, handles: Sequence[int], pool: str = "default") -> None:
         """Free the pages of ``handles``."""
@@ -200,26 +251,28 @@ class Client:
             self._wire.free(handles, pool)
             return
         for part in self._batches(list(handles)):
-            self._request("POST", f"/v1/pools/{pool}/pages:free", json={"handles": part})
+            self._request("POST", f"/v1/pools/{_seg(pool)}/pages:free", json={"handles": part})
 
     # -- pools ------------------------------------------------------------------------
 
     def stats(self, pool: str = "default") -> dict[str, Any]:
         if self._wire is not None:
             return self._wire.stats(pool)
-        result: dict[str, Any] = self._request("GET", f"/v1/pools/{pool}/stats").json()
+        result: dict[str, Any] = self._request("GET", f"/v1/pools/{_seg(pool)}/stats").json()
         return result
 
     def compact(self, pool: str = "default") -> int:
         if self._wire is not None:
             return self._wire.compact(pool)
-        released: int = self._request("POST", f"/v1/pools/{pool}/compact").json()["pages_released"]
+        released: int = self._request("POST", f"/v1/pools/{_seg(pool)}/compact").json()[
+            "pages_released"
+        ]
         return released
 
     def recompress(self, pool: str = "default", **params: Any) -> dict[str, int]:
         self._http_only("recompress")
         result: dict[str, int] = self._request(
-            "POST", f"/v1/pools/{pool}/recompress", json=params
+            "POST", f"/v1/pools/{_seg(pool)}/recompress", json=params
         ).json()
         return result
 
@@ -244,7 +297,7 @@ class Client:
         if max_pages is not None:
             body["max_pages"] = max_pages
         result: dict[str, Any] = self._request(
-            "POST", f"/v1/pools/{pool}/writeback", json=body
+            "POST", f"/v1/pools/{_seg(pool)}/writeback", json=body
         ).json()
         return result
 
@@ -257,7 +310,7 @@ class Client:
         self._http_only("creating a pool")
         result: dict[str, Any] = self._request(
             "PUT",
-            f"/v1/pools/{name}",
+            f"/v1/pools/{_seg(name)}",
             content=json.dumps(config),
             headers={"content-type": "application/json"},
         ).json()
@@ -267,12 +320,14 @@ class Client:
         """Change settings a pool takes live (limit_bytes, accept_threshold_percent,
         huge_policy, writeback_limit: zram's ``echo N > writeback_limit``)."""
         self._http_only("changing a pool's settings")
-        result: dict[str, Any] = self._request("PATCH", f"/v1/pools/{name}", json=settings).json()
+        result: dict[str, Any] = self._request(
+            "PATCH", f"/v1/pools/{_seg(name)}", json=settings
+        ).json()
         return result
 
     def remove_pool(self, name: str) -> None:
         self._http_only("removing a pool")
-        self._request("DELETE", f"/v1/pools/{name}")
+        self._request("DELETE", f"/v1/pools/{_seg(name)}")
 
     # -- devices (zram's block devices, exported over NBD) ------------------------------
 
@@ -285,19 +340,19 @@ class Client:
         """A new device of ``size`` bytes (a multiple of 4096) over a pool of ``config``."""
         self._http_only("creating a device")
         result: dict[str, Any] = self._request(
-            "PUT", f"/v1/devices/{name}", json={"size": size, **config}
+            "PUT", f"/v1/devices/{_seg(name)}", json={"size": size, **config}
         ).json()
         return result
 
     def remove_device(self, name: str) -> None:
         self._http_only("removing a device")
-        self._request("DELETE", f"/v1/devices/{name}")
+        self._request("DELETE", f"/v1/devices/{_seg(name)}")
 
     def device_stats(self, name: str) -> dict[str, Any]:
         """mm_stat, io_stat, bd_stat and classes of a device (its pool's config is
         in ``stats(name)``: a device's pool has the device's name)."""
         self._http_only("device stats")
-        result: dict[str, Any] = self._request("GET", f"/v1/devices/{name}/stats").json()
+        result: dict[str, Any] = self._request("GET", f"/v1/devices/{_seg(name)}/stats").json()
         return result
 
     def health(self) -> dict[str, Any]:

@@ -67,6 +67,7 @@ __all__ = [
     "Estimate",
     "Reservoir",
     "Row",
+    "check_sample",
     "default_configs",
     "estimate",
     "estimate_sample",
@@ -265,6 +266,23 @@ def parse_config(text: str) -> Config:
     except ConfigError as exc:
         raise ConfigError(f"--compressor {text!r}: {exc}") from None
     return Config(name, level)
+
+
+def check_sample(size: int) -> None:
+    """Refuse a sample that holds fewer than 1 or more than FULL_RUN_MAX_PAGES pages.
+
+    A sample holds its pages raw, and one configuration's pool at a time: at
+    most 1 GiB of pages and a pool of about as much, within FULL_RUN_MAX_HELD.
+    A larger one would be a full run that skips the full run's caps.
+
+    Raises:
+        ConfigError: the size is out of range.
+    """
+    if not 1 <= size <= FULL_RUN_MAX_PAGES:
+        raise ConfigError(
+            f"--sample must be 1 to {FULL_RUN_MAX_PAGES} ({FULL_RUN_MAX_PAGES >> 8} MiB "
+            f"of pages, held), not {size}"
+        )
 
 
 def default_configs() -> tuple[list[Config], list[tuple[str, str]]]:
@@ -501,20 +519,22 @@ def estimate(
     Args:
         pages: 4096-byte pages, read once.
         configs: the configurations, in the order of the rows.
-        sample: keep only a uniform random sample of this many pages and
-            scale; None: every page is stored in every configuration's pool.
+        sample: keep only a uniform random sample of this many pages (1 to
+            FULL_RUN_MAX_PAGES) and scale; None: every page is stored in every
+            configuration's pool.
         seed: the sample's seed (and the timing reservoir's).
         on_pages: called with the number of pages read, as they are read.
         on_config: called as each configuration is measured.
 
     Raises:
-        ConfigError: no pages, no configuration, or a full run past
-            FULL_RUN_MAX_PAGES or FULL_RUN_MAX_HELD.
+        ConfigError: no pages, no configuration, a sample past
+            FULL_RUN_MAX_PAGES, or a full run past FULL_RUN_MAX_PAGES or
+            FULL_RUN_MAX_HELD.
     """
     if not configs:
         raise ConfigError("no compressor to try")
-    if sample is not None and sample < 1:
-        raise ConfigError(f"--sample must be 1 or more, not {sample}")
+    if sample is not None:
+        check_sample(sample)
     rng = random.Random(seed)
     if sample is not None:
         return _estimate_sample(pages, configs, sample, seed, rng, on_pages, on_config)
@@ -640,9 +660,15 @@ def recommend(rows: Sequence[Row]) -> str:
     pick = min(near, key=lambda r: (_cost(r), -r.saved))
     fastest = min(rows, key=lambda r: (_cost(r), -r.saved))
     if pick is not best:
-        return (
+        said = (
             f"{_said(pick)}, within 10% of {best.config.label}'s {_human(best.saved)} "
-            f"at {_us(best)}: {pick.config.label}"
+            f"at {_us(best)}"
+        )
+        if fastest is pick or fastest.saved <= 0:
+            return f"{said}: {pick.config.label}"
+        return (
+            f"{said}; {fastest.config.label} saves {_human(fastest.saved)} at {_us(fastest)}: "
+            f"{pick.config.label}, or {fastest.config.label} if latency matters"
         )
     if fastest is best or fastest.saved <= 0:
         return f"{_said(best)}, the most and the fastest: {best.config.label}"

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 
 from tqdm import tqdm
 
@@ -25,6 +24,7 @@ from zswapd.estimate import (
     Estimate,
     Reservoir,
     Row,
+    check_sample,
     default_configs,
     estimate,
     estimate_sample,
@@ -32,9 +32,9 @@ from zswapd.estimate import (
     parse_config,
     recommend,
 )
+from zswapd.pagefile import PageFile, open_page_file
 from zswapd.pagerefs import PageRef, PageRefs
-from zswapd.pool import PAGE_SIZE
-from zswapd.procmem import read_maps
+from zswapd.procmem import ProcessMemory, open_process
 
 __all__ = ["cmd_estimate", "render"]
 
@@ -46,38 +46,11 @@ _COLUMNS = (
     "±",
     "RATIO",
     "SAVED",
-    "SAME",
+    "ZERO-PAGES",
     "HUGE",
     "COMP-US",
     "DECOMP-US",
 )
-
-
-def _check_pid(pid: int) -> None:
-    """Fail before any page is read: no such process, or no memory to read."""
-    try:
-        read_maps(pid)
-        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
-    except FileNotFoundError:
-        raise ConfigError(f"--pid {pid}: no such process") from None
-    except ProcessLookupError:
-        raise ConfigError(f"--pid {pid}: has no user memory (a kernel thread?)") from None
-    except OSError as exc:
-        raise ConfigError(f"--pid {pid}: cannot read its memory: {exc.strerror}") from None
-    os.close(fd)
-
-
-def _check_file(name: str) -> int:
-    """Pages in a page file; refuses one that is not a regular file of whole pages."""
-    try:
-        st = os.stat(name)
-    except OSError as exc:
-        raise ConfigError(f"{name}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{name}: not a regular file (a page file is 4096-byte pages)")
-    if st.st_size % PAGE_SIZE:
-        raise ConfigError(f"{name}: {st.st_size} bytes is not a whole number of 4096-byte pages")
-    return st.st_size // PAGE_SIZE
 
 
 def _pages(refs: PageRefs) -> Iterator[bytes]:
@@ -111,7 +84,7 @@ def _cell(row: Row, column: str) -> str:
     }.get(column)
     if value is not None:
         return human_size(value)
-    return str(row.same_pages if column == "SAME" else row.huge_pages)
+    return str(row.same_pages if column == "ZERO-PAGES" else row.huge_pages)
 
 
 def render(result: Estimate) -> str:
@@ -143,15 +116,15 @@ def render(result: Estimate) -> str:
 
 
 def _sampled(
-    pids: Sequence[int],
-    files: Sequence[str],
+    processes: Sequence[ProcessMemory],
+    files: Sequence[PageFile],
     configs: Sequence[Config],
     args: argparse.Namespace,
     on_pages: Callable[[int], None],
     on_config: Callable[[Config], None],
 ) -> Estimate:
     """Choose the sample from the page tables, then read only its pages."""
-    refs = PageRefs(pids, files)
+    refs = PageRefs(processes, files)
     reservoir: Reservoir[PageRef] = Reservoir(args.sample, random.Random(args.seed))
     step = 0
     for ref in refs:
@@ -167,21 +140,14 @@ def _sampled(
     )
 
 
-def cmd_estimate(args: argparse.Namespace) -> int:
-    """``zswapd estimate``: what zram would report, per compressor, for these pages."""
-    pids: list[int] = list(dict.fromkeys(args.pid or []))  # a process once, however named
-    files: list[str] = args.files
-    if not pids and not files:
-        raise ConfigError("estimate takes --pid PID (repeatable) or FILE..., or both")
-    if args.compressor:
-        configs = list(dict.fromkeys(parse_config(text) for text in args.compressor))
-        left_out: list[tuple[str, str]] = []
-    else:
-        configs, left_out = default_configs()
-    for pid in pids:
-        _check_pid(pid)
-    file_pages = sum(_check_file(name) for name in files)  # every file, before any is read
-    total = None if pids else file_pages
+def _run(
+    processes: Sequence[ProcessMemory],
+    files: Sequence[PageFile],
+    configs: Sequence[Config],
+    args: argparse.Namespace,
+) -> Estimate:
+    """The estimate of opened sources, with a progress bar on a terminal."""
+    total = None if processes else sum(f.pages for f in files)
     with tqdm(
         total=total, unit="page", desc="reading", disable=args.quiet or None, file=sys.stderr
     ) as bar:
@@ -193,11 +159,30 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             bar.set_description(f"measuring {config.label}")
 
         if args.sample is None:
-            result = estimate(
-                _pages(PageRefs(pids, files)), configs, on_pages=on_pages, on_config=on_config
-            )
-        else:
-            result = _sampled(pids, files, configs, args, on_pages, on_config)
+            pages = _pages(PageRefs(processes, files))
+            return estimate(pages, configs, on_pages=on_pages, on_config=on_config)
+        return _sampled(processes, files, configs, args, on_pages, on_config)
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """``zswapd estimate``: what zram would report, per compressor, for these pages."""
+    pids: list[int] = list(dict.fromkeys(args.pid or []))  # a process once, however named
+    files: list[str] = args.files
+    if not pids and not files:
+        raise ConfigError("estimate takes --pid PID (repeatable) or FILE..., or both")
+    if args.compressor:
+        configs = list(dict.fromkeys(parse_config(text) for text in args.compressor))
+        left_out: list[tuple[str, str]] = []
+    else:
+        configs, left_out = default_configs()
+    if args.sample is not None:
+        check_sample(args.sample)
+    with ExitStack() as opened:
+        # Every source opened, so checked, before any is read; read only
+        # through what was opened (a pid reused, a path replaced, is not).
+        processes = [opened.enter_context(open_process(pid)) for pid in pids]
+        page_files = [opened.enter_context(open_page_file(name)) for name in files]
+        result = _run(processes, page_files, configs, args)
     result.left_out = left_out
     if args.json:
         out = result.to_json()

@@ -18,11 +18,11 @@ swapped out): it is left out and counted in ``vanished``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from zswapd.procmem import PAGE_SIZE, PfnSet, walk_pages
+from zswapd.pagefile import PageFile
+from zswapd.procmem import PAGE_SIZE, PfnSet, ProcessMemory, walk_pages
 
 __all__ = ["PAGE_SIZE", "PageRef", "PageRefs"]
 
@@ -39,51 +39,43 @@ class PageRefs:
     """The pages of processes and page files, as references, and their bytes on demand.
 
     Args:
-        pids: processes (checked by the caller: they exist and have memory).
-        files: page files (checked by the caller: whole pages).
+        processes: processes, opened (and so checked) by the caller.
+        files: page files, opened (and so checked) by the caller.
+
+    Every read goes through the descriptors the caller opened: a pid reused
+    or a path replaced after the check is never read.  The caller closes them.
     """
 
-    def __init__(self, pids: Sequence[int], files: Sequence[str]) -> None:
-        self.pids = list(pids)
+    def __init__(self, processes: Sequence[ProcessMemory], files: Sequence[PageFile]) -> None:
+        self.processes = list(processes)
         self.files = list(files)
         self.vanished = 0
         self._seen = PfnSet()
 
     def __iter__(self) -> Iterator[PageRef]:
-        for i, pid in enumerate(self.pids):
-            yield from self._process(i, pid)
-        for j, name in enumerate(self.files, start=len(self.pids)):
-            size = os.path.getsize(name)
-            for off in range(0, size - size % PAGE_SIZE, PAGE_SIZE):
-                yield PageRef(j, off)
-
-    def _process(self, index: int, pid: int) -> Iterator[PageRef]:
-        for _, address in walk_pages(pid, self._seen):
-            yield PageRef(index, address)
+        for i, process in enumerate(self.processes):
+            for _, address in walk_pages(process, self._seen):
+                yield PageRef(i, address)
+        for j, page_file in enumerate(self.files, start=len(self.processes)):
+            for page in range(page_file.pages):
+                yield PageRef(j, page * PAGE_SIZE)
 
     def read(self, refs: Sequence[PageRef]) -> list[bytes]:
-        """The bytes of ``refs``, in their order; pages gone meanwhile are left out."""
+        """The bytes of ``refs``, in (source, offset) order, not the order given:
+        each source is read front to back.  Pages gone meanwhile (unmapped,
+        the process ended, the file shrank) are left out and counted in
+        ``vanished``.
+        """
         out = []
-        fds: dict[int, int] = {}
-        try:
-            for ref in sorted(refs, key=lambda r: (r.source, r.offset)):
-                fd = fds.get(ref.source)
-                if fd is None:
-                    fd = fds[ref.source] = os.open(self._path(ref.source), os.O_RDONLY)
-                try:
-                    data = os.pread(fd, PAGE_SIZE, ref.offset)
-                except OSError:
-                    data = b""
-                if len(data) != PAGE_SIZE:
-                    self.vanished += 1
-                    continue
-                out.append(data)
-        finally:
-            for fd in fds.values():
-                os.close(fd)
+        for ref in sorted(refs, key=lambda r: (r.source, r.offset)):
+            source = (
+                self.processes[ref.source]
+                if ref.source < len(self.processes)
+                else self.files[ref.source - len(self.processes)]
+            )
+            data = source.read_page(ref.offset)
+            if data is None:
+                self.vanished += 1
+                continue
+            out.append(data)
         return out
-
-    def _path(self, source: int) -> str:
-        if source < len(self.pids):
-            return f"/proc/{self.pids[source]}/mem"
-        return self.files[source - len(self.pids)]

@@ -11,22 +11,49 @@ swapped); a page mapped several times is taken once (by PFN).
 PFNs and page flags need CAP_SYS_ADMIN (root).  Without them the zero-page,
 anonymity and sharing tests cannot be made; every present page of the chosen
 mappings is then taken, and ``ProcessPages.exact`` says so.
+
+What a walk costs is bounded by the pages present, not by the size of the
+mappings: a process may reserve 64 TiB (MAP_NORESERVE) for free, and whoever
+walks it (root, often) must not pay for that.  Mappings with nothing resident
+(``Rss: 0`` in /proc/PID/smaps) are skipped without reading their pagemap;
+the others are read in chunks of :data:`PAGEMAP_CHUNK` entries into one
+reused buffer, so memory stays at half a MiB whatever the mappings.  Time
+still grows with the size of a mapping that has anything resident: its
+pagemap is 2 MiB per GiB mapped, about 2 s per TiB here.
+
+A process is opened once (:func:`open_process`): /proc/PID/mem and
+/proc/PID/pagemap are opened by its pid at that moment, and every later read
+goes through those descriptors, so a pid reused meanwhile cannot swap in
+another process.  (/proc/PID/smaps is read by path at each walk: if the
+process has ended and its pid been reused, those are another's mappings, but
+the old descriptors then read nothing, as the process's memory is gone.)
+The kernel checks the right to read a process at open (ptrace's read mode),
+so a reused pid never gives more than the caller had.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import struct
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import TracebackType
+
+from zswapd.errors import ConfigError
 
 __all__ = [
+    "PAGEMAP_CHUNK",
     "Mapping",
     "PageRecord",
     "PfnSet",
+    "ProcessMemory",
     "ProcessPages",
     "Skipped",
+    "open_process",
     "read_maps",
+    "resident_mappings",
     "swappable_pages",
     "walk_pages",
 ]
@@ -38,6 +65,14 @@ _KPF_ANON = 1 << 12
 _KPF_ZERO_PAGE = 1 << 24
 _SKIP = ("[vvar]", "[vdso]", "[vsyscall]", "[vvar_vclock]")
 _SHARED_ANON = ("/dev/zero (deleted)", "/SYSV", "/memfd:", "/dev/shm/")
+# Pagemap entries read at a time: 512 KiB, the most a walk holds, and large
+# enough that a TiB of holes costs 4096 reads, not millions.
+PAGEMAP_CHUNK = 1 << 16
+# An entry is a native u64; its top byte carries bit 63 (present), so a
+# chunk's present entries are found by a regex over its top bytes, in C
+# (holes are not all zero: a hole's entry may carry soft-dirty, bit 55).
+_TOP_BYTE = 7 if sys.byteorder == "little" else 0
+_PRESENT_TOP = re.compile(rb"[\x80-\xff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,15 +105,34 @@ class PageRecord:
     data: bytes
 
 
+def _mapping(line: str) -> Mapping:
+    parts = line.split(maxsplit=5)
+    lo, hi = (int(x, 16) for x in parts[0].split("-"))
+    return Mapping(lo, hi, parts[1], parts[5].strip() if len(parts) > 5 else "")
+
+
 def read_maps(pid: int) -> list[Mapping]:
     """The mappings of ``pid``."""
-    out = []
     with open(f"/proc/{pid}/maps") as f:
+        return [_mapping(line) for line in f]
+
+
+def resident_mappings(pid: int) -> Iterator[Mapping]:
+    """The mappings of ``pid`` with anything resident (smaps's ``Rss``).
+
+    smaps counts no page of the kernel's shared zero page in Rss, so a mapping
+    only read from is skipped too: the rule leaves those pages out anyway.
+    """
+    current: Mapping | None = None
+    with open(f"/proc/{pid}/smaps") as f:
         for line in f:
-            parts = line.split(maxsplit=5)
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            out.append(Mapping(lo, hi, parts[1], parts[5].strip() if len(parts) > 5 else ""))
-    return out
+            key, _, rest = line.partition(" ")
+            if not key.endswith(":"):
+                current = _mapping(line)  # a header: the line maps has
+            elif key == "Rss:" and current is not None:
+                if int(rest.split()[0]):
+                    yield current
+                current = None
 
 
 class PfnSet:
@@ -118,10 +172,90 @@ class Skipped:
     shared_dup: int = 0
 
 
+class ProcessMemory:
+    """A process opened once: its /proc/PID/mem and /proc/PID/pagemap.
+
+    Made by :func:`open_process`; close it (or use ``with``) when done.
+    """
+
+    def __init__(self, pid: int, mem_fd: int, pagemap_fd: int) -> None:
+        self.pid = pid
+        self.mem_fd = mem_fd
+        self.pagemap_fd = pagemap_fd
+
+    def read_page(self, address: int) -> bytes | None:
+        """The page at ``address``; None if it is gone (unmapped, the process ended)."""
+        try:
+            data = os.pread(self.mem_fd, PAGE_SIZE, address)
+        except OSError:
+            return None
+        return data if len(data) == PAGE_SIZE else None
+
+    def close(self) -> None:
+        for fd in (self.mem_fd, self.pagemap_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.mem_fd = self.pagemap_fd = -1
+
+    def __enter__(self) -> ProcessMemory:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_process(pid: int) -> ProcessMemory:
+    """Open ``pid``'s memory, or say in one line why it cannot be read.
+
+    The one check of a ``--pid`` (push and estimate): it fails before any page
+    is read or stored.
+
+    Raises:
+        ConfigError: no such process, a kernel thread (no user memory), or no
+            right to read it.
+    """
+    fds: list[int] = []
+    try:
+        for name in ("mem", "pagemap"):
+            fds.append(os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC))
+    except BaseException as exc:
+        for fd in fds:
+            os.close(fd)
+        if isinstance(exc, FileNotFoundError):
+            raise ConfigError(f"--pid {pid}: no such process") from None
+        if isinstance(exc, ProcessLookupError):  # /proc/PID is there, its mm is not
+            raise ConfigError(f"--pid {pid}: has no user memory (a kernel thread?)") from None
+        if isinstance(exc, OSError):
+            raise ConfigError(f"--pid {pid}: cannot read its memory: {exc.strerror}") from None
+        raise
+    return ProcessMemory(pid, fds[0], fds[1])
+
+
+def _present(pagemap_fd: int, m: Mapping) -> Iterator[tuple[int, int]]:
+    """(address, pagemap entry) of each present page of ``m``, a chunk at a time."""
+    buf = bytearray(8 * PAGEMAP_CHUNK)
+    entries = memoryview(buf).cast("Q")
+    first = m.start // PAGE_SIZE
+    for lo in range(first, m.end // PAGE_SIZE, PAGEMAP_CHUNK):
+        want = min(PAGEMAP_CHUNK, m.end // PAGE_SIZE - lo)
+        got = os.preadv(pagemap_fd, [entries[:want]], lo * 8) // 8
+        tops = buf[_TOP_BYTE : 8 * got : 8]  # one byte an entry, bit 7 = present
+        for hit in _PRESENT_TOP.finditer(tops):
+            i = hit.start()
+            yield (lo + i) * PAGE_SIZE, entries[i]
+        if got < want:
+            return  # the process ended, or the mapping shrank
+
+
 def walk_pages(
-    pid: int, seen: PfnSet | None = None, skipped: Skipped | None = None
+    process: ProcessMemory, seen: PfnSet | None = None, skipped: Skipped | None = None
 ) -> Iterator[tuple[Mapping, int]]:
-    """(mapping, address) of every page swap would see in ``pid``, by the rule
+    """(mapping, address) of every page swap would see in ``process``, by the rule
     above, from the page tables alone (no page is read).
 
     ``seen`` carries the PFNs met across several walks, so that a page mapped
@@ -131,32 +265,27 @@ def walk_pages(
     skipped = Skipped() if skipped is None else skipped
     flags_fd = _open_or_none("/proc/kpageflags")
     try:
-        with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pagemap:
-            for m in read_maps(pid):
-                if not m.wanted:
-                    continue
-                n = (m.end - m.start) // PAGE_SIZE
-                raw = os.pread(pagemap.fileno(), 8 * n, m.start // PAGE_SIZE * 8)
-                for i, entry in enumerate(struct.unpack(f"<{len(raw) // 8}Q", raw)):
-                    if not entry & _PRESENT:
+        for m in resident_mappings(process.pid):
+            if not m.wanted:
+                continue
+            for address, entry in _present(process.pagemap_fd, m):
+                pfn = entry & _PFN_MASK
+                if pfn and flags_fd is not None:
+                    raw_flags = os.pread(flags_fd, 8, pfn * 8)
+                    if len(raw_flags) != 8:
+                        continue  # past the end of RAM (a device's memory)
+                    skipped.exact = True
+                    (flags,) = struct.unpack("=Q", raw_flags)
+                    if flags & _KPF_ZERO_PAGE:
+                        skipped.zero += 1
                         continue
-                    pfn = entry & _PFN_MASK
-                    if pfn and flags_fd is not None:
-                        raw_flags = os.pread(flags_fd, 8, pfn * 8)
-                        if len(raw_flags) != 8:
-                            continue  # past the end of RAM (a device's memory)
-                        skipped.exact = True
-                        (flags,) = struct.unpack("<Q", raw_flags)
-                        if flags & _KPF_ZERO_PAGE:
-                            skipped.zero += 1
-                            continue
-                        if m.private and not flags & _KPF_ANON:
-                            skipped.file += 1
-                            continue
-                        if not seen.add(pfn):
-                            skipped.shared_dup += 1
-                            continue
-                    yield m, m.start + i * PAGE_SIZE
+                    if m.private and not flags & _KPF_ANON:
+                        skipped.file += 1
+                        continue
+                    if not seen.add(pfn):
+                        skipped.shared_dup += 1
+                        continue
+                yield m, address
     finally:
         if flags_fd is not None:
             os.close(flags_fd)
@@ -164,14 +293,14 @@ def walk_pages(
 
 @dataclass
 class ProcessPages:
-    """Iterate the swappable pages of a process, with their bytes.
+    """Iterate the swappable pages of an opened process, with their bytes.
 
     Attributes:
         skipped: what the walk left out (``skipped.exact``: the whole rule applied).
         unreadable: pages gone between the walk and the read.
     """
 
-    pid: int
+    process: ProcessMemory
     limit: int | None = None
     skipped: Skipped = field(default_factory=Skipped)
     unreadable: int = 0
@@ -182,28 +311,25 @@ class ProcessPages:
 
     def __iter__(self) -> Iterator[PageRecord]:
         taken = 0
-        with open(f"/proc/{self.pid}/mem", "rb", buffering=0) as mem:
-            for m, address in walk_pages(self.pid, skipped=self.skipped):
-                try:
-                    data = os.pread(mem.fileno(), PAGE_SIZE, address)
-                except OSError:
-                    data = b""
-                if len(data) != PAGE_SIZE:
-                    self.unreadable += 1
-                    continue
-                yield PageRecord(address, m.path, data)
-                taken += 1
-                if self.limit is not None and taken >= self.limit:
-                    return
+        for m, address in walk_pages(self.process, skipped=self.skipped):
+            data = self.process.read_page(address)
+            if data is None:
+                self.unreadable += 1
+                continue
+            yield PageRecord(address, m.path, data)
+            taken += 1
+            if self.limit is not None and taken >= self.limit:
+                return
 
 
 def _open_or_none(path: str) -> int | None:
     try:
-        return os.open(path, os.O_RDONLY)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
 
 
 def swappable_pages(pid: int, limit: int | None = None) -> list[PageRecord]:
     """Every page swap would see in ``pid`` (up to ``limit``), in address order."""
-    return list(ProcessPages(pid, limit))
+    with open_process(pid) as process:
+        return list(ProcessPages(process, limit))

@@ -27,7 +27,7 @@ import prometheus_client
 import uvicorn
 
 from zswapd import __version__
-from zswapd.cli_format import algorithm, human, limit
+from zswapd.cli_format import algorithm, count, human, limit
 from zswapd.config import PoolConfig
 from zswapd.device import DeviceRegistry
 from zswapd.errors import ConfigError
@@ -37,7 +37,7 @@ from zswapd.limits import registry_for
 from zswapd.malloc import trim_when_idle
 from zswapd.nbd_server import NbdSettings, start_nbd_server
 from zswapd.offload import run_in_thread, thread_jobs
-from zswapd.pool import LIVE_SETTINGS, PagePool
+from zswapd.pool import LIVE_SETTINGS, PAGE_SIZE, PagePool
 from zswapd.pools import PoolRegistry
 from zswapd.settings import ServerSettings
 from zswapd.state import SUFFIX, load_state_dir, save_state_dir
@@ -172,7 +172,7 @@ class _Saver:
         skip = set(self.devices.names())  # after names(): a device made between is skipped
         pools = [self.registry.get(n) for n in names if n not in skip]
         written = save_state_dir(pools, self.directory, preserve=self.preserve)
-        log.info("saved %d pools to %s", len(written), self.directory)
+        log.info("saved %s to %s", count(len(written), "pool"), self.directory)
 
     async def periodic(self) -> None:
         while True:
@@ -325,6 +325,24 @@ def _remove_client_files(registry: PoolRegistry, devices: DeviceRegistry, saved:
             log.info("removed %s, the backing file of %s", pool.backing.path, name)
 
 
+def _limits_line(settings: ServerSettings, registry: PoolRegistry, token: str | None) -> str:
+    """What bounds every client: the server-wide memory limit (as given and in
+    bytes), the pool cap, and whether a token is asked for."""
+    limit_pages = registry.budget.limit_pages if registry.budget is not None else None
+    given = str(settings.memory_limit).strip()
+    if not limit_pages:
+        memory = "none"
+    elif given.endswith("%"):
+        memory = f"{human(limit_pages * PAGE_SIZE)} ({given} of RAM)"
+    else:
+        memory = human(limit_pages * PAGE_SIZE)
+    return (
+        f"zswapd: memory limit {memory} for all pools and devices together, "
+        f"max pools and devices {settings.max_pools}; "
+        + ("a token is required" if token is not None else "no token required (none set)")
+    )
+
+
 def _inventory(registry: PoolRegistry, devices: DeviceRegistry) -> list[str]:
     """The banner's first lines: the version, then each pool and device as configured."""
     device_names = set(devices.names())
@@ -334,7 +352,7 @@ def _inventory(registry: PoolRegistry, devices: DeviceRegistry) -> list[str]:
             continue
         pool = registry.get(name)
         cfg = pool.config.to_dict()
-        restored = f", {pool.stored_pages} pages restored" if pool.stored_pages else ""
+        restored = f", {count(pool.stored_pages, 'page')} restored" if pool.stored_pages else ""
         lines.append(
             f"zswapd: pool {name}: {algorithm(cfg)}, {cfg['allocator']}, "
             f"limit {limit(cfg)}{restored}"
@@ -396,7 +414,7 @@ def serve(settings: ServerSettings) -> int:
         for pool in restored:
             registry.adopt(pool)
             _apply_given_settings(pool, settings, pool_configs.get(pool.name), state_dir)
-            log.info("restored pool %s: %d pages", pool.name, pool.stored_pages)
+            log.info("restored pool %s: %s", pool.name, count(pool.stored_pages, "page"))
     for name, pool_config in pool_configs.items():
         if name not in registry:
             registry.create(name, pool_config)
@@ -426,6 +444,7 @@ def serve(settings: ServerSettings) -> int:
         # Printed once every frontend listens: what is served, and where (real
         # addresses: the port bound for port 0, absolute socket paths).
         ready = _inventory(registry, devices)
+        ready.insert(1, _limits_line(settings, registry, token))
         app = create_app(
             registry,
             ApiSettings(max_pages_per_request=settings.max_pages_per_request, token=token),

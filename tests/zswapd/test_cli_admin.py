@@ -10,9 +10,11 @@ saying, once up, what it serves and at which real addresses.
 from __future__ import annotations
 
 import argparse
+import http.server
 import json
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -123,17 +125,17 @@ def test_stats_prints_a_zramctl_row_per_pool_and_device(served: tuple[Daemon, Pa
         "NAME": "sumry",
         "ALGORITHM": "lz4",
         "DISKSIZE": "-",
-        "LIMIT": "8M",
+        "MEM-LIMIT": "8M",
         "DATA": "180K",  # 45 pages
         "COMPR": human(mm["compr_data_size"]),
         "TOTAL": human(total),
-        "SAME": "3",
+        "ZERO-PAGES": "3",
         "HUGE": "2",
         "RATIO": f"{data / total:.2f}",
         "SAVED": human(data - total),
     }
     # zstd at its default level says 3; the device is a row of its own, with its size.
-    assert rows["default"]["ALGORITHM"] == "zstd:3" and rows["default"]["LIMIT"] == "none"
+    assert rows["default"]["ALGORITHM"] == "zstd:3" and rows["default"]["MEM-LIMIT"] == "none"
     assert rows["zram0"]["DISKSIZE"] == "64M" and rows["zram0"]["ALGORITHM"] == "lz4"
     assert list(rows).count("zram0") == 1  # a device's pool is not listed twice
     # One pool: its row, then the kernel's figures under the kernel's names.
@@ -195,7 +197,7 @@ def test_pools_list_shows_each_pools_settings_and_size(served: tuple[Daemon, Pat
         "ALGORITHM": "lz4hc:9",
         "ALLOCATOR": "zbud",
         "CHAIN": "8",
-        "LIMIT": "16M",
+        "MEM-LIMIT": "16M",
         "HUGE": "reject",
         "WRITEBACK": "-",  # no backing file
         "PAGES": "7",
@@ -246,15 +248,204 @@ def test_each_subcommand_has_its_own_help_and_only_its_options() -> None:
 def test_compressor_choices_are_what_is_installed() -> None:
     installed = compressors.available()
     for path, flag in [
-        (("serve",), "--compressor"),
         (("serve",), "--recompress-algo"),
-        (("pools", "create"), "--compressor"),
         (("pools", "create"), "--recompress-algo"),
-        (("devices", "create"), "--compressor"),
         (("recompress",), "--algo"),
     ]:
         (action,) = [a for a in _subparser(*path)._actions if flag in a.option_strings]
         assert list(action.choices or ()) == installed, (path, flag)
+    # --compressor takes NAME[:LEVEL], as estimate names them: NAME among the installed.
+    for path in [("serve",), ("pools", "create"), ("devices", "create")]:
+        (action,) = [a for a in _subparser(*path)._actions if "--compressor" in a.option_strings]
+        assert action.type is not None and callable(action.type)
+        for name in installed:
+            assert action.type(name) == (name, None)
+        with pytest.raises(argparse.ArgumentTypeError, match=", ".join(installed)):
+            action.type("nosuch:3")
+
+
+def test_compressor_takes_a_level_as_estimate_recommends_it(served: tuple[Daemon, Path]) -> None:
+    d, _ = served
+    made = _ok("pools", "create", "z9", "--compressor", "zstd:9", url=d.url)
+    assert made == "created pool z9: zstd:9, zsmalloc, limit none\n"  # one line, as devices'
+    assert _stats(d, "z9")["config"]["level"] == 9  # type: ignore[index]
+    # --level still works, and agreeing with NAME:LEVEL is no conflict.
+    same = _ok("pools", "create", "z9b", "--compressor", "zstd:9", "--level", "9", url=d.url)
+    assert same.startswith("created pool z9b: zstd:9,")
+    negative = _ok("pools", "create", "zm1", "--compressor", "zstd:-1", url=d.url)
+    assert negative.startswith("created pool zm1: zstd:-1,")
+    device = _ok("devices", "create", "zram7", "--size", "4M", "--compressor", "lz4hc:4", url=d.url)
+    assert device.startswith("created device zram7: 4M, lz4hc:4, zsmalloc,")
+    assert _ok("devices", "remove", "zram7", url=d.url)
+    # Refused in one line, before any request: two levels, a level not a number,
+    # a name not installed (the line lists what is).
+    before = set(json.loads(_ok("pools", "list", "--json", url=d.url)))
+    conflict = run_cli(
+        "pools", "create", "zx", "--compressor", "zstd:3", "--level", "9", "--url", d.url
+    )
+    _one_line_failure(conflict, 1, "zswapd pools create:", "zstd:3", "--level 9")
+    _one_line_failure(
+        run_cli("pools", "create", "zx", "--compressor", "zstd:high", "--url", d.url),
+        2,
+        "whole number",
+    )
+    _one_line_failure(
+        run_cli(
+            "devices", "create", "zx", "--size", "4M", "--compressor", "zstdd:3", "--url", d.url
+        ),
+        2,
+        "zswapd devices create:",
+        ", ".join(compressors.available()),
+    )
+    assert set(json.loads(_ok("pools", "list", "--json", url=d.url))) == before
+    for name in ("z9", "z9b", "zm1"):
+        assert _ok("pools", "remove", name, url=d.url)
+
+
+def test_pools_create_and_set_say_one_line_and_json_on_request(
+    served: tuple[Daemon, Path],
+) -> None:
+    d, _ = served
+    said = _ok("pools", "create", "said", "--compressor", "lz4", "--pool-limit", "16M", url=d.url)
+    assert said == "created pool said: lz4, zsmalloc, limit 16M\n"
+    changed = _ok("pools", "set", "said", "--pool-limit", "8M", url=d.url)
+    assert changed == "changed pool said: lz4, zsmalloc, limit 8M, huge store\n"
+    as_json = json.loads(
+        _ok("pools", "set", "said", "--huge-policy", "reject", "--json", url=d.url)
+    )
+    assert as_json["pool"] == "said" and as_json["config"]["huge_policy"] == "reject"
+    made = json.loads(_ok("pools", "create", "said2", "--json", url=d.url))
+    assert made["config"]["compressor"] == "zstd"
+    for name in ("said", "said2"):
+        assert _ok("pools", "remove", name, url=d.url)
+
+
+# -- a server that is not what it says ---------------------------------------------------
+
+ESC = "\x1b"
+HOSTILE = f"ok{ESC}[2J{ESC}]0;owned{chr(7)}"
+
+
+class _FakeZswapd(http.server.BaseHTTPRequestHandler):
+    """Answers as zswapd's API is shaped, with escape sequences in every string."""
+
+    def do_GET(self) -> None:
+        path = self.path
+        config = {
+            "compressor": f"lz4{ESC}[31m",
+            "level": None,
+            "allocator": f"zs{ESC}[5m",
+            "chain_size": 8,
+            "limit_bytes": 0,
+            "huge_policy": f"store{ESC}[8m",
+            "writeback": "manual",
+            "backing_file": None,
+        }
+        mm = dict.fromkeys(
+            [
+                "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit",
+                "mem_used_max", "same_pages", "pages_compacted", "huge_pages", "huge_pages_since",
+            ],
+            0,
+        )  # fmt: skip
+        stats = {
+            "pool": HOSTILE,
+            "config": config,
+            "huge_class_size": 3625,
+            "mm_stat": {**mm, f"evil{ESC}[1m": f"v{ESC}[1m"},
+            "zswap": {"stored_pages": f"0{ESC}[31m"},
+            "classes": [],
+            "size": 4096,
+            "io_stat": {"failed_reads": 0},
+        }
+        if path == "/v1/pools":
+            body: object = {"pools": [HOSTILE, f"x{ESC}[31m"]}
+        elif path == "/v1/devices":
+            body = {"devices": [f"d{ESC}[2J"]}
+        elif path.endswith("/broken/stats"):  # JSON, not shaped as zswapd's
+            body = {**stats, "mm_stat": dict.fromkeys(mm, f"x{ESC}[2J")}
+        elif path.endswith("/stats"):
+            body = stats
+        elif path == "/healthz":
+            body = {"status": "ok"}
+        else:
+            self._answer(404, {"error": "unknown_pool", "detail": f"no{ESC}[2J pool"})
+            return
+        self._answer(200, body)
+
+    def do_POST(self) -> None:
+        if self.path.endswith("/writeback"):
+            stop = {"stopped": f"io{ESC}[31m", "error": f"e{ESC}]0;t{chr(7)}"}
+            body = {"written_back": f"1{ESC}[2J", "candidates": 1, "writeback_limit": None}
+            self._answer(200, {**body, **stop})
+        elif self.path.endswith("/recompress"):
+            figures = ["recompressed", "candidates", "bytes_saved", "not_smaller", "alloc_failed"]
+            self._answer(200, dict.fromkeys(figures, f"9{ESC}[2J"))
+        else:
+            detail = f"no pool {ESC}]0;pwned{chr(7)}" + "!" * 100_000
+            self._answer(404, {"error": "unknown_pool", "detail": detail})
+
+    def do_DELETE(self) -> None:
+        self.do_POST()
+
+    def _answer(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeZswapd)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["stats"],
+        ["stats", "--pool", HOSTILE],
+        ["pools", "list"],
+        ["devices", "list"],
+        ["devices", "stats", f"d{ESC}[2J"],
+        ["compact", "--pool", HOSTILE],
+        ["pools", "remove", HOSTILE],
+        ["stats", "--pool", "broken"],
+        ["writeback", "--pool", "p", "--type", "huge"],
+        ["recompress", "--pool", "p", "--type", "huge"],
+    ],
+    ids=lambda a: "-".join(x for x in a if ESC not in x),
+)
+def test_a_hostile_server_cannot_drive_the_terminal(fake_server: str, argv: list[str]) -> None:
+    """Whatever a server sends comes out escaped, and never as a traceback."""
+    result = run_cli(*argv, "--url", fake_server)
+    assert ESC not in result.stdout and ESC not in result.stderr and chr(7) not in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr) < 1200  # a 100 KB error detail is cut
+    if result.returncode != 0 and argv[0] != "writeback":  # a stopped writeback: exit 1
+        assert result.stderr.count("\n") == 1, result.stderr
+    if "broken" in argv:
+        assert result.returncode == 1 and "did not answer as zswapd's" in result.stderr
+    elif argv[0] in ("stats", "writeback", "recompress") or argv[:2] == ["pools", "list"]:
+        assert result.returncode == (argv[0] == "writeback"), result  # it stopped early
+        assert "\\x1b" in result.stdout, result  # said, escaped
+
+
+def test_a_url_httpx_refuses_is_one_line() -> None:
+    for url in (f"http://127.0.0.1:1/{ESC}[31m", f"http://exa{ESC}mple:1"):
+        result = run_cli("stats", "--url", url)
+        _one_line_failure(result, 1, "invalid URL")
+        assert ESC not in result.stderr
 
 
 # -- devices, compact ---------------------------------------------------------------------
@@ -263,7 +454,8 @@ def test_compressor_choices_are_what_is_installed() -> None:
 def test_devices_create_list_stats_remove(served: tuple[Daemon, Path]) -> None:
     d, where = served
     created = _ok("devices", "create", "zram9", "--size", "8M", "--compressor", "zstd", url=d.url)
-    assert created == "created device zram9: 8M, zstd:3, limit none (NBD export 'zram9')\n"
+    said = "created device zram9: 8M, zstd:3, zsmalloc, limit none (NBD export 'zram9')\n"
+    assert created == said
     with open_device(str(where / "nbd.sock"), "zram9") as s:
         for i in range(5):
             request(s, Cmd.WRITE, i * PAGE, PAGE, text_page(300 + i))
@@ -310,8 +502,14 @@ def test_unix_path_urls_are_accepted_as_serve_takes_them(tmp_path: Path) -> None
         # The banner gives the absolute HTTP socket.
         assert d.url == f"http+unix://{tmp_path / 'http.sock'}"
         for url in ("unix:wire.sock", f"unix:{tmp_path}/wire.sock", f"unix://{tmp_path}/wire.sock"):
-            out = _ok("stats", url=url, cwd=tmp_path)  # the wire shows the default pool
-            assert list(_rows(out)) == ["default"], url
+            # The wire shows the default pool, and says so on stderr.
+            shown = run_cli("stats", "--url", url, cwd=tmp_path)
+            assert shown.returncode == 0 and list(_rows(shown.stdout)) == ["default"], url
+            assert shown.stderr == (
+                "note: wire protocol: the default pool only; use the HTTP API for every "
+                "pool and device\n"
+            )
+            assert not shown.stdout.endswith("\n\n")  # no stray blank line
         with Client(f"unix:{tmp_path}/wire.sock") as c:
             assert c.stats()["pool"] == "default"
         for url in ("http+unix:http.sock", f"http+unix://{tmp_path}/http.sock"):
@@ -322,7 +520,7 @@ def test_unix_path_urls_are_accepted_as_serve_takes_them(tmp_path: Path) -> None
         # What the wire protocol cannot do says so, in one line.
         for argv in (("pools", "list"), ("devices", "list")):
             result = run_cli(*argv, "--url", "unix:wire.sock", cwd=tmp_path)
-            _one_line_failure(result, 1, f"zswapd {argv[0]}:", "needs the HTTP API")
+            _one_line_failure(result, 1, f"zswapd {' '.join(argv)}:", "needs the HTTP API")
         with pytest.raises(ValueError, match="names no socket path"):
             Client("unix:")
     finally:
@@ -336,6 +534,10 @@ def test_serve_prints_its_pools_devices_and_real_addresses(served: tuple[Daemon,
     d, where = served
     said = [line.removeprefix("zswapd: ") for line in d.log]
     assert "pool default: zstd:3, zsmalloc, limit none" in said
+    # The server-wide bound every client meets, and whether it asks for a token.
+    (limits,) = [x for x in said if x.startswith("memory limit ")]
+    assert "(20% of RAM) for all pools and devices together" in limits
+    assert limits.endswith("; no token required (none set)")
     assert "device zram0: 64M, lz4, limit none" in said
     assert f"serving the wire protocol on unix://{where / 'wire.sock'}" in said
     # HTTP last: a parent waiting for it knows every other frontend is up.
@@ -356,6 +558,28 @@ def test_serve_prints_its_pools_devices_and_real_addresses(served: tuple[Daemon,
     if shutil.which("nbdinfo"):
         info = subprocess.run(["nbdinfo", "--size", nbd], capture_output=True, text=True)
         assert info.returncode == 0 and info.stdout.strip() == str(64 << 20), info
+
+
+def test_serve_says_its_memory_limit_and_token_and_counts_in_words(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o600)
+    state = tmp_path / "state"
+    d = start_daemon(
+        *("--memory-limit", "64M", "--auth-token-file", str(token), "--state-dir", str(state)),
+        *("--compressor", "zstd:1"),  # NAME:LEVEL, as pools create takes it
+    )
+    try:
+        said = [line.removeprefix("zswapd: ") for line in d.log]
+        assert "pool default: zstd:1, zsmalloc, limit none" in said
+        assert (
+            "memory limit 64M for all pools and devices together, max pools and devices 64; "
+            "a token is required"
+        ) in said
+    finally:
+        assert d.stop() == 0
+    said = [line.removeprefix("zswapd: ") for line in d.log]
+    assert f"saved 1 pool to {state}" in said, said  # not "1 pools"
 
 
 def test_serve_on_nbd_port_0_prints_the_port_it_bound() -> None:

@@ -397,7 +397,7 @@ def test_cli_push_fetch_free_stats_pools(
     assert "orig_data_size=2867200" in stats.stdout and "obj_allocated" in stats.stdout
     as_json = json.loads(run_cli("stats", "--pool", "cli", "--json", *url).stdout)
     assert as_json["mm_stat"]["orig_data_size"] == 700 * 4096
-    assert run_cli("free", str(handles), *url).returncode == 0
+    assert run_cli("free", str(handles), "--keep", *url).returncode == 0
     again = run_cli("fetch", str(handles), "-o", str(out), *url)
     assert again.returncode == 1 and "no page stored" in again.stderr
     listed = run_cli("pools", "list", *url)

@@ -9,6 +9,7 @@ failures, a progress bar only on a terminal, silence under ``| head``.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -18,6 +19,7 @@ import struct
 import subprocess
 import sys
 import termios
+import tracemalloc
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +28,14 @@ import pytest
 
 from tests.conftest import corpus_or_skip
 from tests.zswapd.daemon import CHECKOUT, Daemon, run_cli, start_daemon
+from zswapd import cli
 from zswapd import estimate as est
 from zswapd.client import Client
 from zswapd.corpus import load_pages
 from zswapd.errors import ConfigError
+from zswapd.pagefile import open_page_file
+from zswapd.pagerefs import PageRefs
+from zswapd.procmem import Mapping, open_process, read_maps, resident_mappings, walk_pages
 
 MM = ("orig_data_size", "compr_data_size", "mem_used_total", "same_pages", "huge_pages")
 
@@ -224,7 +230,9 @@ def test_pid_sample_of_every_page_reads_what_a_full_run_reads(
     # every page (procmem): the same rule must pick the same pages.
     pid = str(child.pid)
     full = _estimate_json("--pid", pid, "--compressor", "lz4")
-    whole = _estimate_json("--pid", pid, "--compressor", "lz4", "--sample", "1000000")
+    whole = _estimate_json(
+        "--pid", pid, "--compressor", "lz4", "--sample", str(est.FULL_RUN_MAX_PAGES)
+    )
     assert whole["sample"] is None and whole["pages"] == full["pages"]
     a, b = _rows(full)["lz4"], _rows(whole)["lz4"]
     assert {k: a[k] for k in MM} == {k: b[k] for k in MM}
@@ -335,7 +343,7 @@ def test_table_and_recommendation(process_pages: list[bytes], tmp_path: Path) ->
     result = run_cli("estimate", str(src), "--compressor", "lz4", "--compressor", "zstd:3")
     assert result.returncode == 0 and result.stderr == "", result.stderr
     lines = result.stdout.splitlines()
-    header = "ALGORITHM DATA COMPR TOTAL ± RATIO SAVED SAME HUGE COMP-US DECOMP-US"
+    header = "ALGORITHM DATA COMPR TOTAL ± RATIO SAVED ZERO-PAGES HUGE COMP-US DECOMP-US"
     assert lines[0].split() == header.split()
     assert lines[1].split()[:2] == ["lz4", "3.1M"]  # 800 pages, as zramctl writes it
     assert lines[2].split()[0] == "zstd:3"
@@ -367,11 +375,167 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     assert run_cli("estimate", str(page), "--sample", "0").returncode == 2  # argparse's
 
 
+def test_out_of_memory_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # A real MemoryError cannot be provoked here: a pool reserves 64 GiB of
+    # address space up front, so an RLIMIT_AS low enough to exhaust Python's
+    # heap stops the pool's creation first (ENOMEM, an OSError: one line too).
+    def exhausted(args: argparse.Namespace) -> int:
+        raise MemoryError
+
+    for command in ("estimate", "push"):
+        args = argparse.Namespace(command=command, func=exhausted)
+        assert cli._dispatch(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"zswapd {command}: out of memory") and err.count("\n") == 1, err
+
+
 def test_kernel_thread_has_no_memory_to_read() -> None:
     comm = Path("/proc/2/comm")
     if not comm.exists() or comm.read_text().strip() != "kthreadd":
         pytest.skip("pid 2 is not kthreadd here (a pid namespace)")
     _one_line_failure(run_cli("estimate", "--pid", "2"), "--pid 2", "no user memory")
+
+
+# -- bounded by the pages present, whatever the mappings ------------------------------
+
+# A process that reserves 1 TiB (MAP_NORESERVE: free until touched), touches
+# TOUCHED pages of it, and reserves 1 TiB more that it never touches.
+_RESERVING = r"""
+import mmap, sys
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # Linux's value
+TIB = 1 << 40
+big = mmap.mmap(-1, TIB, flags=mmap.MAP_PRIVATE | MAP_NORESERVE)
+# Read-only, so that the kernel does not merge it with the other into one mapping.
+idle = mmap.mmap(-1, TIB, flags=mmap.MAP_PRIVATE | MAP_NORESERVE, prot=mmap.PROT_READ)
+offsets = [0, 1 << 30, 1 << 38, TIB - 4096]
+for i, off in enumerate(offsets):
+    big[off : off + 4096] = bytes([i + 1]) * 4096
+print(" ".join(str(off) for off in offsets), flush=True)
+sys.stdin.read()
+"""
+TIB = 1 << 40
+
+
+@pytest.fixture(scope="module")
+def reserving() -> Iterator[tuple[int, list[int]]]:
+    """(pid, offsets touched in its 1 TiB reservation)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RESERVING], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        offsets = [int(x) for x in proc.stdout.readline().split()]
+        assert offsets, "the child could not reserve 1 TiB"
+        yield proc.pid, offsets
+    finally:
+        _reap([proc])
+
+
+def _reservations(pid: int) -> list[Mapping]:
+    return [m for m in read_maps(pid) if m.end - m.start == TIB]
+
+
+def test_walk_of_a_huge_reservation_holds_little_and_finds_the_touched_pages(
+    reserving: tuple[int, list[int]],
+) -> None:
+    pid, offsets = reserving
+    big, idle = sorted(_reservations(pid), key=lambda m: m.perms, reverse=True)
+    assert (big.perms, idle.perms) == ("rw-p", "r--p")
+    tracemalloc.start()
+    try:
+        with open_process(pid) as process:
+            found = [a for m, a in walk_pages(process) if m.start in (big.start, idle.start)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The whole pagemap of 1 TiB is 2 GiB; a walk reads it half a MiB at a time.
+    assert peak < 4 << 20, peak
+    assert found == [big.start + off for off in offsets]
+
+
+def test_untouched_reservation_is_skipped_unread(reserving: tuple[int, list[int]]) -> None:
+    pid, _ = reserving
+    big, idle = sorted(_reservations(pid), key=lambda m: m.perms, reverse=True)
+    resident = {m.start for m in resident_mappings(pid)}
+    assert big.start in resident and idle.start not in resident  # its pagemap is never read
+
+
+def test_estimate_pid_of_a_huge_reservation_is_bounded(
+    reserving: tuple[int, list[int]], tmp_path: Path
+) -> None:
+    pid, offsets = reserving
+    page = _page_file(tmp_path, [b"\1" * 4096])
+
+    def peak_rss_kib(*args: str) -> int:
+        # A parent of its own: RUSAGE_CHILDREN is then this one command's peak.
+        code = (
+            "import resource, subprocess, sys; "
+            "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+            "print(r.stderr, file=sys.stderr)"
+        )
+        argv = [sys.executable, "-m", "zswapd.cli", "estimate", "-q", "--json", *args]
+        env = {**os.environ, "PYTHONPATH": str(CHECKOUT)}
+        out = subprocess.run(
+            [sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env
+        )
+        code_text, rss = out.stdout.split()
+        assert code_text == "0", out.stderr
+        return int(rss)
+
+    small = peak_rss_kib(str(page), "--compressor", "lz4")
+    huge = peak_rss_kib("--pid", str(pid), "--compressor", "lz4")
+    # Before: the mapping's whole pagemap (2 GiB) in one read, then unpacked.
+    assert huge - small < 64 << 10, (small, huge)  # KiB; here 37 and 46 MiB
+    row = _rows(_estimate_json("--pid", str(pid), "--compressor", "lz4"))["lz4"]
+    assert row["orig_data_size"] >= len(offsets) * 4096  # type: ignore[operator]
+
+
+# -- a sample is no way around the full run's caps ----------------------------------
+
+
+def test_sample_past_the_full_run_cap_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(est, "FULL_RUN_MAX_PAGES", 512)
+    pages = [bytes([i % 251 + 1]) * 4096 for i in range(1000)]
+    # A sample of every page would hold them all, raw: the cap a full run has.
+    with pytest.raises(ConfigError, match="--sample must be 1 to 512"):
+        est.estimate(pages, [est.Config("lz4")], sample=1000)
+    assert est.estimate(pages, [est.Config("lz4")], sample=512).sample == 512
+    monkeypatch.undo()  # the command line, at the real cap
+    page = _page_file(tmp_path, pages[:1])
+    over = run_cli("estimate", str(page), "--sample", str(est.FULL_RUN_MAX_PAGES + 1))
+    _one_line_failure(over, "--sample", str(est.FULL_RUN_MAX_PAGES))
+
+
+# -- page files: the file checked is the file read ------------------------------------
+
+
+def test_page_file_is_read_through_the_descriptor_checked(tmp_path: Path) -> None:
+    path = _page_file(tmp_path, [b"\1" * 4096, b"\2" * 4096], "mine.pages")
+    other = _page_file(tmp_path, [b"\3" * 4096] * 3, "other.pages")
+    with open_page_file(str(path)) as page_file:
+        os.replace(other, path)  # the path now names another file
+        refs = PageRefs([], [page_file])
+        pages = refs.read(list(refs))
+    assert pages == [b"\1" * 4096, b"\2" * 4096]
+
+
+def test_page_file_that_is_a_link_fifo_or_device_is_refused_at_once(tmp_path: Path) -> None:
+    real = _page_file(tmp_path, [b"\1" * 4096], "real.pages")
+    link = tmp_path / "link.pages"
+    link.symlink_to(real)
+    fifo = tmp_path / "fifo.pages"
+    os.mkfifo(fifo)
+    # A FIFO with no writer would block an open (or a read) forever: the
+    # timeout only keeps a regression from hanging the suite.
+    for path, words in (
+        (link, ("link.pages", "symbolic link")),
+        (fifo, ("fifo.pages", "not a regular file")),
+        (Path("/dev/zero"), ("/dev/zero", "not a regular file")),
+    ):
+        _one_line_failure(run_cli("estimate", str(path), timeout=60), *words)
 
 
 def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
@@ -429,3 +593,31 @@ def test_estimate_into_head_is_silent(tmp_path: Path, head: str) -> None:
     assert result.returncode == 0
     assert result.stdout == ("" if head.endswith("0") else result.stdout.splitlines()[0] + "\n")
     assert result.stderr == ""
+
+
+def _row(label: str, saved_mib: int, us: float) -> est.Row:
+    name, _, level = label.partition(":")
+    mib = 1 << 20
+    return est.Row(
+        est.Config(name, int(level) if level else None),
+        1000 * mib,
+        0,
+        (1000 - saved_mib) * mib,
+        0,
+        0,
+        us,
+        1.0,
+    )
+
+
+def test_the_recommendation_names_the_cheapest_whenever_it_is_not_the_pick() -> None:
+    # zstd:1 is within 10% of zstd:9 and cheaper: picked; lz4, cheaper still, is
+    # named for latency whether the pick is the best saver or not.
+    rows = [_row("lz4", 600, 2.0), _row("zstd:1", 760, 13.0), _row("zstd:9", 800, 110.0)]
+    said = est.recommend(rows)
+    assert said.endswith(": zstd:1, or lz4 if latency matters"), said
+    rows = [_row("lz4", 600, 2.0), _row("zstd:9", 800, 110.0)]
+    assert est.recommend(rows).endswith(": zstd:9, or lz4 if latency matters")
+    rows = [_row("lz4", 780, 2.0), _row("zstd:9", 800, 110.0)]
+    assert est.recommend(rows).endswith(": lz4")  # within 10% and the cheapest: nothing to add
+    assert "would not help" in est.recommend([_row("lz4", -1, 2.0)])

@@ -335,7 +335,7 @@ def test_writeback_and_stats_from_the_command_line(
     url = s.daemon.url
     code, out, err = _cli(
         capsys,
-        *("pools", "create", "cli", "--url", url, "--compressor", "lz4"),
+        *("pools", "create", "cli", "--url", url, "--compressor", "lz4", "--json"),
         *("--backing-file", "cli.swap", "--backing-size", "128K", "--writeback", "manual"),
     )
     assert code == 0, err
@@ -348,7 +348,9 @@ def test_writeback_and_stats_from_the_command_line(
     assert code == 0, err
     assert "bd_stat: bd_count=3 bd_reads=0 bd_writes=3" in out
     assert f"backing {s.backing_dir / 'cli.swap'}: 3 of 32 slots used" in out
-    code, out, err = _cli(capsys, "pools", "set", "cli", "--url", url, "--writeback-limit", "0")
+    code, out, err = _cli(
+        capsys, "pools", "set", "cli", "--url", url, "--writeback-limit", "0", "--json"
+    )
     assert code == 0, err
     assert '"writeback_limit": 0' in out
     idle = ("writeback", "--url", url, "--pool", "cli", "--type", "idle", "--idle-seconds", "0")
@@ -431,7 +433,7 @@ def test_pools_create_and_set_take_the_threshold_and_recompression_flags(
     assert config["accept_threshold_percent"] == 80
     assert (config["recompress_algo"], config["recompress_level"]) == ("zstd", 19)
     code, out, err = _cli(
-        capsys, "pools", "set", "rc", "--url", url, "--accept-threshold-percent", "50"
+        capsys, "pools", "set", "rc", "--url", url, "--accept-threshold-percent", "50", "--json"
     )
     assert code == 0 and '"accept_threshold_percent": 50' in out, err
     assert s.stats("rc")["config"]["accept_threshold_percent"] == 50
@@ -439,7 +441,7 @@ def test_pools_create_and_set_take_the_threshold_and_recompression_flags(
     # what ``pools set`` does not take and an algorithm not installed, before any
     # request (exit 2, as any usage error).
     for argv, status, prefix in [
-        (("pools", "set", "rc", "--accept-threshold-percent", "101"), 1, "zswapd pools: "),
+        (("pools", "set", "rc", "--accept-threshold-percent", "101"), 1, "zswapd pools set: "),
         (("pools", "set", "rc", "--recompress-algo", "lz4"), 2, "zswapd pools set: "),
         (("pools", "create", "rc2", "--recompress-algo", "nosuchalgo"), 2, "zswapd pools create: "),
     ]:
@@ -471,7 +473,7 @@ def test_recompress_from_the_command_line(
         *("recompress", "--url", url, "--pool", "rcc", "--type", "idle", "--idle-seconds", "0"),
         *("--algo", "zstd", "--level", "3", "--threshold", "4000"),
     )
-    assert code == 0 and "of 1 idle pages of pool 'rcc'" in out, err
+    assert code == 0 and "of 1 idle page of pool 'rcc'" in out, err
     code, out, err = _cli(capsys, "recompress", "--url", url, "--pool", "nosuch", "--type", "huge")
     assert code == 1 and err.startswith("zswapd recompress: 404"), err
     assert s.http.delete("/v1/pools/rcc").status_code == 204
