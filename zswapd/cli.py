@@ -40,7 +40,7 @@ from zswapd.client import DEFAULT_SOCKET
 from zswapd.corpus import load_pages
 from zswapd.errors import ZswapdError
 from zswapd.protocol import ProtocolError
-from zswapd.settings import DEFAULT_HTTP
+from zswapd.settings import DEFAULT_HTTP, SERVER_OPTIONS, default_text
 
 __all__ = ["main"]
 
@@ -51,24 +51,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         flags = {
-            "http": args.http,
-            "unix_socket": args.unix_socket,
-            "socket_mode": args.socket_mode,
-            "metrics": args.metrics,
-            "nbd": args.nbd,
+            **{option.key: getattr(args, option.key) for option in SERVER_OPTIONS},
             "devices": args.device,
-            "auth_token_file": args.auth_token_file,
-            "max_pages_per_request": args.max_pages_per_request,
-            "max_connections": args.max_connections,
-            "state_dir": args.state_dir,
-            "snapshot_interval": args.snapshot_interval,
-            "handshake_timeout": args.handshake_timeout,
-            "header_timeout": args.header_timeout,
-            "max_stale_handles": args.max_stale_handles,
-            "memory_limit": args.memory_limit,
-            "max_pools": args.max_pools,
-            "backing_dir": args.backing_dir,
-            "backing_quota": args.backing_quota,
             **pool_flags(args),
             "accept_threshold_percent": args.accept_threshold_percent,
             "recompress_algo": args.recompress_algo,
@@ -243,71 +227,22 @@ def _add_serve(sub: _Sub) -> None:
         "then ZSWAPD_* environment variables, then --config FILE (TOML), then defaults. "
         "Once up, it prints each pool and device and every address it serves.",
     )
-    serve.add_argument("--http", metavar="HOST:PORT|unix:PATH", help="HTTP API (127.0.0.1:7415)")
-    serve.add_argument("--unix-socket", metavar="PATH", help="wire protocol (docs/protocol.md)")
-    serve.add_argument(
-        "--socket-mode",
-        type=lambda v: int(v, 8),
-        help="mode of Unix sockets, octal (0600; 0660 lets a group in)",
-    )
     serve.add_argument("--config", metavar="FILE", help="TOML settings file")
-    serve.add_argument("--auth-token-file", metavar="FILE", help="require this bearer token")
-    serve.add_argument("--metrics", metavar="HOST:PORT", help="also serve /metrics alone here")
-    serve.add_argument("--nbd", metavar="HOST:PORT|unix:PATH", help="export devices over NBD")
     serve.add_argument(
         "--device",
         action="append",
         metavar="NAME=SIZE[,opt=val...]",
         help="a block device (repeatable), e.g. zram0=1G,compressor=lz4",
     )
-    serve.add_argument("--max-pages-per-request", type=int, help="body cap in pages (1024)")
-    serve.add_argument(
-        "--max-connections",
-        type=int,
-        help="connections per frontend, NBD too (1024); past it 503 (HTTP, wire: idle go first)",
-    )
-    serve.add_argument(
-        "--state-dir", metavar="DIR", help="save pools here on SIGTERM, restore them on start"
-    )
-    serve.add_argument(
-        "--snapshot-interval", type=float, metavar="SECONDS", help="also save every N seconds"
-    )
-    serve.add_argument(
-        "--handshake-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="close wire and NBD connections not through their handshake by then, and wire "
-        "connections whose answers stay unread that long (10)",
-    )
-    serve.add_argument(
-        "--header-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="an HTTP request head must arrive within this (10); a body within a time for its size",
-    )
-    serve.add_argument(
-        "--max-stale-handles",
-        type=int,
-        metavar="N",
-        help="stale or forged handles one connection may send before it is closed (64)",
-    )
-    serve.add_argument(
-        "--memory-limit",
-        metavar="SIZE|N%",
-        help="all pools and devices together: a size, a share of RAM, or 0 for none (20%%)",
-    )
-    serve.add_argument("--max-pools", type=int, metavar="N", help="pools plus devices (64)")
-    serve.add_argument(
-        "--backing-dir",
-        metavar="DIR",
-        help="where clients may create backing files (default: nowhere); 0700, yours",
-    )
-    serve.add_argument(
-        "--backing-quota",
-        metavar="SIZE|N%",
-        help="clients' backing files together: a size, a share of the backing dir's "
-        "filesystem, or 0 for none (25%%)",
-    )
+    # Every server setting from its one description (zswapd.settings.SERVER_OPTIONS).
+    for option in SERVER_OPTIONS:
+        serve.add_argument(
+            option.flag,
+            dest=option.key,
+            type=option.parse,
+            metavar=option.metavar,
+            help=f"{option.help} ({default_text(option)}; ${option.env})".replace("%", "%%"),
+        )
     _add_pool_flags(serve, "the default pool's")
     serve.add_argument("--accept-threshold-percent", type=int, help="zswap's hysteresis")
     serve.add_argument(

@@ -22,17 +22,10 @@ The TOML file::
     backing_size = "1G"
     writeback = "lru"                # or "manual" (zram); writeback_limit = pages
 
-Environment variables (for the default pool and the server): ``ZSWAPD_HTTP``,
-``ZSWAPD_AUTH_TOKEN_FILE``, ``ZSWAPD_MAX_PAGES_PER_REQUEST``, ``ZSWAPD_METRICS``,
-``ZSWAPD_UNIX_SOCKET``, ``ZSWAPD_NBD``, ``ZSWAPD_STATE_DIR``,
-``ZSWAPD_SNAPSHOT_INTERVAL``, ``ZSWAPD_MAX_CONNECTIONS``,
-``ZSWAPD_HANDSHAKE_TIMEOUT``, ``ZSWAPD_HEADER_TIMEOUT``,
-``ZSWAPD_MAX_STALE_HANDLES``, ``ZSWAPD_MEMORY_LIMIT``, ``ZSWAPD_MAX_POOLS``,
-``ZSWAPD_COMPRESSOR``, ``ZSWAPD_LEVEL``, ``ZSWAPD_ALLOCATOR``,
-``ZSWAPD_CHAIN_SIZE``, ``ZSWAPD_POOL_LIMIT``, ``ZSWAPD_HUGE_POLICY``,
-``ZSWAPD_ACCEPT_THRESHOLD_PERCENT``, ``ZSWAPD_RECOMPRESS_ALGO``,
-``ZSWAPD_BACKING_FILE``, ``ZSWAPD_BACKING_SIZE``, ``ZSWAPD_WRITEBACK``,
-``ZSWAPD_WRITEBACK_LIMIT``, ``ZSWAPD_BACKING_DIR``, ``ZSWAPD_BACKING_QUOTA``.
+Environment variables: ``ZSWAPD_KEY`` for every server setting of
+:data:`SERVER_OPTIONS` (``ZSWAPD_HTTP``, ``ZSWAPD_MEMORY_LIMIT``, ...) and for
+the default pool's (``ZSWAPD_COMPRESSOR``, ``ZSWAPD_POOL_LIMIT``, ...:
+``_POOL_ENV``).
 """
 
 from __future__ import annotations
@@ -41,7 +34,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -51,7 +44,16 @@ from zswapd.config import PoolConfig, check_pool_name
 from zswapd.device import check_device_size
 from zswapd.errors import ConfigError
 
-__all__ = ["DEFAULT_HTTP", "ServerSettings", "load_settings", "parse_device", "parse_size"]
+__all__ = [
+    "DEFAULT_HTTP",
+    "SERVER_OPTIONS",
+    "ServerOption",
+    "ServerSettings",
+    "default_text",
+    "load_settings",
+    "parse_device",
+    "parse_size",
+]
 
 DEFAULT_HTTP = "127.0.0.1:7415"
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -71,46 +73,135 @@ _POOL_ENV: list[tuple[str, str, Any]] = [
     ("ZSWAPD_WRITEBACK", "writeback", str),
     ("ZSWAPD_WRITEBACK_LIMIT", "writeback_limit", int),
 ]
-_SERVER_ENV: list[tuple[str, str, Any]] = [
-    ("ZSWAPD_HTTP", "http", str),
-    ("ZSWAPD_AUTH_TOKEN_FILE", "auth_token_file", str),
-    ("ZSWAPD_MAX_PAGES_PER_REQUEST", "max_pages_per_request", int),
-    ("ZSWAPD_METRICS", "metrics", str),
-    ("ZSWAPD_UNIX_SOCKET", "unix_socket", str),
-    ("ZSWAPD_NBD", "nbd", str),
-    ("ZSWAPD_STATE_DIR", "state_dir", str),
-    ("ZSWAPD_SNAPSHOT_INTERVAL", "snapshot_interval", float),
-    ("ZSWAPD_MAX_CONNECTIONS", "max_connections", int),
-    ("ZSWAPD_HANDSHAKE_TIMEOUT", "handshake_timeout", float),
-    ("ZSWAPD_HEADER_TIMEOUT", "header_timeout", float),
-    ("ZSWAPD_MAX_STALE_HANDLES", "max_stale_handles", int),
-    ("ZSWAPD_MEMORY_LIMIT", "memory_limit", str),
-    ("ZSWAPD_MAX_POOLS", "max_pools", int),
-    ("ZSWAPD_BACKING_DIR", "backing_dir", str),
-    ("ZSWAPD_BACKING_QUOTA", "backing_quota", str),
-]
 
 
-# Server settings a file, the environment or a flag may set, with their types.
-_SERVER_KEYS: dict[str, Any] = {
-    "http": str,
-    "unix_socket": (str, type(None)),
-    "auth_token_file": (str, type(None)),
-    "max_pages_per_request": int,
-    "max_connections": int,
-    "state_dir": (str, type(None)),
-    "socket_mode": int,
-    "metrics": (str, type(None)),
-    "snapshot_interval": (int, float),
-    "nbd": (str, type(None)),
-    "handshake_timeout": (int, float),
-    "header_timeout": (int, float),
-    "max_stale_handles": int,
-    "memory_limit": (str, int),
-    "max_pools": int,
-    "backing_dir": (str, type(None)),
-    "backing_quota": (str, int, type(None)),
-}
+def _octal(text: str) -> int:
+    return int(text, 8)
+
+
+@dataclass(frozen=True)
+class ServerOption:
+    """One server setting, the one place it is described.
+
+    From it come ``zswapd serve``'s flag (``--KEY-WITH-DASHES``), its
+    environment variable (``ZSWAPD_KEY``), and the types a TOML file's
+    ``[server]`` table may give it; its default is the ServerSettings field's.
+
+    Attributes:
+        key: the ServerSettings field and TOML key.
+        kinds: the TOML value types accepted.
+        parse: from a flag's or a variable's text.
+        metavar, help: for ``--help`` (the default is added to the help).
+        default: the default as said in ``--help`` where the field's value
+            would not say it (None: the field's value).
+    """
+
+    key: str
+    kinds: type | tuple[type, ...]
+    parse: Callable[[str], Any]
+    metavar: str | None
+    help: str
+    default: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "ZSWAPD_" + self.key.upper()
+
+
+_OPT_STR = (str, type(None))
+SERVER_OPTIONS: tuple[ServerOption, ...] = (
+    ServerOption("http", str, str, "HOST:PORT|unix:PATH", "HTTP API"),
+    ServerOption("unix_socket", _OPT_STR, str, "PATH", "wire protocol (docs/protocol.md)", "none"),
+    ServerOption(
+        "socket_mode", int, _octal, "MODE", "mode of Unix sockets, octal (0660 lets a group in)"
+    ),
+    ServerOption("auth_token_file", _OPT_STR, str, "FILE", "require this bearer token", "none"),
+    ServerOption("metrics", _OPT_STR, str, "HOST:PORT", "also serve /metrics alone here", "none"),
+    ServerOption("nbd", _OPT_STR, str, "HOST:PORT|unix:PATH", "export devices over NBD", "none"),
+    ServerOption("max_pages_per_request", int, int, "N", "body cap in pages"),
+    ServerOption(
+        "max_connections",
+        int,
+        int,
+        "N",
+        "connections per frontend, NBD too; past it 503 (HTTP, wire: idle go first)",
+    ),
+    ServerOption(
+        "state_dir",
+        _OPT_STR,
+        str,
+        "DIR",
+        "save pools here on SIGTERM, restore them on start",
+        "none",
+    ),
+    ServerOption(
+        "snapshot_interval",
+        (int, float),
+        float,
+        "SECONDS",
+        "also save every N seconds (0: at shutdown only)",
+    ),
+    ServerOption(
+        "handshake_timeout",
+        (int, float),
+        float,
+        "SECONDS",
+        "close wire and NBD connections not through their handshake by then, and wire "
+        "connections whose answers stay unread that long",
+    ),
+    ServerOption(
+        "header_timeout",
+        (int, float),
+        float,
+        "SECONDS",
+        "an HTTP request head must arrive within this; a body within a time for its size",
+    ),
+    ServerOption(
+        "max_stale_handles",
+        int,
+        int,
+        "N",
+        "stale or forged handles one connection may send before it is closed",
+    ),
+    ServerOption(
+        "memory_limit",
+        (str, int),
+        str,
+        "SIZE|N%",
+        "all pools and devices together: a size, a share of RAM, or 0 for none",
+    ),
+    ServerOption("max_pools", int, int, "N", "pools plus devices"),
+    ServerOption(
+        "backing_dir",
+        _OPT_STR,
+        str,
+        "DIR",
+        "where clients may create backing files; 0700, yours",
+        "nowhere",
+    ),
+    ServerOption(
+        "backing_quota",
+        (str, int, type(None)),
+        str,
+        "SIZE|N%",
+        "clients' backing files together: a size, a share of the backing dir's "
+        "filesystem, or 0 for none",
+        "25%",
+    ),
+)
+_SERVER_KEYS = {o.key: o.kinds for o in SERVER_OPTIONS}
+
+
+def default_text(option: ServerOption) -> str:
+    """The default as ``--help`` says it: the option's own words, or the field's value."""
+    if option.default is not None:
+        return option.default
+    value = ServerSettings.__dataclass_fields__[option.key].default
+    return f"0{value:o}" if option.key == "socket_mode" else str(value)
 
 
 def parse_size(text: str | int) -> int:
@@ -327,9 +418,9 @@ def load_settings(
         settings.pools = {"default": {}, **{k: dict(v) for k, v in pools.items()}}
     env = environ or {}
     default = settings.pools.setdefault("default", {})
-    for var, key, conv in _SERVER_ENV:
-        if var in env:
-            setattr(settings, key, _convert(var, env[var], conv))
+    for option in SERVER_OPTIONS:
+        if option.env in env:
+            setattr(settings, option.key, _convert(option.env, env[option.env], option.parse))
     for var, key, conv in _POOL_ENV:
         if var in env:
             default[key] = _convert(var, env[var], conv)

@@ -1,0 +1,88 @@
+"""Server settings from their one description (SERVER_OPTIONS): each reaches
+ServerSettings the same from a flag, a ZSWAPD_* variable and a TOML file, and
+the sources keep their precedence (flags, environment, file, defaults)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zswapd.cli import build_parser
+from zswapd.errors import ConfigError
+from zswapd.settings import SERVER_OPTIONS, ServerOption, ServerSettings, load_settings
+
+# A valid value of each option, as text (a flag's or a variable's).
+SAMPLES = {
+    "http": "127.0.0.1:1",
+    "unix_socket": "wire.sock",
+    "socket_mode": "660",
+    "auth_token_file": "token",
+    "metrics": "127.0.0.1:2",
+    "nbd": "unix:nbd.sock",
+    "max_pages_per_request": "16",
+    "max_connections": "9",
+    "state_dir": "state",
+    "snapshot_interval": "2.5",
+    "handshake_timeout": "3.5",
+    "header_timeout": "4.5",
+    "max_stale_handles": "7",
+    "memory_limit": "1G",
+    "max_pools": "5",
+    "backing_dir": "clients",
+    "backing_quota": "2G",
+}
+
+
+def test_every_option_has_a_sample_and_a_field() -> None:
+    keys = [o.key for o in SERVER_OPTIONS]
+    assert sorted(keys) == sorted(SAMPLES)
+    fields = ServerSettings.__dataclass_fields__
+    assert all(k in fields for k in keys)
+
+
+@pytest.mark.parametrize("option", SERVER_OPTIONS, ids=lambda o: o.key)
+def test_a_flag_a_variable_and_a_file_give_the_same_setting(
+    option: ServerOption, tmp_path: Path
+) -> None:
+    text = SAMPLES[option.key]
+    want = option.parse(text)
+    args = build_parser().parse_args(["serve", option.flag, text])
+    assert getattr(args, option.key) == want
+    from_flag = load_settings(None, {}, {option.key: getattr(args, option.key)})
+    from_env = load_settings(None, {option.env: text}, {})
+    toml = tmp_path / "z.toml"
+    # JSON's scalars are TOML's (strings quoted, numbers bare).
+    toml.write_text(f"[server]\n{option.key} = {json.dumps(want)}\n")
+    from_file = load_settings(str(toml), {}, {})
+    for settings in (from_flag, from_env, from_file):
+        assert getattr(settings, option.key) == want
+
+
+def test_flags_beat_variables_beat_the_file(tmp_path: Path) -> None:
+    toml = tmp_path / "z.toml"
+    toml.write_text("[server]\nmax_pools = 3\nmax_connections = 4\nheader_timeout = 5\n")
+    env = {"ZSWAPD_MAX_POOLS": "30", "ZSWAPD_MAX_CONNECTIONS": "40"}
+    s = load_settings(str(toml), env, {"max_pools": 300})
+    assert (s.max_pools, s.max_connections, s.header_timeout) == (300, 40, 5)
+
+
+@pytest.mark.parametrize(
+    ("source", "value"),
+    [("env", "ZSWAPD_MAX_POOLS=zero"), ("file", 'max_pools = "3"'), ("file", "nosuch = 1")],
+)
+def test_a_bad_value_or_key_is_refused_naming_it(source: str, value: str, tmp_path: Path) -> None:
+    toml = tmp_path / "z.toml"
+    env: dict[str, Any] = {}
+    if source == "env":
+        key, _, text = value.partition("=")
+        env[key] = text
+        config = None
+    else:
+        toml.write_text(f"[server]\n{value}\n")
+        config = str(toml)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, env, {})
+    assert value.split("=")[0].strip().lower().removeprefix("zswapd_") in str(refused.value).lower()
