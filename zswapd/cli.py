@@ -505,8 +505,12 @@ def _add_bench(sub: _Sub) -> None:
     )
     bench.set_defaults(func=_cmd_bench_all)
     bench_sub = bench.add_subparsers(dest="suite")
-    alloc = bench_sub.add_parser("allocator", help="allocator efficiency, speed and overhead")
-    alloc.add_argument("--corpus", nargs="+", metavar="FILE", help="page files (default: shared)")
+    # --corpus and --json, said once for every suite (argparse parents).
+    alloc = bench_sub.add_parser(
+        "allocator",
+        parents=[_suite_options("allocator")],
+        help="allocator efficiency, speed and overhead",
+    )
     alloc.add_argument(
         "--objects",
         type=int,
@@ -518,40 +522,46 @@ def _add_bench(sub: _Sub) -> None:
     alloc.add_argument(
         "--rss-objects", type=int, default=1_000_000, help="objects for the RSS figure (0: skip)"
     )
-    alloc.add_argument("--json", action="store_true", help="print JSON")
     alloc.set_defaults(func=_cmd_bench_allocator)
 
-    store = bench_sub.add_parser("store", help="compressors, store/load paths, recompression")
-    store.add_argument("--corpus", nargs="+", metavar="FILE", help="page files (default: shared)")
+    store = bench_sub.add_parser(
+        "store",
+        parents=[_suite_options("store")],
+        help="compressors, store/load paths, recompression",
+    )
     store.add_argument("--repeats", type=int, default=5, help="runs per speed figure")
     store.add_argument(
         "--speed-pages", type=int, default=8192, help="pages sampled for the speed figures"
     )
-    store.add_argument("--json", action="store_true", help="print JSON")
     store.set_defaults(func=_cmd_bench_store)
 
-    http = bench_sub.add_parser("http", help="store/load over HTTP against bare lz4")
-    http.add_argument("--corpus", nargs="+", metavar="FILE", help="page files (default: shared)")
+    http = bench_sub.add_parser(
+        "http", parents=[_suite_options("http")], help="store/load over HTTP against bare lz4"
+    )
     http.add_argument("--repeats", type=int, default=5, help="runs per figure")
     http.add_argument("--pages", type=int, default=4096, help="pages sampled")
-    http.add_argument("--json", action="store_true", help="print JSON")
     http.set_defaults(func=_cmd_bench_http)
 
-    wire = bench_sub.add_parser("wire", help="store/load over the wire protocol against bare lz4")
-    wire.add_argument("--corpus", nargs="+", metavar="FILE", help="page files (default: shared)")
+    wire = bench_sub.add_parser(
+        "wire",
+        parents=[_suite_options("wire")],
+        help="store/load over the wire protocol against bare lz4",
+    )
     wire.add_argument("--repeats", type=int, default=5, help="runs per figure")
     wire.add_argument("--pages", type=int, default=8192, help="pages sampled")
-    wire.add_argument("--json", action="store_true", help="print JSON")
     wire.set_defaults(func=_cmd_bench_wire)
 
-    nbd = bench_sub.add_parser("nbd", help="nbdcopy into zswapd against nbdkit memory")
-    nbd.add_argument("--corpus", nargs="+", metavar="FILE", help="page files")
+    nbd = bench_sub.add_parser(
+        "nbd", parents=[_suite_options("nbd")], help="nbdcopy into zswapd against nbdkit memory"
+    )
     nbd.add_argument("--repeats", type=int, default=3, help="runs per figure")
-    nbd.add_argument("--json", action="store_true", help="print JSON")
     nbd.set_defaults(func=_cmd_bench_nbd)
 
-    soak = bench_sub.add_parser("soak", help="many clients, both transports, every byte checked")
-    soak.add_argument("--corpus", nargs="+", metavar="FILE", help="page files")
+    soak = bench_sub.add_parser(
+        "soak",
+        parents=[_suite_options("soak")],
+        help="many clients, both transports, every byte checked",
+    )
     soak.add_argument("--clients", type=int, default=8, help="client threads (half HTTP)")
     soak.add_argument("--seconds", type=float, default=60, help="how long")
     soak.add_argument(
@@ -566,18 +576,12 @@ def _add_bench(sub: _Sub) -> None:
         help="start the daemon with this pool limit, e.g. 8M: the soak runs at the limit, "
         "where refused stores (507) are expected, not errors",
     )
-    soak.add_argument("--json", action="store_true", help="print JSON")
     soak.set_defaults(func=_cmd_bench_soak)
 
     wb = bench_sub.add_parser(
         "writeback",
+        parents=[_suite_options("writeback")],
         help="the second tier: a pool at a third of the working set, lru and manual writeback",
-    )
-    wb.add_argument(
-        "--corpus",
-        nargs="+",
-        metavar="FILE",
-        help="page files (default: ../shared/corpus if present, else a workload process)",
     )
     wb.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     wb.add_argument("--repeats", type=_positive_int, help="runs per figure (3; --quick: 1)")
@@ -585,8 +589,30 @@ def _add_bench(sub: _Sub) -> None:
     wb.add_argument(
         "--dir", metavar="DIR", help="where the backing files go (default: the temp dir)"
     )
-    wb.add_argument("--json", action="store_true", help="print JSON")
     wb.set_defaults(func=_cmd_bench_writeback)
+
+
+_CORPUS_DEFAULTS = {
+    "allocator": "../shared/corpus",
+    "store": "../shared/corpus",
+    "http": "../shared/corpus",
+    "wire": "../shared/corpus",
+    "writeback": "../shared/corpus if present, else a workload process",
+}
+
+
+def _suite_options(suite: str) -> argparse.ArgumentParser:
+    """What every bench suite takes: its pages and JSON output."""
+    common = argparse.ArgumentParser(add_help=False)
+    default = _CORPUS_DEFAULTS.get(suite)
+    common.add_argument(
+        "--corpus",
+        nargs="+",
+        metavar="FILE",
+        help="page files" + (f" (default: {default})" if default else ""),
+    )
+    common.add_argument("--json", action="store_true", help="print JSON")
+    return common
 
 
 def _add_estimate_parser(sub: Any) -> None:
