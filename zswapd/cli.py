@@ -7,13 +7,12 @@ import json
 import os
 import select
 import sys
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 import compressors
 from allocator import ALLOCATORS
 from zswapd import __version__
+from zswapd.bench.cli import add_bench
 from zswapd.cli_admin import (
     cmd_compact,
     cmd_devices_create,
@@ -35,9 +34,8 @@ from zswapd.cli_client import (
     idle_seconds_problem,
     pool_flags,
 )
-from zswapd.cli_format import excerpt, printable
+from zswapd.cli_format import excerpt, positive_int, printable
 from zswapd.client import DEFAULT_SOCKET
-from zswapd.corpus import load_pages
 from zswapd.errors import ZswapdError
 from zswapd.protocol import ProtocolError
 from zswapd.settings import DEFAULT_HTTP, SERVER_OPTIONS, default_text
@@ -64,128 +62,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
 
 
-def _load_corpus(args: argparse.Namespace) -> list[bytes] | None:
-    if not args.corpus:
-        from zswapd.bench.workload import dump_workload
-
-        _progress(args)("dumping the memory of a workload process (pass --corpus for others)")
-        args.corpus_files = ["<workload process>"]
-        return dump_workload()
-    files = [Path(p) for p in args.corpus]
-    try:
-        pages = load_pages(files)
-    except (OSError, ValueError) as exc:
-        print(f"zswapd bench: {exc}", file=sys.stderr)
-        return None
-    args.corpus_files = [str(f) for f in files]
-    return pages
-
-
-def _progress(args: argparse.Namespace) -> Callable[[str], None]:
-    def say(msg: str) -> None:
-        if not args.json:
-            print(f"... {msg}", file=sys.stderr, flush=True)
-
-    return say
-
-
-def _emit(args: argparse.Namespace, result: dict[str, Any], render: Callable[..., str]) -> int:
-    result["corpus_files"] = args.corpus_files
-    if getattr(args, "plot", None):
-        from zswapd.bench.plots import plot
-
-        try:
-            for path in plot(result, Path(args.plot)):
-                _progress(args)(f"wrote {path}")
-        except RuntimeError as exc:
-            print(f"zswapd bench: {exc}", file=sys.stderr)
-            return 2
-    if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
-    else:
-        print(render(result))
-    return 0
-
-
-def _bench(module: str, args: argparse.Namespace, **options: Any) -> int:
-    """Load the corpus, run ``zswapd.bench.<module>``, print or plot the result."""
-    import importlib
-
-    bench = importlib.import_module(f"zswapd.bench.{module}")
-    pages = _load_corpus(args)
-    if pages is None:
-        return 2
-    try:
-        result = bench.run(pages, progress=_progress(args), **options)
-    except RuntimeError as exc:  # a tool the suite needs is missing
-        print(f"zswapd bench {module}: {exc}", file=sys.stderr)
-        return 2
-    code = _emit(args, result, bench.render)
-    if module == "soak" and (result["errors"] or result["mismatches"]):
-        return 1  # a soak with a wrong byte or an error fails
-    return code
-
-
-def _cmd_bench_allocator(args: argparse.Namespace) -> int:
-    return _bench(
-        "allocator", args, scales=args.objects, repeats=args.repeats, rss_objects=args.rss_objects
-    )
-
-
-def _cmd_bench_store(args: argparse.Namespace) -> int:
-    return _bench("store", args, repeats=args.repeats, speed_pages=args.speed_pages)
-
-
-def _cmd_bench_http(args: argparse.Namespace) -> int:
-    return _bench("http", args, repeats=args.repeats, n_pages=args.pages)
-
-
-def _cmd_bench_wire(args: argparse.Namespace) -> int:
-    return _bench("wire", args, repeats=args.repeats, n_pages=args.pages)
-
-
-def _cmd_bench_nbd(args: argparse.Namespace) -> int:
-    return _bench("nbd", args, repeats=args.repeats)
-
-
-def _cmd_bench_soak(args: argparse.Namespace) -> int:
-    return _bench(
-        "soak",
-        args,
-        clients=args.clients,
-        seconds=args.seconds,
-        urls=args.url or (),
-        pool_limit=args.pool_limit,
-    )
-
-
-def _cmd_bench_writeback(args: argparse.Namespace) -> int:
-    if not args.corpus:
-        # The figures in the README are of the shared corpus: use it when it is here.
-        from zswapd.corpus import default_corpus_files
-
-        args.corpus = [str(p) for p in default_corpus_files()] or None
-    return _bench(
-        "writeback",
-        args,
-        quick=args.quick,
-        repeats=args.repeats,
-        ops=args.ops,
-        directory=args.dir,
-    )
-
-
-def _cmd_bench_all(args: argparse.Namespace) -> int:
-    from zswapd.bench import suite
-
-    pages = _load_corpus(args)
-    if pages is None:
-        return 2
-    result = suite.run(pages, quick=args.quick, only=args.only, quiet=args.json)
-    return _emit(args, result, suite.render)
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error in one line (as every other failure) and exit 2."""
 
@@ -206,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pools(sub, common)
     _add_devices(sub, common)
     _add_maintenance(sub, common)
-    _add_bench(sub)
+    add_bench(sub)
     _add_estimate_parser(sub)
     return parser
 
@@ -481,140 +357,6 @@ def _add_maintenance(sub: _Sub, common: argparse.ArgumentParser) -> None:
     recompress.set_defaults(func=cmd_recompress)
 
 
-def _add_bench(sub: _Sub) -> None:
-    bench = sub.add_parser(
-        "bench",
-        help="benchmarks: every suite, or one",
-        description="With no suite: compressors, allocators, paths (in process, wire, HTTP), "
-        "scale and peers (memcached, Redis), side by side in one run.",
-    )
-    bench.add_argument(
-        "--corpus",
-        nargs="+",
-        metavar="FILE",
-        help="page files (default: the memory of a workload process it starts)",
-    )
-    bench.add_argument("--json", action="store_true", help="print JSON")
-    bench.add_argument("--plot", metavar="DIR", help="write PNG plots here")
-    bench.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    bench.add_argument(
-        "--only",
-        nargs="+",
-        choices=["compressors", "allocators", "paths", "scale", "peers"],
-        help="run only these suites",
-    )
-    bench.set_defaults(func=_cmd_bench_all)
-    bench_sub = bench.add_subparsers(dest="suite")
-    # --corpus and --json, said once for every suite (argparse parents).
-    alloc = bench_sub.add_parser(
-        "allocator",
-        parents=[_suite_options("allocator")],
-        help="allocator efficiency, speed and overhead",
-    )
-    alloc.add_argument(
-        "--objects",
-        type=int,
-        nargs="+",
-        default=[200_000, 1_000_000],
-        help="objects per pool, one efficiency table per count",
-    )
-    alloc.add_argument("--repeats", type=int, default=5, help="runs per speed figure")
-    alloc.add_argument(
-        "--rss-objects", type=int, default=1_000_000, help="objects for the RSS figure (0: skip)"
-    )
-    alloc.set_defaults(func=_cmd_bench_allocator)
-
-    store = bench_sub.add_parser(
-        "store",
-        parents=[_suite_options("store")],
-        help="compressors, store/load paths, recompression",
-    )
-    store.add_argument("--repeats", type=int, default=5, help="runs per speed figure")
-    store.add_argument(
-        "--speed-pages", type=int, default=8192, help="pages sampled for the speed figures"
-    )
-    store.set_defaults(func=_cmd_bench_store)
-
-    http = bench_sub.add_parser(
-        "http", parents=[_suite_options("http")], help="store/load over HTTP against bare lz4"
-    )
-    http.add_argument("--repeats", type=int, default=5, help="runs per figure")
-    http.add_argument("--pages", type=int, default=4096, help="pages sampled")
-    http.set_defaults(func=_cmd_bench_http)
-
-    wire = bench_sub.add_parser(
-        "wire",
-        parents=[_suite_options("wire")],
-        help="store/load over the wire protocol against bare lz4",
-    )
-    wire.add_argument("--repeats", type=int, default=5, help="runs per figure")
-    wire.add_argument("--pages", type=int, default=8192, help="pages sampled")
-    wire.set_defaults(func=_cmd_bench_wire)
-
-    nbd = bench_sub.add_parser(
-        "nbd", parents=[_suite_options("nbd")], help="nbdcopy into zswapd against nbdkit memory"
-    )
-    nbd.add_argument("--repeats", type=int, default=3, help="runs per figure")
-    nbd.set_defaults(func=_cmd_bench_nbd)
-
-    soak = bench_sub.add_parser(
-        "soak",
-        parents=[_suite_options("soak")],
-        help="many clients, both transports, every byte checked",
-    )
-    soak.add_argument("--clients", type=int, default=8, help="client threads (half HTTP)")
-    soak.add_argument("--seconds", type=float, default=60, help="how long")
-    soak.add_argument(
-        "--url",
-        action="append",
-        help="soak this daemon instead of starting one (repeatable: http://, http+unix://, "
-        "unix:// for the wire protocol)",
-    )
-    soak.add_argument(
-        "--pool-limit",
-        metavar="SIZE",
-        help="start the daemon with this pool limit, e.g. 8M: the soak runs at the limit, "
-        "where refused stores (507) are expected, not errors",
-    )
-    soak.set_defaults(func=_cmd_bench_soak)
-
-    wb = bench_sub.add_parser(
-        "writeback",
-        parents=[_suite_options("writeback")],
-        help="the second tier: a pool at a third of the working set, lru and manual writeback",
-    )
-    wb.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    wb.add_argument("--repeats", type=_positive_int, help="runs per figure (3; --quick: 1)")
-    wb.add_argument("--ops", type=_positive_int, help="accesses per stream (200000; --quick: 4000)")
-    wb.add_argument(
-        "--dir", metavar="DIR", help="where the backing files go (default: the temp dir)"
-    )
-    wb.set_defaults(func=_cmd_bench_writeback)
-
-
-_CORPUS_DEFAULTS = {
-    "allocator": "../shared/corpus",
-    "store": "../shared/corpus",
-    "http": "../shared/corpus",
-    "wire": "../shared/corpus",
-    "writeback": "../shared/corpus if present, else a workload process",
-}
-
-
-def _suite_options(suite: str) -> argparse.ArgumentParser:
-    """What every bench suite takes: its pages and JSON output."""
-    common = argparse.ArgumentParser(add_help=False)
-    default = _CORPUS_DEFAULTS.get(suite)
-    common.add_argument(
-        "--corpus",
-        nargs="+",
-        metavar="FILE",
-        help="page files" + (f" (default: {default})" if default else ""),
-    )
-    common.add_argument("--json", action="store_true", help="print JSON")
-    return common
-
-
 def _add_estimate_parser(sub: Any) -> None:
     """``zswapd estimate``: zram's figures per compressor, without a daemon."""
     from zswapd.estimate import FULL_RUN_MAX_HELD, FULL_RUN_MAX_PAGES
@@ -636,7 +378,7 @@ def _add_estimate_parser(sub: Any) -> None:
     p.add_argument("--pid", type=int, action="append", metavar="PID", help="a process (repeatable)")
     p.add_argument(
         "--sample",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="hold and measure a uniform random sample of N pages (at most "
         f"{FULL_RUN_MAX_PAGES}), scale, and give a 95%% bound",
@@ -652,13 +394,6 @@ def _add_estimate_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_estimate)
-
-
-def _positive_int(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
-    return n
 
 
 def _add_pool_flags(p: argparse.ArgumentParser, whose: str) -> None:

@@ -8,6 +8,7 @@ the JSON the API answers, and nothing else (no I/O, no client).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "human",
     "limit",
     "pool_row",
+    "positive_int",
     "printable",
     "printable_lines",
     "ratio",
@@ -159,3 +161,11 @@ def format_classes(rows: list[dict[str, Any]]) -> str:
             + f" {r['pages_per_zspage']:>16} {r['freeable']:>8}"
         )
     return "\n".join(lines)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of 1 or more."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
