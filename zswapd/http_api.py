@@ -1,12 +1,13 @@
 """The HTTP API: a thin FastAPI layer over the pool registry.
 
 Routes and statuses are DESIGN.md's contract.  Every error is JSON
-``{"error": code, "detail": message}``; one table maps the store's errors to
-statuses.  Page bodies are raw ``application/octet-stream``; request bodies are
-read with a cap (``max_body_bytes``) before anything is parsed, so an oversized
-request costs O(cap), not O(what the client sends).  With a token set, every
-route but ``/healthz`` wants ``Authorization: Bearer <token>`` (compared in
-constant time).
+``{"error": code, "detail": message}``, its status the error class's own
+(zswapd.errors).  Request and answer bodies are the models of
+zswapd.http_schemas.  Page bodies are raw ``application/octet-stream``; request
+bodies are read with a cap (``max_body_bytes``) before anything is parsed, so
+an oversized request costs O(cap), not O(what the client sends).  With a token
+set, every route but ``/healthz`` wants ``Authorization: Bearer <token>``
+(compared in constant time).
 """
 
 from __future__ import annotations
@@ -14,21 +15,19 @@ from __future__ import annotations
 import hmac
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from annotated_types import Ge, Le
 from fastapi import Body, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from zswapd import __version__
 from zswapd.config import PoolConfig
-from zswapd.device import MAX_DEVICE_SIZE, DeviceRegistry
+from zswapd.device import DeviceRegistry
 from zswapd.errors import (
     InvalidRequestError,
     StaleHandleError,
@@ -36,9 +35,28 @@ from zswapd.errors import (
     ZswapdError,
 )
 from zswapd.http_protocol import note_stale_handle
+from zswapd.http_schemas import (
+    CompactResult,
+    DeviceCreated,
+    DeviceList,
+    DeviceSettings,
+    DeviceStatsOut,
+    ErrorBody,
+    HandleList,
+    Health,
+    LiveSettings,
+    PoolCreated,
+    PoolList,
+    PoolSettings,
+    PoolStatsOut,
+    RecompressRequest,
+    RecompressResult,
+    WritebackRequest,
+    WritebackResult,
+)
 from zswapd.metrics import CONTENT_TYPE_LATEST, Metrics
 from zswapd.offload import offload, run_in_thread, run_maintenance, run_on_disk
-from zswapd.openapi import DESCRIPTION, INT32, INT64, UINT64, install
+from zswapd.openapi import DESCRIPTION, UINT64, install
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
 
@@ -60,388 +78,6 @@ class ApiSettings:
     @property
     def max_body_bytes(self) -> int:
         return self.max_pages_per_request * PAGE_SIZE
-
-
-# -- schemas ---------------------------------------------------------------------------
-
-
-class ErrorBody(BaseModel):
-    error: str = Field(description="machine-readable error code")
-    detail: str = Field(description="what went wrong, for people")
-
-
-def _not_bool(value: Any) -> Any:
-    # JSON's true is not 1 here (schemathesis found a level of `false` accepted).
-    if isinstance(value, bool):
-        raise ValueError("a number is required, not a boolean")
-    return value
-
-
-NOT_BOOL = BeforeValidator(_not_bool)
-
-
-def _within(bits: int) -> AfterValidator:
-    # A request's integers are held to the width the document gives them
-    # (format int64 / int32): a limit_bytes of 2**63 was once stored and
-    # answered back, and no int64 client could read that pool's stats.  A
-    # validator, not Ge/Le: those would replace the fields' own bounds.
-    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-
-    def check(value: int) -> int:
-        if not low <= value <= high:
-            raise ValueError(f"out of range for a {bits}-bit integer")
-        return value
-
-    return AfterValidator(check)
-
-
-WITHIN_INT64 = _within(64)
-WITHIN_INT32 = _within(32)
-
-# Integers with their width in the document (zswapd.openapi): handles fill 64
-# bits and byte counts pass 2**31, which a generator's bare "integer" (int32 in
-# Go and Java) would not hold.  Answers use Int64 / Int32.
-Int64 = Annotated[int, INT64]
-Int32 = Annotated[int, INT32]
-# Only the document's bounds: a handle out of them is stale (404), as ever.
-Handle = Annotated[StrictInt, UINT64]
-# Lax ints for requests (360.0 is an integer in JSON Schema) that still refuse
-# booleans.  Bounds go before NOT_BOOL, on the int itself: so the document says
-# them as minimum / maximum, even when the field is nullable.
-JsonInt = Annotated[int, NOT_BOOL, INT64, WITHIN_INT64]
-JsonInt32 = Annotated[int, NOT_BOOL, INT32, WITHIN_INT32]
-JsonCount = Annotated[int, Ge(0), NOT_BOOL, INT64, WITHIN_INT64]
-JsonPercent = Annotated[int, Ge(0), Le(100), NOT_BOOL, INT32]
-JsonFloat = Annotated[float, NOT_BOOL]
-
-
-class HandleList(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    handles: list[Handle] = Field(description="handles as the server returned them")
-
-
-class RecompressRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["huge", "idle", "huge_idle"] = "huge"
-    algo: str | None = Field(default=None, description="secondary algorithm (default: pool's)")
-    level: JsonInt32 | None = None
-    idle_seconds: JsonFloat = Field(default=0, ge=0)
-    threshold: Annotated[int, Ge(1), NOT_BOOL, INT64] | None = Field(
-        default=None, description="bytes: keep only results smaller than this"
-    )
-
-
-class RecompressResult(BaseModel):
-    candidates: Int64
-    recompressed: Int64
-    not_smaller: Int64
-    alloc_failed: Int64
-    bytes_saved: Int64
-
-
-class CompactResult(BaseModel):
-    pages_released: Int64
-
-
-class WritebackRequest(BaseModel):
-    """zram's ``echo TYPE > writeback`` (and ``echo N > idle``), with a cap."""
-
-    model_config = ConfigDict(extra="forbid")
-    # Required: an empty body writing every page back would be a costly surprise.
-    type: Literal["idle", "huge", "huge_idle", "incompressible", "lru"] = Field(
-        description="idle: not stored or loaded for idle_seconds (0: every page, zram's "
-        "'all'); huge; huge_idle: both; incompressible: huge pages recompression could "
-        "not shrink; lru: the least recently used first",
-    )
-    idle_seconds: Annotated[float, Ge(0), NOT_BOOL] | None = Field(
-        default=None,
-        description="what idle means, seconds: required for idle and huge_idle (0: every "
-        "page, zram's 'all'), refused for the other types",
-    )
-    max_pages: Annotated[int, Ge(1), NOT_BOOL, INT64] | None = Field(
-        default=None, description="write at most this many"
-    )
-
-
-class WritebackResult(BaseModel):
-    written_back: Int64 = Field(description="pages written to the backing file")
-    candidates: Int64 = Field(description="pages of the type asked for, before max_pages")
-    stopped: str | None = Field(
-        description="why it stopped before writing every candidate: writeback_limit, "
-        "backing_full, io_error, backing_removed (null: it did not)"
-    )
-    error: str | None = Field(description="what failed, for people (null: nothing)")
-    writeback_limit: Int64 | None = Field(
-        description="pages manual writeback may still write (null: no limit)"
-    )
-
-
-class PoolSettings(BaseModel):
-    """A pool's configuration (every field optional; defaults are the kernel's)."""
-
-    model_config = ConfigDict(extra="forbid")
-    compressor: str = "zstd"
-    level: JsonInt32 | None = None
-    allocator: Literal["zsmalloc", "zbud", "z3fold"] = "zsmalloc"
-    chain_size: JsonInt32 = Field(default=8, ge=1, le=16)
-    limit_bytes: JsonInt = Field(default=0, ge=0)
-    huge_policy: Literal["store", "reject"] = "store"
-    accept_threshold_percent: JsonPercent | None = None
-    recompress_algo: str | None = None
-    recompress_level: JsonInt32 | None = None
-    allocator_options: dict[str, Any] = Field(default_factory=dict)
-    backing_file: str | None = Field(
-        default=None,
-        description="a new file inside the daemon's --backing-dir: a name, or a path under "
-        "it (no absolute path, no '..', no symlink)",
-    )
-    backing_size: JsonInt = Field(
-        default=0, ge=0, description="bytes, whole 4096-byte slots (needed with backing_file)"
-    )
-    writeback: Literal["manual", "lru"] = Field(
-        default="manual",
-        description="manual (zram: pages leave when asked) or lru (zswap: a store past the "
-        "limit writes back the least recently used pages first)",
-    )
-    writeback_limit: JsonCount | None = Field(
-        default=None, description="pages manual writeback may still write (null: no limit)"
-    )
-
-
-class LiveSettings(BaseModel):
-    """Settings a pool takes while it holds pages (zram's ``echo N > mem_limit``,
-    ``echo N > writeback_limit``); the ones not given stay as they are."""
-
-    model_config = ConfigDict(extra="forbid")
-    limit_bytes: JsonCount | None = None
-    accept_threshold_percent: JsonPercent | None = Field(default=None, description="null: off")
-    huge_policy: Literal["store", "reject"] | None = None
-    writeback_limit: JsonCount | None = Field(
-        default=None, description="null: no limit (zram's writeback_limit_enable=0)"
-    )
-
-
-class PoolConfigOut(BaseModel):
-    """A pool's settings as applied (the dictionary by size)."""
-
-    compressor: str
-    level: Int32 | None
-    allocator: str
-    chain_size: Int32
-    limit_bytes: Int64
-    huge_policy: str
-    accept_threshold_percent: Int32 | None
-    recompress_algo: str | None
-    recompress_level: Int32 | None
-    allocator_options: dict[str, Any]
-    dictionary: Int64 | None
-    backing_file: str | None
-    backing_size: Int64
-    writeback: str
-    writeback_limit: Int64 | None
-
-
-class PoolCreated(BaseModel):
-    pool: str
-    config: PoolConfigOut
-
-
-class MmStat(BaseModel):
-    """zram's mm_stat, field for field."""
-
-    orig_data_size: Int64
-    compr_data_size: Int64
-    mem_used_total: Int64
-    mem_limit: Int64
-    mem_used_max: Int64
-    same_pages: Int64
-    pages_compacted: Int64
-    huge_pages: Int64
-    huge_pages_since: Int64
-
-
-class ZswapCounters(BaseModel):
-    stored_pages: Int64
-    same_filled_pages: Int64
-    pool_total_size: Int64
-    pool_limit_hit: Int64
-    reject_compress_poor: Int64
-    decompress_fail: Int64
-    written_back_pages: Int64 = Field(description="pages moved to the backing file")
-    reject_reclaim_fail: Int64 = Field(description="pages refused: no room could be made")
-
-
-class PageCounters(BaseModel):
-    stored_pages_total: Int64
-    loaded_pages_total: Int64
-    freed_pages_total: Int64
-    memory_limit_hit: Int64 = Field(description="pages refused at the server-wide --memory-limit")
-    stale_handle_requests: Int64 = Field(description="loads and frees refused for a stale handle")
-    loaded_same_pages: Int64 = Field(description="loads served by a same-filled word")
-    limit_hit_written_back: Int64 = Field(
-        description="limit hits of an lru pool answered by writing back (or refused as "
-        "reject_reclaim_fail); in pool_limit_hit too"
-    )
-
-
-class BdStat(BaseModel):
-    """zram's bd_stat, in pages: in the backing file now, read from it, written to it."""
-
-    bd_count: Int64
-    bd_reads: Int64
-    bd_writes: Int64
-
-
-class BackingFigures(BaseModel):
-    """The backing file of a pool: where, how big, how full, how healthy."""
-
-    file: str
-    slots: Int64
-    size: Int64 = Field(description="bytes, slots x 4096")
-    used_slots: Int64
-    writeback: str
-    writeback_limit: Int64 | None
-    lru_pages: Int64 = Field(description="pages in memory on the LRU list")
-    removed: bool
-    io_errors: Int64
-    corrupt_pages: Int64 = Field(description="pages read back that failed their checksum")
-
-
-class ServerFigures(BaseModel):
-    """Every pool and device together, against --memory-limit (bytes; 0 = no limit)."""
-
-    memory_limit: Int64
-    memory_used: Int64
-    memory_used_max: Int64
-
-
-class MetadataFigures(BaseModel):
-    """The pool's table of entries, charged to --memory-limit (not in mm_stat)."""
-
-    entry_slots: Int64 = Field(description="slots the table holds, live or free")
-    bytes: Int64 = Field(description="what the table charges the server's memory limit")
-
-
-class RecompressCounters(BaseModel):
-    attempts: Int64
-    recompressed_pages: Int64
-    saved_bytes: Int64
-    algorithms: list[str]
-
-
-class ClassRow(BaseModel):
-    """One row of the debugfs ``classes`` table; fullness columns named "0".."100"."""
-
-    model_config = ConfigDict(populate_by_name=True)
-    class_: Int64 = Field(alias="class")
-    size: Int64
-    f0: Int64 = Field(alias="0")
-    f10: Int64 = Field(alias="10")
-    f20: Int64 = Field(alias="20")
-    f30: Int64 = Field(alias="30")
-    f40: Int64 = Field(alias="40")
-    f50: Int64 = Field(alias="50")
-    f60: Int64 = Field(alias="60")
-    f70: Int64 = Field(alias="70")
-    f80: Int64 = Field(alias="80")
-    f90: Int64 = Field(alias="90")
-    f99: Int64 = Field(alias="99")
-    f100: Int64 = Field(alias="100")
-    obj_allocated: Int64
-    obj_used: Int64
-    pages_used: Int64
-    pages_per_zspage: Int64
-    freeable: Int64
-
-
-class PoolStatsOut(BaseModel):
-    pool: str
-    config: PoolConfigOut
-    huge_class_size: Int64
-    mm_stat: MmStat
-    zswap: ZswapCounters
-    counters: PageCounters
-    bd_stat: BdStat
-    backing: BackingFigures | None = Field(description="null: no backing file")
-    server: ServerFigures
-    metadata: MetadataFigures
-    recompress: RecompressCounters
-    classes: list[ClassRow]
-
-
-class DeviceSettings(PoolSettings):
-    """A device: its size in bytes (a multiple of 4096), and its pool's settings."""
-
-    size: JsonInt = Field(
-        ge=1, le=MAX_DEVICE_SIZE, description="bytes, a multiple of 4096, at most 16 TiB"
-    )
-    # zram's backing_dev.  A client's file must be a new name inside the daemon's
-    # --backing-dir (refused, 400, otherwise): no client picks where the daemon writes.
-    backing_file: str | None = Field(
-        default=None, description="a new file's name inside the daemon's --backing-dir"
-    )
-    backing_size: JsonInt = Field(default=0, ge=0, description="bytes, whole 4096-byte slots")
-    writeback: Literal["manual", "lru"] = "manual"
-    writeback_limit: JsonCount | None = Field(
-        default=None, description="pages manual writeback may still write (zram's)"
-    )
-
-
-_NBD_DESCRIPTION = (
-    "the device's NBD URI as libnbd tools take it (nbd+unix:///NAME?socket=PATH or "
-    "nbd://HOST:PORT/NAME); null: the daemon serves no NBD (serve --nbd), so nothing "
-    "can read or write the device"
-)
-
-
-class DeviceCreated(BaseModel):
-    device: str
-    size: Int64 = Field(description="bytes")
-    config: PoolConfigOut
-    nbd: str | None = Field(description=_NBD_DESCRIPTION)
-
-
-class IoStat(BaseModel):
-    """zram's io_stat (its columns as the kernel names them)."""
-
-    failed_reads: Int64
-    failed_writes: Int64
-    invalid_io: Int64
-    notify_free: Int64
-
-
-class SlotTable(BaseModel):
-    """The device's table of slots, charged to --memory-limit (not in mm_stat)."""
-
-    leaves: Int64 = Field(description="4096-byte leaves of the table")
-    bytes: Int64 = Field(description="what the table charges the server's memory limit")
-
-
-class DeviceStatsOut(BaseModel):
-    device: str
-    size: Int64 = Field(description="bytes")
-    nbd: str | None = Field(description=_NBD_DESCRIPTION)
-    mm_stat: MmStat
-    io_stat: IoStat
-    bd_stat: BdStat
-    backing: BackingFigures | None = Field(description="null: no backing file")
-    zswap: ZswapCounters
-    slot_table: SlotTable
-    classes: list[ClassRow]
-
-
-class DeviceList(BaseModel):
-    devices: list[str]
-
-
-class PoolList(BaseModel):
-    pools: list[str]
-
-
-class Health(BaseModel):
-    status: Literal["ok"]
-    version: str
-    max_pages_per_request: Int64 = Field(description="cap on pages in one store or load")
 
 
 def _octets(description: str) -> dict[str, Any]:

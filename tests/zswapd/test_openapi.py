@@ -29,7 +29,7 @@ from tests.zswapd.daemon import Daemon, start_daemon
 from tests.zswapd.helpers import poor_page, random_page, same_page, text_page
 from zswapd.config import PoolConfig
 from zswapd.device import DeviceRegistry
-from zswapd.http_api import DeviceStatsOut, PoolConfigOut, PoolStatsOut
+from zswapd.http_schemas import DeviceStatsOut, PoolConfigOut, PoolStatsOut
 from zswapd.pools import PoolRegistry
 
 PAGE = 4096

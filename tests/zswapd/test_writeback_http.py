@@ -296,7 +296,7 @@ def test_a_live_limit_is_never_raised_past_the_room_the_pool_reserved(served: Se
 
 
 def test_the_live_settings_route_takes_every_live_setting() -> None:
-    from zswapd.http_api import LiveSettings
+    from zswapd.http_schemas import LiveSettings
 
     assert set(LiveSettings.model_fields) == set(LIVE_SETTINGS)
 
