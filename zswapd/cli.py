@@ -7,10 +7,10 @@ import json
 import os
 import select
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import compressors
-from allocator import ALLOCATORS
 from zswapd import __version__
 from zswapd.bench.cli import add_bench
 from zswapd.cli_admin import (
@@ -34,11 +34,17 @@ from zswapd.cli_client import (
     idle_seconds_problem,
     pool_flags,
 )
-from zswapd.cli_format import excerpt, positive_int, printable
+from zswapd.cli_format import positive_int, printable
 from zswapd.client import DEFAULT_SOCKET
 from zswapd.errors import ZswapdError
 from zswapd.protocol import ProtocolError
-from zswapd.settings import DEFAULT_HTTP, SERVER_OPTIONS, default_text
+from zswapd.settings import (
+    DEFAULT_HTTP,
+    POOL_OPTIONS,
+    SERVER_OPTIONS,
+    default_text,
+    parse_compressor,
+)
 
 __all__ = ["main"]
 
@@ -397,55 +403,34 @@ def _add_estimate_parser(sub: Any) -> None:
 
 
 def _add_pool_flags(p: argparse.ArgumentParser, whose: str) -> None:
-    """The settings a pool is made with (serve's default pool, pools/devices create)."""
-    p.add_argument(
-        "--compressor",
-        type=compressor_spec,
-        metavar="NAME[:LEVEL]",
-        help=f"{whose} algorithm, with its level if wanted, as estimate names them: "
-        f"zstd:9, lz4 (zstd:3; installed here: {', '.join(compressors.available())})",
-    )
-    p.add_argument("--level", type=int, help="compressor level (default: zstd 3, lz4hc 9)")
-    p.add_argument("--allocator", choices=ALLOCATORS, help="zsmalloc (default), zbud, z3fold")
-    p.add_argument("--chain-size", type=int, help="zsmalloc's longest zspage, in pages (8)")
-    p.add_argument(
-        "--pool-limit", metavar="SIZE", help=f"{whose} memory limit, e.g. 512M (zram's mem_limit)"
-    )
-    p.add_argument("--huge-policy", choices=["store", "reject"], help="store (zram) or reject")
-    p.add_argument(
-        "--backing-file",
-        metavar="PATH",
-        help="the second tier (serve: any path; over HTTP: a new name in --backing-dir)",
-    )
-    p.add_argument("--backing-size", metavar="SIZE", help="its size, e.g. 1G (whole 4 KiB slots)")
-    p.add_argument(
-        "--writeback",
-        choices=["manual", "lru"],
-        help="manual (zram, default) or lru (zswap: write back instead of refusing)",
-    )
-    p.add_argument("--writeback-limit", type=int, metavar="PAGES", help="zram's writeback_limit")
-
-
-def compressor_spec(text: str) -> tuple[str, int | None]:
-    """``--compressor NAME[:LEVEL]``: an installed algorithm and its level, if given.
-
-    Raises:
-        argparse.ArgumentTypeError: not installed here, or a level that is not a number.
-    """
-    name, sep, level = text.partition(":")
-    installed = compressors.available()
-    if name not in installed:
-        raise argparse.ArgumentTypeError(
-            f"{excerpt(name)} is not installed here (choose from {', '.join(installed)})"
+    """The settings a pool is made with (serve's default pool, pools/devices create),
+    from their one description (zswapd.settings.POOL_OPTIONS)."""
+    installed = ", ".join(compressors.available())
+    for option in POOL_OPTIONS:
+        p.add_argument(
+            option.flag,
+            dest=option.dest,
+            type=_argtype(option.parse),
+            metavar=option.metavar,
+            choices=option.choices,
+            help=option.help.format(whose=whose, installed=installed),
         )
-    if not sep:
-        return name, None
-    try:
-        return name, int(level)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{excerpt(text)}: the level after ':' must be a whole number, e.g. {name}:3"
-        ) from None
+
+
+def _argtype(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` as an argparse type: its refusal becomes argparse's one-line error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except (ValueError, ZswapdError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+compressor_spec = _argtype(parse_compressor)
 
 
 def _add_pool_extras(p: argparse.ArgumentParser) -> None:

@@ -433,30 +433,20 @@ def cmd_recompress(args: argparse.Namespace) -> int:
 
 
 def pool_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The pool settings given as flags (None where not given).
+    """The pool settings given as flags (None where not given), by POOL_OPTIONS.
 
     ``--compressor`` comes parsed as (name, level or None): ``zstd:9`` and
     ``--compressor zstd --level 9`` are the same pool; two different levels are refused.
 
     Raises:
-        ConfigError: the two levels disagree, or a size that is not one.
+        ConfigError: the two levels disagree.
     """
-    from zswapd.settings import parse_size
+    from zswapd.settings import POOL_OPTIONS
 
-    compressor, level = args.compressor or (None, None)
+    values = {option.key: getattr(args, option.dest) for option in POOL_OPTIONS}
+    compressor, level = values["compressor"] or (None, None)
     if level is not None and args.level is not None and level != args.level:
         raise ConfigError(
             f"--compressor {compressor}:{level} and --level {args.level} disagree: give one"
         )
-    return {
-        "compressor": compressor,
-        "level": args.level if level is None else level,
-        "allocator": args.allocator,
-        "chain_size": args.chain_size,
-        "limit_bytes": parse_size(args.pool_limit) if args.pool_limit else None,
-        "huge_policy": args.huge_policy,
-        "backing_file": args.backing_file,
-        "backing_size": parse_size(args.backing_size) if args.backing_size else None,
-        "writeback": args.writeback,
-        "writeback_limit": args.writeback_limit,
-    }
+    return {**values, "compressor": compressor, "level": args.level if level is None else level}

@@ -40,17 +40,22 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import compressors
+from allocator import ALLOCATORS
 from zswapd.config import PoolConfig, check_pool_name
 from zswapd.device import check_device_size
 from zswapd.errors import ConfigError
 
 __all__ = [
     "DEFAULT_HTTP",
+    "POOL_OPTIONS",
     "SERVER_OPTIONS",
+    "PoolOption",
     "ServerOption",
     "ServerSettings",
     "default_text",
     "load_settings",
+    "parse_compressor",
     "parse_device",
     "parse_size",
 ]
@@ -59,20 +64,6 @@ DEFAULT_HTTP = "127.0.0.1:7415"
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 # (environment variable, pool setting, converter)
-_POOL_ENV: list[tuple[str, str, Any]] = [
-    ("ZSWAPD_COMPRESSOR", "compressor", str),
-    ("ZSWAPD_LEVEL", "level", int),
-    ("ZSWAPD_ALLOCATOR", "allocator", str),
-    ("ZSWAPD_CHAIN_SIZE", "chain_size", int),
-    ("ZSWAPD_POOL_LIMIT", "limit_bytes", lambda v: parse_size(v)),
-    ("ZSWAPD_HUGE_POLICY", "huge_policy", str),
-    ("ZSWAPD_ACCEPT_THRESHOLD_PERCENT", "accept_threshold_percent", int),
-    ("ZSWAPD_RECOMPRESS_ALGO", "recompress_algo", str),
-    ("ZSWAPD_BACKING_FILE", "backing_file", str),
-    ("ZSWAPD_BACKING_SIZE", "backing_size", lambda v: parse_size(v)),
-    ("ZSWAPD_WRITEBACK", "writeback", str),
-    ("ZSWAPD_WRITEBACK_LIMIT", "writeback_limit", int),
-]
 
 
 def _octal(text: str) -> int:
@@ -221,6 +212,122 @@ def parse_size(text: str | int) -> int:
         raise ConfigError(f"not a size: {text!r} (use e.g. 4096, 512M, 1G)")
     # Exact arithmetic: a float overflows (to inf, then OverflowError) on long digit strings.
     return int(Fraction(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def parse_compressor(text: str) -> tuple[str, int | None]:
+    """``NAME[:LEVEL]`` (as estimate names configurations): an installed algorithm
+    and its level, if given.
+
+    Raises:
+        ValueError: not installed here, or a level that is not a whole number.
+    """
+    name, sep, level = text.partition(":")
+    installed = compressors.available()
+    if name not in installed:
+        raise ValueError(
+            f"{name[:40]!r} is not installed here (choose from {', '.join(installed)})"
+        )
+    if not sep:
+        return name, None
+    try:
+        return name, int(level)
+    except ValueError:
+        raise ValueError(
+            f"{text[:40]!r}: the level after ':' must be a whole number, e.g. {name}:3"
+        ) from None
+
+
+@dataclass(frozen=True)
+class PoolOption:
+    """One setting a pool is made with, the one place it is described.
+
+    From it come the flag of ``zswapd serve`` (the default pool), of ``pools
+    create`` and ``devices create``, and the default pool's ``ZSWAPD_*``
+    variable (the flag's name: ``--pool-limit`` is ``ZSWAPD_POOL_LIMIT``).
+
+    Attributes:
+        key: the PoolConfig setting.
+        flag: the command-line flag.
+        parse: from a flag's or a variable's text.
+        metavar, help, choices: for ``--help`` (``{whose}`` in help: whose pool).
+    """
+
+    key: str
+    flag: str
+    parse: Callable[[str], Any]
+    metavar: str | None
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag[2:].replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return "ZSWAPD_" + self.dest.upper()
+
+
+POOL_OPTIONS: tuple[PoolOption, ...] = (
+    PoolOption(
+        "compressor",
+        "--compressor",
+        parse_compressor,
+        "NAME[:LEVEL]",
+        "{whose} algorithm, with its level if wanted, as estimate names them: zstd:9, lz4 "
+        "(zstd:3; installed here: {installed})",
+    ),
+    PoolOption("level", "--level", int, "N", "compressor level (default: zstd 3, lz4hc 9)"),
+    PoolOption(
+        "allocator",
+        "--allocator",
+        str,
+        None,
+        "zsmalloc (default), zbud, z3fold",
+        tuple(ALLOCATORS),
+    ),
+    PoolOption("chain_size", "--chain-size", int, "N", "zsmalloc's longest zspage, in pages (8)"),
+    PoolOption(
+        "limit_bytes",
+        "--pool-limit",
+        parse_size,
+        "SIZE",
+        "{whose} memory limit, e.g. 512M (zram's mem_limit)",
+    ),
+    PoolOption(
+        "huge_policy", "--huge-policy", str, None, "store (zram) or reject", ("store", "reject")
+    ),
+    PoolOption(
+        "backing_file",
+        "--backing-file",
+        str,
+        "PATH",
+        "the second tier (serve: any path; over HTTP: a new name in --backing-dir)",
+    ),
+    PoolOption(
+        "backing_size",
+        "--backing-size",
+        parse_size,
+        "SIZE",
+        "its size, e.g. 1G (whole 4 KiB slots)",
+    ),
+    PoolOption(
+        "writeback",
+        "--writeback",
+        str,
+        None,
+        "manual (zram, default) or lru (zswap: write back instead of refusing)",
+        ("manual", "lru"),
+    ),
+    PoolOption("writeback_limit", "--writeback-limit", int, "PAGES", "zram's writeback_limit"),
+)
+# Settings of the default pool that serve takes beside POOL_OPTIONS (pools
+# create has its own flags for them): its variables.
+_POOL_EXTRA_ENV: list[tuple[str, str, Any]] = [
+    ("ZSWAPD_ACCEPT_THRESHOLD_PERCENT", "accept_threshold_percent", int),
+    ("ZSWAPD_RECOMPRESS_ALGO", "recompress_algo", str),
+]
+_POOL_ENV = [(o.env, o.key, o.parse) for o in POOL_OPTIONS] + _POOL_EXTRA_ENV
 
 
 @dataclass
@@ -423,7 +530,12 @@ def load_settings(
             setattr(settings, option.key, _convert(option.env, env[option.env], option.parse))
     for var, key, conv in _POOL_ENV:
         if var in env:
-            default[key] = _convert(var, env[var], conv)
+            value = _convert(var, env[var], conv)
+            if key == "compressor":  # NAME[:LEVEL]
+                value, level = value
+                if level is not None:
+                    default["level"] = level
+            default[key] = value
             if key == "limit_bytes":
                 default.pop("limit", None)
     for key, value in (flags or {}).items():

@@ -11,8 +11,16 @@ from typing import Any
 import pytest
 
 from zswapd.cli import build_parser
+from zswapd.cli_client import pool_flags
 from zswapd.errors import ConfigError
-from zswapd.settings import SERVER_OPTIONS, ServerOption, ServerSettings, load_settings
+from zswapd.settings import (
+    POOL_OPTIONS,
+    SERVER_OPTIONS,
+    PoolOption,
+    ServerOption,
+    ServerSettings,
+    load_settings,
+)
 
 # A valid value of each option, as text (a flag's or a variable's).
 SAMPLES = {
@@ -86,3 +94,35 @@ def test_a_bad_value_or_key_is_refused_naming_it(source: str, value: str, tmp_pa
     with pytest.raises(ConfigError) as refused:
         load_settings(config, env, {})
     assert value.split("=")[0].strip().lower().removeprefix("zswapd_") in str(refused.value).lower()
+
+
+# A valid value of each pool option, as text, and the PoolConfig setting it makes.
+POOL_SAMPLES = {
+    "compressor": ("lz4hc:7", {"compressor": "lz4hc", "level": 7}),
+    "level": ("5", {"level": 5}),
+    "allocator": ("zbud", {"allocator": "zbud"}),
+    "chain_size": ("4", {"chain_size": 4}),
+    "limit_bytes": ("64M", {"limit_bytes": 64 << 20}),
+    "huge_policy": ("reject", {"huge_policy": "reject"}),
+    "backing_file": ("/tmp/zswapd-test.swap", {"backing_file": "/tmp/zswapd-test.swap"}),
+    "backing_size": ("1M", {"backing_size": 1 << 20}),
+    "writeback": ("lru", {"writeback": "lru"}),
+    "writeback_limit": ("9", {"writeback_limit": 9}),
+}
+
+
+def test_every_pool_option_has_a_sample() -> None:
+    assert sorted(o.key for o in POOL_OPTIONS) == sorted(POOL_SAMPLES)
+
+
+@pytest.mark.parametrize("option", POOL_OPTIONS, ids=lambda o: o.key)
+def test_a_pool_flag_and_its_variable_give_the_same_default_pool(option: PoolOption) -> None:
+    text, want = POOL_SAMPLES[option.key]
+    args = build_parser().parse_args(["serve", option.flag, text])
+    from_flag = load_settings(None, {}, pool_flags(args)).pools["default"]
+    from_env = load_settings(None, {option.env: text}, {}).pools["default"]
+    for pool in (from_flag, from_env):
+        assert {k: pool[k] for k in want} == want
+    # pools create takes the same flag, with the same meaning.
+    create = build_parser().parse_args(["pools", "create", "p", option.flag, text])
+    assert {k: v for k, v in pool_flags(create).items() if v is not None} == want
