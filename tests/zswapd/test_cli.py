@@ -406,11 +406,6 @@ def test_fetch_to_dash_writes_the_pages_to_stdout(daemon: Daemon, tmp_path: Path
     assert run_cli("free", str(tmp_path / "h"), *url).returncode == 0
 
 
-def _reading_a_pipe(pid: int) -> bool:
-    """Whether the process sleeps in a read of a pipe (or fifo), as the kernel says."""
-    return "pipe" in Path(f"/proc/{pid}/wchan").read_text()  # pipe_read, anon_pipe_read, pipe_wait
-
-
 def test_ctrl_c_during_push_frees_what_it_stored_and_says_so(
     daemon: Daemon, tmp_path: Path
 ) -> None:
