@@ -27,18 +27,14 @@ as zram does it, with zswap's policies as options:
    40 bits are its random generation): a store that would pass that fails
    whole with PoolLimitError before anything is stored.
 
-6. The second tier (a pool with a ``backing_file``, :mod:`zswapd.backing`):
-   a page may be *written back*, its object moved to a slot of the file and
-   freed in memory; it keeps its handle, a load reads it from the file
-   (verified) and leaves it there, a free releases its slot.  In an ``lru``
-   pool (zswap) a store that finds no room writes back the least recently
-   stored or loaded pages first, until the pool is below
-   accept_threshold_percent of its limit (zswap's shrink worker), and fails
-   (ReclaimFailError, reject_reclaim_fail) only when that cannot make room;
-   in a ``manual`` pool (zram) pages leave only by :meth:`PagePool.writeback`.
-   The disk I/O of a write-back runs outside the pool's lock: loads and stores
-   of other pages go on meanwhile, and only the store that needs the room
-   waits for it.
+6. The second tier (a pool with a ``backing_file``): a page may be *written
+   back* to the file and keep its handle; an ``lru`` pool writes back instead
+   of refusing a store.  The policy is :mod:`zswapd.tier`, the file
+   :mod:`zswapd.backing`.
+
+Recompression (zram's ``recompress``) is :mod:`zswapd.recompression`; saving
+and restoring a pool's contents, :mod:`zswapd.pool_state`.  They are
+functions of the pool, split out by concept, that its methods call.
 
 Batches are all or nothing: a batch store either stores every page or, on any
 failure, none; a batch load or free with one stale handle does nothing.
@@ -49,8 +45,6 @@ allocator's own; the whole service's order is in zswapd/__init__.py.
 
 from __future__ import annotations
 
-import builtins
-import copy
 import dataclasses
 import threading
 import time
@@ -62,28 +56,24 @@ import compressors
 from allocator import (
     FULLNESS_LABELS,
     BudgetExceededError,
-    InvalidHandleError,
     PageBudget,
     PoolFullError,
 )
 from allocator.base import arena_capacity
 from allocator.handles import MAX_SLOTS, SLOT_MASK
-from zswapd.backing import BackingFile, pack, unpack
-from zswapd.config import DEFAULT_ACCEPT_THRESHOLD, PoolConfig, check_pool_name
+from zswapd import pool_state, recompression, tier
+from zswapd.backing import BackingFile, unpack
+from zswapd.config import PoolConfig, check_pool_name
 from zswapd.entries import (
     COMPRESSED,
     ENCODING,
-    FREED,
     HUGE,
-    INCOMPRESSIBLE,
-    MAX_SECONDARIES,
     RECOMPRESSED,
     SAME,
     WRITTEN,
     EntryTable,
 )
 from zswapd.errors import (
-    BackingIoError,
     CompressPoorError,
     ConfigError,
     CorruptObjectError,
@@ -95,6 +85,8 @@ from zswapd.errors import (
     StaleHandleError,
     UnknownPoolError,
 )
+from zswapd.recompression import RECOMPRESS_TYPES
+from zswapd.tier import WRITEBACK_TYPES
 
 __all__ = [
     "LIVE_SETTINGS",
@@ -107,17 +99,9 @@ __all__ = [
 ]
 
 PAGE_SIZE = 4096
-RECOMPRESS_TYPES = ("huge", "idle", "huge_idle")
-WRITEBACK_TYPES = ("idle", "huge", "huge_idle", "incompressible", "lru")
 # Settings a pool can change while it holds pages (as zram's mem_limit can be
 # written at any time); the others decide how the stored pages were encoded.
 LIVE_SETTINGS = ("limit_bytes", "accept_threshold_percent", "huge_policy", "writeback_limit")
-# Pages written back per round: the I/O of one round runs outside the lock.
-WRITEBACK_BATCH = 64
-# Write-backs one store may run before it gives up (the kernel's zswap shrink
-# worker gives up after as many failures): other threads' stores can take the
-# room a write-back made, and no store should chase them for ever.
-MAX_RECLAIM_RETRIES = 16
 
 Page = bytes | bytearray | memoryview
 
@@ -170,18 +154,6 @@ class Counters:
     # be, refused as reject_reclaim_fail); also in pool_limit_hit, as zswap's.  Not
     # refusals for the pool's limit: the metrics' rejected pages leave them out.
     limit_hit_written_back: int = 0
-
-
-def _with_writeback_limit(config: PoolConfig, left: int) -> PoolConfig:
-    """``config`` with ``writeback_limit`` counted down to ``left`` (>= 0).
-
-    A copy, not dataclasses.replace: replace re-validates the whole config,
-    which builds a compressor and an allocator (tens of milliseconds), and
-    writeback counts down under the pool's lock after every batch.
-    """
-    config = copy.copy(config)
-    object.__setattr__(config, "writeback_limit", left)
-    return config
 
 
 class PagePool:
@@ -429,13 +401,13 @@ class PagePool:
                 result = self._store_locked(prepared, poor, first=not retry)
                 if isinstance(result, list):
                     return result
-                held = self._held(isinstance(result, BudgetExceededError))
+                held = tier.held_pages(self, isinstance(result, BudgetExceededError))
             # An lru pool out of room: write back, then try again.  Each retry
             # asks twice as much: what a batch needs is whole zspages of its
             # classes (up to chain_size pages each), which freeing its own
             # count of objects may not give, and other threads may take.
             try:
-                self._reclaim(result, need << retry, held, retry == MAX_RECLAIM_RETRIES)
+                tier.reclaim(self, result, need << retry, held, retry == tier.MAX_RECLAIM_RETRIES)
             except ReclaimFailError:
                 with self._lock:
                     self.counters.reject_reclaim_fail += len(batch)  # the whole batch
@@ -523,324 +495,6 @@ class PagePool:
             f"{n} pages stored in pool {self.name!r}"
         )
 
-    # -- the second tier -----------------------------------------------------------
-
-    def _below_threshold(self, server: bool) -> bool:
-        """Whether an lru pool's write-back may stop (lock held): below
-        accept_threshold_percent (90 if unset) of the limit that refused."""
-        pct = self.config.accept_threshold_percent
-        pct = DEFAULT_ACCEPT_THRESHOLD if pct is None else pct
-        if server:
-            b = self.budget
-            limit = None if b is None else b.limit_pages
-            used = 0 if b is None else b.used
-        else:
-            limit = self.config.limit_pages
-            used = self._alloc.total_size_bytes // PAGE_SIZE
-        return not limit or used * 100 < limit * pct
-
-    def _held(self, server: bool) -> int:
-        """Pages held against the limit that refused a store (lock held): the
-        server's budget, or this pool's allocator."""
-        if server:
-            return 0 if self.budget is None else int(self.budget.used)
-        return int(self._alloc.total_size_bytes) // PAGE_SIZE
-
-    def _reclaim(self, refusal: PoolFullError, need: int, held: int, last: bool) -> None:
-        """Make room for a store that ``refusal`` turned away when the limit
-        held ``held`` pages, by writing back the least recently used pages
-        (zswap's shrink worker, run by the store that needs it).
-
-        For the pool's limit: until the pool is below accept_threshold_percent
-        of it and at least ``need`` pages were written (zswap's hysteresis: a
-        pool at its limit does not write back at every store).  For the
-        server's --memory-limit (shared with other pools, which this one
-        cannot shrink, so its threshold may be out of reach): until ``need``
-        pages were written and the budget holds less than it did.
-
-        Written-back objects leave holes: zsmalloc frees a page only when its
-        zspage empties, so on real data (pages loaded, freed and stored in
-        between, the LRU's oldest spread over every zspage) writing back until
-        the threshold alone wrote back up to half the pool per store.  After
-        each round short of the goal the allocator is compacted, as zsmalloc's
-        shrinker compacts under memory pressure: the cost is the objects
-        moved into the holes just made, and a trigger then writes about what
-        the threshold asks (tests/zswapd/test_tier.py measures it).
-
-        Raises:
-            ReclaimFailError: nothing could be written back (file full, failing
-                or removed, or no page of this pool in memory, and nobody else
-                made room meanwhile), or ``last``: the store has written back
-                MAX_RECLAIM_RETRIES times already and other stores kept taking
-                the room (the store counts the batch in reject_reclaim_fail).
-        """
-        server = isinstance(refusal, BudgetExceededError)
-        need = max(1, need)
-        wrote, why = 0, f"other stores took the room made, {MAX_RECLAIM_RETRIES} times"
-        others = False  # room made by others since the refusal: try again
-        with self._wb_lock:
-            while not last:
-                with self._lock:
-                    self._check_open()
-                    if wrote and not self._made_room(server, wrote, need, held):
-                        self._alloc.compact()
-                    if self._made_room(server, wrote, need, held):
-                        break
-                    victims = self._entries.lru_oldest(self._round(server, wrote, need))
-                    others = self._held(server) < held
-                if not victims:
-                    why = (
-                        "no page of the pool is left in memory to write back (a batch "
-                        "that needs more than the limit holds never fits: store fewer "
-                        "pages at a time, e.g. zswapd push --batch-pages N)"
-                    )
-                    break
-                n, stop = self._write_back(victims)
-                wrote += n
-                if stop is not None:
-                    why = stop
-                    break
-        if wrote or others:
-            return
-        limit = (
-            "the server's --memory-limit"
-            if server
-            else f"its limit of {self.config.limit_bytes} bytes"
-        )
-        raise ReclaimFailError(
-            f"pool {self.name!r} is at {limit} and cannot write pages back: {why}; nothing stored"
-        ) from refusal
-
-    def _round(self, server: bool, wrote: int, need: int) -> int:
-        """Pages the next round of a store's write-back takes (lock held): for
-        the server's limit ``need`` (what the store asked for); for the pool's,
-        what is still needed and the objects that the pages above the
-        threshold hold on average; at most a batch, so that a small store at a
-        large limit does not write back 64 pages to make room for one."""
-        n = need
-        if not server:
-            pct = self.config.accept_threshold_percent
-            pct = DEFAULT_ACCEPT_THRESHOLD if pct is None else pct
-            used = self._held(False)
-            excess = used - (self.config.limit_pages or 0) * pct // 100
-            per_page = self._alloc.objs_used / max(1, used)
-            n = max(need - wrote, int(excess * per_page) + 1)
-        return max(1, min(WRITEBACK_BATCH, n))
-
-    def _made_room(self, server: bool, wrote: int, need: int, held: int) -> bool:
-        """Whether a write-back for a store refused at ``held`` pages may stop (lock held)."""
-        if wrote < need:
-            return False
-        if server:
-            return self._held(True) < held
-        return self._below_threshold(False)
-
-    def _write_back(self, slots: Sequence[int]) -> tuple[int, str | None]:
-        """Move the pages in memory among ``slots`` to the backing file (the
-        caller holds _wb_lock).  Returns (pages written, why it stopped early).
-
-        Three steps: the objects are copied out and the file slots taken under
-        the lock; written outside it (loads and stores go on); then, under the
-        lock again, each page whose entry did not change meanwhile has its
-        object freed and its entry pointed at the file.  A page freed or
-        rewritten meanwhile gives its file slot back; one whose write failed
-        stays in memory, back at the cold end of the LRU.
-        """
-        backing = self.backing
-        assert backing is not None
-        e = self._entries
-        jobs: list[tuple[int, int, int, int, bytes]] = []
-        stop: str | None = None
-        if backing.removed:
-            return 0, f"backing file {backing.path} was removed; no more write-back"
-        with self._lock:
-            self._check_open()
-            read = self._alloc.obj_read
-            for slot in slots:
-                kind = e.kind[slot]
-                if kind == FREED or kind & WRITTEN or kind & ENCODING == SAME:
-                    continue
-                fslot = backing.alloc()
-                if fslot is None:
-                    stop = f"backing file {backing.path} is full ({backing.slots} slots)"
-                    break
-                obj = e.obj[slot]
-                jobs.append((slot, kind, obj, fslot, read(obj, e.clen[slot])))
-                # Off the list while in flight: no other write-back picks it.
-                e.lru_remove(slot)
-        crcs: list[int] = []
-        for _slot, _kind, _obj, fslot, data in jobs:
-            try:
-                crcs.append(backing.write(fslot, data))
-            except BackingIoError as exc:
-                stop = str(exc)
-                break
-        written = 0
-        with self._lock:
-            # Removed meanwhile: its entries and its file are gone (close()
-            # waited for the writes above to finish).
-            self._check_open()
-            if stop is not None and len(crcs) < len(jobs):
-                self.counters.backing_io_errors += 1
-            for i, (slot, kind, obj, fslot, data) in enumerate(jobs):
-                # Off the list still: a page freed and a new one stored in the
-                # same entry slot meanwhile was listed by its store, so an
-                # (unlikely) equal kind and allocator handle cannot pass for it.
-                unchanged = self._unchanged(slot, kind, obj) and not e.lru_listed(slot)
-                if i >= len(crcs) or not unchanged:
-                    backing.release(fslot)
-                    # Still in memory (not written, or rewritten meanwhile): listed again.
-                    if slot >= e.slots:
-                        continue  # freed and trimmed off the table
-                    k = e.kind[slot]
-                    if (
-                        k != FREED
-                        and not k & WRITTEN
-                        and k & ENCODING != SAME
-                        and not e.lru_listed(slot)
-                    ):
-                        e.lru_push_cold(slot)
-                    continue
-                self._alloc.free(obj)
-                e.obj[slot] = pack(fslot, crcs[i])
-                e.kind[slot] = kind | WRITTEN
-                self._compr_data_size -= len(data)
-                if kind & ENCODING == HUGE:
-                    self._huge_pages -= 1
-                self._written += 1
-                written += 1
-            self.counters.written_back_pages += written
-            self.counters.bd_writes += written
-        return written, stop
-
-    def writeback(
-        self,
-        type: str = "idle",
-        *,
-        idle_seconds: float | None = None,
-        max_pages: int | None = None,
-        order: Sequence[int] | None = None,
-    ) -> dict[str, Any]:
-        """Write pages back to the backing file on request (zram's ``writeback``).
-
-        Args:
-            type: "idle" (not stored or loaded for ``idle_seconds``), "huge",
-                "huge_idle" (both), "incompressible" (huge pages recompression
-                could not shrink), or "lru" (the least recently used first).
-            idle_seconds: what idle means, required for "idle" and "huge_idle"
-                (zram's ``echo N > idle``; 0: every page, zram's ``all``) and
-                refused for the others.
-            max_pages: write at most this many.
-            order: handles in the order to consider them; default: the
-                device's block index order if a device set writeback_order,
-                else by handle slot (store order).
-
-        Returns:
-            written_back, candidates, stopped (None, or why it stopped early:
-            "writeback_limit", "backing_full", "io_error", "backing_removed"),
-            error (the message, or None), writeback_limit (pages it may still
-            write; None: no limit).
-
-        Raises:
-            ConfigError: the pool has no backing file.
-            InvalidRequestError: a bad type, idle_seconds or max_pages.
-        """
-        if type not in WRITEBACK_TYPES:
-            raise InvalidRequestError(f"type must be one of {', '.join(WRITEBACK_TYPES)}")
-        want_idle = type in ("idle", "huge_idle")
-        if want_idle and idle_seconds is None:
-            # zram writes nothing for "idle" until pages are marked idle: there
-            # is no silent "every page" here either.
-            raise InvalidRequestError(
-                f"type {type} needs idle_seconds (0 for every page, zram's 'all')"
-            )
-        if not want_idle and idle_seconds is not None:
-            raise InvalidRequestError(f"idle_seconds applies to idle and huge_idle, not {type}")
-        if idle_seconds is not None and (
-            not isinstance(idle_seconds, int | float)
-            or isinstance(idle_seconds, bool)
-            or not 0 <= idle_seconds < float("inf")
-        ):
-            raise InvalidRequestError("idle_seconds must be a finite number >= 0")
-        if max_pages is not None and (builtins.type(max_pages) is not int or max_pages < 1):
-            raise InvalidRequestError("max_pages must be an int >= 1")
-        if self.backing is None:
-            raise ConfigError(f"pool {self.name!r} has no backing file to write back to")
-        if order is None and self.writeback_order is not None:
-            order = self.writeback_order()  # before any of this pool's locks
-        want_huge = type in ("huge", "huge_idle")
-        written, stop, error = 0, None, None
-        with self._wb_lock:
-            with self._lock:
-                self._check_open()
-                e = self._entries
-                if type == "lru":
-                    candidates = e.lru_len
-                    picked = e.lru_oldest(max_pages or e.lru_len)
-                else:
-                    if order is None:
-                        slots = e.live_slots()
-                    else:
-                        slots = [s for s in (self._slot_or_none(h) for h in order) if s]
-                    horizon = self._now() - (idle_seconds or 0)
-                    picked = []
-                    for slot in slots:
-                        kind = e.kind[slot]
-                        if kind & WRITTEN or kind & ENCODING == SAME:
-                            continue
-                        if want_huge and kind & ENCODING != HUGE:
-                            continue
-                        if want_idle and e.atime[slot] > horizon:
-                            continue
-                        if type == "incompressible" and not kind & INCOMPRESSIBLE:
-                            continue
-                        picked.append(slot)
-                    candidates = len(picked)
-                if max_pages is not None:
-                    picked = picked[:max_pages]
-            for start in range(0, len(picked), WRITEBACK_BATCH):
-                left = self.config.writeback_limit
-                if left is not None and left <= 0:
-                    stop = "writeback_limit"
-                    break
-                chunk = picked[start : start + WRITEBACK_BATCH]
-                if left is not None:
-                    chunk = chunk[:left]
-                n, why = self._write_back(chunk)
-                written += n
-                if left is not None:
-                    with self._lock:
-                        self.config = _with_writeback_limit(self.config, left - n)
-                if why is not None:
-                    error = why
-                    stop = (
-                        "backing_full"
-                        if "is full" in why
-                        else "backing_removed"
-                        if "was removed" in why
-                        else "io_error"
-                    )
-                    break
-            else:
-                left = self.config.writeback_limit
-                if left is not None and left <= 0 and written < len(picked):
-                    stop = "writeback_limit"
-        return {
-            "written_back": written,
-            "candidates": candidates,
-            "stopped": stop,
-            "error": error,
-            "writeback_limit": self.config.writeback_limit,
-        }
-
-    def _slot_or_none(self, handle: int) -> int | None:
-        try:
-            return self._entries.slot(handle)
-        except StaleHandleError:
-            return None
-
-    # -- store / load / free (continued) ------------------------------------------------
-
     def load(self, handles: Sequence[int]) -> list[bytes]:
         """The pages stored under ``handles``, in order.
 
@@ -874,12 +528,12 @@ class PagePool:
                     e.lru_touch(slot)
                 e.atime[slot] = now
             # A written-back page counts once read and verified, with bd_reads
-            # (in _read_back): loaded - same - bd_reads (the loads memory served)
+            # (in tier.read_back): loaded - same - bd_reads (the loads memory served)
             # then never goes down between two scrapes.
             self.counters.loaded_pages_total += len(slots) - written
             self.counters.loaded_same_pages += same
         if self.backing is not None and any(r[2] is None for r in raw):
-            raw = self._read_back(slots, raw)
+            raw = tier.read_back(self, slots, raw)
         # Decompress outside the lock: other threads go on meanwhile.
         out = []
         for kind, word, data, _ in raw:
@@ -896,48 +550,6 @@ class PagePool:
                     with self._lock:
                         self.counters.decompress_fail += 1
                     raise CorruptObjectError(f"pool {self.name!r}: {exc}") from exc
-        return out
-
-    def _read_back(
-        self, slots: list[int], raw: list[tuple[int, int, bytes | None, int]]
-    ) -> list[tuple[int, int, bytes | None, int]]:
-        """Fill in the written-back pages of ``raw`` from the file (outside the
-        lock), then check under it that none was freed meanwhile."""
-        backing = self.backing
-        assert backing is not None
-        out = list(raw)
-        try:
-            for i, (kind, obj, data, clen) in enumerate(raw):
-                if data is None and slots[i] not in self._failed_tags:
-                    fslot, tag = unpack(obj)
-                    out[i] = (kind, obj, backing.read(fslot, clen, tag), clen)
-        except BackingIoError:
-            with self._lock:
-                self._check_open()  # not an I/O error: the pool (and its file) went
-                self.counters.backing_io_errors += 1
-            raise
-        with self._lock:
-            n = 0
-            for slot, (kind, obj, data, _), (_, _, was, _) in zip(slots, out, raw, strict=True):
-                if was is not None:
-                    continue
-                self._check_open()
-                if not self._unchanged(slot, kind, obj):
-                    raise StaleHandleError("a page was freed while it was being loaded")
-                if data is None:
-                    if slot not in self._failed_tags:
-                        # One try a page: a forger without the key cannot retry
-                        # until a guess passes.
-                        self._failed_tags.add(slot)
-                        self.counters.backing_corrupt += 1
-                    raise CorruptObjectError(
-                        f"pool {self.name!r}: a page in backing file {backing.path} no "
-                        "longer matches its tag (the file was changed behind the "
-                        "daemon's back); not served"
-                    )
-                n += 1
-            self.counters.bd_reads += n
-            self.counters.loaded_pages_total += n
         return out
 
     def free(self, handles: Sequence[int]) -> None:
@@ -979,25 +591,21 @@ class PagePool:
             released: int = self._alloc.compact()
             return released
 
-    def _secondary(self, algo: str | None, level: int | None) -> int:
-        """Index of the secondary compressor for (algo, level), made on first use."""
-        algo = algo or self.config.recompress_algo
-        if algo is None:
-            raise ConfigError("no recompression algorithm: pass algo or set recompress_algo")
-        if level is None and algo == self.config.recompress_algo:
-            level = self.config.recompress_level
-        opts = {} if level is None else {"level": level}
-        try:
-            comp = compressors.get(algo, **opts)
-        except compressors.CompressorError as exc:
-            raise ConfigError(str(exc)) from exc
-        for i, known in enumerate(self._secondaries):
-            if known.name == comp.name and known.options == comp.options:
-                return i
-        if len(self._secondaries) >= MAX_SECONDARIES:
-            raise ConfigError("too many recompression algorithms in one pool")
-        self._secondaries.append(comp)
-        return len(self._secondaries) - 1
+    # -- write-back, recompression, saving: their own modules ----------------------
+
+    def writeback(
+        self,
+        type: str = "idle",
+        *,
+        idle_seconds: float | None = None,
+        max_pages: int | None = None,
+        order: Sequence[int] | None = None,
+    ) -> dict[str, Any]:
+        """Write pages back to the backing file on request (zram's ``writeback``):
+        :func:`zswapd.tier.writeback`."""
+        return tier.writeback(
+            self, type, idle_seconds=idle_seconds, max_pages=max_pages, order=order
+        )
 
     def recompress(
         self,
@@ -1008,137 +616,19 @@ class PagePool:
         idle_seconds: float = 0,
         threshold: int | None = None,
     ) -> dict[str, int]:
-        """Recompress huge and/or idle pages with a secondary algorithm (zram's recompress).
-
-        A page is rewritten only when its new form lands in a smaller size class
-        (and below ``threshold`` bytes, if given); its handle keeps working.
-
-        Args:
-            type: "huge", "idle" or "huge_idle" (both at once), as zram's.
-            algo, level: the secondary algorithm (default: the pool's).
-            idle_seconds: a page not stored or loaded for this long is idle.
-            threshold: only keep results smaller than this many bytes.
-
-        Returns:
-            candidates, recompressed, not_smaller, alloc_failed, bytes_saved.
-        """
-        if type not in RECOMPRESS_TYPES:
-            raise InvalidRequestError(f"type must be one of {', '.join(RECOMPRESS_TYPES)}")
-        if threshold is not None and (not isinstance(threshold, int) or threshold <= 0):
-            raise InvalidRequestError("threshold must be a positive int")
-        with self._lock:
-            index = self._secondary(algo, level)
-            e = self._entries
-            horizon = self._now() - idle_seconds
-            want_huge = type in ("huge", "huge_idle")
-            want_idle = type in ("idle", "huge_idle")
-            picked = []
-            for slot in e.live_slots():
-                kind = e.kind[slot]
-                # Written-back pages stay where they are, as zram's ZRAM_WB ones.
-                if kind & WRITTEN or kind == SAME or kind & ENCODING == RECOMPRESSED + index:
-                    continue
-                if want_huge and kind & ENCODING != HUGE:
-                    continue
-                if want_idle and e.atime[slot] > horizon:
-                    continue
-                picked.append((slot, kind, e.obj[slot], e.clen[slot]))
-        result = dict(candidates=len(picked), recompressed=0, not_smaller=0, alloc_failed=0)
-        saved = 0
-        secondary = self._secondaries[index]
-        for slot, kind, obj, clen in picked:
-            with self._lock:
-                if not self._unchanged(slot, kind, obj):
-                    continue  # freed or changed meanwhile
-                raw = self._alloc.obj_read(obj, clen)
-            try:
-                page = (
-                    raw
-                    if kind & ENCODING == HUGE
-                    else self._decompressor(kind).decompress(raw, PAGE_SIZE)
-                )
-            except compressors.CorruptDataError as exc:
-                raise CorruptObjectError(f"pool {self.name!r}: {exc}") from exc
-            new = secondary.compress(page)
-            smaller_class = self._alloc.capacity(min(len(new), PAGE_SIZE)) < self._alloc.capacity(
-                clen
-            )
-            if (
-                len(new) >= self.huge_class_size
-                or not smaller_class
-                or (threshold is not None and len(new) >= threshold)
-            ):
-                result["not_smaller"] += 1
-                with self._lock:
-                    self.counters.recompress_attempts += 1  # every page tried
-                    if kind & ENCODING == HUGE and self._unchanged(slot, kind, obj):
-                        # zram's ZRAM_INCOMPRESSIBLE: what writeback type
-                        # "incompressible" picks.
-                        e.kind[slot] = kind | INCOMPRESSIBLE
-                continue
-            with self._lock:
-                self.counters.recompress_attempts += 1
-                if not self._unchanged(slot, kind, obj):
-                    continue
-                try:
-                    new_obj = self._alloc.store(new)
-                except PoolFullError:
-                    result["alloc_failed"] += 1
-                    continue
-                # The old and the new object were both held for a moment.
-                self._mem_used_max = max(self._mem_used_max, self._alloc.total_size_bytes)
-                self._alloc.free(obj)
-                e.obj[slot], e.clen[slot], e.kind[slot] = new_obj, len(new), RECOMPRESSED + index
-                self._compr_data_size += len(new) - clen
-                if kind & ENCODING == HUGE:
-                    self._huge_pages -= 1
-                saved += clen - len(new)
-                self.counters.recompressed_pages += 1
-                self.counters.recompress_saved_bytes += clen - len(new)
-                result["recompressed"] += 1
-        result["bytes_saved"] = saved
-        return result
-
-    # -- saving and restoring (zswapd.state) ---------------------------------------
+        """Recompress huge and/or idle pages with a secondary algorithm (zram's
+        recompress): :func:`zswapd.recompression.recompress`."""
+        return recompression.recompress(
+            self, type, algo=algo, level=level, idle_seconds=idle_seconds, threshold=threshold
+        )
 
     def add_secondary(self, comp: compressors.Compressor) -> int:
         """Register a secondary compressor (restoring a pool); returns its index."""
-        with self._lock:
-            self._secondaries.append(comp)
-            return len(self._secondaries) - 1
+        return recompression.add_secondary(self, comp)
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything needed to rebuild this pool, read under its lock."""
-        with self._lock:
-            e = self._entries
-            read = self._alloc.obj_read
-            now = self._now()
-            entries = []
-            for slot in e.live_slots():
-                kind, obj, clen = e.kind[slot], e.obj[slot], e.clen[slot]
-                # A same-filled page's word; a written-back page's file slot | crc.
-                if kind == SAME or kind & WRITTEN:
-                    payload = obj.to_bytes(8, "little")
-                else:
-                    payload = read(obj, clen)
-                # The age, not the time: this process's clock means nothing to the next.
-                age = max(0, now - e.atime[slot])
-                entries.append((e.handle_of(slot), kind, clen, age, payload))
-            config = self.config.to_dict()
-            if self.backing is not None and self._written:
-                # The pages the state file points to are on disk first.
-                self.backing.flush()
-            return {
-                "config": config,
-                "backing_owned": self.backing_owned,
-                "dictionary": self.config.dictionary.hex() if self.config.dictionary else None,
-                "counters": dataclasses.asdict(self.counters),
-                "mem_used_max": self._mem_used_max,
-                "pages_compacted": self._alloc.pages_compacted,
-                "backing_key": None if self.backing is None else self.backing.key.hex(),
-                "secondaries": [[c.name, dict(c.options)] for c in self._secondaries],
-                "entries": entries,
-            }
+        """Everything needed to rebuild this pool: :func:`zswapd.pool_state.snapshot`."""
+        return pool_state.snapshot(self)
 
     def restore(
         self,
@@ -1147,80 +637,9 @@ class PagePool:
         used_max: int,
         pages_compacted: int = 0,
     ) -> None:
-        """Fill an empty pool with saved entries, under their old handles.
-
-        Raises:
-            ConfigError: a record this pool cannot hold (kind, size, limit).
-        """
-        with self._lock:
-            if len(self._entries):
-                raise ConfigError("restore() needs an empty pool")
-            if len({r[0] for r in records}) != len(records):
-                raise ConfigError("a handle appears twice in the saved state")
-            # Records carry ages; start this pool's clock far enough back that the
-            # oldest page has its age now.
-            oldest = max((r[3] for r in records), default=0)
-            self._t0 = self._clock() - oldest
-            rows = []
-            try:
-                for handle, kind, clen, age, payload in records:
-                    atime = oldest - age
-                    if kind == SAME:
-                        if len(payload) != 8:
-                            raise ConfigError("a same-filled record without its word")
-                        rows.append((handle, kind, int.from_bytes(payload, "little"), 0, atime))
-                        self._same_pages += 1
-                        continue
-                    encoding = kind & ENCODING
-                    if (
-                        kind == FREED
-                        or (kind & INCOMPRESSIBLE and encoding != HUGE)
-                        or (
-                            encoding not in (COMPRESSED, HUGE)
-                            and not RECOMPRESSED <= encoding < RECOMPRESSED + len(self._secondaries)
-                        )
-                    ):
-                        raise ConfigError(f"a record of unknown kind {kind}")
-                    if not 0 < clen <= PAGE_SIZE or (encoding == HUGE) != (clen == PAGE_SIZE):
-                        raise ConfigError("a record whose length does not match its kind")
-                    if kind & WRITTEN:
-                        if self.backing is None or len(payload) != 8:
-                            raise ConfigError(
-                                "a written-back record, and no backing file to find it in"
-                            )
-                        obj = int.from_bytes(payload, "little")
-                        self.backing.take(unpack(obj)[0])
-                        rows.append((handle, kind, obj, clen, atime))
-                        self._written += 1
-                        continue
-                    if len(payload) != clen:
-                        raise ConfigError("a record whose length does not match its kind")
-                    rows.append((handle, kind, self._alloc.store(payload), clen, atime))
-                    self._compr_data_size += clen
-                    self._huge_pages += encoding == HUGE
-                self._entries.adopt(rows)
-                # The LRU again, oldest first (its order within a second is lost).
-                listed = sorted(
-                    (r for r in rows if r[1] != SAME and not r[1] & WRITTEN), key=lambda r: r[4]
-                )
-                for r in listed:
-                    self._entries.lru_push(r[0] & SLOT_MASK)
-            except PoolFullError as exc:
-                raise ConfigError(
-                    "the saved pages do not fit the pool's limit or the server's "
-                    f"--memory-limit (raise it, or move the state file aside): {exc}"
-                ) from exc
-            except InvalidHandleError as exc:
-                raise ConfigError(f"bad handle in saved state: {exc}") from exc
-            self.counters = counters
-            self._mem_used_max = max(used_max, self._alloc.total_size_bytes)
-            # zram's pages_compacted counts since the device was made, not since
-            # this process started.
-            if type(pages_compacted) is not int or pages_compacted < 0:
-                raise ConfigError("pages_compacted that is not a count")
-            self._alloc.pages_compacted += pages_compacted
-            if self.budget is not None:
-                self.budget.commit_max()
+        """Fill an empty pool with saved entries, under their old handles:
+        :func:`zswapd.pool_state.restore`."""
+        pool_state.restore(self, records, counters, used_max, pages_compacted)
 
     # -- figures -------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from zswapd.errors import (
 )
 from zswapd.pool import PagePool
 from zswapd.pools import PoolRegistry
+from zswapd.recompression import secondary_index
 
 
 class FakeClock:
@@ -324,7 +325,7 @@ def test_recompress_survives_a_page_freed_while_it_works() -> None:
     pool = PagePool("p", cfg)
     pages = [poor_page(i) for i in range(4)]
     handles = pool.store(pages)
-    index = pool._secondary(None, None)
+    index = secondary_index(pool, None, None)
     real = pool._secondaries[index]
 
     class FreesPageZero:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from zswapd.config import PoolConfig
 from zswapd.errors import PoolLimitError
-from zswapd.pool import PAGE_SIZE, WRITEBACK_BATCH, PagePool
+from zswapd.pool import PAGE_SIZE, PagePool
+from zswapd.tier import WRITEBACK_BATCH
 
 LIMIT_PAGES = 32
 
