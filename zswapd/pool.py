@@ -593,53 +593,13 @@ class PagePool:
 
     # -- write-back, recompression, saving: their own modules ----------------------
 
-    def writeback(
-        self,
-        type: str = "idle",
-        *,
-        idle_seconds: float | None = None,
-        max_pages: int | None = None,
-        order: Sequence[int] | None = None,
-    ) -> dict[str, Any]:
-        """Write pages back to the backing file on request (zram's ``writeback``):
-        :func:`zswapd.tier.writeback`."""
-        return tier.writeback(
-            self, type, idle_seconds=idle_seconds, max_pages=max_pages, order=order
-        )
-
-    def recompress(
-        self,
-        type: str = "huge",
-        *,
-        algo: str | None = None,
-        level: int | None = None,
-        idle_seconds: float = 0,
-        threshold: int | None = None,
-    ) -> dict[str, int]:
-        """Recompress huge and/or idle pages with a secondary algorithm (zram's
-        recompress): :func:`zswapd.recompression.recompress`."""
-        return recompression.recompress(
-            self, type, algo=algo, level=level, idle_seconds=idle_seconds, threshold=threshold
-        )
-
-    def add_secondary(self, comp: compressors.Compressor) -> int:
-        """Register a secondary compressor (restoring a pool); returns its index."""
-        return recompression.add_secondary(self, comp)
-
-    def snapshot(self) -> dict[str, Any]:
-        """Everything needed to rebuild this pool: :func:`zswapd.pool_state.snapshot`."""
-        return pool_state.snapshot(self)
-
-    def restore(
-        self,
-        records: list[tuple[int, int, int, int, bytes]],
-        counters: Counters,
-        used_max: int,
-        pages_compacted: int = 0,
-    ) -> None:
-        """Fill an empty pool with saved entries, under their old handles:
-        :func:`zswapd.pool_state.restore`."""
-        pool_state.restore(self, records, counters, used_max, pages_compacted)
+    # Functions of the pool kept in a module per concept, bound here as its
+    # methods (same names, arguments and docstrings as the functions).
+    writeback = tier.writeback
+    recompress = recompression.recompress
+    add_secondary = recompression.add_secondary
+    snapshot = pool_state.snapshot
+    restore = pool_state.restore
 
     # -- figures -------------------------------------------------------------------
 
