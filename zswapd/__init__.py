@@ -9,7 +9,7 @@ these locks may take those below it, never one above.
    closed under it only when it was just built and is refused).
 3. ``Device._lock``: one NBD request's slots at a time (its writes store and
    free pages of its pool while holding it).
-4. ``PagePool._wb_lock``: one write-back at a time per pool.
+4. ``PagePool._wb_lock``: one write-back at a time per pool (zswapd.tier).
 5. ``PagePool._lock``: the pool's entries, counters and LRU.
 6. The allocator's own lock (``ZsPool`` / ``ZbudPool``), taken inside it.
 7. ``PageBudget``'s lock, the server-wide memory budget: held for a few
