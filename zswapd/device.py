@@ -392,7 +392,7 @@ class Device:
         self.pool.writeback_order = None  # no cycle left for the collector
 
     def stats(self) -> dict[str, Any]:
-        base = self.pool.stats()
+        base = self.pool.stats().to_dict()
         return {
             "device": self.name,
             "size": self.size,

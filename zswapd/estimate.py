@@ -56,6 +56,7 @@ from typing import Any, Generic, TypeVar
 import compressors
 from zswapd.config import PoolConfig
 from zswapd.errors import ConfigError
+from zswapd.figures import MmStat
 from zswapd.pool import PAGE_SIZE, PagePool
 
 __all__ = [
@@ -423,7 +424,7 @@ def _scaled_row(
         for batch in _batches(sample, BATCH):
             pool.store(batch)
         mm = pool.mm_stat()
-        classes = pool.class_rows()
+        classes = pool.stats().classes
         huge_size = pool.huge_class_size
     finally:
         pool.close()
@@ -439,21 +440,21 @@ def _scaled_row(
     scale = population / n
     # mem_used_total: per class, the scaled objects' shares of their zspages,
     # plus the unused part of the class's last zspage at its midpoint.
-    seen = [c for c in classes if c["obj_used"]]
-    lo = min((c["size"] for c in seen), default=0)
-    hi = max((c["size"] for c in seen), default=0)
+    seen = [c for c in classes if c.objs_used]
+    lo = min((c.size for c in seen), default=0)
+    hi = max((c.size for c in seen), default=0)
     total = slack = tail_var = 0.0
     m_sum = m_sq = 0.0
     for c in classes:
-        k = c["obj_used"]
-        ppz = c["pages_per_zspage"]
-        opz = ppz * PAGE_SIZE // c["size"]
+        k = c.objs_used
+        ppz = c.pages_per_zspage
+        opz = ppz * PAGE_SIZE // c.size
         share = ppz * PAGE_SIZE / opz  # one object's part of its zspage, bytes
         if k:
             m_sum += k * share
             m_sq += k * share * share
             tail = (ppz - ppz / opz) * PAGE_SIZE
-        elif lo < c["size"] < hi:
+        elif lo < c.size < hi:
             # A class between seen ones that the sample missed may hold a few
             # objects, so a zspage, in the full pool: count it at its midpoint.
             tail = ppz * PAGE_SIZE
@@ -472,16 +473,16 @@ def _scaled_row(
     error = Bound(
         compr_data_size=math.ceil(compr_half),
         mem_used_total=math.ceil(total_half),
-        same_pages=_count_bound(mm["same_pages"], n, population),
-        huge_pages=_count_bound(mm["huge_pages"], n, population),
+        same_pages=_count_bound(mm.same_pages, n, population),
+        huge_pages=_count_bound(mm.huge_pages, n, population),
     )
     row = Row(
         config,
         orig_data_size=population * PAGE_SIZE,
         compr_data_size=round(sum(sizes) * scale),
         mem_used_total=round(total),
-        same_pages=round(mm["same_pages"] * scale),
-        huge_pages=round(mm["huge_pages"] * scale),
+        same_pages=round(mm.same_pages * scale),
+        huge_pages=round(mm.huge_pages * scale),
         compress_us=timing[0],
         decompress_us=timing[1],
         error=error,
@@ -489,14 +490,14 @@ def _scaled_row(
     return row, huge_size
 
 
-def _exact_row(config: Config, mm: dict[str, int], timing: tuple[float | None, ...]) -> Row:
+def _exact_row(config: Config, mm: MmStat, timing: tuple[float | None, ...]) -> Row:
     return Row(
         config,
-        orig_data_size=mm["orig_data_size"],
-        compr_data_size=mm["compr_data_size"],
-        mem_used_total=mm["mem_used_total"],
-        same_pages=mm["same_pages"],
-        huge_pages=mm["huge_pages"],
+        orig_data_size=mm.orig_data_size,
+        compr_data_size=mm.compr_data_size,
+        mem_used_total=mm.mem_used_total,
+        same_pages=mm.same_pages,
+        huge_pages=mm.huge_pages,
         compress_us=timing[0],
         decompress_us=timing[1],
     )
@@ -552,7 +553,7 @@ def estimate(
                 timing.add(page)
             for pool in pools:
                 pool.store(batch)
-            held = sum(pool.mm_stat()["mem_used_total"] for pool in pools)
+            held = sum(pool.mm_stat().mem_used_total for pool in pools)
             if held > FULL_RUN_MAX_HELD:
                 raise ConfigError(
                     f"the pools of a full run hold more than {FULL_RUN_MAX_HELD >> 20} MiB "

@@ -497,7 +497,8 @@ def create_app(
         tags=["pools"],
     )
     async def stats(pool: PoolName) -> dict[str, Any]:
-        return await run_in_thread(reg.get(pool).stats)
+        figures = await run_in_thread(reg.get(pool).stats)
+        return figures.to_dict()
 
     @app.post(
         "/v1/pools/{pool}/compact", response_model=CompactResult, name="compact", tags=["pools"]

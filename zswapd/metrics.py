@@ -1,7 +1,8 @@
 """Prometheus metrics: one collector reading pool snapshots at scrape time.
 
 Nothing is kept in step per page: at each scrape, :class:`PoolCollector` asks
-every pool for its figures (``PagePool.stats()``) and builds fresh metric
+every pool for its figures (``PagePool.stats()``, a typed
+:class:`~zswapd.figures.PoolFigures`) and builds fresh metric
 families from them, the kernel's names beside each (see DESIGN.md).  Per-class
 series cover every distinct class that has ever held a zspage in a pool, so a
 class that empties reports zeros instead of vanishing (series don't flap).
@@ -23,7 +24,7 @@ that rules can leave out lru pools, which sit near their limit by design.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -38,57 +39,61 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from allocator import FULLNESS_LABELS
 from zswapd import __version__
 from zswapd.errors import UnknownPoolError
+from zswapd.figures import PoolFigures
 from zswapd.pools import PoolRegistry
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "PoolCollector"]
 
-FULLNESS = ("0", "10", "20", "30", "40", "50", "60", "70", "80", "90", "99", "100")
-
-# (metric, help, where in stats) for the per-pool gauges.
-_POOL_GAUGES: list[tuple[str, str, tuple[str, str]]] = [
+# (metric, help, the figure) for the per-pool gauges.
+_POOL_GAUGES: list[tuple[str, str, Callable[[PoolFigures], int]]] = [
     (
         "zswapd_pool_size_bytes",
         "Pages held by the allocator x 4096 (mem_used_total).",
-        ("mm_stat", "mem_used_total"),
+        lambda f: f.mm_stat.mem_used_total,
     ),
     (
         "zswapd_pool_size_max_bytes",
         "High-water mark of the pool size (mem_used_max).",
-        ("mm_stat", "mem_used_max"),
+        lambda f: f.mm_stat.mem_used_max,
     ),
     (
         "zswapd_pool_limit_bytes",
         "Configured pool limit, 0 = none (mem_limit).",
-        ("mm_stat", "mem_limit"),
+        lambda f: f.mm_stat.mem_limit,
     ),
     (
         "zswapd_stored_pages",
         "Pages stored in memory, same-filled included (zswap's stored_pages; "
         "written-back pages are in zswapd_backing_pages).",
-        ("zswap", "stored_pages"),
+        lambda f: f.zswap.stored_pages,
     ),
     (
         "zswapd_original_bytes",
         "Stored pages x 4096 (orig_data_size).",
-        ("mm_stat", "orig_data_size"),
+        lambda f: f.mm_stat.orig_data_size,
     ),
     (
         "zswapd_compressed_bytes",
         "Sum of compressed object sizes (compr_data_size).",
-        ("mm_stat", "compr_data_size"),
+        lambda f: f.mm_stat.compr_data_size,
     ),
     (
         "zswapd_same_filled_pages",
         "Pages kept as one repeated word (same_pages).",
-        ("mm_stat", "same_pages"),
+        lambda f: f.mm_stat.same_pages,
     ),
-    ("zswapd_huge_pages", "Pages stored uncompressed (huge_pages).", ("mm_stat", "huge_pages")),
+    (
+        "zswapd_huge_pages",
+        "Pages stored uncompressed (huge_pages).",
+        lambda f: f.mm_stat.huge_pages,
+    ),
     (
         "zswapd_metadata_bytes",
         "The pool's table of entries, charged to the server's memory limit (not in mm_stat).",
-        ("metadata", "bytes"),
+        lambda f: f.metadata.bytes,
     ),
 ]
 
@@ -105,7 +110,7 @@ class PoolCollector(Collector):
         return iter(())  # families are built at scrape time
 
     def collect(self) -> Iterator[Metric]:
-        snapshots: list[tuple[str, dict[str, Any]]] = []
+        snapshots: list[tuple[str, PoolFigures]] = []
         for name in self.pools.names():
             try:
                 snapshots.append((name, self.pools.get(name).stats()))
@@ -116,7 +121,7 @@ class PoolCollector(Collector):
                 del self._seen[gone]
             seen = {n: self._seen.setdefault(n, set()) for n, _ in snapshots}
             for name, stats in snapshots:
-                seen[name].update(r["size"] for r in stats["classes"] if r["obj_allocated"])
+                seen[name].update(c.size for c in stats.classes if c.objs_allocated)
         yield from self._server_metrics()
         yield from self._pool_metrics(snapshots)
         yield from self._backing_metrics(snapshots)
@@ -144,11 +149,11 @@ class PoolCollector(Collector):
         yield from (limit, used, pools, max_pools)
 
     @staticmethod
-    def _pool_metrics(snapshots: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
-        for metric, doc, (section, key) in _POOL_GAUGES:
+    def _pool_metrics(snapshots: list[tuple[str, PoolFigures]]) -> Iterator[Metric]:
+        for metric, doc, figure in _POOL_GAUGES:
             fam = GaugeMetricFamily(metric, doc, labels=["pool"])
             for name, stats in snapshots:
-                fam.add_metric([name], stats[section][key])
+                fam.add_metric([name], figure(stats))
             yield fam
         compacted = CounterMetricFamily(
             "zswapd_compacted_pages",
@@ -165,15 +170,15 @@ class PoolCollector(Collector):
             labels=["pool", "reason"],
         )
         for name, stats in snapshots:
-            compacted.add_metric([name], stats["mm_stat"]["pages_compacted"])
-            counts = stats["counters"]
+            compacted.add_metric([name], stats.mm_stat.pages_compacted)
+            counts = stats.counters
             # An lru pool's limit hits answered by writing back refused nothing.
-            limit_refused = stats["zswap"]["pool_limit_hit"] - counts["limit_hit_written_back"]
+            limit_refused = stats.zswap.pool_limit_hit - counts.limit_hit_written_back
             rejected.add_metric([name, "pool_limit"], limit_refused)
-            rejected.add_metric([name, "compress_poor"], stats["zswap"]["reject_compress_poor"])
-            rejected.add_metric([name, "memory_limit"], counts["memory_limit_hit"])
-            rejected.add_metric([name, "reclaim_fail"], stats["zswap"]["reject_reclaim_fail"])
-            refused.add_metric([name, "stale_handle"], stats["counters"]["stale_handle_requests"])
+            rejected.add_metric([name, "compress_poor"], stats.zswap.reject_compress_poor)
+            rejected.add_metric([name, "memory_limit"], counts.memory_limit_hit)
+            rejected.add_metric([name, "reclaim_fail"], stats.zswap.reject_reclaim_fail)
+            refused.add_metric([name, "stale_handle"], stats.counters.stale_handle_requests)
         pages = CounterMetricFamily(
             "zswapd_pages", "Pages stored, loaded and freed, by operation.", labels=["pool", "op"]
         )
@@ -187,11 +192,11 @@ class PoolCollector(Collector):
             labels=["pool"],
         )
         for name, stats in snapshots:
-            counts = stats["counters"]
-            pages.add_metric([name, "store"], counts["stored_pages_total"])
-            pages.add_metric([name, "load"], counts["loaded_pages_total"])
-            pages.add_metric([name, "free"], counts["freed_pages_total"])
-            limit_hit.add_metric([name], stats["zswap"]["pool_limit_hit"])
+            counts = stats.counters
+            pages.add_metric([name, "store"], counts.stored_pages_total)
+            pages.add_metric([name, "load"], counts.loaded_pages_total)
+            pages.add_metric([name, "free"], counts.freed_pages_total)
+            limit_hit.add_metric([name], stats.zswap.pool_limit_hit)
         yield compacted
         yield rejected
         yield refused
@@ -199,7 +204,7 @@ class PoolCollector(Collector):
         yield limit_hit
 
     @staticmethod
-    def _backing_metrics(snapshots: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
+    def _backing_metrics(snapshots: list[tuple[str, PoolFigures]]) -> Iterator[Metric]:
         """The second tier: bd_stat, zswap's written_back_pages, loads by source."""
         pages = GaugeMetricFamily(
             "zswapd_backing_pages",
@@ -249,27 +254,27 @@ class PoolCollector(Collector):
             labels=["pool", "source"],
         )
         for name, stats in snapshots:
-            bd, counts, backing = stats["bd_stat"], stats["counters"], stats["backing"]
-            pages.add_metric([name], bd["bd_count"])
-            mode.add_metric([name, "none" if backing is None else backing["writeback"]], 1)
-            left = stats["config"]["writeback_limit"]
+            bd, counts, backing = stats.bd_stat, stats.counters, stats.backing
+            pages.add_metric([name], bd.bd_count)
+            mode.add_metric([name, "none" if backing is None else backing.writeback], 1)
+            left = stats.config.writeback_limit
             limit_left.add_metric([name], -1 if left is None else left)
-            size.add_metric([name], 0 if backing is None else backing["size"])
-            io.add_metric([name, "read"], bd["bd_reads"])
-            io.add_metric([name, "write"], bd["bd_writes"])
-            written_back.add_metric([name], stats["zswap"]["written_back_pages"])
-            errors.add_metric([name, "io"], 0 if backing is None else backing["io_errors"])
-            errors.add_metric([name, "corrupt"], 0 if backing is None else backing["corrupt_pages"])
-            same = counts["loaded_same_pages"]
-            from_memory = counts["loaded_pages_total"] - same - bd["bd_reads"]
+            size.add_metric([name], 0 if backing is None else backing.size)
+            io.add_metric([name, "read"], bd.bd_reads)
+            io.add_metric([name, "write"], bd.bd_writes)
+            written_back.add_metric([name], stats.zswap.written_back_pages)
+            errors.add_metric([name, "io"], 0 if backing is None else backing.io_errors)
+            errors.add_metric([name, "corrupt"], 0 if backing is None else backing.corrupt_pages)
+            same = counts.loaded_same_pages
+            from_memory = counts.loaded_pages_total - same - bd.bd_reads
             loaded.add_metric([name, "pool"], from_memory)
-            loaded.add_metric([name, "backing"], bd["bd_reads"])
+            loaded.add_metric([name, "backing"], bd.bd_reads)
             loaded.add_metric([name, "same"], same)
         yield from (pages, size, io, written_back, errors, loaded, mode, limit_left)
 
     @staticmethod
     def _class_metrics(
-        snapshots: list[tuple[str, dict[str, Any]]], seen: dict[str, set[int]]
+        snapshots: list[tuple[str, PoolFigures]], seen: dict[str, set[int]]
     ) -> Iterator[Metric]:
         zspages = GaugeMetricFamily(
             "zswapd_class_zspages",
@@ -292,15 +297,15 @@ class PoolCollector(Collector):
             labels=["pool", "size"],
         )
         for name, stats in snapshots:
-            for row in stats["classes"]:
-                if row["size"] not in seen[name]:
+            for c in stats.classes:
+                if c.size not in seen[name]:
                     continue
-                size = str(row["size"])
-                for step in FULLNESS:
-                    zspages.add_metric([name, size, step], row[step])
-                allocated.add_metric([name, size], row["obj_allocated"])
-                used.add_metric([name, size], row["obj_used"])
-                pages.add_metric([name, size], row["pages_used"])
+                size = str(c.size)
+                for step, count in zip(FULLNESS_LABELS, c.zspages, strict=True):
+                    zspages.add_metric([name, size, step], count)
+                allocated.add_metric([name, size], c.objs_allocated)
+                used.add_metric([name, size], c.objs_used)
+                pages.add_metric([name, size], c.pages_used)
         yield from (zspages, allocated, used, pages)
 
 
@@ -339,8 +344,8 @@ class DeviceCollector(Collector):
             for kind, value in vars(dev.io).items():
                 io.add_metric([name, kind], value)
             bd_stat = dev.pool.bd_stat()
-            for kind in ("bd_reads", "bd_writes"):
-                bd.add_metric([name, kind], bd_stat[kind])
+            bd.add_metric([name, "bd_reads"], bd_stat.bd_reads)
+            bd.add_metric([name, "bd_writes"], bd_stat.bd_writes)
         yield from (io, size, bd)
 
 

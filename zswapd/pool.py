@@ -54,7 +54,6 @@ from typing import Any
 
 import compressors
 from allocator import (
-    FULLNESS_LABELS,
     BudgetExceededError,
     PageBudget,
     PoolFullError,
@@ -84,6 +83,17 @@ from zswapd.errors import (
     ReclaimFailError,
     StaleHandleError,
     UnknownPoolError,
+)
+from zswapd.figures import (
+    BackingFigures,
+    BdStat,
+    MetadataFigures,
+    MmStat,
+    PoolFigures,
+    RecompressFigures,
+    RequestCounters,
+    ServerFigures,
+    ZswapFigures,
 )
 from zswapd.recompression import RECOMPRESS_TYPES
 from zswapd.tier import WRITEBACK_TYPES
@@ -487,11 +497,11 @@ class PagePool:
         return handles
 
     def _memory_limit_error(self, n: int) -> MemoryLimitError:
-        server = self._budget_figures()
+        server = self._server_figures()
         return MemoryLimitError(
             f"these pages would pass the server's --memory-limit (all pools "
-            f"together hold {server['memory_used']} of "
-            f"{server['memory_limit']} bytes); none of the "
+            f"together hold {server.memory_used} of "
+            f"{server.memory_limit} bytes); none of the "
             f"{n} pages stored in pool {self.name!r}"
         )
 
@@ -607,131 +617,106 @@ class PagePool:
     def stored_pages(self) -> int:
         return len(self._entries)
 
-    def mm_stat(self) -> dict[str, int]:
+    def mm_stat(self) -> MmStat:
         """zram's mm_stat, field for field."""
         with self._lock:
             return self._mm_stat()
 
-    def _mm_stat(self) -> dict[str, int]:
+    def _mm_stat(self) -> MmStat:
         alloc = self._alloc
-        return {
-            "orig_data_size": len(self._entries) * PAGE_SIZE,
-            "compr_data_size": self._compr_data_size,
-            "mem_used_total": alloc.total_size_bytes,
-            "mem_limit": self.config.limit_bytes,
-            "mem_used_max": self._mem_used_max,
-            "same_pages": self._same_pages,
-            "pages_compacted": alloc.pages_compacted,
-            "huge_pages": self._huge_pages,
-            "huge_pages_since": self.counters.huge_pages_since,
-        }
+        return MmStat(
+            orig_data_size=len(self._entries) * PAGE_SIZE,
+            compr_data_size=self._compr_data_size,
+            mem_used_total=alloc.total_size_bytes,
+            mem_limit=self.config.limit_bytes,
+            mem_used_max=self._mem_used_max,
+            same_pages=self._same_pages,
+            pages_compacted=alloc.pages_compacted,
+            huge_pages=self._huge_pages,
+            huge_pages_since=self.counters.huge_pages_since,
+        )
 
-    def bd_stat(self) -> dict[str, int]:
+    def bd_stat(self) -> BdStat:
         """zram's bd_stat alone, in pages (a scrape of a device's wants no class table)."""
         with self._lock:
-            c = self.counters
-            return {"bd_count": self._written, "bd_reads": c.bd_reads, "bd_writes": c.bd_writes}
+            return self._bd_stat()
 
-    def _budget_figures(self) -> dict[str, int]:
+    def _bd_stat(self) -> BdStat:
+        c = self.counters
+        return BdStat(bd_count=self._written, bd_reads=c.bd_reads, bd_writes=c.bd_writes)
+
+    def _server_figures(self) -> ServerFigures:
         """The server-wide figures: limit (0: none), in use and high-water mark, bytes."""
         b = self.budget
         if b is None:
-            return {"memory_limit": 0, "memory_used": 0, "memory_used_max": 0}
-        return {
-            "memory_limit": (b.limit_pages or 0) * PAGE_SIZE,
-            "memory_used": b.used * PAGE_SIZE,
-            "memory_used_max": b.committed_max * PAGE_SIZE,
-        }
+            return ServerFigures(memory_limit=0, memory_used=0, memory_used_max=0)
+        return ServerFigures(
+            memory_limit=(b.limit_pages or 0) * PAGE_SIZE,
+            memory_used=b.used * PAGE_SIZE,
+            memory_used_max=b.committed_max * PAGE_SIZE,
+        )
 
-    def _backing_figures(self) -> dict[str, Any] | None:
+    def _backing_figures(self) -> BackingFigures | None:
         """The backing file: where, how big, how full, how healthy (lock held)."""
         b = self.backing
         if b is None:
             return None
-        return {
-            "file": b.path,
-            "slots": b.slots,
-            "size": b.slots * PAGE_SIZE,
-            "used_slots": b.used,
-            "writeback": self.config.writeback,
-            "writeback_limit": self.config.writeback_limit,
-            "lru_pages": self._entries.lru_len,
-            "removed": b.removed,
-            "io_errors": self.counters.backing_io_errors,
-            "corrupt_pages": self.counters.backing_corrupt,
-        }
+        return BackingFigures(
+            file=b.path,
+            slots=b.slots,
+            size=b.slots * PAGE_SIZE,
+            used_slots=b.used,
+            writeback=self.config.writeback,
+            writeback_limit=self.config.writeback_limit,
+            lru_pages=self._entries.lru_len,
+            removed=b.removed,
+            io_errors=self.counters.backing_io_errors,
+            corrupt_pages=self.counters.backing_corrupt,
+        )
 
-    def class_rows(self) -> list[dict[str, int]]:
-        """The allocator's class table, one dict per distinct class, debugfs names."""
-        rows = []
-        for c in self._alloc.class_stats():
-            row = {"class": c.index, "size": c.size}
-            row.update({label: n for label, n in zip(FULLNESS_LABELS, c.zspages, strict=True)})
-            row.update(
-                obj_allocated=c.objs_allocated,
-                obj_used=c.objs_used,
-                pages_used=c.pages_used,
-                pages_per_zspage=c.pages_per_zspage,
-                freeable=c.freeable,
-            )
-            rows.append(row)
-        return rows
-
-    def stats(self) -> dict[str, Any]:
-        """Every figure: mm_stat, zswap-style counters, recompression, classes."""
+    def stats(self) -> PoolFigures:
+        """Every figure, at one instant: mm_stat, zswap's counters, bd_stat, classes."""
         with self._lock:
             mm = self._mm_stat()
             c = self.counters
-            stored = len(self._entries)
-            out: dict[str, Any] = {
-                "pool": self.name,
-                "config": self.config.to_dict(),
-                "huge_class_size": self.huge_class_size,
-                "mm_stat": mm,
-                "zswap": {
-                    # zswap's: a written-back entry has left zswap (it is in
-                    # bd_count); zram's orig_data_size still counts it.
-                    "stored_pages": stored - self._written,
-                    "same_filled_pages": mm["same_pages"],
-                    "pool_total_size": mm["mem_used_total"],
-                    "pool_limit_hit": c.pool_limit_hit,
-                    "reject_compress_poor": c.reject_compress_poor,
-                    "reject_reclaim_fail": c.reject_reclaim_fail,
-                    "written_back_pages": c.written_back_pages,
-                    "decompress_fail": c.decompress_fail,
-                },
-                # zram's bd_stat, in pages: in the file now, read from it, written to it.
-                "bd_stat": {
-                    "bd_count": self._written,
-                    "bd_reads": c.bd_reads,
-                    "bd_writes": c.bd_writes,
-                },
-                "backing": self._backing_figures(),
-                "counters": {
-                    "stored_pages_total": c.stored_pages_total,
-                    "loaded_pages_total": c.loaded_pages_total,
-                    "freed_pages_total": c.freed_pages_total,
-                    "memory_limit_hit": c.memory_limit_hit,
-                    "stale_handle_requests": c.stale_handle_requests,
-                    "loaded_same_pages": c.loaded_same_pages,
-                    "limit_hit_written_back": c.limit_hit_written_back,
-                },
-                # Every pool and device together (--memory-limit), for context.
-                "server": self._budget_figures(),
-                # This pool's share of memory_used beside its allocator's pages.
-                "metadata": {
-                    "entry_slots": self._entries.slots,
-                    "bytes": self._entries.charged * PAGE_SIZE,
-                },
-                "recompress": {
-                    "attempts": c.recompress_attempts,
-                    "recompressed_pages": c.recompressed_pages,
-                    "saved_bytes": c.recompress_saved_bytes,
-                    "algorithms": [repr(s) for s in self._secondaries],
-                },
-                "classes": self.class_rows(),
-            }
-        return out
+            return PoolFigures(
+                pool=self.name,
+                config=self.config,
+                huge_class_size=self.huge_class_size,
+                mm_stat=mm,
+                zswap=ZswapFigures(
+                    stored_pages=len(self._entries) - self._written,
+                    same_filled_pages=mm.same_pages,
+                    pool_total_size=mm.mem_used_total,
+                    pool_limit_hit=c.pool_limit_hit,
+                    reject_compress_poor=c.reject_compress_poor,
+                    reject_reclaim_fail=c.reject_reclaim_fail,
+                    written_back_pages=c.written_back_pages,
+                    decompress_fail=c.decompress_fail,
+                ),
+                bd_stat=self._bd_stat(),
+                backing=self._backing_figures(),
+                counters=RequestCounters(
+                    stored_pages_total=c.stored_pages_total,
+                    loaded_pages_total=c.loaded_pages_total,
+                    freed_pages_total=c.freed_pages_total,
+                    memory_limit_hit=c.memory_limit_hit,
+                    stale_handle_requests=c.stale_handle_requests,
+                    loaded_same_pages=c.loaded_same_pages,
+                    limit_hit_written_back=c.limit_hit_written_back,
+                ),
+                server=self._server_figures(),
+                metadata=MetadataFigures(
+                    entry_slots=self._entries.slots, bytes=self._entries.charged * PAGE_SIZE
+                ),
+                recompress=RecompressFigures(
+                    attempts=c.recompress_attempts,
+                    recompressed_pages=c.recompressed_pages,
+                    saved_bytes=c.recompress_saved_bytes,
+                    algorithms=tuple(repr(s) for s in self._secondaries),
+                ),
+                classes=tuple(self._alloc.class_stats()),
+            )
 
     def check_invariants(self) -> None:
         """Entries, counters and the allocator agree (tests; O(pool size))."""

@@ -417,8 +417,8 @@ class WireConnection(asyncio.BufferedProtocol):
         if op in (Op.STATS, Op.COMPACT) and payload:
             raise InvalidRequestError(f"{len(payload)} bytes of payload; this op takes none")
         if op == Op.STATS:
-            stats = await run_in_thread(pool.stats)
-            return json.dumps(stats).encode()
+            figures = await run_in_thread(pool.stats)
+            return json.dumps(figures.to_dict()).encode()
         if op == Op.COMPACT:
             released = await run_maintenance(pool.compact)
             return struct.pack("<Q", released)

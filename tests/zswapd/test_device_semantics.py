@@ -35,7 +35,7 @@ def test_device_zram_semantics() -> None:
     dev.zero(0, 8192, keep_allocated=False)  # type: ignore[attr-defined]
     assert pool.stored_pages == 1 and dev.read(0, 8192) == bytes(8192)  # type: ignore[attr-defined]
     dev.zero(0, 8192, keep_allocated=True)  # type: ignore[attr-defined]  # NO_HOLE
-    assert pool.stored_pages == 3 and pool.mm_stat()["same_pages"] == 2
+    assert pool.stored_pages == 3 and pool.mm_stat().same_pages == 2
     dev.zero(4096 + 1, 10, keep_allocated=False)  # type: ignore[attr-defined]
     with pytest.raises(InvalidRequestError):
         dev.read(16 * 4096 - 1, 2)  # type: ignore[attr-defined]

@@ -43,9 +43,9 @@ def _in_file(dev: Device, blocks: list[int]) -> list[int]:
     """The blocks among ``blocks`` whose read comes from the backing file (bd_reads grows)."""
     out = []
     for b in blocks:
-        before = dev.pool.bd_stat()["bd_reads"]
+        before = dev.pool.bd_stat().bd_reads
         dev.read(b * PAGE, PAGE)
-        if dev.pool.bd_stat()["bd_reads"] > before:
+        if dev.pool.bd_stat().bd_reads > before:
             out.append(b)
     return out
 
@@ -75,11 +75,11 @@ def test_writeback_takes_slots_in_index_order(tmp_path: Path) -> None:
     )
     handles = plain.store([text_page(b) for b in written])
     assert plain.writeback("idle", idle_seconds=0, max_pages=2)["written_back"] == 2
-    assert plain.stats()["bd_stat"]["bd_reads"] == 0
+    assert plain.stats().bd_stat.bd_reads == 0
     plain.load(handles[:2])  # blocks 7 and 3: from the file
-    assert plain.stats()["bd_stat"]["bd_reads"] == 2
+    assert plain.stats().bd_stat.bd_reads == 2
     plain.load(handles[2:])
-    assert plain.stats()["bd_stat"]["bd_reads"] == 2
+    assert plain.stats().bd_stat.bd_reads == 2
     plain.close()
     assert device.writeback("idle", idle_seconds=0)["written_back"] == 3
     for dev in devs:
@@ -222,7 +222,7 @@ def test_a_device_with_a_backing_file_is_served_off_the_event_loop(tmp_path: Pat
 
     assert asyncio.run(jobs(plain)) == 0  # small, and nothing to wait for: on the loop
     assert asyncio.run(jobs(backed)) == 2
-    assert backed.pool.bd_stat()["bd_reads"] == 1
+    assert backed.pool.bd_stat().bd_reads == 1
 
 
 def test_device_backing_options_from_flags_and_the_config_file(tmp_path: Path) -> None:

@@ -41,21 +41,21 @@ def test_mm_stat_and_classes_agree_with_the_kernel(program: str, algo: str) -> N
         rows = oracle[stage]["classes"]
         assert isinstance(kernel, dict) and isinstance(rows, dict)
         mm = pool.mm_stat()
-        assert mm["orig_data_size"] == kernel["orig_data_size"], stage
-        assert mm["same_pages"] == kernel["same_pages"], stage
-        assert mm["mem_limit"] == kernel["mem_limit"] == 0
+        assert mm.orig_data_size == kernel["orig_data_size"], stage
+        assert mm.same_pages == kernel["same_pages"], stage
+        assert mm.mem_limit == kernel["mem_limit"] == 0
         assert (
-            abs(mm["compr_data_size"] - kernel["compr_data_size"])
+            abs(mm.compr_data_size - kernel["compr_data_size"])
             <= compr_tol * kernel["compr_data_size"]
         ), stage
-        assert abs(mm["huge_pages"] - kernel["huge_pages"]) <= max(
+        assert abs(mm.huge_pages - kernel["huge_pages"]) <= max(
             3, huge_tol * kernel["huge_pages"]
         ), stage
         mem = kernel["mem_used_total"]
-        assert abs(mm["mem_used_total"] - mem) <= mem_tol * mem, stage
+        assert abs(mm.mem_used_total - mem) <= mem_tol * mem, stage
         if algo == "lz4":
             return
-        ours = {r["class"]: (r["obj_allocated"], r["pages_used"]) for r in pool.class_rows()}
+        ours = {c.index: (c.objs_allocated, c.pages_used) for c in pool.stats().classes}
         assert rows_diff(ours, rows, PAGES_USED) <= 0.05, stage
         assert rows_diff(ours, rows, OBJ_ALLOCATED) <= 0.05, stage
 
@@ -64,5 +64,5 @@ def test_mm_stat_and_classes_agree_with_the_kernel(program: str, algo: str) -> N
     check("discarded", mem_later)
     pool.compact()
     check("compacted", mem_later)
-    assert pool.mm_stat()["pages_compacted"] > 0
+    assert pool.mm_stat().pages_compacted > 0
     pool.check_invariants()

@@ -176,8 +176,8 @@ def test_lru_writeback_is_not_a_pool_limit_reject_but_reclaim_fail_is(tmp_path: 
     metrics = Metrics(reg)
     _one_by_one(pool, [random_page(i) for i in range(40)])  # 40 > 16: writes back
     stats = pool.stats()
-    assert stats["zswap"]["pool_limit_hit"] > 0  # zswap's counter: the limit was hit
-    assert stats["zswap"]["written_back_pages"] > 0
+    assert stats.zswap.pool_limit_hit > 0  # zswap's counter: the limit was hit
+    assert stats.zswap.written_back_pages > 0
     got = _samples(metrics)
     reason = {
         dict(k[1])["reason"]: v for k, v in got.items() if k[0] == "zswapd_rejected_pages_total"
@@ -234,7 +234,7 @@ def test_loads_from_memory_never_go_down_while_a_read_back_is_in_flight(
     assert before[key] == during[key] == after[key] == 0
     backing_key = ("zswapd_loaded_pages_total", (("pool", "spill"), ("source", "backing")))
     assert (during[backing_key], after[backing_key]) == (0, 1)
-    assert pool.stats()["counters"]["loaded_pages_total"] == 1
+    assert pool.stats().counters.loaded_pages_total == 1
 
 
 def test_backing_series_match_the_stats_route(tmp_path: Path) -> None:

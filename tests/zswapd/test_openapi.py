@@ -389,7 +389,7 @@ def test_device_and_pool_answers_match_their_models(tmp_path: Path) -> None:
         if name == "tiered":
             assert device.writeback("idle", idle_seconds=0)["written_back"] == 2
         _exactly(DeviceStatsOut, {**device.stats(), "nbd": None})  # the route adds its URI
-        _exactly(PoolStatsOut, device.pool.stats())
+        _exactly(PoolStatsOut, device.pool.stats().to_dict())
         _exactly(PoolConfigOut, device.pool.config.to_dict())
 
 

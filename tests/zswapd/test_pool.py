@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -50,16 +51,16 @@ def test_process_memory_round_trips(
                 kept.append(page)
             except CompressPoorError:
                 pass
-        assert pool.stats()["zswap"]["reject_compress_poor"] == len(pages) - len(kept)
-        assert pool.mm_stat()["huge_pages"] == 0
+        assert pool.stats().zswap.reject_compress_poor == len(pages) - len(kept)
+        assert pool.mm_stat().huge_pages == 0
         pages = kept
     else:
         handles = pool.store(b"".join(pages))
     assert pool.load(handles) == pages
     pool.check_invariants()
     mm = pool.mm_stat()
-    assert mm["orig_data_size"] == 4096 * len(pages)
-    assert mm["compr_data_size"] < mm["orig_data_size"] / 1.5
+    assert mm.orig_data_size == 4096 * len(pages)
+    assert mm.compr_data_size < mm.orig_data_size / 1.5
 
 
 def test_same_filled_detection_is_exact() -> None:
@@ -71,8 +72,8 @@ def test_same_filled_detection_is_exact() -> None:
     not_word = same_page(b"\x01\x02\x03") + b"\x00"  # period 3: not an 8-byte word
     handles = pool.store([zero, word, bytes(almost), short_period, not_word[:4096]])
     mm = pool.mm_stat()
-    assert mm["same_pages"] == 3
-    assert mm["compr_data_size"] > 0 and pool.stats()["zswap"]["same_filled_pages"] == 3
+    assert mm.same_pages == 3
+    assert mm.compr_data_size > 0 and pool.stats().zswap.same_filled_pages == 3
     assert pool._alloc.objs_used == 2  # same-filled pages take no allocator memory
     assert pool.load(handles) == [zero, word, bytes(almost), short_period, not_word[:4096]]
 
@@ -81,19 +82,19 @@ def test_huge_pages_are_stored_raw_and_counted() -> None:
     pool = PagePool("p", PoolConfig(compressor="lz4"))
     handles = pool.store([random_page(1), random_page(2), text_page(3)])
     mm = pool.mm_stat()
-    assert mm["huge_pages"] == mm["huge_pages_since"] == 2
-    assert mm["compr_data_size"] == 2 * 4096 + len(compressors.get("lz4").compress(text_page(3)))
+    assert mm.huge_pages == mm.huge_pages_since == 2
+    assert mm.compr_data_size == 2 * 4096 + len(compressors.get("lz4").compress(text_page(3)))
     pool.free(handles[:1])
     mm = pool.mm_stat()
-    assert mm["huge_pages"] == 1 and mm["huge_pages_since"] == 2
+    assert mm.huge_pages == 1 and mm.huge_pages_since == 2
 
 
 def test_reject_policy_refuses_the_whole_batch() -> None:
     pool = PagePool("p", PoolConfig(huge_policy="reject"))
     with pytest.raises(CompressPoorError):
         pool.store([text_page(1), random_page(2), random_page(3)])
-    assert pool.stored_pages == 0 and pool.mm_stat()["mem_used_total"] == 0
-    assert pool.stats()["zswap"]["reject_compress_poor"] == 2
+    assert pool.stored_pages == 0 and pool.mm_stat().mem_used_total == 0
+    assert pool.stats().zswap.reject_compress_poor == 2
 
 
 @pytest.mark.parametrize(
@@ -136,8 +137,8 @@ def test_limit_refuses_cleanly_and_counts() -> None:
     with pytest.raises(PoolLimitError):
         pool.store([text_page(1), random_page(5000)])  # the batch fails as a whole
     assert (pool.mm_stat(), pool.stored_pages) == before
-    assert pool.stats()["zswap"]["pool_limit_hit"] == 2
-    assert pool.mm_stat()["mem_used_total"] <= pool.mm_stat()["mem_limit"]
+    assert pool.stats().zswap.pool_limit_hit == 2
+    assert pool.mm_stat().mem_used_total <= pool.mm_stat().mem_limit
     pool.free(handles[:1])
     pool.store([random_page(6000)])  # room again: no hysteresis by default
     pool.check_invariants()
@@ -154,7 +155,7 @@ def test_accept_threshold_hysteresis() -> None:
         pool.store([text_page(1)])
     pool.free(handles[5:11])  # 9 of 20 pages: below 50%, accepting again
     pool.store([text_page(2)])
-    assert pool.stats()["zswap"]["pool_limit_hit"] == 2
+    assert pool.stats().zswap.pool_limit_hit == 2
 
 
 def test_every_counter_is_exact() -> None:
@@ -163,7 +164,7 @@ def test_every_counter_is_exact() -> None:
     handles = pool.store([same_page(bytes(8))] * 3 + text + [random_page(1)])
     sizes = [len(compressors.get("lz4").compress(p)) for p in text]
     mm = pool.mm_stat()
-    assert mm == {
+    assert dataclasses.asdict(mm) == {
         "orig_data_size": 14 * 4096,
         "compr_data_size": sum(sizes) + 4096,
         "mem_used_total": pool._alloc.total_size_bytes,
@@ -177,7 +178,7 @@ def test_every_counter_is_exact() -> None:
     pool.load(handles[:5])
     pool.free(handles[:4])
     stats = pool.stats()
-    assert stats["counters"] == {
+    assert dataclasses.asdict(stats.counters) == {
         "stored_pages_total": 14,
         "loaded_pages_total": 5,
         "freed_pages_total": 4,
@@ -186,11 +187,11 @@ def test_every_counter_is_exact() -> None:
         "loaded_same_pages": 3,
         "limit_hit_written_back": 0,
     }
-    assert stats["mm_stat"]["same_pages"] == 0
-    assert stats["mm_stat"]["compr_data_size"] == sum(sizes[1:]) + 4096
-    rows = stats["classes"]
-    assert sum(r["obj_used"] for r in rows) == 10
-    assert sum(r["pages_used"] for r in rows) * 4096 == stats["mm_stat"]["mem_used_total"]
+    assert stats.mm_stat.same_pages == 0
+    assert stats.mm_stat.compr_data_size == sum(sizes[1:]) + 4096
+    rows = stats.classes
+    assert sum(r.objs_used for r in rows) == 10
+    assert sum(r.pages_used for r in rows) * 4096 == stats.mm_stat.mem_used_total
 
 
 def test_recompress_huge_pages_with_a_stronger_algorithm() -> None:
@@ -198,12 +199,12 @@ def test_recompress_huge_pages_with_a_stronger_algorithm() -> None:
     pages = [poor_page(i) for i in range(6)] + [text_page(1)]
     handles = pool.store(pages)
     before = pool.mm_stat()
-    assert before["huge_pages"] == 6
+    assert before.huge_pages == 6
     result = pool.recompress("huge")
     assert result["candidates"] == 6 and result["recompressed"] == 6
     after = pool.mm_stat()
-    assert after["huge_pages"] == 0 and after["huge_pages_since"] == 6
-    assert after["compr_data_size"] == before["compr_data_size"] - result["bytes_saved"]
+    assert after.huge_pages == 0 and after.huge_pages_since == 6
+    assert after.compr_data_size == before.compr_data_size - result["bytes_saved"]
     assert pool.load(handles) == pages  # same handles, same bytes
     assert pool.recompress("huge")["candidates"] == 0
     pool.check_invariants()
@@ -378,7 +379,7 @@ def test_running_out_of_arena_is_a_clean_limit() -> None:
     pool = PagePool("p", PoolConfig(compressor="lz4", limit_bytes=64 * 4096), arena_pages=4)
     with pytest.raises(PoolLimitError):
         pool.store([random_page(i) for i in range(6)])
-    assert pool.stored_pages == 0 and pool.mm_stat()["mem_used_total"] == 0
+    assert pool.stored_pages == 0 and pool.mm_stat().mem_used_total == 0
     pool.check_invariants()
     # The address space is the server's to bound, never a client's to choose.
     with pytest.raises(ConfigError):
@@ -394,7 +395,7 @@ def test_a_full_handle_table_is_a_clean_pool_limit() -> None:
         pool.store([text_page(i) for i in range(3, 6)])  # 3 more than 5 allows: none stored
     assert pool.stored_pages == 3
     assert pool.load(kept) == [text_page(i) for i in range(3)]
-    assert pool.stats()["zswap"]["pool_limit_hit"] == 1
+    assert pool.stats().zswap.pool_limit_hit == 1
     pool.check_invariants()
     pool.store([text_page(7), same_page(b"\x00" * 8)])  # exactly full
     pool.free(kept[:1])
@@ -415,7 +416,7 @@ def test_stale_handles_are_counted_per_request() -> None:
 def _budget_pages(pool: PagePool) -> int:
     """Pages a pool charges the shared budget: its allocator's and its table's."""
     stats = pool.stats()
-    return (stats["mm_stat"]["mem_used_total"] + stats["metadata"]["bytes"]) // 4096
+    return (stats.mm_stat.mem_used_total + stats.metadata.bytes) // 4096
 
 
 def test_pools_sharing_a_budget_never_pass_it_together() -> None:
@@ -440,7 +441,7 @@ def test_pools_sharing_a_budget_never_pass_it_together() -> None:
         p.check_invariants()
     pools[0].close()  # a pool dropped gives its pages back
     assert budget.used == sum(_budget_pages(p) for p in pools[1:])
-    assert pools[1].stats()["server"]["memory_limit"] == 64 * 4096
+    assert pools[1].stats().server.memory_limit == 64 * 4096
 
 
 def test_a_refused_batch_does_not_move_the_servers_high_water_mark() -> None:
@@ -449,6 +450,6 @@ def test_a_refused_batch_does_not_move_the_servers_high_water_mark() -> None:
     noise = [random_page(i) for i in range(200)]  # huge pages: a page each
     with pytest.raises(MemoryLimitError):
         pool.store(noise)
-    assert pool.stats()["server"]["memory_used_max"] == 0  # charged, given back: not kept
+    assert pool.stats().server.memory_used_max == 0  # charged, given back: not kept
     pool.store(noise[:10])
-    assert pool.stats()["server"]["memory_used_max"] == budget.used * 4096 > 0
+    assert pool.stats().server.memory_used_max == budget.used * 4096 > 0

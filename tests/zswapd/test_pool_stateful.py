@@ -82,11 +82,11 @@ class PoolMachine(RuleBasedStateMachine):
     def books_balance(self) -> None:
         self.pool.check_invariants()
         mm = self.pool.mm_stat()
-        assert mm["orig_data_size"] == 4096 * len(self.model)
+        assert mm.orig_data_size == 4096 * len(self.model)
         same = sum(1 for p in self.model.values() if p == p[:8] * 512)
-        assert mm["same_pages"] == same
+        assert mm.same_pages == same
         if self.pool.config.limit_bytes:
-            assert mm["mem_used_total"] <= self.pool.config.limit_bytes
+            assert mm.mem_used_total <= self.pool.config.limit_bytes
 
 
 def _machine(**config: Any) -> type[PoolMachine]:

@@ -29,6 +29,7 @@ from zswapd.errors import (
     StaleHandleError,
     UnknownPoolError,
 )
+from zswapd.figures import BdStat
 from zswapd.pool import WRITEBACK_TYPES, PagePool
 
 PAGE = 4096
@@ -67,28 +68,28 @@ def test_written_back_page_counts_in_orig_data_size_and_leaves_memory(tmp_path: 
     huge = [random_page(i) for i in range(4)]
     pool.store(text + huge)
     before = pool.mm_stat()
-    assert before["huge_pages"] == before["huge_pages_since"] == 4
+    assert before.huge_pages == before.huge_pages_since == 4
     got = pool.writeback("idle", idle_seconds=0)
     assert got["written_back"] == 24
     mm = pool.mm_stat()
-    assert mm["orig_data_size"] == 24 * PAGE  # still stored
-    assert mm["compr_data_size"] == 0  # its object is freed
-    assert mm["huge_pages"] == 0  # only huge pages still in memory
-    assert mm["huge_pages_since"] == 4  # unchanged
+    assert mm.orig_data_size == 24 * PAGE  # still stored
+    assert mm.compr_data_size == 0  # its object is freed
+    assert mm.huge_pages == 0  # only huge pages still in memory
+    assert mm.huge_pages_since == 4  # unchanged
     pool.compact()
-    assert pool.mm_stat()["mem_used_total"] == 0
-    assert pool.stats()["bd_stat"]["bd_count"] == 24
+    assert pool.mm_stat().mem_used_total == 0
+    assert pool.stats().bd_stat.bd_count == 24
     pool.check_invariants()
 
 
 def test_huge_pages_counts_only_huge_pages_left_in_memory(tmp_path: Path) -> None:
     pool = manual_pool(tmp_path)
     pool.store([random_page(i) for i in range(5)] + [text_page(1)])
-    compr = pool.mm_stat()["compr_data_size"]
+    compr = pool.mm_stat().compr_data_size
     assert pool.writeback("huge", max_pages=2)["written_back"] == 2
     mm = pool.mm_stat()
-    assert (mm["huge_pages"], mm["huge_pages_since"]) == (3, 5)
-    assert mm["compr_data_size"] == compr - 2 * PAGE  # a huge page counts 4096
+    assert (mm.huge_pages, mm.huge_pages_since) == (3, 5)
+    assert mm.compr_data_size == compr - 2 * PAGE  # a huge page counts 4096
     pool.check_invariants()
 
 
@@ -98,8 +99,8 @@ def test_same_filled_pages_are_never_written_back(tmp_path: Path) -> None:
     for type in WRITEBACK_TYPES:
         got = pool.writeback(type, idle_seconds=0 if "idle" in type else None)
         assert (got["written_back"], got["candidates"]) == (0, 0), type
-    assert pool.mm_stat()["same_pages"] == 8
-    assert pool.stats()["bd_stat"] == {"bd_count": 0, "bd_reads": 0, "bd_writes": 0}
+    assert pool.mm_stat().same_pages == 8
+    assert pool.stats().bd_stat == BdStat(bd_count=0, bd_reads=0, bd_writes=0)
 
 
 def test_lru_reclaim_never_writes_back_same_filled_pages(tmp_path: Path) -> None:
@@ -107,11 +108,11 @@ def test_lru_reclaim_never_writes_back_same_filled_pages(tmp_path: Path) -> None
     zeros = pool.store([same_page(b"\0" * 8)] * 50)
     for i in range(12):
         pool.store([random_page(i)])
-    assert pool.stats()["bd_stat"]["bd_writes"] > 0
-    assert pool.mm_stat()["same_pages"] == 50
-    before = pool.stats()["bd_stat"]["bd_reads"]
+    assert pool.stats().bd_stat.bd_writes > 0
+    assert pool.mm_stat().same_pages == 50
+    before = pool.stats().bd_stat.bd_reads
     assert pool.load(zeros) == [bytes(PAGE)] * 50
-    assert pool.stats()["bd_stat"]["bd_reads"] == before
+    assert pool.stats().bd_stat.bd_reads == before
     pool.check_invariants()
 
 
@@ -125,7 +126,7 @@ def test_writeback_takes_slots_in_index_order(tmp_path: Path) -> None:
     raw = (tmp_path / "backing").read_bytes()
     assert [raw[i * PAGE : (i + 1) * PAGE] for i in range(3)] == pages[:3]
     assert pool.load(handles[3:]) == pages[3:]
-    assert pool.stats()["bd_stat"]["bd_reads"] == 0  # the others are still in memory
+    assert pool.stats().bd_stat.bd_reads == 0  # the others are still in memory
     # A freed page gives its slot back; the next page written takes the lowest.
     pool.free([handles[1]])
     assert pool.writeback("huge", max_pages=1)["written_back"] == 1
@@ -145,7 +146,7 @@ def test_writeback_limit_writes_exactly_that_many_then_stops_at_zero(tmp_path: P
     )
     again = pool.writeback("lru")
     assert (again["written_back"], again["stopped"]) == (0, "writeback_limit")
-    assert pool.stats()["bd_stat"]["bd_writes"] == 3
+    assert pool.stats().bd_stat.bd_writes == 3
     # Raised again (zram: echo N > writeback_limit), it counts down anew.
     pool.set_live_settings(writeback_limit=100)
     got = pool.writeback("idle", idle_seconds=0)
@@ -159,11 +160,11 @@ def test_reading_a_written_back_page_reads_the_file_and_leaves_it_there(tmp_path
     pool.writeback("idle", idle_seconds=0)
     for n in (1, 2):
         assert pool.load(handles) == pages
-        bd = pool.stats()["bd_stat"]
-        assert bd == {"bd_count": 2, "bd_reads": 2 * n, "bd_writes": 2}
+        bd = pool.stats().bd_stat
+        assert bd == BdStat(bd_count=2, bd_reads=2 * n, bd_writes=2)
     pool.free(handles)
-    assert pool.stats()["bd_stat"]["bd_count"] == 0
-    assert pool.stats()["backing"]["used_slots"] == 0
+    assert pool.stats().bd_stat.bd_count == 0
+    assert pool.stats().backing.used_slots == 0
 
 
 def test_compaction_after_writeback_frees_what_written_objects_left(tmp_path: Path) -> None:
@@ -171,15 +172,15 @@ def test_compaction_after_writeback_frees_what_written_objects_left(tmp_path: Pa
     gives those pages back (zram's compact after writeback)."""
     pool = manual_pool(tmp_path, slots=512)
     handles = pool.store([text_page(i) for i in range(400)])
-    full = pool.mm_stat()["mem_used_total"]
+    full = pool.mm_stat().mem_used_total
     got = pool.writeback("idle", idle_seconds=0, order=handles[::2])
     assert got["written_back"] == 200
-    holes = pool.mm_stat()["mem_used_total"]
+    holes = pool.mm_stat().mem_used_total
     assert holes > full * 3 // 4  # barely anything freed: every zspage keeps half
     released = pool.compact()
     after = pool.mm_stat()
-    assert released > 0 and after["pages_compacted"] == released
-    assert after["mem_used_total"] <= full * 6 // 10
+    assert released > 0 and after.pages_compacted == released
+    assert after.mem_used_total <= full * 6 // 10
     pool.check_invariants()
 
 
@@ -230,7 +231,7 @@ def test_page_stored_in_a_freed_entry_during_write_back_stays_in_memory(tmp_path
     backing.hook = replace
     assert pool.writeback("lru")["written_back"] == 0
     assert pool.load(new) == [text_page(2)]
-    assert pool.stats()["bd_stat"]["bd_reads"] == 0
+    assert pool.stats().bd_stat.bd_reads == 0
     pool.check_invariants()
     assert pool.writeback("lru")["written_back"] == 1  # still on the LRU, once
 
@@ -331,10 +332,10 @@ def test_full_disk_mid_writeback_ends_stores_in_reclaim_fail(tmp_path: Path) -> 
             stored[h] = page
         assert refused == 3
         s = pool.stats()
-        assert 0 < s["bd_stat"]["bd_count"] <= 64 < 256  # the disk filled, not the file
-        assert s["backing"]["io_errors"] >= 3
-        assert s["zswap"]["reject_reclaim_fail"] == 3
-        assert s["bd_stat"]["bd_count"] == s["zswap"]["written_back_pages"]
+        assert 0 < s.bd_stat.bd_count <= 64 < 256  # the disk filled, not the file
+        assert s.backing.io_errors >= 3
+        assert s.zswap.reject_reclaim_fail == 3
+        assert s.bd_stat.bd_count == s.zswap.written_back_pages
         handles = list(stored)
         assert pool.load(handles) == [stored[h] for h in handles]
         pool.check_invariants()
@@ -355,9 +356,9 @@ def test_backing_file_removed_while_running(tmp_path: Path) -> None:
     handles = pool.store(pages[:4])
     for page in pages[4:]:
         handles += pool.store([page])
-    assert pool.stats()["bd_stat"]["bd_count"] > 0
+    assert pool.stats().bd_stat.bd_count > 0
     os.unlink(tmp_path / "backing")
-    assert pool.stats()["backing"]["removed"] is True
+    assert pool.stats().backing.removed is True
     got = pool.writeback("lru")
     assert got["written_back"] == 0 and got["stopped"] == "backing_removed"
     assert "was removed" in got["error"]
@@ -378,7 +379,7 @@ def test_backing_file_truncated_behind_the_daemon_is_corrupt_never_wrong(tmp_pat
         with pytest.raises(CorruptObjectError, match="tag"):
             pool.load([h])
     assert pool.load(handles[2:]) == pages[2:]  # memory is untouched
-    assert pool.stats()["backing"]["corrupt_pages"] == 2
+    assert pool.stats().backing.corrupt_pages == 2
 
 
 def test_backing_file_overwritten_behind_the_daemon_is_corrupt_never_wrong(
@@ -395,7 +396,7 @@ def test_backing_file_overwritten_behind_the_daemon_is_corrupt_never_wrong(
     for h in handles:
         with pytest.raises(CorruptObjectError):
             pool.load([h])
-    assert pool.stats()["backing"]["corrupt_pages"] == 2
+    assert pool.stats().backing.corrupt_pages == 2
     pool.check_invariants()
 
 
@@ -507,8 +508,8 @@ def test_threads_at_the_limit_while_writeback_runs(tmp_path: Path) -> None:
     keeper.join()
     assert not errors, errors
     s = pool.stats()
-    assert s["bd_stat"]["bd_writes"] > 0 and s["bd_stat"]["bd_reads"] > 0
-    assert s["mm_stat"]["mem_used_total"] <= 48 * PAGE
+    assert s.bd_stat.bd_writes > 0 and s.bd_stat.bd_reads > 0
+    assert s.mm_stat.mem_used_total <= 48 * PAGE
     pool.check_invariants()
 
 
@@ -546,8 +547,8 @@ def test_lru_store_that_cannot_fit_an_empty_pool_fails_at_once(tmp_path: Path) -
     pool.store([random_page(1)])
     with pytest.raises(ReclaimFailError, match="nothing stored"):
         pool.store([random_page(i) for i in range(2, 10)])  # 8 huge pages, 4-page limit
-    assert pool.stats()["zswap"]["reject_reclaim_fail"] == 8
-    assert pool.mm_stat()["orig_data_size"] == PAGE
+    assert pool.stats().zswap.reject_reclaim_fail == 8
+    assert pool.mm_stat().orig_data_size == PAGE
     pool.check_invariants()
 
 
@@ -571,8 +572,8 @@ def test_lru_reclaim_for_the_server_limit_writes_back_only_what_the_store_needs(
     for page in pages:
         handles += pool.store([page])
     s = pool.stats()
-    assert s["bd_stat"]["bd_count"] > 0
-    assert s["backing"]["lru_pages"] >= 25  # most of the pool stays in memory
+    assert s.bd_stat.bd_count > 0
+    assert s.backing.lru_pages >= 25  # most of the pool stays in memory
     assert pool.load(handles) == pages
     pool.check_invariants()
     other.close()
@@ -594,7 +595,7 @@ def test_restart_with_the_backing_file_gone_is_refused_and_nothing_is_created(
     pool.close()
     restored = state.load_pool(path)
     assert restored.load(handles) == pages
-    assert restored.stats()["bd_stat"]["bd_count"] == 2
+    assert restored.stats().bd_stat.bd_count == 2
     restored.check_invariants()
     restored.close()
     os.unlink(tmp_path / "backing")
@@ -613,9 +614,9 @@ def test_zswap_stored_pages_leave_with_written_back_pages(tmp_path: Path) -> Non
     pool.store([text_page(i) for i in range(4)] + [same_page(b"\0" * 8)])
     pool.writeback("idle", idle_seconds=0, max_pages=3)
     s = pool.stats()
-    assert s["zswap"]["stored_pages"] == 2  # one text page and the same-filled one
-    assert s["bd_stat"]["bd_count"] == 3
-    assert s["mm_stat"]["orig_data_size"] == 5 * PAGE
+    assert s.zswap.stored_pages == 2  # one text page and the same-filled one
+    assert s.bd_stat.bd_count == 3
+    assert s.mm_stat.orig_data_size == 5 * PAGE
 
 
 def test_idle_writeback_needs_idle_seconds_and_the_others_refuse_it(tmp_path: Path) -> None:
@@ -629,7 +630,7 @@ def test_idle_writeback_needs_idle_seconds_and_the_others_refuse_it(tmp_path: Pa
     for type in ("huge", "incompressible", "lru"):
         with pytest.raises(InvalidRequestError, match="applies to idle"):
             pool.writeback(type, idle_seconds=0)
-    assert pool.stats()["bd_stat"]["bd_writes"] == 0
+    assert pool.stats().bd_stat.bd_writes == 0
     assert pool.writeback("idle", idle_seconds=0)["written_back"] == 3
 
 
@@ -664,7 +665,7 @@ def test_recompress_counts_every_page_it_tried(tmp_path: Path) -> None:
     pool.store([random_page(i) for i in range(3)])  # huge: zstd cannot shrink them
     got = pool.recompress("huge", algo="zstd")
     assert got["not_smaller"] == 3
-    assert pool.stats()["recompress"]["attempts"] == 3
+    assert pool.stats().recompress.attempts == 3
 
 
 def test_pages_compacted_survives_a_restore(tmp_path: Path) -> None:
@@ -675,10 +676,10 @@ def test_pages_compacted_survives_a_restore(tmp_path: Path) -> None:
     handles = pool.store([text_page(i) for i in range(300)])
     pool.free(handles[::2])
     assert pool.compact() > 0
-    compacted = pool.mm_stat()["pages_compacted"]
+    compacted = pool.mm_stat().pages_compacted
     path = state.save_pool(pool, tmp_path / "state")
     restored = state.load_pool(path)
-    assert restored.mm_stat()["pages_compacted"] == compacted
+    assert restored.mm_stat().pages_compacted == compacted
     restored.close()
 
 
@@ -702,7 +703,7 @@ def test_a_forged_page_is_refused_and_gets_one_try(tmp_path: Path) -> None:
     for _ in range(3):
         with pytest.raises(CorruptObjectError, match="tag"):
             pool.load([h])
-    assert pool.stats()["backing"]["corrupt_pages"] == 1
+    assert pool.stats().backing.corrupt_pages == 1
     pool.free([h])
     pool.check_invariants()
 

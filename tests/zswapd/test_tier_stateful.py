@@ -41,6 +41,7 @@ from zswapd import state
 from zswapd.config import PoolConfig
 from zswapd.entries import ENCODING, HUGE, WRITTEN
 from zswapd.errors import ReclaimFailError
+from zswapd.figures import BdStat
 from zswapd.pool import WRITEBACK_TYPES, PagePool
 
 EXAMPLES = int(os.environ.get("ZSWAPD_TIER_EXAMPLES", "6"))
@@ -264,25 +265,26 @@ class TierMachine(RuleBasedStateMachine):
         pool = self.pool
         pool.check_invariants()
         s = pool.stats()
-        mm, bd, backing = s["mm_stat"], s["bd_stat"], s["backing"]
+        mm, bd, backing = s.mm_stat, s.bd_stat, s.backing
         pages = self.model.values()
         in_memory = [p for p in pages if not p.same and not p.in_file]
-        assert mm["orig_data_size"] == 4096 * len(self.model)
-        assert mm["same_pages"] == sum(p.same for p in pages)
-        assert mm["compr_data_size"] == sum(p.clen for p in in_memory)
-        assert mm["huge_pages"] == sum(p.huge for p in in_memory)
-        assert mm["huge_pages_since"] == self.huge_since
+        assert mm.orig_data_size == 4096 * len(self.model)
+        assert mm.same_pages == sum(p.same for p in pages)
+        assert mm.compr_data_size == sum(p.clen for p in in_memory)
+        assert mm.huge_pages == sum(p.huge for p in in_memory)
+        assert mm.huge_pages_since == self.huge_since
         if pool.config.limit_bytes:
-            assert mm["mem_used_total"] <= pool.config.limit_bytes
-        assert bd == {
-            "bd_count": sum(p.in_file for p in pages),
-            "bd_reads": self.bd_reads,
-            "bd_writes": self.bd_writes,
-        }
-        assert s["zswap"]["written_back_pages"] == self.bd_writes
-        assert backing["used_slots"] == bd["bd_count"]
-        assert backing["lru_pages"] == len(in_memory) == len(self.lru)
-        assert backing["writeback_limit"] == self.limit
+            assert mm.mem_used_total <= pool.config.limit_bytes
+        assert bd == BdStat(
+            bd_count=sum(p.in_file for p in pages),
+            bd_reads=self.bd_reads,
+            bd_writes=self.bd_writes,
+        )
+        assert s.zswap.written_back_pages == self.bd_writes
+        assert backing is not None
+        assert backing.used_slots == bd.bd_count
+        assert backing.lru_pages == len(in_memory) == len(self.lru)
+        assert backing.writeback_limit == self.limit
         # The pool's own view of each page agrees with the model's.
         e = pool._entries
         assert pool._entries.lru_oldest(len(self.lru) + 1) == [h & SLOT_MASK for h in self.lru]
@@ -294,7 +296,7 @@ class TierMachine(RuleBasedStateMachine):
             handles = list(self.model)
             assert pool.load(handles) == [self.model[h].data for h in handles]
             self.touch(handles)
-            assert pool.stats()["bd_stat"]["bd_reads"] == self.bd_reads
+            assert pool.stats().bd_stat.bd_reads == self.bd_reads
 
 
 def _machine(**config: Any) -> type[TierMachine]:

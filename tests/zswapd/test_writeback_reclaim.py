@@ -56,8 +56,8 @@ def test_reclaim_compacts_instead_of_writing_back_the_whole_pool(tmp_path: Path)
     # back every cold page (half the pool) and then more.
     assert 0 < pool.counters.written_back_pages <= WRITEBACK_BATCH < full // 2
     mm = pool.mm_stat()
-    assert mm["pages_compacted"] > 0
-    assert mm["mem_used_total"] < LIMIT_PAGES * PAGE_SIZE * 90 // 100
+    assert mm.pages_compacted > 0
+    assert mm.mem_used_total < LIMIT_PAGES * PAGE_SIZE * 90 // 100
     assert pool.load(handles) == pages[: full + 1]
     pool.check_invariants()
     pool.close()

@@ -75,11 +75,11 @@ def child(pages_path: str, levels: Sequence[int]) -> None:
                 "store_us_per_page": store_us,
                 "load_us_per_page": load_us,
                 "free_us_per_page": free_us,
-                "mem_used_total": mm["mem_used_total"],
+                "mem_used_total": mm.mem_used_total,
                 "rss_growth": grown,
                 "rss_per_stored_page": grown / len(live),
-                "pool_bytes_per_stored_page": mm["mem_used_total"] / len(live),
-                "overhead_per_stored_page": (grown - mm["mem_used_total"]) / len(live),
+                "pool_bytes_per_stored_page": mm.mem_used_total / len(live),
+                "overhead_per_stored_page": (grown - mm.mem_used_total) / len(live),
             }
         )
     json.dump(out, sys.stdout)

@@ -61,12 +61,12 @@ def ratios(pages: Sequence[bytes], say: Callable[[str], None]) -> dict[str, Any]
             pool.store(pages[i : i + 1024])
         mm = pool.mm_stat()
         table[label] = {
-            "mem_ratio": mm["orig_data_size"] / max(1, mm["mem_used_total"]),
-            "compr_ratio": mm["orig_data_size"] / max(1, mm["compr_data_size"]),
-            "same_pages": mm["same_pages"],
-            "huge_pages": mm["huge_pages"],
-            "mem_used_total": mm["mem_used_total"],
-            "efficiency": mm["compr_data_size"] / max(1, mm["mem_used_total"]),
+            "mem_ratio": mm.orig_data_size / max(1, mm.mem_used_total),
+            "compr_ratio": mm.orig_data_size / max(1, mm.compr_data_size),
+            "same_pages": mm.same_pages,
+            "huge_pages": mm.huge_pages,
+            "mem_used_total": mm.mem_used_total,
+            "efficiency": mm.compr_data_size / max(1, mm.mem_used_total),
         }
     return table
 
@@ -170,11 +170,11 @@ def recompression(pages: Sequence[bytes]) -> dict[str, Any]:
         after = pool.mm_stat()
         out[kind] = {
             **result,
-            "mem_used_before": before["mem_used_total"],
-            "mem_used_after_compact": after["mem_used_total"],
-            "huge_pages_before": before["huge_pages"],
-            "huge_pages_after": after["huge_pages"],
-            "mem_saved_share": 1 - after["mem_used_total"] / before["mem_used_total"],
+            "mem_used_before": before.mem_used_total,
+            "mem_used_after_compact": after.mem_used_total,
+            "huge_pages_before": before.huge_pages,
+            "huge_pages_after": after.huge_pages,
+            "mem_saved_share": 1 - after.mem_used_total / before.mem_used_total,
         }
     return out
 

@@ -31,6 +31,7 @@ not measured.  Figures are medians over ``repeats`` runs of the same stream.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -198,7 +199,7 @@ def _drive(
         "memory_share": (from_pool + same) / max(1, loaded),
         "file_share": bd_reads / max(1, loaded),
         "bd_stat": {
-            "bd_count": pool.stats()["bd_stat"]["bd_count"],
+            "bd_count": pool.stats().bd_stat.bd_count,
             "bd_reads": bd_reads,
             "bd_writes": bd_writes,
         },
@@ -244,7 +245,7 @@ def skewed(
     plain = PagePool("plain", PoolConfig(compressor=algo))
     for p in pages:
         plain.store([p])
-    working_set = plain.mm_stat()["mem_used_total"]
+    working_set = plain.mm_stat().mem_used_total
     plain.close()
     limit = max(PAGE_SIZE, int(working_set * LIMIT_SHARE) // PAGE_SIZE * PAGE_SIZE)
     # Room for every page (plus a write-back round in flight): the file never
@@ -335,7 +336,7 @@ def manual(
             pool.backing.flush()
             _drop_cache(path)
             cold, bad_cold = _load_rate(pool, in_order, shuffled)
-            bd = pool.stats()["bd_stat"]
+            bd = pool.stats().bd_stat
             runs.append(
                 {
                     "written_back": result["written_back"],
@@ -345,7 +346,7 @@ def manual(
                     "load_file_cold_per_s": cold,
                     "warm_to_memory": warm / memory,
                     "cold_to_memory": cold / memory,
-                    "bd_stat": bd,
+                    "bd_stat": dataclasses.asdict(bd),
                     "mismatches": bad + bad_warm + bad_cold,
                 }
             )
