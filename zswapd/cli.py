@@ -402,11 +402,14 @@ def _add_estimate_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_estimate)
 
 
-def _add_pool_flags(p: argparse.ArgumentParser, whose: str) -> None:
+def _add_pool_flags(p: argparse.ArgumentParser, whose: str, *, live: bool = False) -> None:
     """The settings a pool is made with (serve's default pool, pools/devices create),
-    from their one description (zswapd.settings.POOL_OPTIONS)."""
+    from their one description (zswapd.settings.POOL_OPTIONS); ``live``: only
+    those it takes while it holds pages (pools set)."""
     installed = ", ".join(compressors.available())
     for option in POOL_OPTIONS:
+        if live and not option.live:
+            continue
         p.add_argument(
             option.flag,
             dest=option.dest,
@@ -456,17 +459,8 @@ def _add_threshold(p: argparse.ArgumentParser) -> None:
 
 def _add_live_flags(p: argparse.ArgumentParser) -> None:
     """What ``pools set`` changes (PATCH): the settings a pool takes while it holds pages."""
-    p.add_argument(
-        "--pool-limit", metavar="SIZE", help="memory limit, e.g. 512M; 0: none (zram's mem_limit)"
-    )
-    p.add_argument("--huge-policy", choices=["store", "reject"], help="store (zram) or reject")
+    _add_pool_flags(p, "the pool's", live=True)
     _add_threshold(p)
-    p.add_argument(
-        "--writeback-limit",
-        type=int,
-        metavar="PAGES",
-        help="pages manual writeback may still write (zram's writeback_limit)",
-    )
     p.add_argument("--no-writeback-limit", action="store_true", help="lift the writeback limit")
 
 

@@ -30,6 +30,7 @@ from zswapd.cli import build_parser
 from zswapd.cli_format import human, printable
 from zswapd.client import Client
 from zswapd.nbd_protocol import Cmd
+from zswapd.settings import POOL_OPTIONS
 
 PAGE = 4096
 
@@ -219,6 +220,20 @@ def _subparser(*path: str) -> argparse.ArgumentParser:
 
 def _options(*path: str) -> set[str]:
     return {o for a in _subparser(*path)._actions for o in a.option_strings}
+
+
+def test_pools_set_takes_the_live_pool_options_parsed_as_pools_create_does() -> None:
+    changes = _options("pools", "set")
+    for option in POOL_OPTIONS:
+        assert (option.flag in changes) == option.live, option.flag
+    assert {"--accept-threshold-percent", "--no-writeback-limit"} <= changes
+    args = build_parser().parse_args(["pools", "set", "p", "--pool-limit", "1M"])
+    assert args.pool_limit == 1 << 20
+    # A bad size is refused by the parser, in one line, before any request.
+    refused = run_cli("pools", "set", "p", "--pool-limit", "lots", "--url", "http://192.0.2.1:9")
+    _one_line_failure(refused, 2, "zswapd pools set:", "--pool-limit", "not a size")
+    nothing = run_cli("pools", "set", "p", "--url", "http://192.0.2.1:9")
+    _one_line_failure(nothing, 1, "give --pool-limit, --huge-policy, --writeback-limit")
 
 
 def test_each_subcommand_has_its_own_help_and_only_its_options() -> None:
