@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import select
@@ -247,18 +248,16 @@ _NEW_NAME = "1-64 of A-Z a-z 0-9 _ . -"
 
 def _add_pools(sub: _Sub, common: argparse.ArgumentParser) -> None:
     pools = sub.add_parser("pools", help="list, create, change (set) or remove pools")
-    actions = pools.add_subparsers(dest="action", required=True, metavar="ACTION")
-    _action(
-        actions,
-        common,
+    action = functools.partial(
+        _action, pools.add_subparsers(dest="action", required=True, metavar="ACTION"), common
+    )
+    action(
         "list",
         cmd_pools_list,
         "each pool's settings and size, one row each",
         json="each pool's config and mm_stat",
     )
-    create = _action(
-        actions,
-        common,
+    create = action(
         "create",
         cmd_pools_create,
         "a new pool",
@@ -268,9 +267,7 @@ def _add_pools(sub: _Sub, common: argparse.ArgumentParser) -> None:
     )
     _add_pool_flags(create, "its")
     _add_pool_extras(create)
-    change = _action(
-        actions,
-        common,
+    change = action(
         "set",
         cmd_pools_set,
         "change what a pool takes live",
@@ -280,32 +277,18 @@ def _add_pools(sub: _Sub, common: argparse.ArgumentParser) -> None:
         "files); the others are fixed when it is created.",
     )
     _add_live_flags(change)
-    _action(
-        actions,
-        common,
-        "remove",
-        cmd_pools_remove,
-        "remove a pool and every page in it",
-        target="the pool",
-    )
+    action("remove", cmd_pools_remove, "remove a pool and every page in it", target="the pool")
 
 
 def _add_devices(sub: _Sub, common: argparse.ArgumentParser) -> None:
     devices = sub.add_parser(
         "devices", help="list, create or remove block devices (NBD exports), or their stats"
     )
-    actions = devices.add_subparsers(dest="action", required=True, metavar="ACTION")
-    _action(
-        actions,
-        common,
-        "list",
-        cmd_devices_list,
-        "zramctl's table of devices",
-        json="each device's stats",
+    action = functools.partial(
+        _action, devices.add_subparsers(dest="action", required=True, metavar="ACTION"), common
     )
-    create = _action(
-        actions,
-        common,
+    action("list", cmd_devices_list, "zramctl's table of devices", json="each device's stats")
+    create = action(
         "create",
         cmd_devices_create,
         "a new device (its NBD export has its name)",
@@ -319,17 +302,13 @@ def _add_devices(sub: _Sub, common: argparse.ArgumentParser) -> None:
     )
     _add_pool_flags(create, "its")
     _add_pool_extras(create)
-    _action(
-        actions,
-        common,
+    action(
         "remove",
         cmd_devices_remove,
         "remove a device and everything on it",
         target="the device",
     )
-    stats = _action(
-        actions,
-        common,
+    stats = action(
         "stats",
         cmd_devices_stats,
         "a device's figures (mm_stat, io_stat, bd_stat)",
