@@ -88,11 +88,10 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from allocator.arena import PAGE_SHIFT
 from allocator.buddy import BUDDY_BITS, CHUNK_SHIFT, FIRST, LAST, MIDDLE, TOTAL_CHUNKS
-from allocator.budget import PageBudget
 from allocator.invariants import BuddyPoolView
 from allocator.zbud import ZbudPool
 
@@ -126,25 +125,10 @@ class Z3foldPool(ZbudPool):
     nchunks: ClassVar[int] = NCHUNKS
     max_buddy_size: ClassVar[int] = MAX_BUDDY_SIZE
 
-    def __init__(
-        self,
-        max_pages: int | None = None,
-        *,
-        seed: int | None = None,
-        arena_pages: int | None = None,
-        budget: PageBudget | None = None,
-        **ignored_zsmalloc_options: Any,
-    ) -> None:
+    def _init_extra(self) -> None:
         # Per buddy, by location: 1 if its object was moved here from another
         # page (a foreign handle, in the kernel's words).
         self._foreign = array("B")
-        super().__init__(
-            max_pages,
-            seed=seed,
-            arena_pages=arena_pages,
-            budget=budget,
-            **ignored_zsmalloc_options,
-        )
         self.pages_compacted_at_free = 0
 
     def _grow(self, pfn: int) -> None:

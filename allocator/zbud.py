@@ -200,6 +200,10 @@ class ZbudPool(PoolBase):
         self.pages_max = 0
         self.pages_compacted = 0
         self.alloc_failures = 0
+        self._init_extra()
+
+    def _init_extra(self) -> None:
+        """Where a pool built on this one (z3fold) sets up what it keeps beside it."""
 
     # -- properties -------------------------------------------------------------
 

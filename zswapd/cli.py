@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import select
@@ -218,89 +219,106 @@ def _add_stats(sub: _Sub, common: argparse.ArgumentParser) -> None:
     stats.set_defaults(func=cmd_stats)
 
 
+def _action(
+    actions: _Sub,
+    common: argparse.ArgumentParser,
+    action: str,
+    func: Callable[[argparse.Namespace], int],
+    help: str,
+    *,
+    target: str | None = None,
+    json: str | None = None,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """One ACTION of ``pools`` or ``devices``, with the client's flags; ``target``:
+    the help of its NAME argument, ``json``: that of its ``--json`` flag."""
+    p: argparse.ArgumentParser = actions.add_parser(
+        action, parents=[common], help=help, description=description
+    )
+    if target is not None:
+        p.add_argument("name", metavar="NAME", help=target)
+    if json is not None:
+        p.add_argument("--json", action="store_true", help=json)
+    p.set_defaults(func=func)
+    return p
+
+
+_NEW_NAME = "1-64 of A-Z a-z 0-9 _ . -"
+
+
 def _add_pools(sub: _Sub, common: argparse.ArgumentParser) -> None:
     pools = sub.add_parser("pools", help="list, create, change (set) or remove pools")
-    actions = pools.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-    listing = actions.add_parser(
-        "list", parents=[common], help="each pool's settings and size, one row each"
+    action = functools.partial(
+        _action, pools.add_subparsers(dest="action", required=True, metavar="ACTION"), common
     )
-    listing.add_argument("--json", action="store_true", help="each pool's config and mm_stat")
-    listing.set_defaults(func=cmd_pools_list)
-
-    create = actions.add_parser(
+    action(
+        "list",
+        cmd_pools_list,
+        "each pool's settings and size, one row each",
+        json="each pool's config and mm_stat",
+    )
+    create = action(
         "create",
-        parents=[common],
-        help="a new pool",
+        cmd_pools_create,
+        "a new pool",
+        target=_NEW_NAME,
+        json="print the JSON answer",
         description="Create a pool; what is not given takes the kernel's default.",
     )
-    create.add_argument("name", metavar="NAME", help="1-64 of A-Z a-z 0-9 _ . -")
     _add_pool_flags(create, "its")
     _add_pool_extras(create)
-    create.add_argument("--json", action="store_true", help="print the JSON answer")
-    create.set_defaults(func=cmd_pools_create)
-
-    change = actions.add_parser(
+    change = action(
         "set",
-        parents=[common],
-        help="change what a pool takes live",
+        cmd_pools_set,
+        "change what a pool takes live",
+        target="the pool",
+        json="print the JSON answer",
         description="Change the settings a pool takes while it holds pages (as zram's sysfs "
         "files); the others are fixed when it is created.",
     )
-    change.add_argument("name", metavar="NAME", help="the pool")
     _add_live_flags(change)
-    change.add_argument("--json", action="store_true", help="print the JSON answer")
-    change.set_defaults(func=cmd_pools_set)
-
-    remove = actions.add_parser(
-        "remove", parents=[common], help="remove a pool and every page in it"
-    )
-    remove.add_argument("name", metavar="NAME", help="the pool")
-    remove.set_defaults(func=cmd_pools_remove)
+    action("remove", cmd_pools_remove, "remove a pool and every page in it", target="the pool")
 
 
 def _add_devices(sub: _Sub, common: argparse.ArgumentParser) -> None:
     devices = sub.add_parser(
         "devices", help="list, create or remove block devices (NBD exports), or their stats"
     )
-    actions = devices.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-    listing = actions.add_parser("list", parents=[common], help="zramctl's table of devices")
-    listing.add_argument("--json", action="store_true", help="each device's stats")
-    listing.set_defaults(func=cmd_devices_list)
-
-    create = actions.add_parser(
+    action = functools.partial(
+        _action, devices.add_subparsers(dest="action", required=True, metavar="ACTION"), common
+    )
+    action("list", cmd_devices_list, "zramctl's table of devices", json="each device's stats")
+    create = action(
         "create",
-        parents=[common],
-        help="a new device (its NBD export has its name)",
+        cmd_devices_create,
+        "a new device (its NBD export has its name)",
+        target=_NEW_NAME,
+        json="print the JSON answer",
         description="Create a device of SIZE bytes in 4 KiB slots over a pool of its own "
         "(zramctl --size); it starts empty and is served by the daemon's --nbd listener.",
     )
-    create.add_argument("name", metavar="NAME", help="1-64 of A-Z a-z 0-9 _ . -")
     create.add_argument(
         "--size", required=True, metavar="SIZE", help="disk size, e.g. 64M (whole 4 KiB slots)"
     )
     _add_pool_flags(create, "its")
     _add_pool_extras(create)
-    create.add_argument("--json", action="store_true", help="print the JSON answer")
-    create.set_defaults(func=cmd_devices_create)
-
-    remove = actions.add_parser(
-        "remove", parents=[common], help="remove a device and everything on it"
+    action(
+        "remove",
+        cmd_devices_remove,
+        "remove a device and everything on it",
+        target="the device",
     )
-    remove.add_argument("name", metavar="NAME", help="the device")
-    remove.set_defaults(func=cmd_devices_remove)
-
-    stats = actions.add_parser(
-        "stats", parents=[common], help="a device's figures (mm_stat, io_stat, bd_stat)"
+    stats = action(
+        "stats",
+        cmd_devices_stats,
+        "a device's figures (mm_stat, io_stat, bd_stat)",
+        target="the device",
+        json="print the JSON as the API gives it",
     )
-    stats.add_argument("name", metavar="NAME", help="the device")
     stats.add_argument("--classes", action="store_true", help="the debugfs class table too")
     stats.add_argument(
         "--all", action="store_true", help="every class, empty ones too (implies --classes)"
     )
-    stats.add_argument("--json", action="store_true", help="print the JSON as the API gives it")
-    stats.set_defaults(func=cmd_devices_stats)
 
 
 def _add_maintenance(sub: _Sub, common: argparse.ArgumentParser) -> None:
@@ -402,11 +420,14 @@ def _add_estimate_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_estimate)
 
 
-def _add_pool_flags(p: argparse.ArgumentParser, whose: str) -> None:
+def _add_pool_flags(p: argparse.ArgumentParser, whose: str, *, live: bool = False) -> None:
     """The settings a pool is made with (serve's default pool, pools/devices create),
-    from their one description (zswapd.settings.POOL_OPTIONS)."""
+    from their one description (zswapd.settings.POOL_OPTIONS); ``live``: only
+    those it takes while it holds pages (pools set)."""
     installed = ", ".join(compressors.available())
     for option in POOL_OPTIONS:
+        if live and not option.live:
+            continue
         p.add_argument(
             option.flag,
             dest=option.dest,
@@ -456,17 +477,8 @@ def _add_threshold(p: argparse.ArgumentParser) -> None:
 
 def _add_live_flags(p: argparse.ArgumentParser) -> None:
     """What ``pools set`` changes (PATCH): the settings a pool takes while it holds pages."""
-    p.add_argument(
-        "--pool-limit", metavar="SIZE", help="memory limit, e.g. 512M; 0: none (zram's mem_limit)"
-    )
-    p.add_argument("--huge-policy", choices=["store", "reject"], help="store (zram) or reject")
+    _add_pool_flags(p, "the pool's", live=True)
     _add_threshold(p)
-    p.add_argument(
-        "--writeback-limit",
-        type=int,
-        metavar="PAGES",
-        help="pages manual writeback may still write (zram's writeback_limit)",
-    )
     p.add_argument("--no-writeback-limit", action="store_true", help="lift the writeback limit")
 
 

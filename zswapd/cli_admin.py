@@ -241,22 +241,21 @@ def cmd_pools_create(args: argparse.Namespace) -> int:
 
 
 def cmd_pools_set(args: argparse.Namespace) -> int:
-    changes: dict[str, Any] = {}
-    if args.pool_limit is not None:
-        from zswapd.settings import parse_size
+    from zswapd.settings import POOL_OPTIONS
 
-        changes["limit_bytes"] = parse_size(args.pool_limit)
-    if args.huge_policy is not None:
-        changes["huge_policy"] = args.huge_policy
-    if args.writeback_limit is not None:
-        changes["writeback_limit"] = args.writeback_limit
+    live = [option for option in POOL_OPTIONS if option.live]
+    changes: dict[str, Any] = {
+        option.key: getattr(args, option.dest)
+        for option in live
+        if getattr(args, option.dest) is not None
+    }
     if args.no_writeback_limit:
         changes["writeback_limit"] = None
     changes.update(_pool_extras(args))
     if not changes:
+        flags = [option.flag for option in live]
         raise ConfigError(
-            "pools set: give --pool-limit, --huge-policy, --accept-threshold-percent, "
-            "--writeback-limit or --no-writeback-limit"
+            f"give {', '.join(flags)}, --accept-threshold-percent or --no-writeback-limit"
         )
     with open_client(args) as client:
         result = client.update_pool(args.name, **changes)

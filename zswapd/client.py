@@ -16,12 +16,12 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable, Sequence
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from zswapd.closing import Closing
 from zswapd.errors import UnauthorizedError, ZswapdError, error_class
 from zswapd.pool import PAGE_SIZE, split_pages
 from zswapd.protocol import ProtocolError
@@ -86,7 +86,7 @@ def socket_path(url: str, scheme: str) -> str:
     return path
 
 
-class Client:
+class Client(Closing):
     """A connection to a zswapd daemon.
 
     Args:
@@ -138,17 +138,6 @@ class Client:
             raise ValueError(
                 f"unsupported URL {url!r}: use http://HOST:PORT, http+unix:PATH or unix:PATH"
             )
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         if self._wire is not None:

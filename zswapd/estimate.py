@@ -41,6 +41,9 @@ interval, which stays honest when the sample saw none.  RATIO and SAVED
 follow from TOTAL's interval (DATA is exact).
 ``tests/zswapd/test_estimate.py`` checks on the shared corpus that the full
 figure lands inside this bound for several seeds.
+
+The rows, their JSON and the recommendation are :mod:`zswapd.estimate_report`;
+the reservoir and the bounds' statistics are :mod:`zswapd.sampling`.
 """
 
 from __future__ import annotations
@@ -50,19 +53,28 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Generic, TypeVar
 
 import compressors
 from zswapd.config import PoolConfig
 from zswapd.errors import ConfigError
+from zswapd.estimate_report import (
+    TIMING_PASSES,
+    Bound,
+    Config,
+    Estimate,
+    Row,
+    human_size,
+    recommend,
+)
 from zswapd.figures import MmStat
 from zswapd.pool import PAGE_SIZE, PagePool
+from zswapd.sampling import Z95, Reservoir, count_bound, mean_bound
 
 __all__ = [
     "DEFAULT_CONFIGS",
     "FULL_RUN_MAX_HELD",
     "FULL_RUN_MAX_PAGES",
+    "TIMING_PASSES",
     "Bound",
     "Config",
     "Estimate",
@@ -101,9 +113,6 @@ BATCH = 256
 # Compress and decompress costs are timed on this many pages (the sample's,
 # or a reservoir of the pages read), median of TIMING_PASSES passes.
 TIMING_PAGES = 1024
-TIMING_PASSES = 3
-# 95% two-sided normal quantile.
-Z95 = 1.96
 # What to install for a backend whose library is missing.
 _INSTALL = {
     "lzo": "apt-get install liblzo2-dev && pip install 'zswapd[lzo]' (python-lzo)",
@@ -111,130 +120,6 @@ _INSTALL = {
     "lz4hc": "pip install lz4",
     "zstd": "pip install zstandard",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """One configuration: a compressor and its level (None: the backend's default)."""
-
-    compressor: str
-    level: int | None = None
-
-    @property
-    def label(self) -> str:
-        """``lz4``, ``lz4hc:9``, ``zstd:-1``: NAME[:LEVEL] as --compressor takes it."""
-        return self.compressor if self.level is None else f"{self.compressor}:{self.level}"
-
-
-@dataclass(frozen=True, slots=True)
-class Bound:
-    """95% interval half-widths of a sampled row's figures (same units as the row)."""
-
-    compr_data_size: int
-    mem_used_total: int
-    same_pages: int
-    huge_pages: int
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """What zram would report for the pages with one configuration.
-
-    Attributes:
-        orig_data_size, compr_data_size, mem_used_total, same_pages,
-            huge_pages: zram's mm_stat figures (DATA, COMPR, TOTAL in zramctl).
-        compress_us, decompress_us: wall-clock microseconds per page on this
-            machine (median of passes; None where no page was timed).
-        error: the 95% half-widths when the figures are a sample's, else None.
-    """
-
-    config: Config
-    orig_data_size: int
-    compr_data_size: int
-    mem_used_total: int
-    same_pages: int
-    huge_pages: int
-    compress_us: float | None
-    decompress_us: float | None
-    error: Bound | None = None
-
-    @property
-    def ratio(self) -> float:
-        """DATA / TOTAL, as zramctl users compute it (inf when nothing is held)."""
-        if not self.mem_used_total:
-            return math.inf if self.orig_data_size else 0.0
-        return self.orig_data_size / self.mem_used_total
-
-    @property
-    def saved(self) -> int:
-        """Memory saved: DATA - TOTAL."""
-        return self.orig_data_size - self.mem_used_total
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "algorithm": self.config.label,
-            "compressor": self.config.compressor,
-            "level": self.config.level,
-            "orig_data_size": self.orig_data_size,
-            "compr_data_size": self.compr_data_size,
-            "mem_used_total": self.mem_used_total,
-            "same_pages": self.same_pages,
-            "huge_pages": self.huge_pages,
-            "ratio": None if math.isinf(self.ratio) else round(self.ratio, 4),
-            "saved_bytes": self.saved,
-            "compress_us_per_page": _round(self.compress_us),
-            "decompress_us_per_page": _round(self.decompress_us),
-            "error": None,
-        }
-        if self.error is not None:
-            err = asdict(self.error)
-            low = self.mem_used_total - self.error.mem_used_total
-            high = self.mem_used_total + self.error.mem_used_total
-            err["saved_bytes"] = self.error.mem_used_total
-            err["ratio_low"] = round(self.orig_data_size / high, 4) if high > 0 else None
-            err["ratio_high"] = round(self.orig_data_size / low, 4) if low > 0 else None
-            err["confidence"] = 0.95
-            out["error"] = err
-        return out
-
-
-@dataclass
-class Estimate:
-    """The answer: one row per configuration, and how it was reached."""
-
-    rows: list[Row]
-    pages: int  # population: pages read
-    sample: int | None  # pages sampled (None: every page used)
-    seed: int | None
-    timed_pages: int
-    huge_class_size: int
-    left_out: list[tuple[str, str]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "pages": self.pages,
-            "sample": None
-            if self.sample is None
-            else {"pages": self.sample, "seed": self.seed, "confidence": 0.95},
-            "allocator": {
-                "name": "zsmalloc",
-                "chain_size": PoolConfig().chain_size,
-                "huge_class_size": self.huge_class_size,
-            },
-            "timing": {
-                "pages": self.timed_pages,
-                "passes": TIMING_PASSES,
-                "statistic": "median",
-                "clock": "wall",
-            },
-            "rows": [r.to_json() for r in self.rows],
-            "left_out": [{"compressor": n, "why": why} for n, why in self.left_out],
-            "recommendation": recommend(self.rows),
-        }
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 2)
 
 
 def install_hint(name: str) -> str:
@@ -296,52 +181,6 @@ def default_configs() -> tuple[list[Config], list[tuple[str, str]]]:
 
 # -- reading ------------------------------------------------------------------
 
-T = TypeVar("T")
-
-
-class Reservoir(Generic[T]):
-    """A uniform random sample of ``size`` items of a stream: only ``size`` items
-    are ever held, however long the stream.
-
-    Li's Algorithm L: once full, it draws how many items to skip before the
-    next replacement, so a stream of P items costs about size x ln(P / size)
-    random draws, not P (a 32 GiB process is 8 million pages).
-    """
-
-    def __init__(self, size: int, rng: random.Random) -> None:
-        self.size = size
-        self.items: list[T] = []
-        self.seen = 0
-        self._rng = rng
-        self._w = 1.0
-        self._next = 0
-
-    def add(self, item: T) -> None:
-        self.seen += 1
-        if len(self.items) < self.size:
-            self.items.append(item)
-            if len(self.items) == self.size:
-                self._w = math.exp(math.log(self._uniform()) / self.size)
-                self._next = self.seen + self._skip()
-            return
-        if self.seen == self._next:
-            self.items[self._rng.randrange(self.size)] = item
-            self._w *= math.exp(math.log(self._uniform()) / self.size)
-            self._next += self._skip()
-
-    def _uniform(self) -> float:
-        """Uniform on (0, 1): a logarithm is taken of it."""
-        u = 0.0
-        while u == 0.0:
-            u = self._rng.random()
-        return u
-
-    def _skip(self) -> int:
-        """Items until the next one kept (1 or more)."""
-        if self._w >= 1.0:
-            return 1
-        return int(math.log(self._uniform()) / math.log1p(-self._w)) + 1
-
 
 def _batches(pages: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
     """Lists of up to ``n`` pages."""
@@ -393,25 +232,6 @@ def _same_filled(page: bytes) -> bool:
 
 def _new_pool(config: Config) -> PagePool:
     return PagePool("estimate", PoolConfig(compressor=config.compressor, level=config.level))
-
-
-def _mean_bound(values_sum: float, squares_sum: float, n: int, population: int) -> float:
-    """95% half-width of population x mean, from a sample's sum and sum of squares."""
-    if n < 2 or n >= population:
-        return 0.0
-    mean = values_sum / n
-    var = max(0.0, (squares_sum - n * mean * mean) / (n - 1))
-    return Z95 * population * math.sqrt(var / n * (1 - n / population))
-
-
-def _count_bound(k: int, n: int, population: int) -> int:
-    """95% half-width of a page count, Agresti-Coull (honest at k = 0)."""
-    if n >= population:
-        return 0
-    p = (k + 2) / (n + 4)
-    half = Z95 * math.sqrt(p * (1 - p) / (n + 4)) * math.sqrt(1 - n / population)
-    # The interval is about p, not k/n: cover the difference too.
-    return math.ceil(population * (half + abs(p - k / n)))
 
 
 def _scaled_row(
@@ -467,14 +287,14 @@ def _scaled_row(
             tail_var += tail * tail / 12
         else:
             slack += tail / 2  # a rare class: the worst case
-    lin_half = _mean_bound(m_sum, m_sq, n, population)
+    lin_half = mean_bound(m_sum, m_sq, n, population)
     total_half = math.hypot(lin_half, Z95 * math.sqrt(tail_var)) + slack
-    compr_half = _mean_bound(sum(sizes), sum(s * s for s in sizes), n, population)
+    compr_half = mean_bound(sum(sizes), sum(s * s for s in sizes), n, population)
     error = Bound(
         compr_data_size=math.ceil(compr_half),
         mem_used_total=math.ceil(total_half),
-        same_pages=_count_bound(mm.same_pages, n, population),
-        huge_pages=_count_bound(mm.huge_pages, n, population),
+        same_pages=count_bound(mm.same_pages, n, population),
+        huge_pages=count_bound(mm.huge_pages, n, population),
     )
     row = Row(
         config,
@@ -642,68 +462,3 @@ def estimate_sample(
     return Estimate(
         rows, population if not exact else len(sample), sampled, seed, len(timed), huge_size
     )
-
-
-def recommend(rows: Sequence[Row]) -> str:
-    """One line: which configuration, and why.
-
-    The rule: the row that saves most wins, unless a cheaper one (lower
-    compress cost per page) saves at least 90% as much; then the cheapest of
-    those wins.  When the winner is not also the cheapest row overall, the
-    cheapest is named as the choice where latency matters.
-    """
-    if not rows:
-        return "nothing to recommend: no configuration was measured"
-    best = max(rows, key=lambda r: (r.saved, -_cost(r)))
-    if best.saved <= 0:
-        return "no configuration saves memory on these pages: zram would not help here"
-    near = [r for r in rows if r.saved >= 0.9 * best.saved]
-    pick = min(near, key=lambda r: (_cost(r), -r.saved))
-    fastest = min(rows, key=lambda r: (_cost(r), -r.saved))
-    if pick is not best:
-        said = (
-            f"{_said(pick)}, within 10% of {best.config.label}'s {_human(best.saved)} "
-            f"at {_us(best)}"
-        )
-        if fastest is pick or fastest.saved <= 0:
-            return f"{said}: {pick.config.label}"
-        return (
-            f"{said}; {fastest.config.label} saves {_human(fastest.saved)} at {_us(fastest)}: "
-            f"{pick.config.label}, or {fastest.config.label} if latency matters"
-        )
-    if fastest is best or fastest.saved <= 0:
-        return f"{_said(best)}, the most and the fastest: {best.config.label}"
-    return (
-        f"{_said(best)}; {fastest.config.label} saves {_human(fastest.saved)} at "
-        f"{_us(fastest)}: {best.config.label}, or {fastest.config.label} if latency matters"
-    )
-
-
-def _cost(row: Row) -> float:
-    return math.inf if row.compress_us is None else row.compress_us
-
-
-def _us(row: Row) -> str:
-    return "?" if row.compress_us is None else f"{row.compress_us:.0f} us/page"
-
-
-def _said(row: Row) -> str:
-    return f"{row.config.label} saves {_human(row.saved)} (ratio {row.ratio:.2f}) at {_us(row)}"
-
-
-def _human(n: int) -> str:
-    """Bytes as zramctl prints them: 0B, 512B, 4K, 340.5M, 1.2G."""
-    sign, n_abs = ("-", -n) if n < 0 else ("", n)
-    if n_abs < 1024:
-        return f"{sign}{n_abs}B"
-    value = float(n_abs)
-    for unit in "KMGTPE":
-        value /= 1024
-        if value < 1023.95 or unit == "E":
-            text = f"{value:.1f}".removesuffix(".0")
-            return f"{sign}{text}{unit}"
-    raise AssertionError("unreachable")
-
-
-#: zramctl's units, for the table.
-human_size = _human

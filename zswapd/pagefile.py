@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import os
 import stat
-from types import TracebackType
 
+from zswapd.closing import Closing
 from zswapd.errors import ConfigError
 
 __all__ = ["PAGE_SIZE", "PageFile", "open_page_file"]
@@ -32,7 +32,7 @@ __all__ = ["PAGE_SIZE", "PageFile", "open_page_file"]
 PAGE_SIZE = 4096
 
 
-class PageFile:
+class PageFile(Closing):
     """An open page file: ``pages`` whole 4096-byte pages, read by offset."""
 
     def __init__(self, name: str, fd: int, pages: int) -> None:
@@ -49,17 +49,6 @@ class PageFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-    def __enter__(self) -> PageFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _not_regular(name: str) -> ConfigError:

@@ -39,8 +39,8 @@ import struct
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from types import TracebackType
 
+from zswapd.closing import Closing
 from zswapd.errors import ConfigError
 
 __all__ = [
@@ -172,7 +172,7 @@ class Skipped:
     shared_dup: int = 0
 
 
-class ProcessMemory:
+class ProcessMemory(Closing):
     """A process opened once: its /proc/PID/mem and /proc/PID/pagemap.
 
     Made by :func:`open_process`; close it (or use ``with``) when done.
@@ -196,17 +196,6 @@ class ProcessMemory:
             if fd >= 0:
                 os.close(fd)
         self.mem_fd = self.pagemap_fd = -1
-
-    def __enter__(self) -> ProcessMemory:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_process(pid: int) -> ProcessMemory:

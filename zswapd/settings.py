@@ -250,6 +250,8 @@ class PoolOption:
         flag: the command-line flag.
         parse: from a flag's or a variable's text.
         metavar, help, choices: for ``--help`` (``{whose}`` in help: whose pool).
+        live: whether a pool takes it while it holds pages (as zram's sysfs
+            files), so ``pools set`` has its flag too.
     """
 
     key: str
@@ -258,6 +260,7 @@ class PoolOption:
     metavar: str | None
     help: str
     choices: tuple[str, ...] | None = None
+    live: bool = False
 
     @property
     def dest(self) -> str:
@@ -292,10 +295,17 @@ POOL_OPTIONS: tuple[PoolOption, ...] = (
         "--pool-limit",
         parse_size,
         "SIZE",
-        "{whose} memory limit, e.g. 512M (zram's mem_limit)",
+        "{whose} memory limit, e.g. 512M; 0: none (zram's mem_limit)",
+        live=True,
     ),
     PoolOption(
-        "huge_policy", "--huge-policy", str, None, "store (zram) or reject", ("store", "reject")
+        "huge_policy",
+        "--huge-policy",
+        str,
+        None,
+        "store (zram) or reject",
+        ("store", "reject"),
+        live=True,
     ),
     PoolOption(
         "backing_file",
@@ -319,7 +329,14 @@ POOL_OPTIONS: tuple[PoolOption, ...] = (
         "manual (zram, default) or lru (zswap: write back instead of refusing)",
         ("manual", "lru"),
     ),
-    PoolOption("writeback_limit", "--writeback-limit", int, "PAGES", "zram's writeback_limit"),
+    PoolOption(
+        "writeback_limit",
+        "--writeback-limit",
+        int,
+        "PAGES",
+        "pages manual writeback may still write (zram's writeback_limit)",
+        live=True,
+    ),
 )
 # Settings of the default pool that serve takes beside POOL_OPTIONS (pools
 # create has its own flags for them): its variables.

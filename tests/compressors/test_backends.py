@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 
 import pytest
 
 import compressors
 from compressors import CompressorError, CompressorOptionError, CorruptDataError
 from tests.conftest import corpus_or_skip
+from tests.threads import run_threads
 from zswapd.corpus import iter_pages
 
 OPTION_SETS = {
@@ -110,18 +110,9 @@ def test_zstd_dictionary_trained_on_a_held_out_half_helps_real_pages() -> None:
 
 def test_one_compressor_serves_many_threads(process_pages: list[bytes]) -> None:
     comp = compressors.get("zstd", level=3)
-    errors: list[BaseException] = []
 
     def work(pages: list[bytes]) -> None:
-        try:
-            for page in pages:
-                assert comp.decompress(comp.compress(page), 4096) == page
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        for page in pages:
+            assert comp.decompress(comp.compress(page), 4096) == page
 
-    threads = [threading.Thread(target=work, args=(process_pages[i::4],)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_threads(work, [process_pages[i::4] for i in range(4)])

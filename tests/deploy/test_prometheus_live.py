@@ -21,7 +21,7 @@ import yaml
 
 from tests.zswapd import nbd_client
 from tests.zswapd.daemon import Daemon, start_daemon
-from tests.zswapd.helpers import poor_page, random_page, same_page, text_page
+from tests.zswapd.helpers import BACKING_SERIES, poor_page, random_page, same_page, text_page
 from zswapd.client import Client
 from zswapd.errors import PoolLimitError
 from zswapd.nbd_protocol import Cmd
@@ -43,13 +43,7 @@ DESIGN_METRICS = [
     "zswapd_class_objects_allocated",
     "zswapd_class_objects_used",
     "zswapd_class_pages",
-    # The second tier: every pool, zeros without a backing file.
-    "zswapd_backing_pages",
-    "zswapd_backing_size_bytes",
-    "zswapd_backing_io_pages_total",
-    "zswapd_written_back_pages_total",
-    "zswapd_backing_errors_total",
-    "zswapd_loaded_pages_total",
+    *BACKING_SERIES,
 ]
 
 

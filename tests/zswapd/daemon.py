@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 
@@ -100,3 +101,41 @@ def run_cli(
         cwd=cwd or CHECKOUT,
         env={**os.environ, **_checkout_on_path()},
     )
+
+
+def run_cli_bytes(
+    *args: str, cwd: Path | None = None, **io: Any
+) -> subprocess.CompletedProcess[bytes]:
+    """``zswapd ARGS`` as :func:`run_cli`, its input and output the caller's
+    (``io``: subprocess.run's input, stdin, stdout, stderr or capture_output), in bytes."""
+    return subprocess.run(
+        [sys.executable, "-m", "zswapd.cli", *args],
+        timeout=60,
+        cwd=cwd or CHECKOUT,
+        env={**os.environ, **_checkout_on_path()},
+        **io,
+    )
+
+
+def one_line_failure(
+    result: subprocess.CompletedProcess[str], status: int | None, *words: str
+) -> None:
+    """A command's failure as every CLI failure must be: exit ``status`` (None:
+    any but 0), one line on stderr naming each of ``words``, no traceback."""
+    if status is None:
+        assert result.returncode != 0, result
+    else:
+        assert result.returncode == status, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def token_file(directory: Path, token: str) -> str:
+    """A bearer token file as an operator writes one (a trailing newline, mode
+    0600) in ``directory``: its path, for ``--auth-token-file``."""
+    path = directory / "token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return str(path)

@@ -1,4 +1,4 @@
-"""Pages with known properties, for store tests."""
+"""Pages with known properties, for store tests, and what tests of metrics share."""
 
 from __future__ import annotations
 
@@ -7,6 +7,16 @@ import random
 from hypothesis import strategies as st
 
 PAGE = 4096
+
+# The second tier's series: every pool has them, zeros without a backing file.
+BACKING_SERIES = (
+    "zswapd_backing_pages",
+    "zswapd_backing_size_bytes",
+    "zswapd_backing_io_pages_total",
+    "zswapd_written_back_pages_total",
+    "zswapd_backing_errors_total",
+    "zswapd_loaded_pages_total",
+)
 
 
 def poor_page(seed: int) -> bytes:

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.zswapd.daemon import CHECKOUT, Daemon, run_cli, start_daemon
+from tests.zswapd.daemon import (
+    CHECKOUT,
+    Daemon,
+    one_line_failure,
+    run_cli,
+    run_cli_bytes,
+    start_daemon,
+)
 from zswapd.client import Client
 
 
@@ -37,15 +44,6 @@ def _orig(d: Daemon, pool: str) -> int:
         return int(c.stats(pool)["mm_stat"]["orig_data_size"])
 
 
-def _one_line_failure(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode != 0, result
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
 # -- push never loses handles ---------------------------------------------------------
 
 
@@ -58,7 +56,7 @@ def test_push_refuses_to_overwrite_handles_without_force(daemon: Daemon, tmp_pat
     assert run_cli("push", str(src), "-o", str(handles), *url).returncode == 0
     first = handles.read_text()
     again = run_cli("push", str(src), "-o", str(handles), *url)
-    _one_line_failure(again, str(handles), "--force")
+    one_line_failure(again, None, str(handles), "--force")
     assert handles.read_text() == first  # the first push's handles are still there
     assert _orig(daemon, "keep") == 5 * 4096  # and the second stored nothing
     forced = run_cli("push", str(src), "-o", str(handles), "--force", *url)
@@ -77,7 +75,7 @@ def test_push_rejected_file_leaves_no_file_and_stores_nothing(
     before = _orig(daemon, "default")
     # The default handles file goes to the cwd: a directory of the test's own.
     refused = run_cli("push", str(good), str(bad), "--url", daemon.url, cwd=tmp_path)
-    _one_line_failure(refused, "whole number")
+    one_line_failure(refused, None, "whole number")
     assert sorted(os.listdir(tmp_path)) == ["bad.pages", "good.pages"]
     assert _orig(daemon, "default") == before
 
@@ -87,7 +85,7 @@ def test_push_bad_pid_leaves_no_file_and_stores_nothing(daemon: Daemon, tmp_path
     gone.wait()  # a pid that was a process and is none now
     before = _orig(daemon, "default")
     result = run_cli("push", "--pid", str(gone.pid), "--url", daemon.url, cwd=tmp_path)
-    _one_line_failure(result, str(gone.pid), "no such process")
+    one_line_failure(result, None, str(gone.pid), "no such process")
     assert os.listdir(tmp_path) == []
     assert _orig(daemon, "default") == before
 
@@ -98,7 +96,7 @@ def test_push_kernel_thread_is_one_line_as_estimate_says_it(daemon: Daemon, tmp_
         pytest.skip("pid 2 is not kthreadd here (a pid namespace)")
     before = _orig(daemon, "default")
     result = run_cli("push", "--pid", "2", "--url", daemon.url, cwd=tmp_path)
-    _one_line_failure(result, "--pid 2", "no user memory")
+    one_line_failure(result, None, "--pid 2", "no user memory")
     assert os.listdir(tmp_path) == []
     assert _orig(daemon, "default") == before
 
@@ -109,12 +107,14 @@ def test_push_of_no_pages_is_refused_and_writes_nothing(daemon: Daemon, tmp_path
     before = _orig(daemon, "default")
     work = tmp_path / "work"
     work.mkdir()
-    _one_line_failure(
-        run_cli("push", str(empty), "--url", daemon.url, cwd=work), "empty.pages", "no pages"
+    one_line_failure(
+        run_cli("push", str(empty), "--url", daemon.url, cwd=work), None, "empty.pages", "no pages"
     )
     # A /proc file says 0 bytes whatever it holds: no pages, and it is named.
-    _one_line_failure(
-        run_cli("push", "/proc/self/status", "--url", daemon.url, cwd=work), "/proc/self/status"
+    one_line_failure(
+        run_cli("push", "/proc/self/status", "--url", daemon.url, cwd=work),
+        None,
+        "/proc/self/status",
     )
     assert os.listdir(work) == []
     assert _orig(daemon, "default") == before
@@ -136,7 +136,7 @@ def test_push_reads_no_link_fifo_or_device(daemon: Daemon, tmp_path: Path) -> No
         ("/dev/zero", "not a regular file"),
     ):
         result = run_cli("push", str(tmp_path / name), "--url", daemon.url, cwd=work, timeout=60)
-        _one_line_failure(result, name, why)
+        one_line_failure(result, None, name, why)
     assert os.listdir(work) == []
     assert _orig(daemon, "default") == before
 
@@ -164,7 +164,7 @@ def test_push_refused_midway_frees_what_it_stored(daemon: Daemon, tmp_path: Path
     result = run_cli(
         "push", str(src), "-o", str(handles), "--pool", "small", "--url", daemon.url, "--quiet"
     )
-    _one_line_failure(result, "limit")
+    one_line_failure(result, None, "limit")
     assert sorted(os.listdir(tmp_path)) == ["random.pages"]  # no handles, no temporary
     assert _orig(daemon, "small") == 0  # the 256-page chunks stored before it are freed
 
@@ -211,7 +211,7 @@ def test_client_command_without_daemon_is_one_line(
     result = run_cli(*argv, "--url", url, cwd=tmp_path, timeout=30)
     # The line names the command, and the action of those that have one.
     command = " ".join(argv[:2] if argv[0] in ("pools", "devices") else argv[:1])
-    _one_line_failure(result, f"zswapd {command}:", "cannot connect")
+    one_line_failure(result, None, f"zswapd {command}:", "cannot connect")
     assert sorted(os.listdir(tmp_path)) == ["h", "pages"]  # push left no handles file
 
 
@@ -221,7 +221,7 @@ def test_a_url_that_is_not_zswapds_api_is_one_line() -> None:
         line = next(line for line in d.log if "serving metrics on" in line)
         metrics = line.rsplit(" ", 1)[1].removesuffix("/metrics")
         for argv in (["stats"], ["pools", "list"], ["devices", "list"]):
-            _one_line_failure(run_cli(*argv, "--url", metrics), "not JSON", "--metrics")
+            one_line_failure(run_cli(*argv, "--url", metrics), None, "not JSON", "--metrics")
     finally:
         d.stop()
 
@@ -232,9 +232,9 @@ def test_serve_on_busy_ports_is_one_line() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         metrics = run_cli("serve", "--http", "127.0.0.1:0", "--metrics", f"127.0.0.1:{port}")
-        _one_line_failure(metrics, "--metrics", str(port), "in use")
+        one_line_failure(metrics, None, "--metrics", str(port), "in use")
         http = run_cli("serve", "--http", f"127.0.0.1:{port}")
-        _one_line_failure(http, str(port), "in use")
+        one_line_failure(http, None, str(port), "in use")
 
 
 def _into_closed_pipe(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -242,14 +242,7 @@ def _into_closed_pipe(*args: str) -> subprocess.CompletedProcess[bytes]:
     read, write = os.pipe()
     os.close(read)
     try:
-        return subprocess.run(
-            [sys.executable, "-m", "zswapd.cli", *args],
-            stdout=write,
-            stderr=subprocess.PIPE,
-            cwd=CHECKOUT,
-            env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
-            timeout=60,
-        )
+        return run_cli_bytes(*args, stdout=write, stderr=subprocess.PIPE)
     finally:
         os.close(write)
 
@@ -294,7 +287,7 @@ def test_stats_piped_into_head_is_silent(daemon: Daemon) -> None:
 def test_unix_urls_with_a_host_are_refused(url: str, tmp_path: Path) -> None:
     # Read as a path, host/x.sock would be relative: a socket other than the one meant.
     result = run_cli("stats", "--url", url, cwd=tmp_path)
-    _one_line_failure(result, "unix URLs take a path", "///ABS/PATH")
+    one_line_failure(result, None, "unix URLs take a path", "///ABS/PATH")
     with pytest.raises(ValueError, match="unix URLs take a path"):
         Client(url)
 
@@ -334,18 +327,11 @@ def test_a_page_file_given_as_handles_is_one_short_line(daemon: Daemon, tmp_path
     url = ["--url", daemon.url, "--quiet"]
     for argv in (["fetch", str(pages), "-o", str(tmp_path / "x")], ["free", str(pages)]):
         result = run_cli(*argv, *url)
-        _one_line_failure(result, f"{pages}: not a zswapd handles file")
+        one_line_failure(result, None, f"{pages}: not a zswapd handles file")
     assert sorted(os.listdir(tmp_path)) == ["text.pages"]
     # Text that is not handles: the message quotes a little of it, not all 430 KB.
     text = b"zswapd " * 61440
-    free = subprocess.run(
-        [sys.executable, "-m", "zswapd.cli", "free", "-", *url],
-        input=text,
-        capture_output=True,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
-        timeout=60,
-    )
+    free = run_cli_bytes("free", "-", *url, input=text, capture_output=True, cwd=tmp_path)
     assert free.returncode == 1 and free.stderr.count(b"\n") == 1
     assert len(free.stderr) < 200 and b"not a handle" in free.stderr, free.stderr
 
@@ -370,20 +356,13 @@ def test_free_removes_its_handles_file_and_a_second_free_says_why(
     assert handles.exists()
     for argv in (["free", str(handles)], ["fetch", str(handles), "-o", str(tmp_path / "o")]):
         again = run_cli(*argv, *url)
-        _one_line_failure(again, "404", "freed already, or stored in another daemon/pool?")
+        one_line_failure(again, None, "404", "freed already, or stored in another daemon/pool?")
     assert handles.exists() and not (tmp_path / "o").exists()  # a failed free keeps it
     # Handles from stdin: nothing to remove.
     assert run_cli("push", str(src), "-o", str(tmp_path / "h2"), *url).returncode == 0
     with open(tmp_path / "h2", "rb") as f:
-        piped = subprocess.run(
-            [sys.executable, "-m", "zswapd.cli", "free", "-", *url],
-            stdin=f,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
-            timeout=60,
-        )
-    assert piped.returncode == 0 and piped.stdout == "freed 4 pages in pool 'default'\n"
+        piped = run_cli_bytes("free", "-", *url, stdin=f, capture_output=True)
+    assert piped.returncode == 0 and piped.stdout == b"freed 4 pages in pool 'default'\n"
     assert (tmp_path / "h2").exists() and _orig(daemon, "default") == before
 
 
@@ -392,12 +371,8 @@ def test_fetch_to_dash_writes_the_pages_to_stdout(daemon: Daemon, tmp_path: Path
     src.write_bytes(os.urandom(4096) + bytes(4096) + b"page" * 1024)
     url = ["--url", daemon.url, "--quiet"]
     assert run_cli("push", str(src), "-o", str(tmp_path / "h"), *url).returncode == 0
-    fetched = subprocess.run(
-        [sys.executable, "-m", "zswapd.cli", "fetch", str(tmp_path / "h"), "-o", "-", *url],
-        capture_output=True,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
-        timeout=60,
+    fetched = run_cli_bytes(
+        "fetch", str(tmp_path / "h"), "-o", "-", *url, capture_output=True, cwd=tmp_path
     )
     assert fetched.returncode == 0, fetched.stderr
     assert fetched.stdout == src.read_bytes()  # the pages alone: the summary goes to stderr

@@ -23,13 +23,14 @@ import httpx
 import pytest
 
 import compressors
-from tests.zswapd.daemon import Daemon, run_cli, start_daemon
+from tests.zswapd.daemon import Daemon, one_line_failure, run_cli, start_daemon
 from tests.zswapd.helpers import random_page, same_page, text_page
 from tests.zswapd.nbd_client import open_device, request
 from zswapd.cli import build_parser
 from zswapd.cli_format import human, printable
 from zswapd.client import Client
 from zswapd.nbd_protocol import Cmd
+from zswapd.settings import POOL_OPTIONS
 
 PAGE = 4096
 
@@ -50,14 +51,6 @@ def _ok(*argv: str, url: str, cwd: Path | None = None) -> str:
     result = run_cli(*argv, "--url", url, cwd=cwd)
     assert result.returncode == 0 and result.stderr == "", result
     return result.stdout
-
-
-def _one_line_failure(result: subprocess.CompletedProcess[str], status: int, *words: str) -> None:
-    assert result.returncode == status, result
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def _rows(text: str) -> dict[str, dict[str, str]]:
@@ -221,6 +214,20 @@ def _options(*path: str) -> set[str]:
     return {o for a in _subparser(*path)._actions for o in a.option_strings}
 
 
+def test_pools_set_takes_the_live_pool_options_parsed_as_pools_create_does() -> None:
+    changes = _options("pools", "set")
+    for option in POOL_OPTIONS:
+        assert (option.flag in changes) == option.live, option.flag
+    assert {"--accept-threshold-percent", "--no-writeback-limit"} <= changes
+    args = build_parser().parse_args(["pools", "set", "p", "--pool-limit", "1M"])
+    assert args.pool_limit == 1 << 20
+    # A bad size is refused by the parser, in one line, before any request.
+    refused = run_cli("pools", "set", "p", "--pool-limit", "lots", "--url", "http://192.0.2.1:9")
+    one_line_failure(refused, 2, "zswapd pools set:", "--pool-limit", "not a size")
+    nothing = run_cli("pools", "set", "p", "--url", "http://192.0.2.1:9")
+    one_line_failure(nothing, 1, "give --pool-limit, --huge-policy, --writeback-limit")
+
+
 def test_each_subcommand_has_its_own_help_and_only_its_options() -> None:
     create = run_cli("pools", "create", "--help")
     assert create.returncode == 0
@@ -242,7 +249,7 @@ def test_each_subcommand_has_its_own_help_and_only_its_options() -> None:
         assert pool.help and pool.help.startswith("pool to act on"), (path, pool.help)
     # A usage error is one line, said by the subcommand, before any request.
     refused = run_cli("pools", "remove", "p", "--compressor", "lz4")
-    _one_line_failure(refused, 2, "zswapd pools remove:", "--compressor", "--help")
+    one_line_failure(refused, 2, "zswapd pools remove:", "--compressor", "--help")
 
 
 def test_compressor_choices_are_what_is_installed() -> None:
@@ -283,13 +290,13 @@ def test_compressor_takes_a_level_as_estimate_recommends_it(served: tuple[Daemon
     conflict = run_cli(
         "pools", "create", "zx", "--compressor", "zstd:3", "--level", "9", "--url", d.url
     )
-    _one_line_failure(conflict, 1, "zswapd pools create:", "zstd:3", "--level 9")
-    _one_line_failure(
+    one_line_failure(conflict, 1, "zswapd pools create:", "zstd:3", "--level 9")
+    one_line_failure(
         run_cli("pools", "create", "zx", "--compressor", "zstd:high", "--url", d.url),
         2,
         "whole number",
     )
-    _one_line_failure(
+    one_line_failure(
         run_cli(
             "devices", "create", "zx", "--size", "4M", "--compressor", "zstdd:3", "--url", d.url
         ),
@@ -444,7 +451,7 @@ def test_a_hostile_server_cannot_drive_the_terminal(fake_server: str, argv: list
 def test_a_url_httpx_refuses_is_one_line() -> None:
     for url in (f"http://127.0.0.1:1/{ESC}[31m", f"http://exa{ESC}mple:1"):
         result = run_cli("stats", "--url", url)
-        _one_line_failure(result, 1, "invalid URL")
+        one_line_failure(result, 1, "invalid URL")
         assert ESC not in result.stderr
 
 
@@ -468,15 +475,15 @@ def test_devices_create_list_stats_remove(served: tuple[Daemon, Path]) -> None:
     assert as_json["size"] == 8 << 20 and as_json["mm_stat"]["orig_data_size"] == 5 * PAGE
     assert "obj_allocated" in _ok("devices", "stats", "zram9", "--classes", url=d.url)
     # Bad input changes nothing: a size that is not whole slots, a name taken.
-    _one_line_failure(
+    one_line_failure(
         run_cli("devices", "create", "zram8", "--size", "5000", "--url", d.url), 1, "4096"
     )
-    _one_line_failure(
+    one_line_failure(
         run_cli("devices", "create", "zram9", "--size", "8M", "--url", d.url), 1, "exists"
     )
     assert _ok("devices", "remove", "zram9", url=d.url) == "removed device 'zram9'\n"
     assert set(_rows(_ok("devices", "list", url=d.url))) == {"zram0"}
-    _one_line_failure(run_cli("devices", "stats", "zram9", "--url", d.url), 1, "zram9")
+    one_line_failure(run_cli("devices", "stats", "zram9", "--url", d.url), 1, "zram9")
 
 
 def test_compact_prints_the_pages_it_released(served: tuple[Daemon, Path]) -> None:
@@ -516,11 +523,11 @@ def test_unix_path_urls_are_accepted_as_serve_takes_them(tmp_path: Path) -> None
             assert "default" in _rows(_ok("pools", "list", url=url, cwd=tmp_path)), url
         # serve's --http unix:PATH speaks HTTP: unix:PATH there says what to use instead.
         wrong = run_cli("stats", "--url", "unix:http.sock", cwd=tmp_path)
-        _one_line_failure(wrong, 1, "wire protocol", "http+unix:PATH")
+        one_line_failure(wrong, 1, "wire protocol", "http+unix:PATH")
         # What the wire protocol cannot do says so, in one line.
         for argv in (("pools", "list"), ("devices", "list")):
             result = run_cli(*argv, "--url", "unix:wire.sock", cwd=tmp_path)
-            _one_line_failure(result, 1, f"zswapd {' '.join(argv)}:", "needs the HTTP API")
+            one_line_failure(result, 1, f"zswapd {' '.join(argv)}:", "needs the HTTP API")
         with pytest.raises(ValueError, match="names no socket path"):
             Client("unix:")
     finally:

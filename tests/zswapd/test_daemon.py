@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.zswapd.daemon import Daemon, run_cli, start_daemon
+from tests.threads import run_threads
+from tests.zswapd.daemon import Daemon, run_cli, start_daemon, token_file
 from tests.zswapd.helpers import poor_page, random_page, text_page
 from zswapd.client import Client, UnauthorizedError
 from zswapd.errors import PoolLimitError, StaleHandleError, UnknownPoolError
@@ -207,33 +208,21 @@ def test_compact_and_recompress_over_http(tcp_daemon: Daemon) -> None:
 
 
 def test_concurrent_clients(unix_daemon: Daemon) -> None:
-    errors: list[BaseException] = []
-
     def work(n: int) -> None:
-        try:
-            with Client(unix_daemon.url) as c:
-                pages = [text_page(n * 1000 + i) for i in range(200)] + [random_page(n)]
-                for _ in range(3):
-                    handles = c.store(pages)
-                    assert c.load(handles) == pages
-                    c.free(handles[:100])
-                    assert c.load(handles[100:]) == pages[100:]
-                    c.free(handles[100:])
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        with Client(unix_daemon.url) as c:
+            pages = [text_page(n * 1000 + i) for i in range(200)] + [random_page(n)]
+            for _ in range(3):
+                handles = c.store(pages)
+                assert c.load(handles) == pages
+                c.free(handles[:100])
+                assert c.load(handles[100:]) == pages[100:]
+                c.free(handles[100:])
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_threads(work, range(6))
 
 
 def test_bearer_token(tmp_path: Path) -> None:
-    token_file = tmp_path / "token"
-    token_file.write_text("s3cret-token\n")
-    d = start_daemon("--auth-token-file", str(token_file))
+    d = start_daemon("--auth-token-file", token_file(tmp_path, "s3cret-token"))
     try:
         with httpx.Client(base_url=d.url) as h:
             assert h.get("/healthz").status_code == 200

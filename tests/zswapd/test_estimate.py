@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import corpus_or_skip
-from tests.zswapd.daemon import CHECKOUT, Daemon, run_cli, start_daemon
+from tests.zswapd.daemon import CHECKOUT, Daemon, one_line_failure, run_cli, start_daemon
 from zswapd import cli
 from zswapd import estimate as est
 from zswapd.client import Client
@@ -106,15 +106,6 @@ def _rows(out: dict[str, object]) -> dict[str, dict[str, object]]:
     rows = out["rows"]
     assert isinstance(rows, list)
     return {r["algorithm"]: r for r in rows}
-
-
-def _one_line_failure(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode != 0, result
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def _page_file(tmp_path: Path, pages: list[bytes], name: str = "p.pages") -> Path:
@@ -356,22 +347,22 @@ def test_table_and_recommendation(process_pages: list[bytes], tmp_path: Path) ->
 def test_bad_input_is_one_line(tmp_path: Path) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    _one_line_failure(run_cli("estimate", "--pid", str(gone.pid)), str(gone.pid), "no such")
+    one_line_failure(run_cli("estimate", "--pid", str(gone.pid)), None, str(gone.pid), "no such")
     odd = tmp_path / "odd.pages"
     odd.write_bytes(b"x" * 5000)
-    _one_line_failure(run_cli("estimate", str(odd)), "whole number")
-    _one_line_failure(run_cli("estimate", str(tmp_path / "absent")), "absent")
-    _one_line_failure(run_cli("estimate", str(tmp_path)), "not a regular file")
-    _one_line_failure(run_cli("estimate", "--pid", str(os.getpid()), str(odd)), "whole number")
-    _one_line_failure(run_cli("estimate"), "--pid")
+    one_line_failure(run_cli("estimate", str(odd)), None, "whole number")
+    one_line_failure(run_cli("estimate", str(tmp_path / "absent")), None, "absent")
+    one_line_failure(run_cli("estimate", str(tmp_path)), None, "not a regular file")
+    one_line_failure(run_cli("estimate", "--pid", str(os.getpid()), str(odd)), None, "whole number")
+    one_line_failure(run_cli("estimate"), None, "--pid")
     empty = tmp_path / "empty.pages"
     empty.write_bytes(b"")
-    _one_line_failure(run_cli("estimate", str(empty)), "no pages")
+    one_line_failure(run_cli("estimate", str(empty)), None, "no pages")
     page = tmp_path / "one.pages"
     page.write_bytes(b"a" * 4096)
-    _one_line_failure(run_cli("estimate", str(page), "--compressor", "zstd:99"), "level")
-    _one_line_failure(run_cli("estimate", str(page), "--compressor", "nope"), "nope")
-    _one_line_failure(run_cli("estimate", str(page), "--compressor", "lz4:x"), "level")
+    one_line_failure(run_cli("estimate", str(page), "--compressor", "zstd:99"), None, "level")
+    one_line_failure(run_cli("estimate", str(page), "--compressor", "nope"), None, "nope")
+    one_line_failure(run_cli("estimate", str(page), "--compressor", "lz4:x"), None, "level")
     assert run_cli("estimate", str(page), "--sample", "0").returncode == 2  # argparse's
 
 
@@ -393,7 +384,7 @@ def test_kernel_thread_has_no_memory_to_read() -> None:
     comm = Path("/proc/2/comm")
     if not comm.exists() or comm.read_text().strip() != "kthreadd":
         pytest.skip("pid 2 is not kthreadd here (a pid namespace)")
-    _one_line_failure(run_cli("estimate", "--pid", "2"), "--pid 2", "no user memory")
+    one_line_failure(run_cli("estimate", "--pid", "2"), None, "--pid 2", "no user memory")
 
 
 # -- bounded by the pages present, whatever the mappings ------------------------------
@@ -506,7 +497,7 @@ def test_sample_past_the_full_run_cap_is_refused(
     monkeypatch.undo()  # the command line, at the real cap
     page = _page_file(tmp_path, pages[:1])
     over = run_cli("estimate", str(page), "--sample", str(est.FULL_RUN_MAX_PAGES + 1))
-    _one_line_failure(over, "--sample", str(est.FULL_RUN_MAX_PAGES))
+    one_line_failure(over, None, "--sample", str(est.FULL_RUN_MAX_PAGES))
 
 
 # -- page files: the file checked is the file read ------------------------------------
@@ -535,7 +526,7 @@ def test_page_file_that_is_a_link_fifo_or_device_is_refused_at_once(tmp_path: Pa
         (fifo, ("fifo.pages", "not a regular file")),
         (Path("/dev/zero"), ("/dev/zero", "not a regular file")),
     ):
-        _one_line_failure(run_cli("estimate", str(path), timeout=60), *words)
+        one_line_failure(run_cli("estimate", str(path), timeout=60), None, *words)
 
 
 def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.zswapd.daemon import Daemon, start_daemon
+from tests.zswapd.daemon import Daemon, start_daemon, token_file
 from tests.zswapd.helpers import text_page
 from zswapd.client import Client
 
@@ -313,9 +313,7 @@ def test_stale_handles_close_a_keep_alive_connection(quick: Daemon) -> None:
 
 
 def test_duplicate_authorization_headers_are_refused(tmp_path: Path) -> None:
-    token_file = tmp_path / "token"
-    token_file.write_text("s3cret\n")
-    d = start_daemon("--auth-token-file", str(token_file))
+    d = start_daemon("--auth-token-file", token_file(tmp_path, "s3cret"))
     try:
         with httpx.Client(base_url=d.url) as h:
             good = ("authorization", "Bearer s3cret")
@@ -395,10 +393,7 @@ def _send_until_closed(s: socket.socket, chunk: bytes, limit: int) -> int:
 def test_an_endless_request_head_is_refused_with_431(tmp_path: Path) -> None:
     # Header lines without end, before any token is checked: cut off at the
     # head cap with a JSON 431, and the daemon's memory barely moves.
-    token = tmp_path / "token"
-    token.write_text("secret\n")
-    token.chmod(0o600)
-    d = start_daemon("--auth-token-file", str(token))
+    d = start_daemon("--auth-token-file", token_file(tmp_path, "secret"))
     try:
         before = _rss(d.proc.pid)
         s = _connect(d)
@@ -428,10 +423,7 @@ def test_an_endless_body_after_an_early_refusal_is_closed(tmp_path: Path) -> Non
     # Eight endless chunked bodies at a proper rate to a route that refuses at
     # once (401, no token) on a cap of eight connections: each is closed after
     # its answer, and a legitimate client is served.
-    token = tmp_path / "token"
-    token.write_text("secret\n")
-    token.chmod(0o600)
-    d = start_daemon("--auth-token-file", str(token), "--max-connections", "8")
+    d = start_daemon("--auth-token-file", token_file(tmp_path, "secret"), "--max-connections", "8")
     stop = threading.Event()
     replies: list[bytes] = []
 

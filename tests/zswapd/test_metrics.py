@@ -124,16 +124,6 @@ def _spill_config(tmp_path: Path, more: str = "") -> Path:
     return config
 
 
-BACKING_SERIES = (
-    "zswapd_backing_pages",
-    "zswapd_backing_size_bytes",
-    "zswapd_backing_io_pages_total",
-    "zswapd_written_back_pages_total",
-    "zswapd_backing_errors_total",
-    "zswapd_loaded_pages_total",
-)
-
-
 def _lru_pool(reg: PoolRegistry, tmp: Path, *, limit: int = 16, slots: int = 64) -> PagePool:
     """An lru pool of ``limit`` pages in memory over a file of ``slots`` slots."""
     config = PoolConfig(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 
 import pytest
 
 import compressors
 from allocator import PageBudget
+from tests.threads import run_threads
 from tests.zswapd.helpers import poor_page, random_page, same_page, text_page
 from zswapd.config import PoolConfig
 from zswapd.errors import (
@@ -244,31 +244,22 @@ def test_recompress_idle_pages_only() -> None:
 
 def test_threads_compress_and_store_concurrently(process_pages: list[bytes]) -> None:
     pool = PagePool("p", PoolConfig(compressor="zstd"))
-    errors: list[BaseException] = []
 
     def work(pages: list[bytes]) -> None:
-        try:
-            mine: list[tuple[int, bytes]] = []
-            for i in range(0, len(pages), 8):
-                batch = pages[i : i + 8]
-                mine += zip(pool.store(batch), batch, strict=True)
-                if i % 24 == 0 and mine:
-                    gone = mine[: len(mine) // 3]
-                    pool.free([h for h, _ in gone])
-                    mine = mine[len(gone) :]
-                if i % 40 == 0:
-                    pool.compact()
-            hs = [h for h, _ in mine]
-            assert pool.load(hs) == [p for _, p in mine]
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        mine: list[tuple[int, bytes]] = []
+        for i in range(0, len(pages), 8):
+            batch = pages[i : i + 8]
+            mine += zip(pool.store(batch), batch, strict=True)
+            if i % 24 == 0 and mine:
+                gone = mine[: len(mine) // 3]
+                pool.free([h for h, _ in gone])
+                mine = mine[len(gone) :]
+            if i % 40 == 0:
+                pool.compact()
+        hs = [h for h, _ in mine]
+        assert pool.load(hs) == [p for _, p in mine]
 
-    threads = [threading.Thread(target=work, args=(process_pages[i::4],)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_threads(work, [process_pages[i::4] for i in range(4)])
     pool.check_invariants()
 
 

@@ -165,7 +165,7 @@ def add_bench(sub: Any) -> None:
     # --corpus and --json, said once for every suite (argparse parents).
     alloc = bench_sub.add_parser(
         "allocator",
-        parents=[_suite_options("allocator")],
+        parents=[_suite_options("allocator", repeats=5)],
         help="allocator efficiency, speed and overhead",
     )
     alloc.add_argument(
@@ -175,7 +175,6 @@ def add_bench(sub: Any) -> None:
         default=[200_000, 1_000_000],
         help="objects per pool, one efficiency table per count",
     )
-    alloc.add_argument("--repeats", type=int, default=5, help="runs per speed figure")
     alloc.add_argument(
         "--rss-objects", type=int, default=1_000_000, help="objects for the RSS figure (0: skip)"
     )
@@ -183,35 +182,33 @@ def add_bench(sub: Any) -> None:
 
     store = bench_sub.add_parser(
         "store",
-        parents=[_suite_options("store")],
+        parents=[_suite_options("store", repeats=5)],
         help="compressors, store/load paths, recompression",
     )
-    store.add_argument("--repeats", type=int, default=5, help="runs per speed figure")
     store.add_argument(
         "--speed-pages", type=int, default=8192, help="pages sampled for the speed figures"
     )
     store.set_defaults(func=_cmd_bench_store)
 
     http = bench_sub.add_parser(
-        "http", parents=[_suite_options("http")], help="store/load over HTTP against bare lz4"
+        "http",
+        parents=[_suite_options("http", repeats=5, pages=4096)],
+        help="store/load over HTTP against bare lz4",
     )
-    http.add_argument("--repeats", type=int, default=5, help="runs per figure")
-    http.add_argument("--pages", type=int, default=4096, help="pages sampled")
     http.set_defaults(func=_cmd_bench_http)
 
     wire = bench_sub.add_parser(
         "wire",
-        parents=[_suite_options("wire")],
+        parents=[_suite_options("wire", repeats=5, pages=8192)],
         help="store/load over the wire protocol against bare lz4",
     )
-    wire.add_argument("--repeats", type=int, default=5, help="runs per figure")
-    wire.add_argument("--pages", type=int, default=8192, help="pages sampled")
     wire.set_defaults(func=_cmd_bench_wire)
 
     nbd = bench_sub.add_parser(
-        "nbd", parents=[_suite_options("nbd")], help="nbdcopy into zswapd against nbdkit memory"
+        "nbd",
+        parents=[_suite_options("nbd", repeats=3)],
+        help="nbdcopy into zswapd against nbdkit memory",
     )
-    nbd.add_argument("--repeats", type=int, default=3, help="runs per figure")
     nbd.set_defaults(func=_cmd_bench_nbd)
 
     soak = bench_sub.add_parser(
@@ -258,8 +255,11 @@ _CORPUS_DEFAULTS = {
 }
 
 
-def _suite_options(suite: str) -> argparse.ArgumentParser:
-    """What every bench suite takes: its pages and JSON output."""
+def _suite_options(
+    suite: str, *, repeats: int | None = None, pages: int | None = None
+) -> argparse.ArgumentParser:
+    """What every bench suite takes: its pages and JSON output; ``repeats``,
+    ``pages``: the defaults of --repeats and --pages where the suite has them."""
     common = argparse.ArgumentParser(add_help=False)
     default = _CORPUS_DEFAULTS.get(suite)
     common.add_argument(
@@ -269,4 +269,8 @@ def _suite_options(suite: str) -> argparse.ArgumentParser:
         help="page files" + (f" (default: {default})" if default else ""),
     )
     common.add_argument("--json", action="store_true", help="print JSON")
+    if repeats is not None:
+        common.add_argument("--repeats", type=int, default=repeats, help="runs per figure")
+    if pages is not None:
+        common.add_argument("--pages", type=int, default=pages, help="pages sampled")
     return common
