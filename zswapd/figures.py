@@ -1,5 +1,9 @@
 """A pool's figures, typed: taken once under its lock, rendered by every frontend.
 
+The dataclasses say what the figures are; the functions at the end take them
+from a :class:`~zswapd.pool.PagePool` (bound as its ``stats``, ``mm_stat`` and
+``bd_stat`` methods, reading its books under its lock).
+
 :meth:`PagePool.stats() <zswapd.pool.PagePool.stats>` returns a
 :class:`PoolFigures`; ``GET /v1/pools/{pool}/stats`` and the wire protocol's STATS
 answer its :meth:`~PoolFigures.to_dict`, and the Prometheus collector reads its
@@ -14,10 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from allocator import FULLNESS_LABELS, ClassStats
 from zswapd.config import PoolConfig
+from zswapd.entries import PAGE_SIZE
+
+if TYPE_CHECKING:
+    from zswapd.pool import PagePool
 
 __all__ = [
     "BackingFigures",
@@ -29,7 +37,11 @@ __all__ = [
     "RequestCounters",
     "ServerFigures",
     "ZswapFigures",
+    "bd_stat",
     "class_row",
+    "mm_stat",
+    "server_figures",
+    "stats",
 ]
 
 
@@ -186,3 +198,114 @@ class PoolFigures:
             },
             "classes": [class_row(c) for c in self.classes],
         }
+
+
+# -- taking them: functions of a PagePool, bound as its methods ------------------
+
+
+def mm_stat(pool: PagePool) -> MmStat:
+    """zram's mm_stat, field for field."""
+    with pool._lock:
+        return _mm_stat(pool)
+
+
+def _mm_stat(pool: PagePool) -> MmStat:
+    alloc = pool._alloc
+    return MmStat(
+        orig_data_size=len(pool._entries) * PAGE_SIZE,
+        compr_data_size=pool._compr_data_size,
+        mem_used_total=alloc.total_size_bytes,
+        mem_limit=pool.config.limit_bytes,
+        mem_used_max=pool._mem_used_max,
+        same_pages=pool._same_pages,
+        pages_compacted=alloc.pages_compacted,
+        huge_pages=pool._huge_pages,
+        huge_pages_since=pool.counters.huge_pages_since,
+    )
+
+
+def bd_stat(pool: PagePool) -> BdStat:
+    """zram's bd_stat alone, in pages (a scrape of a device's wants no class table)."""
+    with pool._lock:
+        return _bd_stat(pool)
+
+
+def _bd_stat(pool: PagePool) -> BdStat:
+    c = pool.counters
+    return BdStat(bd_count=pool._written, bd_reads=c.bd_reads, bd_writes=c.bd_writes)
+
+
+def server_figures(pool: PagePool) -> ServerFigures:
+    """The server-wide figures: limit (0: none), in use and high-water mark, bytes."""
+    b = pool.budget
+    if b is None:
+        return ServerFigures(memory_limit=0, memory_used=0, memory_used_max=0)
+    return ServerFigures(
+        memory_limit=(b.limit_pages or 0) * PAGE_SIZE,
+        memory_used=b.used * PAGE_SIZE,
+        memory_used_max=b.committed_max * PAGE_SIZE,
+    )
+
+
+def _backing_figures(pool: PagePool) -> BackingFigures | None:
+    """The backing file: where, how big, how full, how healthy (lock held)."""
+    b = pool.backing
+    if b is None:
+        return None
+    return BackingFigures(
+        file=b.path,
+        slots=b.slots,
+        size=b.slots * PAGE_SIZE,
+        used_slots=b.used,
+        writeback=pool.config.writeback,
+        writeback_limit=pool.config.writeback_limit,
+        lru_pages=pool._entries.lru_len,
+        removed=b.removed,
+        io_errors=pool.counters.backing_io_errors,
+        corrupt_pages=pool.counters.backing_corrupt,
+    )
+
+
+def stats(pool: PagePool) -> PoolFigures:
+    """Every figure, at one instant: mm_stat, zswap's counters, bd_stat, classes."""
+    with pool._lock:
+        mm = _mm_stat(pool)
+        c = pool.counters
+        return PoolFigures(
+            pool=pool.name,
+            config=pool.config,
+            huge_class_size=pool.huge_class_size,
+            mm_stat=mm,
+            zswap=ZswapFigures(
+                stored_pages=len(pool._entries) - pool._written,
+                same_filled_pages=mm.same_pages,
+                pool_total_size=mm.mem_used_total,
+                pool_limit_hit=c.pool_limit_hit,
+                reject_compress_poor=c.reject_compress_poor,
+                reject_reclaim_fail=c.reject_reclaim_fail,
+                written_back_pages=c.written_back_pages,
+                decompress_fail=c.decompress_fail,
+            ),
+            bd_stat=_bd_stat(pool),
+            backing=_backing_figures(pool),
+            counters=RequestCounters(
+                stored_pages_total=c.stored_pages_total,
+                loaded_pages_total=c.loaded_pages_total,
+                freed_pages_total=c.freed_pages_total,
+                memory_limit_hit=c.memory_limit_hit,
+                stale_handle_requests=c.stale_handle_requests,
+                loaded_same_pages=c.loaded_same_pages,
+                limit_hit_written_back=c.limit_hit_written_back,
+            ),
+            server=server_figures(pool),
+            metadata=MetadataFigures(
+                entry_slots=pool._entries.slots, bytes=pool._entries.charged * PAGE_SIZE
+            ),
+            recompress=RecompressFigures(
+                attempts=c.recompress_attempts,
+                recompressed_pages=c.recompressed_pages,
+                saved_bytes=c.recompress_saved_bytes,
+                algorithms=tuple(repr(s) for s in pool._secondaries),
+            ),
+            classes=tuple(pool._alloc.class_stats()),
+        )

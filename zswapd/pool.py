@@ -60,7 +60,7 @@ from allocator import (
 )
 from allocator.base import arena_capacity
 from allocator.handles import MAX_SLOTS, SLOT_MASK
-from zswapd import pool_state, recompression, tier
+from zswapd import figures, pool_state, recompression, tier
 from zswapd.backing import BackingFile, unpack
 from zswapd.config import PoolConfig, check_pool_name
 from zswapd.entries import (
@@ -83,17 +83,6 @@ from zswapd.errors import (
     ReclaimFailError,
     StaleHandleError,
     UnknownPoolError,
-)
-from zswapd.figures import (
-    BackingFigures,
-    BdStat,
-    MetadataFigures,
-    MmStat,
-    PoolFigures,
-    RecompressFigures,
-    RequestCounters,
-    ServerFigures,
-    ZswapFigures,
 )
 from zswapd.recompression import RECOMPRESS_TYPES
 from zswapd.tier import WRITEBACK_TYPES
@@ -497,7 +486,7 @@ class PagePool:
         return handles
 
     def _memory_limit_error(self, n: int) -> MemoryLimitError:
-        server = self._server_figures()
+        server = figures.server_figures(self)
         return MemoryLimitError(
             f"these pages would pass the server's --memory-limit (all pools "
             f"together hold {server.memory_used} of "
@@ -617,106 +606,9 @@ class PagePool:
     def stored_pages(self) -> int:
         return len(self._entries)
 
-    def mm_stat(self) -> MmStat:
-        """zram's mm_stat, field for field."""
-        with self._lock:
-            return self._mm_stat()
-
-    def _mm_stat(self) -> MmStat:
-        alloc = self._alloc
-        return MmStat(
-            orig_data_size=len(self._entries) * PAGE_SIZE,
-            compr_data_size=self._compr_data_size,
-            mem_used_total=alloc.total_size_bytes,
-            mem_limit=self.config.limit_bytes,
-            mem_used_max=self._mem_used_max,
-            same_pages=self._same_pages,
-            pages_compacted=alloc.pages_compacted,
-            huge_pages=self._huge_pages,
-            huge_pages_since=self.counters.huge_pages_since,
-        )
-
-    def bd_stat(self) -> BdStat:
-        """zram's bd_stat alone, in pages (a scrape of a device's wants no class table)."""
-        with self._lock:
-            return self._bd_stat()
-
-    def _bd_stat(self) -> BdStat:
-        c = self.counters
-        return BdStat(bd_count=self._written, bd_reads=c.bd_reads, bd_writes=c.bd_writes)
-
-    def _server_figures(self) -> ServerFigures:
-        """The server-wide figures: limit (0: none), in use and high-water mark, bytes."""
-        b = self.budget
-        if b is None:
-            return ServerFigures(memory_limit=0, memory_used=0, memory_used_max=0)
-        return ServerFigures(
-            memory_limit=(b.limit_pages or 0) * PAGE_SIZE,
-            memory_used=b.used * PAGE_SIZE,
-            memory_used_max=b.committed_max * PAGE_SIZE,
-        )
-
-    def _backing_figures(self) -> BackingFigures | None:
-        """The backing file: where, how big, how full, how healthy (lock held)."""
-        b = self.backing
-        if b is None:
-            return None
-        return BackingFigures(
-            file=b.path,
-            slots=b.slots,
-            size=b.slots * PAGE_SIZE,
-            used_slots=b.used,
-            writeback=self.config.writeback,
-            writeback_limit=self.config.writeback_limit,
-            lru_pages=self._entries.lru_len,
-            removed=b.removed,
-            io_errors=self.counters.backing_io_errors,
-            corrupt_pages=self.counters.backing_corrupt,
-        )
-
-    def stats(self) -> PoolFigures:
-        """Every figure, at one instant: mm_stat, zswap's counters, bd_stat, classes."""
-        with self._lock:
-            mm = self._mm_stat()
-            c = self.counters
-            return PoolFigures(
-                pool=self.name,
-                config=self.config,
-                huge_class_size=self.huge_class_size,
-                mm_stat=mm,
-                zswap=ZswapFigures(
-                    stored_pages=len(self._entries) - self._written,
-                    same_filled_pages=mm.same_pages,
-                    pool_total_size=mm.mem_used_total,
-                    pool_limit_hit=c.pool_limit_hit,
-                    reject_compress_poor=c.reject_compress_poor,
-                    reject_reclaim_fail=c.reject_reclaim_fail,
-                    written_back_pages=c.written_back_pages,
-                    decompress_fail=c.decompress_fail,
-                ),
-                bd_stat=self._bd_stat(),
-                backing=self._backing_figures(),
-                counters=RequestCounters(
-                    stored_pages_total=c.stored_pages_total,
-                    loaded_pages_total=c.loaded_pages_total,
-                    freed_pages_total=c.freed_pages_total,
-                    memory_limit_hit=c.memory_limit_hit,
-                    stale_handle_requests=c.stale_handle_requests,
-                    loaded_same_pages=c.loaded_same_pages,
-                    limit_hit_written_back=c.limit_hit_written_back,
-                ),
-                server=self._server_figures(),
-                metadata=MetadataFigures(
-                    entry_slots=self._entries.slots, bytes=self._entries.charged * PAGE_SIZE
-                ),
-                recompress=RecompressFigures(
-                    attempts=c.recompress_attempts,
-                    recompressed_pages=c.recompressed_pages,
-                    saved_bytes=c.recompress_saved_bytes,
-                    algorithms=tuple(repr(s) for s in self._secondaries),
-                ),
-                classes=tuple(self._alloc.class_stats()),
-            )
+    mm_stat = figures.mm_stat
+    bd_stat = figures.bd_stat
+    stats = figures.stats
 
     def check_invariants(self) -> None:
         """Entries, counters and the allocator agree (tests; O(pool size))."""
