@@ -43,9 +43,12 @@ class Daemon:
 
 
 def start_daemon(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 30, cwd: Path | None = None
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
 ) -> Daemon:
     """``zswapd serve ARGS`` (default: loopback, a free port); waits until it serves.
+
+    ``timeout`` only stops a daemon that hangs: on a loaded machine (the suite runs
+    in parallel) importing FastAPI alone has taken 30 s.
 
     ``cwd`` is where relative paths in ARGS (sockets, backing files) land.
     """

@@ -36,7 +36,8 @@ def start_daemon(*args: str) -> tuple[subprocess.Popen[bytes], str]:
         stderr=subprocess.PIPE,
     )
     assert proc.stderr is not None
-    deadline = time.monotonic() + 30
+    # Generous: on a loaded machine importing FastAPI alone has taken 30 s.
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = proc.stderr.readline().decode(errors="replace")
         if m := re.search(r"serving HTTP on (\S+)", line):

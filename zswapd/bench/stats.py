@@ -35,8 +35,9 @@ def each(fn: Callable[[Any], object], items: Iterable[Any]) -> None:
         fn(item)
 
 
-def wait_for_path(path: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    """Wait until ``proc`` has created ``path`` (its socket)."""
+def wait_for_path(path: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Wait until ``proc`` has created ``path`` (its socket); a daemon on a loaded
+    machine may take 30 s to import its web stack, so the bound is only for a hang."""
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         if proc.poll() is not None or time.monotonic() > deadline:
