@@ -298,7 +298,7 @@ def create_app(
         if n > settings.max_pages_per_request:
             raise TooLargeError(f"{n} handles; at most {settings.max_pages_per_request} a request")
 
-    @app.get("/healthz", response_model=Health, name="healthz", tags=["server"])
+    @app.get("/healthz", name="healthz", tags=["server"])
     async def healthz() -> Health:
         return Health(
             status="ok",
@@ -375,17 +375,12 @@ def create_app(
         )
         return WritebackResult(**result)
 
-    @app.post(
-        "/v1/devices/{name}/writeback",
-        response_model=WritebackResult,
-        name="device_writeback",
-        tags=["devices"],
-    )
+    @app.post("/v1/devices/{name}/writeback", name="device_writeback", tags=["devices"])
     async def device_writeback(name: PoolName, body: WritebackRequest) -> WritebackResult:
         """A device's writeback: its blocks in index order (zram's)."""
         return await write_back(devices.get(name), body)
 
-    @app.get("/v1/pools", response_model=PoolList, name="pools_list", tags=["pools"])
+    @app.get("/v1/pools", name="pools_list", tags=["pools"])
     async def list_pools() -> PoolList:
         return PoolList(pools=reg.names())
 
@@ -426,7 +421,6 @@ def create_app(
     @app.post(
         "/v1/pools/{pool}/pages",
         status_code=201,
-        response_model=HandleList,
         name="store",
         tags=["pages"],
         response_description="the pages' handles, in the order of the pages",
@@ -500,19 +494,12 @@ def create_app(
         figures = await run_in_thread(reg.get(pool).stats)
         return figures.to_dict()
 
-    @app.post(
-        "/v1/pools/{pool}/compact", response_model=CompactResult, name="compact", tags=["pools"]
-    )
+    @app.post("/v1/pools/{pool}/compact", name="compact", tags=["pools"])
     async def compact(pool: PoolName) -> CompactResult:
         released = await run_maintenance(reg.get(pool).compact)
         return CompactResult(pages_released=released)
 
-    @app.post(
-        "/v1/pools/{pool}/recompress",
-        response_model=RecompressResult,
-        name="recompress",
-        tags=["pools"],
-    )
+    @app.post("/v1/pools/{pool}/recompress", name="recompress", tags=["pools"])
     async def recompress(pool: PoolName, req: RecompressBody) -> RecompressResult:
         """Recompress huge and/or idle pages (zram's ``recompress``); without a
         body, the huge pages with the pool's recompress_algo."""
@@ -528,12 +515,7 @@ def create_app(
         )
         return RecompressResult(**result)
 
-    @app.post(
-        "/v1/pools/{pool}/writeback",
-        response_model=WritebackResult,
-        name="writeback",
-        tags=["pools"],
-    )
+    @app.post("/v1/pools/{pool}/writeback", name="writeback", tags=["pools"])
     async def writeback(pool: PoolName, body: WritebackRequest) -> WritebackResult:
         """Write pages back to the pool's backing file (zram's ``writeback``).
 
