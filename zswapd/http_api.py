@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -346,11 +347,15 @@ def create_app(
             "nbd": nbd_uri(device.name),
         }
 
+    async def removed(remove: Callable[[str], None], name: str) -> Response:
+        """A pool or device removed, in a thread: closing one waits for its
+        backing file's I/O in flight."""
+        await run_in_thread(remove, name)
+        return Response(status_code=204)
+
     @app.delete("/v1/devices/{name}", status_code=204, name="device_remove", tags=["devices"])
     async def remove_device(name: PoolName) -> Response:
-        # In a thread: closing a backing file waits for its I/O in flight.
-        await run_in_thread(devices.remove, name)
-        return Response(status_code=204)
+        return await removed(devices.remove, name)
 
     @app.get(
         "/v1/devices/{name}/stats",
@@ -414,9 +419,7 @@ def create_app(
 
     @app.delete("/v1/pools/{pool}", status_code=204, name="pool_remove", tags=["pools"])
     async def remove_pool(pool: PoolName) -> Response:
-        # In a thread: closing a pool waits for its backing file's I/O in flight.
-        await run_in_thread(reg.remove, pool)
-        return Response(status_code=204)
+        return await removed(reg.remove, pool)
 
     @app.post(
         "/v1/pools/{pool}/pages",
