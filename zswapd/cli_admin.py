@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from zswapd.cli_client import open_client, pool_flags
@@ -274,11 +275,16 @@ def cmd_pools_set(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pools_remove(args: argparse.Namespace) -> int:
+def _remove(args: argparse.Namespace, kind: str, remove: Callable[[Client, str], None]) -> int:
+    """Remove the pool or device named ``args.name`` (every page in it) and say so."""
     with open_client(args) as client:
-        client.remove_pool(args.name)
-    print(f"removed pool {args.name!r}")
+        remove(client, args.name)
+    print(f"removed {kind} {args.name!r}")
     return 0
+
+
+def cmd_pools_remove(args: argparse.Namespace) -> int:
+    return _remove(args, "pool", Client.remove_pool)
 
 
 def cmd_devices_list(args: argparse.Namespace) -> int:
@@ -313,10 +319,7 @@ def cmd_devices_create(args: argparse.Namespace) -> int:
 
 
 def cmd_devices_remove(args: argparse.Namespace) -> int:
-    with open_client(args) as client:
-        client.remove_device(args.name)
-    print(f"removed device {args.name!r}")
-    return 0
+    return _remove(args, "device", Client.remove_device)
 
 
 def cmd_devices_stats(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -298,7 +299,7 @@ def create_app(
         if n > settings.max_pages_per_request:
             raise TooLargeError(f"{n} handles; at most {settings.max_pages_per_request} a request")
 
-    @app.get("/healthz", response_model=Health, name="healthz", tags=["server"])
+    @app.get("/healthz", name="healthz", tags=["server"])
     async def healthz() -> Health:
         return Health(
             status="ok",
@@ -346,11 +347,15 @@ def create_app(
             "nbd": nbd_uri(device.name),
         }
 
+    async def removed(remove: Callable[[str], None], name: str) -> Response:
+        """A pool or device removed, in a thread: closing one waits for its
+        backing file's I/O in flight."""
+        await run_in_thread(remove, name)
+        return Response(status_code=204)
+
     @app.delete("/v1/devices/{name}", status_code=204, name="device_remove", tags=["devices"])
     async def remove_device(name: PoolName) -> Response:
-        # In a thread: closing a backing file waits for its I/O in flight.
-        await run_in_thread(devices.remove, name)
-        return Response(status_code=204)
+        return await removed(devices.remove, name)
 
     @app.get(
         "/v1/devices/{name}/stats",
@@ -375,17 +380,12 @@ def create_app(
         )
         return WritebackResult(**result)
 
-    @app.post(
-        "/v1/devices/{name}/writeback",
-        response_model=WritebackResult,
-        name="device_writeback",
-        tags=["devices"],
-    )
+    @app.post("/v1/devices/{name}/writeback", name="device_writeback", tags=["devices"])
     async def device_writeback(name: PoolName, body: WritebackRequest) -> WritebackResult:
         """A device's writeback: its blocks in index order (zram's)."""
         return await write_back(devices.get(name), body)
 
-    @app.get("/v1/pools", response_model=PoolList, name="pools_list", tags=["pools"])
+    @app.get("/v1/pools", name="pools_list", tags=["pools"])
     async def list_pools() -> PoolList:
         return PoolList(pools=reg.names())
 
@@ -419,14 +419,11 @@ def create_app(
 
     @app.delete("/v1/pools/{pool}", status_code=204, name="pool_remove", tags=["pools"])
     async def remove_pool(pool: PoolName) -> Response:
-        # In a thread: closing a pool waits for its backing file's I/O in flight.
-        await run_in_thread(reg.remove, pool)
-        return Response(status_code=204)
+        return await removed(reg.remove, pool)
 
     @app.post(
         "/v1/pools/{pool}/pages",
         status_code=201,
-        response_model=HandleList,
         name="store",
         tags=["pages"],
         response_description="the pages' handles, in the order of the pages",
@@ -500,19 +497,12 @@ def create_app(
         figures = await run_in_thread(reg.get(pool).stats)
         return figures.to_dict()
 
-    @app.post(
-        "/v1/pools/{pool}/compact", response_model=CompactResult, name="compact", tags=["pools"]
-    )
+    @app.post("/v1/pools/{pool}/compact", name="compact", tags=["pools"])
     async def compact(pool: PoolName) -> CompactResult:
         released = await run_maintenance(reg.get(pool).compact)
         return CompactResult(pages_released=released)
 
-    @app.post(
-        "/v1/pools/{pool}/recompress",
-        response_model=RecompressResult,
-        name="recompress",
-        tags=["pools"],
-    )
+    @app.post("/v1/pools/{pool}/recompress", name="recompress", tags=["pools"])
     async def recompress(pool: PoolName, req: RecompressBody) -> RecompressResult:
         """Recompress huge and/or idle pages (zram's ``recompress``); without a
         body, the huge pages with the pool's recompress_algo."""
@@ -528,12 +518,7 @@ def create_app(
         )
         return RecompressResult(**result)
 
-    @app.post(
-        "/v1/pools/{pool}/writeback",
-        response_model=WritebackResult,
-        name="writeback",
-        tags=["pools"],
-    )
+    @app.post("/v1/pools/{pool}/writeback", name="writeback", tags=["pools"])
     async def writeback(pool: PoolName, body: WritebackRequest) -> WritebackResult:
         """Write pages back to the pool's backing file (zram's ``writeback``).
 

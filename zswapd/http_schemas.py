@@ -107,6 +107,10 @@ JsonInt32 = Annotated[int, NOT_BOOL, INT32, WITHIN_INT32]
 JsonCount = Annotated[int, Ge(0), NOT_BOOL, INT64, WITHIN_INT64]
 JsonPercent = Annotated[int, Ge(0), Le(100), NOT_BOOL, INT32]
 JsonFloat = Annotated[float, NOT_BOOL]
+# The bytes a table of metadata (a pool's entries, a device's slots) charges.
+TableBytes = Annotated[
+    int, INT64, Field(description="what the table charges the server's memory limit")
+]
 
 
 class HandleList(BaseModel):
@@ -313,7 +317,7 @@ class MetadataFigures(BaseModel):
     """The pool's table of entries, charged to --memory-limit (not in mm_stat)."""
 
     entry_slots: Int64 = Field(description="slots the table holds, live or free")
-    bytes: Int64 = Field(description="what the table charges the server's memory limit")
+    bytes: TableBytes
 
 
 class RecompressCounters(BaseModel):
@@ -408,7 +412,7 @@ class SlotTable(BaseModel):
     """The device's table of slots, charged to --memory-limit (not in mm_stat)."""
 
     leaves: Int64 = Field(description="4096-byte leaves of the table")
-    bytes: Int64 = Field(description="what the table charges the server's memory limit")
+    bytes: TableBytes
 
 
 class DeviceStatsOut(BaseModel):

@@ -98,6 +98,16 @@ _POOL_GAUGES: list[tuple[str, str, Callable[[PoolFigures], int]]] = [
 ]
 
 
+def _pool_gauge(name: str, documentation: str, *labels: str) -> GaugeMetricFamily:
+    """A fresh gauge family, its series labelled by pool first, then ``labels``."""
+    return GaugeMetricFamily(name, documentation, labels=["pool", *labels])
+
+
+def _pool_counter(name: str, documentation: str, *labels: str) -> CounterMetricFamily:
+    """A fresh counter family, its series labelled by pool first, then ``labels``."""
+    return CounterMetricFamily(name, documentation, labels=["pool", *labels])
+
+
 class PoolCollector(Collector):
     """Builds every pool metric from fresh snapshots at each scrape."""
 
@@ -151,23 +161,19 @@ class PoolCollector(Collector):
     @staticmethod
     def _pool_metrics(snapshots: list[tuple[str, PoolFigures]]) -> Iterator[Metric]:
         for metric, doc, figure in _POOL_GAUGES:
-            fam = GaugeMetricFamily(metric, doc, labels=["pool"])
+            fam = _pool_gauge(metric, doc)
             for name, stats in snapshots:
                 fam.add_metric([name], figure(stats))
             yield fam
-        compacted = CounterMetricFamily(
-            "zswapd_compacted_pages",
-            "Pages released by compaction (pages_compacted).",
-            labels=["pool"],
+        compacted = _pool_counter(
+            "zswapd_compacted_pages", "Pages released by compaction (pages_compacted)."
         )
-        rejected = CounterMetricFamily(
-            "zswapd_rejected_pages", "Pages refused, by reason.", labels=["pool", "reason"]
-        )
+        rejected = _pool_counter("zswapd_rejected_pages", "Pages refused, by reason.", "reason")
         # Requests (loads and frees) refused as a whole, by reason.
-        refused = CounterMetricFamily(
+        refused = _pool_counter(
             "zswapd_rejected_requests",
             "Requests refused, by reason (stale_handle: a freed, never issued or forged handle).",
-            labels=["pool", "reason"],
+            "reason",
         )
         for name, stats in snapshots:
             compacted.add_metric([name], stats.mm_stat.pages_compacted)
@@ -179,17 +185,14 @@ class PoolCollector(Collector):
             rejected.add_metric([name, "memory_limit"], counts.memory_limit_hit)
             rejected.add_metric([name, "reclaim_fail"], stats.zswap.reject_reclaim_fail)
             refused.add_metric([name, "stale_handle"], stats.counters.stale_handle_requests)
-        pages = CounterMetricFamily(
-            "zswapd_pages", "Pages stored, loaded and freed, by operation.", labels=["pool", "op"]
-        )
+        pages = _pool_counter("zswapd_pages", "Pages stored, loaded and freed, by operation.", "op")
         # zswap's pool_limit_hit as the stats give it: an lru pool counts the hits
         # it answered by writing back too, so this is not a count of refusals
         # (zswapd_rejected_pages_total{reason="pool_limit"} is).
-        limit_hit = CounterMetricFamily(
+        limit_hit = _pool_counter(
             "zswapd_pool_limit_hit",
             "Times a store found the pool at its limit (zswap's pool_limit_hit), "
             "lru pools' write-backs included.",
-            labels=["pool"],
         )
         for name, stats in snapshots:
             counts = stats.counters
@@ -206,52 +209,47 @@ class PoolCollector(Collector):
     @staticmethod
     def _backing_metrics(snapshots: list[tuple[str, PoolFigures]]) -> Iterator[Metric]:
         """The second tier: bd_stat, zswap's written_back_pages, loads by source."""
-        pages = GaugeMetricFamily(
-            "zswapd_backing_pages",
-            "Pages now in the backing file (bd_count); 0 without one.",
-            labels=["pool"],
+        pages = _pool_gauge(
+            "zswapd_backing_pages", "Pages now in the backing file (bd_count); 0 without one."
         )
-        size = GaugeMetricFamily(
+        size = _pool_gauge(
             "zswapd_backing_size_bytes",
             "Size of the backing file, slots x 4096; 0 = no backing file.",
-            labels=["pool"],
         )
-        io = CounterMetricFamily(
+        io = _pool_counter(
             "zswapd_backing_io_pages",
             "Pages read from and written to the backing file (bd_reads, bd_writes).",
-            labels=["pool", "op"],
+            "op",
         )
-        written_back = CounterMetricFamily(
+        written_back = _pool_counter(
             "zswapd_written_back_pages",
             "Pages moved from memory to the backing file (zswap's written_back_pages).",
-            labels=["pool"],
         )
-        errors = CounterMetricFamily(
+        errors = _pool_counter(
             "zswapd_backing_errors",
             "Backing file failures: io (a read or write that failed), corrupt (a page "
             "read back that failed its checksum, not served).",
-            labels=["pool", "kind"],
+            "kind",
         )
         # Info-style: one series a pool, its mode as a label.  An lru pool settles
         # at 90-100% of its limit by design, so alerts on the limit need to tell
         # it apart (the mode is fixed at creation: the series never changes label).
-        mode = GaugeMetricFamily(
+        mode = _pool_gauge(
             "zswapd_pool_writeback_info",
             "A pool's writeback mode: none (no backing file), manual (zram) or lru (zswap).",
-            labels=["pool", "mode"],
+            "mode",
         )
         # -1 when unset, rather than no series: nothing appears or vanishes when
         # the limit is set or lifted live, and "== 0" still means "used up".
-        limit_left = GaugeMetricFamily(
+        limit_left = _pool_gauge(
             "zswapd_writeback_limit_pages",
             "Pages manual writeback may still write (zram's writeback_limit); -1 = no limit.",
-            labels=["pool"],
         )
-        loaded = CounterMetricFamily(
+        loaded = _pool_counter(
             "zswapd_loaded_pages",
             "Pages loaded, by where they were served: pool (memory), backing (the file), "
             "same (a same-filled word).",
-            labels=["pool", "source"],
+            "source",
         )
         for name, stats in snapshots:
             bd, counts, backing = stats.bd_stat, stats.counters, stats.backing
@@ -276,25 +274,19 @@ class PoolCollector(Collector):
     def _class_metrics(
         snapshots: list[tuple[str, PoolFigures]], seen: dict[str, set[int]]
     ) -> Iterator[Metric]:
-        zspages = GaugeMetricFamily(
-            "zswapd_class_zspages",
-            "zspages of a size class per fullness step.",
-            labels=["pool", "size", "fullness"],
+        zspages = _pool_gauge(
+            "zswapd_class_zspages", "zspages of a size class per fullness step.", "size", "fullness"
         )
-        allocated = GaugeMetricFamily(
+        allocated = _pool_gauge(
             "zswapd_class_objects_allocated",
             "Object slots in a class's zspages (obj_allocated).",
-            labels=["pool", "size"],
+            "size",
         )
-        used = GaugeMetricFamily(
-            "zswapd_class_objects_used",
-            "Objects in use in a class (obj_used).",
-            labels=["pool", "size"],
+        used = _pool_gauge(
+            "zswapd_class_objects_used", "Objects in use in a class (obj_used).", "size"
         )
-        pages = GaugeMetricFamily(
-            "zswapd_class_pages",
-            "Pages in a class's zspages (pages_used).",
-            labels=["pool", "size"],
+        pages = _pool_gauge(
+            "zswapd_class_pages", "Pages in a class's zspages (pages_used).", "size"
         )
         for name, stats in snapshots:
             for c in stats.classes:
@@ -319,21 +311,15 @@ class DeviceCollector(Collector):
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        io = CounterMetricFamily(
-            "zswapd_device_io",
-            "zram's io_stat counters of a block device.",
-            labels=["pool", "kind"],
-        )
-        size = GaugeMetricFamily(
-            "zswapd_device_size_bytes", "A block device's size (disksize).", labels=["pool"]
-        )
+        io = _pool_counter("zswapd_device_io", "zram's io_stat counters of a block device.", "kind")
+        size = _pool_gauge("zswapd_device_size_bytes", "A block device's size (disksize).")
         # bd_count is a level (it falls as pages are read back and freed), not a
         # counter: it is zswapd_backing_pages{pool=DEV}, so only the counters here.
-        bd = CounterMetricFamily(
+        bd = _pool_counter(
             "zswapd_device_bd",
             "zram's bd_stat reads and writes of a block device, in pages (bd_count: "
             "zswapd_backing_pages).",
-            labels=["pool", "kind"],
+            "kind",
         )
         for name in self.devices.names():
             try:

@@ -39,6 +39,18 @@ def _full_page(pool: Z3foldPool) -> dict[int, bytes]:
     return dict(_filled(pool, 10) for _ in range(3))
 
 
+def _first_freed(seed: int) -> tuple[Z3foldPool, dict[int, bytes], int]:
+    """A full page whose FIRST buddy was then freed: the pool, the two live
+    objects (LAST, then MIDDLE, now at chunk 44) and the page's pfn."""
+    pool = Z3foldPool(seed=seed)
+    objs = _full_page(pool)
+    first = next(iter(objs))
+    pfn = _where(pool, first)[0]
+    pool.free(first)
+    del objs[first]
+    return pool, objs, pfn
+
+
 def test_geometry() -> None:
     pool = Z3foldPool()
     assert (NCHUNKS, MAX_BUDDY_SIZE, BIG_CHUNK_GAP) == (63, 3968, 3)
@@ -61,11 +73,8 @@ def test_three_buddies_first_last_then_middle_after_first() -> None:
 
 
 def test_middle_slides_to_last_when_first_is_freed() -> None:
-    pool = Z3foldPool(seed=2)
-    objs = _full_page(pool)
-    a, b, c = objs
-    pfn = _where(pool, a)[0]
-    pool.free(a)
+    pool, objs, pfn = _first_freed(2)
+    b, c = objs
     # Gap after the middle was 64 - (10 + 11 + 10) = 33 >= BIG_CHUNK_GAP.
     assert _where(pool, c) == (pfn, 44 * C, 640) and _buddy(pool, c) == MIDDLE
     assert pool.obj_read(c) == objs[c] and pool.obj_read(b) == objs[b]
@@ -76,11 +85,8 @@ def test_middle_slides_to_last_when_first_is_freed() -> None:
 
 
 def test_middle_slides_to_first_when_last_is_freed() -> None:
-    pool = Z3foldPool(seed=3)
-    objs = _full_page(pool)
-    a, b, c = objs
-    pfn = _where(pool, a)[0]
-    pool.free(a)  # c slides to chunk 44
+    pool, objs, pfn = _first_freed(3)
+    b, c = objs
     e, e_data = _filled(pool, 5)  # refills FIRST, chunks 1..5
     assert _where(pool, e)[:2] == (pfn, 64) and _buddy(pool, e) == FIRST
     pool.free(b)
@@ -137,11 +143,8 @@ def test_object_too_big_for_the_run_before_the_middle_goes_last() -> None:
 
 
 def test_lone_middle_becomes_first_when_no_page_can_take_it() -> None:
-    pool = Z3foldPool(seed=5)
-    objs = _full_page(pool)
-    a, b, c = objs
-    pfn = _where(pool, a)[0]
-    pool.free(a)
+    pool, objs, pfn = _first_freed(5)
+    b, c = objs
     pool.free(b)
     # c is alone and no other page has room: it moves to the front, as FIRST,
     # and its handle follows it.

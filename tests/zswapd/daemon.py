@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,19 @@ def start_daemon(
     proc.kill()
     proc.wait()
     raise RuntimeError(f"zswapd serve did not start: {log} {buf!r}")
+
+
+@contextmanager
+def wire_daemon(directory: Path, *args: str) -> Iterator[tuple[Daemon, str]]:
+    """``zswapd serve --unix-socket DIRECTORY/w.sock ARGS`` for a ``with`` block:
+    the daemon and the socket's path.  Stopped at the end, it must exit 0."""
+    path = str(directory / "w.sock")
+    d = start_daemon("--unix-socket", path, *args)
+    try:
+        yield d, path
+    finally:
+        code = d.stop()
+    assert code == 0, d.log
 
 
 def run_cli(

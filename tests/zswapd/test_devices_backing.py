@@ -11,6 +11,7 @@ import random
 import stat
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -317,20 +318,24 @@ def test_closing_the_devices_removes_client_files_and_keeps_the_operators(
 # -- a real daemon, over HTTP and NBD -----------------------------------------------------
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[tuple[Daemon, str, Path]]:
+@contextmanager
+def _nbd_daemon(tmp_path: Path, device: str) -> Iterator[tuple[Daemon, str]]:
+    """A daemon with one device (``--device DEVICE``) exported over NBD on
+    TMP_PATH/nbd.sock: the daemon and the socket.  Stopped, it must exit 0."""
     sock = str(tmp_path / "nbd.sock")
-    img = tmp_path / "zram0.img"
-    d = start_daemon(
-        "--nbd",
-        f"unix:{sock}",
-        "--device",
-        f"zram0=4M,compressor=lz4,backing_file={img},backing_size=256K",
-    )
+    d = start_daemon("--nbd", f"unix:{sock}", "--device", device)
     try:
-        yield d, sock, img
+        yield d, sock
     finally:
         assert d.stop() == 0
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[Daemon, str, Path]]:
+    img = tmp_path / "zram0.img"
+    device = f"zram0=4M,compressor=lz4,backing_file={img},backing_size=256K"
+    with _nbd_daemon(tmp_path, device) as (d, sock):
+        yield d, sock, img
 
 
 def _bd(h: httpx.Client, name: str = "zram0") -> dict[str, int]:
@@ -424,15 +429,9 @@ def test_overwrite_and_trim_over_nbd_release_file_slots(
 
 
 def test_an_lru_device_at_its_limit_keeps_accepting_writes(tmp_path: Path) -> None:
-    sock = str(tmp_path / "nbd.sock")
     img = tmp_path / "lru.img"
-    d = start_daemon(
-        "--nbd",
-        f"unix:{sock}",
-        "--device",
-        f"lru0=4M,compressor=lz4,limit=256K,backing_file={img},backing_size=4M,writeback=lru",
-    )
-    try:
+    device = f"lru0=4M,compressor=lz4,limit=256K,backing_file={img},backing_size=4M,writeback=lru"
+    with _nbd_daemon(tmp_path, device) as (d, sock):
         s = nbd_client.open_device(sock, "lru0")
         # 2 MiB of text, about 900 KiB compressed: over three times what 256 KiB holds.
         blocks = [text_page(i) for i in range(512)]
@@ -450,21 +449,13 @@ def test_an_lru_device_at_its_limit_keeps_accepting_writes(tmp_path: Path) -> No
                 assert got == b"".join(blocks[i : i + 32]), i
             assert h.get("/v1/devices/lru0/stats").json()["bd_stat"]["bd_reads"] > 0
         s.close()
-    finally:
-        assert d.stop() == 0
     assert img.exists()  # the operator's file stays
 
 
 def test_a_full_backing_file_is_enospc_for_that_write_and_reads_go_on(tmp_path: Path) -> None:
-    sock = str(tmp_path / "nbd.sock")
     img = tmp_path / "small.img"
-    d = start_daemon(
-        "--nbd",
-        f"unix:{sock}",
-        "--device",
-        f"full0=4M,compressor=lz4,limit=32K,backing_file={img},backing_size=64K,writeback=lru",
-    )
-    try:
+    device = f"full0=4M,compressor=lz4,limit=32K,backing_file={img},backing_size=64K,writeback=lru"
+    with _nbd_daemon(tmp_path, device) as (d, sock):
         s = nbd_client.open_device(sock, "full0")
         acked: dict[int, bytes] = {}
         refused = None
@@ -494,8 +485,6 @@ def test_a_full_backing_file_is_enospc_for_that_write_and_reads_go_on(tmp_path: 
             got = nbd_client.request(s, Cmd.READ, refused[0] * PAGE, PAGE)
             assert got == random_page(refused[0])
         s.close()
-    finally:
-        assert d.stop() == 0
 
 
 def test_a_client_backing_file_needs_the_daemons_backing_dir(tmp_path: Path) -> None:

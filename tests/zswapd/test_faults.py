@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.zswapd.daemon import Daemon, start_daemon
+from tests.zswapd.daemon import Daemon, start_daemon, wire_daemon
 from tests.zswapd.helpers import random_page, text_page
 from zswapd.client import Client
 from zswapd.errors import PoolLimitError
@@ -21,10 +21,8 @@ from zswapd.protocol import FrameParser, Op, encode
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str]]:
-    wire = str(tmp_path_factory.mktemp("f") / "w.sock")
-    d = start_daemon("--unix-socket", wire, "--compressor", "lz4")
-    yield d, wire
-    assert d.stop() == 0
+    with wire_daemon(tmp_path_factory.mktemp("f"), "--compressor", "lz4") as served:
+        yield served
 
 
 def _tcp(d: Daemon) -> socket.socket:

@@ -403,7 +403,7 @@ def test_the_generated_client_has_every_operation(generated: ModuleType) -> None
 
 
 def test_a_generated_client_drives_every_route(generated: ModuleType, daemon: Daemon) -> None:
-    from zswapd_client import AuthenticatedClient, Client
+    from zswapd_client import AuthenticatedClient, Client, models
     from zswapd_client.api.devices import (
         device_create,
         device_remove,
@@ -423,54 +423,35 @@ def test_a_generated_client_drives_every_route(generated: ModuleType, daemon: Da
         writeback,
     )
     from zswapd_client.api.server import healthz, metrics
-    from zswapd_client.models import (
-        CompactResult,
-        DeviceCreated,
-        DeviceList,
-        DeviceSettings,
-        DeviceStatsOut,
-        ErrorBody,
-        HandleList,
-        Health,
-        LiveSettings,
-        PoolCreated,
-        PoolList,
-        PoolSettings,
-        PoolStatsOut,
-        RecompressRequest,
-        RecompressRequestType,
-        RecompressResult,
-        WritebackRequest,
-        WritebackRequestType,
-        WritebackResult,
-    )
     from zswapd_client.types import File
 
     pages = [text_page(1), random_page(2), poor_page(3), same_page(b"\x05" * 8), text_page(4)]
 
     def store_pages(c: Any, pool: str, batch: list[bytes]) -> list[int]:
         out = store.sync(pool, client=c, body=File(payload=io.BytesIO(b"".join(batch))))
-        assert isinstance(out, HandleList), out
+        assert isinstance(out, models.HandleList), out
         return list(out.handles)
 
     # Patient: the machine may be busy (the generated client's default is 5 s).
     patient = httpx.Timeout(60)
     with Client(daemon.url, timeout=patient) as anonymous:
         health = healthz.sync(client=anonymous)
-        assert isinstance(health, Health) and health.version == zswapd.__version__
+        assert isinstance(health, models.Health) and health.version == zswapd.__version__
         refused = pools_list.sync_detailed(client=anonymous)
         assert refused.status_code == 401
-        assert isinstance(refused.parsed, ErrorBody) and refused.parsed.error == "unauthorized"
+        assert (
+            isinstance(refused.parsed, models.ErrorBody) and refused.parsed.error == "unauthorized"
+        )
 
     with AuthenticatedClient(daemon.url, token=TOKEN, timeout=patient) as c:
-        assert isinstance(healthz.sync(client=c), Health)
+        assert isinstance(healthz.sync(client=c), models.Health)
         text = metrics.sync(client=c)
         assert isinstance(text, str) and "zswapd_pool_size_bytes" in text
 
         # Pools: created without a body (every default), with one, changed live.
         made = pool_create.sync("oa", client=c)
-        assert isinstance(made, PoolCreated) and made.config.compressor == "zstd"
-        tiered = PoolSettings.from_dict(
+        assert isinstance(made, models.PoolCreated) and made.config.compressor == "zstd"
+        tiered = models.PoolSettings.from_dict(
             {
                 "compressor": "lz4",
                 "recompress_algo": "zstd",
@@ -479,15 +460,16 @@ def test_a_generated_client_drives_every_route(generated: ModuleType, daemon: Da
             }
         )
         made = pool_create.sync("tier", client=c, body=tiered)
-        assert isinstance(made, PoolCreated) and made.config.backing_size == 64 * PAGE
+        assert isinstance(made, models.PoolCreated) and made.config.backing_size == 64 * PAGE
         changed = pool_update.sync(
-            "oa", client=c, body=LiveSettings(limit_bytes=64 << 20, writeback_limit=None)
+            "oa", client=c, body=models.LiveSettings(limit_bytes=64 << 20, writeback_limit=None)
         )
-        assert isinstance(changed, PoolCreated) and changed.config.limit_bytes == 64 << 20
+        assert isinstance(changed, models.PoolCreated) and changed.config.limit_bytes == 64 << 20
         listed = pools_list.sync(client=c)
-        assert isinstance(listed, PoolList) and set(listed.pools) == {"default", "oa", "tier"}
+        assert isinstance(listed, models.PoolList)
+        assert set(listed.pools) == {"default", "oa", "tier"}
         taken = pool_create.sync_detailed("oa", client=c)
-        assert taken.status_code == 409 and isinstance(taken.parsed, ErrorBody)
+        assert taken.status_code == 409 and isinstance(taken.parsed, models.ErrorBody)
 
         # Pages: raw bytes in, handles out; one and many back, byte for byte.
         handles = store_pages(c, "oa", pages)
@@ -502,86 +484,90 @@ def test_a_generated_client_drives_every_route(generated: ModuleType, daemon: Da
         assert big[-1] >= 1 << 63
         one = load.sync("oa", big[-1], client=c)
         assert isinstance(one, File) and one.payload.read() == text_page(100 + len(big) - 1)
-        assert (
-            free_batch.sync_detailed("oa", client=c, body=HandleList(handles=big)).status_code
-            == 204
-        )
+        freed = free_batch.sync_detailed("oa", client=c, body=models.HandleList(handles=big))
+        assert freed.status_code == 204
         assert len(handles) == len(pages)
         for h, page in zip(handles, pages, strict=True):
             one = load.sync("oa", h, client=c)
             assert isinstance(one, File) and one.payload.read() == page
         order = handles[::-1]
-        many = load_batch.sync("oa", client=c, body=HandleList(handles=order))
+        many = load_batch.sync("oa", client=c, body=models.HandleList(handles=order))
         assert isinstance(many, File)
         assert many.payload.read() == b"".join(pages[::-1])
         assert free.sync_detailed("oa", handles[0], client=c).status_code == 204
         stale = load.sync_detailed("oa", handles[0], client=c)
         assert stale.status_code == 404
-        assert isinstance(stale.parsed, ErrorBody) and stale.parsed.error == "stale_handle"
-        freed = free_batch.sync_detailed("oa", client=c, body=HandleList(handles=handles[1:3]))
+        assert isinstance(stale.parsed, models.ErrorBody) and stale.parsed.error == "stale_handle"
+        freed = free_batch.sync_detailed(
+            "oa", client=c, body=models.HandleList(handles=handles[1:3])
+        )
         assert freed.status_code == 204
         short = store.sync_detailed("oa", client=c, body=File(payload=io.BytesIO(b"x" * 100)))
         assert short.status_code == 422
-        assert isinstance(short.parsed, ErrorBody) and short.parsed.error == "bad_page_size"
+        assert isinstance(short.parsed, models.ErrorBody) and short.parsed.error == "bad_page_size"
         unknown = store.sync_detailed("nope", client=c, body=File(payload=io.BytesIO(pages[0])))
         assert unknown.status_code == 404
-        assert isinstance(unknown.parsed, ErrorBody) and unknown.parsed.error == "unknown_pool"
+        assert (
+            isinstance(unknown.parsed, models.ErrorBody) and unknown.parsed.error == "unknown_pool"
+        )
 
         figures = stats.sync("oa", client=c)
-        assert isinstance(figures, PoolStatsOut)
+        assert isinstance(figures, models.PoolStatsOut)
         assert figures.mm_stat.orig_data_size == 2 * PAGE  # two pages left
         assert figures.config.limit_bytes == 64 << 20
         assert sum(row.obj_used for row in figures.classes) >= 1
         assert all(row.class_ >= 0 and row.field_100 >= 0 for row in figures.classes)
         squeezed = compact.sync("oa", client=c)
-        assert isinstance(squeezed, CompactResult) and squeezed.pages_released >= 0
+        assert isinstance(squeezed, models.CompactResult) and squeezed.pages_released >= 0
 
         # Recompress, with and without a body; writeback to the pool's file.
         tier_handles = store_pages(c, "tier", pages)
         redone = recompress.sync("tier", client=c)  # the huge pages, the pool's algo
-        assert isinstance(redone, RecompressResult) and redone.candidates >= 1
+        assert isinstance(redone, models.RecompressResult) and redone.candidates >= 1
         redone = recompress.sync(
             "tier",
             client=c,
-            body=RecompressRequest(type_=RecompressRequestType.HUGE_IDLE, algo="zstd"),
+            body=models.RecompressRequest(
+                type_=models.RecompressRequestType.HUGE_IDLE, algo="zstd"
+            ),
         )
-        assert isinstance(redone, RecompressResult)
+        assert isinstance(redone, models.RecompressResult)
         wrote = writeback.sync(
             "tier",
             client=c,
-            body=WritebackRequest(type_=WritebackRequestType.IDLE, idle_seconds=0),
+            body=models.WritebackRequest(type_=models.WritebackRequestType.IDLE, idle_seconds=0),
         )
-        assert isinstance(wrote, WritebackResult) and wrote.written_back >= 3, wrote
-        back = load_batch.sync("tier", client=c, body=HandleList(handles=tier_handles))
+        assert isinstance(wrote, models.WritebackResult) and wrote.written_back >= 3, wrote
+        back = load_batch.sync("tier", client=c, body=models.HandleList(handles=tier_handles))
         assert isinstance(back, File) and back.payload.read() == b"".join(pages)
         tier_figures = stats.sync("tier", client=c)
-        assert isinstance(tier_figures, PoolStatsOut)
+        assert isinstance(tier_figures, models.PoolStatsOut)
         assert tier_figures.bd_stat.bd_count == wrote.written_back
         assert tier_figures.backing is not None and tier_figures.backing.slots == 64
 
         # Devices: made, inspected, written back, removed.
         nothing = devices_list.sync(client=c)
-        assert isinstance(nothing, DeviceList) and nothing.devices == []
-        settings = DeviceSettings.from_dict(
+        assert isinstance(nothing, models.DeviceList) and nothing.devices == []
+        settings = models.DeviceSettings.from_dict(
             {"size": 1 << 20, "backing_file": "dev.swap", "backing_size": 16 * PAGE}
         )
         dev = device_create.sync("dev", client=c, body=settings)
-        assert isinstance(dev, DeviceCreated) and dev.size == 1 << 20
+        assert isinstance(dev, models.DeviceCreated) and dev.size == 1 << 20
         assert dev.nbd is None  # this daemon serves no NBD: the answer says so
         dev_figures = device_stats.sync("dev", client=c)
-        assert isinstance(dev_figures, DeviceStatsOut)
+        assert isinstance(dev_figures, models.DeviceStatsOut)
         assert dev_figures.size == 1 << 20 and dev_figures.io_stat.invalid_io == 0
         assert dev_figures.backing is not None and dev_figures.slot_table.leaves == 0
         dev_wrote = device_writeback.sync(
-            "dev", client=c, body=WritebackRequest(type_=WritebackRequestType.HUGE)
+            "dev", client=c, body=models.WritebackRequest(type_=models.WritebackRequestType.HUGE)
         )
-        assert isinstance(dev_wrote, WritebackResult) and dev_wrote.written_back == 0
+        assert isinstance(dev_wrote, models.WritebackResult) and dev_wrote.written_back == 0
         listed_devices = devices_list.sync(client=c)
-        assert isinstance(listed_devices, DeviceList) and listed_devices.devices == ["dev"]
+        assert isinstance(listed_devices, models.DeviceList) and listed_devices.devices == ["dev"]
         assert device_remove.sync_detailed("dev", client=c).status_code == 204
         assert device_stats.sync_detailed("dev", client=c).status_code == 404
 
         for name in ("oa", "tier"):
             assert pool_remove.sync_detailed(name, client=c).status_code == 204
         listed = pools_list.sync(client=c)
-        assert isinstance(listed, PoolList) and listed.pools == ["default"]
+        assert isinstance(listed, models.PoolList) and listed.pools == ["default"]

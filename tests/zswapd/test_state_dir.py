@@ -25,11 +25,16 @@ def _pool(name: str = "default") -> PagePool:
     return pool
 
 
-def _victim(tmp_path: Path) -> Path:
+def _planted(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A state directory with a symlink at NAME to a victim file outside it
+    (SECRET, mode 0644): the directory and the victim."""
     victim = tmp_path / "victim"
     victim.write_bytes(SECRET)
     victim.chmod(0o644)
-    return victim
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    (directory / name).symlink_to(victim)
+    return directory, victim
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o733, 0o1777])
@@ -80,11 +85,8 @@ def test_a_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
 def test_a_symlink_planted_at_the_old_temporary_name_is_not_written_through(
     tmp_path: Path,
 ) -> None:
-    directory = tmp_path / "state"
-    directory.mkdir(mode=0o700)
-    victim = _victim(tmp_path)
     # The name every save used to write to, opened without O_EXCL / O_NOFOLLOW.
-    (directory / ".default.zswapd.tmp").symlink_to(victim)
+    directory, victim = _planted(tmp_path, ".default.zswapd.tmp")
     save_state_dir([_pool()], directory)
     assert victim.read_bytes() == SECRET
     assert stat.S_IMODE(victim.stat().st_mode) == 0o644
@@ -97,10 +99,7 @@ def test_temporaries_are_unpredictable_and_opened_exclusively(
     assert len(names) == 100
     assert all(len(n) >= len(".default.zswapd..tmp") + 32 for n in names)  # 128 random bits
     # Even a name guessed right is not written through: O_CREAT | O_EXCL | O_NOFOLLOW.
-    directory = tmp_path / "state"
-    directory.mkdir(mode=0o700)
-    victim = _victim(tmp_path)
-    (directory / ".guessed.tmp").symlink_to(victim)
+    directory, victim = _planted(tmp_path, ".guessed.tmp")
     monkeypatch.setattr(state, "_temp_name", lambda name: ".guessed.tmp")
     with pytest.raises(FileExistsError):
         save_pool(_pool(), directory)
@@ -124,10 +123,7 @@ def test_a_symlinked_state_file_is_refused_not_followed(tmp_path: Path) -> None:
 
 
 def test_saving_over_a_symlinked_state_file_replaces_the_link(tmp_path: Path) -> None:
-    directory = tmp_path / "state"
-    directory.mkdir(mode=0o700)
-    victim = _victim(tmp_path)
-    (directory / "default.zswapd").symlink_to(victim)
+    directory, victim = _planted(tmp_path, "default.zswapd")
     save_state_dir([_pool()], directory)
     assert victim.read_bytes() == SECRET
     assert not (directory / "default.zswapd").is_symlink()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.zswapd.daemon import Daemon, run_cli, start_daemon
+from tests.zswapd.daemon import Daemon, run_cli, wire_daemon
 from tests.zswapd.helpers import random_page, text_page
 from tests.zswapd.test_exhaustion import rss
 from zswapd.client import Client
@@ -26,11 +26,9 @@ from zswapd.wire_client import AsyncWireClient, WireClient
 
 @pytest.fixture(scope="module")
 def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str]]:
-    path = str(tmp_path_factory.mktemp("wire") / "w.sock")
-    d = start_daemon("--unix-socket", path, "--max-pages-per-request", "64")
-    yield d, path
-    assert d.stop() == 0
-    assert not os.path.exists(path)  # removed on shutdown
+    with wire_daemon(tmp_path_factory.mktemp("wire"), "--max-pages-per-request", "64") as served:
+        yield served
+    assert not os.path.exists(served[1])  # removed on shutdown
 
 
 class Raw:
@@ -204,9 +202,7 @@ def test_async_client(wire: tuple[Daemon, str]) -> None:
 def test_token_over_the_wire(tmp_path: Path) -> None:
     token = tmp_path / "t"
     token.write_text("wire-token")
-    path = str(tmp_path / "t.sock")
-    d = start_daemon("--unix-socket", path, "--auth-token-file", str(token))
-    try:
+    with wire_daemon(tmp_path, "--auth-token-file", str(token)) as (_, path):
         with pytest.raises(ZswapdError, match="401"):
             WireClient(path)
         with pytest.raises(ZswapdError, match="401"):
@@ -214,16 +210,12 @@ def test_token_over_the_wire(tmp_path: Path) -> None:
         ok = WireClient(path, token="wire-token")
         assert ok.load(ok.store([text_page(2)])) == [text_page(2)]
         ok.close()
-    finally:
-        d.stop()
 
 
 def test_the_hello_token_is_raw_bytes(tmp_path: Path) -> None:
     token = tmp_path / "t"
     token.write_text("s3cret\n")  # the file's trailing newline is not part of it
-    path = str(tmp_path / "t.sock")
-    d = start_daemon("--unix-socket", path, "--auth-token-file", str(token))
-    try:
+    with wire_daemon(tmp_path, "--auth-token-file", str(token)) as (_, path):
         for given, status in [
             (b"s3cret", 0),  # raw, after the two versions, to the payload's end
             (b"s3cret\n", 401),
@@ -236,8 +228,6 @@ def test_the_hello_token_is_raw_bytes(tmp_path: Path) -> None:
             assert f.status == status, given
             if status:
                 assert f.op == Op.HELLO | RESPONSE and raw.closed()
-    finally:
-        d.stop()
 
 
 def test_cli_over_the_wire(wire: tuple[Daemon, str], tmp_path: Path) -> None:
@@ -291,9 +281,7 @@ def test_idle_connections_make_room_for_a_newcomer(tmp_path: Path) -> None:
     # Found in review: sockets that never speak (reopened as the handshake
     # timeout closed them), or that sent HELLO and then sat idle, held every
     # slot, and every legitimate HELLO got 503.
-    path = str(tmp_path / "e.sock")
-    d = start_daemon("--unix-socket", path, "--max-connections", "4")
-    try:
+    with wire_daemon(tmp_path, "--max-connections", "4") as (_, path):
         greeted = [Raw(path) for _ in range(2)]  # through HELLO, then idle
         time.sleep(0.05)
         silent = [Raw(path, hello=False) for _ in range(2)]  # never a byte
@@ -315,16 +303,12 @@ def test_idle_connections_make_room_for_a_newcomer(tmp_path: Path) -> None:
         f = extra.read()
         assert f is not None and f.status == 503
         assert json.loads(f.payload)["error"] == "too_many_connections"
-    finally:
-        d.stop()
 
 
 def test_connections_past_the_limit_are_refused_clearly(tmp_path: Path) -> None:
     import httpx
 
-    path = str(tmp_path / "l.sock")
-    d = start_daemon("--unix-socket", path, "--max-connections", "3")
-    try:
+    with wire_daemon(tmp_path, "--max-connections", "3") as (d, path):
         held = [_busy(Raw(path)) for _ in range(3)]  # answers unsent: none is idle
         extra = Raw(path, hello=False)
         f = extra.read()
@@ -349,8 +333,6 @@ def test_connections_past_the_limit_are_refused_clearly(tmp_path: Path) -> None:
         assert r.json()["error"] == "too_many_connections"
         for s in socks:
             s.close()
-    finally:
-        d.stop()
 
 
 def test_a_load_past_the_cap_is_refused(wire: tuple[Daemon, str]) -> None:
@@ -364,10 +346,8 @@ def test_a_load_past_the_cap_is_refused(wire: tuple[Daemon, str]) -> None:
 
 
 def test_idle_connections_cost_little(tmp_path: Path) -> None:
-    path = str(tmp_path / "i.sock")
     # 1 MiB requests: a receive buffer of that size per connection would show.
-    d = start_daemon("--unix-socket", path, "--max-pages-per-request", "256")
-    try:
+    with wire_daemon(tmp_path, "--max-pages-per-request", "256") as (d, path):
         pid = d.proc.pid
         warm = [Raw(path, hello=False) for _ in range(20)]
         time.sleep(0.3)
@@ -400,8 +380,6 @@ def test_idle_connections_cost_little(tmp_path: Path) -> None:
         assert (rss(pid) - before) / len(bare[40:]) < 64 * 1024
         for raw in warm + bare:
             raw.sock.close()
-    finally:
-        d.stop()
 
 
 def test_a_big_store_works_through_a_growing_buffer(wire: tuple[Daemon, str]) -> None:
@@ -419,9 +397,7 @@ def test_a_big_store_works_through_a_growing_buffer(wire: tuple[Daemon, str]) ->
 
 
 def test_a_silent_connection_is_closed_after_the_handshake_timeout(tmp_path: Path) -> None:
-    path = str(tmp_path / "h.sock")
-    d = start_daemon("--unix-socket", path, "--handshake-timeout", "0.5")
-    try:
+    with wire_daemon(tmp_path, "--handshake-timeout", "0.5") as (_, path):
         silent = Raw(path, hello=False)
         greeted = Raw(path)
         partial = Raw(path, hello=False)
@@ -435,14 +411,10 @@ def test_a_silent_connection_is_closed_after_the_handshake_timeout(tmp_path: Pat
         assert 0.4 < time.monotonic() - start < 5
         time.sleep(0.3)
         assert greeted.call(Op.STORE, 3, text_page(3)).status == 0  # greeted: kept
-    finally:
-        d.stop()
 
 
 def test_a_connection_guessing_handles_is_closed(tmp_path: Path) -> None:
-    path = str(tmp_path / "g.sock")
-    d = start_daemon("--unix-socket", path, "--max-stale-handles", "3")
-    try:
+    with wire_daemon(tmp_path, "--max-stale-handles", "3") as (_, path):
         other = Raw(path)
         (h,) = struct.unpack("<Q", other.call(Op.STORE, 1, text_page(1)).payload)
         guesser = Raw(path)
@@ -461,5 +433,3 @@ def test_a_connection_guessing_handles_is_closed(tmp_path: Path) -> None:
         assert "closing" in json.loads(f.payload)["detail"]
         assert guesser.closed()
         assert other.call(Op.LOAD, 2, struct.pack("<Q", h)).status == 0  # others go on
-    finally:
-        d.stop()

@@ -14,7 +14,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,18 +119,23 @@ def _client_files(s: Served) -> set[str]:
 # -- zswap: lru ------------------------------------------------------------------------
 
 
-def test_an_lru_pool_at_its_limit_writes_back_instead_of_refusing(served: Served) -> None:
-    s = served
+def _lru_pool(s: Served, name: str, file_pages: int) -> None:
+    """Pool NAME: lz4, a 16-page limit, lru writeback to a client's file NAME.swap."""
     r = s.put(
-        "lru",
+        name,
         compressor="lz4",
         limit_bytes=16 * PAGE,
-        backing_file="lru.swap",
-        backing_size=256 * PAGE,
+        backing_file=f"{name}.swap",
+        backing_size=file_pages * PAGE,
         writeback="lru",
     )
     assert r.status_code == 201, r.text
-    assert r.json()["config"]["backing_file"] == str(s.backing_dir / "lru.swap")
+    assert r.json()["config"]["backing_file"] == str(s.backing_dir / f"{name}.swap")
+
+
+def test_an_lru_pool_at_its_limit_writes_back_instead_of_refusing(served: Served) -> None:
+    s = served
+    _lru_pool(s, "lru", 256)
     created = s.backing_dir / "lru.swap"
     assert stat.S_IMODE(created.stat().st_mode) == 0o600
     pages = [random_page(i) for i in range(48)] + [text_page(i) for i in range(16)]
@@ -155,15 +160,7 @@ def test_a_full_backing_file_ends_in_507_reclaim_fail_and_the_pool_keeps_serving
     served: Served,
 ) -> None:
     s = served
-    r = s.put(
-        "tiny",
-        compressor="lz4",
-        limit_bytes=16 * PAGE,
-        backing_file="tiny.swap",
-        backing_size=8 * PAGE,
-        writeback="lru",
-    )
-    assert r.status_code == 201, r.text
+    _lru_pool(s, "tiny", 8)
     stored: dict[int, bytes] = {}
     refusal = None
     for i in range(60):
@@ -321,61 +318,63 @@ def test_writeback_without_a_backing_file_or_with_a_bad_body_is_400(served: Serv
     assert s.http.delete("/v1/pools/plain").status_code == 204
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``zswapd ARGV`` in this process (a client command: no interpreter to start)."""
-    code = cli_main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
+CliRun = Callable[..., tuple[int, str, str]]
 
 
-def test_writeback_and_stats_from_the_command_line(
-    served: Served, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def cli(served: Served, capsys: pytest.CaptureFixture[str]) -> CliRun:
+    """``zswapd ARGV --url <the daemon>`` in this process (a client command: no
+    interpreter to start): the exit code, stdout and stderr."""
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = cli_main([*argv, "--url", served.daemon.url])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def test_writeback_and_stats_from_the_command_line(served: Served, cli: CliRun) -> None:
     s = served
-    url = s.daemon.url
-    code, out, err = _cli(
-        capsys,
-        *("pools", "create", "cli", "--url", url, "--compressor", "lz4", "--json"),
+    code, out, err = cli(
+        *("pools", "create", "cli", "--compressor", "lz4", "--json"),
         *("--backing-file", "cli.swap", "--backing-size", "128K", "--writeback", "manual"),
     )
     assert code == 0, err
     assert f'"backing_file": "{s.backing_dir / "cli.swap"}"' in out
     s.store("cli", [random_page(50 + i) for i in range(3)] + [text_page(9)])
-    code, out, err = _cli(capsys, "writeback", "--url", url, "--pool", "cli", "--type", "huge")
+    code, out, err = cli("writeback", "--pool", "cli", "--type", "huge")
     assert code == 0, err
     assert "wrote back 3 of 3 huge pages of pool 'cli'" in out
-    code, out, err = _cli(capsys, "stats", "--url", url, "--pool", "cli")
+    code, out, err = cli("stats", "--pool", "cli")
     assert code == 0, err
     assert "bd_stat: bd_count=3 bd_reads=0 bd_writes=3" in out
     assert f"backing {s.backing_dir / 'cli.swap'}: 3 of 32 slots used" in out
-    code, out, err = _cli(
-        capsys, "pools", "set", "cli", "--url", url, "--writeback-limit", "0", "--json"
-    )
+    code, out, err = cli("pools", "set", "cli", "--writeback-limit", "0", "--json")
     assert code == 0, err
     assert '"writeback_limit": 0' in out
-    idle = ("writeback", "--url", url, "--pool", "cli", "--type", "idle", "--idle-seconds", "0")
-    code, out, err = _cli(capsys, *idle, "--json")
+    idle = ("writeback", "--pool", "cli", "--type", "idle", "--idle-seconds", "0")
+    code, out, err = cli(*idle, "--json")
     # The JSON answer too: a writeback that stopped early failed (zram answers EIO).
     assert code == 1 and '"stopped": "writeback_limit"' in out
-    code, out, err = _cli(capsys, *idle)
+    code, out, err = cli(*idle)
     assert code == 1 and "stopped early: writeback_limit" in out
     # A pool without a backing file: no backing line, and writeback a clear error.
     assert s.put("plain2").status_code == 201
-    code, out, err = _cli(capsys, "stats", "--url", url, "--pool", "plain2")
+    code, out, err = cli("stats", "--pool", "plain2")
     assert code == 0 and "mm_stat" in out and "bd_stat" not in out and "backing" not in out
-    code, out, err = _cli(capsys, "writeback", "--url", url, "--pool", "plain2", "--type", "huge")
+    code, out, err = cli("writeback", "--pool", "plain2", "--type", "huge")
     assert code == 1 and "pool 'plain2' has no backing file" in err
     for name in ("cli", "plain2"):
         assert s.http.delete(f"/v1/pools/{name}").status_code == 204
 
 
 def test_idle_seconds_is_required_for_the_idle_types_and_refused_for_the_others(
-    served: Served, capsys: pytest.CaptureFixture[str]
+    served: Served, cli: CliRun
 ) -> None:
     """zram marks pages idle before an idle writeback or recompress: the age is
     part of the request, never a silent "every page"; bad flags ask nothing."""
     s = served
-    url = s.daemon.url
     assert (
         s.put("idl", compressor="lz4", backing_file="idl.swap", backing_size=PAGE * 16).status_code
         == 201
@@ -391,40 +390,25 @@ def test_idle_seconds_is_required_for_the_idle_types_and_refused_for_the_others(
         (("recompress", "--type", "idle"), f"--type idle {wanted}"),
         (("recompress", "--type", "huge", "--idle-seconds", "0"), "not huge"),
     ]:
-        code, out, err = _cli(capsys, *argv, "--url", url, "--pool", "idl")
+        code, out, err = cli(*argv, "--pool", "idl")
         assert code == 2 and out == "", (argv, out)
         assert err.startswith(f"zswapd {argv[0]}: ") and err.count("\n") == 1, err
         assert problem in err, (argv, err)
     assert s.stats("idl")["bd_stat"] == {"bd_count": 0, "bd_reads": 0, "bd_writes": 0}
     # 0 is zram's "all"; a long age picks nothing yet.
-    code, out, err = _cli(
-        capsys,
-        "writeback",
-        "--url",
-        url,
-        "--pool",
-        "idl",
-        "--type",
-        "idle",
-        "--idle-seconds",
-        "3600",
-    )
+    code, out, err = cli("writeback", "--pool", "idl", "--type", "idle", "--idle-seconds", "3600")
     assert code == 0 and "wrote back 0 of 0 idle pages" in out, err
-    code, out, err = _cli(
-        capsys, "writeback", "--url", url, "--pool", "idl", "--type", "idle", "--idle-seconds", "0"
-    )
+    code, out, err = cli("writeback", "--pool", "idl", "--type", "idle", "--idle-seconds", "0")
     assert code == 0 and "wrote back 5 of 5 idle pages" in out, err
     assert s.http.delete("/v1/pools/idl").status_code == 204
 
 
 def test_pools_create_and_set_take_the_threshold_and_recompression_flags(
-    served: Served, capsys: pytest.CaptureFixture[str]
+    served: Served, cli: CliRun
 ) -> None:
     s = served
-    url = s.daemon.url
-    code, out, err = _cli(
-        capsys,
-        *("pools", "create", "rc", "--url", url, "--compressor", "lz4"),
+    code, out, err = cli(
+        *("pools", "create", "rc", "--compressor", "lz4"),
         *("--accept-threshold-percent", "80", "--recompress-algo", "zstd"),
         *("--recompress-level", "19"),
     )
@@ -432,9 +416,7 @@ def test_pools_create_and_set_take_the_threshold_and_recompression_flags(
     config = s.stats("rc")["config"]
     assert config["accept_threshold_percent"] == 80
     assert (config["recompress_algo"], config["recompress_level"]) == ("zstd", 19)
-    code, out, err = _cli(
-        capsys, "pools", "set", "rc", "--url", url, "--accept-threshold-percent", "50", "--json"
-    )
+    code, out, err = cli("pools", "set", "rc", "--accept-threshold-percent", "50", "--json")
     assert code == 0 and '"accept_threshold_percent": 50' in out, err
     assert s.stats("rc")["config"]["accept_threshold_percent"] == 50
     # Refused, one line each, the pool as it was: by the daemon (exit 1), or, for
@@ -445,36 +427,30 @@ def test_pools_create_and_set_take_the_threshold_and_recompression_flags(
         (("pools", "set", "rc", "--recompress-algo", "lz4"), 2, "zswapd pools set: "),
         (("pools", "create", "rc2", "--recompress-algo", "nosuchalgo"), 2, "zswapd pools create: "),
     ]:
-        code, out, err = _cli(capsys, *argv, "--url", url)
+        code, out, err = cli(*argv)
         assert code == status and err.startswith(prefix) and err.count("\n") == 1, (argv, err)
     assert s.stats("rc")["config"] == {**config, "accept_threshold_percent": 50}
     assert "rc2" not in s.http.get("/v1/pools").json()["pools"]
     assert s.http.delete("/v1/pools/rc").status_code == 204
 
 
-def test_recompress_from_the_command_line(
-    served: Served, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_recompress_from_the_command_line(served: Served, cli: CliRun) -> None:
     s = served
-    url = s.daemon.url
     assert s.put("rcc", compressor="lz4", recompress_algo="zstd").status_code == 201
     handles = s.store("rcc", [poor_page(80 + i) for i in range(3)] + [text_page(80)])
     assert s.stats("rcc")["mm_stat"]["huge_pages"] == 3
-    code, out, err = _cli(
-        capsys, "recompress", "--url", url, "--pool", "rcc", "--type", "huge", "--json"
-    )
+    code, out, err = cli("recompress", "--pool", "rcc", "--type", "huge", "--json")
     assert code == 0, err
     result = json.loads(out)
     assert result["candidates"] == result["recompressed"] == 3 and result["bytes_saved"] > 0
     assert s.stats("rcc")["mm_stat"]["huge_pages"] == 0
     assert s.load("rcc", handles) == [poor_page(80 + i) for i in range(3)] + [text_page(80)]
-    code, out, err = _cli(
-        capsys,
-        *("recompress", "--url", url, "--pool", "rcc", "--type", "idle", "--idle-seconds", "0"),
+    code, out, err = cli(
+        *("recompress", "--pool", "rcc", "--type", "idle", "--idle-seconds", "0"),
         *("--algo", "zstd", "--level", "3", "--threshold", "4000"),
     )
     assert code == 0 and "of 1 idle page of pool 'rcc'" in out, err
-    code, out, err = _cli(capsys, "recompress", "--url", url, "--pool", "nosuch", "--type", "huge")
+    code, out, err = cli("recompress", "--pool", "nosuch", "--type", "huge")
     assert code == 1 and err.startswith("zswapd recompress: 404"), err
     assert s.http.delete("/v1/pools/rcc").status_code == 204
 

@@ -162,11 +162,20 @@ def add_bench(sub: Any) -> None:
     )
     bench.set_defaults(func=_cmd_bench_all)
     bench_sub = bench.add_subparsers(dest="suite")
-    # --corpus and --json, said once for every suite (argparse parents).
-    alloc = bench_sub.add_parser(
-        "allocator",
-        parents=[_suite_options("allocator", repeats=5)],
-        help="allocator efficiency, speed and overhead",
+
+    def suite(
+        name: str, func: Callable[[argparse.Namespace], int], help: str, **defaults: int
+    ) -> argparse.ArgumentParser:
+        """The subcommand of suite NAME: --corpus and --json said once for every
+        suite (argparse parents), ``defaults`` those of --repeats and --pages."""
+        parser: argparse.ArgumentParser = bench_sub.add_parser(
+            name, parents=[_suite_options(name, **defaults)], help=help
+        )
+        parser.set_defaults(func=func)
+        return parser
+
+    alloc = suite(
+        "allocator", _cmd_bench_allocator, "allocator efficiency, speed and overhead", repeats=5
     )
     alloc.add_argument(
         "--objects",
@@ -178,44 +187,27 @@ def add_bench(sub: Any) -> None:
     alloc.add_argument(
         "--rss-objects", type=int, default=1_000_000, help="objects for the RSS figure (0: skip)"
     )
-    alloc.set_defaults(func=_cmd_bench_allocator)
 
-    store = bench_sub.add_parser(
-        "store",
-        parents=[_suite_options("store", repeats=5)],
-        help="compressors, store/load paths, recompression",
+    store = suite(
+        "store", _cmd_bench_store, "compressors, store/load paths, recompression", repeats=5
     )
     store.add_argument(
         "--speed-pages", type=int, default=8192, help="pages sampled for the speed figures"
     )
-    store.set_defaults(func=_cmd_bench_store)
 
-    http = bench_sub.add_parser(
-        "http",
-        parents=[_suite_options("http", repeats=5, pages=4096)],
-        help="store/load over HTTP against bare lz4",
-    )
-    http.set_defaults(func=_cmd_bench_http)
+    suite("http", _cmd_bench_http, "store/load over HTTP against bare lz4", repeats=5, pages=4096)
 
-    wire = bench_sub.add_parser(
+    suite(
         "wire",
-        parents=[_suite_options("wire", repeats=5, pages=8192)],
-        help="store/load over the wire protocol against bare lz4",
+        _cmd_bench_wire,
+        "store/load over the wire protocol against bare lz4",
+        repeats=5,
+        pages=8192,
     )
-    wire.set_defaults(func=_cmd_bench_wire)
 
-    nbd = bench_sub.add_parser(
-        "nbd",
-        parents=[_suite_options("nbd", repeats=3)],
-        help="nbdcopy into zswapd against nbdkit memory",
-    )
-    nbd.set_defaults(func=_cmd_bench_nbd)
+    suite("nbd", _cmd_bench_nbd, "nbdcopy into zswapd against nbdkit memory", repeats=3)
 
-    soak = bench_sub.add_parser(
-        "soak",
-        parents=[_suite_options("soak")],
-        help="many clients, both transports, every byte checked",
-    )
+    soak = suite("soak", _cmd_bench_soak, "many clients, both transports, every byte checked")
     soak.add_argument("--clients", type=int, default=8, help="client threads (half HTTP)")
     soak.add_argument("--seconds", type=float, default=60, help="how long")
     soak.add_argument(
@@ -230,12 +222,11 @@ def add_bench(sub: Any) -> None:
         help="start the daemon with this pool limit, e.g. 8M: the soak runs at the limit, "
         "where refused stores (507) are expected, not errors",
     )
-    soak.set_defaults(func=_cmd_bench_soak)
 
-    wb = bench_sub.add_parser(
+    wb = suite(
         "writeback",
-        parents=[_suite_options("writeback")],
-        help="the second tier: a pool at a third of the working set, lru and manual writeback",
+        _cmd_bench_writeback,
+        "the second tier: a pool at a third of the working set, lru and manual writeback",
     )
     wb.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     wb.add_argument("--repeats", type=positive_int, help="runs per figure (3; --quick: 1)")
@@ -243,7 +234,6 @@ def add_bench(sub: Any) -> None:
     wb.add_argument(
         "--dir", metavar="DIR", help="where the backing files go (default: the temp dir)"
     )
-    wb.set_defaults(func=_cmd_bench_writeback)
 
 
 _CORPUS_DEFAULTS = {
