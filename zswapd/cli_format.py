@@ -12,6 +12,8 @@ import argparse
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from allocator.stats import FULLNESS_LABELS
+
 __all__ = [
     "WORDS",
     "algorithm",
@@ -32,7 +34,7 @@ _UNITS = "BKMGTPE"
 # Columns of words, printed left-aligned unless a table says otherwise; figures go right.
 WORDS = frozenset({"NAME", "ALGORITHM"})
 # The debugfs ``classes`` fullness columns, in its order.
-_FULLNESS = ("10", "20", "30", "40", "50", "60", "70", "80", "90", "99", "100")
+_FULLNESS = FULLNESS_LABELS[1:]  # debugfs prints no column for empty zspages
 
 
 def human(n: int) -> str:

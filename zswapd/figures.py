@@ -2,7 +2,8 @@
 
 The dataclasses say what the figures are; the functions at the end take them
 from a :class:`~zswapd.pool.PagePool` (bound as its ``stats``, ``mm_stat`` and
-``bd_stat`` methods, reading its books under its lock).
+``bd_stat`` methods, reading its books under its lock), and
+``check_invariants`` proves the books balance against the entries.
 
 :meth:`PagePool.stats() <zswapd.pool.PagePool.stats>` returns a
 :class:`PoolFigures`; ``GET /v1/pools/{pool}/stats`` and the wire protocol's STATS
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from allocator import FULLNESS_LABELS, ClassStats
+from zswapd.backing import unpack
 from zswapd.config import PoolConfig
-from zswapd.entries import PAGE_SIZE
+from zswapd.entries import ENCODING, HUGE, PAGE_SIZE, SAME, WRITTEN
 
 if TYPE_CHECKING:
     from zswapd.pool import PagePool
@@ -38,6 +40,7 @@ __all__ = [
     "ServerFigures",
     "ZswapFigures",
     "bd_stat",
+    "check_invariants",
     "class_row",
     "mm_stat",
     "server_figures",
@@ -206,6 +209,7 @@ class PoolFigures:
 def mm_stat(pool: PagePool) -> MmStat:
     """zram's mm_stat, field for field."""
     with pool._lock:
+        pool._check_open()
         return _mm_stat(pool)
 
 
@@ -227,6 +231,7 @@ def _mm_stat(pool: PagePool) -> MmStat:
 def bd_stat(pool: PagePool) -> BdStat:
     """zram's bd_stat alone, in pages (a scrape of a device's wants no class table)."""
     with pool._lock:
+        pool._check_open()
         return _bd_stat(pool)
 
 
@@ -269,6 +274,9 @@ def _backing_figures(pool: PagePool) -> BackingFigures | None:
 def stats(pool: PagePool) -> PoolFigures:
     """Every figure, at one instant: mm_stat, zswap's counters, bd_stat, classes."""
     with pool._lock:
+        # A pool removed after its registry lookup has no figures left to give
+        # (its allocator is gone): the same answer as a lookup that came later.
+        pool._check_open()
         mm = _mm_stat(pool)
         c = pool.counters
         return PoolFigures(
@@ -304,3 +312,33 @@ def stats(pool: PagePool) -> PoolFigures:
             ),
             classes=tuple(pool._alloc.class_stats()),
         )
+
+
+def check_invariants(pool: PagePool) -> None:
+    """Entries, counters and the allocator agree (tests; O(pool size))."""
+    with pool._lock:
+        e = pool._entries
+        live = e.live_slots()
+        same = sum(1 for s in live if e.kind[s] == SAME)
+        written = [s for s in live if e.kind[s] & WRITTEN]
+        held = [s for s in live if e.kind[s] != SAME and not e.kind[s] & WRITTEN]
+        huge = sum(1 for s in held if e.kind[s] & ENCODING == HUGE)
+        compr = sum(e.clen[s] for s in held)
+        if (same, huge, compr) != (pool._same_pages, pool._huge_pages, pool._compr_data_size):
+            raise AssertionError("page counters out of step with the entries")
+        if pool._alloc.objs_used != len(held):
+            raise AssertionError("allocator objects != entries held in memory")
+        if len(written) != pool._written:
+            raise AssertionError("bd_count out of step with the written-back entries")
+        if pool.backing is not None:
+            if pool.backing.used != len(written):
+                raise AssertionError("backing slots taken != written-back entries")
+            fslots = {unpack(e.obj[s])[0] for s in written}
+            if len(fslots) != len(written):
+                raise AssertionError("two entries share a backing slot")
+            listed = set(e.lru_oldest(len(live) + 1))
+            if listed != set(held) or e.lru_len != len(held):
+                raise AssertionError("the LRU list is not the pages held in memory")
+        elif written:
+            raise AssertionError("written-back entries without a backing file")
+        pool._alloc.check_invariants()

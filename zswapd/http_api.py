@@ -33,6 +33,7 @@ from zswapd.errors import (
     InvalidRequestError,
     StaleHandleError,
     TooLargeError,
+    UnauthorizedError,
     ZswapdError,
 )
 from zswapd.http_protocol import note_stale_handle
@@ -106,10 +107,10 @@ def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
 
 
-def _refusal(status: int, code: str, detail: str) -> JSONResponse:
+def _refusal(error: ZswapdError) -> JSONResponse:
     """An error sent before the body is read: the body that may still be on
     its way is not wanted, so the connection closes rather than drains it."""
-    response = _error(status, code, detail)
+    response = _error(error.status, error.code, str(error))
     response.headers["connection"] = "close"
     return response
 
@@ -155,26 +156,26 @@ class _Guard:
         if sum(name == b"authorization" for name, _ in scope["headers"]) > 1:
             # Which one would count is a guess a proxy and the server may make
             # differently (the last used to win): refuse the request instead.
-            await _refusal(400, "bad_request", "more than one Authorization header")(
+            await _refusal(InvalidRequestError("more than one Authorization header"))(
                 scope, receive, send
             )
             return
         if self._token is not None and path != "/healthz":
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given, self._token):
-                await _refusal(401, "unauthorized", "a valid bearer token is required")(
+                await _refusal(UnauthorizedError("a valid bearer token is required"))(
                     scope, receive, send
                 )
                 return
         cap = self.settings.max_body_bytes if path.endswith("/pages") else self.JSON_CAP
         declared = headers.get(b"content-length")
         if declared is not None and not declared.isdigit():
-            await _refusal(400, "bad_request", "Content-Length is not a number")(
+            await _refusal(InvalidRequestError("Content-Length is not a number"))(
                 scope, receive, send
             )
             return
         if declared is not None and int(declared) > cap:
-            await _refusal(413, "too_large", f"body over the {cap}-byte cap")(scope, receive, send)
+            await _refusal(TooLargeError(f"body over the {cap}-byte cap"))(scope, receive, send)
             return
         seen = 0
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -41,6 +40,7 @@ from prometheus_client.registry import Collector
 
 from allocator import FULLNESS_LABELS
 from zswapd import __version__
+from zswapd.device import DeviceRegistry
 from zswapd.errors import UnknownPoolError
 from zswapd.figures import PoolFigures
 from zswapd.pools import PoolRegistry
@@ -304,7 +304,7 @@ class PoolCollector(Collector):
 class DeviceCollector(Collector):
     """zram's io_stat and bd_stat for every block device, labelled by its pool."""
 
-    def __init__(self, devices: Any) -> None:
+    def __init__(self, devices: DeviceRegistry) -> None:
         self.devices = devices
 
     def describe(self) -> Iterator[Metric]:
@@ -324,12 +324,12 @@ class DeviceCollector(Collector):
         for name in self.devices.names():
             try:
                 dev = self.devices.get(name)
-            except UnknownPoolError:  # removed since names() listed it
+                bd_stat = dev.pool.bd_stat()
+            except UnknownPoolError:  # removed since names() listed it, or since get()
                 continue
             size.add_metric([name], dev.size)
             for kind, value in vars(dev.io).items():
                 io.add_metric([name, kind], value)
-            bd_stat = dev.pool.bd_stat()
             bd.add_metric([name, "bd_reads"], bd_stat.bd_reads)
             bd.add_metric([name, "bd_writes"], bd_stat.bd_writes)
         yield from (io, size, bd)
@@ -338,7 +338,7 @@ class DeviceCollector(Collector):
 class Metrics:
     """The daemon's metrics registry: pools, requests, process, build info."""
 
-    def __init__(self, pools: PoolRegistry, devices: Any = None) -> None:
+    def __init__(self, pools: PoolRegistry, devices: DeviceRegistry | None = None) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(PoolCollector(pools))
         if devices is not None:

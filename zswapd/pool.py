@@ -609,32 +609,4 @@ class PagePool:
     mm_stat = figures.mm_stat
     bd_stat = figures.bd_stat
     stats = figures.stats
-
-    def check_invariants(self) -> None:
-        """Entries, counters and the allocator agree (tests; O(pool size))."""
-        with self._lock:
-            e = self._entries
-            live = e.live_slots()
-            same = sum(1 for s in live if e.kind[s] == SAME)
-            written = [s for s in live if e.kind[s] & WRITTEN]
-            held = [s for s in live if e.kind[s] != SAME and not e.kind[s] & WRITTEN]
-            huge = sum(1 for s in held if e.kind[s] & ENCODING == HUGE)
-            compr = sum(e.clen[s] for s in held)
-            if (same, huge, compr) != (self._same_pages, self._huge_pages, self._compr_data_size):
-                raise AssertionError("page counters out of step with the entries")
-            if self._alloc.objs_used != len(held):
-                raise AssertionError("allocator objects != entries held in memory")
-            if len(written) != self._written:
-                raise AssertionError("bd_count out of step with the written-back entries")
-            if self.backing is not None:
-                if self.backing.used != len(written):
-                    raise AssertionError("backing slots taken != written-back entries")
-                fslots = {unpack(e.obj[s])[0] for s in written}
-                if len(fslots) != len(written):
-                    raise AssertionError("two entries share a backing slot")
-                listed = set(e.lru_oldest(len(live) + 1))
-                if listed != set(held) or e.lru_len != len(held):
-                    raise AssertionError("the LRU list is not the pages held in memory")
-            elif written:
-                raise AssertionError("written-back entries without a backing file")
-            self._alloc.check_invariants()
+    check_invariants = figures.check_invariants

@@ -36,6 +36,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from zswapd.errors import InvalidRequestError, TooLargeError, UnauthorizedError, ZswapdError
+
 __all__ = [
     "HEADER",
     "HEADER_SIZE",
@@ -99,6 +101,17 @@ class ProtocolError(Exception):
         self.code = code
         self.request_id = request_id
         self.op = op
+
+
+def refused(
+    error: type[ZswapdError], detail: str, request_id: int = 0, op: int = 0
+) -> ProtocolError:
+    """A framing error answered with the status and code of ``error``'s class.
+
+    Only what the error tree has no class for (505 bad_version, 408) is written
+    as a bare status.
+    """
+    return ProtocolError(error.status, error.code, detail, request_id, op)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +247,7 @@ class FrameParser:
                 self._check_header()
             space = self.get_buffer()
             if not space:
-                raise ProtocolError(500, "internal", "feed() with complete frames not taken out")
+                raise refused(ZswapdError, "feed() with complete frames not taken out")
             n = min(len(space), len(view))
             space[:n] = view[:n]
             self.buffer_updated(n)
@@ -265,7 +278,7 @@ class FrameParser:
         )
         if magic != MAGIC:
             # Not a header of this protocol: nothing in it can be trusted, id and op included.
-            raise ProtocolError(400, "bad_request", f"bad magic 0x{magic:04x}")
+            raise refused(InvalidRequestError, f"bad magic 0x{magic:04x}")
         # With the magic right, the id and op are where every version puts them:
         # the error answers them, so a pipelining client knows which request failed.
         if version != VERSION:
@@ -281,11 +294,10 @@ class FrameParser:
         # and the echo of an op it sent that the server did not know.
         known = base in _OPS or (self._responses and status != 0)
         if bool(op & RESPONSE) != self._responses or not known:
-            raise ProtocolError(400, "bad_request", f"unknown op 0x{op:02x}", request_id, op)
+            raise refused(InvalidRequestError, f"unknown op 0x{op:02x}", request_id, op)
         if length > self.max_payload:
-            raise ProtocolError(
-                413,
-                "too_large",
+            raise refused(
+                TooLargeError,
                 f"payload of {length} bytes; at most {self.max_payload}",
                 request_id,
                 op,
@@ -333,7 +345,7 @@ def parse_hello_reply(payload: bytes) -> HelloReply:
         ProtocolError: too short to be one.
     """
     if len(payload) < _HELLO_REPLY.size:
-        raise ProtocolError(400, "bad_request", "a HELLO answer too short to read")
+        raise refused(InvalidRequestError, "a HELLO answer too short to read")
     version, _, max_payload, max_in_flight, page_size = _HELLO_REPLY.unpack_from(payload)
     return HelloReply(version, max_payload, max_in_flight, page_size)
 
@@ -363,18 +375,18 @@ class Handshake:
         """
         if self.greeted:
             if frame.op == Op.HELLO:
-                raise ProtocolError(400, "bad_request", "HELLO was already received")
+                raise refused(InvalidRequestError, "HELLO was already received")
             return None
         if frame.op != Op.HELLO:
-            raise ProtocolError(400, "bad_request", "the first frame must be HELLO")
+            raise refused(InvalidRequestError, "the first frame must be HELLO")
         rid, payload = frame.request_id, frame.payload
         if len(payload) < _HELLO_REQUEST.size:
-            raise ProtocolError(400, "bad_request", "HELLO needs min and max version", rid)
+            raise refused(InvalidRequestError, "HELLO needs min and max version", rid)
         low, high = _HELLO_REQUEST.unpack_from(payload)
         if not low <= VERSION <= high:
             raise ProtocolError(505, "bad_version", f"this server speaks version {VERSION}", rid)
         given = payload[_HELLO_REQUEST.size :]
         if self._token is not None and not hmac.compare_digest(given, self._token):
-            raise ProtocolError(401, "unauthorized", "a valid token is required", rid)
+            raise refused(UnauthorizedError, "a valid token is required", rid)
         self.greeted = True
         return encode(Op.HELLO | RESPONSE, rid, self._reply)

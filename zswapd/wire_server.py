@@ -61,6 +61,7 @@ from zswapd.protocol import (
     ProtocolError,
     encode_error,
     encode_header,
+    refused,
 )
 
 __all__ = ["WireConnection", "WireSettings", "start_wire_server"]
@@ -422,7 +423,7 @@ class WireConnection(asyncio.BufferedProtocol):
         if op == Op.COMPACT:
             released = await run_maintenance(pool.compact)
             return struct.pack("<Q", released)
-        raise ProtocolError(400, "bad_request", f"unknown op 0x{op:02x}")
+        raise refused(InvalidRequestError, f"unknown op 0x{op:02x}")
 
 
 async def start_wire_server(

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.zswapd.helpers import text_page
 from zswapd.config import PoolConfig
-from zswapd.device import DeviceRegistry
+from zswapd.device import Device, DeviceRegistry
+from zswapd.errors import UnknownPoolError
 from zswapd.metrics import Metrics
+from zswapd.pool import PagePool
 from zswapd.pools import PoolRegistry
 
 
@@ -54,6 +57,48 @@ def test_a_pool_removed_between_listing_and_reading_is_left_out() -> None:
     metrics = Metrics(reg)
     assert _pools_in(metrics) == {"kept"}
     assert _pools_in(metrics) == {"kept"}
+
+
+class _RemovedAfterLookup(PoolRegistry):
+    """Removes ``victim`` right after handing it out: the pool is read closed."""
+
+    victim = "gone"
+
+    def get(self, name: str) -> PagePool:
+        pool = super().get(name)
+        if name == self.victim:
+            self.remove(name, device=True)
+        return pool
+
+
+class _DeviceRemovedAfterLookup(DeviceRegistry):
+    def get(self, name: str) -> Device:
+        dev = super().get(name)
+        if name == "gone":
+            self.remove(name)
+        return dev
+
+
+def test_a_pool_removed_after_its_lookup_is_left_out_not_read_closed() -> None:
+    reg = _RemovedAfterLookup()
+    reg.create("kept").store([text_page(1)])
+    gone = reg.create("gone")
+    gone.store([text_page(2), bytes(4096)])
+    metrics = Metrics(reg)
+    assert _pools_in(metrics) == {"kept"}
+    # Read directly, a removed pool answers as a removed pool, not with
+    # figures half reset (no pages but their compressed bytes still counted).
+    for figures in (gone.stats, gone.mm_stat, gone.bd_stat):
+        with pytest.raises(UnknownPoolError, match="was removed"):
+            figures()
+
+
+def test_a_device_removed_after_its_lookup_is_left_out() -> None:
+    pools = PoolRegistry()
+    devices = _DeviceRemovedAfterLookup(pools)
+    devices.create("kept", 16 * 4096, PoolConfig(compressor="lz4"))
+    devices.create("gone", 16 * 4096, PoolConfig(compressor="lz4"))
+    assert _pools_in(Metrics(pools, devices), "zswapd_device_") == {"kept"}
 
 
 def test_a_device_removed_between_listing_and_reading_is_left_out() -> None:
