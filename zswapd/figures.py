@@ -296,9 +296,14 @@ def stats(pool: PagePool) -> PoolFigures:
             ),
             bd_stat=_bd_stat(pool),
             backing=_backing_figures(pool),
-            # The pool's counters of the same names, every one.
             counters=RequestCounters(
-                **{f.name: getattr(c, f.name) for f in dataclasses.fields(RequestCounters)}
+                stored_pages_total=c.stored_pages_total,
+                loaded_pages_total=c.loaded_pages_total,
+                freed_pages_total=c.freed_pages_total,
+                memory_limit_hit=c.memory_limit_hit,
+                stale_handle_requests=c.stale_handle_requests,
+                loaded_same_pages=c.loaded_same_pages,
+                limit_hit_written_back=c.limit_hit_written_back,
             ),
             server=server_figures(pool),
             metadata=MetadataFigures(
