@@ -385,12 +385,8 @@ class ZbudPool(PoolBase):
         return handle
 
     def free(self, handle: int) -> None:
-        """Free the object of ``handle``; the handle is invalid from now on.
-
-        Raises:
-            InvalidHandleError: freed, never issued, or not a handle.
-            AllocatorError: the object is mapped right now.
-        """
+        """:meth:`Allocator.free <allocator.base.Allocator.free>`: its buddy
+        (or headless page) returns to the free lists."""
         with self._lock:
             slot = self._handles.slot(handle)
             if self._mapped and slot in self._mapped:
@@ -426,12 +422,8 @@ class ZbudPool(PoolBase):
         return addr, self._chunks[loc] << CHUNK_SHIFT
 
     def obj_write(self, handle: int, data: bytes | bytearray | memoryview) -> None:
-        """Copy ``data`` into the object, from its start.
-
-        Raises:
-            InvalidHandleError: not a live handle.
-            ValueError: ``data`` is longer than the object's chunks.
-        """
+        """:meth:`Allocator.obj_write <allocator.base.Allocator.obj_write>`, into
+        the object's buddy (its slot: the buddy's chunks)."""
         n = len(data)
         with self._lock:
             addr, cap = self._locate(handle)
@@ -440,12 +432,8 @@ class ZbudPool(PoolBase):
             self._buf[addr : addr + n] = data
 
     def obj_read(self, handle: int, size: int | None = None) -> bytes:
-        """A copy of the object's first ``size`` bytes (default: all its chunks).
-
-        Raises:
-            InvalidHandleError: not a live handle.
-            ValueError: ``size`` is larger than the object's chunks.
-        """
+        """:meth:`Allocator.obj_read <allocator.base.Allocator.obj_read>`, from the
+        object's buddy (its slot: the buddy's chunks)."""
         with self._lock:
             addr, cap = self._locate(handle)
             n = cap if size is None else size

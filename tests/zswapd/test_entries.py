@@ -7,17 +7,8 @@ from collections import OrderedDict
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, settings, stateful
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    Bundle,
-    RuleBasedStateMachine,
-    consumes,
-    invariant,
-    multiple,
-    precondition,
-    rule,
-)
 
 from allocator import BudgetExceededError, PageBudget
 from zswapd.entries import COMPRESSED, ENTRIES_PER_PAGE, FREED, EntryTable, pages_for
@@ -26,10 +17,10 @@ from zswapd.errors import StaleHandleError
 BUDGET_PAGES = 40
 
 
-class EntryMachine(RuleBasedStateMachine):
+class EntryMachine(stateful.RuleBasedStateMachine):
     """An LRU table charged to a small budget, beside a dict and an ordered dict."""
 
-    handles = Bundle("handles")
+    handles = stateful.Bundle("handles")
 
     def __init__(self) -> None:
         super().__init__()
@@ -40,14 +31,14 @@ class EntryMachine(RuleBasedStateMachine):
         self.freed: list[int] = []
         self.now = 0
 
-    @rule(target=handles, n=st.integers(1, 300))
+    @stateful.rule(target=handles, n=st.integers(1, 300))
     def add(self, n: int) -> Any:
         charged = self.budget.used
         try:
             self.table.reserve(n)
         except BudgetExceededError:
             assert self.budget.used == charged  # a refused charge takes nothing
-            return multiple()
+            return stateful.multiple()
         added = []
         for i in range(n):
             self.now += 1
@@ -56,9 +47,9 @@ class EntryMachine(RuleBasedStateMachine):
             self.model[h] = (COMPRESSED, 1000 + self.now, i % 4096, self.now)
             self.lru[h] = None
             added.append(h)
-        return multiple(*added)
+        return stateful.multiple(*added)
 
-    @rule(h=consumes(handles))
+    @stateful.rule(h=stateful.consumes(handles))
     def remove(self, h: int) -> None:
         kind, obj, clen, _ = self.model.pop(h)
         assert self.table.remove(h) == (kind, obj, clen)
@@ -66,13 +57,13 @@ class EntryMachine(RuleBasedStateMachine):
         self.freed.append(h)
         self.table.trim()
 
-    @rule(h=handles)
+    @stateful.rule(h=handles)
     def touch(self, h: int) -> None:
         self.table.lru_touch(self.table.slot(h))
         if h in self.lru:
             self.lru.move_to_end(h)
 
-    @rule(h=handles)
+    @stateful.rule(h=handles)
     def take_off_and_back_cold(self, h: int) -> None:
         # A write-back takes a page off the list, fails, and puts it back cold.
         slot = self.table.slot(h)
@@ -83,8 +74,8 @@ class EntryMachine(RuleBasedStateMachine):
         self.lru[h] = None
         self.lru.move_to_end(h, last=False)
 
-    @precondition(lambda self: bool(self.freed))
-    @rule(pick=st.integers(0, 10_000))
+    @stateful.precondition(lambda self: bool(self.freed))
+    @stateful.rule(pick=st.integers(0, 10_000))
     def a_freed_handle_is_refused(self, pick: int) -> None:
         h = self.freed[pick % len(self.freed)]
         with pytest.raises(StaleHandleError):
@@ -92,7 +83,7 @@ class EntryMachine(RuleBasedStateMachine):
         with pytest.raises(StaleHandleError):
             self.table.remove(h)
 
-    @invariant()
+    @stateful.invariant()
     def entries_are_the_model(self) -> None:
         t = self.table
         assert len(t) == len(self.model)
@@ -102,14 +93,14 @@ class EntryMachine(RuleBasedStateMachine):
             assert t.handle_of(s) == h
         assert sorted(t.live_slots()) == sorted(t.slot(h) for h in self.model)
 
-    @invariant()
+    @stateful.invariant()
     def the_ring_is_the_lru_order(self) -> None:
         t = self.table
         order = [t.slot(h) for h in self.lru]
         assert t.lru_len == len(order)
         assert t.lru_oldest(len(order) + 5) == order
 
-    @invariant()
+    @stateful.invariant()
     def the_budget_pays_for_the_slots_held(self) -> None:
         t = self.table
         assert t.charged == pages_for(t.slots, t.per_page) == self.budget.used

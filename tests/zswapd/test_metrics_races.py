@@ -93,17 +93,13 @@ def test_a_pool_removed_after_its_lookup_is_left_out_not_read_closed() -> None:
             figures()
 
 
-def test_a_device_removed_after_its_lookup_is_left_out() -> None:
+@pytest.mark.parametrize("registry", [_DeviceRemovedAfterListing, _DeviceRemovedAfterLookup])
+def test_a_device_removed_while_a_scrape_reads_it_is_left_out(
+    registry: type[DeviceRegistry],
+) -> None:
+    """Removed between listing and lookup, or between lookup and reading."""
     pools = PoolRegistry()
-    devices = _DeviceRemovedAfterLookup(pools)
-    devices.create("kept", 16 * 4096, PoolConfig(compressor="lz4"))
-    devices.create("gone", 16 * 4096, PoolConfig(compressor="lz4"))
-    assert _pools_in(Metrics(pools, devices), "zswapd_device_") == {"kept"}
-
-
-def test_a_device_removed_between_listing_and_reading_is_left_out() -> None:
-    pools = PoolRegistry()
-    devices = _DeviceRemovedAfterListing(pools)
+    devices = registry(pools)
     devices.create("kept", 16 * 4096, PoolConfig(compressor="lz4"))
     devices.create("gone", 16 * 4096, PoolConfig(compressor="lz4"))
     # The pool collector ran before the removal: only the device series leave it out.
