@@ -59,8 +59,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             **{option.key: getattr(args, option.key) for option in SERVER_OPTIONS},
             "devices": args.device,
             **pool_flags(args),
-            "accept_threshold_percent": args.accept_threshold_percent,
-            "recompress_algo": args.recompress_algo,
         }
         settings = load_settings(args.config, os.environ, flags)
         return serve(settings)
@@ -127,12 +125,6 @@ def _add_serve(sub: _Sub) -> None:
             help=f"{option.help} ({default_text(option)}; ${option.env})".replace("%", "%%"),
         )
     _add_pool_flags(serve, "the default pool's")
-    serve.add_argument("--accept-threshold-percent", type=int, help="zswap's hysteresis")
-    serve.add_argument(
-        "--recompress-algo",
-        choices=compressors.available(),
-        help="secondary algorithm for recompress",
-    )
     serve.set_defaults(func=_cmd_serve)
 
 
@@ -266,7 +258,6 @@ def _add_pools(sub: _Sub, common: argparse.ArgumentParser) -> None:
         description="Create a pool; what is not given takes the kernel's default.",
     )
     _add_pool_flags(create, "its")
-    _add_pool_extras(create)
     change = action(
         "set",
         cmd_pools_set,
@@ -301,7 +292,6 @@ def _add_devices(sub: _Sub, common: argparse.ArgumentParser) -> None:
         "--size", required=True, metavar="SIZE", help="disk size, e.g. 64M (whole 4 KiB slots)"
     )
     _add_pool_flags(create, "its")
-    _add_pool_extras(create)
     action(
         "remove",
         cmd_devices_remove,
@@ -433,7 +423,7 @@ def _add_pool_flags(p: argparse.ArgumentParser, whose: str, *, live: bool = Fals
             dest=option.dest,
             type=_argtype(option.parse),
             metavar=option.metavar,
-            choices=option.choices,
+            choices=compressors.available() if option.installed else option.choices,
             help=option.help.format(whose=whose, installed=installed),
         )
 
@@ -445,7 +435,10 @@ def _argtype(parse: Callable[[str], Any]) -> Callable[[str], Any]:
         try:
             return parse(text)
         except (ValueError, ZswapdError) as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            # int's own words ("invalid literal for int() with base 10") are
+            # Python's, not the user's: say it as argparse does for type=int.
+            reason = f"invalid int value: {text!r}" if parse is int else str(exc)
+            raise argparse.ArgumentTypeError(reason) from None
 
     convert.__name__ = getattr(parse, "__name__", "value")
     return convert
@@ -454,31 +447,9 @@ def _argtype(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 compressor_spec = _argtype(parse_compressor)
 
 
-def _add_pool_extras(p: argparse.ArgumentParser) -> None:
-    """What a client sets at creation besides serve's pool flags."""
-    _add_threshold(p)
-    p.add_argument(
-        "--recompress-algo",
-        choices=compressors.available(),
-        help="zram's recomp_algorithm, e.g. zstd",
-    )
-    p.add_argument("--recompress-level", type=int, metavar="N", help="its level")
-
-
-def _add_threshold(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--accept-threshold-percent",
-        type=int,
-        metavar="N",
-        help="zswap's hysteresis: once full, refuse (manual) or write back (lru) until "
-        "below N%% of the limit (0-100)",
-    )
-
-
 def _add_live_flags(p: argparse.ArgumentParser) -> None:
     """What ``pools set`` changes (PATCH): the settings a pool takes while it holds pages."""
     _add_pool_flags(p, "the pool's", live=True)
-    _add_threshold(p)
     p.add_argument("--no-writeback-limit", action="store_true", help="lift the writeback limit")
 
 

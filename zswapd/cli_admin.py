@@ -215,20 +215,8 @@ def cmd_pools_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pool_extras(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings beyond serve's pool flags (zswap's hysteresis, zram's recomp_algorithm)."""
-    extras = {
-        "accept_threshold_percent": args.accept_threshold_percent,
-        "recompress_algo": getattr(args, "recompress_algo", None),
-        "recompress_level": getattr(args, "recompress_level", None),
-    }
-    return {k: v for k, v in extras.items() if v is not None}
-
-
 def _creation_config(args: argparse.Namespace) -> dict[str, Any]:
-    config = {k: v for k, v in pool_flags(args).items() if v is not None}
-    config.update(_pool_extras(args))
-    return config
+    return {k: v for k, v in pool_flags(args).items() if v is not None}
 
 
 def cmd_pools_create(args: argparse.Namespace) -> int:
@@ -252,12 +240,9 @@ def cmd_pools_set(args: argparse.Namespace) -> int:
     }
     if args.no_writeback_limit:
         changes["writeback_limit"] = None
-    changes.update(_pool_extras(args))
     if not changes:
         flags = [option.flag for option in live]
-        raise ConfigError(
-            f"give {', '.join(flags)}, --accept-threshold-percent or --no-writeback-limit"
-        )
+        raise ConfigError(f"give {', '.join(flags)} or --no-writeback-limit")
     with open_client(args) as client:
         result = client.update_pool(args.name, **changes)
     if args.json:

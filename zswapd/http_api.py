@@ -495,8 +495,8 @@ def create_app(
         tags=["pools"],
     )
     async def stats(pool: PoolName) -> dict[str, Any]:
-        figures = await run_in_thread(reg.get(pool).stats)
-        return figures.to_dict()
+        # Rendering the class table is work too: off the event loop with the rest.
+        return await run_in_thread(lambda: reg.get(pool).stats().to_dict())
 
     @app.post("/v1/pools/{pool}/compact", name="compact", tags=["pools"])
     async def compact(pool: PoolName) -> CompactResult:

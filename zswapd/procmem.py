@@ -33,6 +33,7 @@ so a reused pid never gives more than the caller had.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import struct
@@ -192,10 +193,13 @@ class ProcessMemory(Closing):
         return data if len(data) == PAGE_SIZE else None
 
     def close(self) -> None:
-        for fd in (self.mem_fd, self.pagemap_fd):
-            if fd >= 0:
-                os.close(fd)
+        fds = (self.mem_fd, self.pagemap_fd)
         self.mem_fd = self.pagemap_fd = -1
+        for fd in fds:
+            if fd >= 0:
+                # One that fails to close must not keep the other open.
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 def open_process(pid: int) -> ProcessMemory:

@@ -252,6 +252,8 @@ class PoolOption:
         metavar, help, choices: for ``--help`` (``{whose}`` in help: whose pool).
         live: whether a pool takes it while it holds pages (as zram's sysfs
             files), so ``pools set`` has its flag too.
+        installed: its choices are the compressors installed here (known
+            only when a parser is built).
     """
 
     key: str
@@ -261,6 +263,7 @@ class PoolOption:
     help: str
     choices: tuple[str, ...] | None = None
     live: bool = False
+    installed: bool = False
 
     @property
     def dest(self) -> str:
@@ -337,14 +340,26 @@ POOL_OPTIONS: tuple[PoolOption, ...] = (
         "pages manual writeback may still write (zram's writeback_limit)",
         live=True,
     ),
+    PoolOption(
+        "accept_threshold_percent",
+        "--accept-threshold-percent",
+        int,
+        "N",
+        "zswap's hysteresis: once full, refuse (manual) or write back (lru) until below "
+        "N percent of the limit (0-100)",
+        live=True,
+    ),
+    PoolOption(
+        "recompress_algo",
+        "--recompress-algo",
+        str,
+        "NAME",
+        "zram's recomp_algorithm, the secondary for recompress",
+        installed=True,
+    ),
+    PoolOption("recompress_level", "--recompress-level", int, "N", "its level"),
 )
-# Settings of the default pool that serve takes beside POOL_OPTIONS (pools
-# create has its own flags for them): its variables.
-_POOL_EXTRA_ENV: list[tuple[str, str, Any]] = [
-    ("ZSWAPD_ACCEPT_THRESHOLD_PERCENT", "accept_threshold_percent", int),
-    ("ZSWAPD_RECOMPRESS_ALGO", "recompress_algo", str),
-]
-_POOL_ENV = [(o.env, o.key, o.parse) for o in POOL_OPTIONS] + _POOL_EXTRA_ENV
+_POOL_ENV = [(o.env, o.key, o.parse) for o in POOL_OPTIONS]
 
 
 @dataclass

@@ -41,7 +41,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from zswapd.config import check_pool_name
 from zswapd.errors import (
+    ConfigError,
     InvalidRequestError,
     PageSizeError,
     StaleHandleError,
@@ -398,6 +400,10 @@ class WireConnection(asyncio.BufferedProtocol):
     async def _dispatch(self, op: int, payload: bytes) -> bytes:
         if op == Op.USE_POOL:
             name = payload.decode(errors="replace")
+            try:
+                check_pool_name(name)
+            except ConfigError as exc:  # a name no pool can have: 400, as over HTTP
+                raise InvalidRequestError(str(exc)) from None
             self.registry.get(name)  # UnknownPoolError if absent
             self.pool_name = name
             return b""
@@ -418,8 +424,8 @@ class WireConnection(asyncio.BufferedProtocol):
         if op in (Op.STATS, Op.COMPACT) and payload:
             raise InvalidRequestError(f"{len(payload)} bytes of payload; this op takes none")
         if op == Op.STATS:
-            figures = await run_in_thread(pool.stats)
-            return json.dumps(figures.to_dict()).encode()
+            # Rendering the class table is work too: off the event loop with the rest.
+            return await run_in_thread(lambda: json.dumps(pool.stats().to_dict()).encode())
         if op == Op.COMPACT:
             released = await run_maintenance(pool.compact)
             return struct.pack("<Q", released)

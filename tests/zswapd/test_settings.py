@@ -108,6 +108,9 @@ POOL_SAMPLES = {
     "backing_size": ("1M", {"backing_size": 1 << 20}),
     "writeback": ("lru", {"writeback": "lru"}),
     "writeback_limit": ("9", {"writeback_limit": 9}),
+    "accept_threshold_percent": ("80", {"accept_threshold_percent": 80}),
+    "recompress_algo": ("zstd", {"recompress_algo": "zstd"}),
+    "recompress_level": ("12", {"recompress_level": 12}),
 }
 
 
@@ -126,3 +129,14 @@ def test_a_pool_flag_and_its_variable_give_the_same_default_pool(option: PoolOpt
     # pools create takes the same flag, with the same meaning.
     create = build_parser().parse_args(["pools", "create", "p", option.flag, text])
     assert {k: v for k, v in pool_flags(create).items() if v is not None} == want
+
+
+@pytest.mark.parametrize("action", [["pools", "set", "p"], ["pools", "create", "p"], ["serve"]])
+def test_a_bad_whole_number_is_refused_in_argparse_words(
+    action: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([*action, "--writeback-limit", "x"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--writeback-limit: invalid int value: 'x'" in err and "literal" not in err

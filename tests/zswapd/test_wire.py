@@ -113,7 +113,10 @@ def test_semantic_errors_answer_and_keep_the_connection(wire: tuple[Daemon, str]
         (Op.COMPACT, b"\x00" * 8, 400, "bad_request"),
         (Op.FREE, struct.pack("<Q", 99), 404, "stale_handle"),
         (Op.USE_POOL, b"nope", 404, "unknown_pool"),
-        (Op.USE_POOL, b"../x", 404, "unknown_pool"),
+        # A name no pool can have is refused as a bad one, as over HTTP.
+        (Op.USE_POOL, b"../x", 400, "bad_request"),
+        (Op.USE_POOL, b"", 400, "bad_request"),
+        (Op.USE_POOL, b"p\xff\x00", 400, "bad_request"),
     ]
     for n, (op, payload, status, code) in enumerate(cases):
         f = raw.call(op, n, payload)
