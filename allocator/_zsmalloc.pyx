@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False, freethreading_compatible=False
+# cython: initializedcheck=False
 """The compiled twin of :mod:`allocator.zsmalloc`: the same pool, in C structures.
 
 CPython pairs ``heapq`` with ``_heapq``; this module is zswapd's ``_zsmalloc``.
