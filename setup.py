@@ -1,4 +1,5 @@
-"""Builds the optional compiled allocator (allocator/_zsmalloc.pyx) beside the pure one.
+"""Builds the optional compiled allocator (allocator/_zsmalloc.pyx) and page store
+loops (zswapd/_batch.pyx) beside the pure ones.
 
 Everything else is in pyproject.toml.  The extension is optional, as CPython's
 ``_heapq`` is to ``heapq``: where there is no C compiler, no Cython, or the
@@ -24,10 +25,13 @@ def _extensions() -> list[Extension]:
     except ImportError as exc:
         print(WARNING.format(f"Cython is missing: {exc}"), file=sys.stderr)
         return []
-    ext = Extension("allocator._zsmalloc", ["allocator/_zsmalloc.pyx"])
+    exts = [
+        Extension("allocator._zsmalloc", ["allocator/_zsmalloc.pyx"]),
+        Extension("zswapd._batch", ["zswapd/_batch.pyx"]),
+    ]
     # ZSWAPD_BUILD_DIR: where generated C goes (the ASan build keeps its own).
     return cythonize(
-        [ext],
+        exts,
         language_level=3,
         build_dir=os.environ.get("ZSWAPD_BUILD_DIR") or None,
         quiet=True,

@@ -60,8 +60,10 @@ from allocator import (
 )
 from allocator.base import arena_capacity
 from allocator.handles import MAX_SLOTS, SLOT_MASK
+from zswapd import batch as batch_module
 from zswapd import figures, pool_state, recompression, tier
 from zswapd.backing import BackingFile, unpack
+from zswapd.batch import Prepared, split_pages
 from zswapd.config import PoolConfig, check_pool_name
 from zswapd.entries import (
     COMPRESSED,
@@ -78,12 +80,12 @@ from zswapd.errors import (
     CorruptObjectError,
     InvalidRequestError,
     MemoryLimitError,
-    PageSizeError,
     PoolLimitError,
     ReclaimFailError,
     StaleHandleError,
     UnknownPoolError,
 )
+from zswapd.fastpath import batch
 from zswapd.recompression import RECOMPRESS_TYPES
 from zswapd.tier import WRITEBACK_TYPES
 
@@ -103,27 +105,6 @@ PAGE_SIZE = 4096
 LIVE_SETTINGS = ("limit_bytes", "accept_threshold_percent", "huge_policy", "writeback_limit")
 
 Page = bytes | bytearray | memoryview
-
-
-def split_pages(pages: Page | Iterable[Page]) -> list[bytes]:
-    """Pages from ``k * 4096`` contiguous bytes or from an iterable of 4096-byte items.
-
-    Raises:
-        PageSizeError: a length that is not a whole number of pages, or an item
-            that is not exactly one page.
-    """
-    if isinstance(pages, bytes | bytearray | memoryview):
-        raw = bytes(pages)
-        if not raw or len(raw) % PAGE_SIZE:
-            raise PageSizeError(f"{len(raw)} bytes is not a whole, non-zero number of pages")
-        return [raw[i : i + PAGE_SIZE] for i in range(0, len(raw), PAGE_SIZE)]
-    out = []
-    for n, page in enumerate(pages):
-        if not isinstance(page, bytes | bytearray | memoryview) or len(page) != PAGE_SIZE:
-            size = len(page) if isinstance(page, bytes | bytearray | memoryview) else type(page)
-            raise PageSizeError(f"page {n} is {size}, not {PAGE_SIZE} bytes")
-        out.append(bytes(page))
-    return out
 
 
 @dataclass
@@ -371,33 +352,24 @@ class PagePool:
             CompressPoorError: huge_policy is "reject" and a page compresses too poorly.
             PoolLimitError: the pool's limit would be passed.
         """
-        batch = split_pages(pages)
-        # Same-filled test, compression and the huge rule, outside the lock.  The
-        # first/last word comparison rejects almost every other page at once.
-        prepared: list[tuple[int, bytes | int, int]] = []
-        compress, huge_size, poor = self._comp.compress, self.huge_class_size, 0
-        for page in batch:
-            if page[:8] == page[-8:] and page == page[:8] * (PAGE_SIZE // 8):
-                prepared.append((SAME, int.from_bytes(page[:8], "little"), 0))
-                continue
-            data = compress(page)
-            if len(data) >= huge_size:
-                prepared.append((HUGE, page, PAGE_SIZE))
-                poor += 1
-            else:
-                prepared.append((COMPRESSED, data, len(data)))
+        paths = batch()
+        pages_in = paths.split_pages(pages)
+        # Same-filled test, compression and the huge rule, outside the lock.
+        prepared, poor, same, compr = paths.prepare(
+            pages_in, self._comp.compress, self.huge_class_size
+        )
         if poor and self.config.huge_policy == "reject":
             with self._lock:
                 self.counters.reject_compress_poor += poor
             raise CompressPoorError(
-                f"{poor} of {len(batch)} pages compress to {self.huge_class_size} bytes or "
+                f"{poor} of {len(pages_in)} pages compress to {self.huge_class_size} bytes or "
                 "more and this pool rejects them (huge_policy=reject); nothing stored"
             )
-        need = sum(1 for p in prepared if p[0] != SAME)
+        need = len(prepared) - same
         retry = 0
         while True:
             with self._lock:
-                result = self._store_locked(prepared, poor, first=not retry)
+                result = self._store_locked(prepared, poor, same, compr, first=not retry)
                 if isinstance(result, list):
                     return result
                 held = tier.held_pages(self, isinstance(result, BudgetExceededError))
@@ -409,12 +381,18 @@ class PagePool:
                 tier.reclaim(self, result, need << retry, held, retry == tier.MAX_RECLAIM_RETRIES)
             except ReclaimFailError:
                 with self._lock:
-                    self.counters.reject_reclaim_fail += len(batch)  # the whole batch
+                    self.counters.reject_reclaim_fail += len(pages_in)  # the whole batch
                 raise
             retry += 1
 
     def _store_locked(
-        self, prepared: list[tuple[int, bytes | int, int]], poor: int, *, first: bool = True
+        self,
+        prepared: list[Prepared],
+        poor: int,
+        same: int,
+        compr: int,
+        *,
+        first: bool = True,
     ) -> list[int] | PoolFullError:
         """Store prepared pages (lock held); their handles, or, in an lru pool
         out of room, the allocator's refusal (nothing stored; a limit hit
@@ -429,34 +407,13 @@ class PagePool:
                 f"the {n} pages stored"
             )
         self._admit()
-        now = self._now()
-        handles: list[int] = []
-        entries, store = self._entries, self._alloc.store
-        same = compr = 0
         try:
-            # The entries' slots first: a table the budget cannot grow
-            # refuses the batch before any object is taken.
-            entries.reserve(n)
-            for kind, payload, clen in prepared:
-                if kind == SAME:
-                    obj = payload
-                    same += 1
-                else:
-                    # payload is the compressed bytes unless the page is SAME.
-                    obj = store(payload)  # type: ignore[arg-type]
-                    compr += clen
-                handle = entries.add(kind, obj, clen, now)  # type: ignore[arg-type]
-                handles.append(handle)
-                if kind != SAME:
-                    entries.lru_push(handle & SLOT_MASK)
+            handles: list[int] = batch().add_entries(
+                self._entries, prepared, self._alloc.store, self._alloc.free, self._now()
+            )
         except BaseException as exc:
-            # Undo the batch, whatever stopped it: objects and entries only,
-            # the counters were not yet moved.
-            for h in handles:
-                kind, obj, _ = entries.remove(h)
-                if kind != SAME:
-                    self._alloc.free(obj)
-            entries.trim()
+            # The batch was undone (objects and entries); the counters were not
+            # yet moved.
             if not isinstance(exc, PoolFullError):
                 raise
             if self.writeback_mode == "lru":
@@ -505,51 +462,61 @@ class PagePool:
                 written-back page no longer matches its checksum.
             BackingIoError: the backing file could not be read.
         """
+        paths, raw = self._read(handles)
+        # Decompress outside the lock: other threads go on meanwhile.
+        try:
+            pages: list[bytes] = paths.decode(raw, self._comp.decompress, self._decompress)
+            return pages
+        except compressors.CorruptDataError as exc:
+            raise self._corrupt(exc) from exc
+
+    def load_into(self, handles: Sequence[int], out: memoryview) -> None:
+        """As :meth:`load`, the pages written one after another into ``out``
+        (exactly ``len(handles) * 4096`` writable bytes): a frontend's answer
+        assembled in place, with no list of pages to join.
+
+        Raises:
+            ValueError: ``out`` is not that long.
+            StaleHandleError, CorruptObjectError, BackingIoError: as :meth:`load`
+                (``out`` may then hold some pages: the caller drops it).
+        """
+        if out.nbytes != len(handles) * PAGE_SIZE:
+            raise ValueError(f"{out.nbytes} bytes of room for {len(handles)} pages")
+        paths, raw = self._read(handles)
+        try:
+            paths.decode_into(raw, self._comp.decompress, self._decompress, out)
+        except compressors.CorruptDataError as exc:
+            raise self._corrupt(exc) from exc
+
+    def _read(self, handles: Sequence[int]) -> tuple[Any, list[batch_module.Raw]]:
+        """What ``handles`` store, read under the lock (and from the file):
+        the batch loops that read it, and the entries' raw pages."""
+        paths = batch()
         with self._lock:
             self._check_open()
-            e = self._entries
-            slots = self._live_slots(handles)
-            now = self._now()
-            read = self._alloc.obj_read
-            # (kind, word of a same-filled page or file slot|crc, stored bytes or None, length)
-            raw: list[tuple[int, int, bytes | None, int]] = []
-            same = written = 0
-            for slot in slots:
-                kind = e.kind[slot]
-                if kind & WRITTEN:
-                    raw.append((kind, e.obj[slot], None, e.clen[slot]))
-                    written += 1
-                elif kind == SAME:
-                    raw.append((kind, e.obj[slot], b"", 0))
-                    same += 1
-                else:
-                    raw.append((kind, 0, read(e.obj[slot], e.clen[slot]), 0))
-                    e.lru_touch(slot)
-                e.atime[slot] = now
+            try:
+                slots, raw, same, written = paths.read_entries(
+                    self._entries, handles, self._alloc.obj_read, self._now()
+                )
+            except StaleHandleError:
+                self.counters.stale_handle_requests += 1
+                raise
             # A written-back page counts once read and verified, with bd_reads
             # (in tier.read_back): loaded - same - bd_reads (the loads memory served)
             # then never goes down between two scrapes.
             self.counters.loaded_pages_total += len(slots) - written
             self.counters.loaded_same_pages += same
-        if self.backing is not None and any(r[2] is None for r in raw):
+        if written:
             raw = tier.read_back(self, slots, raw)
-        # Decompress outside the lock: other threads go on meanwhile.
-        out = []
-        for kind, word, data, _ in raw:
-            assert data is not None
-            encoding = kind & ENCODING
-            if kind == SAME:
-                out.append(word.to_bytes(8, "little") * (PAGE_SIZE // 8))
-            elif encoding == HUGE:
-                out.append(data)
-            else:
-                try:
-                    out.append(self._decompressor(kind).decompress(data, PAGE_SIZE))
-                except compressors.CorruptDataError as exc:
-                    with self._lock:
-                        self.counters.decompress_fail += 1
-                    raise CorruptObjectError(f"pool {self.name!r}: {exc}") from exc
-        return out
+        return paths, raw
+
+    def _corrupt(self, exc: compressors.CorruptDataError) -> CorruptObjectError:
+        with self._lock:
+            self.counters.decompress_fail += 1
+        return CorruptObjectError(f"pool {self.name!r}: {exc}")
+
+    def _decompress(self, kind: int, data: bytes) -> bytes:
+        return self._decompressor(kind).decompress(data, PAGE_SIZE)
 
     def free(self, handles: Sequence[int]) -> None:
         """Free the pages of ``handles``.  All or nothing.

@@ -27,7 +27,7 @@ import prometheus_client
 import uvicorn
 
 import allocator
-from zswapd import __version__
+from zswapd import __version__, fastpath
 from zswapd.cli_format import algorithm, count, human, limit
 from zswapd.config import PoolConfig
 from zswapd.device import DeviceRegistry
@@ -345,10 +345,13 @@ def _limits_line(settings: ServerSettings, registry: PoolRegistry, token: str | 
 
 
 def _inventory(registry: PoolRegistry, devices: DeviceRegistry) -> list[str]:
-    """The banner's first lines: the version and which allocator runs (compiled or
-    pure Python, and why), then each pool and device as configured."""
+    """The banner's first lines: the version and which allocator and page store
+    loops run (compiled or pure Python, and why), then each pool and device as configured."""
     device_names = set(devices.names())
-    lines = [f"zswapd: zswapd {__version__}, pid {os.getpid()}, allocator: {allocator.describe()}"]
+    lines = [
+        f"zswapd: zswapd {__version__}, pid {os.getpid()}, allocator: {allocator.describe()}, "
+        f"page store: {fastpath.describe()}"
+    ]
     for name in registry.names():
         if name in device_names:
             continue

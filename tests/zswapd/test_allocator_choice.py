@@ -14,6 +14,9 @@ from tests.zswapd.daemon import run_cli, start_daemon
 
 PURE = "allocator: pure Python (ZSWAPD_PURE_PYTHON=1)"
 COMPILED_LINE = "allocator: compiled (Cython)"
+# The page store's batch loops (zswapd/_batch.pyx), chosen the same way.
+PURE_STORE = "page store: pure Python (ZSWAPD_PURE_PYTHON=1)"
+COMPILED_STORE = "page store: compiled (Cython)"
 
 
 def _banner(env: dict[str, str]) -> str:
@@ -27,12 +30,12 @@ def _banner(env: dict[str, str]) -> str:
 @pytest.mark.skipif(COMPILED is None, reason=NOT_BUILT or "built")
 def test_serve_says_it_runs_the_compiled_allocator_when_built() -> None:
     first = _banner({"ZSWAPD_PURE_PYTHON": "0"})
-    assert first.endswith(COMPILED_LINE), first
+    assert first.endswith(f"{COMPILED_LINE}, {COMPILED_STORE}"), first
 
 
 def test_serve_runs_the_pure_allocator_when_told_and_says_why() -> None:
     first = _banner({"ZSWAPD_PURE_PYTHON": "1"})
-    assert first.endswith(PURE), first
+    assert first.endswith(f"{PURE}, {PURE_STORE}"), first
 
 
 def test_bench_header_names_the_allocator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,5 +46,5 @@ def test_bench_header_names_the_allocator(tmp_path: Path, monkeypatch: pytest.Mo
     argv += ("--repeats", "1", "--rss-objects", "0")
     out = run_cli(*argv, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[0] == PURE
+    assert out.stdout.splitlines()[:2] == [PURE, PURE_STORE]
     assert "malloc_write_pure" in out.stdout

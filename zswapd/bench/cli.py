@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import allocator
+from zswapd import fastpath
 from zswapd.cli_format import positive_int
 from zswapd.corpus import load_pages
 
@@ -45,6 +46,7 @@ def _emit(args: argparse.Namespace, result: dict[str, Any], render: Callable[...
     result["corpus_files"] = args.corpus_files
     # Which ZsPool ran (compiled or pure, and why): every figure depends on it.
     result["allocator"] = allocator.describe()
+    result["page_store"] = fastpath.describe()  # and which batch loops (zswapd/_batch.pyx)
     if getattr(args, "plot", None):
         from zswapd.bench.plots import plot
 
@@ -59,6 +61,7 @@ def _emit(args: argparse.Namespace, result: dict[str, Any], render: Callable[...
         print()
     else:
         print(f"allocator: {result['allocator']}")
+        print(f"page store: {result['page_store']}")
         print(render(result))
     return 0
 

@@ -1,0 +1,212 @@
+"""One behaviour: the page store's compiled batch loops against the pure reference.
+
+A hypothesis state machine keeps two entry tables and two allocators, built
+alike (the same seed, budget, page limit, LRU or not), and runs the same random
+batches through zswapd.batch on one side and zswapd._batch on the other:
+splits of good and bad batches, stores of same-filled, compressible and
+incompressible pages (some refused midway by the budget or the page limit,
+and undone), loads of live, freed and forged handles (decoded into a list and
+in place into one buffer), frees.  After every step
+the two must agree on everything: each call's value, or its error's type and
+message; the table's columns, the handle table's arrays, free chain and
+unused random words, the LRU ring, the budget, the allocator's class table.
+
+Skipped when the extension is not built (saying how to build it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
+
+import compressors
+from allocator import PageBudget, zsmalloc
+from zswapd import batch
+from zswapd.entries import EntryTable
+
+try:
+    from zswapd import _batch
+except ImportError as exc:
+    pytest.skip(
+        f"the compiled page store loops are not built ({exc}): "
+        "python3 setup.py build_ext --inplace",
+        allow_module_level=True,
+    )
+
+PAGE = 4096
+LZ4 = compressors.get("lz4")
+HUGE_SIZE = zsmalloc.ZsPool().huge_class_size
+
+# A page: one word repeated (zero often), text-like (compresses), or random (huge).
+WORDS = st.one_of(st.just(0), st.integers(0, 2**64 - 1))
+PAGES = st.one_of(
+    WORDS.map(lambda w: w.to_bytes(8, "little") * (PAGE // 8)),
+    st.binary(min_size=1, max_size=64).map(lambda b: (b * PAGE)[:PAGE]),
+    st.integers(0, 2**32).map(lambda seed: os.urandom(PAGE)),
+    # Same-filled but for one byte: the memcmp must see it.
+    st.tuples(WORDS, st.integers(0, PAGE - 1)).map(
+        lambda t: bytes(
+            b ^ (i == t[1]) for i, b in enumerate(t[0].to_bytes(8, "little") * (PAGE // 8))
+        )
+    ),
+)
+FORGED = st.one_of(
+    st.sampled_from([0, -1, 1, 2**24, 2**64, 2**80, "1", None, 3.5, True]),
+    st.integers(-(2**70), 2**70),
+)
+
+
+def outcome(call: Callable[[], Any]) -> tuple[Any, ...]:
+    """What a call did: its value, or its error's type and message."""
+    try:
+        return ("ok", call())
+    except Exception as exc:  # every error must match, whatever it is
+        return ("raised", type(exc), str(exc))
+
+
+def plain(value: Any) -> Any:
+    """A value with its buffers as bytes (the compiled split hands out memoryviews)."""
+    if isinstance(value, memoryview | bytearray):
+        return bytes(value)
+    if isinstance(value, list | tuple):
+        return type(value)(plain(v) for v in value)
+    return value
+
+
+class Side:
+    """One implementation's state: a table, an allocator, a budget."""
+
+    def __init__(self, paths: Any, lru: bool, budget: int | None, max_pages: int | None) -> None:
+        self.paths = paths
+        self.budget = PageBudget(budget)
+        self.alloc = zsmalloc.ZsPool(seed=3, budget=self.budget, max_pages=max_pages)
+        self.entries = EntryTable(seed=7, budget=self.budget, lru=lru)
+
+    def state(self) -> tuple[Any, ...]:
+        e, h = self.entries, self.entries._handles
+        cols = [c.tolist() for c in e._columns()]
+        return (
+            cols,
+            h._loc.tolist(),
+            h._gen.tolist(),
+            h._free,
+            h.live,
+            h._random.tolist(),
+            e.lru_len,
+            e.charged,
+            e._frees,
+            self.budget.used,
+            self.alloc.class_stats(),
+            self.alloc.total_size_bytes,
+        )
+
+
+class OneBehaviour(RuleBasedStateMachine):
+    """The reference and the compiled loops, side by side."""
+
+    handles = Bundle("handles")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sides = [Side(batch, False, None, None), Side(_batch, False, None, None)]
+        self.now = 0
+
+    def both(self, call: Callable[[Side], Any]) -> tuple[Any, ...]:
+        want, got = (plain(outcome(lambda side=side: call(side))) for side in self.sides)
+        assert got == want, (got, want)
+        return want
+
+    @initialize(
+        lru=st.booleans(),
+        budget=st.one_of(st.none(), st.integers(0, 40)),
+        max_pages=st.one_of(st.none(), st.integers(0, 40)),
+    )
+    def build(self, lru: bool, budget: int | None, max_pages: int | None) -> None:
+        self.sides = [Side(p, lru, budget, max_pages) for p in (batch, _batch)]
+
+    @rule(pages=st.lists(PAGES, min_size=1, max_size=12), whole=st.booleans())
+    def split(self, pages: list[bytes], whole: bool) -> None:
+        given: Any = b"".join(pages) if whole else pages
+        self.both(lambda s: s.paths.split_pages(given))
+
+    @rule(n=st.sampled_from([0, 1, 4095, 4097, 8191]), as_list=st.booleans())
+    def split_a_bad_batch(self, n: int, as_list: bool) -> None:
+        given: Any = [bytes(n)] if as_list else bytes(n)
+        self.both(lambda s: s.paths.split_pages(given))
+
+    @rule(
+        target=handles,
+        pages=st.lists(PAGES, min_size=0, max_size=12),
+        whole=st.booleans(),
+        tick=st.integers(0, 3),
+    )
+    def store(self, pages: list[bytes], whole: bool, tick: int) -> Any:
+        self.now += tick
+        given: Any = b"".join(pages) if whole and pages else pages
+
+        def run(s: Side) -> list[int]:
+            split = s.paths.split_pages(given) if given else []
+            prepared, poor, same, compr = s.paths.prepare(split, LZ4.compress, HUGE_SIZE)
+            handles: list[int] = s.paths.add_entries(
+                s.entries, prepared, s.alloc.store, s.alloc.free, self.now
+            )
+            return [handles, poor, same, compr]  # type: ignore[list-item]
+
+        result = self.both(run)
+        return tuple(result[1][0]) if result[0] == "ok" else ()
+
+    @rule(
+        stored=handles,
+        forged=st.lists(FORGED, max_size=2),
+        tick=st.integers(0, 3),
+        data=st.data(),
+    )
+    def load(self, stored: tuple[int, ...], forged: list[Any], tick: int, data: Any) -> None:
+        self.now += tick
+        handles = data.draw(st.permutations(list(stored) + forged))
+
+        def run(s: Side) -> Any:
+            slots, raw, same, written = s.paths.read_entries(
+                s.entries, handles, s.alloc.obj_read, self.now
+            )
+            other = lambda kind, d: LZ4.decompress(d, PAGE)  # noqa: E731
+            pages = s.paths.decode(raw, LZ4.decompress, other)
+            # The same pages decoded in place, into one answer (the wire's LOAD).
+            answer = bytearray(len(raw) * PAGE)
+            s.paths.decode_into(raw, LZ4.decompress, other, memoryview(answer))
+            assert answer == b"".join(pages)
+            return slots, raw, same, written, pages
+
+        self.both(run)
+
+    @rule(stored=consumes(handles))
+    def free(self, stored: tuple[int, ...]) -> None:
+        # A free as the pool's (entry, object, then a trim), the same code both sides.
+        self.both(lambda s: batch.undo(s.entries, list(stored), s.alloc.free))
+
+    @invariant()
+    def same_state(self) -> None:
+        self.both(lambda s: s.state())
+
+
+OneBehaviour.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+test_page_store_loops_behave_as_the_reference = OneBehaviour.TestCase
+
+
+def test_the_compiled_loops_run_unless_pure_python_is_asked_for() -> None:
+    from zswapd import fastpath
+
+    pure = os.environ.get("ZSWAPD_PURE_PYTHON") == "1"
+    assert fastpath.ACCELERATED is not pure
+    assert fastpath.batch() is (batch if pure else _batch)
