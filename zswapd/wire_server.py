@@ -54,6 +54,7 @@ from zswapd.offload import offload, run_in_thread, run_maintenance
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
 from zswapd.protocol import (
+    HEADER,
     INITIAL_BUFFER,
     RESPONSE,
     Frame,
@@ -63,6 +64,7 @@ from zswapd.protocol import (
     ProtocolError,
     encode_error,
     encode_header,
+    frame_buffer,
     refused,
 )
 
@@ -353,8 +355,8 @@ class WireConnection(asyncio.BufferedProtocol):
                 self.answering = False
             if self.transport is None or self.transport.is_closing():
                 return
-            # Header and payload as two writes: a 4 MiB LOAD answer is not copied
-            # again just to put 16 bytes in front of it.
+            # Header and payload as two writes: a 4 MiB answer is not copied again
+            # just to put 16 bytes in front of it (a LOAD's is one buffer already).
             for part in reply:
                 self.transport.write(part)
             self.last_active = time.monotonic()
@@ -369,7 +371,7 @@ class WireConnection(asyncio.BufferedProtocol):
     def greeted(self) -> bool:
         return self.handshake.greeted
 
-    async def _answer(self, frame: Frame) -> tuple[bytes, ...]:
+    async def _answer(self, frame: Frame) -> tuple[bytes | bytearray, ...]:
         op, rid, payload = frame.op, frame.request_id, frame.payload
         hello = self.handshake.receive(frame)  # ProtocolError: closed by the caller
         if hello is not None:
@@ -377,6 +379,8 @@ class WireConnection(asyncio.BufferedProtocol):
                 self.handshake_timer.cancel()
             return (hello,)
         try:
+            if op == Op.LOAD:
+                return (await self._load(rid, payload),)
             body = await self._dispatch(op, payload)
         except StaleHandleError as exc:
             # Handles are random; a client naming stale ones again and again is
@@ -397,6 +401,15 @@ class WireConnection(asyncio.BufferedProtocol):
             return (encode_error(op, rid, 500, "internal", f"{type(exc).__name__}: {exc}"),)
         return encode_header(op | RESPONSE, rid, len(body)), body
 
+    async def _load(self, rid: int, payload: bytes) -> bytearray:
+        """A LOAD's whole answer frame: the pages decompressed straight into it."""
+        pool = self.registry.get(self.pool_name)
+        wanted = _handles(payload, self.settings.max_pages_per_request)
+        answer = frame_buffer(Op.LOAD | RESPONSE, rid, len(wanted) * PAGE_SIZE)
+        with memoryview(answer) as view:
+            await offload(len(wanted), pool.load_into, wanted, view[HEADER.size :])
+        return answer
+
     async def _dispatch(self, op: int, payload: bytes) -> bytes:
         if op == Op.USE_POOL:
             name = payload.decode(errors="replace")
@@ -413,10 +426,6 @@ class WireConnection(asyncio.BufferedProtocol):
                 raise PageSizeError(f"{len(payload)} bytes is not a whole number of pages")
             handles = await offload(len(payload) // PAGE_SIZE, pool.store, payload)
             return struct.pack(f"<{len(handles)}Q", *handles)
-        if op == Op.LOAD:
-            wanted = _handles(payload, self.settings.max_pages_per_request)
-            pages: list[bytes] = await offload(len(wanted), pool.load, wanted)
-            return b"".join(pages)
         if op == Op.FREE:
             doomed = _handles(payload, self.settings.max_pages_per_request)
             await offload(len(doomed), pool.free, doomed)
