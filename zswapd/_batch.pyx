@@ -18,7 +18,7 @@ raises the reference's error.  Arrays are resized only while no view of them
 is held (array.array refuses otherwise).
 """
 
-from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_Occurred
 from libc.stdint cimport uint64_t
@@ -29,7 +29,7 @@ from zswapd.batch import PAGE_SIZE as _PAGE_SIZE, split_pages as _split_pages, u
 from zswapd.entries import COMPRESSED as _COMPRESSED, HUGE as _HUGE, SAME as _SAME
 from zswapd.errors import PageSizeError
 
-__all__ = ["add_entries", "decode", "decode_into", "prepare", "read_entries", "split_pages"]
+__all__ = ["add_entries", "decode", "decode_frame", "prepare", "read_entries", "split_pages"]
 
 cdef extern from "Python.h":
     unsigned long long PyLong_AsUnsignedLongLong(object o)
@@ -335,34 +335,34 @@ cdef void _copy_page(char *dst, object data) except *:
         PyBuffer_Release(&b)
 
 
-def decode_into(raw, primary, decompress, out):
-    """See :func:`zswapd.batch.decode_into`: same-filled pages are filled in
-    place, the others copied from what the decompressor returns."""
-    cdef Py_buffer o
-    cdef Py_ssize_t n = len(raw), i, j
+
+def decode_frame(raw, primary, decompress, bytes header):
+    """See :func:`zswapd.batch.decode_frame`: the answer is one bytes object made
+    here and filled before anyone else sees it (as CPython's own C code builds
+    bytes); same-filled pages are filled in place, the others copied from what
+    the decompressor returns."""
+    cdef Py_ssize_t n = len(raw), i, j, hlen = len(header)
     cdef char *dst
     cdef int kind
     cdef uint64_t w
-    PyObject_GetBuffer(out, &o, PyBUF_WRITABLE)
-    try:
-        if o.len != n * PAGE:
-            raise ValueError(f"{o.len} bytes of room for {n} pages")
-        for i in range(n):
-            row = raw[i]
-            kind = row[0]
-            data = row[2]
-            if data is None:
-                raise AssertionError("a page left unread")
-            dst = <char *>o.buf + i * PAGE
-            if kind == K_SAME:
-                w = row[1]
-                for j in range(0, PAGE, WORD):
-                    memcpy(dst + j, &w, WORD)
-            elif kind & K_ENCODING == K_HUGE:
-                _copy_page(dst, data)
-            elif kind & K_ENCODING == K_COMPRESSED:
-                _copy_page(dst, primary(data, PAGE))
-            else:
-                _copy_page(dst, decompress(kind, data))
-    finally:
-        PyBuffer_Release(&o)
+    answer = PyBytes_FromStringAndSize(NULL, hlen + n * PAGE)
+    cdef char *base = PyBytes_AS_STRING(answer)
+    memcpy(base, PyBytes_AS_STRING(header), hlen)
+    for i in range(n):
+        row = raw[i]
+        kind = row[0]
+        data = row[2]
+        if data is None:
+            raise AssertionError("a page left unread")
+        dst = base + hlen + i * PAGE
+        if kind == K_SAME:
+            w = row[1]
+            for j in range(0, PAGE, WORD):
+                memcpy(dst + j, &w, WORD)
+        elif kind & K_ENCODING == K_HUGE:
+            _copy_page(dst, data)
+        elif kind & K_ENCODING == K_COMPRESSED:
+            _copy_page(dst, primary(data, PAGE))
+        else:
+            _copy_page(dst, decompress(kind, data))
+    return answer

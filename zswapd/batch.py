@@ -10,7 +10,8 @@ loop over its pages:
 * :func:`read_entries` (under the lock): the entries and stored bytes of a
   batch of live handles, access times and the LRU touched;
 * :func:`decode` (outside the lock): the pages back, same-filled ones refilled
-  from their word.
+  from their word; :func:`decode_frame`, the same after a header in one bytes
+  object (the wire protocol's LOAD answer).
 
 :mod:`zswapd._batch` is the same four in Cython, one C loop per batch where
 this module runs one Python loop; :mod:`zswapd.fastpath` says which one runs.
@@ -34,7 +35,7 @@ __all__ = [
     "Raw",
     "add_entries",
     "decode",
-    "decode_into",
+    "decode_frame",
     "prepare",
     "read_entries",
     "split_pages",
@@ -193,13 +194,12 @@ def decode(
     return out
 
 
-def decode_into(
+def decode_frame(
     raw: Sequence[Raw],
     primary: Callable[[bytes, int], bytes],
     decompress: Callable[[int, bytes], bytes],
-    out: memoryview,
-) -> None:
-    """As :func:`decode`, the pages written one after another into ``out``
-    (``len(raw) * 4096`` bytes, checked by the caller)."""
-    for i, page in enumerate(decode(raw, primary, decompress)):
-        out[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] = page
+    header: bytes,
+) -> bytes:
+    """``header`` and the pages of ``raw`` after it, as one new bytes object
+    (a frontend's whole answer: written once, never joined again)."""
+    return b"".join([header, *decode(raw, primary, decompress)])

@@ -470,21 +470,17 @@ class PagePool:
         except compressors.CorruptDataError as exc:
             raise self._corrupt(exc) from exc
 
-    def load_into(self, handles: Sequence[int], out: memoryview) -> None:
-        """As :meth:`load`, the pages written one after another into ``out``
-        (exactly ``len(handles) * 4096`` writable bytes): a frontend's answer
-        assembled in place, with no list of pages to join.
+    def load_frame(self, handles: Sequence[int], header: bytes) -> bytes:
+        """As :meth:`load`, the pages after ``header`` in one new bytes object: a
+        frontend's whole answer, assembled once, with no list of pages to join.
 
         Raises:
-            ValueError: ``out`` is not that long.
-            StaleHandleError, CorruptObjectError, BackingIoError: as :meth:`load`
-                (``out`` may then hold some pages: the caller drops it).
+            StaleHandleError, CorruptObjectError, BackingIoError: as :meth:`load`.
         """
-        if out.nbytes != len(handles) * PAGE_SIZE:
-            raise ValueError(f"{out.nbytes} bytes of room for {len(handles)} pages")
         paths, raw = self._read(handles)
         try:
-            paths.decode_into(raw, self._comp.decompress, self._decompress, out)
+            answer: bytes = paths.decode_frame(raw, self._comp.decompress, self._decompress, header)
+            return answer
         except compressors.CorruptDataError as exc:
             raise self._corrupt(exc) from exc
 

@@ -54,7 +54,6 @@ __all__ = [
     "encode",
     "encode_error",
     "encode_header",
-    "frame_buffer",
     "hello_request",
     "parse_hello_reply",
 ]
@@ -133,14 +132,6 @@ class Frame:
 def encode_header(op: int, request_id: int, length: int, status: int = 0) -> bytes:
     """A frame header alone (send the payload after it without joining: no copy)."""
     return HEADER.pack(MAGIC, VERSION, op, 0, status, request_id, length)
-
-
-def frame_buffer(op: int, request_id: int, length: int, status: int = 0) -> bytearray:
-    """A whole frame's room, its header written, its ``length`` payload bytes zero:
-    an answer filled in place (a LOAD's pages) and written once, never joined."""
-    buf = bytearray(HEADER.size + length)
-    HEADER.pack_into(buf, 0, MAGIC, VERSION, op, 0, status, request_id, length)
-    return buf
 
 
 def encode(op: int, request_id: int, payload: bytes = b"", status: int = 0) -> bytes:

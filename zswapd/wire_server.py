@@ -54,7 +54,6 @@ from zswapd.offload import offload, run_in_thread, run_maintenance
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
 from zswapd.protocol import (
-    HEADER,
     INITIAL_BUFFER,
     RESPONSE,
     Frame,
@@ -64,7 +63,6 @@ from zswapd.protocol import (
     ProtocolError,
     encode_error,
     encode_header,
-    frame_buffer,
     refused,
 )
 
@@ -371,7 +369,7 @@ class WireConnection(asyncio.BufferedProtocol):
     def greeted(self) -> bool:
         return self.handshake.greeted
 
-    async def _answer(self, frame: Frame) -> tuple[bytes | bytearray, ...]:
+    async def _answer(self, frame: Frame) -> tuple[bytes, ...]:
         op, rid, payload = frame.op, frame.request_id, frame.payload
         hello = self.handshake.receive(frame)  # ProtocolError: closed by the caller
         if hello is not None:
@@ -401,13 +399,17 @@ class WireConnection(asyncio.BufferedProtocol):
             return (encode_error(op, rid, 500, "internal", f"{type(exc).__name__}: {exc}"),)
         return encode_header(op | RESPONSE, rid, len(body)), body
 
-    async def _load(self, rid: int, payload: bytes) -> bytearray:
-        """A LOAD's whole answer frame: the pages decompressed straight into it."""
+    async def _load(self, rid: int, payload: bytes) -> bytes:
+        """A LOAD's whole answer frame, its pages decompressed straight into it.
+
+        bytes, not a bytearray: the event loop's transport writes a bytearray
+        answer ~1.6x slower (measured: LOAD at 0.085 of lz4 decompress against
+        0.13), so the compiled loops fill a new bytes object before anyone sees it.
+        """
         pool = self.registry.get(self.pool_name)
         wanted = _handles(payload, self.settings.max_pages_per_request)
-        answer = frame_buffer(Op.LOAD | RESPONSE, rid, len(wanted) * PAGE_SIZE)
-        with memoryview(answer) as view:
-            await offload(len(wanted), pool.load_into, wanted, view[HEADER.size :])
+        header = encode_header(Op.LOAD | RESPONSE, rid, len(wanted) * PAGE_SIZE)
+        answer: bytes = await offload(len(wanted), pool.load_frame, wanted, header)
         return answer
 
     async def _dispatch(self, op: int, payload: bytes) -> bytes:

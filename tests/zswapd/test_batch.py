@@ -6,7 +6,7 @@ batches through zswapd.batch on one side and zswapd._batch on the other:
 splits of good and bad batches, stores of same-filled, compressible and
 incompressible pages (some refused midway by the budget or the page limit,
 and undone), loads of live, freed and forged handles (decoded into a list and
-in place into one buffer), frees.  After every step
+into one answer after a header), frees.  After every step
 the two must agree on everything: each call's value, or its error's type and
 message; the table's columns, the handle table's arrays, free chain and
 unused random words, the LRU ring, the budget, the allocator's class table.
@@ -177,10 +177,9 @@ class OneBehaviour(RuleBasedStateMachine):
             )
             other = lambda kind, d: LZ4.decompress(d, PAGE)  # noqa: E731
             pages = s.paths.decode(raw, LZ4.decompress, other)
-            # The same pages decoded in place, into one answer (the wire's LOAD).
-            answer = bytearray(len(raw) * PAGE)
-            s.paths.decode_into(raw, LZ4.decompress, other, memoryview(answer))
-            assert answer == b"".join(pages)
+            # The same pages after a header, in one answer (the wire's LOAD).
+            answer = s.paths.decode_frame(raw, LZ4.decompress, other, b"head")
+            assert type(answer) is bytes and answer == b"head" + b"".join(pages)
             return slots, raw, same, written, pages
 
         self.both(run)

@@ -22,7 +22,6 @@ from zswapd.protocol import (
     Op,
     ProtocolError,
     encode,
-    frame_buffer,
     hello_request,
     parse_hello_reply,
 )
@@ -188,17 +187,6 @@ def test_a_client_parser_takes_responses() -> None:
     with pytest.raises(ProtocolError):
         parser.feed(encode(Op.LOAD, 4))
         parser.next_frame()
-
-
-@given(st.integers(0, 4), st.integers(0, 2**32 - 1), st.binary(min_size=1, max_size=1))
-def test_an_answer_filled_in_place_is_the_frame_encode_makes(
-    pages: int, rid: int, fill: bytes
-) -> None:
-    # The wire's LOAD answer: a frame_buffer, its payload written after the header.
-    buf = frame_buffer(Op.LOAD | RESPONSE, rid, pages * 4096)
-    payload = fill * (pages * 4096)
-    buf[HEADER_SIZE:] = payload
-    assert bytes(buf) == encode(Op.LOAD | RESPONSE, rid, payload)
 
 
 @settings(max_examples=400, deadline=None)
