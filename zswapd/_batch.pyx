@@ -216,6 +216,10 @@ def add_entries(entries, list prepared, store, free, now):
         # The slots this batch appends, made now (the reference appends them one
         # by one): every page takes a slot, the free chain's first.
         grow = max(0, n - (have - 1 - table.live))
+        # reserve() made the columns this long; checked, since the C loop is not.
+        for column in entries._columns():
+            if len(column) < have + grow:
+                raise RuntimeError("the entry table's columns are shorter than its slots")
         if grow:
             loc_array.frombytes(bytes(8 * grow))
             gen_array.frombytes(bytes(8 * grow))
@@ -256,6 +260,7 @@ def read_entries(entries, handles, read, unsigned int now):
     cdef long long[:] loc = table._loc
     cdef unsigned long long[:] gen = table._gen
     cdef Py_ssize_t nslots = len(table._loc), i, n = len(handles), slot
+    cdef Py_ssize_t ncols = len(entries.obj)
     cdef uint64_t h
     cdef list slots = [], raw = []
     cdef Py_ssize_t same = 0, written = 0
@@ -267,6 +272,10 @@ def read_entries(entries, handles, read, unsigned int now):
             slot = h & SLOT
             if not slot or slot >= nslots or gen[slot] != h >> SLOT_BITS or loc[slot] < 0:
                 slot = entries.slot(handle)  # raises the reference's error
+        if not 0 < slot < ncols:
+            # A live handle past the columns: the reference's IndexError, never
+            # an unchecked read (the table keeps its columns at least that long).
+            raise IndexError(f"entry slot {slot} past the table's {ncols}")
         slots.append(slot)
     cdef unsigned long long[:] objs = entries.obj
     cdef unsigned short[:] clens = entries.clen
