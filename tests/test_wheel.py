@@ -59,6 +59,7 @@ def _install(tmp: Path, build_env: dict[str, str] | None = None) -> tuple[Path, 
             "*.handles",
             "*.so",
             "_zsmalloc.c",
+            "_batch.c",
         ),
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -136,13 +137,19 @@ assert pool.obj_read(h, 1024) == bytes(range(256)) * 4
 pool.free(h)
 print(allocator.describe())
 print(type(pool).__module__)
+from zswapd import fastpath
+print(fastpath.describe())
 """
 
 
 def test_the_wheel_carries_the_compiled_allocator(installed: Path) -> None:
     out = _run(installed, str(installed / "bin" / "python"), "-c", _PROBE)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["compiled (Cython)", "allocator._zsmalloc"]
+    assert out.stdout.split("\n")[:3] == [
+        "compiled (Cython)",
+        "allocator._zsmalloc",
+        "compiled (Cython)",  # the page store's loops, zswapd/_batch.pyx
+    ]
 
 
 def test_without_a_compiler_the_install_succeeds_and_runs_pure_python(
@@ -150,11 +157,12 @@ def test_without_a_compiler_the_install_succeeds_and_runs_pure_python(
 ) -> None:
     env_dir, log = installed_without_compiler
     assert "the compiled allocator was not built" in log
-    assert not list(env_dir.rglob("_zsmalloc*.so"))
+    assert not list(env_dir.rglob("_zsmalloc*.so")) and not list(env_dir.rglob("_batch*.so"))
     out = _run(env_dir, str(env_dir / "bin" / "python"), "-c", _PROBE)
     assert out.returncode == 0, out.stderr
-    said, module = out.stdout.split("\n")[:2]
+    said, module, store = out.stdout.split("\n")[:3]
     assert said.startswith("pure Python (not built: ") and module == "allocator.zsmalloc"
+    assert store.startswith("pure Python (not built: ")
     # The daemon starts, says which allocator runs and why, and stops cleanly.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ZSWAPD_PURE_PYTHON")}
     daemon = subprocess.Popen(
