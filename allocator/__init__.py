@@ -3,12 +3,17 @@
 Standalone: no I/O, nothing about compression.  ``ZsPool`` is the allocator;
 ``create(name)`` builds it or one of the kernel's older baselines (zbud, z3fold)
 behind the same interface.  The design is told in allocator/README.md.
+
+``ZsPool`` is the compiled pool (allocator/_zsmalloc.pyx) when it was built and
+``ZSWAPD_PURE_PYTHON`` is not ``1``, else the pure-Python reference
+(``allocator.zsmalloc.ZsPool``); ``ACCELERATED`` says which, ``describe()`` why.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from allocator.accelerated import ACCELERATED, ZsPool, describe
 from allocator.arena import PAGE_SIZE
 from allocator.base import Allocator
 from allocator.budget import PageBudget
@@ -24,9 +29,9 @@ from allocator.mapping import MapMode
 from allocator.stats import FULLNESS_LABELS, ClassStats, Fullness, PoolStats
 from allocator.z3fold import Z3foldPool
 from allocator.zbud import ZbudPool
-from allocator.zsmalloc import ZsPool
 
 __all__ = [
+    "ACCELERATED",
     "ALLOCATORS",
     "FULLNESS_LABELS",
     "PAGE_SIZE",
@@ -47,6 +52,7 @@ __all__ = [
     "ZbudPool",
     "ZsPool",
     "create",
+    "describe",
     "fit_class_sizes",
 ]
 

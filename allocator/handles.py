@@ -42,7 +42,15 @@ from collections.abc import Callable
 
 from allocator.errors import HandleTableFullError, InvalidHandleError
 
-__all__ = ["GEN_BITS", "MAX_SLOTS", "SLOT_BITS", "SLOT_BYTES", "SLOT_MASK", "HandleTable"]
+__all__ = [
+    "GEN_BITS",
+    "MAX_SLOTS",
+    "SLOT_BITS",
+    "SLOT_BYTES",
+    "SLOT_MASK",
+    "HandleTable",
+    "generation_source",
+]
 
 SLOT_BITS = 24
 GEN_BITS = 40
@@ -57,6 +65,26 @@ SLOT_BYTES = array("q").itemsize + array("Q").itemsize
 def _urandom_words() -> array[int]:
     """1,024 random 64-bit words from the kernel's randomness (one system call)."""
     return array("Q", os.urandom(8192))
+
+
+def generation_source(seed: int | None) -> Callable[[], array[int]]:
+    """What a handle table draws generations from, 1,024 words a call.
+
+    Generations must not be predictable from handles a client has seen (a
+    Mersenne Twister's could be), yet a system call per handle would cost more
+    than the rest of malloc: words of os.urandom, drawn 1,024 at a time.  With
+    a ``seed``, a reproducible stream instead (tests and benchmarks; the
+    compiled pool draws from the same source, so both issue the same handles).
+    """
+    if seed is None:
+        return _urandom_words
+    rng = random.Random(seed)
+
+    def seeded() -> array[int]:
+        # One call for 8 KiB: a word at a time cost half a microsecond a handle.
+        return array("Q", rng.randbytes(8192))
+
+    return seeded
 
 
 class HandleTable:
@@ -79,17 +107,7 @@ class HandleTable:
         self._loc = array("q", [0])
         self._gen = array("Q", [0])
         self._free = 0
-        # Generations must not be predictable from handles a client has seen (a
-        # Mersenne Twister's could be), yet a system call per handle would cost
-        # more than the rest of malloc: words of os.urandom, drawn 1,024 at a time.
-        self._refill: Callable[[], array[int]] = _urandom_words
-        if seed is not None:  # reproducible, for tests and benchmarks
-            rng = random.Random(seed)
-
-            def seeded() -> array[int]:
-                return array("Q", [rng.getrandbits(64) for _ in range(1024)])
-
-            self._refill = seeded
+        self._refill = generation_source(seed)
         self._random = self._refill()
         self.live = 0
 

@@ -1,12 +1,16 @@
 """The wheel is whole: built, installed into a fresh virtual environment away from
 the checkout, every subcommand answers --help (a package missing from the wheel
-fails its import there, as ``zswapd bench`` once did in the Docker image)."""
+fails its import there, as ``zswapd bench`` once did in the Docker image).
+
+It carries the compiled allocator when a C compiler is there, and installs all
+the same without one (CC=/bin/false: the build warns, the pure-Python allocator runs)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import venv
@@ -31,29 +35,39 @@ def _commands(
     return found
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv (no system site) holding the wheel and what it depends on.
+def _install(tmp: Path, build_env: dict[str, str] | None = None) -> tuple[Path, str]:
+    """Build the wheel (with ``build_env`` added to the environment) and install it
+    into a fresh venv (no system site) with what it depends on; (venv, build log).
 
     Its own pip installs the dependencies (from PyPI or pip's cache): a venv
     that saw the system's site-packages would have pip uninstall the checkout's
     editable install there.
     """
-    tmp = tmp_path_factory.mktemp("wheel")
-    # A copy without build/: setuptools would pack whatever an earlier build left there.
+    # A copy without build/ or built extensions: setuptools would pack whatever
+    # an earlier build left there.
     src = tmp / "src"
     shutil.copytree(
         REPO,
         src,
         ignore=shutil.ignore_patterns(
-            ".*", "build", "*.egg-info", "__pycache__", "venv", "*.pages", "*.handles"
+            ".*",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            "venv",
+            "*.pages",
+            "*.handles",
+            "*.so",
+            "_zsmalloc.c",
         ),
     )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp), str(src)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp), str(src)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
+        env={**env, **(build_env or {})},
     )
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = tmp.glob("zswapd-*.whl")
@@ -63,7 +77,20 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         env_dir, str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)
     )
     assert install.returncode == 0, install.stderr[-2000:]
+    return env_dir, build.stdout + build.stderr
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built as usual (with the system's C compiler), installed."""
+    env_dir, _ = _install(tmp_path_factory.mktemp("wheel"))
     return env_dir
+
+
+@pytest.fixture(scope="module")
+def installed_without_compiler(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The wheel built where the C compiler fails at once, installed; and its build log."""
+    return _install(tmp_path_factory.mktemp("wheel-cc-false"), {"CC": "/bin/false"})
 
 
 def _run(env_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -98,3 +125,55 @@ def test_every_subcommand_answers_help_from_the_wheel(installed: Path) -> None:
         if out.returncode != 0 or "usage:" not in out.stdout:
             failed.append((command, out.stderr[-500:]))
     assert not failed, failed
+
+
+# Run in the installed venv: which allocator runs, and a round trip through it.
+_PROBE = """
+import allocator
+pool = allocator.create("zsmalloc", seed=1)
+h = pool.store(bytes(range(256)) * 4)
+assert pool.obj_read(h, 1024) == bytes(range(256)) * 4
+pool.free(h)
+print(allocator.describe())
+print(type(pool).__module__)
+"""
+
+
+def test_the_wheel_carries_the_compiled_allocator(installed: Path) -> None:
+    out = _run(installed, str(installed / "bin" / "python"), "-c", _PROBE)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["compiled (Cython)", "allocator._zsmalloc"]
+
+
+def test_without_a_compiler_the_install_succeeds_and_runs_pure_python(
+    installed_without_compiler: tuple[Path, str],
+) -> None:
+    env_dir, log = installed_without_compiler
+    assert "the compiled allocator was not built" in log
+    assert not list(env_dir.rglob("_zsmalloc*.so"))
+    out = _run(env_dir, str(env_dir / "bin" / "python"), "-c", _PROBE)
+    assert out.returncode == 0, out.stderr
+    said, module = out.stdout.split("\n")[:2]
+    assert said.startswith("pure Python (not built: ") and module == "allocator.zsmalloc"
+    # The daemon starts, says which allocator runs and why, and stops cleanly.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ZSWAPD_PURE_PYTHON")}
+    daemon = subprocess.Popen(
+        [str(env_dir / "bin" / "zswapd"), "serve", "--http", "127.0.0.1:0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=env_dir,
+        env=env,
+    )
+    assert daemon.stderr is not None
+    lines = []
+    try:
+        for line in daemon.stderr:  # the banner ends with the HTTP line
+            lines.append(line.rstrip("\n"))
+            if "serving HTTP on" in line:
+                break
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0, lines
+    assert any("allocator: pure Python (not built: " in line for line in lines), lines

@@ -26,6 +26,7 @@ from typing import Any
 import prometheus_client
 import uvicorn
 
+import allocator
 from zswapd import __version__
 from zswapd.cli_format import algorithm, count, human, limit
 from zswapd.config import PoolConfig
@@ -344,9 +345,10 @@ def _limits_line(settings: ServerSettings, registry: PoolRegistry, token: str | 
 
 
 def _inventory(registry: PoolRegistry, devices: DeviceRegistry) -> list[str]:
-    """The banner's first lines: the version, then each pool and device as configured."""
+    """The banner's first lines: the version and which allocator runs (compiled or
+    pure Python, and why), then each pool and device as configured."""
     device_names = set(devices.names())
-    lines = [f"zswapd: zswapd {__version__}, pid {os.getpid()}"]
+    lines = [f"zswapd: zswapd {__version__}, pid {os.getpid()}, allocator: {allocator.describe()}"]
     for name in registry.names():
         if name in device_names:
             continue

@@ -5,7 +5,8 @@ handles refused without a change, a spent budget refused without a change and
 recovered by a free, mapped objects pinned, slot bounds enforced, huge objects
 alone on a page, ``store`` equal to ``malloc`` + ``obj_write``, and figures
 that add up.  Placement rules of each allocator are in its own test file; the
-random operation sequences in test_stateful.py.
+random operation sequences in test_stateful.py.  zsmalloc runs twice: as
+``allocator.create`` gives it (compiled when built) and as the pure-Python reference.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import os
 import pytest
 
 import allocator
-from allocator import AllocatorError, InvalidHandleError, MapMode, PoolFullError
+from allocator import AllocatorError, InvalidHandleError, MapMode, PoolFullError, zsmalloc
 
-pytestmark = pytest.mark.parametrize("name", allocator.ALLOCATORS)
+pytestmark = pytest.mark.parametrize("name", [*allocator.ALLOCATORS, "zsmalloc-pure"])
 
 
 def _pool(name: str, **options: object) -> allocator.Allocator:
+    if name == "zsmalloc-pure":
+        return zsmalloc.ZsPool(seed=0, **options)  # type: ignore[arg-type]
     return allocator.create(name, seed=0, **options)
 
 

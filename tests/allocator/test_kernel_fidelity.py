@@ -6,8 +6,9 @@ it printed mm_stat and zsmalloc's class table.  Here the same pages are
 compressed with python-zstandard at level 3, placed in a default ZsPool the way
 zram places them (same-filled pages take no memory; a page compressing to
 huge_class_size or more is stored raw, 4096 bytes), freed and compacted the same
-way.  python-zstandard's sizes differ from the kernel's for some pages (the
-kernel README: totals within 0.03%), so figures are compared within tolerances.
+way, on the pure-Python pool and on the compiled one.  python-zstandard's sizes
+differ from the kernel's for some pages (the kernel README: totals within
+0.03%), so figures are compared within tolerances.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 import pytest
 import zstandard
 
-from allocator import ZsPool
+from allocator.zsmalloc import ZsPool
+from tests.allocator.zspools import ZSPOOLS
 from tests.conftest import corpus_or_skip
 from tests.oracle import OBJ_ALLOCATED, PAGES_USED, parse_oracle, rows_diff
 
@@ -27,13 +29,14 @@ def _rows_diff(pool: ZsPool, kernel_rows: dict[int, list[int]], column: int) -> 
     return rows_diff(ours, kernel_rows, column)
 
 
+@pytest.mark.parametrize("zspool", ZSPOOLS)
 @pytest.mark.parametrize("program", PROGRAMS)
-def test_zram_placement_matches_the_kernel(program: str) -> None:
+def test_zram_placement_matches_the_kernel(program: str, zspool: type[ZsPool]) -> None:
     corpus = corpus_or_skip()
     oracle = parse_oracle(corpus / "kernel" / f"{program}.zstd.free3.txt")
     data = (corpus / f"{program}.pages").read_bytes()
     cctx = zstandard.ZstdCompressor(level=3)
-    pool = ZsPool(chain_size=8)
+    pool = zspool(chain_size=8)
     handles: dict[int, int] = {}
     same = huge = compr = 0
     for i in range(len(data) // 4096):

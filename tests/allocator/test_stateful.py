@@ -1,7 +1,9 @@
 """Every allocator against a dict model: whatever the order of operations, every
 live handle reads back exactly, freed handles raise, and the books balance.
 
-The same machine runs against zsmalloc (several configurations), zbud and z3fold.
+The same machine runs against zsmalloc (several configurations, on the compiled
+pool when built; the kernel's also on the pure-Python reference, and CI runs them
+all again with ZSWAPD_PURE_PYTHON=1), zbud and z3fold.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from hypothesis.stateful import (
 )
 
 import allocator
-from allocator import InvalidHandleError, MapMode, PoolFullError
+from allocator import InvalidHandleError, MapMode, PoolFullError, zsmalloc
 
 # Lengths that hit the interesting places: the smallest class, the kernel's
 # merged classes, objects that span pages, the edge of the huge class, a page.
@@ -41,13 +43,17 @@ class AllocatorMachine(RuleBasedStateMachine):
     """Runs one allocator configuration beside a ``{handle: bytes}`` model."""
 
     name = "zsmalloc"
+    pure = False
     options: ClassVar[dict[str, Any]] = {}
 
     handles = Bundle("handles")
 
     def __init__(self) -> None:
         super().__init__()
-        self.pool = allocator.create(self.name, max_pages=96, seed=7, **self.options)
+        if self.pure:
+            self.pool = zsmalloc.ZsPool(max_pages=96, seed=7, **self.options)
+        else:
+            self.pool = allocator.create(self.name, max_pages=96, seed=7, **self.options)
         self.model: dict[int, bytes] = {}
         self.freed: list[int] = []
         self.rng = random.Random(0)
@@ -131,8 +137,10 @@ class AllocatorMachine(RuleBasedStateMachine):
         assert self.pool.pages <= 96
 
 
-def _machine(name: str, **options: Any) -> type[AllocatorMachine]:
-    machine = type(f"{name}Machine", (AllocatorMachine,), {"name": name, "options": options})
+def _machine(name: str, pure: bool = False, **options: Any) -> type[AllocatorMachine]:
+    machine = type(
+        f"{name}Machine", (AllocatorMachine,), {"name": name, "pure": pure, "options": options}
+    )
     machine.TestCase.settings = settings(
         max_examples=100,
         stateful_step_count=60,
@@ -146,5 +154,6 @@ TestZsmallocKernel = _machine("zsmalloc").TestCase
 TestZsmallocChain4Cached = _machine("zsmalloc", chain_size=4, empty_cache=2).TestCase
 TestZsmallocHeaderless = _machine("zsmalloc", chain_size=16, header=0, class_step=8).TestCase
 TestZsmallocShortZspages = _machine("zsmalloc", short_zspages=True).TestCase
+TestZsmallocPure = _machine("zsmalloc", pure=True).TestCase
 TestZbud = _machine("zbud").TestCase
 TestZ3fold = _machine("z3fold").TestCase

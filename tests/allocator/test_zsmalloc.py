@@ -1,4 +1,7 @@
-"""ZsPool: spanning objects, map modes, chain sizes, budget, cache, huge class, RSS."""
+"""ZsPool: spanning objects, map modes, chain sizes, budget, cache, huge class, RSS.
+
+Every test runs on the pure-Python reference and on the compiled pool (zspools.py).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,14 @@ import random
 
 import pytest
 
-from allocator import AllocatorError, MapMode, PoolFullError, ZsPool
+from allocator import AllocatorError, MapMode, PoolFullError
 from allocator.handles import GEN_BITS, SLOT_BITS
 from allocator.stats import Fullness
+from allocator.zsmalloc import ZsPool
+from tests.allocator.zspools import ZSPOOLS
+
+# Each test takes ``zspool``: the class under test, pure or compiled.
+pytestmark = pytest.mark.parametrize("zspool", ZSPOOLS)
 
 
 def _spanning_handle(pool: ZsPool, size: int) -> int:
@@ -23,10 +31,10 @@ def _spanning_handle(pool: ZsPool, size: int) -> int:
     raise AssertionError("no spanning object found")
 
 
-def test_roundtrip_every_chain_size() -> None:
+def test_roundtrip_every_chain_size(zspool: type[ZsPool]) -> None:
     rng = random.Random(1)
     for chain in range(1, 17):
-        pool = ZsPool(chain_size=chain, seed=chain)
+        pool = zspool(chain_size=chain, seed=chain)
         objs = {}
         for _ in range(400):
             data = rng.randbytes(rng.randint(1, 4096))
@@ -39,8 +47,8 @@ def test_roundtrip_every_chain_size() -> None:
 
 
 @pytest.mark.parametrize("size", [200, 1100, 3000])
-def test_spanning_object_in_every_map_mode(size: int) -> None:
-    pool = ZsPool(seed=0)
+def test_spanning_object_in_every_map_mode(size: int, zspool: type[ZsPool]) -> None:
+    pool = zspool(seed=0)
     h = _spanning_handle(pool, size)
     data = os.urandom(size)
     with pool.map(h, MapMode.WO) as buf:
@@ -59,8 +67,10 @@ def test_spanning_object_in_every_map_mode(size: int) -> None:
     assert changed[1:-1] == data[1:-1]
 
 
-def test_write_only_mapping_skips_copy_in_and_read_only_skips_copy_back() -> None:
-    pool = ZsPool(seed=0)
+def test_write_only_mapping_skips_copy_in_and_read_only_skips_copy_back(
+    zspool: type[ZsPool],
+) -> None:
+    pool = zspool(seed=0)
     h = _spanning_handle(pool, 1100)
     pool.obj_write(h, b"\x11" * 1100)
     with pool.map(h, MapMode.WO) as buf:
@@ -72,8 +82,8 @@ def test_write_only_mapping_skips_copy_in_and_read_only_skips_copy_back() -> Non
         buf[0] = 1
 
 
-def test_object_inside_one_page_maps_without_copy() -> None:
-    pool = ZsPool(seed=0)
+def test_object_inside_one_page_maps_without_copy(zspool: type[ZsPool]) -> None:
+    pool = zspool(seed=0)
     h = pool.malloc(100)
     with pool.map(h, MapMode.RW) as buf:
         assert buf.obj is pool._arena._map  # a view of the arena itself
@@ -81,8 +91,8 @@ def test_object_inside_one_page_maps_without_copy() -> None:
     assert pool.obj_read(h, 3) == b"abc"
 
 
-def test_mapping_is_released_at_unmap() -> None:
-    pool = ZsPool(seed=0)
+def test_mapping_is_released_at_unmap(zspool: type[ZsPool]) -> None:
+    pool = zspool(seed=0)
     h = pool.malloc(100)
     with pool.map(h, MapMode.RW) as buf:
         pass
@@ -90,8 +100,8 @@ def test_mapping_is_released_at_unmap() -> None:
         buf[0] = 1
 
 
-def test_free_while_mapped_is_refused_and_compaction_waits() -> None:
-    pool = ZsPool(seed=0)
+def test_free_while_mapped_is_refused_and_compaction_waits(zspool: type[ZsPool]) -> None:
+    pool = zspool(seed=0)
     hs = [pool.malloc(500) for _ in range(100)]
     for h in hs[::2]:
         pool.free(h)
@@ -103,8 +113,8 @@ def test_free_while_mapped_is_refused_and_compaction_waits() -> None:
     pool.check_invariants()
 
 
-def test_page_budget_exhausted_changes_nothing_and_recovers() -> None:
-    pool = ZsPool(chain_size=8, max_pages=16, seed=0)
+def test_page_budget_exhausted_changes_nothing_and_recovers(zspool: type[ZsPool]) -> None:
+    pool = zspool(chain_size=8, max_pages=16, seed=0)
     live = []
     with pytest.raises(PoolFullError):
         while True:
@@ -121,9 +131,9 @@ def test_page_budget_exhausted_changes_nothing_and_recovers() -> None:
     pool.check_invariants()
 
 
-def test_shorter_zspage_when_budget_cannot_supply_a_whole_one() -> None:
-    strict = ZsPool(chain_size=8, max_pages=3, seed=0)
-    short = ZsPool(chain_size=8, max_pages=3, short_zspages=True, seed=0)
+def test_shorter_zspage_when_budget_cannot_supply_a_whole_one(zspool: type[ZsPool]) -> None:
+    strict = zspool(chain_size=8, max_pages=3, seed=0)
+    short = zspool(chain_size=8, max_pages=3, short_zspages=True, seed=0)
     with pytest.raises(PoolFullError):
         strict.malloc(3600)  # its class (3632) wants an 8-page zspage
     h = short.malloc(3600)
@@ -135,8 +145,8 @@ def test_shorter_zspage_when_budget_cannot_supply_a_whole_one() -> None:
     short.check_invariants()
 
 
-def test_empty_zspage_cache_keeps_pages_for_reuse() -> None:
-    pool = ZsPool(empty_cache=1, seed=0)
+def test_empty_zspage_cache_keeps_pages_for_reuse(zspool: type[ZsPool]) -> None:
+    pool = zspool(empty_cache=1, seed=0)
     h = pool.malloc(100)
     pages = pool.pages
     pool.free(h)
@@ -147,13 +157,13 @@ def test_empty_zspage_cache_keeps_pages_for_reuse() -> None:
     assert pool.pages == pages
     pool.free(h)
     assert pool.compact() == pages and pool.pages == 0
-    uncached = ZsPool(seed=0)
+    uncached = zspool(seed=0)
     uncached.free(uncached.malloc(100))
     assert uncached.pages == 0
 
 
-def test_empty_cache_yields_to_the_page_budget() -> None:
-    pool = ZsPool(empty_cache=4, max_pages=2, seed=0)
+def test_empty_cache_yields_to_the_page_budget(zspool: type[ZsPool]) -> None:
+    pool = zspool(empty_cache=4, max_pages=2, seed=0)
     pool.free(pool.malloc(24))  # class 32: a one-page zspage, kept when emptied
     pool.free(pool.malloc(56))  # class 64: likewise
     assert pool.pages == 2
@@ -163,8 +173,8 @@ def test_empty_cache_yields_to_the_page_budget() -> None:
     pool.check_invariants()
 
 
-def test_huge_class_object_fills_its_page() -> None:
-    pool = ZsPool(seed=0)
+def test_huge_class_object_fills_its_page(zspool: type[ZsPool]) -> None:
+    pool = zspool(seed=0)
     data = os.urandom(4096)
     h = pool.malloc(4096)
     pool.obj_write(h, data)
@@ -181,8 +191,8 @@ def test_huge_class_object_fills_its_page() -> None:
     pool.check_invariants()
 
 
-def test_compaction_moves_objects_and_keeps_handles() -> None:
-    pool = ZsPool(seed=0)
+def test_compaction_moves_objects_and_keeps_handles(zspool: type[ZsPool]) -> None:
+    pool = zspool(seed=0)
     rng = random.Random(3)
     objs = {}
     for _ in range(3000):
@@ -209,8 +219,8 @@ def _rss() -> int:
         return int(f.read().split()[1]) * 4096
 
 
-def test_rss_follows_total_size_up_and_down() -> None:
-    pool = ZsPool(seed=0)
+def test_rss_follows_total_size_up_and_down(zspool: type[ZsPool]) -> None:
+    pool = zspool(seed=0)
     base = _rss()
     hs = []
     for _ in range(20_000):
@@ -226,8 +236,8 @@ def test_rss_follows_total_size_up_and_down() -> None:
     assert _rss() - base < 0.1 * grown
 
 
-def test_class_stats_add_up_to_the_pool() -> None:
-    pool = ZsPool(seed=0)
+def test_class_stats_add_up_to_the_pool(zspool: type[ZsPool]) -> None:
+    pool = zspool(seed=0)
     for n in range(1, 4097, 7):
         pool.malloc(n)
     rows = pool.class_stats()
@@ -238,8 +248,8 @@ def test_class_stats_add_up_to_the_pool() -> None:
         assert r.pages_used == sum(r.zspages) * r.pages_per_zspage
 
 
-def test_handles_cannot_be_walked_by_counting() -> None:
-    pool = ZsPool()  # unseeded: generations from os.urandom
+def test_handles_cannot_be_walked_by_counting(zspool: type[ZsPool]) -> None:
+    pool = zspool()  # unseeded: generations from os.urandom
     seen = []
     for _ in range(200):
         h = pool.malloc(100)

@@ -73,6 +73,8 @@ def test_bench_allocator_json_has_every_field(tmp_path: Path) -> None:
         "store",
         "map_read_free",
         "obj_read_free",
+        "malloc_write_pure",
+        "store_pure",
     }
     assert all(v > 0 for v in speed["rates_per_s"].values())
     assert result["rss"]["objects"] == 2000

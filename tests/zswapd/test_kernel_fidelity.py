@@ -6,13 +6,16 @@ then compaction; mm_stat and the class table compared at each stage.  lz4 is
 compared too, on mm_stat only and more loosely: python-lz4's output differs
 from the kernel's lz4 page by page (the kernel README: -0.6% to +1.2% in total),
 which moves objects between neighbouring classes (on postgresql's uniform pages,
-most of them), so its class rows cannot be compared.
+most of them), so its class rows cannot be compared.  Both ZsPools, pure and
+compiled, are run.
 """
 
 from __future__ import annotations
 
 import pytest
 
+import allocator
+from tests.allocator.zspools import ZSPOOLS
 from tests.conftest import corpus_or_skip
 from tests.oracle import OBJ_ALLOCATED, PAGES_USED, parse_oracle, rows_diff
 from zswapd.config import PoolConfig
@@ -23,14 +26,20 @@ from zswapd.pool import PagePool
 TOLERANCE = {"zstd": (0.005, 0.10, 0.02, 0.03), "lz4": (0.015, 0.10, 0.04, 0.04)}
 
 
+@pytest.mark.parametrize("zspool", ZSPOOLS)
 @pytest.mark.parametrize("algo", ["zstd", "lz4"])
 @pytest.mark.parametrize("program", ["redis", "postgresql", "python3"])
-def test_mm_stat_and_classes_agree_with_the_kernel(program: str, algo: str) -> None:
+def test_mm_stat_and_classes_agree_with_the_kernel(
+    program: str, algo: str, zspool: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
     corpus = corpus_or_skip()
+    # The page store's allocator.create("zsmalloc"), on the pure pool and the compiled one.
+    monkeypatch.setattr(allocator, "ZsPool", zspool)
     oracle = parse_oracle(corpus / "kernel" / f"{program}.{algo}.free3.txt")
     compr_tol, huge_tol, mem_written, mem_later = TOLERANCE[algo]
     config = PoolConfig() if algo == "zstd" else PoolConfig(compressor="lz4")
     pool = PagePool(program, config)
+    assert type(pool._alloc) is zspool
     pages = list(iter_pages(corpus / f"{program}.pages"))
     handles = []
     for i in range(0, len(pages), 512):  # file order, in batches

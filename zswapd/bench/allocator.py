@@ -28,7 +28,7 @@ from typing import Any
 import lz4.block
 
 import allocator
-from allocator import MapMode, PoolFullError, fit_class_sizes
+from allocator import MapMode, PoolFullError, fit_class_sizes, zsmalloc
 from zswapd.bench.stats import each, format_table, rss_bytes, timed_rate
 from zswapd.corpus import PAGE_SIZE, is_same_filled
 from zswapd.malloc import trim
@@ -171,13 +171,22 @@ def speed(work: Workload, repeats: int, seed: int) -> dict[str, Any]:
     Each repeat times lz4 compress and decompress of the pages, then, on fresh
     pools, the store paths (malloc + obj_write as two calls; the fused store)
     and the load paths (map RO + copy + free; obj_read + free).  Ratios are
-    taken within a repeat, then the median over repeats is reported.
+    taken within a repeat, then the median over repeats is reported.  The pool
+    is ``allocator.ZsPool`` (compiled when built); the pure-Python reference's
+    store paths are timed in the same repeats (``_pure``), for comparison.
     """
     huge = allocator.ZsPool(seed=seed).huge_class_size
     payloads = [c if len(c) < huge else p for c, p in zip(work.compressed, work.pages, strict=True)]
     pages = work.pages
     count = len(pages)
-    ops = ("malloc_write", "store", "map_read_free", "obj_read_free")
+    ops = (
+        "malloc_write",
+        "store",
+        "map_read_free",
+        "obj_read_free",
+        "malloc_write_pure",
+        "store_pure",
+    )
     rates: dict[str, list[float]] = {k: [] for k in ("lz4_compress", "lz4_decompress", *ops)}
     compress, decompress = lz4.block.compress, lz4.block.decompress
 
@@ -201,15 +210,21 @@ def speed(work: Workload, repeats: int, seed: int) -> dict[str, Any]:
             read(h, len(data))
             free(h)
 
-    def pool_paths(pool_seed: int) -> None:
-        pool = allocator.ZsPool(seed=pool_seed)
+    def pool_paths(pool_seed: int, make: type[allocator.ZsPool], suffix: str = "") -> None:
+        pool = make(seed=pool_seed)
         held: list[int] = []
-        rates["malloc_write"].append(timed_rate(lambda: held.extend(malloc_write(pool)), count))
-        rates["map_read_free"].append(timed_rate(lambda: map_read_free(pool, held), count))
-        fused = allocator.ZsPool(seed=pool_seed)
+        rates["malloc_write" + suffix].append(
+            timed_rate(lambda: held.extend(malloc_write(pool)), count)
+        )
+        if not suffix:
+            rates["map_read_free"].append(timed_rate(lambda: map_read_free(pool, held), count))
+        fused = make(seed=pool_seed)
         kept: list[int] = []
-        rates["store"].append(timed_rate(lambda: kept.extend(map(fused.store, payloads)), count))
-        rates["obj_read_free"].append(timed_rate(lambda: obj_read_free(fused, kept), count))
+        rates["store" + suffix].append(
+            timed_rate(lambda: kept.extend(map(fused.store, payloads)), count)
+        )
+        if not suffix:
+            rates["obj_read_free"].append(timed_rate(lambda: obj_read_free(fused, kept), count))
 
     for r in range(repeats):
         rates["lz4_compress"].append(
@@ -220,7 +235,8 @@ def speed(work: Workload, repeats: int, seed: int) -> dict[str, Any]:
                 lambda: each(partial(decompress, uncompressed_size=4096), work.compressed), count
             )
         )
-        pool_paths(seed + r)
+        pool_paths(seed + r, allocator.ZsPool)
+        pool_paths(seed + r, zsmalloc.ZsPool, "_pure")
     ratios = {
         k: statistics.median(v / c for v, c in zip(rates[k], rates["lz4_compress"], strict=True))
         for k in ops
@@ -228,6 +244,7 @@ def speed(work: Workload, repeats: int, seed: int) -> dict[str, Any]:
     return {
         "pages": count,
         "repeats": repeats,
+        "allocator": allocator.describe(),
         "rates_per_s": {k: statistics.median(v) for k, v in rates.items()},
         "ratio_to_lz4_compress": ratios,
     }
@@ -370,7 +387,8 @@ def render(result: dict[str, Any]) -> str:
     sp = result["speed"]
     out.append(
         f"speed on {sp['pages']} pages, median of {sp['repeats']} runs, "
-        "ratio = rate / lz4.block.compress rate in the same run"
+        "ratio = rate / lz4.block.compress rate in the same run; "
+        f"allocator {sp.get('allocator', 'pure Python')}, _pure: the pure-Python reference"
     )
     out.append(
         format_table(

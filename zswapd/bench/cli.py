@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import allocator
 from zswapd.cli_format import positive_int
 from zswapd.corpus import load_pages
 
@@ -42,6 +43,8 @@ def _progress(args: argparse.Namespace) -> Callable[[str], None]:
 
 def _emit(args: argparse.Namespace, result: dict[str, Any], render: Callable[..., str]) -> int:
     result["corpus_files"] = args.corpus_files
+    # Which ZsPool ran (compiled or pure, and why): every figure depends on it.
+    result["allocator"] = allocator.describe()
     if getattr(args, "plot", None):
         from zswapd.bench.plots import plot
 
@@ -55,6 +58,7 @@ def _emit(args: argparse.Namespace, result: dict[str, Any], render: Callable[...
         json.dump(result, sys.stdout, indent=2)
         print()
     else:
+        print(f"allocator: {result['allocator']}")
         print(render(result))
     return 0
 
