@@ -27,7 +27,8 @@ def _extensions() -> list[Extension]:
         print("zswapd: Cython not found; using the pure-Python compressors", file=sys.stderr)
         return []
     exts = [
-        Extension(name, [src], extra_compile_args=["-O3"]) for name, src in ACCELERATORS.items()
+        Extension(name, [src], extra_compile_args=["-O3", "-g0"])
+        for name, src in ACCELERATORS.items()
     ]
     try:
         return list(cythonize(exts, language_level=3, quiet=True))
