@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from types import ModuleType
 
 import lz4.block
@@ -14,7 +18,7 @@ from hypothesis import strategies as st
 import compressors
 from compressors import lz4k
 from compressors.backend_lz4k import Lz4K
-from tests.conftest import corpus_or_skip
+from tests.conftest import REPO, corpus_or_skip
 from zswapd.corpus import iter_pages
 
 PROGRAMS = ["redis", "postgresql", "python3"]
@@ -118,3 +122,45 @@ def test_registered_as_lz4k_with_its_version() -> None:
     assert "Linux 6.12" in comp.version
     page = (b"zswapd lz4k " * 400)[:4096]
     assert comp.decompress(comp.compress(page), 4096) == page
+
+
+def _implementation(pythonpath: Path, **env: str) -> str:
+    run = subprocess.run(
+        [sys.executable, "-c", "import compressors; print(compressors.get('lz4k').version)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=pythonpath,  # python -c looks in its working directory first
+        env={
+            **{k: v for k, v in os.environ.items() if k != "ZSWAPD_PURE_PYTHON"},
+            **env,
+            "PYTHONPATH": str(pythonpath),
+        },
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def test_a_failed_build_installs_the_pure_reference(tmp_path: Path) -> None:
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, tmp_path)
+    shutil.copytree(
+        REPO / "compressors", tmp_path / "compressors", ignore=shutil.ignore_patterns("*.so", "*.c")
+    )
+    build = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CC": "/bin/false"},
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert not list((tmp_path / "compressors").glob("*.so"))
+    assert "(pure Python)" in _implementation(tmp_path)
+
+
+def test_zswapd_pure_python_forces_the_reference() -> None:
+    _compiled()
+    assert "(compiled)" in _implementation(REPO)
+    assert "(pure Python)" in _implementation(REPO, ZSWAPD_PURE_PYTHON="1")
