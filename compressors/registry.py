@@ -15,6 +15,7 @@ __all__ = ["available", "get"]
 _BACKENDS = {
     "lz4": ("compressors.backend_lz4", "Lz4"),
     "lz4hc": ("compressors.backend_lz4", "Lz4HC"),
+    "lz4k": ("compressors.backend_lz4k", "Lz4K"),
     "zstd": ("compressors.backend_zstd", "Zstd"),
     "deflate": ("compressors.backend_deflate", "Deflate"),
     "lzo": ("compressors.backend_lzo", "Lzo"),

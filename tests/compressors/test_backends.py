@@ -15,6 +15,7 @@ from zswapd.corpus import iter_pages
 
 OPTION_SETS = {
     "lz4": [{}, {"acceleration": 8}],
+    "lz4k": [{}, {"acceleration": 8}],
     "lz4hc": [{}, {"level": 1}, {"level": 12}],
     "zstd": [{}, {"level": 1}, {"level": -5}, {"level": 19}],
     "deflate": [{}, {"level": 1}, {"level": 9}],
