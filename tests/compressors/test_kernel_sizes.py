@@ -1,6 +1,7 @@
-"""lz4k compresses every corpus page to the size a real Linux 6.12 zram's lz4 did.
+"""lz4 and zstd compress every corpus page to the size Linux 6.12 zram's did.
 
-../shared/corpus/kernel/<program>.lz4.perpage.txt has, for every page of
+lz4 is compressors.lz4k (the kernel's 1.8-series choices), zstd libzstd 1.5.6.
+../shared/corpus/kernel/<program>.<algo>.perpage.txt has, for every page of
 <program>.pages, the kernel's compressed size and what zram did with the page:
 ``comp`` (kept compressed: the size must be equal), ``same`` (a repeated 8-byte
 word, never compressed: ours must see one too) or ``huge`` (recorded as 4096, the
@@ -28,18 +29,18 @@ HUGE_CLASS_SIZE = ZsPool(chain_size=8).huge_class_size
 Compress = Callable[[bytes, int], bytes]
 
 
-def _kernel_sizes(corpus: Path, program: str) -> list[tuple[int, str]]:
+def _kernel_sizes(corpus: Path, program: str, algo: str) -> list[tuple[int, str]]:
     rows = []
-    for line in (corpus / "kernel" / f"{program}.lz4.perpage.txt").read_text().splitlines():
+    for line in (corpus / "kernel" / f"{program}.{algo}.perpage.txt").read_text().splitlines():
         index, size, kind = line.split()
         assert int(index) == len(rows)
         rows.append((int(size), kind))
     return rows
 
 
-def _mismatches(program: str, compress: Compress, step: int = 1) -> list[str]:
+def _mismatches(program: str, compress: Compress, step: int = 1, algo: str = "lz4") -> list[str]:
     corpus = corpus_or_skip()
-    kernel = _kernel_sizes(corpus, program)
+    kernel = _kernel_sizes(corpus, program, algo)
     pages = list(iter_pages(corpus / f"{program}.pages"))
     assert len(pages) == len(kernel)
     wrong = []
@@ -57,7 +58,7 @@ def _mismatches(program: str, compress: Compress, step: int = 1) -> list[str]:
 
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_every_page_has_the_kernels_compressed_size(program: str) -> None:
-    comp = compressors.get("lz4k")
+    comp = compressors.get("lz4")
 
     def compress(page: bytes, acceleration: int) -> bytes:
         assert acceleration == 1  # the kernel's default, and the backend's
@@ -73,4 +74,16 @@ def test_every_page_has_the_kernels_compressed_size(program: str) -> None:
 def test_the_pure_reference_has_the_kernels_sizes_too(program: str) -> None:
     # Every 61st page: the reference runs at Python speed.
     wrong = _mismatches(program, lz4k.compress, step=61)
+    assert not wrong, f"{program}: {len(wrong)} pages differ, first {wrong[:5]}"
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_zstd_gives_every_page_the_kernels_compressed_size(program: str) -> None:
+    comp = compressors.get("zstd")
+    assert comp.kernel_exact, comp.fidelity  # libzstd 1.5.6 (python-zstandard 0.23)
+
+    def compress(page: bytes, level: int) -> bytes:
+        return comp.compress(page)
+
+    wrong = _mismatches(program, compress, algo="zstd")
     assert not wrong, f"{program}: {len(wrong)} pages differ, first {wrong[:5]}"
