@@ -23,6 +23,7 @@ __all__ = [
     "BdStat",
     "ClassRow",
     "CompactResult",
+    "CompressorOut",
     "DeviceCreated",
     "DeviceList",
     "DeviceSettings",
@@ -316,6 +317,17 @@ class MetadataFigures(BaseModel):
     bytes: Int64 = Field(description="what the table charges the server's memory limit")
 
 
+class CompressorOut(BaseModel):
+    """What compresses the pool's pages, and whether its sizes are the kernel's."""
+
+    name: str
+    version: str = Field(description='what makes its output, e.g. "libzstd 1.5.6 (...)"')
+    kernel_exact: bool = Field(description="every page gets the kernel's compressed size")
+    fidelity: str = Field(
+        description='"exact for Linux 6.12", or "not kernel-exact: " and the reason'
+    )
+
+
 class RecompressCounters(BaseModel):
     attempts: Int64
     recompressed_pages: Int64
@@ -351,6 +363,7 @@ class ClassRow(BaseModel):
 class PoolStatsOut(BaseModel):
     pool: str
     config: PoolConfigOut
+    compressor: CompressorOut
     huge_class_size: Int64
     mm_stat: MmStat
     zswap: ZswapCounters
@@ -415,6 +428,7 @@ class DeviceStatsOut(BaseModel):
     device: str
     size: Int64 = Field(description="bytes")
     nbd: str | None = Field(description=_NBD_DESCRIPTION)
+    compressor: CompressorOut
     mm_stat: MmStat
     io_stat: IoStat
     bd_stat: BdStat
