@@ -303,10 +303,12 @@ class PagePool:
         with self._lock:
             config = dataclasses.replace(self.config, **changes)
             if (config.alloc_max_pages or self._unlimited_pages) > self._arena_pages:
+                # The arena holds the limit plus one zspage (alloc_max_pages).
+                most = (self._arena_pages - config.chain_size) * PAGE_SIZE
                 raise ConfigError(
-                    f"pool {self.name!r} reserved room for {self._arena_pages * PAGE_SIZE} "
-                    "bytes when it was made: its limit_bytes can be lowered, or raised up "
-                    "to that, not past it (make a new pool for more)"
+                    f"pool {self.name!r} reserved room for {most} bytes when it was "
+                    "made: its limit_bytes can be lowered, or raised up to that, not "
+                    "past it (make a new pool for more)"
                 )
             if self.config.alloc_max_pages != config.alloc_max_pages:
                 self._alloc.set_max_pages(config.alloc_max_pages)
