@@ -26,7 +26,10 @@ stronger one (zstd at a high level), the *secondary*:
   zram marks it only once every secondary has failed;
 - every page tried loses its idle mark (its access time becomes now), as
   zram clears ZRAM_IDLE of each page it reads to recompress;
-- mem_used_max does not move: zram's recompression does not update it.
+- mem_used_max does not move: zram's recompression does not update it;
+- unlike zram's, it keeps the pool's limit: a new object that would leave
+  the pool past it is given back (``alloc_failed``), so a pool never ends an
+  operation holding more than its limit.
 
 Each page is read under the pool's lock, recompressed outside it, and put
 back under it only if its entry did not change meanwhile.
@@ -185,6 +188,13 @@ def recompress(
             try:
                 new_obj = pool._alloc.store(new)
             except PoolFullError:
+                result["alloc_failed"] += 1
+                continue
+            limit = pool.config.limit_pages
+            if limit is not None and pool._alloc.total_size_bytes > limit * PAGE_SIZE:
+                # zram's recompression allocates without looking at mem_limit;
+                # here a pool never ends an operation past its limit.
+                pool._alloc.free(new_obj)
                 result["alloc_failed"] += 1
                 continue
             # zram's recompress_slot does not call update_used_max: the moment
