@@ -122,7 +122,9 @@ class RecompressRequest(BaseModel):
     level: JsonInt32 | None = None
     idle_seconds: JsonFloat = Field(default=0, ge=0)
     threshold: Annotated[int, Ge(1), NOT_BOOL, INT64] | None = Field(
-        default=None, description="bytes: keep only results smaller than this"
+        default=None,
+        description="bytes, zram's: objects smaller are skipped, results must be smaller; "
+        "below huge_class_size (400 otherwise)",
     )
 
 
