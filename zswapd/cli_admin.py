@@ -123,6 +123,10 @@ def _details(stats: dict[str, Any]) -> list[str]:
             f"pool {stats['pool']}: {algorithm(cfg)}, {cfg['allocator']} chain "
             f"{cfg['chain_size']}, huge from {stats['huge_class_size']} bytes"
         )
+    comp = stats.get("compressor")
+    if comp is not None:
+        # Which kernel's figures these are (or why they are not any kernel's).
+        lines.append(f"compressor {comp['name']}: {comp['version']}; {comp['fidelity']}")
     lines.append("mm_stat: " + " ".join(f"{k}={v}" for k, v in mm.items()))
     if "io_stat" in stats:
         lines.append("io_stat: " + " ".join(f"{k}={v}" for k, v in stats["io_stat"].items()))

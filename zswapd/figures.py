@@ -21,6 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import compressors
 from allocator import FULLNESS_LABELS, ClassStats
 from zswapd.backing import unpack
 from zswapd.config import PoolConfig
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BackingFigures",
     "BdStat",
+    "CompressorFigures",
     "MetadataFigures",
     "MmStat",
     "PoolFigures",
@@ -42,6 +44,7 @@ __all__ = [
     "bd_stat",
     "check_invariants",
     "class_row",
+    "compressor_figures",
     "mm_stat",
     "server_figures",
     "stats",
@@ -79,6 +82,22 @@ class ZswapFigures:
     reject_reclaim_fail: int
     written_back_pages: int
     decompress_fail: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompressorFigures:
+    """What compresses the pool's pages, and whether its sizes are the kernel's.
+
+    ``fidelity`` is ``"exact for Linux 6.12"`` when every page gets the
+    compressed size that kernel's zram gives it (then, pages stored one at a
+    time, mm_stat and the class table are that kernel's too), else
+    ``"not kernel-exact: <why>"``.
+    """
+
+    name: str
+    version: str
+    kernel_exact: bool
+    fidelity: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +189,7 @@ class PoolFigures:
 
     pool: str
     config: PoolConfig
+    compressor: CompressorFigures
     huge_class_size: int
     mm_stat: MmStat
     zswap: ZswapFigures
@@ -187,6 +207,7 @@ class PoolFigures:
         return {
             "pool": self.pool,
             "config": self.config.to_dict(),
+            "compressor": group(self.compressor),
             "huge_class_size": self.huge_class_size,
             "mm_stat": group(self.mm_stat),
             "zswap": group(self.zswap),
@@ -219,7 +240,8 @@ def _mm_stat(pool: PagePool) -> MmStat:
         orig_data_size=len(pool._entries) * PAGE_SIZE,
         compr_data_size=pool._compr_data_size,
         mem_used_total=alloc.total_size_bytes,
-        mem_limit=pool.config.limit_bytes,
+        # zram shows the limit it enforces: whole pages, rounded up.
+        mem_limit=(pool.config.limit_pages or 0) * PAGE_SIZE,
         mem_used_max=pool._mem_used_max,
         same_pages=pool._same_pages,
         pages_compacted=alloc.pages_compacted,
@@ -238,6 +260,13 @@ def bd_stat(pool: PagePool) -> BdStat:
 def _bd_stat(pool: PagePool) -> BdStat:
     c = pool.counters
     return BdStat(bd_count=pool._written, bd_reads=c.bd_reads, bd_writes=c.bd_writes)
+
+
+def compressor_figures(comp: compressors.Compressor) -> CompressorFigures:
+    """Its name, what makes its output, and whether that is the kernel's."""
+    return CompressorFigures(
+        name=comp.name, version=comp.version, kernel_exact=comp.kernel_exact, fidelity=comp.fidelity
+    )
 
 
 def server_figures(pool: PagePool) -> ServerFigures:
@@ -282,6 +311,7 @@ def stats(pool: PagePool) -> PoolFigures:
         return PoolFigures(
             pool=pool.name,
             config=pool.config,
+            compressor=compressor_figures(pool._comp),
             huge_class_size=pool.huge_class_size,
             mm_stat=mm,
             zswap=ZswapFigures(

@@ -217,7 +217,7 @@ class PagePool:
         self._alloc = self.config.make_allocator(budget=budget, arena_pages=arena_pages)
         # Pages of address space reserved (as make_allocator reserved them): a
         # limit set live cannot go past it, and must not claim to.
-        limit = self.config.limit_pages
+        limit = self.config.alloc_max_pages
         self._arena_pages = arena_capacity(
             limit, min(arena_pages, limit) if arena_pages and limit else arena_pages
         )
@@ -302,14 +302,16 @@ class PagePool:
             raise ConfigError(f"cannot change {', '.join(sorted(other))} of a live pool")
         with self._lock:
             config = dataclasses.replace(self.config, **changes)
-            if (config.limit_pages or self._unlimited_pages) > self._arena_pages:
+            if (config.alloc_max_pages or self._unlimited_pages) > self._arena_pages:
+                # The arena holds the limit plus one zspage (alloc_max_pages).
+                most = (self._arena_pages - config.chain_size) * PAGE_SIZE
                 raise ConfigError(
-                    f"pool {self.name!r} reserved room for {self._arena_pages * PAGE_SIZE} "
-                    "bytes when it was made: its limit_bytes can be lowered, or raised up "
-                    "to that, not past it (make a new pool for more)"
+                    f"pool {self.name!r} reserved room for {most} bytes when it was "
+                    "made: its limit_bytes can be lowered, or raised up to that, not "
+                    "past it (make a new pool for more)"
                 )
-            if self.config.limit_pages != config.limit_pages:
-                self._alloc.set_max_pages(config.limit_pages)
+            if self.config.alloc_max_pages != config.alloc_max_pages:
+                self._alloc.set_max_pages(config.alloc_max_pages)
             self.config = config
             self._limit_latched = False
 
@@ -431,7 +433,8 @@ class PagePool:
         self._admit()
         now = self._now()
         handles: list[int] = []
-        entries, store = self._entries, self._alloc.store
+        entries, store, alloc = self._entries, self._alloc.store, self._alloc
+        limit = self.config.limit_pages
         same = compr = 0
         try:
             # The entries' slots first: a table the budget cannot grow
@@ -444,6 +447,14 @@ class PagePool:
                 else:
                     # payload is the compressed bytes unless the page is SAME.
                     obj = store(payload)  # type: ignore[arg-type]
+                    # zram_write_page's order: allocate, update_used_max, then
+                    # refuse (and free) when the pool is past its limit, on
+                    # every write, whether or not this one took new pages.
+                    used = alloc.total_size_bytes
+                    self._mem_used_max = max(self._mem_used_max, used)
+                    if limit is not None and used > limit * PAGE_SIZE:
+                        alloc.free(obj)
+                        raise PoolFullError(f"{used // PAGE_SIZE} pages held, limit {limit}")
                     compr += clen
                 handle = entries.add(kind, obj, clen, now)  # type: ignore[arg-type]
                 handles.append(handle)
@@ -479,8 +490,6 @@ class PagePool:
         self._huge_pages += poor
         self.counters.huge_pages_since += poor
         self.counters.stored_pages_total += n
-        # As zram's update_used_max: only a store that succeeded moves it.
-        self._mem_used_max = max(self._mem_used_max, self._alloc.total_size_bytes)
         if self.budget is not None:
             self.budget.commit_max()
         return handles

@@ -286,7 +286,7 @@ def writeback(
 
     Args:
         type: "idle" (not stored or loaded for ``idle_seconds``), "huge",
-            "huge_idle" (both), "incompressible" (huge pages recompression
+            "huge_idle" (both), "incompressible" (pages recompression
             could not shrink), or "lru" (the least recently used first).
         idle_seconds: what idle means, required for "idle" and "huge_idle"
             (zram's ``echo N > idle``; 0: every page, zram's ``all``) and
