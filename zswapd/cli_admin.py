@@ -145,6 +145,17 @@ def _details(stats: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _fidelity(every: dict[str, dict[str, Any]]) -> str:
+    """Which pools' figures are a real kernel's: one line per verdict, naming
+    the pools and devices it holds for (``default, zram0: exact for Linux 6.12``)."""
+    names: dict[str, list[str]] = {}
+    for name, stats in every.items():
+        comp = stats.get("compressor")
+        if isinstance(comp, dict) and isinstance(comp.get("fidelity"), str):
+            names.setdefault(comp["fidelity"], []).append(name)
+    return "\n".join(f"{', '.join(n)}: {verdict}" for verdict, n in names.items())
+
+
 def _classes(args: argparse.Namespace, stats: dict[str, Any]) -> list[str]:
     """The debugfs class table when asked for (``--all``: empty classes too)."""
     if not (args.classes or args.all):
@@ -175,6 +186,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         rows = [pool_row(n, s) for n, s in pools.items()]
         rows += [pool_row(n, s, disksize=s["size"]) for n, s in devices.items()]
         print(table(STATS_COLUMNS, rows))
+        fidelity = _fidelity({**pools, **devices})
+        if fidelity:
+            _say("\n" + fidelity)
         for n, s in [*pools.items(), *devices.items()]:
             if args.classes or args.all:
                 _say("\n".join(["", f"{n}:", *_classes(args, s)[1:]]))
