@@ -273,7 +273,8 @@ class Device:
         return data[start : start + length]
 
     def write(self, offset: int, data: bytes) -> None:
-        """Write ``data`` at ``offset``; all or nothing."""
+        """Write ``data`` at ``offset``, page by page as zram does: a page that
+        fails leaves the pages before it written and those after it as they were."""
         self.check_range(offset, len(data))
         if data:
             self._replace(offset, len(data), lambda old, lo, hi: data[lo:hi])

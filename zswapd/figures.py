@@ -262,11 +262,32 @@ def _bd_stat(pool: PagePool) -> BdStat:
     return BdStat(bd_count=pool._written, bd_reads=c.bd_reads, bd_writes=c.bd_writes)
 
 
-def compressor_figures(comp: compressors.Compressor) -> CompressorFigures:
-    """Its name, what makes its output, and whether that is the kernel's."""
+def compressor_figures(
+    comp: compressors.Compressor, config: PoolConfig | None = None
+) -> CompressorFigures:
+    """Its name, what makes its output, and whether the pool's figures are the kernel's.
+
+    Exact sizes make exact figures only in the allocator the kernel runs:
+    zsmalloc at chain size 8 with its own class table (``config`` says).
+    """
+    exact, fidelity = comp.kernel_exact, comp.fidelity
+    why = None if config is None else _placement_differs(config)
+    if exact and why is not None:
+        exact, fidelity = False, f"not kernel-exact: {why}"
     return CompressorFigures(
-        name=comp.name, version=comp.version, kernel_exact=comp.kernel_exact, fidelity=comp.fidelity
+        name=comp.name, version=comp.version, kernel_exact=exact, fidelity=fidelity
     )
+
+
+def _placement_differs(config: PoolConfig) -> str | None:
+    """Why objects are not placed as Linux 6.12's zsmalloc places them, if they are not."""
+    if config.allocator != "zsmalloc":
+        return f"the {config.allocator} allocator (Linux 6.12's zram uses zsmalloc)"
+    if config.chain_size != 8:
+        return f"chain size {config.chain_size} (the kernel's CONFIG_ZSMALLOC_CHAIN_SIZE is 8)"
+    if config.allocator_options:
+        return "a class table of its own (allocator_options)"
+    return None
 
 
 def server_figures(pool: PagePool) -> ServerFigures:
@@ -311,7 +332,7 @@ def stats(pool: PagePool) -> PoolFigures:
         return PoolFigures(
             pool=pool.name,
             config=pool.config,
-            compressor=compressor_figures(pool._comp),
+            compressor=compressor_figures(pool._comp, pool.config),
             huge_class_size=pool.huge_class_size,
             mm_stat=mm,
             zswap=ZswapFigures(

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 
 import compressors
 from allocator import ClassTable, PoolFullError
+from zswapd import tier
 from zswapd.entries import (
     ENCODING,
     HUGE,
@@ -123,13 +124,18 @@ def recompress(
     """
     if type not in RECOMPRESS_TYPES:
         raise InvalidRequestError(f"type must be one of {', '.join(RECOMPRESS_TYPES)}")
-    if threshold is not None and (not isinstance(threshold, int) or threshold <= 0):
-        raise InvalidRequestError("threshold must be a positive int")
+    if threshold is not None and (not isinstance(threshold, int) or threshold < 0):
+        raise InvalidRequestError("threshold must be an int >= 0 (0: none, as zram's)")
+    if threshold == 0:
+        threshold = None
     if threshold is not None and threshold >= pool.huge_class_size:
         raise InvalidRequestError(
             f"threshold must be below huge_class_size ({pool.huge_class_size}), as zram's"
         )
     class_index = _class_index(pool)
+    # A device's pages in block index order, as zram walks them (before any of
+    # the pool's locks: the device's comes first).
+    order = pool.writeback_order() if pool.writeback_order is not None else None
     with pool._lock:
         index = secondary_index(pool, algo, level)
         e = pool._entries
@@ -137,7 +143,7 @@ def recompress(
         want_huge = type in ("huge", "huge_idle")
         want_idle = type in ("idle", "huge_idle")
         picked = []
-        for slot in e.live_slots():
+        for slot in e.live_slots() if order is None else tier.slots_in_order(pool, order):
             kind = e.kind[slot]
             # Written-back pages stay where they are, as zram's ZRAM_WB ones.
             if kind & (WRITTEN | INCOMPRESSIBLE) or kind == SAME:

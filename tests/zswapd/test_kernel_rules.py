@@ -127,3 +127,30 @@ def test_the_limit_is_rounded_up_to_pages_and_checked_on_every_write() -> None:
         pool.store([text_page(9)])
     assert pool.mm_stat().mem_used_total == held and pool.stored_pages == 4
     pool.check_invariants()
+
+
+@pytest.mark.parametrize(
+    ("config", "why"),
+    [
+        (PoolConfig(compressor="lz4", allocator="zbud"), "zbud"),
+        (PoolConfig(compressor="lz4", chain_size=4), "chain size 4"),
+        (PoolConfig(compressor="zstd", allocator_options={"header": 0}), "class table"),
+        (PoolConfig(compressor="lz4-lib"), "liblz4"),
+    ],
+)
+def test_a_pool_says_exact_only_where_its_placement_is_the_kernels_too(
+    config: PoolConfig, why: str
+) -> None:
+    figures = PagePool("p", config).stats().compressor
+    assert not figures.kernel_exact
+    assert figures.fidelity.startswith("not kernel-exact: ") and why in figures.fidelity
+    exact = PagePool("q", PoolConfig(compressor="lz4")).stats().compressor
+    assert exact.kernel_exact and exact.fidelity == "exact for Linux 6.12"
+
+
+def test_a_recompression_threshold_of_0_is_none_as_zrams() -> None:
+    pool = PagePool("p", PoolConfig(compressor="lz4", recompress_algo="zstd", recompress_level=19))
+    pool.store([poor_page(2)])
+    assert pool.recompress("huge", threshold=0)["recompressed"] == 1
+    with pytest.raises(InvalidRequestError, match=">= 0"):
+        pool.recompress("huge", threshold=-1)
