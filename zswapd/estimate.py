@@ -117,7 +117,7 @@ BATCH = 256
 TIMING_PAGES = 1024
 # What to install for a backend whose library is missing.
 _INSTALL = {
-    "lzo": "apt-get install liblzo2-dev && pip install 'zswapd[lzo]' (python-lzo)",
+    "lzo": "apt-get install liblzo2-dev && pip install -e '.[lzo]' (python-lzo, from a checkout)",
     "lz4": "pip install lz4",
     "lz4-lib": "pip install lz4",
     "lz4hc": "pip install lz4",

@@ -57,13 +57,13 @@ def _emit(args: argparse.Namespace, result: dict[str, Any], render: Callable[...
     from zswapd.bench.stats import compressor_versions
 
     # Compressed sizes, and so every figure, depend on the compressors' versions.
-    result["compressors"] = compressor_versions()
+    result["compressor_versions"] = compressor_versions()
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
     else:
         print(f"allocator: {result['allocator']}")
-        for name, v in result["compressors"].items():
+        for name, v in result["compressor_versions"].items():
             print(f"{name}: {v['version']}; {v['fidelity']}")
         print(render(result))
     return 0
