@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import compressors
-from allocator import FULLNESS_LABELS, ClassStats
+from allocator import FULLNESS_LABELS, ClassStats, PageBudget
 from zswapd.backing import unpack
 from zswapd.config import PoolConfig
 from zswapd.entries import ENCODING, HUGE, PAGE_SIZE, SAME, WRITTEN
@@ -290,9 +290,9 @@ def _placement_differs(config: PoolConfig) -> str | None:
     return None
 
 
-def server_figures(pool: PagePool) -> ServerFigures:
-    """The server-wide figures: limit (0: none), in use and high-water mark, bytes."""
-    b = pool.budget
+def server_figures(b: PageBudget | None) -> ServerFigures:
+    """The server-wide budget's figures (--memory-limit): limit (0: none), in use
+    and high-water mark, bytes; zeros without one."""
     if b is None:
         return ServerFigures(memory_limit=0, memory_used=0, memory_used_max=0)
     return ServerFigures(
@@ -356,7 +356,7 @@ def stats(pool: PagePool) -> PoolFigures:
                 loaded_same_pages=c.loaded_same_pages,
                 limit_hit_written_back=c.limit_hit_written_back,
             ),
-            server=server_figures(pool),
+            server=server_figures(pool.budget),
             metadata=MetadataFigures(
                 entry_slots=pool._entries.slots, bytes=pool._entries.charged * PAGE_SIZE
             ),

@@ -495,7 +495,7 @@ class PagePool:
         return handles
 
     def _memory_limit_error(self, n: int) -> MemoryLimitError:
-        server = figures.server_figures(self)
+        server = figures.server_figures(self.budget)
         return MemoryLimitError(
             f"these pages would pass the server's --memory-limit (all pools "
             f"together hold {server.memory_used} of "
