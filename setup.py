@@ -1,11 +1,15 @@
-"""Builds the optional compiled allocator (allocator/_zsmalloc.pyx) and page store
-loops (zswapd/_batch.pyx) beside the pure ones.
+"""Compiled accelerators, each optional: a failed build leaves the pure-Python path.
 
-Everything else is in pyproject.toml.  The extension is optional, as CPython's
-``_heapq`` is to ``heapq``: where there is no C compiler, no Cython, or the
-build fails for any other reason, the install still succeeds with one warning
-and ``allocator`` uses the pure-Python ZsPool (``allocator.ACCELERATED`` says
-which one runs, and why).
+Everything else about the package is in pyproject.toml; this file only adds the
+extension modules.  Each has a pure-Python twin that is the reference, as
+CPython's ``_heapq`` is to ``heapq``: ``allocator._zsmalloc`` for
+allocator/zsmalloc.py (``allocator.ACCELERATED`` says which runs, and why),
+``compressors._lz4k`` for compressors/lz4k.py, ``zswapd._batch`` for
+zswapd/batch.py (the page store's per-page loops; ``zswapd.fastpath`` says
+which runs).  Where there is no C compiler,
+no Cython, or a build fails for any other reason, the install still succeeds
+with one warning per module.  Build in place with
+``python3 setup.py build_ext --inplace``.
 """
 
 from __future__ import annotations
@@ -16,26 +20,41 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-WARNING = "zswapd: the compiled allocator was not built ({}); the pure-Python one will be used"
+# name -> the Cython source, relative to this file.
+ACCELERATORS = {
+    "allocator._zsmalloc": "allocator/_zsmalloc.pyx",
+    "compressors._lz4k": "compressors/_lz4k.pyx",
+    "zswapd._batch": "zswapd/_batch.pyx",
+}
+
+
+def _warn(what: str, exc: object) -> None:
+    print(f"zswapd: {what} not built ({exc}); its pure-Python twin will be used", file=sys.stderr)
 
 
 def _extensions() -> list[Extension]:
     try:
         from Cython.Build import cythonize
     except ImportError as exc:
-        print(WARNING.format(f"Cython is missing: {exc}"), file=sys.stderr)
+        _warn("the accelerators", f"Cython is missing: {exc}")
         return []
-    exts = [
-        Extension("allocator._zsmalloc", ["allocator/_zsmalloc.pyx"]),
-        Extension("zswapd._batch", ["zswapd/_batch.pyx"]),
-    ]
-    # ZSWAPD_BUILD_DIR: where generated C goes (the ASan build keeps its own).
-    return cythonize(
-        exts,
-        language_level=3,
-        build_dir=os.environ.get("ZSWAPD_BUILD_DIR") or None,
-        quiet=True,
-    )
+    # -g0: the wheel carries the modules without debug info (a sixth the size);
+    # ZSWAPD_DEBUG_BUILD=1 (the ASan build) keeps the flags CFLAGS gives.
+    extra = [] if os.environ.get("ZSWAPD_DEBUG_BUILD") == "1" else ["-O3", "-g0"]
+    exts = [Extension(name, [src], extra_compile_args=extra) for name, src in ACCELERATORS.items()]
+    try:
+        # ZSWAPD_BUILD_DIR: where generated C goes (the ASan build keeps its own).
+        return list(
+            cythonize(
+                exts,
+                language_level=3,
+                build_dir=os.environ.get("ZSWAPD_BUILD_DIR") or None,
+                quiet=True,
+            )
+        )
+    except Exception as exc:  # a Cython error must not fail the install
+        _warn("the accelerators", exc)
+        return []
 
 
 class OptionalBuildExt(build_ext):
@@ -45,13 +64,13 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # no compiler at all, or a broken toolchain
-            print(WARNING.format(exc), file=sys.stderr)
+            _warn("the accelerators", exc)
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
-        except Exception as exc:
-            print(WARNING.format(exc), file=sys.stderr)
+        except Exception as exc:  # this one failed to compile
+            _warn(ext.name, exc)
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -679,6 +679,14 @@ cdef class ZsPoolCore:
                 zid = self._new_zspage(k)
             z = &self._zs[zid]
             idx = z.freeobj
+            # The free list's links live in the free slots, as the kernel's do:
+            # bytes a stale view of a freed object can overwrite.  Checked before
+            # they address anything (the pure pool's IndexError, here an error).
+            if idx < 0 or idx >= z.objs:
+                raise AllocatorError(
+                    f"pool corrupted: zspage {zid}'s free list names slot {idx} of {z.objs} "
+                    "(its bytes overwritten through a view kept past its mapping?)"
+                )
             handle = self._halloc((<int64_t>zid) << LOC_SHIFT | idx)
             page = k.slot_page[idx]
             addr = ((<int64_t>z.pages[page]) << PAGE_SHIFT) + k.slot_off[idx]
@@ -907,10 +915,14 @@ cdef class ZsPoolCore:
         cdef Klass *k
         cdef int64_t addr, second
         cdef int split
+        cdef uint64_t hv
         self._lk.enter()
         try:
             self._locate_c(m.handle, &k, &addr, &split, &second)
-            slot = m.slot = m.handle & SLOT_MASK
+            # The checked handle's slot, computed in C: an int subclass's own
+            # __and__ must not name another slot than the one mapped.
+            hv = <uint64_t>m.handle
+            slot = m.slot = <int64_t>(hv & SLOT_MASK)
             m.second = second
             n = k.capacity
             mode = m.mode
@@ -1006,7 +1018,7 @@ cdef class ZsPoolCore:
             src = self._isolate(k, RATIO_10, FULL, 1)  # emptiest first
             if src == NIL:
                 break
-            self._migrate(k, &self._zs[src], &self._zs[dst], dst)
+            self._migrate(k, &self._zs[src], src, &self._zs[dst], dst)
             if self._zs[src].inuse == 0:
                 freed += self._free_zspage(k, src)
             else:
@@ -1018,8 +1030,14 @@ cdef class ZsPoolCore:
             self._putback(k, dst)
         return freed
 
-    cdef void _migrate(self, Klass *k, Zspage *src, Zspage *dst, int32_t dst_zid) noexcept:
-        """Move objects of ``src`` into ``dst``, in slot order, until either limit."""
+    cdef int _migrate(
+        self, Klass *k, Zspage *src, int32_t src_zid, Zspage *dst, int32_t dst_zid
+    ) except -1:
+        """Move objects of ``src`` into ``dst``, in slot order, until either limit.
+
+        A slot's owner and ``dst``'s free list come from arena bytes: each is
+        checked against the pool's own tables before it addresses anything.
+        """
         cdef unsigned char tmp[PAGE_SIZE]
         cdef int idx, didx, split, cap = k.capacity
         cdef int64_t addr, daddr, second
@@ -1035,6 +1053,14 @@ cdef class ZsPoolCore:
                 owner = src.owners[idx]
                 if not owner:
                     continue
+            if (
+                owner >= <uint64_t>self._hlen
+                or self._hloc[owner] != ((<int64_t>src_zid) << LOC_SHIFT | idx)
+            ):
+                raise AllocatorError(
+                    f"pool corrupted: slot {idx} of zspage {src_zid} names handle slot {owner}, "
+                    "which is not it"
+                )
             # The object's bytes (its whole slot), in one or two pieces.
             split = k.slot_split[idx]
             memcpy(tmp, self._base + addr + k.header, split)
@@ -1043,6 +1069,10 @@ cdef class ZsPoolCore:
                 memcpy(tmp + split, self._base + second, cap - split)
             # obj_malloc on dst, keeping the same owner.
             didx = dst.freeobj
+            if didx < 0 or didx >= dst.objs:
+                raise AllocatorError(
+                    f"pool corrupted: zspage {dst_zid}'s free list names slot {didx} of {dst.objs}"
+                )
             daddr = self._slot_address(dst, k, didx)
             dst.freeobj = <int32_t>(self._word(daddr)[0] >> 1) - 1
             if dst.owners == NULL:

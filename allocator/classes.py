@@ -201,6 +201,14 @@ class ClassTable:
         """The class an object of ``length`` bytes is stored in."""
         return self.classes[self.lookup[length]]
 
+    def class_index(self, length: int) -> int:
+        """The kernel's ``zs_lookup_class_index(length)``: the index of the
+        class for ``length`` bytes *without* the header (zram asks it of the raw
+        compressed length, while zs_malloc adds the header before its lookup)."""
+        if not 0 < length <= PAGE_SIZE:
+            raise ValueError(f"length must be 1..{PAGE_SIZE}, not {length}")
+        return self.classes[self.lookup[max(1, length - self.header)]].index
+
 
 def fit_class_sizes(
     lengths: Iterable[int],

@@ -22,6 +22,7 @@ class Deflate(Compressor):
     """Raw deflate, ``level`` 1..9 (default 6)."""
 
     name = "deflate"
+    version = f"zlib {zlib.ZLIB_RUNTIME_VERSION}"
     _errors = (zlib.error,)
 
     def __init__(self, **options: Any) -> None:

@@ -18,10 +18,16 @@ from compressors.base import Compressor, Data, no_more
 __all__ = ["Lzo"]
 
 
+def _text(value: object) -> str:
+    # python-lzo gives its versions as bytes.
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class Lzo(Compressor):
     """LZO1X-1 (``level`` 1, the kernel's) or LZO1X-999 (``level`` 9)."""
 
     name = "lzo"
+    version = f"liblzo2 {_text(_lzo.LZO_VERSION_STRING)} (python-lzo {_text(_lzo.__version__)})"
     _errors = (_lzo.error,)
 
     def __init__(self, **options: Any) -> None:

@@ -8,9 +8,13 @@ from typing import Any, ClassVar
 
 from compressors.errors import CompressorOptionError, CorruptDataError
 
-__all__ = ["Compressor", "Data"]
+__all__ = ["KERNEL", "Compressor", "Data"]
 
 Data = bytes | bytearray | memoryview
+
+#: The kernel whose zram the exact backends reproduce, compressed size for
+#: compressed size (checked page by page against its own, tests/compressors).
+KERNEL = "Linux 6.12"
 
 
 class Compressor(ABC):
@@ -18,10 +22,14 @@ class Compressor(ABC):
 
     Attributes:
         name: the registry name ("lz4", "zstd", ...), as zram's comp_algorithm.
+        version: what makes its output: library and version ("libzstd 1.5.6"),
+            or the kernel code it reproduces; sizes depend on it, so figures
+            are only comparable between equal versions.
         options: the options the backend was built with, defaults filled in.
     """
 
     name: ClassVar[str]
+    version: ClassVar[str]
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.options: dict[str, Any] = dict(options)
@@ -50,6 +58,22 @@ class Compressor(ABC):
         if len(out) != size:
             raise CorruptDataError(f"{self.name}: decompressed to {len(out)} bytes, not {size}")
         return out
+
+    def inexact_because(self) -> str | None:
+        """Why its compressed sizes may differ from :data:`KERNEL`'s zram with
+        the same algorithm and options; None when they are the kernel's."""
+        return "not checked against the kernel's"
+
+    @property
+    def kernel_exact(self) -> bool:
+        """Every page compresses to the size :data:`KERNEL`'s zram gives it."""
+        return self.inexact_because() is None
+
+    @property
+    def fidelity(self) -> str:
+        """``"exact for Linux 6.12"`` or ``"not kernel-exact: <why>"``."""
+        why = self.inexact_because()
+        return f"exact for {KERNEL}" if why is None else f"not kernel-exact: {why}"
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items() if k != "dictionary")

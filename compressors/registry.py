@@ -13,8 +13,9 @@ __all__ = ["available", "get"]
 # name -> (module, class).  A backend whose module fails to import (its library
 # is not installed) drops out, as a kernel built without CONFIG_ZRAM_BACKEND_X.
 _BACKENDS = {
-    "lz4": ("compressors.backend_lz4", "Lz4"),
-    "lz4hc": ("compressors.backend_lz4", "Lz4HC"),
+    "lz4": ("compressors.backend_lz4", "Lz4"),  # the kernel's own lz4
+    "lz4-lib": ("compressors.backend_liblz4", "Lz4Lib"),  # userspace liblz4
+    "lz4hc": ("compressors.backend_liblz4", "Lz4HC"),
     "zstd": ("compressors.backend_zstd", "Zstd"),
     "deflate": ("compressors.backend_deflate", "Deflate"),
     "lzo": ("compressors.backend_lzo", "Lzo"),

@@ -16,7 +16,9 @@ CORPUS = SHARED / "corpus"
 def corpus_or_skip() -> Path:
     """The shared corpus folder, or skip the test saying why."""
     if not (CORPUS / "kernel").is_dir():
-        pytest.skip(f"shared corpus not found at {CORPUS} (set ZSWAPD_SHARED to its parent)")
+        pytest.skip(
+            f"shared corpus not found at {CORPUS} (set ZSWAPD_SHARED to the folder holding corpus/)"
+        )
     return CORPUS
 
 

@@ -24,6 +24,7 @@ from cpython.exc cimport PyErr_Occurred
 from libc.stdint cimport uint64_t
 from libc.string cimport memcmp, memcpy
 
+from allocator import PoolFullError
 from allocator.handles import SLOT_MASK as _SLOT_MASK
 from zswapd.batch import PAGE_SIZE as _PAGE_SIZE, split_pages as _split_pages, undo
 from zswapd.entries import COMPRESSED as _COMPRESSED, HUGE as _HUGE, SAME as _SAME
@@ -172,15 +173,17 @@ cdef void _lru_remove(unsigned int[:] prev, unsigned int[:] nxt, Py_ssize_t slot
 
 
 cdef void _fill(
-    _Issue it, list prepared, store, unsigned int now, list handles,
+    _Issue it, list prepared, alloc, unsigned int now, list handles,
     unsigned long long[:] objs, unsigned short[:] clens, unsigned char[:] kinds,
     unsigned int[:] atime, unsigned int[:] prev, unsigned int[:] nxt, bint lru,
-    Py_ssize_t *pushed,
+    Py_ssize_t *pushed, long long limit, long long *high,
 ) except *:
     cdef Py_ssize_t slot
     cdef int kind
     cdef uint64_t obj, handle
+    cdef long long used
     cdef tuple row
+    store = alloc.store
     for row in prepared:
         kind = row[0]
         if kind == K_SAME:
@@ -189,6 +192,13 @@ cdef void _fill(
             obj = PyLong_AsUnsignedLongLong(store(row[1]))
             if obj == <uint64_t>-1 and PyErr_Occurred():
                 raise OverflowError("the allocator returned a handle that is not 64 bits")
+            # zram_write_page's order: allocate, update_used_max, then the limit.
+            used = alloc.total_size_bytes
+            if used > high[0]:
+                high[0] = used
+            if 0 <= limit < used:
+                alloc.free(obj)
+                raise PoolFullError(f"{used // PAGE} pages held, limit {limit // PAGE}")
         handle = it.alloc()
         slot = handle & SLOT
         objs[slot] = obj
@@ -201,9 +211,11 @@ cdef void _fill(
             pushed[0] += 1
 
 
-def add_entries(entries, list prepared, store, free, now):
+def add_entries(entries, list prepared, alloc, now, limit_pages, list high):
     """See :func:`zswapd.batch.add_entries`."""
     cdef Py_ssize_t n = len(prepared), have, grow, pushed = 0
+    cdef long long limit = -1 if limit_pages is None else <long long>limit_pages * PAGE
+    cdef long long peak = high[0]
     cdef list handles = []
     cdef _Issue it
     try:
@@ -233,11 +245,12 @@ def add_entries(entries, list prepared, store, free, now):
         try:
             it.loc, it.gen, it.rnd = loc_array, gen_array, it.rnd_array
             _fill(
-                it, prepared, store, now, handles, entries.obj, entries.clen, entries.kind,
+                it, prepared, alloc, now, handles, entries.obj, entries.clen, entries.kind,
                 entries.atime, entries.prev if lru else entries.atime,
-                entries.next if lru else entries.atime, lru, &pushed,
+                entries.next if lru else entries.atime, lru, &pushed, limit, &peak,
             )
         finally:
+            high[0] = peak
             # Views released, then the arrays put as the reference leaves them:
             # the words drawn popped, the slots not issued (an error) unmade.
             it.loc = it.gen = it.rnd = None
@@ -249,7 +262,7 @@ def add_entries(entries, list prepared, store, free, now):
             table.live += it.issued
             entries.lru_len += pushed
     except BaseException:
-        undo(entries, handles, free)
+        undo(entries, handles, alloc.free)
         raise
     return handles
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from allocator import PoolFullError
 from allocator.handles import SLOT_MASK
 from zswapd.entries import COMPRESSED, ENCODING, HUGE, SAME, WRITTEN, EntryTable
 from zswapd.errors import PageSizeError
@@ -111,29 +112,50 @@ def undo(entries: EntryTable, handles: list[int], free: Callable[[int], None]) -
 def add_entries(
     entries: EntryTable,
     prepared: Sequence[Prepared],
-    store: Callable[[Any], int],
-    free: Callable[[int], None],
+    alloc: Any,
     now: int,
+    limit_pages: int | None,
+    high: list[int],
 ) -> list[int]:
-    """An object (``store``) and an entry for every prepared page; their handles.
+    """An object (``alloc.store``) and an entry for every prepared page; their handles.
+
+    zram_write_page's order, page by page: allocate, raise the high-water mark
+    ``high[0]`` (the pool's mem_used_max, raised in place, also when the batch
+    then fails), and refuse when the allocator holds more than ``limit_pages``
+    pages, whether or not this object took new ones.
 
     All or nothing: whatever stops the batch (the budget cannot pay for the
-    table, the allocator is full), the objects and entries it made are taken
-    back before the error goes on.
+    table, the allocator is full, the limit is passed), the objects and
+    entries it made are taken back before the error goes on.
+
+    Raises:
+        PoolFullError: the limit is passed (or the allocator's own refusal).
     """
     handles: list[int] = []
+    store, limit = alloc.store, -1 if limit_pages is None else limit_pages * PAGE_SIZE
     try:
         # The entries' slots first: a table the budget cannot grow
         # refuses the batch before any object is taken.
         entries.reserve(len(prepared))
         for kind, payload, clen in prepared:
-            obj = payload if kind == SAME else store(payload)
+            if kind == SAME:
+                obj = payload
+            else:
+                obj = store(payload)
+                used = alloc.total_size_bytes
+                if used > high[0]:
+                    high[0] = used
+                if 0 <= limit < used:
+                    alloc.free(obj)
+                    raise PoolFullError(
+                        f"{used // PAGE_SIZE} pages held, limit {limit // PAGE_SIZE}"
+                    )
             handle = entries.add(kind, obj, clen, now)
             handles.append(handle)
             if kind != SAME:
                 entries.lru_push(handle & SLOT_MASK)
     except BaseException:
-        undo(entries, handles, free)
+        undo(entries, handles, alloc.free)
         raise
     return handles
 

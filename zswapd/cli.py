@@ -365,7 +365,11 @@ def _add_maintenance(sub: _Sub, common: argparse.ArgumentParser) -> None:
         help="idle, huge_idle (required): not stored or loaded for N seconds (0: all)",
     )
     recompress.add_argument(
-        "--threshold", type=int, metavar="BYTES", help="keep only results smaller than this"
+        "--threshold",
+        type=int,
+        metavar="BYTES",
+        help="zram's: skip objects smaller than this, keep only results smaller than it "
+        "(below huge_class_size)",
     )
     recompress.add_argument("--json", action="store_true", help="print the JSON answer")
     recompress.set_defaults(func=cmd_recompress)

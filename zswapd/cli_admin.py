@@ -123,6 +123,10 @@ def _details(stats: dict[str, Any]) -> list[str]:
             f"pool {stats['pool']}: {algorithm(cfg)}, {cfg['allocator']} chain "
             f"{cfg['chain_size']}, huge from {stats['huge_class_size']} bytes"
         )
+    comp = stats.get("compressor")
+    if comp is not None:
+        # Which kernel's figures these are (or why they are not any kernel's).
+        lines.append(f"compressor {comp['name']}: {comp['version']}; {comp['fidelity']}")
     lines.append("mm_stat: " + " ".join(f"{k}={v}" for k, v in mm.items()))
     if "io_stat" in stats:
         lines.append("io_stat: " + " ".join(f"{k}={v}" for k, v in stats["io_stat"].items()))
@@ -139,6 +143,17 @@ def _details(stats: dict[str, Any]) -> list[str]:
             f", {backing['io_errors']} I/O errors, {backing['corrupt_pages']} corrupt"
         )
     return lines
+
+
+def _fidelity(every: dict[str, dict[str, Any]]) -> str:
+    """Which pools' figures are a real kernel's: one line per verdict, naming
+    the pools and devices it holds for (``default, zram0: exact for Linux 6.12``)."""
+    names: dict[str, list[str]] = {}
+    for name, stats in every.items():
+        comp = stats.get("compressor")
+        if isinstance(comp, dict) and isinstance(comp.get("fidelity"), str):
+            names.setdefault(comp["fidelity"], []).append(name)
+    return "\n".join(f"{', '.join(n)}: {verdict}" for verdict, n in names.items())
 
 
 def _classes(args: argparse.Namespace, stats: dict[str, Any]) -> list[str]:
@@ -171,6 +186,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         rows = [pool_row(n, s) for n, s in pools.items()]
         rows += [pool_row(n, s, disksize=s["size"]) for n, s in devices.items()]
         print(table(STATS_COLUMNS, rows))
+        fidelity = _fidelity({**pools, **devices})
+        if fidelity:
+            _say("\n" + fidelity)
         for n, s in [*pools.items(), *devices.items()]:
             if args.classes or args.all:
                 _say("\n".join(["", f"{n}:", *_classes(args, s)[1:]]))

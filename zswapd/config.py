@@ -169,7 +169,20 @@ class PoolConfig:
 
     @property
     def limit_pages(self) -> int | None:
-        return self.limit_bytes // 4096 if self.limit_bytes else None
+        """The limit in whole pages, rounded up, as zram's mem_limit store does."""
+        return -(-self.limit_bytes // 4096) if self.limit_bytes else None
+
+    @property
+    def alloc_max_pages(self) -> int | None:
+        """The allocator's own page budget: the limit plus one zspage.
+
+        zram allocates first and checks ``pages > limit`` after (then frees):
+        a write may take a zspage past the limit for a moment, and mem_used_max
+        sees it.  The pool checks the limit (:meth:`PagePool.store`); the
+        allocator only needs room for that one zspage.
+        """
+        limit = self.limit_pages
+        return None if limit is None else limit + self.chain_size
 
     def make_compressor(self) -> compressors.Compressor:
         opts: dict[str, Any] = {}
@@ -190,12 +203,12 @@ class PoolConfig:
     ) -> Allocator:
         """The allocator, charging ``budget`` if given, its address space
         reserved for its limit but never more than ``arena_pages``."""
-        if arena_pages is not None and self.limit_pages:
-            arena_pages = min(arena_pages, self.limit_pages)
+        if arena_pages is not None and self.alloc_max_pages:
+            arena_pages = min(arena_pages, self.alloc_max_pages)
         return allocator.create(
             self.allocator,
             chain_size=self.chain_size,
-            max_pages=self.limit_pages,
+            max_pages=self.alloc_max_pages,
             budget=budget,
             arena_pages=arena_pages,
             **self.allocator_options,

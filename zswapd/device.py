@@ -3,9 +3,12 @@
 A device is like ``/dev/zramN`` after ``echo SIZE > disksize``: ``size // 4096``
 slots, each empty (reads as zeros), or naming a page stored in the device's
 own pool (same-filled pages keep only their word there, as zram's slots do).
-Writes of whole slots store the new pages as one all-or-nothing batch, then
-swap them in and free the old ones, so a failed write changes nothing; a write
-of part of a slot reads, patches and rewrites it.  TRIM and WRITE_ZEROES of
+A write is zram's, page by page: each slot's new page is stored, then its old
+object freed, before the next slot's (so the pool's figures are a real zram's
+after the same writes); a write that fails part way (the pool's limit) leaves
+the slots before the failing one written, as a bio zram fails part way does,
+and counts one failed_write.  A write of part of a slot reads, patches and
+rewrites it.  TRIM and WRITE_ZEROES of
 whole slots free them (zram's notify_free); WRITE_ZEROES with NO_HOLE stores
 zero pages instead (same-filled: no allocator memory).  io_stat counts as
 zram's: failed_reads, failed_writes, invalid_io, notify_free.
@@ -270,7 +273,8 @@ class Device:
         return data[start : start + length]
 
     def write(self, offset: int, data: bytes) -> None:
-        """Write ``data`` at ``offset``; all or nothing."""
+        """Write ``data`` at ``offset``, page by page as zram does: a page that
+        fails leaves the pages before it written and those after it as they were."""
         self.check_range(offset, len(data))
         if data:
             self._replace(offset, len(data), lambda old, lo, hi: data[lo:hi])
@@ -347,17 +351,19 @@ class Device:
                 self.io.failed_writes += 1
                 self.pool.count_memory_limit_hit(len(pages))
                 raise
-            try:
-                handles = self.pool.store(pages)
-            except Exception:
-                self.slots.release_empty(first, last + 1)
-                self.io.failed_writes += 1
-                raise
-            old_handles = [self.slots[s] for s in range(first, last + 1) if self.slots[s]]
-            for i, s in enumerate(range(first, last + 1)):
-                self.slots[s] = handles[i]
-            if old_handles:
-                self.pool.free(old_handles)
+            # zram_write_page, slot by slot: the new object is allocated while
+            # the old one is still held, then the old one is freed.
+            for s, page in zip(range(first, last + 1), pages, strict=True):
+                try:
+                    (handle,) = self.pool.store([page])
+                except Exception:
+                    self.slots.release_empty(s, last + 1)
+                    self.io.failed_writes += 1
+                    raise
+                previous = self.slots[s]
+                self.slots[s] = handle
+                if previous:
+                    self.pool.free([previous])
 
     def writeback(
         self, type: str, *, idle_seconds: float | None = None, max_pages: int | None = None
@@ -396,6 +402,7 @@ class Device:
         return {
             "device": self.name,
             "size": self.size,
+            "compressor": base["compressor"],
             "mm_stat": base["mm_stat"],
             "io_stat": {
                 "failed_reads": self.io.failed_reads,

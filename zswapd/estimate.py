@@ -92,6 +92,8 @@ __all__ = [
 
 # The configurations worth trying, as zram offers them: each backend at the
 # kernel's default level, and zstd also at its fast (-1, 1) and strong (9) ends.
+# "lz4" is the kernel's own lz4 (reproduced); userspace liblz4 ("lz4-lib") is
+# not what zram would use, so it is left out (--compressor lz4-lib asks for it).
 DEFAULT_CONFIGS: tuple[tuple[str, int | None], ...] = (
     ("lz4", None),
     ("lz4hc", 9),
@@ -115,8 +117,9 @@ BATCH = 256
 TIMING_PAGES = 1024
 # What to install for a backend whose library is missing.
 _INSTALL = {
-    "lzo": "apt-get install liblzo2-dev && pip install 'zswapd[lzo]' (python-lzo)",
+    "lzo": "apt-get install liblzo2-dev && pip install -e '.[lzo]' (python-lzo, from a checkout)",
     "lz4": "pip install lz4",
+    "lz4-lib": "pip install lz4",
     "lz4hc": "pip install lz4",
     "zstd": "pip install zstandard",
 }

@@ -16,6 +16,7 @@ from contextlib import ExitStack
 
 from tqdm import tqdm
 
+from zswapd.config import PoolConfig
 from zswapd.errors import ConfigError
 from zswapd.estimate import (
     BATCH,
@@ -32,6 +33,7 @@ from zswapd.estimate import (
     parse_config,
     recommend,
 )
+from zswapd.figures import compressor_figures
 from zswapd.pagefile import PageFile, open_page_file
 from zswapd.pagerefs import PageRef, PageRefs
 from zswapd.procmem import ProcessMemory, open_process
@@ -87,6 +89,30 @@ def _cell(row: Row, column: str) -> str:
     return str(row.same_pages if column == "ZERO-PAGES" else row.huge_pages)
 
 
+def _fidelity_lines(rows: Sequence[Row]) -> list[str]:
+    """Which rows a Linux 6.12 zram would report the same, and which ran pure Python."""
+    exact: list[str] = []
+    other: list[str] = []
+    pure: list[str] = []
+    for row in rows:
+        comp = PoolConfig(compressor=row.config.compressor, level=row.config.level)
+        figures = compressor_figures(comp.make_compressor(), comp)
+        (exact if figures.kernel_exact else other).append(row.config.label)
+        if "pure Python" in figures.version:
+            pure.append(row.config.label)
+    lines = []
+    if exact:
+        lines.append(f"as Linux 6.12's zram would report them: {', '.join(exact)}")
+    if other:
+        lines.append(f"not kernel-exact (compressed sizes differ): {', '.join(other)}")
+    if pure:
+        lines.append(
+            f"{', '.join(pure)} ran as pure Python here (not built, or ZSWAPD_PURE_PYTHON=1): "
+            "its COMP-US is the emulator's, not the kernel's"
+        )
+    return lines
+
+
 def render(result: Estimate) -> str:
     """The table, as zramctl lays one out, then notes and the recommendation."""
     cells = [list(_COLUMNS)] + [[_cell(r, c) for c in _COLUMNS] for r in result.rows]
@@ -99,7 +125,7 @@ def render(result: Estimate) -> str:
         for line in cells
     ]
     if result.sample is None:
-        lines.append(f"every page used: {result.pages} pages, figures exact")
+        lines.append(f"every page used: {result.pages} pages, no sampling")
     else:
         lines.append(
             f"a sample of {result.sample} of {result.pages} pages (seed {result.seed}): "
@@ -109,6 +135,7 @@ def render(result: Estimate) -> str:
         f"COMP-US, DECOMP-US: wall-clock microseconds per page on this machine, "
         f"median of {TIMING_PASSES} passes over {result.timed_pages} pages"
     )
+    lines.extend(_fidelity_lines(result.rows))
     for name, why in result.left_out:
         lines.append(f"{name} left out: {why}")
     lines.append(f"recommendation: {recommend(result.rows)}")

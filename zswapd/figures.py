@@ -21,7 +21,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from allocator import FULLNESS_LABELS, ClassStats
+import compressors
+from allocator import FULLNESS_LABELS, ClassStats, PageBudget
 from zswapd.backing import unpack
 from zswapd.config import PoolConfig
 from zswapd.entries import ENCODING, HUGE, PAGE_SIZE, SAME, WRITTEN
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BackingFigures",
     "BdStat",
+    "CompressorFigures",
     "MetadataFigures",
     "MmStat",
     "PoolFigures",
@@ -42,6 +44,7 @@ __all__ = [
     "bd_stat",
     "check_invariants",
     "class_row",
+    "compressor_figures",
     "mm_stat",
     "server_figures",
     "stats",
@@ -79,6 +82,22 @@ class ZswapFigures:
     reject_reclaim_fail: int
     written_back_pages: int
     decompress_fail: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompressorFigures:
+    """What compresses the pool's pages, and whether its sizes are the kernel's.
+
+    ``fidelity`` is ``"exact for Linux 6.12"`` when every page gets the
+    compressed size that kernel's zram gives it (then, pages stored one at a
+    time, mm_stat and the class table are that kernel's too), else
+    ``"not kernel-exact: <why>"``.
+    """
+
+    name: str
+    version: str
+    kernel_exact: bool
+    fidelity: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +189,7 @@ class PoolFigures:
 
     pool: str
     config: PoolConfig
+    compressor: CompressorFigures
     huge_class_size: int
     mm_stat: MmStat
     zswap: ZswapFigures
@@ -187,6 +207,7 @@ class PoolFigures:
         return {
             "pool": self.pool,
             "config": self.config.to_dict(),
+            "compressor": group(self.compressor),
             "huge_class_size": self.huge_class_size,
             "mm_stat": group(self.mm_stat),
             "zswap": group(self.zswap),
@@ -219,7 +240,8 @@ def _mm_stat(pool: PagePool) -> MmStat:
         orig_data_size=len(pool._entries) * PAGE_SIZE,
         compr_data_size=pool._compr_data_size,
         mem_used_total=alloc.total_size_bytes,
-        mem_limit=pool.config.limit_bytes,
+        # zram shows the limit it enforces: whole pages, rounded up.
+        mem_limit=(pool.config.limit_pages or 0) * PAGE_SIZE,
         mem_used_max=pool._mem_used_max,
         same_pages=pool._same_pages,
         pages_compacted=alloc.pages_compacted,
@@ -240,9 +262,37 @@ def _bd_stat(pool: PagePool) -> BdStat:
     return BdStat(bd_count=pool._written, bd_reads=c.bd_reads, bd_writes=c.bd_writes)
 
 
-def server_figures(pool: PagePool) -> ServerFigures:
-    """The server-wide figures: limit (0: none), in use and high-water mark, bytes."""
-    b = pool.budget
+def compressor_figures(
+    comp: compressors.Compressor, config: PoolConfig | None = None
+) -> CompressorFigures:
+    """Its name, what makes its output, and whether the pool's figures are the kernel's.
+
+    Exact sizes make exact figures only in the allocator the kernel runs:
+    zsmalloc at chain size 8 with its own class table (``config`` says).
+    """
+    exact, fidelity = comp.kernel_exact, comp.fidelity
+    why = None if config is None else _placement_differs(config)
+    if exact and why is not None:
+        exact, fidelity = False, f"not kernel-exact: {why}"
+    return CompressorFigures(
+        name=comp.name, version=comp.version, kernel_exact=exact, fidelity=fidelity
+    )
+
+
+def _placement_differs(config: PoolConfig) -> str | None:
+    """Why objects are not placed as Linux 6.12's zsmalloc places them, if they are not."""
+    if config.allocator != "zsmalloc":
+        return f"the {config.allocator} allocator (Linux 6.12's zram uses zsmalloc)"
+    if config.chain_size != 8:
+        return f"chain size {config.chain_size} (the kernel's CONFIG_ZSMALLOC_CHAIN_SIZE is 8)"
+    if config.allocator_options:
+        return "a class table of its own (allocator_options)"
+    return None
+
+
+def server_figures(b: PageBudget | None) -> ServerFigures:
+    """The server-wide budget's figures (--memory-limit): limit (0: none), in use
+    and high-water mark, bytes; zeros without one."""
     if b is None:
         return ServerFigures(memory_limit=0, memory_used=0, memory_used_max=0)
     return ServerFigures(
@@ -282,6 +332,7 @@ def stats(pool: PagePool) -> PoolFigures:
         return PoolFigures(
             pool=pool.name,
             config=pool.config,
+            compressor=compressor_figures(pool._comp, pool.config),
             huge_class_size=pool.huge_class_size,
             mm_stat=mm,
             zswap=ZswapFigures(
@@ -305,7 +356,7 @@ def stats(pool: PagePool) -> PoolFigures:
                 loaded_same_pages=c.loaded_same_pages,
                 limit_hit_written_back=c.limit_hit_written_back,
             ),
-            server=server_figures(pool),
+            server=server_figures(pool.budget),
             metadata=MetadataFigures(
                 entry_slots=pool._entries.slots, bytes=pool._entries.charged * PAGE_SIZE
             ),

@@ -23,6 +23,7 @@ __all__ = [
     "BdStat",
     "ClassRow",
     "CompactResult",
+    "CompressorOut",
     "DeviceCreated",
     "DeviceList",
     "DeviceSettings",
@@ -125,7 +126,9 @@ class RecompressRequest(BaseModel):
     level: JsonInt32 | None = None
     idle_seconds: JsonFloat = Field(default=0, ge=0)
     threshold: Annotated[int, Ge(1), NOT_BOOL, INT64] | None = Field(
-        default=None, description="bytes: keep only results smaller than this"
+        default=None,
+        description="bytes, zram's: objects smaller are skipped, results must be smaller; "
+        "below huge_class_size (400 otherwise)",
     )
 
 
@@ -320,6 +323,17 @@ class MetadataFigures(BaseModel):
     bytes: TableBytes
 
 
+class CompressorOut(BaseModel):
+    """What compresses the pool's pages, and whether its sizes are the kernel's."""
+
+    name: str
+    version: str = Field(description='what makes its output, e.g. "libzstd 1.5.6 (...)"')
+    kernel_exact: bool = Field(description="every page gets the kernel's compressed size")
+    fidelity: str = Field(
+        description='"exact for Linux 6.12", or "not kernel-exact: " and the reason'
+    )
+
+
 class RecompressCounters(BaseModel):
     attempts: Int64
     recompressed_pages: Int64
@@ -355,6 +369,7 @@ class ClassRow(BaseModel):
 class PoolStatsOut(BaseModel):
     pool: str
     config: PoolConfigOut
+    compressor: CompressorOut
     huge_class_size: Int64
     mm_stat: MmStat
     zswap: ZswapCounters
@@ -419,6 +434,7 @@ class DeviceStatsOut(BaseModel):
     device: str
     size: Int64 = Field(description="bytes")
     nbd: str | None = Field(description=_NBD_DESCRIPTION)
+    compressor: CompressorOut
     mm_stat: MmStat
     io_stat: IoStat
     bd_stat: BdStat

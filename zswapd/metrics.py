@@ -42,7 +42,7 @@ from allocator import FULLNESS_LABELS
 from zswapd import __version__
 from zswapd.device import DeviceRegistry
 from zswapd.errors import UnknownPoolError
-from zswapd.figures import PoolFigures
+from zswapd.figures import PoolFigures, server_figures
 from zswapd.pools import PoolRegistry
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "PoolCollector"]
@@ -139,7 +139,7 @@ class PoolCollector(Collector):
 
     def _server_metrics(self) -> Iterator[Metric]:
         """Every pool and device together, against --memory-limit (no pool label)."""
-        budget = self.pools.budget
+        server = server_figures(self.pools.budget)
         limit = GaugeMetricFamily(
             "zswapd_memory_limit_bytes",
             "The server-wide memory limit of all pools and devices, 0 = none (--memory-limit).",
@@ -152,8 +152,8 @@ class PoolCollector(Collector):
         max_pools = GaugeMetricFamily(
             "zswapd_max_pools", "Pools plus devices allowed, 0 = no bound (--max-pools)."
         )
-        limit.add_metric([], (budget.limit_pages or 0) * 4096 if budget is not None else 0)
-        used.add_metric([], budget.used * 4096 if budget is not None else 0)
+        limit.add_metric([], server.memory_limit)
+        used.add_metric([], server.memory_used)
         pools.add_metric([], len(self.pools.names()))
         max_pools.add_metric([], self.pools.max_pools or 0)
         yield from (limit, used, pools, max_pools)

@@ -198,7 +198,7 @@ class PagePool:
         self._alloc = self.config.make_allocator(budget=budget, arena_pages=arena_pages)
         # Pages of address space reserved (as make_allocator reserved them): a
         # limit set live cannot go past it, and must not claim to.
-        limit = self.config.limit_pages
+        limit = self.config.alloc_max_pages
         self._arena_pages = arena_capacity(
             limit, min(arena_pages, limit) if arena_pages and limit else arena_pages
         )
@@ -283,14 +283,16 @@ class PagePool:
             raise ConfigError(f"cannot change {', '.join(sorted(other))} of a live pool")
         with self._lock:
             config = dataclasses.replace(self.config, **changes)
-            if (config.limit_pages or self._unlimited_pages) > self._arena_pages:
+            if (config.alloc_max_pages or self._unlimited_pages) > self._arena_pages:
+                # The arena holds the limit plus one zspage (alloc_max_pages).
+                most = (self._arena_pages - config.chain_size) * PAGE_SIZE
                 raise ConfigError(
-                    f"pool {self.name!r} reserved room for {self._arena_pages * PAGE_SIZE} "
-                    "bytes when it was made: its limit_bytes can be lowered, or raised up "
-                    "to that, not past it (make a new pool for more)"
+                    f"pool {self.name!r} reserved room for {most} bytes when it was "
+                    "made: its limit_bytes can be lowered, or raised up to that, not "
+                    "past it (make a new pool for more)"
                 )
-            if self.config.limit_pages != config.limit_pages:
-                self._alloc.set_max_pages(config.limit_pages)
+            if self.config.alloc_max_pages != config.alloc_max_pages:
+                self._alloc.set_max_pages(config.alloc_max_pages)
             self.config = config
             self._limit_latched = False
 
@@ -407,13 +409,15 @@ class PagePool:
                 f"the {n} pages stored"
             )
         self._admit()
+        high = [self._mem_used_max]
         try:
             handles: list[int] = batch().add_entries(
-                self._entries, prepared, self._alloc.store, self._alloc.free, self._now()
+                self._entries, prepared, self._alloc, self._now(), self.config.limit_pages, high
             )
         except BaseException as exc:
             # The batch was undone (objects and entries); the counters were not
-            # yet moved.
+            # yet moved, but mem_used_max was, as zram moves it before its check.
+            self._mem_used_max = high[0]
             if not isinstance(exc, PoolFullError):
                 raise
             if self.writeback_mode == "lru":
@@ -431,19 +435,18 @@ class PagePool:
                 f"pool {self.name!r} reached its limit of {self.config.limit_bytes} bytes; "
                 f"none of the {n} pages stored"
             ) from exc
+        self._mem_used_max = high[0]
         self._same_pages += same
         self._compr_data_size += compr
         self._huge_pages += poor
         self.counters.huge_pages_since += poor
         self.counters.stored_pages_total += n
-        # As zram's update_used_max: only a store that succeeded moves it.
-        self._mem_used_max = max(self._mem_used_max, self._alloc.total_size_bytes)
         if self.budget is not None:
             self.budget.commit_max()
         return handles
 
     def _memory_limit_error(self, n: int) -> MemoryLimitError:
-        server = figures.server_figures(self)
+        server = figures.server_figures(self.budget)
         return MemoryLimitError(
             f"these pages would pass the server's --memory-limit (all pools "
             f"together hold {server.memory_used} of "

@@ -7,12 +7,29 @@ stronger one (zstd at a high level), the *secondary*:
 - which pages: ``huge`` (stored raw), ``idle`` (not stored or loaded for
   ``idle_seconds``) or ``huge_idle`` (both), as zram's ``type=``; same-filled
   and written-back pages stay as they are (zram's ZRAM_WB pages too);
-- a page is rewritten only when its new form lands in a smaller size class
-  (and below ``threshold``, if given); its handle keeps working, its entry
-  remembers which secondary encoded it (kind RECOMPRESSED + index, at most
-  MAX_SECONDARIES per pool);
-- a huge page the secondary cannot shrink is marked INCOMPRESSIBLE (zram's
-  ZRAM_INCOMPRESSIBLE), what write-back type ``incompressible`` picks.
+- ``threshold`` (zram's): objects smaller than it are not tried, and a new
+  form must be smaller than it; a threshold of huge_class_size or more is
+  refused, as zram refuses it;
+- "smaller" is zram's test: ``zs_lookup_class_index`` of the new compressed
+  length below that of the old one, both *raw* lengths (no 8-byte header; a
+  huge page's old length is 4096).  So a huge page recompressed to
+  huge_class_size .. huge_class_size + 7 bytes (3625..3632 at chain size 8)
+  is accepted, as the kernel accepts it: it is no longer huge (huge_pages
+  goes down, compr_data_size counts its length) though with its header it
+  still takes a huge slot, a whole page;
+- a rewritten page's handle keeps working, its entry remembers which
+  secondary encoded it (kind RECOMPRESSED + index, at most MAX_SECONDARIES
+  per pool);
+- a page the secondary cannot shrink is marked INCOMPRESSIBLE (zram's
+  ZRAM_INCOMPRESSIBLE: never tried again; what write-back type
+  ``incompressible`` picks) when the pool has no other secondary to try, as
+  zram marks it only once every secondary has failed;
+- every page tried loses its idle mark (its access time becomes now), as
+  zram clears ZRAM_IDLE of each page it reads to recompress;
+- mem_used_max does not move: zram's recompression does not update it;
+- unlike zram's, it keeps the pool's limit: a new object that would leave
+  the pool past it is given back (``alloc_failed``), so a pool never ends an
+  operation holding more than its limit.
 
 Each page is read under the pool's lock, recompressed outside it, and put
 back under it only if its entry did not change meanwhile.
@@ -24,10 +41,12 @@ secondaries (``_secondaries``) and figures.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import compressors
-from allocator import PoolFullError
+from allocator import ClassTable, PoolFullError
+from zswapd import tier
 from zswapd.entries import (
     ENCODING,
     HUGE,
@@ -69,6 +88,15 @@ def secondary_index(pool: PagePool, algo: str | None, level: int | None) -> int:
     return len(pool._secondaries) - 1
 
 
+def _class_index(pool: PagePool) -> Callable[[int], int]:
+    """zs_lookup_class_index of the pool's allocator; for zbud and z3fold,
+    which have no classes, the slot size stands in for the class."""
+    table = getattr(pool._alloc, "table", None)
+    if isinstance(table, ClassTable):
+        return table.class_index
+    return pool._alloc.capacity
+
+
 def recompress(
     pool: PagePool,
     type: str = "huge",
@@ -80,22 +108,34 @@ def recompress(
 ) -> dict[str, int]:
     """Recompress huge and/or idle pages with a secondary algorithm (zram's recompress).
 
-    A page is rewritten only when its new form lands in a smaller size class
-    (and below ``threshold`` bytes, if given); its handle keeps working.
+    A page is rewritten only when its new compressed length's class index is
+    below its old one's (zram's test, raw lengths), and below ``threshold``
+    bytes if given; its handle keeps working.
 
     Args:
         type: "huge", "idle" or "huge_idle" (both at once), as zram's.
         algo, level: the secondary algorithm (default: the pool's).
         idle_seconds: a page not stored or loaded for this long is idle.
-        threshold: only keep results smaller than this many bytes.
+        threshold: zram's: skip objects smaller than this, keep only results
+            smaller than it; below huge_class_size.
 
     Returns:
         candidates, recompressed, not_smaller, alloc_failed, bytes_saved.
     """
     if type not in RECOMPRESS_TYPES:
         raise InvalidRequestError(f"type must be one of {', '.join(RECOMPRESS_TYPES)}")
-    if threshold is not None and (not isinstance(threshold, int) or threshold <= 0):
-        raise InvalidRequestError("threshold must be a positive int")
+    if threshold is not None and (not isinstance(threshold, int) or threshold < 0):
+        raise InvalidRequestError("threshold must be an int >= 0 (0: none, as zram's)")
+    if threshold == 0:
+        threshold = None
+    if threshold is not None and threshold >= pool.huge_class_size:
+        raise InvalidRequestError(
+            f"threshold must be below huge_class_size ({pool.huge_class_size}), as zram's"
+        )
+    class_index = _class_index(pool)
+    # A device's pages in block index order, as zram walks them (before any of
+    # the pool's locks: the device's comes first).
+    order = pool.writeback_order() if pool.writeback_order is not None else None
     with pool._lock:
         index = secondary_index(pool, algo, level)
         e = pool._entries
@@ -103,11 +143,15 @@ def recompress(
         want_huge = type in ("huge", "huge_idle")
         want_idle = type in ("idle", "huge_idle")
         picked = []
-        for slot in e.live_slots():
+        for slot in e.live_slots() if order is None else tier.slots_in_order(pool, order):
             kind = e.kind[slot]
             # Written-back pages stay where they are, as zram's ZRAM_WB ones.
-            if kind & WRITTEN or kind == SAME or kind & ENCODING == RECOMPRESSED + index:
+            if kind & (WRITTEN | INCOMPRESSIBLE) or kind == SAME:
+                continue  # zram skips ZRAM_WB, ZRAM_SAME and ZRAM_INCOMPRESSIBLE
+            if kind & ENCODING == RECOMPRESSED + index:
                 continue
+            if threshold is not None and e.clen[slot] < threshold:
+                continue  # "small enough" already, zram's threshold
             if want_huge and kind & ENCODING != HUGE:
                 continue
             if want_idle and e.atime[slot] > horizon:
@@ -130,31 +174,37 @@ def recompress(
         except compressors.CorruptDataError as exc:
             raise CorruptObjectError(f"pool {pool.name!r}: {exc}") from exc
         new = secondary.compress(page)
-        smaller_class = pool._alloc.capacity(min(len(new), PAGE_SIZE)) < pool._alloc.capacity(clen)
-        if (
-            len(new) >= pool.huge_class_size
-            or not smaller_class
-            or (threshold is not None and len(new) >= threshold)
-        ):
+        no_smaller_class = class_index(min(len(new), PAGE_SIZE)) >= class_index(clen)
+        if no_smaller_class or (threshold is not None and len(new) >= threshold):
             result["not_smaller"] += 1
             with pool._lock:
                 pool.counters.recompress_attempts += 1  # every page tried
-                if kind & ENCODING == HUGE and pool._unchanged(slot, kind, obj):
-                    # zram's ZRAM_INCOMPRESSIBLE: what writeback type
-                    # "incompressible" picks.
-                    e.kind[slot] = kind | INCOMPRESSIBLE
+                if pool._unchanged(slot, kind, obj):
+                    e.atime[slot] = pool._now()  # no longer idle: zram clears ZRAM_IDLE
+                    if no_smaller_class and len(pool._secondaries) == 1:
+                        # Every secondary failed: never tried again, and what
+                        # writeback type "incompressible" picks.
+                        e.kind[slot] = kind | INCOMPRESSIBLE
             continue
         with pool._lock:
             pool.counters.recompress_attempts += 1
             if not pool._unchanged(slot, kind, obj):
                 continue
+            e.atime[slot] = pool._now()
             try:
                 new_obj = pool._alloc.store(new)
             except PoolFullError:
                 result["alloc_failed"] += 1
                 continue
-            # The old and the new object were both held for a moment.
-            pool._mem_used_max = max(pool._mem_used_max, pool._alloc.total_size_bytes)
+            limit = pool.config.limit_pages
+            if limit is not None and pool._alloc.total_size_bytes > limit * PAGE_SIZE:
+                # zram's recompression allocates without looking at mem_limit;
+                # here a pool never ends an operation past its limit.
+                pool._alloc.free(new_obj)
+                result["alloc_failed"] += 1
+                continue
+            # zram's recompress_slot does not call update_used_max: the moment
+            # both objects were held does not show in mem_used_max.
             pool._alloc.free(obj)
             e.obj[slot], e.clen[slot], e.kind[slot] = new_obj, len(new), RECOMPRESSED + index
             pool._compr_data_size += len(new) - clen

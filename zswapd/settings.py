@@ -281,7 +281,8 @@ POOL_OPTIONS: tuple[PoolOption, ...] = (
         parse_compressor,
         "NAME[:LEVEL]",
         "{whose} algorithm, with its level if wanted, as estimate names them: zstd:9, lz4 "
-        "(zstd:3; installed here: {installed})",
+        "(zstd:3; lz4 and zstd:3 give Linux 6.12's sizes, lz4-lib is userspace liblz4; "
+        "installed here: {installed})",
     ),
     PoolOption("level", "--level", int, "N", "compressor level (default: zstd 3, lz4hc 9)"),
     PoolOption(

@@ -286,7 +286,7 @@ def writeback(
 
     Args:
         type: "idle" (not stored or loaded for ``idle_seconds``), "huge",
-            "huge_idle" (both), "incompressible" (huge pages recompression
+            "huge_idle" (both), "incompressible" (pages recompression
             could not shrink), or "lru" (the least recently used first).
         idle_seconds: what idle means, required for "idle" and "huge_idle"
             (zram's ``echo N > idle``; 0: every page, zram's ``all``) and
@@ -339,10 +339,7 @@ def writeback(
                 candidates = e.lru_len
                 picked = e.lru_oldest(max_pages or e.lru_len)
             else:
-                if order is None:
-                    slots = e.live_slots()
-                else:
-                    slots = [s for s in (_slot_or_none(pool, h) for h in order) if s]
+                slots = e.live_slots() if order is None else slots_in_order(pool, order)
                 horizon = pool._now() - (idle_seconds or 0)
                 picked = []
                 for slot in slots:
@@ -393,6 +390,11 @@ def writeback(
         "error": error,
         "writeback_limit": pool.config.writeback_limit,
     }
+
+
+def slots_in_order(pool: PagePool, handles: Sequence[int]) -> list[int]:
+    """The live entries of ``handles``, in that order (lock held; stale ones left out)."""
+    return [s for s in (_slot_or_none(pool, h) for h in handles) if s is not None]
 
 
 def _slot_or_none(pool: PagePool, handle: int) -> int | None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import struct
 
 import pytest
 
-from allocator import AllocatorError, MapMode, PoolFullError
+from allocator import AllocatorError, InvalidHandleError, MapMode, PoolFullError
 from allocator.handles import GEN_BITS, SLOT_BITS
 from allocator.stats import Fullness
 from allocator.zsmalloc import ZsPool
@@ -258,3 +259,39 @@ def test_handles_cannot_be_walked_by_counting(zspool: type[ZsPool]) -> None:
     assert len(set(seen)) == 200  # 40 random bits a draw: collisions are rare
     steps = {(b - a) % (1 << GEN_BITS) for a, b in itertools.pairwise(seen)}
     assert len(steps) == 199  # no fixed stride to extrapolate
+
+
+def _poison_through_a_stale_view(pool: ZsPool, word: int) -> list[int]:
+    """A view kept past its mapping overwrites a page the pool has since reused."""
+    h = pool.malloc(4096)
+    with pool.map(h) as view:
+        stale = view[:]  # a slice outlives the mapping's release
+    pool.free(h)
+    held = [pool.malloc(100) for _ in range(2)]  # the page is now a 112-byte zspage
+    stale[:] = struct.pack("<Q", word) * 512
+    return held
+
+
+def test_a_free_list_link_overwritten_through_a_stale_view_raises_not_crashes(
+    zspool: type[ZsPool],
+) -> None:
+    """The link to the next free slot lives in the free slot (as the kernel's):
+    one far past its zspage is refused before it addresses anything."""
+    pool = zspool(seed=1)
+    _poison_through_a_stale_view(pool, (5_000_000 + 1) << 1)
+    with pytest.raises((AllocatorError, IndexError)):
+        for _ in range(200):
+            pool.malloc(100)
+
+
+def test_an_int_subclass_handle_cannot_hide_a_mapping_from_free(zspool: type[ZsPool]) -> None:
+    class Lying(int):
+        def __and__(self, other: object) -> int:
+            return 12345
+
+    pool = zspool(seed=1)
+    h = pool.malloc(100)
+    pool.obj_write(h, b"x" * 100)
+    with pytest.raises((InvalidHandleError, AllocatorError)), pool.map(Lying(h)):
+        pool.free(h)
+    assert pool.obj_read(h, 100) == b"x" * 100

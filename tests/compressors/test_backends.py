@@ -15,6 +15,7 @@ from zswapd.corpus import iter_pages
 
 OPTION_SETS = {
     "lz4": [{}, {"acceleration": 8}],
+    "lz4-lib": [{}, {"acceleration": 8}],
     "lz4hc": [{}, {"level": 1}, {"level": 12}],
     "zstd": [{}, {"level": 1}, {"level": -5}, {"level": 19}],
     "deflate": [{}, {"level": 1}, {"level": 9}],
@@ -116,3 +117,31 @@ def test_one_compressor_serves_many_threads(process_pages: list[bytes]) -> None:
             assert comp.decompress(comp.compress(page), 4096) == page
 
     run_threads(work, [process_pages[i::4] for i in range(4)])
+
+
+@pytest.mark.parametrize("name", compressors.available())
+def test_every_backend_names_its_version_and_whether_it_is_kernel_exact(name: str) -> None:
+    comp = compressors.get(name)
+    assert comp.version and comp.version[0].isalpha()
+    assert comp.fidelity == (
+        f"exact for {compressors.KERNEL}"
+        if comp.kernel_exact
+        else f"not kernel-exact: {comp.inexact_because()}"
+    )
+
+
+def test_lz4_and_zstd_are_the_kernels_and_lz4_lib_is_not() -> None:
+    import zstandard
+
+    lz4 = compressors.get("lz4")
+    assert lz4.kernel_exact and lz4.fidelity == "exact for Linux 6.12"
+    assert "Linux 6.12 lib/lz4 (1.8 series)" in lz4.version
+    assert not compressors.get("lz4", acceleration=8).kernel_exact
+    lib = compressors.get("lz4-lib")
+    assert not lib.kernel_exact and "liblz4 1.9" in lib.fidelity
+    zstd = compressors.get("zstd")
+    assert zstd.version.startswith(f"libzstd {'.'.join(map(str, zstandard.ZSTD_VERSION))} ")
+    # pyproject pins python-zstandard 0.23, which bundles the kernel's libzstd 1.5.6.
+    assert zstandard.ZSTD_VERSION == (1, 5, 6)
+    assert zstd.kernel_exact and zstd.fidelity == "exact for Linux 6.12"
+    assert compressors.get("zstd", level=1).fidelity.startswith("not kernel-exact: level 1")

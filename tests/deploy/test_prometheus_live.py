@@ -175,7 +175,11 @@ def stack(
                         # Loads after the first scrape: the hit ratio has a rate to divide.
                         _spill_loads(d.url, spilled)
                         loaded = True
-                    elif prom.query("zswapd:load_hit_ratio:rate5m"):
+                    elif prom.query(
+                        'sum(zswapd_loaded_pages_total{pool="spill"}) == 18'
+                    ) and prom.query('zswapd:load_hit_ratio:rate5m{pool="spill"} > 0'):
+                        # Every load scraped: a scrape between the file's loads and
+                        # memory's would otherwise leave a ratio of 0 for a while.
                         break
             except (httpx.HTTPError, AssertionError, json.JSONDecodeError):
                 pass

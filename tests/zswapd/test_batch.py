@@ -4,9 +4,10 @@ A hypothesis state machine keeps two entry tables and two allocators, built
 alike (the same seed, budget, page limit, LRU or not), and runs the same random
 batches through zswapd.batch on one side and zswapd._batch on the other:
 splits of good and bad batches, stores of same-filled, compressible and
-incompressible pages (some refused midway by the budget or the page limit,
-and undone), loads of live, freed and forged handles (decoded into a list and
-into one answer after a header), frees.  After every step
+incompressible pages (some refused midway by the budget, the allocator's page
+cap or the pool's limit, and undone; the high-water mark moved all the same),
+loads of live, freed and forged handles (decoded into a list and into one
+answer after a header), frees.  After every step
 the two must agree on everything: each call's value, or its error's type and
 message; the table's columns, the handle table's arrays, free chain and
 unused random words, the LRU ring, the budget, the allocator's class table.
@@ -82,8 +83,17 @@ def plain(value: Any) -> Any:
 class Side:
     """One implementation's state: a table, an allocator, a budget."""
 
-    def __init__(self, paths: Any, lru: bool, budget: int | None, max_pages: int | None) -> None:
+    def __init__(
+        self,
+        paths: Any,
+        lru: bool,
+        budget: int | None,
+        max_pages: int | None,
+        limit_pages: int | None = None,
+    ) -> None:
         self.paths = paths
+        self.limit_pages = limit_pages
+        self.high = [0]  # the pool's mem_used_max
         self.budget = PageBudget(budget)
         self.alloc = zsmalloc.ZsPool(seed=3, budget=self.budget, max_pages=max_pages)
         self.entries = EntryTable(seed=7, budget=self.budget, lru=lru)
@@ -104,6 +114,7 @@ class Side:
             self.budget.used,
             self.alloc.class_stats(),
             self.alloc.total_size_bytes,
+            self.high,
         )
 
 
@@ -126,9 +137,12 @@ class OneBehaviour(RuleBasedStateMachine):
         lru=st.booleans(),
         budget=st.one_of(st.none(), st.integers(0, 40)),
         max_pages=st.one_of(st.none(), st.integers(0, 40)),
+        limit_pages=st.one_of(st.none(), st.integers(0, 12)),
     )
-    def build(self, lru: bool, budget: int | None, max_pages: int | None) -> None:
-        self.sides = [Side(p, lru, budget, max_pages) for p in (batch, _batch)]
+    def build(
+        self, lru: bool, budget: int | None, max_pages: int | None, limit_pages: int | None
+    ) -> None:
+        self.sides = [Side(p, lru, budget, max_pages, limit_pages) for p in (batch, _batch)]
 
     @rule(pages=st.lists(PAGES, min_size=1, max_size=12), whole=st.booleans())
     def split(self, pages: list[bytes], whole: bool) -> None:
@@ -154,7 +168,7 @@ class OneBehaviour(RuleBasedStateMachine):
             split = s.paths.split_pages(given) if given else []
             prepared, poor, same, compr = s.paths.prepare(split, LZ4.compress, HUGE_SIZE)
             handles: list[int] = s.paths.add_entries(
-                s.entries, prepared, s.alloc.store, s.alloc.free, self.now
+                s.entries, prepared, s.alloc, self.now, s.limit_pages, s.high
             )
             return [handles, poor, same, compr]  # type: ignore[list-item]
 

@@ -268,6 +268,6 @@ def test_a_suite_whose_dependency_is_missing_is_skipped_and_the_rest_printed(
     lines = [ln for ln in out.stderr.splitlines() if "skipped" in ln]
     assert lines == [
         "zswapd bench: peers skipped: needs the Python module pymemcache "
-        "(pip install 'zswapd[bench]')"
+        "(pip install -e '.[bench]' from a checkout)"
     ], out.stderr
     assert "lz4" in out.stdout and "peers: skipped, needs the Python module" in out.stdout

@@ -407,6 +407,30 @@ class _FakeZswapd(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def test_stats_pool_says_which_kernel_its_figures_are_exact_for(
+    served: tuple[Daemon, Path],
+) -> None:
+    d, _ = served
+    text = _ok("stats", "--pool", "default", url=d.url)
+    assert "compressor zstd: libzstd 1.5.6 (python-zstandard 0.23" in text
+    assert "; exact for Linux 6.12" in text
+    as_json = json.loads(_ok("stats", "--pool", "default", "--json", url=d.url))
+    assert as_json["compressor"]["kernel_exact"] is True
+    assert _ok("pools", "create", "libz", "--compressor", "lz4-lib", url=d.url)
+    text = _ok("stats", "--pool", "libz", url=d.url)
+    assert "compressor lz4-lib: liblz4 1.9" in text and "; not kernel-exact: liblz4" in text
+    # Every pool and device: the table, then which of them are exact.
+    lines = _ok("stats", url=d.url).splitlines()
+    assert any(
+        line.endswith(": exact for Linux 6.12") and "default" in line and "zram0" in line
+        for line in lines
+    ), lines
+    assert any(line.startswith("libz: not kernel-exact: liblz4") for line in lines), lines
+    assert _ok("pools", "remove", "libz", url=d.url)
+    device = json.loads(_ok("devices", "stats", "zram0", "--json", url=d.url))
+    assert device["compressor"]["fidelity"] == "exact for Linux 6.12"  # the kernel's lz4
+
+
 @pytest.fixture(scope="module")
 def fake_server() -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeZswapd)

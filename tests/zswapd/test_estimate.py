@@ -612,3 +612,25 @@ def test_the_recommendation_names_the_cheapest_whenever_it_is_not_the_pick() -> 
     rows = [_row("lz4", 780, 2.0), _row("zstd:9", 800, 110.0)]
     assert est.recommend(rows).endswith(": lz4")  # within 10% and the cheapest: nothing to add
     assert "would not help" in est.recommend([_row("lz4", -1, 2.0)])
+
+
+def test_the_report_says_which_rows_are_the_kernels_and_which_ran_pure() -> None:
+    from zswapd.estimate import Config, estimate
+    from zswapd.estimate_cli import render
+
+    pages = [bytes(range(256)) * 16, bytes(4096)]
+    configs = [Config("lz4"), Config("zstd", 3), Config("zstd", 9), Config("lz4-lib")]
+    text = render(estimate(pages, configs))
+    assert "every page used: 2 pages, no sampling" in text
+    assert "as Linux 6.12's zram would report them: lz4, zstd:3" in text
+    assert "not kernel-exact (compressed sizes differ): zstd:9, lz4-lib" in text
+    # The backend is chosen at import: a process of its own, told to run pure.
+    script = (
+        "from zswapd.estimate import Config, estimate; from zswapd.estimate_cli import render; "
+        "print(render(estimate([bytes(range(256)) * 16], [Config('lz4')])))"
+    )
+    env = {**os.environ, "ZSWAPD_PURE_PYTHON": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert "lz4 ran as pure Python here" in out.stdout

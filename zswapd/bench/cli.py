@@ -56,12 +56,18 @@ def _emit(args: argparse.Namespace, result: dict[str, Any], render: Callable[...
         except RuntimeError as exc:
             print(f"zswapd bench: {exc}", file=sys.stderr)
             return 2
+    from zswapd.bench.stats import compressor_versions
+
+    # Compressed sizes, and so every figure, depend on the compressors' versions.
+    result["compressor_versions"] = compressor_versions()
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
     else:
         print(f"allocator: {result['allocator']}")
         print(f"page store: {result['page_store']}")
+        for name, v in result["compressor_versions"].items():
+            print(f"{name}: {v['version']}; {v['fidelity']}")
         print(render(result))
     return 0
 

@@ -23,6 +23,8 @@ __all__ = ["PLAN", "render", "run"]
 PLAN: list[tuple[str, str, dict[str, Any]]] = [
     ("lz4", "lz4", {}),
     ("lz4 accel 8", "lz4", {"acceleration": 8}),
+    ("lz4-lib", "lz4-lib", {}),
+    ("lz4-lib accel 8", "lz4-lib", {"acceleration": 8}),
     ("lz4hc 9", "lz4hc", {"level": 9}),
     ("zstd -1", "zstd", {"level": -1}),
     ("zstd 1", "zstd", {"level": 1}),

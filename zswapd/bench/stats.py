@@ -9,8 +9,13 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
+import compressors
+
 __all__ = [
+    "BARE",
+    "bare_label",
     "bare_lz4_rates",
+    "compressor_versions",
     "each",
     "format_table",
     "rss_bytes",
@@ -59,16 +64,29 @@ def sample_pages(pages: Sequence[bytes], n: int) -> list[bytes]:
     return list(pages[:: max(1, len(pages) // n)])[:n]
 
 
-def bare_lz4_rates(pages: Sequence[bytes], blobs: Sequence[bytes]) -> tuple[float, float]:
-    """(compress, decompress) pages/s of bare lz4.block on these pages, now."""
-    import lz4.block
+#: The baseline the service suites are measured against: the lz4 their pools
+#: use (the kernel's, reproduced), called directly, with no service around it.
+BARE = compressors.get("lz4")
 
-    compress = timed_rate(
-        lambda: each(partial(lz4.block.compress, store_size=False), pages), len(pages)
-    )
-    decompress = timed_rate(
-        lambda: each(partial(lz4.block.decompress, uncompressed_size=4096), blobs), len(blobs)
-    )
+
+def bare_label() -> str:
+    """Which compressor the bare baseline is, for a table's header."""
+    return f"bare = the pools' own lz4 called directly: {BARE.version}"
+
+
+def compressor_versions() -> dict[str, dict[str, str]]:
+    """lz4's and zstd's version and fidelity, for a result's header."""
+    out = {}
+    for name in ("lz4", "zstd"):
+        comp = compressors.get(name)
+        out[name] = {"version": comp.version, "fidelity": comp.fidelity}
+    return out
+
+
+def bare_lz4_rates(pages: Sequence[bytes], blobs: Sequence[bytes]) -> tuple[float, float]:
+    """(compress, decompress) pages/s of bare :data:`BARE` on these pages, now."""
+    compress = timed_rate(lambda: each(BARE.compress, pages), len(pages))
+    decompress = timed_rate(lambda: each(partial(BARE.decompress, size=4096), blobs), len(blobs))
     return compress, decompress
 
 

@@ -34,6 +34,7 @@ def _algorithms(pages: Sequence[bytes]) -> list[tuple[str, PoolConfig]]:
     out = []
     plan: list[tuple[str, str, int | None]] = [
         ("lz4", "lz4", None),
+        ("lz4-lib", "lz4-lib", None),
         ("lz4hc-9", "lz4hc", 9),
         ("zstd-(-1)", "zstd", -1),
         ("zstd-1", "zstd", 1),

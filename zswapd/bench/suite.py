@@ -90,7 +90,7 @@ def run(
         except ModuleNotFoundError as exc:
             # An optional dependency (the peers' clients): the other suites'
             # results stand, and the line says what to install.
-            why = f"needs the Python module {exc.name} (pip install 'zswapd[bench]')"
+            why = f"needs the Python module {exc.name} (pip install -e '.[bench]' from a checkout)"
             result[name] = {"skipped": why}
             tqdm.write(f"zswapd bench: {name} skipped: {why}", file=sys.stderr)
     return result
