@@ -468,6 +468,10 @@ class PagePool:
                 if kind != SAME:
                     self._alloc.free(obj)
             entries.trim()
+            if self.budget is not None:
+                # What the undo could not give back (the entry table keeps some
+                # growth) is memory in use: the high-water mark never trails it.
+                self.budget.commit_max()
             if not isinstance(exc, PoolFullError):
                 raise
             if self.writeback_mode == "lru":
