@@ -301,7 +301,12 @@ cdef class ZsPoolCore:
         self._shared = budget
         self._buf = self._arena.buf
         self._rbuf = self._buf.toreadonly()
-        PyObject_GetBuffer(self._buf, &self._view, PyBUF_WRITABLE)
+        # The buffer comes from the mapping itself, not from the memoryview
+        # ``_buf``: the cyclic collector clears a memoryview that is in a
+        # cycle, and one with an export refuses (BufferError), leaving the
+        # export to be released on freed state (a crash).  An mmap is never
+        # cleared, and the reference the buffer keeps holds the mapping alive.
+        PyObject_GetBuffer(self._arena._map, &self._view, PyBUF_WRITABLE)
         self._have_view = True
         self._base = <unsigned char *>self._view.buf
         # The handle table: slot 0 is never issued (it ends the free chain).

@@ -25,12 +25,21 @@ __all__ = ["Lz4HC", "Lz4Lib"]
 _LIBRARY = f"liblz4 {lz4.library_version_string()} (python-lz4 {lz4.__version__})"
 
 
-class Lz4Lib(Compressor):
+class _LibLz4Block(Compressor):
+    """What liblz4's two block modes share: the library, its errors, decompression."""
+
+    version = _LIBRARY
+    _errors = (_block.LZ4BlockError, ValueError)
+
+    def _decompress(self, data: Data, size: int) -> bytes:
+        out: bytes = _block.decompress(data, uncompressed_size=size)
+        return out
+
+
+class Lz4Lib(_LibLz4Block):
     """liblz4's block mode; ``acceleration`` 1 (default) .. 65537 buys speed."""
 
     name = "lz4-lib"
-    version = _LIBRARY
-    _errors = (_block.LZ4BlockError, ValueError)
 
     def __init__(self, **options: Any) -> None:
         accel = int_option(options, "acceleration", 1, 1, 65537)
@@ -46,10 +55,6 @@ class Lz4Lib(Compressor):
             out = _block.compress(page, mode="fast", acceleration=self._accel, store_size=False)
         return out
 
-    def _decompress(self, data: Data, size: int) -> bytes:
-        out: bytes = _block.decompress(data, uncompressed_size=size)
-        return out
-
     def inexact_because(self) -> str | None:
         return (
             f"liblz4 {lz4.library_version_string()} finds matches differently from "
@@ -57,12 +62,10 @@ class Lz4Lib(Compressor):
         )
 
 
-class Lz4HC(Compressor):
+class Lz4HC(_LibLz4Block):
     """lz4 high-compression mode, ``level`` 1..12 (default 9, the kernel's LZ4HC_DEFAULT_CLEVEL)."""
 
     name = "lz4hc"
-    version = _LIBRARY
-    _errors = (_block.LZ4BlockError, ValueError)
 
     def __init__(self, **options: Any) -> None:
         level = int_option(options, "level", 9, 1, 12)
@@ -74,10 +77,6 @@ class Lz4HC(Compressor):
         out: bytes = _block.compress(
             page, mode="high_compression", compression=self._level, store_size=False
         )
-        return out
-
-    def _decompress(self, data: Data, size: int) -> bytes:
-        out: bytes = _block.decompress(data, uncompressed_size=size)
         return out
 
     def inexact_because(self) -> str | None:

@@ -5,10 +5,26 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["OBJ_ALLOCATED", "PAGES_USED", "parse_oracle", "rows_diff"]
+from allocator import ClassStats
+
+__all__ = ["OBJ_ALLOCATED", "PAGES_USED", "debugfs_row", "parse_oracle", "rows_diff"]
 
 # Columns of a debugfs class row: class, size, 11 fullness steps, then these.
 OBJ_ALLOCATED, PAGES_USED = 13, 15
+
+
+def debugfs_row(c: ClassStats) -> list[int]:
+    """A class row as the kernel's debugfs prints it (no column for EMPTY)."""
+    return [
+        c.index,
+        c.size,
+        *c.zspages[1:],
+        c.objs_allocated,
+        c.objs_used,
+        c.pages_used,
+        c.pages_per_zspage,
+        c.freeable,
+    ]
 
 
 def parse_oracle(path: Path) -> dict[str, dict[str, object]]:

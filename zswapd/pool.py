@@ -418,6 +418,10 @@ class PagePool:
             # The batch was undone (objects and entries); the counters were not
             # yet moved, but mem_used_max was, as zram moves it before its check.
             self._mem_used_max = high[0]
+            if self.budget is not None:
+                # What the undo could not give back (the entry table keeps some
+                # growth) is memory in use: the high-water mark never trails it.
+                self.budget.commit_max()
             if not isinstance(exc, PoolFullError):
                 raise
             if self.writeback_mode == "lru":

@@ -17,6 +17,8 @@ Skipped when the extension is not built (saying how to build it).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -241,3 +243,30 @@ def test_unseeded_generations_are_fresh_in_the_compiled_pool_too() -> None:
         seen.add(h >> SLOT_BITS)
         pool.free(h)
     assert len(seen) == 200
+
+
+def test_a_pool_in_a_reference_cycle_is_collected_cleanly() -> None:
+    """The cyclic collector frees a compiled pool (its arena held as a buffer) and a
+    view of it kept past it: no crash (it segfaulted), no ignored BufferError."""
+    program = """if True:
+        import gc, sys
+        from allocator._zsmalloc import ZsPool
+        ignored = []
+        sys.unraisablehook = lambda u: ignored.append(repr(u.exc_value))
+        for _ in range(3):
+            pool = ZsPool()
+            h = pool.malloc(100)
+            pool.obj_write(h, b"x" * 100)
+            pool.cycle = [pool]
+            del pool
+            gc.collect()
+        print(ignored)
+    """
+    out = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -18,7 +18,7 @@ import pytest
 from allocator.zsmalloc import ZsPool
 from tests.allocator.zspools import ZSPOOLS
 from tests.conftest import corpus_or_skip
-from tests.oracle import parse_oracle
+from tests.oracle import debugfs_row, parse_oracle
 
 PROGRAMS = ["redis", "postgresql", "python3"]
 
@@ -46,19 +46,7 @@ def test_zram_placement_matches_the_kernel(program: str, algo: str, zspool: type
         assert isinstance(kernel, dict) and isinstance(rows, dict)
         assert pool.total_size_bytes == kernel["mem_used_total"], stage
         assert pool.pages_compacted == kernel["pages_compacted"], stage
-        ours = {
-            c.index: [
-                c.index,
-                c.size,
-                *c.zspages[1:],
-                c.objs_allocated,
-                c.objs_used,
-                c.pages_used,
-                c.pages_per_zspage,
-                c.freeable,
-            ]
-            for c in pool.class_stats()
-        }
+        ours = {c.index: debugfs_row(c) for c in pool.class_stats()}
         assert {i: ours[i] for i in rows} == rows, stage
 
     check("written")

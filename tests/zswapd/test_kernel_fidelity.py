@@ -20,30 +20,15 @@ import pytest
 
 import allocator
 import compressors
-from allocator import ClassStats
 from tests.allocator.zspools import ZSPOOLS
 from tests.conftest import corpus_or_skip
-from tests.oracle import parse_oracle
+from tests.oracle import debugfs_row, parse_oracle
 from zswapd.config import PoolConfig
 from zswapd.corpus import iter_pages
 from zswapd.pool import PagePool
 
 PROGRAMS = ["redis", "postgresql", "python3"]
 STAGES = ("written", "discarded", "compacted")
-
-
-def _row(c: ClassStats) -> list[int]:
-    """A class row as the kernel's debugfs prints it (no column for EMPTY)."""
-    return [
-        c.index,
-        c.size,
-        *c.zspages[1:],
-        c.objs_allocated,
-        c.objs_used,
-        c.pages_used,
-        c.pages_per_zspage,
-        c.freeable,
-    ]
 
 
 def _per_page(corpus: Path, program: str, algo: str) -> list[tuple[int, str]]:
@@ -58,7 +43,7 @@ def _check_stage(pool: PagePool, oracle: dict[str, dict[str, object]], stage: st
     mm = pool.mm_stat()
     ours = {name: getattr(mm, name) for name in kernel}
     assert ours == kernel, stage
-    classes = {c.index: _row(c) for c in pool.stats().classes}
+    classes = {c.index: debugfs_row(c) for c in pool.stats().classes}
     assert set(classes) == set(rows), stage
     wrong = [(i, classes[i], row) for i, row in rows.items() if classes[i] != row]
     assert not wrong, f"{stage}: {len(wrong)} class rows differ, first {wrong[:2]}"

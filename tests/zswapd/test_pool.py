@@ -451,4 +451,23 @@ def test_a_refused_batch_does_not_move_the_servers_high_water_mark() -> None:
         pool.store(noise)
     assert pool.stats().server.memory_used_max == 0  # charged, given back: not kept
     pool.store(noise[:10])
+    server = pool.stats().server
+    assert server.memory_used <= server.memory_used_max
     assert pool.stats().server.memory_used_max == budget.used * 4096 > 0
+
+
+def test_after_a_refused_batch_the_servers_use_never_passes_its_high_water_mark() -> None:
+    """A batch refused at the budget keeps what its entry table grew by: the high-water
+    mark counts it (it trailed memory_used by the table's growth)."""
+    budget = PageBudget(600)
+    pool = PagePool("hw", PoolConfig(compressor="lz4"), budget=budget)
+    pages = [text_page(i) for i in range(4000)]
+    for start in range(0, len(pages), 512):
+        try:
+            pool.store(pages[start : start + 512])
+        except MemoryLimitError:
+            break
+    else:
+        pytest.fail("the budget never refused a batch")
+    server = pool.stats().server
+    assert server.memory_used <= server.memory_used_max
