@@ -252,7 +252,10 @@ def test_a_client_that_does_not_read_is_paused_not_dropped(wire: tuple[Daemon, s
     import threading
 
     raw = Raw(wire[1])
-    n = 400  # 400 x 64 pages = 100 MiB: far past what the server will queue
+    # 1000 x 64 pages = 250 MiB: far past what the server will queue (its
+    # queue, its transport's buffer, and a socket send buffer that takes two
+    # 64-page LOAD answers: about 600 of these 528-byte answers in all)
+    n = 1000
     batch = b"".join(text_page(i) for i in range(64))
 
     def sender() -> None:
