@@ -13,6 +13,7 @@ set, every route but ``/healthz`` wants ``Authorization: Bearer <token>``
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import Match
+from starlette.routing import Match, Route
 
 from zswapd import __version__
 from zswapd.config import PoolConfig
@@ -101,6 +102,33 @@ HandleParam = Annotated[int, UINT64, Path(description="a handle, as the server r
 # body is refused, 400, as the document says: it is no object).
 PoolSettingsBody = Annotated[PoolSettings, Body(default_factory=PoolSettings)]
 RecompressBody = Annotated[RecompressRequest, Body(default_factory=RecompressRequest)]
+
+
+# PoolName's pattern: a name a fast route takes without FastAPI's validation.
+_POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class _RawRoute(Route):
+    """A route of Starlette's alone, put ahead of the FastAPI route of the same
+    path and method.
+
+    FastAPI's route stays: the OpenAPI document is made from it, and a request
+    whose pool name is not a valid one falls through to it (this route does not
+    match), so that it is refused exactly as before.  A request this route
+    serves skips FastAPI's dependency solving, response model validation and
+    encoding, which it does once per request whatever the body's size.
+    """
+
+    def matches(self, scope: Any) -> tuple[Match, Any]:
+        match, child = super().matches(scope)
+        if match == Match.FULL and not _POOL_NAME.fullmatch(child["path_params"]["pool"]):
+            return Match.NONE, {}
+        return match, child
+
+
+def _handle_list(handles: list[int]) -> bytes:
+    """HandleList's JSON, byte for byte as FastAPI renders it."""
+    return b'{"handles":[' + ",".join(map(str, handles)).encode() + b"]}"
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -439,10 +467,26 @@ def create_app(
         },
     )
     async def store(pool: PoolName, request: Request) -> HandleList:
+        # Served by store_pages below, for every pool name it takes; this route
+        # stays for the OpenAPI document and refuses the names it does not.
+        return HandleList.model_construct(handles=await stored(pool, request))
+
+    async def stored(pool: str, request: Request) -> list[int]:
         target = reg.get(pool)
         body = await _read_body(request, settings.max_body_bytes)
         handles: list[int] = await offload(len(body) // PAGE_SIZE, target.store, body)
-        return HandleList(handles=handles)
+        return handles
+
+    async def store_pages(request: Request) -> Response:
+        """POST /v1/pools/{pool}/pages without FastAPI's per-request machinery:
+        the body is read once and handed to the pool as it came, the handles
+        written as the JSON FastAPI would write for HandleList."""
+        handles = await stored(request.path_params["pool"], request)
+        return Response(_handle_list(handles), status_code=201, media_type="application/json")
+
+    app.router.routes.insert(
+        0, _RawRoute("/v1/pools/{pool}/pages", store_pages, methods=["POST"], name="store")
+    )
 
     @app.get(
         "/v1/pools/{pool}/pages/{handle}",
@@ -472,8 +516,9 @@ def create_app(
     async def load_batch(pool: PoolName, body: HandleList) -> Response:
         target = reg.get(pool)
         check_batch(len(body.handles))
-        pages: list[bytes] = await offload(len(body.handles), target.load, body.handles)
-        return Response(b"".join(pages), media_type="application/octet-stream")
+        # The pages decompressed straight into the answer's one bytes object.
+        pages: bytes = await offload(len(body.handles), target.load_frame, body.handles, b"")
+        return Response(pages, media_type="application/octet-stream")
 
     @app.delete("/v1/pools/{pool}/pages/{handle}", status_code=204, name="free", tags=["pages"])
     async def free_one(pool: PoolName, handle: HandleParam) -> Response:

@@ -37,6 +37,7 @@ __all__ = [
     "run_in_thread",
     "run_maintenance",
     "run_on_disk",
+    "runs_inline",
     "thread_jobs",
 ]
 
@@ -164,6 +165,21 @@ async def run_on_disk(owner: Any, fn: Callable[..., T], *args: Any) -> T:
         return await _run(fn, args, _disk)
 
 
+def runs_inline(pages: int, fn: Callable[..., Any]) -> bool:
+    """Whether :func:`offload` would run ``fn`` on the event loop itself: a
+    batch of at most INLINE_PAGES pages of an owner neither busy nor disk-bound.
+
+    A frontend asks before answering a request at once, in the callback that
+    received it, with no task or thread in between.
+    """
+    owner = getattr(fn, "__self__", None)
+    return (
+        pages <= INLINE_PAGES
+        and not getattr(owner, "disk_bound", False)
+        and not getattr(owner, "busy", False)
+    )
+
+
 async def offload(pages: int, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)``: on the loop for small batches, in a worker thread for large.
 
@@ -177,6 +193,6 @@ async def offload(pages: int, fn: Callable[..., T], *args: Any) -> T:
     owner = getattr(fn, "__self__", None)
     if getattr(owner, "disk_bound", False):
         return await run_on_disk(owner, fn, *args)
-    if pages <= INLINE_PAGES and not getattr(owner, "busy", False):
+    if runs_inline(pages, fn):
         return fn(*args)
     return await run_in_thread(fn, *args)

@@ -35,6 +35,7 @@ import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from zswapd.errors import InvalidRequestError, TooLargeError, UnauthorizedError, ZswapdError
 
@@ -47,6 +48,7 @@ __all__ = [
     "VERSION",
     "Frame",
     "FrameParser",
+    "FrameView",
     "Handshake",
     "HelloReply",
     "Op",
@@ -127,6 +129,18 @@ class Frame:
     @property
     def is_response(self) -> bool:
         return bool(self.op & RESPONSE)
+
+
+class FrameView(NamedTuple):
+    """A frame whose payload is a view into a parser's buffer (see FrameParser.next_view).
+
+    A named tuple, not a dataclass: one is made per request on the hot path.
+    """
+
+    op: int
+    request_id: int
+    status: int
+    payload: memoryview
 
 
 def encode_header(op: int, request_id: int, length: int, status: int = 0) -> bytes:
@@ -304,16 +318,39 @@ class FrameParser:
             )
         return op, status, request_id, length
 
-    def _next(self) -> Frame | None:
+    def next_view(self) -> FrameView | None:
+        """As :meth:`next_frame`, the payload a view into the receive buffer: no copy.
+
+        The view is valid only until the next :meth:`get_buffer`, :meth:`feed`
+        or :meth:`shrink` (the buffer's bytes may move then): take what is
+        needed from it first.  For the I/O layer's hot path (a server answering
+        at once, a client splitting a LOAD's pages straight out of it).
+
+        Raises:
+            ProtocolError: the next header is malformed or claims too much.
+        """
+        if self._pending:
+            f = self._pending.pop(0)
+            return FrameView(f.op, f.request_id, f.status, memoryview(f.payload))
+        return self._take_view()
+
+    def _take_view(self) -> FrameView | None:
+        """The next whole frame in the buffer (feed()'s pending ones aside)."""
         if self.buffered < HEADER_SIZE:
             return None
         op, status, request_id, length = self._check_header()
-        end = self._start + HEADER_SIZE + length
+        start = self._start + HEADER_SIZE
+        end = start + length
         if end > self._end:
             return None
-        payload = bytes(self._view[self._start + HEADER_SIZE : end])
         self._start = end
-        return Frame(op, request_id, payload, status)
+        return FrameView(op, request_id, status, self._view[start:end])
+
+    def _next(self) -> Frame | None:
+        view = self._take_view()
+        if view is None:
+            return None
+        return Frame(view.op, view.request_id, bytes(view.payload), view.status)
 
 
 # -- the handshake ----------------------------------------------------------------------

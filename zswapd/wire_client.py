@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import struct
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
 
 from zswapd.errors import ZswapdError, error_class
 from zswapd.pool import PAGE_SIZE
@@ -22,8 +23,10 @@ from zswapd.protocol import (
     RESPONSE,
     Frame,
     FrameParser,
+    FrameView,
     Op,
     encode,
+    encode_header,
     hello_request,
     parse_hello_reply,
 )
@@ -33,8 +36,12 @@ __all__ = ["AsyncWireClient", "WireClient"]
 # Responses the client accepts: a LOAD of the largest request, or a stats document.
 _CLIENT_MAX_PAYLOAD = 1 << 23
 
+T = TypeVar("T")
+# A page or payload as the kernel can send it.
+Buffer = bytes | bytearray | memoryview
 
-def _raise_for(frame: Frame) -> None:
+
+def _raise_for(frame: Frame) -> NoReturn:
     try:
         body = json.loads(frame.payload)
         code, detail = body["error"], body["detail"]
@@ -60,6 +67,57 @@ def _u64s(values: Sequence[int]) -> bytes:
         return struct.pack(f"<{len(values)}Q", *values)
     except struct.error as exc:
         raise ZswapdError(f"a handle is not a u64: {exc}") from exc
+
+
+# What a successful answer's payload view is turned into, before the next read.
+
+
+def _frame(view: FrameView) -> Frame:
+    return Frame(view.op, view.request_id, bytes(view.payload), view.status)
+
+
+def _u64_list(view: FrameView) -> list[int]:
+    return list(struct.unpack(f"<{len(view.payload) // 8}Q", view.payload))
+
+
+def _pages(view: FrameView) -> list[bytes]:
+    """A LOAD's pages, each copied once out of the receive buffer."""
+    data = view.payload
+    if len(data) % PAGE_SIZE:
+        raise ZswapdError(f"a LOAD answer of {len(data)} bytes: not whole pages")
+    return [data[i : i + PAGE_SIZE].tobytes() for i in range(0, len(data), PAGE_SIZE)]
+
+
+def _nothing(view: FrameView) -> None:
+    return None
+
+
+def _nbytes(part: Buffer) -> int:
+    return part.nbytes if isinstance(part, memoryview) else len(part)
+
+
+# sendmsg takes at most this many buffers at once (a 1024-page STORE is 1025).
+_IOV_MAX = max(16, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 1024
+
+
+def _send_frame(sock: socket.socket, op: int, rid: int, parts: Sequence[Buffer]) -> None:
+    """One request frame, its header and payload parts handed to the kernel
+    together (sendmsg's gather list): the pages are not joined first."""
+    pending: list[Buffer] = [encode_header(op, rid, sum(_nbytes(p) for p in parts)), *parts]
+    while pending:
+        sent = sock.sendmsg(pending[:_IOV_MAX])
+        # A blocking socket sends it all unless a signal cut it short: go on
+        # from the first byte not sent.
+        done = 0
+        for part in pending:
+            size = _nbytes(part)
+            if sent < size:
+                break
+            sent -= size
+            done += 1
+        del pending[:done]
+        if pending and sent:
+            pending[0] = memoryview(pending[0]).cast("B")[sent:]
 
 
 class _Requests:
@@ -94,6 +152,11 @@ class _Requests:
 class WireClient:
     """A blocking wire-protocol connection.
 
+    Pages go out without being joined: a request's header and its pages are
+    handed to the kernel in one ``sendmsg``.  Answers are received into the
+    parser's buffer and taken straight out of it: a LOAD's pages are cut from
+    the buffer, one copy each, with no copy of the whole answer first.
+
     Args:
         path: the server's Unix socket.
         token: bearer token, if the server wants one.
@@ -117,30 +180,39 @@ class WireClient:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def _read_frame(self) -> Frame:
-        while (frame := self._parser.next_frame()) is None:
+    def _read_view(self) -> FrameView:
+        """The next answer, its payload a view valid until the next read."""
+        while (view := self._parser.next_view()) is None:
             n = self._sock.recv_into(self._parser.get_buffer())
             if n == 0:
                 raise ZswapdError("the server closed the connection")
             self._parser.buffer_updated(n)
-        return frame
+        return view
 
-    def _pipeline(self, op: int, payloads: Sequence[bytes]) -> list[Frame]:
-        """Send every payload as a request of ``op`` (windowed); answers in order."""
-        ids = [self._req.take_id() for _ in payloads]
-        answers: dict[int, Frame] = {}
+    def _pipeline(
+        self, op: int, requests: Sequence[Sequence[Buffer]], take: Callable[[FrameView], T]
+    ) -> list[T | Frame]:
+        """Send every request (its payload's parts) as ``op``, windowed; the
+        answers in order: ``take`` of each success, a Frame for each error."""
+        ids = [self._req.take_id() for _ in requests]
+        answers: dict[int, T | Frame] = {}
         sent = 0
         while len(answers) < len(ids):
             while sent < len(ids) and sent - len(answers) < self._req.window:
-                self._sock.sendall(encode(op, ids[sent], payloads[sent]))
+                _send_frame(self._sock, op, ids[sent], requests[sent])
                 sent += 1
-            frame = self._read_frame()
-            self._req.check_connection_error(frame)
-            answers[frame.request_id] = frame
+            view = self._read_view()
+            if view.status:
+                error = Frame(view.op, view.request_id, bytes(view.payload), view.status)
+                self._req.check_connection_error(error)
+                answers[view.request_id] = error
+            else:
+                # Taken before the next read: the view is of the receive buffer.
+                answers[view.request_id] = take(view)
         return [answers[i] for i in ids]
 
     def _call(self, op: int, payload: bytes = b"") -> Frame:
-        (frame,) = self._pipeline(op, [payload])
+        (frame,) = self._pipeline(op, [(payload,)], _frame)
         if frame.status:
             _raise_for(frame)
         if frame.op != op | RESPONSE:
@@ -154,11 +226,16 @@ class WireClient:
 
     # -- operations --------------------------------------------------------------------
 
-    def store(self, pages: Sequence[bytes], pool: str = "default") -> list[int]:
+    def store(self, pages: Sequence[Buffer], pool: str = "default") -> list[int]:
         self._use(pool)
-        chunks = self._req.chunks(pages)
-        frames = self._pipeline(Op.STORE, [b"".join(c) for c in chunks])
-        handles, failed = _store_answers(frames)
+        answers = self._pipeline(Op.STORE, self._req.chunks(pages), _u64_list)
+        handles: list[int] = []
+        failed = None
+        for answer in answers:
+            if isinstance(answer, Frame):
+                failed = failed or answer
+            else:
+                handles += answer
         if failed is not None:
             if handles:
                 self.free(handles, pool)
@@ -167,19 +244,24 @@ class WireClient:
 
     def load(self, handles: Sequence[int], pool: str = "default") -> list[bytes]:
         self._use(pool)
+        chunks = self._req.chunks(handles)
         out: list[bytes] = []
-        for frame in self._pipeline(Op.LOAD, [_u64s(c) for c in self._req.chunks(handles)]):
-            if frame.status:
-                _raise_for(frame)
-            data = frame.payload
-            out += [data[i : i + PAGE_SIZE] for i in range(0, len(data), PAGE_SIZE)]
+        for chunk, answer in zip(
+            chunks, self._pipeline(Op.LOAD, [(_u64s(c),) for c in chunks], _pages), strict=True
+        ):
+            if isinstance(answer, Frame):
+                _raise_for(answer)
+            if len(answer) != len(chunk):
+                raise ZswapdError(f"{len(answer)} pages in answer to a LOAD of {len(chunk)}")
+            out += answer
         return out
 
     def free(self, handles: Sequence[int], pool: str = "default") -> None:
         self._use(pool)
-        for frame in self._pipeline(Op.FREE, [_u64s(c) for c in self._req.chunks(handles)]):
-            if frame.status:
-                _raise_for(frame)
+        chunks = [(_u64s(c),) for c in self._req.chunks(handles)]
+        for answer in self._pipeline(Op.FREE, chunks, _nothing):
+            if isinstance(answer, Frame):
+                _raise_for(answer)
 
     def stats(self, pool: str = "default") -> dict[str, Any]:
         self._use(pool)

@@ -252,7 +252,10 @@ def test_a_client_that_does_not_read_is_paused_not_dropped(wire: tuple[Daemon, s
     import threading
 
     raw = Raw(wire[1])
-    n = 400  # 400 x 64 pages = 100 MiB: far past what the server will queue
+    # 1000 x 64 pages = 250 MiB: far past what the server will queue (its
+    # queue, its transport's buffer, and a socket send buffer that takes two
+    # 64-page LOAD answers: about 600 of these 528-byte answers in all)
+    n = 1000
     batch = b"".join(text_page(i) for i in range(64))
 
     def sender() -> None:
@@ -436,3 +439,38 @@ def test_a_connection_guessing_handles_is_closed(tmp_path: Path) -> None:
         assert "closing" in json.loads(f.payload)["detail"]
         assert guesser.closed()
         assert other.call(Op.LOAD, 2, struct.pack("<Q", h)).status == 0  # others go on
+
+
+class _Interrupted(socket.socket):
+    """A real socket whose sendmsg sends at most ``cut`` bytes a call, as one
+    cut short by a signal does."""
+
+    cut = 1000
+
+    def sendmsg(self, buffers, *args):  # type: ignore[no-untyped-def, override]
+        taken, room = [], self.cut
+        for b in buffers:
+            view = memoryview(b).cast("B")[:room]
+            taken.append(view)
+            room -= len(view)
+            if not room:
+                break
+        return super().sendmsg(taken, *args)
+
+
+def test_a_request_cut_short_by_the_kernel_is_sent_whole_in_order() -> None:
+    from zswapd.wire_client import _send_frame
+
+    a, b = socket.socketpair()
+    sender = _Interrupted(a.family, a.type, fileno=a.detach())
+    pages = [random_page(i) for i in range(5)] + [memoryview(text_page(9))]
+    try:
+        _send_frame(sender, Op.STORE, 7, pages)
+        parser = FrameParser(1 << 20)
+        while (frame := parser.next_frame()) is None:
+            parser.buffer_updated(b.recv_into(parser.get_buffer()))
+        assert (frame.op, frame.request_id) == (Op.STORE, 7)
+        assert frame.payload == b"".join(bytes(p) for p in pages)
+    finally:
+        sender.close()
+        b.close()
