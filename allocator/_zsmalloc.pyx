@@ -117,9 +117,10 @@ cdef struct Zspage:
     # ZsPage of zspage.py; cls is -1 while the id is free.  A zspage is kept
     # for every ~10 objects: its record is sized for the pool's longest zspage,
     # not for MAX_CHAIN (pages[] runs on past its declared one entry, to the
-    # next record, _zstride bytes on), and its small fields are small.
+    # next record, _zstride bytes on), and its small fields are small.  Its
+    # fullness group comes from its class's table (_group), a short zspage's
+    # computed: no table of its own.
     uint32_t *owners
-    uint8_t *gtab
     int32_t freeobj
     int32_t inuse
     int32_t objs
@@ -128,7 +129,6 @@ cdef struct Zspage:
     int16_t cls
     uint8_t fullness
     uint8_t npages
-    uint8_t own_gtab
     uint32_t pages[1]
 
 
@@ -368,16 +368,13 @@ cdef class ZsPoolCore:
     cdef void _clear_zspage(self, Zspage *z) noexcept:
         if z.cls >= 0:
             free(z.owners)
-            if z.own_gtab:
-                free(z.gtab)
         z.owners = NULL
-        z.gtab = NULL
-        z.own_gtab = False
         z.cls = -1
 
     cdef _build_classes(self, int header):
         cdef Klass *k
-        cdef Py_ssize_t n, i
+        cdef Py_ssize_t n, i, head
+        cdef Zspage probe
         cdef int64_t off
         specs = self.table.classes
         self._ncls = len(specs)
@@ -414,7 +411,8 @@ cdef class ZsPoolCore:
         if not 1 <= longest <= MAX_CHAIN:
             raise ValueError(f"zspages of {longest} pages: 1..{MAX_CHAIN} only")
         # pages[] holds one PFN in the struct; the record runs on for the rest.
-        self._zstride = (sizeof(Zspage) + (longest - 1) * sizeof(uint32_t) + 7) // 8 * 8
+        head = <char *>&probe.pages[0] - <char *>&probe
+        self._zstride = (head + longest * sizeof(uint32_t) + 7) // 8 * 8
         lookup = self.table.lookup
         for i in range(PAGE_SIZE + 1):
             self._class_of[i] = lookup[i]
@@ -530,6 +528,12 @@ cdef class ZsPoolCore:
         """The record of zspage ``zid`` (records are _zstride bytes apart)."""
         return <Zspage *>(<char *>self._zs + zid * self._zstride)
 
+    cdef inline int _group(self, Zspage *z, Klass *k, int inuse) noexcept:
+        """The fullness group of ``z`` holding ``inuse`` objects."""
+        if z.objs == k.objs_per_zspage:
+            return k.gtab[inuse]
+        return fullness_group(inuse, z.objs)  # a short zspage (short_zspages)
+
     cdef inline int64_t _slot_address(self, Zspage *z, Klass *k, int idx) noexcept:
         return ((<int64_t>z.pages[k.slot_page[idx]]) << PAGE_SHIFT) + k.slot_off[idx]
 
@@ -592,12 +596,6 @@ cdef class ZsPoolCore:
         for i in range(npages):
             z.pages[i] = pfns[i]
         z.owners = NULL if k.header else <uint32_t *>calloc(objs, sizeof(uint32_t))
-        if objs == k.objs_per_zspage:
-            z.gtab = k.gtab
-            z.own_gtab = False
-        else:
-            z.gtab = group_table(objs)
-            z.own_gtab = True
         # Chain every slot into the free list, in order, inside the slots.
         for i in range(objs):
             self._word(self._slot_address(z, k, i))[0] = (
@@ -722,7 +720,7 @@ cdef class ZsPoolCore:
             z.inuse += 1
             inuse = z.inuse
             k.objs_used += 1
-            group = z.gtab[inuse]
+            group = self._group(z, k, inuse)
             if group != z.fullness:
                 if z.fullness == EMPTY:
                     k.empties -= 1
@@ -797,7 +795,7 @@ cdef class ZsPoolCore:
             z.inuse -= 1
             inuse = z.inuse
             k.objs_used -= 1
-            group = z.gtab[inuse]
+            group = self._group(z, k, inuse)
             if group != z.fullness:
                 self._regroup(k, zid, group)
         finally:
@@ -1025,7 +1023,8 @@ cdef class ZsPoolCore:
         return NIL
 
     cdef inline void _putback(self, Klass *k, int32_t zid) noexcept:
-        cdef int group = self._z(zid).gtab[self._z(zid).inuse]
+        cdef Zspage *z = self._z(zid)
+        cdef int group = self._group(z, k, z.inuse)
         self._insert(k, zid, group)
         if group == EMPTY:
             k.empties += 1
