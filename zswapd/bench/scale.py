@@ -3,8 +3,10 @@
 In a fresh interpreter (so RSS is the pool's and nothing else's), an lz4 pool
 is filled with the corpus's pages, cycled, to 10^4, 10^5 and 10^6 stored pages;
 at each level 8,192 pages are stored, loaded and freed in 64-page batches, five
-times, and the median cost per page taken (it should stay flat), and RSS growth per stored page is
-taken beside mem_used_total per stored page.
+times, and the median cost per page taken (it should stay flat; a load's CPU
+time is taken beside its wall time, which neighbours on a shared machine
+move), and RSS growth per stored page is taken beside mem_used_total per
+stored page.
 
 RSS is read after the C heap is trimmed, as the daemon trims it once a burst
 is over (:mod:`zswapd.malloc`).  The benchmark keeps its own handles as a
@@ -62,6 +64,9 @@ def child(pages_path: str, levels: Sequence[int]) -> None:
         k = min(PROBE, level)
         probe = [pages[(n + i) % len(pages)] for i in range(k)]
         costs: dict[str, list[float]] = {"store": [], "load": [], "free": []}
+        # The loads' CPU time too: on a shared machine, wall time between two
+        # levels measured minutes apart is the neighbours' as much as ours.
+        load_cpu: list[float] = []
         for _ in range(REPEATS):  # medians: one short probe is at the mercy of noise
             start = time.perf_counter()
             fresh: list[int] = []
@@ -69,10 +74,11 @@ def child(pages_path: str, levels: Sequence[int]) -> None:
                 fresh += pool.store(probe[i : i + BATCH])
             costs["store"].append((time.perf_counter() - start) * 1e6 / k)
             sample = rng.sample(live, k)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for i in range(0, k, BATCH):
                 pool.load(sample[i : i + BATCH])
             costs["load"].append((time.perf_counter() - start) * 1e6 / k)
+            load_cpu.append((time.process_time() - cpu) * 1e6 / k)
             start = time.perf_counter()
             for i in range(0, k, BATCH):
                 pool.free(fresh[i : i + BATCH])
@@ -93,6 +99,7 @@ def child(pages_path: str, levels: Sequence[int]) -> None:
                 "store_us_per_page": store_us,
                 "load_us_per_page": load_us,
                 "free_us_per_page": free_us,
+                "load_cpu_us_per_page": statistics.median(load_cpu),
                 "mem_used_total": mm.mem_used_total,
                 "rss_growth": grown,
                 "rss_per_stored_page": (grown - client) / stored,
@@ -151,6 +158,7 @@ def render(result: dict[str, Any]) -> str:
             f"{r['store_us_per_page']:.2f}",
             f"{r['load_us_per_page']:.2f}",
             f"{r['free_us_per_page']:.2f}",
+            f"{r.get('load_cpu_us_per_page', 0):.2f}",
             f"{r['pool_bytes_per_stored_page']:.0f}",
             f"{r['rss_per_stored_page']:.0f}",
             f"{r['overhead_per_stored_page']:.0f}",
@@ -175,6 +183,7 @@ def render(result: dict[str, Any]) -> str:
                     "store us",
                     "load us",
                     "free us",
+                    "load CPU us",
                     "pool B",
                     "RSS B",
                     "RSS beyond pool B",
