@@ -12,8 +12,9 @@ wrong.
 
 What moves to C is what runs per object: the size-class table, the zspages and
 their fullness lists (arrays of structs linked by zspage id instead of Python
-objects), the handle table (two flat arrays), and the copies in and out of the
-arena.  What runs per zspage stays Python, shared with the reference: the page
+objects), the handle table (one array of 13-byte records: what the reference
+keeps in two arrays of 8-byte words, a lookup's one place instead of two), and
+the copies in and out of the arena.  What runs per zspage stays Python, shared with the reference: the page
 arena (:class:`~allocator.arena.PageArena`, so PFNs are handed out in the same
 order), the budgets (:class:`~allocator.base.PoolBase`), the generations'
 random source (:func:`~allocator.handles.generation_source`), mapping objects.
