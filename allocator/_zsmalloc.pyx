@@ -12,8 +12,9 @@ wrong.
 
 What moves to C is what runs per object: the size-class table, the zspages and
 their fullness lists (arrays of structs linked by zspage id instead of Python
-objects), the handle table (two flat arrays), and the copies in and out of the
-arena.  What runs per zspage stays Python, shared with the reference: the page
+objects), the handle table (one array of 13-byte records: what the reference
+keeps in two arrays of 8-byte words, a lookup's one place instead of two), and
+the copies in and out of the arena.  What runs per zspage stays Python, shared with the reference: the page
 arena (:class:`~allocator.arena.PageArena`, so PFNs are handed out in the same
 order), the budgets (:class:`~allocator.base.PoolBase`), the generations'
 random source (:func:`~allocator.handles.generation_source`), mapping objects.
@@ -41,7 +42,7 @@ from cpython.pythread cimport (
     PyThread_release_lock,
     PyThread_type_lock,
 )
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy
 
@@ -114,19 +115,40 @@ cdef struct Klass:
 
 
 cdef struct Zspage:
-    # ZsPage of zspage.py; cls is -1 while the id is free.
-    int32_t cls
+    # ZsPage of zspage.py; cls is -1 while the id is free.  A zspage is kept
+    # for every ~10 objects: its record is sized for the pool's longest zspage,
+    # not for MAX_CHAIN (pages[] runs on past its declared one entry, to the
+    # next record, _zstride bytes on), and its small fields are small.  Its
+    # fullness group comes from its class's table (_group), a short zspage's
+    # computed: no table of its own.
+    uint32_t *owners
     int32_t freeobj
     int32_t inuse
     int32_t objs
-    int32_t fullness
     int32_t prev
     int32_t next
-    int32_t npages
-    uint32_t pages[MAX_CHAIN]
-    uint32_t *owners
-    uint8_t *gtab
-    bint own_gtab
+    int16_t cls
+    uint8_t fullness
+    uint8_t npages
+    uint32_t pages[1]
+
+
+cdef packed struct Hslot:
+    # One slot of the handle table: handles.py's two arrays as one record, so
+    # a lookup touches one place, and the 40-bit generation in 5 bytes, not 8:
+    # 13 bytes a slot.
+    int64_t loc
+    uint32_t gen_lo
+    uint8_t gen_hi
+
+
+cdef inline uint64_t slot_gen(Hslot *h) noexcept nogil:
+    return (<uint64_t>h.gen_hi) << 32 | h.gen_lo
+
+
+cdef inline void set_slot_gen(Hslot *h, uint64_t g) noexcept nogil:
+    h.gen_lo = <uint32_t>g
+    h.gen_hi = <uint8_t>(g >> 32)
 
 
 cdef inline int fullness_group(int inuse, int objs) noexcept nogil:
@@ -216,13 +238,13 @@ cdef class ZsPoolCore:
     cdef Py_ssize_t _ncls
     cdef int32_t _class_of[PAGE_SIZE + 1]
     cdef Zspage *_zs
+    cdef Py_ssize_t _zstride  # bytes from one zspage record to the next
     cdef Py_ssize_t _nz
     cdef Py_ssize_t _zcap
     cdef int32_t *_free_zids
     cdef Py_ssize_t _nfree_zids
     # The handle table (handles.py): locations, generations, the free chain.
-    cdef int64_t *_hloc
-    cdef uint64_t *_hgen
+    cdef Hslot *_h
     cdef Py_ssize_t _hlen
     cdef Py_ssize_t _hcap
     cdef int64_t _hfree
@@ -258,8 +280,7 @@ cdef class ZsPoolCore:
         self._cls = NULL
         self._zs = NULL
         self._free_zids = NULL
-        self._hloc = NULL
-        self._hgen = NULL
+        self._h = NULL
         self._rnd = NULL
         self._have_view = False
 
@@ -311,12 +332,11 @@ cdef class ZsPoolCore:
         self._base = <unsigned char *>self._view.buf
         # The handle table: slot 0 is never issued (it ends the free chain).
         self._hcap = 1024
-        self._hloc = <int64_t *>malloc(self._hcap * sizeof(int64_t))
-        self._hgen = <uint64_t *>malloc(self._hcap * sizeof(uint64_t))
-        if self._hloc == NULL or self._hgen == NULL:
+        self._h = <Hslot *>malloc(self._hcap * sizeof(Hslot))
+        if self._h == NULL:
             raise MemoryError()
-        self._hloc[0] = 0
-        self._hgen[0] = 0
+        self._h[0].loc = 0
+        set_slot_gen(&self._h[0], 0)
         self._hlen = 1
         self._hfree = 0
         self._live = 0
@@ -335,7 +355,7 @@ cdef class ZsPoolCore:
         cdef Py_ssize_t i
         if self._zs != NULL:
             for i in range(self._nz):
-                self._clear_zspage(&self._zs[i])
+                self._clear_zspage(self._z(i))
             free(self._zs)
         if self._cls != NULL:
             for i in range(self._ncls):
@@ -345,8 +365,7 @@ cdef class ZsPoolCore:
                 free(self._cls[i].gtab)
             free(self._cls)
         free(self._free_zids)
-        free(self._hloc)
-        free(self._hgen)
+        free(self._h)
         free(self._rnd)
         if self._have_view:
             PyBuffer_Release(&self._view)
@@ -355,16 +374,13 @@ cdef class ZsPoolCore:
     cdef void _clear_zspage(self, Zspage *z) noexcept:
         if z.cls >= 0:
             free(z.owners)
-            if z.own_gtab:
-                free(z.gtab)
         z.owners = NULL
-        z.gtab = NULL
-        z.own_gtab = False
         z.cls = -1
 
     cdef _build_classes(self, int header):
         cdef Klass *k
-        cdef Py_ssize_t n, i
+        cdef Py_ssize_t n, i, head
+        cdef Zspage probe
         cdef int64_t off
         specs = self.table.classes
         self._ncls = len(specs)
@@ -397,6 +413,12 @@ cdef class ZsPoolCore:
                 k.slot_split[i] = <uint16_t>min(
                     k.capacity, PAGE_SIZE - (off & (PAGE_SIZE - 1)) - k.header
                 )
+        longest = max(spec.pages_per_zspage for spec in specs)
+        if not 1 <= longest <= MAX_CHAIN:
+            raise ValueError(f"zspages of {longest} pages: 1..{MAX_CHAIN} only")
+        # pages[] holds one PFN in the struct; the record runs on for the rest.
+        head = <char *>&probe.pages[0] - <char *>&probe
+        self._zstride = (head + longest * sizeof(uint32_t) + 7) // 8 * 8
         lookup = self.table.lookup
         for i in range(PAGE_SIZE + 1):
             self._class_of[i] = lookup[i]
@@ -423,9 +445,10 @@ cdef class ZsPoolCore:
         cdef int64_t slot = self._hfree
         cdef uint64_t old, g
         cdef Py_ssize_t cap
+        cdef Hslot *grown
         if not slot and self._hlen > self._max_slots:
             raise HandleTableFullError(f"handle table full: {self._max_slots} handles live")
-        old = self._hgen[slot] if slot else 0
+        old = slot_gen(&self._h[slot]) if slot else 0
         while True:
             if self._nrnd == 0:
                 self._refill_random()
@@ -435,24 +458,20 @@ cdef class ZsPoolCore:
             if g and g != old:
                 break
         if slot:
-            self._hfree = -1 - self._hloc[slot]
-            self._hloc[slot] = location
+            self._hfree = -1 - self._h[slot].loc
+            self._h[slot].loc = location
         else:
             if self._hlen == self._hcap:
                 cap = self._hcap * 2
-                hloc = <int64_t *>realloc(self._hloc, cap * sizeof(int64_t))
-                if hloc == NULL:
+                grown = <Hslot *>realloc(self._h, cap * sizeof(Hslot))
+                if grown == NULL:
                     raise MemoryError()
-                self._hloc = hloc
-                hgen = <uint64_t *>realloc(self._hgen, cap * sizeof(uint64_t))
-                if hgen == NULL:
-                    raise MemoryError()
-                self._hgen = hgen
+                self._h = grown
                 self._hcap = cap
             slot = self._hlen
             self._hlen += 1
-            self._hloc[slot] = location
-        self._hgen[slot] = g
+            self._h[slot].loc = location
+        set_slot_gen(&self._h[slot], g)
         self._live += 1
         return g << SLOT_BITS | <uint64_t>slot
 
@@ -470,14 +489,14 @@ cdef class ZsPoolCore:
         slot = <int64_t>(h & SLOT_MASK)
         if slot == 0 or slot >= self._hlen:
             return -1
-        if self._hgen[slot] != h >> SLOT_BITS or self._hloc[slot] < 0:
+        if slot_gen(&self._h[slot]) != h >> SLOT_BITS or self._h[slot].loc < 0:
             return -1
         return slot
 
     cdef inline int64_t _take(self, int64_t slot) noexcept:
         """HandleTable.release: retire a live slot; returns its location."""
-        cdef int64_t loc = self._hloc[slot]
-        self._hloc[slot] = -1 - self._hfree
+        cdef int64_t loc = self._h[slot].loc
+        self._h[slot].loc = -1 - self._hfree
         self._hfree = slot
         self._live -= 1
         return loc
@@ -485,31 +504,41 @@ cdef class ZsPoolCore:
     # -- fullness lists (zspage.py insert_zspage / remove_zspage) --------------------
 
     cdef inline void _insert(self, Klass *k, int32_t zid, int group) noexcept:
-        cdef Zspage *z = &self._zs[zid]
+        cdef Zspage *z = self._z(zid)
         cdef int32_t head = k.heads[group]
         z.prev = NIL
         z.next = head
         if head != NIL:
-            self._zs[head].prev = zid
+            self._z(head).prev = zid
         k.heads[group] = zid
         z.fullness = group
         k.counts[group] += 1
         k.nonfull |= ((<uint32_t>1) << group) & NONFULL_BITS
 
     cdef inline void _remove(self, Klass *k, int32_t zid) noexcept:
-        cdef Zspage *z = &self._zs[zid]
+        cdef Zspage *z = self._z(zid)
         cdef int group = z.fullness
         if z.prev != NIL:
-            self._zs[z.prev].next = z.next
+            self._z(z.prev).next = z.next
         else:
             k.heads[group] = z.next
         if z.next != NIL:
-            self._zs[z.next].prev = z.prev
+            self._z(z.next).prev = z.prev
         z.prev = NIL
         z.next = NIL
         k.counts[group] -= 1
         if k.heads[group] == NIL:
             k.nonfull &= ~((<uint32_t>1) << group)
+
+    cdef inline Zspage *_z(self, Py_ssize_t zid) noexcept:
+        """The record of zspage ``zid`` (records are _zstride bytes apart)."""
+        return <Zspage *>(<char *>self._zs + zid * self._zstride)
+
+    cdef inline int _group(self, Zspage *z, Klass *k, int inuse) noexcept:
+        """The fullness group of ``z`` holding ``inuse`` objects."""
+        if z.objs == k.objs_per_zspage:
+            return k.gtab[inuse]
+        return fullness_group(inuse, z.objs)  # a short zspage (short_zspages)
 
     cdef inline int64_t _slot_address(self, Zspage *z, Klass *k, int idx) noexcept:
         return ((<int64_t>z.pages[k.slot_page[idx]]) << PAGE_SHIFT) + k.slot_off[idx]
@@ -548,7 +577,7 @@ cdef class ZsPoolCore:
         else:
             if self._nz == self._zcap:
                 cap = max(64, self._zcap * 2)
-                grown = <Zspage *>realloc(self._zs, cap * sizeof(Zspage))
+                grown = <Zspage *>realloc(self._zs, cap * self._zstride)
                 ids = <int32_t *>realloc(self._free_zids, cap * sizeof(int32_t))
                 if grown != NULL:
                     self._zs = grown
@@ -561,7 +590,7 @@ cdef class ZsPoolCore:
                 self._zcap = cap
             zid = <int32_t>self._nz
             self._nz += 1
-        z = &self._zs[zid]
+        z = self._z(zid)
         z.cls = k.position
         z.freeobj = 0
         z.inuse = 0
@@ -573,12 +602,6 @@ cdef class ZsPoolCore:
         for i in range(npages):
             z.pages[i] = pfns[i]
         z.owners = NULL if k.header else <uint32_t *>calloc(objs, sizeof(uint32_t))
-        if objs == k.objs_per_zspage:
-            z.gtab = k.gtab
-            z.own_gtab = False
-        else:
-            z.gtab = group_table(objs)
-            z.own_gtab = True
         # Chain every slot into the free list, in order, inside the slots.
         for i in range(objs):
             self._word(self._slot_address(z, k, i))[0] = (
@@ -595,7 +618,7 @@ cdef class ZsPoolCore:
 
     cdef int _free_zspage(self, Klass *k, int32_t zid) except -1:
         """Release an empty zspage that is on no list; returns pages released."""
-        cdef Zspage *z = &self._zs[zid]
+        cdef Zspage *z = self._z(zid)
         cdef int npages = z.npages
         cdef int i
         self._arena.free_pages([z.pages[i] for i in range(npages)])
@@ -624,7 +647,7 @@ cdef class ZsPoolCore:
         return freed
 
     cdef int _regroup(self, Klass *k, int32_t zid, int group) except -1:
-        if self._zs[zid].fullness == EMPTY:
+        if self._z(zid).fullness == EMPTY:
             k.empties -= 1
         self._remove(k, zid)
         if group == EMPTY:
@@ -682,7 +705,7 @@ cdef class ZsPoolCore:
                 zid = k.heads[highest_bit(k.nonfull)]
             else:
                 zid = self._new_zspage(k)
-            z = &self._zs[zid]
+            z = self._z(zid)
             idx = z.freeobj
             # The free list's links live in the free slots, as the kernel's do:
             # bytes a stale view of a freed object can overwrite.  Checked before
@@ -703,7 +726,7 @@ cdef class ZsPoolCore:
             z.inuse += 1
             inuse = z.inuse
             k.objs_used += 1
-            group = z.gtab[inuse]
+            group = self._group(z, k, inuse)
             if group != z.fullness:
                 if z.fullness == EMPTY:
                     k.empties -= 1
@@ -767,7 +790,7 @@ cdef class ZsPoolCore:
                 self._free_huge(loc)
                 return
             zid = <int32_t>(loc >> LOC_SHIFT)
-            z = &self._zs[zid]
+            z = self._z(zid)
             k = &self._cls[z.cls]
             idx = loc & IDX_MASK
             addr = self._slot_address(z, k, idx)
@@ -778,7 +801,7 @@ cdef class ZsPoolCore:
             z.inuse -= 1
             inuse = z.inuse
             k.objs_used -= 1
-            group = z.gtab[inuse]
+            group = self._group(z, k, inuse)
             if group != z.fullness:
                 self._regroup(k, zid, group)
         finally:
@@ -809,7 +832,7 @@ cdef class ZsPoolCore:
         cdef int idx, page
         if slot < 0:
             raise InvalidHandleError(f"no live object for handle {handle!r}")
-        loc = self._hloc[slot]
+        loc = self._h[slot].loc
         if loc & HUGE:
             k = &self._cls[(loc & ~HUGE) >> HUGE_CLASS_SHIFT]
             kout[0] = k
@@ -817,7 +840,7 @@ cdef class ZsPoolCore:
             split[0] = k.capacity
             second[0] = -1
             return 0
-        z = &self._zs[loc >> LOC_SHIFT]
+        z = self._z(loc >> LOC_SHIFT)
         k = &self._cls[z.cls]
         idx = loc & IDX_MASK
         page = k.slot_page[idx]
@@ -1006,7 +1029,8 @@ cdef class ZsPoolCore:
         return NIL
 
     cdef inline void _putback(self, Klass *k, int32_t zid) noexcept:
-        cdef int group = self._zs[zid].gtab[self._zs[zid].inuse]
+        cdef Zspage *z = self._z(zid)
+        cdef int group = self._group(z, k, z.inuse)
         self._insert(k, zid, group)
         if group == EMPTY:
             k.empties += 1
@@ -1023,12 +1047,12 @@ cdef class ZsPoolCore:
             src = self._isolate(k, RATIO_10, FULL, 1)  # emptiest first
             if src == NIL:
                 break
-            self._migrate(k, &self._zs[src], src, &self._zs[dst], dst)
-            if self._zs[src].inuse == 0:
+            self._migrate(k, self._z(src), src, self._z(dst), dst)
+            if self._z(src).inuse == 0:
                 freed += self._free_zspage(k, src)
             else:
                 self._putback(k, src)
-            if self._zs[dst].inuse == self._zs[dst].objs:
+            if self._z(dst).inuse == self._z(dst).objs:
                 self._putback(k, dst)
                 dst = NIL
         if dst != NIL:
@@ -1060,7 +1084,7 @@ cdef class ZsPoolCore:
                     continue
             if (
                 owner >= <uint64_t>self._hlen
-                or self._hloc[owner] != ((<int64_t>src_zid) << LOC_SHIFT | idx)
+                or self._h[owner].loc != ((<int64_t>src_zid) << LOC_SHIFT | idx)
             ):
                 raise AllocatorError(
                     f"pool corrupted: slot {idx} of zspage {src_zid} names handle slot {owner}, "
@@ -1090,7 +1114,7 @@ cdef class ZsPoolCore:
             if split < cap:
                 second = (<int64_t>dst.pages[k.slot_page[didx] + 1]) << PAGE_SHIFT
                 memcpy(self._base + second, tmp + split, cap - split)
-            self._hloc[owner] = (<int64_t>dst_zid) << LOC_SHIFT | didx
+            self._h[owner].loc = (<int64_t>dst_zid) << LOC_SHIFT | didx
             # obj_free on src; the class's counters do not change overall.
             self._word(addr)[0] = (<uint64_t>(src.freeobj + 1)) << 1
             if src.owners != NULL:
@@ -1175,7 +1199,7 @@ cdef class ZsPoolCore:
                 zspages=self._nz - self._nfree_zids + huge,
                 pages_compacted=self.pages_compacted,
                 alloc_failures=self.alloc_failures,
-                handle_table_bytes=self._hlen * 16,
+                handle_table_bytes=self._hlen * sizeof(Hslot),
             )
         finally:
             self._lk.exit()
@@ -1216,7 +1240,7 @@ cdef class ZsPoolCore:
             c.pages_used = k.pages_used
         zspages = []
         for zid in range(self._nz):
-            z = &self._zs[zid]
+            z = self._z(zid)
             if z.cls < 0:
                 zspages.append(None)
                 continue
@@ -1231,7 +1255,7 @@ cdef class ZsPoolCore:
                 p.owners = None
             zspages.append(p)
         for zid in range(self._nz):
-            z = &self._zs[zid]
+            z = self._z(zid)
             if z.cls >= 0:
                 zspages[zid].prev = zspages[z.prev] if z.prev != NIL else None
                 zspages[zid].next = zspages[z.next] if z.next != NIL else None
@@ -1245,7 +1269,7 @@ cdef class ZsPoolCore:
             zspages=zspages,
             words=self._arena.words,
             handles=_HandleSnapshot(
-                [self._hloc[i] for i in range(self._hlen)], self._live
+                [self._h[i].loc for i in range(self._hlen)], self._live
             ),
             pages_held=self._arena.pages_held,
             empty_cache=self.empty_cache,

@@ -26,7 +26,10 @@ that keeps large integers) once a handle passes 2**53.
 that :class:`HandleTableFullError` (a :class:`PoolFullError`: nothing changed).
 
 The table is two flat arrays (8 + 8 bytes a slot, :data:`SLOT_BYTES`): no
-Python object per handle.  Free slots are chained through the location array
+Python object per handle.  A caller whose locations are small (the page
+store's entry table, whose slots hold nothing but the free chain) may keep
+them in 4-byte words instead (``loc_type="i"``): a free slot's link, ``-1 -
+slot``, fits 32 bits.  Free slots are chained through the location array
 itself (negative entries).  The arrays grow as slots are first issued and
 shrink only by :meth:`HandleTable.trim`, which drops the free slots above the
 highest live one: a slot made again after a trim has forgotten its last
@@ -95,16 +98,22 @@ class HandleTable:
     Args:
         seed: seed for generations (default: unpredictable, from os.urandom).
         max_slots: live handles at most (MAX_SLOTS; less only for tests).
+        loc_type: the locations' array type: ``"q"`` (8 bytes), or ``"i"``
+            (4 bytes) for a caller whose locations are below 2**31.
     """
 
     __slots__ = ("_free", "_gen", "_loc", "_random", "_refill", "live", "max_slots")
 
-    def __init__(self, seed: int | None = None, max_slots: int = MAX_SLOTS) -> None:
+    def __init__(
+        self, seed: int | None = None, max_slots: int = MAX_SLOTS, *, loc_type: str = "q"
+    ) -> None:
         if not 1 <= max_slots <= MAX_SLOTS:
             raise ValueError(f"max_slots must be 1..{MAX_SLOTS}")
+        if loc_type not in ("q", "i"):
+            raise ValueError('loc_type must be "q" or "i"')
         self.max_slots = max_slots
         # Slot 0 is never issued: it terminates the free chain.
-        self._loc = array("q", [0])
+        self._loc = array(loc_type, [0])
         self._gen = array("Q", [0])
         self._free = 0
         self._refill = generation_source(seed)

@@ -113,7 +113,7 @@ def prepare(batch, compress, Py_ssize_t huge_size):
 cdef class _Issue:
     """The handle table's state while a batch is issued in C (written back after)."""
 
-    cdef long long[:] loc
+    cdef int[:] loc  # the entry table's handle slots: 4-byte words (entries.py)
     cdef unsigned long long[:] gen
     cdef unsigned long long[:] rnd
     cdef Py_ssize_t top  # the next slot appended: slots below it are made
@@ -233,7 +233,7 @@ def add_entries(entries, list prepared, alloc, now, limit_pages, list high):
             if len(column) < have + grow:
                 raise RuntimeError("the entry table's columns are shorter than its slots")
         if grow:
-            loc_array.frombytes(bytes(8 * grow))
+            loc_array.frombytes(bytes(loc_array.itemsize * grow))
             gen_array.frombytes(bytes(8 * grow))
         it = _Issue()
         it.table = table
@@ -270,7 +270,7 @@ def add_entries(entries, list prepared, alloc, now, limit_pages, list high):
 def read_entries(entries, handles, read, unsigned int now):
     """See :func:`zswapd.batch.read_entries`."""
     table = entries._handles
-    cdef long long[:] loc = table._loc
+    cdef int[:] loc = table._loc
     cdef unsigned long long[:] gen = table._gen
     cdef Py_ssize_t nslots = len(table._loc), i, n = len(handles), slot
     cdef Py_ssize_t ncols = len(entries.obj)

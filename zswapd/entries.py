@@ -4,18 +4,20 @@ Each entry is one stored page: same-filled (the 8-byte word only), compressed
 by the primary or secondary (recompression) algorithm, or huge (stored raw).
 Kept in flat arrays indexed by the handle's slot (8 + 2 + 1 + 4 bytes an
 entry), behind the allocator's :class:`~allocator.handles.HandleTable`, so a
-freed or forged handle is refused and never reaches another page.
+freed or forged handle is refused and never reaches another page.  That
+table's location words hold nothing here but its free chain (a live slot's is
+0): 4 bytes a slot, not the allocator's 8.
 
 A pool with a backing file also keeps its pages in memory on an LRU list, as
 zswap's list_lru: two more columns (``prev``, ``next``: 4 + 4 bytes a slot) link
 the slots into one ring through slot 0, which is never issued to a handle.
 
 The table is memory the server holds for every page, same-filled ones too
-(which take nothing from the allocator): 31 bytes a slot, the columns and the
+(which take nothing from the allocator): 27 bytes a slot, the columns and the
 handle's slot together (:data:`ENTRY_BYTES`).  So that no client can make the
 daemon hold more than ``--memory-limit`` by storing zero pages, the table
 charges the server's :class:`~allocator.PageBudget` one page for every
-:data:`ENTRIES_PER_PAGE` (132) slots it holds, as it grows and before the
+:data:`ENTRIES_PER_PAGE` (151) slots it holds, as it grows and before the
 entries that need them are added (:meth:`EntryTable.reserve`: a charge that
 does not fit changes nothing).  What is charged is the slots held, not the
 entries live: the arrays cannot shrink below the highest live slot, so freed
@@ -28,7 +30,7 @@ from __future__ import annotations
 from array import array
 
 from allocator import BudgetExceededError, InvalidHandleError, PageBudget
-from allocator.handles import MAX_SLOTS, SLOT_BYTES, SLOT_MASK, HandleTable
+from allocator.handles import MAX_SLOTS, SLOT_MASK, HandleTable
 from zswapd.errors import StaleHandleError
 
 __all__ = [
@@ -63,12 +65,15 @@ NOT_LISTED = 0xFFFFFFFF  # prev/next of a slot off the LRU list
 PAGE_SIZE = 4096
 # The columns' types, in the order of EntryTable's fields obj, clen, kind, atime.
 _COLUMNS = "QHBI"
-# Bytes a slot of the table holds: its columns and its handle's slot (location
-# and generation): 8 + 2 + 1 + 4 + 8 + 8 = 31.
-ENTRY_BYTES = sum(array(t).itemsize for t in _COLUMNS) + SLOT_BYTES
-# Slots one budget page pays for: 132, whole entries only (132 x 31 = 4092).
+# The handle table's location words: only its free chain, whose links are
+# below 2**24 (see allocator.handles).
+_SLOT_LOC = "i"
+# Bytes a slot of the table holds: its columns and its handle's slot (free
+# chain link and generation): 8 + 2 + 1 + 4 + 4 + 8 = 27.
+ENTRY_BYTES = sum(array(t).itemsize for t in _COLUMNS + _SLOT_LOC + "Q")
+# Slots one budget page pays for: 151, whole entries only (151 x 27 = 4077).
 ENTRIES_PER_PAGE = PAGE_SIZE // ENTRY_BYTES
-# With the LRU's two links: 39 bytes, 105 slots a page.
+# With the LRU's two links: 35 bytes, 117 slots a page.
 LRU_ENTRY_BYTES = ENTRY_BYTES + 2 * array("I").itemsize
 # Growth is in steps of an eighth of the table, at least this many slots.
 _MIN_GROWTH = 1024
@@ -110,7 +115,7 @@ class EntryTable:
         *,
         lru: bool = False,
     ) -> None:
-        self._handles = HandleTable(seed, max_slots)
+        self._handles = HandleTable(seed, max_slots, loc_type=_SLOT_LOC)
         self.obj = array(_COLUMNS[0], [0])
         self.clen = array(_COLUMNS[1], [0])
         self.kind = array(_COLUMNS[2], [0])
@@ -232,7 +237,7 @@ class EntryTable:
 
     def close(self) -> None:
         """Drop every entry and give the budget back all the table holds."""
-        self._handles = HandleTable(max_slots=self._handles.max_slots)
+        self._handles = HandleTable(max_slots=self._handles.max_slots, loc_type=_SLOT_LOC)
         for column in self._columns():
             del column[1:]
         if self.prev is not None and self.next is not None:

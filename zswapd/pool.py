@@ -17,7 +17,7 @@ as zram does it, with zswap's policies as options:
    limit is a :class:`~allocator.PageBudget` shared by every pool's allocator
    (zswap's max_pool_percent): a store past it fails whole the same way, as
    MemoryLimitError (counted in memory_limit_hit, in pages).  The same budget
-   pays for the table of entries, one page per 132 slots
+   pays for the table of entries, one page per 151 slots
    (:data:`~zswapd.entries.ENTRIES_PER_PAGE`), same-filled pages included:
    the table grows, charged, before a batch's entries are added, so a store
    that the budget cannot pay for fails whole the same way.  mm_stat is

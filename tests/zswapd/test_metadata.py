@@ -46,10 +46,10 @@ def test_the_charge_covers_the_tables_real_bytes() -> None:
     table = EntryTable(seed=1, budget=budget)
     for n in range(5000):
         table.add(0, n, 0, 0)
-        # Columns and handle table together, 31 bytes a slot, 132 slots a page.
+        # Columns and handle table together, 27 bytes a slot, 151 slots a page.
         assert table.nbytes <= ENTRY_BYTES * table.slots <= budget.used * PAGE
         assert budget.used == table.charged == -(-(table.slots - 1) // ENTRIES_PER_PAGE)
-    assert (ENTRY_BYTES, ENTRIES_PER_PAGE) == (31, 132)
+    assert (ENTRY_BYTES, ENTRIES_PER_PAGE) == (27, 151)
     handles = [table.handle_of(s) for s in table.live_slots()]
     for h in handles[:4000]:
         table.remove(h)
@@ -71,7 +71,7 @@ def test_zero_pages_stop_at_the_memory_limit_and_resume_once_freed(tmp_path: Pat
             before = _rss(d.proc.pid)
             handles: list[int] = []
             refusal = None
-            # 4 MiB pays for 1024 x 132 entries: refused within 133 batches of 1024.
+            # 4 MiB pays for 1024 x 151 entries: refused within 152 batches of 1024.
             for _ in range(200):
                 try:
                     handles += c.store(ZEROS)
