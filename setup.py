@@ -20,12 +20,16 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-# name -> the Cython source, relative to this file.
+# name -> the Cython source, relative to this file; built in this order.
 ACCELERATORS = {
     "allocator._zsmalloc": "allocator/_zsmalloc.pyx",
     "compressors._lz4k": "compressors/_lz4k.pyx",
     "zswapd._batch": "zswapd/_batch.pyx",
 }
+# The extensions whose C functions another calls (cimports, through their
+# .pxd): built only when those were, so that it is never built to fail on
+# import; unbuilt, its pure-Python twin runs (zswapd.fastpath).
+NEEDS = {"zswapd._batch": ("allocator._zsmalloc", "compressors._lz4k")}
 
 
 def _warn(what: str, exc: object) -> None:
@@ -60,16 +64,35 @@ def _extensions() -> list[Extension]:
 class OptionalBuildExt(build_ext):
     """build_ext that turns any compiler failure into one warning."""
 
+    def initialize_options(self) -> None:
+        super().initialize_options()
+        self._failed: set[str] = set()  # the extensions not built, by name
+
     def run(self) -> None:
         try:
             super().run()
         except Exception as exc:  # no compiler at all, or a broken toolchain
             _warn("the accelerators", exc)
 
+    def copy_extensions_to_source(self) -> None:
+        # --inplace: copy the ones built (setuptools would stop at the first missing).
+        built = [ext for ext in self.extensions if ext.name not in self._failed]
+        self.extensions, every = built, self.extensions
+        try:
+            super().copy_extensions_to_source()
+        finally:
+            self.extensions = every
+
     def build_extension(self, ext: Extension) -> None:
+        missing = [name for name in NEEDS.get(ext.name, ()) if name in self._failed]
+        if missing:
+            self._failed.add(ext.name)
+            _warn(ext.name, f"it calls {', '.join(missing)} in C, which was not built")
+            return
         try:
             super().build_extension(ext)
         except Exception as exc:  # this one failed to compile
+            self._failed.add(ext.name)
             _warn(ext.name, exc)
 
 

@@ -486,7 +486,11 @@ cdef class ZsPoolCore:
         if h == <uint64_t>-1 and PyErr_Occurred():
             PyErr_Clear()  # negative, or past 64 bits: no handle is either
             return -1
-        slot = <int64_t>(h & SLOT_MASK)
+        return self._live_slot_of(h)
+
+    cdef inline int64_t _live_slot_of(self, uint64_t h) noexcept:
+        """The slot of live handle ``h``, or -1 (the check of :meth:`_live_slot`)."""
+        cdef int64_t slot = <int64_t>(h & SLOT_MASK)
         if slot == 0 or slot >= self._hlen:
             return -1
         if slot_gen(&self._h[slot]) != h >> SLOT_BITS or self._h[slot].loc < 0:
@@ -690,7 +694,7 @@ cdef class ZsPoolCore:
         finally:
             PyBuffer_Release(&b)
 
-    cdef object _alloc(self, Py_ssize_t size, const unsigned char *data):
+    cdef uint64_t _alloc(self, Py_ssize_t size, const unsigned char *data) except 0:
         cdef Klass *k = &self._cls[self._class_of[size]]
         cdef Zspage *z
         cdef int32_t zid
@@ -745,7 +749,9 @@ cdef class ZsPoolCore:
         finally:
             self._lk.exit()
 
-    cdef object _malloc_huge(self, Klass *k, const unsigned char *data, Py_ssize_t size):
+    cdef uint64_t _malloc_huge(
+        self, Klass *k, const unsigned char *data, Py_ssize_t size
+    ) except 0:
         cdef int64_t pfn
         cdef uint64_t handle
         self._lk.enter()
@@ -772,40 +778,46 @@ cdef class ZsPoolCore:
 
     def free(self, handle):
         """Free the object of ``handle``; the handle is invalid from now on (see ZsPool)."""
-        cdef int64_t slot, loc
-        cdef int32_t zid
-        cdef Zspage *z
-        cdef Klass *k
-        cdef int idx, group, inuse
-        cdef int64_t addr
+        cdef int64_t slot
         self._lk.enter()
         try:
             slot = self._live_slot(handle)
             if slot < 0:
                 raise InvalidHandleError(f"no live object for handle {handle!r}")
-            if self._mapped and slot in self._mapped:
-                raise AllocatorError("cannot free an object while it is mapped")
-            loc = self._take(slot)
-            if loc & HUGE:
-                self._free_huge(loc)
-                return
-            zid = <int32_t>(loc >> LOC_SHIFT)
-            z = self._z(zid)
-            k = &self._cls[z.cls]
-            idx = loc & IDX_MASK
-            addr = self._slot_address(z, k, idx)
-            self._word(addr)[0] = (<uint64_t>(z.freeobj + 1)) << 1
-            if z.owners != NULL:
-                z.owners[idx] = 0
-            z.freeobj = idx
-            z.inuse -= 1
-            inuse = z.inuse
-            k.objs_used -= 1
-            group = self._group(z, k, inuse)
-            if group != z.fullness:
-                self._regroup(k, zid, group)
+            self._free_slot(slot)
         finally:
             self._lk.exit()
+
+    cdef int _free_slot(self, int64_t slot) except -1:
+        """Free the object of live ``slot`` (lock held)."""
+        cdef int64_t loc
+        cdef int32_t zid
+        cdef Zspage *z
+        cdef Klass *k
+        cdef int idx, group, inuse
+        cdef int64_t addr
+        if self._mapped and slot in self._mapped:
+            raise AllocatorError("cannot free an object while it is mapped")
+        loc = self._take(slot)
+        if loc & HUGE:
+            self._free_huge(loc)
+            return 0
+        zid = <int32_t>(loc >> LOC_SHIFT)
+        z = self._z(zid)
+        k = &self._cls[z.cls]
+        idx = loc & IDX_MASK
+        addr = self._slot_address(z, k, idx)
+        self._word(addr)[0] = (<uint64_t>(z.freeobj + 1)) << 1
+        if z.owners != NULL:
+            z.owners[idx] = 0
+        z.freeobj = idx
+        z.inuse -= 1
+        inuse = z.inuse
+        k.objs_used -= 1
+        group = self._group(z, k, inuse)
+        if group != z.fullness:
+            self._regroup(k, zid, group)
+        return 0
 
     cdef int _free_huge(self, int64_t loc) except -1:
         # Released at once, whatever empty_cache says (as the reference).
@@ -826,20 +838,26 @@ cdef class ZsPoolCore:
         """(class, data address, bytes before the page ends, address of the page
         a spanning object continues on or -1) of a live handle."""
         cdef int64_t slot = self._live_slot(handle)
-        cdef int64_t loc
+        if slot < 0:
+            raise InvalidHandleError(f"no live object for handle {handle!r}")
+        self._locate_slot(slot, kout, addr, split, second)
+        return 0
+
+    cdef void _locate_slot(
+        self, int64_t slot, Klass **kout, int64_t *addr, int *split, int64_t *second
+    ) noexcept:
+        """:meth:`_locate_c` of a slot already checked live."""
+        cdef int64_t loc = self._h[slot].loc
         cdef Zspage *z
         cdef Klass *k
         cdef int idx, page
-        if slot < 0:
-            raise InvalidHandleError(f"no live object for handle {handle!r}")
-        loc = self._h[slot].loc
         if loc & HUGE:
             k = &self._cls[(loc & ~HUGE) >> HUGE_CLASS_SHIFT]
             kout[0] = k
             addr[0] = (loc & PFN_MASK) << PAGE_SHIFT
             split[0] = k.capacity
             second[0] = -1
-            return 0
+            return
         z = self._z(loc >> LOC_SHIFT)
         k = &self._cls[z.cls]
         idx = loc & IDX_MASK
@@ -851,7 +869,6 @@ cdef class ZsPoolCore:
             second[0] = (<int64_t>z.pages[page + 1]) << PAGE_SHIFT
         else:
             second[0] = -1
-        return 0
 
     def _locate(self, handle):
         """(class position, data address, bytes before the page ends, address of
@@ -1300,3 +1317,72 @@ class ZsPool(ZsPoolCore, PoolBase):
     the budgets (``set_max_pages``, ``close``, the refusals) are the reference's
     own code, from :class:`~allocator.base.PoolBase`.
     """
+
+
+# -- the C interface (_zsmalloc.pxd) -------------------------------------------------
+#
+# For other compiled modules (zswapd/_batch.pyx): store, obj_read, free and
+# total_size_bytes of a ZsPool, called in C, with a C handle and C buffers.
+# Each is its method's twin: the same lock, checks, errors and effects.  The pool
+# is cast with a type check, so a wrong object is a TypeError, never a bad read.
+
+cdef uint64_t zs_store(object pool, const unsigned char *data, Py_ssize_t n) except 0:
+    """``pool.store(data[:n])``: a new object holding the ``n`` bytes; its handle."""
+    cdef ZsPoolCore p = <ZsPoolCore?>pool
+    if p._cls == NULL:
+        raise RuntimeError("ZsPool used before its __init__")
+    if not 0 < n <= PAGE_SIZE:
+        p._check_size(n)  # raises the reference's ValueError
+    return p._alloc(n, data)
+
+
+cdef int zs_obj_read(
+    object pool, uint64_t handle, unsigned char *dst, Py_ssize_t n
+) except -1:
+    """``pool.obj_read(handle, n)`` into ``dst`` (room for ``n`` bytes), not a bytes object."""
+    cdef ZsPoolCore p = <ZsPoolCore?>pool
+    cdef Klass *k
+    cdef int64_t addr, second, slot
+    cdef int split
+    if p._cls == NULL:
+        raise RuntimeError("ZsPool used before its __init__")
+    p._lk.enter()
+    try:
+        slot = p._live_slot_of(handle)
+        if slot < 0:
+            raise InvalidHandleError(f"no live object for handle {handle!r}")
+        p._locate_slot(slot, &k, &addr, &split, &second)
+        if not 0 <= n <= k.capacity:
+            raise ValueError(f"cannot read {n} bytes of a {k.capacity}-byte slot")
+        if n <= split:
+            memcpy(dst, p._base + addr, n)
+        else:
+            memcpy(dst, p._base + addr, split)
+            memcpy(dst + split, p._base + second, n - split)
+        return 0
+    finally:
+        p._lk.exit()
+
+
+cdef int zs_free(object pool, uint64_t handle) except -1:
+    """``pool.free(handle)``."""
+    cdef ZsPoolCore p = <ZsPoolCore?>pool
+    cdef int64_t slot
+    if p._cls == NULL:
+        raise RuntimeError("ZsPool used before its __init__")
+    p._lk.enter()
+    try:
+        slot = p._live_slot_of(handle)
+        if slot < 0:
+            raise InvalidHandleError(f"no live object for handle {handle!r}")
+        p._free_slot(slot)
+        return 0
+    finally:
+        p._lk.exit()
+
+
+cdef int64_t zs_total_size_bytes(object pool) except -1:
+    """``pool.total_size_bytes``: pages held x 4096."""
+    cdef ZsPoolCore p = <ZsPoolCore?>pool
+    cdef int64_t held = p._arena.pages_held
+    return held << PAGE_SHIFT

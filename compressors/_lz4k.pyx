@@ -5,14 +5,26 @@ compressors/lz4k.py is the reference and documents every rule; this module
 follows it step for step (a hypothesis test checks they agree byte for byte).
 The work runs without the GIL, on a hash table on the stack, so threads
 compress in parallel and nothing is shared between calls.
+
+It also decodes (:func:`decompress`): an LZ4 block back into exactly the
+page it came from, for the page store's compiled loops, which decompress into
+their answer's own buffer (compressors/_lz4k.pxd: ``compress_into`` and
+``decompress_into``, called in C).  The decoder is strict: it accepts only a
+block that keeps the format's end-of-block rules (the last 5 bytes literals,
+no match starting in the last 12, a last token with no match length, input
+and output used exactly, no offset 0) and refuses
+everything else, where liblz4 (the reference decoder, python-lz4's) may
+accept a little more; a caller hands a refused block to liblz4, so the two
+never disagree on a block this one accepts (tests/compressors/test_lz4k.py).
+Every length is checked against both buffers' ends before a byte is copied.
 """
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-__all__ = ["MAX_ACCELERATION", "MAX_INPUT_SIZE", "compress"]
+__all__ = ["MAX_ACCELERATION", "MAX_INPUT_SIZE", "compress", "decompress"]
 
 cdef enum:
     MINMATCH = 4
@@ -169,6 +181,138 @@ cdef size_t _compress(const uint8_t* src, size_t n, uint32_t acceleration,
     memcpy(op, anchor, run)
     op += run
     return <size_t>(op - dst)
+
+
+cdef Py_ssize_t compress_into(
+    const uint8_t* src, size_t n, int acceleration, uint8_t* dst, size_t cap
+) noexcept nogil:
+    """:func:`compress` of ``src[:n]`` into ``dst``; its length, or -1 when
+    ``n`` is past MAX_INPUT_SIZE, ``acceleration`` past MAX_ACCELERATION or
+    ``cap`` below the block's bound (n + n // 255 + 16)."""
+    if n > _MAX_INPUT_SIZE or acceleration > _MAX_ACCELERATION or cap < n + n // 255 + 16:
+        return -1
+    if n == 0:
+        dst[0] = 0  # a lone token: no literals, no match
+        return 1
+    return <Py_ssize_t>_compress(src, n, <uint32_t>acceleration if acceleration > 1 else 1, dst)
+
+
+cdef inline void _copy16(uint8_t* dst, const uint8_t* src) noexcept nogil:
+    memcpy(dst, src, 16)  # a fixed size: two moves, no call
+
+
+cdef Py_ssize_t decompress_into(
+    const uint8_t* src, size_t n, uint8_t* dst, size_t size
+) noexcept nogil:
+    """Decode the LZ4 block ``src[:n]`` into ``dst``: ``size`` on success, -1 for a
+    block that is not exactly ``size`` bytes under the format's end-of-block
+    rules (``dst`` then holds garbage).  Nothing outside ``src[:n]`` is read,
+    nothing outside ``dst[:size]`` written."""
+    cdef const uint8_t* ip = src
+    cdef const uint8_t* iend = src + n
+    cdef uint8_t* op = dst
+    cdef uint8_t* oend = dst + size
+    cdef const uint8_t* match
+    cdef size_t length, offset, dist, i
+    cdef unsigned int token, s
+    if n == 0:
+        return -1
+    while True:
+        token = ip[0]
+        ip += 1
+        length = token >> 4
+        if length == RUN_MASK:
+            while True:
+                if ip >= iend:
+                    return -1
+                s = ip[0]
+                ip += 1
+                length += s
+                if s != 255:
+                    break
+        # Literals.  Short ones are copied 16 bytes at a time where both buffers
+        # have the room (the bytes past the run are written over later).
+        if length > <size_t>(iend - ip) or length > <size_t>(oend - op):
+            return -1
+        if length <= 16 and iend - ip >= 16 and oend - op >= 16:
+            _copy16(op, ip)
+        else:
+            memcpy(op, ip, length)
+        op += length
+        ip += length
+        if ip == iend:
+            # The last sequence: literals only (no match length either), and
+            # the page filled exactly.
+            return <Py_ssize_t>size if op == oend and token & ML_MASK == 0 else -1
+        # A match follows: it starts at least MFLIMIT before the end, and the
+        # input holds its offset and, after it, a last sequence of at least
+        # LASTLITERALS literals (2 + 1 + 5 bytes).
+        if oend - op < MFLIMIT or iend - ip < 2 + 1 + LASTLITERALS:
+            return -1
+        offset = <size_t>ip[0] | (<size_t>ip[1] << 8)
+        ip += 2
+        if offset == 0 or offset > <size_t>(op - dst):
+            return -1
+        length = token & ML_MASK
+        if length == ML_MASK:
+            while True:
+                if ip >= iend:
+                    return -1
+                s = ip[0]
+                ip += 1
+                length += s
+                if s != 255:
+                    break
+        length += MINMATCH
+        # The match ends at least LASTLITERALS before the end.
+        if length > <size_t>(oend - op) - LASTLITERALS:
+            return -1
+        match = op - offset
+        if offset >= 16 and length <= 16 and oend - op >= 16:
+            _copy16(op, match)
+        elif offset >= length:
+            memcpy(op, match, length)  # apart: no byte read is one written
+        else:
+            # Overlapping (a run): the bytes repeat with period ``offset``, so
+            # out[q] == out[q - dist] for any multiple ``dist`` of it.  The first
+            # ``dist - offset`` bytes one by one, then 8 at a time from ``dist``
+            # (>= 8) behind, which no chunk overlaps.
+            dist = offset
+            while dist < 8:
+                dist += offset
+            i = 0
+            while i < length and i < dist - offset:
+                op[i] = match[i]
+                i += 1
+            while i + 8 <= length:
+                memcpy(op + i, op + i - dist, 8)
+                i += 8
+            while i < length:
+                op[i] = op[i - dist]
+                i += 1
+        op += length
+
+
+def decompress(const uint8_t[::1] src not None, Py_ssize_t size):
+    """The ``size`` bytes an LZ4 block decodes to (strictly: see the module's doc).
+
+    Raises:
+        ValueError: ``src`` is not a block of exactly ``size`` bytes under the
+            format's end-of-block rules, or ``size`` is negative.
+    """
+    cdef Py_ssize_t n = src.shape[0]
+    cdef Py_ssize_t got
+    if size < 0:
+        raise ValueError(f"size must be >= 0, not {size}")
+    out = PyBytes_FromStringAndSize(NULL, size)
+    cdef uint8_t* dst = <uint8_t*>PyBytes_AS_STRING(out)
+    got = -1
+    if n:
+        with nogil:
+            got = decompress_into(&src[0], <size_t>n, dst, <size_t>size)
+    if got != size:
+        raise ValueError(f"not an LZ4 block of {size} bytes (or not one this decoder accepts)")
+    return out
 
 
 def compress(const uint8_t[::1] src not None, int acceleration=1):

@@ -27,6 +27,7 @@ from typing import Any
 
 from allocator import PoolFullError
 from allocator.handles import SLOT_MASK
+from compressors import Compressor
 from zswapd.entries import COMPRESSED, ENCODING, HUGE, SAME, WRITTEN, EntryTable
 from zswapd.errors import PageSizeError
 
@@ -76,11 +77,13 @@ def split_pages(pages: Page | Iterable[Page]) -> list[bytes]:
 
 
 def prepare(
-    batch: Sequence[bytes], compress: Callable[[Any], bytes], huge_size: int
-) -> tuple[list[Prepared], int, int, int]:
-    """Each page's kind and payload; and how many are huge (compress to
-    ``huge_size`` bytes or more: stored raw), how many same-filled, and the
-    stored bytes of the others: (prepared, huge, same, stored bytes)."""
+    batch: Sequence[bytes], comp: Compressor, huge_size: int
+) -> tuple[Sequence[Prepared], int, int, int]:
+    """Each page's kind and payload, compressed by ``comp``; and how many are
+    huge (compress to ``huge_size`` bytes or more: stored raw), how many
+    same-filled, and the stored bytes of the others: (prepared, huge, same,
+    stored bytes)."""
+    compress = comp.compress
     prepared: list[Prepared] = []
     poor = same = compr = 0
     for page in batch:
@@ -163,10 +166,11 @@ def add_entries(
 def read_entries(
     entries: EntryTable,
     handles: Sequence[int],
-    read: Callable[[int, int], bytes],
+    alloc: Any,
     now: int,
-) -> tuple[list[int], list[Raw], int, int]:
-    """The slots of ``handles`` and what each stores: (slots, raw, same, written).
+) -> tuple[list[int], Sequence[Raw], int, int]:
+    """The slots of ``handles`` and what each stores, read from the allocator
+    ``alloc`` (its ``obj_read``): (slots, raw, same, written).
 
     Every handle is checked before anything is read or touched.
 
@@ -174,6 +178,7 @@ def read_entries(
         StaleHandleError: a handle is not live (nothing touched).
     """
     slots = [entries.slot(h) for h in handles]
+    read = alloc.obj_read
     kinds, objs, clens, atime = entries.kind, entries.obj, entries.clen, entries.atime
     raw: list[Raw] = []
     same = written = 0
@@ -194,14 +199,16 @@ def read_entries(
 
 def decode(
     raw: Sequence[Raw],
-    primary: Callable[[bytes, int], bytes],
+    comp: Compressor,
     decompress: Callable[[int, bytes], bytes],
 ) -> list[bytes]:
     """The pages of ``raw`` (every one read: none left ``None``).
 
-    ``primary(data, 4096)`` decodes a page of the primary algorithm,
-    ``decompress(kind, data)`` one of any other; their errors go on.
+    ``comp``, the primary algorithm, decodes a page of its own
+    (``comp.decompress(data, 4096)``), ``decompress(kind, data)`` one of any
+    other; their errors go on.
     """
+    primary = comp.decompress
     out = []
     for kind, word, data, _ in raw:
         assert data is not None
@@ -218,10 +225,10 @@ def decode(
 
 def decode_frame(
     raw: Sequence[Raw],
-    primary: Callable[[bytes, int], bytes],
+    comp: Compressor,
     decompress: Callable[[int, bytes], bytes],
     header: bytes,
 ) -> bytes:
     """``header`` and the pages of ``raw`` after it, as one new bytes object
     (a frontend's whole answer: written once, never joined again)."""
-    return b"".join([header, *decode(raw, primary, decompress)])
+    return b"".join([header, *decode(raw, comp, decompress)])

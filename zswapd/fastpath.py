@@ -26,8 +26,10 @@ elif os.environ.get("ZSWAPD_PURE_PYTHON") == "1":
 else:
     try:
         from zswapd import _batch as _module
-    except ImportError as exc:
-        # Not built (no compiler at install time) or built for another Python.
+    except (ImportError, TypeError) as exc:
+        # Not built (no compiler at install time), built for another Python, or
+        # the compiled allocator or lz4 it calls in C is missing (ImportError)
+        # or from another build (a C function of another signature: TypeError).
         _module, ACCELERATED, REASON = reference, False, f"not built: {exc}"
     else:
         ACCELERATED, REASON = True, "built"

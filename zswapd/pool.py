@@ -357,9 +357,7 @@ class PagePool:
         paths = batch()
         pages_in = paths.split_pages(pages)
         # Same-filled test, compression and the huge rule, outside the lock.
-        prepared, poor, same, compr = paths.prepare(
-            pages_in, self._comp.compress, self.huge_class_size
-        )
+        prepared, poor, same, compr = paths.prepare(pages_in, self._comp, self.huge_class_size)
         if poor and self.config.huge_policy == "reject":
             with self._lock:
                 self.counters.reject_compress_poor += poor
@@ -389,7 +387,7 @@ class PagePool:
 
     def _store_locked(
         self,
-        prepared: list[Prepared],
+        prepared: Sequence[Prepared],
         poor: int,
         same: int,
         compr: int,
@@ -472,7 +470,7 @@ class PagePool:
         paths, raw = self._read(handles)
         # Decompress outside the lock: other threads go on meanwhile.
         try:
-            pages: list[bytes] = paths.decode(raw, self._comp.decompress, self._decompress)
+            pages: list[bytes] = paths.decode(raw, self._comp, self._decompress)
             return pages
         except compressors.CorruptDataError as exc:
             raise self._corrupt(exc) from exc
@@ -486,12 +484,12 @@ class PagePool:
         """
         paths, raw = self._read(handles)
         try:
-            answer: bytes = paths.decode_frame(raw, self._comp.decompress, self._decompress, header)
+            answer: bytes = paths.decode_frame(raw, self._comp, self._decompress, header)
             return answer
         except compressors.CorruptDataError as exc:
             raise self._corrupt(exc) from exc
 
-    def _read(self, handles: Sequence[int]) -> tuple[Any, list[batch_module.Raw]]:
+    def _read(self, handles: Sequence[int]) -> tuple[Any, Sequence[batch_module.Raw]]:
         """What ``handles`` store, read under the lock (and from the file):
         the batch loops that read it, and the entries' raw pages."""
         paths = batch()
@@ -499,7 +497,7 @@ class PagePool:
             self._check_open()
             try:
                 slots, raw, same, written = paths.read_entries(
-                    self._entries, handles, self._alloc.obj_read, self._now()
+                    self._entries, handles, self._alloc, self._now()
                 )
             except StaleHandleError:
                 self.counters.stale_handle_requests += 1

@@ -405,7 +405,7 @@ def _slot_or_none(pool: PagePool, handle: int) -> int | None:
 
 
 def read_back(
-    pool: PagePool, slots: list[int], raw: list[tuple[int, int, bytes | None, int]]
+    pool: PagePool, slots: list[int], raw: Sequence[tuple[int, int, bytes | None, int]]
 ) -> list[tuple[int, int, bytes | None, int]]:
     """Fill in the written-back pages of ``raw`` from the file (outside the
     lock), then check under it that none was freed meanwhile."""

@@ -124,6 +124,79 @@ def test_registered_as_lz4_with_its_version() -> None:
     assert comp.decompress(comp.compress(page), 4096) == page
 
 
+def _lib_decoded(block: bytes, size: int) -> bytes | None:
+    """What liblz4 (python-lz4's, the reference decoder) makes of ``block``."""
+    try:
+        return bytes(lz4.block.decompress(block, uncompressed_size=size))
+    except lz4.block.LZ4BlockError:
+        return None
+
+
+@st.composite
+def damaged(draw: st.DrawFn) -> tuple[bytes, int]:
+    """A valid block (lz4k's or liblz4's) with bytes changed, cut or added."""
+    page = draw(pages())
+    if draw(st.booleans()):
+        block = bytearray(lz4k.compress(page))
+    else:
+        block = bytearray(lz4.block.compress(page, store_size=False))
+    for _ in range(draw(st.integers(0, 4))):
+        at = draw(st.integers(0, max(0, len(block) - 1)))
+        what = draw(st.sampled_from(["set", "cut", "add"]))
+        if what == "set" and block:
+            block[at] = draw(st.integers(0, 255))
+        elif what == "cut" and len(block) > 1:
+            del block[at : at + draw(st.integers(1, 8))]
+        else:
+            block[at:at] = draw(st.binary(min_size=1, max_size=8))
+    size = len(page) + draw(st.sampled_from([0, 0, 0, -1, 1]))
+    return bytes(block), max(size, 0)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(page=st.one_of(pages(), st.binary(min_size=1, max_size=4096)))
+def test_compiled_decoder_reads_every_valid_block(page: bytes) -> None:
+    compiled = _compiled()
+    assert compiled.decompress(lz4k.compress(page), len(page)) == page
+    assert compiled.decompress(lz4.block.compress(page, store_size=False), len(page)) == page
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=st.one_of(damaged(), st.tuples(st.binary(max_size=64), st.integers(0, 4096))))
+def test_compiled_decoder_takes_only_what_liblz4_takes(case: tuple[bytes, int]) -> None:
+    # Stricter than liblz4 is allowed (a refused block goes to liblz4); any
+    # block it takes, liblz4 takes too, and decodes to the same bytes.
+    block, size = case
+    compiled = _compiled()
+    try:
+        mine = compiled.decompress(block, size)
+    except ValueError:
+        return
+    assert mine == _lib_decoded(block, size)
+
+
+def test_compiled_decoder_refuses_blocks_that_break_the_end_rules() -> None:
+    compiled = _compiled()
+    page = (b"abcdefgh" * 512)[:4096]
+    block = lz4k.compress(page)
+    for bad, size in [
+        (b"", 4096),  # nothing
+        (block[:-1], 4096),  # the last literal missing
+        (block + b"\x00", 4096),  # a byte past the end
+        (block, 4095),  # one byte too many for the page
+        (block, 4097),  # one too few
+        (b"\x10a\x00\x00", 5),  # offset 0
+        (b"\x10a\x02\x00\x50aaaaa", 10),  # offset before the start
+        (b"\x10a\x01\x00", 5),  # a match in the last bytes, no last literals
+        (b"\xf0", 15),  # a literal run's length cut off
+    ]:
+        with pytest.raises(ValueError):
+            compiled.decompress(bad, size)
+    with pytest.raises(ValueError):
+        compiled.decompress(block, -1)
+    assert compiled.decompress(b"\x00", 0) == b""
+
+
 # The package from the directory given, not from an editable install of this
 # checkout: setuptools' editable finder sits on sys.meta_path, ahead of sys.path.
 _FROM_THERE = (

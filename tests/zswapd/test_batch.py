@@ -7,10 +7,17 @@ splits of good and bad batches, stores of same-filled, compressible and
 incompressible pages (some refused midway by the budget, the allocator's page
 cap or the pool's limit, and undone; the high-water mark moved all the same),
 loads of live, freed and forged handles (decoded into a list and into one
-answer after a header), frees.  After every step
+answer after a header), objects overwritten behind the table's back (so that
+they decode to other bytes or fail to), frees.  After every step
 the two must agree on everything: each call's value, or its error's type and
 message; the table's columns, the handle table's arrays, free chain and
 unused random words, the LRU ring, the budget, the allocator's class table.
+
+The reference side always runs the pure allocator; the compiled side runs the
+compiled one or the pure one, and both the kernel lz4 (compiled) or another
+compressor: so the compiled loops' C calls (into allocator._zsmalloc and
+compressors._lz4k) and their Python calls are both driven against the
+reference.
 
 Skipped when the extension is not built (saying how to build it).
 """
@@ -18,7 +25,11 @@ Skipped when the extension is not built (saying how to build it).
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,8 +39,10 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initial
 
 import compressors
 from allocator import PageBudget, zsmalloc
+from allocator.handles import SLOT_MASK
+from compressors.backend_lz4 import Lz4
 from zswapd import batch
-from zswapd.entries import EntryTable
+from zswapd.entries import COMPRESSED, ENCODING, HUGE, EntryTable
 
 try:
     from zswapd import _batch
@@ -40,8 +53,12 @@ except ImportError as exc:
         allow_module_level=True,
     )
 
+from allocator import _zsmalloc  # built with _batch, which calls it in C
+
 PAGE = 4096
 LZ4 = compressors.get("lz4")
+# The kernel lz4 (compiled: C calls), python-lz4's lz4 and zstd (Python calls).
+COMPRESSORS = [LZ4, compressors.get("lz4-lib"), compressors.get("zstd")]
 HUGE_SIZE = zsmalloc.ZsPool().huge_class_size
 
 # A page: one word repeated (zero often), text-like (compresses), or random (huge).
@@ -72,9 +89,12 @@ def outcome(call: Callable[[], Any]) -> tuple[Any, ...]:
 
 
 def plain(value: Any) -> Any:
-    """A value with its buffers as bytes (the compiled split hands out memoryviews)."""
+    """A value with its buffers as bytes (the compiled split hands out memoryviews)
+    and the compiled loops' batches (Prepared, Raw) as the reference's lists."""
     if isinstance(value, memoryview | bytearray):
         return bytes(value)
+    if isinstance(value, _batch.Prepared | _batch.Raw):
+        return plain(list(value))
     if isinstance(value, list | tuple):
         return type(value)(plain(v) for v in value)
     return value
@@ -90,12 +110,16 @@ class Side:
         budget: int | None,
         max_pages: int | None,
         limit_pages: int | None = None,
+        compiled_alloc: bool = False,
+        comp: compressors.Compressor = LZ4,
     ) -> None:
         self.paths = paths
         self.limit_pages = limit_pages
+        self.comp = comp
         self.high = [0]  # the pool's mem_used_max
         self.budget = PageBudget(budget)
-        self.alloc = zsmalloc.ZsPool(seed=3, budget=self.budget, max_pages=max_pages)
+        pool = _zsmalloc.ZsPool if compiled_alloc else zsmalloc.ZsPool
+        self.alloc = pool(seed=3, budget=self.budget, max_pages=max_pages)
         self.entries = EntryTable(seed=7, budget=self.budget, lru=lru)
 
     def state(self) -> tuple[Any, ...]:
@@ -138,11 +162,22 @@ class OneBehaviour(RuleBasedStateMachine):
         budget=st.one_of(st.none(), st.integers(0, 40)),
         max_pages=st.one_of(st.none(), st.integers(0, 40)),
         limit_pages=st.one_of(st.none(), st.integers(0, 12)),
+        compiled_alloc=st.booleans(),
+        comp=st.sampled_from(COMPRESSORS),
     )
     def build(
-        self, lru: bool, budget: int | None, max_pages: int | None, limit_pages: int | None
+        self,
+        lru: bool,
+        budget: int | None,
+        max_pages: int | None,
+        limit_pages: int | None,
+        compiled_alloc: bool,
+        comp: compressors.Compressor,
     ) -> None:
-        self.sides = [Side(p, lru, budget, max_pages, limit_pages) for p in (batch, _batch)]
+        self.sides = [
+            Side(batch, lru, budget, max_pages, limit_pages, False, comp),
+            Side(_batch, lru, budget, max_pages, limit_pages, compiled_alloc, comp),
+        ]
 
     @rule(pages=st.lists(PAGES, min_size=1, max_size=12), whole=st.booleans())
     def split(self, pages: list[bytes], whole: bool) -> None:
@@ -166,7 +201,7 @@ class OneBehaviour(RuleBasedStateMachine):
 
         def run(s: Side) -> list[int]:
             split = s.paths.split_pages(given) if given else []
-            prepared, poor, same, compr = s.paths.prepare(split, LZ4.compress, HUGE_SIZE)
+            prepared, poor, same, compr = s.paths.prepare(split, s.comp, HUGE_SIZE)
             handles: list[int] = s.paths.add_entries(
                 s.entries, prepared, s.alloc, self.now, s.limit_pages, s.high
             )
@@ -186,17 +221,44 @@ class OneBehaviour(RuleBasedStateMachine):
         handles = data.draw(st.permutations(list(stored) + forged))
 
         def run(s: Side) -> Any:
-            slots, raw, same, written = s.paths.read_entries(
-                s.entries, handles, s.alloc.obj_read, self.now
-            )
-            other = lambda kind, d: LZ4.decompress(d, PAGE)  # noqa: E731
-            pages = s.paths.decode(raw, LZ4.decompress, other)
+            slots, raw, same, written = s.paths.read_entries(s.entries, handles, s.alloc, self.now)
+            other = lambda kind, d: s.comp.decompress(d, PAGE)  # noqa: E731
+            listed = outcome(lambda: s.paths.decode(raw, s.comp, other))
             # The same pages after a header, in one answer (the wire's LOAD).
-            answer = s.paths.decode_frame(raw, LZ4.decompress, other, b"head")
-            assert type(answer) is bytes and answer == b"head" + b"".join(pages)
-            return slots, raw, same, written, pages
+            framed = outcome(lambda: s.paths.decode_frame(raw, s.comp, other, b"head"))
+            if listed[0] == "ok":
+                assert framed == ("ok", b"head" + b"".join(listed[1]))
+            else:
+                assert framed == listed
+            return slots, raw, same, written, listed
 
         self.both(run)
+
+    @rule(stored=handles, data=st.data())
+    def overwrite(self, stored: tuple[int, ...], data: Any) -> None:
+        """An object's bytes changed behind the table's back (as a hostile write
+        to the pool's memory would): both sides alike, so their loads must agree."""
+        ref = self.sides[0]
+        live = [
+            h & SLOT_MASK
+            for h in stored
+            if ref.entries.kind[h & SLOT_MASK] & ENCODING in (COMPRESSED, HUGE)
+        ]
+        if not live:
+            return
+        slot = data.draw(st.sampled_from(live))
+        obj, clen = ref.entries.obj[slot], ref.entries.clen[slot]
+        old = ref.alloc.obj_read(obj, clen)
+        new = data.draw(
+            st.one_of(
+                st.binary(min_size=clen, max_size=clen),
+                st.tuples(st.integers(0, clen - 1), st.integers(0, 255)).map(
+                    lambda t: old[: t[0]] + bytes([t[1]]) + old[t[0] + 1 :]
+                ),
+            )
+        )
+        for s in self.sides:
+            s.alloc.obj_write(obj, new)
 
     @rule(stored=consumes(handles))
     def free(self, stored: tuple[int, ...]) -> None:
@@ -223,3 +285,79 @@ def test_the_compiled_loops_run_unless_pure_python_is_asked_for() -> None:
     pure = os.environ.get("ZSWAPD_PURE_PYTHON") == "1"
     assert fastpath.ACCELERATED is not pure
     assert fastpath.batch() is (batch if pure else _batch)
+
+
+def test_the_c_calls_are_taken_for_exactly_the_compiled_lz4_and_pool() -> None:
+    pages = [bytes(PAGE), b"text " * 819 + b"t", os.urandom(PAGE)]
+    compiled_pool = _zsmalloc.ZsPool(seed=1)
+
+    class SubLz4(Lz4):
+        pass
+
+    class SubPool(_zsmalloc.ZsPool):
+        pass
+
+    kernel_compiled = compressors.backend_lz4.IMPLEMENTATION == "compiled"
+    for comp, in_c in ((LZ4, kernel_compiled), (SubLz4(), False), (COMPRESSORS[1], False)):
+        prepared, poor, same, _ = _batch.prepare(pages, comp, HUGE_SIZE)
+        assert isinstance(prepared, _batch.Prepared) is in_c
+        assert (poor, same) == (1, 1)
+    for alloc, in_c in (
+        (compiled_pool, True),
+        (SubPool(seed=1), False),
+        (zsmalloc.ZsPool(), False),
+    ):
+        entries = EntryTable(seed=7)
+        prepared = _batch.prepare(pages, LZ4, HUGE_SIZE)[0]
+        handles = _batch.add_entries(entries, prepared, alloc, 0, None, [0])
+        raw = _batch.read_entries(entries, handles, alloc, 0)[1]
+        assert isinstance(raw, _batch.Raw) is in_c
+        assert _batch.decode(raw, LZ4, None) == pages
+        assert _batch.decode_frame(raw, LZ4, None, b"h") == b"h" + b"".join(pages)
+
+
+def test_a_failed_allocator_build_leaves_the_loops_unbuilt_and_pure(tmp_path: Path) -> None:
+    # The loops call the compiled allocator in C: when it fails to compile, they
+    # are not built (never built to fail on import), and the rest still is.
+    repo = Path(__file__).resolve().parents[2]
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(repo / name, tmp_path)
+    for package in ("allocator", "compressors", "zswapd"):
+        shutil.copytree(
+            repo / package, tmp_path / package, ignore=shutil.ignore_patterns("*.so", "*.c")
+        )
+    with open(tmp_path / "allocator" / "_zsmalloc.pyx", "a") as f:
+        f.write('\ncdef extern from *:\n    """\n    #error broken on purpose\n    """\n')
+    build = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        # Unoptimised: only whether each builds matters here.
+        env={**os.environ, "ZSWAPD_DEBUG_BUILD": "1", "CFLAGS": "-O0"},
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert "zswapd._batch not built (it calls allocator._zsmalloc in C" in build.stderr
+    assert not list((tmp_path / "allocator").glob("*.so"))
+    assert not list((tmp_path / "zswapd").glob("*.so"))
+    assert list((tmp_path / "compressors").glob("_lz4k*.so"))
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+            "if '__editable__' not in getattr(f, '__module__', '')]; "
+            "from zswapd import fastpath; print(fastpath.__file__, fastpath.describe())",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **{k: v for k, v in os.environ.items() if k != "ZSWAPD_PURE_PYTHON"},
+            "PYTHONPATH": str(tmp_path),
+        },
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"{tmp_path}/zswapd/fastpath.py pure Python (not built")
