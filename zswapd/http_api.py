@@ -214,8 +214,12 @@ class _Guard:
                 seen += len(message.get("body", b""))
                 if seen > cap:
                     # An HTTPException, which FastAPI's body parsing lets through
-                    # (anything else it turns into a 400).
-                    raise StarletteHTTPException(413, f"body over the {cap}-byte cap")
+                    # (anything else it turns into a 400).  The rest of the body
+                    # is not read: the answer says the connection closes, as
+                    # every refusal before the body does, so no client reuses it.
+                    raise StarletteHTTPException(
+                        413, f"body over the {cap}-byte cap", headers={"connection": "close"}
+                    )
             return message
 
         start = time.perf_counter()
