@@ -215,9 +215,11 @@ cdef Py_ssize_t decompress_into(
     cdef const uint8_t* match
     cdef size_t length, offset, dist, i
     cdef unsigned int token, s
-    if n == 0:
-        return -1
     while True:
+        # A match may end the input exactly (its length run took the bytes
+        # the check after it counted on): no token left to read.
+        if ip >= iend:
+            return -1
         token = ip[0]
         ip += 1
         length = token >> 4

@@ -142,7 +142,7 @@ SERVER_OPTIONS: tuple[ServerOption, ...] = (
         float,
         "SECONDS",
         "close wire and NBD connections not through their handshake by then, and wire "
-        "connections whose answers stay unread that long",
+        "connections whose answers stay unread, or whose frame stays unfinished, that long",
     ),
     ServerOption(
         "header_timeout",

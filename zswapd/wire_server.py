@@ -15,7 +15,12 @@ that sends more than ``max_stale_handles`` requests naming stale handles (a
 client guessing handles) has the last answered, then is closed.  The same
 ``handshake_timeout`` is the write deadline: a peer that leaves its answers
 unread, so that writing stays paused that long, is aborted (its unsent answer
-dropped with the transport's buffer).
+dropped with the transport's buffer); and the frame deadline: a frame begun
+must be whole within it, or the connection is sent a 408 ``frame_timeout``
+error frame and closed, since a peer that stops part way through a frame
+would otherwise hold a receive buffer grown to what its header claims (up to
+a payload's cap) for as long as it liked (time the server itself stops
+reading, its queue full, does not count).
 
 Past ``max_connections`` the connection idle longest (nothing queued, being
 answered or unsent; those that have not sent HELLO first) is sent a 503
@@ -188,6 +193,7 @@ class WireConnection(asyncio.BufferedProtocol):
         self.handshake_timer: asyncio.TimerHandle | None = None
         self.shrink_timer: asyncio.TimerHandle | None = None
         self.write_timer: asyncio.TimerHandle | None = None
+        self.frame_timer: asyncio.TimerHandle | None = None
         self.stale_requests = 0  # requests answered 404 stale_handle
         self.answering = False  # a request taken off the queue, not yet written
         self.last_active = time.monotonic()  # bytes received or an answer written
@@ -230,6 +236,7 @@ class WireConnection(asyncio.BufferedProtocol):
         self.parser.buffer_updated(nbytes)
         self.last_active = time.monotonic()
         answered = 0
+        took = False
         while not self.closing:  # once closing, what arrives is not answered
             try:
                 view = self.parser.next_view()
@@ -238,6 +245,7 @@ class WireConnection(asyncio.BufferedProtocol):
                 return
             if view is None:
                 break
+            took = True
             # At once, from the receive buffer, when nothing is ahead of it (answers
             # stay in order) and the peer reads its answers; the task otherwise.
             # Bounded per callback, so that a buffer full of small requests
@@ -261,6 +269,7 @@ class WireConnection(asyncio.BufferedProtocol):
                     continue
             self.queue.append(Frame(view.op, view.request_id, bytes(view.payload), view.status))
             self.queued_bytes += len(view.payload)
+        self._watch_frame(took)
         if self.queue or self.closing:
             self.wakeup.set()
         elif not self.answering:
@@ -278,10 +287,10 @@ class WireConnection(asyncio.BufferedProtocol):
         # held) at once: the cancelled task's traceback holds _serve's frame,
         # which holds self, which held the task.
         self.closing = True
-        for timer in (self.handshake_timer, self.shrink_timer, self.write_timer):
+        for timer in (self.handshake_timer, self.shrink_timer, self.write_timer, self.frame_timer):
             if timer is not None:
                 timer.cancel()
-        self.handshake_timer = self.shrink_timer = self.write_timer = None
+        self.handshake_timer = self.shrink_timer = self.write_timer = self.frame_timer = None
         self._uncount()
         if self.task is not None:
             self.task.cancel()
@@ -398,6 +407,28 @@ class WireConnection(asyncio.BufferedProtocol):
         self.write_timer = None
         if self.transport is not None and self.writing_paused:
             self.transport.abort()  # drops the write buffer; connection_lost follows
+
+    def _watch_frame(self, took: bool) -> None:
+        """The frame deadline: armed when a frame is begun (bytes left in the
+        parser after every whole frame is out), disarmed once it is whole."""
+        partial = self.parser.buffered > 0
+        if self.frame_timer is not None and (took or not partial):
+            self.frame_timer.cancel()  # that frame is whole; a new one starts now
+            self.frame_timer = None
+        if partial and self.frame_timer is None and not self.closing:
+            loop = asyncio.get_running_loop()
+            self.frame_timer = loop.call_later(self.settings.handshake_timeout, self._frame_expired)
+
+    def _frame_expired(self) -> None:
+        self.frame_timer = None
+        if self.closing or self.parser.buffered == 0:
+            return
+        if self.reading_paused:
+            # The server stopped reading (its queue full), not the peer sending.
+            self._watch_frame(False)
+            return
+        timeout = self.settings.handshake_timeout
+        self._close_unasked(408, "frame_timeout", f"a frame not completed within {timeout:g} s")
 
     def _handshake_expired(self) -> None:
         if self.greeted or self.closing:

@@ -189,6 +189,10 @@ def test_compiled_decoder_refuses_blocks_that_break_the_end_rules() -> None:
         (b"\x10a\x02\x00\x50aaaaa", 10),  # offset before the start
         (b"\x10a\x01\x00", 5),  # a match in the last bytes, no last literals
         (b"\xf0", 15),  # a literal run's length cut off
+        # A match whose length run ends the input: no token after it (the
+        # decoder read past the end; hostile review).
+        (bytes([0x4F]) + b"abcd" + b"\x01\x00" + b"\xff" * 5 + b"\x00", 4096),
+        (bytes([0x4F]) + b"abcd" + b"\x01\x00" + b"\xff" * 5, 4096),
     ]:
         with pytest.raises(ValueError):
             compiled.decompress(bad, size)

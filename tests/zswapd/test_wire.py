@@ -402,6 +402,26 @@ def test_a_big_store_works_through_a_growing_buffer(wire: tuple[Daemon, str]) ->
     assert raw.call(Op.STORE, 11, text_page(1)).status == 0  # small again after
 
 
+def test_a_frame_left_unfinished_is_closed_after_the_frame_deadline(tmp_path: Path) -> None:
+    """A peer that stops part way through a large frame (the receive buffer grown to
+    what its header claims) is sent 408 frame_timeout and closed; one sending whole
+    frames, however slowly, is kept."""
+    with wire_daemon(tmp_path, "--handshake-timeout", "0.5") as (_, path):
+        stalled = Raw(path)
+        steady = Raw(path)
+        frame = encode(Op.STORE, 7, b"".join(text_page(i) for i in range(64)))
+        stalled.send(frame[:-10])  # all but the last 10 bytes, then silence
+        start = time.monotonic()
+        f = stalled.read()
+        assert f is not None and (f.status, f.op, f.request_id) == (408, RESPONSE, 0)
+        assert json.loads(f.payload)["error"] == "frame_timeout"
+        assert stalled.closed()
+        assert 0.4 < time.monotonic() - start < 5
+        for i in range(3):
+            time.sleep(0.3)  # idle between frames is not a frame left unfinished
+            assert steady.call(Op.STORE, 10 + i, text_page(i)).status == 0
+
+
 def test_a_silent_connection_is_closed_after_the_handshake_timeout(tmp_path: Path) -> None:
     with wire_daemon(tmp_path, "--handshake-timeout", "0.5") as (_, path):
         silent = Raw(path, hello=False)
