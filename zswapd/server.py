@@ -27,6 +27,7 @@ import prometheus_client
 import uvicorn
 
 import allocator
+from compressors import backend_lz4
 from zswapd import __version__, fastpath
 from zswapd.cli_format import algorithm, count, human, limit
 from zswapd.config import PoolConfig
@@ -345,12 +346,13 @@ def _limits_line(settings: ServerSettings, registry: PoolRegistry, token: str | 
 
 
 def _inventory(registry: PoolRegistry, devices: DeviceRegistry) -> list[str]:
-    """The banner's first lines: the version and which allocator and page store
-    loops run (compiled or pure Python, and why), then each pool and device as configured."""
+    """The banner's first lines: the version and which allocator, page store loops
+    and kernel lz4 run (compiled or pure Python, and why: a pure lz4 compresses a
+    page in milliseconds), then each pool and device as configured."""
     device_names = set(devices.names())
     lines = [
         f"zswapd: zswapd {__version__}, pid {os.getpid()}, allocator: {allocator.describe()}, "
-        f"page store: {fastpath.describe()}"
+        f"page store: {fastpath.describe()}, kernel lz4: {backend_lz4.IMPLEMENTATION}"
     ]
     for name in registry.names():
         if name in device_names:

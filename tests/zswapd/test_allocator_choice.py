@@ -30,12 +30,12 @@ def _banner(env: dict[str, str]) -> str:
 @pytest.mark.skipif(COMPILED is None, reason=NOT_BUILT or "built")
 def test_serve_says_it_runs_the_compiled_allocator_when_built() -> None:
     first = _banner({"ZSWAPD_PURE_PYTHON": "0"})
-    assert first.endswith(f"{COMPILED_LINE}, {COMPILED_STORE}"), first
+    assert first.endswith(f"{COMPILED_LINE}, {COMPILED_STORE}, kernel lz4: compiled"), first
 
 
 def test_serve_runs_the_pure_allocator_when_told_and_says_why() -> None:
     first = _banner({"ZSWAPD_PURE_PYTHON": "1"})
-    assert first.endswith(f"{PURE}, {PURE_STORE}"), first
+    assert first.endswith(f"{PURE}, {PURE_STORE}, kernel lz4: pure Python"), first
 
 
 def test_bench_header_names_the_allocator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
