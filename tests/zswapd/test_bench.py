@@ -271,3 +271,37 @@ def test_a_suite_whose_dependency_is_missing_is_skipped_and_the_rest_printed(
         "(pip install -e '.[bench]' from a checkout)"
     ], out.stderr
     assert "lz4" in out.stdout and "peers: skipped, needs the Python module" in out.stdout
+
+
+# What each suite's --help must say: its own description, and the default of
+# every option that has one (as the command runs without it).
+_SUITE_HELP = {
+    "allocator": [
+        "Memory efficiency of every allocator",
+        "--repeats N runs per figure (default: 5)",
+        "(default: 200000 1000000)",
+        "0 to skip it (default: 1000000)",
+    ],
+    "store": ["Each compressor's ratio", "(default: 5)", "speed figures (default: 8192)"],
+    "http": ["over HTTP to a daemon it starts", "(default: 5)", "pages sampled (default: 4096)"],
+    "wire": ["over the binary protocol", "(default: 5)", "pages sampled (default: 8192)"],
+    "nbd": ["nbdcopy of the corpus", "runs per figure (default: 3)"],
+    "soak": ["Client threads", "half of them HTTP (default: 8)", "how long (default: 60)"],
+    "writeback": [
+        "A pool limited to a third",
+        "(default: 3; with --quick: 1)",
+        "(default: 200000; with --quick: 4000)",
+        "page files (default: ../shared/corpus if present, else the memory of a workload",
+    ],
+}
+
+
+@pytest.mark.parametrize("suite", sorted(_SUITE_HELP))
+def test_bench_suite_help_describes_the_suite_and_shows_defaults(suite: str) -> None:
+    out = run_cli("bench", suite, "--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())  # argparse wraps lines at the terminal's width
+    for said in _SUITE_HELP[suite]:
+        assert said in text, (suite, said, text)
+    if suite != "writeback":  # every other suite dumps a workload process without --corpus
+        assert "page files (default: the memory of a workload process it starts)" in text

@@ -177,52 +177,116 @@ def add_bench(sub: Any) -> None:
     bench_sub = bench.add_subparsers(dest="suite")
 
     def suite(
-        name: str, func: Callable[[argparse.Namespace], int], help: str, **defaults: int
+        name: str,
+        func: Callable[[argparse.Namespace], int],
+        help: str,
+        description: str,
+        **defaults: int,
     ) -> argparse.ArgumentParser:
-        """The subcommand of suite NAME: --corpus and --json said once for every
-        suite (argparse parents), ``defaults`` those of --repeats and --pages."""
+        """The subcommand of suite NAME: ``help`` its line in ``zswapd bench
+        --help``, ``description`` the line atop its own --help; --corpus and
+        --json said once for every suite (argparse parents), ``defaults`` those
+        of --repeats and --pages."""
         parser: argparse.ArgumentParser = bench_sub.add_parser(
-            name, parents=[_suite_options(name, **defaults)], help=help
+            name,
+            parents=[_suite_options(name, **defaults)],
+            help=help,
+            description=description,
         )
         parser.set_defaults(func=func)
         return parser
 
     alloc = suite(
-        "allocator", _cmd_bench_allocator, "allocator efficiency, speed and overhead", repeats=5
+        "allocator",
+        _cmd_bench_allocator,
+        "allocator efficiency, speed and overhead",
+        "Memory efficiency of every allocator and class table on the corpus's lz4 "
+        "sizes, under a page budget too; malloc/obj_write/store/obj_read rates against "
+        "bare lz4 compress in the same runs, compiled and pure Python; RSS beyond the "
+        "pool per object.",
+        repeats=5,
     )
     alloc.add_argument(
         "--objects",
         type=int,
         nargs="+",
+        metavar="N",
         default=[200_000, 1_000_000],
-        help="objects per pool, one efficiency table per count",
+        help="objects per pool, one efficiency table per count (default: 200000 1000000)",
     )
     alloc.add_argument(
-        "--rss-objects", type=int, default=1_000_000, help="objects for the RSS figure (0: skip)"
+        "--rss-objects",
+        type=int,
+        metavar="N",
+        default=1_000_000,
+        help="objects for the RSS figure, 0 to skip it (default: %(default)s)",
     )
 
     store = suite(
-        "store", _cmd_bench_store, "compressors, store/load paths, recompression", repeats=5
+        "store",
+        _cmd_bench_store,
+        "compressors, store/load paths, recompression",
+        "Each compressor's ratio in a page store (same-filled and huge pages as zram "
+        "counts them); in-process store/load pages/s against the bare compressor in "
+        "the same runs; 2 threads against 1; recompression of an lz4 pool with zstd.",
+        repeats=5,
     )
     store.add_argument(
-        "--speed-pages", type=int, default=8192, help="pages sampled for the speed figures"
+        "--speed-pages",
+        type=int,
+        metavar="N",
+        default=8192,
+        help="pages sampled for the speed figures (default: %(default)s)",
     )
 
-    suite("http", _cmd_bench_http, "store/load over HTTP against bare lz4", repeats=5, pages=4096)
+    suite(
+        "http",
+        _cmd_bench_http,
+        "store/load over HTTP against bare lz4",
+        "Store and load pages/s over HTTP to a daemon it starts (1 and 64 pages a "
+        "request, client work included) against bare lz4 in the same runs, and a "
+        "request's fixed cost.",
+        repeats=5,
+        pages=4096,
+    )
 
     suite(
         "wire",
         _cmd_bench_wire,
         "store/load over the wire protocol against bare lz4",
+        "Store and load pages/s over the binary protocol on a Unix socket to a daemon "
+        "it starts (1 and 64 pages a request, 1 and 4 connections, client work "
+        "included) against bare lz4 in the same runs.",
         repeats=5,
         pages=8192,
     )
 
-    suite("nbd", _cmd_bench_nbd, "nbdcopy into zswapd against nbdkit memory", repeats=3)
+    suite(
+        "nbd",
+        _cmd_bench_nbd,
+        "nbdcopy into zswapd against nbdkit memory",
+        "nbdcopy of the corpus into a zswapd block device and back, against nbdkit "
+        "memory (a RAM disk) and nbdkit memory allocator=zstd, on Unix sockets: "
+        "throughput and each server's memory.",
+        repeats=3,
+    )
 
-    soak = suite("soak", _cmd_bench_soak, "many clients, both transports, every byte checked")
-    soak.add_argument("--clients", type=int, default=8, help="client threads (half HTTP)")
-    soak.add_argument("--seconds", type=float, default=60, help="how long")
+    soak = suite(
+        "soak",
+        _cmd_bench_soak,
+        "many clients, both transports, every byte checked",
+        "Client threads, alternately HTTP and the wire protocol, store, load and free "
+        "the corpus's pages in one daemon for a while, comparing every loaded byte, "
+        "RSS sampled each second; exits 1 on any error or wrong byte.",
+    )
+    soak.add_argument(
+        "--clients",
+        type=int,
+        metavar="N",
+        default=8,
+        help="client threads, half of them HTTP (default: %(default)s)",
+    )
+    soak.add_argument("--seconds", type=float, default=60, help="how long (default: %(default)s)")
     soak.add_argument(
         "--url",
         action="append",
@@ -240,22 +304,31 @@ def add_bench(sub: Any) -> None:
         "writeback",
         _cmd_bench_writeback,
         "the second tier: a pool at a third of the working set, lru and manual writeback",
+        "A pool limited to a third of the working set, with an lru backing file, under "
+        "a Zipf-skewed stream beside one with no limit; and zram's manual writeback "
+        "read back from the file: pages/s, pages written back and read, latencies.",
     )
     wb.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    wb.add_argument("--repeats", type=positive_int, help="runs per figure (3; --quick: 1)")
-    wb.add_argument("--ops", type=positive_int, help="accesses per stream (200000; --quick: 4000)")
+    wb.add_argument(
+        "--repeats",
+        type=positive_int,
+        metavar="N",
+        help="runs per figure (default: 3; with --quick: 1)",
+    )
+    wb.add_argument(
+        "--ops",
+        type=positive_int,
+        metavar="N",
+        help="accesses per stream (default: 200000; with --quick: 4000)",
+    )
     wb.add_argument(
         "--dir", metavar="DIR", help="where the backing files go (default: the temp dir)"
     )
 
 
-_CORPUS_DEFAULTS = {
-    "allocator": "../shared/corpus",
-    "store": "../shared/corpus",
-    "http": "../shared/corpus",
-    "wire": "../shared/corpus",
-    "writeback": "../shared/corpus if present, else a workload process",
-}
+# Where a suite's pages come from without --corpus (_load_corpus, _cmd_bench_writeback).
+_WORKLOAD = "the memory of a workload process it starts"
+_CORPUS_DEFAULTS = {"writeback": "../shared/corpus if present, else " + _WORKLOAD}
 
 
 def _suite_options(
@@ -264,16 +337,27 @@ def _suite_options(
     """What every bench suite takes: its pages and JSON output; ``repeats``,
     ``pages``: the defaults of --repeats and --pages where the suite has them."""
     common = argparse.ArgumentParser(add_help=False)
-    default = _CORPUS_DEFAULTS.get(suite)
     common.add_argument(
         "--corpus",
         nargs="+",
         metavar="FILE",
-        help="page files" + (f" (default: {default})" if default else ""),
+        help=f"page files (default: {_CORPUS_DEFAULTS.get(suite, _WORKLOAD)})",
     )
     common.add_argument("--json", action="store_true", help="print JSON")
     if repeats is not None:
-        common.add_argument("--repeats", type=int, default=repeats, help="runs per figure")
+        common.add_argument(
+            "--repeats",
+            type=int,
+            metavar="N",
+            default=repeats,
+            help="runs per figure (default: %(default)s)",
+        )
     if pages is not None:
-        common.add_argument("--pages", type=int, default=pages, help="pages sampled")
+        common.add_argument(
+            "--pages",
+            type=int,
+            metavar="N",
+            default=pages,
+            help="pages sampled (default: %(default)s)",
+        )
     return common

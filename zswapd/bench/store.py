@@ -1,6 +1,7 @@
 """``zswapd bench store``: what each compressor saves, and what the store path costs.
 
-On a page corpus (by default ../shared/corpus), in one run:
+On a page corpus (``--corpus``; by default the memory of a workload process
+the command starts), in one run:
 
 * per compressor and level: ratio orig_data_size / mem_used_total (what zram
   saves in memory) and orig_data_size / compr_data_size, same and huge pages;
