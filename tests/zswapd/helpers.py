@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 PAGE = 4096
 
@@ -17,6 +18,16 @@ BACKING_SERIES = (
     "zswapd_backing_errors_total",
     "zswapd_loaded_pages_total",
 )
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text exposition (compared as a number:
+    the client writes floats in their shortest form, 4.15744e+06, not 4.157440e+06)."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise KeyError(f"no sample {name}{labels}")
 
 
 def poor_page(seed: int) -> bytes:
