@@ -1,0 +1,438 @@
+"""Swap's side of a timeline: which cold pages a pool holds, and what it costs.
+
+:class:`SwapSim` takes the events of zswapd/timeline.py and does to a pool what
+reclaim and the fault path would do to zswap:
+
+- a ``COLD`` page is stored (swapped out).  If the pool refuses it at its
+  limit, it waits (it is still cold, reclaim would try again) and is retried
+  at the end of every tick, oldest first, until one is refused again.  A page
+  refused as compressing too poorly (``huge_policy = "reject"``) is not
+  retried: its bytes have not changed, neither would the answer.
+- a ``CHANGED`` page that the pool holds is a refault: loaded (and checked
+  against what was stored), then freed, as a swap-in is.  One still waiting
+  simply stops waiting: it never left.
+- ``GONE`` and ``EXIT`` free what the pool held and forget what waited.
+
+Events are applied in batches of consecutive events of one kind, at most
+:data:`BATCH` pages, in the order given; a refused batch is retried a page at a
+time, so that what fits is stored, as it would be a page at a time.  Nothing
+here reads a clock or a random number: the same events into the same pool
+settings give the same pool, handle for handle and byte for byte, which is what
+``zswapd replay`` promises.
+
+The pool is anything with ``store``/``load``/``free``/``stats``
+(:class:`PageTarget`): a daemon's pool through :class:`ClientTarget`, or a
+pool in this process through :class:`LocalTarget`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from zswapd.errors import CompressPoorError, PoolLimitError, ZswapdError
+from zswapd.timeline import Event, EventKind, TickEnd
+
+__all__ = [
+    "BATCH",
+    "ClientTarget",
+    "LocalTarget",
+    "PageTarget",
+    "PoolFigures",
+    "ProcessFigures",
+    "ShadowFigures",
+    "SwapSim",
+    "SwapSimError",
+]
+
+PAGE_SIZE = 4096
+# Pages per request: a quarter of the server's default cap, so one batch never
+# holds more than a MiB of page bytes.
+BATCH = 256
+
+Key = tuple[int, int]  # (pid, address)
+# The bytes of a page waiting for room, fetched again at its retry (the live
+# process's memory, or the record file); None if they can no longer be had.
+Fetch = Callable[[Event], "bytes | None"]
+
+
+class SwapSimError(ZswapdError):
+    """A page came back from the pool different from what was stored."""
+
+    code = "shadow_integrity"
+
+
+class PageTarget(Protocol):
+    """A pool, whichever side of a socket it lives on."""
+
+    def store(self, pages: list[bytes]) -> list[int]: ...
+    def load(self, handles: Sequence[int]) -> list[bytes]: ...
+    def free(self, handles: Sequence[int]) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+
+
+class ClientTarget:
+    """A daemon's pool, through a :class:`zswapd.client.Client`."""
+
+    def __init__(self, client: Any, pool: str) -> None:
+        self.client = client
+        self.pool = pool
+
+    def store(self, pages: list[bytes]) -> list[int]:
+        return list(self.client.store(pages, pool=self.pool))
+
+    def load(self, handles: Sequence[int]) -> list[bytes]:
+        return list(self.client.load(handles, pool=self.pool))
+
+    def free(self, handles: Sequence[int]) -> None:
+        self.client.free(handles, pool=self.pool)
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.client.stats(pool=self.pool))
+
+
+class LocalTarget:
+    """A :class:`zswapd.pool.PagePool` in this process (replay's)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def store(self, pages: list[bytes]) -> list[int]:
+        return list(self.pool.store(pages))
+
+    def load(self, handles: Sequence[int]) -> list[bytes]:
+        return list(self.pool.load(handles))
+
+    def free(self, handles: Sequence[int]) -> None:
+        self.pool.free(handles)
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.pool.stats().to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFigures:
+    """One shadowed process, as of the last tick.
+
+    Attributes:
+        resident_pages: pages swap could take that the last scan found present.
+        cold_pages: pages unchanged for --cold-after and not since touched:
+            stored, or waiting for room.
+        stored_pages: of those, the pages the pool holds (swapped out).
+        saved_bytes: this process's share of the pool's saving
+            (orig_data_size - mem_used_total), by stored pages: exact when the
+            pool holds one process.
+        swapouts_total, refaults_total: pages stored; stored pages touched again.
+        rejected_total: cold pages the pool refused at their first try.
+        scan_seconds_total, scanned_bytes_total: the scans' own CPU and work.
+    """
+
+    pid: int
+    comm: str
+    resident_pages: int
+    cold_pages: int
+    stored_pages: int
+    saved_bytes: int
+    swapouts_total: int
+    refaults_total: int
+    rejected_total: int
+    scan_seconds_total: float
+    scanned_bytes_total: int
+    exited: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolFigures:
+    """The pool's own figures that a shadow reports, under zram's names."""
+
+    orig_data_size: int
+    compr_data_size: int
+    mem_used_total: int
+    mem_used_max: int
+    same_pages: int
+    huge_pages: int
+    bd_count: int
+    pool_limit_hit: int
+    written_back_pages: int
+
+    @property
+    def saved_bytes(self) -> int:
+        """What the pool saves: the bytes it holds, less the memory it takes."""
+        return self.orig_data_size - self.mem_used_total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "saved_bytes": self.saved_bytes}
+
+    @classmethod
+    def from_stats(cls, stats: dict[str, Any]) -> PoolFigures:
+        mm = stats["mm_stat"]
+        z = stats["zswap"]
+        bd = stats.get("bd_stat") or {}
+        return cls(
+            orig_data_size=int(mm["orig_data_size"]),
+            compr_data_size=int(mm["compr_data_size"]),
+            mem_used_total=int(mm["mem_used_total"]),
+            mem_used_max=int(mm["mem_used_max"]),
+            same_pages=int(mm["same_pages"]),
+            huge_pages=int(mm["huge_pages"]),
+            bd_count=int(bd.get("bd_count", 0)),
+            pool_limit_hit=int(z["pool_limit_hit"]),
+            written_back_pages=int(z["written_back_pages"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowFigures:
+    """Every figure after a tick: the time, each process, the pool."""
+
+    t: float
+    processes: tuple[ProcessFigures, ...]
+    pool: PoolFigures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "t": self.t,
+            "processes": [p.to_dict() for p in self.processes],
+            "pool": self.pool.to_dict(),
+        }
+
+
+@dataclass
+class _Process:
+    """A process's tally (mutable, internal)."""
+
+    pid: int
+    comm: str = ""
+    resident_pages: int = 0
+    swapouts_total: int = 0
+    refaults_total: int = 0
+    rejected_total: int = 0
+    scan_seconds_total: float = 0.0
+    scanned_bytes_total: int = 0
+    exited: bool = False
+    # address -> (handle, crc32 of the bytes stored)
+    stored: dict[int, tuple[int, int]] = field(default_factory=dict)
+    waiting: int = 0
+
+
+def _runs(events: Iterable[Event]) -> Iterator[list[Event]]:
+    """Consecutive events of one kind, at most BATCH at a time."""
+    run: list[Event] = []
+    for e in events:
+        if run and (e.kind != run[0].kind or len(run) >= BATCH):
+            yield run
+            run = []
+        run.append(e)
+    if run:
+        yield run
+
+
+class SwapSim:
+    """Swap's state for the processes of one shadow, driving one pool.
+
+    Args:
+        target: the pool.
+        fetch: the bytes of a waiting page at its retry (see :data:`Fetch`);
+            also used for a ``COLD`` event that carries no bytes.
+    """
+
+    def __init__(self, target: PageTarget, fetch: Fetch) -> None:
+        self.target = target
+        self.fetch = fetch
+        self.t = 0.0
+        self._procs: dict[int, _Process] = {}
+        # Cold pages refused for want of room, oldest first; no bytes kept.
+        self._waiting: OrderedDict[Key, Event] = OrderedDict()
+
+    # -- events ---------------------------------------------------------------
+
+    def feed(self, events: Iterable[Event]) -> None:
+        """Apply events, in order, to the pool."""
+        for run in _runs(events):
+            kind = run[0].kind
+            if kind == EventKind.COLD:
+                self._swap_out(run)
+            elif kind == EventKind.CHANGED:
+                self._touch(run)
+            else:
+                self._drop(run)
+
+    def end_tick(self, end: TickEnd) -> None:
+        """Close an interval: take its scan figures, retry the waiting pages."""
+        self.t = end.t
+        for scan in end.scans:
+            p = self._proc(scan.pid)
+            p.comm = scan.comm
+            p.resident_pages = scan.resident_pages
+            p.scanned_bytes_total += scan.scanned_bytes
+            p.scan_seconds_total += scan.scan_seconds
+            p.exited = p.exited or scan.exited
+        self._retry_waiting()
+
+    def release(self) -> None:
+        """Free every page the pool holds for these processes (the shadow ends)."""
+        for pid in list(self._procs):
+            self._drop([Event(EventKind.EXIT, pid)])
+
+    # -- figures --------------------------------------------------------------
+
+    def stored(self, pid: int, address: int) -> bool:
+        p = self._procs.get(pid)
+        return p is not None and address in p.stored
+
+    def figures(self) -> ShadowFigures:
+        """Every figure now (asks the pool for its own)."""
+        pool = PoolFigures.from_stats(self.target.stats())
+        stored_all = sum(len(p.stored) for p in self._procs.values())
+        processes = tuple(
+            ProcessFigures(
+                pid=p.pid,
+                comm=p.comm,
+                resident_pages=p.resident_pages,
+                cold_pages=len(p.stored) + p.waiting,
+                stored_pages=len(p.stored),
+                saved_bytes=pool.saved_bytes * len(p.stored) // stored_all if stored_all else 0,
+                swapouts_total=p.swapouts_total,
+                refaults_total=p.refaults_total,
+                rejected_total=p.rejected_total,
+                scan_seconds_total=p.scan_seconds_total,
+                scanned_bytes_total=p.scanned_bytes_total,
+                exited=p.exited,
+            )
+            for p in self._procs.values()
+        )
+        return ShadowFigures(self.t, processes, pool)
+
+    # -- the three reactions ----------------------------------------------------
+
+    def _proc(self, pid: int) -> _Process:
+        p = self._procs.get(pid)
+        if p is None:
+            p = self._procs[pid] = _Process(pid)
+        return p
+
+    def _swap_out(self, run: list[Event]) -> None:
+        todo: list[tuple[Event, bytes]] = []
+        seen: set[Key] = set()
+        for e in run:
+            p = self._proc(e.pid)
+            key = (e.pid, e.address)
+            if e.address in p.stored or key in self._waiting or key in seen:
+                continue  # already out, or already waiting: cold once
+            seen.add(key)
+            data = e.data if e.data is not None else self.fetch(e)
+            if data is not None:
+                todo.append((e, data))
+        refused = self._store(todo)
+        for e, poor in refused:
+            p = self._proc(e.pid)
+            p.rejected_total += 1
+            if not poor:
+                self._wait(e)
+
+    def _store(self, todo: list[tuple[Event, bytes]]) -> list[tuple[Event, bool]]:
+        """Store pages; return those refused, each with whether it compressed
+        too poorly (True) or found no room (False)."""
+        if not todo:
+            return []
+        try:
+            handles = self.target.store([d for _, d in todo])
+        except (PoolLimitError, CompressPoorError):
+            if len(todo) == 1:
+                raise
+            refused: list[tuple[Event, bool]] = []
+            for item in todo:
+                try:
+                    self._store([item])
+                except PoolLimitError:
+                    refused.append((item[0], False))
+                except CompressPoorError:
+                    refused.append((item[0], True))
+            return refused
+        for (e, data), h in zip(todo, handles, strict=True):
+            p = self._proc(e.pid)
+            p.stored[e.address] = (h, zlib.crc32(data))
+            p.swapouts_total += 1
+        return []
+
+    def _wait(self, e: Event) -> None:
+        self._waiting[(e.pid, e.address)] = Event(e.kind, e.pid, e.address, None, e.ref)
+        self._proc(e.pid).waiting += 1
+
+    def _unwait(self, key: Key) -> bool:
+        if self._waiting.pop(key, None) is None:
+            return False
+        self._procs[key[0]].waiting -= 1
+        return True
+
+    def _touch(self, run: list[Event]) -> None:
+        keys: list[Key] = []
+        for e in run:
+            p = self._proc(e.pid)
+            if e.address in p.stored:
+                keys.append((e.pid, e.address))
+            else:
+                self._unwait((e.pid, e.address))
+        if not keys:
+            return
+        handles = [self._procs[pid].stored[a][0] for pid, a in keys]
+        pages = self.target.load(handles)
+        for (pid, a), page in zip(keys, pages, strict=True):
+            if zlib.crc32(page) != self._procs[pid].stored[a][1]:
+                raise SwapSimError(
+                    f"pid {pid} page {a:#x} came back from the pool different from what was stored"
+                )
+        self.target.free(handles)
+        for pid, a in keys:
+            p = self._procs[pid]
+            del p.stored[a]
+            p.refaults_total += 1
+
+    def _drop(self, run: list[Event]) -> None:
+        handles: list[int] = []
+        for e in run:
+            p = self._proc(e.pid)
+            if e.kind == EventKind.EXIT:
+                handles.extend(h for h, _ in p.stored.values())
+                p.stored.clear()
+                p.exited = True
+                for key in [k for k in self._waiting if k[0] == e.pid]:
+                    self._unwait(key)
+            else:
+                got = p.stored.pop(e.address, None)
+                if got is not None:
+                    handles.append(got[0])
+                self._unwait((e.pid, e.address))
+        for i in range(0, len(handles), BATCH):
+            self.target.free(handles[i : i + BATCH])
+
+    def _retry_waiting(self) -> None:
+        """Store waiting pages, oldest first, until the pool refuses one.
+
+        A page refused again keeps its place in the queue: age, not luck,
+        decides who goes next.
+        """
+        while self._waiting:
+            todo: list[tuple[Event, bytes]] = []
+            for key in list(self._waiting)[:BATCH]:
+                e = self._waiting[key]
+                data = self.fetch(e)
+                if data is None:
+                    self._unwait(key)  # gone meanwhile: nothing left to store
+                else:
+                    todo.append((e, data))
+            if not todo:
+                continue
+            refused = self._store(todo)
+            kept = {(e.pid, e.address) for e, poor in refused if not poor}
+            for e, _ in todo:
+                if (e.pid, e.address) not in kept:
+                    self._unwait((e.pid, e.address))
+            if refused:
+                return
