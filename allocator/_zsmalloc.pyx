@@ -497,6 +497,21 @@ cdef class ZsPoolCore:
             return -1
         return slot
 
+    cdef inline int64_t _checked_slot(self, object handle) except -1:
+        """:meth:`_live_slot`, or InvalidHandleError: the one refusal of every
+        operation on a handle, from Python or from C."""
+        cdef int64_t slot = self._live_slot(handle)
+        if slot < 0:
+            raise InvalidHandleError(f"no live object for handle {handle!r}")
+        return slot
+
+    cdef inline int64_t _checked_slot_of(self, uint64_t h) except -1:
+        """:meth:`_live_slot_of`, or InvalidHandleError (see :meth:`_checked_slot`)."""
+        cdef int64_t slot = self._live_slot_of(h)
+        if slot < 0:
+            raise InvalidHandleError(f"no live object for handle {h!r}")
+        return slot
+
     cdef inline int64_t _take(self, int64_t slot) noexcept:
         """HandleTable.release: retire a live slot; returns its location."""
         cdef int64_t loc = self._h[slot].loc
@@ -778,13 +793,9 @@ cdef class ZsPoolCore:
 
     def free(self, handle):
         """Free the object of ``handle``; the handle is invalid from now on (see ZsPool)."""
-        cdef int64_t slot
         self._lk.enter()
         try:
-            slot = self._live_slot(handle)
-            if slot < 0:
-                raise InvalidHandleError(f"no live object for handle {handle!r}")
-            self._free_slot(slot)
+            self._free_slot(self._checked_slot(handle))
         finally:
             self._lk.exit()
 
@@ -837,10 +848,7 @@ cdef class ZsPoolCore:
     ) except -1:
         """(class, data address, bytes before the page ends, address of the page
         a spanning object continues on or -1) of a live handle."""
-        cdef int64_t slot = self._live_slot(handle)
-        if slot < 0:
-            raise InvalidHandleError(f"no live object for handle {handle!r}")
-        self._locate_slot(slot, kout, addr, split, second)
+        self._locate_slot(self._checked_slot(handle), kout, addr, split, second)
         return 0
 
     cdef void _locate_slot(
@@ -1326,11 +1334,17 @@ class ZsPool(ZsPoolCore, PoolBase):
 # Each is its method's twin: the same lock, checks, errors and effects.  The pool
 # is cast with a type check, so a wrong object is a TypeError, never a bad read.
 
-cdef uint64_t zs_store(object pool, const unsigned char *data, Py_ssize_t n) except 0:
-    """``pool.store(data[:n])``: a new object holding the ``n`` bytes; its handle."""
+cdef inline ZsPoolCore _ready(object pool):
+    """The compiled pool behind ``pool``, initialised: a C caller's one check."""
     cdef ZsPoolCore p = <ZsPoolCore?>pool
     if p._cls == NULL:
         raise RuntimeError("ZsPool used before its __init__")
+    return p
+
+
+cdef uint64_t zs_store(object pool, const unsigned char *data, Py_ssize_t n) except 0:
+    """``pool.store(data[:n])``: a new object holding the ``n`` bytes; its handle."""
+    cdef ZsPoolCore p = _ready(pool)
     if not 0 < n <= PAGE_SIZE:
         p._check_size(n)  # raises the reference's ValueError
     return p._alloc(n, data)
@@ -1340,18 +1354,13 @@ cdef int zs_obj_read(
     object pool, uint64_t handle, unsigned char *dst, Py_ssize_t n
 ) except -1:
     """``pool.obj_read(handle, n)`` into ``dst`` (room for ``n`` bytes), not a bytes object."""
-    cdef ZsPoolCore p = <ZsPoolCore?>pool
+    cdef ZsPoolCore p = _ready(pool)
     cdef Klass *k
-    cdef int64_t addr, second, slot
+    cdef int64_t addr, second
     cdef int split
-    if p._cls == NULL:
-        raise RuntimeError("ZsPool used before its __init__")
     p._lk.enter()
     try:
-        slot = p._live_slot_of(handle)
-        if slot < 0:
-            raise InvalidHandleError(f"no live object for handle {handle!r}")
-        p._locate_slot(slot, &k, &addr, &split, &second)
+        p._locate_slot(p._checked_slot_of(handle), &k, &addr, &split, &second)
         if not 0 <= n <= k.capacity:
             raise ValueError(f"cannot read {n} bytes of a {k.capacity}-byte slot")
         if n <= split:
@@ -1366,16 +1375,10 @@ cdef int zs_obj_read(
 
 cdef int zs_free(object pool, uint64_t handle) except -1:
     """``pool.free(handle)``."""
-    cdef ZsPoolCore p = <ZsPoolCore?>pool
-    cdef int64_t slot
-    if p._cls == NULL:
-        raise RuntimeError("ZsPool used before its __init__")
+    cdef ZsPoolCore p = _ready(pool)
     p._lk.enter()
     try:
-        slot = p._live_slot_of(handle)
-        if slot < 0:
-            raise InvalidHandleError(f"no live object for handle {handle!r}")
-        p._free_slot(slot)
+        p._free_slot(p._checked_slot_of(handle))
         return 0
     finally:
         p._lk.exit()

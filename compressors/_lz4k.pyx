@@ -201,6 +201,27 @@ cdef inline void _copy16(uint8_t* dst, const uint8_t* src) noexcept nogil:
     memcpy(dst, src, 16)  # a fixed size: two moves, no call
 
 
+# _length_run's refusal: no length of a 4 KiB block comes near it.
+cdef size_t RUN_FAILED = <size_t>-1
+
+
+cdef inline size_t _length_run(
+    const uint8_t** ip, const uint8_t* iend, size_t length
+) noexcept nogil:
+    """``length`` plus the bytes of its run (each 255 means another follows),
+    read from ``ip[0]``, which it advances; RUN_FAILED if the input ends
+    inside the run (a literal's length and a match's are read alike)."""
+    cdef unsigned int s
+    while True:
+        if ip[0] >= iend:
+            return RUN_FAILED
+        s = ip[0][0]
+        ip[0] += 1
+        length += s
+        if s != 255:
+            return length
+
+
 cdef Py_ssize_t decompress_into(
     const uint8_t* src, size_t n, uint8_t* dst, size_t size
 ) noexcept nogil:
@@ -214,7 +235,7 @@ cdef Py_ssize_t decompress_into(
     cdef uint8_t* oend = dst + size
     cdef const uint8_t* match
     cdef size_t length, offset, dist, i
-    cdef unsigned int token, s
+    cdef unsigned int token
     while True:
         # A match may end the input exactly (its length run took the bytes
         # the check after it counted on): no token left to read.
@@ -224,14 +245,9 @@ cdef Py_ssize_t decompress_into(
         ip += 1
         length = token >> 4
         if length == RUN_MASK:
-            while True:
-                if ip >= iend:
-                    return -1
-                s = ip[0]
-                ip += 1
-                length += s
-                if s != 255:
-                    break
+            length = _length_run(&ip, iend, length)
+            if length == RUN_FAILED:
+                return -1
         # Literals.  Short ones are copied 16 bytes at a time where both buffers
         # have the room (the bytes past the run are written over later).
         if length > <size_t>(iend - ip) or length > <size_t>(oend - op):
@@ -257,14 +273,9 @@ cdef Py_ssize_t decompress_into(
             return -1
         length = token & ML_MASK
         if length == ML_MASK:
-            while True:
-                if ip >= iend:
-                    return -1
-                s = ip[0]
-                ip += 1
-                length += s
-                if s != 255:
-                    break
+            length = _length_run(&ip, iend, length)
+            if length == RUN_FAILED:
+                return -1
         length += MINMATCH
         # The match ends at least LASTLITERALS before the end.
         if length > <size_t>(oend - op) - LASTLITERALS:
