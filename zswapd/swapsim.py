@@ -372,11 +372,11 @@ class SwapSim:
         return True
 
     def _touch(self, run: list[Event]) -> None:
-        keys: list[Key] = []
+        keys: dict[Key, None] = {}  # in order, each page once (a run may repeat one)
         for e in run:
             p = self._proc(e.pid)
             if e.address in p.stored:
-                keys.append((e.pid, e.address))
+                keys[(e.pid, e.address)] = None
             else:
                 self._unwait((e.pid, e.address))
         if not keys:

@@ -1,0 +1,177 @@
+"""SwapSim: swap's reaction to a timeline, against a plain model, in a real pool."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from zswapd.config import PoolConfig
+from zswapd.pool import PagePool
+from zswapd.swapsim import LocalTarget, SwapSim, SwapSimError
+from zswapd.timeline import Event, EventKind, ProcessScan, TickEnd
+
+PIDS = (101, 202)
+ADDRESSES = tuple(0x10000 + i * 4096 for i in range(24))
+
+
+def page(seed: int) -> bytes:
+    """A page that compresses to a little under half: 1800 bytes no compressor
+    can shorten, then zeros (so a small limit fills in a few dozen pages)."""
+    head = b"".join(hashlib.sha256(f"{seed}:{i}".encode()).digest() for i in range(57))[:1800]
+    return head + bytes(4096 - len(head))
+
+
+def scans(resident: int = 10) -> tuple[ProcessScan, ...]:
+    return tuple(ProcessScan(pid, f"p{pid}", resident, 4096 * resident, 0.001) for pid in PIDS)
+
+
+class SwapModel(RuleBasedStateMachine):
+    """Random COLD/CHANGED/GONE/EXIT against a pool with a small limit.
+
+    The model is a dict of the cold pages and their bytes: whatever the pool
+    did with them (stored, waiting for room), cold is cold, and every stored
+    page must come back as it went in.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = PagePool("m", PoolConfig(compressor="lz4", limit_bytes=10 * 4096))
+        self.content: dict[tuple[int, int], bytes] = {}  # what each page holds now
+        self.cold: dict[tuple[int, int], bytes] = {}
+        self.sim = SwapSim(LocalTarget(self.pool), self._fetch)
+        self.t = 0.0
+        self.seed = 0
+
+    def _fetch(self, e: Event) -> bytes | None:
+        return self.cold.get((e.pid, e.address))
+
+    def teardown(self) -> None:
+        self.pool.close()
+
+    @rule(pid=st.sampled_from(PIDS), addresses=st.lists(st.sampled_from(ADDRESSES), max_size=8))
+    def go_cold(self, pid: int, addresses: list[int]) -> None:
+        events = []
+        for a in addresses:
+            key = (pid, a)
+            if key in self.cold:
+                continue
+            self.seed += 1
+            data = page(self.seed) if self.seed % 5 else bytes(4096)  # same-filled too
+            self.content[key] = self.cold[key] = data
+            events.append(Event(EventKind.COLD, pid, a, data))
+        self.sim.feed(events)
+
+    @rule(pid=st.sampled_from(PIDS), addresses=st.lists(st.sampled_from(ADDRESSES), max_size=8))
+    def change(self, pid: int, addresses: list[int]) -> None:
+        events = [Event(EventKind.CHANGED, pid, a) for a in addresses if (pid, a) in self.cold]
+        before = {p.pid: p.refaults_total for p in self.sim.figures().processes}
+        stored = {(e.pid, e.address) for e in events if self.sim.stored(e.pid, e.address)}
+        for e in events:
+            self.cold.pop((e.pid, e.address), None)
+        self.sim.feed(events)
+        after = {p.pid: p.refaults_total for p in self.sim.figures().processes}
+        assert after.get(pid, 0) - before.get(pid, 0) == len(stored)
+
+    @rule(pid=st.sampled_from(PIDS), addresses=st.lists(st.sampled_from(ADDRESSES), max_size=8))
+    def gone(self, pid: int, addresses: list[int]) -> None:
+        for a in addresses:
+            self.cold.pop((pid, a), None)
+        self.sim.feed(Event(EventKind.GONE, pid, a) for a in addresses)
+
+    @rule(pid=st.sampled_from(PIDS))
+    def exit(self, pid: int) -> None:
+        for key in [k for k in self.cold if k[0] == pid]:
+            del self.cold[key]
+        self.sim.feed([Event(EventKind.EXIT, pid)])
+
+    @rule()
+    def tick(self) -> None:
+        self.t += 1.0
+        self.sim.end_tick(TickEnd(self.t, scans()))
+
+    @precondition(lambda self: any(self.sim.stored(*k) for k in self.cold))
+    @rule()
+    def pages_come_back_as_stored(self) -> None:
+        # A refault of everything stored: each load is checked by SwapSim itself.
+        events = [
+            Event(EventKind.CHANGED, pid, a) for pid, a in self.cold if self.sim.stored(pid, a)
+        ]
+        for e in events:
+            del self.cold[(e.pid, e.address)]
+        self.sim.feed(events)
+
+    @invariant()
+    def cold_pages_are_stored_or_waiting(self) -> None:
+        figures = self.sim.figures()
+        for p in figures.processes:
+            mine = [k for k in self.cold if k[0] == p.pid]
+            assert p.cold_pages == len(mine)
+            assert p.stored_pages == sum(self.sim.stored(*k) for k in mine)
+        stored = sum(p.stored_pages for p in figures.processes)
+        assert self.pool.stored_pages == stored
+        assert figures.pool.orig_data_size == 4096 * stored
+
+
+TestSwapModel = SwapModel.TestCase
+TestSwapModel.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+def run(events_by_tick: list[list[Event]], limit: int) -> dict[str, object]:
+    pool = PagePool("r", PoolConfig(compressor="lz4", limit_bytes=limit))
+    contents = {(e.pid, e.address): e.data for tick in events_by_tick for e in tick}
+    try:
+        sim = SwapSim(LocalTarget(pool), lambda e: contents.get((e.pid, e.address)))
+        for t, events in enumerate(events_by_tick, 1):
+            sim.feed(events)
+            sim.end_tick(TickEnd(float(t), scans()))
+        return sim.figures().to_dict()
+    finally:
+        pool.close()
+
+
+def test_the_same_events_give_the_same_figures_exactly() -> None:
+    ticks = [
+        [Event(EventKind.COLD, PIDS[0], a, page(i)) for i, a in enumerate(ADDRESSES)],
+        [Event(EventKind.CHANGED, PIDS[0], a) for a in ADDRESSES[::3]],
+        [Event(EventKind.GONE, PIDS[0], a) for a in ADDRESSES[1::4]],
+    ]
+    assert run(ticks, 8 * 4096) == run(ticks, 8 * 4096)
+    assert run(ticks, 0) == run(ticks, 0)
+
+
+def test_pages_refused_at_the_limit_wait_and_go_in_oldest_first() -> None:
+    pool = PagePool("w", PoolConfig(compressor="lz4", limit_bytes=16 * 4096))
+    addresses = [0x10000 + i * 4096 for i in range(64)]
+    data = {a: page(i) for i, a in enumerate(addresses)}
+    sim = SwapSim(LocalTarget(pool), lambda e: data[e.address])
+    sim.feed(Event(EventKind.COLD, 1, a, data[a]) for a in addresses)
+    sim.end_tick(TickEnd(1.0, ()))
+    (p,) = sim.figures().processes
+    assert p.cold_pages == len(addresses)
+    assert 0 < p.stored_pages < len(addresses)
+    assert p.rejected_total == len(addresses) - p.stored_pages
+    first_waiting = next(a for a in addresses if not sim.stored(1, a))
+    # Room again: refault what is stored; the oldest waiting page goes in first.
+    sim.feed(Event(EventKind.CHANGED, 1, a) for a in addresses if sim.stored(1, a))
+    sim.end_tick(TickEnd(2.0, ()))
+    assert sim.stored(1, first_waiting)
+    sim.release()
+    assert pool.stored_pages == 0
+    pool.close()
+
+
+def test_a_page_that_comes_back_different_stops_the_shadow() -> None:
+    pool = PagePool("c", PoolConfig(compressor="lz4"))
+    sim = SwapSim(LocalTarget(pool), lambda e: None)
+    sim.feed([Event(EventKind.COLD, 1, 0x1000, page(1))])
+    (handle,) = [h for h, _ in sim._procs[1].stored.values()]
+    # Another client of the same pool frees the page and stores another in its place.
+    pool.free([handle])
+    sim._procs[1].stored[0x1000] = (pool.store([page(2)])[0], sim._procs[1].stored[0x1000][1])
+    with pytest.raises(SwapSimError, match="came back from the pool different"):
+        sim.feed([Event(EventKind.CHANGED, 1, 0x1000)])
+    pool.close()
