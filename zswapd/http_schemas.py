@@ -481,9 +481,19 @@ class Health(BaseModel):
 
 # -- shadows (zswapd.shadows): what a `zswapd shadow` reports of its processes ----------
 
+
+def _json_number(value: Any) -> Any:
+    # A shadow's figures are JSON numbers: no boolean, and no "12" either (the
+    # lax mode's string-to-number, which a pool's settings tolerate).
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("a JSON number is required")
+    return value
+
+
+JSON_NUMBER = BeforeValidator(_json_number)
 # Counts a JSON number holds exactly; seconds that are a number (no NaN, no infinity).
-ShadowCount = Annotated[int, Ge(0), Le(MAX_COUNT), NOT_BOOL, INT64]
-Seconds = Annotated[float, AllowInfNan(False), Ge(0), NOT_BOOL]
+ShadowCount = Annotated[int, Ge(0), Le(MAX_COUNT), JSON_NUMBER, INT64]
+Seconds = Annotated[float, AllowInfNan(False), Ge(0), JSON_NUMBER]
 # A comm without control characters or line separators (zswapd.shadows checks
 # lone surrogates too, which a pattern cannot say).
 _COMM_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
@@ -494,7 +504,7 @@ class ShadowProcess(BaseModel):
     ProcessFigures, field for field)."""
 
     model_config = ConfigDict(extra="forbid")
-    pid: Annotated[int, Ge(1), Le(MAX_PID), NOT_BOOL, INT64] = Field(
+    pid: Annotated[int, Ge(1), Le(MAX_PID), JSON_NUMBER, INT64] = Field(
         description="unique within a report"
     )
     comm: str = Field(
@@ -508,7 +518,7 @@ class ShadowProcess(BaseModel):
         description="pages unchanged for cold_after_seconds: stored, or waiting for room"
     )
     stored_pages: ShadowCount = Field(description="of the cold pages, those the pool holds")
-    saved_bytes: Annotated[int, Ge(-MAX_COUNT), Le(MAX_COUNT), NOT_BOOL, INT64] = Field(
+    saved_bytes: Annotated[int, Ge(-MAX_COUNT), Le(MAX_COUNT), JSON_NUMBER, INT64] = Field(
         description="the process's share of the pool's saving (orig_data_size - "
         "mem_used_total), by stored pages; negative while the pool takes more than it holds"
     )
@@ -537,7 +547,7 @@ class ShadowReportIn(BaseModel):
     interval_seconds: Seconds = Field(description="seconds between the shadow's scans")
     cold_after_seconds: Seconds = Field(description="a page unchanged this long is stored")
     expires_seconds: (
-        Annotated[float, AllowInfNan(False), Ge(1), Le(MAX_EXPIRES_SECONDS), NOT_BOOL] | None
+        Annotated[float, AllowInfNan(False), Ge(1), Le(MAX_EXPIRES_SECONDS), JSON_NUMBER] | None
     ) = Field(
         default=None,
         description="the report is dropped if not renewed within this (default: 3 x "
