@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_maintenance(sub, common)
     add_bench(sub)
     _add_estimate_parser(sub)
+    _add_replay_parser(sub)
     return parser
 
 
@@ -412,6 +413,65 @@ def _add_estimate_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_estimate)
+
+
+def _add_replay_parser(sub: _Sub) -> None:
+    """``zswapd replay``: a recorded timeline played into a pool of any settings (no daemon)."""
+    from allocator import ALLOCATORS
+    from zswapd.config import HUGE_POLICIES, WRITEBACK_MODES
+    from zswapd.replay import SPEEDS, cmd_replay
+    from zswapd.settings import parse_size
+
+    p = sub.add_parser(
+        "replay",
+        help="play a recorded shadow timeline into a pool of any settings (no daemon)",
+        description="Check FILE (written by zswapd shadow --record) whole, then play its "
+        "ticks into a pool in this process made with the recorded pool's settings, each "
+        "flag given overriding one, and print the shadow's figures. The same file under "
+        "the same settings gives the same figures, exactly.",
+    )
+    p.add_argument("file", metavar="FILE", help="a record file")
+    p.add_argument(
+        "--compressor",
+        type=compressor_spec,
+        metavar="NAME[:LEVEL]",
+        help="algorithm and level (no level: the algorithm's default), e.g. lz4, zstd:9",
+    )
+    p.add_argument("--allocator", choices=tuple(ALLOCATORS), help="zsmalloc, zbud, z3fold")
+    p.add_argument("--chain-size", type=positive_int, metavar="N", help="zsmalloc's longest zspage")
+    p.add_argument(
+        "--limit", type=_argtype(parse_size), metavar="SIZE", help="pool memory limit; 0: none"
+    )
+    p.add_argument(
+        "--writeback",
+        choices=WRITEBACK_MODES,
+        help="lru: write the least recently used pages to a temporary backing file at the "
+        "limit instead of refusing; manual: none",
+    )
+    p.add_argument(
+        "--backing-size",
+        type=_argtype(parse_size),
+        metavar="SIZE",
+        help="the lru backing file's size (default: as recorded, else a slot per cold page "
+        "in the record; sparse)",
+    )
+    p.add_argument("--huge-policy", choices=HUGE_POLICIES, help="store (zram) or reject")
+    p.add_argument(
+        "--speed",
+        choices=SPEEDS,
+        default="max",
+        help="max: as fast as it goes (default); recorded: each tick at its recorded time",
+    )
+    p.add_argument("--timeline", action="store_true", help="print the figures after every tick")
+    p.add_argument(
+        "--json", action="store_true", help="JSON: a line per tick (--timeline), then the end"
+    )
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="play the whole ticks of a record cut short (no end frame: its shadow killed)",
+    )
+    p.set_defaults(func=cmd_replay)
 
 
 def _add_pool_flags(p: argparse.ArgumentParser, whose: str, *, live: bool = False) -> None:
