@@ -70,6 +70,7 @@ from dataclasses import dataclass
 
 import xxhash
 
+from zswapd.cli_format import printable
 from zswapd.closing import Closing
 from zswapd.errors import ConfigError
 from zswapd.procmem import (
@@ -267,11 +268,14 @@ class _Target:
 
 
 def _comm(pid: int) -> str:
+    """The process's name, its control characters escaped: a process names itself
+    (prctl), and a name the daemon refuses in a report must not stop the shadow."""
     try:
         with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read(_COMM_CHARS).decode(errors="replace").rstrip("\n")
+            raw = f.read(_COMM_CHARS).decode(errors="replace").removesuffix("\n")
     except OSError:
         raise ConfigError(f"--pid {pid}: no such process") from None
+    return printable(raw)[:_COMM_CHARS]
 
 
 def _open_target(pid: int, detection: Detection) -> _Target:

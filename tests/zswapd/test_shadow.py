@@ -49,6 +49,7 @@ class Target:
     proc: subprocess.Popen[str]
     regions: dict[str, int]
     pages: int
+    reserved: list[int] = field(default_factory=list)
     children: list[int] = field(default_factory=list)
 
     @property
@@ -77,16 +78,17 @@ class Target:
         self.proc.wait()
 
 
-def start_target(pages: int = 16) -> Target:
+def start_target(pages: int = 16, *flags: str) -> Target:
     proc = subprocess.Popen(
-        [sys.executable, str(TARGET), "--pages", str(pages)],
+        [sys.executable, str(TARGET), "--pages", str(pages), *flags],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert proc.stdout is not None
     info = json.loads(proc.stdout.readline())
-    return Target(proc, {k: info[k] for k in ("cold", "hot", "gone")}, info["pages"])
+    regions = {k: info[k] for k in ("cold", "hot", "gone")}
+    return Target(proc, regions, info["pages"], info.get("reserved", []))
 
 
 @pytest.fixture
@@ -259,6 +261,52 @@ def test_page_shared_by_two_shadowed_processes_counts_once(
         assert all(s.stored(target.pid, hot))
         assert not any(s.stored(child, hot))
         assert all(s.stored(child, cold))
+
+
+def test_exec_ends_the_shadowing_of_that_process(target: Target, client: Client, pool: str) -> None:
+    """exec replaces the memory the shadow opened: as an exit, all freed."""
+    with shadow([target.pid], client, pool) as s:
+        s.tick(0.0)
+        s.tick(COLD_AFTER)
+        assert s.pool_pages() > 0
+        target.command("exec")
+        deadline = time.monotonic() + DEADLINE
+        events: list[Event] = []
+        t = 2.0
+        while not events or events[-1].kind != EventKind.EXIT:  # once the exec is done
+            assert time.monotonic() < deadline, "the exec was never seen"
+            events = s.tick(t)
+            t += 0.01
+        assert s.pool_pages() == 0 and not s.scanner.alive
+
+
+def test_huge_sparse_reservation_costs_only_its_present_pages(client: Client, pool: str) -> None:
+    target = start_target(16, "--reserve", "64")
+    try:
+        with shadow([target.pid], client, pool) as s:
+            s.tick(0.0)
+            (scan,) = s.scanner.scans
+            # Only present pages are read: 64 GiB reserved, three pages of it touched.
+            assert scan.scanned_bytes == scan.resident_pages * PAGE < 64 << 20
+            s.tick(COLD_AFTER)
+            assert all(s.stored(target.pid, target.reserved))
+    finally:
+        target.stop()
+
+
+def test_mappings_vanishing_mid_scan_break_nothing(
+    target: Target, client: Client, pool: str
+) -> None:
+    """A thread maps, writes and unmaps a region without pause: now and then a scan
+    finds a mapping gone between its walk and its read (a short preadv)."""
+    target.command("churn")
+    cold = target.addresses("cold")
+    with shadow([target.pid], client, pool) as s:
+        for i in range(30):
+            s.tick(i * COLD_AFTER / 2)
+            fig = s.sim.figures().processes[0]
+            assert s.pool_pages() == fig.stored_pages
+        assert all(s.stored(target.pid, cold))
 
 
 def test_events_come_in_pid_order_then_address_order(client: Client, pool: str) -> None:
@@ -542,3 +590,37 @@ def test_max_cpu_stretches_the_interval() -> None:
     assert stretched and wait == pytest.approx(0.3)
     assert next_wait(10.0, 0.1, 0.1, 0.25) == (pytest.approx(9.9), False)
     assert next_wait(0.2, 0.0, 0.5, 0.25) == (0.0, False)  # late already: at once
+
+
+def test_a_process_naming_itself_with_control_characters_is_still_reported(
+    client: Client, pool: str
+) -> None:
+    """A process chooses its own comm (prctl): escaped, it can neither drive the
+    terminal nor make the daemon refuse the shadow's report."""
+    code = (
+        "import ctypes, sys; ctypes.CDLL(None).prctl(15, b'ev\\x1b[31m\\nil', 0, 0, 0); "
+        "print('ready', flush=True); sys.stdin.read()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        with shadow([proc.pid], client, pool) as s:
+            s.tick(0.0)
+            ((_, comm),) = s.scanner.processes
+            assert comm.isprintable() and comm.startswith("ev\\x1b[31m"), comm
+            figures = s.sim.figures()
+            report = {
+                "pool": pool,
+                "detection": "hash",
+                "interval_seconds": 1.0,
+                "cold_after_seconds": COLD_AFTER,
+                "processes": [p.to_dict() for p in figures.processes],
+            }
+            client.report_shadow(pool, report)
+            assert client.shadows()[pool]["processes"][0]["comm"] == comm
+            client.remove_shadow(pool)
+    finally:
+        proc.kill()
+        proc.wait()
