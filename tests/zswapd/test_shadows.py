@@ -344,6 +344,24 @@ def test_the_65th_shadow_is_refused_and_replacing_one_still_works(http: httpx.Cl
             c.report_shadow("s0", report(detection="magic"))
 
 
+def test_processes_across_all_shadows_are_capped_at_4096(http: httpx.Client) -> None:
+    # 64 full reports would make every scrape 95 MiB and most of a minute of CPU.
+    full = report(*(process(i) for i in range(1, 1025)))
+    for k in range(4):
+        assert http.put(f"/v1/shadows/full{k}", json=full).status_code == 204
+    r = http.put("/v1/shadows/one-more", json=report(process(1)))
+    assert r.status_code == 507 and r.json()["error"] == "max_shadows", r.text
+    assert "4096" in r.json()["detail"]
+    # A shadow renewing a report of the same size is not held back by the cap.
+    renewed = report(*(process(i, "renewed") for i in range(1, 1025)))
+    assert http.put("/v1/shadows/full0", json=renewed).status_code == 204
+    assert http.put("/v1/shadows/full1", json=report(process(1))).status_code == 204
+    assert http.put("/v1/shadows/one-more", json=report(process(1))).status_code == 204
+    listed = http.get("/v1/shadows").json()["shadows"]
+    assert sum(len(r["processes"]) for r in listed.values()) == 3 * 1024 + 2
+    assert listed["full0"]["processes"][0]["comm"] == "renewed"
+
+
 # -- who may report -------------------------------------------------------------------------
 
 
