@@ -460,5 +460,26 @@ def test_reports_and_scrapes_race_without_harm() -> None:
     assert not errors, errors
 
 
+def test_an_expired_report_frees_its_place_under_the_caps() -> None:
+    """The registry on a clock of its own: a silent shadow's report stops
+    counting against the caps the moment it expires, without anyone reading."""
+    now = [1000.0]
+    shadows = ShadowRegistry(max_shadows=2, max_processes=3, clock=lambda: now[0])
+    shadows.report("a", report(process(1), process(2), expires_seconds=5))
+    shadows.report("b", report(process(1), expires_seconds=50))
+    with pytest.raises(TooManyShadowsError):
+        shadows.report("c", report(process(1)))
+    with pytest.raises(TooManyShadowsError, match="processes"):
+        shadows.report("b", report(process(1), process(2)))
+    now[0] += 4.9
+    assert set(shadows.to_dict()) == {"a", "b"}
+    assert shadows.to_dict()["a"]["age_seconds"] == pytest.approx(4.9)
+    now[0] += 0.1
+    shadows.report("c", report(process(1), process(2)))
+    assert set(shadows.to_dict()) == {"b", "c"}
+    with pytest.raises(UnknownShadowError):
+        shadows.remove("a")
+
+
 def test_process_keys_are_the_shadows_figures() -> None:
     assert set(PROCESS_KEYS) == set(ProcessFigures.__dataclass_fields__)
