@@ -170,7 +170,10 @@ def _int(value: Any, what: str, low: int, high: int) -> int:
 def _seconds(value: Any, what: str, low: float = 0.0, high: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidRequestError(f"{what} must be a number of seconds, not {value!r}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer of 400 digits is no float
+        seconds = math.inf
     if not math.isfinite(seconds) or not low <= seconds <= high:
         bounds = f">= {low:g}" if high == math.inf else f"in {low:g}..{high:g}"
         raise InvalidRequestError(f"{what} must be finite and {bounds}, not {value!r}")

@@ -474,6 +474,18 @@ def test_an_expired_report_frees_its_place_under_the_caps() -> None:
     now[0] += 4.9
     assert set(shadows.to_dict()) == {"a", "b"}
     assert shadows.to_dict()["a"]["age_seconds"] == pytest.approx(4.9)
+    # Through Python, what the HTTP models refuse before: refused all the same.
+    for bad in (
+        report(interval_seconds=10**400),
+        report(expires_seconds=True),
+        report(process(1, comm="\ud800")),
+        report(process(1, saved_bytes=float("nan"))),
+        {**report(), "processes": [process(1)] * 2},
+        "not an object",
+    ):
+        with pytest.raises(InvalidRequestError):
+            shadows.report("a", bad)  # type: ignore[arg-type]
+    assert len(shadows.to_dict()["a"]["processes"]) == 2
     now[0] += 0.1
     shadows.report("c", report(process(1), process(2)))
     assert set(shadows.to_dict()) == {"b", "c"}
