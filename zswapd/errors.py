@@ -24,7 +24,8 @@ each class's status::
     │   ├── ReclaimFailError     507  no room, and writing pages back to the backing
     │   │                             file could not make any (zswap's reclaim_fail)
     │   └── TooManyPoolsError    507  --max-pools pools and devices exist already
-    ├── TooManyShadowsError      507  64 shadows report already (zswapd.shadows)
+    ├── TooManyShadowsError      507  64 shadows, or 4096 processes across them,
+    │                                 report already (zswapd.shadows)
     ├── BackingIoError           507  the backing file failed a read or write
     ├── CorruptObjectError       500  a stored object no longer decompresses
     └── StateError               500  a state file torn, corrupted or not ours
@@ -159,9 +160,10 @@ class TooManyPoolsError(PoolLimitError):
 
 
 class TooManyShadowsError(ZswapdError):
-    """As many shadows report as the daemon keeps (64); a new name is refused
-    until one is removed or expires.  A shadow already reporting may always
-    replace its report.
+    """As many shadows report as the daemon keeps (64), or a report would take
+    the processes of all of them past 4096; refused until one is removed or
+    expires.  A shadow already reporting may always renew a report no larger
+    than its last.
 
     507 as --max-pools: the server lacks room for one more, and removing one
     (or waiting for a silent one to expire) is the remedy.  Not a

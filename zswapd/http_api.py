@@ -437,8 +437,8 @@ def create_app(
     @app.put("/v1/shadows/{name}", status_code=204, name="shadow_report", tags=["shadows"])
     async def report_shadow(name: ShadowName, body: ShadowReportIn) -> Response:
         """Replace the shadow's report (its first makes it): checked whole, so a
-        report refused leaves the previous one as it was.  At most 64 shadows:
-        a new name past them is 507 ``max_shadows``."""
+        report refused leaves the previous one as it was.  At most 64 shadows
+        and 4096 processes across them: past either, 507 ``max_shadows``."""
         # In a thread: checking 1024 processes is a few milliseconds of work.
         await run_in_thread(shadows.report, name, body.model_dump())
         return Response(status_code=204)

@@ -165,7 +165,8 @@ MEANING: dict[type[ZswapdError], str] = {
     ReclaimFailError: "no room, and writing pages back could not make any",
     TooManyPoolsError: "--max-pools pools and devices exist",
     UnknownShadowError: "no shadow reports under that name (never did, removed, or expired)",
-    TooManyShadowsError: "64 shadows report already: remove one, or wait for one to expire",
+    TooManyShadowsError: "64 shadows, or 4096 processes across them, report already: "
+    "remove one, or wait for one to expire",
     BackingIoError: "the backing file failed a read or write",
     CorruptObjectError: "a stored page no longer decompresses or matches its checksum",
 }

@@ -344,6 +344,24 @@ def test_the_65th_shadow_is_refused_and_replacing_one_still_works(http: httpx.Cl
             c.report_shadow("s0", report(detection="magic"))
 
 
+def test_processes_across_all_shadows_are_capped_at_4096(http: httpx.Client) -> None:
+    # 64 full reports would make every scrape 95 MiB and most of a minute of CPU.
+    full = report(*(process(i) for i in range(1, 1025)))
+    for k in range(4):
+        assert http.put(f"/v1/shadows/full{k}", json=full).status_code == 204
+    r = http.put("/v1/shadows/one-more", json=report(process(1)))
+    assert r.status_code == 507 and r.json()["error"] == "max_shadows", r.text
+    assert "4096" in r.json()["detail"]
+    # A shadow renewing a report of the same size is not held back by the cap.
+    renewed = report(*(process(i, "renewed") for i in range(1, 1025)))
+    assert http.put("/v1/shadows/full0", json=renewed).status_code == 204
+    assert http.put("/v1/shadows/full1", json=report(process(1))).status_code == 204
+    assert http.put("/v1/shadows/one-more", json=report(process(1))).status_code == 204
+    listed = http.get("/v1/shadows").json()["shadows"]
+    assert sum(len(r["processes"]) for r in listed.values()) == 3 * 1024 + 2
+    assert listed["full0"]["processes"][0]["comm"] == "renewed"
+
+
 # -- who may report -------------------------------------------------------------------------
 
 
@@ -440,6 +458,39 @@ def test_reports_and_scrapes_race_without_harm() -> None:
         for t in threads:
             t.join()
     assert not errors, errors
+
+
+def test_an_expired_report_frees_its_place_under_the_caps() -> None:
+    """The registry on a clock of its own: a silent shadow's report stops
+    counting against the caps the moment it expires, without anyone reading."""
+    now = [1000.0]
+    shadows = ShadowRegistry(max_shadows=2, max_processes=3, clock=lambda: now[0])
+    shadows.report("a", report(process(1), process(2), expires_seconds=5))
+    shadows.report("b", report(process(1), expires_seconds=50))
+    with pytest.raises(TooManyShadowsError):
+        shadows.report("c", report(process(1)))
+    with pytest.raises(TooManyShadowsError, match="processes"):
+        shadows.report("b", report(process(1), process(2)))
+    now[0] += 4.9
+    assert set(shadows.to_dict()) == {"a", "b"}
+    assert shadows.to_dict()["a"]["age_seconds"] == pytest.approx(4.9)
+    # Through Python, what the HTTP models refuse before: refused all the same.
+    for bad in (
+        report(interval_seconds=10**400),
+        report(expires_seconds=True),
+        report(process(1, comm="\ud800")),
+        report(process(1, saved_bytes=float("nan"))),
+        {**report(), "processes": [process(1)] * 2},
+        "not an object",
+    ):
+        with pytest.raises(InvalidRequestError):
+            shadows.report("a", bad)  # type: ignore[arg-type]
+    assert len(shadows.to_dict()["a"]["processes"]) == 2
+    now[0] += 0.1
+    shadows.report("c", report(process(1), process(2)))
+    assert set(shadows.to_dict()) == {"b", "c"}
+    with pytest.raises(UnknownShadowError):
+        shadows.remove("a")
 
 
 def test_process_keys_are_the_shadows_figures() -> None:
