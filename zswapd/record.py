@@ -410,10 +410,14 @@ class RecordWriter(Closing):
         self._check_open()
         if not (math.isfinite(end.t) and end.t >= self._last_t):
             raise ValueError(f"tick t={end.t} comes before the previous one (t={self._last_t})")
+        payload = _json({"t": end.t, "scans": [_scan_dict(s) for s in end.scans]})
+        try:  # never write what a reader would refuse (a comm too long, say)
+            _decode_tick(payload, _Where(self.path), self._last_t)
+        except RecordError as exc:
+            raise ValueError(str(exc)) from None
         self._last_t = end.t
         self._flush_events()
-        tick = {"t": end.t, "scans": [_scan_dict(s) for s in end.scans]}
-        self._put(_frame(FrameType.TICK, _json(tick)))
+        self._put(_frame(FrameType.TICK, payload))
         self._flush()
         self.ticks_count += 1
         self._tick_events = 0
