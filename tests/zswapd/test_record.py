@@ -363,6 +363,10 @@ FORGED = {
     "pid 0": ([events((EventKind.GONE, 0, 0, NO_REF))], "pid 0"),
     "a ref on a GONE event": ([events((EventKind.GONE, 5, 0, 0))], "GONE event with a content ref"),
     "a frame claiming 4 GiB": ([struct.pack("<BII", FrameType.EVENTS, 2**32 - 1, 0)], "4294967295"),
+    "an events frame past its cap": (
+        [struct.pack("<BII", FrameType.EVENTS, 4 + 17 * 2**16 + 17, 0)],
+        "an events frame of 1114133 bytes, more than 1114116",
+    ),
     "an unknown frame type": ([frame(7, b"")], "unknown frame type 7"),
     "a content of 4095 bytes": ([content(0, bytes(4095))], "does not decompress to 4096"),
     "a content of 5000 bytes": ([content(0, bytes(5000))], "does not decompress to 4096"),
