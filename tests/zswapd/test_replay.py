@@ -247,3 +247,14 @@ def test_a_replay_under_the_recorded_settings_gives_the_live_figures(
             replayed = replay(reader, replay_config(reader, Overrides(), tmp))
     assert replayed == live
     assert replay_json(str(path))["figures"] == live.to_dict()
+
+
+def test_recorded_speed_waits_for_each_ticks_time(record: Path) -> None:
+    waits: list[float] = []  # what replay asked to sleep (nothing slept)
+    with RecordReader.open(str(record)) as reader, tempfile.TemporaryDirectory() as tmp:
+        replay(
+            reader, replay_config(reader, Overrides(), tmp), speed="recorded", sleep=waits.append
+        )
+    times = [end.t for _, end in sample_timeline()]
+    # Each wait runs to its tick's t, counted from the start, less the play so far.
+    assert waits and all(w <= times[-1] for w in waits) and max(waits) > times[-1] - 10
