@@ -75,6 +75,7 @@ __all__ = [
     "MAX_FRAME",
     "MAX_FRAME_EVENTS",
     "MAX_JSON",
+    "MAX_T",
     "MAX_TICK_EVENTS",
     "FrameType",
     "RecordError",
@@ -108,6 +109,9 @@ EVENTS_PER_FRAME = 4096
 # objects one frame makes (~10 MiB), whatever its length claims.
 MAX_FRAME_EVENTS = 1 << 16
 MAX_SCANS = 1 << 16
+# A tick's time, seconds since the recording began: a century at most (a
+# replay at recorded speed sleeps until it).
+MAX_T = float(100 * 365 * 86400)
 MAX_COMM = 64
 _ZSTD_LEVEL = 3
 
@@ -235,8 +239,8 @@ def _decode_tick(payload: bytes, where: _Where, last_t: float) -> TickEnd:
     obj = _decode_json(payload, where, "a tick's end")
     values: list[Any] = [obj.get("t"), obj.get("scans")]
     t, scans = values
-    if not _finite(t):
-        raise where.error(f"a tick's t is not a finite number of seconds >= 0: {t!r}")
+    if not _finite(t) or t > MAX_T:
+        raise where.error(f"a tick's t is not a number of seconds in 0..{MAX_T}: {t!r}")
     if t < last_t:
         raise where.error(f"tick t={t} comes before the previous tick's t={last_t}")
     if not isinstance(scans, list) or len(scans) > MAX_SCANS:

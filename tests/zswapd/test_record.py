@@ -378,8 +378,9 @@ FORGED = {
     "time going back": ([tick(5.0), tick(4.0)], "before the previous tick"),
     "a NaN time": (
         [frame(FrameType.TICK, b'{"t": NaN, "scans": []}')],
-        "not a finite number",
+        "not a number of seconds in 0..",
     ),
+    "a time past a century": ([tick(1e300)], "not a number of seconds in 0.."),
     "a malformed scan": ([tick(1.0, [{"pid": "x"}])], "scan is malformed"),
     "a tick not JSON": ([frame(FrameType.TICK, b"\xff{")], "not JSON"),
     "a second header": ([header()], "a second header"),
