@@ -37,14 +37,16 @@ it holds, unless asked for them (``partial=True``, ``zswapd replay
 never played.
 
 Reading trusts nothing: :meth:`RecordReader.open` checks the whole file in one
-pass before anything is played (frame lengths at most :data:`MAX_FRAME`, JSON
-at most :data:`MAX_JSON`, every CRC, counts against lengths, kinds known,
-addresses page-aligned, every ref defined before use, content ids in order,
-every content decompressing to exactly 4096 bytes, ticks' ``t`` finite and
-non-decreasing, at most :data:`MAX_TICK_EVENTS` events a tick).  Its memory
-is the index, 8 bytes a distinct page (where each content frame starts),
-never what a frame claims.  Playing reads the file again through the same
-checks, so a file changed under a replay stops it with the same errors.
+pass before anything is played: frame lengths at most :data:`MAX_FRAME`, and
+each type's own cap, checked before its payload is read (JSON at most
+:data:`MAX_JSON`, an EVENTS frame at most :data:`MAX_FRAME_EVENTS` events);
+every CRC; counts against lengths; kinds known; addresses page-aligned; every
+ref defined before use; content ids in order; every content decompressing to
+exactly 4096 bytes; ticks' ``t`` finite and non-decreasing; at most
+:data:`MAX_TICK_EVENTS` events a tick.  Its memory is the index, 8 bytes a
+distinct page (where each content frame starts), never what a frame claims.
+Playing reads the file again through the same checks, so a file changed
+under a replay stops it with the same errors.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "MAX_FRAME",
+    "MAX_FRAME_EVENTS",
     "MAX_JSON",
+    "MAX_T",
     "MAX_TICK_EVENTS",
     "FrameType",
     "RecordError",
@@ -101,7 +105,13 @@ MAX_CONTENT_FRAME = _U32.size + 2 * PAGE_SIZE
 MAX_TICK_EVENTS = 1 << 24
 # Events buffered by the writer before an EVENTS frame is written (68 KiB).
 EVENTS_PER_FRAME = 4096
+# What a reader takes in one EVENTS frame: decoded whole, so this bounds the
+# objects one frame makes (~10 MiB), whatever its length claims.
+MAX_FRAME_EVENTS = 1 << 16
 MAX_SCANS = 1 << 16
+# A tick's time, seconds since the recording began: a century at most (a
+# replay at recorded speed sleeps until it).
+MAX_T = float(100 * 365 * 86400)
 MAX_COMM = 64
 _ZSTD_LEVEL = 3
 
@@ -117,6 +127,15 @@ class FrameType:
 
 
 _KINDS = {int(k) for k in EventKind}
+_NAMES = {1: "a header", 2: "a content", 3: "an events", 4: "a tick", 5: "an end"}
+# Each type's longest frame, checked before a byte of its payload is read.
+_MAX_LENGTH = {
+    FrameType.HEADER: MAX_JSON,
+    FrameType.CONTENT: MAX_CONTENT_FRAME,
+    FrameType.EVENTS: _U32.size + MAX_FRAME_EVENTS * _EVENT.size,
+    FrameType.TICK: MAX_JSON,
+    FrameType.END: MAX_JSON,
+}
 
 
 class RecordError(ConfigError):
@@ -220,8 +239,8 @@ def _decode_tick(payload: bytes, where: _Where, last_t: float) -> TickEnd:
     obj = _decode_json(payload, where, "a tick's end")
     values: list[Any] = [obj.get("t"), obj.get("scans")]
     t, scans = values
-    if not _finite(t):
-        raise where.error(f"a tick's t is not a finite number of seconds >= 0: {t!r}")
+    if not _finite(t) or t > MAX_T:
+        raise where.error(f"a tick's t is not a number of seconds in 0..{MAX_T}: {t!r}")
     if t < last_t:
         raise where.error(f"tick t={t} comes before the previous tick's t={last_t}")
     if not isinstance(scans, list) or len(scans) > MAX_SCANS:
@@ -410,10 +429,14 @@ class RecordWriter(Closing):
         self._check_open()
         if not (math.isfinite(end.t) and end.t >= self._last_t):
             raise ValueError(f"tick t={end.t} comes before the previous one (t={self._last_t})")
+        payload = _json({"t": end.t, "scans": [_scan_dict(s) for s in end.scans]})
+        try:  # never write what a reader would refuse (a comm too long, say)
+            _decode_tick(payload, _Where(self.path), self._last_t)
+        except RecordError as exc:
+            raise ValueError(str(exc)) from None
         self._last_t = end.t
         self._flush_events()
-        tick = {"t": end.t, "scans": [_scan_dict(s) for s in end.scans]}
-        self._put(_frame(FrameType.TICK, _json(tick)))
+        self._put(_frame(FrameType.TICK, payload))
         self._flush()
         self.ticks_count += 1
         self._tick_events = 0
@@ -501,6 +524,10 @@ class _Frames:
             if length > MAX_FRAME:
                 raise where.error(
                     f"claims {length} bytes, more than the {MAX_FRAME >> 20} MiB a frame may hold"
+                )
+            if length > _MAX_LENGTH[kind]:
+                raise where.error(
+                    f"{_NAMES[kind]} frame of {length} bytes, more than {_MAX_LENGTH[kind]}"
                 )
             payload = self._file.read(length)
             if len(payload) < length:

@@ -35,6 +35,7 @@ from zswapd.backing import MAX_BACKING_SIZE, SLOT_SIZE
 from zswapd.cli_format import printable
 from zswapd.config import PoolConfig
 from zswapd.errors import ConfigError
+from zswapd.limits import mem_total_bytes
 from zswapd.pool import PagePool
 from zswapd.record import RecordError, RecordReader
 from zswapd.shadow_report import format_summary, format_tick
@@ -141,7 +142,10 @@ def replay(
     if speed not in SPEEDS:
         raise ConfigError(f"--speed must be one of {', '.join(SPEEDS)}, not {speed!r}")
     clock = [0.0]
-    pool = PagePool("replay", config, clock=lambda: clock[0], seed=SEED)
+    # Address space for what this machine could hold at most, as the daemon
+    # reserves without a memory limit (never the allocator's 64 GiB default).
+    arena = max(1, mem_total_bytes() // SLOT_SIZE)
+    pool = PagePool("replay", config, clock=lambda: clock[0], seed=SEED, arena_pages=arena)
     pool.backing_owned = True  # the replay's own file goes with its pool
 
     def fetch(e: Event) -> bytes | None:
