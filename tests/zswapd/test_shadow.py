@@ -624,3 +624,31 @@ def test_a_process_naming_itself_with_control_characters_is_still_reported(
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_full_pool_keeps_cold_pages_waiting_and_stores_them_as_room_is_made(
+    target: Target, client: Client
+) -> None:
+    """At the pool's limit a cold page waits (still cold, counted rejected once)
+    and is retried every tick, so once there is room it is stored."""
+    name = f"shadow-test-{os.getpid()}-full"
+    client.create_pool(name, limit_bytes=16 << 20)  # the most it may be raised to
+    client.update_pool(name, limit_bytes=256 << 10)
+    try:
+        with shadow([target.pid], client, name) as s:
+            s.tick(0.0)
+            s.tick(COLD_AFTER)
+            fig = s.sim.figures()
+            (p,) = fig.processes
+            assert 0 < p.stored_pages < p.cold_pages and p.rejected_total > 0
+            assert fig.pool.pool_limit_hit > 0
+            assert fig.pool.mem_used_total <= 256 << 10
+            s.tick(COLD_AFTER + 0.1)  # still full: they go on waiting
+            (again,) = s.sim.figures().processes
+            assert again.stored_pages == p.stored_pages and again.rejected_total == p.rejected_total
+            client.update_pool(name, limit_bytes=16 << 20)  # room for every page
+            s.tick(COLD_AFTER + 0.2)
+            (after,) = s.sim.figures().processes
+            assert after.stored_pages == after.cold_pages >= p.cold_pages
+    finally:
+        client.remove_pool(name)
