@@ -523,14 +523,14 @@ class Scanner(Closing):
         new_pfns = array("Q")
         pid = t.pid
         events: list[Event] = []
-
-        def keep(i: int, fp: int, since: float, cold: int) -> None:
-            new_addrs.append(walked[i])
-            new_fps.append(fp)
-            new_since.append(since)
-            new_cold.append(cold)
-            if pfns:
-                new_pfns.append(pfns[i])
+        # Bound once: this runs for every page of every scan.
+        keep_addr, keep_fp, keep_since, keep_cold = (
+            new_addrs.append,
+            new_fps.append,
+            new_since.append,
+            new_cold.append,
+        )
+        emit = events.append
 
         def page(i: int, fp: int, data: memoryview | None) -> None:
             """Page ``i`` seen with fingerprint ``fp`` (``data``: its bytes, if read)."""
@@ -539,30 +539,36 @@ class Scanner(Closing):
                 since, cold = now, 0
             elif fp != old_fps[w] or touched[i]:
                 if old_cold[w]:
-                    events.append(Event(EventKind.CHANGED, pid, walked[i]))
+                    emit(Event(EventKind.CHANGED, pid, walked[i]))
                 since, cold = now, 0
             else:
                 since, cold = old_since[w], old_cold[w]
             if not cold and now - since >= cold_after and data is not None:
-                events.append(Event(EventKind.COLD, pid, walked[i], bytes(data)))
+                emit(Event(EventKind.COLD, pid, walked[i], bytes(data)))
                 cold = 1
-            keep(i, fp, since, cold)
+            keep_addr(walked[i])
+            keep_fp(fp)
+            keep_since(since)
+            keep_cold(cold)
+            if pfns:
+                new_pfns.append(pfns[i])
 
         view = self._view
         fd = t.memory.mem_fd
+        fingerprint = xxhash.xxh3_64_intdigest
         i = 0
         while i < n:
-            if not need(i):
+            if soft_dirty and not need(i):
                 page(i, old_fps[where[i]], None)
                 i += 1
                 continue
             # A run: needed pages at consecutive addresses, at most a buffer's worth.
             end = i + 1
+            last = min(n, i + BUFFER_PAGES)
             while (
-                end < n
-                and end - i < BUFFER_PAGES
+                end < last
                 and walked[end] == walked[end - 1] + PAGE_SIZE
-                and need(end)
+                and (not soft_dirty or need(end))
             ):
                 end += 1
             while i < end:
@@ -573,7 +579,7 @@ class Scanner(Closing):
                 read += got * PAGE_SIZE
                 for k in range(got):
                     data = view[k * PAGE_SIZE : (k + 1) * PAGE_SIZE]
-                    page(i + k, xxhash.xxh3_64_intdigest(data), data)
+                    page(i + k, fingerprint(data), data)
                 i += got
                 if i < end:
                     # Gone between the walk and the read: not present (a cold
