@@ -233,6 +233,27 @@ def test_exiting_target_frees_every_page_and_is_no_longer_scanned(
         assert s.tick(3.0) == []  # nothing left to scan
 
 
+def test_one_target_exiting_leaves_the_others_shadowed(client: Client, pool: str) -> None:
+    a, b = start_target(), start_target()
+    try:
+        with shadow([a.pid, b.pid], client, pool) as s:
+            s.tick(0.0)
+            s.tick(COLD_AFTER)
+            a.command("exit")
+            a.proc.wait(DEADLINE)
+            events = s.tick(2.0)
+            assert [e for e in events if e.pid == a.pid] == [Event(EventKind.EXIT, a.pid)]
+            assert events[-1] == Event(EventKind.EXIT, a.pid)  # EXIT comes last
+            assert s.scanner.alive and [x.pid for x in s.scanner.scans] == [a.pid, b.pid]
+            s.tick(3.0)
+            assert [x.pid for x in s.scanner.scans] == [b.pid]
+            assert all(s.stored(b.pid, b.addresses("cold")))
+            assert s.pool_pages() == s.sim.figures().processes[1].stored_pages
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_forking_target_keeps_its_figures(target: Target, client: Client, pool: str) -> None:
     pid = target.pid
     cold = target.addresses("cold")
