@@ -592,6 +592,19 @@ def test_cli_flags_refused_in_one_line(target: Target, daemon: Daemon) -> None:
         assert len(result.stderr.splitlines()) == 1 and words in result.stderr, result
 
 
+def test_cli_max_cpu_stretches_the_interval_and_says_so(target: Target, daemon: Daemon) -> None:
+    """Under --max-cpu 0.001 a scan of a few MiB (milliseconds of CPU) stretches
+    the next interval to seconds; --duration still ends the shadow in that wait."""
+    result = run_cli(
+        "shadow", "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.05s",
+        "--max-cpu", "0.001", "--duration", "2s",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (note,) = [line for line in result.stdout.splitlines() if "next scan in" in line]
+    assert "not 0.05s" in note and "--max-cpu is 0.001" in note
+    assert result.stdout.count(f"pid {target.pid} (python3):") == 1  # one tick, then the end
+
+
 # -- the pieces ------------------------------------------------------------------------
 
 
