@@ -87,8 +87,8 @@ def replay_config(reader: RecordReader, flags: Overrides, backing_dir: str) -> P
     is sparse, its slot map a bit a slot).
 
     Raises:
-        ConfigError: settings that make no pool (a bad value, an lru pool
-            without a limit to write back at, --backing-size without lru).
+        ConfigError: settings that make no pool (a bad or unknown recorded
+            setting, a bad flag, --backing-size without lru).
     """
     values = _recorded(reader)
     if values.pop("dictionary", None) is not None and flags.compressor is None:
