@@ -436,18 +436,27 @@ def _add_replay_parser(sub: _Sub) -> None:
         "--compressor",
         type=compressor_spec,
         metavar="NAME[:LEVEL]",
-        help="algorithm and level (no level: the algorithm's default), e.g. lz4, zstd:9",
+        help="algorithm and level (no level: the algorithm's default), e.g. lz4, zstd:9 "
+        "(default: as recorded)",
     )
-    p.add_argument("--allocator", choices=tuple(ALLOCATORS), help="zsmalloc, zbud, z3fold")
-    p.add_argument("--chain-size", type=positive_int, metavar="N", help="zsmalloc's longest zspage")
+    p.add_argument("--allocator", choices=tuple(ALLOCATORS), help="(default: as recorded)")
     p.add_argument(
-        "--limit", type=_argtype(parse_size), metavar="SIZE", help="pool memory limit; 0: none"
+        "--chain-size",
+        type=positive_int,
+        metavar="N",
+        help="zsmalloc's longest zspage (as recorded)",
+    )
+    p.add_argument(
+        "--limit",
+        type=_argtype(parse_size),
+        metavar="SIZE",
+        help="pool memory limit; 0: none (default: as recorded)",
     )
     p.add_argument(
         "--writeback",
         choices=WRITEBACK_MODES,
         help="lru: write the least recently used pages to a temporary backing file at the "
-        "limit instead of refusing; manual: none",
+        "limit instead of refusing; manual: none (default: as recorded)",
     )
     p.add_argument(
         "--backing-size",
@@ -456,7 +465,9 @@ def _add_replay_parser(sub: _Sub) -> None:
         help="the lru backing file's size (default: as recorded, else a slot per cold page "
         "in the record; sparse)",
     )
-    p.add_argument("--huge-policy", choices=HUGE_POLICIES, help="store (zram) or reject")
+    p.add_argument(
+        "--huge-policy", choices=HUGE_POLICIES, help="store (zram) or reject (as recorded)"
+    )
     p.add_argument(
         "--speed",
         choices=SPEEDS,

@@ -56,6 +56,7 @@ import math
 import os
 import stat
 import struct
+import threading
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator
@@ -92,8 +93,8 @@ _EVENT = struct.Struct("<BIQI")  # kind, pid, address, ref
 _U32 = struct.Struct("<I")
 NO_REF = 0xFFFFFFFF
 
-# A frame is read whole before its CRC is checked: this bounds what one frame
-# can make a reader allocate (an EVENTS frame of ~987,000 events).
+# A frame is read whole before its CRC is checked: no frame of any type may
+# claim more than this (each type has a smaller cap of its own, _MAX_LENGTH).
 MAX_FRAME = 16 << 20
 # A JSON frame (header, tick, end) is parsed whole: a megabyte is thousands of
 # processes' scans, far beyond a real tick.
@@ -279,6 +280,17 @@ def _decode_events(payload: bytes, where: _Where, contents: int) -> list[Event]:
     return out
 
 
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor (reused: a context per page costs more than the page)."""
+    dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
 def _decode_content(payload: bytes, where: _Where, expected_id: int | None) -> bytes:
     """A content frame's page (``expected_id``: the id it must have, if known)."""
     if len(payload) > MAX_CONTENT_FRAME or len(payload) < _U32.size:
@@ -290,7 +302,7 @@ def _decode_content(payload: bytes, where: _Where, expected_id: int | None) -> b
     try:
         # Checked first: zstd allocates what a frame's header claims.
         size = zstandard.frame_content_size(data)
-        page = zstandard.ZstdDecompressor().decompress(data) if size == PAGE_SIZE else b""
+        page = _decompressor().decompress(data) if size == PAGE_SIZE else b""
     except zstandard.ZstdError:
         raise where.error(f"content {ident} does not decompress") from None
     if len(page) != PAGE_SIZE:
@@ -397,8 +409,10 @@ class RecordWriter(Closing):
         """
         self._check_open()
         for e in events:
-            if not 1 <= e.pid <= 0xFFFFFFFF or e.address % PAGE_SIZE or e.address >> 64:
-                raise ValueError(f"event {e.kind.name} pid {e.pid} address {e.address:#x}")
+            bad = e.kind not in _KINDS or not 1 <= e.pid <= 0xFFFFFFFF
+            bad = bad or e.address % PAGE_SIZE != 0 or e.address >> 64 != 0
+            if bad or (e.kind == EventKind.EXIT and e.address):
+                raise ValueError(f"event {e.kind!r} pid {e.pid} address {e.address:#x}")
             if self._tick_events >= MAX_TICK_EVENTS:
                 raise ValueError(f"a tick of more than {MAX_TICK_EVENTS} events")
             ref = NO_REF

@@ -87,8 +87,8 @@ def replay_config(reader: RecordReader, flags: Overrides, backing_dir: str) -> P
     is sparse, its slot map a bit a slot).
 
     Raises:
-        ConfigError: settings that make no pool (a bad value, an lru pool
-            without a limit to write back at, --backing-size without lru).
+        ConfigError: settings that make no pool (a bad or unknown recorded
+            setting, a bad flag, --backing-size without lru).
     """
     values = _recorded(reader)
     if values.pop("dictionary", None) is not None and flags.compressor is None:
@@ -182,6 +182,17 @@ def _label(values: dict[str, Any]) -> str:
     return f"{comp} {values.get('allocator', 'zsmalloc')}"
 
 
+def _said(header: dict[str, Any], width: int = 160) -> str:
+    """The header's other settings, ``key=value`` (scalars only), cut at ``width``."""
+    items = [
+        f"{k}={v}"
+        for k, v in header.items()
+        if k != "config" and isinstance(v, str | int | float | bool)
+    ]
+    text = " ".join(items)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _describe(config: PoolConfig) -> str:
     limit = f"{config.limit_bytes} bytes" if config.limit_bytes else "none"
     line = (
@@ -234,10 +245,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
             cut = "" if reader.complete else " (cut short: its whole ticks only)"
             recorded = _recorded(reader)
             print(
-                f"replaying {printable(args.file)}: {reader.ticks_count} ticks, "
-                f"{reader.contents_count} distinct pages{cut}; recorded under "
-                f"{_label(recorded) if recorded else 'unknown settings'}"
+                printable(
+                    f"replaying {args.file}: {reader.ticks_count} ticks, "
+                    f"{reader.contents_count} distinct pages{cut}; recorded under "
+                    f"{_label(recorded) if recorded else 'unknown settings'}"
+                )
             )
+            said = _said(reader.header)
+            if said:
+                print(printable(f"recorded with {said}"))
             print(_describe(config), flush=True)
         figures = replay(
             reader, config, speed=args.speed, on_tick=on_tick if args.timeline else None
@@ -248,6 +264,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "ticks": reader.ticks_count,
             "distinct_pages": reader.contents_count,
             "complete": reader.complete,
+            "header": reader.header,
             "config": _public(config),
             "figures": figures.to_dict(),
         }

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import struct
+import subprocess
+import sys
 import tempfile
 import tracemalloc
 import zlib
@@ -18,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
+from tests.zswapd.daemon import CHECKOUT
 from tests.zswapd.helpers import random_page, same_page, text_page
 from tests.zswapd.timelines import Tick, sample_timeline, write_record
 from zswapd.record import (
@@ -424,3 +428,40 @@ def test_a_file_changed_after_it_was_checked_stops_the_play(tmp_path: Path) -> N
         with pytest.raises(RecordError, match="CRC mismatch"):
             for _ in reader.ticks():
                 pass
+
+
+_KILLED_WRITER = r"""
+import sys
+from zswapd.record import RecordWriter
+from zswapd.timeline import Event, EventKind, TickEnd
+
+writer = RecordWriter.create(sys.argv[1], {"config": {}})
+for t in range(1, 4):
+    cold = [Event(EventKind.COLD, 9, (t * 5000 + i) * 4096, bytes([t, i % 256]) * 2048)
+            for i in range(5000)]  # more than one events frame a tick
+    list(writer.events(cold))
+    if t < 3:
+        writer.end_tick(TickEnd(float(t), ()))
+print("ticked", flush=True)  # the third tick's pages and events are out, its end is not
+sys.stdin.read()
+"""
+
+
+def test_a_writer_killed_with_sigkill_leaves_its_whole_ticks(tmp_path: Path) -> None:
+    path = tmp_path / "killed.rec"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"ticked\n"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    err = refused(
+        path, "truncated after tick 2 ", "zswapd replay --partial plays its 2 whole ticks"
+    )
+    assert err.whole_ticks == 2
+    ticks = read_all(path, partial=True)
+    assert [end.t for _, end in ticks] == [1.0, 2.0]
+    assert [len(evs) for evs, _ in ticks] == [5000, 5000]

@@ -161,6 +161,23 @@ def test_bad_settings_are_refused_before_any_pool(record: Path) -> None:
     one_line_failure(run_cli("replay", str(record), "--chain-size", "99"), 1, "chain_size")
 
 
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        ({"chain_size": 99}, ["the replay's pool", "chain_size"]),
+        ({"compressor": "zstd", "colour": "red"}, ["unknown pool settings: colour"]),
+        ([1, 2], ["the header's config is not a JSON object"]),
+        ({"compressor": "zstd", "dictionary": 4096}, ["zstd dictionary", "--compressor"]),
+    ],
+)
+def test_a_bad_recorded_config_is_one_line(tmp_path: Path, config: Any, words: list[str]) -> None:
+    path = tmp_path / "bad-config.rec"
+    write_record(path, sample_timeline(6)[:1], {"config": config})
+    result = run_cli("replay", str(path))
+    one_line_failure(result, 1, str(path), *words)
+    assert result.stdout == ""
+
+
 # -- against a live pool ----------------------------------------------------------------
 
 _CHILD = r"""
