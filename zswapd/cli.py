@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_maintenance(sub, common)
     add_bench(sub)
     _add_estimate_parser(sub)
+    _add_replay_parser(sub)
+    _add_shadow_parser(sub, _client_options(moving=False))
     return parser
 
 
@@ -412,6 +414,142 @@ def _add_estimate_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_estimate)
+
+
+def _add_replay_parser(sub: _Sub) -> None:
+    """``zswapd replay``: a recorded timeline played into a pool of any settings (no daemon)."""
+    from allocator import ALLOCATORS
+    from zswapd.config import HUGE_POLICIES, WRITEBACK_MODES
+    from zswapd.replay import SPEEDS, cmd_replay
+    from zswapd.settings import parse_size
+
+    p = sub.add_parser(
+        "replay",
+        help="play a recorded shadow timeline into a pool of any settings (no daemon)",
+        description="Check FILE (written by zswapd shadow --record) whole, then play its "
+        "ticks into a pool in this process made with the recorded pool's settings, each "
+        "flag given overriding one, and print the shadow's figures. The same file under "
+        "the same settings gives the same figures, exactly.",
+    )
+    p.add_argument("file", metavar="FILE", help="a record file")
+    p.add_argument(
+        "--compressor",
+        type=compressor_spec,
+        metavar="NAME[:LEVEL]",
+        help="algorithm and level (no level: the algorithm's default), e.g. lz4, zstd:9 "
+        "(default: as recorded)",
+    )
+    p.add_argument("--allocator", choices=tuple(ALLOCATORS), help="(default: as recorded)")
+    p.add_argument(
+        "--chain-size",
+        type=positive_int,
+        metavar="N",
+        help="zsmalloc's longest zspage (as recorded)",
+    )
+    p.add_argument(
+        "--limit",
+        type=_argtype(parse_size),
+        metavar="SIZE",
+        help="pool memory limit; 0: none (default: as recorded)",
+    )
+    p.add_argument(
+        "--writeback",
+        choices=WRITEBACK_MODES,
+        help="lru: write the least recently used pages to a temporary backing file at the "
+        "limit instead of refusing; manual: none (default: as recorded)",
+    )
+    p.add_argument(
+        "--backing-size",
+        type=_argtype(parse_size),
+        metavar="SIZE",
+        help="the lru backing file's size (default: as recorded, else a slot per cold page "
+        "in the record; sparse)",
+    )
+    p.add_argument(
+        "--huge-policy", choices=HUGE_POLICIES, help="store (zram) or reject (as recorded)"
+    )
+    p.add_argument(
+        "--speed",
+        choices=SPEEDS,
+        default="max",
+        help="max: as fast as it goes (default); recorded: each tick at its recorded time",
+    )
+    p.add_argument("--timeline", action="store_true", help="print the figures after every tick")
+    p.add_argument(
+        "--json", action="store_true", help="JSON: a line per tick (--timeline), then the end"
+    )
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="play the whole ticks of a record cut short (no end frame: its shadow killed)",
+    )
+    p.set_defaults(func=cmd_replay)
+
+
+def _add_shadow_parser(sub: _Sub, common: argparse.ArgumentParser) -> None:
+    """``zswapd shadow``: what zswap would do for live processes, interval by interval."""
+    from zswapd.cli_format import parse_duration
+    from zswapd.shadow_cli import cmd_shadow
+
+    def duration(text: str) -> float:
+        return parse_duration(text)
+
+    def duration_or_zero(text: str) -> float:
+        return parse_duration(text, zero=True)
+
+    duration.__name__ = duration_or_zero.__name__ = "duration"
+    p = sub.add_parser(
+        "shadow",
+        parents=[common],
+        help="keep a pool equal to what swap would hold for live processes, over time",
+        description="Scan the processes every interval (never stopping them) and keep a pool "
+        "of the daemon equal to what zswap would hold: a page unchanged for --cold-after is "
+        "stored, a stored page that changes is loaded and freed (a refault), a page that goes "
+        "away is freed. Prints each process's resident, cold and stored pages, memory saved, "
+        "refaults per second and the scan's own cost every interval, reports them to the "
+        "daemon (GET /v1/shadows, the metrics), and a summary at the end (SIGINT, SIGTERM, "
+        "--duration, or every process gone). Durations: 500ms, 10s, 2m, 1h or seconds.",
+    )
+    for action in p._actions:  # the common --quiet is hidden elsewhere; here it means something
+        if action.dest == "quiet":
+            action.help = "no tick lines (the first line and the summary only)"
+    p.add_argument(
+        "--pid",
+        type=int,
+        action="append",
+        required=True,
+        metavar="PID",
+        help="a process (repeatable; its forks are not followed)",
+    )
+    p.add_argument("--interval", type=duration, default=10.0, help="between scans (default 10s)")
+    p.add_argument(
+        "--cold-after",
+        type=duration_or_zero,
+        default=120.0,
+        help="unchanged this long, a page is swapped out (default 120s)",
+    )
+    p.add_argument(
+        "--pool",
+        help="the pool to drive (default shadow-PID); created if absent, refused if it holds pages",
+    )
+    p.add_argument(
+        "--record", metavar="FILE", help="write the timeline to FILE (new) for zswapd replay"
+    )
+    p.add_argument(
+        "--max-cpu",
+        type=float,
+        default=0.25,
+        metavar="FRACTION",
+        help="the most of one CPU the shadow may use; a costlier scan stretches the interval "
+        "(default 0.25)",
+    )
+    p.add_argument("--duration", type=duration, help="stop after this long (default: never)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per tick on stdout (the rest on stderr)",
+    )
+    p.set_defaults(func=cmd_shadow)
 
 
 def _add_pool_flags(p: argparse.ArgumentParser, whose: str, *, live: bool = False) -> None:

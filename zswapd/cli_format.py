@@ -9,6 +9,8 @@ the JSON the API answers, and nothing else (no I/O, no client).
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -22,6 +24,7 @@ __all__ = [
     "format_classes",
     "human",
     "limit",
+    "parse_duration",
     "pool_row",
     "positive_int",
     "printable",
@@ -171,3 +174,29 @@ def positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
     return n
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# A year: a longer run or wait is a typo, and past it a float's seconds still add up exactly.
+MAX_DURATION = 366 * 86400.0
+
+
+def parse_duration(text: str, *, zero: bool = False) -> float:
+    """An argparse type: ``500ms``, ``10s``, ``2m``, ``1h`` or plain seconds, as seconds.
+
+    Args:
+        zero: whether 0 is allowed (``--cold-after 0``: cold at first sight).
+    """
+    m = _DURATION.fullmatch(text.strip())
+    value = float(m[1]) * _DURATION_UNITS[m[2]] if m else math.nan
+    if not m or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {excerpt(text)}: use 500ms, 10s, 2m, 1h or plain seconds"
+        )
+    if value > MAX_DURATION or (value <= 0 and not zero):
+        least = "0 or more" if zero else "more than 0"
+        raise argparse.ArgumentTypeError(
+            f"duration {excerpt(text)} out of range: {least}, at most a year"
+        )
+    return value

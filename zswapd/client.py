@@ -344,6 +344,26 @@ class Client(Closing):
         result: dict[str, Any] = self._request("GET", f"/v1/devices/{_seg(name)}/stats").json()
         return result
 
+    # -- shadows (what `zswapd shadow` reports of live processes) ------------------------
+
+    def report_shadow(self, name: str, report: dict[str, Any]) -> None:
+        """Replace shadow ``name``'s report (``PUT /v1/shadows/{name}``): its pool,
+        detection, interval_seconds, cold_after_seconds, [expires_seconds] and
+        processes (each with zswapd.swapsim.ProcessFigures's fields)."""
+        self._http_only("reporting a shadow")
+        self._request("PUT", f"/v1/shadows/{_seg(name)}", json=report)
+
+    def shadows(self) -> dict[str, Any]:
+        """Every live shadow's last report by name, each with its ``age_seconds``."""
+        self._http_only("listing shadows")
+        listed: dict[str, Any] = self._request("GET", "/v1/shadows").json()["shadows"]
+        return listed
+
+    def remove_shadow(self, name: str) -> None:
+        """Forget shadow ``name``'s report (UnknownShadowError if there is none)."""
+        self._http_only("removing a shadow")
+        self._request("DELETE", f"/v1/shadows/{_seg(name)}")
+
     def health(self) -> dict[str, Any]:
         self._http_only("health")
         result: dict[str, Any] = self._request("GET", "/healthz").json()

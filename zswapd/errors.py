@@ -13,6 +13,7 @@ each class's status::
     ├── UnauthorizedError        401  the server wants a (different) token
     ├── StaleHandleError         404  a handle freed, never issued or forged
     ├── UnknownPoolError         404  no pool (or device) of that name
+    ├── UnknownShadowError       404  no shadow's report of that name (or expired)
     ├── PoolExistsError          409  a pool of that name exists already
     ├── TooLargeError            413  a request past the configured caps
     ├── PageSizeError            422  a page that is not 4096 bytes
@@ -23,6 +24,8 @@ each class's status::
     │   ├── ReclaimFailError     507  no room, and writing pages back to the backing
     │   │                             file could not make any (zswap's reclaim_fail)
     │   └── TooManyPoolsError    507  --max-pools pools and devices exist already
+    ├── TooManyShadowsError      507  64 shadows, or 4096 processes across them,
+    │                                 report already (zswapd.shadows)
     ├── BackingIoError           507  the backing file failed a read or write
     ├── CorruptObjectError       500  a stored object no longer decompresses
     └── StateError               500  a state file torn, corrupted or not ours
@@ -54,8 +57,10 @@ __all__ = [
     "StateError",
     "TooLargeError",
     "TooManyPoolsError",
+    "TooManyShadowsError",
     "UnauthorizedError",
     "UnknownPoolError",
+    "UnknownShadowError",
     "ZswapdError",
     "error_class",
 ]
@@ -95,6 +100,13 @@ class StaleHandleError(ZswapdError):
 
 class UnknownPoolError(ZswapdError):
     code = "unknown_pool"
+    status = 404
+
+
+class UnknownShadowError(ZswapdError):
+    """No shadow reports under that name: never did, removed, or expired."""
+
+    code = "unknown_shadow"
     status = 404
 
 
@@ -147,6 +159,22 @@ class TooManyPoolsError(PoolLimitError):
     status = 507
 
 
+class TooManyShadowsError(ZswapdError):
+    """As many shadows report as the daemon keeps (64), or a report would take
+    the processes of all of them past 4096; refused until one is removed or
+    expires.  A shadow already reporting may always renew a report no larger
+    than its last.
+
+    507 as --max-pools: the server lacks room for one more, and removing one
+    (or waiting for a silent one to expire) is the remedy.  Not a
+    PoolLimitError: no pool is full, and a shadow that retries stores at a
+    pool's limit must not take this for one.
+    """
+
+    code = "max_shadows"
+    status = 507
+
+
 class CompressPoorError(ZswapdError):
     code = "compress_poor"
     status = 422
@@ -185,12 +213,14 @@ _ALL: tuple[type[ZswapdError], ...] = (
     PageSizeError,
     StaleHandleError,
     UnknownPoolError,
+    UnknownShadowError,
     PoolExistsError,
     TooLargeError,
     PoolLimitError,
     MemoryLimitError,
     ReclaimFailError,
     TooManyPoolsError,
+    TooManyShadowsError,
     BackingIoError,
     CompressPoorError,
     CorruptObjectError,

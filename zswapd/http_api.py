@@ -54,6 +54,8 @@ from zswapd.http_schemas import (
     PoolStatsOut,
     RecompressRequest,
     RecompressResult,
+    ShadowList,
+    ShadowReportIn,
     WritebackRequest,
     WritebackResult,
 )
@@ -62,6 +64,7 @@ from zswapd.offload import offload, run_in_thread, run_maintenance, run_on_disk
 from zswapd.openapi import DESCRIPTION, UINT64, install
 from zswapd.pool import PAGE_SIZE
 from zswapd.pools import PoolRegistry
+from zswapd.shadows import ShadowRegistry
 
 __all__ = ["ApiSettings", "create_app"]
 
@@ -93,6 +96,9 @@ def _octets(description: str) -> dict[str, Any]:
 
 PoolName = Annotated[
     str, Path(description="pool name", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+]
+ShadowName = Annotated[
+    str, Path(description="shadow name", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ]
 HandleParam = Annotated[int, UINT64, Path(description="a handle, as the server returned it")]
 
@@ -236,6 +242,7 @@ TAGS = [
     {"name": "pages", "description": "store, load and free pages by handle"},
     {"name": "pools", "description": "pools: create, configure, inspect, maintain"},
     {"name": "devices", "description": "block devices (NBD) and their pools"},
+    {"name": "shadows", "description": "what `zswapd shadow` reports of live processes"},
     {"name": "server", "description": "liveness and Prometheus metrics"},
 ]
 
@@ -250,6 +257,7 @@ def create_app(
     registry: PoolRegistry,
     settings: ApiSettings | None = None,
     devices: DeviceRegistry | None = None,
+    shadows: ShadowRegistry | None = None,
 ) -> _Guard:
     """The ASGI app serving ``registry`` (a FastAPI app behind a guard)."""
     settings = settings or ApiSettings()
@@ -271,7 +279,9 @@ def create_app(
     app.state.settings = settings
     devices = devices if devices is not None else DeviceRegistry(registry)
     app.state.devices = devices
-    app.state.metrics = metrics = Metrics(registry, devices)
+    shadows = shadows if shadows is not None else ShadowRegistry()
+    app.state.shadows = shadows
+    app.state.metrics = metrics = Metrics(registry, devices, shadows)
     # The NBD listener is bound after the app is made: the server sets this
     # (a format string with {name}) once it knows the address.
     app.state.nbd_uri = None
@@ -417,6 +427,26 @@ def create_app(
     async def device_writeback(name: PoolName, body: WritebackRequest) -> WritebackResult:
         """A device's writeback: its blocks in index order (zram's)."""
         return await write_back(devices.get(name), body)
+
+    @app.get("/v1/shadows", name="shadows_list", tags=["shadows"])
+    async def list_shadows() -> ShadowList:
+        """Every shadow's last report that has not expired, by name, with its age."""
+        listed = await run_in_thread(shadows.to_dict)
+        return ShadowList.model_validate({"shadows": listed})
+
+    @app.put("/v1/shadows/{name}", status_code=204, name="shadow_report", tags=["shadows"])
+    async def report_shadow(name: ShadowName, body: ShadowReportIn) -> Response:
+        """Replace the shadow's report (its first makes it): checked whole, so a
+        report refused leaves the previous one as it was.  At most 64 shadows
+        and 4096 processes across them: past either, 507 ``max_shadows``."""
+        # In a thread: checking 1024 processes is a few milliseconds of work.
+        await run_in_thread(shadows.report, name, body.model_dump())
+        return Response(status_code=204)
+
+    @app.delete("/v1/shadows/{name}", status_code=204, name="shadow_remove", tags=["shadows"])
+    async def remove_shadow(name: ShadowName) -> Response:
+        shadows.remove(name)
+        return Response(status_code=204)
 
     @app.get("/v1/pools", name="pools_list", tags=["pools"])
     async def list_pools() -> PoolList:

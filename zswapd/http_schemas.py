@@ -10,10 +10,27 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Le
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+)
 
 from zswapd.device import MAX_DEVICE_SIZE
 from zswapd.openapi import INT32, INT64, UINT64
+from zswapd.shadows import (
+    MAX_COMM,
+    MAX_COUNT,
+    MAX_EXPIRES_SECONDS,
+    MAX_PID,
+    MAX_PROCESSES,
+    MIN_DEFAULT_EXPIRES_SECONDS,
+)
 
 __all__ = [
     "NOT_BOOL",
@@ -53,6 +70,10 @@ __all__ = [
     "RecompressRequest",
     "RecompressResult",
     "ServerFigures",
+    "ShadowList",
+    "ShadowOut",
+    "ShadowProcess",
+    "ShadowReportIn",
     "SlotTable",
     "WritebackRequest",
     "WritebackResult",
@@ -456,3 +477,95 @@ class Health(BaseModel):
     status: Literal["ok"]
     version: str
     max_pages_per_request: Int64 = Field(description="cap on pages in one store or load")
+
+
+# -- shadows (zswapd.shadows): what a `zswapd shadow` reports of its processes ----------
+
+
+def _json_number(value: Any) -> Any:
+    # A shadow's figures are JSON numbers: no boolean, and no "12" either (the
+    # lax mode's string-to-number, which a pool's settings tolerate).
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("a JSON number is required")
+    return value
+
+
+JSON_NUMBER = BeforeValidator(_json_number)
+# Counts a JSON number holds exactly; seconds that are a number (no NaN, no infinity).
+ShadowCount = Annotated[int, Ge(0), Le(MAX_COUNT), JSON_NUMBER, INT64]
+Seconds = Annotated[float, AllowInfNan(False), Ge(0), JSON_NUMBER]
+# A comm without control characters or line separators (zswapd.shadows checks
+# lone surrogates too, which a pattern cannot say).
+_COMM_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+
+
+class ShadowProcess(BaseModel):
+    """One shadowed process, as of the shadow's last scan (zswapd.swapsim's
+    ProcessFigures, field for field)."""
+
+    model_config = ConfigDict(extra="forbid")
+    pid: Annotated[int, Ge(1), Le(MAX_PID), JSON_NUMBER, INT64] = Field(
+        description="unique within a report"
+    )
+    comm: str = Field(
+        max_length=MAX_COMM,
+        pattern=_COMM_PATTERN,
+        description=f"the process's name (/proc/PID/comm), at most {MAX_COMM} characters, "
+        "no control characters",
+    )
+    resident_pages: ShadowCount = Field(description="pages swap could take, present at the scan")
+    cold_pages: ShadowCount = Field(
+        description="pages unchanged for cold_after_seconds: stored, or waiting for room"
+    )
+    stored_pages: ShadowCount = Field(description="of the cold pages, those the pool holds")
+    saved_bytes: Annotated[int, Ge(-MAX_COUNT), Le(MAX_COUNT), JSON_NUMBER, INT64] = Field(
+        description="the process's share of the pool's saving (orig_data_size - "
+        "mem_used_total), by stored pages; negative while the pool takes more than it holds"
+    )
+    swapouts_total: ShadowCount = Field(description="pages stored (swapped out), ever")
+    refaults_total: ShadowCount = Field(
+        description="stored pages touched again (the kernel's workingset_refault)"
+    )
+    rejected_total: ShadowCount = Field(description="cold pages the pool refused")
+    scan_seconds_total: Seconds = Field(description="CPU seconds the shadow's scans took")
+    scanned_bytes_total: ShadowCount = Field(description="bytes the shadow's scans read")
+    exited: StrictBool = Field(description="the process has exited")
+
+
+class ShadowReportIn(BaseModel):
+    """A shadow's report: its settings and its processes' figures."""
+
+    model_config = ConfigDict(extra="forbid")
+    pool: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="the pool the shadow drives (it need not exist here)",
+    )
+    detection: Literal["soft-dirty", "hash", "soft-dirty+idle", "hash+idle"] = Field(
+        description="how the shadow tells a page changed: soft-dirty bits or a hash of "
+        "its bytes (writes only); +idle: the idle-page bitmap too (reads)"
+    )
+    interval_seconds: Seconds = Field(description="seconds between the shadow's scans")
+    cold_after_seconds: Seconds = Field(description="a page unchanged this long is stored")
+    expires_seconds: (
+        Annotated[float, AllowInfNan(False), Ge(1), Le(MAX_EXPIRES_SECONDS), JSON_NUMBER] | None
+    ) = Field(
+        default=None,
+        description="the report is dropped if not renewed within this (default: 3 x "
+        f"interval_seconds, at least {MIN_DEFAULT_EXPIRES_SECONDS:g})",
+    )
+    processes: list[ShadowProcess] = Field(
+        max_length=MAX_PROCESSES, description="pids unique; at most 1024"
+    )
+
+
+class ShadowOut(ShadowReportIn):
+    """A shadow's last report, as received, with its expiry resolved and its age."""
+
+    expires_seconds: Annotated[float, Ge(1), Le(MAX_EXPIRES_SECONDS)] = Field(
+        description="the report is dropped if not renewed within this"
+    )
+    age_seconds: Annotated[float, Ge(0)] = Field(description="seconds since it was received")
+
+
+class ShadowList(BaseModel):
+    shadows: dict[str, ShadowOut] = Field(description="every live report, by shadow name")

@@ -44,8 +44,10 @@ from zswapd.device import DeviceRegistry
 from zswapd.errors import UnknownPoolError
 from zswapd.figures import PoolFigures, server_figures
 from zswapd.pools import PoolRegistry
+from zswapd.shadows import ShadowRegistry
+from zswapd.swapsim import ProcessFigures
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "PoolCollector"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "PoolCollector", "ShadowCollector"]
 
 # (metric, help, the figure) for the per-pool gauges.
 _POOL_GAUGES: list[tuple[str, str, Callable[[PoolFigures], int]]] = [
@@ -335,14 +337,125 @@ class DeviceCollector(Collector):
         yield from (io, size, bd)
 
 
-class Metrics:
-    """The daemon's metrics registry: pools, requests, process, build info."""
+# (metric, help, the figure) per shadowed process: levels, then counters.
+_SHADOW_GAUGES: list[tuple[str, str, Callable[[ProcessFigures], float]]] = [
+    (
+        "zswapd_shadow_resident_pages",
+        "Pages of a shadowed process swap could take, present at the shadow's last scan.",
+        lambda p: p.resident_pages,
+    ),
+    (
+        "zswapd_shadow_cold_pages",
+        "Pages of a shadowed process unchanged for the shadow's cold_after: stored or waiting.",
+        lambda p: p.cold_pages,
+    ),
+    (
+        "zswapd_shadow_stored_pages",
+        "Pages of a shadowed process the shadow's pool holds (swapped out).",
+        lambda p: p.stored_pages,
+    ),
+    (
+        "zswapd_shadow_saved_bytes",
+        "A shadowed process's share of its pool's saving (orig_data_size - mem_used_total).",
+        lambda p: p.saved_bytes,
+    ),
+    (
+        "zswapd_shadow_exited",
+        "1 once a shadowed process has exited (its figures are its last), else 0.",
+        lambda p: int(p.exited),
+    ),
+]
+_SHADOW_COUNTERS: list[tuple[str, str, Callable[[ProcessFigures], float]]] = [
+    (
+        "zswapd_shadow_swapouts",
+        "Pages of a shadowed process stored in its pool (swap-outs).",
+        lambda p: p.swapouts_total,
+    ),
+    (
+        "zswapd_shadow_refaults",
+        "Stored pages a shadowed process touched again (the kernel's workingset_refault).",
+        lambda p: p.refaults_total,
+    ),
+    (
+        "zswapd_shadow_rejected_pages",
+        "Cold pages of a shadowed process its pool refused.",
+        lambda p: p.rejected_total,
+    ),
+    (
+        "zswapd_shadow_scan_seconds",
+        "CPU seconds the shadow spent scanning a process.",
+        lambda p: p.scan_seconds_total,
+    ),
+    (
+        "zswapd_shadow_scanned_bytes",
+        "Bytes of a process the shadow's scans read.",
+        lambda p: p.scanned_bytes_total,
+    ),
+]
 
-    def __init__(self, pools: PoolRegistry, devices: DeviceRegistry | None = None) -> None:
+
+class ShadowCollector(Collector):
+    """What shadows report of their processes (zswapd.shadows), at each scrape.
+
+    Per process, labelled shadow, pool, pid and comm: at most 64 shadows of
+    1024 processes each.  A report that expires takes its series with it.
+    """
+
+    def __init__(self, shadows: ShadowRegistry) -> None:
+        self.shadows = shadows
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        _, reports = self.shadows.snapshot()
+        labels = ["shadow", "pool", "pid", "comm"]
+        gauges = [(GaugeMetricFamily(n, d, labels=labels), f) for n, d, f in _SHADOW_GAUGES]
+        counters = [(CounterMetricFamily(n, d, labels=labels), f) for n, d, f in _SHADOW_COUNTERS]
+        interval = GaugeMetricFamily(
+            "zswapd_shadow_interval_seconds",
+            "Seconds between a shadow's scans.",
+            labels=["shadow", "pool"],
+        )
+        cold_after = GaugeMetricFamily(
+            "zswapd_shadow_cold_after_seconds",
+            "Seconds a page stays unchanged before a shadow stores it.",
+            labels=["shadow", "pool"],
+        )
+        # Info-style: how a shadow tells a page changed; "hash" sees writes only.
+        info = GaugeMetricFamily(
+            "zswapd_shadow_info",
+            "A shadow's change detection: soft-dirty, hash (writes only), +idle (reads too).",
+            labels=["shadow", "pool", "detection"],
+        )
+        for report in reports:
+            interval.add_metric([report.name, report.pool], report.interval_seconds)
+            cold_after.add_metric([report.name, report.pool], report.cold_after_seconds)
+            info.add_metric([report.name, report.pool, report.detection], 1)
+            for p in report.processes:
+                values = [report.name, report.pool, str(p.pid), p.comm]
+                for family, figure in gauges + counters:
+                    family.add_metric(values, figure(p))
+        yield from (f for f, _ in gauges)
+        yield from (f for f, _ in counters)
+        yield from (interval, cold_after, info)
+
+
+class Metrics:
+    """The daemon's metrics registry: pools, shadows, requests, process, build info."""
+
+    def __init__(
+        self,
+        pools: PoolRegistry,
+        devices: DeviceRegistry | None = None,
+        shadows: ShadowRegistry | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(PoolCollector(pools))
         if devices is not None:
             self.registry.register(DeviceCollector(devices))
+        if shadows is not None:
+            self.registry.register(ShadowCollector(shadows))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         Info("zswapd_build", "zswapd's version.", registry=self.registry).info(

@@ -49,8 +49,10 @@ from zswapd.errors import (
     StaleHandleError,
     TooLargeError,
     TooManyPoolsError,
+    TooManyShadowsError,
     UnauthorizedError,
     UnknownPoolError,
+    UnknownShadowError,
     ZswapdError,
 )
 
@@ -140,6 +142,9 @@ ROUTE_ERRORS: dict[str, tuple[type[ZswapdError], ...]] = {
     "compact": (UnknownPoolError,),
     "recompress": (UnknownPoolError, InvalidRequestError, ConfigError, CorruptObjectError),
     "writeback": (UnknownPoolError, InvalidRequestError, ConfigError),
+    "shadows_list": (),
+    "shadow_report": (InvalidRequestError, TooManyShadowsError),
+    "shadow_remove": (UnknownShadowError,),
 }
 
 # What each error code means to a client, for the responses' descriptions.
@@ -159,6 +164,9 @@ MEANING: dict[type[ZswapdError], str] = {
     MemoryLimitError: "the server-wide --memory-limit is reached",
     ReclaimFailError: "no room, and writing pages back could not make any",
     TooManyPoolsError: "--max-pools pools and devices exist",
+    UnknownShadowError: "no shadow reports under that name (never did, removed, or expired)",
+    TooManyShadowsError: "64 shadows, or 4096 processes across them, report already: "
+    "remove one, or wait for one to expire",
     BackingIoError: "the backing file failed a read or write",
     CorruptObjectError: "a stored page no longer decompresses or matches its checksum",
 }

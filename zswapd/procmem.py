@@ -46,6 +46,8 @@ from zswapd.errors import ConfigError
 
 __all__ = [
     "PAGEMAP_CHUNK",
+    "PFN_MASK",
+    "SOFT_DIRTY",
     "Mapping",
     "PageRecord",
     "PfnSet",
@@ -56,12 +58,16 @@ __all__ = [
     "read_maps",
     "resident_mappings",
     "swappable_pages",
+    "walk_entries",
     "walk_pages",
 ]
 
 PAGE_SIZE = 4096
 _PRESENT = 1 << 63
-_PFN_MASK = (1 << 55) - 1
+# A pagemap entry's soft-dirty bit: written since the last ``echo 4 > clear_refs``
+# (CONFIG_MEM_SOFT_DIRTY kernels only; always clear elsewhere).
+SOFT_DIRTY = 1 << 55
+PFN_MASK = (1 << 55) - 1
 _KPF_ANON = 1 << 12
 _KPF_ZERO_PAGE = 1 << 24
 _SKIP = ("[vvar]", "[vdso]", "[vsyscall]", "[vvar_vclock]")
@@ -231,7 +237,8 @@ def open_process(pid: int) -> ProcessMemory:
 
 def _present(pagemap_fd: int, m: Mapping) -> Iterator[tuple[int, int]]:
     """(address, pagemap entry) of each present page of ``m``, a chunk at a time."""
-    buf = bytearray(8 * PAGEMAP_CHUNK)
+    # No larger than the mapping: a small one (most are) costs no half-MiB buffer.
+    buf = bytearray(8 * min(PAGEMAP_CHUNK, (m.end - m.start) // PAGE_SIZE))
     entries = memoryview(buf).cast("Q")
     first = m.start // PAGE_SIZE
     for lo in range(first, m.end // PAGE_SIZE, PAGEMAP_CHUNK):
@@ -254,6 +261,15 @@ def walk_pages(
     ``seen`` carries the PFNs met across several walks, so that a page mapped
     by several processes is taken once.
     """
+    for m, address, _ in walk_entries(process, seen, skipped):
+        yield m, address
+
+
+def walk_entries(
+    process: ProcessMemory, seen: PfnSet | None = None, skipped: Skipped | None = None
+) -> Iterator[tuple[Mapping, int, int]]:
+    """:func:`walk_pages` with each page's pagemap entry (its PFN, when readable,
+    under :data:`PFN_MASK`; its :data:`SOFT_DIRTY` bit), in address order."""
     seen = PfnSet() if seen is None else seen
     skipped = Skipped() if skipped is None else skipped
     flags_fd = _open_or_none("/proc/kpageflags")
@@ -262,7 +278,7 @@ def walk_pages(
             if not m.wanted:
                 continue
             for address, entry in _present(process.pagemap_fd, m):
-                pfn = entry & _PFN_MASK
+                pfn = entry & PFN_MASK
                 if pfn and flags_fd is not None:
                     raw_flags = os.pread(flags_fd, 8, pfn * 8)
                     if len(raw_flags) != 8:
@@ -278,7 +294,7 @@ def walk_pages(
                     if not seen.add(pfn):
                         skipped.shared_dup += 1
                         continue
-                yield m, address
+                yield m, address, entry
     finally:
         if flags_fd is not None:
             os.close(flags_fd)

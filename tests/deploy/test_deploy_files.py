@@ -83,7 +83,7 @@ def test_systemd_unit_verifies_and_is_hardened() -> None:
 def test_dashboard_is_provisionable_and_uses_its_variables() -> None:
     dash = json.loads((DEPLOY / "grafana" / "dashboards" / "zswapd.json").read_text())
     names = {v["name"] for v in dash["templating"]["list"]}
-    assert {"datasource", "pool", "device"} <= names
+    assert {"datasource", "pool", "device", "shadow"} <= names
     titles = [p["title"] for p in dash["panels"]]
     assert len(titles) == len(set(titles)) >= 10
     ids = [p["id"] for p in dash["panels"]]
@@ -120,6 +120,14 @@ def test_dashboard_is_provisionable_and_uses_its_variables() -> None:
         "zswapd_device_io_total",
         "zswapd_device_bd_total",
         'interface="nbd"',
+        # Shadowed processes: what zswap would do for a live service.
+        "zswapd_shadow_resident_pages",
+        "zswapd_shadow_cold_pages",
+        "zswapd_shadow_stored_pages",
+        "zswapd_shadow_saved_bytes",
+        "rate(zswapd_shadow_refaults_total{",
+        "rate(zswapd_shadow_scan_seconds_total{",
+        "rate(zswapd_shadow_scanned_bytes_total{",
     ]
     exprs = " ".join(t["expr"] for p in _graphs(dash) for t in p["targets"])
     for metric in wanted:
@@ -183,6 +191,41 @@ def test_the_dashboard_has_a_row_for_block_devices() -> None:
         assert column in legends
     for name in ("zswapd_device_io_total", "zswapd_device_bd_total", "zswapd:compression_ratio"):
         assert any(name in e for e in exprs), name
+
+
+def test_the_dashboard_has_a_row_for_shadowed_processes() -> None:
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "zswapd.json").read_text())
+    rows = {row["title"]: panels for row, panels in _rows(dash)}
+    (shadowed,) = [p for title, p in rows.items() if title.startswith("Shadowed processes")]
+    (var,) = [v for v in dash["templating"]["list"] if v["name"] == "shadow"]
+    assert "zswapd_shadow_" in var["definition"] and var["multi"] and var["includeAll"]
+    exprs = [t["expr"] for p in shadowed for t in p["targets"]]
+    # Every panel keeps to the chosen shadows, and names the process in its legend.
+    assert all('shadow=~"$shadow"' in e for e in exprs), exprs
+    legends = [t["legendFormat"] for p in shadowed for t in p["targets"]]
+    assert all("{{comm}}" in le and "{{pid}}" in le for le in legends), legends
+    for wanted in (
+        "zswapd_shadow_resident_pages",
+        "zswapd_shadow_cold_pages",
+        "zswapd_shadow_stored_pages",
+        "zswapd_shadow_saved_bytes",
+        "rate(zswapd_shadow_refaults_total",
+        "rate(zswapd_shadow_scan_seconds_total",
+        "rate(zswapd_shadow_scanned_bytes_total",
+    ):
+        assert any(wanted in e for e in exprs), wanted
+    units = {p["title"]: p["fieldConfig"]["defaults"]["unit"] for p in shadowed}
+    assert units["Shadowed processes: memory saved"] == "bytes"
+    assert units["Shadow scanned bytes per second"] == "Bps"
+
+
+def test_shadow_rules_record_rates_by_process() -> None:
+    records = {r["record"]: r["expr"] for r in _rules() if "record" in r}
+    for name in ("swapouts", "refaults", "scan_seconds", "scanned_bytes"):
+        expr = records[f"zswapd:shadow_{name}:rate5m"]
+        assert f"rate(zswapd_shadow_{name}_total[5m])" in expr, name
+        assert "by (shadow, pool, pid, comm)" in expr, name
+    assert "> 0" in records["zswapd:shadow_scan_seconds_per_gib:rate5m"]  # no scans: no figure
 
 
 def test_compose_is_consistent_with_the_other_files() -> None:
@@ -250,6 +293,7 @@ def test_every_metric_the_dashboard_and_rules_name_is_exported(tmp_path: Path) -
     from zswapd.device import DeviceRegistry
     from zswapd.metrics import Metrics
     from zswapd.pools import PoolRegistry
+    from zswapd.shadows import ShadowRegistry
 
     reg = PoolRegistry()
     # A page stored: class series are there for classes that held a zspage.
@@ -265,7 +309,29 @@ def test_every_metric_the_dashboard_and_rules_name_is_exported(tmp_path: Path) -
     )
     devices = DeviceRegistry(reg)
     devices.create("zram0", 1 << 20)
-    metrics = Metrics(reg, devices)
+    shadows = ShadowRegistry()
+    figures = {
+        "resident_pages": 10,
+        "cold_pages": 4,
+        "stored_pages": 4,
+        "saved_bytes": 8192,
+        "swapouts_total": 5,
+        "refaults_total": 1,
+        "rejected_total": 0,
+        "scan_seconds_total": 0.01,
+        "scanned_bytes_total": 40960,
+    }
+    shadows.report(
+        "svc",
+        {
+            "pool": "plain",
+            "detection": "hash",
+            "interval_seconds": 10,
+            "cold_after_seconds": 120,
+            "processes": [{"pid": 1, "comm": "init", "exited": False, **figures}],
+        },
+    )
+    metrics = Metrics(reg, devices, shadows)
     metrics.observe("http", "store", 0.001)
     exported = set()
     for fam in text_string_to_metric_families(metrics.exposition().decode()):

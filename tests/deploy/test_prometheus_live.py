@@ -104,6 +104,40 @@ def _spill_loads(url: str, handles: list[int]) -> None:
         c.load(c.store([same_page(b"spill!!!")] * 3, pool="spill"), pool="spill")
 
 
+SHADOW = "svc"
+# The shadow's reports, oldest first: renewed on every pass of the fixture's wait,
+# its counters growing, so that rates (and the cost per GiB) have data.
+_shadow_reports: list[dict[str, Any]] = []
+
+
+def _report_shadow(url: str, tick: int) -> None:
+    worker = {
+        "pid": 4242,
+        "comm": "svc-worker",
+        "resident_pages": 5000,
+        "cold_pages": 1200 + tick,
+        "stored_pages": 1100 + tick,
+        "saved_bytes": 3_000_000,
+        "swapouts_total": 1100 + 10 * tick,
+        "refaults_total": 3 * tick,
+        "rejected_total": 0,
+        "scan_seconds_total": 0.25 * tick,
+        "scanned_bytes_total": 20_480_000 * tick,
+        "exited": False,
+    }
+    body = {
+        "pool": "shadow-svc",
+        "detection": "soft-dirty",
+        "interval_seconds": 1.0,
+        "cold_after_seconds": 120.0,
+        "expires_seconds": 3600.0,
+        "processes": [worker],
+    }
+    with Client(url) as c:
+        c.report_shadow(SHADOW, body)
+    _shadow_reports.append(body)
+
+
 class Prom:
     def __init__(self, url: str) -> None:
         self.http = httpx.Client(base_url=url, timeout=10)
@@ -167,7 +201,10 @@ def stack(
     try:
         deadline = time.monotonic() + 60
         loaded = False
+        tick = 0
         while time.monotonic() < deadline:
+            _report_shadow(d.url, tick)
+            tick += 1
             try:
                 # Rates need two scrapes inside their window; recording rules a pass.
                 if prom.query("zswapd:pages:rate1m") and prom.query("zswapd:requests:rate1m"):
@@ -175,9 +212,11 @@ def stack(
                         # Loads after the first scrape: the hit ratio has a rate to divide.
                         _spill_loads(d.url, spilled)
                         loaded = True
-                    elif prom.query(
-                        'sum(zswapd_loaded_pages_total{pool="spill"}) == 18'
-                    ) and prom.query('zswapd:load_hit_ratio:rate5m{pool="spill"} > 0'):
+                    elif (
+                        prom.query('sum(zswapd_loaded_pages_total{pool="spill"}) == 18')
+                        and prom.query('zswapd:load_hit_ratio:rate5m{pool="spill"} > 0')
+                        and (prom.query("zswapd:shadow_scan_seconds_per_gib:rate5m"))
+                    ):
                         # Every load scraped: a scrape between the file's loads and
                         # memory's would otherwise leave a ratio of 0 for a while.
                         break
@@ -308,6 +347,43 @@ def test_block_device_series_have_the_devices_values(stack: tuple[Daemon, Prom])
     assert {"read", "write", "trim"} <= ops, ops
 
 
+def test_a_shadows_figures_reach_prometheus_with_their_labels(stack: tuple[Daemon, Prom]) -> None:
+    """A shadow's last report, as Prometheus scraped it: each figure under its
+    process's labels, and the recorded rates of a process swapping and refaulting."""
+    _, prom = stack
+    last = _shadow_reports[-1]
+    (worker,) = last["processes"]
+    who = f'shadow="{SHADOW}",pool="shadow-svc",pid="4242",comm="svc-worker"'
+
+    def value(expr: str) -> float:
+        (sample,) = prom.query(expr)
+        return float(sample["value"][1])
+
+    # Reports stopped when the fixture's wait did: the next scrape has the last.
+    deadline = time.monotonic() + 30
+    while value(f"zswapd_shadow_refaults_total{{{who}}}") != worker["refaults_total"]:
+        assert time.monotonic() < deadline, "the last report never reached Prometheus"
+        time.sleep(0.5)
+    for metric, key in (
+        ("zswapd_shadow_resident_pages", "resident_pages"),
+        ("zswapd_shadow_cold_pages", "cold_pages"),
+        ("zswapd_shadow_stored_pages", "stored_pages"),
+        ("zswapd_shadow_saved_bytes", "saved_bytes"),
+        ("zswapd_shadow_swapouts_total", "swapouts_total"),
+        ("zswapd_shadow_rejected_pages_total", "rejected_total"),
+        ("zswapd_shadow_scan_seconds_total", "scan_seconds_total"),
+        ("zswapd_shadow_scanned_bytes_total", "scanned_bytes_total"),
+    ):
+        assert value(f"{metric}{{{who}}}") == worker[key], metric
+    assert value(f'zswapd_shadow_interval_seconds{{shadow="{SHADOW}",pool="shadow-svc"}}') == 1
+    assert value(f'zswapd_shadow_info{{shadow="{SHADOW}",detection="soft-dirty"}}') == 1
+    assert value(f"zswapd:shadow_refaults:rate5m{{{who}}}") > 0
+    assert value(f"zswapd:shadow_swapouts:rate5m{{{who}}}") > 0
+    # 0.25 s of scanning per 20,480,000 bytes, whatever the rates' window.
+    per_gib = value(f"zswapd:shadow_scan_seconds_per_gib:rate5m{{{who}}}")
+    assert per_gib == pytest.approx(0.25 / 20_480_000 * 2**30)
+
+
 def _exprs() -> list[str]:
     dash = json.loads((DEPLOY / "grafana" / "dashboards" / "zswapd.json").read_text())
     out = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
@@ -324,7 +400,10 @@ def test_every_dashboard_and_rule_expression_has_data(
     # 5m: the spill pool's loads happen once, at the start; a window that still
     # holds them keeps the load-share panel's rate > 0 on a slow machine too.
     concrete = (
-        expr.replace("$pool", ".*").replace("$device", DEVICE).replace("$__rate_interval", "5m")
+        expr.replace("$pool", ".*")
+        .replace("$device", DEVICE)
+        .replace("$shadow", ".*")
+        .replace("$__rate_interval", "5m")
     )
     assert prom.query(concrete), concrete
 

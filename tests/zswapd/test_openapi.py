@@ -59,6 +59,9 @@ OPERATIONS = {
     "compact",
     "recompress",
     "writeback",
+    "shadows_list",
+    "shadow_report",
+    "shadow_remove",
 }
 
 # What any request may meet: the connection's limits (zswapd.http_protocol).
@@ -85,6 +88,9 @@ ERRORS = {
     "compact": {400, 401, 404},
     "recompress": {400, 401, 404, 413, 500},
     "writeback": {400, 401, 404, 413},
+    "shadows_list": {401},
+    "shadow_report": {400, 401, 413, 507},
+    "shadow_remove": {400, 401, 404},
 }
 
 # Integers small enough for int32: compression levels, percents, chain sizes.
@@ -423,6 +429,7 @@ def test_a_generated_client_drives_every_route(generated: ModuleType, daemon: Da
         writeback,
     )
     from zswapd_client.api.server import healthz, metrics
+    from zswapd_client.api.shadows import shadow_remove, shadow_report, shadows_list
     from zswapd_client.types import File
 
     pages = [text_page(1), random_page(2), poor_page(3), same_page(b"\x05" * 8), text_page(4)]
@@ -566,6 +573,42 @@ def test_a_generated_client_drives_every_route(generated: ModuleType, daemon: Da
         assert isinstance(listed_devices, models.DeviceList) and listed_devices.devices == ["dev"]
         assert device_remove.sync_detailed("dev", client=c).status_code == 204
         assert device_stats.sync_detailed("dev", client=c).status_code == 404
+
+        # Shadows: a report (with the expiry left to the daemon), listed, removed.
+        shadow = models.ShadowReportIn.from_dict(
+            {
+                "pool": "oa",
+                "detection": "hash",
+                "interval_seconds": 10.0,
+                "cold_after_seconds": 120.0,
+                "processes": [
+                    {
+                        "pid": 123,
+                        "comm": "redis-server",
+                        "resident_pages": 1000,
+                        "cold_pages": 400,
+                        "stored_pages": 390,
+                        "saved_bytes": -4096,
+                        "swapouts_total": 420,
+                        "refaults_total": 30,
+                        "rejected_total": 10,
+                        "scan_seconds_total": 1.5,
+                        "scanned_bytes_total": 40960000,
+                        "exited": False,
+                    }
+                ],
+            }
+        )
+        assert shadow_report.sync_detailed("gen", client=c, body=shadow).status_code == 204
+        shadows = shadows_list.sync(client=c)
+        assert isinstance(shadows, models.ShadowList)
+        got = shadows.shadows["gen"]
+        assert got.expires_seconds == 30 and got.age_seconds >= 0
+        assert got.processes[0].comm == "redis-server" and got.processes[0].saved_bytes == -4096
+        assert shadow_remove.sync_detailed("gen", client=c).status_code == 204
+        gone = shadow_remove.sync_detailed("gen", client=c)
+        assert gone.status_code == 404
+        assert isinstance(gone.parsed, models.ErrorBody) and gone.parsed.error == "unknown_shadow"
 
         for name in ("oa", "tier"):
             assert pool_remove.sync_detailed(name, client=c).status_code == 204

@@ -1,0 +1,277 @@
+"""``zswapd replay`` (zswapd/replay.py): a record played into pools of any
+settings, the same figures every time, and the live pool's under the recorded
+settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.zswapd.daemon import Daemon, one_line_failure, run_cli, start_daemon
+from tests.zswapd.helpers import random_page
+from tests.zswapd.timelines import Tick, sample_timeline, write_record
+from zswapd.client import Client
+from zswapd.procmem import swappable_pages
+from zswapd.record import RecordReader, RecordWriter
+from zswapd.replay import Overrides, replay, replay_config
+from zswapd.swapsim import ClientTarget, SwapSim
+from zswapd.timeline import Event, EventKind, ProcessScan, TickEnd
+
+PAGE = 4096
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample timeline, recorded with a zstd pool's settings."""
+    path = tmp_path_factory.mktemp("rec") / "sample.rec"
+    write_record(path, sample_timeline(), {"config": {"compressor": "zstd", "level": 3}})
+    return path
+
+
+def replay_json(*args: str) -> dict[str, Any]:
+    result = run_cli("replay", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    out: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    return out
+
+
+def one(out: dict[str, Any], pid: int) -> dict[str, Any]:
+    (p,) = [p for p in out["figures"]["processes"] if p["pid"] == pid]
+    return p
+
+
+def test_the_same_file_and_settings_give_the_same_figures(record: Path) -> None:
+    args = ("--limit", "96K", "--timeline")
+    first = run_cli("replay", "--json", str(record), *args)
+    second = run_cli("replay", "--json", str(record), *args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout  # every tick's line and the end, byte for byte
+    assert len(first.stdout.splitlines()) == len(sample_timeline()) + 1
+
+
+def test_compressors_side_by_side_differ_as_expected(record: Path) -> None:
+    lz4 = replay_json(str(record), "--compressor", "lz4")
+    zstd = replay_json(str(record))
+    assert lz4["config"]["compressor"] == "lz4" and lz4["config"]["level"] is None
+    assert zstd["config"]["compressor"] == "zstd" and zstd["config"]["level"] == 3
+    # The same pages held, in more memory under lz4.
+    assert lz4["figures"]["pool"]["orig_data_size"] == zstd["figures"]["pool"]["orig_data_size"]
+    assert lz4["figures"]["pool"]["compr_data_size"] > zstd["figures"]["pool"]["compr_data_size"]
+    assert [one(lz4, p)["refaults_total"] for p in (1001, 1002)] == [
+        one(zstd, p)["refaults_total"] for p in (1001, 1002)
+    ]
+
+
+def test_under_a_limit_cold_pages_wait_and_are_retried(record: Path) -> None:
+    free = replay_json(str(record))
+    tight = replay_json(str(record), "--limit", "48K")
+    a_free, a_tight = one(free, 1001), one(tight, 1001)
+    assert a_free["rejected_total"] == 0 and free["figures"]["pool"]["pool_limit_hit"] == 0
+    assert a_tight["rejected_total"] > 0 and tight["figures"]["pool"]["pool_limit_hit"] > 0
+    # Waiting: cold, not stored; the same pages went cold whatever the pool.
+    assert a_tight["cold_pages"] > a_tight["stored_pages"]
+    assert a_tight["cold_pages"] == a_free["cold_pages"] == a_free["stored_pages"]
+    assert tight["figures"]["pool"]["mem_used_total"] <= 48 << 10
+
+
+def test_waiting_pages_are_stored_once_room_is_made(tmp_path: Path) -> None:
+    pid, pages = 77, 40
+    cold = [
+        Event(EventKind.COLD, pid, i * PAGE, random_page(i)[:2048] + bytes(2048))
+        for i in range(pages)
+    ]
+    scan = (ProcessScan(pid, "w", pages, 0, 0.0),)
+    timeline: list[Tick] = [
+        (cold, TickEnd(1.0, scan)),
+        ([Event(EventKind.GONE, pid, i * PAGE) for i in range(0, pages, 2)], TickEnd(2.0, scan)),
+    ]
+    path = tmp_path / "w.rec"
+    write_record(path, timeline, {"config": {"compressor": "lz4", "limit_bytes": 16 * PAGE}})
+    result = run_cli("replay", "--json", "--timeline", str(path))
+    assert result.returncode == 0, result.stderr
+    first, second = (json.loads(line)["processes"][0] for line in result.stdout.splitlines()[:2])
+    assert first["stored_pages"] < first["cold_pages"] == pages  # the rest waits
+    assert second["swapouts_total"] > first["swapouts_total"]  # retried into the room made
+    assert second["rejected_total"] == first["rejected_total"]  # a retry is no new rejection
+
+
+def test_lru_writeback_replays_to_a_temporary_file(
+    record: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = replay_json(str(record), "--limit", "48K", "--writeback", "lru")
+    pool = out["figures"]["pool"]
+    assert pool["bd_count"] > 0 and pool["written_back_pages"] > 0
+    a = one(out, 1001)
+    assert a["rejected_total"] == 0 and a["stored_pages"] == a["cold_pages"]
+    assert out["config"]["backing_file"] == "(temporary)"
+    # The file and its directory are gone at the end.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with RecordReader.open(str(record)) as reader:
+        config = replay_config(
+            reader, Overrides(limit_bytes=48 << 10, writeback="lru"), str(tmp_path)
+        )
+        replay(reader, config)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_partial_plays_only_the_whole_ticks(record: Path, tmp_path: Path) -> None:
+    data = record.read_bytes()
+    cut = tmp_path / "cut.rec"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with RecordReader.open(str(cut), partial=True) as reader:
+        whole = reader.ticks_count
+    assert 0 < whole < len(sample_timeline())
+    one_line_failure(
+        run_cli("replay", str(cut)), 1, f"truncated after tick {whole}", "replay --partial"
+    )
+    out = replay_json(str(cut), "--partial")
+    assert out["complete"] is False and out["ticks"] == whole
+    assert out["figures"]["t"] == sample_timeline()[whole - 1][1].t
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda d: d / "absent.rec", ["cannot read"]),
+        (lambda d: d, ["is a directory"]),
+        (
+            lambda d: (d / "foreign").write_text("hello\n") and d / "foreign",
+            ["not a zswapd record"],
+        ),
+    ],
+)
+def test_a_bad_file_is_one_line_and_nothing_played(
+    tmp_path: Path, make: Any, words: list[str]
+) -> None:
+    result = run_cli("replay", str(make(tmp_path)))
+    one_line_failure(result, 1, "zswapd replay:", *words)
+    assert result.stdout == ""
+
+
+def test_bad_settings_are_refused_before_any_pool(record: Path) -> None:
+    one_line_failure(run_cli("replay", str(record), "--backing-size", "1M"), 1, "--writeback lru")
+    one_line_failure(run_cli("replay", str(record), "--compressor", "nope"), 2, "nope")
+    one_line_failure(run_cli("replay", str(record), "--chain-size", "99"), 1, "chain_size")
+
+
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        ({"chain_size": 99}, ["the replay's pool", "chain_size"]),
+        ({"compressor": "zstd", "colour": "red"}, ["unknown pool settings: colour"]),
+        ([1, 2], ["the header's config is not a JSON object"]),
+        ({"compressor": "zstd", "dictionary": 4096}, ["zstd dictionary", "--compressor"]),
+    ],
+)
+def test_a_bad_recorded_config_is_one_line(tmp_path: Path, config: Any, words: list[str]) -> None:
+    path = tmp_path / "bad-config.rec"
+    write_record(path, sample_timeline(6)[:1], {"config": config})
+    result = run_cli("replay", str(path))
+    one_line_failure(result, 1, str(path), *words)
+    assert result.stdout == ""
+
+
+# -- against a live pool ----------------------------------------------------------------
+
+_CHILD = r"""
+import os, sys
+text = ("record %d of the shadow, replayed\n" * 30000) % tuple(range(30000))
+noise = bytearray(os.urandom(4096 * 100))
+zeros = bytearray(4096 * 100)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    d = start_daemon()
+    yield d
+    assert d.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def process_pages() -> list[tuple[int, bytes]]:
+    """(address, bytes) of up to 1200 pages swap would see in a process the test starts."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        records = swappable_pages(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    step = max(1, len(records) // 1200)
+    return [(r.address, r.data) for r in records[::step]]
+
+
+def _live_ticks(pid: int, pages: list[tuple[int, bytes]]) -> list[Tick]:
+    half = len(pages) // 2
+    cold = [Event(EventKind.COLD, pid, a, d) for a, d in pages]
+    scan = (ProcessScan(pid, "child", len(pages), len(pages) * PAGE, 0.01),)
+    return [
+        (cold[:half], TickEnd(10.0, scan)),
+        (cold[half:], TickEnd(20.0, scan)),
+        (
+            [Event(EventKind.CHANGED, pid, a) for a, _ in pages[::5]]
+            + [Event(EventKind.GONE, pid, a) for a, _ in pages[1::7]],
+            TickEnd(30.0, scan),
+        ),
+        (cold[::5], TickEnd(40.0, scan)),
+        ([], TickEnd(50.0, scan)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "settings", [{"compressor": "zstd"}, {"compressor": "lz4", "limit_bytes": 1 << 20}]
+)
+def test_a_replay_under_the_recorded_settings_gives_the_live_figures(
+    daemon: Daemon,
+    process_pages: list[tuple[int, bytes]],
+    tmp_path: Path,
+    settings: dict[str, Any],
+) -> None:
+    name = "live-" + settings["compressor"]
+    path = tmp_path / "live.rec"
+    with Client(daemon.url) as client:
+        client.create_pool(name, **settings)
+        head = {"pool": name, "config": client.stats(name)["config"]}
+        with RecordWriter.create(str(path), head) as writer:
+            sim = SwapSim(ClientTarget(client, name), lambda e: writer.page(e.ref))
+            for events, end in _live_ticks(4242, process_pages):
+                sim.feed(writer.events(events))
+                writer.end_tick(end)
+                sim.end_tick(end)
+            live = sim.figures()
+            writer.close({"figures": live.to_dict()})
+        sim.release()
+        client.remove_pool(name)
+    (p,) = live.processes
+    assert p.swapouts_total > 0 and p.refaults_total > 0
+    if "limit_bytes" in settings:
+        assert p.rejected_total > 0 and live.pool.pool_limit_hit > 0
+    with RecordReader.open(str(path)) as reader:
+        assert reader.summary["figures"] == live.to_dict()
+        with tempfile.TemporaryDirectory() as tmp:
+            replayed = replay(reader, replay_config(reader, Overrides(), tmp))
+    assert replayed == live
+    assert replay_json(str(path))["figures"] == live.to_dict()
+
+
+def test_recorded_speed_waits_for_each_ticks_time(record: Path) -> None:
+    waits: list[float] = []  # what replay asked to sleep (nothing slept)
+    with RecordReader.open(str(record)) as reader, tempfile.TemporaryDirectory() as tmp:
+        replay(
+            reader, replay_config(reader, Overrides(), tmp), speed="recorded", sleep=waits.append
+        )
+    times = [end.t for _, end in sample_timeline()]
+    # Each wait runs to its tick's t, counted from the start, less the play so far.
+    assert waits and all(w <= times[-1] for w in waits) and max(waits) > times[-1] - 10

@@ -1,0 +1,688 @@
+"""The live shadow: the scanner over real processes, SwapSim into a real daemon's pool,
+and ``zswapd shadow`` end to end.
+
+The processes are tests/zswapd/shadow_target.py, driven from stdin.  The scanner
+and SwapSim tests give the scan times themselves (``scan(now)``), so whether a
+page has been unchanged for ``cold_after`` is decided by the test, never by how
+fast this machine happens to be; the CLI tests poll for states with generous
+deadlines and never assert that something happened within a short time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.zswapd.daemon import CHECKOUT, Daemon, _checkout_on_path, run_cli, start_daemon
+from tests.zswapd.helpers import PAGE, text_page
+from zswapd.cli_format import parse_duration
+from zswapd.client import Client
+from zswapd.record import RecordReader
+from zswapd.replay import Overrides, replay, replay_config
+from zswapd.scanner import STATE_BYTES_PER_PAGE, Detection, Scanner, probe_idle, probe_soft_dirty
+from zswapd.shadow_cli import next_wait
+from zswapd.swapsim import ClientTarget, SwapSim
+from zswapd.timeline import Event, EventKind, TickEnd
+
+TARGET = Path(__file__).with_name("shadow_target.py")
+COLD_AFTER = 0.6
+DEADLINE = 120.0
+
+
+@dataclass
+class Target:
+    """A running shadow_target.py: its pid, its regions' addresses, its children."""
+
+    proc: subprocess.Popen[str]
+    regions: dict[str, int]
+    pages: int
+    reserved: list[int] = field(default_factory=list)
+    children: list[int] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def command(self, what: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().split()
+        assert answer[:2] == ["ok", what], answer
+        if what == "fork":
+            self.children.append(int(answer[2]))
+        return " ".join(answer)
+
+    def addresses(self, region: str) -> list[int]:
+        return [self.regions[region] + i * PAGE for i in range(self.pages)]
+
+    def stop(self) -> None:
+        for child in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def start_target(pages: int = 16, *flags: str) -> Target:
+    proc = subprocess.Popen(
+        [sys.executable, str(TARGET), "--pages", str(pages), *flags],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    info = json.loads(proc.stdout.readline())
+    regions = {k: info[k] for k in ("cold", "hot", "gone")}
+    return Target(proc, regions, info["pages"], info.get("reserved", []))
+
+
+@pytest.fixture
+def target() -> Iterator[Target]:
+    t = start_target()
+    try:
+        yield t
+    finally:
+        t.stop()
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    d = start_daemon()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[Client]:
+    with Client(daemon.url) as c:
+        yield c
+
+
+_pools = iter(range(1, 1 << 30))
+
+
+@pytest.fixture
+def pool(client: Client) -> Iterator[str]:
+    """A new empty pool of the daemon's defaults, removed after the test."""
+    name = f"shadow-test-{os.getpid()}-{next(_pools)}"
+    client.create_pool(name)
+    try:
+        yield name
+    finally:
+        client.remove_pool(name)
+
+
+class Shadow:
+    """The scanner and SwapSim wired as ``zswapd shadow`` wires them, ticked by hand."""
+
+    def __init__(
+        self, pids: list[int], client: Client, pool: str, detection: Detection | None = None
+    ) -> None:
+        self.scanner = Scanner(pids, COLD_AFTER, detection or Detection())
+        self.client = client
+        self.pool = pool
+        self.sim = SwapSim(
+            ClientTarget(client, pool), lambda e: self.scanner.read_page(e.pid, e.address)
+        )
+        self.events: list[Event] = []
+
+    def tick(self, t: float) -> list[Event]:
+        self.events = list(self.scanner.scan(t))
+        self.sim.feed(self.events)
+        self.sim.end_tick(TickEnd(t, self.scanner.scans))
+        return self.events
+
+    def stored(self, pid: int, addresses: list[int]) -> list[bool]:
+        return [self.sim.stored(pid, a) for a in addresses]
+
+    def pool_pages(self) -> int:
+        return int(self.client.stats(self.pool)["zswap"]["stored_pages"])
+
+    def close(self) -> None:
+        self.sim.release()
+        self.scanner.close()
+
+
+@contextlib.contextmanager
+def shadow(
+    pids: list[int], client: Client, pool: str, detection: Detection | None = None
+) -> Iterator[Shadow]:
+    s = Shadow(pids, client, pool, detection)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def kinds(events: list[Event], addresses: list[int], kind: EventKind) -> int:
+    wanted = set(addresses)
+    return sum(1 for e in events if e.kind == kind and e.address in wanted)
+
+
+# -- the scanner and SwapSim against a real daemon --------------------------------
+
+
+def test_pool_holds_the_cold_region_refaults_the_rewritten_frees_the_unmapped(
+    target: Target, client: Client, pool: str
+) -> None:
+    pid = target.pid
+    cold, hot, gone = (target.addresses(r) for r in ("cold", "hot", "gone"))
+    with shadow([pid], client, pool) as s:
+        s.tick(0.0)
+        assert not any(s.stored(pid, cold + hot + gone))  # first sight is a change
+        s.tick(COLD_AFTER / 2)
+        assert not any(s.stored(pid, cold))  # not yet cold_after since
+        s.tick(COLD_AFTER)
+        # Every region went cold once (the hot one idles until told): all stored.
+        assert all(s.stored(pid, cold + hot + gone))
+        assert s.pool_pages() == s.sim.figures().processes[0].stored_pages
+        target.command("hot")  # rewritten from now on, every 50 ms
+        target.command("unmap")
+        events = s.tick(2.0)
+        assert kinds(events, hot, EventKind.CHANGED) == target.pages
+        assert kinds(events, gone, EventKind.GONE) == target.pages
+        assert all(s.stored(pid, cold))
+        assert not any(s.stored(pid, hot + gone))
+        # Within cold_after of their last change, the hot pages cannot be cold.
+        s.tick(2.0 + COLD_AFTER / 3)
+        s.tick(2.0 + 2 * COLD_AFTER / 3)
+        assert all(s.stored(pid, cold)) and not any(s.stored(pid, hot + gone))
+        fig = s.sim.figures().processes[0]
+        assert fig.refaults_total >= target.pages  # the hot region's, at least
+        assert fig.swapouts_total >= 3 * target.pages
+        assert s.pool_pages() == fig.stored_pages
+        # What the daemon holds for the cold region is the region's bytes.
+        handles = [s.sim._procs[pid].stored[a][0] for a in cold]
+        pages = client.load(handles, pool=pool)
+        assert pages == [s.scanner.read_page(pid, a) for a in cold]
+    assert client.stats(pool)["zswap"]["stored_pages"] == 0  # released at the end
+
+
+def test_exiting_target_frees_every_page_and_is_no_longer_scanned(
+    target: Target, client: Client, pool: str
+) -> None:
+    with shadow([target.pid], client, pool) as s:
+        s.tick(0.0)
+        s.tick(COLD_AFTER)
+        assert s.pool_pages() > 0
+        target.command("exit")
+        target.proc.wait(DEADLINE)
+        events = s.tick(2.0)
+        assert [e.kind for e in events] == [EventKind.EXIT]
+        assert s.pool_pages() == 0
+        assert not s.scanner.alive
+        (fig,) = s.sim.figures().processes
+        assert fig.exited and fig.stored_pages == 0
+        assert s.tick(3.0) == []  # nothing left to scan
+
+
+def test_one_target_exiting_leaves_the_others_shadowed(client: Client, pool: str) -> None:
+    a, b = start_target(), start_target()
+    try:
+        with shadow([a.pid, b.pid], client, pool) as s:
+            s.tick(0.0)
+            s.tick(COLD_AFTER)
+            a.command("exit")
+            a.proc.wait(DEADLINE)
+            events = s.tick(2.0)
+            assert [e for e in events if e.pid == a.pid] == [Event(EventKind.EXIT, a.pid)]
+            assert events[-1] == Event(EventKind.EXIT, a.pid)  # EXIT comes last
+            assert s.scanner.alive and [x.pid for x in s.scanner.scans] == [a.pid, b.pid]
+            s.tick(3.0)
+            assert [x.pid for x in s.scanner.scans] == [b.pid]
+            assert all(s.stored(b.pid, b.addresses("cold")))
+            assert s.pool_pages() == s.sim.figures().processes[1].stored_pages
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_forking_target_keeps_its_figures(target: Target, client: Client, pool: str) -> None:
+    pid = target.pid
+    cold = target.addresses("cold")
+    with shadow([pid], client, pool) as s:
+        s.tick(0.0)
+        s.tick(COLD_AFTER)
+        assert all(s.stored(pid, cold))
+        target.command("fork")  # the child rewrites its copy of the cold region
+        events = s.tick(1.0)
+        assert kinds(events, cold, EventKind.CHANGED) == 0
+        assert all(s.stored(pid, cold))
+        assert [p.pid for p in s.sim.figures().processes] == [pid]  # the child is not followed
+
+
+def test_page_shared_by_two_shadowed_processes_counts_once(
+    target: Target, client: Client, pool: str
+) -> None:
+    """After a fork the hot region is shared copy-on-write (the same PFNs): it
+    belongs to the first process given; the cold region the child rewrote is its own."""
+    target.command("fork")
+    (child,) = target.children
+    hot, cold = target.addresses("hot"), target.addresses("cold")
+    with shadow([target.pid, child], client, pool) as s:
+        s.tick(0.0)
+        s.tick(COLD_AFTER)
+        assert all(s.stored(target.pid, hot))
+        assert not any(s.stored(child, hot))
+        assert all(s.stored(child, cold))
+
+
+def test_exec_ends_the_shadowing_of_that_process(target: Target, client: Client, pool: str) -> None:
+    """exec replaces the memory the shadow opened: as an exit, all freed."""
+    with shadow([target.pid], client, pool) as s:
+        s.tick(0.0)
+        s.tick(COLD_AFTER)
+        assert s.pool_pages() > 0
+        target.command("exec")
+        deadline = time.monotonic() + DEADLINE
+        events: list[Event] = []
+        t = 2.0
+        while not events or events[-1].kind != EventKind.EXIT:  # once the exec is done
+            assert time.monotonic() < deadline, "the exec was never seen"
+            events = s.tick(t)
+            t += 0.01
+        assert s.pool_pages() == 0 and not s.scanner.alive
+
+
+def test_huge_sparse_reservation_costs_only_its_present_pages(client: Client, pool: str) -> None:
+    target = start_target(16, "--reserve", "64")
+    try:
+        with shadow([target.pid], client, pool) as s:
+            s.tick(0.0)
+            (scan,) = s.scanner.scans
+            # Only present pages are read: 64 GiB reserved, three pages of it touched.
+            assert scan.scanned_bytes == scan.resident_pages * PAGE < 64 << 20
+            s.tick(COLD_AFTER)
+            assert all(s.stored(target.pid, target.reserved))
+    finally:
+        target.stop()
+
+
+def test_mappings_vanishing_mid_scan_break_nothing(
+    target: Target, client: Client, pool: str
+) -> None:
+    """A thread maps, writes and unmaps a region without pause: now and then a scan
+    finds a mapping gone between its walk and its read (a short preadv)."""
+    target.command("churn")
+    cold = target.addresses("cold")
+    with shadow([target.pid], client, pool) as s:
+        for i in range(30):
+            s.tick(i * COLD_AFTER / 2)
+            fig = s.sim.figures().processes[0]
+            assert s.pool_pages() == fig.stored_pages
+        assert all(s.stored(target.pid, cold))
+
+
+def test_events_come_in_pid_order_then_address_order(client: Client, pool: str) -> None:
+    a, b = start_target(), start_target()
+    try:
+        with shadow([b.pid, a.pid], client, pool) as s:
+            s.tick(0.0)
+            events = s.tick(COLD_AFTER)
+            pids = [e.pid for e in events]
+            assert pids == sorted(pids, key=[b.pid, a.pid].index)
+            for pid in (a.pid, b.pid):
+                addresses = [e.address for e in events if e.pid == pid]
+                assert addresses == sorted(addresses) and addresses
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_state_is_compact_arrays(target: Target, client: Client, pool: str) -> None:
+    with shadow([target.pid], client, pool) as s:
+        s.tick(0.0)
+        (t,) = s.scanner._targets
+        held = sum(x.itemsize * len(x) for x in (t.addrs, t.fps, t.since)) + len(t.cold)
+        assert held == STATE_BYTES_PER_PAGE * s.scanner.tracked_pages(target.pid) > 0
+
+
+def _kernel_help_or_skip(which: str) -> Detection:
+    works, why = probe_soft_dirty() if which == "soft-dirty" else probe_idle()
+    if not works:
+        pytest.skip(f"{which} detection cannot run on this kernel: {why}")
+    return Detection(soft_dirty=which == "soft-dirty", idle=which == "idle")
+
+
+@pytest.mark.parametrize("which", ["soft-dirty", "idle"])
+def test_kernel_assisted_detection_sees_the_same_regions(
+    which: str, target: Target, client: Client, pool: str
+) -> None:
+    detection = _kernel_help_or_skip(which)
+    pid = target.pid
+    cold, hot = target.addresses("cold"), target.addresses("hot")
+    with shadow([pid], client, pool, detection) as s:
+        s.tick(0.0)
+        s.tick(COLD_AFTER)
+        assert all(s.stored(pid, cold + hot))
+        target.command("hot")
+        events = s.tick(2.0)
+        assert kinds(events, hot, EventKind.CHANGED) == target.pages
+        assert all(s.stored(pid, cold)) and not any(s.stored(pid, hot))
+
+
+# -- zswapd shadow, end to end ------------------------------------------------------
+
+
+class Lines:
+    """A subprocess's stdout, read a line at a time with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.fd = proc.stdout.fileno()
+        self.buf = b""
+
+    def next(self, deadline: float) -> str | None:
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("no line before the deadline")
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    return None
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
+
+    def until(self, test: Any) -> dict[str, Any]:
+        """The first tick (a JSON line) that passes ``test``."""
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            line = self.next(deadline)
+            assert line is not None, "the shadow ended first"
+            tick: dict[str, Any] = json.loads(line)
+            if test(tick):
+                return tick
+
+
+def shadow_cli(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "zswapd.cli", "shadow", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=CHECKOUT,
+        env={**os.environ, **_checkout_on_path()},
+    )
+
+
+def finish(proc: subprocess.Popen[bytes], sig: int | None = signal.SIGINT) -> tuple[int, str]:
+    """Signal the shadow (None: let it end by itself); its status and stderr."""
+    if sig is not None:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=DEADLINE)
+    return proc.returncode, err.decode()
+
+
+@contextlib.contextmanager
+def running(proc: subprocess.Popen[bytes]) -> Iterator[Lines]:
+    try:
+        yield Lines(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _proc(tick: dict[str, Any]) -> dict[str, Any]:
+    (p,) = tick["processes"]
+    return dict(p)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_shadow_end_to_end_then_replay_gives_the_live_figures(
+    sig: int, target: Target, client: Client, daemon: Daemon, tmp_path: Path
+) -> None:
+    record = tmp_path / "day.rec"
+    proc = shadow_cli(
+        "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
+        "--cold-after", f"{COLD_AFTER}s", "--record", str(record), "--json",
+    )  # fmt: skip
+    pool = f"shadow-{target.pid}"
+    with running(proc) as lines:
+        lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
+        report = client.shadows()[pool]
+        assert report["pool"] == pool and report["detection"] == "hash"
+        assert report["processes"][0]["pid"] == target.pid
+        assert client.stats(pool)["zswap"]["stored_pages"] > 0
+        target.command("hot")
+        tick = lines.until(lambda t: _proc(t)["refaults_total"] >= target.pages)
+        assert tick["pool"]["orig_data_size"] == PAGE * _proc(tick)["stored_pages"]
+        code, err = finish(proc, sig)
+    assert code == 0, err
+    assert "detection hash: write-coldness only" in err
+    assert pool not in client.pools() and pool not in client.shadows()
+    with RecordReader.open(str(record)) as reader:
+        assert reader.complete
+        live = reader.summary["figures"]
+        assert reader.header["processes"] == [{"pid": target.pid, "comm": "python3"}]
+        assert reader.header["detection"] == "hash"
+        assert (
+            reader.header["config"]["compressor"] == client.stats("default")["config"]["compressor"]
+        )
+        config = replay_config(reader, Overrides(), str(tmp_path))
+        replayed = replay(reader, config)
+    assert replayed.to_dict() == live
+
+
+def test_cli_bad_pid_is_one_line_and_creates_nothing(client: Client, daemon: Daemon) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    before = client.pools()
+    result = run_cli("shadow", "--url", daemon.url, "--pid", str(gone.pid), "--duration", "1s")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr == f"zswapd shadow: --pid {gone.pid}: no such process\n"
+    assert client.pools() == before and client.shadows() == {}
+
+
+def test_cli_unreadable_pid_is_one_line_and_creates_nothing(
+    target: Target, client: Client, daemon: Daemon
+) -> None:
+    """Run as another user (nobody) in a forked child: the kernel refuses it the
+    target's memory at the open, before anything is created."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to become another user")
+    from zswapd.cli import main
+
+    before = client.pools()
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: never returns into pytest
+        code = 99
+        try:
+            sys.stderr = os.fdopen(w, "w")  # pytest's capture is not fd 2
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            code = main(["shadow", "--url", daemon.url, "--pid", str(target.pid)])
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        err = f.read()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 1, err
+    assert err == f"zswapd shadow: --pid {target.pid}: cannot read its memory: Permission denied\n"
+    assert client.pools() == before and client.shadows() == {}
+
+
+def test_cli_pool_holding_pages_is_refused(target: Target, client: Client, daemon: Daemon) -> None:
+    client.create_pool("busy")
+    try:
+        handles = client.store([text_page(1)], pool="busy")
+        result = run_cli("shadow", "--url", daemon.url, "--pid", str(target.pid), "--pool", "busy")
+        assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert "a shadow needs a pool of its own" in result.stderr
+        assert client.load(handles, pool="busy") == [text_page(1)]
+        assert client.shadows() == {}
+    finally:
+        client.remove_pool("busy")
+
+
+def test_cli_target_exit_ends_the_shadow_with_its_pages_freed(
+    target: Target, client: Client, daemon: Daemon
+) -> None:
+    proc = shadow_cli(
+        "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
+        "--cold-after", f"{COLD_AFTER}s", "--json",
+    )  # fmt: skip
+    with running(proc) as lines:
+        lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
+        target.command("exit")
+        tick = lines.until(lambda t: _proc(t)["exited"])
+        assert _proc(tick)["stored_pages"] == 0 and tick["pool"]["orig_data_size"] == 0
+        code, err = finish(proc, None)  # it ends by itself: nothing left to shadow
+    assert code == 0, err
+    assert f"shadow-{target.pid}" not in client.pools()
+
+
+def test_cli_daemon_gone_is_one_line_and_the_record_is_closed(
+    target: Target, tmp_path: Path
+) -> None:
+    d = start_daemon()
+    record = tmp_path / "cut.rec"
+    proc = shadow_cli(
+        "--url", d.url, "--pid", str(target.pid), "--interval", "0.2s",
+        "--cold-after", f"{COLD_AFTER}s", "--record", str(record), "--json",
+    )  # fmt: skip
+    try:
+        with running(proc) as lines:
+            lines.until(lambda t: _proc(t)["stored_pages"] > 0)
+            d.stop(signal.SIGKILL)
+            code, err = finish(proc, None)
+    finally:
+        d.stop(signal.SIGKILL)
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" not in err, err
+    assert last.startswith("zswapd shadow: ") and "connect" in last, err
+    with RecordReader.open(str(record)) as reader:
+        assert reader.complete
+        assert reader.summary["figures"]["processes"][0]["pid"] == target.pid
+
+
+def test_cli_flags_refused_in_one_line(target: Target, daemon: Daemon) -> None:
+    for flags, words in [
+        (["--interval", "10x"], "invalid duration '10x'"),
+        (["--cold-after=-1s"], "invalid duration"),
+        (["--duration", "0"], "out of range"),
+        (["--max-cpu", "0"], "--max-cpu"),
+        (["--max-cpu", "1.5"], "--max-cpu"),
+    ]:
+        result = run_cli("shadow", "--url", daemon.url, "--pid", str(target.pid), *flags)
+        assert result.returncode in (1, 2), result
+        assert len(result.stderr.splitlines()) == 1 and words in result.stderr, result
+
+
+def test_cli_max_cpu_stretches_the_interval_and_says_so(target: Target, daemon: Daemon) -> None:
+    """Under --max-cpu 0.001 a scan of a few MiB (milliseconds of CPU) stretches
+    the next interval to seconds; --duration still ends the shadow in that wait."""
+    result = run_cli(
+        "shadow", "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.05s",
+        "--max-cpu", "0.001", "--duration", "2s",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (note,) = [line for line in result.stdout.splitlines() if "next scan in" in line]
+    assert "not 0.05s" in note and "--max-cpu is 0.001" in note
+    assert result.stdout.count(f"pid {target.pid} (python3):") == 1  # one tick, then the end
+
+
+# -- the pieces ------------------------------------------------------------------------
+
+
+def test_durations() -> None:
+    assert [parse_duration(t) for t in ("500ms", "10s", "2m", "1h", "3", "0.25")] == [
+        0.5, 10.0, 120.0, 3600.0, 3.0, 0.25,
+    ]  # fmt: skip
+    assert parse_duration("0", zero=True) == 0.0
+    for bad in ("", "10x", "1e3", "-1s", "nan", "0", "400d", "9999h"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_duration(bad)
+
+
+def test_max_cpu_stretches_the_interval() -> None:
+    # A tick of 0.1 CPU s under --max-cpu 0.25 waits until 0.4 s after it began.
+    wait, stretched = next_wait(0.2, 0.1, 0.1, 0.25)
+    assert stretched and wait == pytest.approx(0.3)
+    assert next_wait(10.0, 0.1, 0.1, 0.25) == (pytest.approx(9.9), False)
+    assert next_wait(0.2, 0.0, 0.5, 0.25) == (0.0, False)  # late already: at once
+
+
+def test_a_process_naming_itself_with_control_characters_is_still_reported(
+    client: Client, pool: str
+) -> None:
+    """A process chooses its own comm (prctl): escaped, it can neither drive the
+    terminal nor make the daemon refuse the shadow's report."""
+    code = (
+        "import ctypes, sys; ctypes.CDLL(None).prctl(15, b'ev\\x1b[31m\\nil', 0, 0, 0); "
+        "print('ready', flush=True); sys.stdin.read()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        with shadow([proc.pid], client, pool) as s:
+            s.tick(0.0)
+            ((_, comm),) = s.scanner.processes
+            assert comm.isprintable() and comm.startswith("ev\\x1b[31m"), comm
+            figures = s.sim.figures()
+            report = {
+                "pool": pool,
+                "detection": "hash",
+                "interval_seconds": 1.0,
+                "cold_after_seconds": COLD_AFTER,
+                "processes": [p.to_dict() for p in figures.processes],
+            }
+            client.report_shadow(pool, report)
+            assert client.shadows()[pool]["processes"][0]["comm"] == comm
+            client.remove_shadow(pool)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_full_pool_keeps_cold_pages_waiting_and_stores_them_as_room_is_made(
+    target: Target, client: Client
+) -> None:
+    """At the pool's limit a cold page waits (still cold, counted rejected once)
+    and is retried every tick, so once there is room it is stored."""
+    name = f"shadow-test-{os.getpid()}-full"
+    client.create_pool(name, limit_bytes=16 << 20)  # the most it may be raised to
+    client.update_pool(name, limit_bytes=256 << 10)
+    try:
+        with shadow([target.pid], client, name) as s:
+            s.tick(0.0)
+            s.tick(COLD_AFTER)
+            fig = s.sim.figures()
+            (p,) = fig.processes
+            assert 0 < p.stored_pages < p.cold_pages and p.rejected_total > 0
+            assert fig.pool.pool_limit_hit > 0
+            assert fig.pool.mem_used_total <= 256 << 10
+            s.tick(COLD_AFTER + 0.1)  # still full: they go on waiting
+            (again,) = s.sim.figures().processes
+            assert again.stored_pages == p.stored_pages and again.rejected_total == p.rejected_total
+            client.update_pool(name, limit_bytes=16 << 20)  # room for every page
+            s.tick(COLD_AFTER + 0.2)
+            (after,) = s.sim.figures().processes
+            assert after.stored_pages == after.cold_pages >= p.cold_pages
+    finally:
+        client.remove_pool(name)

@@ -1,0 +1,275 @@
+"""``zswapd replay FILE``: a recorded timeline played into a pool of any configuration.
+
+The record (zswapd/record.py) holds what a shadow saw: which pages went cold
+(with their bytes), which were touched again, which went away, tick by tick.
+Replay plays it into a :class:`~zswapd.pool.PagePool` in this process, made
+with the recorded pool's settings overridden by the flags, through the same
+:class:`~zswapd.swapsim.SwapSim` the live shadow drives, and prints the same
+figures (zswapd/shadow_report.py).  So one recorded day can be compared under
+every compressor, allocator, chain size and limit.
+
+Nothing in a replay depends on the clock or on chance: handles are drawn from
+a fixed seed, the pool's clock is the recorded time, and the events arrive in
+the recorded order and batches.  The same file under the same settings gives
+the same figures, exactly; under the recorded settings, the figures the live
+pool gave (when the live pool held nothing else).
+
+The file is checked whole before any pool exists: a damaged, foreign or
+truncated record is one line of error and nothing played.  An ``lru`` pool
+writes back to a file in a temporary directory, removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from zswapd.backing import MAX_BACKING_SIZE, SLOT_SIZE
+from zswapd.cli_format import printable
+from zswapd.config import PoolConfig
+from zswapd.errors import ConfigError
+from zswapd.limits import mem_total_bytes
+from zswapd.pool import PagePool
+from zswapd.record import RecordError, RecordReader
+from zswapd.shadow_report import format_summary, format_tick
+from zswapd.swapsim import LocalTarget, ShadowFigures, SwapSim
+from zswapd.timeline import Event
+
+__all__ = ["SPEEDS", "Overrides", "cmd_replay", "replay", "replay_config"]
+
+SPEEDS = ("max", "recorded")
+# Handles' generations are random in a daemon; a replay draws them from this
+# seed, so two replays hand out the same handles (and place the same objects).
+SEED = 0
+# Where a replay's backing file lives (inside its temporary directory).
+_BACKING_NAME = "replay.swap"
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the flags change of the recorded pool's settings (None: as recorded).
+
+    Attributes:
+        compressor: (name, level); a level None is the algorithm's default,
+            not the recorded one (zstd's level means nothing to lz4).
+        backing_size: bytes of the lru backing file.
+    """
+
+    compressor: tuple[str, int | None] | None = None
+    allocator: str | None = None
+    chain_size: int | None = None
+    limit_bytes: int | None = None
+    writeback: str | None = None
+    backing_size: int | None = None
+    huge_policy: str | None = None
+
+
+def _recorded(reader: RecordReader) -> dict[str, Any]:
+    raw = reader.header.get("config", {})
+    if not isinstance(raw, dict):
+        raise RecordError(f"{reader.path}: the header's config is not a JSON object")
+    return dict(raw)
+
+
+def replay_config(reader: RecordReader, flags: Overrides, backing_dir: str) -> PoolConfig:
+    """The pool a replay plays into: the recorded settings, overridden by ``flags``.
+
+    An ``lru`` pool gets a backing file in ``backing_dir`` of
+    ``flags.backing_size``, else the recorded pool's size, else one slot per
+    COLD event of the record (more than it could ever hold at once; the file
+    is sparse, its slot map a bit a slot).
+
+    Raises:
+        ConfigError: settings that make no pool (a bad or unknown recorded
+            setting, a bad flag, --backing-size without lru).
+    """
+    values = _recorded(reader)
+    if values.pop("dictionary", None) is not None and flags.compressor is None:
+        raise ConfigError(
+            f"{reader.path}: the recorded pool used a zstd dictionary, which the record "
+            "does not hold: choose a --compressor"
+        )
+    values.pop("backing_file", None)
+    recorded_size = values.pop("backing_size", 0)
+    if flags.compressor is not None:
+        values["compressor"], values["level"] = flags.compressor
+    for key in ("allocator", "chain_size", "limit_bytes", "writeback", "huge_policy"):
+        value = getattr(flags, key)
+        if value is not None:
+            values[key] = value
+    if values.get("writeback", "manual") == "lru":
+        size = flags.backing_size or (recorded_size if type(recorded_size) is int else 0)
+        if not size:
+            size = min(MAX_BACKING_SIZE, max(1, reader.cold_events) * SLOT_SIZE)
+        values["backing_file"] = os.path.join(backing_dir, _BACKING_NAME)
+        values["backing_size"] = size
+    else:
+        if flags.backing_size is not None:
+            raise ConfigError("--backing-size is the lru writeback file's: give --writeback lru")
+        # Nothing asks a replay's pool to write back by hand: no file, no limit on it.
+        values.pop("writeback_limit", None)
+    try:
+        return PoolConfig.from_dict(values)
+    except ConfigError as exc:
+        raise ConfigError(f"{reader.path}: the replay's pool: {exc}") from None
+
+
+def replay(
+    reader: RecordReader,
+    config: PoolConfig,
+    *,
+    speed: str = "max",
+    on_tick: Callable[[ShadowFigures], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ShadowFigures:
+    """Play every whole tick of ``reader`` into a new pool of ``config``.
+
+    Args:
+        speed: "max" (as fast as it goes) or "recorded" (each tick when its
+            recorded ``t`` comes, counted from the start).
+        on_tick: called with the figures after each tick.
+
+    Returns:
+        The figures after the last tick (before the pool is released).
+    """
+    if speed not in SPEEDS:
+        raise ConfigError(f"--speed must be one of {', '.join(SPEEDS)}, not {speed!r}")
+    clock = [0.0]
+    # Address space for what this machine could hold at most, as the daemon
+    # reserves without a memory limit (never the allocator's 64 GiB default).
+    arena = max(1, mem_total_bytes() // SLOT_SIZE)
+    pool = PagePool("replay", config, clock=lambda: clock[0], seed=SEED, arena_pages=arena)
+    pool.backing_owned = True  # the replay's own file goes with its pool
+
+    def fetch(e: Event) -> bytes | None:
+        return reader.page(e.ref) if e.ref >= 0 else None
+
+    try:
+        sim = SwapSim(LocalTarget(pool), fetch)
+        figures = sim.figures()
+        start = time.monotonic()
+        for events, end in reader.ticks():
+            if speed == "recorded":
+                wait = start + end.t - time.monotonic()
+                if wait > 0:
+                    sleep(wait)
+            clock[0] = end.t
+            sim.feed(events)
+            sim.end_tick(end)
+            figures = sim.figures()
+            if on_tick is not None:
+                on_tick(figures)
+        sim.release()
+        return figures
+    finally:
+        pool.close()
+
+
+# -- the command -------------------------------------------------------------------
+
+
+def _label(values: dict[str, Any]) -> str:
+    """``zstd:3 zsmalloc``, from a config's dict."""
+    level = values.get("level")
+    comp = f"{values.get('compressor')}" + (f":{level}" if level is not None else "")
+    return f"{comp} {values.get('allocator', 'zsmalloc')}"
+
+
+def _said(header: dict[str, Any], width: int = 160) -> str:
+    """The header's other settings, ``key=value`` (scalars only), cut at ``width``."""
+    items = [
+        f"{k}={v}"
+        for k, v in header.items()
+        if k != "config" and isinstance(v, str | int | float | bool)
+    ]
+    text = " ".join(items)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _describe(config: PoolConfig) -> str:
+    limit = f"{config.limit_bytes} bytes" if config.limit_bytes else "none"
+    line = (
+        f"pool: {_label(config.to_dict())}, chain size {config.chain_size}, "
+        f"limit {limit}, huge pages {config.huge_policy}"
+    )
+    if config.writeback == "lru":
+        line += f", lru writeback to a {config.backing_size // SLOT_SIZE}-page file"
+    return line
+
+
+def _public(config: PoolConfig) -> dict[str, Any]:
+    """The config as printed: the temporary backing file's path is no setting."""
+    out = config.to_dict()
+    if out["backing_file"] is not None:
+        out["backing_file"] = "(temporary)"
+    return out
+
+
+def _overrides(args: argparse.Namespace) -> Overrides:
+    return Overrides(
+        compressor=args.compressor,
+        allocator=args.allocator,
+        chain_size=args.chain_size,
+        limit_bytes=args.limit,
+        writeback=args.writeback,
+        backing_size=args.backing_size,
+        huge_policy=args.huge_policy,
+    )
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """``zswapd replay FILE``: check the file, build the pool, play, print."""
+    with (
+        RecordReader.open(args.file, partial=args.partial) as reader,
+        tempfile.TemporaryDirectory(prefix="zswapd-replay-") as tmp,
+    ):
+        config = replay_config(reader, _overrides(args), tmp)
+        before: list[ShadowFigures | None] = [None]
+
+        def on_tick(fig: ShadowFigures) -> None:
+            if args.json:
+                print(json.dumps(fig.to_dict()), flush=True)
+            else:
+                for line in format_tick(fig, before[0]):
+                    print(line, flush=True)
+            before[0] = fig
+
+        if not args.json:
+            cut = "" if reader.complete else " (cut short: its whole ticks only)"
+            recorded = _recorded(reader)
+            print(
+                printable(
+                    f"replaying {args.file}: {reader.ticks_count} ticks, "
+                    f"{reader.contents_count} distinct pages{cut}; recorded under "
+                    f"{_label(recorded) if recorded else 'unknown settings'}"
+                )
+            )
+            said = _said(reader.header)
+            if said:
+                print(printable(f"recorded with {said}"))
+            print(_describe(config), flush=True)
+        figures = replay(
+            reader, config, speed=args.speed, on_tick=on_tick if args.timeline else None
+        )
+    if args.json:
+        out = {
+            "file": args.file,
+            "ticks": reader.ticks_count,
+            "distinct_pages": reader.contents_count,
+            "complete": reader.complete,
+            "header": reader.header,
+            "config": _public(config),
+            "figures": figures.to_dict(),
+        }
+        print(json.dumps(out))
+    else:
+        print(format_summary(figures))
+    sys.stdout.flush()
+    return 0

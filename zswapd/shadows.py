@@ -1,0 +1,359 @@
+"""Shadows' reports: what each ``zswapd shadow`` last said of its processes.
+
+A shadow is a client process: it scans a live process's memory, drives a pool
+in the daemon with the pages swap would hold (store, load, free, as any client
+does), and every interval reports its per-process figures here, so that they
+appear in the metrics beside the pool's own.  The scanning stays client-side on
+purpose: a daemon (often root) that read arbitrary processes' memory on a
+client's request would let any local user read any process.  The daemon only
+keeps and exports what shadows tell it; it reads nothing itself.
+
+What a report holds is a client's word, and any local user may send one, so
+everything about it is bounded: at most :data:`MAX_SHADOWS` names, at most
+:data:`MAX_PROCESSES` processes a report and :data:`MAX_PROCESSES_TOTAL` across
+every live report, a ``comm`` of at most
+:data:`MAX_COMM` printable characters, counts in 0..2**53 (what a JSON number
+holds exactly), seconds finite and >= 0.  A report lives until the shadow
+replaces it, removes it, or stops renewing it: one not renewed within its
+``expires_seconds`` is gone (from the listing and the metrics), so a shadow
+that died leaves no figures frozen in a dashboard.  Expiry is lazy, at the next
+read or report: memory stays bounded by the caps either way (4096 processes
+of a dozen numbers each, a few MiB at the very worst).
+
+Why a cap across reports, beyond the 64 x 1024 the two others allow: every
+process is 13 series in every scrape.  64 full reports made a 95 MiB exposition
+that took 53 s of CPU to render (measured on this project's machine), past any
+scrape timeout: one local user could have blinded the monitoring of every pool.
+4096 processes render in about a second, 4 MiB.
+
+The registry is read by the metrics collector at scrape time, from another
+thread than the HTTP API's: one lock guards the table, and what it hands out
+(frozen reports) is never changed afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from zswapd.config import check_pool_name
+from zswapd.errors import ConfigError, InvalidRequestError, TooManyShadowsError, UnknownShadowError
+from zswapd.swapsim import ProcessFigures
+
+__all__ = [
+    "DETECTIONS",
+    "MAX_COMM",
+    "MAX_COUNT",
+    "MAX_EXPIRES_SECONDS",
+    "MAX_PID",
+    "MAX_PROCESSES",
+    "MAX_PROCESSES_TOTAL",
+    "MAX_SHADOWS",
+    "MIN_DEFAULT_EXPIRES_SECONDS",
+    "PROCESS_KEYS",
+    "ShadowRegistry",
+    "ShadowReport",
+    "default_expires",
+    "parse_report",
+]
+
+# Shadows kept at once: as --max-pools' default; each is one process's worth of
+# series per shadowed process in every scrape.
+MAX_SHADOWS = 64
+# Processes a report may name.
+MAX_PROCESSES = 1024
+# Processes across every live report: what keeps a scrape cheap (see above).
+MAX_PROCESSES_TOTAL = 4096
+# Characters of a comm: the kernel's is 15 (TASK_COMM_LEN - 1); room for a
+# longer name a shadow may give, no room for a page of text in every series.
+MAX_COMM = 64
+# The largest integer a JSON number carries exactly (a double's 53-bit mantissa).
+MAX_COUNT = 2**53
+# The kernel's PID_MAX_LIMIT on 64-bit machines: no pid is larger.
+MAX_PID = 1 << 22
+# A report lives at most a day without renewal.
+MAX_EXPIRES_SECONDS = 86400.0
+# Without expires_seconds: three intervals, so that one late report (a scan
+# that took long, a daemon busy) does not make a shadow flap; never under 30 s.
+MIN_DEFAULT_EXPIRES_SECONDS = 30.0
+# How a shadow tells a page changed: soft-dirty bits (the kernel's) or a hash of
+# its bytes (write-coldness only); "+idle" adds the idle-page bitmap (reads too).
+DETECTIONS = ("soft-dirty", "hash", "soft-dirty+idle", "hash+idle")
+# A process's figures: exactly zswapd.swapsim.ProcessFigures's fields.
+PROCESS_KEYS = tuple(f.name for f in fields(ProcessFigures))
+# Figures of a process that are counts; saved_bytes is not one (below).
+_COUNTS = (
+    "resident_pages",
+    "cold_pages",
+    "stored_pages",
+    "swapouts_total",
+    "refaults_total",
+    "rejected_total",
+    "scanned_bytes_total",
+)
+# Characters refused in a comm: control characters (a newline in a label value
+# breaks a log line, an escape sequence a terminal), lone surrogates (not UTF-8:
+# the exposition could not be encoded) and the Unicode line separators.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowReport:
+    """One shadow's last report, as received (and checked).
+
+    Attributes:
+        name: the shadow's name (pool-name rules).
+        pool: the pool the shadow drives (need not exist here: its own metrics
+            come from the pool).
+        detection: how the shadow tells a page changed (:data:`DETECTIONS`).
+        interval_seconds, cold_after_seconds: the shadow's settings.
+        expires_seconds: how long the report lives without renewal.
+        processes: the processes' figures, in the order given.
+        received: when it arrived (the registry's clock: monotonic).
+    """
+
+    name: str
+    pool: str
+    detection: str
+    interval_seconds: float
+    cold_after_seconds: float
+    expires_seconds: float
+    processes: tuple[ProcessFigures, ...]
+    received: float
+
+    def expired(self, now: float) -> bool:
+        return now - self.received >= self.expires_seconds
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        """The report as the shadow sent it (expiry resolved), and its age."""
+        return {
+            "pool": self.pool,
+            "detection": self.detection,
+            "interval_seconds": self.interval_seconds,
+            "cold_after_seconds": self.cold_after_seconds,
+            "expires_seconds": self.expires_seconds,
+            "processes": [p.to_dict() for p in self.processes],
+            "age_seconds": max(0.0, now - self.received),
+        }
+
+
+def default_expires(interval_seconds: float) -> float:
+    """Three intervals, at least :data:`MIN_DEFAULT_EXPIRES_SECONDS`, at most a day."""
+    return min(MAX_EXPIRES_SECONDS, max(MIN_DEFAULT_EXPIRES_SECONDS, 3 * interval_seconds))
+
+
+def _name(value: Any, what: str) -> str:
+    # A pool's rules: the name is a label value and a URL segment.
+    try:
+        return check_pool_name(value)
+    except ConfigError as exc:
+        raise InvalidRequestError(f"{what}: {exc}") from exc
+
+
+def _int(value: Any, what: str, low: int, high: int) -> int:
+    # JSON has one number type: 360.0 is the integer 360, as pydantic takes it;
+    # a boolean is no number, whatever Python thinks.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(f"{what} must be an integer, not {value!r}")
+    if not low <= value <= high:
+        raise InvalidRequestError(f"{what} must be in {low}..{high}, not {value}")
+    return value
+
+
+def _seconds(value: Any, what: str, low: float = 0.0, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequestError(f"{what} must be a number of seconds, not {value!r}")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer of 400 digits is no float
+        seconds = math.inf
+    if not math.isfinite(seconds) or not low <= seconds <= high:
+        bounds = f">= {low:g}" if high == math.inf else f"in {low:g}..{high:g}"
+        raise InvalidRequestError(f"{what} must be finite and {bounds}, not {value!r}")
+    return seconds
+
+
+def _comm(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{what} must be a string")
+    if len(value) > MAX_COMM:
+        raise InvalidRequestError(f"{what} is {len(value)} characters; at most {MAX_COMM}")
+    if any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in value):
+        raise InvalidRequestError(f"{what} {value!r} holds control characters")
+    return value
+
+
+def _process(value: Any, where: str) -> ProcessFigures:
+    if not isinstance(value, Mapping):
+        raise InvalidRequestError(f"{where} must be an object")
+    keys = set(value)
+    if keys != set(PROCESS_KEYS):
+        missing = sorted(set(PROCESS_KEYS) - keys)
+        extra = sorted(str(k) for k in keys - set(PROCESS_KEYS))
+        said = "; ".join(
+            s
+            for s in (
+                f"missing {', '.join(missing)}" if missing else "",
+                f"unknown {', '.join(extra)}" if extra else "",
+            )
+            if s
+        )
+        raise InvalidRequestError(f"{where}: {said}")
+    exited = value["exited"]
+    if not isinstance(exited, bool):
+        raise InvalidRequestError(f"{where}.exited must be true or false")
+    counts = {k: _int(value[k], f"{where}.{k}", 0, MAX_COUNT) for k in _COUNTS}
+    return ProcessFigures(
+        pid=_int(value["pid"], f"{where}.pid", 1, MAX_PID),
+        comm=_comm(value["comm"], f"{where}.comm"),
+        # The process's share of the pool's saving, which is negative while the
+        # pool holds less than it takes (a few pages in a zspage of several).
+        saved_bytes=_int(value["saved_bytes"], f"{where}.saved_bytes", -MAX_COUNT, MAX_COUNT),
+        scan_seconds_total=_seconds(value["scan_seconds_total"], f"{where}.scan_seconds_total"),
+        exited=exited,
+        **counts,
+    )
+
+
+_REPORT_KEYS = frozenset(
+    {"pool", "detection", "interval_seconds", "cold_after_seconds", "expires_seconds", "processes"}
+)
+
+
+def parse_report(name: str, body: Mapping[str, Any], received: float) -> ShadowReport:
+    """A shadow's report checked whole: every bound of the module docstring.
+
+    Args:
+        name: the shadow's name.
+        body: the report, as JSON decodes it.
+        received: when it arrived (the registry's clock).
+
+    Raises:
+        InvalidRequestError: anything out of bounds, missing or unknown.
+    """
+    _name(name, "shadow name")
+    if not isinstance(body, Mapping):
+        raise InvalidRequestError("a report must be an object")
+    unknown = sorted(str(k) for k in set(body) - _REPORT_KEYS)
+    if unknown:
+        raise InvalidRequestError(f"unknown field(s) {', '.join(unknown)}")
+    missing = sorted(_REPORT_KEYS - {"expires_seconds"} - set(body))
+    if missing:
+        raise InvalidRequestError(f"missing field(s) {', '.join(missing)}")
+    detection = body["detection"]
+    if detection not in DETECTIONS:
+        raise InvalidRequestError(f"detection must be one of {', '.join(DETECTIONS)}")
+    interval = _seconds(body["interval_seconds"], "interval_seconds")
+    expires = body.get("expires_seconds")
+    processes = body["processes"]
+    if not isinstance(processes, list):
+        raise InvalidRequestError("processes must be a list")
+    if len(processes) > MAX_PROCESSES:
+        raise InvalidRequestError(
+            f"{len(processes)} processes; at most {MAX_PROCESSES} in a report"
+        )
+    parsed = tuple(_process(p, f"processes[{i}]") for i, p in enumerate(processes))
+    pids = [p.pid for p in parsed]
+    if len(set(pids)) != len(pids):
+        twice = sorted({p for p in pids if pids.count(p) > 1})
+        raise InvalidRequestError(f"pid {twice[0]} is named twice in one report")
+    return ShadowReport(
+        name=name,
+        pool=_name(body["pool"], "pool"),
+        detection=str(detection),
+        interval_seconds=interval,
+        cold_after_seconds=_seconds(body["cold_after_seconds"], "cold_after_seconds"),
+        expires_seconds=(
+            default_expires(interval)
+            if expires is None
+            else _seconds(expires, "expires_seconds", 1.0, MAX_EXPIRES_SECONDS)
+        ),
+        processes=parsed,
+        received=received,
+    )
+
+
+class ShadowRegistry:
+    """The shadows' last reports, by name, each until it expires.
+
+    Args:
+        max_shadows: names kept at once (default :data:`MAX_SHADOWS`).
+        max_processes: processes across every live report (default
+            :data:`MAX_PROCESSES_TOTAL`).
+        clock: seconds, monotonic (tests may give their own).
+    """
+
+    def __init__(
+        self,
+        max_shadows: int = MAX_SHADOWS,
+        max_processes: int = MAX_PROCESSES_TOTAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_shadows = max_shadows
+        self.max_processes = max_processes
+        self._clock = clock
+        self._reports: dict[str, ShadowReport] = {}
+        self._lock = threading.Lock()
+
+    def _expire(self, now: float) -> None:
+        # Under the lock.
+        for name in [n for n, r in self._reports.items() if r.expired(now)]:
+            del self._reports[name]
+
+    def report(self, name: str, body: Mapping[str, Any]) -> ShadowReport:
+        """Replace ``name``'s report with ``body``; checked whole first, so a
+        report refused leaves the previous one as it was.
+
+        Raises:
+            InvalidRequestError: a bound broken (see :func:`parse_report`).
+            TooManyShadowsError: ``name`` is new and max_shadows others report,
+                or the report would take the processes of every live report
+                past max_processes.
+        """
+        report = parse_report(name, body, self._clock())
+        with self._lock:
+            self._expire(report.received)
+            if name not in self._reports and len(self._reports) >= self.max_shadows:
+                raise TooManyShadowsError(
+                    f"{len(self._reports)} shadows report already, the most this daemon "
+                    f"keeps: remove one (DELETE /v1/shadows/NAME) or wait for one to expire"
+                )
+            others = sum(len(r.processes) for n, r in self._reports.items() if n != name)
+            if others + len(report.processes) > self.max_processes:
+                raise TooManyShadowsError(
+                    f"{len(report.processes)} processes, with the {others} other shadows "
+                    f"report, pass the {self.max_processes} this daemon keeps across all "
+                    f"shadows: remove a shadow or report fewer processes"
+                )
+            self._reports[name] = report
+        return report
+
+    def remove(self, name: str) -> None:
+        """Forget ``name``'s report.
+
+        Raises:
+            UnknownShadowError: no live report of that name.
+        """
+        with self._lock:
+            self._expire(self._clock())
+            if self._reports.pop(name, None) is None:
+                raise UnknownShadowError(f"no shadow {name!r} reports here")
+
+    def snapshot(self) -> tuple[float, list[ShadowReport]]:
+        """The clock's reading and the live reports, by name."""
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            return now, [self._reports[n] for n in sorted(self._reports)]
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Every live report by name, as ``GET /v1/shadows`` answers."""
+        now, reports = self.snapshot()
+        return {r.name: r.to_dict(now) for r in reports}
