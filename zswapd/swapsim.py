@@ -338,22 +338,28 @@ class SwapSim:
 
     def _store(self, todo: list[tuple[Event, bytes]]) -> list[tuple[Event, bool]]:
         """Store pages; return those refused, each with whether it compressed
-        too poorly (True) or found no room (False)."""
+        too poorly (True) or found no room (False).
+
+        A refused batch is offered again a page at a time, so that what fits
+        goes in; after the first page refused for want of room the rest are
+        not offered (zswap, once full, refuses until the pool shrinks): that
+        keeps a full pool's cost, and its ``pool_limit_hit``, to two refusals
+        a batch, not one a page.
+        """
         if not todo:
             return []
         try:
             handles = self.target.store([d for _, d in todo])
-        except (PoolLimitError, CompressPoorError):
+        except (PoolLimitError, CompressPoorError) as exc:
             if len(todo) == 1:
-                raise
+                return [(todo[0][0], isinstance(exc, CompressPoorError))]
             refused: list[tuple[Event, bool]] = []
-            for item in todo:
-                try:
-                    self._store([item])
-                except PoolLimitError:
-                    refused.append((item[0], False))
-                except CompressPoorError:
-                    refused.append((item[0], True))
+            for i, item in enumerate(todo):
+                got = self._store([item])
+                refused.extend(got)
+                if got and not got[0][1]:
+                    refused.extend((e, False) for e, _ in todo[i + 1 :])
+                    break
             return refused
         for (e, data), h in zip(todo, handles, strict=True):
             p = self._proc(e.pid)
