@@ -158,9 +158,14 @@ class RecordError(ConfigError):
 # -- encoding -------------------------------------------------------------------
 
 
+def _frame_crc(head: bytes, payload: bytes) -> int:
+    """The CRC a frame carries: over its type and length (``head[:5]``), then its payload."""
+    return zlib.crc32(payload, zlib.crc32(head[:5]))
+
+
 def _frame(kind: int, payload: bytes) -> bytes:
     head = struct.pack("<BI", kind, len(payload))
-    return head + _U32.pack(zlib.crc32(payload, zlib.crc32(head))) + payload
+    return head + _U32.pack(_frame_crc(head, payload)) + payload
 
 
 def _json(obj: dict[str, Any]) -> bytes:
@@ -488,7 +493,7 @@ def _read_content(fd: int, path: str, offset: int, ref: int) -> bytes:
     if kind != FrameType.CONTENT or length > MAX_CONTENT_FRAME:
         raise where.error(f"content {ref} is no longer there (the file changed)")
     payload = os.pread(fd, length, offset + _FRAME.size)
-    if len(payload) != length or zlib.crc32(payload, zlib.crc32(head[:5])) != crc:
+    if len(payload) != length or _frame_crc(head, payload) != crc:
         raise where.error(f"content {ref}: CRC mismatch (the file changed)")
     return _decode_content(payload, where, ref)
 
@@ -547,7 +552,7 @@ class _Frames:
             if len(payload) < length:
                 self.cut = True
                 return
-            if zlib.crc32(payload, zlib.crc32(head[:5])) != crc:
+            if _frame_crc(head, payload) != crc:
                 raise where.error("CRC mismatch")
             yield kind, payload
             where.frame += 1
