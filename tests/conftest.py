@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from zswapd.procmem import PageRecord
 
 REPO = Path(__file__).resolve().parent.parent
 # CI clones the repo beside ../shared; a developer checkout has it at the same place.
@@ -42,16 +48,14 @@ sys.stdin.read()
 """
 
 
-@pytest.fixture(scope="session")
-def process_pages() -> list[bytes]:
-    """Pages swap would see in a process this session starts (up to 6,000)."""
-    import subprocess
-    import sys
-
+def dump_process(script: str, most: int) -> list[PageRecord]:
+    """Up to ``most`` pages, evenly spread, that swap would see in a Python
+    process running ``script`` (which prints ``ready`` once its memory is
+    set, then waits on stdin); the process is ended before this returns."""
     from zswapd.procmem import swappable_pages
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", _WORKLOAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
@@ -59,5 +63,11 @@ def process_pages() -> list[bytes]:
     finally:
         proc.kill()
         proc.wait()
-    step = max(1, len(records) // 6000)
-    return [r.data for r in records[::step]]
+    step = max(1, len(records) // most)
+    return records[::step]
+
+
+@pytest.fixture(scope="session")
+def process_pages() -> list[bytes]:
+    """Pages swap would see in a process this session starts (up to 6,000)."""
+    return [r.data for r in dump_process(_WORKLOAD, 6000)]

@@ -5,8 +5,6 @@ settings."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import dump_process
 from tests.zswapd.daemon import Daemon, one_line_failure, run_cli, start_daemon
 from tests.zswapd.helpers import random_page
 from tests.zswapd.timelines import Tick, sample_timeline, write_record
 from zswapd.client import Client
-from zswapd.procmem import swappable_pages
 from zswapd.record import RecordReader, RecordWriter
 from zswapd.replay import Overrides, replay, replay_config
 from zswapd.swapsim import ClientTarget, SwapSim
@@ -200,17 +198,7 @@ def daemon() -> Iterator[Daemon]:
 @pytest.fixture(scope="module")
 def process_pages() -> list[tuple[int, bytes]]:
     """(address, bytes) of up to 1200 pages swap would see in a process the test starts."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-        records = swappable_pages(proc.pid)
-    finally:
-        proc.kill()
-        proc.wait()
-    step = max(1, len(records) // 1200)
-    return [(r.address, r.data) for r in records[::step]]
+    return [(r.address, r.data) for r in dump_process(_CHILD, 1200)]
 
 
 def _live_ticks(pid: int, pages: list[tuple[int, bytes]]) -> list[Tick]:
