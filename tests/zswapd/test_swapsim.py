@@ -175,3 +175,25 @@ def test_a_page_that_comes_back_different_stops_the_shadow() -> None:
     with pytest.raises(SwapSimError, match="came back from the pool different"):
         sim.feed([Event(EventKind.CHANGED, 1, 0x1000)])
     pool.close()
+
+
+def test_one_cold_page_meeting_a_full_pool_waits_and_the_rest_of_a_batch_untried() -> None:
+    # A batch of 257 leaves a last batch of one: refused, it must wait, not raise.
+    pool = PagePool("f", PoolConfig(compressor="lz4", limit_bytes=16 * 4096))
+    addresses = [0x10000 + i * 4096 for i in range(257)]
+    data = {a: page(i) for i, a in enumerate(addresses)}
+    sim = SwapSim(LocalTarget(pool), lambda e: data[e.address])
+    sim.feed(Event(EventKind.COLD, 1, a, data[a]) for a in addresses)
+    sim.end_tick(TickEnd(1.0, ()))
+    (p,) = sim.figures().processes
+    assert p.cold_pages == 257 and 0 < p.stored_pages < 257
+    assert p.rejected_total == 257 - p.stored_pages
+    hits = sim.figures().pool.pool_limit_hit
+    data[0x900000] = page(999)
+    sim.feed([Event(EventKind.COLD, 1, 0x900000, data[0x900000])])
+    sim.end_tick(TickEnd(2.0, ()))
+    (p,) = sim.figures().processes
+    assert p.cold_pages == 258 and p.rejected_total == 258 - p.stored_pages
+    # The lone page, then one retry batch and its first page: a few refusals, not one a page.
+    assert sim.figures().pool.pool_limit_hit - hits <= 3
+    pool.close()
