@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -32,14 +33,21 @@ from typing import Any
 
 from zswapd import __version__
 from zswapd.cli_client import open_client
-from zswapd.cli_format import count, human, printable
+from zswapd.cli_format import count, printable
 from zswapd.client import Client
-from zswapd.errors import ConfigError, PoolExistsError, UnknownPoolError, UnknownShadowError
+from zswapd.config import check_pool_name
+from zswapd.errors import (
+    ConfigError,
+    PoolExistsError,
+    UnknownPoolError,
+    UnknownShadowError,
+    ZswapdError,
+)
 from zswapd.record import RecordWriter
 from zswapd.scanner import Detection, Scanner, probe_detection
-from zswapd.shadow_report import format_summary, format_tick
+from zswapd.shadow_report import format_pool_tick, format_summary, format_tick, refaults_label
 from zswapd.shadows import default_expires
-from zswapd.swapsim import ClientTarget, ShadowFigures, SwapSim
+from zswapd.swapsim import ClientTarget, ProcessFigures, ShadowFigures, SwapSim
 from zswapd.timeline import Event, TickEnd
 
 __all__ = ["cmd_shadow", "first_line", "next_wait"]
@@ -67,21 +75,43 @@ def first_line(
     """What the shadow watches, where, how often, and what its "cold" means."""
     procs = ", ".join(f"pid {pid} ({printable(comm)})" for pid, comm in scanner.processes)
     whose = "created, removed at the end" if created else "existing, empty"
+    counted = "" if detection.idle else ", so refaults count writes only"
     return (
         f"zswapd shadow: {procs}; pool {pool} ({whose}); every {args.interval:g}s, "
         f"cold after {args.cold_after:g}s, at most {args.max_cpu:.0%} of a CPU; "
-        f"detection {detection.name}: {detection.coldness} ({detection.why})"
+        f"detection {detection.name}: {detection.coldness}{counted} ({detection.why})"
     )
 
 
-def _claim_pool(client: Client, name: str) -> bool:
+def _named_pool(args: argparse.Namespace) -> str | None:
+    """--pool, checked by the daemon's own rule (so a name it would refuse is
+    said as such, not as a bare 404 from a URL it cannot route); None if not given."""
+    if args.pool is None:
+        return None
+    try:
+        return check_pool_name(args.pool)
+    except ConfigError as exc:
+        raise ConfigError(f"--pool: {exc}") from None
+
+
+def _claim_pool(client: Client, name: str, url: str | None) -> bool:
     """Make sure ``name`` is a pool of the shadow's own; True if created here.
+
+    A shadow killed (SIGKILL, the machine's OOM killer) leaves its pool full and
+    its report alive until it expires: the refusals say how to recover.
 
     Raises:
         ConfigError: the pool holds pages already, or another shadow reports on it.
     """
-    if name in client.shadows():
-        raise ConfigError(f"pool {name}: another shadow reports on it already (--pool NAME)")
+    remove = f"zswapd pools remove {name}" + (f" --url {url}" if url else "")
+    report = client.shadows().get(name)
+    if report is not None:
+        raise ConfigError(
+            f"pool {name}: another shadow reports on it (last {report['age_seconds']:.0f}s "
+            f"ago; a report not renewed lives {report['expires_seconds']:.0f}s): if that "
+            f"shadow was killed, wait for its report to expire or remove it "
+            f"(DELETE /v1/shadows/{name}), then {remove}; or choose another --pool NAME"
+        )
     try:
         stats = client.stats(name)
     except UnknownPoolError:
@@ -93,8 +123,9 @@ def _claim_pool(client: Client, name: str) -> bool:
     held = int(stats["zswap"]["stored_pages"])
     if held:
         raise ConfigError(
-            f"pool {name} holds {count(held, 'page')}: a shadow needs a pool of its own, "
-            "or its figures are not swap's (--pool NAME names another)"
+            f"pool {name} holds {count(held, 'page')}: a shadow needs a pool of its own, or "
+            f"its figures are not swap's; if a shadow was killed and left them, remove the "
+            f"pool and its pages ({remove}), or choose another --pool NAME"
         )
     return False
 
@@ -138,6 +169,62 @@ def _stop_on_signals() -> Iterator[list[int]]:
             signal.signal(sig, h)
 
 
+class _Reporter:
+    """Reports the figures to the daemon (``PUT /v1/shadows/{pool}``), as monitoring.
+
+    A report refused (the daemon keeps 64 shadows and 4096 processes at most:
+    507; any local user may remove a report, or take its name) does not end
+    the shadow: its job is the pool and the figures it prints.  A refusal is
+    said once on stderr, reporting is tried again every tick, and its return
+    is said too.  A daemon that cannot be reached is no refusal: the next
+    store would fail as well, and ends the shadow.
+    """
+
+    def __init__(self, client: Client, pool: str, detection: str, args: argparse.Namespace):
+        self.client = client
+        self.pool = pool
+        self.detection = detection
+        self.args = args
+        self.failing = False
+
+    def report(self, processes: list[dict[str, Any]], expires: float) -> None:
+        body = {
+            "pool": self.pool,
+            "detection": self.detection,
+            "interval_seconds": self.args.interval,
+            "cold_after_seconds": self.args.cold_after,
+            "expires_seconds": expires,
+            "processes": processes,
+        }
+        try:
+            self.client.report_shadow(self.pool, body)
+        except ZswapdError as exc:
+            if not self.failing:
+                _warn(
+                    f"the daemon refused the shadow's report (PUT /v1/shadows/{self.pool}): "
+                    f"{_one_line(exc)}; keeps shadowing; figures are not exported"
+                )
+            self.failing = True
+            return
+        if self.failing:
+            _warn("the daemon takes the shadow's report again: figures are exported")
+        self.failing = False
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _warn(what: str) -> None:
+    print(printable(f"zswapd shadow: {what}"), file=sys.stderr, flush=True)
+
+
+def _zero(pid: int, comm: str) -> dict[str, Any]:
+    """A process's figures before its first scan: what the first report holds."""
+    fields = {f.name: 0 for f in dataclasses.fields(ProcessFigures)}
+    return {**fields, "pid": pid, "comm": comm, "scan_seconds_total": 0.0, "exited": False}
+
+
 def _sleep(seconds: float, stop: list[int]) -> None:
     end = time.monotonic() + seconds
     while not stop:
@@ -165,6 +252,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
     """``zswapd shadow``: scan, swap, print and report, every interval, until told to stop."""
     if not 0 < args.max_cpu <= 1:
         raise ConfigError(f"--max-cpu is a fraction of one CPU, in (0, 1], not {args.max_cpu}")
+    named = _named_pool(args)  # before anything is opened
     detection = probe_detection()
     out = sys.stderr if args.json else sys.stdout
     with ExitStack() as stack:
@@ -178,8 +266,8 @@ def cmd_shadow(args: argparse.Namespace) -> int:
             )
         if args.record and os.path.lexists(args.record):
             raise ConfigError(f"{args.record}: exists already (a record is never overwritten)")
-        pool = args.pool or f"shadow-{scanner.processes[0][0]}"
-        created = _claim_pool(client, pool)
+        pool = named or f"shadow-{scanner.processes[0][0]}"
+        created = _claim_pool(client, pool, args.url)
         if created:
 
             def remove_pool(kind: object, exc: BaseException | None, tb: object) -> bool:
@@ -197,6 +285,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
             return scanner.read_page(e.pid, e.address)
 
         sim = SwapSim(ClientTarget(client, pool), fetch)
+        reporter = _Reporter(client, pool, detection.name, args)
         last: list[ShadowFigures] = []
         failing = True
         try:
@@ -204,8 +293,14 @@ def cmd_shadow(args: argparse.Namespace) -> int:
                 config = client.stats(pool)["config"]
                 writer = RecordWriter.create(args.record, _header(scanner, pool, config, args))
             print(first_line(scanner, pool, created, args, detection), file=out, flush=True)
+            # A first report before the first scan: a daemon that keeps no more
+            # shadows (or processes) is said at the start, not a scan later.
+            reporter.report(
+                [_zero(pid, comm) for pid, comm in scanner.processes],
+                default_expires(args.interval),
+            )
             with _stop_on_signals() as stop:
-                _run(args, scanner, sim, client, pool, writer, last, stop)
+                _run(args, scanner, sim, reporter, pool, writer, last, stop)
             failing = False
         finally:
             final = last[-1] if last else None
@@ -219,20 +314,54 @@ def cmd_shadow(args: argparse.Namespace) -> int:
                 steps.append(("close the record", lambda: w.close(summary)))
             _finish(steps, failing or sys.exc_info()[1] is not None)
         if final is not None:
-            print(format_summary(final), file=out)
+            print(format_summary(final, detection.name), file=out)
+        if args.json:
+            # The closing object: a consumer knows the run ended well, and how to read it.
+            closing = {
+                "pool": pool,
+                "detection": detection.name,
+                "refaults": refaults_label(detection.name),
+                "figures": final.to_dict() if final is not None else None,
+            }
+            print(json.dumps({"summary": closing}), flush=True)
     return 0
 
 
 def _unreport(client: Client, pool: str) -> None:
-    with contextlib.suppress(UnknownShadowError):  # never reported (the first tick failed)
+    with contextlib.suppress(UnknownShadowError):  # never reported, or removed by another
         client.remove_shadow(pool)
+
+
+class _Foreign:
+    """Says on stderr, once per change, when the pool holds pages the shadow did
+    not store (another client stores into its pool: pool names are not owned),
+    or fewer than it stored (another client freed some)."""
+
+    def __init__(self, pool: str) -> None:
+        self.pool = pool
+        self.said = 0
+
+    def check(self, fig: ShadowFigures) -> None:
+        foreign = fig.run.foreign_pages
+        if foreign == self.said:
+            return
+        own = fig.pool.pages - foreign
+        if foreign:
+            _warn(
+                f"pool {self.pool} holds {fig.pool.pages} pages, the shadow stored {own}: "
+                f"figures include pages the shadow did not store"
+                + ("" if foreign > 0 else " (another client freed some of the shadow's)")
+            )
+        else:
+            _warn(f"pool {self.pool} holds only the shadow's {own} pages again")
+        self.said = foreign
 
 
 def _run(
     args: argparse.Namespace,
     scanner: Scanner,
     sim: SwapSim,
-    client: Client,
+    reporter: _Reporter,
     pool: str,
     writer: RecordWriter | None,
     last: list[ShadowFigures],
@@ -242,6 +371,7 @@ def _run(
     start = time.monotonic()
     deadline = start + args.duration if args.duration else None
     before: ShadowFigures | None = None
+    foreign = _Foreign(pool)
     while True:
         began = time.monotonic()
         cpu = time.process_time()
@@ -259,18 +389,9 @@ def _run(
         cost = time.process_time() - cpu
         elapsed = time.monotonic() - began
         wait, stretched = next_wait(args.interval, cost, elapsed, args.max_cpu)
-        client.report_shadow(
-            pool,
-            {
-                "pool": pool,
-                "detection": scanner.detection.name,
-                "interval_seconds": args.interval,
-                "cold_after_seconds": args.cold_after,
-                "expires_seconds": default_expires(wait + elapsed),
-                "processes": [p.to_dict() for p in figures.processes],
-            },
-        )
-        _print_tick(args, figures, before, wait, stretched, cost)
+        reporter.report([p.to_dict() for p in figures.processes], default_expires(wait + elapsed))
+        foreign.check(figures)
+        _print_tick(args, figures, before, wait + elapsed if stretched else None, cost)
         before = figures
         if stop or not scanner.alive:
             return
@@ -288,14 +409,14 @@ def _print_tick(
     args: argparse.Namespace,
     figures: ShadowFigures,
     before: ShadowFigures | None,
-    wait: float,
-    stretched: bool,
+    stretched: float | None,
     cost: float,
 ) -> None:
+    """The tick's lines; ``stretched``: the interval --max-cpu made of it (None: not)."""
     note = (
-        f"t={figures.t:8.1f}s next scan in {wait:.2f}s, not {args.interval:g}s: this tick "
-        f"took {cost:.3f}s of CPU and --max-cpu is {args.max_cpu:g}"
-        if stretched
+        f"t={figures.t:8.1f}s interval stretched to {stretched:.2f}s: the tick took "
+        f"{cost:.3f}s of CPU, --max-cpu {args.max_cpu:g}"
+        if stretched is not None
         else None
     )
     if args.json:
@@ -307,8 +428,4 @@ def _print_tick(
             print(line)
         if note:
             print(note)
-        print(
-            f"t={figures.t:8.1f}s pool: stored {human(figures.pool.orig_data_size)} in "
-            f"{human(figures.pool.mem_used_total)}, saved {human(figures.pool.saved_bytes)}",
-            flush=True,
-        )
+        print(format_pool_tick(figures), flush=True)

@@ -43,6 +43,7 @@ __all__ = [
     "PageTarget",
     "PoolFigures",
     "ProcessFigures",
+    "RunFigures",
     "ShadowFigures",
     "SwapSim",
     "SwapSimError",
@@ -122,9 +123,9 @@ class ProcessFigures:
         cold_pages: pages unchanged for --cold-after and not since touched:
             stored, or waiting for room.
         stored_pages: of those, the pages the pool holds (swapped out).
-        saved_bytes: this process's share of the pool's saving
-            (orig_data_size - mem_used_total), by stored pages: exact when the
-            pool holds one process.
+        saved_bytes: this process's share of the pool's saving in RAM
+            (:attr:`PoolFigures.saved_bytes`), split by stored pages: exact
+            when the pool holds one process.
         swapouts_total, refaults_total: pages stored; stored pages touched again.
         rejected_total: cold pages the pool refused at their first try.
         scan_seconds_total, scanned_bytes_total: the scans' own CPU and work.
@@ -149,25 +150,50 @@ class ProcessFigures:
 
 @dataclass(frozen=True, slots=True)
 class PoolFigures:
-    """The pool's own figures that a shadow reports, under zram's names."""
+    """The pool's own figures that a shadow reports, under zram's names.
+
+    ``stored_pages`` is zswap's (pages in the pool, same-filled included,
+    written-back ones not); ``bd_count`` the pages written back to the
+    backing file, which zram's ``orig_data_size`` still counts.
+    """
 
     orig_data_size: int
     compr_data_size: int
     mem_used_total: int
+    mem_limit: int
     mem_used_max: int
     same_pages: int
     huge_pages: int
+    stored_pages: int
     bd_count: int
+    bd_reads: int
     pool_limit_hit: int
     written_back_pages: int
 
     @property
+    def disk_bytes(self) -> int:
+        """The bytes of the pages written back: out of RAM, but on disk, not saved
+        by compression (each read back, ``bd_reads``, is a disk read)."""
+        return self.bd_count * PAGE_SIZE
+
+    @property
+    def ram_data_bytes(self) -> int:
+        """The bytes of the pages the pool keeps in RAM, before compression."""
+        return self.orig_data_size - self.disk_bytes
+
+    @property
     def saved_bytes(self) -> int:
-        """What the pool saves: the bytes it holds, less the memory it takes."""
-        return self.orig_data_size - self.mem_used_total
+        """What compression saves in RAM: the pages kept in RAM, less the memory
+        the pool takes (pages on disk are not counted: they cost disk, not RAM)."""
+        return self.ram_data_bytes - self.mem_used_total
+
+    @property
+    def pages(self) -> int:
+        """Every page the pool holds, in RAM or on disk."""
+        return self.stored_pages + self.bd_count
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "saved_bytes": self.saved_bytes}
+        return {**asdict(self), "saved_bytes": self.saved_bytes, "disk_bytes": self.disk_bytes}
 
     @classmethod
     def from_stats(cls, stats: dict[str, Any]) -> PoolFigures:
@@ -178,28 +204,71 @@ class PoolFigures:
             orig_data_size=int(mm["orig_data_size"]),
             compr_data_size=int(mm["compr_data_size"]),
             mem_used_total=int(mm["mem_used_total"]),
+            mem_limit=int(mm["mem_limit"]),
             mem_used_max=int(mm["mem_used_max"]),
             same_pages=int(mm["same_pages"]),
             huge_pages=int(mm["huge_pages"]),
+            stored_pages=int(z["stored_pages"]),
             bd_count=int(bd.get("bd_count", 0)),
+            bd_reads=int(bd.get("bd_reads", 0)),
             pool_limit_hit=int(z["pool_limit_hit"]),
             written_back_pages=int(z["written_back_pages"]),
         )
 
 
 @dataclass(frozen=True, slots=True)
+class RunFigures:
+    """The run so far, over the ends of its ticks.
+
+    Attributes:
+        ticks: ticks ended.
+        peak_stored_pages, mean_stored_pages: the pages the shadow had in the
+            pool (in RAM or on disk) at a tick's end: the most, and the mean.
+        peak_saved_bytes, mean_saved_bytes: the same of the pool's saving in
+            RAM (:attr:`PoolFigures.saved_bytes`).
+        foreign_pages: at the last tick's end, the pages the pool held less
+            those the shadow stored: not 0 when another client stores into (or
+            frees from) the shadow's pool, whose figures are then not swap's.
+        foreign_ticks: ticks that ended with ``foreign_pages`` not 0.
+        exited_at: ``(pid, t)`` of each process that ended, at the first
+            tick that saw it gone.
+    """
+
+    ticks: int = 0
+    peak_stored_pages: int = 0
+    mean_stored_pages: float = 0.0
+    peak_saved_bytes: int = 0
+    mean_saved_bytes: float = 0.0
+    foreign_pages: int = 0
+    foreign_ticks: int = 0
+    exited_at: tuple[tuple[int, float], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        # Each process's exited_at is in its own entry (ShadowFigures.to_dict).
+        return {k: v for k, v in asdict(self).items() if k != "exited_at"}
+
+
+@dataclass(frozen=True, slots=True)
 class ShadowFigures:
-    """Every figure after a tick: the time, each process, the pool."""
+    """Every figure after a tick: the time, each process, the pool, the run."""
 
     t: float
     processes: tuple[ProcessFigures, ...]
     pool: PoolFigures
+    run: RunFigures = RunFigures()
+
+    def exited_at(self, pid: int) -> float | None:
+        """When process ``pid`` was seen gone (None: it is not)."""
+        return dict(self.run.exited_at).get(pid)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "t": self.t,
-            "processes": [p.to_dict() for p in self.processes],
+            "processes": [
+                {**p.to_dict(), "exited_at": self.exited_at(p.pid)} for p in self.processes
+            ],
             "pool": self.pool.to_dict(),
+            "run": self.run.to_dict(),
         }
 
 
@@ -249,11 +318,17 @@ class SwapSim:
         self._procs: dict[int, _Process] = {}
         # Cold pages refused for want of room, oldest first; no bytes kept.
         self._waiting: OrderedDict[Key, Event] = OrderedDict()
+        # The pool's figures at the last tick's end, until an event changes them.
+        self._pool: PoolFigures | None = None
+        self._run = RunFigures()
+        self._stored_pages_sum = 0
+        self._saved_bytes_sum = 0
 
     # -- events ---------------------------------------------------------------
 
     def feed(self, events: Iterable[Event]) -> None:
         """Apply events, in order, to the pool."""
+        self._pool = None
         for run in _runs(events):
             kind = run[0].kind
             if kind == EventKind.COLD:
@@ -274,9 +349,39 @@ class SwapSim:
             p.scan_seconds_total += scan.scan_seconds
             p.exited = p.exited or scan.exited
         self._retry_waiting()
+        self._pool = PoolFigures.from_stats(self.target.stats())
+        self._tally(self._pool)
+
+    def _tally(self, pool: PoolFigures) -> None:
+        """Add a tick's end to the run's figures (a tick, not a query, is a sample:
+        the same ticks give the same figures, however often they are asked for)."""
+        own = sum(len(p.stored) for p in self._procs.values())
+        run = self._run
+        ticks = run.ticks + 1
+        self._stored_pages_sum += own
+        self._saved_bytes_sum += pool.saved_bytes
+        foreign = pool.pages - own
+        exited = dict(run.exited_at)
+        for p in self._procs.values():
+            if p.exited and p.pid not in exited:
+                exited[p.pid] = self.t
+        self._run = RunFigures(
+            ticks=ticks,
+            peak_stored_pages=max(run.peak_stored_pages, own),
+            mean_stored_pages=self._stored_pages_sum / ticks,
+            # Saved bytes may be negative (a few pages in a zspage of several).
+            peak_saved_bytes=max(run.peak_saved_bytes, pool.saved_bytes)
+            if run.ticks
+            else pool.saved_bytes,
+            mean_saved_bytes=self._saved_bytes_sum / ticks,
+            foreign_pages=foreign,
+            foreign_ticks=run.foreign_ticks + (foreign != 0),
+            exited_at=tuple(exited.items()),
+        )
 
     def release(self) -> None:
         """Free every page the pool holds for these processes (the shadow ends)."""
+        self._pool = None
         for pid in list(self._procs):
             self._drop([Event(EventKind.EXIT, pid)])
 
@@ -287,8 +392,9 @@ class SwapSim:
         return p is not None and address in p.stored
 
     def figures(self) -> ShadowFigures:
-        """Every figure now (asks the pool for its own)."""
-        pool = PoolFigures.from_stats(self.target.stats())
+        """Every figure now (asks the pool for its own, unless nothing happened
+        since the last tick's end)."""
+        pool = self._pool or PoolFigures.from_stats(self.target.stats())
         stored_all = sum(len(p.stored) for p in self._procs.values())
         processes = tuple(
             ProcessFigures(
@@ -307,7 +413,7 @@ class SwapSim:
             )
             for p in self._procs.values()
         )
-        return ShadowFigures(self.t, processes, pool)
+        return ShadowFigures(self.t, processes, pool, self._run)
 
     # -- the three reactions ----------------------------------------------------
 

@@ -432,6 +432,15 @@ def finish(proc: subprocess.Popen[bytes], sig: int | None = signal.SIGINT) -> tu
     return proc.returncode, err.decode()
 
 
+def finish_out(
+    proc: subprocess.Popen[bytes], lines: Lines, sig: int = signal.SIGINT
+) -> tuple[int, list[str], str]:
+    """As :func:`finish`, with the stdout lines ``lines`` had not read yet."""
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=DEADLINE)
+    return proc.returncode, (lines.buf + out).decode().splitlines(), err.decode()
+
+
 @contextlib.contextmanager
 def running(proc: subprocess.Popen[bytes]) -> Iterator[Lines]:
     try:
@@ -466,9 +475,12 @@ def test_cli_shadow_end_to_end_then_replay_gives_the_live_figures(
         target.command("hot")
         tick = lines.until(lambda t: _proc(t)["refaults_total"] >= target.pages)
         assert tick["pool"]["orig_data_size"] == PAGE * _proc(tick)["stored_pages"]
-        code, err = finish(proc, sig)
+        code, out, err = finish_out(proc, lines, sig)
+        closing = json.loads(out[-1])["summary"]
     assert code == 0, err
-    assert "detection hash: write-coldness only" in err
+    assert "detection hash: write-coldness only" in err and "refaults count writes only" in err
+    assert closing["detection"] == "hash" and "writes only" in closing["refaults"]
+    assert closing["figures"]["run"]["ticks"] >= 2 and closing["pool"] == pool
     assert pool not in client.pools() and pool not in client.shadows()
     with RecordReader.open(str(record)) as reader:
         assert reader.complete
@@ -600,8 +612,8 @@ def test_cli_max_cpu_stretches_the_interval_and_says_so(target: Target, daemon: 
         "--max-cpu", "0.001", "--duration", "2s",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    (note,) = [line for line in result.stdout.splitlines() if "next scan in" in line]
-    assert "not 0.05s" in note and "--max-cpu is 0.001" in note
+    (note,) = [line for line in result.stdout.splitlines() if "interval stretched" in line]
+    assert "s of CPU, --max-cpu 0.001" in note, note
     assert result.stdout.count(f"pid {target.pid} (python3):") == 1  # one tick, then the end
 
 
@@ -686,3 +698,122 @@ def test_a_full_pool_keeps_cold_pages_waiting_and_stores_them_as_room_is_made(
             assert after.stored_pages == after.cold_pages >= p.cold_pages
     finally:
         client.remove_pool(name)
+
+
+# -- robustness: reports refused, foreign pages, a killed shadow, names refused --------
+
+
+def test_cli_a_refused_report_is_said_once_and_the_shadow_goes_on(
+    target: Target, client: Client, daemon: Daemon
+) -> None:
+    """A daemon that keeps no more shadows (64) refuses the report from the start:
+    the shadow says so once, keeps its pool and figures, tries every tick, and
+    says when the daemon takes its report again."""
+    fillers = [f"filler-{i}" for i in range(64)]
+    report = {"pool": "default", "detection": "hash", "interval_seconds": 1.0,
+              "cold_after_seconds": 1.0, "processes": []}  # fmt: skip
+    for name in fillers:
+        client.report_shadow(name, report)
+    pool = f"shadow-{target.pid}"
+    proc = shadow_cli(
+        "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
+        "--cold-after", f"{COLD_AFTER}s", "--json",
+    )  # fmt: skip
+    try:
+        with running(proc) as lines:
+            lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
+            assert pool not in client.shadows()
+            client.remove_shadow(fillers.pop())
+            lines.until(lambda t: pool in client.shadows())
+            code, out, err = finish_out(proc, lines)
+            closing = json.loads(out[-1])
+    finally:
+        for name in fillers:
+            client.remove_shadow(name)
+    assert code == 0, err
+    refused = [line for line in err.splitlines() if "refused the shadow's report" in line]
+    assert len(refused) == 1, err
+    assert "507" in refused[0] and refused[0].endswith("keeps shadowing; figures are not exported")
+    assert err.count("takes the shadow's report again") == 1, err
+    assert closing["summary"]["figures"]["processes"][0]["stored_pages"] >= 3 * target.pages
+    assert pool not in client.pools() and pool not in client.shadows()
+
+
+def test_cli_pages_another_client_stores_into_the_pool_are_said_and_marked(
+    target: Target, client: Client, daemon: Daemon
+) -> None:
+    """Pool names are not owned: a second client's page in the shadow's pool is
+    said once on stderr (both counts) and marked in the figures and summary."""
+    pool = f"shadow-{target.pid}"
+    proc = shadow_cli(
+        "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
+        "--cold-after", f"{COLD_AFTER}s", "--json",
+    )  # fmt: skip
+    with running(proc) as lines:
+        tick = lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
+        assert tick["run"]["foreign_pages"] == 0
+        with Client(daemon.url) as other:
+            other.store([text_page(7)], pool=pool)
+        tick = lines.until(lambda t: t["run"]["foreign_pages"] == 1)
+        own = _proc(tick)["stored_pages"]
+        lines.until(lambda t: t["run"]["foreign_ticks"] >= 3)
+        code, out, err = finish_out(proc, lines)
+        closing = json.loads(out[-1])["summary"]
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "did not store" in line]
+    assert said[0] == (
+        f"zswapd shadow: pool {pool} holds {own + 1} pages, the shadow stored {own}: "
+        "figures include pages the shadow did not store"
+    )
+    assert len([line for line in said if line.startswith("zswapd shadow:")]) == 1, err
+    assert "figures include pages the shadow did not store: the pool differed" in err
+    assert closing["figures"]["run"]["foreign_pages"] == 1
+    assert closing["figures"]["run"]["foreign_ticks"] >= 3
+    assert pool not in client.pools()
+
+
+def test_cli_a_killed_shadows_pool_refuses_a_restart_saying_how_to_recover(
+    target: Target, client: Client, daemon: Daemon
+) -> None:
+    """SIGKILL leaves the pool full and the report alive until it expires: a
+    restart on that pool is refused, each time naming the way out, which works."""
+    pool = f"shadow-{target.pid}"
+    args = ("shadow", "--url", daemon.url, "--pid", str(target.pid), "--duration", "0.5s")
+    proc = shadow_cli(
+        "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
+        "--cold-after", f"{COLD_AFTER}s", "--json",
+    )  # fmt: skip
+    with running(proc) as lines:
+        lines.until(lambda t: _proc(t)["stored_pages"] > 0)
+        lines.until(lambda t: pool in client.shadows())
+        proc.kill()
+        proc.wait()
+    try:
+        remove = f"zswapd pools remove {pool} --url {daemon.url}"
+        first = run_cli(*args)
+        assert first.returncode == 1 and len(first.stderr.splitlines()) == 1, first.stderr
+        assert "another shadow reports on it" in first.stderr
+        assert f"DELETE /v1/shadows/{pool}" in first.stderr and remove in first.stderr
+        client.remove_shadow(pool)
+        second = run_cli(*args)
+        assert second.returncode == 1 and len(second.stderr.splitlines()) == 1, second.stderr
+        assert "holds" in second.stderr and remove in second.stderr
+        assert run_cli(*remove.split()[1:]).returncode == 0
+        third = run_cli(*args)
+        assert third.returncode == 0, third.stderr
+    finally:
+        if pool in client.pools():
+            client.remove_pool(pool)
+    assert pool not in client.pools() and client.shadows() == {}
+
+
+def test_cli_a_pool_name_the_daemon_would_refuse_is_one_line_before_any_scan(
+    target: Target, client: Client, daemon: Daemon
+) -> None:
+    before = client.pools()
+    for name in ["../x", "", "a" * 65, "é", "a/b", "-x", "x y"]:
+        result = run_cli("shadow", "--url", daemon.url, "--pid", str(target.pid), f"--pool={name}")
+        assert result.returncode == 1 and result.stdout == "", result
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("zswapd shadow: --pool: bad pool name ") and "1-64 of" in line
+    assert client.pools() == before and client.shadows() == {}
