@@ -508,7 +508,11 @@ def _add_shadow_parser(sub: _Sub, common: argparse.ArgumentParser) -> None:
         "away is freed. Prints each process's resident, cold and stored pages, memory saved, "
         "refaults per second and the scan's own cost every interval, reports them to the "
         "daemon (GET /v1/shadows, the metrics), and a summary at the end (SIGINT, SIGTERM, "
-        "--duration, or every process gone). Durations: 500ms, 10s, 2m, 1h or seconds.",
+        "--duration, or every process gone). Saved is what compression saves in RAM (pages "
+        "written back to disk are shown apart); a process's share is the pool's saving split "
+        "by the pages each process stored. Without the idle-page bitmap, refaults count "
+        "writes only. A report the daemon refuses is said once and the shadow goes on. "
+        "Durations: 500ms, 10s, 2m, 1h or seconds.",
     )
     for action in p._actions:  # the common --quiet is hidden elsewhere; here it means something
         if action.dest == "quiet":
@@ -547,7 +551,8 @@ def _add_shadow_parser(sub: _Sub, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--json",
         action="store_true",
-        help="one JSON object per tick on stdout (the rest on stderr)",
+        help="one JSON object per tick on stdout (the rest on stderr), then a closing "
+        '{"summary": ...} once the shadow ended well',
     )
     p.set_defaults(func=cmd_shadow)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -197,3 +198,49 @@ def test_one_cold_page_meeting_a_full_pool_waits_and_the_rest_of_a_batch_untried
     # The lone page, then one retry batch and its first page: a few refusals, not one a page.
     assert sim.figures().pool.pool_limit_hit - hits <= 3
     pool.close()
+
+
+def test_saved_is_what_compression_saves_in_ram_pages_on_disk_apart(tmp_path: Path) -> None:
+    """Under lru writeback the pages on disk are out of RAM but not saved by
+    compression: saved counts the pages in RAM only, disk_bytes the rest, and
+    a refault of a page on disk is a bd_read."""
+    config = PoolConfig(
+        compressor="lz4",
+        limit_bytes=8 * 4096,
+        writeback="lru",
+        backing_file=str(tmp_path / "swap"),
+        backing_size=256 * 4096,
+    )
+    pool = PagePool("lru", config)
+    try:
+        sim = SwapSim(LocalTarget(pool), lambda e: None)
+        cold = [Event(EventKind.COLD, 101, a, page(i)) for i, a in enumerate(ADDRESSES)]
+        sim.feed(cold)
+        sim.end_tick(TickEnd(1.0, scans()))
+        fig = sim.figures().pool
+        assert fig.bd_count > 0 and fig.disk_bytes == fig.bd_count * 4096
+        assert fig.saved_bytes == fig.orig_data_size - fig.disk_bytes - fig.mem_used_total
+        assert fig.pages == len(ADDRESSES) and sim.figures().run.foreign_pages == 0
+        sim.feed([Event(EventKind.CHANGED, 101, ADDRESSES[0])])  # the oldest: on disk
+        sim.end_tick(TickEnd(2.0, scans()))
+        assert sim.figures().pool.bd_reads == 1
+    finally:
+        pool.close()
+
+
+def test_the_run_keeps_peak_mean_exits_and_pages_not_the_shadows() -> None:
+    pool = PagePool("run", PoolConfig(compressor="lz4"))
+    try:
+        sim = SwapSim(LocalTarget(pool), lambda e: None)
+        sim.feed([Event(EventKind.COLD, 101, a, page(i)) for i, a in enumerate(ADDRESSES[:4])])
+        sim.end_tick(TickEnd(1.0, scans()))
+        sim.feed([Event(EventKind.EXIT, 101)])
+        pool.store([page(99)])  # another client's page in the shadow's pool
+        sim.end_tick(TickEnd(2.0, scans()[1:]))
+        run = sim.figures().run
+        assert (run.ticks, run.peak_stored_pages, run.mean_stored_pages) == (2, 4, 2.0)
+        assert run.foreign_pages == 1 and run.foreign_ticks == 1
+        assert dict(run.exited_at) == {101: 2.0}
+        assert sim.figures().to_dict()["processes"][0]["exited_at"] == 2.0
+    finally:
+        pool.close()
