@@ -19,6 +19,7 @@ __all__ = [
     "WRITEBACK_MODES",
     "PoolConfig",
     "check_pool_name",
+    "unavailable_compressor",
 ]
 
 HUGE_POLICIES = ("store", "reject")
@@ -30,6 +31,30 @@ DEFAULT_ACCEPT_THRESHOLD = 90
 # shared page budget): set by the registry, never by a pool's configuration.
 _SERVER_OPTIONS = frozenset({"arena_pages", "budget"})
 POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+# Why a compressor a zram user would name cannot be had here, and the remedy.
+_NO_COMPRESSOR = {
+    "lzo": "python-lzo is not installed: apt-get install liblzo2-dev && "
+    "pip install -e '.[lzo]' (from a checkout)",
+    "lzo-rle": "zram's lzo-rle has no Python binding; the nearest is lzo, LZO1X-1 "
+    "without its zero-run encoding",
+    "842": "the kernel's 842 (POWER's hardware compressor) has no binding here",
+    "lz4": "pip install lz4",
+    "lz4-lib": "pip install lz4",
+    "lz4hc": "pip install lz4",
+    "zstd": "pip install zstandard",
+}
+
+
+def unavailable_compressor(name: str) -> str:
+    """One line: ``name`` is no compressor here, why if known, and what there is."""
+    why = _NO_COMPRESSOR.get(name)
+    return (
+        f"unknown compressor {name[:40]!r}"
+        + (f" ({why})" if why else "")
+        + f"; available: {', '.join(compressors.available())}"
+    )
 
 
 def check_pool_name(name: str) -> str:
@@ -93,10 +118,7 @@ class PoolConfig:
 
     def __post_init__(self) -> None:
         if self.compressor not in compressors.available():
-            raise ConfigError(
-                f"unknown compressor {self.compressor!r}; "
-                f"available: {', '.join(compressors.available())}"
-            )
+            raise ConfigError(unavailable_compressor(str(self.compressor)))
         if self.allocator not in allocator.ALLOCATORS:
             raise ConfigError(f"unknown allocator {self.allocator!r}")
         if type(self.chain_size) is not int or not 1 <= self.chain_size <= 16:

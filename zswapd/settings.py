@@ -42,7 +42,7 @@ from typing import Any
 
 import compressors
 from allocator import ALLOCATORS
-from zswapd.config import PoolConfig, check_pool_name
+from zswapd.config import PoolConfig, check_pool_name, unavailable_compressor
 from zswapd.device import check_device_size
 from zswapd.errors import ConfigError
 
@@ -224,9 +224,7 @@ def parse_compressor(text: str) -> tuple[str, int | None]:
     name, sep, level = text.partition(":")
     installed = compressors.available()
     if name not in installed:
-        raise ValueError(
-            f"{name[:40]!r} is not installed here (choose from {', '.join(installed)})"
-        )
+        raise ValueError(unavailable_compressor(name))
     if not sep:
         return name, None
     try:

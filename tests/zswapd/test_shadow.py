@@ -26,10 +26,13 @@ from typing import Any
 
 import pytest
 
+import compressors
 from tests.zswapd.daemon import CHECKOUT, Daemon, _checkout_on_path, run_cli, start_daemon
 from tests.zswapd.helpers import PAGE, text_page
 from zswapd.cli_format import parse_duration
 from zswapd.client import Client
+from zswapd.config import PoolConfig, unavailable_compressor
+from zswapd.errors import ConfigError
 from zswapd.record import RecordReader
 from zswapd.replay import Overrides, replay, replay_config
 from zswapd.scanner import STATE_BYTES_PER_PAGE, Detection, Scanner, probe_idle, probe_soft_dirty
@@ -854,3 +857,16 @@ def test_the_summary_says_what_its_figures_mean() -> None:
         assert "writes only" not in quiet
     assert "max above" not in format_summary(_figures(mem_used_max=1 << 20))
     assert format_tick(fig, None)[0].startswith("t=    20.0s pid 7 (svc) exited at t=12.5s:")
+
+
+def test_a_compressor_not_here_names_the_remedy_and_what_there_is() -> None:
+    """zram's names a newcomer tries (lzo-rle, 842) and a backend whose library
+    is missing (lzo without python-lzo) say why, what to do, and what exists."""
+    here = ", ".join(compressors.available())
+    result = run_cli("replay", "day.rec", "--compressor", "lzo-rle")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "the nearest is lzo" in result.stderr and here in result.stderr
+    with pytest.raises(ConfigError, match="POWER's hardware compressor") as got:
+        PoolConfig(compressor="842")
+    assert got.value.args[0].endswith(f"available: {here}")
+    assert "apt-get install liblzo2-dev" in unavailable_compressor("lzo")
