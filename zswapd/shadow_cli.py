@@ -14,6 +14,12 @@ SIGTERM, ``--duration``, every process gone, a failure) releases the pages it
 stored, removes its report, closes the record (its end frame holds the last
 figures) and removes the pool if it created it; a failure is then one line and
 a non-zero exit, as every command's.
+
+What others can do to a shadow, and what it does about it: the daemon may
+refuse its report (full, or its name taken) -- said once, the shadow goes on,
+since the report is monitoring and the pool is its job; another client may
+store into (or free from) its pool, whose name it does not own -- said at each
+change and counted in the figures, which are then not swap's alone.
 """
 
 from __future__ import annotations
@@ -346,12 +352,11 @@ class _Foreign:
         if foreign == self.said:
             return
         own = fig.pool.pages - foreign
-        if foreign:
-            _warn(
-                f"pool {self.pool} holds {fig.pool.pages} pages, the shadow stored {own}: "
-                f"figures include pages the shadow did not store"
-                + ("" if foreign > 0 else " (another client freed some of the shadow's)")
-            )
+        held = f"pool {self.pool} holds {fig.pool.pages} pages, the shadow stored {own}: "
+        if foreign > 0:
+            _warn(held + "figures include pages the shadow did not store")
+        elif foreign < 0:
+            _warn(held + "another client freed some of the shadow's; figures are not swap's")
         else:
             _warn(f"pool {self.pool} holds only the shadow's {own} pages again")
         self.said = foreign
