@@ -13,6 +13,14 @@ reclaim and the fault path would do to zswap:
   simply stops waiting: it never left.
 - ``GONE`` and ``EXIT`` free what the pool held and forget what waited.
 
+Pool names are not owned, so another client may free a page the shadow
+stored (it would need the handle, which is not guessable; or it removes the
+pool and creates it again, which leaves every handle stale).  The kernel never
+sees that; a shadow must outlive it.  A load or free answered
+``stale_handle`` for one of the shadow's handles counts that page as *lost*
+(:attr:`RunFigures.lost_pages`): no longer stored, not a refault (nothing
+came back from the pool), and the rest of the batch goes on as if alone.
+
 Events are applied in batches of consecutive events of one kind, at most
 :data:`BATCH` pages, in the order given; a refused batch is retried a page at a
 time, so that what fits is stored, as it would be a page at a time.  Nothing
@@ -30,10 +38,10 @@ from __future__ import annotations
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-from zswapd.errors import CompressPoorError, PoolLimitError, ZswapdError
+from zswapd.errors import CompressPoorError, PoolLimitError, StaleHandleError, ZswapdError
 from zswapd.timeline import Event, EventKind, TickEnd
 
 __all__ = [
@@ -223,9 +231,15 @@ class RunFigures:
     Attributes:
         ticks: ticks ended.
         peak_stored_pages, mean_stored_pages: the pages the shadow had in the
-            pool (in RAM or on disk) at a tick's end: the most, and the mean.
+            pool (in RAM or on disk) at a tick's end: the most, and the mean
+            over time: each tick's figure weighted by the seconds it held, up
+            to the next tick (--max-cpu stretches some), so the mean over the
+            first tick to the last; after one tick, that tick's figure.
         peak_saved_bytes, mean_saved_bytes: the same of the pool's saving in
             RAM (:attr:`PoolFigures.saved_bytes`).
+        lost_pages: pages the shadow stored that another client freed, found
+            when the shadow loaded or freed them (their handles answered
+            ``stale_handle``): no longer stored, and not counted as refaults.
         foreign_pages: at the last tick's end, the pages the pool held less
             those the shadow stored: not 0 when another client stores into (or
             frees from) the shadow's pool, whose figures are then not swap's.
@@ -242,6 +256,7 @@ class RunFigures:
     foreign_pages: int = 0
     foreign_ticks: int = 0
     exited_at: tuple[tuple[int, float], ...] = ()
+    lost_pages: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         # Each process's exited_at is in its own entry (ShadowFigures.to_dict).
@@ -321,8 +336,12 @@ class SwapSim:
         # The pool's figures at the last tick's end, until an event changes them.
         self._pool: PoolFigures | None = None
         self._run = RunFigures()
-        self._stored_pages_sum = 0
-        self._saved_bytes_sum = 0
+        # Time-weighted sums: each tick's figures times the seconds they held.
+        self._seconds = 0.0
+        self._stored_pages_sum = 0.0
+        self._saved_bytes_sum = 0.0
+        self._last_t, self._last_own, self._last_saved = 0.0, 0, 0
+        self._lost = 0
 
     # -- events ---------------------------------------------------------------
 
@@ -357,9 +376,19 @@ class SwapSim:
         the same ticks give the same figures, however often they are asked for)."""
         own = sum(len(p.stored) for p in self._procs.values())
         run = self._run
+        if run.ticks:
+            # The last tick's figures held from its end until this one's.
+            held = max(0.0, self.t - self._last_t)
+            self._seconds += held
+            self._stored_pages_sum += self._last_own * held
+            self._saved_bytes_sum += self._last_saved * held
+        self._last_t, self._last_own, self._last_saved = self.t, own, pool.saved_bytes
         ticks = run.ticks + 1
-        self._stored_pages_sum += own
-        self._saved_bytes_sum += pool.saved_bytes
+        if self._seconds > 0:
+            mean_stored = self._stored_pages_sum / self._seconds
+            mean_saved = self._saved_bytes_sum / self._seconds
+        else:  # one tick (or ticks at one instant): its own figures
+            mean_stored, mean_saved = float(own), float(pool.saved_bytes)
         foreign = pool.pages - own
         exited = dict(run.exited_at)
         for p in self._procs.values():
@@ -368,14 +397,15 @@ class SwapSim:
         self._run = RunFigures(
             ticks=ticks,
             peak_stored_pages=max(run.peak_stored_pages, own),
-            mean_stored_pages=self._stored_pages_sum / ticks,
+            mean_stored_pages=mean_stored,
             # Saved bytes may be negative (a few pages in a zspage of several).
             peak_saved_bytes=max(run.peak_saved_bytes, pool.saved_bytes)
             if run.ticks
             else pool.saved_bytes,
-            mean_saved_bytes=self._saved_bytes_sum / ticks,
+            mean_saved_bytes=mean_saved,
             foreign_pages=foreign,
             foreign_ticks=run.foreign_ticks + (foreign != 0),
+            lost_pages=self._lost,
             exited_at=tuple(exited.items()),
         )
 
@@ -413,7 +443,8 @@ class SwapSim:
             )
             for p in self._procs.values()
         )
-        return ShadowFigures(self.t, processes, pool, self._run)
+        # Lost pages are a count, not a sample: as of now, between ticks too.
+        return ShadowFigures(self.t, processes, pool, replace(self._run, lost_pages=self._lost))
 
     # -- the three reactions ----------------------------------------------------
 
@@ -494,17 +525,20 @@ class SwapSim:
         if not keys:
             return
         handles = [self._procs[pid].stored[a][0] for pid, a in keys]
-        pages = self.target.load(handles)
-        for (pid, a), page in zip(keys, pages, strict=True):
-            if zlib.crc32(page) != self._procs[pid].stored[a][1]:
+        pages = self._load_live(handles)
+        for (pid, a), h in zip(keys, handles, strict=True):
+            page = pages.get(h)
+            if page is not None and zlib.crc32(page) != self._procs[pid].stored[a][1]:
                 raise SwapSimError(
                     f"pid {pid} page {a:#x} came back from the pool different from what was stored"
                 )
-        self.target.free(handles)
-        for pid, a in keys:
+        lost = self._free_live([h for h in handles if h in pages])
+        for (pid, a), h in zip(keys, handles, strict=True):
             p = self._procs[pid]
             del p.stored[a]
-            p.refaults_total += 1
+            if h in pages and h not in lost:
+                p.refaults_total += 1
+        self._lost += len(handles) - len(pages) + len(lost)
 
     def _drop(self, run: list[Event]) -> None:
         handles: list[int] = []
@@ -522,7 +556,40 @@ class SwapSim:
                     handles.append(got[0])
                 self._unwait((e.pid, e.address))
         for i in range(0, len(handles), BATCH):
-            self.target.free(handles[i : i + BATCH])
+            self._lost += len(self._free_live(handles[i : i + BATCH]))
+
+    # -- another client's frees ---------------------------------------------------
+
+    def _load_live(self, handles: list[int]) -> dict[int, bytes]:
+        """The pages of ``handles`` that the pool still holds, by handle.
+
+        A load is all or nothing: one stale handle fails the batch, which is
+        then halved until the stale ones are alone (a batch costs a few more
+        requests only when another client freed some of the shadow's pages).
+        """
+        if not handles:
+            return {}
+        try:
+            return dict(zip(handles, self.target.load(handles), strict=True))
+        except StaleHandleError:
+            if len(handles) == 1:
+                return {}
+            half = len(handles) // 2
+            return {**self._load_live(handles[:half]), **self._load_live(handles[half:])}
+
+    def _free_live(self, handles: list[int]) -> set[int]:
+        """Free ``handles``; return those the pool no longer held (freed by
+        another client), found as :meth:`_load_live` finds them."""
+        if not handles:
+            return set()
+        try:
+            self.target.free(handles)
+            return set()
+        except StaleHandleError:
+            if len(handles) == 1:
+                return set(handles)
+            half = len(handles) // 2
+            return self._free_live(handles[:half]) | self._free_live(handles[half:])
 
     def _retry_waiting(self) -> None:
         """Store waiting pages, oldest first, until the pool refuses one.

@@ -35,7 +35,10 @@ class SwapModel(RuleBasedStateMachine):
 
     The model is a dict of the cold pages and their bytes: whatever the pool
     did with them (stored, waiting for room), cold is cold, and every stored
-    page must come back as it went in.
+    page must come back as it went in.  Another client of the pool may free
+    stored pages behind the shadow's back: each is lost (not a refault) when
+    the shadow next loads or frees it, and until then the pool holds fewer
+    pages than the shadow stored.
     """
 
     def __init__(self) -> None:
@@ -46,6 +49,8 @@ class SwapModel(RuleBasedStateMachine):
         self.sim = SwapSim(LocalTarget(self.pool), self._fetch)
         self.t = 0.0
         self.seed = 0
+        self.freed_by_other: set[tuple[int, int]] = set()  # not yet found by the shadow
+        self.lost = 0
 
     def _fetch(self, e: Event) -> bytes | None:
         return self.cold.get((e.pid, e.address))
@@ -66,6 +71,13 @@ class SwapModel(RuleBasedStateMachine):
             events.append(Event(EventKind.COLD, pid, a, data))
         self.sim.feed(events)
 
+    def _found(self, keys: set[tuple[int, int]]) -> None:
+        """The shadow is about to load or free ``keys``: those another client
+        freed become lost."""
+        found = keys & self.freed_by_other
+        self.freed_by_other -= found
+        self.lost += len(found)
+
     @rule(pid=st.sampled_from(PIDS), addresses=st.lists(st.sampled_from(ADDRESSES), max_size=8))
     def change(self, pid: int, addresses: list[int]) -> None:
         events = [Event(EventKind.CHANGED, pid, a) for a in addresses if (pid, a) in self.cold]
@@ -73,18 +85,36 @@ class SwapModel(RuleBasedStateMachine):
         stored = {(e.pid, e.address) for e in events if self.sim.stored(e.pid, e.address)}
         for e in events:
             self.cold.pop((e.pid, e.address), None)
+        came_back = stored - self.freed_by_other
+        self._found(stored)
         self.sim.feed(events)
         after = {p.pid: p.refaults_total for p in self.sim.figures().processes}
-        assert after.get(pid, 0) - before.get(pid, 0) == len(stored)
+        assert after.get(pid, 0) - before.get(pid, 0) == len(came_back)
+
+    @precondition(lambda self: any(self.sim.stored(*k) for k in self.cold))
+    @rule(data=st.data())
+    def another_client_frees(self, data: st.DataObject) -> None:
+        # The handles are the shadow's secret; the pool is anyone's (a client
+        # that learnt them, or one that removed the pool and made it again).
+        stored = sorted(
+            k for k in self.cold if self.sim.stored(*k) and k not in self.freed_by_other
+        )
+        if not stored:
+            return
+        keys = data.draw(st.lists(st.sampled_from(stored), min_size=1, unique=True))
+        self.pool.free([self.sim._procs[pid].stored[a][0] for pid, a in keys])
+        self.freed_by_other |= set(keys)
 
     @rule(pid=st.sampled_from(PIDS), addresses=st.lists(st.sampled_from(ADDRESSES), max_size=8))
     def gone(self, pid: int, addresses: list[int]) -> None:
+        self._found({(pid, a) for a in addresses})
         for a in addresses:
             self.cold.pop((pid, a), None)
         self.sim.feed(Event(EventKind.GONE, pid, a) for a in addresses)
 
     @rule(pid=st.sampled_from(PIDS))
     def exit(self, pid: int) -> None:
+        self._found({k for k in self.freed_by_other if k[0] == pid})
         for key in [k for k in self.cold if k[0] == pid]:
             del self.cold[key]
         self.sim.feed([Event(EventKind.EXIT, pid)])
@@ -103,6 +133,7 @@ class SwapModel(RuleBasedStateMachine):
         ]
         for e in events:
             del self.cold[(e.pid, e.address)]
+        self._found({(e.pid, e.address) for e in events})
         self.sim.feed(events)
 
     @invariant()
@@ -113,8 +144,11 @@ class SwapModel(RuleBasedStateMachine):
             assert p.cold_pages == len(mine)
             assert p.stored_pages == sum(self.sim.stored(*k) for k in mine)
         stored = sum(p.stored_pages for p in figures.processes)
-        assert self.pool.stored_pages == stored
-        assert figures.pool.orig_data_size == 4096 * stored
+        held = stored - len(self.freed_by_other)
+        assert self.pool.stored_pages == held
+        # The pool's own figures, not the tick's (another client's free is no event).
+        assert LocalTarget(self.pool).stats()["mm_stat"]["orig_data_size"] == 4096 * held
+        assert figures.run.lost_pages == self.lost
 
 
 TestSwapModel = SwapModel.TestCase
@@ -238,9 +272,62 @@ def test_the_run_keeps_peak_mean_exits_and_pages_not_the_shadows() -> None:
         pool.store([page(99)])  # another client's page in the shadow's pool
         sim.end_tick(TickEnd(2.0, scans()[1:]))
         run = sim.figures().run
-        assert (run.ticks, run.peak_stored_pages, run.mean_stored_pages) == (2, 4, 2.0)
+        # Over t=1..2 the pool held the 4 pages: the 0 at t=2 held no time yet.
+        assert (run.ticks, run.peak_stored_pages, run.mean_stored_pages) == (2, 4, 4.0)
         assert run.foreign_pages == 1 and run.foreign_ticks == 1
         assert dict(run.exited_at) == {101: 2.0}
         assert sim.figures().to_dict()["processes"][0]["exited_at"] == 2.0
+    finally:
+        pool.close()
+
+
+def test_the_run_means_weigh_each_tick_by_the_seconds_it_held() -> None:
+    """--max-cpu stretches intervals: a tick followed by a long wait counts for
+    that long.  4 pages held for 1s, then 2 for 10s: a mean of 24/11 pages, not
+    the 3 of a mean over ticks; saved likewise, by the pool's own figure."""
+    pool = PagePool("tw", PoolConfig(compressor="lz4"))
+    try:
+        sim = SwapSim(LocalTarget(pool), lambda e: None)
+        assert sim.figures().run.mean_stored_pages == 0.0
+        sim.feed([Event(EventKind.COLD, 101, a, page(i)) for i, a in enumerate(ADDRESSES[:4])])
+        sim.end_tick(TickEnd(0.0, scans()))
+        first = sim.figures()
+        # One tick, no time yet: the tick's own figures.
+        assert first.run.mean_stored_pages == 4.0
+        assert first.run.mean_saved_bytes == first.pool.saved_bytes
+        sim.feed([Event(EventKind.CHANGED, 101, a) for a in ADDRESSES[:2]])
+        sim.end_tick(TickEnd(1.0, scans()))
+        second = sim.figures()
+        sim.feed([Event(EventKind.EXIT, 101)])
+        sim.end_tick(TickEnd(11.0, scans()))
+        run = sim.figures().run
+        assert run.mean_stored_pages == pytest.approx((4 * 1 + 2 * 10) / 11)
+        saved = (first.pool.saved_bytes * 1 + second.pool.saved_bytes * 10) / 11
+        assert run.mean_saved_bytes == pytest.approx(saved)
+        assert first.pool.saved_bytes != second.pool.saved_bytes  # the weights matter
+    finally:
+        pool.close()
+
+
+def test_pages_another_client_frees_are_lost_not_refaulted_and_the_shadow_goes_on() -> None:
+    """A load or free answered stale_handle: those pages are lost, the rest of
+    the batch is refaulted or freed as if alone, and the figures add up."""
+    pool = PagePool("lost", PoolConfig(compressor="lz4"))
+    try:
+        sim = SwapSim(LocalTarget(pool), lambda e: None)
+        sim.feed([Event(EventKind.COLD, 101, a, page(i)) for i, a in enumerate(ADDRESSES)])
+        sim.end_tick(TickEnd(1.0, scans()))
+        stored = sim._procs[101].stored
+        pool.free([stored[a][0] for a in ADDRESSES[:3] + ADDRESSES[10:12]])
+        sim.feed([Event(EventKind.CHANGED, 101, a) for a in ADDRESSES[:8]])
+        (p,) = sim.figures().processes[:1]
+        assert (p.refaults_total, p.stored_pages, sim.figures().run.lost_pages) == (5, 16, 3)
+        sim.feed([Event(EventKind.GONE, 101, a) for a in ADDRESSES[8:16]])
+        sim.end_tick(TickEnd(2.0, scans()))
+        fig = sim.figures()
+        assert fig.run.lost_pages == 5 and fig.run.foreign_pages == 0
+        assert fig.processes[0].stored_pages == pool.stored_pages == 8
+        sim.release()
+        assert pool.stored_pages == 0
     finally:
         pool.close()
