@@ -19,7 +19,14 @@ What others can do to a shadow, and what it does about it: the daemon may
 refuse its report (full, or its name taken) -- said once, the shadow goes on,
 since the report is monitoring and the pool is its job; another client may
 store into (or free from) its pool, whose name it does not own -- said at each
-change and counted in the figures, which are then not swap's alone.
+change and counted in the figures, which are then not swap's alone; a page of
+the shadow's freed by another client (its handle answered ``stale_handle`` when
+the shadow loaded or freed it) is lost -- said once a tick, counted
+(``run.lost_pages``), not a refault, and the shadow goes on; another client may
+remove its pool -- the shadow stops (exit 1, one line saying when), its record
+closed with the last tick's figures and its report removed.  It does not make
+the pool again: whoever removed it meant the pages to go, and a pool made anew
+would hold none of the pages the figures are about.
 """
 
 from __future__ import annotations
@@ -56,10 +63,14 @@ from zswapd.shadows import default_expires
 from zswapd.swapsim import ClientTarget, ProcessFigures, ShadowFigures, SwapSim
 from zswapd.timeline import Event, TickEnd
 
-__all__ = ["cmd_shadow", "first_line", "next_wait"]
+__all__ = ["PoolRemovedError", "cmd_shadow", "first_line", "next_wait"]
 
 # How often a wait looks whether a signal asked the shadow to stop.
 _POLL_SECONDS = 0.1
+
+
+class PoolRemovedError(UnknownPoolError):
+    """The shadow's pool was removed (by another client) while it ran."""
 
 
 def next_wait(interval: float, cpu: float, elapsed: float, max_cpu: float) -> tuple[float, bool]:
@@ -277,7 +288,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
         if created:
 
             def remove_pool(kind: object, exc: BaseException | None, tb: object) -> bool:
-                _finish([("remove the pool", lambda: client.remove_pool(pool))], exc is not None)
+                _finish([("remove the pool", lambda: _remove_pool(client, pool))], exc is not None)
                 return False
 
             stack.push(remove_pool)
@@ -310,10 +321,12 @@ def cmd_shadow(args: argparse.Namespace) -> int:
             failing = False
         finally:
             final = last[-1] if last else None
+            gone = isinstance(sys.exc_info()[1], PoolRemovedError)
             steps: list[tuple[str, Callable[[], None]]] = [
-                ("free the pool's pages", sim.release),
                 ("remove the report", lambda: _unreport(client, pool)),
             ]
+            if not gone:  # a removed pool took its pages with it
+                steps.insert(0, ("free the pool's pages", sim.release))
             if writer is not None:
                 w = writer
                 summary = {"figures": final.to_dict()} if final is not None else {}
@@ -331,6 +344,11 @@ def cmd_shadow(args: argparse.Namespace) -> int:
             }
             print(json.dumps({"summary": closing}), flush=True)
     return 0
+
+
+def _remove_pool(client: Client, pool: str) -> None:
+    with contextlib.suppress(UnknownPoolError):  # removed by another client already
+        client.remove_pool(pool)
 
 
 def _unreport(client: Client, pool: str) -> None:
@@ -362,6 +380,18 @@ class _Foreign:
         self.said = foreign
 
 
+def _say_lost(pool: str, now: ShadowFigures, before: ShadowFigures | None) -> None:
+    """One line for the tick in which the shadow found pages of its own freed
+    by another client (the pool removed and made again frees them all)."""
+    found = now.run.lost_pages - (before.run.lost_pages if before else 0)
+    if found:
+        _warn(
+            f"t={now.t:.1f}s: another client freed {count(found, 'page')} the shadow stored "
+            f"in pool {pool} (stale handles): lost, not refaults "
+            f"({now.run.lost_pages} lost in all); the shadow goes on"
+        )
+
+
 def _run(
     args: argparse.Namespace,
     scanner: Scanner,
@@ -384,17 +414,23 @@ def _run(
         events = scanner.scan(t)
         if writer is not None:
             events = writer.events(events)
-        sim.feed(events)
-        end = TickEnd(t, scanner.scans)
-        if writer is not None:
-            writer.end_tick(end)
-        sim.end_tick(end)
-        figures = sim.figures()
+        try:
+            sim.feed(events)
+            end = TickEnd(t, scanner.scans)  # after the feed: the scan runs as it is fed
+            if writer is not None:
+                writer.end_tick(end)
+            sim.end_tick(end)
+            figures = sim.figures()
+        except UnknownPoolError:
+            raise PoolRemovedError(
+                f"pool {pool} was removed by another client at t={t:.1f}s: the shadow stops"
+            ) from None
         last[:] = [figures]
         cost = time.process_time() - cpu
         elapsed = time.monotonic() - began
         wait, stretched = next_wait(args.interval, cost, elapsed, args.max_cpu)
         reporter.report([p.to_dict() for p in figures.processes], default_expires(wait + elapsed))
+        _say_lost(pool, figures, before)
         foreign.check(figures)
         _print_tick(args, figures, before, wait + elapsed if stretched else None, cost)
         before = figures

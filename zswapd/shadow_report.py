@@ -103,6 +103,8 @@ def format_pool_tick(fig: ShadowFigures) -> str:
         line += _disk(pool)
     if fig.run.foreign_pages:
         line += f"; {fig.run.foreign_pages:+d} pages not the shadow's"
+    if fig.run.lost_pages:
+        line += f"; {fig.run.lost_pages} lost (freed by another client)"
     return line
 
 
@@ -141,7 +143,7 @@ def _pool_notes(fig: ShadowFigures) -> list[str]:
         )
     if run.ticks:
         notes.append(
-            f"over {run.ticks} ticks: stored pages peak {run.peak_stored_pages}, mean "
+            f"over {run.ticks} ticks: stored pages peak {run.peak_stored_pages}, mean over time "
             f"{run.mean_stored_pages:.1f}; saved of RAM peak {human(run.peak_saved_bytes)}, "
             f"mean {human(round(run.mean_saved_bytes))}"
         )
@@ -150,6 +152,12 @@ def _pool_notes(fig: ShadowFigures) -> list[str]:
             f"figures include pages the shadow did not store: the pool differed from the "
             f"shadow's own count at {run.foreign_ticks} of {run.ticks} ticks "
             f"({run.foreign_pages:+d} pages at the last)"
+        )
+    if run.lost_pages:
+        notes.append(
+            f"lost {run.lost_pages} pages: stored by the shadow, freed by another client "
+            "(their handles answered stale_handle when loaded or freed); not counted as "
+            "refaults, not stored any more"
         )
     return notes
 

@@ -19,7 +19,10 @@ pool and creates it again, which leaves every handle stale).  The kernel never
 sees that; a shadow must outlive it.  A load or free answered
 ``stale_handle`` for one of the shadow's handles counts that page as *lost*
 (:attr:`RunFigures.lost_pages`): no longer stored, not a refault (nothing
-came back from the pool), and the rest of the batch goes on as if alone.
+came back from the pool), and the rest of the batch goes on as if alone.  A
+tick that ends with the pool holding fewer pages than the shadow stored looks
+for them at once (a load of each of its pages), so that its figures say what
+the pool holds.
 
 Events are applied in batches of consecutive events of one kind, at most
 :data:`BATCH` pages, in the order given; a refused batch is retried a page at a
@@ -237,9 +240,11 @@ class RunFigures:
             first tick to the last; after one tick, that tick's figure.
         peak_saved_bytes, mean_saved_bytes: the same of the pool's saving in
             RAM (:attr:`PoolFigures.saved_bytes`).
-        lost_pages: pages the shadow stored that another client freed, found
-            when the shadow loaded or freed them (their handles answered
-            ``stale_handle``): no longer stored, and not counted as refaults.
+        lost_pages: pages the shadow stored that another client freed (their
+            handles answered ``stale_handle``), found when the shadow loaded or
+            freed them, or at the end of a tick when the pool held fewer pages
+            than the shadow stored: no longer stored (nor cold), and not
+            counted as refaults.
         foreign_pages: at the last tick's end, the pages the pool held less
             those the shadow stored: not 0 when another client stores into (or
             frees from) the shadow's pool, whose figures are then not swap's.
@@ -369,6 +374,8 @@ class SwapSim:
             p.exited = p.exited or scan.exited
         self._retry_waiting()
         self._pool = PoolFigures.from_stats(self.target.stats())
+        if self._pool.pages < sum(len(p.stored) for p in self._procs.values()):
+            self._find_lost(self._pool)
         self._tally(self._pool)
 
     def _tally(self, pool: PoolFigures) -> None:
@@ -576,6 +583,35 @@ class SwapSim:
                 return {}
             half = len(handles) // 2
             return {**self._load_live(handles[:half]), **self._load_live(handles[half:])}
+
+    def _find_lost(self, pool: PoolFigures) -> None:
+        """The pool holds fewer pages than the shadow stored: another client
+        freed some.  Find which (each handle loaded, a batch at a time, and
+        checked: a cost paid only then), and forget them: neither stored nor
+        cold any more, as a page the shadow never saw go cold; the scanner
+        will say when it changes, which then is no refault."""
+        owners = {h: (p, a) for p in self._procs.values() for a, (h, _) in p.stored.items()}
+        handles = list(owners)
+        if pool.pages == 0:  # the pool removed and made again: nothing to load
+            live: set[int] = set()
+        else:
+            live = set()
+            for i in range(0, len(handles), BATCH):
+                part = handles[i : i + BATCH]
+                pages = self._load_live(part)
+                for h, page in pages.items():
+                    p, a = owners[h]
+                    if zlib.crc32(page) != p.stored[a][1]:
+                        raise SwapSimError(
+                            f"pid {p.pid} page {a:#x} came back from the pool different "
+                            "from what was stored"
+                        )
+                live.update(pages)
+        for h in handles:
+            if h not in live:
+                p, a = owners[h]
+                del p.stored[a]
+                self._lost += 1
 
     def _free_live(self, handles: list[int]) -> set[int]:
         """Free ``handles``; return those the pool no longer held (freed by

@@ -226,6 +226,34 @@ def test_pool_holds_the_cold_region_refaults_the_rewritten_frees_the_unmapped(
     assert client.stats(pool)["zswap"]["stored_pages"] == 0  # released at the end
 
 
+def test_pages_a_second_client_frees_are_lost_not_refaulted_and_the_shadow_goes_on(
+    target: Target, client: Client, pool: str, daemon: Daemon
+) -> None:
+    """A second client of the daemon frees pages the shadow stored (it knows
+    their handles: here, the shadow's own; no API lists them): the refault of
+    one, the unmapping of another, find them stale, count them lost, and the
+    rest of each batch goes on as it would have."""
+    pid = target.pid
+    cold, hot, gone = (target.addresses(r) for r in ("cold", "hot", "gone"))
+    with shadow([pid], client, pool) as s:
+        s.tick(0.0)
+        s.tick(COLD_AFTER)
+        assert all(s.stored(pid, cold + hot + gone))
+        stored = s.sim._procs[pid].stored
+        with Client(daemon.url) as other:
+            other.free([stored[hot[0]][0], stored[gone[0]][0]], pool=pool)
+        target.command("hot")
+        target.command("unmap")
+        s.tick(2.0)
+        fig = s.sim.figures()
+        (p,) = fig.processes
+        assert fig.run.lost_pages == 2
+        assert p.refaults_total >= target.pages - 1  # the hot region's, but the lost one
+        assert not any(s.stored(pid, hot + gone)) and all(s.stored(pid, cold))
+        assert s.pool_pages() == p.stored_pages and fig.run.foreign_pages == 0
+    assert client.stats(pool)["zswap"]["stored_pages"] == 0  # released at the end
+
+
 def test_exiting_target_frees_every_page_and_is_no_longer_scanned(
     target: Target, client: Client, pool: str
 ) -> None:
@@ -781,6 +809,79 @@ def test_cli_pages_another_client_stores_into_the_pool_are_said_and_marked(
     assert closing["figures"]["run"]["foreign_pages"] == 1
     assert closing["figures"]["run"]["foreign_ticks"] >= 3
     assert pool not in client.pools()
+
+
+def test_cli_a_pool_removed_and_made_again_loses_the_shadows_pages_said_once_a_tick(
+    target: Target, client: Client, daemon: Daemon
+) -> None:
+    """Another client removes the shadow's pool and makes it again (every handle
+    the shadow holds is then stale; no route lists a pool's handles, nor frees
+    them all): at its next tick's end the shadow finds the pool holding fewer
+    pages than it stored, counts its pages lost (not refaults) in one line,
+    and goes on, its figures those of the pool."""
+    pool = f"shadow-{target.pid}"
+    proc = shadow_cli(
+        "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
+        "--cold-after", f"{COLD_AFTER}s", "--json",
+    )  # fmt: skip
+    with running(proc) as lines:
+        tick = lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
+        proc.send_signal(signal.SIGSTOP)  # between two ticks: no race with the shadow
+        try:
+            with Client(daemon.url) as other:
+                other.remove_pool(pool)
+                other.create_pool(pool)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        tick = lines.until(lambda t: t["run"]["lost_pages"] > 0)
+        lost = tick["run"]["lost_pages"]
+        assert lost >= 3 * target.pages and tick["run"]["foreign_pages"] == 0
+        assert _proc(tick)["stored_pages"] == tick["pool"]["stored_pages"]
+        refaults = _proc(tick)["refaults_total"]
+        target.command("hot")  # the hot region's pages were lost: no refaults
+        tick = lines.until(lambda t: t["t"] > tick["t"] + 3 * COLD_AFTER)
+        # 16 pages rewritten every 50 ms would be 16 refaults had they been stored
+        # (a page of the interpreter's, stored anew and touched, may be one).
+        assert _proc(tick)["refaults_total"] - refaults < target.pages
+        code, out, err = finish_out(proc, lines)
+        closing = json.loads(out[-1])["summary"]
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "lost, not refaults" in line]
+    assert len(said) == 1, err
+    assert said[0].startswith("zswapd shadow: t=") and said[0].endswith(
+        f"in pool {pool} (stale handles): lost, not refaults ({lost} lost in all); "
+        "the shadow goes on"
+    ), err
+    assert closing["figures"]["run"]["lost_pages"] == lost
+    assert pool not in client.pools() and pool not in client.shadows()
+
+
+def test_cli_the_pool_removed_under_the_shadow_stops_it_in_one_line(
+    target: Target, client: Client, daemon: Daemon, tmp_path: Path
+) -> None:
+    """The shadow does not make its pool again (whoever removed it meant its
+    pages gone): one line saying when, exit 1, its record closed with the last
+    tick's figures, its report removed."""
+    pool = f"shadow-{target.pid}"
+    record = tmp_path / "removed.rec"
+    proc = shadow_cli(
+        "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
+        "--cold-after", f"{COLD_AFTER}s", "--record", str(record), "--json",
+    )  # fmt: skip
+    with running(proc) as lines:
+        lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
+        assert pool in client.shadows()
+        with Client(daemon.url) as other:
+            other.remove_pool(pool)
+        code, err = finish(proc, None)
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" not in err, err
+    assert last.startswith(f"zswapd shadow: pool {pool} was removed by another client at t=")
+    assert last.endswith("s: the shadow stops"), err
+    assert pool not in client.pools() and pool not in client.shadows()
+    with RecordReader.open(str(record)) as reader:
+        assert reader.complete
+        assert reader.summary["figures"]["processes"][0]["stored_pages"] >= 3 * target.pages
 
 
 def test_cli_a_killed_shadows_pool_refuses_a_restart_saying_how_to_recover(

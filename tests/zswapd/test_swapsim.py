@@ -37,8 +37,8 @@ class SwapModel(RuleBasedStateMachine):
     did with them (stored, waiting for room), cold is cold, and every stored
     page must come back as it went in.  Another client of the pool may free
     stored pages behind the shadow's back: each is lost (not a refault) when
-    the shadow next loads or frees it, and until then the pool holds fewer
-    pages than the shadow stored.
+    the shadow next loads or frees it, or at the tick's end, when the pool
+    holds fewer pages than the shadow stored.
     """
 
     def __init__(self) -> None:
@@ -123,6 +123,11 @@ class SwapModel(RuleBasedStateMachine):
     def tick(self) -> None:
         self.t += 1.0
         self.sim.end_tick(TickEnd(self.t, scans()))
+        # The pool held fewer pages than the shadow stored: it found those lost,
+        # which are no longer cold to it (nor stored).
+        for key in self.freed_by_other:
+            del self.cold[key]
+        self._found(set(self.freed_by_other))
 
     @precondition(lambda self: any(self.sim.stored(*k) for k in self.cold))
     @rule()
@@ -327,6 +332,14 @@ def test_pages_another_client_frees_are_lost_not_refaulted_and_the_shadow_goes_o
         fig = sim.figures()
         assert fig.run.lost_pages == 5 and fig.run.foreign_pages == 0
         assert fig.processes[0].stored_pages == pool.stored_pages == 8
+        # Freed while the process leaves them be: found at the tick's end, when
+        # the pool holds fewer than the shadow stored, and no longer cold.
+        pool.free([stored[a][0] for a in ADDRESSES[16:18]])
+        sim.end_tick(TickEnd(3.0, scans()))
+        fig = sim.figures()
+        p = fig.processes[0]  # pid 101; 202 only scanned
+        assert (fig.run.lost_pages, p.stored_pages, p.cold_pages) == (7, 6, 6)
+        assert fig.run.foreign_pages == 0 and p.refaults_total == 5
         sim.release()
         assert pool.stored_pages == 0
     finally:
