@@ -37,7 +37,7 @@ from zswapd.record import RecordReader
 from zswapd.replay import Overrides, replay, replay_config
 from zswapd.scanner import STATE_BYTES_PER_PAGE, Detection, Scanner, probe_idle, probe_soft_dirty
 from zswapd.shadow_cli import next_wait
-from zswapd.shadow_report import format_summary, format_tick
+from zswapd.shadow_report import format_pool_tick, format_summary, format_tick
 from zswapd.swapsim import (
     ClientTarget,
     PoolFigures,
@@ -931,17 +931,18 @@ def test_cli_a_pool_name_the_daemon_would_refuse_is_one_line_before_any_scan(
     assert client.pools() == before and client.shadows() == {}
 
 
-def _figures(**pool: int) -> ShadowFigures:
+def _figures(lost: int = 0, **pool: int) -> ShadowFigures:
     p = ProcessFigures(7, "svc", 100, 40, 40, 81920, 50, 10, 0, 0.5, 409600, True)
     values = dict.fromkeys(PoolFigures.__dataclass_fields__, 0) | pool
-    run = RunFigures(4, 45, 30.5, 90000, 60000.0, 0, 0, ((7, 12.5),))
+    run = RunFigures(4, 45, 30.5, 90000, 60000.0, 0, 0, ((7, 12.5),), lost)
     return ShadowFigures(20.0, (p,), PoolFigures(**values), run)
 
 
 def test_the_summary_says_what_its_figures_mean() -> None:
     """Each figure a newcomer misreads carries its meaning: RAM saved apart from
     pages on disk, write-only refaults under hash, the max above the limit, the
-    run's peak and mean, when a process exited, what a process's share is."""
+    run's peak and mean (over time), when a process exited, what a process's
+    share is, pages lost to another client's frees."""
     fig = _figures(
         orig_data_size=60 << 12, mem_used_total=20 << 12, bd_count=20, bd_reads=3,
         mem_limit=20 << 12, mem_used_max=24 << 12,
@@ -952,8 +953,12 @@ def test_the_summary_says_what_its_figures_mean() -> None:
     assert "max above the limit: as zram" in text
     assert "REFAULTS: writes only (hash detection)" in text
     assert "SAVED: the pool's saving in RAM, split between processes by their stored pages" in text
-    assert "over 4 ticks: stored pages peak 45, mean 30.5" in text
+    assert "over 4 ticks: stored pages peak 45, mean over time 30.5" in text
     assert text.splitlines()[1].endswith("at t=12.5s")
+    assert "lost" not in text and "lost" not in format_pool_tick(fig)
+    lost = _figures(lost=3)
+    assert "lost 3 pages: stored by the shadow, freed by another client" in format_summary(lost)
+    assert format_pool_tick(lost).endswith("; 3 lost (freed by another client)")
     for quiet in (format_summary(fig), format_summary(fig, "hash+idle")):
         assert "writes only" not in quiet
     assert "max above" not in format_summary(_figures(mem_used_max=1 << 20))
