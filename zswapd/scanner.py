@@ -65,7 +65,7 @@ import os
 import struct
 import time
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import xxhash
@@ -78,6 +78,7 @@ from zswapd.procmem import (
     SOFT_DIRTY,
     PfnSet,
     ProcessMemory,
+    Stopped,
     open_process,
     walk_entries,
 )
@@ -278,8 +279,8 @@ def _comm(pid: int) -> str:
     return printable(raw)[:_COMM_CHARS]
 
 
-def _open_target(pid: int, detection: Detection) -> _Target:
-    memory = open_process(pid)
+def _open_target(pid: int, detection: Detection, pagemap_scan: bool) -> _Target:
+    memory = open_process(pid, pagemap_scan=pagemap_scan)
     try:
         comm = _comm(pid)
         clear_refs = -1
@@ -349,6 +350,8 @@ class Scanner(Closing):
         pids: the processes, in the order their events come.
         cold_after: seconds a page must stay unchanged to be declared cold.
         detection: how change is seen (default: :func:`probe_detection`).
+        pagemap_scan: find present pages with PAGEMAP_SCAN where the kernel
+            has it (False: read the whole pagemap, as on a kernel without it).
 
     Raises:
         ConfigError: a pid that does not exist or may not be read (one line,
@@ -356,7 +359,12 @@ class Scanner(Closing):
     """
 
     def __init__(
-        self, pids: Sequence[int], cold_after: float, detection: Detection | None = None
+        self,
+        pids: Sequence[int],
+        cold_after: float,
+        detection: Detection | None = None,
+        *,
+        pagemap_scan: bool = True,
     ) -> None:
         if cold_after < 0:
             raise ConfigError(f"cold_after must be 0 or more seconds, not {cold_after}")
@@ -366,7 +374,7 @@ class Scanner(Closing):
         self._idle_fd = -1
         try:
             for pid in dict.fromkeys(pids):
-                self._targets.append(_open_target(pid, self.detection))
+                self._targets.append(_open_target(pid, self.detection, pagemap_scan))
             if self.detection.idle:
                 self._idle_fd = os.open(IDLE_BITMAP, os.O_RDWR | os.O_CLOEXEC)
         except BaseException:
@@ -375,6 +383,7 @@ class Scanner(Closing):
         self._buffer = bytearray(BUFFER_PAGES * PAGE_SIZE)
         self._view = memoryview(self._buffer)
         self.scans: tuple[ProcessScan, ...] = ()
+        self.stopped = False
 
     def close(self) -> None:
         for target in self._targets:
@@ -399,6 +408,11 @@ class Scanner(Closing):
     def tracked_pages(self, pid: int) -> int:
         return next((len(t.addrs) for t in self._targets if t.pid == pid), 0)
 
+    def memory(self, pid: int) -> ProcessMemory | None:
+        """The opened memory of ``pid`` (its walk counters: ``pagemap_bytes``,
+        ``scan_calls``, ``pagemap_scan``); None for a pid not given."""
+        return next((t.memory for t in self._targets if t.pid == pid), None)
+
     def is_cold(self, pid: int, address: int) -> bool:
         """Whether the page at ``address`` of ``pid`` is declared cold now."""
         for t in self._targets:
@@ -416,22 +430,33 @@ class Scanner(Closing):
 
     # -- the scan ----------------------------------------------------------------
 
-    def scan(self, now: float) -> Iterator[Event]:
+    def scan(self, now: float, should_stop: Callable[[], bool] | None = None) -> Iterator[Event]:
         """One interval's scan of every process still followed: its events, in order.
 
-        Consume it whole; then :attr:`scans` holds what it saw of each process.
+        Consume it whole; then :attr:`scans` holds what it saw of each process
+        and :attr:`stopped` whether ``should_stop`` cut it short.
 
         Args:
             now: the scan's time (seconds, on the clock ``cold_after`` is counted in).
+            should_stop: asked between chunks of the walk and runs of the read;
+                once True, the scan ends there.  What it had not reached stays
+                as the last scan saw it (no event, figures unchanged), so the
+                figures stay those of pages really seen; a page it had read is
+                taken into account.
         """
         seen = PfnSet()
         scans: list[ProcessScan] = []
         ended: list[_Target] = []
+        self.stopped = False
         for target in self._targets:
             if target.exited:
                 continue
             got: list[ProcessScan] = []
-            yield from self._scan_target(target, now, seen, got)
+            if self.stopped:
+                # Not reached: as it was.
+                got.append(ProcessScan(target.pid, target.comm, len(target.addrs), 0, 0.0))
+            else:
+                yield from self._scan_target(target, now, seen, got, should_stop)
             scans.extend(got)
             if target.exited:
                 ended.append(target)
@@ -440,7 +465,12 @@ class Scanner(Closing):
         self.scans = tuple(scans)
 
     def _scan_target(
-        self, t: _Target, now: float, seen: PfnSet, out: list[ProcessScan]
+        self,
+        t: _Target,
+        now: float,
+        seen: PfnSet,
+        out: list[ProcessScan],
+        should_stop: Callable[[], bool] | None,
     ) -> Iterator[Event]:
         """Scan one process; its ProcessScan goes to ``out``.
 
@@ -472,9 +502,15 @@ class Scanner(Closing):
         walked = array("Q")
         entries = array("Q")
         try:
-            for _, address, entry in walk_entries(t.memory, seen):
+            for _, address, entry in walk_entries(t.memory, seen, should_stop=should_stop):
                 walked.append(address)
                 entries.append(entry)
+        except Stopped:
+            # Mid-walk: nothing of this walk is known whole; the state stays.
+            self.stopped = True
+            spent = time.process_time() - clock
+            out.append(ProcessScan(t.pid, t.comm, len(t.addrs), 0, spent))
+            return
         except OSError:
             if t.alive():
                 raise
@@ -562,6 +598,9 @@ class Scanner(Closing):
                 page(i, old_fps[where[i]], None)
                 i += 1
                 continue
+            if should_stop is not None and should_stop():
+                self.stopped = True
+                break
             # A run: needed pages at consecutive addresses, at most a buffer's worth.
             end = i + 1
             last = min(n, i + BUFFER_PAGES)
@@ -595,6 +634,17 @@ class Scanner(Closing):
         if not t.alive():
             ended()
             return
+        # Stopped midway: the pages not read yet keep the state they had (a
+        # new one is left for the next scan to meet), still matched, so not GONE.
+        for k in range(i, n):
+            w = where[k]
+            if w >= 0:
+                keep_addr(walked[k])
+                keep_fp(old_fps[w])
+                keep_since(old_since[w])
+                keep_cold(old_cold[w])
+                if pfns:
+                    new_pfns.append(pfns[k])
         for k in range(len(old_addrs)):
             if old_cold[k] and not matched[k]:
                 events.append(Event(EventKind.GONE, pid, old_addrs[k]))
