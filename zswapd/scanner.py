@@ -46,13 +46,31 @@ shadow's own memory):
   a page whose idle bit is clear at the next scan was touched, read or
   written: it is hot, so a page only read is not cold.
 
-What a scan costs: the walk is bounded by the pages present (procmem), the
-pages are read in contiguous runs of up to :data:`BUFFER_PAGES` with one
-``preadv`` into one reused buffer, never stopping or ptrace-stopping the
-target.  A run cut short (a mapping that vanished between the walk and the
-read) goes on after the missing page.  The state kept is
-:data:`STATE_BYTES_PER_PAGE` bytes a tracked page, in arrays: no Python object
-per page.  A scan holds, besides, about as much again for the pages of its walk.
+What a scan costs: the walk is bounded by the pages present (procmem: the
+kernel's PAGEMAP_SCAN answers which, where it has it), the pages are read in
+contiguous runs of up to :data:`BUFFER_PAGES` with one ``preadv`` into one
+reused buffer, never stopping or ptrace-stopping the target.  A run cut short
+(a mapping that vanished between the walk and the read) goes on after the
+missing page.  The state kept is :data:`STATE_BYTES_PER_PAGE` bytes a tracked
+page, in arrays: no Python object per page.  A scan holds, besides, about as
+much again for the pages of its walk.
+
+Measured here (Linux 6.18, 2 cores): a process reserving 16 TiB
+(MAP_NORESERVE), three pages of it touched, 1,934 pages tracked in all: a scan
+takes 0.02 s with PAGEMAP_SCAN (29 KiB of pagemap read, 120 calls) and 40 s
+without (the whole 32 GiB of its pagemap read).  A hostile target's other
+lever is the number of mappings: 64,000 (vm.max_map_count is 65,530), one
+page each, cost 1.3 to 1.6 s a scan either way, 0.8 s of it reading
+/proc/PID/smaps; memory stays per page, not per mapping.
+
+A scan may be told to stop (``scan(now, should_stop)``, asked between chunks
+of the walk and runs of the read), so a shadow asked to end does not wait for
+a walk of a huge mapping on a kernel without PAGEMAP_SCAN.  Stopped mid-walk,
+a process's state stays as the last scan left it (no event); stopped mid-read,
+the pages read are taken into account and the others keep their state (not
+GONE, not COLD), so the figures stay those of pages really seen and the next
+scan goes on from there.  The processes after the stop are reported as they
+were.
 """
 
 from __future__ import annotations
