@@ -236,12 +236,13 @@ class ProcessMemory(Closing):
                     os.close(fd)
 
 
-def open_process(pid: int, *, pagemap_scan: bool = True) -> ProcessMemory:
+def open_process(pid: int, *, pagemap_scan: bool | None = None) -> ProcessMemory:
     """Open ``pid``'s memory, or say in one line why it cannot be read.
 
     The one check of a ``--pid`` (push and estimate): it fails before any page
     is read or stored.  ``pagemap_scan=False`` reads the pagemap whole, as on a
-    kernel without PAGEMAP_SCAN (tests of that path).
+    kernel without PAGEMAP_SCAN (tests of that path); None leaves it to the
+    environment: ``ZSWAPD_PAGEMAP_SCAN=0`` does the same for a whole command.
 
     Raises:
         ConfigError: no such process, a kernel thread (no user memory), or no
@@ -261,6 +262,8 @@ def open_process(pid: int, *, pagemap_scan: bool = True) -> ProcessMemory:
         if isinstance(exc, OSError):
             raise ConfigError(f"--pid {pid}: cannot read its memory: {exc.strerror}") from None
         raise
+    if pagemap_scan is None:
+        pagemap_scan = os.environ.get("ZSWAPD_PAGEMAP_SCAN", "1") != "0"
     return ProcessMemory(pid, fds[0], fds[1], pagemap_scan)
 
 

@@ -297,7 +297,7 @@ def _comm(pid: int) -> str:
     return printable(raw)[:_COMM_CHARS]
 
 
-def _open_target(pid: int, detection: Detection, pagemap_scan: bool) -> _Target:
+def _open_target(pid: int, detection: Detection, pagemap_scan: bool | None) -> _Target:
     memory = open_process(pid, pagemap_scan=pagemap_scan)
     try:
         comm = _comm(pid)
@@ -369,7 +369,8 @@ class Scanner(Closing):
         cold_after: seconds a page must stay unchanged to be declared cold.
         detection: how change is seen (default: :func:`probe_detection`).
         pagemap_scan: find present pages with PAGEMAP_SCAN where the kernel
-            has it (False: read the whole pagemap, as on a kernel without it).
+            has it (False: read the whole pagemap, as on a kernel without it;
+            None: as procmem's ``ZSWAPD_PAGEMAP_SCAN`` says).
 
     Raises:
         ConfigError: a pid that does not exist or may not be read (one line,
@@ -382,7 +383,7 @@ class Scanner(Closing):
         cold_after: float,
         detection: Detection | None = None,
         *,
-        pagemap_scan: bool = True,
+        pagemap_scan: bool | None = None,
     ) -> None:
         if cold_after < 0:
             raise ConfigError(f"cold_after must be 0 or more seconds, not {cold_after}")
@@ -654,15 +655,24 @@ class Scanner(Closing):
             return
         # Stopped midway: the pages not read yet keep the state they had (a
         # new one is left for the next scan to meet), still matched, so not GONE.
+        # But what the kernel said of them is spent (soft-dirty bits cleared
+        # above, idle bits set again below): one it saw written or touched has
+        # changed, now, as the read would have found.
         for k in range(i, n):
             w = where[k]
-            if w >= 0:
-                keep_addr(walked[k])
-                keep_fp(old_fps[w])
-                keep_since(old_since[w])
-                keep_cold(old_cold[w])
-                if pfns:
-                    new_pfns.append(pfns[k])
+            if w < 0:
+                continue
+            since, cold = old_since[w], old_cold[w]
+            if touched[k] or (soft_dirty and entries[k] & SOFT_DIRTY):
+                if cold:
+                    events.append(Event(EventKind.CHANGED, pid, walked[k]))
+                since, cold = now, 0
+            keep_addr(walked[k])
+            keep_fp(old_fps[w])
+            keep_since(since)
+            keep_cold(cold)
+            if pfns:
+                new_pfns.append(pfns[k])
         for k in range(len(old_addrs)):
             if old_cold[k] and not matched[k]:
                 events.append(Event(EventKind.GONE, pid, old_addrs[k]))

@@ -359,3 +359,18 @@ def test_mappings_moved_and_unmapped_during_scans_leave_the_figures_consistent()
                 assert scan.resident_pages == scanner.tracked_pages(proc.pid)
     finally:
         _stop(proc)
+
+
+def test_zswapd_pagemap_scan_0_forces_the_whole_pagemap_read(
+    sparse: tuple[int, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The switch for a whole command (``ZSWAPD_PAGEMAP_SCAN=0 zswapd shadow ...``)."""
+    pid, touched = sparse
+    monkeypatch.setenv("ZSWAPD_PAGEMAP_SCAN", "0")
+    with Scanner([pid], COLD_AFTER, Detection()) as scanner:
+        list(scanner.scan(0.0))
+        list(scanner.scan(COLD_AFTER))
+        memory = scanner.memory(pid)
+        assert memory is not None and not memory.pagemap_scan and memory.scan_calls == 0
+        assert memory.pagemap_bytes >= 2 * (SMALL_RESERVE << 21)  # two whole reads
+        assert all(scanner.is_cold(pid, a) for a in touched)
