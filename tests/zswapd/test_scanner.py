@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,30 @@ if "--churn" in sys.argv:
     for f in (move, unmap):
         threading.Thread(target=f, daemon=True).start()
 print(json.dumps({"tiny": tiny}), flush=True)
+for line in sys.stdin:
+    print("ok", line.strip(), flush=True)
+"""
+
+
+# A process that leaves 16 pages of a region to a userfaultfd it never serves
+# (UFFDIO_REGISTER_MODE_MISSING): a fault there waits for it, forever.  It
+# prints the region's address (or why userfaultfd was refused), then answers stdin.
+_UFFD = r"""
+import ctypes, fcntl, json, mmap, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+fd = libc.syscall(323, os.O_CLOEXEC | os.O_NONBLOCK)  # userfaultfd, x86-64
+if fd < 0:
+    print(json.dumps({"error": os.strerror(ctypes.get_errno())}), flush=True)
+else:
+    iowr = lambda nr, size: (3 << 30) | (size << 16) | (0xAA << 8) | nr
+    fcntl.ioctl(fd, iowr(0x3F, 24), bytearray(struct.pack("=QQQ", 0xAA, 0, 0)))
+    m = mmap.mmap(-1, 16 * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    view = (ctypes.c_char * len(m)).from_buffer(m)
+    at = ctypes.addressof(view)
+    del view
+    fcntl.ioctl(fd, iowr(0x00, 32), bytearray(struct.pack("=QQQQ", at, 16 * 4096, 1, 0)))
+    print(json.dumps({"region": at}), flush=True)
 for line in sys.stdin:
     print("ok", line.strip(), flush=True)
 """
@@ -374,3 +400,33 @@ def test_zswapd_pagemap_scan_0_forces_the_whole_pagemap_read(
         assert memory is not None and not memory.pagemap_scan and memory.scan_calls == 0
         assert memory.pagemap_bytes >= 2 * (SMALL_RESERVE << 21)  # two whole reads
         assert all(scanner.is_cold(pid, a) for a in touched)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
+    reason="the target calls userfaultfd by its x86-64 syscall number",
+)
+def test_a_page_left_to_an_unserved_userfaultfd_reads_as_gone_without_waiting() -> None:
+    """Reading a page of another process faults it in; a hostile target can
+    leave that fault to a userfaultfd nobody serves.  A remote read does not
+    wait for one (the kernel answers it SIGBUS, so EIO): the page is gone."""
+    proc, info = _start([sys.executable, "-c", _UFFD])
+    try:
+        if "error" in info:
+            pytest.skip(f"userfaultfd refused here: {info['error']}")
+        got: list[bytes | None] = []
+        with Scanner([proc.pid], COLD_AFTER, Detection()) as scanner:
+            reader = threading.Thread(
+                target=lambda: got.append(scanner.read_page(proc.pid, info["region"])),
+                daemon=True,
+            )
+            reader.start()
+            # Not a timing: a deadline so that a kernel that waited fails the
+            # test instead of hanging it (ending the target ends any wait).
+            reader.join(60)
+            answered = not reader.is_alive()
+            _stop(proc)
+            reader.join()
+            assert answered and got == [None]
+    finally:
+        _stop(proc)
