@@ -39,7 +39,8 @@ HUGE_RESERVE = 64 << 10
 # written once (every other page of a PROT_NONE reservation made writable, so
 # that no two merge: 2N mappings).  ``--churn``: threads that, without pause,
 # move a written region back and forth (mremap) and map, write and unmap
-# another (munmap).  It prints one JSON line (the tiny pages' addresses), then
+# another (munmap).  ``--thp``: a huge page written and one only read.  It
+# prints one JSON line (the tiny pages' and huge pages' addresses), then
 # answers each line of stdin with ``ok LINE``, as shadow_target.py does.
 _HOSTILE = r"""
 import ctypes, json, mmap, sys, threading
@@ -93,10 +94,22 @@ def unmap():
         write(at, 64, b"gone %d" % n)
         libc.munmap(at, 64 * PAGE)
 
+huge = []
+if "--thp" in sys.argv:
+    # Transparent huge pages (MADV_HUGEPAGE): 2 MiB written, 2 MiB only read
+    # (the huge zero page, where the kernel offers it).
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    raw = reserve(6 * 512, PROT_RW)
+    at = (raw + (2 << 20) - 1) & ~((2 << 20) - 1)
+    libc.madvise(at, 4 << 20, 14)
+    ctypes.memset(at, 7, 2 << 20)
+    sum(ctypes.string_at(at + (2 << 20), PAGE))
+    huge = [at, at + (2 << 20)]
+
 if "--churn" in sys.argv:
     for f in (move, unmap):
         threading.Thread(target=f, daemon=True).start()
-print(json.dumps({"tiny": tiny}), flush=True)
+print(json.dumps({"tiny": tiny, "huge": huge}), flush=True)
 for line in sys.stdin:
     print("ok", line.strip(), flush=True)
 """
@@ -428,5 +441,19 @@ def test_a_page_left_to_an_unserved_userfaultfd_reads_as_gone_without_waiting() 
             _stop(proc)
             reader.join()
             assert answered and got == [None]
+    finally:
+        _stop(proc)
+
+
+def test_huge_pages_read_the_same_both_ways() -> None:
+    """A transparent huge page is one range to PAGEMAP_SCAN and 512 entries to
+    the pagemap: the walks agree, page for page."""
+    proc, info = _start([sys.executable, "-c", _HOSTILE, "--thp"])
+    try:
+        fast, _ = _walk(proc.pid, pagemap_scan=True)
+        slow, _ = _walk(proc.pid, pagemap_scan=False)
+        assert fast == slow
+        written = info["huge"][0]
+        assert {a for _, a, _ in fast} >= set(range(written, written + (2 << 20), PAGE))
     finally:
         _stop(proc)
