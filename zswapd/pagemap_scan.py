@@ -28,16 +28,22 @@ import fcntl
 from collections.abc import Iterator
 
 __all__ = [
+    "PAGEMAP_SCAN",
     "PAGE_IS_FILE",
+    "PAGE_IS_HUGE",
     "PAGE_IS_PFNZERO",
     "PAGE_IS_PRESENT",
+    "PAGE_IS_SOFT_DIRTY",
     "PAGE_IS_SWAPPED",
+    "PAGE_IS_WPALLOWED",
+    "PAGE_IS_WRITTEN",
     "REGIONS",
     "Unsupported",
     "present_ranges",
 ]
 
-# The categories of a page (fs.h's PAGE_IS_*), as bits of a region's
+PAGE_SIZE = 4096
+# The categories of a page (fs.h's PAGE_IS_*; only PRESENT is asked here), as bits of a region's
 # ``categories`` and of the argument's masks.
 PAGE_IS_WPALLOWED = 1 << 0
 PAGE_IS_WRITTEN = 1 << 1
@@ -86,11 +92,12 @@ class _Region(ctypes.Structure):
 
 
 def _iowr(kind: str, nr: int, size: int) -> int:
-    """The request number _IOWR(kind, nr, size) on every architecture zswapd runs on."""
+    """The request number _IOWR(kind, nr, size), in the generic encoding (x86,
+    arm64, riscv; not powerpc, mips or sparc, whose direction bits differ:
+    there the kernel refuses the number, ENOTTY, and callers read the pagemap)."""
     return (3 << 30) | (size << 16) | (ord(kind) << 8) | nr
 
 
-PAGE_SIZE = 4096
 PAGEMAP_SCAN = _iowr("f", 16, ctypes.sizeof(_ScanArg))
 
 
