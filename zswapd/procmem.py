@@ -16,10 +16,19 @@ What a walk costs is bounded by the pages present, not by the size of the
 mappings: a process may reserve 64 TiB (MAP_NORESERVE) for free, and whoever
 walks it (root, often) must not pay for that.  Mappings with nothing resident
 (``Rss: 0`` in /proc/PID/smaps) are skipped without reading their pagemap;
-the others are read in chunks of :data:`PAGEMAP_CHUNK` entries into one
-reused buffer, so memory stays at half a MiB whatever the mappings.  Time
-still grows with the size of a mapping that has anything resident: its
-pagemap is 2 MiB per GiB mapped, about 2 s per TiB here.
+of the others, the kernel is asked which pages are present
+(zswapd/pagemap_scan.py's PAGEMAP_SCAN, Linux 6.7+) and only those pages'
+entries are read, so a mapping of 64 TiB with three pages touched costs three
+entries.  A kernel without that ioctl has the whole pagemap of each such mapping
+read, in chunks of :data:`PAGEMAP_CHUNK` entries into one buffer, so memory
+stays at half a MiB whatever the mappings; time then grows with the size of a
+mapping that has anything resident: its pagemap is 2 MiB per GiB mapped, about
+2 s per TiB here.  Either way a walk may be told to stop (``should_stop``,
+asked between chunks, calls and mappings): it then raises :class:`Stopped`.
+
+A walk yields addresses strictly ascending, whatever the process does to its
+mappings meanwhile (/proc/PID/smaps is read as the walk goes, and a mapping
+made or moved behind the walk could otherwise come round again).
 
 A process is opened once (:func:`open_process`): /proc/PID/mem and
 /proc/PID/pagemap are opened by its pid at that moment, and every later read
@@ -38,11 +47,12 @@ import os
 import re
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from zswapd.closing import Closing
 from zswapd.errors import ConfigError
+from zswapd.pagemap_scan import Unsupported, present_ranges
 
 __all__ = [
     "PAGEMAP_CHUNK",
@@ -54,6 +64,7 @@ __all__ = [
     "ProcessMemory",
     "ProcessPages",
     "Skipped",
+    "Stopped",
     "open_process",
     "read_maps",
     "resident_mappings",
@@ -75,6 +86,9 @@ _SHARED_ANON = ("/dev/zero (deleted)", "/SYSV", "/memfd:", "/dev/shm/")
 # Pagemap entries read at a time: 512 KiB, the most a walk holds, and large
 # enough that a TiB of holes costs 4096 reads, not millions.
 PAGEMAP_CHUNK = 1 << 16
+# Mappings up to this size have their pagemap read whole (4 KiB of entries at
+# most, one pread): for them the ioctl's own cost is more than it saves.
+_SCAN_FROM_BYTES = 512 * PAGE_SIZE
 # An entry is a native u64; its top byte carries bit 63 (present), so a
 # chunk's present entries are found by a regex over its top bytes, in C
 # (holes are not all zero: a hole's entry may carry soft-dirty, bit 55).
@@ -179,16 +193,30 @@ class Skipped:
     shared_dup: int = 0
 
 
+class Stopped(Exception):
+    """A walk's ``should_stop`` said so: the pages it gave are not all."""
+
+
 class ProcessMemory(Closing):
     """A process opened once: its /proc/PID/mem and /proc/PID/pagemap.
 
     Made by :func:`open_process`; close it (or use ``with``) when done.
+
+    Attributes:
+        pagemap_scan: ask the kernel for present pages (PAGEMAP_SCAN); turned
+            off at the first call a kernel without it refuses.
+        pagemap_bytes: bytes of pagemap read so far, by every walk (the work
+            the ioctl saves).
+        scan_calls: PAGEMAP_SCAN calls made so far.
     """
 
-    def __init__(self, pid: int, mem_fd: int, pagemap_fd: int) -> None:
+    def __init__(self, pid: int, mem_fd: int, pagemap_fd: int, pagemap_scan: bool = True) -> None:
         self.pid = pid
         self.mem_fd = mem_fd
         self.pagemap_fd = pagemap_fd
+        self.pagemap_scan = pagemap_scan
+        self.pagemap_bytes = 0
+        self.scan_calls = 0
 
     def read_page(self, address: int) -> bytes | None:
         """The page at ``address``; None if it is gone (unmapped, the process ended)."""
@@ -208,11 +236,13 @@ class ProcessMemory(Closing):
                     os.close(fd)
 
 
-def open_process(pid: int) -> ProcessMemory:
+def open_process(pid: int, *, pagemap_scan: bool | None = None) -> ProcessMemory:
     """Open ``pid``'s memory, or say in one line why it cannot be read.
 
     The one check of a ``--pid`` (push and estimate): it fails before any page
-    is read or stored.
+    is read or stored.  ``pagemap_scan=False`` reads the pagemap whole, as on a
+    kernel without PAGEMAP_SCAN (tests of that path); None leaves it to the
+    environment: ``ZSWAPD_PAGEMAP_SCAN=0`` does the same for a whole command.
 
     Raises:
         ConfigError: no such process, a kernel thread (no user memory), or no
@@ -232,24 +262,58 @@ def open_process(pid: int) -> ProcessMemory:
         if isinstance(exc, OSError):
             raise ConfigError(f"--pid {pid}: cannot read its memory: {exc.strerror}") from None
         raise
-    return ProcessMemory(pid, fds[0], fds[1])
+    if pagemap_scan is None:
+        pagemap_scan = os.environ.get("ZSWAPD_PAGEMAP_SCAN", "1") != "0"
+    return ProcessMemory(pid, fds[0], fds[1], pagemap_scan)
 
 
-def _present(pagemap_fd: int, m: Mapping) -> Iterator[tuple[int, int]]:
-    """(address, pagemap entry) of each present page of ``m``, a chunk at a time."""
-    # No larger than the mapping: a small one (most are) costs no half-MiB buffer.
-    buf = bytearray(8 * min(PAGEMAP_CHUNK, (m.end - m.start) // PAGE_SIZE))
+def _entries(
+    process: ProcessMemory,
+    start: int,
+    end: int,
+    buf: bytearray,
+    should_stop: Callable[[], bool] | None,
+) -> Iterator[tuple[int, int]]:
+    """(address, pagemap entry) of each present page in [start, end), read a
+    chunk of ``buf`` (a multiple of 8 bytes) at a time."""
     entries = memoryview(buf).cast("Q")
-    first = m.start // PAGE_SIZE
-    for lo in range(first, m.end // PAGE_SIZE, PAGEMAP_CHUNK):
-        want = min(PAGEMAP_CHUNK, m.end // PAGE_SIZE - lo)
-        got = os.preadv(pagemap_fd, [entries[:want]], lo * 8) // 8
+    chunk = len(entries)
+    last = end // PAGE_SIZE
+    for lo in range(start // PAGE_SIZE, last, chunk):
+        if should_stop is not None and should_stop():
+            raise Stopped
+        want = min(chunk, last - lo)
+        got = os.preadv(process.pagemap_fd, [entries[:want]], lo * 8) // 8
+        process.pagemap_bytes += got * 8
         tops = buf[_TOP_BYTE : 8 * got : 8]  # one byte an entry, bit 7 = present
         for hit in _PRESENT_TOP.finditer(tops):
             i = hit.start()
             yield (lo + i) * PAGE_SIZE, entries[i]
         if got < want:
             return  # the process ended, or the mapping shrank
+
+
+def _present(
+    process: ProcessMemory, start: int, end: int, should_stop: Callable[[], bool] | None
+) -> Iterator[tuple[int, int]]:
+    """(address, pagemap entry) of each present page in [start, end), one mapping's."""
+    # No larger than the mapping: a small one (most are) costs no half-MiB buffer.
+    buf = bytearray(8 * min(PAGEMAP_CHUNK, (end - start) // PAGE_SIZE))
+    if process.pagemap_scan and end - start > _SCAN_FROM_BYTES:
+        try:
+            for runs in present_ranges(process.pagemap_fd, start, end):
+                process.scan_calls += 1
+                for lo, hi in runs:
+                    # The entries themselves (PFN, soft-dirty) from the pagemap:
+                    # the same as a whole read would give.
+                    yield from _entries(process, lo, hi, buf, should_stop)
+                if should_stop is not None and should_stop():
+                    raise Stopped
+            return
+        except Unsupported:
+            # Raised by the first call, before anything was yielded.
+            process.pagemap_scan = False
+    yield from _entries(process, start, end, buf, should_stop)
 
 
 def walk_pages(
@@ -266,18 +330,29 @@ def walk_pages(
 
 
 def walk_entries(
-    process: ProcessMemory, seen: PfnSet | None = None, skipped: Skipped | None = None
+    process: ProcessMemory,
+    seen: PfnSet | None = None,
+    skipped: Skipped | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[Mapping, int, int]]:
     """:func:`walk_pages` with each page's pagemap entry (its PFN, when readable,
-    under :data:`PFN_MASK`; its :data:`SOFT_DIRTY` bit), in address order."""
+    under :data:`PFN_MASK`; its :data:`SOFT_DIRTY` bit), strictly ascending.
+
+    Raises:
+        Stopped: ``should_stop()`` said so (asked between mappings and chunks).
+    """
     seen = PfnSet() if seen is None else seen
     skipped = Skipped() if skipped is None else skipped
     flags_fd = _open_or_none("/proc/kpageflags")
+    floor = 0  # the lowest address still to walk
     try:
         for m in resident_mappings(process.pid):
-            if not m.wanted:
+            if should_stop is not None and should_stop():
+                raise Stopped
+            if not m.wanted or m.end <= floor:
                 continue
-            for address, entry in _present(process.pagemap_fd, m):
+            for address, entry in _present(process, max(m.start, floor), m.end, should_stop):
+                floor = address + PAGE_SIZE
                 pfn = entry & PFN_MASK
                 if pfn and flags_fd is not None:
                     raw_flags = os.pread(flags_fd, 8, pfn * 8)

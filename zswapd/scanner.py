@@ -46,13 +46,31 @@ shadow's own memory):
   a page whose idle bit is clear at the next scan was touched, read or
   written: it is hot, so a page only read is not cold.
 
-What a scan costs: the walk is bounded by the pages present (procmem), the
-pages are read in contiguous runs of up to :data:`BUFFER_PAGES` with one
-``preadv`` into one reused buffer, never stopping or ptrace-stopping the
-target.  A run cut short (a mapping that vanished between the walk and the
-read) goes on after the missing page.  The state kept is
-:data:`STATE_BYTES_PER_PAGE` bytes a tracked page, in arrays: no Python object
-per page.  A scan holds, besides, about as much again for the pages of its walk.
+What a scan costs: the walk is bounded by the pages present (procmem: the
+kernel's PAGEMAP_SCAN answers which, where it has it), the pages are read in
+contiguous runs of up to :data:`BUFFER_PAGES` with one ``preadv`` into one
+reused buffer, never stopping or ptrace-stopping the target.  A run cut short
+(a mapping that vanished between the walk and the read) goes on after the
+missing page.  The state kept is :data:`STATE_BYTES_PER_PAGE` bytes a tracked
+page, in arrays: no Python object per page.  A scan holds, besides, about as
+much again for the pages of its walk.
+
+Measured here (Linux 6.18, 2 cores): a process reserving 16 TiB
+(MAP_NORESERVE), three pages of it touched, 1,934 pages tracked in all: a scan
+takes 0.02 s with PAGEMAP_SCAN (29 KiB of pagemap read, 120 calls) and 40 s
+without (the whole 32 GiB of its pagemap read).  A hostile target's other
+lever is the number of mappings: 64,000 (vm.max_map_count is 65,530), one
+page each, cost 1.3 to 1.6 s a scan either way, 0.8 s of it reading
+/proc/PID/smaps; memory stays per page, not per mapping.
+
+A scan may be told to stop (``scan(now, should_stop)``, asked between chunks
+of the walk and runs of the read), so a shadow asked to end does not wait for
+a walk of a huge mapping on a kernel without PAGEMAP_SCAN.  Stopped mid-walk,
+a process's state stays as the last scan left it (no event); stopped mid-read,
+the pages read are taken into account and the others keep their state (not
+GONE, not COLD), so the figures stay those of pages really seen and the next
+scan goes on from there.  The processes after the stop are reported as they
+were.
 """
 
 from __future__ import annotations
@@ -65,7 +83,7 @@ import os
 import struct
 import time
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import xxhash
@@ -78,6 +96,7 @@ from zswapd.procmem import (
     SOFT_DIRTY,
     PfnSet,
     ProcessMemory,
+    Stopped,
     open_process,
     walk_entries,
 )
@@ -278,8 +297,8 @@ def _comm(pid: int) -> str:
     return printable(raw)[:_COMM_CHARS]
 
 
-def _open_target(pid: int, detection: Detection) -> _Target:
-    memory = open_process(pid)
+def _open_target(pid: int, detection: Detection, pagemap_scan: bool | None) -> _Target:
+    memory = open_process(pid, pagemap_scan=pagemap_scan)
     try:
         comm = _comm(pid)
         clear_refs = -1
@@ -349,6 +368,9 @@ class Scanner(Closing):
         pids: the processes, in the order their events come.
         cold_after: seconds a page must stay unchanged to be declared cold.
         detection: how change is seen (default: :func:`probe_detection`).
+        pagemap_scan: find present pages with PAGEMAP_SCAN where the kernel
+            has it (False: read the whole pagemap, as on a kernel without it;
+            None: as procmem's ``ZSWAPD_PAGEMAP_SCAN`` says).
 
     Raises:
         ConfigError: a pid that does not exist or may not be read (one line,
@@ -356,7 +378,12 @@ class Scanner(Closing):
     """
 
     def __init__(
-        self, pids: Sequence[int], cold_after: float, detection: Detection | None = None
+        self,
+        pids: Sequence[int],
+        cold_after: float,
+        detection: Detection | None = None,
+        *,
+        pagemap_scan: bool | None = None,
     ) -> None:
         if cold_after < 0:
             raise ConfigError(f"cold_after must be 0 or more seconds, not {cold_after}")
@@ -366,7 +393,7 @@ class Scanner(Closing):
         self._idle_fd = -1
         try:
             for pid in dict.fromkeys(pids):
-                self._targets.append(_open_target(pid, self.detection))
+                self._targets.append(_open_target(pid, self.detection, pagemap_scan))
             if self.detection.idle:
                 self._idle_fd = os.open(IDLE_BITMAP, os.O_RDWR | os.O_CLOEXEC)
         except BaseException:
@@ -375,6 +402,7 @@ class Scanner(Closing):
         self._buffer = bytearray(BUFFER_PAGES * PAGE_SIZE)
         self._view = memoryview(self._buffer)
         self.scans: tuple[ProcessScan, ...] = ()
+        self.stopped = False
 
     def close(self) -> None:
         for target in self._targets:
@@ -399,6 +427,11 @@ class Scanner(Closing):
     def tracked_pages(self, pid: int) -> int:
         return next((len(t.addrs) for t in self._targets if t.pid == pid), 0)
 
+    def memory(self, pid: int) -> ProcessMemory | None:
+        """The opened memory of ``pid`` (its walk counters: ``pagemap_bytes``,
+        ``scan_calls``, ``pagemap_scan``); None for a pid not given."""
+        return next((t.memory for t in self._targets if t.pid == pid), None)
+
     def is_cold(self, pid: int, address: int) -> bool:
         """Whether the page at ``address`` of ``pid`` is declared cold now."""
         for t in self._targets:
@@ -416,22 +449,33 @@ class Scanner(Closing):
 
     # -- the scan ----------------------------------------------------------------
 
-    def scan(self, now: float) -> Iterator[Event]:
+    def scan(self, now: float, should_stop: Callable[[], bool] | None = None) -> Iterator[Event]:
         """One interval's scan of every process still followed: its events, in order.
 
-        Consume it whole; then :attr:`scans` holds what it saw of each process.
+        Consume it whole; then :attr:`scans` holds what it saw of each process
+        and :attr:`stopped` whether ``should_stop`` cut it short.
 
         Args:
             now: the scan's time (seconds, on the clock ``cold_after`` is counted in).
+            should_stop: asked between chunks of the walk and runs of the read;
+                once True, the scan ends there.  What it had not reached stays
+                as the last scan saw it (no event, figures unchanged), so the
+                figures stay those of pages really seen; a page it had read is
+                taken into account.
         """
         seen = PfnSet()
         scans: list[ProcessScan] = []
         ended: list[_Target] = []
+        self.stopped = False
         for target in self._targets:
             if target.exited:
                 continue
             got: list[ProcessScan] = []
-            yield from self._scan_target(target, now, seen, got)
+            if self.stopped:
+                # Not reached: as it was.
+                got.append(ProcessScan(target.pid, target.comm, len(target.addrs), 0, 0.0))
+            else:
+                yield from self._scan_target(target, now, seen, got, should_stop)
             scans.extend(got)
             if target.exited:
                 ended.append(target)
@@ -440,7 +484,12 @@ class Scanner(Closing):
         self.scans = tuple(scans)
 
     def _scan_target(
-        self, t: _Target, now: float, seen: PfnSet, out: list[ProcessScan]
+        self,
+        t: _Target,
+        now: float,
+        seen: PfnSet,
+        out: list[ProcessScan],
+        should_stop: Callable[[], bool] | None,
     ) -> Iterator[Event]:
         """Scan one process; its ProcessScan goes to ``out``.
 
@@ -472,9 +521,15 @@ class Scanner(Closing):
         walked = array("Q")
         entries = array("Q")
         try:
-            for _, address, entry in walk_entries(t.memory, seen):
+            for _, address, entry in walk_entries(t.memory, seen, should_stop=should_stop):
                 walked.append(address)
                 entries.append(entry)
+        except Stopped:
+            # Mid-walk: nothing of this walk is known whole; the state stays.
+            self.stopped = True
+            spent = time.process_time() - clock
+            out.append(ProcessScan(t.pid, t.comm, len(t.addrs), 0, spent))
+            return
         except OSError:
             if t.alive():
                 raise
@@ -562,6 +617,9 @@ class Scanner(Closing):
                 page(i, old_fps[where[i]], None)
                 i += 1
                 continue
+            if should_stop is not None and should_stop():
+                self.stopped = True
+                break
             # A run: needed pages at consecutive addresses, at most a buffer's worth.
             end = i + 1
             last = min(n, i + BUFFER_PAGES)
@@ -595,6 +653,26 @@ class Scanner(Closing):
         if not t.alive():
             ended()
             return
+        # Stopped midway: the pages not read yet keep the state they had (a
+        # new one is left for the next scan to meet), still matched, so not GONE.
+        # But what the kernel said of them is spent (soft-dirty bits cleared
+        # above, idle bits set again below): one it saw written or touched has
+        # changed, now, as the read would have found.
+        for k in range(i, n):
+            w = where[k]
+            if w < 0:
+                continue
+            since, cold = old_since[w], old_cold[w]
+            if touched[k] or (soft_dirty and entries[k] & SOFT_DIRTY):
+                if cold:
+                    events.append(Event(EventKind.CHANGED, pid, walked[k]))
+                since, cold = now, 0
+            keep_addr(walked[k])
+            keep_fp(old_fps[w])
+            keep_since(since)
+            keep_cold(cold)
+            if pfns:
+                new_pfns.append(pfns[k])
         for k in range(len(old_addrs)):
             if old_cold[k] and not matched[k]:
                 events.append(Event(EventKind.GONE, pid, old_addrs[k]))
