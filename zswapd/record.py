@@ -50,9 +50,10 @@ the file again through the same checks, so a file changed under a replay
 stops it with the same errors; a tick's events are read as they are played,
 a frame at a time, so no tick is ever held whole, however many events it has.
 
-What a replay costs is bounded by the file: every event is O(1) to read and
-check, every tick's end O(its scans), and the processes a replay keeps
-figures for (per tick, with ``--timeline``) are at most :data:`MAX_PROCESSES`.
+What reading costs is bounded by the file: every event is O(1) to read and
+check, every tick's end O(its scans); and the processes a replay keeps
+figures for are at most :data:`MAX_PROCESSES` (docs/record.md says what a
+crafted record can still make a replay's SwapSim do).
 
 Writing: every failure of the file (a full disk, an I/O error) is a
 :class:`RecordError` naming it; the writer then writes nothing more, so the
@@ -119,8 +120,8 @@ MAX_CONTENT_FRAME = _U32.size + 2 * PAGE_SIZE
 MAX_PROCESSES = MAX_PROCESSES_TOTAL
 # Events buffered by the writer before an EVENTS frame is written (68 KiB).
 EVENTS_PER_FRAME = 4096
-# What a reader takes in one EVENTS frame: decoded whole, so this bounds the
-# objects one frame makes (~10 MiB), whatever its length claims.
+# What a reader takes in one EVENTS frame: its payload is read whole (1.1 MB
+# at most, whatever its length claims), its events decoded one by one.
 MAX_FRAME_EVENTS = 1 << 16
 MAX_SCANS = 1 << 16
 # A tick's time, seconds since the recording began: a century at most (a
@@ -491,10 +492,7 @@ class RecordWriter(Closing):
         offset = self._offsets[ref]
         if offset >= self._written:
             self._flush()
-        try:
-            return _read_content(self._fd, self.path, offset, ref)
-        except OSError as exc:
-            raise RecordError(f"{self.path}: read failed: {exc.strerror}") from None
+        return _read_content(self._fd, self.path, offset, ref)
 
     def end_tick(self, end: TickEnd) -> None:
         """Close a tick: its events, then its end, handed to the OS.
@@ -554,18 +552,26 @@ class RecordWriter(Closing):
 # -- the reader -------------------------------------------------------------------
 
 
+def _pread(fd: int, n: int, offset: int, path: str) -> bytes:
+    """``os.pread``, its failure (EIO, a file on a vanished mount) said with the path."""
+    try:
+        return os.pread(fd, n, offset)
+    except OSError as exc:
+        raise RecordError(f"{path}: read failed: {exc.strerror}") from None
+
+
 def _read_content(fd: int, path: str, offset: int, ref: int) -> bytes:
     """The page of the content frame at ``offset`` (checked again: the file may
     have changed since it was validated)."""
     where = _Where(path)
     where.offset = offset
-    head = os.pread(fd, _FRAME.size, offset)
+    head = _pread(fd, _FRAME.size, offset, path)
     if len(head) < _FRAME.size:
         raise where.error(f"content {ref} is no longer there (the file shrank)")
     kind, length, crc = _FRAME.unpack(head)
     if kind != FrameType.CONTENT or length > MAX_CONTENT_FRAME:
         raise where.error(f"content {ref} is no longer there (the file changed)")
-    payload = os.pread(fd, length, offset + _FRAME.size)
+    payload = _pread(fd, length, offset + _FRAME.size, path)
     if len(payload) != length or _frame_crc(head, payload) != crc:
         raise where.error(f"content {ref}: CRC mismatch (the file changed)")
     return _decode_content(payload, where, ref)
@@ -601,8 +607,8 @@ class _Frames:
         if at >= 0 and at + n <= len(self._buf):
             return self._buf[at : at + n]
         if n >= self._CHUNK:
-            return os.pread(self._fd, n, offset)
-        self._buf, self._base = os.pread(self._fd, self._CHUNK, offset), offset
+            return _pread(self._fd, n, offset, self.where.path)
+        self._buf, self._base = _pread(self._fd, self._CHUNK, offset, self.where.path), offset
         return self._buf[:n]
 
     def preamble(self) -> None:
