@@ -17,12 +17,21 @@ import pytest
 from tests.conftest import dump_process
 from tests.zswapd.daemon import Daemon, one_line_failure, run_cli, start_daemon
 from tests.zswapd.helpers import random_page
-from tests.zswapd.test_record import NO_REF, end, events, gone_events, header, preamble, tick
+from tests.zswapd.test_record import (
+    NO_REF,
+    end,
+    events,
+    frame_ends,
+    gone_events,
+    header,
+    preamble,
+    tick,
+)
 from tests.zswapd.timelines import Tick, sample_timeline, write_record
 from zswapd.client import Client
 from zswapd.config import PoolConfig
 from zswapd.errors import ConfigError
-from zswapd.record import RecordReader, RecordWriter
+from zswapd.record import FrameType, RecordError, RecordReader, RecordWriter
 from zswapd.replay import Overrides, replay, replay_config
 from zswapd.swapsim import ClientTarget, SwapSim
 from zswapd.timeline import Event, EventKind, ProcessScan, TickEnd
@@ -363,3 +372,30 @@ def test_recorded_speed_waits_for_each_ticks_time(record: Path) -> None:
     times = [end.t for _, end in sample_timeline()]
     # Each wait runs to its tick's t, counted from the start, less the play so far.
     assert waits and all(w <= times[-1] for w in waits) and max(waits) > times[-1] - 10
+
+
+@pytest.mark.parametrize("change", ["cut", "flip"])
+def test_a_record_changed_under_a_replay_stops_it_in_one_line(tmp_path: Path, change: str) -> None:
+    path = tmp_path / "changing.rec"
+    write_record(path, sample_timeline(), {"config": {"compressor": "lz4"}})
+    data = path.read_bytes()
+    # The last content frame: its page is read again (pread) when its COLD event plays.
+    last = max(at for kind, at in frame_ends(data) if kind == FrameType.CONTENT)
+
+    def on_tick(_: object) -> None:
+        with path.open("r+b") as f:  # the same inode: the reader's descriptor sees it
+            if change == "cut":
+                f.truncate(last - 100)
+            else:
+                f.seek(last - 100)
+                f.write(bytes([data[last - 100] ^ 0xFF]))
+
+    with (
+        RecordReader.open(str(path)) as reader,
+        tempfile.TemporaryDirectory() as tmp,
+        pytest.raises(RecordError) as info,
+    ):
+        replay(reader, replay_config(reader, Overrides(), tmp), on_tick=on_tick)
+    message = str(info.value)  # what the CLI prints, as every RecordError: one line
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+    assert "(the file changed)" in message or "shrank" in message, message
