@@ -420,7 +420,7 @@ def _add_replay_parser(sub: _Sub) -> None:
     """``zswapd replay``: a recorded timeline played into a pool of any settings (no daemon)."""
     from allocator import ALLOCATORS
     from zswapd.config import HUGE_POLICIES, WRITEBACK_MODES
-    from zswapd.replay import SPEEDS, cmd_replay
+    from zswapd.replay import SPEEDS, cmd_replay, parse_percent
     from zswapd.settings import parse_size
 
     p = sub.add_parser(
@@ -467,6 +467,14 @@ def _add_replay_parser(sub: _Sub) -> None:
     )
     p.add_argument(
         "--huge-policy", choices=HUGE_POLICIES, help="store (zram) or reject (as recorded)"
+    )
+    p.add_argument(
+        "--accept-threshold-percent",
+        type=_argtype(parse_percent),
+        metavar="N",
+        help="zswap's hysteresis, 0..100, under a limit: once the pool hits it, refuse stores "
+        "until it is below N%% of it (manual); with lru, write back down to N%% (default 90) "
+        "(default: as recorded)",
     )
     p.add_argument(
         "--speed",

@@ -43,14 +43,26 @@ each type's own cap, checked before its payload is read (JSON at most
 every CRC; counts against lengths; kinds known; addresses page-aligned; every
 ref defined before use; content ids in order; every content decompressing to
 exactly 4096 bytes; ticks' ``t`` finite and non-decreasing; at most
-:data:`MAX_TICK_EVENTS` events a tick.  Its memory is the index, 8 bytes a
-distinct page (where each content frame starts), never what a frame claims.
-Playing reads the file again through the same checks, so a file changed
-under a replay stops it with the same errors.
+:data:`MAX_PROCESSES` distinct pids named (in events and scans) in the whole
+file.  Its memory is the index, 8 bytes a distinct page (where each content
+frame starts), and the pids seen, never what a frame claims.  Playing reads
+the file again through the same checks, so a file changed under a replay
+stops it with the same errors; a tick's events are read as they are played,
+a frame at a time, so no tick is ever held whole, however many events it has.
+
+What reading costs is bounded by the file: every event is O(1) to read and
+check, every tick's end O(its scans); and the processes a replay keeps
+figures for are at most :data:`MAX_PROCESSES` (docs/record.md says what a
+crafted record can still make a replay's SwapSim do).
+
+Writing: every failure of the file (a full disk, an I/O error) is a
+:class:`RecordError` naming it; the writer then writes nothing more, so the
+file stays a clean prefix: its whole ticks play with ``partial=True``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -60,13 +72,14 @@ import threading
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
 import xxhash
 import zstandard
 
 from zswapd.closing import Closing
 from zswapd.errors import ConfigError
+from zswapd.shadows import MAX_PROCESSES_TOTAL
 from zswapd.timeline import Event, EventKind, ProcessScan, TickEnd
 
 __all__ = [
@@ -76,8 +89,8 @@ __all__ = [
     "MAX_FRAME",
     "MAX_FRAME_EVENTS",
     "MAX_JSON",
+    "MAX_PROCESSES",
     "MAX_T",
-    "MAX_TICK_EVENTS",
     "FrameType",
     "RecordError",
     "RecordReader",
@@ -101,13 +114,14 @@ MAX_FRAME = 16 << 20
 MAX_JSON = 1 << 20
 # A page compressed by zstd grows by at most a few hundred bytes over 4096.
 MAX_CONTENT_FRAME = _U32.size + 2 * PAGE_SIZE
-# One tick's events are handed over as one list: 2**24 of them is a tick in
-# which 64 GiB of pages went cold, and ~2 GiB of Event objects at most.
-MAX_TICK_EVENTS = 1 << 24
+# Distinct pids a record may name: as many as the daemon shows across all its
+# shadows' reports.  A replay keeps figures for each process it has seen, and
+# with --timeline makes them at every tick: this is what bounds that.
+MAX_PROCESSES = MAX_PROCESSES_TOTAL
 # Events buffered by the writer before an EVENTS frame is written (68 KiB).
 EVENTS_PER_FRAME = 4096
-# What a reader takes in one EVENTS frame: decoded whole, so this bounds the
-# objects one frame makes (~10 MiB), whatever its length claims.
+# What a reader takes in one EVENTS frame: its payload is read whole (1.1 MB
+# at most, whatever its length claims), its events decoded one by one.
 MAX_FRAME_EVENTS = 1 << 16
 MAX_SCANS = 1 << 16
 # A tick's time, seconds since the recording began: a century at most (a
@@ -254,8 +268,9 @@ def _decode_tick(payload: bytes, where: _Where, last_t: float) -> TickEnd:
     return TickEnd(float(t), tuple(_decode_scan(s, where) for s in scans))
 
 
-def _decode_events(payload: bytes, where: _Where, contents: int) -> list[Event]:
-    """The events of a frame, each checked (``contents``: ids defined so far)."""
+def _decode_events(payload: bytes, where: _Where, contents: int) -> Iterator[Event]:
+    """The events of a frame, each checked as it is made (``contents``: ids
+    defined so far); the count is checked against the length first."""
     if len(payload) < _U32.size:
         raise where.error("an events frame without its count")
     (count,) = _U32.unpack_from(payload)
@@ -264,7 +279,10 @@ def _decode_events(payload: bytes, where: _Where, contents: int) -> list[Event]:
             f"an events frame says {count} events in {len(payload) - _U32.size} bytes "
             f"({_EVENT.size} bytes each)"
         )
-    out = []
+    return _events_of(payload, where, contents)
+
+
+def _events_of(payload: bytes, where: _Where, contents: int) -> Iterator[Event]:
     for kind, pid, address, ref in _EVENT.iter_unpack(memoryview(payload)[_U32.size :]):
         if kind not in _KINDS:
             raise where.error(f"unknown event kind {kind}")
@@ -275,14 +293,13 @@ def _decode_events(payload: bytes, where: _Where, contents: int) -> list[Event]:
         if kind == EventKind.COLD:
             if ref >= contents:
                 raise where.error(f"a COLD event refers to content {ref}, not defined before it")
-            out.append(Event(EventKind.COLD, pid, address, None, ref))
+            yield Event(EventKind.COLD, pid, address, None, ref)
         elif ref != NO_REF:
             raise where.error(f"a {EventKind(kind).name} event with a content ref {ref}")
         elif kind == EventKind.EXIT and address:
             raise where.error(f"an EXIT event with address {address:#x}")
         else:
-            out.append(Event(EventKind(kind), pid, address))
-    return out
+            yield Event(EventKind(kind), pid, address)
 
 
 _local = threading.local()
@@ -326,6 +343,11 @@ class RecordWriter(Closing):
     the writer one entry of a digest map (about 130 bytes: an xxh3-128 int
     key, its id, the dict's slot) and 8 bytes of offset, for the recording's
     whole life.
+
+    A write the OS refuses (a full disk, EIO) is a :class:`RecordError`
+    naming the file, and the writer is *failed*: it writes nothing more, not
+    even at :meth:`close`, so the file ends at the last bytes the OS took, a
+    record cut short whose whole ticks a reader plays with ``partial=True``.
     """
 
     _FLUSH_BYTES = 1 << 20
@@ -337,7 +359,8 @@ class RecordWriter(Closing):
         self._written = 0  # bytes already handed to the OS
         self._events = bytearray()
         self._n_events = 0
-        self._tick_events = 0
+        self._pids: set[int] = set()
+        self._failed: RecordError | None = None
         self._ids: dict[int, int] = {}
         self._offsets = array("Q")
         self._zstd = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_content_size=True)
@@ -350,7 +373,8 @@ class RecordWriter(Closing):
         """A new record file at ``path`` (0600), its header written.
 
         Raises:
-            RecordError: the file exists already, or cannot be created.
+            RecordError: the file exists already, or cannot be created or
+                written (then it is removed: nothing half made).
             ValueError: a header that is not a JSON object of at most MAX_JSON bytes.
         """
         if not isinstance(header, dict):
@@ -366,20 +390,44 @@ class RecordWriter(Closing):
         writer = cls(fd, path)
         writer._buf += _PREAMBLE.pack(MAGIC, FORMAT_VERSION)
         writer._buf += _frame(FrameType.HEADER, payload)
-        writer._flush()
+        try:
+            writer._flush()
+        except RecordError:
+            writer._closed = True
+            os.close(fd)
+            with contextlib.suppress(OSError):  # ours (O_EXCL): without its header, nothing
+                os.unlink(path)
+            raise
         return writer
 
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"{self.path}: the record is closed")
+        if self._failed is not None:
+            raise RecordError(str(self._failed))
 
     def _flush(self) -> None:
-        with memoryview(self._buf) as view:
-            done = 0
-            while done < len(view):
-                done += os.write(self._fd, view[done:])
-        self._written += done
-        self._buf.clear()
+        if self._failed is not None:
+            raise RecordError(str(self._failed))
+        done = 0
+        try:
+            with memoryview(self._buf) as view:
+                while done < len(view):
+                    done += os.write(self._fd, view[done:])
+        except OSError as exc:
+            # What the OS took stays; nothing is written after it (a retry
+            # would write a frame's start twice): the file is a clean prefix.
+            self._failed = RecordError(f"{self.path}: write failed: {exc.strerror}")
+            raise self._failed from None
+        finally:
+            self._written += done
+            del self._buf[:done]
+
+    def _count_pid(self, pid: int) -> None:
+        if pid not in self._pids:
+            if len(self._pids) >= MAX_PROCESSES:
+                raise ValueError(f"a record names at most {MAX_PROCESSES} processes")
+            self._pids.add(pid)
 
     def _put(self, frame: bytes) -> None:
         self._buf += frame
@@ -409,8 +457,9 @@ class RecordWriter(Closing):
 
         Raises:
             ValueError: a ``COLD`` event without its 4096 bytes, an address
-                not page-aligned, a pid outside 1..2**32-1, a tick of more
-                than MAX_TICK_EVENTS events.
+                not page-aligned, a pid outside 1..2**32-1, a pid past the
+                MAX_PROCESSES the record may name.
+            RecordError: the file could not be written (see the class).
         """
         self._check_open()
         for e in events:
@@ -418,8 +467,7 @@ class RecordWriter(Closing):
             bad = bad or e.address % PAGE_SIZE != 0 or e.address >> 64 != 0
             if bad or (e.kind == EventKind.EXIT and e.address):
                 raise ValueError(f"event {e.kind!r} pid {e.pid} address {e.address:#x}")
-            if self._tick_events >= MAX_TICK_EVENTS:
-                raise ValueError(f"a tick of more than {MAX_TICK_EVENTS} events")
+            self._count_pid(e.pid)
             ref = NO_REF
             if e.kind == EventKind.COLD:
                 if e.data is None or len(e.data) != PAGE_SIZE:
@@ -428,13 +476,16 @@ class RecordWriter(Closing):
                 e = Event(e.kind, e.pid, e.address, e.data, ref)
             self._events += _EVENT.pack(e.kind, e.pid, e.address, ref)
             self._n_events += 1
-            self._tick_events += 1
             if self._n_events >= EVENTS_PER_FRAME:
                 self._flush_events()
             yield e
 
     def page(self, ref: int) -> bytes:
-        """The bytes of content ``ref``, read back from the file."""
+        """The bytes of content ``ref``, read back from the file.
+
+        Raises:
+            RecordError: the file could not be written or read back.
+        """
         self._check_open()
         if not 0 <= ref < len(self._offsets):
             raise ValueError(f"no content {ref} in {self.path}")
@@ -444,7 +495,13 @@ class RecordWriter(Closing):
         return _read_content(self._fd, self.path, offset, ref)
 
     def end_tick(self, end: TickEnd) -> None:
-        """Close a tick: its events, then its end, handed to the OS."""
+        """Close a tick: its events, then its end, handed to the OS.
+
+        Raises:
+            ValueError: a tick a reader would refuse (time going back, a
+                scan malformed, a pid past MAX_PROCESSES).
+            RecordError: the file could not be written (see the class).
+        """
         self._check_open()
         if not (math.isfinite(end.t) and end.t >= self._last_t):
             raise ValueError(f"tick t={end.t} comes before the previous one (t={self._last_t})")
@@ -453,32 +510,54 @@ class RecordWriter(Closing):
             _decode_tick(payload, _Where(self.path), self._last_t)
         except RecordError as exc:
             raise ValueError(str(exc)) from None
+        new = {s.pid for s in end.scans} - self._pids
+        if len(self._pids) + len(new) > MAX_PROCESSES:
+            raise ValueError(f"a record names at most {MAX_PROCESSES} processes")
+        self._pids |= new
         self._last_t = end.t
         self._flush_events()
         self._put(_frame(FrameType.TICK, payload))
         self._flush()
         self.ticks_count += 1
-        self._tick_events = 0
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
         """Write the end frame (``summary``), flush, fsync and close.
 
         Events after the last :meth:`end_tick` are written but, belonging to
-        no whole tick, never played.  Safe to call twice.
+        no whole tick, never played.  A failed writer only closes its file
+        (no end frame: a record cut short).  Safe to call twice.
+
+        Raises:
+            RecordError: the file could not be written, synced or closed.
         """
         if self._closed:
             return
         try:
-            self._flush_events()
-            self._put(_frame(FrameType.END, _json(dict(summary or {}))))
-            self._flush()
-            os.fsync(self._fd)
+            if self._failed is None:
+                self._flush_events()
+                self._put(_frame(FrameType.END, _json(dict(summary or {}))))
+                self._flush()
+                try:
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    raise RecordError(f"{self.path}: write failed: {exc.strerror}") from None
         finally:
             self._closed = True
-            os.close(self._fd)
+            try:
+                os.close(self._fd)
+            except OSError as exc:  # NFS reports a failed write here
+                raise RecordError(f"{self.path}: write failed: {exc.strerror}") from None
 
 
 # -- the reader -------------------------------------------------------------------
+
+
+def _pread(fd: int, n: int, offset: int, path: str) -> bytes:
+    """``os.pread``, its failure (EIO, a file on a vanished mount) said with the path."""
+    try:
+        return os.pread(fd, n, offset)
+    except OSError as exc:
+        raise RecordError(f"{path}: read failed: {exc.strerror}") from None
 
 
 def _read_content(fd: int, path: str, offset: int, ref: int) -> bytes:
@@ -486,13 +565,13 @@ def _read_content(fd: int, path: str, offset: int, ref: int) -> bytes:
     have changed since it was validated)."""
     where = _Where(path)
     where.offset = offset
-    head = os.pread(fd, _FRAME.size, offset)
+    head = _pread(fd, _FRAME.size, offset, path)
     if len(head) < _FRAME.size:
         raise where.error(f"content {ref} is no longer there (the file shrank)")
     kind, length, crc = _FRAME.unpack(head)
     if kind != FrameType.CONTENT or length > MAX_CONTENT_FRAME:
         raise where.error(f"content {ref} is no longer there (the file changed)")
-    payload = os.pread(fd, length, offset + _FRAME.size)
+    payload = _pread(fd, length, offset + _FRAME.size, path)
     if len(payload) != length or _frame_crc(head, payload) != crc:
         raise where.error(f"content {ref}: CRC mismatch (the file changed)")
     return _decode_content(payload, where, ref)
@@ -501,22 +580,39 @@ def _read_content(fd: int, path: str, offset: int, ref: int) -> bytes:
 class _Frames:
     """The frames of a record, read in order from its descriptor, each CRC-checked.
 
-    Yields (type, payload); ``end`` is set at the END frame; a cut yields
-    nothing more and sets ``cut`` (the file ends inside or before a frame).
+    Yields (type, payload); a cut yields nothing more and sets ``cut`` (the
+    file ends inside or before a frame).  With ``only``, frames of other types
+    are stepped over unread (their length is still checked).  Reads are
+    ``pread`` at an offset of its own, so that several may walk one file
+    description at once (a replay reads ahead to each tick's end).
     """
 
-    def __init__(self, fd: int, path: str) -> None:
+    # Read ahead a MiB at a time: a tick's end is a few dozen bytes.
+    _CHUNK = 1 << 20
+
+    def __init__(self, fd: int, path: str, only: int | None = None) -> None:
         self.where = _Where(path)
-        # A descriptor of its own (the reader's stays for pread), from the start.
-        self._file: BinaryIO = os.fdopen(os.dup(fd), "rb", buffering=1 << 20)
-        self._file.seek(0)
+        self._fd = fd
+        self._only = only
+        self._buf = b""
+        self._base = 0  # the file offset of _buf[0]
         self.cut = False
 
     def close(self) -> None:
-        self._file.close()
+        self._buf = b""
+
+    def _read(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` (fewer at the end of the file)."""
+        at = offset - self._base
+        if at >= 0 and at + n <= len(self._buf):
+            return self._buf[at : at + n]
+        if n >= self._CHUNK:
+            return _pread(self._fd, n, offset, self.where.path)
+        self._buf, self._base = _pread(self._fd, self._CHUNK, offset, self.where.path), offset
+        return self._buf[:n]
 
     def preamble(self) -> None:
-        raw = self._file.read(_PREAMBLE.size)
+        raw = self._read(0, _PREAMBLE.size)
         path = self.where.path
         if len(raw) < _PREAMBLE.size or raw[:8] != MAGIC:
             raise RecordError(f"{path}: not a zswapd record")
@@ -533,7 +629,7 @@ class _Frames:
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
         where = self.where
         while True:
-            head = self._file.read(_FRAME.size)
+            head = self._read(where.offset, _FRAME.size)
             if len(head) < _FRAME.size:
                 self.cut = True
                 return
@@ -548,15 +644,40 @@ class _Frames:
                 raise where.error(
                     f"{_NAMES[kind]} frame of {length} bytes, more than {_MAX_LENGTH[kind]}"
                 )
-            payload = self._file.read(length)
-            if len(payload) < length:
-                self.cut = True
-                return
-            if _frame_crc(head, payload) != crc:
-                raise where.error("CRC mismatch")
-            yield kind, payload
+            if self._only is None or kind == self._only:
+                payload = self._read(where.offset + _FRAME.size, length)
+                if len(payload) < length:
+                    self.cut = True
+                    return
+                if _frame_crc(head, payload) != crc:
+                    raise where.error("CRC mismatch")
+                yield kind, payload
             where.frame += 1
             where.offset += _FRAME.size + length
+
+
+class _TickEvents:
+    """The events of a record's ticks, in order, a frame at a time."""
+
+    def __init__(self, frames: _Frames) -> None:
+        self._frames = frames
+        self._iter = iter(frames)
+        self._contents = 0  # content ids defined so far: what a COLD may refer to
+
+    def tick(self, end: bytes) -> Iterator[Event]:
+        """The events up to the next TICK frame, which must be ``end`` (the
+        payload read ahead)."""
+        where = self._frames.where
+        for kind, payload in self._iter:
+            if kind == FrameType.CONTENT:
+                self._contents += 1
+            elif kind == FrameType.EVENTS:
+                yield from _decode_events(payload, where, self._contents)
+            elif kind == FrameType.TICK:
+                if payload != end:
+                    raise where.error("a tick's end changed while being played")
+                return
+        raise RecordError(f"{where.path}: changed while being played (it shrank)")
 
 
 class RecordReader(Closing):
@@ -622,7 +743,8 @@ class RecordReader(Closing):
         try:
             frames.preamble()
             where = frames.where
-            last_t, tick_events, cold = 0.0, 0, 0
+            last_t, cold = 0.0, 0
+            pids: set[int] = set()
             for kind, payload in frames:
                 if where.frame == 0:
                     if kind != FrameType.HEADER:
@@ -638,16 +760,19 @@ class RecordReader(Closing):
                         raise where.error("more contents than ids")
                     self._offsets.append(where.offset)
                 elif kind == FrameType.EVENTS:
-                    events = _decode_events(payload, where, len(self._offsets))
-                    tick_events += len(events)
-                    cold += sum(1 for e in events if e.kind == EventKind.COLD)
-                    if tick_events > MAX_TICK_EVENTS:
-                        raise where.error(f"a tick of more than {MAX_TICK_EVENTS} events")
+                    for e in _decode_events(payload, where, len(self._offsets)):
+                        cold += e.kind == EventKind.COLD
+                        if e.pid not in pids:
+                            self._count_pid(pids, e.pid)
                 elif kind == FrameType.TICK:
-                    last_t = _decode_tick(payload, where, last_t).t
+                    end = _decode_tick(payload, where, last_t)
+                    for scan in end.scans:
+                        if scan.pid not in pids:
+                            self._count_pid(pids, scan.pid)
+                    last_t = end.t
                     self.ticks_count += 1
                     self.cold_events += cold
-                    tick_events, cold = 0, 0
+                    cold = 0
                 else:  # END
                     self.summary = _decode_json(payload, where, "the summary")
                     self.complete = True
@@ -664,40 +789,53 @@ class RecordReader(Closing):
                 whole_ticks=n,
             )
 
+    def _count_pid(self, pids: set[int], pid: int) -> None:
+        if len(pids) >= MAX_PROCESSES:
+            raise RecordError(
+                f"{self.path}: names more than {MAX_PROCESSES} processes "
+                f"(tick {self.ticks_count + 1})"
+            )
+        pids.add(pid)
+
     @property
     def contents_count(self) -> int:
         return len(self._offsets)
 
-    def ticks(self) -> Iterator[tuple[list[Event], TickEnd]]:
-        """Each whole tick: its events (``COLD`` ones with ``ref`` set, no
-        bytes), then its end.  The file is read again, through the same checks.
+    def ticks(self) -> Iterator[tuple[Iterator[Event], TickEnd]]:
+        """Each whole tick: its events, then its end, read again from the file
+        through the same checks.
+
+        A tick's end comes first (a replay sets its clock to it before its
+        events), read ahead; its events (``COLD`` ones with ``ref`` set, no
+        bytes) are an iterator that reads them a frame at a time as it is
+        consumed, so that no tick is ever held whole.  Consume them before
+        asking for the next tick: whatever is left of them is read (and
+        checked) then, unused.
 
         Raises:
             RecordError: the file changed since it was opened.
         """
-        frames = _Frames(self._fd, self.path)
+        ahead = _Frames(self._fd, self.path, only=FrameType.TICK)
+        body = _Frames(self._fd, self.path)
         try:
-            frames.preamble()
-            where = frames.where
-            last_t, contents, done = 0.0, 0, 0
-            events: list[Event] = []
-            for kind, payload in frames:
-                if done == self.ticks_count:
-                    return
-                if kind == FrameType.CONTENT:
-                    contents += 1
-                elif kind == FrameType.EVENTS:
-                    events.extend(_decode_events(payload, where, contents))
-                elif kind == FrameType.TICK:
-                    end = _decode_tick(payload, where, last_t)
-                    last_t = end.t
-                    done += 1
-                    yield events, end
-                    events = []
-            if done < self.ticks_count:
-                raise RecordError(f"{self.path}: changed while being played (it shrank)")
+            ahead.preamble()
+            body.preamble()
+            ends, events = iter(ahead), _TickEvents(body)
+            last_t = 0.0
+            for _ in range(self.ticks_count):
+                got = next(ends, None)  # only TICK frames come ahead
+                if got is None:
+                    raise RecordError(f"{self.path}: changed while being played (it shrank)")
+                payload = got[1]
+                end = _decode_tick(payload, ahead.where, last_t)
+                last_t = end.t
+                tick = events.tick(payload)
+                yield tick, end
+                for _ in tick:  # what the caller left: read, so the next tick starts right
+                    pass
         finally:
-            frames.close()
+            ahead.close()
+            body.close()
 
     def page(self, ref: int) -> bytes:
         """The 4096 bytes of content ``ref``.

@@ -14,14 +14,23 @@ the recorded order and batches.  The same file under the same settings gives
 the same figures, exactly; under the recorded settings, the figures the live
 pool gave (when the live pool held nothing else).
 
-The file is checked whole before any pool exists: a damaged, foreign or
-truncated record is one line of error and nothing played.  An ``lru`` pool
-writes back to a file in a temporary directory, removed at the end.
+The file is checked whole before any pool exists, and the pool made before
+anything is printed: a damaged, foreign or truncated record, or settings
+that make no pool (the recorded ones included: a record is anyone's file),
+are one line of error and nothing played.  An ``lru`` pool writes back to a
+file in a temporary directory, removed at the end.
+
+What a crafted file can make a replay cost is bounded by its size: each
+event costs O(1) (a COLD one, a page decompressed and stored), a tick's end
+O(its scans), and the figures are made once at the end, or, with
+``--timeline``, after each tick for the processes seen so far, at most
+:data:`~zswapd.record.MAX_PROCESSES`.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -31,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import allocator
 from zswapd.backing import MAX_BACKING_SIZE, SLOT_SIZE
 from zswapd.cli_format import printable
 from zswapd.config import PoolConfig
@@ -42,7 +52,7 @@ from zswapd.shadow_report import format_summary, format_tick
 from zswapd.swapsim import LocalTarget, ShadowFigures, SwapSim
 from zswapd.timeline import Event
 
-__all__ = ["SPEEDS", "Overrides", "cmd_replay", "replay", "replay_config"]
+__all__ = ["SPEEDS", "Overrides", "cmd_replay", "parse_percent", "replay", "replay_config"]
 
 SPEEDS = ("max", "recorded")
 # Handles' generations are random in a daemon; a replay draws them from this
@@ -50,6 +60,13 @@ SPEEDS = ("max", "recorded")
 SEED = 0
 # Where a replay's backing file lives (inside its temporary directory).
 _BACKING_NAME = "replay.swap"
+# What a pool's allocator_options may name: the allocators' keyword options
+# (zbud and z3fold take zsmalloc's and ignore them).
+_ALLOCATOR_OPTIONS = frozenset(
+    name
+    for name, p in inspect.signature(allocator.ZsPool.__init__).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,62 @@ class Overrides:
     writeback: str | None = None
     backing_size: int | None = None
     huge_policy: str | None = None
+    accept_threshold_percent: int | None = None
+
+
+def parse_percent(text: str) -> int:
+    """``--accept-threshold-percent``: a whole number in 0..100.
+
+    Raises:
+        ValueError: anything else.
+    """
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"must be a whole number in 0..100, not {text!r}") from None
+    if not 0 <= n <= 100:
+        raise ValueError(f"must be in 0..100, not {n}")
+    return n
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _check_allocator_options(values: dict[str, Any]) -> None:
+    """Refuse recorded allocator_options that are not a mapping of known names.
+
+    Raises:
+        ConfigError: naming the option.
+    """
+    options = values.get("allocator_options", {})
+    if not isinstance(options, dict):
+        raise ConfigError(
+            f"allocator_options must be a JSON object of allocator options, not {_short(options)}"
+        )
+    unknown = sorted(set(options) - _ALLOCATOR_OPTIONS)
+    if unknown:
+        raise ConfigError(
+            f"unknown allocator option {', '.join(map(repr, unknown))} in allocator_options "
+            f"(known: {', '.join(sorted(_ALLOCATOR_OPTIONS))})"
+        )
+
+
+def _wrong_type(values: dict[str, Any], exc: ConfigError) -> str:
+    """Which recorded setting a TypeError came from (Python's words name none):
+    each allocator option is tried alone."""
+    options = values.get("allocator_options", {})
+    for key, value in options.items():
+        try:
+            allocator.create(
+                values.get("allocator", "zsmalloc"), arena_pages=1, max_pages=1, **{key: value}
+            )
+        except TypeError:
+            return f"allocator option {key} is of the wrong type: {_short(value)}"
+        except Exception:  # a bad value, said by the allocator when it is made for real
+            continue
+    return f"a setting of the wrong type ({exc})"
 
 
 def _recorded(reader: RecordReader) -> dict[str, Any]:
@@ -91,6 +164,10 @@ def replay_config(reader: RecordReader, flags: Overrides, backing_dir: str) -> P
             setting, a bad flag, --backing-size without lru).
     """
     values = _recorded(reader)
+    try:
+        _check_allocator_options(values)
+    except ConfigError as exc:
+        raise ConfigError(f"{reader.path}: the replay's pool: {exc}") from None
     if values.pop("dictionary", None) is not None and flags.compressor is None:
         raise ConfigError(
             f"{reader.path}: the recorded pool used a zstd dictionary, which the record "
@@ -100,10 +177,16 @@ def replay_config(reader: RecordReader, flags: Overrides, backing_dir: str) -> P
     recorded_size = values.pop("backing_size", 0)
     if flags.compressor is not None:
         values["compressor"], values["level"] = flags.compressor
-    for key in ("allocator", "chain_size", "limit_bytes", "writeback", "huge_policy"):
+    settings = ("allocator", "chain_size", "limit_bytes", "writeback", "huge_policy")
+    for key in (*settings, "accept_threshold_percent"):
         value = getattr(flags, key)
         if value is not None:
             values[key] = value
+    if flags.accept_threshold_percent is not None and not values.get("limit_bytes"):
+        raise ConfigError(
+            "--accept-threshold-percent is a share of the pool's limit, which it has none of: "
+            "give --limit"
+        )
     if values.get("writeback", "manual") == "lru":
         size = flags.backing_size or (recorded_size if type(recorded_size) is int else 0)
         if not size:
@@ -118,7 +201,8 @@ def replay_config(reader: RecordReader, flags: Overrides, backing_dir: str) -> P
     try:
         return PoolConfig.from_dict(values)
     except ConfigError as exc:
-        raise ConfigError(f"{reader.path}: the replay's pool: {exc}") from None
+        why = _wrong_type(values, exc) if isinstance(exc.__cause__, TypeError) else str(exc)
+        raise ConfigError(f"{reader.path}: the replay's pool: {why}") from None
 
 
 def replay(
@@ -127,17 +211,23 @@ def replay(
     *,
     speed: str = "max",
     on_tick: Callable[[ShadowFigures], None] | None = None,
+    on_start: Callable[[], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ShadowFigures:
     """Play every whole tick of ``reader`` into a new pool of ``config``.
 
+    Each tick is fed to the :class:`SwapSim` as the live shadow feeds it: its
+    events as one stream (the reader's, a frame at a time), then its end.
+
     Args:
         speed: "max" (as fast as it goes) or "recorded" (each tick when its
             recorded ``t`` comes, counted from the start).
-        on_tick: called with the figures after each tick.
+        on_tick: called with the figures after each tick (they are made only
+            then: without it, once, at the end).
+        on_start: called once the pool exists, before the first tick.
 
     Returns:
-        The figures after the last tick (before the pool is released).
+        The figures after the last tick.
     """
     if speed not in SPEEDS:
         raise ConfigError(f"--speed must be one of {', '.join(SPEEDS)}, not {speed!r}")
@@ -153,7 +243,8 @@ def replay(
 
     try:
         sim = SwapSim(LocalTarget(pool), fetch)
-        figures = sim.figures()
+        if on_start is not None:
+            on_start()
         start = time.monotonic()
         for events, end in reader.ticks():
             if speed == "recorded":
@@ -163,11 +254,12 @@ def replay(
             clock[0] = end.t
             sim.feed(events)
             sim.end_tick(end)
-            figures = sim.figures()
             if on_tick is not None:
-                on_tick(figures)
-        sim.release()
-        return figures
+                on_tick(sim.figures())
+        # No sim.release(): closing the pool drops every page at once, where a
+        # release would free them process by process (and costs, in SwapSim,
+        # every waiting page for each process).
+        return sim.figures()
     finally:
         pool.close()
 
@@ -199,6 +291,8 @@ def _describe(config: PoolConfig) -> str:
         f"pool: {_label(config.to_dict())}, chain size {config.chain_size}, "
         f"limit {limit}, huge pages {config.huge_policy}"
     )
+    if config.limit_bytes and config.accept_threshold_percent is not None:
+        line += f", accept threshold {config.accept_threshold_percent}%"
     if config.writeback == "lru":
         line += f", lru writeback to a {config.backing_size // SLOT_SIZE}-page file"
     return line
@@ -221,6 +315,7 @@ def _overrides(args: argparse.Namespace) -> Overrides:
         writeback=args.writeback,
         backing_size=args.backing_size,
         huge_policy=args.huge_policy,
+        accept_threshold_percent=args.accept_threshold_percent,
     )
 
 
@@ -241,7 +336,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     print(line, flush=True)
             before[0] = fig
 
-        if not args.json:
+        def on_start() -> None:
+            if args.json:
+                return
             cut = "" if reader.complete else " (cut short: its whole ticks only)"
             recorded = _recorded(reader)
             print(
@@ -255,8 +352,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
             if said:
                 print(printable(f"recorded with {said}"))
             print(_describe(config), flush=True)
+
         figures = replay(
-            reader, config, speed=args.speed, on_tick=on_tick if args.timeline else None
+            reader,
+            config,
+            speed=args.speed,
+            on_tick=on_tick if args.timeline else None,
+            on_start=on_start,
         )
     if args.json:
         out = {

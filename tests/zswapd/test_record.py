@@ -27,11 +27,13 @@ from tests.zswapd.timelines import Tick, sample_timeline, write_record
 from zswapd.record import (
     FORMAT_VERSION,
     MAGIC,
+    MAX_PROCESSES,
     FrameType,
     RecordError,
     RecordReader,
     RecordWriter,
 )
+from zswapd.shadows import MAX_PROCESSES_TOTAL
 from zswapd.timeline import Event, EventKind, ProcessScan, TickEnd
 
 PAGE = 4096
@@ -94,7 +96,7 @@ def refused(path: Path, *words: str, partial: bool = False) -> RecordError:
 
 def read_all(path: Path, partial: bool = False) -> list[Tick]:
     with RecordReader.open(str(path), partial=partial) as reader:
-        return [(evs, e) for evs, e in reader.ticks()]
+        return [(list(evs), e) for evs, e in reader.ticks()]
 
 
 def as_read(written: list[Event]) -> list[Event]:
@@ -161,7 +163,7 @@ def test_what_is_written_is_read_back(
             assert reader.header == {"config": {}, **meta}
             assert reader.summary == {"figures": meta}
             assert reader.ticks_count == len(timeline) and reader.complete
-            back = list(reader.ticks())
+            back = [(list(evs), end) for evs, end in reader.ticks()]
             assert [end for _, end in back] == [end for _, end in timeline]
             assert [evs for evs, _ in back] == [as_read(w) for w in written]
             for w in written:
@@ -218,13 +220,13 @@ class WriterMachine(RuleBasedStateMachine):
     @invariant()
     def whole_ticks_are_on_disk(self) -> None:
         # What end_tick handed to the OS reads back as a file cut short.
-        with RecordReader.open(str(self.path), partial=True) as reader:
-            assert list(reader.ticks()) == self.ticks
+        assert read_all(self.path, partial=True) == self.ticks
 
     def teardown(self) -> None:
         self.writer.close({"n": len(self.ticks)})
+        assert read_all(self.path) == self.ticks
         with RecordReader.open(str(self.path)) as reader:
-            assert list(reader.ticks()) == self.ticks and reader.summary == {"n": len(self.ticks)}
+            assert reader.summary == {"n": len(self.ticks)}
         self.tmp.cleanup()
 
 
@@ -263,6 +265,23 @@ def test_the_writer_refuses_what_a_reader_would(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="malformed"):
             writer.end_tick(TickEnd(6.0, (ProcessScan(1, "x" * 65, 0, 0, 0.0),)))
     assert read_all(tmp_path / "r.rec") == [([], TickEnd(5.0, ()))]
+
+
+def test_the_writer_names_at_most_max_processes(tmp_path: Path) -> None:
+    assert MAX_PROCESSES == MAX_PROCESSES_TOTAL == 4096  # the daemon's own cap, not a copy
+    with RecordWriter.create(str(tmp_path / "r.rec"), {}) as writer:
+        gone = [Event(EventKind.GONE, pid, 0) for pid in range(1, MAX_PROCESSES)]
+        list(writer.events(gone))
+        scans = (ProcessScan(1, "a", 0, 0, 0.0), ProcessScan(MAX_PROCESSES, "b", 0, 0, 0.0))
+        writer.end_tick(TickEnd(1.0, scans))  # the 4096th, in a scan
+        with pytest.raises(ValueError, match="at most 4096 processes"):
+            list(writer.events([Event(EventKind.GONE, MAX_PROCESSES + 1, 0)]))
+        with pytest.raises(ValueError, match="at most 4096 processes"):
+            writer.end_tick(TickEnd(2.0, (ProcessScan(MAX_PROCESSES + 1, "c", 0, 0, 0.0),)))
+        list(writer.events([Event(EventKind.EXIT, 7)]))  # a pid named already
+        writer.end_tick(TickEnd(2.0, scans))
+    with RecordReader.open(str(tmp_path / "r.rec")) as reader:
+        assert reader.ticks_count == 2
 
 
 def test_a_page_is_fetched_back_before_its_tick_ends(tmp_path: Path) -> None:
@@ -400,6 +419,50 @@ def test_forged_frames_are_refused(tmp_path: Path, case: str) -> None:
     refused(path, "frame ", " at offset ", words)
 
 
+def gone_events(pids: range) -> bytes:
+    """GONE events of ``pids``, in frames of at most 65,536."""
+    items = [(EventKind.GONE, pid, 0, NO_REF) for pid in pids]
+    return b"".join(events(*items[i : i + 2**16]) for i in range(0, len(items), 2**16))
+
+
+def test_a_record_naming_more_than_max_processes_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "pids.rec"
+    first = preamble() + header() + gone_events(range(1, 3)) + tick(1.0)
+    # 4096 pids in all (two in tick 1, the rest in events and a scan of tick 2): played.
+    scan = {"pid": 4096, "comm": "x", "resident_pages": 0, "scanned_bytes": 0}
+    scan |= {"scan_seconds": 0.0, "exited": False}
+    path.write_bytes(first + gone_events(range(3, 4096)) + tick(2.0, [scan]) + end())
+    with RecordReader.open(str(path)) as reader:
+        assert reader.ticks_count == 2
+    # One more, in an event or in a scan: refused, saying where.
+    path.write_bytes(first + gone_events(range(3, 4098)) + tick(2.0) + end())
+    refused(path, f"{path}: names more than 4096 processes (tick 2)")
+    many = [{**scan, "pid": pid} for pid in range(4096, 4098)]
+    path.write_bytes(first + gone_events(range(3, 4096)) + tick(2.0, many) + end())
+    refused(path, "names more than 4096 processes (tick 2)")
+
+
+def test_a_tick_is_read_a_frame_at_a_time(tmp_path: Path) -> None:
+    # One tick of 200,000 events (3.4 MB): held whole, ~18 MB of Event objects.
+    n = 200_000
+    path = tmp_path / "big-tick.rec"
+    items = [(EventKind.CHANGED + i % 2, 7, (i // 2) * PAGE, NO_REF) for i in range(n)]
+    body = b"".join(events(*items[i : i + 2**16]) for i in range(0, n, 2**16))
+    path.write_bytes(preamble() + header() + body + tick(1.0) + end())
+    with RecordReader.open(str(path)) as reader:
+        tracemalloc.start()
+        try:
+            count = 0
+            for tick_events, t_end in reader.ticks():
+                assert t_end.t == 1.0
+                count += sum(1 for _ in tick_events)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert count == n
+    assert peak < 8 << 20  # a frame (1.1 MB) and a read-ahead chunk (1 MiB), not the tick
+
+
 def test_a_first_frame_not_the_header_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "forged.rec"
     path.write_bytes(preamble() + tick(1.0) + end())
@@ -465,3 +528,98 @@ def test_a_writer_killed_with_sigkill_leaves_its_whole_ticks(tmp_path: Path) -> 
     ticks = read_all(path, partial=True)
     assert [end.t for _, end in ticks] == [1.0, 2.0]
     assert [len(evs) for evs, _ in ticks] == [5000, 5000]
+
+
+# -- a file that cannot be written -------------------------------------------------------
+
+_FILLING_WRITER = r"""
+import json, os, resource, signal, sys
+from zswapd.record import RecordError, RecordReader, RecordWriter
+from zswapd.timeline import Event, EventKind, TickEnd
+
+path, limit = sys.argv[1], int(sys.argv[2])
+if limit >= 0:  # a file size limit: the write past it fails (EFBIG), as on a full disk
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+out = {}
+try:
+    writer = RecordWriter.create(path, {"config": {}})
+except RecordError as exc:
+    out["create"] = str(exc)
+    out["left"] = os.path.exists(path)
+    print(json.dumps(out))
+    sys.exit()
+try:
+    for t in range(1, 1000):  # incompressible pages: the file grows ~4 KiB a page
+        list(writer.events(Event(EventKind.COLD, 9, (t * 8 + i) * 4096, os.urandom(4096))
+                           for i in range(8)))
+        writer.end_tick(TickEnd(float(t), ()))
+except RecordError as exc:
+    out["error"] = str(exc)
+out["ticks"] = writer.ticks_count
+try:
+    writer.end_tick(TickEnd(5000.0, ()))
+except RecordError as exc:
+    out["again"] = str(exc)
+writer.close({"unwritten": True})
+try:
+    RecordReader.open(path)
+except RecordError as exc:
+    out["whole"] = exc.whole_ticks
+with RecordReader.open(path, partial=True) as reader:
+    out["played"] = sum(1 for _ in reader.ticks())
+print(json.dumps(out))
+"""
+
+
+def _filling_writer(path: Path, limit: int, *wrap: str) -> dict[str, object]:
+    result = subprocess.run(
+        [*wrap, sys.executable, "-c", _FILLING_WRITER, str(path), str(limit)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out: dict[str, object] = json.loads(result.stdout)
+    return out
+
+
+def _check_filled(out: dict[str, object], path: Path, reason: str) -> None:
+    # One line naming the file and the OS's reason; the same again on any later
+    # write; the file left a clean record cut short, its whole ticks playable.
+    assert out["error"] == f"{path}: write failed: {reason}", out
+    assert out["again"] == out["error"]
+    assert isinstance(out["ticks"], int) and out["ticks"] > 0
+    assert out["whole"] == out["played"] == out["ticks"]
+
+
+def test_a_write_past_the_file_size_limit_is_a_record_error(tmp_path: Path) -> None:
+    path = tmp_path / "r.rec"
+    _check_filled(_filling_writer(path, 200_000), path, "File too large")
+
+
+def test_a_record_that_cannot_take_its_header_is_not_left(tmp_path: Path) -> None:
+    path = tmp_path / "r.rec"
+    out = _filling_writer(path, 10)
+    assert out == {"create": f"{path}: write failed: File too large", "left": False}
+
+
+def _can_mount_tmpfs() -> bool:
+    probe = ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k none /mnt"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    except OSError:
+        return False
+
+
+def test_a_full_disk_is_a_record_error_naming_the_file(tmp_path: Path) -> None:
+    if not _can_mount_tmpfs():
+        pytest.skip("needs unshare -rm (a user and mount namespace) to mount a tmpfs")
+    # A 256 KiB tmpfs of our own, in a mount namespace of our own: gone with it.
+    full = tmp_path / "full"
+    full.mkdir()
+    path = full / "r.rec"
+    mount = f'mount -t tmpfs -o size=256k none {full} && exec "$0" "$@"'
+    out = _filling_writer(path, -1, "unshare", "-rm", "sh", "-c", mount)
+    _check_filled(out, path, "No space left on device")

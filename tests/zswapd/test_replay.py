@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+import tracemalloc
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,21 @@ import pytest
 from tests.conftest import dump_process
 from tests.zswapd.daemon import Daemon, one_line_failure, run_cli, start_daemon
 from tests.zswapd.helpers import random_page
+from tests.zswapd.test_record import (
+    NO_REF,
+    end,
+    events,
+    frame_ends,
+    gone_events,
+    header,
+    preamble,
+    tick,
+)
 from tests.zswapd.timelines import Tick, sample_timeline, write_record
 from zswapd.client import Client
-from zswapd.record import RecordReader, RecordWriter
+from zswapd.config import PoolConfig
+from zswapd.errors import ConfigError
+from zswapd.record import FrameType, RecordError, RecordReader, RecordWriter
 from zswapd.replay import Overrides, replay, replay_config
 from zswapd.swapsim import ClientTarget, SwapSim
 from zswapd.timeline import Event, EventKind, ProcessScan, TickEnd
@@ -166,6 +180,12 @@ def test_bad_settings_are_refused_before_any_pool(record: Path) -> None:
         ({"compressor": "zstd", "colour": "red"}, ["unknown pool settings: colour"]),
         ([1, 2], ["the header's config is not a JSON object"]),
         ({"compressor": "zstd", "dictionary": 4096}, ["zstd dictionary", "--compressor"]),
+        ({"allocator_options": {"colour": 1}}, ["unknown allocator option 'colour'"]),
+        ({"allocator_options": {"chain_size": 4}}, ["unknown allocator option 'chain_size'"]),
+        ({"allocator": "zbud", "allocator_options": {"x": 1}}, ["unknown allocator option 'x'"]),
+        ({"allocator_options": 5}, ["allocator_options must be a JSON object", "not 5"]),
+        ({"allocator_options": {"class_sizes": "x"}}, ["option class_sizes is of the wrong type"]),
+        ({"allocator_options": {"empty_cache": []}}, ["option empty_cache is of the wrong type"]),
     ],
 )
 def test_a_bad_recorded_config_is_one_line(tmp_path: Path, config: Any, words: list[str]) -> None:
@@ -174,6 +194,95 @@ def test_a_bad_recorded_config_is_one_line(tmp_path: Path, config: Any, words: l
     result = run_cli("replay", str(path))
     one_line_failure(result, 1, str(path), *words)
     assert result.stdout == ""
+
+
+# What a header's config may hold that no pool takes: every field, of every wrong type.
+_WRONG = [None, True, "x", "", -1, 0, 7, 1.5, 1e300, 2**64, [], [1], {}, {"a": 1}]
+_ALLOCATOR_OPTIONS = ["empty_cache", "short_zspages", "header", "class_step", "class_sizes"]
+_ALLOCATOR_OPTIONS += ["merge_classes", "seed", "arena_pages", "budget", "chain_size", "colour"]
+
+
+def test_no_recorded_setting_of_a_wrong_type_escapes_as_a_raw_exception(tmp_path: Path) -> None:
+    configs: list[dict[str, Any]] = []
+    for f in fields(PoolConfig):
+        for value in _WRONG:
+            configs.append({f.name: value})
+            configs.append({f.name: value, "limit_bytes": 1 << 16, "writeback": "lru"})
+    for option in _ALLOCATOR_OPTIONS:
+        for value in _WRONG:
+            for allocator in ("zsmalloc", "zbud"):
+                configs.append({"allocator": allocator, "allocator_options": {option: value}})
+    path = tmp_path / "c.rec"
+    write_record(path, sample_timeline(6)[:2])
+    with RecordReader.open(str(path)) as reader:
+        for config in configs:
+            reader.header = {"config": config}
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    replay(reader, replay_config(reader, Overrides(), tmp))
+            except ConfigError as exc:  # what the CLI prints as one line, exit 1
+                message = str(exc)
+                assert message.startswith(f"{path}: ") and "\n" not in message, message
+                for raw in ("object is not iterable", "argument after **", "not supported between"):
+                    assert raw not in message, (config, message)
+                assert "unexpected keyword" not in message, (config, message)
+
+
+def test_a_record_naming_more_than_4096_processes_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "pids.rec"
+    path.write_bytes(preamble() + header() + gone_events(range(1, 4098)) + tick(1.0) + end())
+    result = run_cli("replay", str(path))
+    one_line_failure(result, 1, f"zswapd replay: {path}: names more than 4096 processes (tick 1)")
+    assert result.stdout == ""
+
+
+def test_a_big_tick_is_played_in_memory_independent_of_its_size(tmp_path: Path) -> None:
+    # One tick of 200,000 tiny events (3.4 MB), refaults and unmaps of pages
+    # never stored: held as a list, ~18 MB of Event objects before any was played.
+    n = 200_000
+    items = [(2 + i % 2, 7, (i // 2) * PAGE, NO_REF) for i in range(n)]
+    body = b"".join(events(*items[i : i + 2**16]) for i in range(0, n, 2**16))
+    path = tmp_path / "big-tick.rec"
+    path.write_bytes(preamble() + header() + body + tick(1.0) + end())
+    with RecordReader.open(str(path)) as reader, tempfile.TemporaryDirectory() as tmp:
+        config = replay_config(reader, Overrides(compressor=("lz4", None)), tmp)
+        tracemalloc.start()
+        try:
+            figures = replay(reader, config)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert figures.t == 1.0 and [p.pid for p in figures.processes] == [7]
+    assert peak < 8 << 20, peak
+
+
+def test_accept_threshold_percent_changes_a_limit_bound_replay(record: Path) -> None:
+    plain = replay_json(str(record), "--limit", "48K")
+    assert plain["config"]["accept_threshold_percent"] is None
+    latched = replay_json(str(record), "--limit", "48K", "--accept-threshold-percent", "50")
+    assert latched["config"]["accept_threshold_percent"] == 50
+    # Once it hit the limit, the pool refuses until it is below half of it: it
+    # ends holding less, each process more refused.
+    pool, pool50 = plain["figures"]["pool"], latched["figures"]["pool"]
+    assert pool50["orig_data_size"] < pool["orig_data_size"]
+    assert one(latched, 1001)["rejected_total"] > one(plain, 1001)["rejected_total"]
+    # With lru writeback it is where writeback stops: 50% writes more back than 90% (its default).
+    lru = replay_json(str(record), "--limit", "48K", "--writeback", "lru")
+    lru50 = replay_json(
+        str(record), "--limit", "48K", "--writeback", "lru", "--accept-threshold-percent", "50"
+    )
+    assert lru50["figures"]["pool"]["bd_count"] > lru["figures"]["pool"]["bd_count"]
+    text = run_cli("replay", str(record), "--limit", "48K", "--accept-threshold-percent", "50")
+    assert "accept threshold 50%" in text.stdout
+
+
+def test_accept_threshold_percent_needs_a_limit_and_0_to_100(record: Path) -> None:
+    result = run_cli("replay", str(record), "--accept-threshold-percent", "50")
+    one_line_failure(result, 1, "--accept-threshold-percent", "give --limit")
+    assert result.stdout == ""
+    for bad in ("101", "-1", "half"):
+        result = run_cli("replay", str(record), "--limit", "48K", "--accept-threshold-percent", bad)
+        one_line_failure(result, 2, "--accept-threshold-percent", bad)
 
 
 # -- against a live pool ----------------------------------------------------------------
@@ -263,3 +372,30 @@ def test_recorded_speed_waits_for_each_ticks_time(record: Path) -> None:
     times = [end.t for _, end in sample_timeline()]
     # Each wait runs to its tick's t, counted from the start, less the play so far.
     assert waits and all(w <= times[-1] for w in waits) and max(waits) > times[-1] - 10
+
+
+@pytest.mark.parametrize("change", ["cut", "flip"])
+def test_a_record_changed_under_a_replay_stops_it_in_one_line(tmp_path: Path, change: str) -> None:
+    path = tmp_path / "changing.rec"
+    write_record(path, sample_timeline(), {"config": {"compressor": "lz4"}})
+    data = path.read_bytes()
+    # The last content frame: its page is read again (pread) when its COLD event plays.
+    last = max(at for kind, at in frame_ends(data) if kind == FrameType.CONTENT)
+
+    def on_tick(_: object) -> None:
+        with path.open("r+b") as f:  # the same inode: the reader's descriptor sees it
+            if change == "cut":
+                f.truncate(last - 100)
+            else:
+                f.seek(last - 100)
+                f.write(bytes([data[last - 100] ^ 0xFF]))
+
+    with (
+        RecordReader.open(str(path)) as reader,
+        tempfile.TemporaryDirectory() as tmp,
+        pytest.raises(RecordError) as info,
+    ):
+        replay(reader, replay_config(reader, Overrides(), tmp), on_tick=on_tick)
+    message = str(info.value)  # what the CLI prints, as every RecordError: one line
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+    assert "(the file changed)" in message or "shrank" in message, message
