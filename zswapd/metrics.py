@@ -356,7 +356,8 @@ _SHADOW_GAUGES: list[tuple[str, str, Callable[[ProcessFigures], float]]] = [
     ),
     (
         "zswapd_shadow_saved_bytes",
-        "A shadowed process's share of its pool's saving (orig_data_size - mem_used_total).",
+        "A shadowed process's share, by stored pages, of the RAM its pool saves "
+        "(orig_data_size - 4096 * bd_count - mem_used_total).",
         lambda p: p.saved_bytes,
     ),
     (

@@ -372,6 +372,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out))
     else:
-        print(format_summary(figures))
+        detection = reader.header.get("detection")
+        print(format_summary(figures, detection if isinstance(detection, str) else None))
     sys.stdout.flush()
     return 0

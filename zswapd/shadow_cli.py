@@ -411,7 +411,7 @@ def _run(
         began = time.monotonic()
         cpu = time.process_time()
         t = began - start
-        events = scanner.scan(t)
+        events = scanner.scan(t, should_stop=lambda: bool(stop))
         if writer is not None:
             events = writer.events(events)
         try:
@@ -426,6 +426,8 @@ def _run(
                 f"pool {pool} was removed by another client at t={t:.1f}s: the shadow stops"
             ) from None
         last[:] = [figures]
+        if scanner.stopped:  # a signal cut this scan short: its figures are partial
+            return
         cost = time.process_time() - cpu
         elapsed = time.monotonic() - began
         wait, stretched = next_wait(args.interval, cost, elapsed, args.max_cpu)
