@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import allocator
+from allocator.zsmalloc import ZsPool as ReferenceZsPool
 from zswapd.backing import MAX_BACKING_SIZE, SLOT_SIZE
 from zswapd.cli_format import printable
 from zswapd.config import PoolConfig
@@ -61,12 +62,14 @@ SEED = 0
 # Where a replay's backing file lives (inside its temporary directory).
 _BACKING_NAME = "replay.swap"
 # What a pool's allocator_options may name: the allocators' keyword options
-# (zbud and z3fold take zsmalloc's and ignore them).
+# (zbud and z3fold take zsmalloc's and ignore them), read off the pure-Python
+# reference since a compiled twin's signature is opaque, less what the daemon
+# or the replay itself sets (the arena, the budget, the handles' seed).
 _ALLOCATOR_OPTIONS = frozenset(
     name
-    for name, p in inspect.signature(allocator.ZsPool.__init__).parameters.items()
+    for name, p in inspect.signature(ReferenceZsPool.__init__).parameters.items()
     if p.kind is inspect.Parameter.KEYWORD_ONLY
-)
+) - {"arena_pages", "budget", "seed"}
 
 
 @dataclass(frozen=True)
