@@ -463,6 +463,14 @@ def shadow_cli(*args: str) -> subprocess.Popen[bytes]:
     )
 
 
+def shadow_json(url: str, target: Target, *more: str) -> subprocess.Popen[bytes]:
+    """The shadow of ``target`` every 0.2 s, printing a JSON object a tick."""
+    return shadow_cli(
+        "--url", url, "--pid", str(target.pid), "--interval", "0.2s",
+        "--cold-after", f"{COLD_AFTER}s", *more, "--json",
+    )  # fmt: skip
+
+
 def finish(proc: subprocess.Popen[bytes], sig: int | None = signal.SIGINT) -> tuple[int, str]:
     """Signal the shadow (None: let it end by itself); its status and stderr."""
     if sig is not None:
@@ -500,10 +508,7 @@ def test_cli_shadow_end_to_end_then_replay_gives_the_live_figures(
     sig: int, target: Target, client: Client, daemon: Daemon, tmp_path: Path
 ) -> None:
     record = tmp_path / "day.rec"
-    proc = shadow_cli(
-        "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
-        "--cold-after", f"{COLD_AFTER}s", "--record", str(record), "--json",
-    )  # fmt: skip
+    proc = shadow_json(daemon.url, target, "--record", str(record))
     pool = f"shadow-{target.pid}"
     with running(proc) as lines:
         lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
@@ -592,10 +597,7 @@ def test_cli_pool_holding_pages_is_refused(target: Target, client: Client, daemo
 def test_cli_target_exit_ends_the_shadow_with_its_pages_freed(
     target: Target, client: Client, daemon: Daemon
 ) -> None:
-    proc = shadow_cli(
-        "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
-        "--cold-after", f"{COLD_AFTER}s", "--json",
-    )  # fmt: skip
+    proc = shadow_json(daemon.url, target)
     with running(proc) as lines:
         lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
         target.command("exit")
@@ -611,10 +613,7 @@ def test_cli_daemon_gone_is_one_line_and_the_record_is_closed(
 ) -> None:
     d = start_daemon()
     record = tmp_path / "cut.rec"
-    proc = shadow_cli(
-        "--url", d.url, "--pid", str(target.pid), "--interval", "0.2s",
-        "--cold-after", f"{COLD_AFTER}s", "--record", str(record), "--json",
-    )  # fmt: skip
+    proc = shadow_json(d.url, target, "--record", str(record))
     try:
         with running(proc) as lines:
             lines.until(lambda t: _proc(t)["stored_pages"] > 0)
@@ -754,10 +753,7 @@ def test_cli_a_refused_report_is_said_once_and_the_shadow_goes_on(
     for name in fillers:
         client.report_shadow(name, report)
     pool = f"shadow-{target.pid}"
-    proc = shadow_cli(
-        "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
-        "--cold-after", f"{COLD_AFTER}s", "--json",
-    )  # fmt: skip
+    proc = shadow_json(daemon.url, target)
     try:
         with running(proc) as lines:
             lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
@@ -784,10 +780,7 @@ def test_cli_pages_another_client_stores_into_the_pool_are_said_and_marked(
     """Pool names are not owned: a second client's page in the shadow's pool is
     said once on stderr (both counts) and marked in the figures and summary."""
     pool = f"shadow-{target.pid}"
-    proc = shadow_cli(
-        "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
-        "--cold-after", f"{COLD_AFTER}s", "--json",
-    )  # fmt: skip
+    proc = shadow_json(daemon.url, target)
     with running(proc) as lines:
         tick = lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
         assert tick["run"]["foreign_pages"] == 0
@@ -820,10 +813,7 @@ def test_cli_a_pool_removed_and_made_again_loses_the_shadows_pages_said_once_a_t
     pages than it stored, counts its pages lost (not refaults) in one line,
     and goes on, its figures those of the pool."""
     pool = f"shadow-{target.pid}"
-    proc = shadow_cli(
-        "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
-        "--cold-after", f"{COLD_AFTER}s", "--json",
-    )  # fmt: skip
+    proc = shadow_json(daemon.url, target)
     with running(proc) as lines:
         tick = lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
         proc.send_signal(signal.SIGSTOP)  # between two ticks: no race with the shadow
@@ -864,10 +854,7 @@ def test_cli_the_pool_removed_under_the_shadow_stops_it_in_one_line(
     tick's figures, its report removed."""
     pool = f"shadow-{target.pid}"
     record = tmp_path / "removed.rec"
-    proc = shadow_cli(
-        "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
-        "--cold-after", f"{COLD_AFTER}s", "--record", str(record), "--json",
-    )  # fmt: skip
+    proc = shadow_json(daemon.url, target, "--record", str(record))
     with running(proc) as lines:
         lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
         assert pool in client.shadows()
@@ -891,10 +878,7 @@ def test_cli_a_killed_shadows_pool_refuses_a_restart_saying_how_to_recover(
     restart on that pool is refused, each time naming the way out, which works."""
     pool = f"shadow-{target.pid}"
     args = ("shadow", "--url", daemon.url, "--pid", str(target.pid), "--duration", "0.5s")
-    proc = shadow_cli(
-        "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
-        "--cold-after", f"{COLD_AFTER}s", "--json",
-    )  # fmt: skip
+    proc = shadow_json(daemon.url, target)
     with running(proc) as lines:
         lines.until(lambda t: _proc(t)["stored_pages"] > 0)
         lines.until(lambda t: pool in client.shadows())
