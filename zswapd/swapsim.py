@@ -38,6 +38,7 @@ pool in this process through :class:`LocalTarget`.
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -555,8 +556,9 @@ class SwapSim:
                 handles.extend(h for h, _ in p.stored.values())
                 p.stored.clear()
                 p.exited = True
-                for key in [k for k in self._waiting if k[0] == e.pid]:
-                    self._unwait(key)
+                if p.waiting:  # a walk of the queue, so once a process, not once an EXIT
+                    for key in [k for k in self._waiting if k[0] == e.pid]:
+                        self._unwait(key)
             else:
                 got = p.stored.pop(e.address, None)
                 if got is not None:
@@ -635,7 +637,7 @@ class SwapSim:
         """
         while self._waiting:
             todo: list[tuple[Event, bytes]] = []
-            for key in list(self._waiting)[:BATCH]:
+            for key in list(itertools.islice(self._waiting, BATCH)):  # not a queue's copy a tick
                 e = self._waiting[key]
                 data = self.fetch(e)
                 if data is None:
