@@ -223,11 +223,30 @@ def _finite(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value) and value >= 0
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two readers of one file must not disagree on its figures: Python keeps a
+    # repeated key's last value, other JSON readers its first.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def _decode_json(payload: bytes, where: _Where, what: str) -> dict[str, Any]:
     if len(payload) > MAX_JSON:
         raise where.error(f"{what} of {len(payload)} bytes, more than {MAX_JSON}")
     try:
-        obj = json.loads(payload)
+        obj = json.loads(payload, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise where.error(f"{what} names {str(exc)[:40]!r} twice") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise where.error(f"{what} is not JSON") from None
     if not isinstance(obj, dict):

@@ -406,6 +406,7 @@ FORGED = {
     "a time past a century": ([tick(1e300)], "not a number of seconds in 0.."),
     "a malformed scan": ([tick(1.0, [{"pid": "x"}])], "scan is malformed"),
     "a tick not JSON": ([frame(FrameType.TICK, b"\xff{")], "not JSON"),
+    "a key twice": ([frame(FrameType.TICK, b'{"t": 1, "t": 0.5, "scans": []}')], "'t' twice"),
     "a second header": ([header()], "a second header"),
     "a frame after the end": ([end(), tick(1.0)], "after the end frame"),
 }
