@@ -524,7 +524,7 @@ class ShadowProcess(BaseModel):
     )
     swapouts_total: ShadowCount = Field(description="pages stored (swapped out), ever")
     refaults_total: ShadowCount = Field(
-        description="stored pages touched again (the kernel's workingset_refault)"
+        description="stored pages touched again (zswap's zswpin; writes only under hash)"
     )
     rejected_total: ShadowCount = Field(description="cold pages the pool refused")
     scan_seconds_total: Seconds = Field(description="CPU seconds the shadow's scans took")

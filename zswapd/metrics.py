@@ -374,7 +374,7 @@ _SHADOW_COUNTERS: list[tuple[str, str, Callable[[ProcessFigures], float]]] = [
     ),
     (
         "zswapd_shadow_refaults",
-        "Stored pages a shadowed process touched again (the kernel's workingset_refault).",
+        "Stored pages a shadowed process touched again (zswap's zswpin; writes only under hash).",
         lambda p: p.refaults_total,
     ),
     (

@@ -339,7 +339,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
             closing = {
                 "pool": pool,
                 "detection": detection.name,
-                "refaults": refaults_label(detection.name),
+                "refaults_note": refaults_label(detection.name),
                 "figures": final.to_dict() if final is not None else None,
             }
             print(json.dumps({"summary": closing}), flush=True)

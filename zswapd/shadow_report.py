@@ -127,7 +127,7 @@ def _column_notes(detection: str | None) -> list[str]:
     if refaults_label(detection) != "refaults":
         notes.append(
             f"REFAULTS: writes only ({detection} detection): a stored page that is only "
-            "read never comes back here, as it would under zswap"
+            "read never comes back here, whereas zswap would fault it back in"
         )
     return notes
 

@@ -523,7 +523,7 @@ def test_cli_shadow_end_to_end_then_replay_gives_the_live_figures(
         closing = json.loads(out[-1])["summary"]
     assert code == 0, err
     assert "detection hash: write-coldness only" in err and "refaults count writes only" in err
-    assert closing["detection"] == "hash" and "writes only" in closing["refaults"]
+    assert closing["detection"] == "hash" and "writes only" in closing["refaults_note"]
     assert closing["figures"]["run"]["ticks"] >= 2 and closing["pool"] == pool
     assert pool not in client.pools() and pool not in client.shadows()
     with RecordReader.open(str(record)) as reader:
