@@ -280,6 +280,20 @@ def test_stats_piped_into_head_is_silent(daemon: Daemon) -> None:
     assert shell.stdout.startswith("NAME ")  # the zramctl-like header
 
 
+def test_python_m_zswapd_is_the_zswapd_command() -> None:
+    """Where the script is not on PATH (a venv not activated), ``python -m zswapd``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "zswapd", "--version"],
+        capture_output=True,
+        text=True,
+        cwd=CHECKOUT,
+        env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("zswapd ")
+
+
 # -- URLs and the default daemon ------------------------------------------------------
 
 
