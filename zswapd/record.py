@@ -379,6 +379,7 @@ class RecordWriter(Closing):
         self._events = bytearray()
         self._n_events = 0
         self._pids: set[int] = set()
+        self._exited: set[int] = set()
         self._failed: RecordError | None = None
         self._ids: dict[int, int] = {}
         self._offsets = array("Q")
@@ -486,6 +487,10 @@ class RecordWriter(Closing):
             bad = bad or e.address % PAGE_SIZE != 0 or e.address >> 64 != 0
             if bad or (e.kind == EventKind.EXIT and e.address):
                 raise ValueError(f"event {e.kind!r} pid {e.pid} address {e.address:#x}")
+            if e.pid in self._exited:
+                raise ValueError(f"pid {e.pid} named after its EXIT")
+            if e.kind == EventKind.EXIT:
+                self._exited.add(e.pid)
             self._count_pid(e.pid)
             ref = NO_REF
             if e.kind == EventKind.COLD:
@@ -529,6 +534,9 @@ class RecordWriter(Closing):
             _decode_tick(payload, _Where(self.path), self._last_t)
         except RecordError as exc:
             raise ValueError(str(exc)) from None
+        alive = [s.pid for s in end.scans if s.pid in self._exited and not s.exited]
+        if alive:
+            raise ValueError(f"pid {alive[0]} scanned alive after its EXIT")
         new = {s.pid for s in end.scans} - self._pids
         if len(self._pids) + len(new) > MAX_PROCESSES:
             raise ValueError(f"a record names at most {MAX_PROCESSES} processes")
@@ -764,6 +772,9 @@ class RecordReader(Closing):
             where = frames.where
             last_t, cold = 0.0, 0
             pids: set[int] = set()
+            # A pid's figures end at its EXIT: one named again would credit a new
+            # process's (a reused pid's) swap-outs and refaults to the dead one.
+            exited: set[int] = set()
             for kind, payload in frames:
                 if where.frame == 0:
                     if kind != FrameType.HEADER:
@@ -781,11 +792,17 @@ class RecordReader(Closing):
                 elif kind == FrameType.EVENTS:
                     for e in _decode_events(payload, where, len(self._offsets)):
                         cold += e.kind == EventKind.COLD
+                        if e.pid in exited:
+                            raise where.error(f"pid {e.pid} named after its EXIT")
+                        if e.kind == EventKind.EXIT:
+                            exited.add(e.pid)
                         if e.pid not in pids:
                             self._count_pid(pids, e.pid)
                 elif kind == FrameType.TICK:
                     end = _decode_tick(payload, where, last_t)
                     for scan in end.scans:
+                        if scan.pid in exited and not scan.exited:
+                            raise where.error(f"pid {scan.pid} scanned alive after its EXIT")
                         if scan.pid not in pids:
                             self._count_pid(pids, scan.pid)
                     last_t = end.t

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
@@ -152,10 +152,17 @@ _ticks = st.lists(
 def test_what_is_written_is_read_back(
     raw: list[tuple[list[Event], float, tuple[ProcessScan, ...]]], meta: dict[str, object]
 ) -> None:
-    t, timeline = 0.0, []
+    t, timeline, exited = 0.0, [], set()
     for evs, step, scans in raw:
         t += step
-        timeline.append((evs, TickEnd(t, scans)))
+        kept = []  # a pid's figures end at its EXIT: nothing names it after
+        for e in evs:
+            if e.pid not in exited:
+                kept.append(e)
+                if e.kind == EventKind.EXIT:
+                    exited.add(e.pid)
+        alive = tuple(s for s in scans if s.exited or s.pid not in exited)
+        timeline.append((kept, TickEnd(t, alive)))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "r.rec"
         written = write_record(path, timeline, {"config": {}, **meta}, {"figures": meta})
@@ -190,9 +197,11 @@ class WriterMachine(RuleBasedStateMachine):
         self.ticks: list[Tick] = []
         self.pending: list[Event] = []
         self.t = 0.0
+        self.exited: set[int] = set()
 
     @rule(target=refs, i=st.integers(0, len(_PAGES) - 1), pid=_pids, address=_addresses)
     def cold(self, i: int, pid: int, address: int) -> int:
+        assume(pid not in self.exited)
         (e,) = self.writer.events([Event(EventKind.COLD, pid, address, _PAGES[i])])
         assert e.data == _PAGES[i] and e.ref >= 0
         assert self.pages.setdefault(e.ref, _PAGES[i]) == _PAGES[i]
@@ -201,6 +210,12 @@ class WriterMachine(RuleBasedStateMachine):
 
     @rule(e=_event.filter(lambda e: e.kind != EventKind.COLD))
     def other(self, e: Event) -> None:
+        if e.pid in self.exited:  # a reused pid would be blamed on the dead process
+            with pytest.raises(ValueError, match="after its EXIT"):
+                list(self.writer.events([e]))
+            return
+        if e.kind == EventKind.EXIT:
+            self.exited.add(e.pid)
         (out,) = self.writer.events([e])
         assert out == e
         self.pending.append(e)
@@ -365,6 +380,16 @@ def test_an_unreadable_file_is_refused(tmp_path: Path) -> None:
 
 
 PAGE_A = text_page(1)
+# A process's scan as a live shadow writes it, still alive.
+_SCAN_ALIVE = {
+    "pid": 5,
+    "comm": "x",
+    "resident_pages": 0,
+    "scanned_bytes": 0,
+    "scan_seconds": 0.0,
+    "exited": False,
+}
+
 FORGED = {
     "a COLD ref never defined": (
         [events((EventKind.COLD, 5, 0, 0))],
@@ -408,6 +433,14 @@ FORGED = {
     "a tick not JSON": ([frame(FrameType.TICK, b"\xff{")], "not JSON"),
     "a key twice": ([frame(FrameType.TICK, b'{"t": 1, "t": 0.5, "scans": []}')], "'t' twice"),
     "a second header": ([header()], "a second header"),
+    "an event after its pid's EXIT": (
+        [events((EventKind.EXIT, 5, 0, NO_REF)), events((EventKind.GONE, 5, 0, NO_REF))],
+        "pid 5 named after its EXIT",
+    ),
+    "a scan alive after its pid's EXIT": (
+        [events((EventKind.EXIT, 5, 0, NO_REF)), tick(1.0, [_SCAN_ALIVE])],
+        "pid 5 scanned alive after its EXIT",
+    ),
     "a frame after the end": ([end(), tick(1.0)], "after the end frame"),
 }
 
