@@ -30,6 +30,7 @@ O(its scans), and the figures are made once at the end, or, with
 from __future__ import annotations
 
 import argparse
+import datetime
 import inspect
 import json
 import os
@@ -49,7 +50,7 @@ from zswapd.errors import ConfigError
 from zswapd.limits import mem_total_bytes
 from zswapd.pool import PagePool
 from zswapd.record import RecordError, RecordReader
-from zswapd.shadow_report import format_summary, format_tick
+from zswapd.shadow_report import format_summary, format_tick, scan_cost, size
 from zswapd.swapsim import LocalTarget, ShadowFigures, SwapSim
 from zswapd.timeline import Event
 
@@ -277,10 +278,22 @@ def _label(values: dict[str, Any]) -> str:
     return f"{comp} {values.get('allocator', 'zsmalloc')}"
 
 
+def _when(value: Any) -> Any:
+    """The header's ``started`` (seconds since the epoch) as ISO 8601 UTC, as a
+    person reads a time; anything else as it is."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            when = datetime.datetime.fromtimestamp(value, datetime.UTC)
+        except (OverflowError, OSError, ValueError):  # a forged header's
+            return value
+        return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return value
+
+
 def _said(header: dict[str, Any], width: int = 160) -> str:
     """The header's other settings, ``key=value`` (scalars only), cut at ``width``."""
     items = [
-        f"{k}={v}"
+        f"{k}={_when(v) if k == 'started' else v}"
         for k, v in header.items()
         if k != "config" and isinstance(v, str | int | float | bool)
     ]
@@ -289,7 +302,7 @@ def _said(header: dict[str, Any], width: int = 160) -> str:
 
 
 def _describe(config: PoolConfig) -> str:
-    limit = f"{config.limit_bytes} bytes" if config.limit_bytes else "none"
+    limit = size(config.limit_bytes) if config.limit_bytes else "none"
     line = (
         f"pool: {_label(config.to_dict())}, chain size {config.chain_size}, "
         f"limit {limit}, huge pages {config.huge_policy}"
@@ -372,6 +385,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "header": reader.header,
             "config": _public(config),
             "figures": figures.to_dict(),
+            "scan_cost": scan_cost(figures),
         }
         print(json.dumps(out))
     else:

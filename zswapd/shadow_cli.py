@@ -58,7 +58,13 @@ from zswapd.errors import (
 )
 from zswapd.record import RecordWriter
 from zswapd.scanner import Detection, Scanner, probe_detection
-from zswapd.shadow_report import format_pool_tick, format_summary, format_tick, refaults_label
+from zswapd.shadow_report import (
+    format_pool_tick,
+    format_summary,
+    format_tick,
+    refaults_label,
+    scan_cost,
+)
 from zswapd.shadows import default_expires
 from zswapd.swapsim import ClientTarget, ProcessFigures, ShadowFigures, SwapSim
 from zswapd.timeline import Event, TickEnd
@@ -341,6 +347,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
                 "detection": detection.name,
                 "refaults_note": refaults_label(detection.name),
                 "figures": final.to_dict() if final is not None else None,
+                "scan_cost": scan_cost(final) if final is not None else None,
             }
             print(json.dumps({"summary": closing}), flush=True)
     return 0

@@ -3,29 +3,48 @@ replayed (``zswapd replay``), so a recorded day and its replays read alike.
 
 Each tick prints one line per process (and, live, one for the pool); the end
 prints a table per process, what its columns mean where a newcomer could
-misread them, the pool's line and the run's, in zramctl's units.
+misread them, the pool's line and the run's.  One vocabulary throughout: sizes
+in zramctl's units (powers of 1024: ``4K``, ``10.8M``; exact bytes in
+``--json``, and in the text wherever rounding would hide what a line says),
+times as seconds since the start (``t=``), and the pool's figures under the
+names a zram user reads them by: zramctl's DATA, COMPR and TOTAL and RATIO
+(DATA/TOTAL, as ``zswapd stats`` prints it), the kernel's own for the rest
+(``mem_used_max``, ``same_pages``, ``huge_pages``, ``bd_count``, ``bd_reads``,
+``pool_limit_hit``, ``written_back_pages``).
 
 Two figures are easy to misread, and the lines say so: "saved" is what
 compression saves in RAM (pages written back to a backing file are out of RAM
 too, but they cost disk, and are shown apart, "on disk"); a process's "saved"
 is the pool's, split by the pages each process has stored.  And under a
 detection that sees writes only (hash, soft-dirty), a page that is only read
-is never brought back: the refaults are write refaults.
+is never brought back: the refaults are write refaults.  And RESIDENT is
+every private anonymous page of a process (its heap and stacks as much as the
+data it was started for), the pages swap could take.
+
+The shadow's own cost is printed too: the CPU seconds its scans took per GiB
+they read (``scan_cost``), the figure the README's measurements are in.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from zswapd.cli_format import WORDS, human, printable, ratio, table
 from zswapd.swapsim import PoolFigures, ProcessFigures, ShadowFigures
 
 __all__ = [
     "SUMMARY_COLUMNS",
+    "cpu_seconds_per_gib",
     "format_pool_tick",
     "format_summary",
     "format_tick",
     "refaults_label",
     "refaults_per_second",
+    "scan_cost",
+    "size",
 ]
+
+GIB = 1 << 30
 
 SUMMARY_COLUMNS = (
     "PID",
@@ -40,8 +59,42 @@ SUMMARY_COLUMNS = (
     "REJECTED",
     "SCAN-CPU",
     "SCANNED",
+    "CPU-S/GIB",
     "EXITED",
 )
+
+
+def size(n: int) -> str:
+    """``n`` bytes in zramctl's units, with the exact bytes beside them when the
+    rounding hides some (a limit of 1500 bytes is ``1.5K (1500 bytes)``)."""
+    text = human(n)
+    for exp, unit in enumerate("BKMGTPE"):
+        if text.endswith(unit) and float(text[:-1].lstrip("-")) * 1024**exp == abs(n):
+            return text
+    return f"{text} ({n} bytes)"
+
+
+def cpu_seconds_per_gib(seconds: float, scanned_bytes: int) -> float | None:
+    """The scans' CPU seconds per GiB they read (None: nothing read)."""
+    return seconds * GIB / scanned_bytes if scanned_bytes else None
+
+
+def scan_cost(fig: ShadowFigures) -> dict[str, Any]:
+    """The shadow's own cost over the run, every process's scans together: the
+    CPU seconds they took, the bytes they read, and their ratio per GiB (the
+    ``--json`` summary's ``scan_cost``; a replay gives the recorded scans')."""
+    seconds = sum(p.scan_seconds_total for p in fig.processes)
+    scanned = sum(p.scanned_bytes_total for p in fig.processes)
+    return {
+        "scan_seconds_total": seconds,
+        "scanned_bytes_total": scanned,
+        "cpu_seconds_per_gib": cpu_seconds_per_gib(seconds, scanned),
+    }
+
+
+def _per_gib(seconds: float, scanned_bytes: int) -> str:
+    cost = cpu_seconds_per_gib(seconds, scanned_bytes)
+    return "-" if cost is None else f"{cost:.2f}"
 
 
 def refaults_label(detection: str | None) -> str:
@@ -79,28 +132,40 @@ def format_tick(now: ShadowFigures, before: ShadowFigures | None) -> list[str]:
         state = f" exited at t={exited:.1f}s" if exited is not None else ""
         lines.append(
             f"t={now.t:8.1f}s pid {p.pid} ({printable(p.comm)}){state}: "
-            f"resident {p.resident_pages} cold {p.cold_pages} stored {p.stored_pages} "
-            f"saved {human(p.saved_bytes)} refaults/s {rate:.2f} scan {scan:.3f}s"
+            f"resident {p.resident_pages} cold {p.cold_pages} stored {p.stored_pages} pages, "
+            f"saved {human(p.saved_bytes)}, refaults/s {rate:.2f}, scan {scan:.3f}s of CPU"
         )
     return lines
 
 
-def _disk(pool: PoolFigures) -> str:
+def _sizes(pool: PoolFigures) -> str:
+    """zramctl's DATA, COMPR, TOTAL, RATIO, and the saving in RAM.
+
+    zram's DATA counts the pages written back too, so with pages on disk the
+    ratio of what is kept in RAM is said beside zramctl's.
+    """
+    disk = in_ram = ""
+    if pool.bd_count:
+        disk = f" (on disk {human(pool.disk_bytes)})"
+        in_ram = f" (in RAM {ratio(pool.ram_data_bytes, pool.mem_used_total)})"
     return (
-        f"; on disk {pool.bd_count} pages ({human(pool.disk_bytes)}), "
-        f"{pool.bd_reads} read back from disk"
+        f"DATA {human(pool.orig_data_size)}{disk} COMPR {human(pool.compr_data_size)} "
+        f"TOTAL {human(pool.mem_used_total)} "
+        f"RATIO {ratio(pool.orig_data_size, pool.mem_used_total)}{in_ram} "
+        f"SAVED {human(pool.saved_bytes)}"
     )
+
+
+def _disk(pool: PoolFigures) -> str:
+    return f"bd_count {pool.bd_count} bd_reads {pool.bd_reads}"
 
 
 def format_pool_tick(fig: ShadowFigures) -> str:
     """The pool's line for the interval that ended at ``fig.t``."""
     pool = fig.pool
-    line = (
-        f"t={fig.t:8.1f}s pool: stored {human(pool.ram_data_bytes)} in "
-        f"{human(pool.mem_used_total)}, saved {human(pool.saved_bytes)} of RAM"
-    )
+    line = f"t={fig.t:8.1f}s pool: {_sizes(pool)}"
     if pool.bd_count or pool.bd_reads:
-        line += _disk(pool)
+        line += f"; {_disk(pool)}"
     if fig.run.foreign_pages:
         line += f"; {fig.run.foreign_pages:+d} pages not the shadow's"
     if fig.run.lost_pages:
@@ -108,22 +173,37 @@ def format_pool_tick(fig: ShadowFigures) -> str:
     return line
 
 
+def _max_above_limit(pool: PoolFigures) -> bool:
+    return 0 < pool.mem_limit < pool.mem_used_max
+
+
+def _max_and_limit(pool: PoolFigures) -> str:
+    """mem_used_max and mem_limit, in exact bytes when the one is above the
+    other (rounded, 1M and 1M would read as equal)."""
+    if _max_above_limit(pool):
+        return f"mem_used_max {pool.mem_used_max} bytes > mem_limit {pool.mem_limit} bytes"
+    limit = size(pool.mem_limit) if pool.mem_limit else "none"
+    return f"mem_used_max {human(pool.mem_used_max)} mem_limit {limit}"
+
+
 def _pool_line(fig: ShadowFigures) -> str:
     pool = fig.pool
-    limit = f", limit {human(pool.mem_limit)}" if pool.mem_limit else ""
     return (
-        f"pool after {fig.t:.1f}s: in RAM data {human(pool.ram_data_bytes)} "
-        f"compr {human(pool.compr_data_size)} total {human(pool.mem_used_total)} "
-        f"(max {human(pool.mem_used_max)}{limit}) "
-        f"ratio {ratio(pool.ram_data_bytes, pool.mem_used_total)} "
-        f"saved {human(pool.saved_bytes)}; same {pool.same_pages} huge {pool.huge_pages}"
-        f"{_disk(pool)}; limit hits {pool.pool_limit_hit}"
+        f"pool after {fig.t:.1f}s: {_sizes(pool)}; {_max_and_limit(pool)}; "
+        f"same_pages {pool.same_pages} huge_pages {pool.huge_pages}; {_disk(pool)} "
+        f"written_back_pages {pool.written_back_pages}; pool_limit_hit {pool.pool_limit_hit}"
     )
 
 
 def _column_notes(detection: str | None) -> list[str]:
     """What the table's columns mean where they could be misread."""
-    notes = ["SAVED: the pool's saving in RAM, split between processes by their stored pages"]
+    notes = [
+        "RESIDENT: every private anonymous page of the process present in RAM (its heap "
+        "and stacks too, not only its data): what swap could take; COLD and STORED are "
+        "among them",
+        "SAVED: the pool's saving in RAM, split between processes by their stored pages",
+        "CPU-S/GIB: the shadow's own scan cost, CPU seconds per GiB its scans read",
+    ]
     if refaults_label(detection) != "refaults":
         notes.append(
             f"REFAULTS: writes only ({detection} detection): a stored page that is only "
@@ -132,14 +212,23 @@ def _column_notes(detection: str | None) -> list[str]:
     return notes
 
 
+# What the pool's line says, in zram's words: once, under it.
+POOL_LEGEND = (
+    "DATA, COMPR, TOTAL: zramctl's (mm_stat's orig_data_size, compr_data_size, "
+    "mem_used_total); RATIO: DATA/TOTAL; SAVED: DATA - TOTAL - the pages on disk "
+    "(bd_count, written back: out of RAM at a disk write each, not saved by compression)"
+)
+
+
 def _pool_notes(fig: ShadowFigures) -> list[str]:
     """The run's figures, and what the pool line means where it could be misread."""
     pool, run = fig.pool, fig.run
-    notes = []
-    if 0 < pool.mem_limit < pool.mem_used_max:
+    notes = [POOL_LEGEND]
+    if _max_above_limit(pool):
+        above = pool.mem_used_max - pool.mem_limit
         notes.append(
-            "max above the limit: as zram, a store counts its new zspage in the maximum "
-            "before the limit refuses it and frees it"
+            f"mem_used_max above mem_limit by {size(above)}: as zram, a store counts its new "
+            "zspage in the maximum before the limit refuses it and frees it"
         )
     if run.ticks:
         notes.append(
@@ -147,6 +236,13 @@ def _pool_notes(fig: ShadowFigures) -> list[str]:
             f"{run.mean_stored_pages:.1f}; saved of RAM peak {human(run.peak_saved_bytes)}, "
             f"mean {human(round(run.mean_saved_bytes))}"
         )
+    cost = scan_cost(fig)
+    notes.append(
+        f"scan cost: {cost['scan_seconds_total']:.2f}s of CPU for "
+        f"{human(cost['scanned_bytes_total'])} read, "
+        f"{_per_gib(cost['scan_seconds_total'], cost['scanned_bytes_total'])} CPU s per GiB "
+        "scanned (the shadow's own CPU; its stores into the pool not counted)"
+    )
     if run.foreign_ticks:
         notes.append(
             f"figures include pages the shadow did not store: the pool differed from the "
@@ -188,6 +284,7 @@ def format_summary(fig: ShadowFigures, detection: str | None = None) -> str:
                 "REJECTED": str(p.rejected_total),
                 "SCAN-CPU": f"{p.scan_seconds_total:.2f}s",
                 "SCANNED": human(p.scanned_bytes_total),
+                "CPU-S/GIB": _per_gib(p.scan_seconds_total, p.scanned_bytes_total),
                 "EXITED": f"at t={exited:.1f}s" if exited is not None else "-",
             }
         )

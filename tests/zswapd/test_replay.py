@@ -28,6 +28,7 @@ from tests.zswapd.test_record import (
     tick,
 )
 from tests.zswapd.timelines import Tick, sample_timeline, write_record
+from zswapd.cli_format import human
 from zswapd.client import Client
 from zswapd.config import PoolConfig
 from zswapd.errors import ConfigError
@@ -283,6 +284,49 @@ def test_accept_threshold_percent_needs_a_limit_and_0_to_100(record: Path) -> No
     for bad in ("101", "-1", "half"):
         result = run_cli("replay", str(record), "--limit", "48K", "--accept-threshold-percent", bad)
         one_line_failure(result, 2, "--accept-threshold-percent", bad)
+
+
+@pytest.mark.parametrize("limit", ["40K", "48K", "120K", "1M"])
+def test_mem_used_max_above_the_limit_is_said_in_exact_bytes_and_only_then(
+    record: Path, limit: str
+) -> None:
+    """Rounded, 48K and 52K may print alike (1M and 1M+4K do): above the limit,
+    mem_used_max and mem_limit are printed in bytes, and the note names the
+    difference; at or below it, no note."""
+    pool = replay_json(str(record), "--limit", limit)["figures"]["pool"]
+    text = run_cli("replay", str(record), "--limit", limit)
+    assert text.returncode == 0, text.stderr
+    most, cap = pool["mem_used_max"], pool["mem_limit"]
+    if most > cap:
+        assert f"mem_used_max {most} bytes > mem_limit {cap} bytes;" in text.stdout
+        assert f"mem_used_max above mem_limit by {human(most - cap)}: as zram" in text.stdout
+    else:
+        assert f"mem_used_max {human(most)} mem_limit {human(cap)};" in text.stdout
+        assert "above mem_limit" not in text.stdout
+    assert f"limit {limit}, huge pages" in text.stdout  # the flag's own units, not bytes
+
+
+def test_the_replay_says_its_time_limit_and_scan_cost_in_one_style(tmp_path: Path) -> None:
+    """The header's start as ISO 8601 UTC, not an epoch number; a limit rounding
+    would hide in its exact bytes too; the recorded scans' cost per GiB, in the
+    text and in --json (``scan_cost``)."""
+    path = tmp_path / "dated.rec"
+    head = {"started": 1796279224.137699, "config": {"compressor": "lz4"}}
+    write_record(path, sample_timeline(), head)
+    result = run_cli("replay", str(path), "--limit", "100000")
+    assert result.returncode == 0, result.stderr
+    assert "recorded with started=2026-12-03T06:27:04Z\n" in result.stdout
+    assert "limit 97.7K (100000 bytes), huge pages" in result.stdout
+    out = replay_json(str(path))
+    seconds = sum(p["scan_seconds_total"] for p in out["figures"]["processes"])
+    scanned = sum(p["scanned_bytes_total"] for p in out["figures"]["processes"])
+    assert out["scan_cost"] == {
+        "scan_seconds_total": seconds,
+        "scanned_bytes_total": scanned,
+        "cpu_seconds_per_gib": pytest.approx(seconds * (1 << 30) / scanned),
+    }
+    per_gib = out["scan_cost"]["cpu_seconds_per_gib"]
+    assert f"{human(scanned)} read, {per_gib:.2f} CPU s per GiB scanned" in result.stdout
 
 
 # -- against a live pool ----------------------------------------------------------------

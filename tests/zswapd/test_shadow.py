@@ -29,7 +29,7 @@ import pytest
 import compressors
 from tests.zswapd.daemon import CHECKOUT, Daemon, _checkout_on_path, run_cli, start_daemon
 from tests.zswapd.helpers import PAGE, text_page
-from zswapd.cli_format import parse_duration
+from zswapd.cli_format import human, parse_duration
 from zswapd.client import Client
 from zswapd.config import PoolConfig, unavailable_compressor
 from zswapd.errors import ConfigError
@@ -37,7 +37,7 @@ from zswapd.record import RecordReader
 from zswapd.replay import Overrides, replay, replay_config
 from zswapd.scanner import STATE_BYTES_PER_PAGE, Detection, Scanner, probe_idle, probe_soft_dirty
 from zswapd.shadow_cli import next_wait
-from zswapd.shadow_report import format_pool_tick, format_summary, format_tick
+from zswapd.shadow_report import POOL_LEGEND, format_pool_tick, format_summary, format_tick
 from zswapd.swapsim import (
     ClientTarget,
     PoolFigures,
@@ -655,6 +655,74 @@ def test_cli_max_cpu_stretches_the_interval_and_says_so(target: Target, daemon: 
     assert result.stdout.count(f"pid {target.pid} (python3):") == 1  # one tick, then the end
 
 
+def test_cli_summary_names_zrams_figures_and_the_shadows_scan_cost(
+    target: Target, daemon: Daemon
+) -> None:
+    """The summary (on stderr beside --json) prints the pool under zramctl's and
+    the kernel's names, RATIO being DATA/TOTAL, defined under it; says what
+    RESIDENT counts; and the scans' CPU seconds per GiB read, which the --json
+    summary carries too, from the same figures."""
+    proc = shadow_json(daemon.url, target, "--duration", "3s")
+    with running(proc):
+        stdout, stderr = proc.communicate(timeout=DEADLINE)
+    err = stderr.decode()
+    assert proc.returncode == 0, err
+    closing = json.loads(stdout.decode().splitlines()[-1])["summary"]
+    pool, (p,) = closing["figures"]["pool"], closing["figures"]["processes"]
+    data, total = pool["orig_data_size"], pool["mem_used_total"]
+    ratio = f"{data / total:.2f}" if total else "-"
+    assert (
+        f"pool after {closing['figures']['t']:.1f}s: DATA {human(data)} "
+        f"COMPR {human(pool['compr_data_size'])} TOTAL {human(total)} RATIO {ratio} "
+        f"SAVED {human(pool['saved_bytes'])}; mem_used_max {human(pool['mem_used_max'])} "
+        f"mem_limit none; same_pages {pool['same_pages']} huge_pages {pool['huge_pages']}; "
+        f"bd_count 0 bd_reads 0 written_back_pages 0; pool_limit_hit 0"
+    ) in err.splitlines()
+    assert POOL_LEGEND in err.splitlines() and "RATIO: DATA/TOTAL" in POOL_LEGEND
+    assert "RESIDENT: every private anonymous page of the process present in RAM" in err
+    assert "above mem_limit" not in err
+    cost = closing["scan_cost"]
+    assert cost["scan_seconds_total"] == p["scan_seconds_total"] > 0
+    assert cost["scanned_bytes_total"] == p["scanned_bytes_total"] > 0
+    per_gib = cost["scan_seconds_total"] * (1 << 30) / cost["scanned_bytes_total"]
+    assert cost["cpu_seconds_per_gib"] == pytest.approx(per_gib)
+    assert (
+        f"scan cost: {cost['scan_seconds_total']:.2f}s of CPU for "
+        f"{human(cost['scanned_bytes_total'])} read, {per_gib:.2f} CPU s per GiB scanned"
+    ) in err
+    head, row = [line for line in err.splitlines() if "COMM" in line or line.endswith("  -")]
+    assert head.split()[-2:] == ["CPU-S/GIB", "EXITED"] and row.split()[-2:] == [
+        f"{per_gib:.2f}",
+        "-",
+    ]
+
+
+def test_cli_tick_lines_say_pages_sizes_and_the_pool_in_the_summarys_words(
+    target: Target, daemon: Daemon
+) -> None:
+    """Every tick: a process's pages (counted), its saving and its scan's CPU;
+    the pool's DATA, COMPR, TOTAL, RATIO and SAVED, as the summary's line
+    begins, the last tick's the same as the summary's."""
+    result = run_cli(
+        "shadow", "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
+        "--cold-after", f"{COLD_AFTER}s", "--duration", "2s",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    ticks = [line for line in lines if line.startswith("t=") and " pid " in line]
+    pools = [line for line in lines if line.startswith("t=") and " pool: " in line]
+    assert ticks and len(ticks) == len(pools)
+    for line in ticks:
+        assert f"pid {target.pid} (python3): resident " in line
+        assert " pages, saved " in line and ", refaults/s " in line
+        assert line.endswith("s of CPU")
+    for line in pools:
+        assert " pool: DATA " in line and " COMPR " in line and " TOTAL " in line
+        assert " RATIO " in line and " SAVED " in line
+    (summary,) = [line for line in lines if line.startswith("pool after ")]
+    assert summary.split(": ", 1)[1].startswith(pools[-1].split(" pool: ", 1)[1] + "; ")
+
+
 # -- the pieces ------------------------------------------------------------------------
 
 
@@ -924,28 +992,31 @@ def _figures(lost: int = 0, **pool: int) -> ShadowFigures:
 
 def test_the_summary_says_what_its_figures_mean() -> None:
     """Each figure a newcomer misreads carries its meaning: RAM saved apart from
-    pages on disk, write-only refaults under hash, the max above the limit, the
-    run's peak and mean (over time), when a process exited, what a process's
-    share is, pages lost to another client's frees."""
+    pages on disk, write-only refaults under hash, mem_used_max above the limit
+    (in exact bytes), the run's peak and mean (over time), when a process
+    exited, what a process's share is, pages lost to another client's frees."""
     fig = _figures(
         orig_data_size=60 << 12, mem_used_total=20 << 12, bd_count=20, bd_reads=3,
-        mem_limit=20 << 12, mem_used_max=24 << 12,
+        mem_limit=20 << 12, mem_used_max=24 << 12, written_back_pages=20,
     )  # fmt: skip
     text = format_summary(fig, "hash")
-    assert "saved 80K; same 0 huge 0; on disk 20 pages (80K), 3 read back from disk" in text
-    assert "in RAM data 160K" in text and "(max 96K, limit 80K)" in text
-    assert "max above the limit: as zram" in text
+    assert "DATA 240K (on disk 80K) COMPR 0B TOTAL 80K RATIO 3.00 (in RAM 2.00) SAVED 80K" in text
+    assert "mem_used_max 98304 bytes > mem_limit 81920 bytes" in text
+    assert "same_pages 0 huge_pages 0; bd_count 20 bd_reads 3 written_back_pages 20" in text
+    assert "mem_used_max above mem_limit by 16K: as zram" in text
     assert "REFAULTS: writes only (hash detection)" in text
     assert "SAVED: the pool's saving in RAM, split between processes by their stored pages" in text
     assert "over 4 ticks: stored pages peak 45, mean over time 30.5" in text
-    assert text.splitlines()[1].endswith("at t=12.5s")
+    assert "scan cost: 0.50s of CPU for 400K read, 1310.72 CPU s per GiB scanned" in text
+    assert text.splitlines()[1].endswith("1310.72 at t=12.5s")
     assert "lost" not in text and "lost" not in format_pool_tick(fig)
     lost = _figures(lost=3)
     assert "lost 3 pages: stored by the shadow, freed by another client" in format_summary(lost)
     assert format_pool_tick(lost).endswith("; 3 lost (freed by another client)")
     for quiet in (format_summary(fig), format_summary(fig, "hash+idle")):
         assert "writes only" not in quiet
-    assert "max above" not in format_summary(_figures(mem_used_max=1 << 20))
+    fitting = format_summary(_figures(mem_used_max=1 << 20, mem_limit=1 << 20))
+    assert "above" not in fitting and "mem_used_max 1M mem_limit 1M;" in fitting
     assert format_tick(fig, None)[0].startswith("t=    20.0s pid 7 (svc) exited at t=12.5s:")
 
 
