@@ -33,6 +33,7 @@ from zswapd.cli_format import WORDS, human, printable, ratio, table
 from zswapd.swapsim import PoolFigures, ProcessFigures, ShadowFigures
 
 __all__ = [
+    "POOL_LEGEND",
     "SUMMARY_COLUMNS",
     "cpu_seconds_per_gib",
     "format_pool_tick",
