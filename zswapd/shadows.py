@@ -23,9 +23,9 @@ there are never more refaults than swap-outs; the interval is at least
 :data:`MIN_INTERVAL_SECONDS`, what ``zswapd shadow --interval`` accepts; the
 pool is one of this daemon's.  ``saved_bytes`` may be negative: a process's
 share of the pool's saving is negative while the pool takes more memory than
-the pages it keeps (a few pages in a zspage of several, or incompressible
-pages stored whole, plus the same-filled ones that take none), and a real
-shadow reports that as it is.  Two reports (names) may shadow one pid, e.g. to
+the pages it keeps (a few pages in a zspage of several pages; incompressible
+pages, stored whole, save nothing to make up for it), and a real shadow
+reports that as it is.  Two reports (names) may shadow one pid, e.g. to
 compare two compressors on one process; one report names a pid once.
 
 A report is removed with its pool: the figures are about the pages of that
