@@ -149,8 +149,8 @@ class ShadowReport:
 
     Attributes:
         name: the shadow's name (pool-name rules).
-        pool: the pool the shadow drives (need not exist here: its own metrics
-            come from the pool).
+        pool: the pool the shadow drives (one of the daemon's when the report
+            arrived; the report goes with it).
         detection: how the shadow tells a page changed (:data:`DETECTIONS`).
         interval_seconds, cold_after_seconds: the shadow's settings.
         expires_seconds: how long the report lives without renewal.
