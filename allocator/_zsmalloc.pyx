@@ -55,6 +55,7 @@ from allocator.errors import AllocatorError, HandleTableFullError, InvalidHandle
 from allocator.handles import MAX_SLOTS, generation_source
 from allocator.invariants import ZsPoolView, check_zspool
 from allocator.mapping import MapMode, ObjectMapping
+from allocator.options import check_zspool_options
 from allocator.stats import ClassStats, PoolStats
 from allocator.zspage import SizeClass, ZsPage
 
@@ -301,10 +302,17 @@ cdef class ZsPoolCore:
     ):
         if self._cls != NULL:
             raise RuntimeError("ZsPool is initialised once")
-        if max_pages is not None and max_pages < 0:
-            raise ValueError("max_pages must be >= 0 or None")
-        if empty_cache < 0:
-            raise ValueError("empty_cache must be >= 0")
+        check_zspool_options(
+            chain_size=chain_size,
+            max_pages=max_pages,
+            empty_cache=empty_cache,
+            short_zspages=short_zspages,
+            header=header,
+            class_step=class_step,
+            class_sizes=class_sizes,
+            merge_classes=merge_classes,
+            seed=seed,
+        )
         self.table = ClassTable.build(
             chain_size=chain_size,
             step=class_step,

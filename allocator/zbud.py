@@ -111,6 +111,7 @@ from allocator.errors import AllocatorError
 from allocator.handles import SLOT_MASK, HandleTable
 from allocator.invariants import BuddyPoolView, check_buddy_pool
 from allocator.mapping import MapMode, ObjectMapping
+from allocator.options import ZSPOOL_DEFAULTS, check_zspool_options
 from allocator.stats import ClassStats, Fullness, PoolStats, fullness_group
 from allocator.zsmalloc import ZsPool
 
@@ -165,8 +166,11 @@ class ZbudPool(PoolBase):
         unknown = sorted(set(ignored_zsmalloc_options) - _ZSMALLOC_ONLY_OPTIONS)
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected options: {', '.join(unknown)}")
-        if max_pages is not None and max_pages < 0:
-            raise ValueError("max_pages must be >= 0 or None")
+        # Ignored, but checked as zsmalloc would: one option set builds any
+        # allocator, and a wrong one is wrong whichever is chosen.
+        check_zspool_options(
+            **{**ZSPOOL_DEFAULTS, **ignored_zsmalloc_options, "max_pages": max_pages, "seed": seed}
+        )
         self.max_pages = max_pages
         self._arena = PageArena(arena_capacity(max_pages, arena_pages))
         # The budget, capped by the arena's size: running out of either is PoolFullError.

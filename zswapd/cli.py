@@ -505,7 +505,19 @@ def _add_shadow_parser(sub: _Sub, common: argparse.ArgumentParser) -> None:
     def duration_or_zero(text: str) -> float:
         return parse_duration(text, zero=True)
 
-    duration.__name__ = duration_or_zero.__name__ = "duration"
+    def interval(text: str) -> float:
+        # The daemon refuses a report of a shorter one (zswapd.shadows).
+        from zswapd.shadows import MIN_INTERVAL_SECONDS
+
+        seconds = parse_duration(text)
+        if seconds < MIN_INTERVAL_SECONDS:
+            raise argparse.ArgumentTypeError(
+                f"interval {text.strip()[:40]!r} out of range: at least "
+                f"{MIN_INTERVAL_SECONDS * 1000:g}ms"
+            )
+        return seconds
+
+    duration.__name__ = duration_or_zero.__name__ = interval.__name__ = "duration"
     p = sub.add_parser(
         "shadow",
         parents=[common],
@@ -533,7 +545,9 @@ def _add_shadow_parser(sub: _Sub, common: argparse.ArgumentParser) -> None:
         metavar="PID",
         help="a process (repeatable; its forks are not followed)",
     )
-    p.add_argument("--interval", type=duration, default=10.0, help="between scans (default 10s)")
+    p.add_argument(
+        "--interval", type=interval, default=10.0, help="between scans (default 10s, at least 1ms)"
+    )
     p.add_argument(
         "--cold-after",
         type=duration_or_zero,

@@ -9,6 +9,7 @@ from typing import Any
 import allocator
 import compressors
 from allocator import Allocator, PageBudget
+from allocator.options import ZSPOOL_DEFAULTS, ZSPOOL_OPTIONS, check_zspool_options
 from zswapd.backing import MAX_BACKING_SIZE
 from zswapd.errors import ConfigError
 
@@ -31,6 +32,9 @@ DEFAULT_ACCEPT_THRESHOLD = 90
 # shared page budget): set by the registry, never by a pool's configuration.
 _SERVER_OPTIONS = frozenset({"arena_pages", "budget"})
 POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Allocator parameters a pool sets from settings of its own, never from
+# allocator_options (given twice, the allocator would be called with both).
+_POOL_OWN_OPTIONS = {"chain_size": "set chain_size itself", "max_pages": "set limit_bytes"}
 
 
 # Why a compressor a zram user would name cannot be had here, and the remedy.
@@ -117,27 +121,27 @@ class PoolConfig:
     writeback_limit: int | None = None
 
     def __post_init__(self) -> None:
+        for key in ("compressor", "allocator", "huge_policy", "writeback"):
+            if not isinstance(getattr(self, key), str):
+                raise ConfigError(f"{key} must be a string, not {getattr(self, key)!r}")
+        if self.recompress_algo is not None and not isinstance(self.recompress_algo, str):
+            raise ConfigError(f"recompress_algo must be a string, not {self.recompress_algo!r}")
         if self.compressor not in compressors.available():
             raise ConfigError(unavailable_compressor(str(self.compressor)))
         if self.allocator not in allocator.ALLOCATORS:
             raise ConfigError(f"unknown allocator {self.allocator!r}")
         if type(self.chain_size) is not int or not 1 <= self.chain_size <= 16:
-            raise ConfigError(f"chain_size must be 1..16, not {self.chain_size!r}")
+            raise ConfigError(f"chain_size must be an integer in 1..16, not {self.chain_size!r}")
+        self._check_allocator_options()
         if type(self.limit_bytes) is not int or self.limit_bytes < 0:
             raise ConfigError(f"limit_bytes must be an int >= 0, not {self.limit_bytes!r}")
         if self.limit_bytes >= 1 << 64:
             raise ConfigError(f"limit_bytes must be below 2**64, not {self.limit_bytes}")
-        reserved = sorted(set(self.allocator_options) & _SERVER_OPTIONS)
-        if reserved:
-            raise ConfigError(
-                f"allocator option {', '.join(reserved)} is the server's to set "
-                "(bounded by --memory-limit), not a pool's"
-            )
         if self.huge_policy not in HUGE_POLICIES:
             raise ConfigError(f"huge_policy must be one of {HUGE_POLICIES}")
         pct = self.accept_threshold_percent
         if pct is not None and (type(pct) is not int or not 0 <= pct <= 100):
-            raise ConfigError(f"accept_threshold_percent must be 0..100, not {pct!r}")
+            raise ConfigError(f"accept_threshold_percent must be an integer in 0..100, not {pct!r}")
         self._check_backing()
         if self.recompress_algo is not None and (
             self.recompress_algo not in compressors.available()
@@ -161,6 +165,37 @@ class PoolConfig:
             object.__setattr__(self, "level", primary.options["level"])
         if secondary is not None and self.recompress_level is None:
             object.__setattr__(self, "recompress_level", secondary.options.get("level"))
+
+    def _check_allocator_options(self) -> None:
+        """Each allocator option by its name: known, the server's own left out,
+        of the right type and range (the allocator's own check, so its words)."""
+        options = self.allocator_options
+        if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+            raise ConfigError(
+                f"allocator_options must be an object of option: value, not {options!r}"
+            )
+        reserved = sorted(set(options) & _SERVER_OPTIONS)
+        if reserved:
+            raise ConfigError(
+                f"allocator option {', '.join(reserved)} is the server's to set "
+                "(bounded by --memory-limit), not a pool's"
+            )
+        own = sorted(set(options) & set(_POOL_OWN_OPTIONS))
+        if own:
+            raise ConfigError(
+                f"allocator_options: {own[0]} is a pool setting, not an allocator "
+                f"option: {_POOL_OWN_OPTIONS[own[0]]}"
+            )
+        unknown = sorted(set(options) - set(ZSPOOL_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"unknown allocator option {unknown[0][:40]!r}; the options are "
+                f"{', '.join(ZSPOOL_OPTIONS)} (zsmalloc's; zbud and z3fold ignore them)"
+            )
+        try:
+            check_zspool_options(**{**ZSPOOL_DEFAULTS, "chain_size": self.chain_size, **options})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"allocator_options: {exc}") from exc
 
     def _check_backing(self) -> None:
         path = self.backing_file

@@ -9,7 +9,9 @@ each class's status::
 
     ZswapdError                  500  root
     ├── InvalidRequestError      400  malformed input
-    │   └── ConfigError          400  a pool configuration that cannot be built
+    │   ├── ConfigError          400  a pool configuration that cannot be built
+    │   └── ImpossibleReportError 422 a shadow's report no shadow could send (more
+    │                                 stored than cold, ...), or naming no pool
     ├── UnauthorizedError        401  the server wants a (different) token
     ├── StaleHandleError         404  a handle freed, never issued or forged
     ├── UnknownPoolError         404  no pool (or device) of that name
@@ -47,6 +49,7 @@ __all__ = [
     "CompressPoorError",
     "ConfigError",
     "CorruptObjectError",
+    "ImpossibleReportError",
     "InvalidRequestError",
     "MemoryLimitError",
     "PageSizeError",
@@ -86,6 +89,15 @@ class InvalidRequestError(ZswapdError):
 class ConfigError(InvalidRequestError):
     code = "bad_config"
     status = 400
+
+
+class ImpossibleReportError(InvalidRequestError):
+    """A shadow's report whose figures contradict each other (more pages stored
+    than cold, more refaults than swap-outs, ...) or that names no pool here:
+    well formed, but no shadow could have sent it (zswapd.shadows)."""
+
+    code = "impossible_report"
+    status = 422
 
 
 class PageSizeError(ZswapdError):
@@ -211,6 +223,7 @@ _ALL: tuple[type[ZswapdError], ...] = (
     ConfigError,
     InvalidRequestError,
     PageSizeError,
+    ImpossibleReportError,
     StaleHandleError,
     UnknownPoolError,
     UnknownShadowError,

@@ -280,6 +280,8 @@ def create_app(
     devices = devices if devices is not None else DeviceRegistry(registry)
     app.state.devices = devices
     shadows = shadows if shadows is not None else ShadowRegistry()
+    # A report names a pool of this daemon's, and goes with it.
+    shadows.pool_exists = registry.__contains__
     app.state.shadows = shadows
     app.state.metrics = metrics = Metrics(registry, devices, shadows)
     # The NBD listener is bound after the app is made: the server sets this
@@ -394,6 +396,9 @@ def create_app(
         """A pool or device removed, in a thread: closing one waits for its
         backing file's I/O in flight."""
         await run_in_thread(remove, name)
+        # The reports on it went with its pages (zswapd.shadows): at once, so
+        # a pool made again under the name is not shown a dead shadow's figures.
+        shadows.forget_pool(name)
         return Response(status_code=204)
 
     @app.delete("/v1/devices/{name}", status_code=204, name="device_remove", tags=["devices"])
@@ -437,8 +442,12 @@ def create_app(
     @app.put("/v1/shadows/{name}", status_code=204, name="shadow_report", tags=["shadows"])
     async def report_shadow(name: ShadowName, body: ShadowReportIn) -> Response:
         """Replace the shadow's report (its first makes it): checked whole, so a
-        report refused leaves the previous one as it was.  At most 64 shadows
-        and 4096 processes across them: past either, 507 ``max_shadows``."""
+        report refused leaves the previous one as it was.  Figures no shadow
+        could send (more stored than cold, more refaults than swap-outs, a pid
+        twice, an interval under 1 ms) or a pool that does not exist: 422
+        ``impossible_report``.  At most 64 shadows and 4096 processes across
+        them: past either, 507 ``max_shadows``.  A report is removed with its
+        pool."""
         # In a thread: checking 1024 processes is a few milliseconds of work.
         await run_in_thread(shadows.report, name, body.model_dump())
         return Response(status_code=204)

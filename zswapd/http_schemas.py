@@ -505,7 +505,7 @@ class ShadowProcess(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     pid: Annotated[int, Ge(1), Le(MAX_PID), JSON_NUMBER, INT64] = Field(
-        description="unique within a report"
+        description="unique within a report (a pid twice is 422 impossible_report)"
     )
     comm: str = Field(
         max_length=MAX_COMM,
@@ -515,16 +515,20 @@ class ShadowProcess(BaseModel):
     )
     resident_pages: ShadowCount = Field(description="pages swap could take, present at the scan")
     cold_pages: ShadowCount = Field(
-        description="pages unchanged for cold_after_seconds: stored, or waiting for room"
+        description="pages unchanged for cold_after_seconds: stored, or waiting for room; "
+        "at most resident_pages"
     )
-    stored_pages: ShadowCount = Field(description="of the cold pages, those the pool holds")
+    stored_pages: ShadowCount = Field(
+        description="of the cold pages, those the pool holds; at most cold_pages"
+    )
     saved_bytes: Annotated[int, Ge(-MAX_COUNT), Le(MAX_COUNT), JSON_NUMBER, INT64] = Field(
         description="the process's share of the pool's saving (orig_data_size - "
         "mem_used_total), by stored pages; negative while the pool takes more than it holds"
     )
     swapouts_total: ShadowCount = Field(description="pages stored (swapped out), ever")
     refaults_total: ShadowCount = Field(
-        description="stored pages touched again (zswap's zswpin; writes only under hash)"
+        description="stored pages touched again (zswap's zswpin; writes only under hash); "
+        "at most swapouts_total"
     )
     rejected_total: ShadowCount = Field(description="cold pages the pool refused")
     scan_seconds_total: Seconds = Field(description="CPU seconds the shadow's scans took")
@@ -538,13 +542,16 @@ class ShadowReportIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pool: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-        description="the pool the shadow drives (it need not exist here)",
+        description="the pool the shadow drives: one of this daemon's (else 422 "
+        "impossible_report); the report is removed with it",
     )
     detection: Literal["soft-dirty", "hash", "soft-dirty+idle", "hash+idle"] = Field(
         description="how the shadow tells a page changed: soft-dirty bits or a hash of "
         "its bytes (writes only); +idle: the idle-page bitmap too (reads)"
     )
-    interval_seconds: Seconds = Field(description="seconds between the shadow's scans")
+    interval_seconds: Seconds = Field(
+        description="seconds between the shadow's scans; under 0.001 is 422 impossible_report"
+    )
     cold_after_seconds: Seconds = Field(description="a page unchanged this long is stored")
     expires_seconds: (
         Annotated[float, AllowInfNan(False), Ge(1), Le(MAX_EXPIRES_SECONDS), JSON_NUMBER] | None

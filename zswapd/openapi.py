@@ -40,6 +40,7 @@ from zswapd.errors import (
     CompressPoorError,
     ConfigError,
     CorruptObjectError,
+    ImpossibleReportError,
     InvalidRequestError,
     MemoryLimitError,
     PageSizeError,
@@ -143,7 +144,7 @@ ROUTE_ERRORS: dict[str, tuple[type[ZswapdError], ...]] = {
     "recompress": (UnknownPoolError, InvalidRequestError, ConfigError, CorruptObjectError),
     "writeback": (UnknownPoolError, InvalidRequestError, ConfigError),
     "shadows_list": (),
-    "shadow_report": (InvalidRequestError, TooManyShadowsError),
+    "shadow_report": (InvalidRequestError, ImpossibleReportError, TooManyShadowsError),
     "shadow_remove": (UnknownShadowError,),
 }
 
@@ -153,6 +154,9 @@ MEANING: dict[type[ZswapdError], str] = {
     "something the route refuses",
     ConfigError: "a configuration that cannot be built",
     PageSizeError: "a body that is not whole 4096-byte pages",
+    ImpossibleReportError: "a shadow's report no shadow could send (stored_pages > "
+    "cold_pages > resident_pages, refaults_total > swapouts_total, a pid twice, "
+    "interval_seconds under 1 ms), or naming no pool here",
     CompressPoorError: "a page that compresses too poorly (huge_policy reject)",
     StaleHandleError: "a handle freed, never issued, or forged",
     UnknownPoolError: "no pool or device of that name",

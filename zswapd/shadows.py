@@ -13,7 +13,29 @@ everything about it is bounded: at most :data:`MAX_SHADOWS` names, at most
 :data:`MAX_PROCESSES` processes a report and :data:`MAX_PROCESSES_TOTAL` across
 every live report, a ``comm`` of at most
 :data:`MAX_COMM` printable characters, counts in 0..2**53 (what a JSON number
-holds exactly), seconds finite and >= 0.  A report lives until the shadow
+holds exactly), seconds finite and >= 0.
+
+A report must also be one a shadow could send (:func:`check_possible`; 422
+``impossible_report`` otherwise): a process's pages nest, stored within cold
+within resident, since a stored page is a cold one and a cold one a page the
+last scan found present; a refault brings back a page that was swapped out, so
+there are never more refaults than swap-outs; the interval is at least
+:data:`MIN_INTERVAL_SECONDS`, what ``zswapd shadow --interval`` accepts; the
+pool is one of this daemon's.  ``saved_bytes`` may be negative: a process's
+share of the pool's saving is negative while the pool takes more memory than
+the pages it keeps (a few pages in a zspage of several pages; incompressible
+pages, stored whole, save nothing to make up for it), and a real shadow
+reports that as it is.  Two reports (names) may shadow one pid, e.g. to
+compare two compressors on one process; one report names a pid once.
+
+A report is removed with its pool: the figures are about the pages of that
+pool, and a pool made again under the name would hold none of them.
+
+A report is as unowned as a pool: whoever may reach the daemon (the Unix
+socket's mode, the bearer token) may replace or remove any report, as they may
+any pool; a report says what its sender claims, no more.
+
+A report lives until the shadow
 replaces it, removes it, or stops renewing it: one not renewed within its
 ``expires_seconds`` is gone (from the listing and the metrics), so a shadow
 that died leaves no figures frozen in a dashboard.  Expiry is lazy, at the next
@@ -48,7 +70,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from zswapd.config import check_pool_name
-from zswapd.errors import ConfigError, InvalidRequestError, TooManyShadowsError, UnknownShadowError
+from zswapd.errors import (
+    ConfigError,
+    ImpossibleReportError,
+    InvalidRequestError,
+    TooManyShadowsError,
+    UnknownShadowError,
+)
 from zswapd.swapsim import ProcessFigures
 
 __all__ = [
@@ -61,9 +89,11 @@ __all__ = [
     "MAX_PROCESSES_TOTAL",
     "MAX_SHADOWS",
     "MIN_DEFAULT_EXPIRES_SECONDS",
+    "MIN_INTERVAL_SECONDS",
     "PROCESS_KEYS",
     "ShadowRegistry",
     "ShadowReport",
+    "check_possible",
     "default_expires",
     "parse_report",
 ]
@@ -84,6 +114,11 @@ MAX_COUNT = 2**53
 MAX_PID = 1 << 22
 # A report lives at most a day without renewal.
 MAX_EXPIRES_SECONDS = 86400.0
+# The shortest interval between scans, here and for ``zswapd shadow --interval``
+# (which reads it from here): a millisecond, the finest unit a duration takes
+# (500ms).  Shorter is no real shadow's (a scan of a few pages takes longer)
+# and would only put a meaningless figure in the metrics.
+MIN_INTERVAL_SECONDS = 0.001
 # Without expires_seconds: three intervals, so that one late report (a scan
 # that took long, a daemon busy) does not make a shadow flap; never under 30 s.
 MIN_DEFAULT_EXPIRES_SECONDS = 30.0
@@ -114,8 +149,8 @@ class ShadowReport:
 
     Attributes:
         name: the shadow's name (pool-name rules).
-        pool: the pool the shadow drives (need not exist here: its own metrics
-            come from the pool).
+        pool: the pool the shadow drives (one of the daemon's when the report
+            arrived; the report goes with it).
         detection: how the shadow tells a page changed (:data:`DETECTIONS`).
         interval_seconds, cold_after_seconds: the shadow's settings.
         expires_seconds: how long the report lives without renewal.
@@ -243,6 +278,7 @@ def parse_report(name: str, body: Mapping[str, Any], received: float) -> ShadowR
 
     Raises:
         InvalidRequestError: anything out of bounds, missing or unknown.
+        ImpossibleReportError: figures no shadow could send (:func:`check_possible`).
     """
     _name(name, "shadow name")
     if not isinstance(body, Mapping):
@@ -266,11 +302,7 @@ def parse_report(name: str, body: Mapping[str, Any], received: float) -> ShadowR
             f"{len(processes)} processes; at most {MAX_PROCESSES} in a report"
         )
     parsed = tuple(_process(p, f"processes[{i}]") for i, p in enumerate(processes))
-    pids = [p.pid for p in parsed]
-    if len(set(pids)) != len(pids):
-        twice = sorted({p for p in pids if pids.count(p) > 1})
-        raise InvalidRequestError(f"pid {twice[0]} is named twice in one report")
-    return ShadowReport(
+    report = ShadowReport(
         name=name,
         pool=_name(body["pool"], "pool"),
         detection=str(detection),
@@ -284,6 +316,52 @@ def parse_report(name: str, body: Mapping[str, Any], received: float) -> ShadowR
         processes=parsed,
         received=received,
     )
+    check_possible(report)
+    return report
+
+
+def _possible(p: ProcessFigures, where: str) -> None:
+    # The rules of the module docstring, each said with the fields it binds.
+    if p.stored_pages > p.cold_pages:
+        raise ImpossibleReportError(
+            f"{where}.stored_pages {p.stored_pages} > cold_pages {p.cold_pages}: "
+            "a stored page is a cold one (stored_pages <= cold_pages <= resident_pages)"
+        )
+    if p.cold_pages > p.resident_pages:
+        raise ImpossibleReportError(
+            f"{where}.cold_pages {p.cold_pages} > resident_pages {p.resident_pages}: "
+            "a cold page is one the scan found present (cold_pages <= resident_pages)"
+        )
+    if p.refaults_total > p.swapouts_total:
+        raise ImpossibleReportError(
+            f"{where}.refaults_total {p.refaults_total} > swapouts_total "
+            f"{p.swapouts_total}: a refault brings back a page swapped out "
+            "(refaults_total <= swapouts_total)"
+        )
+
+
+def check_possible(report: ShadowReport) -> None:
+    """Raise unless a shadow could have sent ``report`` (the module docstring's
+    rules, but the pool's existence, which is the registry's to know).
+
+    Raises:
+        ImpossibleReportError: the first rule broken, naming its fields.
+    """
+    if report.interval_seconds < MIN_INTERVAL_SECONDS:
+        raise ImpossibleReportError(
+            f"interval_seconds {report.interval_seconds!r} is below "
+            f"{MIN_INTERVAL_SECONDS:g}, the shortest interval a shadow scans at"
+        )
+    first: dict[int, int] = {}
+    for i, p in enumerate(report.processes):
+        where = f"processes[{i}]"
+        if p.pid in first:
+            raise ImpossibleReportError(
+                f"{where}.pid {p.pid} is processes[{first[p.pid]}]'s too: a report names "
+                "a pid once (two reports may shadow one pid)"
+            )
+        first[p.pid] = i
+        _possible(p, where)
 
 
 class ShadowRegistry:
@@ -294,6 +372,9 @@ class ShadowRegistry:
         max_processes: processes across every live report (default
             :data:`MAX_PROCESSES_TOTAL`).
         clock: seconds, monotonic (tests may give their own).
+        pool_exists: whether a pool of that name exists (None: every name
+            does, for a registry used alone); a report naming no pool is
+            refused, and one whose pool has gone is dropped.
     """
 
     def __init__(
@@ -301,16 +382,25 @@ class ShadowRegistry:
         max_shadows: int = MAX_SHADOWS,
         max_processes: int = MAX_PROCESSES_TOTAL,
         clock: Callable[[], float] = time.monotonic,
+        pool_exists: Callable[[str], bool] | None = None,
     ) -> None:
         self.max_shadows = max_shadows
         self.max_processes = max_processes
         self._clock = clock
+        self.pool_exists = pool_exists
         self._reports: dict[str, ShadowReport] = {}
         self._lock = threading.Lock()
 
     def _expire(self, now: float) -> None:
-        # Under the lock.
-        for name in [n for n, r in self._reports.items() if r.expired(now)]:
+        # Under the lock.  A report whose pool has gone goes too, whichever way
+        # the pool went (forget_pool is told of the HTTP API's removals; this
+        # catches any other, e.g. a device that failed to start).
+        exists = self.pool_exists
+        for name in [
+            n
+            for n, r in self._reports.items()
+            if r.expired(now) or (exists is not None and not exists(r.pool))
+        ]:
             del self._reports[name]
 
     def report(self, name: str, body: Mapping[str, Any]) -> ShadowReport:
@@ -319,12 +409,21 @@ class ShadowRegistry:
 
         Raises:
             InvalidRequestError: a bound broken (see :func:`parse_report`).
+            ImpossibleReportError: figures no shadow could send, or no such
+                pool (see :func:`check_possible`).
             TooManyShadowsError: ``name`` is new and max_shadows others report,
                 or the report would take the processes of every live report
                 past max_processes.
         """
         report = parse_report(name, body, self._clock())
         with self._lock:
+            # Under the lock: a pool removed meanwhile is either seen gone here
+            # or has its reports forgotten after this one is kept.
+            if self.pool_exists is not None and not self.pool_exists(report.pool):
+                raise ImpossibleReportError(
+                    f"pool {report.pool!r}: no pool of that name here; a shadow reports "
+                    "on the pool it drives (create it first: PUT /v1/pools/NAME)"
+                )
             self._expire(report.received)
             if name not in self._reports and len(self._reports) >= self.max_shadows:
                 raise TooManyShadowsError(
@@ -351,6 +450,14 @@ class ShadowRegistry:
             self._expire(self._clock())
             if self._reports.pop(name, None) is None:
                 raise UnknownShadowError(f"no shadow {name!r} reports here")
+
+    def forget_pool(self, pool: str) -> list[str]:
+        """Drop every report on ``pool`` (just removed); their names."""
+        with self._lock:
+            gone = [n for n, r in self._reports.items() if r.pool == pool]
+            for name in gone:
+                del self._reports[name]
+        return gone
 
     def snapshot(self) -> tuple[float, list[ShadowReport]]:
         """The clock's reading and the live reports, by name."""

@@ -134,6 +134,8 @@ def _report_shadow(url: str, tick: int) -> None:
         "processes": [worker],
     }
     with Client(url) as c:
+        if tick == 0:  # a report names a pool of the daemon's (the shadow's own)
+            c.create_pool("shadow-svc")
         c.report_shadow(SHADOW, body)
     _shadow_reports.append(body)
 

@@ -89,7 +89,7 @@ ERRORS = {
     "recompress": {400, 401, 404, 413, 500},
     "writeback": {400, 401, 404, 413},
     "shadows_list": {401},
-    "shadow_report": {400, 401, 413, 507},
+    "shadow_report": {400, 401, 413, 422, 507},
     "shadow_remove": {400, 401, 404},
 }
 

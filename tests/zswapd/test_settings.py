@@ -5,6 +5,7 @@ the sources keep their precedence (flags, environment, file, defaults)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,92 @@ def test_a_bad_whole_number_is_refused_in_argparse_words(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "--writeback-limit: invalid int value: 'x'" in err and "literal" not in err
+
+
+# A wrongly typed allocator option, and what the refusal must say: the option as
+# written and what it must be (a boolean is no integer, nor an integer a boolean).
+BAD_ALLOCATOR_OPTIONS = [
+    (
+        {"class_step": "8"},
+        "allocator_options: class_step must be a positive multiple of 8 (an integer), not '8'",
+    ),
+    (
+        {"class_step": 8.5},
+        "allocator_options: class_step must be a positive multiple of 8 (an integer), not 8.5",
+    ),
+    (
+        {"class_step": True},
+        "allocator_options: class_step must be a positive multiple of 8 (an integer), not True",
+    ),
+    (
+        {"class_step": 12},
+        "allocator_options: class_step must be a positive multiple of 8 (an integer), not 12",
+    ),
+    ({"header": False}, "allocator_options: header must be 0 or 8 (an integer), not False"),
+    ({"empty_cache": "2"}, "allocator_options: empty_cache must be an integer >= 0, not '2'"),
+    ({"merge_classes": 1}, "allocator_options: merge_classes must be true or false, not 1"),
+    ({"class_sizes": [64, "128"]}, "allocator_options: class_sizes must be a list of integers"),
+    ({"chain_size": 4}, "allocator_options: chain_size is a pool setting, not an allocator option"),
+    ({"class_stepp": 16}, "unknown allocator option 'class_stepp'; the options are empty_cache"),
+]
+
+
+def test_a_wrongly_typed_allocator_option_is_one_clear_refusal_over_http() -> None:
+    import httpx
+
+    from tests.zswapd.daemon import start_daemon
+
+    d = start_daemon()
+    try:
+        with httpx.Client(base_url=d.url, timeout=60) as h:
+            for options, said in BAD_ALLOCATOR_OPTIONS:
+                for allocator in ("zsmalloc", "zbud"):
+                    body = {"allocator": allocator, "allocator_options": options}
+                    r = h.put("/v1/pools/typed", json=body)
+                    assert r.status_code == 400, (options, r.text)
+                    assert r.json()["error"] == "bad_config", (options, r.text)
+                    assert r.json()["detail"].startswith(said), (options, r.text)
+                    assert "\n" not in r.json()["detail"]
+            # Nothing was made: the name is free, and good options still build.
+            assert h.get("/v1/pools").json()["pools"] == ["default"]
+            r = h.put("/v1/pools/typed", json={"allocator_options": {"class_step": 24}})
+            assert r.status_code == 201, r.text
+    finally:
+        assert d.stop() == 0, d.log
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ('allocator_options = {class_step = "8"}', BAD_ALLOCATOR_OPTIONS[0][1]),
+        ("allocator_options = {class_step = 8.5}", BAD_ALLOCATOR_OPTIONS[1][1]),
+        ("allocator_options = {class_step = true}", BAD_ALLOCATOR_OPTIONS[2][1]),
+        ("allocator_options = [8]", "allocator_options must be an object of option: value"),
+        ("chain_size = true", "chain_size must be an integer in 1..16, not True"),
+        ("compressor = 5", "compressor must be a string, not 5"),
+        (
+            'accept_threshold_percent = "90"',
+            "accept_threshold_percent must be an integer in 0..100",
+        ),
+    ],
+)
+def test_a_wrongly_typed_pool_setting_in_a_config_file_is_one_line(
+    line: str, said: str, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    toml = tmp_path / "z.toml"
+    toml.write_text(f"[pools.typed]\n{line}\n")
+    with pytest.raises(ConfigError, match="^" + re.escape(said)):
+        load_settings(str(toml), {}, {}).pool_configs()
+    # The daemon started on it says the same, in one line, and stops.
+    out = subprocess.run(
+        [sys.executable, "-m", "zswapd", "serve", "--http", "127.0.0.1:0", "--config", str(toml)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert out.stderr.startswith(f"zswapd serve: {said}"), out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr

@@ -20,6 +20,7 @@ from tests.zswapd.daemon import Daemon, start_daemon, token_file, wire_daemon
 from tests.zswapd.helpers import metric_value
 from zswapd.client import Client
 from zswapd.errors import (
+    ImpossibleReportError,
     InvalidRequestError,
     TooManyShadowsError,
     UnauthorizedError,
@@ -28,7 +29,7 @@ from zswapd.errors import (
 )
 from zswapd.metrics import Metrics
 from zswapd.pools import PoolRegistry
-from zswapd.shadows import MAX_SHADOWS, PROCESS_KEYS, ShadowRegistry
+from zswapd.shadows import MAX_SHADOWS, MIN_INTERVAL_SECONDS, PROCESS_KEYS, ShadowRegistry
 from zswapd.swapsim import ProcessFigures
 
 # The series of a process, and the figure each carries.
@@ -81,10 +82,17 @@ def report(*processes: dict[str, Any], **fields: Any) -> dict[str, Any]:
     return body
 
 
+# The pools the reports below name: a report must name a pool of the daemon's.
+POOLS = ("shadow-123", "other", "pool0", "pool1", "pool2", "pool3")
+
+
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
     d = start_daemon()
     try:
+        with httpx.Client(base_url=d.url, timeout=60) as h:
+            for pool in POOLS:
+                assert h.put(f"/v1/pools/{pool}").status_code == 201, pool
         yield d
     finally:
         assert d.stop() == 0, d.log
@@ -216,7 +224,6 @@ def _without(key: str) -> dict[str, Any]:
 
 BAD_REPORTS: dict[str, dict[str, Any]] = {
     "1025 processes": report(*(process(i) for i in range(1, 1026))),
-    "a pid twice": report(process(7), process(8), process(7)),
     "pid 0": _with_process(pid=0),
     "pid past PID_MAX_LIMIT": _with_process(pid=(1 << 22) + 1),
     "comm of 65 characters": _with_process(comm="x" * 65),
@@ -284,6 +291,108 @@ def test_every_bound_is_refused_whole_and_changes_nothing(http: httpx.Client) ->
     listed["kept"].pop("age_seconds")
     assert listed["kept"] == before
     assert shadow_series(scrape(http)) == exposition
+
+
+# Well formed, but no shadow could send them: 422, naming the field and the rule.
+IMPOSSIBLE_REPORTS: dict[str, tuple[dict[str, Any], str]] = {
+    "stored > cold": (
+        _with_process(stored_pages=401),
+        "processes[0].stored_pages 401 > cold_pages 400",
+    ),
+    "cold > resident": (
+        _with_process(resident_pages=399),
+        "processes[0].cold_pages 400 > resident_pages 399",
+    ),
+    "refaults > swapouts": (
+        report(process(5), process(6, refaults_total=421)),
+        "processes[1].refaults_total 421 > swapouts_total 420",
+    ),
+    "a pid twice": (
+        report(process(7), process(8), process(7)),
+        "processes[2].pid 7 is processes[0]'s too",
+    ),
+    "interval 1e-300": (report(interval_seconds=1e-300), "interval_seconds 1e-300 is below 0.001"),
+    "interval 0": (report(interval_seconds=0), "interval_seconds 0.0 is below 0.001"),
+    "a pool that does not exist": (report(pool="no-such-pool"), "pool 'no-such-pool': no pool"),
+}
+
+
+def test_an_impossible_report_is_refused_422_and_changes_nothing(http: httpx.Client) -> None:
+    before = report(process(1, "kept"), expires_seconds=600)
+    assert http.put("/v1/shadows/kept", json=before).status_code == 204
+    exposition = shadow_series(scrape(http))
+    for what, (body, said) in IMPOSSIBLE_REPORTS.items():
+        for name in ("kept", "fresh"):
+            r = http.put(f"/v1/shadows/{name}", json=body)
+            assert r.status_code == 422, (what, r.status_code, r.text)
+            assert r.json()["error"] == "impossible_report", (what, r.text)
+            assert said in r.json()["detail"], (what, r.text)
+    listed = http.get("/v1/shadows").json()["shadows"]
+    assert set(listed) == {"kept"}
+    listed["kept"].pop("age_seconds")
+    assert listed["kept"] == before
+    assert shadow_series(scrape(http)) == exposition
+    with Client(str(http.base_url).rstrip("/")) as c, pytest.raises(ImpossibleReportError):
+        c.report_shadow("kept", _with_process(stored_pages=401))
+
+
+def test_what_a_real_shadow_may_send_is_taken(http: httpx.Client) -> None:
+    """The limits of the rules, each possible: pages nested to the brim, every
+    refault of every page swapped out, a saving below zero (a pool that takes
+    more than it keeps), the shortest interval, and two reports (say, two
+    compressors) shadowing one pid."""
+    edge = process(
+        9,
+        resident_pages=400,
+        cold_pages=400,
+        stored_pages=400,
+        refaults_total=420,
+        saved_bytes=-3 * 4096,
+    )
+    body = report(edge, process(10, resident_pages=0, cold_pages=0, stored_pages=0))
+    assert http.put("/v1/shadows/lz4", json=body).status_code == 204
+    twin = report(edge, pool="other", interval_seconds=MIN_INTERVAL_SECONDS)
+    assert http.put("/v1/shadows/zstd", json=twin).status_code == 204
+    listed = http.get("/v1/shadows").json()["shadows"]
+    assert listed["lz4"]["processes"][0] == edge == listed["zstd"]["processes"][0]
+    assert listed["zstd"]["interval_seconds"] == MIN_INTERVAL_SECONDS
+
+
+def test_a_report_goes_with_its_pool(http: httpx.Client) -> None:
+    assert http.put("/v1/pools/doomed").status_code == 201
+    assert http.put("/v1/shadows/doomed", json=report(pool="doomed")).status_code == 204
+    assert http.put("/v1/shadows/bystander", json=report()).status_code == 204
+    assert ("zswapd_shadow_stored_pages", "doomed") in shadow_series(scrape(http))
+    assert http.delete("/v1/pools/doomed").status_code == 204
+    assert set(http.get("/v1/shadows").json()["shadows"]) == {"bystander"}
+    assert {s for _, s in shadow_series(scrape(http))} == {"bystander"}
+    # A pool made again under the name does not bring the dead shadow's figures back.
+    assert http.put("/v1/pools/doomed").status_code == 201
+    try:
+        assert set(http.get("/v1/shadows").json()["shadows"]) == {"bystander"}
+        r = http.delete("/v1/shadows/doomed")
+        assert r.status_code == 404 and r.json()["error"] == "unknown_shadow", r.text
+    finally:
+        assert http.delete("/v1/pools/doomed").status_code == 204
+
+
+def test_a_report_goes_with_its_device(http: httpx.Client) -> None:
+    assert http.put("/v1/devices/zram9", json={"size": 1 << 20}).status_code == 201
+    assert http.put("/v1/shadows/dev", json=report(pool="zram9")).status_code == 204
+    assert http.delete("/v1/devices/zram9").status_code == 204
+    assert http.get("/v1/shadows").json()["shadows"] == {}
+
+
+def test_a_registry_drops_a_report_whose_pool_went_another_way() -> None:
+    """Whatever removed the pool (not only the HTTP routes, which tell the
+    registry at once): the report is gone at the next read."""
+    pools = {"p"}
+    shadows = ShadowRegistry(pool_exists=pools.__contains__)
+    shadows.report("s", report(pool="p"))
+    with pytest.raises(ImpossibleReportError, match="no pool"):
+        shadows.report("t", report(pool="q"))
+    pools.clear()
+    assert shadows.to_dict() == {}
 
 
 def test_a_body_past_the_json_cap_is_refused(http: httpx.Client) -> None:
@@ -381,6 +490,7 @@ def test_the_token_is_wanted_on_every_shadow_route(tmp_path: Path) -> None:
         with Client(d.url) as anonymous, pytest.raises(UnauthorizedError):
             anonymous.report_shadow("s", report())
         with Client(d.url, token="shadow-token") as c:
+            c.create_pool("shadow-123")
             c.report_shadow("s", report())
             assert set(c.shadows()) == {"s"}
             c.remove_shadow("s")
