@@ -413,3 +413,76 @@ def test_pages_another_client_frees_are_lost_not_refaulted_and_the_shadow_goes_o
         assert pool.stored_pages == 0
     finally:
         pool.close()
+
+
+class CountingTarget(LocalTarget):
+    """A real pool in this process, counting the stores asked of it."""
+
+    def __init__(self, pool: PagePool) -> None:
+        super().__init__(pool)
+        self.stores = 0
+
+    def store(self, pages: list[bytes]) -> list[int]:
+        self.stores += 1
+        return super().store(pages)
+
+
+@pytest.mark.parametrize("threshold", [None, 50])
+def test_same_filled_pages_go_in_at_the_limit_and_never_wait(threshold: int | None) -> None:
+    """zram stores a same-filled page before it looks at its limit (and zswap's
+    hysteresis guards memory such a page does not take): at the limit, mixed
+    in a batch with pages that are refused, every same-filled one is stored
+    and counted as same_pages; none waits behind the refused."""
+    config = PoolConfig(compressor="lz4", limit_bytes=8 * 4096, accept_threshold_percent=threshold)
+    pool = PagePool("same", config)
+    try:
+        sim = SwapSim(LocalTarget(pool), lambda e: None)
+        words = [bytes(4096), b"\xff" * 4096, bytes(range(8)) * 512]
+        data = [words[i % 3] if i % 4 == 3 else page(i) for i in range(64)]
+        same = [i for i, d in enumerate(data) if same_filled(d)]
+        sim.feed(Event(EventKind.COLD, 1, 0x10000 + i * 4096, d) for i, d in enumerate(data))
+        sim.end_tick(TickEnd(1.0, ()))
+        (p,) = sim.figures().processes
+        assert 0 < p.stored_pages - len(same) < 64 - len(same)  # the limit refused pages
+        assert all(sim.stored(1, 0x10000 + i * 4096) for i in same)
+        assert sim.figures().pool.same_pages == len(same)
+        # More same-filled pages, the pool still full: stored at once.
+        sim.feed(Event(EventKind.COLD, 1, 0x900000 + i * 4096, words[i % 3]) for i in range(5))
+        assert sim.figures().pool.same_pages == len(same) + 5
+        pool.check_invariants()
+    finally:
+        pool.close()
+
+
+def test_waiting_pages_are_retried_only_once_room_may_have_been_made() -> None:
+    """A full pool left alone is not asked again tick after tick: no store,
+    no pool_limit_hit, until a page is freed or the limit changes."""
+    pool = PagePool("retry", PoolConfig(compressor="lz4", limit_bytes=32 * 4096))
+    pool.set_live_settings(limit_bytes=16 * 4096)
+    target = CountingTarget(pool)
+    addresses = [0x10000 + i * 4096 for i in range(64)]
+    data = {a: page(i) for i, a in enumerate(addresses)}
+    try:
+        sim = SwapSim(target, lambda e: data[e.address])
+        sim.feed(Event(EventKind.COLD, 1, a, data[a]) for a in addresses)
+        sim.end_tick(TickEnd(1.0, ()))
+        hits, stores = pool.counters.pool_limit_hit, target.stores
+        (p,) = sim.figures().processes
+        for t in range(2, 6):  # nothing freed: no retry
+            sim.end_tick(TickEnd(float(t), ()))
+        assert (pool.counters.pool_limit_hit, target.stores) == (hits, stores)
+        assert sim.figures().processes == (p,)
+        # A refault frees a page: the next tick's end retries, oldest first.
+        first_waiting = next(a for a in addresses if not sim.stored(1, a))
+        sim.feed([Event(EventKind.CHANGED, 1, a) for a in addresses[:4]])
+        sim.end_tick(TickEnd(6.0, ()))
+        assert sim.stored(1, first_waiting) and target.stores > stores
+        hits, stores = pool.counters.pool_limit_hit, target.stores
+        sim.end_tick(TickEnd(7.0, ()))
+        assert (pool.counters.pool_limit_hit, target.stores) == (hits, stores)
+        # Another client raises the limit: seen in the pool's figures, retried.
+        pool.set_live_settings(limit_bytes=32 * 4096)
+        sim.end_tick(TickEnd(8.0, ()))
+        assert sim.figures().processes[0].stored_pages > p.stored_pages
+    finally:
+        pool.close()
