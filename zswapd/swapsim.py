@@ -331,7 +331,9 @@ def _same_filled(data: bytes) -> bool:
 def _room_token(stats: dict[str, Any], own_frees: int) -> tuple[Any, ...]:
     """What, in the pool's figures, changes when someone other than the
     shadow makes room: its limit (and hysteresis), its compactions, the
-    pages freed by others (all frees less the shadow's own)."""
+    pages freed by others (all frees less the shadow's own).  Room that other
+    pools make under the server's --memory-limit does not show here: pages
+    refused for that wait for the shadow's own next free."""
     counters = stats.get("counters") or {}
     config = stats.get("config") or {}
     return (
