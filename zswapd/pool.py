@@ -13,7 +13,9 @@ as zram does it, with zswap's policies as options:
 4. The object is allocated and written under the lock.  A pool limit is the
    allocator's page budget, so a store past it fails in the allocator and
    changes nothing (zram's mem_limit; counted as pool_limit_hit).  zswap's
-   accept_threshold_percent hysteresis is an option.  The server-wide memory
+   accept_threshold_percent hysteresis is an option.  Same-filled pages take
+   no allocator memory, so neither the limit nor the hysteresis refuses them
+   (zram stores them past its mem_limit).  The server-wide memory
    limit is a :class:`~allocator.PageBudget` shared by every pool's allocator
    (zswap's max_pool_percent): a store past it fails whole the same way, as
    MemoryLimitError (counted in memory_limit_hit, in pages).  The same budget
@@ -233,10 +235,17 @@ class PagePool:
     def _now(self) -> int:
         return int(self._clock() - self._t0)
 
-    def _admit(self) -> None:
-        """zswap's hysteresis: after a limit hit, refuse until below the threshold."""
+    def _admit(self, all_same: bool) -> None:
+        """zswap's hysteresis: after a limit hit, refuse until below the threshold.
+
+        A batch of same-filled pages only is never refused here: it takes no
+        allocator memory, so it cannot grow the pool the hysteresis guards,
+        and zram stores such a page whatever its mem_limit.  (Linux 6.12's
+        zswap never sees a zero-filled page at all: swap keeps it in its
+        zeromap, whatever zswap's limit.)
+        """
         pct = self.config.accept_threshold_percent
-        if not self._limit_latched or pct is None or not self.config.limit_bytes:
+        if all_same or not self._limit_latched or pct is None or not self.config.limit_bytes:
             return
         if self.writeback_mode == "lru":
             return  # it writes back to below the threshold instead
@@ -406,7 +415,7 @@ class PagePool:
                 f"table's most ({self._entries.room + len(self._entries)}); none of "
                 f"the {n} pages stored"
             )
-        self._admit()
+        self._admit(all_same=same == n)
         high = [self._mem_used_max]
         try:
             handles: list[int] = batch().add_entries(

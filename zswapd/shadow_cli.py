@@ -424,21 +424,23 @@ def _run(
         try:
             sim.feed(events)
             end = TickEnd(t, scanner.scans)  # after the feed: the scan runs as it is fed
-            if writer is not None:
-                writer.end_tick(end)
             sim.end_tick(end)
             figures = sim.figures()
         except UnknownPoolError:
             raise PoolRemovedError(
                 f"pool {pool} was removed by another client at t={t:.1f}s: the shadow stops"
             ) from None
-        last[:] = [figures]
         if scanner.stopped:  # a signal cut this scan short: its figures are partial
+            _keep(writer, end, figures, last)  # the summary's
             return
         cost = time.process_time() - cpu
         elapsed = time.monotonic() - began
         wait, stretched = next_wait(args.interval, cost, elapsed, args.max_cpu)
         reporter.report([p.to_dict() for p in figures.processes], default_expires(wait + elapsed))
+        # Recorded only once it is sure to be printed: a shadow cut short by
+        # a failure (the daemon killed, the pool removed) leaves a record of
+        # exactly the ticks it printed, which replays to the last of them.
+        _keep(writer, end, figures, last)
         _say_lost(pool, figures, before)
         foreign.check(figures)
         _print_tick(args, figures, before, wait + elapsed if stretched else None, cost)
@@ -453,6 +455,15 @@ def _run(
         _sleep(wait, stop)
         if stop:
             return
+
+
+def _keep(
+    writer: RecordWriter | None, end: TickEnd, figures: ShadowFigures, last: list[ShadowFigures]
+) -> None:
+    """A tick done: its end to the record, its figures the summary's."""
+    if writer is not None:
+        writer.end_tick(end)
+    last[:] = [figures]
 
 
 def _print_tick(

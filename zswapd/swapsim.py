@@ -5,9 +5,19 @@ reclaim and the fault path would do to zswap:
 
 - a ``COLD`` page is stored (swapped out).  If the pool refuses it at its
   limit, it waits (it is still cold, reclaim would try again) and is retried
-  at the end of every tick, oldest first, until one is refused again.  A page
-  refused as compressing too poorly (``huge_policy = "reject"``) is not
-  retried: its bytes have not changed, neither would the answer.
+  at the end of a tick, oldest first, until one is refused again; but only
+  once room may have been made since the last refusal (a page freed: a
+  refault, a page gone, a process ended, a page lost; or, seen in the pool's
+  own figures, its limit changed, a compaction, another client's free).
+  Without that, the pool would refuse them again: a retry would cost a
+  batch of pages sent for nothing, and a ``pool_limit_hit`` a tick for the
+  same pages.  A page refused as compressing too poorly
+  (``huge_policy = "reject"``) is not retried: its bytes have not changed,
+  neither would the answer.
+- a *same-filled* page (one 8-byte word repeated) takes no pool memory: at
+  the limit the pool stores it (zram's ``ZRAM_SAME`` is stored before its
+  mem_limit is looked at), so it is offered even after a refusal and never
+  waits behind pages refused for room.
 - a ``CHANGED`` page that the pool holds is a refault: loaded (and checked
   against what was stored), then freed, as a swap-in is.  One still waiting
   simply stops waiting: it never left.
@@ -67,6 +77,7 @@ PAGE_SIZE = 4096
 BATCH = 256
 
 Key = tuple[int, int]  # (pid, address)
+WORD = 8  # a same-filled page is one word of this many bytes, repeated
 # The bytes of a page waiting for room, fetched again at its retry (the live
 # process's memory, or the record file); None if they can no longer be had.
 Fetch = Callable[[Event], "bytes | None"]
@@ -311,6 +322,28 @@ class _Process:
     waiting: int = 0
 
 
+def _same_filled(data: bytes) -> bool:
+    """One 8-byte word repeated: the pool keeps only the word (no allocator
+    memory), so no limit refuses it."""
+    return data[:WORD] * (PAGE_SIZE // WORD) == data
+
+
+def _room_token(stats: dict[str, Any], own_frees: int) -> tuple[Any, ...]:
+    """What, in the pool's figures, changes when someone other than the
+    shadow makes room: its limit (and hysteresis), its compactions, the
+    pages freed by others (all frees less the shadow's own).  Room that other
+    pools make under the server's --memory-limit does not show here: pages
+    refused for that wait for the shadow's own next free."""
+    counters = stats.get("counters") or {}
+    config = stats.get("config") or {}
+    return (
+        int(stats["mm_stat"]["mem_limit"]),
+        config.get("accept_threshold_percent"),
+        int(stats["mm_stat"]["pages_compacted"]),
+        int(counters.get("freed_pages_total", 0)) - own_frees,
+    )
+
+
 def _runs(events: Iterable[Event]) -> Iterator[list[Event]]:
     """Consecutive events of one kind, at most BATCH at a time."""
     run: list[Event] = []
@@ -348,6 +381,13 @@ class SwapSim:
         self._saved_bytes_sum = 0.0
         self._last_t, self._last_own, self._last_saved = 0.0, 0, 0
         self._lost = 0
+        # Whether room may have been made since the pool last refused a page
+        # for want of it (see _retry_waiting).
+        self._room = True
+        self._freed = 0  # pages the shadow freed, as the pool counts them
+        # _room_token at the last tick's end, None if a refusal came since:
+        # what others did since shows there.
+        self._token: tuple[Any, ...] | None = None
 
     # -- events ---------------------------------------------------------------
 
@@ -374,9 +414,11 @@ class SwapSim:
             p.scan_seconds_total += scan.scan_seconds
             p.exited = p.exited or scan.exited
         self._retry_waiting()
-        self._pool = PoolFigures.from_stats(self.target.stats())
+        stats = self.target.stats()
+        self._pool = PoolFigures.from_stats(stats)
         if self._pool.pages < sum(len(p.stored) for p in self._procs.values()):
             self._find_lost(self._pool)
+        self._token = _room_token(stats, self._freed)
         self._tally(self._pool)
 
     def _tally(self, pool: PoolFigures) -> None:
@@ -487,30 +529,55 @@ class SwapSim:
 
         A refused batch is offered again a page at a time, so that what fits
         goes in; after the first page refused for want of room the rest are
-        not offered (zswap, once full, refuses until the pool shrinks): that
-        keeps a full pool's cost, and its ``pool_limit_hit``, to two refusals
-        a batch, not one a page.
+        not offered (zswap, once full, refuses until the pool shrinks), but
+        for their same-filled pages, which take no pool memory and go in as
+        one batch: that keeps a full pool's cost, and its ``pool_limit_hit``,
+        to two refusals a batch, not one a page.
         """
         if not todo:
             return []
         try:
             handles = self.target.store([d for _, d in todo])
         except (PoolLimitError, CompressPoorError) as exc:
+            full = isinstance(exc, PoolLimitError)
+            if full:
+                # What others did before this refusal made no room for it: the
+                # pool's figures are looked at again from the tick's end on.
+                self._room, self._token = False, None
             if len(todo) == 1:
-                return [(todo[0][0], isinstance(exc, CompressPoorError))]
+                return [(todo[0][0], not full)]
             refused: list[tuple[Event, bool]] = []
             for i, item in enumerate(todo):
                 got = self._store([item])
                 refused.extend(got)
                 if got and not got[0][1]:
-                    refused.extend((e, False) for e, _ in todo[i + 1 :])
+                    rest = todo[i + 1 :]
+                    same = [_same_filled(d) for _, d in rest]
+                    went = self._store_same([x for x, s in zip(rest, same, strict=True) if s])
+                    left = [e for (e, _), s in zip(rest, same, strict=True) if not (s and went)]
+                    refused.extend((e, False) for e in left)
                     break
             return refused
+        self._stored(todo, handles)
+        return []
+
+    def _store_same(self, todo: list[tuple[Event, bytes]]) -> bool:
+        """Store same-filled pages, one batch; whether they went in (only a
+        pool out of handles, or the server out of memory, refuses them)."""
+        if not todo:
+            return True
+        try:
+            handles = self.target.store([d for _, d in todo])
+        except PoolLimitError:
+            return False
+        self._stored(todo, handles)
+        return True
+
+    def _stored(self, todo: list[tuple[Event, bytes]], handles: list[int]) -> None:
         for (e, data), h in zip(todo, handles, strict=True):
             p = self._proc(e.pid)
             p.stored[e.address] = (h, zlib.crc32(data))
             p.swapouts_total += 1
-        return []
 
     def _wait(self, e: Event) -> None:
         self._waiting[(e.pid, e.address)] = Event(e.kind, e.pid, e.address, None, e.ref)
@@ -546,7 +613,7 @@ class SwapSim:
             del p.stored[a]
             if h in pages and h not in lost:
                 p.refaults_total += 1
-        self._lost += len(handles) - len(pages) + len(lost)
+        self._count_lost(len(handles) - len(pages) + len(lost))
 
     def _drop(self, run: list[Event]) -> None:
         handles: list[int] = []
@@ -565,7 +632,7 @@ class SwapSim:
                     handles.append(got[0])
                 self._unwait((e.pid, e.address))
         for i in range(0, len(handles), BATCH):
-            self._lost += len(self._free_live(handles[i : i + BATCH]))
+            self._count_lost(len(self._free_live(handles[i : i + BATCH])))
 
     # -- another client's frees ---------------------------------------------------
 
@@ -613,7 +680,13 @@ class SwapSim:
             if h not in live:
                 p, a = owners[h]
                 del p.stored[a]
-                self._lost += 1
+                self._count_lost(1)
+
+    def _count_lost(self, n: int) -> None:
+        """``n`` of the shadow's pages found freed by another client: room made."""
+        if n:
+            self._lost += n
+            self._room = True
 
     def _free_live(self, handles: list[int]) -> set[int]:
         """Free ``handles``; return those the pool no longer held (freed by
@@ -622,6 +695,8 @@ class SwapSim:
             return set()
         try:
             self.target.free(handles)
+            self._freed += len(handles)
+            self._room = True
             return set()
         except StaleHandleError:
             if len(handles) == 1:
@@ -629,12 +704,23 @@ class SwapSim:
             half = len(handles) // 2
             return self._free_live(handles[:half]) | self._free_live(handles[half:])
 
+    def _room_made_by_others(self) -> bool:
+        """Whether the pool's own figures show room made by someone else since
+        the last tick's end (a limit raised, a compaction, another's free),
+        when that came after the last refusal (else seen from this tick's end)."""
+        if self._token is None:
+            return False
+        return _room_token(self.target.stats(), self._freed) != self._token
+
     def _retry_waiting(self) -> None:
         """Store waiting pages, oldest first, until the pool refuses one.
 
-        A page refused again keeps its place in the queue: age, not luck,
-        decides who goes next.
+        Not tried when nothing was freed since the last refusal: the pool
+        would refuse them again.  A page refused again keeps its place in the
+        queue: age, not luck, decides who goes next.
         """
+        if not self._waiting or not (self._room or self._room_made_by_others()):
+            return
         while self._waiting:
             todo: list[tuple[Event, bytes]] = []
             for key in list(itertools.islice(self._waiting, BATCH)):  # not a queue's copy a tick

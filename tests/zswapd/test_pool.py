@@ -9,7 +9,9 @@ import pytest
 import compressors
 from allocator import PageBudget
 from tests.threads import run_threads
+from tests.zswapd.daemon import start_daemon
 from tests.zswapd.helpers import poor_page, random_page, same_page, text_page
+from zswapd.client import Client
 from zswapd.config import PoolConfig
 from zswapd.errors import (
     CompressPoorError,
@@ -471,3 +473,32 @@ def test_after_a_refused_batch_the_servers_use_never_passes_its_high_water_mark(
         pytest.fail("the budget never refused a batch")
     server = pool.stats().server
     assert server.memory_used <= server.memory_used_max
+
+
+@pytest.mark.parametrize("threshold", [None, 50])
+def test_a_daemons_full_pool_stores_same_filled_pages(threshold: int | None) -> None:
+    """zram stores a same-filled page before it looks at mem_limit (it takes no
+    allocator memory), so a daemon's pool at its limit -- and refusing under
+    zswap's accept_threshold_percent -- still stores a batch of them, counted
+    as same_pages; a batch with one page needing memory is refused whole."""
+    daemon = start_daemon()
+    try:
+        with Client(daemon.url) as c:
+            c.create_pool("full", compressor="lz4", limit_bytes=8 * 4096)
+            if threshold is not None:
+                c.update_pool("full", accept_threshold_percent=threshold)
+            stored = 0
+            with pytest.raises(PoolLimitError):
+                while True:
+                    c.store([random_page(stored)], pool="full")
+                    stored += 1
+            same = [same_page(bytes(8)), same_page(b"\xff" * 8), same_page(b"12345678")]
+            handles = c.store(same, pool="full")
+            with pytest.raises(PoolLimitError):
+                c.store([same_page(bytes(8)), random_page(999)], pool="full")
+            stats = c.stats("full")
+            assert stats["mm_stat"]["same_pages"] == 3
+            assert stats["zswap"]["stored_pages"] == stored + 3
+            assert c.load(handles, pool="full") == same
+    finally:
+        daemon.stop()

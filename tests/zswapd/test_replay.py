@@ -94,6 +94,15 @@ def test_under_a_limit_cold_pages_wait_and_are_retried(record: Path) -> None:
     assert tight["figures"]["pool"]["mem_used_total"] <= 48 << 10
 
 
+def test_under_a_limit_every_same_filled_page_is_still_stored(record: Path) -> None:
+    """A review saw ``--limit`` store none of the same-filled pages it stored
+    unlimited: they take no pool memory, and zram stores them at its limit."""
+    free = replay_json(str(record))["figures"]["pool"]
+    tight = replay_json(str(record), "--limit", "48K")["figures"]["pool"]
+    assert tight["pool_limit_hit"] > 0 and tight["stored_pages"] < free["stored_pages"]
+    assert tight["same_pages"] == free["same_pages"] > 0
+
+
 def test_waiting_pages_are_stored_once_room_is_made(tmp_path: Path) -> None:
     pid, pages = 77, 40
     cold = [
@@ -368,11 +377,18 @@ def _live_ticks(pid: int, pages: list[tuple[int, bytes]]) -> list[Tick]:
         ),
         (cold[::5], TickEnd(40.0, scan)),
         ([], TickEnd(50.0, scan)),
+        ([], TickEnd(60.0, scan)),
     ]
 
 
 @pytest.mark.parametrize(
-    "settings", [{"compressor": "zstd"}, {"compressor": "lz4", "limit_bytes": 1 << 20}]
+    "settings",
+    [
+        {"compressor": "zstd"},
+        {"compressor": "lz4", "limit_bytes": 1 << 20},
+        # So tight that pages wait tick after tick, retried only once room is made.
+        {"compressor": "lz4", "limit_bytes": 128 << 10},
+    ],
 )
 def test_a_replay_under_the_recorded_settings_gives_the_live_figures(
     daemon: Daemon,
@@ -399,6 +415,8 @@ def test_a_replay_under_the_recorded_settings_gives_the_live_figures(
     assert p.swapouts_total > 0 and p.refaults_total > 0
     if "limit_bytes" in settings:
         assert p.rejected_total > 0 and live.pool.pool_limit_hit > 0
+    if settings.get("limit_bytes") == 128 << 10:
+        assert p.cold_pages > p.stored_pages  # still waiting at the last tick
     with RecordReader.open(str(path)) as reader:
         assert reader.summary["figures"] == live.to_dict()
         with tempfile.TemporaryDirectory() as tmp:

@@ -629,6 +629,36 @@ def test_cli_daemon_gone_is_one_line_and_the_record_is_closed(
         assert reader.summary["figures"]["processes"][0]["pid"] == target.pid
 
 
+def test_cli_a_shadow_cut_short_records_exactly_the_ticks_it_printed(
+    target: Target, tmp_path: Path
+) -> None:
+    """The daemon killed mid-run: the record holds the ticks printed, no more
+    (a tick's end is written once the tick went through the pool), and plays
+    back to the figures printed last."""
+    d = start_daemon()
+    record = tmp_path / "cut.rec"
+    proc = shadow_json(d.url, target, "--record", str(record))
+    printed: list[dict[str, Any]] = []
+    try:
+        with running(proc) as lines:
+            deadline = time.monotonic() + DEADLINE
+            while not printed or _proc(printed[-1])["stored_pages"] == 0 or len(printed) < 4:
+                line = lines.next(deadline)
+                assert line is not None, "the shadow ended first"
+                printed.append(json.loads(line))
+            d.stop(signal.SIGKILL)
+            out, err = proc.communicate(timeout=DEADLINE)
+            printed += [json.loads(x) for x in (lines.buf + out).decode().splitlines()]
+    finally:
+        d.stop(signal.SIGKILL)
+    assert proc.returncode == 1 and "connect" in err.decode(), err
+    with RecordReader.open(str(record)) as reader:
+        assert reader.complete and reader.ticks_count == len(printed)
+        assert reader.summary["figures"] == printed[-1]
+        replayed = replay(reader, replay_config(reader, Overrides(), str(tmp_path)))
+    assert replayed.to_dict() == printed[-1]
+
+
 def test_cli_flags_refused_in_one_line(target: Target, daemon: Daemon) -> None:
     for flags, words in [
         (["--interval", "10x"], "invalid duration '10x'"),

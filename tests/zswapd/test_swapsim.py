@@ -30,6 +30,10 @@ def scans(resident: int = 10) -> tuple[ProcessScan, ...]:
     return tuple(ProcessScan(pid, f"p{pid}", resident, 4096 * resident, 0.001) for pid in PIDS)
 
 
+def same_filled(data: bytes) -> bool:
+    return data[:8] * 512 == data
+
+
 class SwapModel(RuleBasedStateMachine):
     """Random COLD/CHANGED/GONE/EXIT against a pool with a small limit.
 
@@ -38,12 +42,27 @@ class SwapModel(RuleBasedStateMachine):
     page must come back as it went in.  Another client of the pool may free
     stored pages behind the shadow's back: each is lost (not a refault) when
     the shadow next loads or frees it, or at the tick's end, when the pool
-    holds fewer pages than the shadow stored.
+    holds fewer pages than the shadow stored.  Another client may change the
+    pool's limit.
+
+    The limit's rules: a same-filled page is stored whatever the limit (it
+    takes no pool memory), so it never waits; and once the pool refused a
+    page for room, a tick retries no waiting page (no request, no
+    pool_limit_hit) until room may have been made: a page of the shadow's
+    freed (refault, gone, exit, lost) or the limit changed.
     """
+
+    # Made for 10 pages, then held to 5 (about 10 cold pages): another client
+    # may raise it back.
+    config = PoolConfig(compressor="lz4", limit_bytes=10 * 4096)
 
     def __init__(self) -> None:
         super().__init__()
-        self.pool = PagePool("m", PoolConfig(compressor="lz4", limit_bytes=10 * 4096))
+        self.pool = PagePool("m", self.config)
+        self.pool.set_live_settings(limit_bytes=5 * 4096)
+        # Whether room may have been made since the pool last refused a page.
+        self.room = True
+        self.hits = 0
         self.content: dict[tuple[int, int], bytes] = {}  # what each page holds now
         self.cold: dict[tuple[int, int], bytes] = {}
         self.sim = SwapSim(LocalTarget(self.pool), self._fetch)
@@ -66,10 +85,26 @@ class SwapModel(RuleBasedStateMachine):
             if key in self.cold:
                 continue
             self.seed += 1
-            data = page(self.seed) if self.seed % 5 else bytes(4096)  # same-filled too
+            data = page(self.seed)
+            if self.seed % 5 == 0:  # same-filled too: zeros, and another word
+                data = bytes(4096) if self.seed % 10 else bytes(range(1, 9)) * 512
             self.content[key] = self.cold[key] = data
             events.append(Event(EventKind.COLD, pid, a, data))
         self.sim.feed(events)
+        self._refused()
+
+    def _refused(self) -> bool:
+        """Whether the pool refused a page for room since the last look."""
+        hits = self.pool.counters.pool_limit_hit
+        refused, self.hits = hits > self.hits, hits
+        if refused:
+            self.room = False
+        return refused
+
+    def _frees(self, keys: set[tuple[int, int]] | list[tuple[int, int]]) -> None:
+        """Events about to reach ``keys``: any the shadow stored is freed or lost."""
+        if any(self.sim.stored(*k) for k in keys):
+            self.room = True
 
     def _found(self, keys: set[tuple[int, int]]) -> None:
         """The shadow is about to load or free ``keys``: those another client
@@ -86,6 +121,7 @@ class SwapModel(RuleBasedStateMachine):
         for e in events:
             self.cold.pop((e.pid, e.address), None)
         came_back = stored - self.freed_by_other
+        self._frees(stored)
         self._found(stored)
         self.sim.feed(events)
         after = {p.pid: p.refaults_total for p in self.sim.figures().processes}
@@ -104,9 +140,17 @@ class SwapModel(RuleBasedStateMachine):
         keys = data.draw(st.lists(st.sampled_from(stored), min_size=1, unique=True))
         self.pool.free([self.sim._procs[pid].stored[a][0] for pid, a in keys])
         self.freed_by_other |= set(keys)
+        self.room = True
+
+    @rule(pages=st.integers(min_value=3, max_value=10))
+    def another_client_changes_the_limit(self, pages: int) -> None:
+        if pages * 4096 != self.pool.config.limit_bytes:
+            self.pool.set_live_settings(limit_bytes=pages * 4096)
+            self.room = True
 
     @rule(pid=st.sampled_from(PIDS), addresses=st.lists(st.sampled_from(ADDRESSES), max_size=8))
     def gone(self, pid: int, addresses: list[int]) -> None:
+        self._frees([(pid, a) for a in addresses])
         self._found({(pid, a) for a in addresses})
         for a in addresses:
             self.cold.pop((pid, a), None)
@@ -114,6 +158,7 @@ class SwapModel(RuleBasedStateMachine):
 
     @rule(pid=st.sampled_from(PIDS))
     def exit(self, pid: int) -> None:
+        self._frees([k for k in self.cold if k[0] == pid])
         self._found({k for k in self.freed_by_other if k[0] == pid})
         for key in [k for k in self.cold if k[0] == pid]:
             del self.cold[key]
@@ -122,7 +167,15 @@ class SwapModel(RuleBasedStateMachine):
     @rule()
     def tick(self) -> None:
         self.t += 1.0
+        before = sum(p.swapouts_total for p in self.sim.figures().processes)
+        no_room = not self.room
         self.sim.end_tick(TickEnd(self.t, scans()))
+        if no_room:  # nothing freed since the last refusal: no retry at all
+            assert not self._refused()
+            assert sum(p.swapouts_total for p in self.sim.figures().processes) == before
+        self._refused()
+        if self.freed_by_other:  # found lost after the retry: room for the next
+            self.room = True
         # The pool held fewer pages than the shadow stored: it found those lost,
         # which are no longer cold to it (nor stored).
         for key in self.freed_by_other:
@@ -138,6 +191,7 @@ class SwapModel(RuleBasedStateMachine):
         ]
         for e in events:
             del self.cold[(e.pid, e.address)]
+        self._frees([(e.pid, e.address) for e in events])
         self._found({(e.pid, e.address) for e in events})
         self.sim.feed(events)
 
@@ -155,9 +209,24 @@ class SwapModel(RuleBasedStateMachine):
         assert LocalTarget(self.pool).stats()["mm_stat"]["orig_data_size"] == 4096 * held
         assert figures.run.lost_pages == self.lost
 
+    @invariant()
+    def same_filled_pages_never_wait(self) -> None:
+        for key, data in self.cold.items():
+            if same_filled(data) and key not in self.freed_by_other:
+                assert self.sim.stored(*key), key
+
+
+class SwapModelHysteresis(SwapModel):
+    """The same, under zswap's accept_threshold_percent: a pool that hit its
+    limit refuses until it shrinks below half of it, same-filled pages apart."""
+
+    config = PoolConfig(compressor="lz4", limit_bytes=10 * 4096, accept_threshold_percent=50)
+
 
 TestSwapModel = SwapModel.TestCase
 TestSwapModel.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+TestSwapModelHysteresis = SwapModelHysteresis.TestCase
+TestSwapModelHysteresis.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
 
 
 def run(events_by_tick: list[list[Event]], limit: int) -> dict[str, object]:
@@ -342,5 +411,78 @@ def test_pages_another_client_frees_are_lost_not_refaulted_and_the_shadow_goes_o
         assert fig.run.foreign_pages == 0 and p.refaults_total == 5
         sim.release()
         assert pool.stored_pages == 0
+    finally:
+        pool.close()
+
+
+class CountingTarget(LocalTarget):
+    """A real pool in this process, counting the stores asked of it."""
+
+    def __init__(self, pool: PagePool) -> None:
+        super().__init__(pool)
+        self.stores = 0
+
+    def store(self, pages: list[bytes]) -> list[int]:
+        self.stores += 1
+        return super().store(pages)
+
+
+@pytest.mark.parametrize("threshold", [None, 50])
+def test_same_filled_pages_go_in_at_the_limit_and_never_wait(threshold: int | None) -> None:
+    """zram stores a same-filled page before it looks at its limit (and zswap's
+    hysteresis guards memory such a page does not take): at the limit, mixed
+    in a batch with pages that are refused, every same-filled one is stored
+    and counted as same_pages; none waits behind the refused."""
+    config = PoolConfig(compressor="lz4", limit_bytes=8 * 4096, accept_threshold_percent=threshold)
+    pool = PagePool("same", config)
+    try:
+        sim = SwapSim(LocalTarget(pool), lambda e: None)
+        words = [bytes(4096), b"\xff" * 4096, bytes(range(8)) * 512]
+        data = [words[i % 3] if i % 4 == 3 else page(i) for i in range(64)]
+        same = [i for i, d in enumerate(data) if same_filled(d)]
+        sim.feed(Event(EventKind.COLD, 1, 0x10000 + i * 4096, d) for i, d in enumerate(data))
+        sim.end_tick(TickEnd(1.0, ()))
+        (p,) = sim.figures().processes
+        assert 0 < p.stored_pages - len(same) < 64 - len(same)  # the limit refused pages
+        assert all(sim.stored(1, 0x10000 + i * 4096) for i in same)
+        assert sim.figures().pool.same_pages == len(same)
+        # More same-filled pages, the pool still full: stored at once.
+        sim.feed(Event(EventKind.COLD, 1, 0x900000 + i * 4096, words[i % 3]) for i in range(5))
+        assert sim.figures().pool.same_pages == len(same) + 5
+        pool.check_invariants()
+    finally:
+        pool.close()
+
+
+def test_waiting_pages_are_retried_only_once_room_may_have_been_made() -> None:
+    """A full pool left alone is not asked again tick after tick: no store,
+    no pool_limit_hit, until a page is freed or the limit changes."""
+    pool = PagePool("retry", PoolConfig(compressor="lz4", limit_bytes=32 * 4096))
+    pool.set_live_settings(limit_bytes=16 * 4096)
+    target = CountingTarget(pool)
+    addresses = [0x10000 + i * 4096 for i in range(64)]
+    data = {a: page(i) for i, a in enumerate(addresses)}
+    try:
+        sim = SwapSim(target, lambda e: data[e.address])
+        sim.feed(Event(EventKind.COLD, 1, a, data[a]) for a in addresses)
+        sim.end_tick(TickEnd(1.0, ()))
+        hits, stores = pool.counters.pool_limit_hit, target.stores
+        (p,) = sim.figures().processes
+        for t in range(2, 6):  # nothing freed: no retry
+            sim.end_tick(TickEnd(float(t), ()))
+        assert (pool.counters.pool_limit_hit, target.stores) == (hits, stores)
+        assert sim.figures().processes == (p,)
+        # A refault frees a page: the next tick's end retries, oldest first.
+        first_waiting = next(a for a in addresses if not sim.stored(1, a))
+        sim.feed([Event(EventKind.CHANGED, 1, a) for a in addresses[:4]])
+        sim.end_tick(TickEnd(6.0, ()))
+        assert sim.stored(1, first_waiting) and target.stores > stores
+        hits, stores = pool.counters.pool_limit_hit, target.stores
+        sim.end_tick(TickEnd(7.0, ()))
+        assert (pool.counters.pool_limit_hit, target.stores) == (hits, stores)
+        # Another client raises the limit: seen in the pool's figures, retried.
+        pool.set_live_settings(limit_bytes=32 * 4096)
+        sim.end_tick(TickEnd(8.0, ()))
+        assert sim.figures().processes[0].stored_pages > p.stored_pages
     finally:
         pool.close()
