@@ -33,6 +33,7 @@ from zswapd.cli_format import parse_duration
 from zswapd.client import Client
 from zswapd.config import PoolConfig, unavailable_compressor
 from zswapd.errors import ConfigError
+from zswapd.procmem import YAMA_PTRACE_SCOPE, yama_ptrace_scope
 from zswapd.record import RecordReader
 from zswapd.replay import Overrides, replay, replay_config
 from zswapd.scanner import STATE_BYTES_PER_PAGE, Detection, Scanner, probe_idle, probe_soft_dirty
@@ -577,7 +578,13 @@ def test_cli_unreadable_pid_is_one_line_and_creates_nothing(
         err = f.read()
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 1, err
-    assert err == f"zswapd shadow: --pid {target.pid}: cannot read its memory: Permission denied\n"
+    scope = yama_ptrace_scope()
+    assert err == (
+        f"zswapd shadow: --pid {target.pid}: cannot read its memory: Permission denied: "
+        "it runs as uid 0 (root), this as uid 65534 (nobody); run as root or as uid 0 (root) "
+        f"(its user), or with CAP_SYS_PTRACE "
+        f"({YAMA_PTRACE_SCOPE}: {'absent' if scope is None else scope})\n"
+    )
     assert client.pools() == before and client.shadows() == {}
 
 
