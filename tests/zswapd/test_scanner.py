@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import threading
+from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,15 @@ from typing import Any
 import pytest
 
 from zswapd.pagemap_scan import Unsupported, present_ranges
-from zswapd.procmem import ProcessMemory, Stopped, open_process, walk_entries
+from zswapd.procmem import (
+    KPAGEFLAGS_CHUNK,
+    PFN_MASK,
+    ProcessMemory,
+    Stopped,
+    open_process,
+    page_flags,
+    walk_entries,
+)
 from zswapd.scanner import STATE_BYTES_PER_PAGE, Detection, Scanner
 from zswapd.timeline import Event, EventKind
 
@@ -457,3 +466,47 @@ def test_huge_pages_read_the_same_both_ways() -> None:
         assert {a for _, a, _ in fast} >= set(range(written, written + (2 << 20), PAGE))
     finally:
         _stop(proc)
+
+
+# -- /proc/kpageflags read in runs ------------------------------------------------
+
+
+def _flags_one_at_a_time(fd: int, pfns: list[int]) -> list[int]:
+    """The reference: one pread of 8 bytes per frame, as the walk once did."""
+    out = []
+    for pfn in pfns:
+        raw = os.pread(fd, 8, pfn * 8) if pfn else b""
+        out.append(int.from_bytes(raw, sys.byteorder) if len(raw) == 8 else -1)
+    return out
+
+
+@pytest.mark.skipif(not os.access("/proc/kpageflags", os.R_OK), reason="needs root")
+def test_page_flags_read_in_runs_are_those_read_one_at_a_time() -> None:
+    """The PFNs of a real process (huge pages among them: runs of 512), read
+    in runs through buffers of several sizes, give the words read one by one;
+    a frame past the end of RAM and PFN 0 read as -1."""
+    proc, _ = _start([sys.executable, "-c", _HOSTILE, "--thp", "--tiny", "64"])
+    try:
+        with open_process(proc.pid) as memory:
+            pfns = [e & PFN_MASK for _, _, e in walk_entries(memory)]
+    finally:
+        _stop(proc)
+    assert len(pfns) > 1024 and all(pfns)  # the walk's own PFNs, readable as root
+    longest = max(
+        len(list(g)) for _, g in itertools.groupby(enumerate(pfns), lambda x: x[1] - x[0])
+    )
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.exists() and "[never]" not in thp.read_text():
+        assert longest >= 512  # the huge page written: one run
+    beyond = 1 << 40  # 4 PiB of RAM: past the end here
+    asked = [0, *pfns[:100], beyond, beyond + 1, *pfns[100:], 0, beyond]
+    fd = os.open("/proc/kpageflags", os.O_RDONLY)
+    try:
+        want = _flags_one_at_a_time(fd, asked)
+        assert want.count(-1) == 5
+        for words in (1, 7, 512, KPAGEFLAGS_CHUNK):
+            assert page_flags(fd, asked, array("Q", bytes(8 * words))) == want
+        assert page_flags(fd, asked) == want
+        assert page_flags(fd, []) == []
+    finally:
+        os.close(fd)
