@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -510,3 +511,101 @@ def test_page_flags_read_in_runs_are_those_read_one_at_a_time() -> None:
         assert page_flags(fd, []) == []
     finally:
         os.close(fd)
+
+
+# -- targets that fork and exec ---------------------------------------------------
+
+
+def _command(proc: subprocess.Popen[str], what: str) -> list[str]:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(what + "\n")
+    proc.stdin.flush()
+    answer = proc.stdout.readline().split()
+    assert answer[:2] == ["ok", what], answer
+    return answer
+
+
+def _regions(info: dict[str, Any]) -> set[int]:
+    return {info[r] + i * PAGE for r in ("cold", "hot", "gone") for i in range(info["pages"])}
+
+
+def test_a_fork_changes_nothing_of_the_parent_and_the_child_is_not_followed() -> None:
+    """The child rewrites its copy of the cold region and sleeps: the parent's
+    pages (shared copy-on-write, then its own) read the same, so none of its
+    regions changes or goes, and no event names the child."""
+    proc, info = _start([sys.executable, str(TARGET)])
+    child = 0
+    try:
+        with Scanner([proc.pid], COLD_AFTER, Detection()) as scanner:
+            list(scanner.scan(0.0))
+            cold = {e.address for e in scanner.scan(COLD_AFTER) if e.kind == EventKind.COLD}
+            assert _regions(info) <= cold
+            child = int(_command(proc, "fork")[2])
+            events = list(scanner.scan(2 * COLD_AFTER))
+            assert {e.pid for e in events} <= {proc.pid}
+            moved = {e.address for e in events if e.kind != EventKind.COLD}
+            assert not moved & _regions(info)
+            assert all(scanner.is_cold(proc.pid, a) for a in _regions(info))
+            assert [s.pid for s in scanner.scans] == [proc.pid] and scanner.execs(proc.pid) == 0
+    finally:
+        if child:
+            os.kill(child, 9)
+        _stop(proc)
+
+
+def _wait_exec(pid: int) -> None:
+    """Until the target runs its new image (a deadline so a broken exec fails
+    the test, not hangs it: nothing is asserted of the time it takes)."""
+    deadline = time.monotonic() + 60
+    while b"time.sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the exec never happened"
+        time.sleep(0.01)
+
+
+def test_exec_frees_every_cold_page_without_a_refault_and_the_new_image_starts_fresh() -> None:
+    """Same pid, a new address space: every page cold before is GONE (first
+    among its events), none CHANGED, no EXIT; the new image's pages are met
+    for the first time (no event), then go cold in their turn."""
+    proc, info = _start([sys.executable, str(TARGET)])
+    try:
+        with Scanner([proc.pid], COLD_AFTER, Detection()) as scanner:
+            list(scanner.scan(0.0))
+            cold = [e.address for e in scanner.scan(COLD_AFTER) if e.kind == EventKind.COLD]
+            assert _regions(info) <= set(cold)
+            _command(proc, "exec")
+            _wait_exec(proc.pid)
+            events = list(scanner.scan(2 * COLD_AFTER))
+            # Every cold page freed, in address order, and nothing else.
+            assert _events(events) == [(EventKind.GONE, proc.pid, a, None) for a in sorted(cold)]
+            assert scanner.alive and scanner.execs(proc.pid) == 1
+            ((scan,),) = (scanner.scans,)
+            assert not scan.exited and scan.resident_pages == scanner.tracked_pages(proc.pid) > 0
+            assert not any(scanner.is_cold(proc.pid, a) for a in cold)
+            # The new image (still starting, maybe): its pages go cold in
+            # their turn, the events adding up, none at the old regions.
+            held: set[int] = set()
+            t, deadline = 3 * COLD_AFTER, time.monotonic() + 60
+            while not held or len(held) < scanner.tracked_pages(proc.pid):
+                assert time.monotonic() < deadline, "the new image never went cold"
+                events = list(scanner.scan(t))
+                assert EventKind.EXIT not in {e.kind for e in events}
+                _consistent(scanner, proc.pid, events, held)
+                t += COLD_AFTER
+            assert not _regions(info) & held and scanner.execs(proc.pid) == 1
+    finally:
+        _stop(proc)
+
+
+def test_a_process_that_ends_is_an_exit_not_an_exec() -> None:
+    proc, _ = _start([sys.executable, str(TARGET)])
+    try:
+        with Scanner([proc.pid], COLD_AFTER, Detection()) as scanner:
+            list(scanner.scan(0.0))
+            list(scanner.scan(COLD_AFTER))
+            _command(proc, "exit")
+            proc.wait()  # reaped: its pid may be anyone's now
+            events = list(scanner.scan(2 * COLD_AFTER))
+            assert _events(events) == [(EventKind.EXIT, proc.pid, 0, None)]
+            assert not scanner.alive and scanner.execs(proc.pid) == 0
+    finally:
+        _stop(proc)
