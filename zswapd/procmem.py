@@ -21,25 +21,27 @@ where it was 0.58 and 0.62.
 What a walk costs is bounded by the pages present, not by the size of the
 mappings: a process may reserve 64 TiB (MAP_NORESERVE) for free, and whoever
 walks it (root, often) must not pay for that.  Mappings with nothing resident
-(``Rss: 0`` in /proc/PID/smaps) are skipped without reading their pagemap;
-of the others, the kernel is asked which pages are present
-(zswapd/pagemap_scan.py's PAGEMAP_SCAN, Linux 6.7+) and only those pages'
-entries are read, so a mapping of 64 TiB with three pages touched costs three
-entries.  A kernel without that ioctl has the whole pagemap of each such mapping
-read, in chunks of :data:`PAGEMAP_CHUNK` entries into one buffer, so memory
-stays at half a MiB whatever the mappings; time then grows with the size of a
-mapping that has anything resident: its pagemap is 2 MiB per GiB mapped, about
-2 s per TiB here.  Either way a walk may be told to stop (``should_stop``,
-asked between chunks, calls and mappings): it then raises :class:`Stopped`.
+(smaps's ``Rss: 0``: no present page but the kernel's zero page) are skipped
+without reading their pagemap, found by PAGEMAP_SCAN from /proc/PID/maps
+where the kernel has it, else from /proc/PID/smaps; of the others, the
+kernel is asked which pages are present (zswapd/pagemap_scan.py's
+PAGEMAP_SCAN, Linux 6.7+) and only those pages' entries are read, so a
+mapping of 64 TiB with three pages touched costs three entries.  A kernel
+without that ioctl has the whole pagemap of each such mapping read, in chunks
+of :data:`PAGEMAP_CHUNK` entries into one buffer, so memory stays at half a
+MiB whatever the mappings; time then grows with the size of a mapping that
+has anything resident: its pagemap is 2 MiB per GiB mapped, about 2 s per TiB
+here.  Either way a walk may be told to stop (``should_stop``, asked between
+chunks, calls and mappings): it then raises :class:`Stopped`.
 
 A walk yields addresses strictly ascending, whatever the process does to its
-mappings meanwhile (/proc/PID/smaps is read as the walk goes, and a mapping
+mappings meanwhile (maps or smaps is read as the walk goes, and a mapping
 made or moved behind the walk could otherwise come round again).
 
 A process is opened once (:func:`open_process`): /proc/PID/mem and
 /proc/PID/pagemap are opened by its pid at that moment, and every later read
 goes through those descriptors, so a pid reused meanwhile cannot swap in
-another process.  (/proc/PID/smaps is read by path at each walk: if the
+another process.  (/proc/PID/maps or smaps is read by path at each walk: if the
 process has ended and its pid been reused, those are another's mappings, but
 the old descriptors then read nothing, as the process's memory is gone.)
 The kernel checks the right to read a process at open (ptrace's read mode),
@@ -61,7 +63,7 @@ from itertools import islice, repeat
 
 from zswapd.closing import Closing
 from zswapd.errors import ConfigError
-from zswapd.pagemap_scan import Unsupported, present_ranges
+from zswapd.pagemap_scan import Unsupported, any_resident, present_ranges
 
 __all__ = [
     "KPAGEFLAGS_CHUNK",
@@ -177,6 +179,41 @@ def resident_mappings(pid: int) -> Iterator[Mapping]:
                 if int(rest.split()[0]):
                     yield current
                 current = None
+
+
+def _resident(process: ProcessMemory) -> Iterator[Mapping]:
+    """The mappings of ``process`` with anything resident, as
+    :func:`resident_mappings` gives them, read the cheapest way this kernel has.
+
+    With PAGEMAP_SCAN, /proc/PID/maps and one call per mapping
+    (:func:`any_resident`) say what smaps's ``Rss`` does, and smaps costs
+    its every other figure besides (PSS, swap, locked, ...): measured here on
+    64,000 mappings (32,000 one-page ones written, between PROT_NONE ones), a
+    walk takes 0.66 CPU s this way and 1.24 s from smaps, 0.85 s of which is
+    reading smaps.  Without the ioctl, smaps it is: the alternative would be
+    reading the whole pagemap of every mapping, a 64 TiB reservation's
+    included.
+    """
+    if process.pagemap_scan:
+        with open(f"/proc/{process.pid}/maps") as f:
+            first = True
+            for line in f:
+                m = _mapping(line)
+                if not m.wanted:
+                    continue
+                try:
+                    found = any_resident(process.pagemap_fd, m.start, m.end)
+                except Unsupported:
+                    if not first:
+                        raise
+                    process.pagemap_scan = False  # only ever the first call
+                    break
+                first = False
+                if found:
+                    yield m
+            else:
+                return
+    yield from resident_mappings(process.pid)
 
 
 class PfnSet:
@@ -565,7 +602,7 @@ def walk_entries(
         del addrs[:], entries[:], owners[:]
 
     try:
-        for m in resident_mappings(process.pid):
+        for m in _resident(process):
             if should_stop is not None and should_stop():
                 raise Stopped
             if not m.wanted or m.end <= floor:

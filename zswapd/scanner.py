@@ -70,9 +70,11 @@ Measured here (Linux 6.18, 2 cores): a process reserving 16 TiB
 (MAP_NORESERVE), three pages of it touched, 1,934 pages tracked in all: a scan
 takes 0.02 s with PAGEMAP_SCAN (29 KiB of pagemap read, 120 calls) and 40 s
 without (the whole 32 GiB of its pagemap read).  A hostile target's other
-lever is the number of mappings: 64,000 (vm.max_map_count is 65,530), one
-page each, cost 1.3 to 1.6 s a scan either way, 0.8 s of it reading
-/proc/PID/smaps; memory stays per page, not per mapping.
+lever is the number of mappings: 64,000 (vm.max_map_count is 65,530), half
+of them a written page each, cost a walk 0.66 CPU s with PAGEMAP_SCAN
+(/proc/PID/maps, and a call per mapping for what smaps's Rss says) and
+1.24 s without (0.85 s of it reading /proc/PID/smaps); memory stays per page,
+not per mapping.
 
 A scan may be told to stop (``scan(now, should_stop)``, asked between chunks
 of the walk and runs of the read), so a shadow asked to end does not wait for

@@ -30,8 +30,11 @@ from zswapd.procmem import (
     PFN_MASK,
     ProcessMemory,
     Stopped,
+    _resident,
     open_process,
     page_flags,
+    read_maps,
+    resident_mappings,
     walk_entries,
 )
 from zswapd.scanner import STATE_BYTES_PER_PAGE, Detection, Scanner
@@ -609,3 +612,53 @@ def test_a_process_that_ends_is_an_exit_not_an_exec() -> None:
             assert not scanner.alive and scanner.execs(proc.pid) == 0
     finally:
         _stop(proc)
+
+
+# -- which mappings have anything resident: smaps, or maps and PAGEMAP_SCAN ---------
+
+# Mappings only read (the kernel's zero page, 4 KiB and huge: smaps's Rss is 0),
+# one written, each apart (read-only ones do not merge with the writable).
+_ZERO = r"""
+import ctypes, json, mmap, sys
+PRIVATE = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+m4 = mmap.mmap(-1, 64 * 4096, flags=PRIVATE, prot=mmap.PROT_READ)
+sum(m4[i * 4096] for i in range(64))
+huge = mmap.mmap(-1, 8 << 20, flags=PRIVATE, prot=mmap.PROT_READ)
+huge.madvise(14)  # MADV_HUGEPAGE
+sum(huge[i * 4096] for i in range(0, 2048))
+written = mmap.mmap(-1, 16 * 4096, flags=PRIVATE)
+written.write(b"x" * 16 * 4096)
+print(json.dumps({}), flush=True)
+for line in sys.stdin:
+    print("ok", line.strip(), flush=True)
+"""
+
+
+def test_maps_and_pagemap_scan_find_the_mappings_smaps_says_are_resident(
+    sparse: tuple[int, list[int]],
+) -> None:
+    """smaps's Rss > 0, asked instead of PAGEMAP_SCAN (present, not the zero
+    page), over mappings only read, tiny ones, huge pages and a 64 GiB
+    reservation: the same mappings, and the same walk."""
+    procs = [
+        _start([sys.executable, "-c", _ZERO])[0],
+        _start([sys.executable, "-c", _HOSTILE, "--thp", "--tiny", "200"])[0],
+    ]
+    try:
+        pids = [p.pid for p in procs] + [sparse[0]]
+        for pid in pids:
+            with open_process(pid) as memory:
+                assert memory.pagemap_scan
+                by_smaps = [m for m in resident_mappings(pid) if m.wanted]
+                by_scan = list(_resident(memory))
+                assert memory.pagemap_scan, "PAGEMAP_SCAN is needed here"
+                assert by_scan == by_smaps
+                read_only = [m for m in read_maps(pid) if m.perms.startswith("r--p") and not m.path]
+                if pid == procs[0].pid:  # the two read, 4 KiB and huge
+                    assert len(read_only) >= 2 and not set(read_only) & set(by_scan)
+            fast, _ = _walk(pid, pagemap_scan=True)
+            slow, _ = _walk(pid, pagemap_scan=False)
+            assert fast == slow
+    finally:
+        for p in procs:
+            _stop(p)
