@@ -599,14 +599,20 @@ def test_exec_frees_every_cold_page_without_a_refault_and_the_new_image_starts_f
         _stop(proc)
 
 
-def test_a_process_that_ends_is_an_exit_not_an_exec() -> None:
+@pytest.mark.parametrize("reaped", [False, True])
+def test_a_process_that_ends_is_an_exit_not_an_exec(reaped: bool) -> None:
+    """Ended, a zombie (same pid, same start time, no memory) or reaped (its
+    pid anyone's): EXIT, not taken for an exec."""
     proc, _ = _start([sys.executable, str(TARGET)])
     try:
         with Scanner([proc.pid], COLD_AFTER, Detection()) as scanner:
             list(scanner.scan(0.0))
             list(scanner.scan(COLD_AFTER))
             _command(proc, "exit")
-            proc.wait()  # reaped: its pid may be anyone's now
+            if reaped:
+                proc.wait()
+            else:  # ended, left a zombie: waited for, not reaped
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
             events = list(scanner.scan(2 * COLD_AFTER))
             assert _events(events) == [(EventKind.EXIT, proc.pid, 0, None)]
             assert not scanner.alive and scanner.execs(proc.pid) == 0
