@@ -39,6 +39,7 @@ __all__ = [
     "PAGE_IS_WRITTEN",
     "REGIONS",
     "Unsupported",
+    "any_resident",
     "present_ranges",
 ]
 
@@ -147,3 +148,35 @@ def present_ranges(
         if arg.walk_end <= start:
             return
         start = arg.walk_end
+
+
+def any_resident(pagemap_fd: int, start: int, end: int) -> bool:
+    """Whether [start, end) has a present page that is not the kernel's zero
+    page: what smaps's ``Rss`` above 0 says of a mapping (Rss counts no zero
+    page), from one call that stops at the first such page, without the
+    page-table walk of every other smaps figure.
+
+    Raises:
+        Unsupported: this kernel has no PAGEMAP_SCAN.
+        OSError: any other failure (ESRCH: the process's memory is gone).
+    """
+    vec = (_Region * 1)()
+    # A page matches when (categories ^ inverted) has every bit of the mask:
+    # present, and (inverted) not the zero page.
+    arg = _ScanArg(
+        size=ctypes.sizeof(_ScanArg),
+        start=start,
+        end=end,
+        vec=ctypes.addressof(vec),
+        vec_len=1,
+        max_pages=1,
+        category_inverted=PAGE_IS_PFNZERO,
+        category_mask=PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
+        return_mask=PAGE_IS_PRESENT,
+    )
+    try:
+        return int(fcntl.ioctl(pagemap_fd, PAGEMAP_SCAN, arg)) > 0
+    except OSError as exc:
+        if exc.errno in (errno.ENOTTY, errno.EINVAL):
+            raise Unsupported(exc.strerror) from None
+        raise

@@ -12,17 +12,28 @@ From those come the timeline's events (zswapd/timeline.py):
   bytes read at this scan.  Once, until the page changes again.
 - ``CHANGED``: a cold page whose fingerprint changed (or, with the idle bitmap,
   that was touched at all); it is hot again.
-- ``GONE``: a cold page no longer present (unmapped, the mapping shrank, or the
-  real kernel swapped it out).  A page that was never cold is just forgotten.
-- ``EXIT``: the process ended, or exec replaced its memory (the descriptors
-  opened at the start read nothing any more); it is no longer scanned.
+- ``GONE``: a cold page no longer present (unmapped, the mapping shrank, the
+  real kernel swapped it out, or exec replaced the process's memory).  A page
+  that was never cold is just forgotten.
+- ``EXIT``: the process ended; it is no longer scanned.
 
 Events come in a fixed order: processes in the order given, within one
 addresses ascending, ``CHANGED`` and ``COLD`` as met, then its ``GONE``;
 the ``EXIT`` of processes that ended come last.  A page shared by several
 shadowed processes (same PFN) belongs to the first that maps it.  Forks of a
-target are not followed; a fork shares the target's pages copy-on-write, which
-read the same, so the target's figures go on unchanged.
+target are not followed (a child is shadowed only if its pid is given); a fork
+shares the target's pages copy-on-write, which read the same, so the target's
+figures go on unchanged.
+
+exec keeps the pid and replaces the memory: the descriptors opened at the
+start then read nothing, as an ended process's do.  The scanner tells the two
+apart by opening the pid again: the same start time (/proc/PID/stat, which
+exec keeps and a reused pid cannot have) read after the open means the same
+process.  Its every cold page is then ``GONE`` (the old image's memory was
+freed, not faulted back: no refault), first among its events, its state
+forgotten, and the new image is walked from the new descriptors as a process
+met for the first time (its comm is read again).  A process that execs what
+it may no longer be read (a set-user-ID program) has ended, for the shadow.
 
 How change is seen (:class:`Detection`, decided once at start by probing the
 shadow's own memory):
@@ -59,9 +70,11 @@ Measured here (Linux 6.18, 2 cores): a process reserving 16 TiB
 (MAP_NORESERVE), three pages of it touched, 1,934 pages tracked in all: a scan
 takes 0.02 s with PAGEMAP_SCAN (29 KiB of pagemap read, 120 calls) and 40 s
 without (the whole 32 GiB of its pagemap read).  A hostile target's other
-lever is the number of mappings: 64,000 (vm.max_map_count is 65,530), one
-page each, cost 1.3 to 1.6 s a scan either way, 0.8 s of it reading
-/proc/PID/smaps; memory stays per page, not per mapping.
+lever is the number of mappings: 64,000 (vm.max_map_count is 65,530), half
+of them a written page each, cost a walk 0.66 CPU s with PAGEMAP_SCAN
+(/proc/PID/maps, and a call per mapping for what smaps's Rss says) and
+1.24 s without (0.85 s of it reading /proc/PID/smaps); memory stays per page,
+not per mapping.
 
 A scan may be told to stop (``scan(now, should_stop)``, asked between chunks
 of the walk and runs of the read), so a shadow asked to end does not wait for
@@ -244,19 +257,25 @@ class _Target:
         "clear_refs",
         "cold",
         "comm",
+        "execs",
         "exited",
         "fps",
         "memory",
         "pfns",
         "pid",
         "since",
+        "start_time",
     )
 
-    def __init__(self, memory: ProcessMemory, comm: str, clear_refs: int) -> None:
+    def __init__(
+        self, memory: ProcessMemory, comm: str, clear_refs: int, start_time: int | None
+    ) -> None:
         self.pid = memory.pid
         self.memory = memory
         self.comm = comm
         self.clear_refs = clear_refs
+        self.start_time = start_time
+        self.execs = 0
         self.exited = False
         self.addrs = array("Q")
         self.fps = array("Q")
@@ -271,12 +290,39 @@ class _Target:
         nothing through the descriptors opened before: the kernel answers 0
         bytes where a live one answers the (empty) entry of address 0.
         """
-        if self.memory.pagemap_fd < 0:
-            return False
+        return _readable(self.memory)
+
+    def forget(self) -> None:
+        """Drop every page's state (the process ended, or exec replaced its memory)."""
+        self.addrs, self.fps, self.since, self.cold, self.pfns = (
+            array("Q"),
+            array("Q"),
+            array("d"),
+            bytearray(),
+            array("Q"),
+        )
+
+    def after_exec(self) -> ProcessMemory | None:
+        """The new memory of this process if exec replaced it; None if it ended.
+
+        The same pid with the same start time (/proc/PID/stat's, which exec
+        keeps) read after the open is the same process: a pid is reused
+        only once its process is gone, and its successor starts later.
+        """
+        if self.start_time is None:
+            return None
         try:
-            return len(os.pread(self.memory.pagemap_fd, 8, 0)) == 8
-        except OSError:
-            return False
+            memory = open_process(self.pid, pagemap_scan=self.memory.pagemap_scan)
+        except ConfigError:
+            return None  # gone, or what it exec'd may not be read (set-user-ID)
+        try:
+            if _start_time(self.pid) == self.start_time and _readable(memory):
+                self.comm = _comm(self.pid)
+                return memory
+        except ConfigError:
+            pass
+        memory.close()
+        return None
 
     def close(self) -> None:
         self.memory.close()
@@ -284,6 +330,27 @@ class _Target:
             with contextlib.suppress(OSError):
                 os.close(self.clear_refs)
             self.clear_refs = -1
+
+
+def _readable(memory: ProcessMemory) -> bool:
+    if memory.pagemap_fd < 0:
+        return False
+    try:
+        return len(os.pread(memory.pagemap_fd, 8, 0)) == 8
+    except OSError:
+        return False
+
+
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot, /proc/PID/stat's 22nd
+    field); None if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        # The name, in parentheses, may hold anything: fields follow the last ')'.
+        return int(raw[raw.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _comm(pid: int) -> str:
@@ -309,7 +376,7 @@ def _open_target(pid: int, detection: Detection, pagemap_scan: bool | None) -> _
                 raise ConfigError(
                     f"--pid {pid}: cannot clear its soft-dirty bits: {exc.strerror}"
                 ) from None
-        target = _Target(memory, comm, clear_refs)
+        target = _Target(memory, comm, clear_refs, _start_time(pid))
         if not target.alive():
             raise ConfigError(f"--pid {pid}: has ended")
         return target
@@ -424,6 +491,10 @@ class Scanner(Closing):
         """Whether any process is still followed."""
         return any(not t.exited for t in self._targets)
 
+    def execs(self, pid: int) -> int:
+        """How many times ``pid`` has exec'd while followed."""
+        return next((t.execs for t in self._targets if t.pid == pid), 0)
+
     def tracked_pages(self, pid: int) -> int:
         return next((len(t.addrs) for t in self._targets if t.pid == pid), 0)
 
@@ -504,19 +575,32 @@ class Scanner(Closing):
             """It ended before or during the scan: EXIT frees all it had."""
             t.exited = True
             t.memory.close()
-            t.addrs, t.fps, t.since, t.cold, t.pfns = (
-                array("Q"),
-                array("Q"),
-                array("d"),
-                bytearray(),
-                array("Q"),
-            )
+            t.forget()
             spent = cost + time.process_time() - clock
             out.append(ProcessScan(t.pid, t.comm, 0, read, spent, exited=True))
 
+        def execed(cold: Sequence[int]) -> list[Event] | None:
+            """If exec replaced its memory: a GONE for each of ``cold`` (the
+            addresses its consumer holds as cold), the state forgotten and the
+            new image's memory opened; None if it ended instead."""
+            memory = t.after_exec()
+            if memory is None:
+                return None
+            t.memory.close()
+            t.memory = memory
+            t.execs += 1
+            t.forget()
+            return [Event(EventKind.GONE, t.pid, a) for a in cold]
+
         if not t.alive():
-            ended()
-            return
+            gone = execed(_cold_addresses(t.addrs, t.cold))
+            if gone is None:
+                ended()
+                return
+            # Freed first: the new image may map a page where a freed one was.
+            cost += time.process_time() - clock
+            yield from gone
+            clock = time.process_time()
         # The walk: addresses and pagemap entries, from the page tables alone.
         walked = array("Q")
         entries = array("Q")
@@ -533,7 +617,14 @@ class Scanner(Closing):
         except OSError:
             if t.alive():
                 raise
-            ended()
+            gone = execed(_cold_addresses(t.addrs, t.cold))
+            if gone is None:
+                ended()
+                return
+            # exec mid-walk: the new image is walked at the next scan.
+            spent = cost + time.process_time() - clock
+            out.append(ProcessScan(t.pid, t.comm, 0, read, spent))
+            yield from gone
             return
         n = len(walked)
         old_addrs, old_fps, old_since, old_cold = t.addrs, t.fps, t.since, t.cold
@@ -651,7 +742,20 @@ class Scanner(Closing):
                 events.clear()
                 clock = time.process_time()
         if not t.alive():
-            ended()
+            # exec mid-read: cold are the pages this scan kept cold or
+            # declared so, and those of the old state it did not reach.
+            kept = set(new_addrs)
+            held = sorted(
+                {a for a, c in zip(new_addrs, new_cold, strict=True) if c}
+                | {a for a, c in zip(old_addrs, old_cold, strict=True) if c and a not in kept}
+            )
+            gone = execed(held)
+            if gone is None:
+                ended()
+                return
+            cost += time.process_time() - clock
+            out.append(ProcessScan(pid, t.comm, 0, read, cost))
+            yield from gone
             return
         # Stopped midway: the pages not read yet keep the state they had (a
         # new one is left for the next scan to meet), still matched, so not GONE.
@@ -683,6 +787,10 @@ class Scanner(Closing):
         cost += time.process_time() - clock
         out.append(ProcessScan(pid, t.comm, len(new_addrs), read, cost))
         yield from events
+
+
+def _cold_addresses(addrs: array[int], cold: bytearray) -> list[int]:
+    return [a for a, c in zip(addrs, cold, strict=True) if c]
 
 
 def _find(addrs: array[int], address: int) -> int:

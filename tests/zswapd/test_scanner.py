@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,18 @@ from typing import Any
 import pytest
 
 from zswapd.pagemap_scan import Unsupported, present_ranges
-from zswapd.procmem import ProcessMemory, Stopped, open_process, walk_entries
+from zswapd.procmem import (
+    KPAGEFLAGS_CHUNK,
+    PFN_MASK,
+    ProcessMemory,
+    Stopped,
+    _resident,
+    open_process,
+    page_flags,
+    read_maps,
+    resident_mappings,
+    walk_entries,
+)
 from zswapd.scanner import STATE_BYTES_PER_PAGE, Detection, Scanner
 from zswapd.timeline import Event, EventKind
 
@@ -457,3 +470,201 @@ def test_huge_pages_read_the_same_both_ways() -> None:
         assert {a for _, a, _ in fast} >= set(range(written, written + (2 << 20), PAGE))
     finally:
         _stop(proc)
+
+
+# -- /proc/kpageflags read in runs ------------------------------------------------
+
+
+def _flags_one_at_a_time(fd: int, pfns: list[int]) -> list[int]:
+    """The reference: one pread of 8 bytes per frame, as the walk once did."""
+    out = []
+    for pfn in pfns:
+        raw = os.pread(fd, 8, pfn * 8) if pfn else b""
+        out.append(int.from_bytes(raw, sys.byteorder) if len(raw) == 8 else -1)
+    return out
+
+
+@pytest.mark.skipif(not os.access("/proc/kpageflags", os.R_OK), reason="needs root")
+def test_page_flags_read_in_runs_are_those_read_one_at_a_time() -> None:
+    """The PFNs of a real process (huge pages among them: runs of 512), read
+    in runs through buffers of several sizes, give the words read one by one;
+    a frame past the end of RAM and PFN 0 read as -1."""
+    proc, _ = _start([sys.executable, "-c", _HOSTILE, "--thp", "--tiny", "64"])
+    try:
+        with open_process(proc.pid) as memory:
+            pfns = [e & PFN_MASK for _, _, e in walk_entries(memory)]
+    finally:
+        _stop(proc)
+    assert len(pfns) > 1024 and all(pfns)  # the walk's own PFNs, readable as root
+    longest = max(
+        len(list(g)) for _, g in itertools.groupby(enumerate(pfns), lambda x: x[1] - x[0])
+    )
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.exists() and "[never]" not in thp.read_text():
+        assert longest >= 512  # the huge page written: one run
+    beyond = 1 << 40  # 4 PiB of RAM: past the end here
+    asked = [0, *pfns[:100], beyond, beyond + 1, *pfns[100:], 0, beyond]
+    fd = os.open("/proc/kpageflags", os.O_RDONLY)
+    try:
+        want = _flags_one_at_a_time(fd, asked)
+        assert want.count(-1) == 5
+        for words in (1, 7, 512, KPAGEFLAGS_CHUNK):
+            assert page_flags(fd, asked, array("Q", bytes(8 * words))) == want
+        assert page_flags(fd, asked) == want
+        assert page_flags(fd, []) == []
+    finally:
+        os.close(fd)
+
+
+# -- targets that fork and exec ---------------------------------------------------
+
+
+def _command(proc: subprocess.Popen[str], what: str) -> list[str]:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(what + "\n")
+    proc.stdin.flush()
+    answer = proc.stdout.readline().split()
+    assert answer[:2] == ["ok", what], answer
+    return answer
+
+
+def _regions(info: dict[str, Any]) -> set[int]:
+    return {info[r] + i * PAGE for r in ("cold", "hot", "gone") for i in range(info["pages"])}
+
+
+def test_a_fork_changes_nothing_of_the_parent_and_the_child_is_not_followed() -> None:
+    """The child rewrites its copy of the cold region and sleeps: the parent's
+    pages (shared copy-on-write, then its own) read the same, so none of its
+    regions changes or goes, and no event names the child."""
+    proc, info = _start([sys.executable, str(TARGET)])
+    child = 0
+    try:
+        with Scanner([proc.pid], COLD_AFTER, Detection()) as scanner:
+            list(scanner.scan(0.0))
+            cold = {e.address for e in scanner.scan(COLD_AFTER) if e.kind == EventKind.COLD}
+            assert _regions(info) <= cold
+            child = int(_command(proc, "fork")[2])
+            events = list(scanner.scan(2 * COLD_AFTER))
+            assert {e.pid for e in events} <= {proc.pid}
+            moved = {e.address for e in events if e.kind != EventKind.COLD}
+            assert not moved & _regions(info)
+            assert all(scanner.is_cold(proc.pid, a) for a in _regions(info))
+            assert [s.pid for s in scanner.scans] == [proc.pid] and scanner.execs(proc.pid) == 0
+    finally:
+        if child:
+            os.kill(child, 9)
+        _stop(proc)
+
+
+def _wait_exec(pid: int) -> None:
+    """Until the target runs its new image (a deadline so a broken exec fails
+    the test, not hangs it: nothing is asserted of the time it takes)."""
+    deadline = time.monotonic() + 60
+    while b"time.sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the exec never happened"
+        time.sleep(0.01)
+
+
+def test_exec_frees_every_cold_page_without_a_refault_and_the_new_image_starts_fresh() -> None:
+    """Same pid, a new address space: every page cold before is GONE (first
+    among its events), none CHANGED, no EXIT; the new image's pages are met
+    for the first time (no event), then go cold in their turn."""
+    proc, info = _start([sys.executable, str(TARGET)])
+    try:
+        with Scanner([proc.pid], COLD_AFTER, Detection()) as scanner:
+            list(scanner.scan(0.0))
+            cold = [e.address for e in scanner.scan(COLD_AFTER) if e.kind == EventKind.COLD]
+            assert _regions(info) <= set(cold)
+            _command(proc, "exec")
+            _wait_exec(proc.pid)
+            events = list(scanner.scan(2 * COLD_AFTER))
+            # Every cold page freed, in address order, and nothing else.
+            assert _events(events) == [(EventKind.GONE, proc.pid, a, None) for a in sorted(cold)]
+            assert scanner.alive and scanner.execs(proc.pid) == 1
+            ((scan,),) = (scanner.scans,)
+            assert not scan.exited and scan.resident_pages == scanner.tracked_pages(proc.pid) > 0
+            assert not any(scanner.is_cold(proc.pid, a) for a in cold)
+            # The new image (still starting, maybe): its pages go cold in
+            # their turn, the events adding up, none at the old regions.
+            held: set[int] = set()
+            t, deadline = 3 * COLD_AFTER, time.monotonic() + 60
+            while not held or len(held) < scanner.tracked_pages(proc.pid):
+                assert time.monotonic() < deadline, "the new image never went cold"
+                events = list(scanner.scan(t))
+                assert EventKind.EXIT not in {e.kind for e in events}
+                _consistent(scanner, proc.pid, events, held)
+                t += COLD_AFTER
+            assert not _regions(info) & held and scanner.execs(proc.pid) == 1
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.parametrize("reaped", [False, True])
+def test_a_process_that_ends_is_an_exit_not_an_exec(reaped: bool) -> None:
+    """Ended, a zombie (same pid, same start time, no memory) or reaped (its
+    pid anyone's): EXIT, not taken for an exec."""
+    proc, _ = _start([sys.executable, str(TARGET)])
+    try:
+        with Scanner([proc.pid], COLD_AFTER, Detection()) as scanner:
+            list(scanner.scan(0.0))
+            list(scanner.scan(COLD_AFTER))
+            _command(proc, "exit")
+            if reaped:
+                proc.wait()
+            else:  # ended, left a zombie: waited for, not reaped
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            events = list(scanner.scan(2 * COLD_AFTER))
+            assert _events(events) == [(EventKind.EXIT, proc.pid, 0, None)]
+            assert not scanner.alive and scanner.execs(proc.pid) == 0
+    finally:
+        _stop(proc)
+
+
+# -- which mappings have anything resident: smaps, or maps and PAGEMAP_SCAN ---------
+
+# Mappings only read (the kernel's zero page, 4 KiB and huge: smaps's Rss is 0),
+# one written, each apart (read-only ones do not merge with the writable).
+_ZERO = r"""
+import ctypes, json, mmap, sys
+PRIVATE = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+m4 = mmap.mmap(-1, 64 * 4096, flags=PRIVATE, prot=mmap.PROT_READ)
+sum(m4[i * 4096] for i in range(64))
+huge = mmap.mmap(-1, 8 << 20, flags=PRIVATE, prot=mmap.PROT_READ)
+huge.madvise(14)  # MADV_HUGEPAGE
+sum(huge[i * 4096] for i in range(0, 2048))
+written = mmap.mmap(-1, 16 * 4096, flags=PRIVATE)
+written.write(b"x" * 16 * 4096)
+print(json.dumps({}), flush=True)
+for line in sys.stdin:
+    print("ok", line.strip(), flush=True)
+"""
+
+
+def test_maps_and_pagemap_scan_find_the_mappings_smaps_says_are_resident(
+    sparse: tuple[int, list[int]],
+) -> None:
+    """smaps's Rss > 0, asked instead of PAGEMAP_SCAN (present, not the zero
+    page), over mappings only read, tiny ones, huge pages and a 64 GiB
+    reservation: the same mappings, and the same walk."""
+    procs = [
+        _start([sys.executable, "-c", _ZERO])[0],
+        _start([sys.executable, "-c", _HOSTILE, "--thp", "--tiny", "200"])[0],
+    ]
+    try:
+        pids = [p.pid for p in procs] + [sparse[0]]
+        for pid in pids:
+            with open_process(pid) as memory:
+                assert memory.pagemap_scan
+                by_smaps = [m for m in resident_mappings(pid) if m.wanted]
+                by_scan = list(_resident(memory))
+                assert memory.pagemap_scan, "PAGEMAP_SCAN is needed here"
+                assert by_scan == by_smaps
+                read_only = [m for m in read_maps(pid) if m.perms.startswith("r--p") and not m.path]
+                if pid == procs[0].pid:  # the two read, 4 KiB and huge
+                    assert len(read_only) >= 2 and not set(read_only) & set(by_scan)
+            fast, _ = _walk(pid, pagemap_scan=True)
+            slow, _ = _walk(pid, pagemap_scan=False)
+            assert fast == slow
+    finally:
+        for p in procs:
+            _stop(p)

@@ -33,6 +33,7 @@ from zswapd.cli_format import human, parse_duration
 from zswapd.client import Client
 from zswapd.config import PoolConfig, unavailable_compressor
 from zswapd.errors import ConfigError
+from zswapd.procmem import YAMA_PTRACE_SCOPE, yama_ptrace_scope
 from zswapd.record import RecordReader
 from zswapd.replay import Overrides, replay, replay_config
 from zswapd.scanner import STATE_BYTES_PER_PAGE, Detection, Scanner, probe_idle, probe_soft_dirty
@@ -323,21 +324,36 @@ def test_page_shared_by_two_shadowed_processes_counts_once(
         assert all(s.stored(child, cold))
 
 
-def test_exec_ends_the_shadowing_of_that_process(target: Target, client: Client, pool: str) -> None:
-    """exec replaces the memory the shadow opened: as an exit, all freed."""
-    with shadow([target.pid], client, pool) as s:
+def test_exec_frees_the_old_image_without_refaults_and_shadows_the_new(
+    target: Target, client: Client, pool: str
+) -> None:
+    """exec keeps the pid and replaces the memory: every page stored is freed
+    (GONE, not a refault), the process is not ended, and the new image's
+    pages go cold and are stored in their turn."""
+    pid = target.pid
+    with shadow([pid], client, pool) as s:
         s.tick(0.0)
         s.tick(COLD_AFTER)
-        assert s.pool_pages() > 0
+        stored = s.pool_pages()
+        assert stored > 0
         target.command("exec")
         deadline = time.monotonic() + DEADLINE
-        events: list[Event] = []
-        t = 2.0
-        while not events or events[-1].kind != EventKind.EXIT:  # once the exec is done
-            assert time.monotonic() < deadline, "the exec was never seen"
-            events = s.tick(t)
-            t += 0.01
-        assert s.pool_pages() == 0 and not s.scanner.alive
+        while b"time.sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the exec never happened"
+            time.sleep(0.01)
+        events = s.tick(2.0)
+        assert [e.kind for e in events] == [EventKind.GONE] * stored
+        assert s.pool_pages() == 0 and s.scanner.alive and s.scanner.execs(pid) == 1
+        (fig,) = s.sim.figures().processes
+        assert not fig.exited and fig.refaults_total == 0 and fig.stored_pages == 0
+        t = 3.0
+        while s.pool_pages() == 0:  # the new image, once it has gone cold
+            assert time.monotonic() < deadline, "the new image never went cold"
+            s.tick(t)
+            t += COLD_AFTER
+        (fig,) = s.sim.figures().processes
+        assert fig.stored_pages == s.pool_pages() > 0 and fig.refaults_total == 0
+        assert fig.swapouts_total == stored + fig.stored_pages
 
 
 def test_huge_sparse_reservation_costs_only_its_present_pages(client: Client, pool: str) -> None:
@@ -577,7 +593,13 @@ def test_cli_unreadable_pid_is_one_line_and_creates_nothing(
         err = f.read()
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 1, err
-    assert err == f"zswapd shadow: --pid {target.pid}: cannot read its memory: Permission denied\n"
+    scope = yama_ptrace_scope()
+    assert err == (
+        f"zswapd shadow: --pid {target.pid}: cannot read its memory: Permission denied: "
+        "it runs as uid 0 (root), this as uid 65534 (nobody); run as root or as uid 0 (root) "
+        f"(its user), or with CAP_SYS_PTRACE "
+        f"({YAMA_PTRACE_SCOPE}: {'absent' if scope is None else scope})\n"
+    )
     assert client.pools() == before and client.shadows() == {}
 
 
