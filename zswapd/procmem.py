@@ -53,7 +53,6 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
-import pwd
 import re
 import sys
 from array import array
@@ -64,13 +63,14 @@ from itertools import islice, repeat
 from zswapd.closing import Closing
 from zswapd.errors import ConfigError
 from zswapd.pagemap_scan import Unsupported, any_resident, present_ranges
+from zswapd.ptrace_access import exists, refusal
+from zswapd.ptrace_access import hidden as hidden_by_proc
 
 __all__ = [
     "KPAGEFLAGS_CHUNK",
     "PAGEMAP_CHUNK",
     "PFN_MASK",
     "SOFT_DIRTY",
-    "YAMA_PTRACE_SCOPE",
     "Mapping",
     "PageRecord",
     "PfnSet",
@@ -81,12 +81,10 @@ __all__ = [
     "open_process",
     "page_flags",
     "read_maps",
-    "refusal",
     "resident_mappings",
     "swappable_pages",
     "walk_entries",
     "walk_pages",
-    "yama_ptrace_scope",
 ]
 
 PAGE_SIZE = 4096
@@ -296,160 +294,6 @@ class ProcessMemory(Closing):
                     os.close(fd)
 
 
-# -- why a process may not be read ---------------------------------------------
-#
-# /proc/PID/mem is opened under ptrace's attach check (pagemap under its read
-# check), which refuses, in the kernel's order: another user's process (any of
-# its real, effective or saved ids not ours) without CAP_SYS_PTRACE; a process
-# that is not dumpable (set-user-ID, or prctl(PR_SET_DUMPABLE, 0)), likewise;
-# then Yama's ptrace_scope (1: only an ancestor, 2: only CAP_SYS_PTRACE, 3:
-# nobody); then any other security module.  /proc mounted with hidepid hides
-# or locks other users' /proc/PID before any of that.  The refusal itself
-# says none of this (EACCES or EPERM), so the facts are read back from /proc.
-
-YAMA_PTRACE_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
-_CAP_SYS_PTRACE = 19
-_YAMA_RULE = {
-    1: "only a process's ancestors may read it",
-    2: "only a holder of CAP_SYS_PTRACE may read another process",
-    3: "no process may read another",
-}
-
-
-def _status_fields(pid: int | str) -> dict[str, list[str]]:
-    """/proc/PID/status as {key: its values}; empty if it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return {}
-    return {k: v.split() for k, _, v in (line.partition(":") for line in lines)}
-
-
-def yama_ptrace_scope() -> int | None:
-    """Yama's ptrace_scope now; None without Yama."""
-    try:
-        with open(YAMA_PTRACE_SCOPE) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _has_cap_sys_ptrace() -> bool:
-    caps = _status_fields("self").get("CapEff", ["0"])
-    return bool(int(caps[0], 16) >> _CAP_SYS_PTRACE & 1)
-
-
-def _exists(pid: int) -> bool:
-    """Whether ``pid`` is a process, even one /proc will not show."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _hidepid() -> str | None:
-    """The hidepid= option of the /proc mounted last on /proc; None if unset."""
-    found = None
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                sep = fields.index("-")
-                if fields[4] == "/proc" and fields[sep + 1] == "proc":
-                    options = fields[sep + 3].split(",")
-                    found = next((o[8:] for o in options if o.startswith("hidepid=")), None)
-    except (OSError, ValueError, IndexError):
-        return None
-    return None if found in (None, "0", "off") else found
-
-
-def _hidden(pid: int) -> str | None:
-    """The cause and remedy if /proc's hidepid keeps ``pid`` from this user."""
-    hidepid = _hidepid()
-    if hidepid is None or _status_fields(pid):
-        return None
-    return (
-        f"/proc is mounted hidepid={hidepid}, which hides other users' processes; "
-        "run as root or as the target's user (or in /proc's gid= group), "
-        f"or with CAP_SYS_PTRACE ({_scope_said()})"
-    )
-
-
-def _scope_said() -> str:
-    scope = yama_ptrace_scope()
-    return f"{YAMA_PTRACE_SCOPE}: {'absent' if scope is None else scope}"
-
-
-def _user(uid: int) -> str:
-    try:
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _is_ancestor(pid: int) -> bool:
-    me = os.getpid()
-    for _ in range(1 << 16):  # a chain of parents ends at 1 (or 0); bounded anyway
-        ppid = int(_status_fields(pid).get("PPid", ["0"])[0])
-        if ppid == me:
-            return True
-        if ppid <= 1:
-            return False
-        pid = ppid
-    return False
-
-
-def refusal(pid: int) -> str:
-    """Why this process may not read ``pid``'s memory, and what would let it,
-    for the end of a one-line error (the kernel's refusal names neither).
-
-    Always ends with Yama's ptrace_scope as read now, the first thing to
-    check on a machine where the cause is not plain.
-    """
-    hidden = _hidden(pid)
-    if hidden is not None:
-        return hidden
-    status = _status_fields(pid)
-    scope = yama_ptrace_scope()
-    cap = _has_cap_sys_ptrace()
-    euid, egid = os.geteuid(), os.getegid()
-    uids = [int(u) for u in status.get("Uid", [])[:3]]
-    gids = [int(g) for g in status.get("Gid", [])[:3]]
-    other = next((u for u in uids if u != euid), None)
-    remedy = "run as root, or with CAP_SYS_PTRACE"
-    if not cap and other is not None:
-        cause = f"it runs as {_user(other)}, this as {_user(euid)}"
-        remedy = f"run as root or as {_user(other)} (its user), or with CAP_SYS_PTRACE"
-    elif not cap and any(g != egid for g in gids):
-        cause = f"it runs with gid {next(g for g in gids if g != egid)}, this with gid {egid}"
-    elif not cap and _dump_owner(pid) not in (euid, -1):
-        cause = "it is not dumpable (set-user-ID, or prctl(PR_SET_DUMPABLE, 0))"
-    elif scope == 3:
-        cause = f"Yama forbids it: {_YAMA_RULE[3]}"
-        remedy = "nothing can until the machine reboots (ptrace_scope 3 cannot be lowered)"
-    elif scope == 2 and not cap:
-        cause = f"Yama forbids it: {_YAMA_RULE[2]}"
-    elif scope == 1 and not cap and not _is_ancestor(pid):
-        cause = f"Yama forbids it: {_YAMA_RULE[1]}"
-        remedy = "run as root, or with CAP_SYS_PTRACE, or lower ptrace_scope to 0"
-    else:
-        cause = "refused by a security module (SELinux, AppArmor) or a user namespace"
-    return f"{cause}; {remedy} ({_scope_said()})"
-
-
-def _dump_owner(pid: int) -> int:
-    """The owner /proc gives ``pid``'s files: its user, or root if not dumpable
-    (/proc/PID itself, a directory, keeps its user either way); -1 if unknown."""
-    try:
-        return os.stat(f"/proc/{pid}/mem").st_uid
-    except OSError:
-        return -1
-
-
 def open_process(pid: int, *, pagemap_scan: bool | None = None) -> ProcessMemory:
     """Open ``pid``'s memory, or say in one line why it cannot be read.
 
@@ -470,7 +314,7 @@ def open_process(pid: int, *, pagemap_scan: bool | None = None) -> ProcessMemory
         for fd in fds:
             os.close(fd)
         if isinstance(exc, FileNotFoundError):
-            if _exists(pid) and (hidden := _hidden(pid)):
+            if exists(pid) and (hidden := hidden_by_proc(pid)):
                 raise ConfigError(f"--pid {pid}: cannot read its memory: {hidden}") from None
             raise ConfigError(f"--pid {pid}: no such process") from None
         if isinstance(exc, ProcessLookupError):  # /proc/PID is there, its mm is not

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from zswapd.errors import ConfigError
-from zswapd.procmem import yama_ptrace_scope
+from zswapd.ptrace_access import yama_ptrace_scope
 from zswapd.scanner import Detection, Scanner
 from zswapd.timeline import EventKind
 

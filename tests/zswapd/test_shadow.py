@@ -33,7 +33,7 @@ from zswapd.cli_format import human, parse_duration
 from zswapd.client import Client
 from zswapd.config import PoolConfig, unavailable_compressor
 from zswapd.errors import ConfigError
-from zswapd.procmem import YAMA_PTRACE_SCOPE, yama_ptrace_scope
+from zswapd.ptrace_access import YAMA_PTRACE_SCOPE, yama_ptrace_scope
 from zswapd.record import RecordReader
 from zswapd.replay import Overrides, replay, replay_config
 from zswapd.scanner import STATE_BYTES_PER_PAGE, Detection, Scanner, probe_idle, probe_soft_dirty
