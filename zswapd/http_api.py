@@ -35,6 +35,7 @@ from zswapd.errors import (
     StaleHandleError,
     TooLargeError,
     UnauthorizedError,
+    UnknownPoolError,
     ZswapdError,
 )
 from zswapd.http_protocol import note_stale_handle
@@ -253,6 +254,20 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
+def _pool_pages(registry: PoolRegistry) -> Callable[[str], int]:
+    """The pages a pool holds, by name: in RAM or written back (a shadow's
+    handles, which it counts as stored, stay valid when written back); 0 for a
+    pool removed since the report found it."""
+
+    def pages(name: str) -> int:
+        try:
+            return registry.get(name).stored_pages
+        except UnknownPoolError:
+            return 0
+
+    return pages
+
+
 def create_app(
     registry: PoolRegistry,
     settings: ApiSettings | None = None,
@@ -280,8 +295,10 @@ def create_app(
     devices = devices if devices is not None else DeviceRegistry(registry)
     app.state.devices = devices
     shadows = shadows if shadows is not None else ShadowRegistry()
-    # A report names a pool of this daemon's, and goes with it.
+    # A report names a pool of this daemon's, goes with it, and stores no more
+    # pages than it holds.
     shadows.pool_exists = registry.__contains__
+    shadows.pool_pages = _pool_pages(registry)
     app.state.shadows = shadows
     app.state.metrics = metrics = Metrics(registry, devices, shadows)
     # The NBD listener is bound after the app is made: the server sets this
@@ -443,11 +460,12 @@ def create_app(
     async def report_shadow(name: ShadowName, body: ShadowReportIn) -> Response:
         """Replace the shadow's report (its first makes it): checked whole, so a
         report refused leaves the previous one as it was.  Figures no shadow
-        could send (more stored than cold, more refaults than swap-outs, a pid
-        twice, an interval under 1 ms) or a pool that does not exist: 422
-        ``impossible_report``.  At most 64 shadows and 4096 processes across
-        them: past either, 507 ``max_shadows``.  A report is removed with its
-        pool."""
+        could send (more stored than cold, more refaults than swap-outs, an
+        exited process holding pages, a pid twice, an interval under 1 ms), a
+        pool that does not exist, or more pages stored, summed over the
+        report's processes, than the pool holds: 422 ``impossible_report``.
+        At most 64 shadows and 4096 processes across them: past either, 507
+        ``max_shadows``.  A report is removed with its pool."""
         # In a thread: checking 1024 processes is a few milliseconds of work.
         await run_in_thread(shadows.report, name, body.model_dump())
         return Response(status_code=204)

@@ -495,7 +495,8 @@ JSON_NUMBER = BeforeValidator(_json_number)
 ShadowCount = Annotated[int, Ge(0), Le(MAX_COUNT), JSON_NUMBER, INT64]
 Seconds = Annotated[float, AllowInfNan(False), Ge(0), JSON_NUMBER]
 # A comm without control characters or line separators (zswapd.shadows checks
-# lone surrogates too, which a pattern cannot say).
+# lone surrogates too, which a pattern cannot say, and format characters, Unicode
+# Cf, a set each Unicode version adds to: Python's unicodedata knows it).
 _COMM_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
 
 
@@ -511,7 +512,8 @@ class ShadowProcess(BaseModel):
         max_length=MAX_COMM,
         pattern=_COMM_PATTERN,
         description=f"the process's name (/proc/PID/comm), at most {MAX_COMM} characters, "
-        "no control characters",
+        "no control or format characters (Unicode Cc, Cf: zero-width, bidi): a shadow "
+        "sends them escaped, as it prints them",
     )
     resident_pages: ShadowCount = Field(description="pages swap could take, present at the scan")
     cold_pages: ShadowCount = Field(
@@ -519,7 +521,9 @@ class ShadowProcess(BaseModel):
         "at most resident_pages"
     )
     stored_pages: ShadowCount = Field(
-        description="of the cold pages, those the pool holds; at most cold_pages"
+        description="of the cold pages, those the pool holds; at most cold_pages, and "
+        "summed over the report's processes at most the pages the pool holds (in RAM or "
+        "written back): else 422 impossible_report"
     )
     saved_bytes: Annotated[int, Ge(-MAX_COUNT), Le(MAX_COUNT), JSON_NUMBER, INT64] = Field(
         description="the process's share of the pool's saving (orig_data_size - "
@@ -533,7 +537,10 @@ class ShadowProcess(BaseModel):
     rejected_total: ShadowCount = Field(description="cold pages the pool refused")
     scan_seconds_total: Seconds = Field(description="CPU seconds the shadow's scans took")
     scanned_bytes_total: ShadowCount = Field(description="bytes the shadow's scans read")
-    exited: StrictBool = Field(description="the process has exited")
+    exited: StrictBool = Field(
+        description="the process has exited; its pages are freed: true with any of "
+        "resident_pages, cold_pages, stored_pages above 0 is 422 impossible_report"
+    )
 
 
 class ShadowReportIn(BaseModel):

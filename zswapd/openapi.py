@@ -155,8 +155,9 @@ MEANING: dict[type[ZswapdError], str] = {
     ConfigError: "a configuration that cannot be built",
     PageSizeError: "a body that is not whole 4096-byte pages",
     ImpossibleReportError: "a shadow's report no shadow could send (stored_pages > "
-    "cold_pages > resident_pages, refaults_total > swapouts_total, a pid twice, "
-    "interval_seconds under 1 ms), or naming no pool here",
+    "cold_pages > resident_pages, refaults_total > swapouts_total, an exited process "
+    "holding pages, a pid twice, interval_seconds under 1 ms), naming no pool here, "
+    "or storing more pages than its pool holds",
     CompressPoorError: "a page that compresses too poorly (huge_policy reject)",
     StaleHandleError: "a handle freed, never issued, or forged",
     UnknownPoolError: "no pool or device of that name",

@@ -12,21 +12,36 @@ What a report holds is a client's word, and any local user may send one, so
 everything about it is bounded: at most :data:`MAX_SHADOWS` names, at most
 :data:`MAX_PROCESSES` processes a report and :data:`MAX_PROCESSES_TOTAL` across
 every live report, a ``comm`` of at most
-:data:`MAX_COMM` printable characters, counts in 0..2**53 (what a JSON number
+:data:`MAX_COMM` characters, none of them a control or format character (see
+:data:`_REFUSED_CATEGORIES`), counts in 0..2**53 (what a JSON number
 holds exactly), seconds finite and >= 0.
 
 A report must also be one a shadow could send (:func:`check_possible`; 422
 ``impossible_report`` otherwise): a process's pages nest, stored within cold
 within resident, since a stored page is a cold one and a cold one a page the
 last scan found present; a refault brings back a page that was swapped out, so
-there are never more refaults than swap-outs; the interval is at least
-:data:`MIN_INTERVAL_SECONDS`, what ``zswapd shadow --interval`` accepts; the
-pool is one of this daemon's.  ``saved_bytes`` may be negative: a process's
-share of the pool's saving is negative while the pool takes more memory than
-the pages it keeps (a few pages in a zspage of several pages; incompressible
-pages, stored whole, save nothing to make up for it), and a real shadow
-reports that as it is.  Two reports (names) may shadow one pid, e.g. to
-compare two compressors on one process; one report names a pid once.
+there are never more refaults than swap-outs; a process that exited holds no
+page (the shadow frees its pages at its EXIT, and its last scan finds none
+present); the interval is at least :data:`MIN_INTERVAL_SECONDS`, what
+``zswapd shadow --interval`` accepts; the pool is one of this daemon's.
+
+The pool holds the pages the report says are stored: the stored_pages of its
+processes, summed, are at most the pages the pool holds as the report arrives,
+in RAM or written back (a shadow's handles stay valid when its pages are
+written back).  A real shadow keeps to that: it reports once a tick's stores
+and frees are done, and at the tick's end finds the pages another client freed
+(stale handles) and counts them lost, no longer stored.  A report is checked
+against its own sum only: one shadow drives a pool, and another report naming
+the same pool is another sender's claim, not this one's.  (A page another
+client frees between a tick's end and its report makes that one report claim a
+page that is gone: refused, and taken again at the next tick.)
+
+``saved_bytes`` may be negative: a process's share of the pool's saving is
+negative while the pool takes more memory than the pages it keeps (a few pages
+in a zspage of several pages; incompressible pages, stored whole, save nothing
+to make up for it), and a real shadow reports that as it is.  Two reports
+(names) may shadow one pid, e.g. to compare two compressors on one process;
+one report names a pid once.
 
 A report is removed with its pool: the figures are about the pages of that
 pool, and a pool made again under the name would hold none of them.
@@ -138,9 +153,13 @@ _COUNTS = (
     "scanned_bytes_total",
 )
 # Characters refused in a comm: control characters (a newline in a label value
-# breaks a log line, an escape sequence a terminal), lone surrogates (not UTF-8:
-# the exposition could not be encoded) and the Unicode line separators.
-_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+# breaks a log line, an escape sequence a terminal), format characters (Cf,
+# invisible: a zero-width space makes two series' comms look alike in a
+# Grafana legend, a bidi override reverses the text after it), lone surrogates
+# (not UTF-8: the exposition could not be encoded) and the Unicode line
+# separators.  A real shadow sends none: it escapes a comm as it prints it
+# (zswapd.scanner reads it through cli_format.printable).
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +246,10 @@ def _comm(value: Any, what: str) -> str:
     if len(value) > MAX_COMM:
         raise InvalidRequestError(f"{what} is {len(value)} characters; at most {MAX_COMM}")
     if any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in value):
-        raise InvalidRequestError(f"{what} {value!r} holds control characters")
+        raise InvalidRequestError(
+            f"{what} {value!r} holds control or format characters (Unicode Cc, Cf): "
+            "send them escaped, as zswapd shadow does"
+        )
     return value
 
 
@@ -332,6 +354,12 @@ def _possible(p: ProcessFigures, where: str) -> None:
             f"{where}.cold_pages {p.cold_pages} > resident_pages {p.resident_pages}: "
             "a cold page is one the scan found present (cold_pages <= resident_pages)"
         )
+    if p.exited and (p.resident_pages or p.cold_pages or p.stored_pages):
+        raise ImpossibleReportError(
+            f"{where}.exited with stored_pages {p.stored_pages}, cold_pages {p.cold_pages}, "
+            f"resident_pages {p.resident_pages}: a process that exited holds no page "
+            "(its pages are freed at its exit; all three are 0)"
+        )
     if p.refaults_total > p.swapouts_total:
         raise ImpossibleReportError(
             f"{where}.refaults_total {p.refaults_total} > swapouts_total "
@@ -342,7 +370,8 @@ def _possible(p: ProcessFigures, where: str) -> None:
 
 def check_possible(report: ShadowReport) -> None:
     """Raise unless a shadow could have sent ``report`` (the module docstring's
-    rules, but the pool's existence, which is the registry's to know).
+    rules, but the pool's existence and the pages it holds, which are the
+    registry's to know).
 
     Raises:
         ImpossibleReportError: the first rule broken, naming its fields.
@@ -375,6 +404,9 @@ class ShadowRegistry:
         pool_exists: whether a pool of that name exists (None: every name
             does, for a registry used alone); a report naming no pool is
             refused, and one whose pool has gone is dropped.
+        pool_pages: the pages a pool of that name holds, in RAM or written
+            back (None: any number, for a registry used alone); a report
+            whose processes' stored_pages sum to more is refused.
     """
 
     def __init__(
@@ -383,11 +415,13 @@ class ShadowRegistry:
         max_processes: int = MAX_PROCESSES_TOTAL,
         clock: Callable[[], float] = time.monotonic,
         pool_exists: Callable[[str], bool] | None = None,
+        pool_pages: Callable[[str], int] | None = None,
     ) -> None:
         self.max_shadows = max_shadows
         self.max_processes = max_processes
         self._clock = clock
         self.pool_exists = pool_exists
+        self.pool_pages = pool_pages
         self._reports: dict[str, ShadowReport] = {}
         self._lock = threading.Lock()
 
@@ -409,8 +443,9 @@ class ShadowRegistry:
 
         Raises:
             InvalidRequestError: a bound broken (see :func:`parse_report`).
-            ImpossibleReportError: figures no shadow could send, or no such
-                pool (see :func:`check_possible`).
+            ImpossibleReportError: figures no shadow could send (see
+                :func:`check_possible`), no such pool, or more pages stored
+                than the pool holds.
             TooManyShadowsError: ``name`` is new and max_shadows others report,
                 or the report would take the processes of every live report
                 past max_processes.
@@ -424,6 +459,7 @@ class ShadowRegistry:
                     f"pool {report.pool!r}: no pool of that name here; a shadow reports "
                     "on the pool it drives (create it first: PUT /v1/pools/NAME)"
                 )
+            self._check_pages(report)
             self._expire(report.received)
             if name not in self._reports and len(self._reports) >= self.max_shadows:
                 raise TooManyShadowsError(
@@ -439,6 +475,22 @@ class ShadowRegistry:
                 )
             self._reports[name] = report
         return report
+
+    def _check_pages(self, report: ShadowReport) -> None:
+        # Under the lock, as the pool's existence: the pool's count as the
+        # report is kept.  Only this report's sum (see the module docstring).
+        if self.pool_pages is None:
+            return
+        claimed = sum(p.stored_pages for p in report.processes)
+        if claimed == 0:
+            return
+        held = self.pool_pages(report.pool)
+        if claimed > held:
+            raise ImpossibleReportError(
+                f"processes' stored_pages sum to {claimed}, but pool {report.pool!r} holds "
+                f"{held} page{'' if held == 1 else 's'}: a shadow's stored pages are in its "
+                "pool (the sum is at most the pool's pages, in RAM or written back)"
+            )
 
     def remove(self, name: str) -> None:
         """Forget ``name``'s report.

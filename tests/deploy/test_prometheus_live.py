@@ -136,6 +136,9 @@ def _report_shadow(url: str, tick: int) -> None:
     with Client(url) as c:
         if tick == 0:  # a report names a pool of the daemon's (the shadow's own)
             c.create_pool("shadow-svc")
+            # ... holding the pages it says are stored (1100 + tick, a tick every
+            # 0.5 s for at most a minute): same-filled, no allocator memory.
+            c.store([same_page(b"svc-page")] * 2048, pool="shadow-svc")
         c.report_shadow(SHADOW, body)
     _shadow_reports.append(body)
 

@@ -587,7 +587,7 @@ def test_a_generated_client_drives_every_route(generated: ModuleType, daemon: Da
                         "comm": "redis-server",
                         "resident_pages": 1000,
                         "cold_pages": 400,
-                        "stored_pages": 390,
+                        "stored_pages": 2,  # at most the pages "oa" holds
                         "saved_bytes": -4096,
                         "swapouts_total": 420,
                         "refaults_total": 30,

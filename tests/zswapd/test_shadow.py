@@ -32,7 +32,7 @@ from tests.zswapd.helpers import PAGE, text_page
 from zswapd.cli_format import human, parse_duration
 from zswapd.client import Client
 from zswapd.config import PoolConfig, unavailable_compressor
-from zswapd.errors import ConfigError
+from zswapd.errors import ConfigError, UnknownShadowError
 from zswapd.ptrace_access import YAMA_PTRACE_SCOPE, yama_ptrace_scope
 from zswapd.record import RecordReader
 from zswapd.replay import Overrides, replay, replay_config
@@ -167,9 +167,27 @@ class Shadow:
     def pool_pages(self) -> int:
         return int(self.client.stats(self.pool)["zswap"]["stored_pages"])
 
+    def report(self) -> list[dict[str, Any]]:
+        """Report the figures as ``zswapd shadow`` does after a tick (refused: an
+        error); the processes the daemon lists for it."""
+        figures = self.sim.figures()
+        body = {
+            "pool": self.pool,
+            "detection": "hash",
+            "interval_seconds": 1.0,
+            "cold_after_seconds": COLD_AFTER,
+            "processes": [p.to_dict() for p in figures.processes],
+        }
+        self.client.report_shadow(self.pool, body)
+        listed: list[dict[str, Any]] = self.client.shadows()[self.pool]["processes"]
+        assert listed == body["processes"]
+        return listed
+
     def close(self) -> None:
         self.sim.release()
         self.scanner.close()
+        with contextlib.suppress(UnknownShadowError):
+            self.client.remove_shadow(self.pool)
 
 
 @contextlib.contextmanager
@@ -240,18 +258,24 @@ def test_pages_a_second_client_frees_are_lost_not_refaulted_and_the_shadow_goes_
         s.tick(0.0)
         s.tick(COLD_AFTER)
         assert all(s.stored(pid, cold + hot + gone))
+        assert s.report()[0]["stored_pages"] == s.pool_pages()  # every page, taken
         stored = s.sim._procs[pid].stored
         with Client(daemon.url) as other:
             other.free([stored[hot[0]][0], stored[gone[0]][0]], pool=pool)
+            # Behind the shadow's back, a page it has not touched since: found
+            # at the tick's end, before its report (which the daemon checks
+            # against the pages the pool holds).
+            other.free([stored[cold[0]][0]], pool=pool)
         target.command("hot")
         target.command("unmap")
         s.tick(2.0)
         fig = s.sim.figures()
         (p,) = fig.processes
-        assert fig.run.lost_pages == 2
+        assert fig.run.lost_pages == 3
         assert p.refaults_total >= target.pages - 1  # the hot region's, but the lost one
-        assert not any(s.stored(pid, hot + gone)) and all(s.stored(pid, cold))
+        assert not any(s.stored(pid, hot + gone + cold[:1])) and all(s.stored(pid, cold[1:]))
         assert s.pool_pages() == p.stored_pages and fig.run.foreign_pages == 0
+        assert s.report()[0]["stored_pages"] == p.stored_pages
     assert client.stats(pool)["zswap"]["stored_pages"] == 0  # released at the end
 
 
@@ -270,6 +294,9 @@ def test_exiting_target_frees_every_page_and_is_no_longer_scanned(
         assert not s.scanner.alive
         (fig,) = s.sim.figures().processes
         assert fig.exited and fig.stored_pages == 0
+        # What the daemon takes of an exited process: no page of any kind.
+        (reported,) = s.report()
+        assert reported["exited"] and reported["resident_pages"] == reported["cold_pages"] == 0
         assert s.tick(3.0) == []  # nothing left to scan
 
 
@@ -538,6 +565,7 @@ def test_cli_shadow_end_to_end_then_replay_gives_the_live_figures(
         code, out, err = finish_out(proc, lines, sig)
         closing = json.loads(out[-1])["summary"]
     assert code == 0, err
+    assert "refused the shadow's report" not in err, err  # every tick's report taken
     assert "detection hash: write-coldness only" in err and "refaults count writes only" in err
     assert closing["detection"] == "hash" and "writes only" in closing["refaults_note"]
     assert closing["figures"]["run"]["ticks"] >= 2 and closing["pool"] == pool
@@ -627,6 +655,7 @@ def test_cli_target_exit_ends_the_shadow_with_its_pages_freed(
         assert _proc(tick)["stored_pages"] == 0 and tick["pool"]["orig_data_size"] == 0
         code, err = finish(proc, None)  # it ends by itself: nothing left to shadow
     assert code == 0, err
+    assert "refused the shadow's report" not in err, err  # the exit's report too
     assert f"shadow-{target.pid}" not in client.pools()
 
 
@@ -828,6 +857,45 @@ def test_a_process_naming_itself_with_control_characters_is_still_reported(
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_cli_a_process_naming_itself_with_format_characters_is_reported_escaped(
+    client: Client, daemon: Daemon
+) -> None:
+    """Invisible format characters (a right-to-left override, a zero-width space),
+    which the daemon refuses in a comm: ``zswapd shadow`` sends the comm escaped
+    as it prints it, and its report is taken."""
+    name = "a\u202eb\u200bc"  # 9 bytes of UTF-8: within the kernel's 15
+    code = (
+        f"import ctypes, sys; ctypes.CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0); "
+        "print('ready', flush=True); sys.stdin.read()"
+    )
+    target = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    escaped = "a\\u202eb\\u200bc"
+    pool = f"shadow-{target.pid}"
+    try:
+        assert target.stdout is not None and target.stdout.readline() == b"ready\n"
+        with open(f"/proc/{target.pid}/comm", "rb") as f:
+            assert f.read() == name.encode() + b"\n"
+        proc = shadow_cli(
+            "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.2s",
+            "--cold-after", f"{COLD_AFTER}s", "--json",
+        )  # fmt: skip
+        with running(proc) as lines:
+            tick = lines.until(lambda t: t["t"] > 0)
+            assert _proc(tick)["comm"] == escaped
+            (reported,) = client.shadows()[pool]["processes"]
+            assert reported["comm"] == escaped and reported["pid"] == target.pid
+            code_, out, err = finish_out(proc, lines)
+        assert code_ == 0, err
+        assert "refused" not in err, err
+        assert json.loads(out[-1])["summary"]["figures"]["processes"][0]["comm"] == escaped
+    finally:
+        target.kill()
+        target.wait()
+    assert pool not in client.pools() and pool not in client.shadows()
 
 
 def test_a_full_pool_keeps_cold_pages_waiting_and_stores_them_as_room_is_made(

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.zswapd.daemon import Daemon, start_daemon, token_file, wire_daemon
-from tests.zswapd.helpers import metric_value
+from tests.zswapd.helpers import metric_value, same_page, text_page
 from zswapd.client import Client
 from zswapd.errors import (
     ImpossibleReportError,
@@ -82,8 +82,23 @@ def report(*processes: dict[str, Any], **fields: Any) -> dict[str, Any]:
     return body
 
 
-# The pools the reports below name: a report must name a pool of the daemon's.
+def exited(pid: int, comm: str = "worker", **figures: Any) -> dict[str, Any]:
+    """A process that exited, as a shadow reports it: its pages freed, none present."""
+    held = {"resident_pages": 0, "cold_pages": 0, "stored_pages": 0}
+    return process(pid, comm, **{**held, **figures, "exited": True})
+
+
+def fill(url: str, pool: str, pages: int) -> list[int]:
+    """Store ``pages`` same-filled pages in ``pool`` (no allocator memory): the
+    pages a report's stored_pages must be within."""
+    with Client(url) as c:
+        return c.store([same_page(b"shadowed")] * pages, pool=pool)
+
+
+# The pools the reports below name: a report must name a pool of the daemon's,
+# holding at least the pages its processes' stored_pages sum to.
 POOLS = ("shadow-123", "other", "pool0", "pool1", "pool2", "pool3")
+HELD = 1024
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +108,7 @@ def daemon() -> Iterator[Daemon]:
         with httpx.Client(base_url=d.url, timeout=60) as h:
             for pool in POOLS:
                 assert h.put(f"/v1/pools/{pool}").status_code == 201, pool
+                fill(d.url, pool, HELD)
         yield d
     finally:
         assert d.stop() == 0, d.log
@@ -135,7 +151,7 @@ def shadow_series(text: str) -> set[tuple[str, str]]:
 def test_a_report_is_listed_exported_replaced_and_removed(
     daemon: Daemon, http: httpx.Client
 ) -> None:
-    redis, worker = process(123), process(456, 'worker "q" \\ é', exited=True, saved_bytes=-8192)
+    redis, worker = process(123), exited(456, 'worker "q" \\ é', saved_bytes=-8192)
     with Client(daemon.url) as c:
         c.report_shadow("redis", report(redis, worker, detection="soft-dirty+idle"))
         listed = c.shadows()
@@ -232,6 +248,14 @@ BAD_REPORTS: dict[str, dict[str, Any]] = {
     "comm with DEL": _with_process(comm="a\x7f"),
     "comm with a C1 control": _with_process(comm="a\x85"),
     "comm with a line separator": _with_process(comm="a\u2028b"),
+    # Format characters (Cf): invisible, yet they tell two series apart, or turn
+    # the text after them around, in a legend.
+    "comm with a zero-width space": _with_process(comm="redis\u200b"),
+    "comm with a left-to-right mark": _with_process(comm="a\u200eb"),
+    "comm with a right-to-left override": _with_process(comm="\u202etxt.exe"),
+    "comm with a left-to-right isolate": _with_process(comm="a\u2066b\u2069"),
+    "comm with a byte order mark": _with_process(comm="\ufeffredis"),
+    "comm with a soft hyphen": _with_process(comm="re\u00addis"),
     "comm not a string": _with_process(comm=12),
     "a negative count": _with_process(cold_pages=-1),
     "a count past 2**53": _with_process(swapouts_total=2**53 + 1),
@@ -314,6 +338,26 @@ IMPOSSIBLE_REPORTS: dict[str, tuple[dict[str, Any], str]] = {
     "interval 1e-300": (report(interval_seconds=1e-300), "interval_seconds 1e-300 is below 0.001"),
     "interval 0": (report(interval_seconds=0), "interval_seconds 0.0 is below 0.001"),
     "a pool that does not exist": (report(pool="no-such-pool"), "pool 'no-such-pool': no pool"),
+    "exited holding stored pages": (
+        _with_process(exited=True),
+        "processes[0].exited with stored_pages 390, cold_pages 400, resident_pages 1123: "
+        "a process that exited holds no page",
+    ),
+    "exited with pages present": (
+        report(exited(5, resident_pages=1)),
+        "processes[0].exited with stored_pages 0, cold_pages 0, resident_pages 1",
+    ),
+    "2**53 stored in a pool of 1024 pages": (
+        _with_process(resident_pages=2**53, cold_pages=2**53, stored_pages=2**53),
+        f"stored_pages sum to {2**53}, but pool 'shadow-123' holds {HELD} pages",
+    ),
+    "stored pages that fit one by one, not summed": (
+        report(
+            process(1, cold_pages=600, stored_pages=600),
+            process(2, cold_pages=600, stored_pages=600),
+        ),
+        f"stored_pages sum to 1200, but pool 'shadow-123' holds {HELD} pages",
+    ),
 }
 
 
@@ -349,18 +393,102 @@ def test_what_a_real_shadow_may_send_is_taken(http: httpx.Client) -> None:
         refaults_total=420,
         saved_bytes=-3 * 4096,
     )
-    body = report(edge, process(10, resident_pages=0, cold_pages=0, stored_pages=0))
+    # A process may name itself "" (prctl); an exited one holds nothing.
+    nothing = process(10, "", resident_pages=0, cold_pages=0, stored_pages=0)
+    body = report(edge, nothing, exited(11))
     assert http.put("/v1/shadows/lz4", json=body).status_code == 204
     twin = report(edge, pool="other", interval_seconds=MIN_INTERVAL_SECONDS)
     assert http.put("/v1/shadows/zstd", json=twin).status_code == 204
+    # Every page the pool holds, as one shadow's, and another report on the
+    # same pool claiming them too: each report is its own sender's claim.
+    brim = process(12, resident_pages=HELD, cold_pages=HELD, stored_pages=HELD)
+    assert http.put("/v1/shadows/brim", json=report(brim, pool="other")).status_code == 204
     listed = http.get("/v1/shadows").json()["shadows"]
+    assert listed["lz4"]["processes"] == [edge, nothing, exited(11)]
     assert listed["lz4"]["processes"][0] == edge == listed["zstd"]["processes"][0]
     assert listed["zstd"]["interval_seconds"] == MIN_INTERVAL_SECONDS
+    assert listed["brim"]["processes"] == [brim]
+
+
+def _listed(http: httpx.Client, name: str) -> dict[str, Any]:
+    got: dict[str, Any] = http.get("/v1/shadows").json()["shadows"][name]
+    got.pop("age_seconds")
+    return got
+
+
+def _refused_422(http: httpx.Client, name: str, body: dict[str, Any], said: str) -> None:
+    r = http.put(f"/v1/shadows/{name}", json=body)
+    assert r.status_code == 422 and r.json()["error"] == "impossible_report", r.text
+    assert said in r.json()["detail"], r.text
+
+
+def test_stored_pages_are_at_most_the_pools_pages_as_it_is_now(
+    daemon: Daemon, http: httpx.Client
+) -> None:
+    """The sum of a report's stored_pages against the pages its pool holds when
+    the report arrives: an empty pool takes no stored page, a page stored makes
+    room for one more, a page another client frees takes it back; a report
+    refused leaves the last one taken as it was (it is not judged again)."""
+    assert http.put("/v1/pools/counted").status_code == 201
+    try:
+        one = process(1, cold_pages=400, stored_pages=1)
+        _refused_422(http, "counted", report(one, pool="counted"), "pool 'counted' holds 0 pages")
+        none = report(process(1, stored_pages=0), pool="counted")
+        assert http.put("/v1/shadows/counted", json=none).status_code == 204
+        handles = fill(daemon.url, "counted", 10)
+        ten = report(process(1, stored_pages=6), process(2, stored_pages=4), pool="counted")
+        assert http.put("/v1/shadows/counted", json=ten).status_code == 204
+        exposition = shadow_series(scrape(http))
+        eleven = report(process(1, stored_pages=7), process(2, stored_pages=4), pool="counted")
+        _refused_422(http, "counted", eleven, "stored_pages sum to 11, but pool 'counted' holds 10")
+        assert _listed(http, "counted") == ten
+        # Another client frees two of the pages: the next report may claim eight.
+        with Client(daemon.url) as other:
+            other.free(handles[:2], pool="counted")
+        _refused_422(http, "counted", ten, "stored_pages sum to 10, but pool 'counted' holds 8")
+        assert _listed(http, "counted") == ten and shadow_series(scrape(http)) == exposition
+        eight = report(process(1, stored_pages=4), process(2, stored_pages=4), pool="counted")
+        assert http.put("/v1/shadows/counted", json=eight).status_code == 204
+        assert _listed(http, "counted") == eight
+    finally:
+        assert http.delete("/v1/pools/counted").status_code == 204
+
+
+def test_stored_pages_count_the_pools_pages_written_back(tmp_path: Path) -> None:
+    """A page written back to the backing file is still the shadow's (its handle
+    holds): the pool's pages are those in RAM and those on disk."""
+    d = start_daemon("--backing-dir", str(tmp_path))
+    try:
+        with httpx.Client(base_url=d.url, timeout=60) as h, Client(d.url) as c:
+            r = h.put(
+                "/v1/pools/spill",
+                json={
+                    "compressor": "lz4",
+                    "backing_file": "spill.swap",
+                    "backing_size": 64 * 4096,
+                    "writeback": "manual",
+                },
+            )
+            assert r.status_code == 201, r.text
+            c.store([text_page(i) for i in range(8)], pool="spill")
+            r = h.post("/v1/pools/spill/writeback", json={"type": "idle", "idle_seconds": 0})
+            assert r.json()["written_back"] == 8, r.text
+            stats = c.stats("spill")
+            assert stats["zswap"]["stored_pages"] == 0 and stats["bd_stat"]["bd_count"] == 8
+            full = report(process(1, stored_pages=8), pool="spill")
+            assert h.put("/v1/shadows/s", json=full).status_code == 204
+            more = report(process(1, stored_pages=9), pool="spill")
+            r = h.put("/v1/shadows/s", json=more)
+            assert r.status_code == 422 and "pool 'spill' holds 8 pages" in r.text, r.text
+            assert c.shadows()["s"]["processes"] == full["processes"]
+    finally:
+        assert d.stop() == 0, d.log
 
 
 def test_a_report_goes_with_its_pool(http: httpx.Client) -> None:
     assert http.put("/v1/pools/doomed").status_code == 201
-    assert http.put("/v1/shadows/doomed", json=report(pool="doomed")).status_code == 204
+    empty = process(123, stored_pages=0)  # the pool holds no page
+    assert http.put("/v1/shadows/doomed", json=report(empty, pool="doomed")).status_code == 204
     assert http.put("/v1/shadows/bystander", json=report()).status_code == 204
     assert ("zswapd_shadow_stored_pages", "doomed") in shadow_series(scrape(http))
     assert http.delete("/v1/pools/doomed").status_code == 204
@@ -378,7 +506,8 @@ def test_a_report_goes_with_its_pool(http: httpx.Client) -> None:
 
 def test_a_report_goes_with_its_device(http: httpx.Client) -> None:
     assert http.put("/v1/devices/zram9", json={"size": 1 << 20}).status_code == 201
-    assert http.put("/v1/shadows/dev", json=report(pool="zram9")).status_code == 204
+    empty = process(123, stored_pages=0)
+    assert http.put("/v1/shadows/dev", json=report(empty, pool="zram9")).status_code == 204
     assert http.delete("/v1/devices/zram9").status_code == 204
     assert http.get("/v1/shadows").json()["shadows"] == {}
 
@@ -413,10 +542,11 @@ def test_a_full_report_of_1024_processes_with_the_largest_figures_is_taken(
             "c" * 64,
             resident_pages=top,
             cold_pages=top,
-            stored_pages=top,
             saved_bytes=-top,
             swapouts_total=top,
             refaults_total=top,
+            # Stored pages are within the pool's (summed, below), not 2**53.
+            stored_pages=0,
             rejected_total=top,
             scan_seconds_total=1e300,
             scanned_bytes_total=top,
@@ -455,14 +585,14 @@ def test_the_65th_shadow_is_refused_and_replacing_one_still_works(http: httpx.Cl
 
 def test_processes_across_all_shadows_are_capped_at_4096(http: httpx.Client) -> None:
     # 64 full reports would make every scrape 95 MiB and most of a minute of CPU.
-    full = report(*(process(i) for i in range(1, 1025)))
+    full = report(*(process(i, stored_pages=0) for i in range(1, 1025)))
     for k in range(4):
         assert http.put(f"/v1/shadows/full{k}", json=full).status_code == 204
     r = http.put("/v1/shadows/one-more", json=report(process(1)))
     assert r.status_code == 507 and r.json()["error"] == "max_shadows", r.text
     assert "4096" in r.json()["detail"]
     # A shadow renewing a report of the same size is not held back by the cap.
-    renewed = report(*(process(i, "renewed") for i in range(1, 1025)))
+    renewed = report(*(process(i, "renewed", stored_pages=0) for i in range(1, 1025)))
     assert http.put("/v1/shadows/full0", json=renewed).status_code == 204
     assert http.put("/v1/shadows/full1", json=report(process(1))).status_code == 204
     assert http.put("/v1/shadows/one-more", json=report(process(1))).status_code == 204
@@ -491,7 +621,7 @@ def test_the_token_is_wanted_on_every_shadow_route(tmp_path: Path) -> None:
             anonymous.report_shadow("s", report())
         with Client(d.url, token="shadow-token") as c:
             c.create_pool("shadow-123")
-            c.report_shadow("s", report())
+            c.report_shadow("s", report(process(123, stored_pages=0)))
             assert set(c.shadows()) == {"s"}
             c.remove_shadow("s")
             assert c.shadows() == {}
@@ -519,7 +649,7 @@ def test_an_exposition_carrying_shadows_passes_promtool(http: httpx.Client) -> N
         pytest.skip("promtool is not installed (apt-get install prometheus)")
     odd = ['quote " backslash \\', "tab-free é 名前", "", "{}=,"]
     for i, comm in enumerate(odd):
-        body = report(process(100 + i, comm), process(200 + i, exited=True), pool=f"pool{i}")
+        body = report(process(100 + i, comm), exited(200 + i), pool=f"pool{i}")
         assert http.put(f"/v1/shadows/odd{i}", json=body).status_code == 204
     text = scrape(http)
     for i, comm in enumerate(odd):
