@@ -102,7 +102,7 @@ def first_line(
     counted = (
         ""
         if detection.idle
-        else ", so STORED, DATA and SAVED are upper bounds and REFAULTS a lower bound "
+        else ", so COLD, STORED, DATA and SAVED are upper bounds and REFAULTS a lower bound "
         "(refaults count writes only)"
     )
     return (

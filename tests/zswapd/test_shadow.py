@@ -540,7 +540,7 @@ def test_cli_shadow_end_to_end_then_replay_gives_the_live_figures(
     assert code == 0, err
     assert "detection hash: write-coldness only" in err and "refaults count writes only" in err
     assert closing["detection"] == "hash" and "writes only" in closing["refaults_note"]
-    assert "STORED, DATA and SAVED are upper bounds and REFAULTS a lower bound" in err
+    assert "COLD, STORED, DATA and SAVED are upper bounds and REFAULTS a lower bound" in err
     assert "upper bounds" in closing["bounds_note"] and "lower bound" in closing["bounds_note"]
     assert closing["figures"]["run"]["ticks"] >= 2 and closing["pool"] == pool
     assert pool not in client.pools() and pool not in client.shadows()
