@@ -281,13 +281,14 @@ def _rejected_note(fig: ShadowFigures, writeback: str | None, replayed: bool) ->
     if not rejected or writeback == "lru" or not fig.pool.pool_limit_hit:
         return None
     how = (
-        "replay with --writeback lru"
+        "replay with --writeback lru for zswap's behaviour"
         if replayed
-        else "a pool made with writeback lru, or a replay of a --record with --writeback lru, is"
+        else "for zswap's behaviour, shadow into a pool made with writeback lru, or replay "
+        "a --record with --writeback lru"
     )
     return (
         f"REJECTED {rejected}: under zswap these would have gone to the swap device "
-        f"(here, as zram without a backing device, they wait in RAM); {how} for zswap's behaviour"
+        f"(here, as zram without a backing device, they wait in RAM); {how}"
     )
 
 
@@ -297,7 +298,11 @@ def _fragmentation_note(fig: ShadowFigures, replayed: bool) -> str | None:
         1, pool.compr_data_size
     ):
         return None
-    after = "a replay does not compact" if replayed else "zswapd compact --pool NAME releases it"
+    after = (
+        "a replay does not compact"
+        if replayed
+        else "zswapd compact --pool NAME releases it while the shadow runs"
+    )
     return (
         f"TOTAL {human(pool.mem_used_total)} is over {FRAGMENTED_TOTAL_PER_COMPR}x COMPR "
         f"{human(pool.compr_data_size)} after writeback: zsmalloc fragmentation (the objects "

@@ -1088,8 +1088,8 @@ def test_pool_limit_hit_is_said_as_batches_beside_the_pages_refused() -> None:
     assert "; pool_limit_hit 53 (refused batches; zswap counts pages: REJECTED 5904)" in text
     live = (
         "REJECTED 5904: under zswap these would have gone to the swap device (here, as zram "
-        "without a backing device, they wait in RAM); a pool made with writeback lru, or a "
-        "replay of a --record with --writeback lru, is for zswap's behaviour"
+        "without a backing device, they wait in RAM); for zswap's behaviour, shadow into a "
+        "pool made with writeback lru, or replay a --record with --writeback lru"
     )
     assert live in text.splitlines()
     replayed = format_summary(fig, "hash", writeback="manual", replayed=True)
@@ -1110,7 +1110,10 @@ def test_fragmentation_after_writeback_is_said_and_only_then() -> None:
     text = format_summary(fragmented, "hash", writeback="lru")
     (note,) = [line for line in text.splitlines() if "fragmentation" in line]
     assert note.startswith("TOTAL 300K is over 2x COMPR 100K after writeback: zsmalloc")
-    assert "zswapd compact --pool NAME releases it" in note and "shrinker" in note
+    assert (
+        "zswapd compact --pool NAME releases it while the shadow runs" in note
+        and "shrinker" in note
+    )
     replayed = format_summary(fragmented, "hash", writeback="lru", replayed=True)
     assert "a replay does not compact" in replayed
     for dense in (
