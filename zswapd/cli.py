@@ -434,10 +434,10 @@ def _add_replay_parser(sub: _Sub) -> None:
     p.add_argument("file", metavar="FILE", help="a record file")
     p.add_argument(
         "--compressor",
-        type=compressor_spec,
+        type=_argtype(compressor_and_level),
         metavar="NAME[:LEVEL]",
-        help="algorithm and level (no level: the algorithm's default), e.g. lz4, zstd:9 "
-        "(default: as recorded)",
+        help="algorithm and level (no level: the algorithm's default), e.g. lz4, zstd:9; "
+        f"a level only for {', '.join(_levelled())} (default: as recorded)",
     )
     p.add_argument("--allocator", choices=tuple(ALLOCATORS), help="(default: as recorded)")
     p.add_argument(
@@ -614,6 +614,35 @@ def _argtype(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 compressor_spec = _argtype(parse_compressor)
+
+
+def _levelled() -> list[str]:
+    """The installed compressors that take a level (zstd, lz4hc, deflate, ...)."""
+    return [n for n in compressors.available() if "level" in compressors.get(n).options]
+
+
+def compressor_and_level(text: str) -> tuple[str, int | None]:
+    """``NAME[:LEVEL]`` with the level checked by the compressor itself, so that
+    ``lz4:99`` or ``zstd:99`` is refused as the flag's error (exit 2), before any
+    file is read, not when the pool is made.
+
+    Raises:
+        ValueError: what :func:`parse_compressor` refuses, a level the algorithm
+            takes none of (naming those that do), or out of its range.
+    """
+    name, level = parse_compressor(text)
+    if level is None:
+        return name, level
+    levelled = _levelled()
+    if name not in levelled:
+        raise ValueError(
+            f"{text[:40]!r}: {name} takes no level; those that do: {', '.join(levelled)}"
+        )
+    try:
+        compressors.get(name, level=level)
+    except compressors.CompressorError as exc:
+        raise ValueError(f"{text[:40]!r}: {name}'s {exc}") from None
+    return name, level
 
 
 def _add_live_flags(p: argparse.ArgumentParser) -> None:

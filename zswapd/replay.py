@@ -50,7 +50,14 @@ from zswapd.errors import ConfigError
 from zswapd.limits import mem_total_bytes
 from zswapd.pool import PagePool
 from zswapd.record import RecordError, RecordReader
-from zswapd.shadow_report import format_summary, format_tick, scan_cost, size
+from zswapd.shadow_report import (
+    bounds_label,
+    format_summary,
+    format_tick,
+    refaults_label,
+    scan_cost,
+    size,
+)
 from zswapd.swapsim import LocalTarget, ShadowFigures, SwapSim
 from zswapd.timeline import Event
 
@@ -279,8 +286,9 @@ def _label(values: dict[str, Any]) -> str:
 
 
 def _when(value: Any) -> Any:
-    """The header's ``started`` (seconds since the epoch) as ISO 8601 UTC, as a
-    person reads a time; anything else as it is."""
+    """The header's ``started`` (seconds since the epoch, as the record and
+    ``--json``'s ``header`` keep it) as ISO 8601 UTC, as a person reads a time
+    (the text, and ``--json``'s ``started_iso``); anything else as it is."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         try:
             when = datetime.datetime.fromtimestamp(value, datetime.UTC)
@@ -376,20 +384,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
             on_tick=on_tick if args.timeline else None,
             on_start=on_start,
         )
+    recorded_detection = reader.header.get("detection")
+    detection = recorded_detection if isinstance(recorded_detection, str) else None
     if args.json:
+        raw = reader.header.get("started")
+        started = _when(raw)
         out = {
             "file": args.file,
             "ticks": reader.ticks_count,
             "distinct_pages": reader.contents_count,
             "complete": reader.complete,
             "header": reader.header,
+            # The header's started is epoch seconds (as recorded); this, ISO 8601 UTC.
+            "started_iso": started if isinstance(started, str) and started is not raw else None,
             "config": _public(config),
+            # As the shadow's --json summary: one parser reads both.
+            "detection": detection,
+            "refaults_note": refaults_label(detection),
+            "bounds_note": bounds_label(detection),
             "figures": figures.to_dict(),
             "scan_cost": scan_cost(figures),
         }
         print(json.dumps(out))
     else:
-        detection = reader.header.get("detection")
-        print(format_summary(figures, detection if isinstance(detection, str) else None))
+        print(format_summary(figures, detection, writeback=config.writeback, replayed=True))
     sys.stdout.flush()
     return 0

@@ -59,6 +59,7 @@ from zswapd.errors import (
 from zswapd.record import RecordWriter
 from zswapd.scanner import Detection, Scanner, probe_detection
 from zswapd.shadow_report import (
+    bounds_label,
     format_pool_tick,
     format_summary,
     format_tick,
@@ -98,7 +99,12 @@ def first_line(
     """What the shadow watches, where, how often, and what its "cold" means."""
     procs = ", ".join(f"pid {pid} ({printable(comm)})" for pid, comm in scanner.processes)
     whose = "created, removed at the end" if created else "existing, empty"
-    counted = "" if detection.idle else ", so refaults count writes only"
+    counted = (
+        ""
+        if detection.idle
+        else ", so COLD, STORED, DATA and SAVED are upper bounds and REFAULTS a lower bound "
+        "(refaults count writes only)"
+    )
     return (
         f"zswapd shadow: {procs}; pool {pool} ({whose}); every {args.interval:g}s, "
         f"cold after {args.cold_after:g}s, at most {args.max_cpu:.0%} of a CPU; "
@@ -339,18 +345,30 @@ def cmd_shadow(args: argparse.Namespace) -> int:
                 steps.append(("close the record", lambda: w.close(summary)))
             _finish(steps, failing or sys.exc_info()[1] is not None)
         if final is not None:
-            print(format_summary(final, detection.name), file=out)
+            writeback = _writeback(client, pool)
+            print(format_summary(final, detection.name, writeback=writeback), file=out)
         if args.json:
             # The closing object: a consumer knows the run ended well, and how to read it.
             closing = {
                 "pool": pool,
                 "detection": detection.name,
                 "refaults_note": refaults_label(detection.name),
+                "bounds_note": bounds_label(detection.name),
                 "figures": final.to_dict() if final is not None else None,
                 "scan_cost": scan_cost(final) if final is not None else None,
             }
             print(json.dumps({"summary": closing}), flush=True)
     return 0
+
+
+def _writeback(client: Client, pool: str) -> str | None:
+    """The pool's writeback mode, for the summary's words (None: not known,
+    the pool gone meanwhile)."""
+    try:
+        mode = client.stats(pool)["config"].get("writeback")
+    except ZswapdError:
+        return None
+    return mode if isinstance(mode, str) else None
 
 
 def _remove_pool(client: Client, pool: str) -> None:

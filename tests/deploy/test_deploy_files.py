@@ -202,8 +202,17 @@ def test_the_dashboard_has_a_row_for_shadowed_processes() -> None:
     exprs = [t["expr"] for p in shadowed for t in p["targets"]]
     # Every panel keeps to the chosen shadows, and names the process in its legend.
     assert all('shadow=~"$shadow"' in e for e in exprs), exprs
-    legends = [t["legendFormat"] for p in shadowed for t in p["targets"]]
+    # One panel says each shadow's detection (hash sees writes only: its figures
+    # are bounds); every other one is per process, named in its legend.
+    (info,) = [p for p in shadowed if "zswapd_shadow_info" in str(p["targets"])]
+    assert "detection" in info["title"] and "upper bounds" in info["description"]
+    assert "{{detection}}" in info["targets"][0]["legendFormat"]
+    legends = [t["legendFormat"] for p in shadowed if p is not info for t in p["targets"]]
     assert all("{{comm}}" in le and "{{pid}}" in le for le in legends), legends
+    # A panel plotting rejected pages says so in its title.
+    for p in shadowed:
+        if "zswapd_shadow_rejected_pages_total" in str(p["targets"]):
+            assert "rejected" in p["title"], p["title"]
     for wanted in (
         "zswapd_shadow_resident_pages",
         "zswapd_shadow_cold_pages",

@@ -183,6 +183,56 @@ def test_bad_settings_are_refused_before_any_pool(record: Path) -> None:
     one_line_failure(run_cli("replay", str(record), "--chain-size", "99"), 1, "chain_size")
 
 
+def test_a_compressors_level_is_checked_with_the_flag(tmp_path: Path) -> None:
+    """``lz4:99`` is the flag's error (exit 2, before the file is read, as an
+    unknown name is), naming the compressors that take a level; a level out
+    of range says the range."""
+    absent = str(tmp_path / "absent.rec")
+    result = run_cli("replay", absent, "--compressor", "lz4:99")
+    one_line_failure(result, 2, "--compressor", "'lz4:99': lz4 takes no level", "zstd")
+    assert "those that do: " in result.stderr and "lz4hc" in result.stderr
+    one_line_failure(run_cli("replay", absent, "--compressor", "zstd:99"), 2, "zstd's level", "22")
+    one_line_failure(run_cli("replay", absent, "--compressor", "lz4hc:13"), 2, "1..12")
+
+
+def test_the_replays_json_reads_as_the_shadows_summary(tmp_path: Path) -> None:
+    """The end object carries the shadow summary's detection, refaults_note and
+    bounds_note, so one parser reads both; the header's started stays epoch
+    seconds, started_iso beside it is what the text prints."""
+    path = tmp_path / "hash.rec"
+    head = {"started": 1796279224.137699, "detection": "hash", "config": {"compressor": "lz4"}}
+    write_record(path, sample_timeline(), head)
+    out = replay_json(str(path))
+    assert out["detection"] == "hash" and out["refaults_note"].startswith("refaults (writes")
+    assert "upper bounds" in out["bounds_note"] and "REFAULTS a lower bound" in out["bounds_note"]
+    assert out["header"]["started"] == 1796279224.137699
+    assert out["started_iso"] == "2026-12-03T06:27:04Z"
+    idle = tmp_path / "idle.rec"
+    write_record(idle, sample_timeline(), {"detection": "hash+idle", "started": "yesterday"})
+    out = replay_json(str(idle))
+    assert out["detection"] == "hash+idle" and out["refaults_note"] == "refaults"
+    assert out["bounds_note"] is None and out["started_iso"] is None
+
+
+def test_refused_pages_are_said_as_zswap_would_have_swapped_them(record: Path) -> None:
+    """Under a limit without writeback a replay is zram without a backing
+    device: the summary says the refused pages would have gone to the swap
+    device under zswap, and what pool_limit_hit counts beside them."""
+    out = replay_json(str(record), "--limit", "48K")
+    hits = out["figures"]["pool"]["pool_limit_hit"]
+    rejected = sum(p["rejected_total"] for p in out["figures"]["processes"])
+    assert hits > 0 and rejected > 0
+    text = run_cli("replay", str(record), "--limit", "48K").stdout
+    assert f"pool_limit_hit {hits} (refused batches; zswap counts pages: REJECTED {rejected})" in (
+        text
+    )
+    assert (
+        f"REJECTED {rejected}: under zswap these would have gone to the swap device"
+    ) in text and "replay with --writeback lru for zswap's behaviour" in text
+    lru = run_cli("replay", str(record), "--limit", "48K", "--writeback", "lru").stdout
+    assert "swap device" not in lru and "wrote back first, a batch each" in lru
+
+
 @pytest.mark.parametrize(
     "config, words",
     [

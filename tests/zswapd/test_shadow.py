@@ -568,6 +568,8 @@ def test_cli_shadow_end_to_end_then_replay_gives_the_live_figures(
     assert "refused the shadow's report" not in err, err  # every tick's report taken
     assert "detection hash: write-coldness only" in err and "refaults count writes only" in err
     assert closing["detection"] == "hash" and "writes only" in closing["refaults_note"]
+    assert "COLD, STORED, DATA and SAVED are upper bounds and REFAULTS a lower bound" in err
+    assert "upper bounds" in closing["bounds_note"] and "lower bound" in closing["bounds_note"]
     assert closing["figures"]["run"]["ticks"] >= 2 and closing["pool"] == pool
     assert pool not in client.pools() and pool not in client.shadows()
     with RecordReader.open(str(record)) as reader:
@@ -753,7 +755,7 @@ def test_cli_summary_names_zrams_figures_and_the_shadows_scan_cost(
     data, total = pool["orig_data_size"], pool["mem_used_total"]
     ratio = f"{data / total:.2f}" if total else "-"
     assert (
-        f"pool after {closing['figures']['t']:.1f}s: DATA {human(data)} "
+        f"pool at the last tick, t={closing['figures']['t']:.1f}s: DATA {human(data)} "
         f"COMPR {human(pool['compr_data_size'])} TOTAL {human(total)} RATIO {ratio} "
         f"SAVED {human(pool['saved_bytes'])}; mem_used_max {human(pool['mem_used_max'])} "
         f"mem_limit none; same_pages {pool['same_pages']} huge_pages {pool['huge_pages']}; "
@@ -800,7 +802,7 @@ def test_cli_tick_lines_say_pages_sizes_and_the_pool_in_the_summarys_words(
     for line in pools:
         assert " pool: DATA " in line and " COMPR " in line and " TOTAL " in line
         assert " RATIO " in line and " SAVED " in line
-    (summary,) = [line for line in lines if line.startswith("pool after ")]
+    (summary,) = [line for line in lines if line.startswith("pool at the last tick, t=")]
     assert summary.split(": ", 1)[1].startswith(pools[-1].split(" pool: ", 1)[1] + "; ")
 
 
@@ -1103,8 +1105,8 @@ def test_cli_a_pool_name_the_daemon_would_refuse_is_one_line_before_any_scan(
     assert client.pools() == before and client.shadows() == {}
 
 
-def _figures(lost: int = 0, **pool: int) -> ShadowFigures:
-    p = ProcessFigures(7, "svc", 100, 40, 40, 81920, 50, 10, 0, 0.5, 409600, True)
+def _figures(lost: int = 0, rejected: int = 0, **pool: int) -> ShadowFigures:
+    p = ProcessFigures(7, "svc", 100, 40, 40, 81920, 50, 10, rejected, 0.5, 409600, True)
     values = dict.fromkeys(PoolFigures.__dataclass_fields__, 0) | pool
     run = RunFigures(4, 45, 30.5, 90000, 60000.0, 0, 0, ((7, 12.5),), lost)
     return ShadowFigures(20.0, (p,), PoolFigures(**values), run)
@@ -1125,6 +1127,11 @@ def test_the_summary_says_what_its_figures_mean() -> None:
     assert "same_pages 0 huge_pages 0; bd_count 20 bd_reads 3 written_back_pages 20" in text
     assert "mem_used_max above mem_limit by 16K: as zram" in text
     assert "REFAULTS: writes only (hash detection)" in text
+    assert (
+        "bounds: hash detection sees writes only: COLD, STORED, DATA and SAVED are upper bounds "
+        "(a page only read looks cold) and REFAULTS a lower bound (write refaults only)"
+    ) in text.splitlines()
+    assert "pool at the last tick, t=20.0s: DATA 240K" in text
     assert "SAVED: the pool's saving in RAM, split between processes by their stored pages" in text
     assert "over 4 ticks: stored pages peak 45, mean over time 30.5" in text
     assert "scan cost: 0.50s of CPU for 400K read, 1310.72 CPU s per GiB scanned" in text
@@ -1134,10 +1141,54 @@ def test_the_summary_says_what_its_figures_mean() -> None:
     assert "lost 3 pages: stored by the shadow, freed by another client" in format_summary(lost)
     assert format_pool_tick(lost).endswith("; 3 lost (freed by another client)")
     for quiet in (format_summary(fig), format_summary(fig, "hash+idle")):
-        assert "writes only" not in quiet
+        assert "writes only" not in quiet and "bounds" not in quiet
     fitting = format_summary(_figures(mem_used_max=1 << 20, mem_limit=1 << 20))
     assert "above" not in fitting and "mem_used_max 1M mem_limit 1M;" in fitting
     assert format_tick(fig, None)[0].startswith("t=    20.0s pid 7 (svc) exited at t=12.5s:")
+
+
+def test_pool_limit_hit_is_said_as_batches_beside_the_pages_refused() -> None:
+    """The daemon counts a refused store (a batch) once where zswap's debugfs
+    counts every page: the figure says so beside the pages (REJECTED); refused
+    pages without writeback are what zswap would have sent to the swap device."""
+    fig = _figures(rejected=5904, pool_limit_hit=53, mem_limit=1 << 20)
+    text = format_summary(fig, "hash", writeback="manual")
+    assert "; pool_limit_hit 53 (refused batches; zswap counts pages: REJECTED 5904)" in text
+    live = (
+        "REJECTED 5904: under zswap these would have gone to the swap device (here, as zram "
+        "without a backing device, they wait in RAM); for zswap's behaviour, shadow into a "
+        "pool made with writeback lru, or replay a --record with --writeback lru"
+    )
+    assert live in text.splitlines()
+    replayed = format_summary(fig, "hash", writeback="manual", replayed=True)
+    assert "they wait in RAM); replay with --writeback lru for zswap's behaviour" in replayed
+    lru = format_summary(fig, "hash", writeback="lru")
+    assert "pool_limit_hit 53 (stores that found the pool full and wrote back first" in lru
+    assert "swap device" not in lru
+    for calm in (_figures(), _figures(rejected=3, huge_pages=3)):  # no limit hit: no note
+        text = format_summary(calm, "hash", writeback="manual")
+        assert text.count("pool_limit_hit 0\n") == 1 and "swap device" not in text
+
+
+def test_fragmentation_after_writeback_is_said_and_only_then() -> None:
+    """TOTAL over twice COMPR with pages written back: zsmalloc's part-used
+    zspages, which compaction would release; not said without writeback, nor
+    at or under twice."""
+    fragmented = _figures(compr_data_size=100 << 10, mem_used_total=300 << 10, bd_count=50)
+    text = format_summary(fragmented, "hash", writeback="lru")
+    (note,) = [line for line in text.splitlines() if "fragmentation" in line]
+    assert note.startswith("TOTAL 300K is over 2x COMPR 100K after writeback: zsmalloc")
+    assert (
+        "zswapd compact --pool NAME releases it while the shadow runs" in note
+        and "shrinker" in note
+    )
+    replayed = format_summary(fragmented, "hash", writeback="lru", replayed=True)
+    assert "a replay does not compact" in replayed
+    for dense in (
+        _figures(compr_data_size=100 << 10, mem_used_total=200 << 10, bd_count=50),
+        _figures(compr_data_size=100 << 10, mem_used_total=300 << 10),
+    ):
+        assert "fragmentation" not in format_summary(dense, "hash", writeback="lru")
 
 
 def test_a_compressor_not_here_names_the_remedy_and_what_there_is() -> None:
