@@ -32,7 +32,7 @@ from tests.zswapd.helpers import PAGE, text_page
 from zswapd.cli_format import human, parse_duration
 from zswapd.client import Client
 from zswapd.config import PoolConfig, unavailable_compressor
-from zswapd.errors import ConfigError
+from zswapd.errors import ConfigError, PoolLimitError
 from zswapd.ptrace_access import YAMA_PTRACE_SCOPE, yama_ptrace_scope
 from zswapd.record import RecordReader
 from zswapd.replay import Overrides, replay, replay_config
@@ -856,6 +856,63 @@ def test_a_full_pool_keeps_cold_pages_waiting_and_stores_them_as_room_is_made(
             assert after.stored_pages == after.cold_pages >= p.cold_pages
     finally:
         client.remove_pool(name)
+
+
+class CountingClientTarget(ClientTarget):
+    """A daemon's pool, counting the stores the shadow asks of it."""
+
+    stores = 0
+
+    def store(self, pages: list[bytes]) -> list[int]:
+        self.stores += 1
+        return super().store(pages)
+
+
+def test_room_another_pool_frees_under_the_memory_limit_lets_waiting_pages_in() -> None:
+    """The daemon's --memory-limit is shared by every pool: another pool fills
+    it, the shadow's cold pages are refused (memory_limit) and wait, and a
+    full server left alone is not asked again; once the other pool frees its
+    pages, the shadow stores them at its next tick's end without having freed
+    anything of its own (its pool's own figures did not move)."""
+    d = start_daemon("--memory-limit", "4M")
+    try:
+        with Client(d.url) as client:
+            client.create_pool("hog")
+            client.create_pool("shadowed")
+            hog: list[int] = []
+            batch = 64
+            while batch:  # fill the server to its last page: big batches, then single pages
+                try:
+                    hog += client.store([os.urandom(PAGE) for _ in range(batch)], pool="hog")
+                except PoolLimitError:
+                    batch //= 2
+            server = client.stats("hog")["server"]
+            assert server["memory_limit"] - server["memory_used"] < PAGE
+            addresses = [0x10000 + i * PAGE for i in range(16)]
+            data = {a: text_page(i) for i, a in enumerate(addresses)}
+            target = CountingClientTarget(client, "shadowed")
+            sim = SwapSim(target, lambda e: data[e.address])
+            sim.feed(Event(EventKind.COLD, 1, a, data[a]) for a in addresses)
+            sim.end_tick(TickEnd(1.0, ()))
+            (p,) = sim.figures().processes
+            assert p.cold_pages == 16 and p.stored_pages == 0 and p.rejected_total == 16
+            hits = client.stats("shadowed")["counters"]["memory_limit_hit"]
+            stores = target.stores
+            assert hits > 0
+            for t in (2.0, 3.0):  # the server still full: no retry
+                sim.end_tick(TickEnd(t, ()))
+            assert target.stores == stores
+            assert client.stats("shadowed")["counters"]["memory_limit_hit"] == hits
+            client.free(hog, pool="hog")  # room made in another pool
+            sim.end_tick(TickEnd(4.0, ()))
+            (p,) = sim.figures().processes
+            assert p.stored_pages == p.cold_pages == 16
+            stats = client.stats("shadowed")
+            assert stats["counters"]["freed_pages_total"] == 0  # the shadow freed nothing
+            assert stats["zswap"]["stored_pages"] == 16
+            sim.release()
+    finally:
+        d.stop()
 
 
 # -- robustness: reports refused, foreign pages, a killed shadow, names refused --------
