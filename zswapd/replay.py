@@ -49,7 +49,7 @@ from zswapd.config import PoolConfig
 from zswapd.errors import ConfigError
 from zswapd.limits import mem_total_bytes
 from zswapd.pool import PagePool
-from zswapd.record import RecordError, RecordReader
+from zswapd.record import RecordError, RecordReader, cut_short
 from zswapd.shadow_report import format_summary, format_tick, scan_cost, size
 from zswapd.swapsim import LocalTarget, ShadowFigures, SwapSim
 from zswapd.timeline import Event
@@ -367,6 +367,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             said = _said(reader.header)
             if said:
                 print(printable(f"recorded with {said}"))
+            short = cut_short(reader.ended)
+            if short is not None:  # a run its pool's removal (or a failure) stopped
+                print(printable(short))
             print(_describe(config), flush=True)
 
         figures = replay(
@@ -382,6 +385,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "ticks": reader.ticks_count,
             "distinct_pages": reader.contents_count,
             "complete": reader.complete,
+            # How the recorded run ended (null: the record does not say), and
+            # the line said when it was cut short (null: it was not).
+            "ended": reader.ended,
+            "cut_short": cut_short(reader.ended),
             "header": reader.header,
             "config": _public(config),
             "figures": figures.to_dict(),

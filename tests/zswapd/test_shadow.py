@@ -544,6 +544,8 @@ def test_cli_shadow_end_to_end_then_replay_gives_the_live_figures(
     assert pool not in client.pools() and pool not in client.shadows()
     with RecordReader.open(str(record)) as reader:
         assert reader.complete
+        assert reader.ended is not None and reader.ended["how"] == "complete"
+        assert reader.ended["why"] == f"stopped by {signal.Signals(sig).name}"
         live = reader.summary["figures"]
         assert reader.header["processes"] == [{"pid": target.pid, "comm": "python3"}]
         assert reader.header["detection"] == "hash"
@@ -649,6 +651,10 @@ def test_cli_daemon_gone_is_one_line_and_the_record_is_closed(
     with RecordReader.open(str(record)) as reader:
         assert reader.complete
         assert reader.summary["figures"]["processes"][0]["pid"] == target.pid
+        ended = reader.ended
+    assert ended is not None and ended["how"] == "daemon_unreachable"
+    assert ended["why"].startswith(f"cannot reach {d.url}: ")
+    assert ended["t"] >= reader.summary["figures"]["t"]
 
 
 def test_cli_a_shadow_cut_short_records_exactly_the_ticks_it_printed(
@@ -1027,25 +1033,43 @@ def test_cli_the_pool_removed_under_the_shadow_stops_it_in_one_line(
     target: Target, client: Client, daemon: Daemon, tmp_path: Path
 ) -> None:
     """The shadow does not make its pool again (whoever removed it meant its
-    pages gone): one line saying when, exit 1, its record closed with the last
-    tick's figures, its report removed."""
+    pages gone): one line saying when it was found gone (the ticks' clock,
+    after the last tick printed), exit 1, its report removed, its record
+    closed with the last tick's figures and an end saying the run was cut
+    short, which a replay says in one line."""
     pool = f"shadow-{target.pid}"
     record = tmp_path / "removed.rec"
     proc = shadow_json(daemon.url, target, "--record", str(record))
     with running(proc) as lines:
-        lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
+        tick = lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
         assert pool in client.shadows()
         with Client(daemon.url) as other:
             other.remove_pool(pool)
-        code, err = finish(proc, None)
+        raw, rawerr = proc.communicate(timeout=DEADLINE)  # it stops by itself
+        code, err = proc.returncode, rawerr.decode()
+        printed = [json.loads(x) for x in (lines.buf + raw).decode().splitlines()]
     last = err.strip().splitlines()[-1]
     assert code == 1 and "Traceback" not in err, err
-    assert last.startswith(f"zswapd shadow: pool {pool} was removed by another client at t=")
-    assert last.endswith("s: the shadow stops"), err
+    head = f"zswapd shadow: pool {pool} was removed by another client: found gone at t="
+    assert last.startswith(head) and last.endswith("s): the shadow stops"), err
+    found = float(last[len(head) :].split("s (", 1)[0])
+    shown = (printed or [tick])[-1]["t"]
+    assert f"(it was there at the tick of t={shown:.1f}s)" in last, err
+    assert found >= shown  # found at or after the last tick that saw the pool
     assert pool not in client.pools() and pool not in client.shadows()
     with RecordReader.open(str(record)) as reader:
         assert reader.complete
         assert reader.summary["figures"]["processes"][0]["stored_pages"] >= 3 * target.pages
+        ended = reader.ended
+    assert ended is not None and ended["how"] == "pool_removed"
+    assert f"{ended['t']:.1f}" == f"{found:.1f}" and ended["why"] == last[len("zswapd shadow: ") :]
+    replayed = run_cli("replay", str(record))
+    assert replayed.returncode == 0, replayed.stderr
+    said = [line for line in replayed.stdout.splitlines() if "cut short" in line]
+    assert said == [
+        f"the recording was cut short at t={ended['t']:.1f}s (pool_removed): {ended['why']}; "
+        "its figures stop at its last tick"
+    ], replayed.stdout
 
 
 def test_cli_a_killed_shadows_pool_refuses_a_restart_saying_how_to_recover(
