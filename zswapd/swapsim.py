@@ -9,8 +9,8 @@ reclaim and the fault path would do to zswap:
   once room may have been made since the last refusal (a page freed: a
   refault, a page gone, a process ended, a page lost; or, seen in the pool's
   own figures, its limit changed, a compaction, another client's free; or,
-  under the daemon's --memory-limit, which all its pools share, more room
-  left by the other pools: one freed or removed).
+  when the refusal was the daemon's --memory-limit, which all its pools
+  share, more room left by the other pools: one freed or removed).
   Without that, the pool would refuse them again: a retry would cost a
   batch of pages sent for nothing, and a ``pool_limit_hit`` a tick for the
   same pages.  A page refused as compressing too poorly
@@ -57,7 +57,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-from zswapd.errors import CompressPoorError, PoolLimitError, StaleHandleError, ZswapdError
+from zswapd.errors import (
+    CompressPoorError,
+    MemoryLimitError,
+    PoolLimitError,
+    StaleHandleError,
+    ZswapdError,
+)
 from zswapd.timeline import Event, EventKind, TickEnd
 
 __all__ = [
@@ -366,12 +372,15 @@ def _room_token(stats: dict[str, Any], own_frees: int) -> tuple[Any, ...]:
     )
 
 
-def _room_made(before: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
+def _room_made(before: tuple[Any, ...], now: tuple[Any, ...], server: bool) -> bool:
     """Whether room may have been made between two tokens: the pool's own
-    figures changed, or the other pools left more room under the server's
-    limit (their growth makes none: no retry for that)."""
+    figures changed, or, if the last refusal was the server's (``server``),
+    the other pools left more room under its limit (their growth makes none:
+    no retry for that; nor their churn when the pool's own limit refused)."""
     if before[:-1] != now[:-1]:
         return True
+    if not server:
+        return False
     was, room = before[-1], now[-1]
     if was is None or room is None:
         return bool(was != room)  # a server limit set or lifted meanwhile
@@ -422,6 +431,9 @@ class SwapSim:
         # _room_token at the last tick's end, None if a refusal came since:
         # what others did since shows there.
         self._token: tuple[Any, ...] | None = None
+        # Whether the last refusal for want of room was the server's
+        # --memory-limit (MemoryLimitError), not the pool's own limit.
+        self._server_full = False
 
     # -- events ---------------------------------------------------------------
 
@@ -578,6 +590,9 @@ class SwapSim:
                 # What others did before this refusal made no room for it: the
                 # pool's figures are looked at again from the tick's end on.
                 self._room, self._token = False, None
+                # Which limit: only the server's is freed by other pools (a
+                # replay's pool has none, so never this).
+                self._server_full = isinstance(exc, MemoryLimitError)
             if len(todo) == 1:
                 return [(todo[0][0], not full)]
             refused: list[tuple[Event, bool]] = []
@@ -745,7 +760,8 @@ class SwapSim:
         came after the last refusal (else seen from this tick's end)."""
         if self._token is None:
             return False
-        return _room_made(self._token, _room_token(self.target.stats(), self._freed))
+        now = _room_token(self.target.stats(), self._freed)
+        return _room_made(self._token, now, self._server_full)
 
     def _retry_waiting(self) -> None:
         """Store waiting pages, oldest first, until the pool refuses one.

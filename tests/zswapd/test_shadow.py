@@ -921,6 +921,37 @@ def test_room_another_pool_frees_under_the_memory_limit_lets_waiting_pages_in() 
         d.stop()
 
 
+def test_pages_refused_at_the_pools_own_limit_ignore_other_pools_frees() -> None:
+    """Refused by the pool's own limit, not the server's: another pool freeing
+    room under --memory-limit makes none for them, so no retry (a replay,
+    whose pool is alone, would make none either)."""
+    d = start_daemon("--memory-limit", "64M")
+    try:
+        with Client(d.url) as client:
+            client.create_pool("other")
+            client.create_pool("shadowed", limit_bytes=16 << 20)
+            client.update_pool("shadowed", limit_bytes=64 << 10)
+            others = client.store([os.urandom(PAGE) for _ in range(64)], pool="other")
+            addresses = [0x10000 + i * PAGE for i in range(64)]
+            data = {a: os.urandom(PAGE) for a in addresses}
+            target = CountingClientTarget(client, "shadowed")
+            sim = SwapSim(target, lambda e: data[e.address])
+            sim.feed(Event(EventKind.COLD, 1, a, data[a]) for a in addresses)
+            sim.end_tick(TickEnd(1.0, ()))
+            (p,) = sim.figures().processes
+            assert 0 < p.stored_pages < p.cold_pages
+            stats = client.stats("shadowed")
+            assert stats["counters"]["memory_limit_hit"] == 0  # the pool's own limit
+            stores, hits = target.stores, stats["zswap"]["pool_limit_hit"]
+            client.free(others, pool="other")  # room under the server's limit only
+            sim.end_tick(TickEnd(2.0, ()))
+            assert target.stores == stores
+            assert client.stats("shadowed")["zswap"]["pool_limit_hit"] == hits
+            sim.release()
+    finally:
+        d.stop()
+
+
 # -- robustness: reports refused, foreign pages, a killed shadow, names refused --------
 
 
