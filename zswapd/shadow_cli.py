@@ -23,8 +23,11 @@ change and counted in the figures, which are then not swap's alone; a page of
 the shadow's freed by another client (its handle answered ``stale_handle`` when
 the shadow loaded or freed it) is lost -- said once a tick, counted
 (``run.lost_pages``), not a refault, and the shadow goes on; another client may
-remove its pool -- the shadow stops (exit 1, one line saying when), its record
-closed with the last tick's figures and its report removed.  It does not make
+remove its pool -- the shadow stops (exit 1, one line saying when it found it
+gone), its record closed with the last tick's figures and its report removed.
+However it ends, the record's end frame says how (``ended``: complete, or cut
+short and why, docs/record.md), so that a replay can tell a whole run from one
+cut short.  It does not make
 the pool again: whoever removed it meant the pages to go, and a pool made anew
 would hold none of the pages the figures are about.
 """
