@@ -50,9 +50,25 @@ def yama_ptrace_scope() -> int | None:
         return None
 
 
-def _has_cap_sys_ptrace() -> bool:
-    caps = _status_fields("self").get("CapEff", ["0"])
+def _has_cap(which: str) -> bool:
+    """Whether this process's capability set ``which`` (CapEff, CapBnd) holds
+    CAP_SYS_PTRACE."""
+    caps = _status_fields("self").get(which, ["0"])
     return bool(int(caps[0], 16) >> _CAP_SYS_PTRACE & 1)
+
+
+def _root_without_cap() -> str:
+    """The remedy for a root that lacks CAP_SYS_PTRACE: "run as root" is no
+    remedy to root; giving the capability back is, and how depends on whether
+    it is still in the bounding set (a capsh --drop, setpriv or a container's
+    defaults remove it from there, and nothing this process starts regains it)."""
+    where = (
+        "it is not in this process's bounding set (dropped by capsh --drop, setpriv "
+        "--bounding-set, or a container's defaults): start it where CAP_SYS_PTRACE is kept"
+        if not _has_cap("CapBnd")
+        else "it is not in this process's effective set: run it with CAP_SYS_PTRACE raised"
+    )
+    return f"this process is root but lacks CAP_SYS_PTRACE (root needs it too, for this); {where}"
 
 
 def exists(pid: int) -> bool:
@@ -122,15 +138,26 @@ def refusal(pid: int) -> str:
     """Why this process may not read ``pid``'s memory, and what would let it,
     for the end of a one-line error (the kernel's refusal names neither).
 
-    Always ends with Yama's ptrace_scope as read now, the first thing to
-    check on a machine where the cause is not plain.
+    Ends with Yama's ptrace_scope as read now, the first thing to check on
+    a machine where the cause is not plain; unless the process has ended
+    meanwhile, which is said instead.  To root without CAP_SYS_PTRACE (a
+    container, ``capsh --drop``), "run as root" is no remedy: it is told
+    that it lacks the capability, and where it was dropped.
     """
+    ended = f"the process ended while it was being opened (no process {pid} now)"
+    # It may end between the refused open and now (or while its status is
+    # read): its /proc entry, and so every fact below, is then gone, and no
+    # rule is to blame.
+    if not exists(pid):
+        return ended
     found = hidden(pid)
     if found is not None:
         return found
     status = _status_fields(pid)
+    if not status and not exists(pid):
+        return ended
     scope = yama_ptrace_scope()
-    cap = _has_cap_sys_ptrace()
+    cap = _has_cap("CapEff")
     euid, egid = os.geteuid(), os.getegid()
     uids = [int(u) for u in status.get("Uid", [])[:3]]
     gids = [int(g) for g in status.get("Gid", [])[:3]]
@@ -139,6 +166,8 @@ def refusal(pid: int) -> str:
     if not cap and other is not None:
         cause = f"it runs as {_user(other)}, this as {_user(euid)}"
         remedy = f"run as root or as {_user(other)} (its user), or with CAP_SYS_PTRACE"
+        if euid == 0:
+            remedy = f"{_root_without_cap()}, or run as {_user(other)} (its user)"
     elif not cap and any(g != egid for g in gids):
         cause = f"it runs with gid {next(g for g in gids if g != egid)}, this with gid {egid}"
     elif not cap and _dump_owner(pid) not in (euid, -1):
@@ -153,6 +182,9 @@ def refusal(pid: int) -> str:
         remedy = "run as root, or with CAP_SYS_PTRACE, or lower ptrace_scope to 0"
     else:
         cause = "refused by a security module (SELinux, AppArmor) or a user namespace"
+    plain = "run as root, or with CAP_SYS_PTRACE"
+    if euid == 0 and not cap and remedy.startswith(plain):
+        remedy = _root_without_cap() + remedy[len(plain) :]
     return f"{cause}; {remedy} ({_scope_said()})"
 
 

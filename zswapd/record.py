@@ -28,7 +28,8 @@ reasons)::
 - ``TICK``: a JSON object ``{"t": seconds, "scans": [ProcessScan as an
   object, ...]}`` closing the tick whose events came before it.
 - ``END`` (last, once): a JSON object, the summary (zswapd shadow puts the
-  last tick's figures under ``figures``).  Nothing may follow it.
+  last tick's figures under ``figures``, and how its run ended under
+  ``ended``: see :func:`check_ended`).  Nothing may follow it.
 
 A file without its END frame was cut short (a shadow killed with SIGKILL, a
 full disk): :meth:`RecordReader.open` refuses it, saying how many whole ticks
@@ -66,6 +67,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import stat
 import struct
 import threading
@@ -83,6 +85,7 @@ from zswapd.shadows import MAX_PROCESSES_TOTAL
 from zswapd.timeline import Event, EventKind, ProcessScan, TickEnd
 
 __all__ = [
+    "ENDED_HOWS",
     "EVENTS_PER_FRAME",
     "FORMAT_VERSION",
     "MAGIC",
@@ -91,10 +94,13 @@ __all__ = [
     "MAX_JSON",
     "MAX_PROCESSES",
     "MAX_T",
+    "MAX_WHY",
     "FrameType",
     "RecordError",
     "RecordReader",
     "RecordWriter",
+    "check_ended",
+    "cut_short",
 ]
 
 PAGE_SIZE = 4096
@@ -221,6 +227,50 @@ def _int(value: Any, lo: int, hi: int) -> bool:
 
 def _finite(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value) and value >= 0
+
+
+# How a shadow's run ended (the summary's ``ended.how``).  "complete": it
+# stopped as asked (a signal, --duration, every process gone); any other: its
+# run was cut short, the record's last tick being the last it saw.  A reader
+# takes any short identifier, so that a later writer may add one.
+ENDED_HOWS = ("complete", "pool_removed", "daemon_unreachable", "interrupted", "failed")
+_HOW = re.compile(r"[a-z][a-z_]{0,31}")
+MAX_WHY = 1000
+
+
+def check_ended(ended: Any) -> str | None:
+    """What is wrong with a summary's ``ended`` (None: nothing).
+
+    ``{"how": str, "t": seconds or null, "why": str}``: ``how`` one of
+    :data:`ENDED_HOWS` (or any short identifier: a later writer's); ``t`` when
+    the end was found, on the ticks' clock, null if before the first tick;
+    ``why`` a line of at most :data:`MAX_WHY` characters.  Other keys are
+    left to later writers.
+    """
+    if not isinstance(ended, dict):
+        return "the summary's ended is not an object"
+    how, t, why = ended.get("how"), ended.get("t", 0), ended.get("why")
+    if not isinstance(how, str) or not _HOW.fullmatch(how):
+        return "the summary's ended.how is not a short identifier"
+    if t is not None and not (_finite(t) and t <= MAX_T):
+        return "the summary's ended.t is not a time in seconds or null"
+    if not isinstance(why, str) or len(why) > MAX_WHY or "\n" in why:
+        return f"the summary's ended.why is not a line of at most {MAX_WHY} characters"
+    return None
+
+
+def cut_short(ended: dict[str, Any] | None) -> str | None:
+    """One line saying that a recorded run was cut short, and why; None if it
+    ended as asked, or if the record does not say (one written before
+    ``ended`` existed)."""
+    if ended is None or ended.get("how") == "complete":
+        return None
+    t = ended.get("t")
+    when = "before its first tick" if t is None else f"at t={t:.1f}s"
+    return (
+        f"the recording was cut short {when} ({ended['how']}): {ended['why']}; "
+        "its figures stop at its last tick"
+    )
 
 
 class _DuplicateKey(Exception):
@@ -559,10 +609,13 @@ class RecordWriter(Closing):
         """
         if self._closed:
             return
+        summary = dict(summary or {})
+        if "ended" in summary and (wrong := check_ended(summary["ended"])) is not None:
+            raise ValueError(wrong)
         try:
             if self._failed is None:
                 self._flush_events()
-                self._put(_frame(FrameType.END, _json(dict(summary or {}))))
+                self._put(_frame(FrameType.END, _json(summary)))
                 self._flush()
                 try:
                     os.fsync(self._fd)
@@ -718,6 +771,9 @@ class RecordReader(Closing):
         cold_events: COLD events in those ticks (what a pool could hold at
             most at once: replay sizes a backing file by it).
         complete: whether the file has its END frame.
+        ended: how the recorded run ended (the summary's ``ended``, checked:
+            :func:`check_ended`); None if the file does not say (cut short,
+            or written before zswapd recorded it).
     """
 
     def __init__(self, fd: int, path: str) -> None:
@@ -728,6 +784,7 @@ class RecordReader(Closing):
         self.ticks_count = 0
         self.cold_events = 0
         self.complete = False
+        self.ended: dict[str, Any] | None = None
         # Where each content frame starts: the whole of the reader's memory.
         self._offsets = array("Q")
         self._closed = False
@@ -811,6 +868,11 @@ class RecordReader(Closing):
                     cold = 0
                 else:  # END
                     self.summary = _decode_json(payload, where, "the summary")
+                    if "ended" in self.summary:
+                        wrong = check_ended(self.summary["ended"])
+                        if wrong is not None:
+                            raise where.error(wrong)
+                        self.ended = self.summary["ended"]
                     self.complete = True
             if where.frame == 0:
                 raise RecordError(f"{self.path}: truncated before its header")

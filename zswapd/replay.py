@@ -49,7 +49,7 @@ from zswapd.config import PoolConfig
 from zswapd.errors import ConfigError
 from zswapd.limits import mem_total_bytes
 from zswapd.pool import PagePool
-from zswapd.record import RecordError, RecordReader
+from zswapd.record import RecordError, RecordReader, cut_short
 from zswapd.shadow_report import (
     bounds_label,
     format_summary,
@@ -375,6 +375,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             said = _said(reader.header)
             if said:
                 print(printable(f"recorded with {said}"))
+            short = cut_short(reader.ended)
+            if short is not None:  # a run its pool's removal (or a failure) stopped
+                print(printable(short))
             print(_describe(config), flush=True)
 
         figures = replay(
@@ -394,6 +397,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "ticks": reader.ticks_count,
             "distinct_pages": reader.contents_count,
             "complete": reader.complete,
+            # How the recorded run ended (null: the record does not say), and
+            # the line said when it was cut short (null: it was not).
+            "ended": reader.ended,
+            "cut_short": cut_short(reader.ended),
             "header": reader.header,
             # The header's started is epoch seconds (as recorded); this, ISO 8601 UTC.
             "started_iso": started if isinstance(started, str) and started is not raw else None,

@@ -23,8 +23,11 @@ change and counted in the figures, which are then not swap's alone; a page of
 the shadow's freed by another client (its handle answered ``stale_handle`` when
 the shadow loaded or freed it) is lost -- said once a tick, counted
 (``run.lost_pages``), not a refault, and the shadow goes on; another client may
-remove its pool -- the shadow stops (exit 1, one line saying when), its record
-closed with the last tick's figures and its report removed.  It does not make
+remove its pool -- the shadow stops (exit 1, one line saying when it found it
+gone), its record closed with the last tick's figures and its report removed.
+However it ends, the record's end frame says how (``ended``: complete, or cut
+short and why, docs/record.md), so that a replay can tell a whole run from one
+cut short.  It does not make
 the pool again: whoever removed it meant the pages to go, and a pool made anew
 would hold none of the pages the figures are about.
 """
@@ -44,6 +47,8 @@ from contextlib import ExitStack
 from types import FrameType
 from typing import Any
 
+import httpx
+
 from zswapd import __version__
 from zswapd.cli_client import open_client
 from zswapd.cli_format import count, printable
@@ -56,7 +61,7 @@ from zswapd.errors import (
     UnknownShadowError,
     ZswapdError,
 )
-from zswapd.record import RecordWriter
+from zswapd.record import MAX_WHY, RecordWriter
 from zswapd.scanner import Detection, Scanner, probe_detection
 from zswapd.shadow_report import (
     bounds_label,
@@ -77,7 +82,49 @@ _POLL_SECONDS = 0.1
 
 
 class PoolRemovedError(UnknownPoolError):
-    """The shadow's pool was removed (by another client) while it ran."""
+    """The shadow's pool was removed (by another client) while it ran.
+
+    Attributes:
+        t: when the shadow found it gone, on the ticks' clock.
+    """
+
+    def __init__(self, message: str, t: float) -> None:
+        super().__init__(message)
+        self.t = t
+
+
+@dataclasses.dataclass
+class _Ending:
+    """How the run ends, for the record's summary (``ended``, docs/record.md).
+
+    Attributes:
+        start: the ticks' clock origin (time.monotonic() at the first scan);
+            None before it.
+        why: why a run that ended as asked ended (a signal, --duration,
+            every process gone).
+    """
+
+    start: float | None = None
+    why: str = "stopped"
+
+    def t(self) -> float | None:
+        return None if self.start is None else round(time.monotonic() - self.start, 3)
+
+    def ended(self, exc: BaseException | None, where: str) -> dict[str, Any]:
+        """The summary's ``ended``: how, when (t), why, from the exception
+        that ends the shadow (None: it ended as asked)."""
+        t = self.t()
+        if exc is None:
+            return {"how": "complete", "t": t, "why": self.why}
+        if isinstance(exc, PoolRemovedError):
+            return {"how": "pool_removed", "t": round(exc.t, 3), "why": _one_line(exc)}
+        if isinstance(exc, httpx.TransportError):
+            why = f"cannot reach {where}: {_one_line(exc)}"
+            return {"how": "daemon_unreachable", "t": t, "why": why[:MAX_WHY]}
+        if isinstance(exc, KeyboardInterrupt):
+            return {"how": "interrupted", "t": t, "why": "a second SIGINT"}
+        why = _one_line(exc) or type(exc).__name__
+        return {"how": "failed", "t": t, "why": why[:MAX_WHY]}
 
 
 def next_wait(interval: float, cpu: float, elapsed: float, max_cpu: float) -> tuple[float, bool]:
@@ -316,6 +363,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
         sim = SwapSim(ClientTarget(client, pool), fetch)
         reporter = _Reporter(client, pool, detection.name, args)
         last: list[ShadowFigures] = []
+        ending = _Ending()
         failing = True
         try:
             if args.record:
@@ -329,11 +377,12 @@ def cmd_shadow(args: argparse.Namespace) -> int:
                 default_expires(args.interval),
             )
             with _stop_on_signals() as stop:
-                _run(args, scanner, sim, reporter, pool, writer, last, stop)
+                _run(args, scanner, sim, reporter, pool, writer, last, stop, ending)
             failing = False
         finally:
             final = last[-1] if last else None
-            gone = isinstance(sys.exc_info()[1], PoolRemovedError)
+            exc = sys.exc_info()[1]
+            gone = isinstance(exc, PoolRemovedError)
             steps: list[tuple[str, Callable[[], None]]] = [
                 ("remove the report", lambda: _unreport(client, pool)),
             ]
@@ -341,9 +390,11 @@ def cmd_shadow(args: argparse.Namespace) -> int:
                 steps.insert(0, ("free the pool's pages", sim.release))
             if writer is not None:
                 w = writer
+                # How it ended: a replay says when the run was cut short.
                 summary = {"figures": final.to_dict()} if final is not None else {}
+                summary["ended"] = ending.ended(exc, str(args.url or "the daemon"))
                 steps.append(("close the record", lambda: w.close(summary)))
-            _finish(steps, failing or sys.exc_info()[1] is not None)
+            _finish(steps, failing or exc is not None)
         if final is not None:
             writeback = _writeback(client, pool)
             print(format_summary(final, detection.name, writeback=writeback), file=out)
@@ -426,9 +477,11 @@ def _run(
     writer: RecordWriter | None,
     last: list[ShadowFigures],
     stop: list[int],
+    ending: _Ending,
 ) -> None:
-    """Tick until a signal, --duration or the last process's end."""
-    start = time.monotonic()
+    """Tick until a signal, --duration or the last process's end (said in
+    ``ending.why``); ``ending.start`` is the ticks' clock origin."""
+    start = ending.start = time.monotonic()
     deadline = start + args.duration if args.duration else None
     before: ShadowFigures | None = None
     foreign = _Foreign(pool)
@@ -445,11 +498,20 @@ def _run(
             sim.end_tick(end)
             figures = sim.figures()
         except UnknownPoolError:
+            # Said at the t it was found (the tick under way began at t, and
+            # it went at some moment since the last tick that found it).
+            found = time.monotonic() - start
             raise PoolRemovedError(
-                f"pool {pool} was removed by another client at t={t:.1f}s: the shadow stops"
+                f"pool {pool} was removed by another client: found gone at t={found:.1f}s "
+                f"(it was there at the tick of t={last[-1].t:.1f}s): the shadow stops"
+                if last
+                else f"pool {pool} was removed by another client: found gone at "
+                f"t={found:.1f}s, before any tick ended: the shadow stops",
+                found,
             ) from None
         if scanner.stopped:  # a signal cut this scan short: its figures are partial
             _keep(writer, end, figures, last)  # the summary's
+            ending.why = _signalled(stop)
             return
         cost = time.process_time() - cpu
         elapsed = time.monotonic() - began
@@ -464,15 +526,22 @@ def _run(
         _print_tick(args, figures, before, wait + elapsed if stretched else None, cost)
         before = figures
         if stop or not scanner.alive:
+            ending.why = _signalled(stop) if stop else "every shadowed process ended"
             return
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= wait:
                 _sleep(left, stop)
+                ending.why = _signalled(stop) if stop else f"--duration {args.duration:g}s ended"
                 return
         _sleep(wait, stop)
         if stop:
+            ending.why = _signalled(stop)
             return
+
+
+def _signalled(stop: list[int]) -> str:
+    return f"stopped by {signal.Signals(stop[0]).name}"
 
 
 def _keep(

@@ -8,7 +8,9 @@ reclaim and the fault path would do to zswap:
   at the end of a tick, oldest first, until one is refused again; but only
   once room may have been made since the last refusal (a page freed: a
   refault, a page gone, a process ended, a page lost; or, seen in the pool's
-  own figures, its limit changed, a compaction, another client's free).
+  own figures, its limit changed, a compaction, another client's free; or,
+  when the refusal was the daemon's --memory-limit, which all its pools
+  share, more room left by the other pools: one freed or removed).
   Without that, the pool would refuse them again: a retry would cost a
   batch of pages sent for nothing, and a ``pool_limit_hit`` a tick for the
   same pages.  A page refused as compressing too poorly
@@ -55,7 +57,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-from zswapd.errors import CompressPoorError, PoolLimitError, StaleHandleError, ZswapdError
+from zswapd.errors import (
+    CompressPoorError,
+    MemoryLimitError,
+    PoolLimitError,
+    StaleHandleError,
+    ZswapdError,
+)
 from zswapd.timeline import Event, EventKind, TickEnd
 
 __all__ = [
@@ -328,12 +336,31 @@ def _same_filled(data: bytes) -> bool:
     return data[:WORD] * (PAGE_SIZE // WORD) == data
 
 
+def _server_room(stats: dict[str, Any]) -> int | None:
+    """The room the server's --memory-limit leaves this pool: the limit less
+    what every other pool and device holds (bytes; None: no such limit).
+
+    The pool's own share (its allocator's pages, its table of entries) is
+    taken out of the server's use, so the shadow's own stores and frees do
+    not move it: only the others' do.  A pool in this process (replay's) has
+    no server budget, so no such room: a replay is untouched by it.
+    """
+    server = stats.get("server") or {}
+    limit = int(server.get("memory_limit", 0))
+    if not limit:
+        return None
+    own = int(stats["mm_stat"]["mem_used_total"]) + int(
+        (stats.get("metadata") or {}).get("bytes", 0)
+    )
+    return limit - (int(server["memory_used"]) - own)
+
+
 def _room_token(stats: dict[str, Any], own_frees: int) -> tuple[Any, ...]:
     """What, in the pool's figures, changes when someone other than the
     shadow makes room: its limit (and hysteresis), its compactions, the
-    pages freed by others (all frees less the shadow's own).  Room that other
-    pools make under the server's --memory-limit does not show here: pages
-    refused for that wait for the shadow's own next free."""
+    pages freed by others (all frees less the shadow's own); and, last, the
+    room the server's --memory-limit leaves it (:func:`_server_room`), which
+    grows when another pool (shared budget) frees or is removed."""
     counters = stats.get("counters") or {}
     config = stats.get("config") or {}
     return (
@@ -341,7 +368,23 @@ def _room_token(stats: dict[str, Any], own_frees: int) -> tuple[Any, ...]:
         config.get("accept_threshold_percent"),
         int(stats["mm_stat"]["pages_compacted"]),
         int(counters.get("freed_pages_total", 0)) - own_frees,
+        _server_room(stats),
     )
+
+
+def _room_made(before: tuple[Any, ...], now: tuple[Any, ...], server: bool) -> bool:
+    """Whether room may have been made between two tokens: the pool's own
+    figures changed, or, if the last refusal was the server's (``server``),
+    the other pools left more room under its limit (their growth makes none:
+    no retry for that; nor their churn when the pool's own limit refused)."""
+    if before[:-1] != now[:-1]:
+        return True
+    if not server:
+        return False
+    was, room = before[-1], now[-1]
+    if was is None or room is None:
+        return bool(was != room)  # a server limit set or lifted meanwhile
+    return bool(room > was)
 
 
 def _runs(events: Iterable[Event]) -> Iterator[list[Event]]:
@@ -388,6 +431,9 @@ class SwapSim:
         # _room_token at the last tick's end, None if a refusal came since:
         # what others did since shows there.
         self._token: tuple[Any, ...] | None = None
+        # Whether the last refusal for want of room was the server's
+        # --memory-limit (MemoryLimitError), not the pool's own limit.
+        self._server_full = False
 
     # -- events ---------------------------------------------------------------
 
@@ -544,6 +590,9 @@ class SwapSim:
                 # What others did before this refusal made no room for it: the
                 # pool's figures are looked at again from the tick's end on.
                 self._room, self._token = False, None
+                # Which limit: only the server's is freed by other pools (a
+                # replay's pool has none, so never this).
+                self._server_full = isinstance(exc, MemoryLimitError)
             if len(todo) == 1:
                 return [(todo[0][0], not full)]
             refused: list[tuple[Event, bool]] = []
@@ -706,11 +755,13 @@ class SwapSim:
 
     def _room_made_by_others(self) -> bool:
         """Whether the pool's own figures show room made by someone else since
-        the last tick's end (a limit raised, a compaction, another's free),
-        when that came after the last refusal (else seen from this tick's end)."""
+        the last tick's end (a limit raised, a compaction, another's free,
+        another pool's room given back under the server's limit), when that
+        came after the last refusal (else seen from this tick's end)."""
         if self._token is None:
             return False
-        return _room_token(self.target.stats(), self._freed) != self._token
+        now = _room_token(self.target.stats(), self._freed)
+        return _room_made(self._token, now, self._server_full)
 
     def _retry_waiting(self) -> None:
         """Store waiting pages, oldest first, until the pool refuses one.

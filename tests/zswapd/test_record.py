@@ -32,6 +32,7 @@ from zswapd.record import (
     RecordError,
     RecordReader,
     RecordWriter,
+    cut_short,
 )
 from zswapd.shadows import MAX_PROCESSES_TOTAL
 from zswapd.timeline import Event, EventKind, ProcessScan, TickEnd
@@ -442,7 +443,61 @@ FORGED = {
         "pid 5 scanned alive after its EXIT",
     ),
     "a frame after the end": ([end(), tick(1.0)], "after the end frame"),
+    "an ended that is no object": ([end({"ended": "complete"})], "ended is not an object"),
+    "an ended.how not an identifier": (
+        [end({"ended": {"how": "\x1b[2J", "t": 1.0, "why": "x"}})],
+        "ended.how is not a short identifier",
+    ),
+    "an ended.t not a time": (
+        [end({"ended": {"how": "failed", "t": -1, "why": "x"}})],
+        "ended.t is not a time",
+    ),
+    "an ended.why of two lines": (
+        [end({"ended": {"how": "failed", "t": 1.0, "why": "a\nb"}})],
+        "ended.why is not a line",
+    ),
 }
+
+
+def test_how_a_run_ended_is_written_and_read_back(tmp_path: Path) -> None:
+    """The summary's ``ended`` (docs/record.md) round-trips, a record without
+    one (an older writer's) reads as not saying, and the writer refuses one
+    a reader would refuse."""
+    ended = {"how": "pool_removed", "t": 1.25, "why": "pool p was removed by another client"}
+    path = tmp_path / "ended.rec"
+    write_record(path, small_timeline(), summary={"figures": {}, "ended": ended})
+    with RecordReader.open(str(path)) as reader:
+        assert reader.complete and reader.ended == ended
+    old = tmp_path / "old.rec"
+    write_record(old, small_timeline(), summary={"figures": {}})
+    with RecordReader.open(str(old)) as reader:
+        assert reader.complete and reader.ended is None
+    before = {"how": "daemon_unreachable", "t": None, "why": "cannot reach it"}
+    path = tmp_path / "early.rec"
+    write_record(path, [], summary={"ended": before})
+    with RecordReader.open(str(path)) as reader:
+        assert reader.ended == before and reader.ticks_count == 0
+    bad = tmp_path / "bad.rec"
+    with (
+        RecordWriter.create(str(bad), {}) as writer,
+        pytest.raises(ValueError, match=r"ended\.how"),
+    ):
+        writer.close({"ended": {"how": "Bad How", "t": 0.0, "why": ""}})
+    with RecordReader.open(str(bad)) as reader:  # closed by the with, without the bad end
+        assert reader.complete and reader.ended is None
+
+
+def test_cut_short_says_how_and_when_and_nothing_for_a_complete_run() -> None:
+    assert cut_short(None) is None
+    assert cut_short({"how": "complete", "t": 9.0, "why": "stopped by SIGINT"}) is None
+    assert cut_short({"how": "pool_removed", "t": 1.25, "why": "pool p was removed"}) == (
+        "the recording was cut short at t=1.2s (pool_removed): pool p was removed; "
+        "its figures stop at its last tick"
+    )
+    assert cut_short({"how": "failed", "t": None, "why": "boom"}) == (
+        "the recording was cut short before its first tick (failed): boom; "
+        "its figures stop at its last tick"
+    )
 
 
 @pytest.mark.parametrize("case", sorted(FORGED))

@@ -158,6 +158,48 @@ def test_partial_plays_only_the_whole_ticks(record: Path, tmp_path: Path) -> Non
     assert out["figures"]["t"] == sample_timeline()[whole - 1][1].t
 
 
+def test_a_run_cut_short_is_said_in_one_line_and_in_json(tmp_path: Path) -> None:
+    """A shadow stopped by its pool's removal writes an END frame saying so
+    (``ended``): the replay plays its ticks and says, in one line, that the
+    recording was cut short, when and why; --json carries ``ended`` and the
+    line.  A complete run, or a record written before ``ended`` existed, says
+    nothing of the kind."""
+    why = "pool shadow-7 was removed by another client: found gone at t=21.3s"
+    ended = {"how": "pool_removed", "t": 21.3, "why": why}
+    cut = tmp_path / "cut.rec"
+    write_record(cut, sample_timeline()[:2], summary={"ended": ended})
+    text = run_cli("replay", str(cut))
+    assert text.returncode == 0, text.stderr
+    line = (
+        f"the recording was cut short at t=21.3s (pool_removed): {why}; "
+        "its figures stop at its last tick"
+    )
+    assert text.stdout.splitlines().count(line) == 1, text.stdout
+    out = replay_json(str(cut))
+    assert out["complete"] is True and out["ticks"] == 2
+    assert out["ended"] == ended and out["cut_short"] == line
+    for name, summary in [
+        ("whole.rec", {"ended": {"how": "complete", "t": 60.5, "why": "stopped by SIGINT"}}),
+        ("old.rec", {}),
+    ]:
+        path = tmp_path / name
+        write_record(path, sample_timeline(), summary=summary)
+        text = run_cli("replay", str(path))
+        assert text.returncode == 0 and "cut short" not in text.stdout, text.stdout
+        out = replay_json(str(path))
+        assert out["ended"] == (summary.get("ended")) and out["cut_short"] is None
+
+
+def test_a_crafted_why_is_printed_escaped(tmp_path: Path) -> None:
+    """``why`` is anyone's text: its control characters cannot drive the terminal."""
+    ended = {"how": "failed", "t": 1.0, "why": "\x1b]0;owned\x07 boom"}
+    path = tmp_path / "crafted.rec"
+    write_record(path, sample_timeline()[:1], summary={"ended": ended})
+    text = run_cli("replay", str(path))
+    assert text.returncode == 0 and "\x1b" not in text.stdout and "\x07" not in text.stdout
+    assert "cut short at t=1.0s (failed): " in text.stdout
+
+
 @pytest.mark.parametrize(
     "make, words",
     [

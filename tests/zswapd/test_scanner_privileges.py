@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from zswapd.errors import ConfigError
-from zswapd.ptrace_access import yama_ptrace_scope
+from zswapd.ptrace_access import refusal, yama_ptrace_scope
 from zswapd.scanner import Detection, Scanner
 from zswapd.timeline import EventKind
 
@@ -241,3 +241,154 @@ def test_yama_refusing_a_sibling_is_said_with_its_scope() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+# -- root without CAP_SYS_PTRACE, and a process that ended -------------------------
+
+PR_CAPBSET_DROP = 24
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+CAP_SYS_PTRACE = 19
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _drop_cap_sys_ptrace() -> None:
+    """This process (a forked child) stays root but loses CAP_SYS_PTRACE, as
+    under ``capsh --drop=cap_sys_ptrace`` or in a container that drops it:
+    out of the bounding set, then out of every set it holds."""
+    libc = _libc()
+    if libc.prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    bit = ~(1 << CAP_SYS_PTRACE) & 0xFFFFFFFF  # 19 < 32: in the first word
+    data[0].effective &= bit
+    data[0].permitted &= bit
+    data[0].inheritable &= bit
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def _as_root_without_cap_sys_ptrace(work: Callable[[], str]) -> str:
+    """``work()``'s answer in a forked child still root (uid 0) without CAP_SYS_PTRACE."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # never returns into pytest
+        try:
+            os.close(r)
+            _drop_cap_sys_ptrace()
+            answer = work()
+        except BaseException as exc:
+            answer = f"{type(exc).__name__}: {exc}"
+        finally:
+            with os.fdopen(w, "w") as f:
+                f.write(answer)
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        answer = f.read()
+    os.waitpid(child, 0)
+    return answer
+
+
+def test_root_without_cap_sys_ptrace_is_not_told_to_run_as_root() -> None:
+    """Root reading nobody's process without CAP_SYS_PTRACE (a container, capsh
+    --drop): the kernel refuses it, and the line says that this process is root
+    but lacks the capability, where it was dropped, and what would do."""
+    r, w = os.pipe()
+    target = os.fork()
+    if target == 0:
+        os.close(r)
+        _become_nobody()  # dumpable again: only the other user refuses it
+        os.write(w, b"ready")
+        time.sleep(3600)
+        os._exit(0)
+    try:
+        os.close(w)
+        assert os.read(r, 5) == b"ready"
+
+        def work() -> str:
+            with open("/proc/self/status") as f:
+                caps = {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
+            assert os.geteuid() == 0 and not int(caps["CapEff"], 16) >> CAP_SYS_PTRACE & 1
+            return _open(target)()
+
+        said = _as_root_without_cap_sys_ptrace(work)
+        assert said == (
+            f"--pid {target}: cannot read its memory: Permission denied: it runs as "
+            "uid 65534 (nobody), this as uid 0 (root); this process is root but lacks "
+            "CAP_SYS_PTRACE (root needs it too, for this); it is not in this process's "
+            "bounding set (dropped by capsh --drop, setpriv --bounding-set, or a "
+            "container's defaults): start it where CAP_SYS_PTRACE is kept, or run as "
+            f"uid 65534 (nobody) (its user) ({_scope_said()})"
+        )
+        assert "run as root" not in said
+    finally:
+        os.close(r)
+        os.kill(target, 9)
+        os.waitpid(target, 0)
+
+
+def test_root_without_cap_sys_ptrace_under_setpriv_is_said_so() -> None:
+    """The same through the tool a user would reach for: the scanner started
+    under ``setpriv --bounding-set -sys_ptrace`` against a non-dumpable
+    process of nobody's (not its own user either)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("no setpriv here")
+    r, w = os.pipe()
+    target = os.fork()
+    if target == 0:
+        os.close(r)
+        os.setgroups([])
+        os.setresgid(NOBODY, NOBODY, NOBODY)
+        os.setresuid(NOBODY, NOBODY, NOBODY)  # not dumpable from here on
+        os.write(w, b"ready")
+        time.sleep(3600)
+        os._exit(0)
+    try:
+        os.close(w)
+        assert os.read(r, 5) == b"ready"
+        script = (
+            "import sys\n"
+            "from zswapd.errors import ConfigError\n"
+            "from zswapd.scanner import Detection, Scanner\n"
+            "try:\n"
+            f"    Scanner([{target}], 1.0, Detection())\n"
+            "except ConfigError as exc:\n"
+            "    print(exc)\n"
+        )
+        argv = ["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"]
+        got = subprocess.run(
+            [*argv, sys.executable, "-c", script], capture_output=True, text=True, check=True
+        )
+        said = got.stdout.strip()
+        assert said.startswith(f"--pid {target}: cannot read its memory: Permission denied: ")
+        assert "it runs as uid 65534 (nobody), this as uid 0 (root); " in said
+        assert "this process is root but lacks CAP_SYS_PTRACE" in said
+        assert "run as root" not in said, said
+    finally:
+        os.close(r)
+        os.kill(target, 9)
+        os.waitpid(target, 0)
+
+
+def test_a_process_that_ended_is_said_to_have_ended_not_refused() -> None:
+    """The open refused, then the process ended before the refusal was explained
+    (its /proc entry gone): the line says it ended, names no rule nor module."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: no process of that pid now
+    said = refusal(gone.pid)
+    assert said == f"the process ended while it was being opened (no process {gone.pid} now)"
+    assert "security module" not in said

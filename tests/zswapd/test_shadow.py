@@ -32,7 +32,7 @@ from tests.zswapd.helpers import PAGE, text_page
 from zswapd.cli_format import human, parse_duration
 from zswapd.client import Client
 from zswapd.config import PoolConfig, unavailable_compressor
-from zswapd.errors import ConfigError, UnknownShadowError
+from zswapd.errors import ConfigError, PoolLimitError, UnknownShadowError
 from zswapd.ptrace_access import YAMA_PTRACE_SCOPE, yama_ptrace_scope
 from zswapd.record import RecordReader
 from zswapd.replay import Overrides, replay, replay_config
@@ -574,6 +574,8 @@ def test_cli_shadow_end_to_end_then_replay_gives_the_live_figures(
     assert pool not in client.pools() and pool not in client.shadows()
     with RecordReader.open(str(record)) as reader:
         assert reader.complete
+        assert reader.ended is not None and reader.ended["how"] == "complete"
+        assert reader.ended["why"] == f"stopped by {signal.Signals(sig).name}"
         live = reader.summary["figures"]
         assert reader.header["processes"] == [{"pid": target.pid, "comm": "python3"}]
         assert reader.header["detection"] == "hash"
@@ -680,6 +682,10 @@ def test_cli_daemon_gone_is_one_line_and_the_record_is_closed(
     with RecordReader.open(str(record)) as reader:
         assert reader.complete
         assert reader.summary["figures"]["processes"][0]["pid"] == target.pid
+        ended = reader.ended
+    assert ended is not None and ended["how"] == "daemon_unreachable"
+    assert ended["why"].startswith(f"cannot reach {d.url}: ")
+    assert ended["t"] >= reader.summary["figures"]["t"]
 
 
 def test_cli_a_shadow_cut_short_records_exactly_the_ticks_it_printed(
@@ -928,6 +934,94 @@ def test_a_full_pool_keeps_cold_pages_waiting_and_stores_them_as_room_is_made(
         client.remove_pool(name)
 
 
+class CountingClientTarget(ClientTarget):
+    """A daemon's pool, counting the stores the shadow asks of it."""
+
+    stores = 0
+
+    def store(self, pages: list[bytes]) -> list[int]:
+        self.stores += 1
+        return super().store(pages)
+
+
+def test_room_another_pool_frees_under_the_memory_limit_lets_waiting_pages_in() -> None:
+    """The daemon's --memory-limit is shared by every pool: another pool fills
+    it, the shadow's cold pages are refused (memory_limit) and wait, and a
+    full server left alone is not asked again; once the other pool frees its
+    pages, the shadow stores them at its next tick's end without having freed
+    anything of its own (its pool's own figures did not move)."""
+    d = start_daemon("--memory-limit", "4M")
+    try:
+        with Client(d.url) as client:
+            client.create_pool("hog")
+            client.create_pool("shadowed")
+            hog: list[int] = []
+            batch = 64
+            while batch:  # fill the server to its last page: big batches, then single pages
+                try:
+                    hog += client.store([os.urandom(PAGE) for _ in range(batch)], pool="hog")
+                except PoolLimitError:
+                    batch //= 2
+            server = client.stats("hog")["server"]
+            assert server["memory_limit"] - server["memory_used"] < PAGE
+            addresses = [0x10000 + i * PAGE for i in range(16)]
+            data = {a: text_page(i) for i, a in enumerate(addresses)}
+            target = CountingClientTarget(client, "shadowed")
+            sim = SwapSim(target, lambda e: data[e.address])
+            sim.feed(Event(EventKind.COLD, 1, a, data[a]) for a in addresses)
+            sim.end_tick(TickEnd(1.0, ()))
+            (p,) = sim.figures().processes
+            assert p.cold_pages == 16 and p.stored_pages == 0 and p.rejected_total == 16
+            hits = client.stats("shadowed")["counters"]["memory_limit_hit"]
+            stores = target.stores
+            assert hits > 0
+            for t in (2.0, 3.0):  # the server still full: no retry
+                sim.end_tick(TickEnd(t, ()))
+            assert target.stores == stores
+            assert client.stats("shadowed")["counters"]["memory_limit_hit"] == hits
+            client.free(hog, pool="hog")  # room made in another pool
+            sim.end_tick(TickEnd(4.0, ()))
+            (p,) = sim.figures().processes
+            assert p.stored_pages == p.cold_pages == 16
+            stats = client.stats("shadowed")
+            assert stats["counters"]["freed_pages_total"] == 0  # the shadow freed nothing
+            assert stats["zswap"]["stored_pages"] == 16
+            sim.release()
+    finally:
+        d.stop()
+
+
+def test_pages_refused_at_the_pools_own_limit_ignore_other_pools_frees() -> None:
+    """Refused by the pool's own limit, not the server's: another pool freeing
+    room under --memory-limit makes none for them, so no retry (a replay,
+    whose pool is alone, would make none either)."""
+    d = start_daemon("--memory-limit", "64M")
+    try:
+        with Client(d.url) as client:
+            client.create_pool("other")
+            client.create_pool("shadowed", limit_bytes=16 << 20)
+            client.update_pool("shadowed", limit_bytes=64 << 10)
+            others = client.store([os.urandom(PAGE) for _ in range(64)], pool="other")
+            addresses = [0x10000 + i * PAGE for i in range(64)]
+            data = {a: os.urandom(PAGE) for a in addresses}
+            target = CountingClientTarget(client, "shadowed")
+            sim = SwapSim(target, lambda e: data[e.address])
+            sim.feed(Event(EventKind.COLD, 1, a, data[a]) for a in addresses)
+            sim.end_tick(TickEnd(1.0, ()))
+            (p,) = sim.figures().processes
+            assert 0 < p.stored_pages < p.cold_pages
+            stats = client.stats("shadowed")
+            assert stats["counters"]["memory_limit_hit"] == 0  # the pool's own limit
+            stores, hits = target.stores, stats["zswap"]["pool_limit_hit"]
+            client.free(others, pool="other")  # room under the server's limit only
+            sim.end_tick(TickEnd(2.0, ()))
+            assert target.stores == stores
+            assert client.stats("shadowed")["zswap"]["pool_limit_hit"] == hits
+            sim.release()
+    finally:
+        d.stop()
+
+
 # -- robustness: reports refused, foreign pages, a killed shadow, names refused --------
 
 
@@ -1040,25 +1134,43 @@ def test_cli_the_pool_removed_under_the_shadow_stops_it_in_one_line(
     target: Target, client: Client, daemon: Daemon, tmp_path: Path
 ) -> None:
     """The shadow does not make its pool again (whoever removed it meant its
-    pages gone): one line saying when, exit 1, its record closed with the last
-    tick's figures, its report removed."""
+    pages gone): one line saying when it was found gone (the ticks' clock,
+    after the last tick printed), exit 1, its report removed, its record
+    closed with the last tick's figures and an end saying the run was cut
+    short, which a replay says in one line."""
     pool = f"shadow-{target.pid}"
     record = tmp_path / "removed.rec"
     proc = shadow_json(daemon.url, target, "--record", str(record))
     with running(proc) as lines:
-        lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
+        tick = lines.until(lambda t: _proc(t)["stored_pages"] >= 3 * target.pages)
         assert pool in client.shadows()
         with Client(daemon.url) as other:
             other.remove_pool(pool)
-        code, err = finish(proc, None)
+        raw, rawerr = proc.communicate(timeout=DEADLINE)  # it stops by itself
+        code, err = proc.returncode, rawerr.decode()
+        printed = [json.loads(x) for x in (lines.buf + raw).decode().splitlines()]
     last = err.strip().splitlines()[-1]
     assert code == 1 and "Traceback" not in err, err
-    assert last.startswith(f"zswapd shadow: pool {pool} was removed by another client at t=")
-    assert last.endswith("s: the shadow stops"), err
+    head = f"zswapd shadow: pool {pool} was removed by another client: found gone at t="
+    assert last.startswith(head) and last.endswith("s): the shadow stops"), err
+    found = float(last[len(head) :].split("s (", 1)[0])
+    shown = (printed or [tick])[-1]["t"]
+    assert f"(it was there at the tick of t={shown:.1f}s)" in last, err
+    assert found >= shown  # found at or after the last tick that saw the pool
     assert pool not in client.pools() and pool not in client.shadows()
     with RecordReader.open(str(record)) as reader:
         assert reader.complete
         assert reader.summary["figures"]["processes"][0]["stored_pages"] >= 3 * target.pages
+        ended = reader.ended
+    assert ended is not None and ended["how"] == "pool_removed"
+    assert f"{ended['t']:.1f}" == f"{found:.1f}" and ended["why"] == last[len("zswapd shadow: ") :]
+    replayed = run_cli("replay", str(record))
+    assert replayed.returncode == 0, replayed.stderr
+    said = [line for line in replayed.stdout.splitlines() if "cut short" in line]
+    assert said == [
+        f"the recording was cut short at t={ended['t']:.1f}s (pool_removed): {ended['why']}; "
+        "its figures stop at its last tick"
+    ], replayed.stdout
 
 
 def test_cli_a_killed_shadows_pool_refuses_a_restart_saying_how_to_recover(
