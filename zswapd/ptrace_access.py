@@ -180,12 +180,38 @@ def refusal(pid: int) -> str:
     elif scope == 1 and not cap and not _is_ancestor(pid):
         cause = f"Yama forbids it: {_YAMA_RULE[1]}"
         remedy = "run as root, or with CAP_SYS_PTRACE, or lower ptrace_scope to 0"
+    elif cap:
+        cause, remedy = _refused_despite_cap(status)
     else:
         cause = "refused by a security module (SELinux, AppArmor) or a user namespace"
     plain = "run as root, or with CAP_SYS_PTRACE"
     if euid == 0 and not cap and remedy.startswith(plain):
         remedy = _root_without_cap() + remedy[len(plain) :]
     return f"{cause}; {remedy} ({_scope_said()})"
+
+
+def _refused_despite_cap(status: dict[str, list[str]]) -> tuple[str, str]:
+    """Cause and remedy when this process holds CAP_SYS_PTRACE and is still
+    refused: "run as root, or with CAP_SYS_PTRACE" would send it in a circle.
+    The capability counts only in user namespaces this process owns; a target
+    permitted capabilities outside this one's is then out of reach (a
+    container's root reading its host's init), else a security module is left.
+    """
+    theirs = int(status.get("CapPrm", ["0"])[0], 16)
+    ours = int(_status_fields("self").get("CapPrm", ["0"])[0], 16)
+    if theirs & ~ours:
+        return (
+            "refused though this process holds CAP_SYS_PTRACE: the target is permitted "
+            f"capabilities this one is not (CapPrm {theirs:x} against {ours:x}), so it "
+            "belongs to a user namespace this one does not own",
+            "run the shadow in the target's user namespace or an ancestor of it (the host)",
+        )
+    return (
+        "refused though this process holds CAP_SYS_PTRACE: a security module (SELinux, "
+        "AppArmor) or a user namespace this one does not own forbids it",
+        "run the shadow in the target's user namespace or an ancestor of it, or let the "
+        "security module allow ptrace reads of it",
+    )
 
 
 def _dump_owner(pid: int) -> int:

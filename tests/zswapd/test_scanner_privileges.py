@@ -392,3 +392,37 @@ def test_a_process_that_ended_is_said_to_have_ended_not_refused() -> None:
     said = refusal(gone.pid)
     assert said == f"the process ended while it was being opened (no process {gone.pid} now)"
     assert "security module" not in said
+
+
+def test_root_of_a_user_namespace_holding_cap_sys_ptrace_is_told_where_to_run(
+    root_target: int,
+) -> None:
+    """Root of a new user namespace holds CAP_SYS_PTRACE there, and the kernel
+    still refuses it a process of the namespace above: telling it to run as
+    root or with CAP_SYS_PTRACE would send it in a circle, so the line names
+    the namespace and where the shadow would have to run."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare here")
+    root = str(Path(__file__).resolve().parents[2])
+    script = (
+        f"import sys; sys.path.insert(0, {root!r})\n"
+        "from zswapd.errors import ConfigError\n"
+        "from zswapd.scanner import Detection, Scanner\n"
+        "try:\n"
+        f"    Scanner([{root_target}], 1.0, Detection())\n"
+        "    print('opened')\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    got = subprocess.run(
+        ["unshare", "--user", "--map-root-user", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+    )
+    if got.returncode != 0 and "unshare" in got.stderr:
+        pytest.skip(f"no user namespaces here: {got.stderr.strip()}")
+    said = got.stdout.strip()
+    assert said.startswith(f"--pid {root_target}: cannot read its memory: Permission denied: ")
+    assert "refused though this process holds CAP_SYS_PTRACE" in said
+    assert "user namespace" in said and "run the shadow in the target's user namespace" in said
+    assert "run as root" not in said and "or with CAP_SYS_PTRACE" not in said, said
