@@ -10,6 +10,7 @@ so that it is an ordinary unprivileged process, not a set-user-ID one.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -50,17 +51,15 @@ def _become_nobody() -> None:
     _libc().prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
-def _as_nobody(work: Callable[[], str], before: Callable[[], None] | None = None) -> str:
-    """``work()``'s answer, run in a forked child as nobody (``before`` as root
-    first); an exception raised there comes back as ``Name: message``."""
+def _in_child(work: Callable[[], str], setup: Callable[[], None]) -> str:
+    """``work()``'s answer, run in a forked child after ``setup()`` there; an
+    exception raised there comes back as ``Name: message``."""
     r, w = os.pipe()
     child = os.fork()
     if child == 0:  # never returns into pytest
         try:
             os.close(r)
-            if before is not None:
-                before()
-            _become_nobody()
+            setup()
             answer = work()
         except BaseException as exc:
             answer = f"{type(exc).__name__}: {exc}"
@@ -73,6 +72,44 @@ def _as_nobody(work: Callable[[], str], before: Callable[[], None] | None = None
         answer = f.read()
     os.waitpid(child, 0)
     return answer
+
+
+def _as_nobody(work: Callable[[], str], before: Callable[[], None] | None = None) -> str:
+    """``work()``'s answer, run in a forked child as nobody (``before`` as root first)."""
+
+    def setup() -> None:
+        if before is not None:
+            before()
+        _become_nobody()
+
+    return _in_child(work, setup)
+
+
+@contextlib.contextmanager
+def _nobody_process(dumpable: bool = False) -> Iterator[int]:
+    """A process of nobody's, its pid, killed at the end.  Not ``dumpable``:
+    it changed its ids to get there and stays so, as a set-user-ID program."""
+    r, w = os.pipe()
+    target = os.fork()
+    if target == 0:
+        os.close(r)
+        if dumpable:
+            _become_nobody()
+        else:
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)  # undumpable from here on
+        os.write(w, b"ready")
+        time.sleep(3600)
+        os._exit(0)
+    try:
+        os.close(w)
+        assert os.read(r, 5) == b"ready"
+        yield target
+    finally:
+        os.close(r)
+        os.kill(target, 9)
+        os.waitpid(target, 0)
 
 
 def _start(argv: list[str]) -> subprocess.Popen[str]:
@@ -118,27 +155,11 @@ def test_nobody_reading_roots_process_is_told_why_and_what_would_do(root_target:
 def test_a_process_of_its_own_user_that_is_not_dumpable_is_said_so() -> None:
     """Same user, but the target changed its ids (as a set-user-ID program
     does): the kernel refuses it to all but CAP_SYS_PTRACE."""
-    r, w = os.pipe()
-    target = os.fork()
-    if target == 0:
-        os.close(r)
-        os.setgroups([])
-        os.setresgid(NOBODY, NOBODY, NOBODY)
-        os.setresuid(NOBODY, NOBODY, NOBODY)  # undumpable from here on
-        os.write(w, b"ready")
-        time.sleep(3600)
-        os._exit(0)
-    try:
-        os.close(w)
-        assert os.read(r, 5) == b"ready"
+    with _nobody_process() as target:
         said = _as_nobody(_open(target))
         assert said.startswith(f"--pid {target}: cannot read its memory: Permission denied: ")
         assert "it is not dumpable (set-user-ID, or prctl(PR_SET_DUMPABLE, 0)); " in said
         assert said.endswith(f"run as root, or with CAP_SYS_PTRACE ({_scope_said()})")
-    finally:
-        os.close(r)
-        os.kill(target, 9)
-        os.waitpid(target, 0)
 
 
 def _scope_said() -> str:
@@ -283,41 +304,15 @@ def _drop_cap_sys_ptrace() -> None:
 
 def _as_root_without_cap_sys_ptrace(work: Callable[[], str]) -> str:
     """``work()``'s answer in a forked child still root (uid 0) without CAP_SYS_PTRACE."""
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:  # never returns into pytest
-        try:
-            os.close(r)
-            _drop_cap_sys_ptrace()
-            answer = work()
-        except BaseException as exc:
-            answer = f"{type(exc).__name__}: {exc}"
-        finally:
-            with os.fdopen(w, "w") as f:
-                f.write(answer)
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        answer = f.read()
-    os.waitpid(child, 0)
-    return answer
+    return _in_child(work, _drop_cap_sys_ptrace)
 
 
 def test_root_without_cap_sys_ptrace_is_not_told_to_run_as_root() -> None:
     """Root reading nobody's process without CAP_SYS_PTRACE (a container, capsh
     --drop): the kernel refuses it, and the line says that this process is root
     but lacks the capability, where it was dropped, and what would do."""
-    r, w = os.pipe()
-    target = os.fork()
-    if target == 0:
-        os.close(r)
-        _become_nobody()  # dumpable again: only the other user refuses it
-        os.write(w, b"ready")
-        time.sleep(3600)
-        os._exit(0)
-    try:
-        os.close(w)
-        assert os.read(r, 5) == b"ready"
+    # Dumpable: only the other user refuses it.
+    with _nobody_process(dumpable=True) as target:
 
         def work() -> str:
             with open("/proc/self/status") as f:
@@ -335,10 +330,6 @@ def test_root_without_cap_sys_ptrace_is_not_told_to_run_as_root() -> None:
             f"uid 65534 (nobody) (its user) ({_scope_said()})"
         )
         assert "run as root" not in said
-    finally:
-        os.close(r)
-        os.kill(target, 9)
-        os.waitpid(target, 0)
 
 
 def test_root_without_cap_sys_ptrace_under_setpriv_is_said_so() -> None:
@@ -347,19 +338,7 @@ def test_root_without_cap_sys_ptrace_under_setpriv_is_said_so() -> None:
     process of nobody's (not its own user either)."""
     if shutil.which("setpriv") is None:
         pytest.skip("no setpriv here")
-    r, w = os.pipe()
-    target = os.fork()
-    if target == 0:
-        os.close(r)
-        os.setgroups([])
-        os.setresgid(NOBODY, NOBODY, NOBODY)
-        os.setresuid(NOBODY, NOBODY, NOBODY)  # not dumpable from here on
-        os.write(w, b"ready")
-        time.sleep(3600)
-        os._exit(0)
-    try:
-        os.close(w)
-        assert os.read(r, 5) == b"ready"
+    with _nobody_process() as target:
         script = (
             "import sys\n"
             "from zswapd.errors import ConfigError\n"
@@ -378,10 +357,6 @@ def test_root_without_cap_sys_ptrace_under_setpriv_is_said_so() -> None:
         assert "it runs as uid 65534 (nobody), this as uid 0 (root); " in said
         assert "this process is root but lacks CAP_SYS_PTRACE" in said
         assert "run as root" not in said, said
-    finally:
-        os.close(r)
-        os.kill(target, 9)
-        os.waitpid(target, 0)
 
 
 def test_a_process_that_ended_is_said_to_have_ended_not_refused() -> None:
