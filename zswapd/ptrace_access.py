@@ -181,7 +181,7 @@ def refusal(pid: int) -> str:
         cause = f"Yama forbids it: {_YAMA_RULE[1]}"
         remedy = "run as root, or with CAP_SYS_PTRACE, or lower ptrace_scope to 0"
     elif cap:
-        cause, remedy = _refused_despite_cap(status)
+        cause, remedy = _refused_despite_cap(pid, status)
     else:
         cause = "refused by a security module (SELinux, AppArmor) or a user namespace"
     plain = "run as root, or with CAP_SYS_PTRACE"
@@ -190,27 +190,112 @@ def refusal(pid: int) -> str:
     return f"{cause}; {remedy} ({_scope_said()})"
 
 
-def _refused_despite_cap(status: dict[str, list[str]]) -> tuple[str, str]:
+# Linux's capability numbers, to name those a target holds and this process
+# does not (include/uapi/linux/capability.h).
+_CAP_NAMES = [
+    "chown",
+    "dac_override",
+    "dac_read_search",
+    "fowner",
+    "fsetid",
+    "kill",
+    "setgid",
+    "setuid",
+    "setpcap",
+    "linux_immutable",
+    "net_bind_service",
+    "net_broadcast",
+    "net_admin",
+    "net_raw",
+    "ipc_lock",
+    "ipc_owner",
+    "sys_module",
+    "sys_rawio",
+    "sys_chroot",
+    "sys_ptrace",
+    "sys_pacct",
+    "sys_admin",
+    "sys_boot",
+    "sys_nice",
+    "sys_resource",
+    "sys_time",
+    "sys_tty_config",
+    "mknod",
+    "lease",
+    "audit_write",
+    "audit_control",
+    "setfcap",
+    "mac_override",
+    "mac_admin",
+    "syslog",
+    "wake_alarm",
+    "block_suspend",
+    "audit_read",
+    "perfmon",
+    "bpf",
+    "checkpoint_restore",
+]
+# The uid_map of the initial user namespace: every id mapped to itself.
+_INITIAL_UID_MAP = ["0", "0", "4294967295"]
+
+
+def _user_ns(pid: int | str) -> str | None:
+    """``pid``'s user namespace (``user:[N]``); None where it may not be read,
+    which for another's process is the same ptrace check that refused."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/user")
+    except OSError:
+        return None
+
+
+def _in_initial_user_ns() -> bool:
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() == _INITIAL_UID_MAP
+    except OSError:
+        return False
+
+
+def _refused_despite_cap(pid: int, status: dict[str, list[str]]) -> tuple[str, str]:
     """Cause and remedy when this process holds CAP_SYS_PTRACE and is still
     refused: "run as root, or with CAP_SYS_PTRACE" would send it in a circle.
-    The capability counts only in user namespaces this process owns; a target
-    permitted capabilities outside this one's is then out of reach (a
-    container's root reading its host's init), else a security module is left.
+
+    The kernel's capability check lets CAP_SYS_PTRACE read any process of a
+    user namespace this process owns, so a refusal there comes from a
+    security module (SELinux, AppArmor, Landlock); from a namespace below
+    the target's, the capability does not reach it.  Which of the two is
+    said only as far as /proc shows it: a target's namespace is behind the
+    same check that refused.
     """
-    theirs = int(status.get("CapPrm", ["0"])[0], 16)
+    mine, theirs = _user_ns("self"), _user_ns(pid)
+    held = int(status.get("CapPrm", ["0"])[0], 16)
     ours = int(_status_fields("self").get("CapPrm", ["0"])[0], 16)
-    if theirs & ~ours:
+    lacking = [f"cap_{name}" for bit, name in enumerate(_CAP_NAMES) if (held & ~ours) >> bit & 1]
+    extra = (
+        f"; it is permitted capabilities this one is not ({', '.join(lacking)})" if lacking else ""
+    )
+    module = "a security module (SELinux, AppArmor, Landlock) forbids it"
+    if theirs is not None and theirs != mine:
         return (
-            "refused though this process holds CAP_SYS_PTRACE: the target is permitted "
-            f"capabilities this one is not (CapPrm {theirs:x} against {ours:x}), so it "
-            "belongs to a user namespace this one does not own",
-            "run the shadow in the target's user namespace or an ancestor of it (the host)",
+            f"refused though this process holds CAP_SYS_PTRACE: the target is in another "
+            f"user namespace ({theirs}, this one {mine}), which the capability may not "
+            f"reach, or {module}{extra}",
+            "run the shadow in the target's user namespace or an ancestor of it (the host), "
+            "or let the security module allow ptrace reads of it",
+        )
+    if theirs == mine or _in_initial_user_ns():
+        return (
+            f"refused though this process holds CAP_SYS_PTRACE in the initial user "
+            f"namespace (or the target's): {module}{extra}",
+            "let the security module's policy allow ptrace reads of it, or run the shadow "
+            "outside the sandbox it confines",
         )
     return (
-        "refused though this process holds CAP_SYS_PTRACE: a security module (SELinux, "
-        "AppArmor) or a user namespace this one does not own forbids it",
-        "run the shadow in the target's user namespace or an ancestor of it, or let the "
-        "security module allow ptrace reads of it",
+        f"refused though this process holds CAP_SYS_PTRACE: this process is in a user "
+        f"namespace of its own ({mine}), which the capability may not reach beyond, or "
+        f"{module}{extra}",
+        "run the shadow in the target's user namespace or an ancestor of it (the host), "
+        "or let the security module allow ptrace reads of it",
     )
 
 
