@@ -181,7 +181,9 @@ def _claim_pool(client: Client, name: str, url: str | None) -> bool:
     """
     remove = f"zswapd pools remove {name}" + (f" --url {url}" if url else "")
     report = client.shadows().get(name)
-    if report is not None:
+    # Only a report on this very pool is another shadow's: one merely named
+    # so (names are anyone's) is replaced by this shadow's first report.
+    if report is not None and report.get("pool") == name:
         raise ConfigError(
             f"pool {name}: another shadow reports on it (last {report['age_seconds']:.0f}s "
             f"ago; a report not renewed lives {report['expires_seconds']:.0f}s): if that "

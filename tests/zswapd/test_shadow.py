@@ -1205,6 +1205,23 @@ def test_cli_a_killed_shadows_pool_refuses_a_restart_saying_how_to_recover(
     assert pool not in client.pools() and client.shadows() == {}
 
 
+def test_cli_a_report_merely_named_like_the_pool_does_not_keep_the_shadow_out(
+    target: Target, client: Client, daemon: Daemon
+) -> None:
+    """Names are anyone's: a report squatting ``shadow-PID`` for a day, on another
+    pool, is no shadow of this pool; the shadow starts and its report replaces it."""
+    pool = f"shadow-{target.pid}"
+    squat = {"pool": "default", "detection": "hash", "interval_seconds": 1.0,
+             "cold_after_seconds": 1.0, "expires_seconds": 86400, "processes": []}  # fmt: skip
+    client.report_shadow(pool, squat)
+    proc = shadow_json(daemon.url, target)
+    with running(proc) as lines:
+        lines.until(lambda t: client.shadows().get(pool, {}).get("pool") == pool)
+        code, _, err = finish_out(proc, lines)
+    assert code == 0, err
+    assert pool not in client.shadows() and pool not in client.pools()
+
+
 def test_cli_a_pool_name_the_daemon_would_refuse_is_one_line_before_any_scan(
     target: Target, client: Client, daemon: Daemon
 ) -> None:
