@@ -12,6 +12,7 @@ a boolean refuses a number.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 __all__ = ["ZSPOOL_DEFAULTS", "ZSPOOL_OPTIONS", "check_zspool_options"]
@@ -19,13 +20,13 @@ __all__ = ["ZSPOOL_DEFAULTS", "ZSPOOL_OPTIONS", "check_zspool_options"]
 # What a caller may tune beyond chain_size and the page budget (max_pages,
 # arena_pages, budget), with what each must be, as the errors say it.
 ZSPOOL_OPTIONS: dict[str, str] = {
-    "empty_cache": "an integer >= 0",
+    "empty_cache": "an integer in 0..65536",
     "short_zspages": "true or false",
     "header": "0 or 8 (an integer)",
-    "class_step": "a positive multiple of 8 (an integer)",
-    "class_sizes": "a list of integers, multiples of 8 in 16..4096",
+    "class_step": "a multiple of 8 in 8..4096 (an integer)",
+    "class_sizes": "a non-empty list of integers, ascending, multiples of 8 in 16..4096",
     "merge_classes": "true or false",
-    "seed": "an integer",
+    "seed": "an integer in 0..2**64-1",
 }
 
 # Every option :func:`check_zspool_options` takes, at ZsPool's defaults (zbud
@@ -43,6 +44,8 @@ ZSPOOL_DEFAULTS: dict[str, Any] = {
 }
 
 _CHAIN_SIZE = "an integer in 1..16"
+# Emptied zspages a class may keep: far past any use, short of "never release".
+_EMPTY_CACHE_MAX = 65536
 _MAX_PAGES = "an integer >= 0, or None"
 
 
@@ -50,8 +53,18 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# A refused value is quoted up to this many characters: a 200,000-entry list
+# or a 3,600-digit seed must not come back whole in every refusal.
+_QUOTED = 80
+
+
+def _quoted(value: Any) -> str:
+    said = repr(value)
+    return said if len(said) <= _QUOTED else f"{said[: _QUOTED - 3]}..."
+
+
 def _refuse(name: str, what: str, value: Any, *, kind: type[Exception]) -> Exception:
-    return kind(f"{name} must be {what}, not {value!r}")
+    return kind(f"{name} must be {what}, not {_quoted(value)}")
 
 
 def _int(name: str, what: str, value: Any, ok: bool) -> None:
@@ -92,7 +105,7 @@ def check_zspool_options(
         "empty_cache",
         ZSPOOL_OPTIONS["empty_cache"],
         empty_cache,
-        _is_int(empty_cache) and empty_cache >= 0,
+        _is_int(empty_cache) and 0 <= empty_cache <= _EMPTY_CACHE_MAX,
     )
     _flag("short_zspages", short_zspages)
     _int("header", ZSPOOL_OPTIONS["header"], header, header in (0, 8))
@@ -100,7 +113,7 @@ def check_zspool_options(
         "class_step",
         ZSPOOL_OPTIONS["class_step"],
         class_step,
-        _is_int(class_step) and class_step > 0 and class_step % 8 == 0,
+        _is_int(class_step) and 0 < class_step <= 4096 and class_step % 8 == 0,
     )
     if class_sizes is not None:
         what = ZSPOOL_OPTIONS["class_sizes"]
@@ -108,7 +121,17 @@ def check_zspool_options(
             raise _refuse("class_sizes", what, class_sizes, kind=TypeError)
         bad = [s for s in class_sizes if not 16 <= s <= 4096 or s % 8]
         if bad:
-            raise ValueError(f"class_sizes must be {what}, not {bad[:5]!r}")
+            raise ValueError(f"class_sizes must be {what}, not {_quoted(bad[:5])}")
+        if not class_sizes:
+            raise _refuse("class_sizes", what, class_sizes, kind=ValueError)
+        # Unsorted or repeated sizes would build a table whose classes no size
+        # finds (every page then stored huge), not a pool tuned some other way.
+        for i, (a, b) in enumerate(itertools.pairwise(class_sizes)):
+            if a >= b:
+                raise ValueError(
+                    f"class_sizes must be {what}, not {a} before {b} (at index {i + 1})"
+                )
     _flag("merge_classes", merge_classes)
-    if seed is not None and not _is_int(seed):
-        raise _refuse("seed", "an integer, or None", seed, kind=TypeError)
+    if seed is not None:
+        ok = _is_int(seed) and 0 <= seed < 1 << 64
+        _int("seed", "an integer in 0..2**64-1, or None", seed, ok)

@@ -13,48 +13,50 @@ from tests.allocator.zspools import COMPILED
 
 # (options, the exception's type, its message): a wrong type is a TypeError,
 # a value out of range a ValueError; a boolean is no integer, nor 1 a boolean.
+SIZES = "class_sizes must be a non-empty list of integers, ascending, multiples of 8 in 16..4096"
+
 BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
     (
         {"class_step": "8"},
         TypeError,
-        "class_step must be a positive multiple of 8 (an integer), not '8'",
+        "class_step must be a multiple of 8 in 8..4096 (an integer), not '8'",
     ),
     (
         {"class_step": 8.5},
         TypeError,
-        "class_step must be a positive multiple of 8 (an integer), not 8.5",
+        "class_step must be a multiple of 8 in 8..4096 (an integer), not 8.5",
     ),
     (
         {"class_step": True},
         TypeError,
-        "class_step must be a positive multiple of 8 (an integer), not True",
+        "class_step must be a multiple of 8 in 8..4096 (an integer), not True",
     ),
     (
         {"class_step": None},
         TypeError,
-        "class_step must be a positive multiple of 8 (an integer), not None",
+        "class_step must be a multiple of 8 in 8..4096 (an integer), not None",
     ),
     (
         {"class_step": 12},
         ValueError,
-        "class_step must be a positive multiple of 8 (an integer), not 12",
+        "class_step must be a multiple of 8 in 8..4096 (an integer), not 12",
     ),
     (
         {"class_step": 0},
         ValueError,
-        "class_step must be a positive multiple of 8 (an integer), not 0",
+        "class_step must be a multiple of 8 in 8..4096 (an integer), not 0",
     ),
     (
         {"class_step": -8},
         ValueError,
-        "class_step must be a positive multiple of 8 (an integer), not -8",
+        "class_step must be a multiple of 8 in 8..4096 (an integer), not -8",
     ),
     ({"chain_size": "8"}, TypeError, "chain_size must be an integer in 1..16, not '8'"),
     ({"chain_size": 17}, ValueError, "chain_size must be an integer in 1..16, not 17"),
     ({"max_pages": -1}, ValueError, "max_pages must be an integer >= 0, or None, not -1"),
     ({"max_pages": 1.5}, TypeError, "max_pages must be an integer >= 0, or None, not 1.5"),
-    ({"empty_cache": True}, TypeError, "empty_cache must be an integer >= 0, not True"),
-    ({"empty_cache": -1}, ValueError, "empty_cache must be an integer >= 0, not -1"),
+    ({"empty_cache": True}, TypeError, "empty_cache must be an integer in 0..65536, not True"),
+    ({"empty_cache": -1}, ValueError, "empty_cache must be an integer in 0..65536, not -1"),
     ({"header": False}, TypeError, "header must be 0 or 8 (an integer), not False"),
     ({"header": "8"}, TypeError, "header must be 0 or 8 (an integer), not '8'"),
     ({"header": 4}, ValueError, "header must be 0 or 8 (an integer), not 4"),
@@ -63,20 +65,64 @@ BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
     (
         {"class_sizes": "64"},
         TypeError,
-        "class_sizes must be a list of integers, multiples of 8 in 16..4096, not '64'",
+        f"{SIZES}, not '64'",
     ),
     (
         {"class_sizes": [64, True]},
         TypeError,
-        "class_sizes must be a list of integers, multiples of 8 in 16..4096, not [64, True]",
+        f"{SIZES}, not [64, True]",
     ),
     (
         {"class_sizes": [64, 8, 100]},
         ValueError,
-        "class_sizes must be a list of integers, multiples of 8 in 16..4096, not [8, 100]",
+        f"{SIZES}, not [8, 100]",
     ),
-    ({"seed": "x"}, TypeError, "seed must be an integer, or None, not 'x'"),
+    ({"seed": "x"}, TypeError, "seed must be an integer in 0..2**64-1, or None, not 'x'"),
+    # Degenerate pools a hostile client asked for: every page would go huge, a
+    # class would never release, a seed would not fit a client's int64.
+    ({"class_sizes": []}, ValueError, f"{SIZES}, not []"),
+    (
+        {"class_sizes": [4096, 16, 16]},
+        ValueError,
+        f"{SIZES}, not 4096 before 16 (at index 1)",
+    ),
+    (
+        {"class_sizes": [16, 16]},
+        ValueError,
+        f"{SIZES}, not 16 before 16 (at index 1)",
+    ),
+    (
+        {"class_step": 1 << 62},
+        ValueError,
+        "class_step must be a multiple of 8 in 8..4096 (an integer), not 4611686018427387904",
+    ),
+    (
+        {"empty_cache": 10**18},
+        ValueError,
+        "empty_cache must be an integer in 0..65536, not 1000000000000000000",
+    ),
+    ({"seed": -1}, ValueError, "seed must be an integer in 0..2**64-1, or None, not -1"),
+    (
+        {"seed": 1 << 64},
+        ValueError,
+        "seed must be an integer in 0..2**64-1, or None, not 18446744073709551616",
+    ),
+    (
+        {"class_sizes": list(range(16, 4097, 8)) * 2},
+        ValueError,
+        f"{SIZES}, not 4096 before 16 (at index 511)",
+    ),
 ]
+
+
+def test_a_huge_value_is_quoted_short() -> None:
+    """A 3,600-digit seed comes back as its first characters, not whole."""
+    for pool in [*_pools(), ZbudPool, Z3foldPool]:
+        with pytest.raises(ValueError) as caught:
+            pool(seed=1 << 12000)
+        said = str(caught.value)
+        assert said.startswith("seed must be an integer in 0..2**64-1, or None, not 229")
+        assert said.endswith("...") and len(said) < 160
 
 
 def _pools() -> list[Any]:

@@ -148,24 +148,27 @@ def test_a_bad_whole_number_is_refused_in_argparse_words(
 BAD_ALLOCATOR_OPTIONS = [
     (
         {"class_step": "8"},
-        "allocator_options: class_step must be a positive multiple of 8 (an integer), not '8'",
+        "allocator_options: class_step must be a multiple of 8 in 8..4096 (an integer), not '8'",
     ),
     (
         {"class_step": 8.5},
-        "allocator_options: class_step must be a positive multiple of 8 (an integer), not 8.5",
+        "allocator_options: class_step must be a multiple of 8 in 8..4096 (an integer), not 8.5",
     ),
     (
         {"class_step": True},
-        "allocator_options: class_step must be a positive multiple of 8 (an integer), not True",
+        "allocator_options: class_step must be a multiple of 8 in 8..4096 (an integer), not True",
     ),
     (
         {"class_step": 12},
-        "allocator_options: class_step must be a positive multiple of 8 (an integer), not 12",
+        "allocator_options: class_step must be a multiple of 8 in 8..4096 (an integer), not 12",
     ),
     ({"header": False}, "allocator_options: header must be 0 or 8 (an integer), not False"),
-    ({"empty_cache": "2"}, "allocator_options: empty_cache must be an integer >= 0, not '2'"),
+    (
+        {"empty_cache": "2"},
+        "allocator_options: empty_cache must be an integer in 0..65536, not '2'",
+    ),
     ({"merge_classes": 1}, "allocator_options: merge_classes must be true or false, not 1"),
-    ({"class_sizes": [64, "128"]}, "allocator_options: class_sizes must be a list of integers"),
+    ({"class_sizes": [64, "128"]}, "allocator_options: class_sizes must be a non-empty list of integers"),
     ({"chain_size": 4}, "allocator_options: chain_size is a pool setting, not an allocator option"),
     ({"class_stepp": 16}, "unknown allocator option 'class_stepp'; the options are empty_cache"),
 ]
