@@ -168,7 +168,10 @@ BAD_ALLOCATOR_OPTIONS = [
         "allocator_options: empty_cache must be an integer in 0..65536, not '2'",
     ),
     ({"merge_classes": 1}, "allocator_options: merge_classes must be true or false, not 1"),
-    ({"class_sizes": [64, "128"]}, "allocator_options: class_sizes must be a non-empty list of integers"),
+    (
+        {"class_sizes": [64, "128"]},
+        "allocator_options: class_sizes must be a non-empty list of integers",
+    ),
     ({"chain_size": 4}, "allocator_options: chain_size is a pool setting, not an allocator option"),
     ({"class_stepp": 16}, "unknown allocator option 'class_stepp'; the options are empty_cache"),
 ]
