@@ -249,9 +249,11 @@ def check_ended(ended: Any) -> str | None:
     """
     if not isinstance(ended, dict):
         return "the summary's ended is not an object"
-    how, t, why = ended.get("how"), ended.get("t", 0), ended.get("why")
+    how, t, why = ended.get("how"), ended.get("t"), ended.get("why")
     if not isinstance(how, str) or not _HOW.fullmatch(how):
         return "the summary's ended.how is not a short identifier"
+    if "t" not in ended:  # null says "before the first tick"; absent says nothing
+        return "the summary's ended.t is missing (null: before the first tick)"
     if t is not None and not (_finite(t) and t <= MAX_T):
         return "the summary's ended.t is not a time in seconds or null"
     if not isinstance(why, str) or len(why) > MAX_WHY or "\n" in why:
@@ -290,11 +292,17 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are no JSON (the writer refuses them: allow_nan=False);
+    # taken, they would come out of a replay's --json for a strict reader to choke on.
+    raise ValueError(f"{name} is not JSON")
+
+
 def _decode_json(payload: bytes, where: _Where, what: str) -> dict[str, Any]:
     if len(payload) > MAX_JSON:
         raise where.error(f"{what} of {len(payload)} bytes, more than {MAX_JSON}")
     try:
-        obj = json.loads(payload, object_pairs_hook=_unique_keys)
+        obj = json.loads(payload, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except _DuplicateKey as exc:
         raise where.error(f"{what} names {str(exc)[:40]!r} twice") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -393,11 +401,17 @@ def _decode_content(payload: bytes, where: _Where, expected_id: int | None) -> b
     try:
         # Checked first: zstd allocates what a frame's header claims.
         size = zstandard.frame_content_size(data)
-        page = _decompressor().decompress(data) if size == PAGE_SIZE else b""
+        page, rest = b"", b""
+        if size == PAGE_SIZE:
+            frame = _decompressor().decompressobj()
+            page, rest = frame.decompress(data), frame.unused_data
     except zstandard.ZstdError:
         raise where.error(f"content {ident} does not decompress") from None
     if len(page) != PAGE_SIZE:
         raise where.error(f"content {ident} does not decompress to {PAGE_SIZE} bytes")
+    if rest:
+        # Bytes after the page's frame: nothing a writer leaves, so a forgery.
+        raise where.error(f"content {ident} has {len(rest)} bytes after its page")
     return page
 
 

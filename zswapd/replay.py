@@ -69,6 +69,9 @@ SPEEDS = ("max", "recorded")
 SEED = 0
 # Where a replay's backing file lives (inside its temporary directory).
 _BACKING_NAME = "replay.swap"
+# The most of a record's cut-short line printed (its why is at most 1000
+# characters before escaping, the line's own words besides).
+_CUT_SHORT_CHARS = 1200
 # What a pool's allocator_options may name: the allocators' keyword options
 # (zbud and z3fold take zsmalloc's and ignore them), read off the pure-Python
 # reference since a compiled twin's signature is opaque, less what the daemon
@@ -377,7 +380,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 print(printable(f"recorded with {said}"))
             short = cut_short(reader.ended)
             if short is not None:  # a run its pool's removal (or a failure) stopped
-                print(printable(short))
+                said_short = printable(short)
+                # Escaping may make a recorded why of 1000 characters six times
+                # as long: the line is cut after escaping, not before.
+                if len(said_short) > _CUT_SHORT_CHARS:
+                    said_short = said_short[:_CUT_SHORT_CHARS] + "..."
+                print(said_short)
             print(_describe(config), flush=True)
 
         figures = replay(

@@ -425,9 +425,19 @@ FORGED = {
     ),
     "content ids out of order": ([content(3, PAGE_A)], "content id 3 out of order"),
     "time going back": ([tick(5.0), tick(4.0)], "before the previous tick"),
-    "a NaN time": (
-        [frame(FrameType.TICK, b'{"t": NaN, "scans": []}')],
-        "not a number of seconds in 0..",
+    "a NaN time": ([frame(FrameType.TICK, b'{"t": NaN, "scans": []}')], "not JSON"),
+    "an Infinity anywhere": (
+        [frame(FrameType.TICK, b'{"t": 1, "scans": [], "x": -Infinity}')],
+        "not JSON",
+    ),
+    "bytes after a content's page": (
+        [
+            frame(
+                FrameType.CONTENT,
+                struct.pack("<I", 0) + zstandard.ZstdCompressor().compress(PAGE_A) + b"junk",
+            )
+        ],
+        "content 0 has 4 bytes after its page",
     ),
     "a time past a century": ([tick(1e300)], "not a number of seconds in 0.."),
     "a malformed scan": ([tick(1.0, [{"pid": "x"}])], "scan is malformed"),
@@ -451,6 +461,10 @@ FORGED = {
     "an ended.t not a time": (
         [end({"ended": {"how": "failed", "t": -1, "why": "x"}})],
         "ended.t is not a time",
+    ),
+    "an ended without its t": (
+        [end({"ended": {"how": "failed", "why": "x"}})],
+        "ended.t is missing",
     ),
     "an ended.why of two lines": (
         [end({"ended": {"how": "failed", "t": 1.0, "why": "a\nb"}})],

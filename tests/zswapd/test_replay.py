@@ -198,6 +198,13 @@ def test_a_crafted_why_is_printed_escaped(tmp_path: Path) -> None:
     text = run_cli("replay", str(path))
     assert text.returncode == 0 and "\x1b" not in text.stdout and "\x07" not in text.stdout
     assert "cut short at t=1.0s (failed): " in text.stdout
+    # Escaping makes each of 1000 zero-width spaces six characters: the line is
+    # cut after escaping, not six times as long.
+    ended["why"] = "\u200b" * 1000
+    write_record(tmp_path / "long.rec", sample_timeline()[:1], summary={"ended": ended})
+    text = run_cli("replay", str(tmp_path / "long.rec"))
+    (line,) = [x for x in text.stdout.splitlines() if "cut short" in x]
+    assert line.endswith("...") and len(line) == 1203, len(line)
 
 
 @pytest.mark.parametrize(
