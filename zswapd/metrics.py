@@ -351,7 +351,8 @@ _SHADOW_GAUGES: list[tuple[str, str, Callable[[ProcessFigures], float]]] = [
     ),
     (
         "zswapd_shadow_stored_pages",
-        "Pages of a shadowed process the shadow's pool holds (swapped out).",
+        "Pages of a shadowed process stored: in the pool or written back from it "
+        "(bd_count of them on disk).",
         lambda p: p.stored_pages,
     ),
     (
@@ -374,7 +375,8 @@ _SHADOW_COUNTERS: list[tuple[str, str, Callable[[ProcessFigures], float]]] = [
     ),
     (
         "zswapd_shadow_refaults",
-        "Stored pages a shadowed process touched again (zswap's zswpin; writes only under hash).",
+        "Stored pages a shadowed process touched again, each a refault "
+        "(workingset_refault_anon; writes only under hash).",
         lambda p: p.refaults_total,
     ),
     (

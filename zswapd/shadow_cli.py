@@ -155,7 +155,17 @@ def first_line(
     return (
         f"zswapd shadow: {procs}; pool {pool} ({whose}); every {args.interval:g}s, "
         f"cold after {args.cold_after:g}s, at most {args.max_cpu:.0%} of a CPU; "
-        f"detection {detection.name}: {detection.coldness}{counted} ({detection.why})"
+        f"detection {detection.name}: {detection.coldness}{counted}; because: {detection.why}"
+    )
+
+
+def cold_after_warning(args: argparse.Namespace) -> str | None:
+    """What --cold-after under --interval means (None: it is not under)."""
+    if args.cold_after >= args.interval:
+        return None
+    return (
+        f"--cold-after {args.cold_after:g}s is under --interval {args.interval:g}s: a page "
+        "goes cold at the next scan that finds it unchanged, whatever its age"
     )
 
 
@@ -372,6 +382,9 @@ def cmd_shadow(args: argparse.Namespace) -> int:
                 config = client.stats(pool)["config"]
                 writer = RecordWriter.create(args.record, _header(scanner, pool, config, args))
             print(first_line(scanner, pool, created, args, detection), file=out, flush=True)
+            warning = cold_after_warning(args)
+            if warning is not None:
+                _warn(warning)
             # A first report before the first scan: a daemon that keeps no more
             # shadows (or processes) is said at the start, not a scan later.
             reporter.report(
@@ -390,11 +403,12 @@ def cmd_shadow(args: argparse.Namespace) -> int:
             ]
             if not gone:  # a removed pool took its pages with it
                 steps.insert(0, ("free the pool's pages", sim.release))
+            ended = ending.ended(exc, str(args.url or "the daemon"))
             if writer is not None:
                 w = writer
                 # How it ended: a replay says when the run was cut short.
                 summary = {"figures": final.to_dict()} if final is not None else {}
-                summary["ended"] = ending.ended(exc, str(args.url or "the daemon"))
+                summary["ended"] = ended
                 steps.append(("close the record", lambda: w.close(summary)))
             _finish(steps, failing or exc is not None)
         if final is not None:
@@ -409,6 +423,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
                 "bounds_note": bounds_label(detection.name),
                 "figures": final.to_dict() if final is not None else None,
                 "scan_cost": scan_cost(final) if final is not None else None,
+                "ended": ended,  # as the record's end frame says it
             }
             print(json.dumps({"summary": closing}), flush=True)
     return 0
@@ -487,6 +502,7 @@ def _run(
     deadline = start + args.duration if args.duration else None
     before: ShadowFigures | None = None
     foreign = _Foreign(pool)
+    said_past_cold_after = False
     while True:
         began = time.monotonic()
         cpu = time.process_time()
@@ -526,6 +542,13 @@ def _run(
         _say_lost(pool, figures, before)
         foreign.check(figures)
         _print_tick(args, figures, before, wait + elapsed if stretched else None, cost)
+        if stretched and wait + elapsed > args.cold_after and not said_past_cold_after:
+            said_past_cold_after = True
+            _warn(
+                f"t={figures.t:.1f}s: --max-cpu {args.max_cpu:g} stretched the interval to "
+                f"{wait + elapsed:.2f}s, past --cold-after {args.cold_after:g}s: a page goes "
+                "cold at the next scan that finds it unchanged, whatever its age (said once)"
+            )
         before = figures
         if stop or not scanner.alive:
             ending.why = _signalled(stop) if stop else "every shadowed process ended"

@@ -38,6 +38,7 @@ from zswapd.swapsim import PoolFigures, ProcessFigures, ShadowFigures
 __all__ = [
     "FRAGMENTED_TOTAL_PER_COMPR",
     "POOL_LEGEND",
+    "STORED_LEGEND",
     "SUMMARY_COLUMNS",
     "bounds_label",
     "cpu_seconds_per_gib",
@@ -240,15 +241,22 @@ def _pool_line(fig: ShadowFigures, writeback: str | None = None) -> str:
     )
 
 
-def _column_notes(detection: str | None) -> list[str]:
+def _column_notes(fig: ShadowFigures, detection: str | None) -> list[str]:
     """What the table's columns mean where they could be misread."""
     notes = [
         "RESIDENT: every private anonymous page of the process present in RAM (its heap "
         "and stacks too, not only its data): what swap could take; COLD and STORED are "
         "among them",
+        STORED_LEGEND,
         "SAVED: the pool's saving in RAM, split between processes by their stored pages",
+        f"REFAULTS/S: the run's mean, REFAULTS over its {fig.t:.1f}s",
         "CPU-S/GIB: the shadow's own scan cost, CPU seconds per GiB its scans read",
     ]
+    if fig.run.exited_at:
+        notes.append(
+            "EXITED: an exited process's RESIDENT, COLD, STORED and SAVED are zero: its "
+            "pages were freed; the run's peak line keeps what it held"
+        )
     bounds = bounds_label(detection)
     if bounds is not None:
         notes.append(
@@ -259,10 +267,18 @@ def _column_notes(detection: str | None) -> list[str]:
     return notes
 
 
+# What STORED counts, where zswap's debugfs stored_pages counts the pool only.
+STORED_LEGEND = (
+    "STORED: in the pool or written back from it (bd_count of them on disk), unlike "
+    "zswap's debugfs stored_pages (in the pool only)"
+)
+
 # What the pool's line says, in zram's words: once, under it.
 POOL_LEGEND = (
     "DATA, COMPR, TOTAL: zramctl's (mm_stat's orig_data_size, compr_data_size, "
-    "mem_used_total); RATIO: DATA/TOTAL; SAVED: DATA - TOTAL - the pages on disk "
+    "mem_used_total); RATIO: DATA/TOTAL, the effective ratio, the pool's overhead "
+    "included (what is often called the compression ratio, DATA/COMPR, leaves it out); "
+    "SAVED: DATA - TOTAL - the pages on disk "
     "(bd_count, written back: out of RAM at a disk write each, not saved by compression)"
 )
 
@@ -281,14 +297,17 @@ def _rejected_note(fig: ShadowFigures, writeback: str | None, replayed: bool) ->
     if not rejected or writeback == "lru" or not fig.pool.pool_limit_hit:
         return None
     how = (
-        "replay with --writeback lru for zswap's behaviour"
+        "replay with --writeback lru for close to zswap's behaviour"
         if replayed
-        else "for zswap's behaviour, shadow into a pool made with writeback lru, or replay "
-        "a --record with --writeback lru"
+        else "for close to zswap's behaviour, shadow into a pool made with writeback lru, "
+        "or replay a --record with --writeback lru"
     )
     return (
         f"REJECTED {rejected}: under zswap these would have gone to the swap device "
-        f"(here, as zram without a backing device, they wait in RAM); {how}"
+        f"(here, as zram without a backing device, they wait in RAM); {how} (lru writes "
+        "back the oldest pages and stores the new one; zswap rejects the new page, which "
+        "goes to the swap device uncounted in written_back_pages, and its shrink worker "
+        "writes back LRU pages later, down to accept_thr_percent)"
     )
 
 
@@ -307,7 +326,11 @@ def _fragmentation_note(fig: ShadowFigures, replayed: bool) -> str | None:
         f"TOTAL {human(pool.mem_used_total)} is over {FRAGMENTED_TOTAL_PER_COMPR}x COMPR "
         f"{human(pool.compr_data_size)} after writeback: zsmalloc fragmentation (the objects "
         "written back left their zspages part-used); compaction would release the empty "
-        f"room: the kernel's zsmalloc shrinker does under memory pressure, {after}"
+        f"room: the kernel's zsmalloc shrinker does under memory pressure, {after}. "
+        f"written_back_pages {pool.written_back_pages} and bd_count {pool.bd_count} are "
+        "inflated by it: writeback frees scattered slots, TOTAL barely drops, so writeback "
+        "goes on until the threshold (the kernel's zswap measures its pool by zsmalloc's "
+        "total pages too, and cascades the same way until the shrinker compacts)"
     )
 
 
@@ -329,12 +352,18 @@ def _pool_notes(
     if run.ticks:
         notes.append(
             f"over {run.ticks} ticks: stored pages peak {run.peak_stored_pages}, mean over time "
-            f"{run.mean_stored_pages:.1f}; saved of RAM peak {human(run.peak_saved_bytes)}, "
+            f"{run.mean_stored_pages:.1f}; RAM saved: peak {human(run.peak_saved_bytes)}, "
             f"mean {human(round(run.mean_saved_bytes))}"
         )
+    if pool.saved_bytes < 0:
+        notes.append(
+            f"SAVED {human(pool.saved_bytes)} below zero: the per-class zspage overhead of a "
+            "small dedicated pool outweighs what it compressed; a shared pool absorbs it"
+        )
     cost = scan_cost(fig)
+    recorded = " (recorded)" if replayed else ""
     notes.append(
-        f"scan cost: {cost['scan_seconds_total']:.2f}s of CPU for "
+        f"scan cost{recorded}: {cost['scan_seconds_total']:.2f}s of CPU for "
         f"{human(cost['scanned_bytes_total'])} read, "
         f"{_per_gib(cost['scan_seconds_total'], cost['scanned_bytes_total'])} CPU s per GiB "
         "scanned (the shadow's own CPU; its stores into the pool not counted)"
@@ -396,7 +425,7 @@ def format_summary(
         )
     lines = [
         table(SUMMARY_COLUMNS, rows, WORDS | {"COMM"}),
-        *_column_notes(detection),
+        *_column_notes(fig, detection),
         _pool_line(fig, writeback),
         *_pool_notes(fig, writeback, replayed),
     ]

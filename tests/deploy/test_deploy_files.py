@@ -223,6 +223,14 @@ def test_the_dashboard_has_a_row_for_shadowed_processes() -> None:
         "rate(zswapd_shadow_scanned_bytes_total",
     ):
         assert any(wanted in e for e in exprs), wanted
+    # The refaults and saving panels use the README's words for them.
+    described = {p["title"]: p["description"] for p in shadowed}
+    refaults = described["Shadowed processes: refaults, swap-outs and rejected pages per second"]
+    assert "workingset_refault_anon" in refaults and "writes only under hash" in refaults
+    saved = described["Shadowed processes: memory saved"]
+    assert "orig_data_size - 4096 x bd_count - mem_used_total" in saved
+    pages = described["Shadowed processes: resident, cold and stored pages"]
+    assert "in the pool or written back from it: bd_count of them on disk" in pages
     units = {p["title"]: p["fieldConfig"]["defaults"]["unit"] for p in shadowed}
     assert units["Shadowed processes: memory saved"] == "bytes"
     assert units["Shadow scanned bytes per second"] == "Bps"

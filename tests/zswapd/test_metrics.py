@@ -13,6 +13,7 @@ from zswapd.errors import ReclaimFailError
 from zswapd.metrics import Metrics
 from zswapd.pool import PagePool
 from zswapd.pools import PoolRegistry
+from zswapd.shadows import ShadowRegistry
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -392,3 +393,16 @@ def test_writeback_mode_limit_hits_and_writeback_limit_match_the_stats_route(
             [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
         )
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_shadow_help_texts_name_refaults_and_stored_pages_as_the_readme_does() -> None:
+    # A refault is what workingset_refault_anon counts (zswpin counts more), and
+    # a stored page may be on disk: the HELP says so as the README and summary do.
+    text = Metrics(PoolRegistry(), shadows=ShadowRegistry()).exposition().decode()
+    helps = {f.name: f.documentation for f in text_string_to_metric_families(text)}
+    assert "(workingset_refault_anon; writes only under hash)" in helps["zswapd_shadow_refaults"]
+    assert "zswpin" not in helps["zswapd_shadow_refaults"]
+    assert (
+        "in the pool or written back from it (bd_count of them on disk)"
+        in (helps["zswapd_shadow_stored_pages"])
+    )

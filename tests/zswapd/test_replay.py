@@ -277,7 +277,7 @@ def test_refused_pages_are_said_as_zswap_would_have_swapped_them(record: Path) -
     )
     assert (
         f"REJECTED {rejected}: under zswap these would have gone to the swap device"
-    ) in text and "replay with --writeback lru for zswap's behaviour" in text
+    ) in text and "replay with --writeback lru for close to zswap's behaviour" in text
     lru = run_cli("replay", str(record), "--limit", "48K", "--writeback", "lru").stdout
     assert "swap device" not in lru and "wrote back first, a batch each" in lru
 

@@ -38,7 +38,13 @@ from zswapd.record import RecordReader
 from zswapd.replay import Overrides, replay, replay_config
 from zswapd.scanner import STATE_BYTES_PER_PAGE, Detection, Scanner, probe_idle, probe_soft_dirty
 from zswapd.shadow_cli import next_wait
-from zswapd.shadow_report import POOL_LEGEND, format_pool_tick, format_summary, format_tick
+from zswapd.shadow_report import (
+    POOL_LEGEND,
+    STORED_LEGEND,
+    format_pool_tick,
+    format_summary,
+    format_tick,
+)
 from zswapd.swapsim import (
     ClientTarget,
     PoolFigures,
@@ -567,6 +573,11 @@ def test_cli_shadow_end_to_end_then_replay_gives_the_live_figures(
     assert code == 0, err
     assert "refused the shadow's report" not in err, err  # every tick's report taken
     assert "detection hash: write-coldness only" in err and "refaults count writes only" in err
+    # The reasons follow "because:", not a parenthesis inside another.
+    (first,) = [line for line in err.splitlines() if "detection hash:" in line]
+    assert "(refaults count writes only); because: " in first and ") (" not in first
+    # The closing summary says how the run ended, as the record's end does.
+    assert closing["ended"]["how"] == "complete" and closing["ended"]["why"].startswith("stopped")
     assert closing["detection"] == "hash" and "writes only" in closing["refaults_note"]
     assert "COLD, STORED, DATA and SAVED are upper bounds and REFAULTS a lower bound" in err
     assert "upper bounds" in closing["bounds_note"] and "lower bound" in closing["bounds_note"]
@@ -733,15 +744,40 @@ def test_cli_flags_refused_in_one_line(target: Target, daemon: Daemon) -> None:
 
 def test_cli_max_cpu_stretches_the_interval_and_says_so(target: Target, daemon: Daemon) -> None:
     """Under --max-cpu 0.001 a scan of a few MiB (milliseconds of CPU) stretches
-    the next interval to seconds; --duration still ends the shadow in that wait."""
+    the next interval to seconds; --duration still ends the shadow in that wait.
+    Stretched past --cold-after, it says once on stderr what that does to "cold"."""
     result = run_cli(
         "shadow", "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.05s",
-        "--max-cpu", "0.001", "--duration", "2s",
+        "--max-cpu", "0.001", "--duration", "2s", "--cold-after", "0.5s",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     (note,) = [line for line in result.stdout.splitlines() if "interval stretched" in line]
     assert "s of CPU, --max-cpu 0.001" in note, note
+    (past,) = [line for line in result.stderr.splitlines() if "past --cold-after" in line]
+    assert past.startswith("zswapd shadow: t=0.0s: --max-cpu 0.001 stretched the interval to ")
+    assert past.endswith(
+        "past --cold-after 0.5s: a page goes cold at the next scan that finds it unchanged, "
+        "whatever its age (said once)"
+    )
+    assert "is under --interval" not in result.stderr
     assert result.stdout.count(f"pid {target.pid} (python3):") == 1  # one tick, then the end
+
+
+def test_cli_cold_after_under_the_interval_is_one_line_on_stderr(
+    target: Target, daemon: Daemon
+) -> None:
+    """--cold-after under --interval: every page unchanged between two scans is
+    cold at the second, whatever its age; said once, the shadow goes on."""
+    result = run_cli(
+        "shadow", "--url", daemon.url, "--pid", str(target.pid), "--interval", "0.4s",
+        "--cold-after", "0.1s", "--duration", "0.5s", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "--cold-after" in line]
+    assert warned == [
+        "zswapd shadow: --cold-after 0.1s is under --interval 0.4s: a page goes cold at the "
+        "next scan that finds it unchanged, whatever its age"
+    ], result.stderr
 
 
 def test_cli_summary_names_zrams_figures_and_the_shadows_scan_cost(
@@ -768,6 +804,11 @@ def test_cli_summary_names_zrams_figures_and_the_shadows_scan_cost(
         f"bd_count 0 bd_reads 0 written_back_pages 0; pool_limit_hit 0"
     ) in err.splitlines()
     assert POOL_LEGEND in err.splitlines() and "RATIO: DATA/TOTAL" in POOL_LEGEND
+    assert STORED_LEGEND in err.splitlines()
+    assert f"REFAULTS/S: the run's mean, REFAULTS over its {closing['figures']['t']:.1f}s" in err
+    assert (
+        closing["ended"]["how"] == "complete" and closing["ended"]["why"] == "--duration 3s ended"
+    )
     assert "RESIDENT: every private anonymous page of the process present in RAM" in err
     assert "above mem_limit" not in err
     cost = closing["scan_cost"]
@@ -1262,8 +1303,22 @@ def test_the_summary_says_what_its_figures_mean() -> None:
     ) in text.splitlines()
     assert "pool at the last tick, t=20.0s: DATA 240K" in text
     assert "SAVED: the pool's saving in RAM, split between processes by their stored pages" in text
-    assert "over 4 ticks: stored pages peak 45, mean over time 30.5" in text
+    assert "over 4 ticks: stored pages peak 45, mean over time 30.5; RAM saved: peak 87.9K" in text
     assert "scan cost: 0.50s of CPU for 400K read, 1310.72 CPU s per GiB scanned" in text
+    assert "scan cost (recorded): 0.50s of CPU" in format_summary(fig, "hash", replayed=True)
+    # STORED is defined once, apart from zswap's stored_pages; REFAULTS/S is the
+    # run's mean; an exited process's zeros are explained; RATIO is named.
+    lines = text.splitlines()
+    assert STORED_LEGEND in lines and STORED_LEGEND.startswith(
+        "STORED: in the pool or written back from it (bd_count of them on disk)"
+    )
+    assert "REFAULTS/S: the run's mean, REFAULTS over its 20.0s" in lines
+    assert (
+        "EXITED: an exited process's RESIDENT, COLD, STORED and SAVED are zero: its pages "
+        "were freed; the run's peak line keeps what it held"
+    ) in lines
+    assert "RATIO: DATA/TOTAL, the effective ratio" in POOL_LEGEND and "DATA/COMPR" in POOL_LEGEND
+    assert "below zero" not in text
     assert text.splitlines()[1].endswith("1310.72 at t=12.5s")
     assert "lost" not in text and "lost" not in format_pool_tick(fig)
     lost = _figures(lost=3)
@@ -1276,6 +1331,24 @@ def test_the_summary_says_what_its_figures_mean() -> None:
     assert format_tick(fig, None)[0].startswith("t=    20.0s pid 7 (svc) exited at t=12.5s:")
 
 
+def test_a_saving_below_zero_is_explained_and_a_live_process_gets_no_exit_note() -> None:
+    """A small dedicated pool's zspage overhead can outweigh what it compressed:
+    the summary says why SAVED is negative.  Without an exited process there is
+    no EXITED note."""
+    p = ProcessFigures(7, "svc", 2, 2, 2, -8192, 2, 0, 0, 0.1, 8192, False)
+    values = dict.fromkeys(PoolFigures.__dataclass_fields__, 0) | {
+        "orig_data_size": 2 << 12, "mem_used_total": 4 << 12, "compr_data_size": 5000,
+    }  # fmt: skip
+    run = RunFigures(1, 2, 2.0, 0, 0.0, 0, 0, (), 0)
+    fig = ShadowFigures(1.0, (p,), PoolFigures(**values), run)
+    lines = format_summary(fig, "hash").splitlines()
+    assert (
+        "SAVED -8K below zero: the per-class zspage overhead of a small dedicated pool "
+        "outweighs what it compressed; a shared pool absorbs it"
+    ) in lines
+    assert not [line for line in lines if line.startswith("EXITED:")]
+
+
 def test_pool_limit_hit_is_said_as_batches_beside_the_pages_refused() -> None:
     """The daemon counts a refused store (a batch) once where zswap's debugfs
     counts every page: the figure says so beside the pages (REJECTED); refused
@@ -1285,12 +1358,15 @@ def test_pool_limit_hit_is_said_as_batches_beside_the_pages_refused() -> None:
     assert "; pool_limit_hit 53 (refused batches; zswap counts pages: REJECTED 5904)" in text
     live = (
         "REJECTED 5904: under zswap these would have gone to the swap device (here, as zram "
-        "without a backing device, they wait in RAM); for zswap's behaviour, shadow into a "
-        "pool made with writeback lru, or replay a --record with --writeback lru"
+        "without a backing device, they wait in RAM); for close to zswap's behaviour, shadow "
+        "into a pool made with writeback lru, or replay a --record with --writeback lru (lru "
+        "writes back the oldest pages and stores the new one; zswap rejects the new page, "
+        "which goes to the swap device uncounted in written_back_pages, and its shrink worker "
+        "writes back LRU pages later, down to accept_thr_percent)"
     )
     assert live in text.splitlines()
     replayed = format_summary(fig, "hash", writeback="manual", replayed=True)
-    assert "they wait in RAM); replay with --writeback lru for zswap's behaviour" in replayed
+    assert "they wait in RAM); replay with --writeback lru for close to zswap's" in replayed
     lru = format_summary(fig, "hash", writeback="lru")
     assert "pool_limit_hit 53 (stores that found the pool full and wrote back first" in lru
     assert "swap device" not in lru
@@ -1310,6 +1386,12 @@ def test_fragmentation_after_writeback_is_said_and_only_then() -> None:
     assert (
         "zswapd compact --pool NAME releases it while the shadow runs" in note
         and "shrinker" in note
+    )
+    assert note.endswith(
+        "written_back_pages 0 and bd_count 50 are inflated by it: writeback frees scattered "
+        "slots, TOTAL barely drops, so writeback goes on until the threshold (the kernel's "
+        "zswap measures its pool by zsmalloc's total pages too, and cascades the same way "
+        "until the shrinker compacts)"
     )
     replayed = format_summary(fragmented, "hash", writeback="lru", replayed=True)
     assert "a replay does not compact" in replayed
