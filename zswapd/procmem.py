@@ -417,6 +417,8 @@ def walk_entries(
 
     def taken() -> Iterator[tuple[Mapping, int, int]]:
         """The batch's pages the rule takes, in address order; the batch emptied."""
+        if not owners:  # a batch flushed at a mapping's last page leaves none
+            return
         flags: list[int] = []
         if flags_fd is not None and flags_buf is not None:
             flags = page_flags(flags_fd, [e & PFN_MASK for e in entries], flags_buf)

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from zswapd import procmem
 from zswapd.pagemap_scan import Unsupported, present_ranges
 from zswapd.procmem import (
     KPAGEFLAGS_CHUNK,
@@ -486,6 +487,27 @@ def _flags_one_at_a_time(fd: int, pfns: list[int]) -> list[int]:
         raw = os.pread(fd, 8, pfn * 8) if pfn else b""
         out.append(int.from_bytes(raw, sys.byteorder) if len(raw) == 8 else -1)
     return out
+
+
+@pytest.mark.parametrize("batch", [1, 2, 7])
+def test_a_batch_ending_at_a_mappings_last_page_loses_and_breaks_nothing(
+    batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk takes its pages in batches; one flushed exactly at the last
+    page of the last mapping left no batch to take, which a CI run met as a
+    crash.  With batches of one page (every mapping ends on a flush) and of a
+    few, the walk gives what the default batches give."""
+    proc, _ = _start([sys.executable, "-c", _HOSTILE, "--tiny", "8"])
+    os.kill(proc.pid, signal.SIGSTOP)  # the same memory for both walks
+    try:
+        with open_process(proc.pid) as memory:
+            want = [(a, e) for _, a, e in walk_entries(memory)]
+        monkeypatch.setattr(procmem, "_WALK_BATCH", batch)
+        with open_process(proc.pid) as memory:
+            got = [(a, e) for _, a, e in walk_entries(memory)]
+    finally:
+        _stop(proc)
+    assert got == want and len(want) > batch
 
 
 @pytest.mark.skipif(not os.access("/proc/kpageflags", os.R_OK), reason="needs root")
