@@ -314,10 +314,11 @@ def _said(header: dict[str, Any], width: int = 160) -> str:
 
 def _describe(config: PoolConfig) -> str:
     limit = size(config.limit_bytes) if config.limit_bytes else "none"
-    line = (
-        f"pool: {_label(config.to_dict())}, chain size {config.chain_size}, "
-        f"limit {limit}, huge pages {config.huge_policy}"
-    )
+    # zbud and z3fold take zsmalloc's options and ignore them: a chain size
+    # printed beside them would claim a setting that changed nothing.
+    chain = f", chain size {config.chain_size}" if config.allocator == "zsmalloc" else ""
+    line = f"pool: {_label(config.to_dict())}{chain}, limit {limit}"
+    line += f", huge pages {config.huge_policy}"
     if config.limit_bytes and config.accept_threshold_percent is not None:
         line += f", accept threshold {config.accept_threshold_percent}%"
     if config.writeback == "lru":

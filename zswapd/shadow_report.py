@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zswapd.cli_format import WORDS, human, printable, ratio, table
+from zswapd.cli_format import WORDS, count, human, printable, ratio, table
 from zswapd.swapsim import PoolFigures, ProcessFigures, ShadowFigures
 
 __all__ = [
@@ -304,7 +304,8 @@ def _rejected_note(fig: ShadowFigures, writeback: str | None, replayed: bool) ->
     )
     return (
         f"REJECTED {rejected}: under zswap these would have gone to the swap device "
-        f"(here, as zram without a backing device, they wait in RAM); {how} (lru writes "
+        f"(here, as zram without a backing device, they wait in RAM, and a write to one "
+        f"is no refault: REFAULTS undercounts what zswap would swap in); {how} (lru writes "
         "back the oldest pages and stores the new one; zswap rejects the new page, which "
         "goes to the swap device uncounted in written_back_pages, and its shrink worker "
         "writes back LRU pages later, down to accept_thr_percent)"
@@ -345,14 +346,20 @@ def _pool_notes(
             notes.append(note)
     if _max_above_limit(pool):
         above = pool.mem_used_max - pool.mem_limit
+        then = (
+            "the limit check then writes older pages back to make room"
+            if writeback == "lru"
+            else "the limit then refuses it and frees it"
+        )
         notes.append(
             f"mem_used_max above mem_limit by {size(above)}: as zram, a store counts its new "
-            "zspage in the maximum before the limit refuses it and frees it"
+            f"zspage in the maximum before the limit is checked; {then}"
         )
     if run.ticks:
         notes.append(
-            f"over {run.ticks} ticks: stored pages peak {run.peak_stored_pages}, mean over time "
-            f"{run.mean_stored_pages:.1f}; RAM saved: peak {human(run.peak_saved_bytes)}, "
+            f"over {count(run.ticks, 'tick')}: stored pages peak {run.peak_stored_pages}, "
+            f"mean over time {run.mean_stored_pages:.1f}; "
+            f"RAM saved: peak {human(run.peak_saved_bytes)}, "
             f"mean {human(round(run.mean_saved_bytes))}"
         )
     if pool.saved_bytes < 0:

@@ -1359,7 +1359,8 @@ def test_pool_limit_hit_is_said_as_batches_beside_the_pages_refused() -> None:
     assert "; pool_limit_hit 53 (refused batches; zswap counts pages: REJECTED 5904)" in text
     live = (
         "REJECTED 5904: under zswap these would have gone to the swap device (here, as zram "
-        "without a backing device, they wait in RAM); for close to zswap's behaviour, shadow "
+        "without a backing device, they wait in RAM, and a write to one is no refault: "
+        "REFAULTS undercounts what zswap would swap in); for close to zswap's behaviour, shadow "
         "into a pool made with writeback lru, or replay a --record with --writeback lru (lru "
         "writes back the oldest pages and stores the new one; zswap rejects the new page, "
         "which goes to the swap device uncounted in written_back_pages, and its shrink worker "
@@ -1367,7 +1368,7 @@ def test_pool_limit_hit_is_said_as_batches_beside_the_pages_refused() -> None:
     )
     assert live in text.splitlines()
     replayed = format_summary(fig, "hash", writeback="manual", replayed=True)
-    assert "they wait in RAM); replay with --writeback lru for close to zswap's" in replayed
+    assert "would swap in); replay with --writeback lru for close to zswap's" in replayed
     lru = format_summary(fig, "hash", writeback="lru")
     assert "pool_limit_hit 53 (stores that found the pool full and wrote back first" in lru
     assert "swap device" not in lru
