@@ -327,7 +327,10 @@ class _Process:
     exited: bool = False
     # address -> (handle, crc32 of the bytes stored)
     stored: dict[int, tuple[int, int]] = field(default_factory=dict)
-    waiting: int = 0
+    # Addresses waiting for room: an EXIT then drops its own, not a walk of
+    # every process's queue (a crafted record's thousands of EXITs, each
+    # behind 50,000 waiting pages, cost seconds a thousand).
+    waiting: set[int] = field(default_factory=set)
 
 
 def _same_filled(data: bytes) -> bool:
@@ -527,7 +530,7 @@ class SwapSim:
                 pid=p.pid,
                 comm=p.comm,
                 resident_pages=p.resident_pages,
-                cold_pages=len(p.stored) + p.waiting,
+                cold_pages=len(p.stored) + len(p.waiting),
                 stored_pages=len(p.stored),
                 saved_bytes=pool.saved_bytes * len(p.stored) // stored_all if stored_all else 0,
                 swapouts_total=p.swapouts_total,
@@ -630,12 +633,12 @@ class SwapSim:
 
     def _wait(self, e: Event) -> None:
         self._waiting[(e.pid, e.address)] = Event(e.kind, e.pid, e.address, None, e.ref)
-        self._proc(e.pid).waiting += 1
+        self._proc(e.pid).waiting.add(e.address)
 
     def _unwait(self, key: Key) -> bool:
         if self._waiting.pop(key, None) is None:
             return False
-        self._procs[key[0]].waiting -= 1
+        self._procs[key[0]].waiting.discard(key[1])
         return True
 
     def _touch(self, run: list[Event]) -> None:
@@ -672,9 +675,8 @@ class SwapSim:
                 handles.extend(h for h, _ in p.stored.values())
                 p.stored.clear()
                 p.exited = True
-                if p.waiting:  # a walk of the queue, so once a process, not once an EXIT
-                    for key in [k for k in self._waiting if k[0] == e.pid]:
-                        self._unwait(key)
+                for address in list(p.waiting):
+                    self._unwait((e.pid, address))
             else:
                 got = p.stored.pop(e.address, None)
                 if got is not None:
