@@ -371,7 +371,7 @@ def _open_target(pid: int, detection: Detection, pagemap_scan: bool | None) -> _
         clear_refs = -1
         if detection.soft_dirty:
             try:
-                clear_refs = os.open(f"/proc/{pid}/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+                clear_refs = os.open(f"{memory.base}/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
             except OSError as exc:
                 raise ConfigError(
                     f"--pid {pid}: cannot clear its soft-dirty bits: {exc.strerror}"

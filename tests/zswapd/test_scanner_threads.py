@@ -1,0 +1,233 @@
+"""Processes whose main thread has ended while other threads run on (issue 18).
+
+Such a process's leader, /proc/PID, is a zombie: its maps read empty and its
+mem and pagemap refuse to open, yet the memory lives on, the thread group's.
+The targets are real processes: the program below ends its main thread with
+pthread_exit while a second thread keeps rewriting a few pages and a third
+answers commands; and a child forked and ended, never reaped (a plain zombie).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.zswapd.daemon import Daemon, start_daemon
+from tests.zswapd.test_shadow import shadow
+from zswapd.client import Client
+from zswapd.errors import ConfigError
+from zswapd.procmem import open_process, walk_pages
+from zswapd.scanner import Detection, Scanner
+from zswapd.timeline import EventKind
+
+PAGE = 4096
+COLD_AFTER = 1.0
+PAGES = 64
+# Pages of the region the writer thread keeps rewriting.
+HOT = 2
+DEADLINE = 60.0
+
+# ``leave``: the main thread answers, then ends (pthread_exit); the writer
+# thread rewrites the first HOT pages of the region every 20 ms; the server
+# thread answers each other line with ``ok LINE``.
+_THREADED = r"""
+import ctypes, json, mmap, sys, threading, time
+PAGES, HOT = int(sys.argv[1]), int(sys.argv[2])
+region = mmap.mmap(-1, PAGES * 4096)
+for i in range(PAGES):
+    region[i * 4096 : (i + 1) * 4096] = (b"page %010d\n" % i) * 256  # 16 bytes
+at = ctypes.addressof(ctypes.c_char.from_buffer(region))
+leave = threading.Event()
+
+def writer():
+    n = 0
+    while True:
+        n += 1
+        for i in range(HOT):
+            region[i * 4096 : i * 4096 + 8] = n.to_bytes(8, "little")
+        time.sleep(0.02)
+
+def server():
+    for line in sys.stdin:
+        print("ok", line.strip(), flush=True)
+        if line.strip() == "leave":
+            leave.set()
+
+threading.Thread(target=writer).start()
+threading.Thread(target=server).start()
+print(json.dumps({"region": at}), flush=True)
+leave.wait()
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        raw = f.read()
+    return chr(raw[raw.rindex(b")") + 2])
+
+
+class Threaded:
+    """A running _THREADED target."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _THREADED, str(PAGES), str(HOT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        info: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        self.region = [info["region"] + i * PAGE for i in range(PAGES)]
+        self.command("sync")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def command(self, what: str) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().split() == ["ok", what]
+
+    def leave(self) -> None:
+        """End the main thread; return once the leader is a zombie (a deadline so
+        a broken target fails the test, not hangs it: no time is asserted)."""
+        self.command("leave")
+        deadline = time.monotonic() + DEADLINE
+        while _state(self.pid) != "Z":
+            assert time.monotonic() < deadline, "the main thread never ended"
+            time.sleep(0.01)
+        self.command("sync")  # the server thread still answers
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def threaded() -> Iterator[Threaded]:
+    t = Threaded()
+    try:
+        yield t
+    finally:
+        t.stop()
+
+
+def _walked(pid: int) -> set[int]:
+    with open_process(pid) as memory:
+        return {a for _, a in walk_pages(memory)}
+
+
+def test_a_process_whose_main_thread_ended_is_opened_and_walked_through_a_live_thread(
+    threaded: Threaded,
+) -> None:
+    before = _walked(threaded.pid)
+    assert set(threaded.region) <= before
+    threaded.leave()
+    with open_process(threaded.pid) as memory:
+        assert memory.base.startswith(f"/proc/{threaded.pid}/task/")
+        assert memory.base != f"/proc/{threaded.pid}/task/{threaded.pid}"
+        after = {a for _, a in walk_pages(memory)}
+        assert memory.read_page(threaded.region[-1]) == (b"page %010d\n" % (PAGES - 1)) * 256
+    assert set(threaded.region) <= after
+
+
+def test_the_scanner_keeps_seeing_the_pages_after_the_main_thread_ends(
+    threaded: Threaded,
+) -> None:
+    """Opened while the main thread lived: the same resident pages after it
+    ended, no GONE, no EXIT; killed at last (no thread left): EXIT."""
+    pid = threaded.pid
+    with Scanner([pid], COLD_AFTER, Detection()) as scanner:
+        list(scanner.scan(0.0))
+        cold = {e.address for e in scanner.scan(COLD_AFTER) if e.kind == EventKind.COLD}
+        assert set(threaded.region[HOT:]) <= cold
+        ((scan,),) = (scanner.scans,)
+        resident = scan.resident_pages
+        threaded.leave()
+        events = list(scanner.scan(2 * COLD_AFTER))
+        assert not {EventKind.GONE, EventKind.EXIT} & {e.kind for e in events}, events
+        ((scan,),) = (scanner.scans,)
+        assert not scan.exited and scan.resident_pages >= resident - HOT
+        assert all(scanner.is_cold(pid, a) for a in threaded.region[HOT:])
+        threaded.proc.kill()
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped
+        events = list(scanner.scan(3 * COLD_AFTER))
+        assert [e.kind for e in events] == [EventKind.EXIT]
+        assert not scanner.alive
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    d = start_daemon()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def test_a_shadow_keeps_the_stored_pages_of_a_process_whose_main_thread_ended(
+    threaded: Threaded, daemon: Daemon
+) -> None:
+    pid = threaded.pid
+    cold = threaded.region[HOT:]
+    with Client(daemon.url) as client:
+        pool = f"threads-{os.getpid()}"
+        client.create_pool(pool)
+        try:
+            with shadow([pid], client, pool) as s:
+                s.tick(0.0)
+                s.tick(COLD_AFTER)
+                assert all(s.stored(pid, cold))
+                stored = s.pool_pages()
+                threaded.leave()
+                events = s.tick(2 * COLD_AFTER)
+                assert not {EventKind.GONE, EventKind.EXIT} & {e.kind for e in events}
+                # Only pages rewritten (the main thread's end writes some of
+                # the interpreter's) left the pool: refaults, not frees.
+                changed = sum(1 for e in events if e.kind == EventKind.CHANGED)
+                assert all(s.stored(pid, cold)) and s.pool_pages() >= stored - changed
+                (fig,) = s.sim.figures().processes
+                assert not fig.exited and fig.stored_pages == s.pool_pages()
+        finally:
+            client.remove_pool(pool)
+
+
+def test_a_plain_zombie_is_said_to_have_ended_not_to_be_a_kernel_thread() -> None:
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    try:
+        os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)  # ended, not reaped
+        with pytest.raises(ConfigError) as caught:
+            open_process(child)
+        assert str(caught.value) == (
+            f"--pid {child}: has ended (a zombie, not yet reaped by its parent)"
+        )
+    finally:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child, 0)
+
+
+def test_a_kernel_thread_is_still_said_to_have_no_user_memory() -> None:
+    # kthreadd, the parent of every kernel thread, is pid 2 wherever /proc shows it.
+    try:
+        with open("/proc/2/comm") as f:
+            if f.read().strip() != "kthreadd":
+                pytest.skip("pid 2 is not kthreadd here (a pid namespace)")
+    except OSError:
+        pytest.skip("no pid 2 here (a pid namespace)")
+    with pytest.raises(ConfigError, match=r"^--pid 2: has no user memory \(a kernel thread\?\)$"):
+        open_process(2)
