@@ -25,7 +25,7 @@ from tests.zswapd.test_shadow import shadow
 from zswapd.client import Client
 from zswapd.errors import ConfigError
 from zswapd.procmem import open_process, walk_pages
-from zswapd.scanner import Detection, Scanner
+from zswapd.scanner import Detection, Scanner, probe_soft_dirty
 from zswapd.timeline import EventKind
 
 PAGE = 4096
@@ -35,9 +35,10 @@ PAGES = 64
 HOT = 2
 DEADLINE = 60.0
 
-# ``leave``: the main thread answers, then ends (pthread_exit); the writer
-# thread rewrites the first HOT pages of the region every 20 ms; the server
-# thread answers each other line with ``ok LINE``.
+# ``leave``: the main thread ends (pthread_exit); the writer thread rewrites
+# the first HOT pages of the region every 20 ms until ``quiet``, then ends;
+# the server thread answers each line with ``ok LINE``.  It prints the
+# region's address and the writer's tid.
 _THREADED = r"""
 import ctypes, json, mmap, sys, threading, time
 PAGES, HOT = int(sys.argv[1]), int(sys.argv[2])
@@ -45,11 +46,14 @@ region = mmap.mmap(-1, PAGES * 4096)
 for i in range(PAGES):
     region[i * 4096 : (i + 1) * 4096] = (b"page %010d\n" % i) * 256  # 16 bytes
 at = ctypes.addressof(ctypes.c_char.from_buffer(region))
-leave = threading.Event()
+leave, quiet, started = threading.Event(), threading.Event(), threading.Event()
+writer_tid = []
 
 def writer():
+    writer_tid.append(threading.get_native_id())
+    started.set()
     n = 0
-    while True:
+    while not quiet.is_set():
         n += 1
         for i in range(HOT):
             region[i * 4096 : i * 4096 + 8] = n.to_bytes(8, "little")
@@ -60,19 +64,29 @@ def server():
         print("ok", line.strip(), flush=True)
         if line.strip() == "leave":
             leave.set()
+        if line.strip() == "quiet":
+            quiet.set()
 
 threading.Thread(target=writer).start()
+started.wait()
 threading.Thread(target=server).start()
-print(json.dumps({"region": at}), flush=True)
+print(json.dumps({"region": at, "writer": writer_tid[0]}), flush=True)
 leave.wait()
 ctypes.CDLL(None).pthread_exit(None)
 """
 
 
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        raw = f.read()
+def _state_at(task: str) -> str:
+    try:
+        with open(f"{task}/stat", "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return "X"
     return chr(raw[raw.rindex(b")") + 2])
+
+
+def _state(pid: int) -> str:
+    return _state_at(f"/proc/{pid}")
 
 
 class Threaded:
@@ -88,6 +102,7 @@ class Threaded:
         assert self.proc.stdout is not None
         info: dict[str, Any] = json.loads(self.proc.stdout.readline())
         self.region = [info["region"] + i * PAGE for i in range(PAGES)]
+        self.writer = int(info["writer"])
         self.command("sync")
 
     @property
@@ -109,6 +124,15 @@ class Threaded:
             assert time.monotonic() < deadline, "the main thread never ended"
             time.sleep(0.01)
         self.command("sync")  # the server thread still answers
+
+    def quiet(self) -> None:
+        """End the writer thread; return once it is gone or a zombie."""
+        self.command("quiet")
+        task = f"/proc/{self.pid}/task/{self.writer}"
+        deadline = time.monotonic() + DEADLINE
+        while os.path.exists(task) and _state_at(task) not in ("Z", "X"):
+            assert time.monotonic() < deadline, "the writer thread never ended"
+            time.sleep(0.01)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -144,13 +168,33 @@ def test_a_process_whose_main_thread_ended_is_opened_and_walked_through_a_live_t
     assert set(threaded.region) <= after
 
 
+def test_the_walk_moves_to_another_live_thread_when_its_own_ends(threaded: Threaded) -> None:
+    threaded.leave()
+    with open_process(threaded.pid) as memory:
+        memory.base = f"/proc/{threaded.pid}/task/{threaded.writer}"  # as if chosen
+        assert set(threaded.region) <= {a for _, a in walk_pages(memory)}
+        threaded.quiet()
+        assert set(threaded.region) <= {a for _, a in walk_pages(memory)}
+        assert memory.base.startswith(f"/proc/{threaded.pid}/task/")
+        assert memory.base != f"/proc/{threaded.pid}/task/{threaded.writer}"
+
+
+@pytest.mark.parametrize("which", ["hash", "soft-dirty"])
 def test_the_scanner_keeps_seeing_the_pages_after_the_main_thread_ends(
-    threaded: Threaded,
+    threaded: Threaded, which: str
 ) -> None:
     """Opened while the main thread lived: the same resident pages after it
-    ended, no GONE, no EXIT; killed at last (no thread left): EXIT."""
+    ended, no GONE, no EXIT; killed at last (no thread left): EXIT.  Under
+    soft-dirty, the bits are still cleared (through a live thread): with the
+    writer quiet, a scan reads few pages, not every page written since."""
+    detection = Detection()
+    if which == "soft-dirty":
+        works, why = probe_soft_dirty()
+        if not works:
+            pytest.skip(f"soft-dirty detection cannot run on this kernel: {why}")
+        detection = Detection(soft_dirty=True)
     pid = threaded.pid
-    with Scanner([pid], COLD_AFTER, Detection()) as scanner:
+    with Scanner([pid], COLD_AFTER, detection) as scanner:
         list(scanner.scan(0.0))
         cold = {e.address for e in scanner.scan(COLD_AFTER) if e.kind == EventKind.COLD}
         assert set(threaded.region[HOT:]) <= cold
@@ -162,9 +206,17 @@ def test_the_scanner_keeps_seeing_the_pages_after_the_main_thread_ends(
         ((scan,),) = (scanner.scans,)
         assert not scan.exited and scan.resident_pages >= resident - HOT
         assert all(scanner.is_cold(pid, a) for a in threaded.region[HOT:])
+        if which == "soft-dirty":
+            threaded.quiet()
+            list(scanner.scan(3 * COLD_AFTER))  # clears what the exits wrote
+            list(scanner.scan(4 * COLD_AFTER))
+            ((scan,),) = (scanner.scans,)
+            # The interpreter's threads write a little while they wait; not
+            # every page, as an uncleared bit would have every page read.
+            assert scan.scanned_bytes < scan.resident_pages * PAGE // 4, scan
         threaded.proc.kill()
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped
-        events = list(scanner.scan(3 * COLD_AFTER))
+        events = list(scanner.scan(5 * COLD_AFTER))
         assert [e.kind for e in events] == [EventKind.EXIT]
         assert not scanner.alive
 
