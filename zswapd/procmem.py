@@ -72,7 +72,7 @@ from itertools import islice, repeat
 from zswapd.closing import Closing
 from zswapd.errors import ConfigError
 from zswapd.pagemap_scan import Unsupported, any_resident, present_ranges
-from zswapd.ptrace_access import exists, refusal
+from zswapd.ptrace_access import exists, refusal, task_state
 from zswapd.ptrace_access import hidden as hidden_by_proc
 
 __all__ = [
@@ -165,20 +165,9 @@ def _mapping(line: str) -> Mapping:
     return Mapping(lo, hi, parts[1], parts[5].strip() if len(parts) > 5 else "")
 
 
-def _state(base: str) -> str | None:
-    """The state letter of the task at ``base`` (/proc/PID/stat's third field,
-    after the name, which may hold anything); None if it is gone."""
-    try:
-        with open(f"{base}/stat", "rb") as f:
-            raw = f.read()
-        return chr(raw[raw.rindex(b")") + 2])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _live(base: str) -> bool:
     # Z: ended, not reaped (a leader stays so while its threads run); X: dead.
-    return _state(base) not in (None, "Z", "X")
+    return task_state(base) not in (None, "Z", "X")
 
 
 def live_task(pid: int) -> str | None:
@@ -388,7 +377,7 @@ def open_process(pid: int, *, pagemap_scan: bool | None = None) -> ProcessMemory
         except ProcessLookupError:
             # No mm: a kernel thread, or a zombie leader whose threads may
             # still hold the process's memory.
-            if _state(base) != "Z":
+            if task_state(base) != "Z":
                 raise
             task = live_task(pid)
             if task is None:
@@ -401,7 +390,7 @@ def open_process(pid: int, *, pagemap_scan: bool | None = None) -> ProcessMemory
                 raise ConfigError(f"--pid {pid}: cannot read its memory: {hidden}") from None
             raise ConfigError(f"--pid {pid}: no such process") from None
         if isinstance(exc, ProcessLookupError):  # /proc/PID is there, its mm is not
-            if _state(f"/proc/{pid}") == "Z":
+            if task_state(f"/proc/{pid}") == "Z":
                 raise ConfigError(
                     f"--pid {pid}: has ended (a zombie, not yet reaped by its parent)"
                 ) from None

@@ -10,10 +10,12 @@ answers commands; and a child forked and ended, never reaped (a plain zombie).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.zswapd.daemon import Daemon, start_daemon
+from tests.zswapd.test_scanner_privileges import NOBODY, _as_nobody, _open
 from tests.zswapd.test_shadow import shadow
 from zswapd.client import Client
 from zswapd.errors import ConfigError
@@ -283,3 +286,35 @@ def test_a_kernel_thread_is_still_said_to_have_no_user_memory() -> None:
         pytest.skip("no pid 2 here (a pid namespace)")
     with pytest.raises(ConfigError, match=r"^--pid 2: has no user memory \(a kernel thread\?\)$"):
         open_process(2)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become nobody")
+def test_a_process_not_dumpable_whose_main_thread_ended_is_said_not_dumpable() -> None:
+    """Nobody's, ids changed (not dumpable), its main thread ended: refused to
+    nobody as not dumpable, read from a live thread (the ended one's files
+    would show nobody as owner)."""
+    r, w = os.pipe()
+    target = os.fork()
+    if target == 0:
+        os.close(r)
+        os.setgroups([])
+        os.setresgid(NOBODY, NOBODY, NOBODY)
+        os.setresuid(NOBODY, NOBODY, NOBODY)  # undumpable from here on
+        threading.Thread(target=time.sleep, args=(3600,)).start()
+        os.write(w, b"ready")
+        ctypes.CDLL(None).pthread_exit(None)
+        os._exit(0)
+    try:
+        os.close(w)
+        assert os.read(r, 5) == b"ready"
+        deadline = time.monotonic() + DEADLINE
+        while _state(target) != "Z":
+            assert time.monotonic() < deadline, "the main thread never ended"
+            time.sleep(0.01)
+        said = _as_nobody(_open(target))
+        assert said.startswith(f"--pid {target}: cannot read its memory: Permission denied: ")
+        assert "it is not dumpable (set-user-ID, or prctl(PR_SET_DUMPABLE, 0)); " in said
+    finally:
+        os.close(r)
+        os.kill(target, 9)
+        os.waitpid(target, 0)
