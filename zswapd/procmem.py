@@ -46,11 +46,20 @@ process has ended and its pid been reused, those are another's mappings, but
 the old descriptors then read nothing, as the process's memory is gone.)
 The kernel checks the right to read a process at open (ptrace's read mode),
 so a reused pid never gives more than the caller had.
+
+A process whose main thread has ended (pthread_exit) while others run on
+keeps its memory, but its leader, /proc/PID, is a zombie: its maps read empty
+and its mem and pagemap refuse to open (ESRCH).  The memory is the thread
+group's, so it is read through a live thread, /proc/PID/task/TID
+(``ProcessMemory.base``); each walk checks that thread is still live and picks
+another if not.  Descriptors opened through any of its threads read the same
+memory for as long as any thread keeps it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import operator
 import os
 import re
@@ -63,7 +72,7 @@ from itertools import islice, repeat
 from zswapd.closing import Closing
 from zswapd.errors import ConfigError
 from zswapd.pagemap_scan import Unsupported, any_resident, present_ranges
-from zswapd.ptrace_access import exists, refusal
+from zswapd.ptrace_access import exists, refusal, task_state
 from zswapd.ptrace_access import hidden as hidden_by_proc
 
 __all__ = [
@@ -78,6 +87,7 @@ __all__ = [
     "ProcessPages",
     "Skipped",
     "Stopped",
+    "live_task",
     "open_process",
     "page_flags",
     "read_maps",
@@ -155,6 +165,28 @@ def _mapping(line: str) -> Mapping:
     return Mapping(lo, hi, parts[1], parts[5].strip() if len(parts) > 5 else "")
 
 
+def _live(base: str) -> bool:
+    # Z: ended, not reaped (a leader stays so while its threads run); X: dead.
+    return task_state(base) not in (None, "Z", "X")
+
+
+def live_task(pid: int) -> str | None:
+    """The /proc directory through which ``pid``'s memory can be read: /proc/PID
+    while its main thread lives, else a live thread's /proc/PID/task/TID; None
+    if no thread of it is left (ended, or a zombie)."""
+    base = f"/proc/{pid}"
+    if _live(base):
+        return base
+    try:
+        tids = os.listdir(f"{base}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        if tid != str(pid) and _live(task := f"{base}/task/{tid}"):
+            return task
+    return None
+
+
 def read_maps(pid: int) -> list[Mapping]:
     """The mappings of ``pid``."""
     with open(f"/proc/{pid}/maps") as f:
@@ -167,8 +199,12 @@ def resident_mappings(pid: int) -> Iterator[Mapping]:
     smaps counts no page of the kernel's shared zero page in Rss, so a mapping
     only read from is skipped too: the rule leaves those pages out anyway.
     """
+    return _resident_in(f"/proc/{pid}/smaps")
+
+
+def _resident_in(smaps: str) -> Iterator[Mapping]:
     current: Mapping | None = None
-    with open(f"/proc/{pid}/smaps") as f:
+    with open(smaps) as f:
         for line in f:
             key, _, rest = line.partition(" ")
             if not key.endswith(":"):
@@ -192,8 +228,9 @@ def _resident(process: ProcessMemory) -> Iterator[Mapping]:
     reading the whole pagemap of every mapping, a 64 TiB reservation's
     included.
     """
+    base = process.walk_base()
     if process.pagemap_scan:
-        with open(f"/proc/{process.pid}/maps") as f:
+        with open(f"{base}/maps") as f:
             first = True
             for line in f:
                 m = _mapping(line)
@@ -211,7 +248,7 @@ def _resident(process: ProcessMemory) -> Iterator[Mapping]:
                     yield m
             else:
                 return
-    yield from resident_mappings(process.pid)
+    yield from _resident_in(f"{base}/smaps")
 
 
 class PfnSet:
@@ -266,10 +303,20 @@ class ProcessMemory(Closing):
         pagemap_bytes: bytes of pagemap read so far, by every walk (the work
             the ioctl saves).
         scan_calls: PAGEMAP_SCAN calls made so far.
+        base: the /proc directory its maps are read from: /proc/PID, or a live
+            thread's /proc/PID/task/TID once its main thread has ended.
     """
 
-    def __init__(self, pid: int, mem_fd: int, pagemap_fd: int, pagemap_scan: bool = True) -> None:
+    def __init__(
+        self,
+        pid: int,
+        mem_fd: int,
+        pagemap_fd: int,
+        pagemap_scan: bool = True,
+        base: str | None = None,
+    ) -> None:
         self.pid = pid
+        self.base = f"/proc/{pid}" if base is None else base
         self.mem_fd = mem_fd
         self.pagemap_fd = pagemap_fd
         self.pagemap_scan = pagemap_scan
@@ -283,6 +330,20 @@ class ProcessMemory(Closing):
         except OSError:
             return None
         return data if len(data) == PAGE_SIZE else None
+
+    def walk_base(self) -> str:
+        """:attr:`base` if its thread still lives, else another live thread's
+        (the one before ended, or the main thread did).
+
+        Raises:
+            ProcessLookupError: no thread of the process is left.
+        """
+        if not _live(self.base):
+            base = live_task(self.pid)
+            if base is None:
+                raise ProcessLookupError(errno.ESRCH, f"{self.base}: no live thread left")
+            self.base = base
+        return self.base
 
     def close(self) -> None:
         fds = (self.mem_fd, self.pagemap_fd)
@@ -302,33 +363,59 @@ def open_process(pid: int, *, pagemap_scan: bool | None = None) -> ProcessMemory
     kernel without PAGEMAP_SCAN (tests of that path); None leaves it to the
     environment: ``ZSWAPD_PAGEMAP_SCAN=0`` does the same for a whole command.
 
+    A process whose main thread has ended while others run is opened through
+    a live thread (see the module's docstring).
+
     Raises:
-        ConfigError: no such process, a kernel thread (no user memory), or no
-            right to read it.
+        ConfigError: no such process, a zombie, a kernel thread (no user
+            memory), or no right to read it.
     """
-    fds: list[int] = []
+    base = f"/proc/{pid}"
     try:
-        for name in ("mem", "pagemap"):
-            fds.append(os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC))
-    except BaseException as exc:
-        for fd in fds:
-            os.close(fd)
+        try:
+            fds = _open_fds(base)
+        except ProcessLookupError:
+            # No mm: a kernel thread, or a zombie leader whose threads may
+            # still hold the process's memory.
+            if task_state(base) != "Z":
+                raise
+            task = live_task(pid)
+            if task is None:
+                raise
+            base = task
+            fds = _open_fds(base)
+    except OSError as exc:
         if isinstance(exc, FileNotFoundError):
             if exists(pid) and (hidden := hidden_by_proc(pid)):
                 raise ConfigError(f"--pid {pid}: cannot read its memory: {hidden}") from None
             raise ConfigError(f"--pid {pid}: no such process") from None
         if isinstance(exc, ProcessLookupError):  # /proc/PID is there, its mm is not
+            if task_state(f"/proc/{pid}") == "Z":
+                raise ConfigError(
+                    f"--pid {pid}: has ended (a zombie, not yet reaped by its parent)"
+                ) from None
             raise ConfigError(f"--pid {pid}: has no user memory (a kernel thread?)") from None
         if isinstance(exc, PermissionError):
             raise ConfigError(
                 f"--pid {pid}: cannot read its memory: {exc.strerror}: {refusal(pid)}"
             ) from None
-        if isinstance(exc, OSError):
-            raise ConfigError(f"--pid {pid}: cannot read its memory: {exc.strerror}") from None
-        raise
+        raise ConfigError(f"--pid {pid}: cannot read its memory: {exc.strerror}") from None
     if pagemap_scan is None:
         pagemap_scan = os.environ.get("ZSWAPD_PAGEMAP_SCAN", "1") != "0"
-    return ProcessMemory(pid, fds[0], fds[1], pagemap_scan)
+    return ProcessMemory(pid, fds[0], fds[1], pagemap_scan, base)
+
+
+def _open_fds(base: str) -> tuple[int, int]:
+    """``base``'s mem and pagemap, opened; both or neither."""
+    fds: list[int] = []
+    try:
+        for name in ("mem", "pagemap"):
+            fds.append(os.open(f"{base}/{name}", os.O_RDONLY | os.O_CLOEXEC))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds[0], fds[1]
 
 
 def _entries(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 
-__all__ = ["YAMA_PTRACE_SCOPE", "exists", "hidden", "refusal", "yama_ptrace_scope"]
+__all__ = ["YAMA_PTRACE_SCOPE", "exists", "hidden", "refusal", "task_state", "yama_ptrace_scope"]
 
 #
 # /proc/PID/mem is opened under ptrace's attach check (pagemap under its read
@@ -306,3 +306,14 @@ def _dump_owner(pid: int) -> int:
         return os.stat(f"/proc/{pid}/mem").st_uid
     except OSError:
         return -1
+
+
+def task_state(base: str) -> str | None:
+    """The state letter in ``base``/stat (after the name, which may hold
+    anything); None if it cannot be read."""
+    try:
+        with open(f"{base}/stat", "rb") as f:
+            raw = f.read()
+        return chr(raw[raw.rindex(b")") + 2])
+    except (OSError, ValueError, IndexError):
+        return None

@@ -255,6 +255,7 @@ class _Target:
     __slots__ = (
         "addrs",
         "clear_refs",
+        "clear_refs_base",
         "cold",
         "comm",
         "execs",
@@ -274,6 +275,7 @@ class _Target:
         self.memory = memory
         self.comm = comm
         self.clear_refs = clear_refs
+        self.clear_refs_base = memory.base
         self.start_time = start_time
         self.execs = 0
         self.exited = False
@@ -324,6 +326,21 @@ class _Target:
         memory.close()
         return None
 
+    def follow_clear_refs(self) -> None:
+        """Reopen clear_refs through the thread the walk now reads: the one
+        opened through an ended thread (the main one, say) clears nothing,
+        as the kernel finds no memory behind it.  If it cannot be reopened,
+        this process's pages are told apart by their hashes instead."""
+        if self.clear_refs < 0 or self.clear_refs_base == self.memory.base:
+            return
+        with contextlib.suppress(OSError):
+            os.close(self.clear_refs)
+        self.clear_refs_base = self.memory.base
+        try:
+            self.clear_refs = os.open(f"{self.memory.base}/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            self.clear_refs = -1
+
     def close(self) -> None:
         self.memory.close()
         if self.clear_refs >= 0:
@@ -371,7 +388,7 @@ def _open_target(pid: int, detection: Detection, pagemap_scan: bool | None) -> _
         clear_refs = -1
         if detection.soft_dirty:
             try:
-                clear_refs = os.open(f"/proc/{pid}/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+                clear_refs = os.open(f"{memory.base}/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
             except OSError as exc:
                 raise ConfigError(
                     f"--pid {pid}: cannot clear its soft-dirty bits: {exc.strerror}"
@@ -649,6 +666,8 @@ class Scanner(Closing):
             words = _idle_words(self._idle_fd, pfns)
             for i in range(n):
                 touched[i] = where[i] >= 0 and not _idle(words, pfns[i])
+        if self.detection.soft_dirty:
+            t.follow_clear_refs()
         soft_dirty = self.detection.soft_dirty and t.clear_refs >= 0
         if soft_dirty:
             # Right after the walk: a write from now on sets the bit again.
