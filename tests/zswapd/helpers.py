@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import subprocess
 
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -61,3 +62,14 @@ PAGES = st.one_of(
     st.builds(poor_page, st.integers(0, 5)),
     st.builds(same_page, st.binary(min_size=8, max_size=8)),
 )
+
+
+def ask(proc: subprocess.Popen[str], what: str) -> list[str]:
+    """Send a test target one command line; its answer's words, which must
+    begin ``ok <what>`` (the targets' line protocol)."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(what + "\n")
+    proc.stdin.flush()
+    answer = proc.stdout.readline().split()
+    assert answer[:2] == ["ok", what], answer
+    return answer

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.zswapd.helpers import ask
 from zswapd import procmem
 from zswapd.pagemap_scan import Unsupported, present_ranges
 from zswapd.procmem import (
@@ -559,15 +560,6 @@ def _compare_flag_reads(pfns: list[int]) -> None:
 # -- targets that fork and exec ---------------------------------------------------
 
 
-def _command(proc: subprocess.Popen[str], what: str) -> list[str]:
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(what + "\n")
-    proc.stdin.flush()
-    answer = proc.stdout.readline().split()
-    assert answer[:2] == ["ok", what], answer
-    return answer
-
-
 def _regions(info: dict[str, Any]) -> set[int]:
     return {info[r] + i * PAGE for r in ("cold", "hot", "gone") for i in range(info["pages"])}
 
@@ -583,7 +575,7 @@ def test_a_fork_changes_nothing_of_the_parent_and_the_child_is_not_followed() ->
             list(scanner.scan(0.0))
             cold = {e.address for e in scanner.scan(COLD_AFTER) if e.kind == EventKind.COLD}
             assert _regions(info) <= cold
-            child = int(_command(proc, "fork")[2])
+            child = int(ask(proc, "fork")[2])
             events = list(scanner.scan(2 * COLD_AFTER))
             assert {e.pid for e in events} <= {proc.pid}
             moved = {e.address for e in events if e.kind != EventKind.COLD}
@@ -615,7 +607,7 @@ def test_exec_frees_every_cold_page_without_a_refault_and_the_new_image_starts_f
             list(scanner.scan(0.0))
             cold = [e.address for e in scanner.scan(COLD_AFTER) if e.kind == EventKind.COLD]
             assert _regions(info) <= set(cold)
-            _command(proc, "exec")
+            ask(proc, "exec")
             _wait_exec(proc.pid)
             events = list(scanner.scan(2 * COLD_AFTER))
             # Every cold page freed, in address order, and nothing else.
@@ -648,7 +640,7 @@ def test_a_process_that_ends_is_an_exit_not_an_exec(reaped: bool) -> None:
         with Scanner([proc.pid], COLD_AFTER, Detection()) as scanner:
             list(scanner.scan(0.0))
             list(scanner.scan(COLD_AFTER))
-            _command(proc, "exit")
+            ask(proc, "exit")
             if reaped:
                 proc.wait()
             else:  # ended, left a zombie: waited for, not reaped

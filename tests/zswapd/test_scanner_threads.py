@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.zswapd.daemon import Daemon, start_daemon
+from tests.zswapd.helpers import ask
 from tests.zswapd.test_scanner_privileges import NOBODY, _as_nobody, _open
 from tests.zswapd.test_shadow import shadow
 from zswapd.client import Client
@@ -113,10 +114,7 @@ class Threaded:
         return self.proc.pid
 
     def command(self, what: str) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(what + "\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().split() == ["ok", what]
+        assert ask(self.proc, what) == ["ok", what]
 
     def leave(self) -> None:
         """End the main thread; return once the leader is a zombie (a deadline so

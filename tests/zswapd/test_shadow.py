@@ -28,7 +28,7 @@ import pytest
 
 import compressors
 from tests.zswapd.daemon import CHECKOUT, Daemon, _checkout_on_path, run_cli, start_daemon
-from tests.zswapd.helpers import PAGE, text_page
+from tests.zswapd.helpers import PAGE, ask, text_page
 from zswapd.cli_format import human, parse_duration
 from zswapd.client import Client
 from zswapd.config import PoolConfig, unavailable_compressor
@@ -75,11 +75,7 @@ class Target:
         return self.proc.pid
 
     def command(self, what: str) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(what + "\n")
-        self.proc.stdin.flush()
-        answer = self.proc.stdout.readline().split()
-        assert answer[:2] == ["ok", what], answer
+        answer = ask(self.proc, what)
         if what == "fork":
             self.children.append(int(answer[2]))
         return " ".join(answer)
